@@ -1,0 +1,88 @@
+"""The ``kestrel`` command line.
+
+Each command group lives in its own module under ``kestrel.cli`` and exposes
+``register(subparsers)``. A command's handler is set with
+``parser.set_defaults(func=handler)`` and receives ``(args, extra)`` where
+``extra`` holds options the parser did not know (only for commands that set
+``accepts_extra=True``, e.g. ``kestrel call --action send_email --to alice``).
+
+Command modules must import only what they need inside their handlers so that
+``kestrel --help`` and the daemon start fast and lean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from ..errors import KestrelError, UsageError
+
+# Command-group modules, in help order. Each provides register(subparsers).
+COMMAND_MODULES = (
+    "identity",  # init-agent, identity show|backup|restore
+    "audit",  # audit log|verify|export|prove
+    "policy",  # policy check|explain, set-policy
+    "ota",  # owner, trust, bundle, ota
+    "daemon",  # run, call, status, sim
+    "models",  # models, deploy, memory
+    "sync",  # sync, collector, agent-connect
+    "agent",  # ask
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kestrel",
+        description="Kestrel: an edge runtime for agents that stay with their owners.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # command group not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("kestrel-sovereign")
+    except Exception:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 64
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        rc = func(args, extra)
+    except KestrelError as exc:
+        print(f"kestrel: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kestrel: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return int(rc or 0)
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+__all__ = ["main", "build_parser", "UsageError"]
