@@ -1,0 +1,241 @@
+"""``kestrel audit log|verify|export|prove|verify-proof``: read and check the ledger.
+
+Reading and verifying need only the agent's public key (from
+``STATE/identity/identity.json``, or ``--agent DID``), never its passphrase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def register(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="show, verify, export and prove the agent's ledger")
+    asub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
+    audit.set_defaults(func=lambda args, extra: (audit.print_help(), 64)[1])
+
+    p = asub.add_parser("log", help="show the ledger, newest last")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records as they arrive")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--kind", metavar="K", help="only records of this kind (or prefix.*)")
+    p.add_argument("--since", metavar="T", help="only records since T: RFC 3339 time, unix seconds, or 10m/2h/7d ago")
+    _state(p)
+    p.set_defaults(func=_log)
+
+    p = asub.add_parser("verify", help="check the whole ledger; exit 0 only if it is intact")
+    _state(p)
+    p.add_argument("--export", metavar="FILE", help="verify an export file instead of a state directory")
+    p.add_argument("--agent", metavar="DID", help="the AgentID to verify against (required with --export)")
+    p.add_argument("--trusted", metavar="FILE", help="a checkpoint note you trust: the log must extend it")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=_verify)
+
+    p = asub.add_parser("export", help="write the whole signed log to FILE (verifiable with the AgentID)")
+    p.add_argument("file", help="export file to write")
+    _state(p)
+    p.set_defaults(func=_export)
+
+    p = asub.add_parser("prove", help="write an inclusion proof for one record (to stdout or -o FILE)")
+    p.add_argument("seq", type=int, help="sequence number of the record to disclose")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the proof here instead of stdout")
+    _state(p)
+    p.set_defaults(func=_prove)
+
+    p = asub.add_parser("verify-proof", help="check an inclusion proof and show the disclosed record")
+    p.add_argument("file", help="proof file made by `kestrel audit prove`")
+    p.add_argument("--agent", metavar="DID", required=True, help="the AgentID the proof must be signed by")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=_verify_proof)
+
+
+def _state(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE or ~/.local/state/kestrel)")
+
+
+def _state_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
+    from .._internal.paths import StateLayout, resolve_state_dir
+    from ..errors import TransportError
+
+    root = resolve_state_dir(args.state)
+    if not root.is_dir():
+        raise TransportError(
+            f"state directory {root} does not exist or is not a directory",
+            hint="pass --state DIR (the directory given to `kestrel init-agent`)",
+        )
+    return root, StateLayout(root).ledger
+
+
+def _agent_key(state: Path) -> Any:
+    from ..identity import load_identity
+
+    return load_identity(state).public_key
+
+
+def _did_key(did: str | None) -> Any:
+    from ..errors import UsageError
+    from ..identity.keys import PublicKey
+
+    if not did:
+        raise UsageError("--agent DID is required", hint="pass the AgentID, e.g. --agent did:key:z6Mk...")
+    return PublicKey.from_did(did)
+
+
+def _read(path: str, what: str) -> bytes:
+    from .._internal.fsutil import read_bytes
+
+    return read_bytes(path, what=what)
+
+
+def _parse_since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from ..errors import UsageError
+
+    m = _RELATIVE.match(text)
+    if m:
+        return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r} is not a time", hint="use e.g. 2026-11-25T10:00:00Z, 1764064800, 30m, 2h or 7d"
+        ) from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _fmt_time(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _print_record(rec: Any, *, as_json: bool) -> None:
+    view = rec.to_json()
+    if as_json:
+        print(json.dumps(view, sort_keys=True))
+    else:
+        body = json.dumps(view["body"], sort_keys=True, separators=(",", ":"))
+        print(f"{rec.seq:>7}  {_fmt_time(rec.time)}  {rec.kind:<20}  {body}")
+    sys.stdout.flush()
+
+
+def _log(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ledger.reader import iter_records
+
+    _, ledger_dir = _state_dirs(args)
+    since = _parse_since(args.since)
+    next_seq = 0
+    while True:
+        for rec in iter_records(ledger_dir, since_seq=next_seq, kind=args.kind):
+            next_seq = rec.seq + 1
+            if since is None or rec.time >= since:
+                _print_record(rec, as_json=args.json)
+        if not args.follow:
+            return 0
+        try:
+            time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _trusted(args: argparse.Namespace, key: Any) -> Any:
+    if not args.trusted:
+        return None
+    from ..ledger.checkpoint import verify_checkpoint
+
+    return verify_checkpoint(_read(args.trusted, "trusted checkpoint"), key)
+
+
+def _verify(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..errors import UsageError
+
+    if args.export:
+        if args.state:
+            raise UsageError("give either --state or --export, not both")
+        from ..ledger.export import verify_export
+
+        key = _did_key(args.agent)
+        verified = verify_export(_read(args.export, "ledger export"), key, trusted=_trusted(args, key))
+    else:
+        from ..ledger.reader import verify_dir
+
+        state, ledger_dir = _state_dirs(args)
+        key = _agent_key(state)
+        if args.agent and _did_key(args.agent) != key:
+            raise UsageError(f"--agent {args.agent} is not the identity in {state} ({key.did})")
+        verified = verify_dir(ledger_dir, key, trusted=_trusted(args, key))
+    if args.json:
+        print(json.dumps({
+            "ok": True, "agent": verified.did, "size": verified.size, "signed_size": verified.signed_size,
+            "unsigned": verified.unsigned, "root": verified.root.hex(), "torn_bytes": verified.torn_bytes,
+        }, sort_keys=True))
+    else:
+        print(f"ledger intact: {verified.size} records, {verified.signed_size} covered by the latest signed checkpoint")
+        print(f"agent: {verified.did}")
+        print(f"root:  {verified.root.hex()}")
+    if verified.unsigned:
+        print(f"warning: the last {verified.unsigned} records are not yet covered by a signed checkpoint "
+              "(the agent signs them while it runs, or when it next opens its ledger)", file=sys.stderr)
+    if verified.torn_bytes:
+        print(f"warning: ignored an unfinished write of {verified.torn_bytes} bytes at the end "
+              "(never acknowledged; the agent saves and cuts it when it next opens its ledger)", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace, extra: list[str]) -> int:
+    from .._internal.fsutil import atomic_write
+    from ..ledger.reader import export_chunks
+
+    state, ledger_dir = _state_dirs(args)
+    verified, chunks = export_chunks(ledger_dir, _agent_key(state))
+    atomic_write(Path(args.file), b"".join(chunks), mode=0o644)
+    print(f"exported {verified.signed_size} signed records of {verified.did} to {args.file}")
+    if verified.unsigned:
+        print(f"note: {verified.unsigned} newer records are not signed yet and were left out", file=sys.stderr)
+    return 0
+
+
+def _prove(args: argparse.Namespace, extra: list[str]) -> int:
+    from .._internal.fsutil import atomic_write
+    from ..errors import UsageError
+    from ..ledger.reader import prove
+
+    if args.output is None and sys.stdout.isatty():
+        raise UsageError("refusing to write a binary proof to the terminal",
+                         hint=f"redirect it: kestrel audit prove {args.seq} > record-{args.seq}.proof")
+    state, ledger_dir = _state_dirs(args)
+    data = prove(ledger_dir, _agent_key(state), args.seq)
+    if args.output:
+        atomic_write(Path(args.output), data, mode=0o644)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return 0
+
+
+def _verify_proof(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ledger.export import verify_proof
+
+    proof = verify_proof(_read(args.file, "inclusion proof"), _did_key(args.agent))
+    rec, cp = proof.record, proof.checkpoint
+    if args.json:
+        print(json.dumps({"ok": True, "agent": args.agent, "record": rec.to_json(), "tree_size": cp.size,
+                          "root": cp.root.hex()}, sort_keys=True))
+    else:
+        print(f"proof valid: record {rec.seq} is in the log of {args.agent} (signed tree of {cp.size} records)")
+        _print_record(rec, as_json=False)
+    return 0

@@ -1,0 +1,148 @@
+"""``kestrel run``, ``kestrel call``, ``kestrel status``, ``kestrel sim``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import UsageError
+
+__all__ = ["register", "parse_extra_args"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the agent daemon (the sim board and an example config by default)")
+    p.add_argument("--config", metavar="FILE", help="device config YAML (default: the embedded example)")
+    p.add_argument("--board", metavar="NAME", help="board profile: auto, rpi4, rpi5, rpi-zero-2w, jetson-nano, "
+                                                    "jetson-orin-nano, sim (default: the config's, else sim/auto)")
+    p.add_argument("--state", metavar="DIR", help="state directory (default: $KESTREL_STATE or "
+                                                   "~/.local/state/kestrel)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("call", help="ask the running daemon to take an action (the policy decides)",
+                       description="Unknown --key value options become the action's arguments, e.g. "
+                                   "kestrel call --action send_email --to alice@example.com --subject Hello")
+    p.add_argument("--action", required=True, metavar="NAME")
+    p.add_argument("--args-json", metavar="JSON", help="arguments as one JSON object (typed values)")
+    p.add_argument("--state", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_call, accepts_extra=True)
+
+    p = sub.add_parser("status", help="health, sensors, outbox and ledger size of the running daemon")
+    p.add_argument("--state", metavar="DIR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("sim", help="drive an input of the simulated board: kestrel sim GPIO17 1")
+    p.add_argument("pin", nargs="?")
+    p.add_argument("value", nargs="?", type=int, choices=(0, 1))
+    p.add_argument("--list", action="store_true", help="list the sim board's configured pins and levels")
+    p.add_argument("--state", metavar="DIR")
+    p.set_defaults(func=_sim)
+
+
+def parse_extra_args(extra: list[str]) -> dict[str, Any]:
+    """``--to a --subject "Hi there" --flag`` -> {"to": "a", "subject": "Hi there", "flag": True}.
+
+    Values stay strings (handlers coerce where they must); ``--key=value`` works too;
+    a key given twice becomes a list.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--") or len(tok) < 3:
+            raise UsageError(f"unexpected argument {tok!r}", hint="action arguments are written --key value")
+        key, eq, value = tok[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+                value = extra[i + 1]
+                i += 1
+            else:
+                value = True  # type: ignore[assignment]
+        if key in out:
+            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + [value]
+        else:
+            out[key] = value
+        i += 1
+    return out
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..daemon.main import run_daemon
+
+    return run_daemon(config_path=args.config, board=args.board, state_dir=args.state, log_level=args.log_level)
+
+
+def _call(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..sdk import Client
+
+    call_args = parse_extra_args(extra)
+    if args.args_json:
+        try:
+            typed = json.loads(args.args_json)
+        except ValueError as exc:
+            raise UsageError(f"--args-json is not JSON: {exc}") from None
+        if not isinstance(typed, dict):
+            raise UsageError("--args-json must be a JSON object")
+        call_args.update(typed)
+    with Client(args.state) as client:
+        result = client.call(args.action, **call_args)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(f"{args.action}: ok")
+        for k, v in (result or {}).items():
+            print(f"  {k}: {v if not isinstance(v, (dict, list)) else json.dumps(v)}")
+    return 0
+
+
+def _status(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..sdk import Client
+
+    with Client(args.state) as client:
+        st = client.status()
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return 0 if st.get("health") == "ok" else 1
+    print(f"agent    {st['agent']}")
+    print(f"health   {st['health']}  (board {st['board']}, up {st['uptime_s']}s, pid {st['pid']})")
+    print(f"config   {st['config']}")
+    print(f"ledger   {st['ledger']['size']} records")
+    ob = st["outbox"]
+    print(f"outbox   {ob['pending']} pending, {ob['sent']} sent, {ob['failed']} failed"
+          + (f" (last error: {ob['last_error']})" if ob.get("last_error") else ""))
+    a = st["actions"]
+    print(f"actions  {a['allowed']} allowed, {a['denied']} denied, {a['failed']} failed, {a['dropped']} dropped")
+    if st.get("mqtt"):
+        print(f"mqtt     {'connected' if st['mqtt']['connected'] else 'offline'}")
+    for name, info in sorted(st["sensors"].items()):
+        if name.startswith("_"):
+            continue
+        value = st["values"].get(name)
+        extra_info = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("type", "state"))
+        print(f"sensor   {name:<16} {info['type']:<8} {info['state']:<12} value={json.dumps(value)}"
+              + (f"  {extra_info}" if extra_info else ""))
+    for name, value in sorted(st["actuators"].items()):
+        print(f"actuator {name:<16} value={value}")
+    return 0 if st["health"] == "ok" else 1
+
+
+def _sim(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..sdk import Client
+
+    with Client(args.state) as client:
+        if args.list:
+            for pin in client.sim_list():
+                print(f"{pin['pin']:<8} {pin['chip']}:{pin['line']:<3} {pin['role']:<7} {pin['name']:<16} "
+                      f"level={pin['level']}")
+            return 0
+        if args.pin is None or args.value is None:
+            raise UsageError("give a pin and a value: kestrel sim GPIO17 1 (or kestrel sim --list)")
+        r = client.sim_drive(args.pin, args.value)
+    print(f"drove {r['pin']} ({r['chip']}:{r['line']}) to {r['value']}", file=sys.stdout)
+    return 0

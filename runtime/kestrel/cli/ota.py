@@ -1,0 +1,362 @@
+"""``kestrel owner|trust|bundle|ota``: owner keys, the device trust root, bundles, A/B apply."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["register", "open_ledger", "parse_expiry", "load_owner"]
+
+_DURATION = re.compile(r"(\d{1,6})([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def register(sub: Any) -> None:
+    owner = _group(sub, "owner", "owner signing keys (kept on the owner's machine)")
+    p = owner.add_parser("init", help="create an owner Ed25519 key, encrypted at rest; print its public key")
+    _key(p)
+    p.set_defaults(func=_owner_init)
+    p = owner.add_parser("show", help="print the owner public key")
+    _key(p)
+    p.set_defaults(func=_owner_show)
+
+    trust = _group(sub, "trust", "the device's trust root of owner keys (k of n)")
+    p = trust.add_parser("show", help="print the trust root")
+    _state(p)
+    p.set_defaults(func=_trust_show)
+    p = trust.add_parser("init", help="install trust root version 1 (provisioning)")
+    p.add_argument("--owner", action="append", required=True, metavar="PUBKEY", help="owner did:key; repeatable")
+    p.add_argument("--threshold", type=int, default=1, help="owner signatures needed (default 1)")
+    p.add_argument("--group", action="append", default=[], help="a group this device belongs to; repeatable")
+    _state(p)
+    p.set_defaults(func=_trust_init)
+    p = trust.add_parser("rotate", help="make the next trust root, signed by old and new owner keys",
+                         description="Builds root version N+1 (N from --state or --from), signs it with every "
+                         "--key given, then installs it (--state) or writes it (--out).")
+    p.add_argument("--owner", action="append", required=True, metavar="PUBKEY", help="new owner did:key; repeatable")
+    p.add_argument("--threshold", type=int, default=1)
+    p.add_argument("--key", action="append", default=[], metavar="FILE", help="owner key that signs; repeatable")
+    p.add_argument("--passphrase-file", help="passphrase for the keys (else $KESTREL_OWNER_PASSPHRASE or a prompt)")
+    p.add_argument("--from", dest="from_root", metavar="FILE", help="current root file (instead of --state)")
+    p.add_argument("--out", metavar="FILE", help="write the signed root here instead of installing it")
+    _state(p)
+    p.set_defaults(func=_trust_rotate)
+    p = trust.add_parser("sign", help="add an owner signature to a root file")
+    p.add_argument("file")
+    _key(p)
+    p.set_defaults(func=_trust_sign)
+    p = trust.add_parser("apply", help="install a signed next trust root on the device")
+    p.add_argument("file")
+    _state(p)
+    p.set_defaults(func=_trust_apply)
+
+    bundle = _group(sub, "bundle", "build, sign and verify OTA bundles")
+    p = bundle.add_parser("build", help="build an unsigned bundle")
+    p.add_argument("--policy", required=True, metavar="FILE")
+    p.add_argument("--model", action="append", default=[], metavar="FILE")
+    p.add_argument("--counter", type=int, required=True, help="security counter (must grow)")
+    p.add_argument("--expires", default="30d", help="RFC 3339 UTC time or a duration like 30d (default)")
+    p.add_argument("--target", action="append", default=[], metavar="DID", help="agent DID; repeatable")
+    p.add_argument("--group", action="append", default=[], help="target group; repeatable")
+    p.add_argument("--version", dest="label", default=None, help="human version label")
+    p.add_argument("-o", "--out", required=True, metavar="FILE")
+    p.set_defaults(func=_bundle_build)
+    p = bundle.add_parser("sign", help="add an owner signature to a bundle (in place unless -o)")
+    p.add_argument("file")
+    _key(p)
+    p.add_argument("-o", "--out", metavar="FILE")
+    p.set_defaults(func=_bundle_sign)
+    p = bundle.add_parser("verify", help="verify a bundle against a trust root")
+    p.add_argument("file")
+    p.add_argument("--trust", metavar="ROOT", help="trust root file")
+    p.add_argument("--agent", metavar="DID", help="agent to check the targets for (default: the device's)")
+    p.add_argument("--counter", type=int, default=0, help="counter to check against (default: the device's)")
+    _state(p)
+    p.set_defaults(func=_bundle_verify)
+
+    ota = _group(sub, "ota", "apply, inspect and roll back bundles on this device")
+    p = ota.add_parser("apply", help="verify and activate a bundle file")
+    p.add_argument("file")
+    _state(p)
+    p.set_defaults(func=_ota_apply)
+    p = ota.add_parser("status", help="active and previous slot, counter, trust root")
+    p.add_argument("--json", action="store_true")
+    _state(p)
+    p.set_defaults(func=_ota_status)
+    p = ota.add_parser("rollback", help="switch back to the previous bundle")
+    _state(p)
+    p.set_defaults(func=_ota_rollback)
+
+
+def _group(sub: Any, name: str, help: str) -> Any:
+    p = sub.add_parser(name, help=help)
+    p.set_defaults(func=lambda args, extra: (p.print_help(), 64)[1])
+    return p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+
+
+def _state(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE)")
+
+
+def _key(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", metavar="FILE", help="owner key file (default $KESTREL_OWNER_KEY or "
+                   "~/.config/kestrel/owner/owner.key)")
+    p.add_argument("--passphrase-file", help="owner key passphrase (else $KESTREL_OWNER_PASSPHRASE or a prompt)")
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from .._internal.paths import resolve_state_dir
+
+    return resolve_state_dir(getattr(args, "state", None))
+
+
+def parse_expiry(text: str, now: float) -> float:
+    m = _DURATION.fullmatch(text.strip())
+    if m:
+        return now + int(m.group(1)) * _UNITS[m.group(2)]
+    import calendar
+
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        from ..errors import UsageError
+
+        raise UsageError(f"--expires {text!r} is neither a duration (30d, 12h) nor a time like "
+                         "2027-01-31T00:00:00Z") from None
+
+
+@contextmanager
+def open_ledger(state_dir: Path) -> Iterator[Any]:
+    """The device ledger, signed by the agent's identity key."""
+    from .._internal.paths import StateLayout
+    from ..identity import open_signer
+    from ..ledger import Ledger
+
+    ledger = Ledger.open(StateLayout(state_dir).ledger, signer=open_signer(state_dir))
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def load_owner(args: argparse.Namespace, key: str | None = None) -> Any:
+    from ..ota.owner import default_owner_key, load_owner_signer, owner_passphrase
+
+    path = Path(key or getattr(args, "key", None) or default_owner_key())
+    return load_owner_signer(path, owner_passphrase(args.passphrase_file))
+
+
+def _read(path: str, what: str) -> bytes:
+    from .._internal.fsutil import read_bytes
+
+    return read_bytes(path, what=what, max_size=512 * 1024 * 1024)
+
+
+def _write_out(path: str | Path, data: bytes) -> None:
+    from .._internal.fsutil import atomic_write
+
+    atomic_write(Path(path), data, mode=0o644)
+
+
+# -- owner ------------------------------------------------------------------
+def _owner_init(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ota.owner import create_owner_key, default_owner_key, owner_passphrase
+
+    path = Path(args.key or default_owner_key())
+    signer = create_owner_key(path, owner_passphrase(args.passphrase_file, confirm=True))
+    print(signer.public_key.did)
+    print(f"owner key written to {path} (encrypted; keep it and its passphrase off the device)", file=sys.stderr)
+    return 0
+
+
+def _owner_show(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ota.owner import default_owner_key
+
+    pub = Path(args.key or default_owner_key())
+    pub = pub.with_name(pub.name + ".pub")
+    print(_read(str(pub), "owner public key").decode().strip())
+    return 0
+
+
+# -- trust ------------------------------------------------------------------
+def _trust_show(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ota.store import OtaDir
+
+    root = OtaDir(_state_dir(args)).trust_root()
+    print(json.dumps({"version": root.version, "threshold": root.threshold, "owners": list(root.owners),
+                      "signed_by": list(root.signed_by)}, indent=2))
+    return 0
+
+
+def _trust_init(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ota.store import OtaDir
+
+    ota = OtaDir(_state_dir(args))
+    root = ota.init_root(args.owner, args.threshold)
+    if args.group:
+        ota.write_groups(args.group)
+    print(f"trust root version {root.version}: {root.threshold} of {len(root.owners)} owner key(s)")
+    return 0
+
+
+def _trust_rotate(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..errors import UsageError
+    from ..ota.root import parse_root, root_envelope, root_payload, sign_root
+    from ..ota.store import OtaDir
+
+    if args.from_root:
+        current = parse_root(_read(args.from_root, "trust root"))
+    else:
+        current = OtaDir(_state_dir(args)).trust_root()
+    env = root_envelope(root_payload(args.owner, args.threshold, current.version + 1))
+    if not args.key:
+        raise UsageError("give the owner keys that sign the new root with --key (old and new owners)")
+    for key in args.key:
+        env = sign_root(env, load_owner(args, key))
+    if args.out:
+        _write_out(args.out, env)
+        print(f"trust root version {current.version + 1} written to {args.out}")
+        return 0
+    return _install_root(_state_dir(args), env)
+
+
+def _install_root(state_dir: Path, env: bytes) -> int:
+    from ..ota.store import OtaDir
+
+    with open_ledger(state_dir) as ledger:
+        old, new = OtaDir(state_dir).rotate_root(env)
+        ledger.append("trust.rotated", {"from_version": old.version, "version": new.version,
+                                        "threshold": new.threshold, "owners": list(new.owners)})
+    print(f"trust root rotated: version {old.version} -> {new.version} "
+          f"({new.threshold} of {len(new.owners)} owner keys)")
+    return 0
+
+
+def _trust_sign(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ota.root import sign_root
+
+    _write_out(args.file, sign_root(_read(args.file, "trust root"), load_owner(args)))
+    return 0
+
+
+def _trust_apply(args: argparse.Namespace, extra: list[str]) -> int:
+    return _install_root(_state_dir(args), _read(args.file, "trust root"))
+
+
+# -- bundle -----------------------------------------------------------------
+def _bundle_build(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ota.build import build_bundle_files
+
+    now = time.time()
+    data = build_bundle_files(policy=Path(args.policy), models=[Path(m) for m in args.model],
+                              counter=args.counter, now=now, expires=parse_expiry(args.expires, now),
+                              agents=args.target, groups=args.group, label=args.label)
+    _write_out(args.out, data)
+    print(f"bundle written to {args.out} ({len(data)} bytes, unsigned; sign it with `kestrel bundle sign`)")
+    return 0
+
+
+def _bundle_sign(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ota.bundle import sign_bundle
+
+    signer = load_owner(args)
+    _write_out(args.out or args.file, sign_bundle(_read(args.file, "bundle"), signer))
+    print(f"signed by {signer.public_key.did}")
+    return 0
+
+
+def _bundle_verify(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..errors import UsageError
+    from ..ota.apply import current_counter
+    from ..ota.bundle import format_time, verify_bundle
+    from ..ota.root import parse_root
+    from ..ota.store import OtaDir
+
+    data = _read(args.file, "bundle")
+    groups: tuple[str, ...] = ()
+    counter, cdigest = args.counter, None
+    if args.trust:
+        root = parse_root(_read(args.trust, "trust root"))
+        agent = args.agent
+    else:
+        state = _state_dir(args)
+        ota = OtaDir(state)
+        root, groups = ota.trust_root(), ota.groups()
+        if not args.counter:
+            counter, cdigest = current_counter(ota, None)
+        agent = args.agent
+        if agent is None:
+            from ..identity import load_identity
+
+            agent = load_identity(state).did
+    if agent is None:
+        raise UsageError("--trust needs --agent DID (the agent the bundle must target)")
+    vb = verify_bundle(data, root=root, now=time.time(), agent_id=agent, groups=groups,
+                       counter=counter, counter_digest=cdigest)
+    m = vb.manifest
+    print(f"OK bundle {vb.digest}\n  version {m.version}, counter {m.counter}, expires {format_time(m.expires)}")
+    print(f"  signed by {len(vb.signed_by)} of {len(root.owners)} owner keys (threshold {root.threshold})")
+    for e in m.contents:
+        print(f"  {e.role:6} {e.name} {e.size} bytes sha256:{e.sha256}")
+    return 0
+
+
+# -- ota --------------------------------------------------------------------
+def _ota_apply(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ota.apply import apply_bundle
+    from ..ota.bundle import Limits
+
+    data = _read(args.file, "bundle")
+    state = _state_dir(args)
+    with open_ledger(state) as ledger:
+        res = apply_bundle(state, data, ledger=ledger, now=time.time(), source="cli", limits=Limits())
+    if not res.changed:
+        print(f"bundle {res.digest[:16]} is already active (slot {res.slot})")
+    else:
+        print(f"applied bundle {res.digest[:16]} version {res.version} counter {res.counter} "
+              f"into slot {res.slot}; policy sha256:{res.policy_digest[:16]}")
+    return 0
+
+
+def _ota_status(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ota.apply import ota_status
+
+    state = _state_dir(args)
+    try:
+        with open_ledger(state) as ledger:
+            st = ota_status(state, ledger=ledger, now=time.time())
+    except ImportError:
+        st = ota_status(state, now=time.time())
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"counter: {st['counter']}")
+    root = st.get("trust_root")
+    print(f"trust root: " + (f"version {root['version']}, {root['threshold']} of {len(root['owners'])}"
+                             if root else st.get("trust_root_error", "none")))
+    for key in ("active", "previous"):
+        s = st[key]
+        if s is None:
+            print(f"{key}: none")
+        elif "error" in s:
+            print(f"{key}: slot {s['slot']} DAMAGED: {s['error']}")
+        else:
+            print(f"{key}: slot {s['slot']} bundle {s['bundle'][:16]} version {s['version']} "
+                  f"counter {s['counter']}{' (expired)' if s['expired'] else ''}")
+    return 0
+
+
+def _ota_rollback(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ota.apply import rollback
+
+    state = _state_dir(args)
+    with open_ledger(state) as ledger:
+        res = rollback(state, ledger=ledger, reason="operator")
+    print(f"rolled back to slot {res.slot}: bundle {res.digest[:16]} version {res.version}")
+    return 0

@@ -1,0 +1,147 @@
+"""``kestrel policy check|explain`` and ``kestrel set-policy``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "parse_extra_args"]
+
+
+def register(sub: Any) -> None:
+    pol = sub.add_parser("policy", help="check a policy file or explain a decision")
+    psub = pol.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    pol.set_defaults(func=lambda args, extra: (pol.print_help(), 64)[1])
+
+    p = psub.add_parser("check", help="report every error in a policy file, with line and column")
+    p.add_argument("file")
+    p.set_defaults(func=_check)
+
+    p = psub.add_parser("explain", help="decide an action without running it: print the decision and rule",
+                        description="Example: kestrel policy explain --action send_email --to bob@example.com. "
+                        "Repeat an option to pass a list.")
+    p.add_argument("--action", required=True)
+    p.add_argument("--policy", metavar="FILE", help="policy file (default: the device's active policy)")
+    p.add_argument("--at", type=float, help="decide as at this unix time (default: now)")
+    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_explain, accepts_extra=True)
+
+    p = sub.add_parser("set-policy", help="build, sign with the local owner key and apply a policy bundle",
+                       description="One step for the owner at the device: kestrel set-policy policy.yaml")
+    p.add_argument("file")
+    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE)")
+    p.add_argument("--key", metavar="FILE", help="owner key (default $KESTREL_OWNER_KEY or "
+                   "~/.config/kestrel/owner/owner.key; created, and trusted, if neither it nor a trust root exist)")
+    p.add_argument("--passphrase-file", help="owner key passphrase (else $KESTREL_OWNER_PASSPHRASE or a prompt)")
+    p.add_argument("--expires", default="30d", help="bundle expiry (default 30d)")
+    p.set_defaults(func=_set_policy)
+
+
+def parse_extra_args(extra: list[str]) -> dict[str, Any]:
+    """``--key value`` pairs (``--key=value`` too); a repeated key becomes a list."""
+    from ..errors import UsageError
+
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--") or len(tok) < 3:
+            raise UsageError(f"unexpected argument {tok!r}", hint="pass action arguments as --name value")
+        if "=" in tok:
+            key, value = tok[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            key, value = tok[2:], extra[i + 1]
+            i += 2
+        else:
+            raise UsageError(f"option {tok} has no value")
+        key = key.replace("-", "_")
+        if key in out:
+            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + [value]
+        else:
+            out[key] = value
+    return out
+
+
+def _check(args: argparse.Namespace, extra: list[str]) -> int:
+    from .._internal.fsutil import read_bytes
+    from ..policy import PolicyError, parse_policy
+
+    data = read_bytes(args.file, what="policy", max_size=1 << 20)
+    try:
+        policy = parse_policy(data, source=args.file)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(f"{args.file}:{issue}", file=sys.stderr)
+        print(f"kestrel: {len(exc.issues)} error(s) in {args.file}", file=sys.stderr)
+        return exc.exit_code
+    rules = sum(len(r) for r in policy.allow.values()) + len(policy.deny)
+    print(f"{args.file}: ok ({rules} rules, {len(policy.allow)} actions allowed, sha256:{policy.digest})")
+    return 0
+
+
+def _explain(args: argparse.Namespace, extra: list[str]) -> int:
+    from .._internal.fsutil import read_bytes
+    from .._internal.paths import resolve_state_dir
+    from ..ota.apply import active_policy
+    from ..policy import ActionRequest, PolicyState, evaluate, parse_policy
+
+    call_args = parse_extra_args(extra)
+    if args.policy:
+        policy = parse_policy(read_bytes(args.policy, what="policy", max_size=1 << 20), source=args.policy)
+        state = PolicyState()
+    else:
+        from ..policy.engine import PolicyEngine
+
+        state_dir = resolve_state_dir(args.state)
+        found = active_policy(state_dir)
+        policy = found[0] if found else None
+        state = PolicyEngine.read_state(state_dir)
+    d = evaluate(policy, ActionRequest(args.action, call_args), state, args.at if args.at else time.time())
+    if args.json:
+        print(json.dumps({"allowed": d.allowed, "action": d.action, "rule": d.rule, "reason": d.reason,
+                          "policy": d.policy_digest, "args_digest": d.args_digest}))
+    else:
+        print(f"{'ALLOW' if d.allowed else 'DENY'} {d.action}: rule {d.rule}: {d.reason}")
+    return 0 if d.allowed else 1
+
+
+def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
+    from .._internal.fsutil import read_bytes
+    from .._internal.paths import resolve_state_dir
+    from ..ota.apply import apply_bundle, current_counter
+    from ..ota.build import make_bundle
+    from ..ota.bundle import sign_bundle
+    from ..ota.errors import TrustRootError
+    from ..ota.owner import create_owner_key, default_owner_key, owner_passphrase
+    from ..ota.store import OtaDir
+    from .ota import load_owner, open_ledger, parse_expiry
+
+    state = resolve_state_dir(args.state)
+    policy = read_bytes(args.file, what="policy", max_size=1 << 20)
+    ota = OtaDir(state)
+    key = Path(args.key or default_owner_key())
+    try:
+        ota.trust_root()
+    except TrustRootError as exc:
+        if exc.code != "no-root" or key.exists():
+            raise
+        # First use on a device with no owner yet: create the owner key and trust it (TOFU).
+        signer = create_owner_key(key, owner_passphrase(args.passphrase_file, confirm=True))
+        ota.init_root([signer.public_key.did], 1)
+        print(f"created owner key {key} ({signer.public_key.did}) and trusted it on this device",
+              file=sys.stderr)
+    signer = load_owner(args, str(key))
+    now = time.time()
+    with open_ledger(state) as ledger:
+        counter, _ = current_counter(ota, ledger)
+        bundle = make_bundle(policy=policy, counter=counter + 1, now=now, expires=parse_expiry(args.expires, now),
+                             agents=[ledger.public_key.did])
+        res = apply_bundle(state, sign_bundle(bundle, signer), ledger=ledger, now=now, source="set-policy")
+    print(f"policy sha256:{res.policy_digest[:16]} active (bundle counter {res.counter}, slot {res.slot})")
+    return 0

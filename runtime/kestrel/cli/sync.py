@@ -1,0 +1,282 @@
+"""``kestrel sync status``, ``kestrel collector run|status|verify|export``, ``kestrel agent-connect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+COLLECTOR_DB_ENV = "KESTREL_COLLECTOR_DB"
+
+
+def register(sub: Any) -> None:
+    s = sub.add_parser("sync", help="ledger sync over MQTT: status")
+    ssub = s.add_subparsers(dest="sync_command", metavar="SUBCOMMAND")
+    s.set_defaults(func=lambda args, extra: (s.print_help(), 64)[1])
+    st = ssub.add_parser("status", help="connected/offline, backlog, last acknowledged offset, rate")
+    _state(st)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=_sync_status)
+
+    c = sub.add_parser("collector", help="the fleet collector: receive, verify and store agents' ledgers")
+    csub = c.add_subparsers(dest="collector_command", metavar="SUBCOMMAND")
+    c.set_defaults(func=lambda args, extra: (c.print_help(), 64)[1])
+    run = csub.add_parser("run", help="subscribe to kestrel/+/ledger/batch and store verified records")
+    run.add_argument("--broker", required=True, metavar="HOST:PORT")
+    _db(run)
+    run.add_argument("--group", help="share the fleet with other collectors ($share/GROUP/...)")
+    run.add_argument("--client-id", help="MQTT client id (default kestrel-collector[-GROUP])")
+    run.add_argument("--username")
+    run.add_argument("--password-file", help="file holding the broker password")
+    run.add_argument("--duration", type=float, help=argparse.SUPPRESS)  # tests: stop after N seconds
+    run.set_defaults(func=_collector_run)
+    cst = csub.add_parser("status", help="agents, verified and pending records, refusals, forks")
+    _db(cst)
+    cst.add_argument("--json", action="store_true")
+    cst.set_defaults(func=_collector_status)
+    ver = csub.add_parser("verify", help="re-verify an agent's stored log from scratch")
+    ver.add_argument("--agent", required=True, metavar="DID")
+    _db(ver)
+    ver.set_defaults(func=_collector_verify)
+    exp = csub.add_parser("export", help="write an agent's verified log (read by `kestrel audit verify --export`)")
+    exp.add_argument("--agent", required=True, metavar="DID")
+    exp.add_argument("file")
+    _db(exp)
+    exp.set_defaults(func=_collector_export)
+
+    ac = sub.add_parser("agent-connect", help="trust a peer agent's messages (its AgentID)")
+    ac.add_argument("peer", nargs="?", metavar="PEER_DID")
+    ac.add_argument("--name", help="a label for the peer")
+    ac.add_argument("--remove", action="store_true", help="remove PEER_DID from the trust list")
+    ac.add_argument("--list", action="store_true", help="print the trust list")
+    _state(ac)
+    ac.set_defaults(func=_agent_connect)
+
+
+def _state(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE or ~/.local/state/kestrel)")
+
+
+def _db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="PATH", help=f"collector database (default ${COLLECTOR_DB_ENV} or "
+                   "~/.local/share/kestrel/collector.db)")
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from .._internal.paths import resolve_state_dir
+
+    return resolve_state_dir(args.state)
+
+
+def _db_path(args: argparse.Namespace, *, must_exist: bool = True) -> Path:
+    from ..errors import UsageError
+
+    path = Path(args.db or os.environ.get(COLLECTOR_DB_ENV)
+                or Path(os.path.expanduser("~")) / ".local" / "share" / "kestrel" / "collector.db")
+    if must_exist and not path.exists():
+        raise UsageError(f"no collector database at {path}", hint="run `kestrel collector run --db PATH` first, "
+                         "or pass --db")
+    return path
+
+
+def _ago(t: float) -> str:
+    d = max(0.0, time.time() - t)
+    return f"{d:.0f}s ago" if d < 120 else f"{d / 60:.0f}m ago" if d < 7200 else f"{d / 3600:.1f}h ago"
+
+
+# -- sync status ------------------------------------------------------------------------------
+def _sync_status(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..sync.state import OffsetStore, read_status
+
+    state_dir = _state_dir(args)
+    status = read_status(state_dir)
+    if status is None:
+        try:
+            from ..identity import load_identity
+
+            did = load_identity(state_dir).did
+            offset = OffsetStore(state_dir).load(did)
+        except Exception:
+            offset = None
+        doc: dict[str, Any] = {"state": "never-run", "acked": offset.acked if offset else 0}
+        if args.json:
+            print(json.dumps(doc))
+        else:
+            print("sync: has not run (no MQTT broker configured, or the daemon never started)")
+            print(f"last acknowledged offset: {doc['acked']}")
+        return 0
+    stale = time.time() - status.updated > 30 or not _alive(status.pid)
+    state = "stopped" if stale else ("connected" if status.connected else "offline")
+    if args.json:
+        print(json.dumps({"state": state, **status.to_json()}))
+        return 0
+    print(f"sync: {state} (updated {_ago(status.updated)})")
+    print(f"agent:       {status.agent}")
+    print(f"acknowledged: {status.acked} of {status.ledger_size} records (backlog {status.backlog})")
+    print(f"rate:         {status.rate:.1f} records/s")
+    if status.retention_limit:
+        print(f"flash:        {status.ledger_bytes} of {status.retention_limit} bytes allowed by the retention policy")
+    for w in status.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- collector --------------------------------------------------------------------------------
+def _collector_run(args: argparse.Namespace, extra: list[str]) -> int:
+    import logging
+    import signal
+    import threading
+
+    from .._internal.fsutil import read_bytes
+    from ..sync.collector.service import CollectorService, parse_broker
+    from ..sync.collector.sqlite import SqliteStore
+
+    host, port = parse_broker(args.broker)
+    password = read_bytes(args.password_file, what="password file").decode().strip() if args.password_file else None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    store = SqliteStore(_db_path(args, must_exist=False))
+    svc = CollectorService(store, host=host, port=port, group=args.group, client_id=args.client_id,
+                           username=args.username, password=password)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"collector: subscribing to {svc.topic} on {host}:{port}, storing in {store.path}", file=sys.stderr)
+    svc.start()
+    try:
+        done.wait(args.duration)
+    finally:
+        svc.stop()
+        store.close()
+    c = svc.counters
+    print(f"collector: {c.messages} messages, {c.verified} records verified, {c.duplicates} duplicates, "
+          f"{c.refused} refused, {c.forks} forks", file=sys.stderr)
+    return 0
+
+
+def _collector_status(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..sync.collector.sqlite import SqliteStore
+
+    store = SqliteStore(_db_path(args))
+    try:
+        rows = store.summaries()
+        unknown = [r for r in store.rejections() if r.did == "?"]
+        if args.json:
+            print(json.dumps({"agents": [r.__dict__ for r in rows], "unattributed_rejections": len(unknown)}))
+            return 0
+        if not rows:
+            print("no agents yet")
+        for r in rows:
+            flag = "  FORKED" if r.forks else ""
+            print(f"{r.did}  verified {r.verified}  pending {r.pending}  refused {r.rejections}  forks {r.forks}  "
+                  f"last seen {_ago(r.last_seen)}{flag}")
+        if unknown:
+            print(f"{len(unknown)} messages on malformed topics refused")
+        return 0
+    finally:
+        store.close()
+
+
+def _verified_export(store: Any, did: str) -> tuple[bytes, Any]:
+    """The agent's verified log as export bytes, checked with the ledger's own export verifier."""
+    from ..errors import DataError
+    from ..identity.keys import PublicKey
+    from ..ledger.checkpoint import verify_checkpoint
+    from ..ledger.export import encode_export, verify_export
+
+    pk = PublicKey.from_did(did)
+    state = store.agent_state(did)
+    if state.checkpoint is None:
+        raise DataError(f"the collector holds no verified records of {did}",
+                        hint="`kestrel collector status` lists the agents it has")
+    cp = verify_checkpoint(state.checkpoint, pk)
+    records = (raw for seq, raw in store.verified_records(did) if seq < cp.size)
+    data = b"".join(encode_export(cp, records))
+    return data, verify_export(data, pk)
+
+
+def _collector_verify(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..errors import DataError
+    from ..sync.collector.sqlite import SqliteStore
+
+    store = SqliteStore(_db_path(args))
+    try:
+        _, verified = _verified_export(store, args.agent)
+        forks, rejections = store.forks(args.agent), store.rejections(args.agent)
+        print(f"{args.agent}: {verified.size} records verified against the signed checkpoint "
+              f"(root {verified.root.hex()})")
+        for r in rejections:
+            print(f"refused: seq {r.seq if r.seq is not None else '-'}  {r.reason}: {r.detail}  sha256 {r.digest}")
+        for f in forks:
+            print(f"FORK at size {f.size}: {f.detail} ({_ago(f.time)})")
+        if forks:
+            raise DataError(f"{len(forks)} forked checkpoint(s) signed by {args.agent} are held as evidence",
+                            hint="the agent's key signed two histories; treat the agent as compromised")
+        return 0
+    finally:
+        store.close()
+
+
+def _collector_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from .._internal.fsutil import atomic_write
+    from ..sync.collector.sqlite import SqliteStore
+
+    store = SqliteStore(_db_path(args))
+    try:
+        data, verified = _verified_export(store, args.agent)
+    finally:
+        store.close()
+    atomic_write(Path(args.file), data, mode=0o644)
+    print(f"wrote {verified.size} verified records of {args.agent} to {args.file}", file=sys.stderr)
+    return 0
+
+
+# -- agent-connect ------------------------------------------------------------------------------
+def _agent_connect(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..errors import UsageError
+    from ..sync.peers.trust import add_peer, load_trust_list, remove_peer
+
+    state_dir = _state_dir(args)
+    if args.list:
+        for p in load_trust_list(state_dir).peers:
+            print(f"{p.did}  {p.name or '-'}  added {p.added_at}")
+        return 0
+    if not args.peer:
+        raise UsageError("give the peer's AgentID", hint="kestrel agent-connect did:key:z6Mk... [--name NAME]")
+    from ..identity import load_identity
+    from .ota import open_ledger
+
+    me = load_identity(state_dir)
+    if args.peer == me.did:
+        raise UsageError("that is this agent's own AgentID", hint="give the other agent's AgentID")
+    with open_ledger(state_dir) as ledger:  # unlock first: a trust change is always recorded
+        if args.remove:
+            if not remove_peer(state_dir, args.peer):
+                raise UsageError(f"{args.peer} is not in the trust list")
+            ledger.append("peer.untrusted", {"peer": args.peer})
+            print(f"removed {args.peer} from the trust list")
+            return 0
+        peer, added = add_peer(state_dir, args.peer, name=args.name)
+        if added:
+            ledger.append("peer.trusted", {"peer": peer.did, "name": peer.name})
+            print(f"trusted {peer.did}" + (f" ({peer.name})" if peer.name else ""))
+        else:
+            print(f"{peer.did} is already trusted (since {peer.added_at})")
+    return 0

@@ -1,0 +1,132 @@
+"""``schedule_event``: a local iCalendar (RFC 5545) store, one ``.ics`` file per event.
+
+Events live in ``STATE/data/calendar/<uid>.ics`` (0600, written atomically), so
+any CalDAV sync tool or calendar program can read them. Parsing the arguments and
+rendering the file are pure; :class:`CalendarStore` only writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._internal.fsutil import atomic_write, ensure_private_dir
+from ..errors import DataError
+
+__all__ = ["EventArgsError", "CalendarEvent", "parse_event_args", "render_ics", "CalendarStore"]
+
+
+class EventArgsError(DataError):
+    """schedule_event arguments are missing or malformed."""
+
+
+@dataclass(frozen=True)
+class CalendarEvent:
+    uid: str
+    summary: str
+    start: dt.datetime  # aware, UTC
+    end: dt.datetime
+    location: str = ""
+    description: str = ""
+
+
+def _time(value: Any, what: str) -> dt.datetime:
+    if not isinstance(value, str):
+        raise EventArgsError(f"schedule_event: '{what}' must be an ISO 8601 time such as 2026-05-01T09:30:00Z")
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise EventArgsError(f"schedule_event: '{what}' {value!r} is not an ISO 8601 time",
+                             hint="e.g. 2026-05-01T09:30:00Z or 2026-05-01T11:30:00+02:00") from None
+    if t.tzinfo is None:
+        raise EventArgsError(f"schedule_event: '{what}' needs a time zone (Z or +HH:MM)")
+    return t.astimezone(dt.timezone.utc)
+
+
+def _text(args: dict[str, Any], key: str, *, required: bool = False, limit: int = 4096) -> str:
+    v = args.get(key, "")
+    if required and not v:
+        raise EventArgsError(f"schedule_event needs '{key}'")
+    if not isinstance(v, str) or len(v) > limit:
+        raise EventArgsError(f"schedule_event: '{key}' must be text of at most {limit} characters")
+    return v
+
+
+def parse_event_args(args: dict[str, Any], *, uid: str | None = None) -> CalendarEvent:
+    """``summary``, ``start``, and ``end`` or ``duration_min``; optional ``location``, ``description``."""
+    unknown = set(args) - {"summary", "title", "start", "end", "duration_min", "location", "description"}
+    if unknown:
+        raise EventArgsError(f"schedule_event: unknown argument(s) {', '.join(sorted(unknown))}")
+    if "title" in args and "summary" not in args:
+        args = {**args, "summary": args["title"]}
+    summary = _text(args, "summary", required=True, limit=500)
+    start = _time(args.get("start"), "start")
+    if "end" in args:
+        end = _time(args["end"], "end")
+    else:
+        dur = args.get("duration_min", 60)
+        if isinstance(dur, str) and dur.isdigit():
+            dur = int(dur)
+        if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not 0 < dur <= 60 * 24 * 366:
+            raise EventArgsError("schedule_event: 'duration_min' must be a positive number of minutes")
+        end = start + dt.timedelta(minutes=dur)
+    if end <= start:
+        raise EventArgsError("schedule_event: 'end' must be after 'start'")
+    return CalendarEvent(uid or f"{os.urandom(8).hex()}@kestrel", summary, start, end,
+                         _text(args, "location", limit=500), _text(args, "description"))
+
+
+def _escape(text: str) -> str:
+    return (text.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,")
+            .replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n"))
+
+
+def _fold(line: str) -> bytes:
+    """Fold a content line at 75 octets without splitting a UTF-8 sequence (RFC 5545 3.1)."""
+    data = line.encode()
+    out, first = [], True
+    while data:
+        width = 75 if first else 74
+        cut = min(width, len(data))
+        while cut < len(data) and (data[cut] & 0xC0) == 0x80:
+            cut -= 1
+        out.append((b"" if first else b" ") + data[:cut])
+        data, first = data[cut:], False
+    return b"\r\n".join(out) + b"\r\n"
+
+
+def _stamp(t: dt.datetime) -> str:
+    return t.strftime("%Y%m%dT%H%M%SZ")
+
+
+def render_ics(event: CalendarEvent, *, now: float) -> bytes:
+    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Kestrel//schedule_event//EN", "BEGIN:VEVENT",
+             f"UID:{event.uid}", f"DTSTAMP:{_stamp(dt.datetime.fromtimestamp(now, dt.timezone.utc))}",
+             f"DTSTART:{_stamp(event.start)}", f"DTEND:{_stamp(event.end)}",
+             f"SUMMARY:{_escape(event.summary)}"]
+    if event.location:
+        lines.append(f"LOCATION:{_escape(event.location)}")
+    if event.description:
+        lines.append(f"DESCRIPTION:{_escape(event.description)}")
+    lines += ["END:VEVENT", "END:VCALENDAR"]
+    return b"".join(_fold(line) for line in lines)
+
+
+class CalendarStore:
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+
+    def add_blocking(self, event: CalendarEvent, *, now: float) -> Path:
+        ensure_private_dir(self.dir)
+        path = self.dir / (event.uid.split("@")[0] + ".ics")
+        atomic_write(path, render_ics(event, now=now), mode=0o600)
+        return path
+
+    def count(self) -> int:
+        try:
+            return sum(1 for _ in self.dir.glob("*.ics"))
+        except OSError:
+            return 0

@@ -1,0 +1,455 @@
+"""Device configuration (docs/device-config.md): YAML text in, a frozen DeviceConfig out.
+
+Pure: no file, device or network is touched. Every error is a ConfigError that
+names the file, the line and the dotted key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from ..errors import ConfigError, KestrelError
+from ._yamlnode import Fields, Node, load
+from .cron import CronSpec, parse_cron
+from .expr import Expression, Template, compile_expression
+
+__all__ = [
+    "DeviceConfig", "GpioInput", "SerialSensor", "MqttSensor", "PeriodicSensor", "GpioOutput",
+    "MqttActuator", "SerialActuator", "Trigger", "Schedule", "SmtpConfig", "OutboxConfig",
+    "MqttConfig", "ControlConfig", "OtaConfig", "FetchConfig", "LimitsConfig", "SerialLine",
+    "parse_device_config", "BUILTIN_ACTIONS",
+]
+
+BUILTIN_ACTIONS = ("send_email", "schedule_event", "fetch_data", "gpio.write", "mqtt.publish", "serial.write")
+PARITIES = ("none", "even", "odd")
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+@dataclass(frozen=True)
+class SerialLine:
+    port: str
+    baud: int = 9600
+    parity: str = "none"
+    framing: str = "line"  # line | length_prefixed
+    max_frame: int = 1024
+    length_bytes: int = 2  # for length_prefixed: big-endian length header size (1 or 2)
+    crc: str | None = None  # for length_prefixed: None | "crc16" | "crc32" trailer
+
+
+@dataclass(frozen=True)
+class GpioInput:
+    name: str
+    pin: str
+    mode: str = "edge"  # edge | level
+    edge: str = "both"  # rising | falling | both
+    bias: str = "as_is"  # as_is | pull_up | pull_down | disabled
+    debounce_ms: float = 0.0
+    poll_s: float = 1.0  # level mode sampling period
+    active_low: bool = False
+    kind: str = "gpio"
+
+
+@dataclass(frozen=True)
+class SerialSensor:
+    name: str
+    line: SerialLine
+    format: str = "text"  # text | nmea | json | bytes
+    kind: str = "serial"
+
+
+@dataclass(frozen=True)
+class MqttSensor:
+    name: str
+    topic: str
+    payload: str = "json"  # json | msgpack | text
+    max_payload: int = 65536
+    qos: int = 1
+    kind: str = "mqtt"
+
+
+@dataclass(frozen=True)
+class PeriodicSensor:
+    name: str
+    every_s: float
+    file: str | None = None  # read a number from a file (e.g. /sys/class/thermal/...)
+    pin: str | None = None  # or sample a GPIO input level
+    scale: float = 1.0
+    kind: str = "periodic"
+
+
+Sensor = Union[GpioInput, SerialSensor, MqttSensor, PeriodicSensor]
+
+
+@dataclass(frozen=True)
+class GpioOutput:
+    name: str
+    pin: str
+    initial: int = 0
+    active_low: bool = False
+    kind: str = "gpio"
+
+
+@dataclass(frozen=True)
+class MqttActuator:
+    name: str
+    topic: str
+    qos: int = 1
+    retain: bool = False
+    kind: str = "mqtt"
+
+
+@dataclass(frozen=True)
+class SerialActuator:
+    name: str
+    line: SerialLine
+    kind: str = "serial"
+
+
+Actuator = Union[GpioOutput, MqttActuator, SerialActuator]
+
+
+@dataclass(frozen=True)
+class Trigger:
+    name: str
+    when: Expression
+    action: str
+    args: Template
+    cooldown_s: float = 0.0
+    fire: str = "rising"  # rising: when the condition becomes true; always: on every matching event
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    action: str
+    args: Template
+    every_s: float | None = None
+    cron: CronSpec | None = None
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int = 25
+    security: str = "none"  # none | starttls | tls
+    username: str | None = None
+    password_file: str | None = None
+    sender: str = "kestrel@localhost"
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    retry_initial_s: float = 5.0
+    retry_max_s: float = 600.0
+    max_items: int = 1000
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str
+    port: int = 1883
+    keepalive_s: int = 30
+    commands_topic: str | None = None
+    results_topic: str | None = None
+    max_payload: int = 65536
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    group: str | None = None  # a group name or numeric gid whose members may use the socket
+
+
+@dataclass(frozen=True)
+class OtaConfig:
+    drop_dir: str | None = None  # relative paths are under the state directory
+    mqtt_topic: str | None = None
+    poll_s: float = 2.0
+    max_bundle: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    max_bytes: int = 1024 * 1024
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    event_queue: int = 1024
+    action_queue: int = 256
+    action_workers: int = 4
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    source: str
+    name: str = "kestrel"
+    board: str | None = None
+    sensors: tuple[Sensor, ...] = ()
+    actuators: tuple[Actuator, ...] = ()
+    triggers: tuple[Trigger, ...] = ()
+    schedules: tuple[Schedule, ...] = ()
+    smtp: SmtpConfig | None = None
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    mqtt: MqttConfig | None = None
+    control: ControlConfig = field(default_factory=ControlConfig)
+    ota: OtaConfig = field(default_factory=OtaConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def sensor(self, name: str) -> Sensor | None:
+        return next((s for s in self.sensors if s.name == name), None)
+
+    def actuator(self, name: str) -> Actuator | None:
+        return next((a for a in self.actuators if a.name == name), None)
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def _name(node: Node, name: str) -> str:
+    if not name or not set(name) <= _NAME_OK:
+        raise node.error(f"name {name!r} must use letters, digits and '_' only")
+    return name
+
+
+def _serial_line(f: Fields) -> SerialLine:
+    framing = f.get("framing", Node.as_str, "line", choices=("line", "length_prefixed", "none"))
+    length_bytes = f.get("length_bytes", Node.as_int, 2, min=1, max=2)
+    limit = (1 << (8 * length_bytes)) - 1 if framing == "length_prefixed" else 1 << 20
+    crc = f.get("crc", Node.as_str, "none", choices=("none", "crc16", "crc32"))
+    return SerialLine(
+        port=f.get("port", Node.as_str),
+        baud=f.get("baud", Node.as_int, 9600, min=50, max=4_000_000),
+        parity=f.get("parity", Node.as_str, "none", choices=PARITIES),
+        framing=framing,
+        max_frame=f.get("max_frame", Node.as_int, min(1024, limit), min=8, max=limit),
+        length_bytes=length_bytes,
+        crc=None if crc == "none" else crc,
+    )
+
+
+_SERIAL_KEYS = {"type", "port", "baud", "parity", "framing", "max_frame", "length_bytes", "crc"}
+
+
+def _sensor(name: str, node: Node) -> Sensor:
+    kind = Fields(node, set(node.mapping())).get("type", Node.as_str,
+                                                                   choices=("gpio", "serial", "mqtt", "periodic"))
+    if kind == "gpio":
+        f = Fields(node, {"type", "pin", "mode", "edge", "bias", "debounce_ms", "poll_s", "active_low"})
+        return GpioInput(
+            name, f.get("pin", _pin),
+            mode=f.get("mode", Node.as_str, "edge", choices=("edge", "level")),
+            edge=f.get("edge", Node.as_str, "both", choices=("rising", "falling", "both")),
+            bias=f.get("bias", Node.as_str, "as_is", choices=("as_is", "pull_up", "pull_down", "disabled")),
+            debounce_ms=f.get("debounce_ms", Node.as_float, 0.0, min=0, max=10_000),
+            poll_s=f.get("poll_s", Node.as_float, 1.0, min=0.001, max=86_400),
+            active_low=f.get("active_low", Node.as_bool, False),
+        )
+    if kind == "serial":
+        f = Fields(node, _SERIAL_KEYS | {"format"})
+        line = _serial_line(f)
+        if line.framing == "none":
+            raise f.node_of("framing").error("a serial sensor needs framing 'line' or 'length_prefixed'")
+        return SerialSensor(name, line, format=f.get("format", Node.as_str, "text",
+                                                     choices=("text", "nmea", "json", "bytes")))
+    if kind == "mqtt":
+        f = Fields(node, {"type", "topic", "payload", "max_payload", "qos"})
+        return MqttSensor(
+            name, f.get("topic", Node.as_str),
+            payload=f.get("payload", Node.as_str, "json", choices=("json", "msgpack", "text")),
+            max_payload=f.get("max_payload", Node.as_int, 65536, min=1, max=1 << 24),
+            qos=f.get("qos", Node.as_int, 1, min=0, max=2),
+        )
+    f = Fields(node, {"type", "every", "file", "pin", "scale"})
+    if f.has("file") == f.has("pin"):
+        raise node.error("a periodic sensor reads exactly one of 'file' or 'pin'")
+    return PeriodicSensor(
+        name, f.get("every", Node.as_float, min=0.01, max=86_400 * 31),
+        file=f.get("file", Node.as_str, None), pin=f.get("pin", _pin, None),
+        scale=f.get("scale", Node.as_float, 1.0),
+    )
+
+
+def _pin(node: Node) -> str:
+    v = node.value()
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return node.as_str()
+
+
+def _actuator(name: str, node: Node) -> Actuator:
+    kind = Fields(node, set(node.mapping())).get("type", Node.as_str, choices=("gpio", "mqtt", "serial"))
+    if kind == "gpio":
+        f = Fields(node, {"type", "pin", "initial", "active_low"})
+        return GpioOutput(name, f.get("pin", _pin), initial=f.get("initial", Node.as_int, 0, min=0, max=1),
+                          active_low=f.get("active_low", Node.as_bool, False))
+    if kind == "mqtt":
+        f = Fields(node, {"type", "topic", "qos", "retain"})
+        return MqttActuator(name, f.get("topic", Node.as_str), qos=f.get("qos", Node.as_int, 1, min=0, max=2),
+                            retain=f.get("retain", Node.as_bool, False))
+    f = Fields(node, _SERIAL_KEYS)
+    return SerialActuator(name, _serial_line(f))
+
+
+def _action(f: Fields) -> tuple[str, Template]:
+    action = f.get("action", Node.as_str, choices=BUILTIN_ACTIONS)
+    args_node = f.node_of("args")
+    if not args_node.is_null and not isinstance(args_node.value(), dict):
+        raise args_node.error("args must be a mapping of argument names to values")
+    try:
+        return action, Template.of(args_node.value() or {})
+    except KestrelError as exc:
+        raise args_node.error(f"bad ${{...}} template: {exc.message}") from None
+
+
+def _trigger(node: Node, index: int) -> Trigger:
+    f = Fields(node, {"name", "when", "action", "args", "cooldown", "fire"})
+    when_node = f.node_of("when")
+    try:
+        when = compile_expression(f.get("when", Node.as_str))
+    except KestrelError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise when_node.error(exc.message) from None
+    action, args = _action(f)
+    return Trigger(
+        name=f.get("name", Node.as_str, f"trigger{index}"), when=when, action=action, args=args,
+        cooldown_s=f.get("cooldown", Node.as_float, 0.0, min=0, max=86_400),
+        fire=f.get("fire", Node.as_str, "rising", choices=("rising", "always")),
+    )
+
+
+def _schedule(node: Node, index: int) -> Schedule:
+    f = Fields(node, {"name", "every", "cron", "action", "args"})
+    if f.has("every") == f.has("cron"):
+        raise node.error("a schedule has exactly one of 'every' (seconds) or 'cron' (\"*/5 * * * *\")")
+    cron = None
+    if f.has("cron"):
+        try:
+            cron = parse_cron(f.get("cron", Node.as_str))
+        except KestrelError as exc:
+            raise f.node_of("cron").error(exc.message, hint=exc.hint) from None
+    action, args = _action(f)
+    return Schedule(name=f.get("name", Node.as_str, f"schedule{index}"), action=action, args=args,
+                    every_s=f.get("every", Node.as_float, None, min=0.01, max=86_400 * 366), cron=cron)
+
+
+def _section(root: Fields, key: str, keys: set[str]) -> Fields | None:
+    return Fields(root.entries[key], keys) if root.has(key) else None
+
+
+def _named(root: Fields, key: str, build: Any) -> tuple[Any, ...]:
+    out = []
+    for name, node in root.node_of(key).items():
+        out.append(build(_name(node, name), node))
+    return tuple(out)
+
+
+_TOP = {"version", "name", "board", "sensors", "actuators", "triggers", "schedules", "smtp", "outbox",
+        "mqtt", "control", "ota", "fetch", "limits"}
+
+
+def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
+    """Parse device-config YAML; raise ConfigError naming ``source``, line and key."""
+    root_node = load(text, source=source)
+    if root_node.is_null:
+        raise ConfigError("the device config is empty", path=source, hint="see docs/device-config.md")
+    root = Fields(root_node, _TOP)
+    version = root.get("version", Node.as_int, 1)
+    if version != 1:
+        raise root.node_of("version").error(f"unsupported config version {version}; this Kestrel reads 1")
+    sensors = _named(root, "sensors", _sensor)
+    actuators = _named(root, "actuators", _actuator)
+    triggers = tuple(_trigger(n, i) for i, n in enumerate(root.node_of("triggers").sequence()))
+    schedules = tuple(_schedule(n, i) for i, n in enumerate(root.node_of("schedules").sequence()))
+
+    smtp = None
+    if (f := _section(root, "smtp", {"host", "port", "security", "username", "password_file", "from",
+                                     "timeout"})):
+        if f.has("username") and not f.has("password_file"):
+            raise f.node_of("password_file").error(
+                "a username needs a password_file", hint="passwords never go in the config itself")
+        smtp = SmtpConfig(
+            host=f.get("host", Node.as_str), port=f.get("port", Node.as_int, 25, min=1, max=65535),
+            security=f.get("security", Node.as_str, "none", choices=("none", "starttls", "tls")),
+            username=f.get("username", Node.as_str, None), password_file=f.get("password_file", Node.as_str, None),
+            sender=f.get("from", Node.as_str, "kestrel@localhost"),
+            timeout_s=f.get("timeout", Node.as_float, 10.0, min=0.1, max=600),
+        )
+    outbox = OutboxConfig()
+    if (f := _section(root, "outbox", {"retry_initial", "retry_max", "max_items"})):
+        outbox = OutboxConfig(f.get("retry_initial", Node.as_float, 5.0, min=0.01, max=86_400),
+                              f.get("retry_max", Node.as_float, 600.0, min=0.01, max=86_400 * 7),
+                              f.get("max_items", Node.as_int, 1000, min=1, max=1_000_000))
+    mqtt = None
+    if (f := _section(root, "mqtt", {"host", "port", "keepalive", "commands_topic", "results_topic",
+                                     "max_payload"})):
+        mqtt = MqttConfig(
+            host=f.get("host", Node.as_str), port=f.get("port", Node.as_int, 1883, min=1, max=65535),
+            keepalive_s=f.get("keepalive", Node.as_int, 30, min=5, max=3600),
+            commands_topic=f.get("commands_topic", Node.as_str, None),
+            results_topic=f.get("results_topic", Node.as_str, None),
+            max_payload=f.get("max_payload", Node.as_int, 65536, min=64, max=1 << 24),
+        )
+    control = ControlConfig()
+    if (f := _section(root, "control", {"group"})):
+        control = ControlConfig(group=f.get("group", _pin, None))
+    ota = OtaConfig()
+    if (f := _section(root, "ota", {"drop_dir", "mqtt_topic", "poll", "max_bundle"})):
+        ota = OtaConfig(f.get("drop_dir", Node.as_str, None), f.get("mqtt_topic", Node.as_str, None),
+                        f.get("poll", Node.as_float, 2.0, min=0.05, max=3600),
+                        f.get("max_bundle", Node.as_int, 16 << 20, min=1024, max=1 << 30))
+    fetch = FetchConfig()
+    if (f := _section(root, "fetch", {"max_bytes", "timeout"})):
+        fetch = FetchConfig(f.get("max_bytes", Node.as_int, 1 << 20, min=1, max=1 << 30),
+                            f.get("timeout", Node.as_float, 10.0, min=0.1, max=600))
+    limits = LimitsConfig()
+    if (f := _section(root, "limits", {"event_queue", "action_queue", "action_workers"})):
+        limits = LimitsConfig(f.get("event_queue", Node.as_int, 1024, min=1, max=1_000_000),
+                              f.get("action_queue", Node.as_int, 256, min=1, max=1_000_000),
+                              f.get("action_workers", Node.as_int, 4, min=1, max=64))
+
+    cfg = DeviceConfig(
+        source=source, name=root.get("name", Node.as_str, "kestrel"), board=root.get("board", Node.as_str, None),
+        sensors=sensors, actuators=actuators, triggers=triggers, schedules=schedules, smtp=smtp, outbox=outbox,
+        mqtt=mqtt, control=control, ota=ota, fetch=fetch, limits=limits,
+    )
+    _cross_check(cfg, root)
+    return cfg
+
+
+_ACTUATOR_ACTION = {"gpio.write": "gpio", "mqtt.publish": "mqtt", "serial.write": "serial"}
+
+
+def _cross_check(cfg: DeviceConfig, root: Fields) -> None:
+    names = [s.name for s in cfg.sensors]
+    for s in cfg.sensors:
+        if isinstance(s, MqttSensor) and cfg.mqtt is None:
+            raise root.node_of("sensors").error(f"sensor {s.name!r} needs an 'mqtt' broker section",
+                                                key=f"sensors.{s.name}")
+    for a in cfg.actuators:
+        if isinstance(a, MqttActuator) and cfg.mqtt is None:
+            raise root.node_of("actuators").error(f"actuator {a.name!r} needs an 'mqtt' broker section",
+                                                  key=f"actuators.{a.name}")
+    for key, items in (("triggers", cfg.triggers), ("schedules", cfg.schedules)):
+        for i, item in enumerate(items):
+            node = root.node_of(key).sequence()[i]
+            if isinstance(item, Trigger):
+                unknown = sorted(n for n in item.when.names if n not in names)
+                if unknown:
+                    raise Fields(node, set(node.mapping())).node_of("when").error(
+                        f"unknown sensor {unknown[0]!r}", hint=f"sensors defined: {', '.join(names) or 'none'}")
+            want = _ACTUATOR_ACTION.get(item.action)
+            target = item.args.literal.get("actuator") if isinstance(item.args.literal, dict) else None
+            if want and target is not None:
+                target_name = target.literal
+                act = cfg.actuator(target_name) if isinstance(target_name, str) else None
+                if act is None or act.kind != want:
+                    raise Fields(node, set(node.mapping())).node_of("args").error(
+                        f"{item.action} needs a {want} actuator; {target_name!r} is not one",
+                        key=f"{node.key}.args.actuator")
+            if item.action == "send_email" and cfg.smtp is None:
+                raise node.error("send_email needs an 'smtp' section (the relay to send through)")

@@ -1,0 +1,269 @@
+"""The control socket: ``STATE/run/control.sock`` (docs/control-protocol.md).
+
+Access is checked twice: by the file system (directory 0750, socket 0660, group
+= the configured control group) and, for every connection, by the kernel's
+SO_PEERCRED: only the daemon's own uid, root, and members of the configured group
+are served. Everyone else gets one ``forbidden`` error line; the refusal is logged
+and recorded in the ledger (``control.refused``, at most one record per uid per
+:data:`REFUSAL_RECORD_INTERVAL` seconds, the rest counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+
+from ..errors import ConfigError, KestrelError, TransportError
+from . import protocol as P
+
+__all__ = ["ControlServer", "ControlTarget", "PeerCred", "peer_credentials", "resolve_group", "peer_allowed"]
+
+log = logging.getLogger("kestrel.daemon.control")
+REFUSAL_RECORD_INTERVAL = 10.0
+
+
+class ControlTarget(Protocol):
+    """What the control server asks the daemon to do (implemented by the runtime)."""
+
+    async def control_call(self, action: str, args: dict[str, Any], *, source: str) -> dict[str, Any]: ...
+    def control_status(self) -> dict[str, Any]: ...
+    def control_sim_drive(self, pin: str, value: int) -> dict[str, Any]: ...
+    def control_sim_list(self) -> list[dict[str, Any]]: ...
+    def control_follow(self, since_seq: int, kind: str | None) -> AsyncIterator[dict[str, Any]]: ...
+    async def control_reload(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class PeerCred:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCred:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return PeerCred(pid, uid, gid)
+
+
+def resolve_group(group: str | None, *, source: str = "device config") -> int | None:
+    """The gid of a configured control group (name or number); ConfigError if unknown."""
+    if group is None:
+        return None
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"control group {group!r} does not exist on this system", path=source,
+                          key="control.group", hint=f"create it (groupadd {group}) or remove control.group") from None
+
+
+def _supplementary_groups(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:] if g.isdigit()}
+    except OSError:
+        pass
+    return set()
+
+
+def peer_allowed(cred: PeerCred, *, owner_uid: int, group_gid: int | None) -> bool:
+    if cred.uid in (0, owner_uid):
+        return True
+    if group_gid is None:
+        return False
+    return cred.gid == group_gid or group_gid in _supplementary_groups(cred.pid)
+
+
+class ControlServer:
+    def __init__(self, path: Path, target: ControlTarget, *, group_gid: int | None,
+                 record: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None) -> None:
+        self.path = Path(path)
+        self.target = target
+        self.group_gid = group_gid
+        self.owner_uid = os.getuid()
+        self._record = record
+        self._server: asyncio.AbstractServer | None = None
+        self._last_refusal_record: dict[int, float] = {}
+        self._conn_tasks: set[asyncio.Task[Any]] = set()
+        self.refused = 0
+        self.served = 0
+
+    # -- socket setup -------------------------------------------------------------------------
+    def _prepare(self) -> socket.socket:
+        run_dir = self.path.parent
+        try:
+            if self.group_gid is not None:
+                # group members must traverse (not list) the state directory to reach run/
+                root = run_dir.parent
+                st = os.stat(root)
+                if st.st_gid != self.group_gid or not st.st_mode & 0o010:
+                    os.chown(root, -1, self.group_gid)
+                    os.chmod(root, stat.S_IMODE(st.st_mode) | 0o010)
+            run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+            os.chmod(run_dir, 0o750)
+            if self.group_gid is not None:
+                os.chown(run_dir, -1, self.group_gid)
+        except OSError as exc:
+            raise TransportError(f"cannot prepare {run_dir}: {exc.strerror or exc}") from None
+        if self.path.exists() or self.path.is_symlink():
+            st = os.lstat(self.path)
+            if not stat.S_ISSOCK(st.st_mode):
+                raise TransportError(f"{self.path} exists and is not a socket; refusing to replace it")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(self.path))
+                raise TransportError(f"another daemon is already serving {self.path}",
+                                     hint="stop it first, or use a different --state directory")
+            except (ConnectionRefusedError, FileNotFoundError):
+                self.path.unlink(missing_ok=True)  # stale socket of a daemon that died
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(self.path))  # the 0750 directory keeps others out until chmod below
+            os.chmod(self.path, 0o660)
+            if self.group_gid is not None:
+                os.chown(self.path, -1, self.group_gid)
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"cannot listen on {self.path}: {exc.strerror or exc}") from None
+        sock.setblocking(False)
+        return sock
+
+    async def start(self) -> None:
+        sock = self._prepare()
+        self._server = await asyncio.start_unix_server(self._on_connection, sock=sock, limit=P.MAX_LINE + 2)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._conn_tasks):
+                task.cancel()
+            await asyncio.gather(*self._conn_tasks, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+    # -- connections --------------------------------------------------------------------------
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conn_tasks.add(task)
+        try:
+            sock = writer.get_extra_info("socket")
+            cred = peer_credentials(sock)
+            if not peer_allowed(cred, owner_uid=self.owner_uid, group_gid=self.group_gid):
+                await self._refuse(cred, writer)
+                return
+            self.served += 1
+            await self._serve(reader, writer, cred)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if task is not None:
+                self._conn_tasks.discard(task)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, asyncio.CancelledError, RuntimeError):
+                pass
+
+    async def _refuse(self, cred: PeerCred, writer: asyncio.StreamWriter) -> None:
+        self.refused += 1
+        log.warning("control socket: refused uid %d gid %d pid %d (not the daemon's user, root, or in the "
+                    "control group)", cred.uid, cred.gid, cred.pid)
+        writer.write(P.encode_error(None, "forbidden", f"uid {cred.uid} may not use this control socket",
+                                    "ask the device's owner to add you to the control group"))
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        now = time.monotonic()
+        last = self._last_refusal_record.get(cred.uid)
+        if self._record is not None and (last is None or now - last >= REFUSAL_RECORD_INTERVAL):
+            self._last_refusal_record[cred.uid] = now
+            try:
+                await self._record("control.refused", {"uid": cred.uid, "gid": cred.gid, "pid": cred.pid,
+                                                       "refused_total": self.refused})
+            except Exception as exc:
+                log.error("could not record control.refused: %s", exc)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cred: PeerCred) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                writer.write(P.encode_error(None, "bad_request", f"request longer than {P.MAX_LINE} bytes"))
+                await writer.drain()
+                return
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                req = P.decode_request(line)
+            except P.ProtocolError as exc:
+                writer.write(P.encode_error(getattr(exc, "request_id", None), exc.code, exc.message, exc.hint))
+                await writer.drain()
+                continue
+            await self._dispatch(req, writer, cred)
+
+    async def _dispatch(self, req: P.Request, writer: asyncio.StreamWriter, cred: PeerCred) -> None:
+        t = self.target
+        p = req.params
+        try:
+            if req.method == "call":
+                action, args = p.get("action"), p.get("args", {})
+                if not isinstance(action, str) or not isinstance(args, dict):
+                    raise P.ProtocolError("call needs params {\"action\": NAME, \"args\": {...}}")
+                result: Any = await t.control_call(action, args, source=f"control:uid={cred.uid}")
+            elif req.method == "status":
+                result = t.control_status()
+            elif req.method == "sim.drive":
+                pin, value = p.get("pin"), p.get("value")
+                if not isinstance(pin, str) or value not in (0, 1) or isinstance(value, bool):
+                    raise P.ProtocolError("sim.drive needs params {\"pin\": NAME, \"value\": 0 or 1}")
+                result = t.control_sim_drive(pin, value)
+            elif req.method == "sim.list":
+                result = t.control_sim_list()
+            elif req.method == "reload":
+                result = await t.control_reload()
+            else:  # follow
+                since = p.get("since_seq", 0)
+                kind = p.get("kind")
+                if isinstance(since, bool) or not isinstance(since, int) or since < 0 or \
+                        (kind is not None and not isinstance(kind, str)):
+                    raise P.ProtocolError("follow takes params {\"since_seq\": N >= 0, \"kind\": KIND}")
+                async for event in t.control_follow(since, kind):
+                    writer.write(P.encode_event(req.id, event))
+                    await writer.drain()
+                result = {"end": True}
+            writer.write(P.encode_result(req.id, result))
+        except KestrelError as exc:
+            code = getattr(exc, "code", None) or ("bad_request" if isinstance(exc, P.ProtocolError) else "failed")
+            writer.write(P.encode_error(req.id, code, exc.message, exc.hint))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug must not take the socket down; it is logged in full
+            log.exception("control request %s failed", req.method)
+            writer.write(P.encode_error(req.id, "internal", f"internal error: {type(exc).__name__}: {exc}"))
+        await writer.drain()

@@ -1,0 +1,118 @@
+"""``kestrel run``: build a :class:`Daemon` from a state directory and run it until SIGTERM.
+
+Exit codes: 0 after SIGTERM/SIGINT (ledger flushed); a KestrelError's exit code when
+the config, identity or state directory is unusable (the CLI prints it, no traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.resources
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._internal.fsutil import ensure_private_dir, read_bytes
+from .._internal.paths import StateLayout, resolve_state_dir
+from ..errors import ConfigError
+from .config import DeviceConfig, parse_device_config
+
+__all__ = ["load_config", "run_daemon", "EMBEDDED_CONFIG"]
+
+log = logging.getLogger("kestrel.daemon")
+EMBEDDED_CONFIG = "kestrel/data/device.yaml"
+MAX_CONFIG = 1 << 20
+
+
+def load_config(path: str | os.PathLike[str] | None) -> DeviceConfig:
+    """Read and parse a device config file, or the embedded default when ``path`` is None."""
+    if path is None:
+        text = importlib.resources.files("kestrel").joinpath("data/device.yaml").read_text("utf-8")
+        return parse_device_config(text, source=f"<embedded {EMBEDDED_CONFIG}>")
+    data = read_bytes(path, what="device config", max_size=MAX_CONFIG)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", path=str(path)) from None
+    return parse_device_config(text, source=str(path))
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger("kestrel")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        # systemd's journal adds its own timestamps; "<N>" prefixes carry the priority
+        fmt = "<%(levelno)s>%(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        handler.setFormatter(_JournalFormatter(fmt))
+        root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+class _JournalFormatter(logging.Formatter):
+    _PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text.replace(f"<{record.levelno}>", f"<{self._PRIO.get(record.levelno, 6)}>", 1)
+
+
+def _ensure_identity(state_dir: Path, name: str) -> tuple[str, Any]:
+    """Load the identity, creating a machine-bound file identity on first run. Returns (did, signer)."""
+    from ..identity import IdentityNotFoundError, create_identity, load_identity, open_signer
+
+    try:
+        ident = load_identity(state_dir)
+    except IdentityNotFoundError:
+        ident = create_identity(state_dir, name=name, backend="file", machine_bound=True)
+        print(f"kestrel: created a new identity {ident.did} in {state_dir}\n"
+              f"  (file keystore, machine-bound: it opens only on this machine; back it up with "
+              f"`kestrel identity backup`)", file=sys.stderr)
+    return ident.did, open_signer(state_dir)
+
+
+def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | None,
+               log_level: str = "info") -> int:
+    """Everything ``kestrel run`` does; returns the process exit code."""
+    _setup_logging(log_level)
+    cfg = load_config(config_path)
+    state = resolve_state_dir(state_dir)
+    ensure_private_dir(state)
+    layout = StateLayout(state)
+    board_name = board or cfg.board or ("sim" if config_path is None else "auto")
+
+    from ..io.boards import load_profile
+    from ..io.gpio import open_pin_factory
+    from ..ledger import Ledger
+    from ..policy import PolicyEngine
+    from .runtime import Daemon
+
+    profile = load_profile(board_name)
+    did, signer = _ensure_identity(state, cfg.name)
+    ledger = Ledger.open(layout.ledger, signer=signer, durability="batched")
+    factory = None
+    try:
+        policy = PolicyEngine(state, ledger)
+        factory = open_pin_factory(profile)
+        daemon = Daemon(config=cfg, state_dir=state, ledger=ledger, policy=policy, factory=factory, agent_id=did,
+                        board=profile.name, load_config=lambda: load_config(config_path))
+        asyncio.run(_main(daemon))
+    finally:
+        if factory is not None:
+            factory.close()
+        ledger.close()
+    log.info("stopped; ledger flushed (%d records)", ledger.size)
+    return 0
+
+
+async def _main(daemon: Any) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="kestrel-io"))
+    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+    await daemon.run()

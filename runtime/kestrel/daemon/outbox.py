@@ -1,0 +1,238 @@
+"""``send_email``: a durable outbox in front of an SMTP relay.
+
+A message is written to ``STATE/data/outbox/<id>.json`` (atomic, fsynced, 0600)
+before the caller hears "queued"; a delivery task sends it through the relay and
+deletes it only once the relay accepted it. While the relay is unreachable the
+message waits and is retried with exponential backoff and jitter, across restarts.
+A relay that refuses the message for good (5xx) moves it to ``outbox/failed/``.
+Format: docs/device-config.md ("Outbox files").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.message
+import email.utils
+import json
+import logging
+import os
+import random
+import smtplib
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from .._internal.fsutil import atomic_write, check_private, ensure_private_dir, fsync_dir, read_bytes
+from ..errors import DataError, TransportError
+from .config import OutboxConfig, SmtpConfig
+
+__all__ = ["Outbox", "OutboxMessage", "EmailArgsError", "parse_email_args"]
+
+log = logging.getLogger("kestrel.daemon.outbox")
+MAX_BODY = 256 * 1024
+MAX_RECIPIENTS = 50
+
+
+class EmailArgsError(DataError):
+    """send_email arguments are missing or unsafe (header injection, bad address)."""
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    id: str
+    to: tuple[str, ...]
+    subject: str
+    body: str
+    created: float
+
+    def to_json(self) -> bytes:
+        return json.dumps({"v": 1, "id": self.id, "to": list(self.to), "subject": self.subject,
+                           "body": self.body, "created": self.created}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, *, source: str) -> "OutboxMessage":
+        try:
+            d = json.loads(data)
+            if d.get("v") != 1:
+                raise ValueError("unknown version")
+            return cls(str(d["id"]), tuple(str(a) for a in d["to"]), str(d["subject"]), str(d["body"]),
+                       float(d["created"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"outbox file {source} is corrupt: {exc}") from None
+
+
+def _clean_header(value: Any, what: str, *, limit: int = 998) -> str:
+    if not isinstance(value, str):
+        raise EmailArgsError(f"send_email: '{what}' must be a string")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise EmailArgsError(f"send_email: '{what}' must not contain line breaks")
+    if len(value) > limit:
+        raise EmailArgsError(f"send_email: '{what}' is longer than {limit} characters")
+    return value
+
+
+def parse_email_args(args: dict[str, Any], *, now: float) -> OutboxMessage:
+    """Validate send_email arguments (pure): ``to`` (address or list), ``subject``, ``body``."""
+    to = args.get("to")
+    if to is None:
+        raise EmailArgsError("send_email needs 'to'", hint='e.g. --to "alice@example.com"')
+    addrs = [to] if isinstance(to, str) else to
+    if not isinstance(addrs, list) or not addrs or len(addrs) > MAX_RECIPIENTS:
+        raise EmailArgsError(f"send_email: 'to' must be an address or a list of 1..{MAX_RECIPIENTS}")
+    clean = []
+    for a in addrs:
+        a = _clean_header(a, "to", limit=254)
+        name, addr = email.utils.parseaddr(a)
+        if "@" not in addr or addr.startswith("@") or addr.endswith("@") or " " in addr:
+            raise EmailArgsError(f"send_email: {a!r} is not an e-mail address")
+        clean.append(a)
+    subject = _clean_header(args.get("subject", ""), "subject")
+    body = args.get("body", "")
+    if not isinstance(body, str) or len(body.encode()) > MAX_BODY:
+        raise EmailArgsError(f"send_email: 'body' must be text of at most {MAX_BODY} bytes")
+    unknown = set(args) - {"to", "subject", "body"}
+    if unknown:
+        raise EmailArgsError(f"send_email: unknown argument(s) {', '.join(sorted(unknown))}")
+    mid = f"{int(now * 1000):013d}-{os.urandom(4).hex()}"
+    return OutboxMessage(mid, tuple(clean), subject, body, now)
+
+
+class Outbox:
+    """Durable queue of e-mails plus the task that delivers them."""
+
+    def __init__(self, directory: Path, *, smtp: SmtpConfig | None, config: OutboxConfig,
+                 record: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None) -> None:
+        self.dir = Path(directory)
+        self.smtp = smtp
+        self.config = config
+        self._record = record
+        self._wake = asyncio.Event()
+        self._attempts: dict[str, int] = {}
+        self._next: dict[str, float] = {}
+        self.sent = 0
+        self.failed = 0
+        self.last_error: str | None = None
+
+    def pending(self) -> list[str]:
+        try:
+            return sorted(p.stem for p in self.dir.glob("*.json"))
+        except OSError:
+            return []
+
+    def enqueue_blocking(self, msg: OutboxMessage) -> None:
+        ensure_private_dir(self.dir)
+        if len(self.pending()) >= self.config.max_items:
+            raise TransportError(f"the outbox holds {self.config.max_items} messages already; not queueing more",
+                                 hint="check the SMTP relay settings and that the relay is reachable")
+        atomic_write(self.dir / f"{msg.id}.json", msg.to_json(), mode=0o600)
+
+    async def enqueue(self, msg: OutboxMessage) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.enqueue_blocking, msg)
+        self._wake.set()
+
+    def _load(self, mid: str) -> OutboxMessage:
+        path = self.dir / f"{mid}.json"
+        return OutboxMessage.from_json(read_bytes(path, what="outbox message", max_size=2 * MAX_BODY),
+                                       source=str(path))
+
+    def _build(self, msg: OutboxMessage) -> email.message.EmailMessage:
+        assert self.smtp is not None
+        m = email.message.EmailMessage()
+        m["From"] = self.smtp.sender
+        m["To"] = ", ".join(msg.to)
+        m["Subject"] = msg.subject
+        m["Date"] = email.utils.formatdate(msg.created)
+        m["Message-ID"] = f"<{msg.id}@kestrel>"
+        m.set_content(msg.body)
+        return m
+
+    def _send_blocking(self, msg: OutboxMessage) -> None:
+        """Hand one message to the relay (runs in an executor thread)."""
+        cfg = self.smtp
+        assert cfg is not None
+        ctx = ssl.create_default_context()
+        cls = smtplib.SMTP_SSL if cfg.security == "tls" else smtplib.SMTP
+        kw: dict[str, Any] = {"context": ctx} if cfg.security == "tls" else {}
+        with cls(cfg.host, cfg.port, timeout=cfg.timeout_s, **kw) as s:
+            if cfg.security == "starttls":
+                s.starttls(context=ctx)
+            if cfg.username and cfg.password_file:
+                check_private(cfg.password_file)
+                password = read_bytes(cfg.password_file, what="SMTP password file", max_size=4096)
+                s.login(cfg.username, password.decode().strip())
+            s.send_message(self._build(msg))
+
+    def _move_failed(self, mid: str) -> None:
+        failed = ensure_private_dir(self.dir / "failed")
+        os.replace(self.dir / f"{mid}.json", failed / f"{mid}.json")
+        fsync_dir(self.dir)
+
+    async def _deliver(self, mid: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            msg = await loop.run_in_executor(None, self._load, mid)
+        except DataError as exc:
+            log.error("%s; moving it to outbox/failed", exc)
+            await loop.run_in_executor(None, self._move_failed, mid)
+            self.failed += 1
+            return
+        try:
+            await loop.run_in_executor(None, self._send_blocking, msg)
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as exc:
+            code = getattr(exc, "smtp_code", 0) or 550
+            if 500 <= code < 600 or isinstance(exc, smtplib.SMTPRecipientsRefused):
+                log.error("relay refused message %s for good: %s", mid, exc)
+                await loop.run_in_executor(None, self._move_failed, mid)
+                self.failed += 1
+                await self._emit("outbox.failed", {"id": mid, "error": str(exc)[:200]})
+                return
+            self._backoff(mid, exc)
+            return
+        except (OSError, smtplib.SMTPException, TransportError) as exc:
+            self._backoff(mid, exc)
+            return
+        await loop.run_in_executor(None, self._unlink, mid)
+        self._attempts.pop(mid, None)
+        self._next.pop(mid, None)
+        self.sent += 1
+        self.last_error = None
+        log.info("delivered message %s to %s", mid, ", ".join(msg.to))
+        await self._emit("outbox.sent", {"id": mid, "recipients": len(msg.to)})
+
+    def _unlink(self, mid: str) -> None:
+        (self.dir / f"{mid}.json").unlink(missing_ok=True)
+        fsync_dir(self.dir)
+
+    def _backoff(self, mid: str, exc: BaseException) -> None:
+        n = self._attempts.get(mid, 0) + 1
+        self._attempts[mid] = n
+        delay = min(self.config.retry_max_s, self.config.retry_initial_s * 2 ** (n - 1))
+        delay *= random.uniform(0.5, 1.0)
+        self._next[mid] = time.monotonic() + delay
+        self.last_error = str(exc) or type(exc).__name__
+        log.warning("relay %s unavailable for message %s (attempt %d): %s; retrying in %.1fs",
+                    self.smtp.host if self.smtp else "?", mid, n, self.last_error, delay)
+
+    async def _emit(self, kind: str, body: dict[str, Any]) -> None:
+        if self._record is not None:
+            try:
+                await self._record(kind, body)
+            except Exception as exc:  # the message state on disk is already right
+                log.error("could not record %s: %s", kind, exc)
+
+    async def run(self) -> None:
+        """Deliver queued messages forever (cancel to stop); idles while no relay is configured."""
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            due = [m for m in self.pending() if self._next.get(m, 0.0) <= now] if self.smtp else []
+            for mid in due:
+                await self._deliver(mid)
+            waits = [t - time.monotonic() for m, t in self._next.items()]
+            timeout = max(0.05, min(waits)) if waits and self.smtp else 1.0
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass

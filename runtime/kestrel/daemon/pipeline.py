@@ -1,0 +1,201 @@
+"""Every action's path: policy decision -> execution -> ``action.result`` in the ledger.
+
+Decisions are asked for as soon as an action is proposed (in a small thread pool:
+the policy engine appends ``policy.decision`` and waits for it to be durable, and
+concurrent appends share one fsync), but actions are executed in the order they
+were proposed. Fast actions (GPIO, serial) run inline on the loop; slow ones
+(network, mail, files) run as their own tasks, at most ``action_workers`` at a
+time. The queue is bounded: a flood of trigger proposals is dropped and counted,
+never buffered without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import KestrelError, TransportError
+from ..policy.model import args_digest
+from .actions import FAST_ACTIONS, Actions
+from .triggers import Proposal
+
+__all__ = ["Pipeline", "ActionDeniedError", "ActionFailedError"]
+
+log = logging.getLogger("kestrel.daemon.actions")
+
+
+class ActionDeniedError(KestrelError):
+    """The policy refused the action."""
+
+    code = "denied"
+    exit_code = 5
+
+
+class ActionFailedError(KestrelError):
+    """The policy allowed the action but it could not be carried out."""
+
+    code = "failed"
+
+
+@dataclass
+class _Item:
+    proposal: Proposal
+    decision: "asyncio.Future[Any]"
+    reply: "asyncio.Future[dict[str, Any]] | None"
+    t0: float
+
+
+class Pipeline:
+    def __init__(self, *, policy: Any, ledger: Any, actions: Actions, queue_size: int, workers: int,
+                 on_recorded: Callable[[], None] | None = None) -> None:
+        self.policy = policy
+        self.ledger = ledger
+        self.actions = actions
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(queue_size)
+        self._slow = asyncio.Semaphore(workers)
+        self._decider = concurrent.futures.ThreadPoolExecutor(max_workers=max(4, workers * 2),
+                                                              thread_name_prefix="kestrel-policy")
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._on_recorded = on_recorded or (lambda: None)
+        self.stats = {"proposed": 0, "allowed": 0, "denied": 0, "succeeded": 0, "failed": 0, "dropped": 0,
+                      "record_errors": 0}
+        self.ledger_error: str | None = None
+
+    def start(self) -> None:
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="action-pipeline")
+
+    @property
+    def alive(self) -> bool:
+        return self._runner is not None and not self._runner.done()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def _item(self, p: Proposal, reply: bool) -> _Item:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._decider, self.policy.decide, p.action, p.args)
+        self.stats["proposed"] += 1
+        return _Item(p, fut, loop.create_future() if reply else None, time.perf_counter())
+
+    def submit(self, p: Proposal) -> bool:
+        """Queue a proposal without waiting (triggers, schedules); False if the queue is full."""
+        if self._queue.full():
+            self.stats["dropped"] += 1
+            if self.stats["dropped"] in (1, 10, 100, 1000) or self.stats["dropped"] % 10000 == 0:
+                log.warning("action queue full: dropped %d proposals so far (latest %s from %s)",
+                            self.stats["dropped"], p.action, p.source)
+            return False
+        self._queue.put_nowait(self._item(p, reply=False))
+        return True
+
+    async def call(self, p: Proposal) -> dict[str, Any]:
+        """Queue a proposal (waiting for room) and return its result; raises ActionDeniedError etc."""
+        item = self._item(p, reply=True)
+        await self._queue.put(item)
+        assert item.reply is not None
+        return await item.reply
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        """Finish what is queued (bounded by ``timeout``), then stop."""
+        if self._runner is not None:
+            await self._queue.put(None)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._runner), timeout)
+            except asyncio.TimeoutError:
+                log.warning("stopping with %d actions still queued", self._queue.qsize())
+                self._runner.cancel()
+            self._runner = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+        self._decider.shutdown(wait=True, cancel_futures=True)
+
+    # -- the sequencer ----------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            try:
+                decision = await item.decision
+            except Exception as exc:  # the policy could not decide (ledger down?): fail closed
+                self.ledger_error = f"policy decision failed: {exc}"
+                log.error("%s; %s from %s not executed", self.ledger_error, item.proposal.action,
+                          item.proposal.source)
+                self._resolve(item, TransportError(f"the policy could not decide: {exc}",
+                                                   hint="see the daemon's log; the ledger may be unwritable"))
+                continue
+            if not decision.allowed:
+                self.stats["denied"] += 1
+                log.info("denied %s from %s: %s (%s)", item.proposal.action, item.proposal.source,
+                         decision.reason, decision.rule)
+                self._resolve(item, ActionDeniedError(
+                    f"policy denied {item.proposal.action}: {decision.reason} (rule {decision.rule})",
+                    hint="the decision is in the ledger: kestrel audit log"))
+                continue
+            self.stats["allowed"] += 1
+            if item.proposal.action in FAST_ACTIONS:
+                await self._execute(item, decision)
+            else:
+                await self._slow.acquire()
+                self._spawn(self._execute(item, decision, release=True))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, item: _Item, decision: Any, *, release: bool = False) -> None:
+        p = item.proposal
+        body: dict[str, Any] = {"action": p.action, "source": p.source,
+                                "args_digest": getattr(decision, "args_digest", None) or args_digest(p.args)}
+        result: Any
+        try:
+            outcome = await self.actions.run(p.action, p.args)
+        except KestrelError as exc:
+            self.stats["failed"] += 1
+            log.warning("%s from %s failed: %s", p.action, p.source, exc.message)
+            body.update(ok=False, error={"type": type(exc).__name__, "message": exc.message[:500]})
+            result = ActionFailedError(f"{p.action} failed: {exc.message}", hint=exc.hint)
+        except Exception as exc:
+            self.stats["failed"] += 1
+            log.exception("%s from %s failed unexpectedly", p.action, p.source)
+            body.update(ok=False, error={"type": type(exc).__name__, "message": str(exc)[:500]})
+            result = ActionFailedError(f"{p.action} failed: {type(exc).__name__}: {exc}")
+        else:
+            self.stats["succeeded"] += 1
+            body.update(ok=True, result=outcome.record)
+            result = outcome.reply
+        finally:
+            if release:
+                self._slow.release()
+        body["ms"] = round((time.perf_counter() - item.t0) * 1000, 3)
+        self._spawn(self._record(body, item, result))
+
+    async def _record(self, body: dict[str, Any], item: _Item, result: Any) -> None:
+        """Append the outcome, then answer the caller (so what it was told is in the ledger)."""
+        try:
+            receipt = await self.ledger.append_async("action.result", body)
+            self.ledger_error = None
+            if isinstance(result, dict):
+                result = {**result, "ledger_seq": getattr(receipt, "seq", None)}
+        except Exception as exc:
+            self.stats["record_errors"] += 1
+            self.ledger_error = f"cannot append to the ledger: {exc}"
+            log.error("could not record action.result for %s: %s", body.get("action"), exc)
+        self._on_recorded()
+        self._resolve(item, result)
+
+    @staticmethod
+    def _resolve(item: _Item, result: Any) -> None:
+        if item.reply is None or item.reply.done():
+            return
+        if isinstance(result, BaseException):
+            item.reply.set_exception(result)
+        else:
+            item.reply.set_result(result)

@@ -1,0 +1,114 @@
+"""The control-socket wire format (docs/control-protocol.md), pure.
+
+One JSON object per line (UTF-8, ``\\n``-terminated, at most :data:`MAX_LINE` bytes).
+A request is ``{"id": ID, "method": NAME, "params": {...}}``; the answer to it is
+``{"id": ID, "result": ...}`` or ``{"id": ID, "error": {"code", "message", "hint"}}``.
+A streaming method (``follow``) sends ``{"id": ID, "event": ...}`` lines before its answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import DataError, KestrelError
+
+__all__ = [
+    "MAX_LINE", "METHODS", "Request", "ProtocolError", "RemoteError", "decode_request", "encode",
+    "encode_result", "encode_error", "encode_event", "decode_reply", "to_json_value",
+]
+
+MAX_LINE = 256 * 1024
+METHODS = ("call", "status", "sim.drive", "sim.list", "follow", "reload")
+
+
+class ProtocolError(DataError):
+    """A line on the control socket is not a valid message."""
+
+    code = "bad_request"
+
+
+class RemoteError(KestrelError):
+    """The daemon answered a request with an error."""
+
+    def __init__(self, code: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.exit_code = {"denied": 5, "forbidden": 77, "bad_request": 2, "unknown_action": 2}.get(code, 1)
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int | str | None
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def decode_request(line: bytes) -> Request:
+    """Parse one request line; raise ProtocolError (carrying the id when it could be read)."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError(f"request longer than {MAX_LINE} bytes")
+    try:
+        msg = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"request is not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("request must be a JSON object")
+    rid = msg.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (int, str))):
+        raise ProtocolError("'id' must be an integer or a string")
+    method = msg.get("method")
+    if not isinstance(method, str) or method not in METHODS:
+        err = ProtocolError(f"unknown method {method!r}", hint=f"methods: {', '.join(METHODS)}")
+        err.request_id = rid  # type: ignore[attr-defined]
+        raise err
+    params = msg.get("params", {})
+    if not isinstance(params, dict):
+        err = ProtocolError("'params' must be a JSON object")
+        err.request_id = rid  # type: ignore[attr-defined]
+        raise err
+    return Request(rid, method, params)
+
+
+def to_json_value(value: Any) -> Any:
+    """Make a ledger/msgpack value JSON-safe: bytes become ``{"$hex": "..."}``."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$hex": bytes(value).hex()}
+    if isinstance(value, dict):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
+
+
+def encode_result(rid: Any, result: Any) -> bytes:
+    return encode({"id": rid, "result": to_json_value(result)})
+
+
+def encode_event(rid: Any, event: Any) -> bytes:
+    return encode({"id": rid, "event": to_json_value(event)})
+
+
+def encode_error(rid: Any, code: str, message: str, hint: str | None = None) -> bytes:
+    return encode({"id": rid, "error": {"code": code, "message": message, "hint": hint}})
+
+
+def decode_reply(line: bytes) -> dict[str, Any]:
+    """Parse one line from the daemon; raise ProtocolError if it is not a reply object."""
+    try:
+        msg = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"daemon sent a line that is not JSON: {exc}") from None
+    if not isinstance(msg, dict) or not ({"result", "error", "event"} & msg.keys()):
+        raise ProtocolError("daemon sent a message that is not a reply")
+    err = msg.get("error")
+    if err is not None and not (isinstance(err, dict) and isinstance(err.get("message"), str)):
+        raise ProtocolError("daemon sent a malformed error")
+    return msg

@@ -1,0 +1,415 @@
+"""The daemon: one asyncio loop tying sensors, triggers, the policy, actions and the ledger together.
+
+:class:`Daemon` receives everything it needs (config, ledger, policy engine, pin
+factory), so tests run it in-process; :mod:`kestrel.daemon.main` builds those from
+a state directory for ``kestrel run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from .._internal.fsutil import atomic_write, ensure_private_dir
+from .._internal.paths import StateLayout
+from ..errors import KestrelError, UsageError
+from .actions import Actions
+from .calendar import CalendarStore
+from .config import DeviceConfig
+from .control import ControlServer, resolve_group
+from .hardware import Hardware
+from .notify import Notifier, run_watchdog, watchdog_interval
+from .outbox import Outbox
+from .pipeline import Pipeline
+from .schedules import run_schedules
+from .triggers import Proposal, TriggerEngine
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger("kestrel.daemon")
+
+QUARANTINE_KEEP = 100
+QUARANTINE_RECORDS_PER_S = 10
+MAX_LOOP_LAG_S = 5.0
+
+
+class Daemon:
+    def __init__(self, *, config: DeviceConfig, state_dir: str | os.PathLike[str], ledger: Any, policy: Any,
+                 factory: Any, agent_id: str, board: str = "sim",
+                 load_config: Callable[[], DeviceConfig] | None = None, notifier: Notifier | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.state = StateLayout(state_dir)
+        self.ledger = ledger
+        self.policy = policy
+        self.factory = factory
+        self.agent_id = agent_id
+        self.board = board
+        self.load_config = load_config
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.values: dict[str, Any] = {}
+        self.triggers = TriggerEngine(config.triggers)
+        self.hardware: Hardware | None = None
+        self.outbox = Outbox(self.state.data / "outbox", smtp=config.smtp, config=config.outbox,
+                             record=self.record)
+        self.calendar = CalendarStore(self.state.data / "calendar")
+        self.actions = Actions(config=lambda: self.config, hardware=self._hw, outbox=self.outbox,
+                               calendar=self.calendar, clock=clock)
+        self.pipeline = Pipeline(policy=policy, ledger=ledger, actions=self.actions,
+                                 queue_size=config.limits.action_queue, workers=config.limits.action_workers,
+                                 on_recorded=self._appended)
+        self.control = ControlServer(self.state.run / "control.sock", self,
+                                     group_gid=resolve_group(config.control.group, source=config.source),
+                                     record=self.record)
+        self.counters = {"events": 0, "trigger_faults": 0, "quarantined": 0, "commands": 0, "reloads": 0,
+                         "reload_failures": 0}
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._new_records = asyncio.Event()
+        self._quarantine_window = (0.0, 0)
+        self._started = time.monotonic()
+        self._reload_lock = asyncio.Lock()
+        self.last_reload_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _hw(self) -> Hardware:
+        if self.hardware is None:
+            raise KestrelError("the daemon's hardware is not running (starting up or reloading)")
+        return self.hardware
+
+    async def start(self) -> None:
+        self.pipeline.start()
+        await self._start_hardware(self.config)
+        self._spawn(self.outbox.run(), "outbox")
+        self._spawn(run_schedules(lambda: self.config, self._schedule_fire, clock=self.clock,
+                                  values=lambda: self.values), "schedules")
+        if self.config.ota.drop_dir:
+            self._spawn(self._watch_drop_dir(), "ota-drop")
+        await self.control.start()
+        interval = watchdog_interval()
+        if interval is not None:
+            self._spawn(run_watchdog(self.notifier, interval, self.unhealthy), "watchdog")
+        self.notifier.ready(f"running; {len(self.config.sensors)} sensors, board {self.board}")
+        log.info("running as %s on board %s with %s (%d sensors, %d triggers); control socket %s",
+                 self.agent_id, self.board, self.config.source, len(self.config.sensors),
+                 len(self.config.triggers), self.control.path)
+
+    async def _start_hardware(self, cfg: DeviceConfig) -> None:
+        hw = Hardware(cfg, factory=self.factory, sink=self, agent_id=self.agent_id, ota_topic=cfg.ota.mqtt_topic)
+        await hw.start()
+        self.hardware = hw
+
+    async def run(self) -> None:
+        """Start, run until :meth:`request_stop`, then shut down cleanly."""
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._spawn_bg(self.reload())
+
+    async def shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping")
+        await self.control.close()
+        if self.hardware is not None:
+            await self.hardware.stop()
+            self.hardware = None
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.pipeline.stop()
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=5)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.ledger.flush)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config; a config that does not parse or start keeps the old one running."""
+        if self.load_config is None:
+            raise UsageError("this daemon was started without a config file to re-read")
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(None, self.load_config)
+                resolve_group(new.control.group, source=new.source)
+            except KestrelError as exc:
+                return self._reload_failed(exc.message if exc.hint is None else str(exc))
+            old_hw = self.hardware
+            self.hardware = None
+            if old_hw is not None:
+                await old_hw.stop()
+            try:
+                await self._start_hardware(new)
+            except KestrelError as exc:
+                log.error("new config could not start (%s); restarting the old one", exc.message)
+                await self._start_hardware(self.config)
+                return self._reload_failed(exc.message)
+            self.config = new
+            self.triggers = TriggerEngine(new.triggers)
+            self.outbox.smtp, self.outbox.config = new.smtp, new.outbox
+            self.counters["reloads"] += 1
+            self.last_reload_error = None
+            self.notifier.ready("reloaded")
+            log.info("reloaded %s (%d sensors, %d triggers)", new.source, len(new.sensors), len(new.triggers))
+            return {"reloaded": True, "config": new.source}
+
+    def _reload_failed(self, why: str) -> dict[str, Any]:
+        self.counters["reload_failures"] += 1
+        self.last_reload_error = why
+        log.error("reload refused, keeping the running config: %s", why)
+        self.notifier.ready("running (reload refused)")
+        return {"reloaded": False, "error": why}
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+    def _spawn_bg(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- health ------------------------------------------------------------------------------
+    def unhealthy(self, loop_lag: float = 0.0) -> str | None:
+        if loop_lag > MAX_LOOP_LAG_S:
+            return f"event loop stalled for {loop_lag:.1f}s"
+        if not self.pipeline.alive:
+            return "action pipeline stopped"
+        if self.pipeline.ledger_error:
+            return self.pipeline.ledger_error
+        if self.hardware is not None and (why := self.hardware.unhealthy()):
+            return why
+        for t in self._tasks:
+            if t.done() and not t.cancelled():
+                return f"task {t.get_name()} stopped"
+        return None
+
+    # -- records -----------------------------------------------------------------------------
+    async def record(self, kind: str, body: dict[str, Any]) -> Any:
+        receipt = await self.ledger.append_async(kind, body)
+        self._appended()
+        return receipt
+
+    def _record_soon(self, kind: str, body: dict[str, Any]) -> None:
+        async def go() -> None:
+            try:
+                await self.record(kind, body)
+            except Exception as exc:
+                log.error("could not record %s: %s", kind, exc)
+
+        self._spawn_bg(go())
+
+    def _appended(self) -> None:
+        self._new_records.set()
+
+    # -- Sink: readings from the hardware ----------------------------------------------------
+    def sensor_value(self, sensor: str, value: Any) -> None:
+        self.counters["events"] += 1
+        self.values[sensor] = value
+        proposals, faults = self.triggers.on_sensor(sensor, self.values, self.clock())
+        for f in faults:
+            self.counters["trigger_faults"] += 1
+            if self.counters["trigger_faults"] <= 10 or self.counters["trigger_faults"] % 1000 == 0:
+                log.warning("trigger %s: %s", f.trigger, f.message)
+        for p in proposals:
+            self.pipeline.submit(p)
+
+    def sensor_fault(self, sensor: str, state: str, detail: dict[str, Any]) -> None:
+        log.warning("sensor %s is %s %s", sensor, state, detail or "")
+        self._record_soon("sensor.fault", {"sensor": sensor, "state": state, **detail})
+
+    def bad_payload(self, sensor: str, topic: str, payload: bytes, reason: str) -> None:
+        """Count, log and quarantine a payload a sensor could not read (bounded in files and records)."""
+        self.counters["quarantined"] += 1
+        digest = hashlib.sha256(payload).hexdigest()
+        log.warning("quarantined a bad payload on %s for %s (%d bytes, sha256 %s): %s",
+                    topic, sensor, len(payload), digest[:16], reason)
+        now = time.monotonic()
+        start, n = self._quarantine_window
+        if now - start >= 1.0:
+            start, n = now, 0
+        self._quarantine_window = (start, n + 1)
+        if n >= QUARANTINE_RECORDS_PER_S:
+            return
+        name = f"{time.time_ns()}-{digest[:16]}.bin"
+        meta = {"sensor": sensor, "topic": topic, "reason": reason[:200], "bytes": len(payload), "sha256": digest,
+                "quarantined_total": self.counters["quarantined"]}
+        self._spawn_bg(self._quarantine(name, payload[:1 << 20], meta))
+
+    async def _quarantine(self, name: str, payload: bytes, meta: dict[str, Any]) -> None:
+        qdir = self.state.data / "quarantine"
+
+        def write() -> None:
+            ensure_private_dir(qdir)
+            atomic_write(qdir / name, payload)
+            files = sorted(qdir.glob("*.bin"))
+            for old in files[:-QUARANTINE_KEEP]:
+                old.unlink(missing_ok=True)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, write)
+            meta["file"] = name
+        except KestrelError as exc:
+            log.error("could not write quarantine file: %s", exc.message)
+        try:
+            await self.record("mqtt.quarantined", meta)
+        except Exception as exc:
+            log.error("could not record mqtt.quarantined: %s", exc)
+
+    def mqtt_command(self, topic: str, payload: bytes) -> None:
+        """A JSON command ``{"id", "action", "args"}`` on the commands topic: same path as `kestrel call`."""
+        self.counters["commands"] += 1
+        try:
+            msg = json.loads(payload.decode("utf-8"))
+            if not (isinstance(msg, dict) and isinstance(msg.get("action"), str)
+                    and isinstance(msg.get("args", {}), dict)):
+                raise ValueError('expected {"action": NAME, "args": {...}}')
+        except (UnicodeDecodeError, ValueError) as exc:
+            self.bad_payload("commands", topic, payload, f"bad command: {exc}")
+            return
+        self._spawn_bg(self._run_command(topic, msg))
+
+    async def _run_command(self, topic: str, msg: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"id": msg.get("id"), "action": msg["action"]}
+        try:
+            reply["result"] = await self.pipeline.call(Proposal(msg["action"], msg.get("args", {}), f"mqtt:{topic}"))
+            reply["ok"] = True
+        except KestrelError as exc:
+            reply.update(ok=False, error={"code": getattr(exc, "code", "failed"), "message": exc.message})
+        results = self.config.mqtt.results_topic if self.config.mqtt else None
+        if results and self.hardware is not None:
+            try:
+                await self.hardware.mqtt_publish(results, json.dumps(reply, default=str).encode(), qos=1, retain=False)
+            except KestrelError as exc:
+                log.warning("could not publish the command result: %s", exc.message)
+
+    def ota_bundle(self, payload: bytes, source: str) -> None:
+        self._spawn_bg(self._apply_bundle(payload, source))
+
+    async def _apply_bundle(self, payload: bytes, source: str) -> None:
+        from ..ota import apply_message
+
+        try:
+            applied = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: apply_message(self.state.root, payload, ledger=self.ledger, now=self.clock()))
+            log.info("applied OTA bundle from %s: %s", source, applied)
+        except KestrelError as exc:
+            log.error("rejected OTA bundle from %s: %s", source, exc.message)
+        self._appended()
+
+    async def _watch_drop_dir(self) -> None:
+        from ..ota import scan_drop_dir
+
+        drop = Path(self.config.ota.drop_dir or "drop")
+        if not drop.is_absolute():
+            drop = self.state.root / drop
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                results = await loop.run_in_executor(
+                    None, lambda: scan_drop_dir(self.state.root, drop, ledger=self.ledger, now=self.clock()))
+                for path, res in results:
+                    if isinstance(res, KestrelError):
+                        log.error("OTA bundle %s rejected: %s", path.name, res.message)
+                    else:
+                        log.info("OTA bundle %s applied", path.name)
+                if results:
+                    self._appended()
+            except KestrelError as exc:
+                log.error("scanning the OTA drop directory %s: %s", drop, exc.message)
+            await asyncio.sleep(self.config.ota.poll_s)
+
+    def _schedule_fire(self, p: Proposal) -> None:
+        self.pipeline.submit(p)
+
+    # -- ControlTarget -----------------------------------------------------------------------
+    async def control_call(self, action: str, args: dict[str, Any], *, source: str) -> dict[str, Any]:
+        return await self.pipeline.call(Proposal(action, args, source))
+
+    def control_status(self) -> dict[str, Any]:
+        why = self.unhealthy()
+        hw = self.hardware
+        return {
+            "agent": self.agent_id, "board": self.board, "config": self.config.source, "pid": os.getpid(),
+            "health": "ok" if why is None else f"unhealthy: {why}",
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "sensors": hw.describe() if hw else {},
+            "values": {k: v for k, v in self.values.items()},
+            "actuators": {n: p.value for n, p in (hw.outputs.items() if hw else [])},
+            "outbox": {"pending": len(self.outbox.pending()), "sent": self.outbox.sent, "failed": self.outbox.failed,
+                       "last_error": self.outbox.last_error},
+            "ledger": {"size": self.ledger.size},
+            "actions": dict(self.pipeline.stats, backlog=self.pipeline.backlog),
+            "counters": dict(self.counters),
+            "mqtt": ({"connected": hw.bridge.connected} if hw and hw.bridge else None),
+            "control": {"served": self.control.served, "refused": self.control.refused},
+            "last_reload_error": self.last_reload_error,
+        }
+
+    def _sim_chip(self) -> Any:
+        if getattr(self.factory, "backend", None) != "sim":
+            raise UsageError(f"board {self.board} is real hardware; `kestrel sim` drives only the sim board")
+        return self.factory
+
+    def control_sim_drive(self, pin: str, value: int) -> dict[str, Any]:
+        factory = self._sim_chip()
+        ref = factory.profile.resolve_pin(pin)
+        factory.chip(ref.chip).drive(ref.line, value)
+        return {"pin": pin, "chip": ref.chip, "line": ref.line, "value": value}
+
+    def control_sim_list(self) -> list[dict[str, Any]]:
+        factory = self._sim_chip()
+        out = []
+        roles = {}
+        for s in self.config.sensors:
+            if getattr(s, "pin", None):
+                roles[factory.profile.resolve_pin(s.pin)] = ("input", s.name)
+        for a in self.config.actuators:
+            if getattr(a, "pin", None):
+                roles[factory.profile.resolve_pin(a.pin)] = ("output", a.name)
+        for ref, (role, name) in roles.items():
+            level = factory.chip(ref.chip).level(ref.line)
+            out.append({"pin": ref.name, "chip": ref.chip, "line": ref.line, "role": role, "name": name,
+                        "level": level})
+        return sorted(out, key=lambda d: (d["chip"], d["line"]))
+
+    async def control_follow(self, since_seq: int, kind: str | None) -> AsyncIterator[dict[str, Any]]:
+        """Records from ``since_seq`` on, then new ones as they come (woken on appends, polled at 0.5 s)."""
+        loop = asyncio.get_running_loop()
+        next_seq = since_seq
+        while True:
+            self._new_records.clear()
+            batch = await loop.run_in_executor(None, self._read_records, next_seq, kind)
+            for rec in batch:
+                yield {"seq": rec.seq, "time": rec.time, "kind": rec.kind, "body": rec.body, "digest": rec.digest}
+                next_seq = rec.seq + 1
+            if len(batch) < 256:
+                try:
+                    await asyncio.wait_for(self._new_records.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+
+    def _read_records(self, since: int, kind: str | None) -> list[Any]:
+        out = []
+        for rec in self.ledger.records(since_seq=since, kind=kind):
+            out.append(rec)
+            if len(out) >= 256:
+                break
+        return out
+
+    async def control_reload(self) -> dict[str, Any]:
+        return await self.reload()

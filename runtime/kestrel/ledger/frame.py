@@ -1,0 +1,111 @@
+"""Frames (pure): the unit of storage, each with its type, length and CRC-32.
+
+Frame layout (all integers big-endian)::
+
+    0  2  magic  b"KF"
+    2  1  type   0x01 record, 0x02 checkpoint
+    3  1  0x00   reserved
+    4  4  length of the payload (at most 16 MiB)
+    8  4  CRC-32 (zlib/ISO-HDLC) of bytes 0..7          (header check)
+    12 4  CRC-32 of the payload                         (payload check)
+    16 .. payload
+
+A single flipped bit anywhere fails one of the two CRCs. The separate header
+check tells an unfinished write (intact header, payload cut short) from a
+damaged length field, so a flipped bit is never mistaken for a torn tail.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+__all__ = [
+    "RECORD",
+    "CHECKPOINT",
+    "HEADER_SIZE",
+    "Frame",
+    "FrameDamage",
+    "encode_frame",
+    "iter_frames",
+    "find_next_frame",
+]
+
+RECORD = 0x01
+CHECKPOINT = 0x02
+_TYPES = frozenset({RECORD, CHECKPOINT})
+MAGIC = b"KF"
+HEADER_SIZE = 16
+MAX_PAYLOAD = 16 << 20
+_HEAD = struct.Struct(">2sBBI")
+_CRCS = struct.Struct(">II")
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    payload: bytes
+    offset: int  # of the frame header within the scanned buffer
+    end: int  # offset just past the frame
+
+
+@dataclass(frozen=True)
+class FrameDamage:
+    """Why scanning stopped: ``torn`` (buffer ends inside a frame) or ``bad`` (checksum/header)."""
+
+    offset: int
+    kind: str  # "torn" | "bad"
+    detail: str
+
+
+def encode_frame(ftype: int, payload: bytes) -> bytes:
+    if ftype not in _TYPES:
+        raise ValueError(f"unknown frame type {ftype}")
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError("frame payload too large")
+    head = _HEAD.pack(MAGIC, ftype, 0, len(payload))
+    return head + _CRCS.pack(zlib.crc32(head), zlib.crc32(payload)) + payload
+
+
+def _check(buf: bytes | memoryview, off: int) -> Frame | FrameDamage:
+    end_of_buf = len(buf)
+    if end_of_buf - off < HEADER_SIZE:
+        return FrameDamage(off, "torn", f"{end_of_buf - off} bytes left, less than a frame header")
+    magic, ftype, reserved, length = _HEAD.unpack_from(buf, off)
+    head_crc, payload_crc = _CRCS.unpack_from(buf, off + 8)
+    if zlib.crc32(buf[off : off + 8]) != head_crc:
+        return FrameDamage(off, "bad", "frame header checksum mismatch")
+    if magic != MAGIC or ftype not in _TYPES or reserved != 0 or length > MAX_PAYLOAD:
+        return FrameDamage(off, "bad", "invalid frame header")
+    end = off + HEADER_SIZE + length
+    if end > end_of_buf:
+        return FrameDamage(off, "torn", f"frame of {length} bytes runs past the end")
+    if zlib.crc32(buf[off + HEADER_SIZE : end]) != payload_crc:
+        return FrameDamage(off, "bad", "frame payload checksum mismatch")
+    return Frame(ftype, bytes(buf[off + HEADER_SIZE : end]), off, end)
+
+
+def iter_frames(buf: bytes, start: int = 0) -> Iterator[Frame | FrameDamage]:
+    """Yield frames from ``buf[start:]``; the last item is a FrameDamage if the buffer ends badly."""
+    off = start
+    view = memoryview(buf)
+    while off < len(buf):
+        item = _check(view, off)
+        yield item
+        if isinstance(item, FrameDamage):
+            return
+        off = item.end
+
+
+def find_next_frame(buf: bytes, start: int) -> Frame | None:
+    """The first intact frame at an offset >= ``start`` (used to tell a torn tail from damage)."""
+    view = memoryview(buf)
+    pos = buf.find(MAGIC, start)
+    while pos != -1:
+        item = _check(view, pos)
+        if isinstance(item, Frame):
+            return item
+        pos = buf.find(MAGIC, pos + 1)
+    return None

@@ -1,0 +1,335 @@
+"""The ledger (I/O shell): group commit, checkpoint signing, recovery on open.
+
+Appends from any thread (or ``append_async`` from asyncio) queue up; one
+committer thread writes each group of records as frames with one ``write`` and
+one ``fdatasync``, then resolves every waiting append with its Receipt.
+
+* ``strict``: a commit starts as soon as the previous one ends (appends that
+  arrive meanwhile share it) and carries its own signed checkpoint: when
+  ``append`` returns, the record *and* a signed checkpoint covering it are on disk.
+* ``batched``: the committer lingers up to ``max_batch_delay_ms`` to gather
+  appends; ``append`` returns once the record is on disk. A signer thread signs
+  the newest tree head whenever it is free and the next commit writes that
+  checkpoint, so a slow signer (a TPM) never sits on the append path and one
+  signature covers every record committed while it ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from .._internal.fsutil import ensure_private_dir
+from ..identity.keys import PublicKey, Signer
+from .checkpoint import SignedCheckpoint, sign_checkpoint
+from .errors import LedgerError, LedgerIOError
+from .frame import CHECKPOINT, RECORD, encode_frame
+from .merkle import Frontier
+from .reader import export_chunks, iter_records, prove, read_stream
+from .record import Record, assemble_record, leaf_hash, prepare_body
+from .store import SegmentWriter, cut_torn_tail, load_segments, stream_of
+from .verify import VerifiedLog, verify_stream, walk_stream
+
+__all__ = ["Ledger", "Receipt", "Durability"]
+
+log = logging.getLogger("kestrel.ledger")
+Durability = Literal["strict", "batched"]
+_MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof of a durable append: its sequence number, leaf hash (hex) and time."""
+
+    seq: int
+    digest: str
+    time: float
+
+
+@dataclass
+class _Item:
+    prepared: bytes
+    time: float
+    future: concurrent.futures.Future
+
+
+class Ledger:
+    """An open, writable ledger. Use :meth:`open`; close with :meth:`close` (or ``with``)."""
+
+    def __init__(self, *_: Any) -> None:
+        raise TypeError("use Ledger.open(ledger_dir, signer=...)")
+
+    @classmethod
+    def open(
+        cls,
+        ledger_dir: str | Path,
+        *,
+        signer: Signer,
+        durability: Durability = "batched",
+        max_batch_delay_ms: float = 5.0,
+        max_segment_bytes: int = 64 << 20,
+    ) -> "Ledger":
+        """Open (creating if needed) and recover: cut a torn tail, verify, sign an unsigned tail."""
+        if durability not in ("strict", "batched"):
+            raise ValueError("durability must be 'strict' or 'batched'")
+        self = object.__new__(cls)
+        self._dir = ensure_private_dir(Path(ledger_dir))
+        self._signer = signer
+        self._pk = signer.public_key
+        self._strict = durability == "strict"
+        self._delay = max(0.0, max_batch_delay_ms) / 1000.0
+        self._cond = threading.Condition()
+        self._pending: list[_Item] = []
+        self._failed: BaseException | None = None
+        self._closing = False
+        self._closed = False
+        self._busy = False
+        self._cp_ready: SignedCheckpoint | None = None
+        self._recover(max_segment_bytes)
+        if self._size > self._signed_size:  # records a crash left unsigned: sign them first
+            self._cp_ready = sign_checkpoint(self._signer, size=self._size, root=self._frontier.root())
+            self._sign_requested = self._size
+        self._committer = threading.Thread(target=self._commit_loop, name="kestrel-ledger-commit", daemon=True)
+        self._committer.start()
+        self._signer_thread = None
+        if not self._strict:
+            self._signer_thread = threading.Thread(target=self._sign_loop, name="kestrel-ledger-sign", daemon=True)
+            self._signer_thread.start()
+        if self._cp_ready is not None:
+            self.flush()
+        return self
+
+    def _recover(self, max_segment_bytes: int) -> None:
+        segments = load_segments(self._dir)
+        verified, walker = walk_stream(stream_of(segments), self._pk, allow_torn_tail=True)
+        if verified.torn_bytes:
+            cut_torn_tail(self._dir, segments[-1], verified.torn_bytes)
+            segments = load_segments(self._dir)
+        self._frontier = Frontier()
+        for leaf in walker.leaves:
+            self._frontier.append(leaf)
+        self._size = walker.size
+        self._prev = walker.prev
+        self._latest_cp = verified.checkpoint
+        self._signed_size = verified.signed_size
+        self._sign_requested = verified.signed_size
+        self._writer = SegmentWriter(
+            self._dir, max_bytes=max_segment_bytes, last=segments[-1] if segments else None, next_seq=self._size
+        )
+        if verified.unsigned:
+            log.info("ledger: %d records after the last checkpoint; signing them now", verified.unsigned)
+
+    # -- public API ---------------------------------------------------------
+    @property
+    def public_key(self) -> PublicKey:
+        return self._pk
+
+    @property
+    def size(self) -> int:
+        """Number of durable records."""
+        return self._size
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    def submit(self, kind: str, body: dict[str, Any]) -> concurrent.futures.Future:
+        """Queue an append; the future resolves to its Receipt once durable."""
+        prepared = prepare_body(kind, body)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            self._check_open()
+            self._pending.append(_Item(prepared, time.time(), fut))
+            self._cond.notify_all()
+        return fut
+
+    def append(self, kind: str, body: dict[str, Any]) -> Receipt:
+        """Append a record; return once it is durable (see the module docstring). Thread-safe."""
+        return self.submit(kind, body).result()
+
+    async def append_async(self, kind: str, body: dict[str, Any]) -> Receipt:
+        """:meth:`append` for asyncio callers: waits without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(kind, body))
+
+    def flush(self) -> None:
+        """Wait until every append so far is durable and covered by a durable signed checkpoint."""
+        with self._cond:
+            while not self._failed and (
+                self._pending or self._busy or self._cp_ready is not None or self._signed_size < self._size
+            ):
+                if self._closed:
+                    break
+                self._cond.wait(0.5)
+            if self._failed:
+                raise self._failure()
+
+    def close(self) -> None:
+        """Flush and stop the ledger's threads. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if not self._failed:
+                self.flush()
+        finally:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._committer.join()
+            if self._signer_thread is not None:
+                self._signer_thread.join()
+            self._writer.close()
+            self._closed = True
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Record]:
+        return self.records()
+
+    def records(self, since_seq: int = 0, kind: str | None = None) -> Iterator[Record]:
+        """Durable records, oldest first (read from disk)."""
+        for rec in iter_records(self._dir, since_seq=since_seq, kind=kind):
+            if rec.seq >= self._size:
+                return
+            yield rec
+
+    def entries_raw(self, start_seq: int = 0) -> Iterator[bytes]:
+        """The exact stored bytes of records from ``start_seq`` (for sync and export)."""
+        return (r.raw for r in self.records(since_seq=start_seq))
+
+    def latest_checkpoint(self) -> SignedCheckpoint | None:
+        return self._latest_cp
+
+    def verify(self) -> VerifiedLog:
+        """Verify everything on disk; raise LedgerVerificationError naming the first bad record."""
+        return verify_stream(read_stream(self._dir), self._pk, allow_torn_tail=True)
+
+    def export(self, path: str | Path) -> VerifiedLog:
+        """Write an export file of every signed record (see docs/ledger-format.md)."""
+        self.flush()
+        verified, chunks = export_chunks(self._dir, self._pk)
+        from .._internal.fsutil import atomic_write
+
+        atomic_write(Path(path), b"".join(chunks), mode=0o644)
+        return verified
+
+    def prove(self, seq: int) -> bytes:
+        """An inclusion-proof file for record ``seq``."""
+        self.flush()
+        return prove(self._dir, self._pk, seq)
+
+    # -- internals ----------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._failed:
+            raise self._failure()
+        if self._closing or self._closed:
+            raise LedgerError("the ledger is closed", hint="open it again with Ledger.open")
+
+    def _failure(self) -> LedgerError | LedgerIOError:
+        exc = self._failed
+        if isinstance(exc, (LedgerError, LedgerIOError)):
+            return exc
+        return LedgerIOError(f"the ledger stopped after an error: {exc}", hint="reopen the ledger")
+
+    def _take_batch(self) -> tuple[list[_Item], SignedCheckpoint | None] | None:
+        with self._cond:
+            while not (self._pending or self._cp_ready or self._closing):
+                self._cond.wait()
+            if not self._pending and not self._cp_ready:
+                return None
+            if not self._strict and self._pending and self._delay:
+                self._linger()
+            batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+            cp, self._cp_ready = self._cp_ready, None
+            self._busy = True
+            return batch, cp
+
+    def _linger(self) -> None:
+        """Gather more appends: until the delay is spent or arrivals pause (called with the lock)."""
+        deadline = self._pending[0].time + self._delay
+        gap = min(self._delay, 0.0005)
+        while len(self._pending) < _MAX_BATCH and not self._closing:
+            left = deadline - time.time()
+            if left <= 0:
+                return
+            seen = len(self._pending)
+            self._cond.wait(min(gap, left))
+            if len(self._pending) == seen:
+                return
+
+    def _commit_loop(self) -> None:
+        while True:
+            taken = self._take_batch()
+            if taken is None:
+                return
+            batch, cp = taken
+            try:
+                self._commit(batch, cp)
+            except BaseException as exc:  # the on-disk state is unknown now: stop accepting appends
+                log.error("ledger commit failed: %s", exc)
+                with self._cond:
+                    self._failed = exc
+                    self._busy = False
+                    failed, self._pending = batch + self._pending, []
+                    self._cond.notify_all()
+                for item in failed:
+                    if not item.future.done():
+                        item.future.set_exception(self._failure())
+                return
+
+    def _commit(self, batch: list[_Item], cp: SignedCheckpoint | None) -> None:
+        frames = [encode_frame(CHECKPOINT, cp.note)] if cp is not None else []
+        frontier, prev, seq = self._frontier.copy(), self._prev, self._size
+        receipts = []
+        for item in batch:
+            raw = assemble_record(seq=seq, time=item.time, prepared=item.prepared, prev=prev)
+            prev = leaf_hash(raw)
+            frontier.append(prev)
+            frames.append(encode_frame(RECORD, raw))
+            receipts.append(Receipt(seq, prev.hex(), item.time))
+            seq += 1
+        own_cp = None
+        if self._strict and batch:
+            own_cp = sign_checkpoint(self._signer, size=seq, root=frontier.root())
+            frames.append(encode_frame(CHECKPOINT, own_cp.note))
+        self._writer.write(b"".join(frames), next_seq=self._size)
+        self._writer.sync()
+        with self._cond:
+            self._frontier, self._prev, self._size = frontier, prev, seq
+            for written in (cp, own_cp):
+                if written is not None and written.size >= self._signed_size:
+                    self._latest_cp, self._signed_size = written, written.size
+            self._busy = False
+            self._cond.notify_all()
+        for item, receipt in zip(batch, receipts):
+            item.future.set_result(receipt)
+
+    def _sign_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._failed and self._sign_requested >= self._size:
+                    self._cond.wait()
+                if self._failed or (self._closing and self._sign_requested >= self._size):
+                    return
+                size, root = self._size, self._frontier.root()
+                self._sign_requested = size
+            try:
+                cp = sign_checkpoint(self._signer, size=size, root=root)
+            except BaseException as exc:
+                log.error("ledger: checkpoint signing failed: %s", exc)
+                with self._cond:
+                    self._failed = exc
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._cp_ready = cp
+                self._cond.notify_all()

@@ -1,0 +1,82 @@
+"""Read-only access to a ledger directory (I/O shell): no signer, no writes.
+
+Used by ``kestrel audit`` and by :class:`Ledger` for iteration, export and
+proofs. An unfinished write at the very end (a writer running, or one that
+crashed) is skipped; damage anywhere else raises.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from ..identity.keys import PublicKey
+from .checkpoint import SignedCheckpoint
+from .errors import LedgerError, LedgerVerificationError, Reason, RecordError
+from .export import encode_export, encode_proof
+from .frame import RECORD, FrameDamage, iter_frames
+from .record import Record, decode_record
+from .store import load_segments, stream_of
+from .verify import VerifiedLog, is_torn_tail, walk_stream
+
+__all__ = ["read_stream", "iter_records", "verify_dir", "export_chunks", "prove"]
+
+
+def read_stream(ledger_dir: Path, *, from_seq: int = 0) -> bytes:
+    """The frame stream of the segments that can hold records >= ``from_seq``."""
+    segments = load_segments(Path(ledger_dir))
+    first = 0
+    for i, seg in enumerate(segments):
+        if seg.first_seq <= from_seq:
+            first = i
+    return stream_of(segments[first:])
+
+
+def iter_records(ledger_dir: Path, *, since_seq: int = 0, kind: str | None = None) -> Iterator[Record]:
+    """Records with seq >= ``since_seq`` (and of ``kind``, a name or a ``prefix.*``), oldest first."""
+    buf = read_stream(ledger_dir, from_seq=since_seq)
+    prefix = kind[:-1] if kind and kind.endswith("*") else None
+    for item in iter_frames(buf):
+        if isinstance(item, FrameDamage):
+            if is_torn_tail(buf, item):
+                return
+            raise LedgerVerificationError(since_seq, Reason.BIT_FLIP, f"damaged frame: {item.detail}; run `kestrel audit verify`")
+        if item.type != RECORD:
+            continue
+        try:
+            rec = decode_record(item.payload)
+        except RecordError as exc:
+            raise LedgerVerificationError(since_seq, Reason.CORRUPT, exc.message) from None
+        if rec.seq < since_seq:
+            continue
+        if kind is None or rec.kind == kind or (prefix is not None and rec.kind.startswith(prefix)):
+            yield rec
+
+
+def verify_dir(ledger_dir: Path, public_key: PublicKey, *, trusted: SignedCheckpoint | None = None) -> VerifiedLog:
+    """Verify the whole on-disk log (an unfinished final write is tolerated and counted)."""
+    return walk_stream(read_stream(ledger_dir), public_key, trusted=trusted, allow_torn_tail=True)[0]
+
+
+def export_chunks(ledger_dir: Path, public_key: PublicKey) -> tuple[VerifiedLog, Iterator[bytes]]:
+    """Verify, then the export of every record covered by the latest signed checkpoint."""
+    verified, walker = walk_stream(read_stream(ledger_dir), public_key, allow_torn_tail=True)
+    if verified.checkpoint is None:
+        raise LedgerError("the ledger has no signed checkpoint yet", hint="start the agent once so that it signs its log")
+    cp = verified.checkpoint
+    raws = (r.raw for r in iter_records(ledger_dir) if r.seq < cp.size)
+    return verified, encode_export(cp, raws)
+
+
+def prove(ledger_dir: Path, public_key: PublicKey, seq: int) -> bytes:
+    """An inclusion-proof file for record ``seq`` against the latest signed checkpoint."""
+    verified, walker = walk_stream(read_stream(ledger_dir), public_key, allow_torn_tail=True)
+    cp = verified.checkpoint
+    if cp is None or not 0 <= seq < cp.size:
+        signed = cp.size if cp else 0
+        raise LedgerError(
+            f"no signed record {seq}: the latest checkpoint covers records 0..{signed - 1}",
+            hint="`kestrel audit log` lists the records",
+        )
+    raw = next(r.raw for r in iter_records(ledger_dir, since_seq=seq))
+    return encode_proof(seq, walker.leaves[: cp.size], raw, cp)

@@ -1,0 +1,127 @@
+"""Record encoding (pure): msgpack maps, hashed and chained over their exact bytes.
+
+A record is the msgpack map ``{"seq", "time", "kind", "body", "prev"}`` (in that
+order when Kestrel writes it; readers accept any order because they never
+re-encode). ``prev`` is the leaf hash of the previous record (32 zero bytes for
+seq 0), so every record commits to the whole history before it. See
+docs/ledger-format.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .errors import RecordError
+
+__all__ = ["Record", "encode_record", "prepare_body", "assemble_record", "decode_record", "leaf_hash", "ZERO_HASH", "MAX_RECORD_SIZE"]
+
+ZERO_HASH = bytes(32)
+MAX_RECORD_SIZE = 1 << 20  # 1 MiB: record digests of large data, not the data
+_KIND = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_*-]+)*$")
+_KEYS = frozenset({"seq", "time", "kind", "body", "prev"})
+_pack = functools.partial(msgpack.packb, use_bin_type=True)  # packb: thread-safe
+_SEQ, _TIME, _PREV = _pack("seq"), _pack("time"), _pack("prev")
+
+
+def leaf_hash(raw: bytes) -> bytes:
+    """RFC 6962 leaf hash of the exact stored record bytes."""
+    return hashlib.sha256(b"\x00" + raw).digest()
+
+
+@dataclass(frozen=True)
+class Record:
+    """One decoded record. ``raw`` is the exact stored bytes; ``digest`` its leaf hash."""
+
+    seq: int
+    time: float
+    kind: str
+    body: dict[str, Any]
+    prev: bytes
+    raw: bytes
+    digest: bytes
+
+    @property
+    def digest_hex(self) -> str:
+        return self.digest.hex()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-friendly view (bytes become hex strings)."""
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "kind": self.kind,
+            "body": _jsonable(self.body),
+            "digest": self.digest.hex(),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def prepare_body(kind: str, body: dict[str, Any]) -> bytes:
+    """Check ``kind`` and encode ``kind`` and ``body`` (the part of a record known before its seq)."""
+    if not isinstance(kind, str) or len(kind) > 64 or not _KIND.match(kind):
+        raise RecordError(
+            f"invalid record kind {kind!r}",
+            hint="kinds are dotted lower-case names such as 'policy.decision' (at most 64 characters)",
+        )
+    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+        raise RecordError(f"record body for {kind!r} must be a dict with str keys")
+    try:
+        packed = _pack("kind") + _pack(kind) + _pack("body") + _pack(body)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise RecordError(
+            f"record body for {kind!r} is not msgpack-encodable: {exc}",
+            hint="use str, int, float, bool, None, bytes, list and dict with str keys only",
+        ) from None
+    if len(packed) > MAX_RECORD_SIZE - 128:
+        raise RecordError(
+            f"record {kind!r} is {len(packed)} bytes, over the {MAX_RECORD_SIZE} byte limit",
+            hint="store large data elsewhere and record its digest",
+        )
+    return packed
+
+
+def assemble_record(*, seq: int, time: float, prepared: bytes, prev: bytes) -> bytes:
+    """The record bytes: exactly ``msgpack.packb({"seq", "time", "kind", "body", "prev"})``."""
+    return b"\x85" + _SEQ + _pack(seq) + _TIME + _pack(float(time)) + prepared + _PREV + _pack(prev)
+
+
+def encode_record(*, seq: int, time: float, kind: str, body: dict[str, Any], prev: bytes) -> bytes:
+    """Encode a record; raise :class:`RecordError` for a bad kind, body type or size."""
+    return assemble_record(seq=seq, time=time, prepared=prepare_body(kind, body), prev=prev)
+
+
+def decode_record(raw: bytes) -> Record:
+    """Decode and type-check stored record bytes; raise :class:`RecordError` if malformed."""
+    try:
+        obj = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many types (ExtraData, ValueError, ...)
+        raise RecordError(f"not a msgpack record: {type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, dict) or set(obj) != _KEYS:
+        raise RecordError("record is not a map with keys seq, time, kind, body, prev")
+    seq, time, kind, body, prev = obj["seq"], obj["time"], obj["kind"], obj["body"], obj["prev"]
+    if type(seq) is not int or seq < 0:
+        raise RecordError(f"record seq is not a non-negative integer: {seq!r}")
+    if type(time) is not float:
+        raise RecordError(f"record time is not a float: {time!r}")
+    if not isinstance(kind, str) or not _KIND.match(kind):
+        raise RecordError(f"record kind is invalid: {kind!r}")
+    if not isinstance(body, dict):
+        raise RecordError("record body is not a map")
+    if not isinstance(prev, bytes) or len(prev) != 32:
+        raise RecordError("record prev is not a 32-byte hash")
+    return Record(seq, time, kind, body, prev, bytes(raw), leaf_hash(raw))

@@ -1,0 +1,149 @@
+"""Segment files (I/O shell): reading, tail recovery, appending with rotation.
+
+A ledger directory holds ``<first seq, 20 digits>.seg`` files. Each starts with
+the 8-byte magic ``KLEDGER\\x01`` followed by frames; the log is the
+concatenation of the segments' frames in name order. Files are only ever
+appended to; the one exception is cutting an unfinished (torn) tail off the
+last segment when the ledger is opened for writing, after saving the cut bytes
+under ``torn/``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._internal.fsutil import atomic_write, ensure_private_dir
+from .errors import LedgerIOError, LedgerVerificationError, Reason
+
+__all__ = ["SEGMENT_MAGIC", "Segment", "load_segments", "stream_of", "cut_torn_tail", "SegmentWriter"]
+
+log = logging.getLogger("kestrel.ledger")
+
+SEGMENT_MAGIC = b"KLEDGER\x01"
+_NAME = re.compile(r"^([0-9]{20})\.seg$")
+
+
+@dataclass(frozen=True)
+class Segment:
+    path: Path
+    first_seq: int
+    data: bytes  # the whole file, magic included
+
+
+def _io_error(action: str, path: Path, exc: OSError) -> LedgerIOError:
+    hint = "check the state directory's permissions (it must belong to the user running kestrel)"
+    if exc.errno == errno.ENOSPC:
+        hint = "the disk is full: free space, then retry"
+    return LedgerIOError(f"cannot {action} {path}: {exc.strerror or exc}", hint=hint)
+
+
+def load_segments(ledger_dir: Path) -> list[Segment]:
+    """Read every segment in order; refuse stray or damaged segment headers."""
+    try:
+        names = sorted(os.listdir(ledger_dir))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise _io_error("list the ledger directory", ledger_dir, exc) from None
+    segments = []
+    for name in names:
+        m = _NAME.match(name)
+        if not m:
+            continue  # torn/, temporary files
+        path = ledger_dir / name
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise _io_error("read ledger segment", path, exc) from None
+        if data[: len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
+            raise LedgerVerificationError(
+                int(m.group(1)), Reason.BIT_FLIP, f"segment {path} does not start with the ledger magic bytes"
+            )
+        segments.append(Segment(path, int(m.group(1)), data))
+    return segments
+
+
+def stream_of(segments: list[Segment]) -> bytes:
+    """The log's frame stream: all segments' frames, headers stripped."""
+    return b"".join(memoryview(s.data)[len(SEGMENT_MAGIC) :] for s in segments)
+
+
+def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int) -> None:
+    """Save the last ``torn_bytes`` of ``segment`` under torn/, then truncate them (never acknowledged)."""
+    keep = len(segment.data) - torn_bytes
+    if keep < len(SEGMENT_MAGIC):
+        raise LedgerVerificationError(segment.first_seq, Reason.BIT_FLIP, f"damage crosses segment {segment.path}")
+    cut = segment.data[keep:]
+    torn_dir = ensure_private_dir(ledger_dir / "torn")
+    atomic_write(torn_dir / f"{segment.path.name}.{keep}.bin", cut)
+    try:
+        fd = os.open(segment.path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _io_error("truncate ledger segment", segment.path, exc) from None
+    log.warning(
+        "ledger: cut an unfinished write of %d bytes (sha256 %s) from %s at offset %d; saved under %s",
+        len(cut), hashlib.sha256(cut).hexdigest(), segment.path, keep, torn_dir,
+    )
+
+
+class SegmentWriter:
+    """Appends to the last segment; starts a new one when it would grow past ``max_bytes``."""
+
+    def __init__(self, ledger_dir: Path, *, max_bytes: int, last: Segment | None, next_seq: int) -> None:
+        self._dir = ledger_dir
+        self._max = max_bytes
+        self._fd = -1
+        if last is None:
+            self._create(next_seq)
+        else:
+            self._open(last.path, len(last.data))
+
+    def _open(self, path: Path, size: int) -> None:
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise _io_error("open ledger segment", path, exc) from None
+        self._path, self._size = path, size
+
+    def _create(self, first_seq: int) -> None:
+        path = self._dir / f"{first_seq:020d}.seg"
+        atomic_write(path, SEGMENT_MAGIC)  # temp file, fsync, rename, fsync dir
+        self._open(path, len(SEGMENT_MAGIC))
+
+    def write(self, data: bytes, *, next_seq: int) -> None:
+        """Write ``data`` (whole frames); rotate first if the segment would outgrow its limit."""
+        if self._size > len(SEGMENT_MAGIC) and self._size + len(data) > self._max:
+            self.sync()
+            os.close(self._fd)
+            self._create(next_seq)
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+                self._size += n
+        except OSError as exc:
+            raise _io_error("write ledger segment", self._path, exc) from None
+
+    def sync(self) -> None:
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise _io_error("fsync ledger segment", self._path, exc) from None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

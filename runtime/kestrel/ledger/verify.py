@@ -1,0 +1,216 @@
+"""Log verification (pure): bytes and a public key in, a VerifiedLog out, or an error.
+
+The verifier walks the frame stream once, hashing each record's stored bytes
+(never re-encoding), checking sequence numbers, the ``prev`` hash chain and
+every checkpoint's signature and root. The first problem raises
+:class:`LedgerVerificationError` naming the record and a :class:`Reason`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..identity.keys import PublicKey
+from .checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
+from .errors import LedgerVerificationError, Reason, RecordError
+from .frame import CHECKPOINT, RECORD, Frame, FrameDamage, find_next_frame, iter_frames
+from .merkle import Frontier, tree_root
+from .record import ZERO_HASH, Record, decode_record
+
+__all__ = ["VerifiedLog", "verify_stream", "walk_stream", "LogWalker", "check_trusted", "is_torn_tail"]
+
+
+@dataclass(frozen=True)
+class VerifiedLog:
+    """A log that verified: ``size`` records, the first ``signed_size`` covered by ``checkpoint``."""
+
+    did: str
+    size: int
+    root: bytes
+    signed_size: int
+    checkpoint: SignedCheckpoint | None
+    torn_bytes: int = 0  # bytes of an unfinished write ignored at the end (on-disk logs only)
+
+    @property
+    def unsigned(self) -> int:
+        """Records after the latest checkpoint (a running writer's, or one that crashed)."""
+        return self.size - self.signed_size
+
+
+def is_torn_tail(buf: bytes, damage: FrameDamage) -> bool:
+    """An unfinished write: the last frame runs past the end, or the rest is zeros, and nothing intact follows."""
+    if damage.kind != "torn" and buf[damage.offset :].strip(b"\x00"):
+        return False
+    return find_next_frame(buf, damage.offset + 1) is None
+
+
+class LogWalker:
+    """Checks records one by one: sequence, hash chain; keeps the leaf hashes for roots."""
+
+    def __init__(self, buf: bytes) -> None:
+        self._buf = buf
+        self.leaves: list[bytes] = []
+        self.prev = ZERO_HASH
+        self._frontier = Frontier()  # at self._frontier.size <= len(leaves)
+
+    @property
+    def size(self) -> int:
+        return len(self.leaves)
+
+    def add(self, frame: Frame) -> Record:
+        expected = len(self.leaves)
+        try:
+            rec = decode_record(frame.payload)
+        except RecordError as exc:
+            raise LedgerVerificationError(expected, Reason.CORRUPT, f"at byte {frame.offset}: {exc.message}") from None
+        if rec.seq != expected:
+            if rec.seq < expected:
+                raise LedgerVerificationError(
+                    rec.seq, Reason.INSERTED, f"a second record claims seq {rec.seq} (at byte {frame.offset})"
+                )
+            if self._appears_later(frame.end, expected):
+                raise LedgerVerificationError(
+                    expected, Reason.REORDERED, f"record {expected} comes after record {rec.seq}"
+                )
+            raise LedgerVerificationError(expected, Reason.MISSING, f"the next record present is {rec.seq}")
+        if rec.prev != self.prev:
+            raise LedgerVerificationError(
+                expected, Reason.CORRUPT, f"record {expected} does not chain to record {expected - 1}'s hash"
+            )
+        self.prev = rec.digest
+        self.leaves.append(rec.digest)
+        return rec
+
+    def _appears_later(self, start: int, seq: int) -> bool:
+        for item in iter_frames(self._buf, start):
+            if isinstance(item, FrameDamage):
+                return False
+            if item.type == RECORD:
+                try:
+                    if decode_record(item.payload).seq == seq:
+                        return True
+                except RecordError:
+                    continue
+        return False
+
+    def root_at(self, size: int) -> bytes:
+        """Root of the first ``size`` leaves (cheap for increasing sizes)."""
+        if size < self._frontier.size:
+            return tree_root(self.leaves[:size])
+        for leaf in self.leaves[self._frontier.size : size]:
+            self._frontier.append(leaf)
+        return self._frontier.root()
+
+
+def _checkpoint(frame: Frame, walker: LogWalker, public_key: PublicKey) -> SignedCheckpoint:
+    last = max(walker.size - 1, 0)
+    try:
+        return verify_checkpoint(frame.payload, public_key)
+    except CheckpointError as exc:
+        raise LedgerVerificationError(
+            last, exc.reason, f"checkpoint at byte {frame.offset}: {exc.message}"
+        ) from None
+
+
+def _damage(walker: LogWalker, damage: FrameDamage) -> LedgerVerificationError:
+    if damage.kind == "torn":
+        return LedgerVerificationError(walker.size, Reason.TRUNCATED, f"the log ends inside a frame at byte {damage.offset}")
+    return LedgerVerificationError(walker.size, Reason.BIT_FLIP, f"frame at byte {damage.offset}: {damage.detail}")
+
+
+def verify_stream(
+    buf: bytes,
+    public_key: PublicKey,
+    *,
+    start: int = 0,
+    trusted: SignedCheckpoint | None = None,
+    allow_torn_tail: bool = False,
+) -> VerifiedLog:
+    """Verify an on-disk frame stream (records with checkpoints after them).
+
+    Records after the last checkpoint are allowed (``VerifiedLog.unsigned``);
+    an unfinished last frame is tolerated only with ``allow_torn_tail``.
+    """
+    return walk_stream(buf, public_key, start=start, trusted=trusted, allow_torn_tail=allow_torn_tail)[0]
+
+
+def walk_stream(
+    buf: bytes,
+    public_key: PublicKey,
+    *,
+    start: int = 0,
+    trusted: SignedCheckpoint | None = None,
+    allow_torn_tail: bool = False,
+) -> tuple[VerifiedLog, LogWalker]:
+    """:func:`verify_stream`, also returning the walker (leaf hashes, last hash) for a writer."""
+    walker = LogWalker(buf)
+    checkpoints: list[SignedCheckpoint] = []
+    torn = 0
+    for item in iter_frames(buf, start):
+        if isinstance(item, FrameDamage):
+            if allow_torn_tail and is_torn_tail(buf, item):
+                torn = len(buf) - item.offset
+                break
+            raise _damage(walker, item)
+        if item.type == RECORD:
+            walker.add(item)
+            continue
+        cp = _checkpoint(item, walker, public_key)
+        if cp.size > walker.size:
+            more = any(isinstance(f, Frame) and f.type == RECORD for f in iter_frames(buf, item.end))
+            reason = Reason.MISSING if more else Reason.TRUNCATED
+            raise LedgerVerificationError(
+                walker.size, reason, f"a checkpoint covers {cp.size} records but only {walker.size} precede it"
+            )
+        checkpoints.append(cp)
+    _check_roots(walker, checkpoints)
+    if trusted is not None:
+        check_trusted(walker, trusted)
+    latest = max(checkpoints, key=lambda c: c.size, default=None)
+    verified = VerifiedLog(
+        did=public_key.did,
+        size=walker.size,
+        root=walker.root_at(walker.size),
+        signed_size=latest.size if latest else 0,
+        checkpoint=latest,
+        torn_bytes=torn,
+    )
+    return verified, walker
+
+
+def _check_roots(walker: LogWalker, checkpoints: Iterable[SignedCheckpoint]) -> None:
+    """Every signed checkpoint must match the records; tell altered records from a fork."""
+    ordered = sorted(checkpoints, key=lambda c: c.size)
+    good_size = 0
+    for i, cp in enumerate(ordered):
+        if walker.root_at(cp.size) == cp.root:
+            good_size = cp.size
+            continue
+        if any(walker.root_at(o.size) == o.root for o in ordered[i + 1 :] if o.size >= cp.size):
+            raise LedgerVerificationError(
+                max(cp.size - 1, 0),
+                Reason.FORK,
+                f"two signed checkpoints disagree about the first {cp.size} records",
+            )
+        raise LedgerVerificationError(
+            good_size,
+            Reason.CORRUPT,
+            f"records {good_size}..{cp.size - 1} do not hash to the signed checkpoint for size {cp.size}",
+        )
+
+
+def check_trusted(walker: LogWalker, trusted: SignedCheckpoint) -> None:
+    """The log must extend a checkpoint the verifier already trusts."""
+    if trusted.size > walker.size:
+        raise LedgerVerificationError(
+            walker.size,
+            Reason.TRUNCATED,
+            f"a trusted checkpoint covers {trusted.size} records but the log holds {walker.size}",
+        )
+    if walker.root_at(trusted.size) != trusted.root:
+        raise LedgerVerificationError(
+            max(trusted.size - 1, 0),
+            Reason.FORK,
+            f"the log's first {trusted.size} records differ from a trusted signed checkpoint",
+        )

@@ -1,0 +1,109 @@
+"""Owner signatures (pure): DSSE pre-authentication encoding, signature lists, thresholds.
+
+Every owner signature is over ``PAE(payload_type, payload)`` as in DSSE v1, so a
+signature made for a bundle manifest can never be replayed as one over a trust
+root (or the reverse). A signature list is a JSON array of
+``{"keyid": "<did:key>", "sig": "<base64 of 64 bytes>"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Callable, Iterable, Sequence
+
+from ..identity.keys import KeyFormatError, PublicKey, SignatureError, Signer
+
+__all__ = [
+    "BUNDLE_TYPE",
+    "ROOT_TYPE",
+    "pae",
+    "sign_entry",
+    "parse_signatures",
+    "encode_signatures",
+    "threshold_signers",
+    "strict_json",
+    "MAX_SIGNATURES",
+]
+
+BUNDLE_TYPE = "application/vnd.kestrel.bundle-manifest+json"
+ROOT_TYPE = "application/vnd.kestrel.root+json"
+MAX_SIGNATURES = 64
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def sign_entry(signer: Signer, payload_type: str, payload: bytes) -> dict[str, str]:
+    sig = signer.sign(pae(payload_type, payload))
+    return {"keyid": signer.public_key.did, "sig": base64.b64encode(sig).decode("ascii")}
+
+
+def strict_json(data: bytes | str, fail: Callable[[str], Exception]) -> object:
+    """Parse JSON, refusing duplicate keys, NaN/Infinity and non-UTF-8 input."""
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for k, v in items:
+            if k in out:
+                raise fail(f"duplicate key '{k}'")
+            out[k] = v
+        return out
+
+    def bad_constant(name: str) -> object:
+        raise fail(f"{name} is not allowed")
+
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, object_pairs_hook=pairs, parse_constant=bad_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise fail(f"not valid JSON ({exc})") from None
+
+
+def parse_signatures(data: bytes | list, fail: Callable[[str], Exception]) -> list[tuple[str, bytes]]:
+    """Decode a signature list into (keyid, 64-byte signature) pairs (duplicates kept)."""
+    items = strict_json(data, fail) if isinstance(data, (bytes, str)) else data
+    if not isinstance(items, list) or len(items) > MAX_SIGNATURES:
+        raise fail(f"signatures must be a JSON list of at most {MAX_SIGNATURES} entries")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"keyid", "sig"}:
+            raise fail('each signature must be {"keyid": ..., "sig": ...}')
+        keyid, sig = item["keyid"], item["sig"]
+        if not isinstance(keyid, str) or not isinstance(sig, str) or len(sig) > 200:
+            raise fail("signature keyid and sig must be strings")
+        try:
+            raw = base64.b64decode(sig, validate=True)
+        except (binascii.Error, ValueError):
+            raise fail("signature is not valid base64") from None
+        if len(raw) != 64:
+            raise fail(f"signature must be 64 bytes, got {len(raw)}")
+        out.append((keyid, raw))
+    return out
+
+
+def encode_signatures(entries: Iterable[dict[str, str]]) -> bytes:
+    return json.dumps(list(entries), separators=(",", ":")).encode("ascii")
+
+
+def threshold_signers(
+    sigs: Sequence[tuple[str, bytes]], trusted: Sequence[str], payload_type: str, payload: bytes
+) -> tuple[str, ...]:
+    """Distinct trusted keys (did:key) whose signature verifies. Duplicates count once;
+    unknown keys and bad signatures are ignored (they add nothing)."""
+    message = pae(payload_type, payload)
+    good: list[str] = []
+    allowed = set(trusted)
+    for keyid, sig in sigs:
+        if keyid not in allowed or keyid in good:
+            continue
+        try:
+            PublicKey.from_did(keyid).verify(sig, message)
+        except (SignatureError, KeyFormatError):
+            continue
+        good.append(keyid)
+    return tuple(good)

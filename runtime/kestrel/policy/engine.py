@@ -1,0 +1,123 @@
+"""PolicyEngine (shell): the active policy from the OTA slot, rate state on disk, decisions in the ledger.
+
+Rate-limit history lives in ``STATE/data/policy-rate.json`` (format in
+docs/policy.md) and is rewritten atomically after each allow that consumed a
+rate-limited slot, so limits survive restarts. The engine notices a new active
+bundle (the OTA pointer file changed) before each decision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
+from .._internal.paths import StateLayout
+from ..errors import KestrelError
+from .evaluate import evaluate
+from .model import ActionRequest, Decision, Policy, PolicyState
+
+__all__ = ["PolicyEngine", "RATE_FILE"]
+
+RATE_FILE = "policy-rate.json"
+
+
+class PolicyEngine:
+    """``decide(action, args)`` evaluates against the active policy and records the decision."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], ledger: Any, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._state_dir = Path(state_dir)
+        self._ledger = ledger
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._rate_path = StateLayout(self._state_dir).data / RATE_FILE
+        self._pointer = StateLayout(self._state_dir).ota / "active.json"
+        self._pointer_sig: tuple[int, int] | None = None
+        self.policy: Policy | None = None
+        self.bundle_digest: str | None = None
+        self.load_error: str | None = None
+        self._state = self._load_state()
+        if self._state.saturated_until > self._clock():
+            self._save_state()
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the active policy from the OTA slot (no policy: deny everything)."""
+        from ..ota.apply import active_policy
+
+        self._pointer_sig = self._stat_pointer()
+        try:
+            found = active_policy(self._state_dir)
+        except KestrelError as exc:
+            self.policy, self.bundle_digest, self.load_error = None, None, exc.message
+            return
+        self.policy, self.bundle_digest = found if found else (None, None)
+        self.load_error = None
+
+    def _stat_pointer(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._pointer)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    def decide(self, action: str, args: Mapping[str, Any] | None = None) -> Decision:
+        args = dict(args or {})
+        with self._lock:
+            if self._stat_pointer() != self._pointer_sig:
+                self.reload()
+            now = self._clock()
+            decision = evaluate(self.policy, ActionRequest(action, args), self._state, now)
+            if decision.allowed and decision.rate_key is not None and self.policy is not None:
+                self._state = self._state.record(decision, now, horizon=self.policy.rate_windows)
+                self._save_state()
+        self._ledger.append("policy.decision", {
+            "action": action,
+            "args_digest": decision.args_digest,
+            "decision": "allow" if decision.allowed else "deny",
+            "rule": decision.rule,
+            "reason": decision.reason if self.load_error is None else f"{decision.reason} ({self.load_error})",
+            "policy": decision.policy_digest,
+            "bundle": self.bundle_digest,
+        })
+        return decision
+
+    # -- rate state -----------------------------------------------------------
+    @staticmethod
+    def read_state(state_dir: str | os.PathLike[str]) -> PolicyState:
+        """The persisted rate state (read-only; a corrupt file reads as saturated)."""
+        state = _read_rate(StateLayout(Path(state_dir)).data / RATE_FILE)
+        return state if state is not None else PolicyState(saturated_until=time.time() + 86400.0)
+
+    def _load_state(self) -> PolicyState:
+        state = _read_rate(self._rate_path)
+        if state is None:
+            # Corrupt rate state must not open the gate: keep the file for inspection and
+            # refuse every rate-limited action for a day (fail closed).
+            os.replace(self._rate_path, self._rate_path.with_suffix(".corrupt"))
+            return PolicyState(saturated_until=self._clock() + 86400.0)
+        return state
+
+    def _save_state(self) -> None:
+        ensure_private_dir(self._rate_path.parent)
+        data = json.dumps({"format": 1, "saturated_until": self._state.saturated_until,
+                           "hits": {k: list(v) for k, v in self._state.hits.items()}},
+                          sort_keys=True, separators=(",", ":")).encode()
+        atomic_write(self._rate_path, data)
+
+
+
+def _read_rate(path: Path) -> PolicyState | None:
+    if not path.exists():
+        return PolicyState()
+    try:
+        obj = json.loads(read_bytes(path, what="policy rate state", max_size=16 << 20))
+        hits = {str(k): tuple(sorted(float(t) for t in v)) for k, v in obj["hits"].items()}
+        return PolicyState(hits, float(obj.get("saturated_until", 0.0)))
+    except (KestrelError, ValueError, KeyError, TypeError, AttributeError):
+        return None

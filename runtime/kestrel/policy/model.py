@@ -1,0 +1,220 @@
+"""Policy values: the compiled policy, requests, decisions and rate-limit state.
+
+Everything here is a frozen value. A :class:`Policy` is produced only by
+:func:`kestrel.policy.parse_policy`; its rules are already compiled (regexes
+built, names indexed) so that :func:`kestrel.policy.evaluate` does no parsing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = [
+    "ActionRequest",
+    "ArgConstraint",
+    "Decision",
+    "NetAllow",
+    "Policy",
+    "PolicyState",
+    "RateLimit",
+    "Rule",
+    "TimeWindow",
+    "args_digest",
+]
+
+
+def args_digest(args: Mapping[str, Any]) -> str:
+    """Hex sha256 of the canonical JSON of ``args`` (sorted keys, compact, UTF-8)."""
+    text = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    action: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    action: str
+    rule: str  # "default-deny", "actions[2]", "deny[0]", "restrictions[0]"
+    reason: str
+    policy_digest: str
+    args_digest: str
+    rate_key: str | None = None  # set on an allow that consumed a rate-limit slot
+
+
+@dataclass(frozen=True)
+class ArgConstraint:
+    """Constraint on one argument. A list value must satisfy it element by element."""
+
+    name: str
+    optional: bool = False
+    type: str | None = None  # "str" | "int" | "number" | "bool"
+    equals: Any = None
+    has_equals: bool = False
+    enum: frozenset | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    regex: "re.Pattern[str] | None" = None
+    max_len: int = 256
+    domains: frozenset[str] | None = None  # e-mail domains (exact, lower-case)
+
+    def check(self, value: Any) -> str | None:
+        """Return None if ``value`` satisfies the constraint, else the reason."""
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        if not items:
+            return f"argument '{self.name}' is empty"
+        for item in items:
+            why = self._check_one(item)
+            if why:
+                return why
+        return None
+
+    def _check_one(self, v: Any) -> str | None:
+        n = self.name
+        if self.type is not None and not _TYPE_CHECKS[self.type](v):
+            return f"argument '{n}' must be of type {self.type}"
+        if self.has_equals and v != self.equals:
+            return f"argument '{n}' must equal {self.equals!r}"
+        if self.enum is not None and (isinstance(v, (dict, list)) or v not in self.enum):
+            return f"argument '{n}' is not one of the permitted values"
+        if self.minimum is not None or self.maximum is not None:
+            num = _as_number(v)
+            if num is None:
+                return f"argument '{n}' must be a number"
+            if self.minimum is not None and num < self.minimum:
+                return f"argument '{n}' is below {self.minimum:g}"
+            if self.maximum is not None and num > self.maximum:
+                return f"argument '{n}' is above {self.maximum:g}"
+        if self.regex is not None or self.domains is not None:
+            if not isinstance(v, str) or len(v) > self.max_len:
+                return f"argument '{n}' must be a string of at most {self.max_len} characters"
+            if self.regex is not None and self.regex.fullmatch(v) is None:
+                return f"argument '{n}' does not match the permitted pattern"
+            if self.domains is not None:
+                local, at, domain = v.rpartition("@")
+                if not at or not local or domain.lower() not in self.domains:
+                    return f"argument '{n}' is not an address in a permitted domain"
+        return None
+
+
+def _as_number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return v
+    if isinstance(v, str) and len(v) <= 64:
+        try:
+            return float(v) if any(c in v for c in ".eE") else int(v, 10)
+        except ValueError:
+            return None
+    return None
+
+
+_TYPE_CHECKS = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: (isinstance(v, int) and not isinstance(v, bool))
+    or (isinstance(v, str) and v.lstrip("-").isdigit() and len(v) <= 32),
+    "number": lambda v: _as_number(v) is not None,
+    "bool": lambda v: isinstance(v, bool) or v in ("true", "false"),
+}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    key: str  # state key; defaults to the action name so limits survive policy updates
+    count: int
+    per: float  # seconds (sliding window)
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Permitted days and minutes of day, in a fixed UTC offset (no tz database)."""
+
+    days: frozenset[int]  # 0 = Monday ... 6 = Sunday
+    start_min: int  # minute of day, inclusive
+    end_min: int  # minute of day, exclusive; < start_min wraps past midnight
+    offset_min: int = 0
+
+    def contains(self, now: float) -> bool:
+        t = int(now // 60) + self.offset_min  # minutes since epoch, local
+        day = ((t // 1440) + 3) % 7  # 1970-01-01 was a Thursday (3)
+        minute = t % 1440
+        if self.start_min <= self.end_min:
+            return day in self.days and self.start_min <= minute < self.end_min
+        if minute >= self.start_min:
+            return day in self.days
+        return minute < self.end_min and (day - 1) % 7 in self.days
+
+
+@dataclass(frozen=True)
+class NetAllow:
+    host: str  # exact host, or "*.example.com" for any sub-domain
+    port: int | None  # None: any port
+    actions: frozenset[str] | None = None  # None: any action
+
+    def permits(self, action: str, host: str, port: int | None) -> bool:
+        if self.actions is not None and action not in self.actions:
+            return False
+        if self.port is not None and port != self.port:
+            return False
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:])
+        return host == self.host
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One allow (``actions[i]``) or deny (``deny[i]``) rule."""
+
+    id: str
+    action: str  # "*" matches any action (deny rules only)
+    args: tuple[ArgConstraint, ...] = ()
+    window: TimeWindow | None = None
+    rate: RateLimit | None = None
+    network: bool = False  # the action needs a network destination
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed, compiled policy. ``digest`` is the sha256 of its exact source bytes."""
+
+    digest: str
+    allow: Mapping[str, tuple[Rule, ...]]  # action -> its allow rules, in file order
+    deny: tuple[Rule, ...]
+    no_external_network: bool
+    restriction_id: str | None  # "restrictions[i]" of no_external_network
+    net_allow: tuple[NetAllow, ...]
+    network_actions: frozenset[str]  # actions that always need a destination
+    rate_windows: Mapping[str, float]  # rate key -> longest window (seconds)
+    source: str = "<policy>"
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """Rate-limit history: key -> sorted tuple of allow times (seconds)."""
+
+    hits: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    saturated_until: float = 0.0  # fail-closed: every rate limit counts as reached before this
+
+    def count(self, key: str, since: float) -> int:
+        times = self.hits.get(key, ())
+        return len(times) - bisect.bisect_right(times, since)
+
+    def record(self, decision: Decision, now: float, *, horizon: Mapping[str, float]) -> "PolicyState":
+        """The state after ``decision`` at ``now``; drops entries older than each key's window."""
+        if not decision.allowed or decision.rate_key is None:
+            return self
+        key = decision.rate_key
+        keep = horizon.get(key, 0.0)
+        times = tuple(t for t in self.hits.get(key, ()) if t > now - keep) + (now,)
+        return PolicyState({**self.hits, key: times}, self.saturated_until)

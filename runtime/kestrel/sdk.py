@@ -1,0 +1,176 @@
+"""Python SDK for a running Kestrel daemon, over its local control socket.
+
+::
+
+    from kestrel.sdk import Client
+    with Client() as k:                       # the default state directory
+        k.call("send_email", to="alice@example.com", subject="Hello")
+        print(k.status()["health"])
+        for record in k.follow(since_seq=0):  # blocks, streaming new ledger records
+            print(record["seq"], record["kind"])
+
+Every method is a blocking request on one Unix-socket connection (not thread-safe:
+use one Client per thread). The wire format is docs/control-protocol.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+from ._internal.paths import StateLayout, resolve_state_dir
+from .daemon import protocol as P
+from .daemon.protocol import RemoteError
+from .errors import TransportError
+
+__all__ = ["Client", "RemoteError", "ActionDenied", "socket_path_for"]
+
+
+class ActionDenied(RemoteError):
+    """The policy refused the action (the refusal is in the ledger)."""
+
+
+def socket_path_for(state_dir: str | os.PathLike[str] | None) -> Path:
+    return StateLayout(resolve_state_dir(state_dir)).run / "control.sock"
+
+
+class Client:
+    """A connection to ``STATE/run/control.sock`` (opened on first use)."""
+
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None, *,
+                 socket_path: str | os.PathLike[str] | None = None, timeout: float | None = 30.0) -> None:
+        self.socket_path = Path(socket_path) if socket_path else socket_path_for(state_dir)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+        self._ids = itertools.count(1)
+
+    # -- connection ---------------------------------------------------------------------------
+    def _connect(self) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise TransportError(f"no Kestrel daemon is listening on {self.socket_path}",
+                                 hint="start it with `kestrel run` (same --state), or pass the right --state") from None
+        except PermissionError:
+            sock.close()
+            raise TransportError(f"not allowed to open {self.socket_path}",
+                                 hint="run as the daemon's user, or join the control group set in the "
+                                      "device config (control.group)") from None
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"cannot connect to {self.socket_path}: {exc.strerror or exc}") from None
+        self._sock = sock
+        return sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self._buf = b""
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _readline(self, *, timeout: float | None) -> bytes:
+        sock = self._connect()
+        sock.settimeout(timeout)
+        while b"\n" not in self._buf:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                self.close()
+                raise TransportError(f"the daemon did not answer within {timeout}s") from None
+            except OSError as exc:
+                self.close()
+                raise TransportError(f"control connection failed: {exc.strerror or exc}") from None
+            if not chunk:
+                self.close()
+                raise TransportError("the daemon closed the control connection")
+            self._buf += chunk
+            if len(self._buf) > P.MAX_LINE * 4:
+                self.close()
+                raise TransportError("the daemon sent an over-long line")
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+    def _send(self, method: str, params: dict[str, Any]) -> int:
+        rid = next(self._ids)
+        sock = self._connect()
+        try:
+            sock.sendall(P.encode({"id": rid, "method": method, "params": params}))
+        except OSError as exc:
+            self.close()
+            raise TransportError(f"control connection failed: {exc.strerror or exc}") from None
+        return rid
+
+    @staticmethod
+    def _raise(msg: dict[str, Any]) -> None:
+        err = msg["error"]
+        code = str(err.get("code") or "failed")
+        cls = ActionDenied if code == "denied" else RemoteError
+        raise cls(code, err["message"], hint=err.get("hint"))
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Send one request and return its result (raises RemoteError on an error reply)."""
+        rid = self._send(method, params or {})
+        while True:
+            msg = P.decode_reply(self._readline(timeout=self.timeout))
+            if msg.get("id") not in (rid, None):
+                continue
+            if "error" in msg:
+                self._raise(msg)
+            if "result" in msg:
+                return msg["result"]
+
+    # -- methods ------------------------------------------------------------------------------
+    def call(self, action: str, /, **args: Any) -> Any:
+        """Ask the daemon to run ``action``; returns its result, raises ActionDenied if policy refuses."""
+        return self.request("call", {"action": action, "args": args})
+
+    def status(self) -> dict[str, Any]:
+        return self.request("status")
+
+    def reload(self) -> dict[str, Any]:
+        return self.request("reload")
+
+    def sim_drive(self, pin: str, value: int) -> dict[str, Any]:
+        return self.request("sim.drive", {"pin": pin, "value": int(value)})
+
+    def sim_list(self) -> list[dict[str, Any]]:
+        return self.request("sim.list")
+
+    def follow(self, since_seq: int = 0, *, kind: str | None = None) -> Iterator[dict[str, Any]]:
+        """Yield ledger records from ``since_seq`` on, then new ones as they are appended (forever).
+
+        Uses its own connection; close the generator (or break) to stop.
+        """
+        sub = Client(socket_path=self.socket_path, timeout=self.timeout)
+        try:
+            params: dict[str, Any] = {"since_seq": since_seq}
+            if kind:
+                params["kind"] = kind
+            rid = sub._send("follow", params)
+            while True:
+                msg = P.decode_reply(sub._readline(timeout=None))
+                if msg.get("id") not in (rid, None):
+                    continue
+                if "event" in msg:
+                    yield msg["event"]
+                elif "error" in msg:
+                    self._raise(msg)
+                else:
+                    return
+        finally:
+            sub.close()

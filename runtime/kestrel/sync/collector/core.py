@@ -1,0 +1,241 @@
+"""The collector's verification logic over a :class:`CollectorStore` (no network, no clock of its own).
+
+Records arrive as candidates (``pending``); they become *verified* only when a chain of them
+from the agent's verified tip reaches a checkpoint signed by the agent's key: each record's
+``seq`` must be its position, its ``prev`` the leaf hash of the record before, and the RFC 6962
+root over all verified leaves must equal the checkpoint's root. Duplicates by (agent, seq) are
+dropped; a record that contradicts a verified one, or is not on the verified chain, is refused
+and reported; two signed checkpoints that disagree are kept as fork evidence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from ...identity.keys import PublicKey
+from ...ledger.checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
+from ...ledger.errors import RecordError
+from ...ledger.merkle import Frontier, tree_root
+from ...ledger.record import ZERO_HASH, decode_record, leaf_hash
+from ..wire import SyncFormatError, agent_from_topic, decode_batch
+from .store import AgentState, CollectorStore, Fork, PendingRecord, Rejection
+
+__all__ = ["CollectorCore", "Outcome", "frontier_of", "MAX_PENDING"]
+
+MAX_PENDING = 1_000_000  # candidates held per agent before further records are refused
+_MAX_BRANCHES = 64
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one message did."""
+
+    did: str | None
+    verified: int = 0  # records newly stored as verified
+    duplicates: int = 0
+    pending: int = 0  # records held until a checkpoint covers them
+    refused: tuple[str, ...] = ()  # reason codes
+    forks: int = 0
+
+
+def frontier_of(state: AgentState) -> Frontier:
+    """Rebuild the compact range of leaves [0, state.size) stored in ``state``."""
+    f = Frontier()
+    sizes = [1 << b for b in range(state.size.bit_length() - 1, -1, -1) if state.size >> b & 1]
+    if len(sizes) != len(state.frontier):
+        raise ValueError("stored frontier does not match the verified size")
+    f.size = state.size
+    f._stack = list(zip(sizes, state.frontier))  # the ledger's Frontier has no public restore
+    return f
+
+
+def _hashes(f: Frontier) -> tuple[bytes, ...]:
+    return tuple(h for _, h in f._stack)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class _Acc:
+    did: str
+    verified: int = 0
+    duplicates: int = 0
+    pending: int = 0
+    refused: list[str] = field(default_factory=list)
+    forks: int = 0
+
+    def done(self) -> Outcome:
+        return Outcome(self.did, self.verified, self.duplicates, self.pending, tuple(self.refused), self.forks)
+
+
+class CollectorCore:
+    """Verify and store what arrives on ``kestrel/<did>/ledger/batch``."""
+
+    def __init__(self, store: CollectorStore, *, clock: Callable[[], float],
+                 max_pending: int = MAX_PENDING) -> None:
+        self.store = store
+        self._clock = clock
+        self._max_pending = max_pending
+
+    # -- entry point -----------------------------------------------------------------------------
+    def handle(self, topic: str, payload: bytes) -> Outcome:
+        now = self._clock()
+        try:
+            agent = agent_from_topic(topic)
+        except SyncFormatError as exc:
+            self.store.add_rejection(Rejection("?", None, "bad-topic", exc.message, _digest(payload), now))
+            return Outcome(None, refused=("bad-topic",))
+        acc = _Acc(agent.did)
+        try:
+            batch = decode_batch(payload)
+        except SyncFormatError as exc:
+            self._refuse(acc, None, "malformed", exc.message, payload, now)
+            return acc.done()
+        self._take_records(agent, batch.start, batch.records, acc, now)
+        if batch.checkpoint is not None:
+            self._take_checkpoint(agent, batch.checkpoint, acc, now)
+        self._advance(agent, acc, now)
+        return acc.done()
+
+    def _refuse(self, acc: _Acc, seq: int | None, reason: str, detail: str, data: bytes, now: float) -> None:
+        self.store.add_rejection(Rejection(acc.did, seq, reason, detail, _digest(data), now))
+        acc.refused.append(reason)
+
+    # -- records ---------------------------------------------------------------------------------
+    def _take_records(self, agent: PublicKey, start: int, records: Sequence[bytes], acc: _Acc,
+                      now: float) -> None:
+        state = self.store.agent_state(agent.did)
+        fresh: list[PendingRecord] = []
+        for i, raw in enumerate(records):
+            seq = start + i
+            try:
+                rec = decode_record(raw)
+            except RecordError as exc:
+                self._refuse(acc, seq, "malformed-record", exc.message, raw, now)
+                continue
+            if rec.seq != seq:
+                self._refuse(acc, seq, "wrong-seq", f"record says seq {rec.seq}, batch position is {seq}", raw, now)
+                continue
+            if seq < state.size:
+                if self.store.verified_leaf(agent.did, seq) == rec.digest:
+                    acc.duplicates += 1
+                else:
+                    self._refuse(acc, seq, "conflicts-with-verified",
+                                 f"record {seq} differs from the verified record {seq}", raw, now)
+                continue
+            fresh.append(PendingRecord(seq, bytes(raw), rec.digest))
+        if fresh:
+            _, held = self.store.pending_sizes(agent.did)
+            if held + len(fresh) > self._max_pending:
+                for r in fresh:
+                    self._refuse(acc, r.seq, "pending-limit", f"more than {self._max_pending} unverified "
+                                 "records held for this agent", r.raw, now)
+                return
+            self.store.add_pending(agent.did, fresh, now=now)
+            acc.pending += len(fresh)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _take_checkpoint(self, agent: PublicKey, note: bytes, acc: _Acc, now: float) -> None:
+        try:
+            cp = verify_checkpoint(note, agent)
+        except CheckpointError as exc:
+            self._refuse(acc, None, "bad-checkpoint", exc.message, note, now)
+            return
+        state = self.store.agent_state(agent.did)
+        for size, root, known_note in self.store.checkpoints(agent.did, min_size=cp.size):
+            if size != cp.size:
+                break
+            if root == cp.root:
+                return  # already known
+            self._fork(acc, cp, known_note, "two signed checkpoints of the same size disagree", now)
+            return
+        if cp.size <= state.size:
+            ours = (frontier_of(state).root() if cp.size == state.size
+                    else tree_root(self.store.verified_leaves(agent.did, 0, cp.size)))
+            if ours != cp.root:
+                self._fork(acc, cp, state.checkpoint, f"checkpoint of size {cp.size} contradicts the verified log",
+                           now)
+                return
+        self.store.add_checkpoint(agent.did, cp.size, cp.root, cp.note, now=now)
+
+    def _fork(self, acc: _Acc, cp: SignedCheckpoint, verified_note: bytes | None, detail: str, now: float) -> None:
+        self.store.add_fork(Fork(acc.did, cp.size, verified_note, cp.note, detail, now))
+        acc.forks += 1
+        acc.refused.append("fork")
+
+    # -- advancing the verified prefix -------------------------------------------------------------
+    def _advance(self, agent: PublicKey, acc: _Acc, now: float) -> None:
+        state = self.store.agent_state(agent.did)
+        for size, root, note in self.store.checkpoints(agent.did, min_size=state.size + 1):
+            if size <= state.size:
+                continue
+            if self.store.pending_count(agent.did, state.size, size) < size - state.size:
+                break  # records still missing: wait for them
+            cands = self.store.pending(agent.did, state.size, size)
+            path = self._find_path(state, cands, size, root)
+            if path is None:
+                continue  # no chain reaches this checkpoint (yet); a later one may decide
+            chosen, frontier = path
+            new_state = AgentState(agent.did, size, _hashes(frontier), note, state.forked)
+            losers = [c for seq, group in cands.items() for c in group if c is not chosen[seq - state.size]]
+            self.store.commit_verified(agent.did, chosen, new_state, now=now)
+            acc.verified += len(chosen)
+            acc.pending = max(0, acc.pending - len(chosen))
+            for loser in losers:
+                self._refuse(acc, loser.seq, "not-on-signed-chain",
+                             f"record {loser.seq} is not the one the signed checkpoint of size {size} commits to",
+                             loser.raw, now)
+            self._check_passed(agent, state.size, size, note, acc, now)
+            state = new_state
+
+    def _find_path(self, state: AgentState, cands: Mapping[int, list[PendingRecord]], size: int,
+                   root: bytes) -> tuple[list[PendingRecord], Frontier] | None:
+        """Depth-first search for a hash chain of candidates from the tip to ``size`` matching ``root``."""
+        tip = self.store.verified_leaf(state.did, state.size - 1) if state.size else ZERO_HASH
+        start = state.size
+        stack: list[tuple[int, bytes, Frontier, list[PendingRecord]]] = [(start, tip, frontier_of(state), [])]
+        branches = 0
+        while stack:
+            seq, prev, frontier, chosen = stack.pop()
+            while seq < size:
+                options = [c for c in cands.get(seq, ()) if _prev_of(c) == prev]
+                if not options:
+                    break
+                for alt in options[1:]:
+                    if branches >= _MAX_BRANCHES:
+                        break
+                    branches += 1
+                    f2 = frontier.copy()
+                    f2.append(alt.leaf)
+                    stack.append((seq + 1, alt.leaf, f2, chosen + [alt]))
+                frontier.append(options[0].leaf)
+                chosen.append(options[0])
+                prev, seq = options[0].leaf, seq + 1
+            if seq == size and frontier.root() == root:
+                return chosen, frontier
+        return None
+
+    def _check_passed(self, agent: PublicKey, old: int, new: int, note: bytes,
+                      acc: _Acc, now: float) -> None:
+        """Signed checkpoints strictly between old and new sizes must agree with the verified log."""
+        inner = [(s, r, n) for s, r, n in self.store.checkpoints(agent.did, min_size=old + 1) if s < new]
+        if not inner:
+            return
+        leaves = self.store.verified_leaves(agent.did, 0, new)
+        for s, r, n in inner:
+            if tree_root(leaves[:s]) != r:
+                self.store.add_fork(Fork(agent.did, s, note, n, f"signed checkpoint of size {s} contradicts "
+                                         f"the verified log of size {new}", now))
+                acc.forks += 1
+                acc.refused.append("fork")
+
+
+def _prev_of(c: PendingRecord) -> bytes | None:
+    try:
+        return decode_record(c.raw).prev
+    except RecordError:
+        return None

@@ -1,0 +1,144 @@
+"""The collector process: subscribe to the fleet's ledger topics, verify, store (I/O shell).
+
+It drives paho-mqtt directly (a server process, not the agent runtime) because it needs two
+things the agent's bridge does not offer: *manual acknowledgement* (PUBACK is sent only after the
+message's effect is committed to the store, so a crash between receipt and commit makes the broker
+deliver it again) and *shared subscriptions* (``$share/<group>/kestrel/+/ledger/batch``), with which
+several collectors split a large fleet. The session is persistent (clean start off, session expiry
+set), so messages published while the collector is down wait in the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ...errors import TransportError, UsageError
+from ..wire import LEDGER_FILTER
+from .core import CollectorCore, Outcome
+from .store import CollectorStore
+
+__all__ = ["CollectorService", "CollectorCounters", "parse_broker"]
+
+log = logging.getLogger("kestrel.collector")
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``HOST``, port 1883; ``[v6]:PORT``) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        host, port = text, "1883"
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"invalid broker address {text!r}", hint="use HOST:PORT, e.g. localhost:1883")
+    return host, int(port)
+
+
+@dataclass
+class CollectorCounters:
+    messages: int = 0
+    verified: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    forks: int = 0
+    connects: int = 0
+
+
+class CollectorService:
+    """One collector client. ``run()`` blocks until ``stop()``; ``start()``/``stop()`` run it in a thread."""
+
+    def __init__(self, store: CollectorStore, *, host: str, port: int, group: str | None = None,
+                 client_id: str | None = None, session_expiry: int = 7 * 86400, keepalive: int = 30,
+                 username: str | None = None, password: str | None = None, tls: Any = None,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        self.store = store
+        self.core = CollectorCore(store, clock=time.time)
+        self.host, self.port, self.keepalive = host, port, keepalive
+        self.topic = f"$share/{group}/{LEDGER_FILTER}" if group else LEDGER_FILTER
+        self.client_id = client_id or (f"kestrel-collector-{group}" if group else "kestrel-collector")
+        self.session_expiry = session_expiry
+        self.counters = CollectorCounters()
+        self._on_outcome = on_outcome
+        self._auth, self._tls = (username, password), tls
+        self._client: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.subscribed = threading.Event()
+
+    def _make_client(self) -> Any:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.properties import Properties
+        from paho.mqtt.packettypes import PacketTypes
+
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=True)
+        if self._auth[0]:
+            client.username_pw_set(*self._auth)
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
+        client.reconnect_delay_set(0.2, 10)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = lambda *a: self.subscribed.clear()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry
+        self._connect_props = props
+        return client
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            log.warning("collector: broker refused the connection: %s", reason)
+            return
+        self.counters.connects += 1
+        client.subscribe(self.topic, qos=1)
+        self.subscribed.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            out = self.core.handle(msg.topic, bytes(msg.payload))
+        except Exception:  # the store failed: do not acknowledge; reconnect so the broker redelivers
+            log.exception("collector: could not store a message from %s; it will be redelivered", msg.topic)
+            client.disconnect()
+            return
+        client.ack(msg.mid, msg.qos)
+        c = self.counters
+        c.messages += 1
+        c.verified += out.verified
+        c.duplicates += out.duplicates
+        c.refused += len(out.refused)
+        c.forks += out.forks
+        for reason in out.refused:
+            log.warning("collector: refused from %s: %s", out.did, reason)
+        if self._on_outcome is not None:
+            self._on_outcome(out)
+
+    def run(self) -> None:
+        """Connect (retrying while the broker is down) and process messages until stop()."""
+        self._client = client = self._make_client()
+        while not self._stopping.is_set():
+            try:
+                client.connect(self.host, self.port, keepalive=self.keepalive, clean_start=False,
+                               properties=self._connect_props)
+            except OSError as exc:
+                log.info("collector: broker %s:%d unreachable (%s); retrying", self.host, self.port, exc)
+                self._stopping.wait(0.5)
+                continue
+            client.loop_forever(retry_first_connection=True)  # returns after disconnect()
+            self._stopping.wait(0.2)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="kestrel-collector", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._client is not None:
+            self._client.disconnect()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TransportError("the collector did not stop in time")

@@ -1,0 +1,263 @@
+"""Store-and-forward ledger sync over the runtime's MQTT bridge (the I/O shell).
+
+The daemon starts one :class:`LedgerSync` per agent when an MQTT broker is configured::
+
+    sync = LedgerSync(ledger, bridge, config=cfg.sync, state_dir=state_dir)
+    await sync.start()      # returns at once; the work runs in a task on the loop
+    ...
+    await sync.stop()       # persists the acknowledged offset and the status
+
+Records are read from the ledger in a worker thread, published in order at QoS 1 on
+``kestrel/<did>/ledger/batch`` with up to ``max_inflight`` messages awaiting PUBACK, and the
+offset advances only over a contiguous run of acknowledged messages. After an outage, a broker
+restart or a process restart, publishing resumes at the last persisted offset; messages sent
+twice are dropped by the collector (it deduplicates by (agent, seq)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataError, KestrelError
+from .config import SyncConfig
+from .limits import TokenBucket, retention_warnings
+from .state import Offset, OffsetStore, SyncStatus, write_status
+from .wire import BATCH_OVERHEAD, SyncBatch, encode_batch, ledger_topic
+
+__all__ = ["LedgerSync", "run_sync"]
+
+log = logging.getLogger("kestrel.sync")
+_RECORD_OVERHEAD = 5  # msgpack bin header per record
+
+
+class _Reader:
+    """Reads consecutive batches from ``ledger.entries_raw`` (called from one worker thread at a time)."""
+
+    def __init__(self, ledger: Any, config: SyncConfig) -> None:
+        self._ledger, self._config = ledger, config
+        self._iter: Iterator[bytes] | None = None
+        self._pos = -1
+        self._peek: bytes | None = None
+
+    def read(self, start: int, checkpoint_sent: int) -> tuple[SyncBatch, int] | None:
+        """The next batch from ``start`` and the size of the checkpoint it carries (0: none)."""
+        if self._pos != start or self._iter is None:
+            self._iter, self._pos, self._peek = iter(self._ledger.entries_raw(start)), start, None
+        records: list[bytes] = []
+        nbytes = BATCH_OVERHEAD + 600  # room for a checkpoint note
+        while len(records) < self._config.batch_records:
+            raw = self._peek if self._peek is not None else next(self._iter, None)
+            self._peek = None
+            if raw is None:
+                self._iter = None  # exhausted: reopen next time, new records may have arrived
+                break
+            if records and nbytes + len(raw) + _RECORD_OVERHEAD > self._config.batch_bytes:
+                self._peek = raw
+                break
+            records.append(bytes(raw))
+            nbytes += len(raw) + _RECORD_OVERHEAD
+        self._pos = start + len(records)
+        end = start + len(records)
+        cp = self._ledger.latest_checkpoint() if self._ledger.size else None
+        attach = cp is not None and checkpoint_sent < cp.size <= end
+        if not records and not attach:
+            return None
+        return SyncBatch(start, tuple(records), cp.note if attach else None), (cp.size if attach else 0)
+
+
+class LedgerSync:
+    """Publishes one agent's ledger to the broker; never blocks the event loop."""
+
+    def __init__(self, ledger: Any, bridge: Any, *, config: SyncConfig, state_dir: str | os.PathLike[str]) -> None:
+        self.ledger, self.bridge, self.config = ledger, bridge, config
+        self.state_dir = Path(state_dir)
+        self.did: str = ledger.public_key.did
+        self.topic = ledger_topic(self.did)
+        self._offsets = OffsetStore(self.state_dir)
+        self._reader = _Reader(ledger, config)
+        self._offset = Offset(self.did)
+        self._saved = self._offset
+        self._next = 0
+        self._cp_sent = 0
+        self._inflight: deque[tuple[SyncBatch, int, asyncio.Task[Any]]] = deque()
+        self._bucket = (TokenBucket(config.bandwidth, burst=config.burst, now=time.monotonic())
+                        if config.bandwidth else None)
+        self._task: asyncio.Task[None] | None = None
+        self._rate = 0.0
+        self._warnings: tuple[str, ...] = ()
+        self._warn_level = 0
+        self._ledger_bytes = 0
+        self.published = 0  # messages acknowledged by the broker in this process
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._offset = self._saved = await asyncio.to_thread(self._offsets.load, self.did)
+        self._next, self._cp_sent = self._offset.acked, self._offset.checkpoint_size
+        if self._offset.acked > self.ledger.size:
+            raise DataError(f"sync offset {self._offset.acked} is beyond the ledger's {self.ledger.size} records",
+                            hint=f"the ledger was replaced; delete {self._offsets.path} to resend it")
+        self._task = asyncio.create_task(self._main(), name="kestrel-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for *_, task in self._inflight:
+            task.cancel()
+        self._inflight.clear()
+        await asyncio.to_thread(self._persist, True)
+
+    async def wait_synced(self, size: int | None = None, *, timeout: float | None = None) -> bool:
+        """Wait until the broker has acknowledged the first ``size`` records (default: all)."""
+        async def _wait() -> None:
+            while self._offset.acked < (self.ledger.size if size is None else size):
+                if self._task is not None and self._task.done():
+                    self._task.result()
+                await asyncio.sleep(0.02)
+        try:
+            await asyncio.wait_for(_wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    @property
+    def status(self) -> SyncStatus:
+        return SyncStatus(agent=self.did, connected=bool(self.bridge.connected), acked=self._offset.acked,
+                          ledger_size=self.ledger.size, rate=round(self._rate, 1), updated=time.time(),
+                          pid=os.getpid(), ledger_bytes=self._ledger_bytes,
+                          retention_limit=self.config.retention.max_bytes, warnings=self._warnings)
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def _main(self) -> None:
+        keeper = asyncio.create_task(self._housekeeping(), name="kestrel-sync-status")
+        try:
+            while True:
+                if not self.bridge.connected:
+                    await self._settle()
+                    await self.bridge.wait_connected(timeout=max(self.config.poll_s, 1.0))
+                    continue
+                got = await asyncio.to_thread(self._reader.read, self._next, self._cp_sent)
+                if got is None:
+                    await self._settle()
+                    await asyncio.sleep(self.config.poll_s)
+                    continue
+                batch, cp_size = got
+                payload = encode_batch(batch)
+                if self._bucket is not None:
+                    delay = self._bucket.reserve(len(payload), now=time.monotonic())
+                    if delay:
+                        await asyncio.sleep(delay)
+                task = asyncio.create_task(self.bridge.publish(self.topic, payload, qos=1))
+                self._inflight.append((batch, cp_size, task))
+                self._next, self._cp_sent = batch.end, max(self._cp_sent, cp_size)
+                while self._inflight and (len(self._inflight) >= self.config.max_inflight
+                                          or self._inflight[0][2].done()):
+                    await self._complete_first()
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _settle(self) -> None:
+        while self._inflight:
+            await self._complete_first()
+
+    async def _complete_first(self) -> None:
+        batch, cp_size, task = self._inflight[0]
+        waited = 0.0
+        while not task.done():  # a PUBACK that never comes while connected means the message was lost
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            waited = 0.0 if not self.bridge.connected else waited + 1.0
+            if not done and waited >= self.config.ack_timeout_s:
+                await self._rewind(f"no PUBACK within {self.config.ack_timeout_s:.0f}s")
+                return
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            await self._rewind("publish cancelled")
+            return
+        except KestrelError as exc:
+            await self._rewind(str(exc))
+            return
+        self._inflight.popleft()
+        self._offset = Offset(self.did, batch.end, max(cp_size, self._offset.checkpoint_size), time.time())
+        self.published += 1
+
+    async def _rewind(self, why: str) -> None:
+        """A publish failed: forget everything in flight and resend from the acknowledged offset."""
+        log.warning("sync publish failed (%s); resending from record %d", why, self._offset.acked)
+        for *_, task in self._inflight:
+            task.cancel()
+        self._inflight.clear()
+        self._next, self._cp_sent = self._offset.acked, self._offset.checkpoint_size
+        await asyncio.sleep(self.config.retry_s)
+
+    # -- persistence and status ---------------------------------------------------------------------
+    def _persist(self, force: bool = False) -> None:
+        if force or self._offset.acked != self._saved.acked or \
+                self._offset.checkpoint_size != self._saved.checkpoint_size:
+            off = self._offset
+            self._offsets.save(off)
+            self._saved = off
+
+    async def _housekeeping(self) -> None:
+        last_status = last_retention = 0.0
+        last_acked, last_t = self._offset.acked, time.monotonic()
+        while True:
+            await asyncio.sleep(self.config.offset_s or 0.05)
+            await asyncio.to_thread(self._persist)
+            now = time.monotonic()
+            if now - last_retention >= self.config.status_s * 5 or last_retention == 0.0:
+                last_retention = now
+                await self._check_retention()
+            if now - last_status >= self.config.status_s:
+                inst = (self._offset.acked - last_acked) / max(now - last_t, 1e-6)
+                self._rate = inst if self._rate == 0 else 0.5 * self._rate + 0.5 * inst
+                last_acked, last_t, last_status = self._offset.acked, now, now
+                await asyncio.to_thread(write_status, self.state_dir, self.status)
+
+    async def _check_retention(self) -> None:
+        policy = self.config.retention
+        if policy.max_bytes is None:
+            return
+        used = await asyncio.to_thread(_dir_bytes, self.state_dir / "ledger")
+        self._ledger_bytes = used
+        backlog = max(0, self.ledger.size - self._offset.acked)
+        self._warnings = retention_warnings(policy, used_bytes=used, backlog=backlog)
+        level = 0 if not self._warnings else (2 if used >= policy.max_bytes else 1)
+        if level > self._warn_level:
+            await self.ledger.append_async("sync.retention", {
+                "level": "limit" if level == 2 else "warning", "used_bytes": used,
+                "limit_bytes": policy.max_bytes, "backlog": backlog, "on_full": policy.on_full})
+        self._warn_level = level
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(path):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+async def run_sync(ledger: Any, bridge: Any, *, config: SyncConfig, state_dir: str | os.PathLike[str]) -> None:
+    """Run the sync until cancelled (the daemon's alternative to start/stop)."""
+    sync = LedgerSync(ledger, bridge, config=config, state_dir=state_dir)
+    await sync.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(sync.stop())

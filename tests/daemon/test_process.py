@@ -1,0 +1,183 @@
+"""`kestrel run` as a real process: exit codes, SIGTERM, SIGHUP, and the systemd notify protocol."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kestrel.sdk import Client
+
+from .conftest import GPIO_CONFIG, install_policy
+
+KESTREL = [sys.executable, "-m", "kestrel.cli"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    env.update(extra)
+    return env
+
+
+def _wait_socket(state: Path, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited early ({proc.returncode}): {proc.stderr.read()}")
+        try:
+            Client(state, timeout=2).status()
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise AssertionError("daemon did not come up")
+
+
+def _stop(proc: subprocess.Popen) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, err
+
+
+@pytest.fixture
+def provisioned(state_dir: Path) -> Path:
+    """A state dir with a machine-bound identity and a policy allowing gpio.write."""
+    from kestrel.identity import create_identity, open_signer
+    from kestrel.ledger import Ledger
+
+    create_identity(state_dir, name="test", backend="file", machine_bound=True)
+    ledger = Ledger.open(state_dir / "ledger", signer=open_signer(state_dir))
+    try:
+        install_policy(state_dir, ledger, "actions: [gpio.write]\n")
+    finally:
+        ledger.close()
+    return state_dir
+
+
+def test_malformed_config_names_file_line_key_and_exits_nonzero(tmp_path, state_dir):
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text("version: 1\nsensors:\n  door:\n    type: gpio\n    pin: GPIO17\n    bias: sideways\n")
+    r = subprocess.run([*KESTREL, "run", "--config", str(cfg), "--state", str(state_dir)], capture_output=True,
+                       text=True, timeout=60, env=_env())
+    assert r.returncode == 2
+    assert f"{cfg}:6:11" in r.stderr and "sensors.door.bias" in r.stderr and "sideways" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (state_dir / "identity").exists()  # nothing was created for a config that does not parse
+
+
+def test_first_run_creates_identity_and_sigterm_flushes_and_exits_zero(tmp_path):
+    state = tmp_path / "fresh-state"
+    proc = subprocess.Popen([*KESTREL, "run", "--state", str(state)], stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    try:
+        _wait_socket(state, proc)
+        st = Client(state).status()
+        assert st["board"] == "sim" and "embedded" in st["config"]
+        Client(state).sim_drive("GPIO17", 1)
+        time.sleep(0.3)
+    finally:
+        rc, err = _stop(proc)
+    assert rc == 0, err
+    assert "created a new identity did:key:" in err and "machine-bound" in err
+    assert "Traceback" not in err
+    from kestrel.identity import open_signer
+    from kestrel.ledger import Ledger
+
+    with Ledger.open(state / "ledger", signer=open_signer(state)) as ledger:
+        kinds = [r.kind for r in ledger.records()]
+        assert kinds.count("policy.decision") >= 2  # startup sync + the driven edge, both denied (no policy)
+        assert ledger.verify().size == len(kinds)
+    assert not (state / "run" / "control.sock").exists()
+
+
+def _notify_listener(abstract: bool, tmp_path: Path) -> tuple[socket.socket, str]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = f"kestrel-test-{os.getpid()}-{time.monotonic_ns()}"
+        s.bind("\0" + name)
+        addr = "@" + name
+    else:
+        addr = str(tmp_path / "notify.sock")
+        s.bind(addr)
+    s.settimeout(0.2)
+    return s, addr
+
+
+def _collect(sock: socket.socket, until: str, timeout: float) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got.append(sock.recv(4096).decode())
+        except socket.timeout:
+            continue
+        if any(until in m for m in got):
+            break
+    return got
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_systemd_ready_watchdog_stopping(provisioned, tmp_path, abstract):
+    sock, addr = _notify_listener(abstract, tmp_path)
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text(textwrap.dedent(GPIO_CONFIG))
+    proc = subprocess.Popen([*KESTREL, "run", "--config", str(cfg), "--board", "sim", "--state", str(provisioned)],
+                            stderr=subprocess.PIPE, text=True,
+                            env=_env(NOTIFY_SOCKET=addr, WATCHDOG_USEC="200000"))
+    try:
+        msgs = _collect(sock, "READY=1", 20)
+        assert any("READY=1" in m and f"MAINPID={proc.pid}" in m for m in msgs), msgs
+        pings = [m for m in _collect(sock, "never", 0.8) if m == "WATCHDOG=1"]
+        assert 3 <= len(pings) <= 12  # every 100 ms (half of WATCHDOG_USEC)
+        r = Client(provisioned).call("gpio.write", actuator="lamp", value=1)
+        assert r["value"] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        msgs = _collect(sock, "STOPPING=1", 10)
+        rc, err = _stop(proc)
+        sock.close()
+    assert any("STOPPING=1" in m for m in msgs)
+    assert rc == 0, err
+
+
+def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(provisioned, tmp_path):
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text(textwrap.dedent(GPIO_CONFIG))
+    proc = subprocess.Popen([*KESTREL, "run", "--config", str(cfg), "--state", str(provisioned)],
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        _wait_socket(provisioned, proc)
+        assert set(Client(provisioned).status()["sensors"]) >= {"button"}
+        cfg.write_text(textwrap.dedent(GPIO_CONFIG).replace("button:", "knob:").replace("button ==", "knob =="))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "knob" not in Client(provisioned).status()["sensors"]:
+            assert time.monotonic() < deadline, "reload did not happen"
+            time.sleep(0.1)
+        cfg.write_text("version: 1\nsensors:\n  x: {type: gpio}\n")  # no pin
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not (st := Client(provisioned).status())["last_reload_error"]:
+            assert time.monotonic() < deadline, "bad reload not reported"
+            time.sleep(0.1)
+        assert "sensors.x.pin" in st["last_reload_error"]
+        assert "knob" in st["sensors"] and st["health"] == "ok"
+        Client(provisioned).sim_drive("GPIO17", 1)
+        deadline = time.monotonic() + 5
+        while Client(provisioned).status()["actuators"]["lamp"] != 1:
+            assert time.monotonic() < deadline, "old config stopped working"
+            time.sleep(0.05)
+    finally:
+        rc, err = _stop(proc)
+    assert rc == 0
+    assert "reload refused, keeping the running config" in err and "sensors.x.pin" in err

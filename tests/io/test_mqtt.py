@@ -1,0 +1,209 @@
+"""MqttBridge against a real mosquitto: acks, subscriptions, broker down/up/restart, limits, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+import pytest
+
+from kestrel.errors import ConfigError, DataError
+from kestrel.io.errors import MqttError, PayloadTooLarge
+from kestrel.io.mqtt import MqttBridge, client_id_for
+from tests.fixtures.mosquitto import start_mosquitto as _start_mosquitto
+from tests.fixtures.procs import free_port
+
+pytestmark = pytest.mark.mosquitto
+
+DID_A = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+DID_B = "did:key:z6MkpTHR8VNsBxYAAWHut2Geadd9jSwuBV8xRoAnwWsdvktH"
+FAST = {"reconnect_initial": 0.05, "reconnect_max": 0.3, "keepalive": 5}
+
+
+@pytest.fixture
+def broker_dir():
+    """A persistence directory that mosquitto can still write after it drops root privileges
+    (it then runs as user 'mosquitto', and pytest's tmp_path parents are 0700): without it the
+    broker cannot save its database and a restart loses every session."""
+    d = Path(tempfile.mkdtemp(prefix="kestrel-mosq-"))
+    d.chmod(0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start_mosquitto(tmp, *, port):
+    return _start_mosquitto(tmp, port=port)
+
+
+async def _until(cond, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def _get(sub, timeout: float = 5.0):
+    return await asyncio.wait_for(sub.get(), timeout)
+
+
+def test_client_id_is_stable_and_derived_from_the_agent_id():
+    a = client_id_for(DID_A)
+    assert a == client_id_for(DID_A) and a != client_id_for(DID_B)
+    assert a.startswith("kestrel-") and len(a) == len("kestrel-") + 16
+    assert MqttBridge("127.0.0.1", 1883, agent_id=DID_A).client_id == a
+
+
+def test_bad_arguments_are_config_errors():
+    with pytest.raises(ConfigError, match="port"):
+        MqttBridge("127.0.0.1", 70000, agent_id=DID_A)
+    with pytest.raises(ConfigError, match="AgentID"):
+        MqttBridge("127.0.0.1", 1883, agent_id="")
+
+
+async def test_publish_is_acked_and_subscription_receives(mosquitto):
+    async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, **FAST) as a, \
+            MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as b:
+        assert await a.wait_connected(5) and await b.wait_connected(5)
+        sub = await b.subscribe("kestrel/+/cmd")
+        mid = await a.publish("kestrel/dev1/cmd", b'{"action":"blink"}', qos=1)
+        assert mid > 0
+        msg = await _get(sub)
+        assert (msg.topic, msg.payload, msg.qos) == ("kestrel/dev1/cmd", b'{"action":"blink"}', 1)
+        await a.publish("kestrel/dev1/cmd", b"fire-and-forget", qos=0)
+        assert (await _get(sub)).payload == b"fire-and-forget"
+        assert a.stats.acked == 1 and a.stats.published == 2 and b.stats.received == 2
+
+
+async def test_broker_down_at_start_then_up(broker_dir):
+    port = free_port()
+    changes: list[bool] = []
+    async with MqttBridge("127.0.0.1", port, agent_id=DID_A, on_connection_change=changes.append, **FAST) as a:
+        assert not a.connected
+        assert not await a.wait_connected(0.3)
+        assert "cannot connect" in a.last_error
+        with pytest.raises(MqttError, match="QoS 0"):
+            await a.publish("t/x", b"lost", qos=0)
+        queued = asyncio.ensure_future(a.publish("t/x", b"queued while offline", qos=1))
+        await asyncio.sleep(0.2)
+        assert not queued.done()
+        cm, broker = start_mosquitto(broker_dir, port=port)
+        with cm:
+            assert await a.wait_connected(10)
+            await asyncio.wait_for(queued, 10)
+            assert changes == [True] and a.stats.acked == 1
+
+
+async def test_broker_restart_keeps_qos1_session(broker_dir):
+    port = free_port()
+    cm, broker = start_mosquitto(broker_dir, port=port)
+    with cm:
+        sub_bridge = MqttBridge("127.0.0.1", port, agent_id=DID_B, **FAST)
+        await sub_bridge.start()
+        assert await sub_bridge.wait_connected(5)
+        sub = await sub_bridge.subscribe("alerts/#", qos=1)
+        await sub_bridge.aclose()  # the subscriber goes away; its session stays on the broker
+        async with MqttBridge("127.0.0.1", port, agent_id=DID_A, **FAST) as pub:
+            assert await pub.wait_connected(5)
+            await pub.publish("alerts/door", b"opened while subscriber away", qos=1)
+    # the broker restarts (same persistence directory, same port) ...
+    cm, broker = start_mosquitto(broker_dir, port=port)
+    with cm:
+        # ... and the subscriber comes back with the same client id: the queued message is delivered
+        async with MqttBridge("127.0.0.1", port, agent_id=DID_B, **FAST) as back:
+            got = await back.subscribe("alerts/#", qos=1)
+            assert (await _get(got, 10)).payload == b"opened while subscriber away"
+    assert sub.queue.closed
+
+
+async def test_broker_goes_away_and_comes_back_while_running(broker_dir):
+    port = free_port()
+    changes: list[bool] = []
+    cm, broker = start_mosquitto(broker_dir, port=port)
+    cm.__enter__()
+    try:
+        async with MqttBridge("127.0.0.1", port, agent_id=DID_A, on_connection_change=changes.append, **FAST) as a, \
+                MqttBridge("127.0.0.1", port, agent_id=DID_B, **FAST) as b:
+            assert await a.wait_connected(5) and await b.wait_connected(5)
+            sub = await b.subscribe("sensors/#", qos=1)
+            cm.__exit__(None, None, None)  # broker stops
+            await _until(lambda: not a.connected)
+            pending = asyncio.ensure_future(a.publish("sensors/temp", b"21.5", qos=1))
+            await asyncio.sleep(0.2)
+            assert not pending.done()
+            cm, broker = start_mosquitto(broker_dir, port=port)
+            cm.__enter__()
+            await asyncio.wait_for(pending, 10)  # delivered after the reconnect, acked
+            msg = await _get(sub, 10)  # the subscription was restored
+            assert msg.payload == b"21.5"
+            assert changes[:3] == [True, False, True]
+            assert a.stats.connects >= 2
+    finally:
+        cm.__exit__(None, None, None)
+
+
+async def test_oversize_payloads(mosquitto):
+    rejected: list[tuple[str, int, str]] = []
+    async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, max_payload=1024,
+                          on_rejected=lambda *a: rejected.append(a), **FAST) as small, \
+            MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as big:
+        assert await small.wait_connected(5) and await big.wait_connected(5)
+        with pytest.raises(PayloadTooLarge):
+            await small.publish("x/y", b"x" * 1025)
+        sub = await small.subscribe("in/#")
+        await big.publish("in/blob", b"B" * 5000)
+        await big.publish("in/ok", b"small")
+        msg = await _get(sub)
+        assert msg.topic == "in/ok"  # the oversize one was dropped, the loop kept going
+        assert sub.oversize == 1 and small.stats.oversize == 1
+        assert rejected == [("in/blob", 5000, "oversize")]
+
+
+async def test_flood_into_a_bounded_queue(mosquitto):
+    async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, **FAST) as a, \
+            MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as b:
+        assert await a.wait_connected(5) and await b.wait_connected(5)
+        sub = await b.subscribe("flood/#", queue_size=10)
+        await asyncio.gather(*(a.publish(f"flood/{i}", b"%d" % i, qos=1) for i in range(200)))
+        await _until(lambda: b.stats.received == 200)
+        assert len(sub.queue) == 10 and sub.overflows == 190 and b.stats.overflows == 190
+        assert (await _get(sub)).payload == b"190"
+
+
+async def test_invalid_topics_and_payloads(mosquitto):
+    async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, **FAST) as a:
+        with pytest.raises(DataError, match="wildcard"):
+            await a.publish("a/+/b", b"x")
+        with pytest.raises(DataError, match="bytes"):
+            await a.publish("a/b", "text")  # type: ignore[arg-type]
+        with pytest.raises(DataError, match="topic filter"):
+            await a.subscribe("a/#/b")
+        with pytest.raises(DataError, match="QoS 2"):
+            await a.publish("a/b", b"x", qos=2)
+
+
+async def test_cancelled_publish_reraises_and_close_fails_pending(tmp_path):
+    a = MqttBridge("127.0.0.1", free_port(), agent_id=DID_A, **FAST)
+    await a.start()
+    task = asyncio.ensure_future(a.publish("t", b"1"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert a._pending == {}
+    waiting = asyncio.ensure_future(a.publish("t", b"2"))
+    sub = await a.subscribe("t")
+    await asyncio.sleep(0.05)
+    network_thread = a._thread
+    assert network_thread.is_alive()
+    await a.aclose()
+    with pytest.raises(MqttError, match="closed"):
+        await waiting
+    with pytest.raises(MqttError, match="closed"):
+        await sub.get()
+    assert not network_thread.is_alive()
+    await a.aclose()  # idempotent
+    with pytest.raises(MqttError, match="not started"):
+        await a.publish("t", b"3")

@@ -1,0 +1,227 @@
+"""The writable ledger: group commit, durability modes, rotation, recovery on open."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import threading
+
+import pytest
+
+from kestrel.identity.keys import SoftwareSigner
+from kestrel.ledger import Ledger, LedgerError, LedgerIOError, LedgerVerificationError, Reason, RecordError
+from kestrel.ledger.frame import RECORD, encode_frame
+from kestrel.ledger.reader import read_stream
+from kestrel.ledger.record import encode_record, leaf_hash
+from kestrel.ledger.store import SEGMENT_MAGIC
+
+from . import tamper
+
+
+def _segments(d):
+    return sorted(p for p in d.iterdir() if p.suffix == ".seg")
+
+
+@pytest.mark.parametrize("mode", ["strict", "batched"])
+def test_append_iterate_reopen(tmp_path, signer, mode):
+    d = tmp_path / "ledger"
+    with Ledger.open(d, signer=signer, durability=mode) as led:
+        receipts = [led.append("test.a" if i % 2 else "test.b", {"i": i}) for i in range(30)]
+        assert [r.seq for r in receipts] == list(range(30))
+        if mode == "strict":  # the record and a signed checkpoint covering it are on disk already
+            assert led.latest_checkpoint().size == 30
+    with Ledger.open(d, signer=signer, durability=mode) as led:
+        recs = list(led)
+        assert [r.body["i"] for r in recs] == list(range(30))
+        assert [r.digest.hex() for r in recs] == [r.digest for r in receipts]
+        assert [r.seq for r in led.records(since_seq=25)] == [25, 26, 27, 28, 29]
+        assert all(r.kind == "test.a" for r in led.records(kind="test.a")) and len(list(led.records(kind="test.*"))) == 30
+        assert list(led.entries_raw(28)) == [recs[28].raw, recs[29].raw]
+        v = led.verify()
+        assert (v.size, v.signed_size, v.unsigned) == (30, 30, 0)
+        assert led.append("test.c", {}).seq == 30
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in _segments(d))
+
+
+@pytest.mark.parametrize("mode", ["strict", "batched"])
+def test_concurrent_appends_get_distinct_durable_receipts(tmp_path, ed_signer, mode):
+    led = Ledger.open(tmp_path / "l", signer=ed_signer, durability=mode, max_batch_delay_ms=2)
+    got: list = []
+    lock = threading.Lock()
+
+    def producer(k):
+        for i in range(40):
+            r = led.append("test.p", {"k": k, "i": i})
+            with lock:
+                got.append((r.seq, k, i))
+
+    threads = [threading.Thread(target=producer, args=(k,)) for k in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    led.close()
+    assert sorted(s for s, _, _ in got) == list(range(320))
+    led = Ledger.open(tmp_path / "l", signer=ed_signer)
+    by_seq = {r.seq: (r.body["k"], r.body["i"]) for r in led}
+    assert all(by_seq[s] == (k, i) for s, k, i in got)
+    assert led.verify().signed_size == 320
+    led.close()
+
+
+def test_batched_mode_shares_signatures(tmp_path, ed_signer):
+    """Many appends, few checkpoints: one signature covers a whole group commit."""
+    led = Ledger.open(tmp_path / "l", signer=ed_signer, durability="batched", max_batch_delay_ms=5)
+    threads = [threading.Thread(target=lambda: [led.append("t.x", {}) for _ in range(25)]) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    led.close()
+    frames = tamper.spans(read_stream(tmp_path / "l"))
+    n_cp = sum(1 for f in frames if f.type != RECORD)
+    assert len(frames) - n_cp == 200 and n_cp < 100
+
+
+def test_append_async(tmp_path, ed_signer):
+    async def main(led):
+        return await asyncio.gather(*(led.append_async("test.async", {"i": i}) for i in range(50)))
+
+    with Ledger.open(tmp_path / "l", signer=ed_signer) as led:
+        receipts = asyncio.run(main(led))
+    assert sorted(r.seq for r in receipts) == list(range(50))
+
+
+def test_rotation_keeps_one_log(tmp_path, signer):
+    d = tmp_path / "l"
+    with Ledger.open(d, signer=signer, max_segment_bytes=2000) as led:
+        for i in range(120):
+            led.append("test.rot", {"i": i, "pad": "p" * 100})
+    segs = _segments(d)
+    assert len(segs) > 5
+    assert all(p.read_bytes().startswith(SEGMENT_MAGIC) for p in segs)
+    with Ledger.open(d, signer=signer, max_segment_bytes=2000) as led:
+        assert led.verify().size == 120
+        assert [r.body["i"] for r in led.records(since_seq=100)] == list(range(100, 120))
+
+
+def test_bad_body_is_refused_and_ledger_keeps_working(tmp_path, ed_signer):
+    with Ledger.open(tmp_path / "l", signer=ed_signer) as led:
+        with pytest.raises(RecordError):
+            led.append("test.x", {"s": {1, 2}})
+        with pytest.raises(RecordError):
+            led.append("NOT A KIND", {})
+        assert led.append("test.x", {"ok": True}).seq == 0
+    with pytest.raises(LedgerError, match="closed"):
+        led.append("test.x", {})
+
+
+def test_open_with_another_key_is_refused_and_changes_nothing(tmp_path, ed_signer):
+    d = tmp_path / "l"
+    with Ledger.open(d, signer=ed_signer) as led:
+        led.append("test.x", {})
+    before = {p.name: p.read_bytes() for p in _segments(d)}
+    with pytest.raises(LedgerVerificationError) as e:
+        Ledger.open(d, signer=SoftwareSigner.generate())
+    assert e.value.reason is Reason.BAD_SIGNATURE
+    assert {p.name: p.read_bytes() for p in _segments(d)} == before
+
+
+def _closed_ledger(d, signer, n):
+    with Ledger.open(d, signer=signer, durability="strict") as led:
+        for i in range(n):
+            led.append("test.torn", {"i": i})
+    return _segments(d)[-1]
+
+
+def test_torn_tail_cut_at_every_byte_offset(tmp_path, ed_signer):
+    """The last frames cut at every offset: open recovers to the last whole frame, keeps it, verifies."""
+    base = tmp_path / "base"
+    seg = _closed_ledger(base, ed_signer, 6)
+    data = seg.read_bytes()
+    spans = tamper.spans(data, len(SEGMENT_MAGIC))
+    tail_start = spans[-4].start  # record 4, its checkpoint, record 5, its checkpoint
+    for cut in range(tail_start, len(data)):
+        d = tmp_path / f"cut{cut}"
+        shutil.copytree(base, d)
+        with open(d / seg.name, "r+b") as fh:
+            fh.truncate(cut)
+        whole = [s for s in spans if s.end <= cut and s.type == RECORD]
+        with Ledger.open(d, signer=ed_signer) as led:
+            v = led.verify()
+            assert (v.size, v.unsigned) == (len(whole), 0), cut
+            assert [r.body["i"] for r in led] == list(range(len(whole)))
+            led.append("test.after", {})
+        torn = list((d / "torn").glob("*.bin")) if (d / "torn").exists() else []
+        if any(s.start < cut < s.end for s in spans):
+            assert len(torn) == 1 and data[spans[0].start :].find(torn[0].read_bytes()) >= 0, cut
+        shutil.rmtree(d)
+
+
+def test_zero_filled_tail_is_torn(tmp_path, ed_signer):
+    seg = _closed_ledger(tmp_path / "l", ed_signer, 3)
+    with open(seg, "ab") as fh:
+        fh.write(b"\x00" * 4096)
+    with Ledger.open(tmp_path / "l", signer=ed_signer) as led:
+        assert led.verify().size == 3
+    assert seg.stat().st_size < 4096
+
+
+def test_damage_before_intact_frames_refuses_to_open(tmp_path, ed_signer):
+    seg = _closed_ledger(tmp_path / "l", ed_signer, 5)
+    data = seg.read_bytes()
+    span = tamper.spans(data, len(SEGMENT_MAGIC))[2]
+    bad = tamper.flip_bit(data, (span.start + 20) * 8)
+    seg.write_bytes(bad)
+    with pytest.raises(LedgerVerificationError) as e:
+        Ledger.open(tmp_path / "l", signer=ed_signer)
+    assert e.value.reason is Reason.BIT_FLIP
+    assert seg.read_bytes() == bad  # nothing cut, nothing lost
+
+
+def test_bit_flip_in_last_frame_is_not_mistaken_for_a_torn_write(tmp_path, ed_signer):
+    seg = _closed_ledger(tmp_path / "l", ed_signer, 3)
+    data = seg.read_bytes()
+    last = tamper.spans(data, len(SEGMENT_MAGIC))[-1]
+    for bit in range(last.start * 8, len(data) * 8, 7):
+        seg.write_bytes(tamper.flip_bit(data, bit))
+        with pytest.raises(LedgerVerificationError):
+            Ledger.open(tmp_path / "l", signer=ed_signer)
+    seg.write_bytes(data)
+
+
+def test_unsigned_tail_after_crash_is_signed_on_open(tmp_path, signer):
+    seg = _closed_ledger(tmp_path / "l", signer, 3)
+    recs = [r for r in tamper.spans(seg.read_bytes(), len(SEGMENT_MAGIC)) if r.type == RECORD]
+    raw = encode_record(seq=3, time=1.0, kind="test.late", body={}, prev=leaf_hash(recs[-1].payload))
+    with open(seg, "ab") as fh:  # a record that was written and fsynced, then the process died
+        fh.write(encode_frame(RECORD, raw))
+    with Ledger.open(tmp_path / "l", signer=signer) as led:
+        v = led.verify()
+        assert (v.size, v.signed_size) == (4, 4)
+
+
+def test_segment_header_damage_is_detected(tmp_path, ed_signer):
+    seg = _closed_ledger(tmp_path / "l", ed_signer, 2)
+    seg.write_bytes(tamper.flip_bit(seg.read_bytes(), 3))
+    with pytest.raises(LedgerVerificationError) as e:
+        Ledger.open(tmp_path / "l", signer=ed_signer)
+    assert e.value.reason is Reason.BIT_FLIP
+
+
+def test_strict_signer_failure_fails_the_append_and_writes_nothing(tmp_path, ed_signer):
+    class Unplugged:  # a signer whose device went away (like a TPM that stops answering)
+        public_key = ed_signer.public_key
+
+        def sign(self, message: bytes) -> bytes:
+            raise OSError("device unplugged")
+
+    with Ledger.open(tmp_path / "l", signer=ed_signer, durability="strict") as led:
+        led.append("test.ok", {})
+    before = _segments(tmp_path / "l")[-1].read_bytes()
+    led = Ledger.open(tmp_path / "l", signer=Unplugged(), durability="strict")
+    with pytest.raises(LedgerIOError, match="unplugged"):
+        led.append("test.lost", {})
+    with pytest.raises(LedgerIOError):
+        led.append("test.after", {})
+    led.close()
+    assert _segments(tmp_path / "l")[-1].read_bytes() == before

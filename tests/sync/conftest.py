@@ -1,0 +1,45 @@
+"""Fixtures for the sync tests: a paho publisher (a real MQTT client) and waiting helpers."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pytest
+
+
+def wait_until(cond: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Publisher:
+    """A plain paho MQTT 5 client publishing at QoS 1 and waiting for each PUBACK."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def publisher(mosquitto):
+    pub = Publisher(mosquitto.host, mosquitto.port)
+    yield pub
+    pub.close()

@@ -1,0 +1,197 @@
+"""LedgerSync with the real ledger, the runtime's MqttBridge, mosquitto and the collector."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from kestrel._internal.paths import StateLayout
+from kestrel.identity.keys import SoftwareSigner
+from kestrel.io.mqtt import MqttBridge
+from kestrel.ledger.ledger import Ledger
+from kestrel.sync.collector.service import CollectorService
+from kestrel.sync.collector.sqlite import SqliteStore
+from kestrel.sync.config import SyncConfig
+from kestrel.sync.limits import RetentionPolicy
+from kestrel.sync.state import OffsetStore, read_status
+from kestrel.sync.sync import LedgerSync
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.mosquitto
+FAST = SyncConfig(poll_s=0.02, retry_s=0.1, offset_s=0.02, status_s=0.1)
+
+
+@pytest.fixture
+def ledger(state_dir):
+    led = Ledger.open(StateLayout(state_dir).ledger, signer=SoftwareSigner.generate())
+    yield led
+    led.close()
+
+
+@pytest.fixture
+def collector(mosquitto, tmp_path):
+    store = SqliteStore(tmp_path / "collector.db")
+    svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="c1")
+    svc.start()
+    wait_until(svc.subscribed.is_set, what="collector subscription")
+    yield svc
+    svc.stop()
+    store.close()
+
+
+def _bridge(host, port, ledger):
+    return MqttBridge(host, port, agent_id=ledger.public_key.did, reconnect_initial=0.05, reconnect_max=0.3)
+
+
+def _fill(ledger, n):
+    for i in range(n):
+        ledger.submit("action.result", {"i": i})
+    ledger.flush()
+
+
+def test_sync_reaches_collector_verified(ledger, state_dir, mosquitto, collector):
+    _fill(ledger, 600)
+
+    async def go():
+        async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
+            sync = LedgerSync(ledger, bridge, config=FAST, state_dir=state_dir)
+            await sync.start()
+            assert await sync.wait_synced(timeout=30)
+            await ledger.append_async("action.result", {"late": True})
+            ledger.flush()
+            assert await sync.wait_synced(timeout=30)
+            await asyncio.sleep(0.3)
+            status = sync.status
+            await sync.stop()
+            return status
+
+    status = asyncio.run(go())
+    assert status.acked == 601 and status.backlog == 0 and status.connected
+    assert OffsetStore(state_dir).load(ledger.public_key.did).acked == 601
+    store = collector.store
+    wait_until(lambda: store.agent_state(ledger.public_key.did).size == 601, what="601 verified")
+    assert [raw for _, raw in store.verified_records(ledger.public_key.did)] == list(ledger.entries_raw(0))
+    assert store.rejections() == []
+    assert read_status(state_dir).acked == 601
+
+
+def test_resume_from_acknowledged_offset(ledger, state_dir, mosquitto, collector):
+    _fill(ledger, 300)
+
+    async def run_once(expect):
+        async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
+            sync = LedgerSync(ledger, bridge, config=FAST, state_dir=state_dir)
+            await sync.start()
+            assert await sync.wait_synced(timeout=30)
+            published = sync.published
+            await sync.stop()
+            return published
+
+    first = asyncio.run(run_once(300))
+    _fill(ledger, 10)
+    second = asyncio.run(run_once(310))
+    assert first >= 2 and second == 1  # only the 10 new records (one message) were sent again
+    wait_until(lambda: collector.store.agent_state(ledger.public_key.did).size == 310, what="310 verified")
+    assert collector.counters.duplicates == 0
+
+
+def test_broker_unreachable_then_up(ledger, state_dir, tmp_path):
+    """The runtime keeps working offline (appends, a responsive loop) and syncs all once the broker is up."""
+    from tests.fixtures.mosquitto import start_mosquitto
+    from tests.fixtures.procs import free_port
+
+    port = free_port()
+
+    async def go():
+        async with _bridge("127.0.0.1", port, ledger) as bridge:
+            sync = LedgerSync(ledger, bridge, config=FAST, state_dir=state_dir)
+            await sync.start()
+            worst = 0.0
+            for i in range(200):  # the loop keeps ticking and appends keep succeeding while offline
+                t = time.perf_counter()
+                await ledger.append_async("sensor.reading", {"i": i})
+                await asyncio.sleep(0.001)
+                worst = max(worst, time.perf_counter() - t)
+            assert not bridge.connected and sync.status.acked == 0 and sync.status.backlog == 200
+            cm, broker = start_mosquitto(tmp_path / "late-broker", port=port)
+            with cm:
+                store = SqliteStore(tmp_path / "c.db")
+                svc = CollectorService(store, host=broker.host, port=broker.port, client_id="late")
+                svc.start()
+                try:
+                    ledger.flush()
+                    assert await sync.wait_synced(timeout=30)
+                    await asyncio.to_thread(wait_until, lambda: store.agent_state(ledger.public_key.did).size == 200,
+                                            what="200 verified")
+                finally:
+                    await sync.stop()
+                    svc.stop()
+                    store.close()
+            return worst
+
+    worst = asyncio.run(go())
+    assert worst < 0.5
+
+
+def test_bandwidth_cap_is_honoured(ledger, state_dir, mosquitto):
+    for i in range(200):
+        ledger.submit("action.result", {"i": i, "pad": "x" * 200})
+    ledger.flush()
+    total = sum(len(r) for r in ledger.entries_raw(0))
+    cap = total / 1.0  # bytes per second: the whole ledger in about a second, after the burst
+    cfg = SyncConfig(poll_s=0.02, offset_s=0.02, status_s=0.1, bandwidth=cap, burst=4096, batch_bytes=4096)
+
+    async def go():
+        async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
+            await bridge.wait_connected(10)
+            sync = LedgerSync(ledger, bridge, config=cfg, state_dir=state_dir)
+            t = time.perf_counter()
+            await sync.start()
+            assert await sync.wait_synced(timeout=30)
+            elapsed = time.perf_counter() - t
+            await sync.stop()
+            return elapsed
+
+    elapsed = asyncio.run(go())
+    assert elapsed >= 0.7  # (total - burst) / cap, less the first batch
+
+
+def test_retention_warning_recorded_and_reported(ledger, state_dir):
+    from tests.fixtures.procs import free_port
+
+    _fill(ledger, 100)
+    cfg = SyncConfig(poll_s=0.02, offset_s=0.02, status_s=0.05, retention=RetentionPolicy(max_bytes=4096))
+
+    async def go():
+        async with _bridge("127.0.0.1", free_port(), ledger) as bridge:  # no broker: the backlog stays
+            sync = LedgerSync(ledger, bridge, config=cfg, state_dir=state_dir)
+            await sync.start()
+            await asyncio.sleep(0.6)
+            status = sync.status
+            await sync.stop()
+            return status
+
+    status = asyncio.run(go())
+    assert status.warnings and "limit reached" in status.warnings[0]
+    ledger.flush()
+    warnings = list(ledger.records(kind="sync.retention"))
+    assert len(warnings) == 1 and warnings[0].body["level"] == "limit"
+    assert warnings[0].body["backlog"] == 100
+    assert read_status(state_dir).warnings == status.warnings
+
+
+def test_corrupt_offset_file_is_refused_not_reset(ledger, state_dir):
+    store = OffsetStore(state_dir)
+    store.path.parent.mkdir(parents=True, mode=0o700)
+    store.path.write_text("{not json")
+    from kestrel.errors import DataError
+
+    with pytest.raises(DataError, match="corrupt"):
+        store.load(ledger.public_key.did)
+    store.path.write_text(json.dumps({"version": 1, "agent": "did:key:zother", "acked": 5}))
+    with pytest.raises(DataError, match="belongs to"):
+        store.load(ledger.public_key.did)
