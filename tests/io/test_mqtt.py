@@ -207,3 +207,31 @@ async def test_cancelled_publish_reraises_and_close_fails_pending(tmp_path):
     await a.aclose()  # idempotent
     with pytest.raises(MqttError, match="not started"):
         await a.publish("t", b"3")
+
+
+async def test_paho_is_driven_from_one_place(mosquitto, monkeypatch):
+    """publish/subscribe only from the loop thread; every socket write on the bridge's network thread."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    calls: dict[str, set[str]] = {"publish": set(), "subscribe": set(), "write": set()}
+
+    def spy(name: str, original):
+        def wrapper(self, *args, **kwargs):
+            calls[name].add(threading.current_thread().name)
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(mqtt.Client, "publish", spy("publish", mqtt.Client.publish))
+    monkeypatch.setattr(mqtt.Client, "subscribe", spy("subscribe", mqtt.Client.subscribe))
+    monkeypatch.setattr(mqtt.Client, "_packet_write", spy("write", mqtt.Client._packet_write))
+    async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, **FAST) as a:
+        assert await a.wait_connected(5)
+        sub = await a.subscribe("echo/#")
+        await asyncio.gather(*(a.publish(f"echo/{i}", b"x", qos=1) for i in range(50)))
+        await _get(sub)
+    loop_thread = threading.current_thread().name
+    assert calls["publish"] == {loop_thread} and calls["subscribe"] == {loop_thread}
+    assert calls["write"] == {f"mqtt {mosquitto.host}:{mosquitto.port}"}

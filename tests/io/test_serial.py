@@ -163,3 +163,12 @@ def test_bad_settings_are_config_errors(kwargs, key):
     with pytest.raises(ConfigError, match=f"invalid serial {key}") as ei:
         SerialPort("/dev/null", **kwargs)
     assert ei.value.key == key and ei.value.exit_code == 2
+
+
+async def test_device_held_by_another_port_is_reported_not_raised(pty_pair):
+    async with SerialPort(pty_pair.slave_path) as first:
+        await _until(lambda: first.health.state == "connected")
+        async with SerialPort(pty_pair.slave_path, reconnect_initial=0.05, reconnect_max=0.1) as second:
+            await _until(lambda: second.health.last_error is not None)
+            assert second.health.state == "connecting" and not second.health.healthy
+            assert first.health.healthy

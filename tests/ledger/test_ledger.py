@@ -16,6 +16,7 @@ from kestrel.ledger.frame import RECORD, encode_frame
 from kestrel.ledger.reader import read_stream
 from kestrel.ledger.record import encode_record, leaf_hash
 from kestrel.ledger.store import SEGMENT_MAGIC
+from kestrel.ledger.verify import verify_stream
 
 from . import tamper
 
@@ -133,14 +134,23 @@ def _closed_ledger(d, signer, n):
     return _segments(d)[-1]
 
 
-def test_torn_tail_cut_at_every_byte_offset(tmp_path, ed_signer):
-    """The last frames cut at every offset: open recovers to the last whole frame, keeps it, verifies."""
+def test_torn_tail_every_byte_offset_recovers_to_last_whole_frame(tmp_path, ed_signer):
+    """Pure recovery decision at every cut offset of the last frames (the writer uses the same walk)."""
+    data = _closed_ledger(tmp_path / "l", ed_signer, 6).read_bytes()
+    spans = tamper.spans(data, len(SEGMENT_MAGIC))
+    for cut in range(spans[-4].start, len(data) + 1):
+        v = verify_stream(data[len(SEGMENT_MAGIC) : cut], ed_signer.public_key, allow_torn_tail=True)
+        whole = [s for s in spans if s.end <= cut]
+        assert v.size == sum(1 for s in whole if s.type == RECORD), cut
+        assert v.torn_bytes == cut - whole[-1].end, cut
+
+
+def _cut_and_open(tmp_path, ed_signer, cuts):
     base = tmp_path / "base"
     seg = _closed_ledger(base, ed_signer, 6)
     data = seg.read_bytes()
     spans = tamper.spans(data, len(SEGMENT_MAGIC))
-    tail_start = spans[-4].start  # record 4, its checkpoint, record 5, its checkpoint
-    for cut in range(tail_start, len(data)):
+    for cut in cuts(spans, len(data)):
         d = tmp_path / f"cut{cut}"
         shutil.copytree(base, d)
         with open(d / seg.name, "r+b") as fh:
@@ -153,8 +163,25 @@ def test_torn_tail_cut_at_every_byte_offset(tmp_path, ed_signer):
             led.append("test.after", {})
         torn = list((d / "torn").glob("*.bin")) if (d / "torn").exists() else []
         if any(s.start < cut < s.end for s in spans):
-            assert len(torn) == 1 and data[spans[0].start :].find(torn[0].read_bytes()) >= 0, cut
+            assert len(torn) == 1 and data[: cut].endswith(torn[0].read_bytes()), cut
+        else:
+            assert not torn
         shutil.rmtree(d)
+
+
+def test_torn_tail_open_recovers_sampled_offsets(tmp_path, ed_signer):
+    """Ledger.open on cuts at, around and inside the last frames (every offset: the slow variant)."""
+
+    def cuts(spans, size):
+        edges = {c for s in spans[-4:] for c in (s.start, s.start + 1, s.start + 15, s.start + 16, s.end - 1)}
+        return sorted(c for c in edges if c <= size)
+
+    _cut_and_open(tmp_path, ed_signer, cuts)
+
+
+@pytest.mark.slow
+def test_torn_tail_open_recovers_every_offset(tmp_path, ed_signer):
+    _cut_and_open(tmp_path, ed_signer, lambda spans, size: range(spans[-4].start, size))
 
 
 def test_zero_filled_tail_is_torn(tmp_path, ed_signer):

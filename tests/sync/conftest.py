@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -43,3 +46,17 @@ def publisher(mosquitto):
     pub = Publisher(mosquitto.host, mosquitto.port)
     yield pub
     pub.close()
+
+
+@pytest.fixture
+def broker_dir() -> Iterator[Path]:
+    """A directory mosquitto can persist into even when it drops root privileges to its own user.
+
+    tests/fixtures/mosquitto.py puts persistence under pytest's tmp_path, whose parents are 0700
+    root; mosquitto started as root switches to the ``mosquitto`` user and then silently cannot
+    write mosquitto.db, so a restart loses every session and queued message.
+    """
+    d = Path(tempfile.mkdtemp(prefix="kestrel-mosquitto-", dir="/tmp"))
+    d.chmod(0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -54,11 +54,12 @@ def _agent(state: Path, port: int, records: int, *, until_synced: bool = False) 
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _run_faults(tmp_path: Path, *, records: int, restarts: int, kills: int, interval: float) -> None:
+def _run_faults(tmp_path: Path, broker_dir: Path, *, records: int, restarts: int, kills: int,
+                interval: float) -> None:
     state = tmp_path / "agent"
     ident = create_identity(state, name="fault", passphrase=PASSPHRASE.encode(),
                             kdf=KdfParams.argon2id(memory_kib=1024, iterations=1, lanes=1))
-    broker = Broker(tmp_path / "broker")
+    broker = Broker(broker_dir)
     broker.start()
     store = SqliteStore(tmp_path / "collector.db")
     svc = CollectorService(store, host="127.0.0.1", port=broker.port, client_id="fault-collector")
@@ -107,10 +108,10 @@ def _run_faults(tmp_path: Path, *, records: int, restarts: int, kills: int, inte
         broker.stop()
 
 
-def test_broker_restarts_and_sigkills(tmp_path):
-    _run_faults(tmp_path, records=3000, restarts=20, kills=5, interval=0.8)
+def test_broker_restarts_and_sigkills(tmp_path, broker_dir):
+    _run_faults(tmp_path, broker_dir, records=3000, restarts=20, kills=5, interval=0.8)
 
 
 @pytest.mark.slow
-def test_broker_restarts_and_sigkills_large(tmp_path):
-    _run_faults(tmp_path, records=30000, restarts=40, kills=10, interval=2.0)
+def test_broker_restarts_and_sigkills_large(tmp_path, broker_dir):
+    _run_faults(tmp_path, broker_dir, records=30000, restarts=40, kills=10, interval=2.0)

@@ -10,7 +10,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+
+import msgpack
+
+
+def _trace(bridge) -> None:
+    """Print every publish and its PUBACK (debugging the fault tests)."""
+    orig = bridge.publish
+
+    async def publish(topic, payload, **kw):
+        doc = msgpack.unpackb(payload)
+        tag = f"{doc['start']}+{len(doc['records'])}"
+        print(f"pub {tag}", flush=True)
+        try:
+            mid = await orig(topic, payload, **kw)
+        except BaseException as exc:
+            print(f"fail {tag} {type(exc).__name__}", flush=True)
+            raise
+        print(f"ack {tag} mid {mid}", flush=True)
+        return mid
+
+    bridge.publish = publish
 
 
 async def main(argv: list[str]) -> int:
@@ -36,6 +58,8 @@ async def main(argv: list[str]) -> int:
     cfg = SyncConfig(poll_s=0.05, retry_s=0.2, offset_s=0.05, status_s=0.5, ack_timeout_s=5.0)
     bridge = MqttBridge(host, port, agent_id=ledger.public_key.did, session_expiry=3600,
                         reconnect_initial=0.05, reconnect_max=0.5, max_payload=256 * 1024)
+    if os.environ.get("SYNC_AGENT_TRACE"):
+        _trace(bridge)
     async with bridge:
         sync = LedgerSync(ledger, bridge, config=cfg, state_dir=args.state)
         await sync.start()

@@ -3,15 +3,15 @@
 A :class:`ContextSource` returns the texts most relevant to a query, best first.
 The planner takes as many as fit in the model's context (see
 :func:`kestrel.agent.prompt.fit`); with no source it plans without memory.
-:class:`VectorMemoryContext` adapts :mod:`kestrel.memory` (hnswlib) and an
-embedding model (:class:`kestrel.inference.embedding.Embedder`).
+:class:`MemoryContext` adapts :class:`kestrel.memory.text.TextMemory` (an embedding
+model + hnswlib): top-k retrieval by cosine similarity.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-__all__ = ["ContextSource", "StaticContext", "VectorMemoryContext"]
+__all__ = ["ContextSource", "StaticContext", "MemoryContext"]
 
 
 @runtime_checkable
@@ -29,21 +29,14 @@ class StaticContext:
         return self._notes[:k]
 
 
-class VectorMemoryContext:
-    """Top-k retrieval: embed the query, search the vector memory, return each hit's text.
+class MemoryContext:
+    """Top-k texts from a ``TextMemory``, most similar first; hits below ``min_score`` are left out."""
 
-    ``memory`` is a :class:`kestrel.memory.store.VectorMemory`; ``embedder`` has
-    ``embed_one(text) -> vector``. Hits without a text under ``text_key`` in their
-    metadata are skipped (the memory may hold vectors the agent cannot quote).
-    """
-
-    def __init__(self, memory: Any, embedder: Any, *, text_key: str = "text") -> None:
+    def __init__(self, memory: Any, *, min_score: float = 0.0) -> None:
         self._memory = memory
-        self._embedder = embedder
-        self._key = text_key
+        self._min = min_score
 
     def search(self, query: str, k: int) -> Sequence[str]:
-        if len(self._memory) == 0:
+        if len(self._memory.vectors) == 0:
             return []
-        hits = self._memory.search(self._embedder.embed_one(query), k)
-        return [str(h.meta[self._key]) for h in hits if isinstance(h.meta.get(self._key), str)]
+        return [h.text for h in self._memory.search(query, k) if h.text and h.score >= self._min]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Protocol
 
 from ..errors import UsageError
 from .context import ContextSource
@@ -247,6 +247,6 @@ class LLMPlanner:
                   cancel: threading.Event | None, on_step: Callable[[Step], None] | None) -> Outcome:
         if self.rules is None:
             return Outcome(goal, "no-rules", tuple(steps), None, tokens, self._clock() - start, True)
-        sub = self.rules.run(goal, first_index=len(steps) + 1, on_step=on_step)
+        sub = self.rules.run(goal, cancel=cancel, first_index=len(steps) + 1, on_step=on_step)
         return Outcome(goal, sub.status, tuple(steps) + sub.steps, sub.final, tokens,
                        self._clock() - start, True)

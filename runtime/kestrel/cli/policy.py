@@ -120,25 +120,27 @@ def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.errors import TrustRootError
     from ..ota.owner import create_owner_key, default_owner_key, owner_passphrase
     from ..ota.store import OtaDir
+    from ..policy import parse_policy
     from .ota import load_owner, open_ledger, parse_expiry
 
     state = resolve_state_dir(args.state)
     policy = read_bytes(args.file, what="policy", max_size=1 << 20)
+    parse_policy(policy, source=args.file)  # report errors against the user's file, before anything
     ota = OtaDir(state)
     key = Path(args.key or default_owner_key())
-    try:
-        ota.trust_root()
-    except TrustRootError as exc:
-        if exc.code != "no-root" or key.exists():
-            raise
-        # First use on a device with no owner yet: create the owner key and trust it (TOFU).
-        signer = create_owner_key(key, owner_passphrase(args.passphrase_file, confirm=True))
-        ota.init_root([signer.public_key.did], 1)
-        print(f"created owner key {key} ({signer.public_key.did}) and trusted it on this device",
-              file=sys.stderr)
-    signer = load_owner(args, str(key))
-    now = time.time()
     with open_ledger(state) as ledger:
+        try:
+            ota.trust_root()
+        except TrustRootError as exc:
+            if exc.code != "no-root" or key.exists():
+                raise
+            # First use on a device with no owner yet: create the owner key and trust it (TOFU).
+            signer = create_owner_key(key, owner_passphrase(args.passphrase_file, confirm=True))
+            ota.init_root([signer.public_key.did], 1)
+            print(f"created owner key {key} ({signer.public_key.did}) and trusted it on this device",
+                  file=sys.stderr)
+        signer = load_owner(args, str(key))
+        now = time.time()
         counter, _ = current_counter(ota, ledger)
         bundle = make_bundle(policy=policy, counter=counter + 1, now=now, expires=parse_expiry(args.expires, now),
                              agents=[ledger.public_key.did])

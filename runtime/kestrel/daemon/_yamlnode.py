@@ -19,6 +19,7 @@ __all__ = ["Node", "Fields", "load"]
 T = TypeVar("T")
 _MISSING: Any = object()
 _SCALAR = yaml.constructor.SafeConstructor()
+_PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq"))
 
 
 class Node:
@@ -34,6 +35,9 @@ class Node:
         if raw is not None:
             line, column = raw.start_mark.line + 1, raw.start_mark.column + 1
         self.line, self.column = line, column
+        if raw is not None and raw.tag not in _PLAIN_TAGS:
+            raise self.error(f"YAML type {str(raw.tag).replace('tag:yaml.org,2002:', '!!')} is not allowed here",
+                             hint="use plain strings, numbers, booleans, lists and mappings; quote dates")
 
     # -- errors -------------------------------------------------------------
     def error(self, message: str, *, hint: str | None = None, key: str | None = None) -> ConfigError:

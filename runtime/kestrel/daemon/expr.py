@@ -7,7 +7,7 @@ closures over a whitelist of operators and functions. Grammar (docs/device-confi
     not    := "not" not | cmp
     cmp    := sum (("=="|"!="|"<"|"<="|">"|">="|"in"|"not in") sum)?
     sum    := term (("+"|"-") term)* ;  term := unary (("*"|"/"|"%") unary)*
-    unary  := "-" unary | atom
+    unary  := "-" unary | atom ("[" expr "]")*
     atom   := NUMBER | STRING | true | false | null | NAME ("." NAME)* | FUNC "(" args ")"
             | "(" expr ")" | "[" args "]"
 
@@ -115,6 +115,14 @@ def _fn_num(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(*args)
 
     return apply
+
+
+def _subscript(base: Any, index: Any) -> Any:
+    if isinstance(base, (list, str)) and isinstance(index, int) and not isinstance(index, bool):
+        return base[index] if -len(base) <= index < len(base) else None
+    if isinstance(base, dict) and isinstance(index, str):
+        return base.get(index)
+    return None
 
 
 def _len(x: Any) -> Any:
@@ -285,7 +293,14 @@ class _Parser:
             self.depth -= 1
             neg = _BINARY["-"]
             return lambda v: neg(0, inner(v))
-        return self.atom()
+        fn = self.atom()
+        while self.accept("op", "["):  # subscript: fields[5], reading["temp"]
+            self._nest()
+            index = self.or_()
+            self.expect("op", "]")
+            self.depth -= 1
+            fn = (lambda base, idx: lambda v: _subscript(base(v), idx(v)))(fn, index)
+        return fn
 
     def args(self, close: str) -> list[Evaluator]:
         out: list[Evaluator] = []

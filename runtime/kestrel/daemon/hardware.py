@@ -256,8 +256,8 @@ class Hardware:
         assert m is not None
         biggest = max([m.max_payload] + [s.max_payload for s in self.cfg.sensors if isinstance(s, MqttSensor)])
         self.bridge = MqttBridge(m.host, m.port, agent_id=self.agent_id, keepalive=m.keepalive_s,
-                                 max_payload=max(biggest, 16 << 20 if self.ota_topic else biggest),
-                                 on_connection_change=self._mqtt_state)
+                                 max_payload=max(biggest, self.cfg.ota.max_bundle if self.ota_topic else 0),
+                                 on_connection_change=self._mqtt_state, on_rejected=self._mqtt_rejected)
         await self.bridge.start()
         for s in self.cfg.sensors:
             if isinstance(s, MqttSensor):
@@ -269,6 +269,10 @@ class Hardware:
         if self.ota_topic:
             sub = await self.bridge.subscribe(self.ota_topic, qos=1, queue_size=4)
             self._spawn(self._mqtt_forward(sub, lambda t, p: self.sink.ota_bundle(p, f"mqtt:{t}")), "mqtt-ota")
+
+    def _mqtt_rejected(self, topic: str, size: int, why: str) -> None:
+        """The bridge dropped a message before we saw it (over its size limit): count and record."""
+        self.sink.bad_payload("", topic, b"", f"{why}: {size} bytes, over the broker-side limit")
 
     def _mqtt_state(self, connected: bool) -> None:
         log.info("MQTT broker %s", "connected" if connected else "unreachable; working offline")

@@ -180,7 +180,7 @@ class Pipeline:
     async def _record(self, body: dict[str, Any], item: _Item, result: Any) -> None:
         """Append the outcome, then answer the caller (so what it was told is in the ledger)."""
         try:
-            receipt = await self.ledger.append_async("action.result", body)
+            receipt = await asyncio.shield(self.ledger.append_async("action.result", body))
             self.ledger_error = None
             if isinstance(result, dict):
                 result = {**result, "ledger_seq": getattr(receipt, "seq", None)}

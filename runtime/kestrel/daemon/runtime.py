@@ -200,7 +200,9 @@ class Daemon:
 
     # -- records -----------------------------------------------------------------------------
     async def record(self, kind: str, body: dict[str, Any]) -> Any:
-        receipt = await self.ledger.append_async(kind, body)
+        # shielded: cancelling a caller must not cancel the append (the ledger treats a cancelled
+        # append future as a failed commit)
+        receipt = await asyncio.shield(self.ledger.append_async(kind, body))
         self._appended()
         return receipt
 
@@ -244,6 +246,11 @@ class Daemon:
             start, n = now, 0
         self._quarantine_window = (start, n + 1)
         if n >= QUARANTINE_RECORDS_PER_S:
+            return
+        if not payload:  # dropped by the bridge unseen: nothing to keep but the facts
+            meta = {"sensor": sensor, "topic": topic, "reason": reason[:200], "bytes": 0,
+                    "quarantined_total": self.counters["quarantined"]}
+            self._record_soon("mqtt.quarantined", meta)
             return
         name = f"{time.time_ns()}-{digest[:16]}.bin"
         meta = {"sensor": sensor, "topic": topic, "reason": reason[:200], "bytes": len(payload), "sha256": digest,

@@ -235,7 +235,8 @@ def profile_dirs(search_paths: Sequence[str | os.PathLike[str]] = ()) -> list[Pa
         dirs += [Path(p) for p in env.split(os.pathsep) if p]
     here = Path(__file__).resolve().parent
     dirs.append(here / "board_profiles")  # package copy (wheel) / link to the repo's directory
-    dirs.append(here.parents[2] / "board_profiles")  # source checkout without the link
+    if (here.parents[2] / "pyproject.toml").is_file():  # a source checkout without the link
+        dirs.append(here.parents[2] / "board_profiles")
     seen: set[Path] = set()
     out = []
     for d in dirs:

@@ -13,7 +13,7 @@ import asyncio
 import glob
 import os
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from .errors import GpioError, PinConfigError
 from .gpio import Bias, Edge, EdgeEvent, EdgeQueue, check_input_options, check_level
@@ -69,17 +69,23 @@ def output_settings(*, initial: int, active_low: bool) -> Any:
     )
 
 
-def find_chip(ref: "PinRef", *, dev_dir: str = "/dev") -> str:
-    """The device path of ``ref``'s chip: by name, checked (or found) by its expected label."""
-    gpiod = _gpiod()
+def find_chip(ref: "PinRef", *, dev_dir: str = "/dev", label_of: Callable[[str], str | None] | None = None) -> str:
+    """The device path of ``ref``'s chip: by name, checked (or found) by its expected label.
+
+    ``label_of(path)`` returns a chip's label, or None when ``path`` is not a GPIO chip
+    (default: ask the kernel through gpiod).
+    """
+    if label_of is None:
+        gpiod = _gpiod()
+        label_of = lambda p: _label(gpiod, p)  # noqa: E731
     path = os.path.join(dev_dir, ref.chip)
     if ref.chip_label is None:
-        if gpiod.is_gpiochip_device(path):
+        if label_of(path) is not None:
             return path
     else:
         candidates = [path] + sorted(p for p in glob.glob(os.path.join(dev_dir, "gpiochip*")) if p != path)
         for cand in candidates:
-            if _label(gpiod, cand) == ref.chip_label:
+            if label_of(cand) == ref.chip_label:
                 return cand
     present = sorted(glob.glob(os.path.join(dev_dir, "gpiochip*")))
     want = f"{ref.chip}" + (f" (label {ref.chip_label})" if ref.chip_label else "")
@@ -94,7 +100,7 @@ def _label(gpiod: Any, path: str) -> str | None:
         if not gpiod.is_gpiochip_device(path):
             return None
         with gpiod.Chip(path) as chip:
-            return chip.get_info().label
+            return chip.get_info().label or ""
     except OSError:
         return None
 

@@ -294,19 +294,24 @@ class MqttBridge:
         while not self._closing:
             try:
                 if first:
+                    first = False
                     c.connect(self.host, self.port, self.keepalive, clean_start=False,
                               properties=self._connect_props)
                 else:
                     c.reconnect()
-            except (OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - refused, DNS, TLS, timeouts: all mean "retry later"
                 self._note_error(f"cannot connect to {self.host}:{self.port}: {exc}")
                 self._stop.wait(self._backoff.next())
                 continue
-            finally:
-                first = False
             rc = mqtt.MQTT_ERR_SUCCESS
-            while rc == mqtt.MQTT_ERR_SUCCESS and not (self._stop.is_set() and not c.want_write()):
-                rc = c.loop(timeout=1.0)
+            try:
+                while rc == mqtt.MQTT_ERR_SUCCESS and not (self._stop.is_set() and not c.want_write()):
+                    rc = c.loop(timeout=1.0)
+            except Exception as exc:  # noqa: BLE001 - the thread must survive anything paho raises
+                log.exception("mqtt: network loop failed")
+                rc = mqtt.MQTT_ERR_UNKNOWN
+                self._note_error(f"network loop failed: {exc}")
+                self._call(self._set_connected, False)
             if self._closing:
                 break
             self._note_error(f"connection to {self.host}:{self.port} lost: {mqtt.error_string(rc)}")

@@ -132,7 +132,7 @@ def check_hnsw(buf: Any, header: Header, *, source: str = "<index>") -> HnswInfo
     if (off0 != 0 or M != header.M or maxM != M or maxM0 != 2 * M or data_off != 4 + 4 * maxM0
             or label_off != data_off + 4 * dim or sdpe != label_off + 8):
         raise bad("parameters do not match the memory header")
-    if cur > header.max_elements or cur > max_el or not math.isfinite(mult) or not 0 <= maxlevel <= 64:
+    if cur > header.max_elements or cur > max_el or not math.isfinite(mult) or not (0 if cur else -1) <= maxlevel <= 64:
         raise bad("element count or level out of range")
     if cur and enter >= cur:
         raise bad("entry point out of range")

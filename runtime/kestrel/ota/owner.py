@@ -1,8 +1,9 @@
 """Owner signing keys (shell): created on the owner's machine, encrypted at rest.
 
-The file is a PKCS#8 PEM private key encrypted with the owner's passphrase
-(``BestAvailableEncryption``), mode 0600 in a 0700 directory; the public key
-string is its ``did:key``. Owner keys are never agent keys.
+The file is the identity package's key envelope (docs/identity.md) with magic
+``KSTRLOWN``: the private key sealed with AES-256-GCM under a key derived from
+the owner's passphrase with Argon2id, mode 0600 in a 0700 directory. The owner
+public key string is its ``did:key``. Owner keys are never agent keys.
 """
 
 from __future__ import annotations
@@ -10,16 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
 from .._internal.fsutil import atomic_write, check_private, ensure_private_dir, read_bytes
 from ..errors import DataError, UsageError
-from ..identity.keys import SoftwareSigner
+from ..identity.keys import Algorithm, SoftwareSigner
 
 __all__ = ["default_owner_key", "create_owner_key", "load_owner_signer", "owner_passphrase"]
 
 PASSPHRASE_ENV = "KESTREL_OWNER_PASSPHRASE"
+OWNER_MAGIC = b"KSTRLOWN"
 
 
 def default_owner_key() -> Path:
@@ -39,30 +38,30 @@ def owner_passphrase(passphrase_file: str | None, *, confirm: bool = False) -> b
 
 
 def create_owner_key(path: str | os.PathLike[str], passphrase: bytes) -> SoftwareSigner:
+    """Generate an Ed25519 owner key, seal it under ``passphrase`` (Argon2id + AES-256-GCM)."""
+    from ..identity.envelope import KdfParams, seal
+
     path = Path(path)
     if path.exists():
         raise UsageError(f"an owner key already exists at {path}", hint="use --key to choose another file")
     ensure_private_dir(path.parent)
-    signer = SoftwareSigner(ed25519.Ed25519PrivateKey.generate())
-    pem = signer.private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
-    atomic_write(path, pem, mode=0o600)
+    signer = SoftwareSigner.generate(Algorithm.ED25519)
+    atomic_write(path, seal(signer, passphrase, magic=OWNER_MAGIC, kdf=KdfParams.argon2id()), mode=0o600)
     atomic_write(path.with_name(path.name + ".pub"), (signer.public_key.did + "\n").encode(), mode=0o644)
     return signer
 
 
 def load_owner_signer(path: str | os.PathLike[str], passphrase: bytes) -> SoftwareSigner:
+    from ..identity.envelope import open_envelope, parse_envelope
+    from ..identity.errors import WrongPassphraseError
+
     path = Path(path)
     data = read_bytes(path, what="owner key", max_size=16 * 1024)
     check_private(path)
+    env = parse_envelope(data, magic=OWNER_MAGIC, what=f"owner key {path}")
     try:
-        key = serialization.load_pem_private_key(data, password=passphrase)
-    except (ValueError, TypeError):
-        raise DataError(f"cannot unlock the owner key {path}",
-                        hint="wrong passphrase, or the file is not a Kestrel owner key") from None
-    if not isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
-        raise DataError(f"{path} holds an unsupported key type")
-    return SoftwareSigner(key)
+        return open_envelope(env, passphrase, what="owner key",
+                             hint="check --passphrase-file / KESTREL_OWNER_PASSPHRASE")
+    except WrongPassphraseError:
+        raise DataError(f"cannot unlock the owner key {path}: wrong passphrase",
+                        hint="check --passphrase-file / KESTREL_OWNER_PASSPHRASE; the file is intact") from None

@@ -73,6 +73,8 @@ class OtaDir:
         self.root_file = self.root / "root.json"
 
     def ensure(self) -> None:
+        ensure_private_dir(self.state)
+        ensure_private_dir(self.root)
         ensure_private_dir(self.slots)
 
     @contextmanager

@@ -28,18 +28,16 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
     if policy is None:
         return Decision(False, action, "default-deny", "no policy is installed", NO_POLICY_DIGEST, digest)
 
-    def deny(rule: str, reason: str) -> Decision:
-        return Decision(False, action, rule, reason, policy.digest, digest)
-
-    for rule in policy.deny:
-        if (rule.action == "*" or rule.action == action) and _deny_matches(rule, args, now):
-            return deny(rule.id, rule.reason or f"denied by {rule.id}")
+    for rule in policy.deny_rules(action):
+        if _deny_matches(rule, args, now):
+            return Decision(False, action, rule.id, rule.reason or f"denied by {rule.id}", policy.digest, digest)
     rules = policy.allow.get(action)
     if not rules:
-        return deny("default-deny", f"action '{action}' is not permitted by the policy")
+        return Decision(False, action, "default-deny", f"action '{action}' is not permitted by the policy",
+                        policy.digest, digest)
     why = _network_refusal(policy, action, args)
     if why is not None:
-        return deny(*why)
+        return Decision(False, action, why[0], why[1], policy.digest, digest)
     first: tuple[str, str] | None = None
     for rule in rules:
         fail = _allow_fails(rule, args, state, now)
@@ -47,9 +45,10 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
             key = rule.rate.key if rule.rate is not None else None
             return Decision(True, action, rule.id, rule.reason or f"allowed by {rule.id}",
                             policy.digest, digest, key)
-        first = first or (rule.id, fail)
+        if first is None:
+            first = (rule.id, fail)
     assert first is not None
-    return deny(*first)
+    return Decision(False, action, first[0], first[1], policy.digest, digest)
 
 
 def _allow_fails(rule: Rule, args: Mapping[str, Any], state: PolicyState, now: float) -> str | None:
@@ -72,7 +71,10 @@ def _allow_fails(rule: Rule, args: Mapping[str, Any], state: PolicyState, now: f
 def _deny_matches(rule: Rule, args: Mapping[str, Any], now: float) -> bool:
     if rule.window is not None and not rule.window.contains(now):
         return False
-    return all(_any_item_matches(c, args) for c in rule.args)
+    for c in rule.args:
+        if c.name not in args or not _any_item_matches(c, args):
+            return False
+    return True
 
 
 def _any_item_matches(c: ArgConstraint, args: Mapping[str, Any]) -> bool:

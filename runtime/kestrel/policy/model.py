@@ -28,10 +28,12 @@ __all__ = [
 ]
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
 def args_digest(args: Mapping[str, Any]) -> str:
     """Hex sha256 of the canonical JSON of ``args`` (sorted keys, compact, UTF-8)."""
-    text = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(args).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,11 @@ class ArgConstraint:
 
     def check(self, value: Any) -> str | None:
         """Return None if ``value`` satisfies the constraint, else the reason."""
-        items = value if isinstance(value, (list, tuple)) else (value,)
-        if not items:
+        if not isinstance(value, (list, tuple)):
+            return self._check_one(value)
+        if not value:
             return f"argument '{self.name}' is empty"
-        for item in items:
+        for item in value:
             why = self._check_one(item)
             if why:
                 return why
@@ -191,12 +194,17 @@ class Policy:
     digest: str
     allow: Mapping[str, tuple[Rule, ...]]  # action -> its allow rules, in file order
     deny: tuple[Rule, ...]
+    deny_for: Mapping[str, tuple[Rule, ...]]  # action -> deny rules naming it or "*", in file order
     no_external_network: bool
     restriction_id: str | None  # "restrictions[i]" of no_external_network
     net_allow: tuple[NetAllow, ...]
     network_actions: frozenset[str]  # actions that always need a destination
     rate_windows: Mapping[str, float]  # rate key -> longest window (seconds)
     source: str = "<policy>"
+
+    def deny_rules(self, action: str) -> tuple[Rule, ...]:
+        found = self.deny_for.get(action)
+        return found if found is not None else self.deny_for.get("*", ())
 
 
 @dataclass(frozen=True)

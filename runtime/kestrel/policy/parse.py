@@ -206,10 +206,13 @@ def _compile(ctx: _Ctx, root: yaml.Node, digest: str, source: str) -> Policy | N
         for r in rules:
             if r.rate is not None:
                 windows[r.rate.key] = max(windows.get(r.rate.key, 0.0), r.rate.per)
+    names = {r.action for r in deny} | set(allow)
+    deny_for = {a: tuple(r for r in deny if r.action in (a, "*")) for a in names | {"*"}}
     return Policy(
         digest=digest,
         allow={k: tuple(v) for k, v in allow.items()},
         deny=tuple(deny),
+        deny_for=deny_for,
         no_external_network=no_net,
         restriction_id=restriction_id,
         net_allow=net_allow,

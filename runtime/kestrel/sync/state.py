@@ -105,6 +105,6 @@ def read_status(state_dir: str | os.PathLike[str]) -> SyncStatus | None:
         doc.pop("backlog", None)
         doc["warnings"] = tuple(doc.get("warnings", ()))
         return SyncStatus(**doc)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise DataError(f"sync status {path} is corrupt: {exc}",
                         hint="it is rewritten by the running sync; delete it if the daemon is stopped") from None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from ...errors import DataError, TransportError, UsageError

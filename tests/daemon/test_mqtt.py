@@ -1,0 +1,135 @@
+"""MQTT sensors, actuators and commands against a real mosquitto: bad payloads, broker outages, denials."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import msgpack
+import pytest
+
+from kestrel.io.mqtt import MqttBridge
+from tests.fixtures.mosquitto import start_mosquitto
+from tests.fixtures.procs import free_port
+
+from .conftest import running, until
+
+pytestmark = pytest.mark.mosquitto
+
+POLICY = "actions: [gpio.write, mqtt.publish]\n"
+
+
+def _config(port: int, *, payload: str = "json", extra: str = "") -> str:
+    return f"""
+    version: 1
+    mqtt:
+      host: 127.0.0.1
+      port: {port}
+      keepalive: 5
+      commands_topic: dev/cmd
+      results_topic: dev/result
+    sensors:
+      weather: {{type: mqtt, topic: "sensors/weather", payload: {payload}, max_payload: 256}}
+      button: {{type: gpio, pin: GPIO17}}
+    actuators:
+      lamp: {{type: gpio, pin: GPIO27}}
+      alerts: {{type: mqtt, topic: dev/alerts, qos: 1}}
+    triggers:
+      - name: hot
+        when: "weather.temp > 30"
+        action: gpio.write
+        args: {{actuator: lamp, value: 1}}
+      - name: pressed
+        when: "button == 1"
+        action: mqtt.publish
+        args: {{actuator: alerts, payload: {{pressed: true}}}}
+    {extra}
+    """
+
+
+def _peer(port: int, name: str = "did:key:test-peer") -> MqttBridge:
+    return MqttBridge("127.0.0.1", port, agent_id=name, keepalive=5, reconnect_initial=0.1, reconnect_max=0.5)
+
+
+async def test_json_sensor_triggers_and_bad_payloads_are_quarantined(agent, mosquitto):
+    async with running(agent, _config(mosquitto.port), policy=POLICY) as d:
+        await until(lambda: d.hardware.bridge.connected, what="daemon connected")
+        async with _peer(mosquitto.port) as peer:
+            await peer.wait_connected(5)
+            await asyncio.sleep(0.2)  # let the daemon's SUBACK land
+            for bad in (b"{not json", b"\xff\xfe", b'{"temp": NaN}', b"[" * 500 + b"]" * 500,
+                        json.dumps({"temp": 1, "pad": "x" * 400}).encode()):
+                await peer.publish("sensors/weather", bad, qos=1)
+            await peer.publish("sensors/weather", b'{"temp": 35.5}', qos=1)
+            await until(lambda: d.hardware.outputs["lamp"].value == 1, what="trigger after the garbage")
+        assert d.values["weather"] == {"temp": 35.5}
+        await until(lambda: len(agent.kinds("mqtt.quarantined")) == 5, what="quarantine records")
+        assert d.hardware.counters["weather"]["bad_payloads"] == 5
+    recs = agent.kinds("mqtt.quarantined")
+    assert {r["topic"] for r in recs} == {"sensors/weather"}
+    assert any("over the 256-byte limit" in r["reason"] for r in recs)
+    files = sorted((agent.state / "data" / "quarantine").glob("*.bin"))
+    assert len(files) == 5 and {f.read_bytes()[:9] for f in files} >= {b"{not json"}
+
+
+async def test_msgpack_sensor(agent, mosquitto):
+    async with running(agent, _config(mosquitto.port, payload="msgpack"), policy=POLICY) as d:
+        await until(lambda: d.hardware.bridge.connected, what="connected")
+        async with _peer(mosquitto.port) as peer:
+            await peer.wait_connected(5)
+            await asyncio.sleep(0.2)
+            await peer.publish("sensors/weather", b"\xc1garbage", qos=1)
+            await peer.publish("sensors/weather", msgpack.packb({"temp": 31}), qos=1)
+            await until(lambda: d.hardware.outputs["lamp"].value == 1, what="msgpack trigger")
+        assert d.hardware.counters["weather"]["bad_payloads"] == 1
+
+
+async def test_broker_down_at_start_then_up_then_away(agent, tmp_path):
+    port = free_port()
+    async with running(agent, _config(port), policy=POLICY) as d:
+        # no broker: the daemon runs, GPIO rules work, an MQTT publish waits in the bridge's queue
+        assert d.hardware.bridge.connected is False and d.unhealthy() is None
+        d.factory.chip().drive(17, 1)  # pressed -> mqtt.publish (queued, QoS1)
+        await until(lambda: d.pipeline.stats["allowed"] >= 1, what="decision while offline")
+        r = await d.control_call("gpio.write", {"actuator": "lamp", "value": 1}, source="test")
+        assert r["value"] == 1
+        cm, broker = start_mosquitto(tmp_path / "broker", port=port)
+        with cm:
+            async with _peer(port) as peer:
+                sub = await peer.subscribe("dev/alerts", qos=1)
+                await until(lambda: d.hardware.bridge.connected, timeout=20, what="late connect")
+                msg = await asyncio.wait_for(sub.get(), 20)
+                assert json.loads(msg.payload) == {"pressed": True}
+        # broker gone again: still working offline
+        await until(lambda: not d.hardware.bridge.connected, timeout=20, what="disconnect noticed")
+        r = await d.control_call("gpio.write", {"actuator": "lamp", "value": 0}, source="test")
+        assert r["value"] == 0 and d.unhealthy() is None
+        st = d.control_status()
+        assert st["mqtt"] == {"connected": False} and st["health"] == "ok"
+    res = [r for r in agent.kinds("action.result") if r["action"] == "mqtt.publish"]
+    assert res and res[0]["ok"] is True and res[0]["result"]["topic"] == "dev/alerts"
+
+
+async def test_mqtt_command_for_refused_action_is_denied_and_recorded(agent, mosquitto):
+    async with running(agent, _config(mosquitto.port), policy=POLICY) as d:
+        await until(lambda: d.hardware.bridge.connected, what="connected")
+        async with _peer(mosquitto.port) as peer:
+            await peer.wait_connected(5)
+            results = await peer.subscribe("dev/result", qos=1)
+            await asyncio.sleep(0.2)
+            cmd = {"id": "c1", "action": "send_email", "args": {"to": "x@example.com", "subject": "hi"}}
+            await peer.publish("dev/cmd", json.dumps(cmd).encode(), qos=1)
+            await peer.publish("dev/cmd", b"\x00 not a command", qos=1)
+            ok = {"id": "c2", "action": "gpio.write", "args": {"actuator": "lamp", "value": 1}}
+            await peer.publish("dev/cmd", json.dumps(ok).encode(), qos=1)
+            replies = {}
+            while len(replies) < 2:
+                m = json.loads((await asyncio.wait_for(results.get(), 10)).payload)
+                replies[m["id"]] = m
+        assert replies["c1"]["ok"] is False and replies["c1"]["error"]["code"] == "denied"
+        assert replies["c2"]["ok"] is True and d.hardware.outputs["lamp"].value == 1
+        assert d.counters["quarantined"] == 1
+    denied = [b for b in agent.kinds("policy.decision") if b["action"] == "send_email"]
+    assert len(denied) == 1 and denied[0]["decision"] == "deny"
+    assert not [r for r in agent.kinds("action.result") if r["action"] == "send_email"]
+    assert [q["sensor"] for q in agent.kinds("mqtt.quarantined")] == ["commands"]

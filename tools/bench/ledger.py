@@ -1,0 +1,263 @@
+"""Benchmark: durable appends and verification of Kestrel's ledger against what a user would write.
+
+Run::
+
+    .venv/bin/python tools/bench/ledger.py [--seconds 3] [--producers 16] [--dir DIR] [--no-tpm] [--json]
+
+Same disk (``--dir``, default a temporary directory beside this checkout), same
+workload for every contender: ``--producers`` threads, each waiting for its own
+receipt before its next append, ~200-byte bodies. Contenders:
+
+* ``sqlite``: SQLite in WAL mode, ``synchronous=FULL``, one transaction and one
+  Ed25519 signature per row (the baseline);
+* ``strict`` and ``batched``: Kestrel's ledger with a software Ed25519 identity;
+* ``tpm-batched``: Kestrel batched with a P-256 key in swtpm (started here if
+  ``swtpm`` is on PATH), compared with ``batched``.
+
+Then verification: records/s of verifying the exported log against the
+baseline of one Ed25519 signature verification per record. Prints absolute
+figures and ratios; targets: batched >= 5x sqlite, verification >= 10x,
+tpm-batched >= 0.8x batched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "runtime"))
+
+from kestrel.identity.keys import SoftwareSigner  # noqa: E402
+from kestrel.ledger import Ledger  # noqa: E402
+
+
+def _body(p: int, i: int) -> dict:
+    return {"producer": p, "i": i, "action": "send_email", "args_digest": "ab" * 32, "note": "n" * 80}
+
+
+def _drive(append: Callable[[int, int], None], *, producers: int, seconds: float) -> dict:
+    """Closed loop: each producer appends, waits for its receipt, repeats. Returns rate and latencies."""
+    lat: list[list[float]] = [[] for _ in range(producers)]
+    stop = time.perf_counter() + seconds
+    barrier = threading.Barrier(producers + 1)
+
+    def worker(p: int) -> None:
+        barrier.wait()
+        mine, i = lat[p], 0
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            append(p, i)
+            mine.append(time.perf_counter() - t0)
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in range(producers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    all_lat = sorted(x for mine in lat for x in mine)
+    return {
+        "appends": len(all_lat),
+        "appends_per_s": len(all_lat) / elapsed,
+        "p50_ms": all_lat[len(all_lat) // 2] * 1000,
+        "p99_ms": all_lat[int(len(all_lat) * 0.99)] * 1000,
+    }
+
+
+def bench_sqlite(d: Path, *, producers: int, seconds: float) -> tuple[dict, list[tuple[bytes, bytes]]]:
+    signer = SoftwareSigner.generate()
+    path = d / "baseline.sqlite"
+    setup = sqlite3.connect(path)
+    setup.execute("PRAGMA journal_mode=WAL")
+    setup.execute("CREATE TABLE log (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, sig BLOB NOT NULL)")
+    setup.commit()
+    setup.close()
+    # One connection shared under a lock: SQLite has one writer at a time anyway, and this avoids
+    # its busy-wait back-off between connections (the fastest way to use it from threads).
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA synchronous=FULL")
+    lock = threading.Lock()
+
+    import msgpack
+
+    def append(p: int, i: int) -> None:
+        body = msgpack.packb({"time": time.time(), "kind": "bench.append", "body": _body(p, i)})
+        sig = signer.sign(body)
+        with lock:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO log (body, sig) VALUES (?, ?)", (body, sig))
+            conn.execute("COMMIT")
+
+    result = _drive(append, producers=producers, seconds=seconds)
+    rows = conn.execute("SELECT body, sig FROM log").fetchall()
+    conn.close()
+    result["public_key"] = signer.public_key
+    return result, rows
+
+
+def bench_kestrel(d: Path, signer, *, mode: str, producers: int, seconds: float) -> tuple[dict, Ledger]:
+    led = Ledger.open(d, signer=signer, durability=mode, max_batch_delay_ms=2.0)
+    result = _drive(lambda p, i: led.append("bench.append", _body(p, i)), producers=producers, seconds=seconds)
+    led.flush()
+    frames = led.verify()
+    result["checkpoints"] = None
+    result["records"] = frames.size
+    return result, led
+
+
+def bench_verify(led: Ledger, rows: list[tuple[bytes, bytes]], public_key, *, repeat: int = 3) -> dict:
+    from kestrel.ledger.export import verify_export
+
+    export = led.directory.parent / f"{led.directory.name}.export"
+    led.export(export)
+    data = export.read_bytes()
+    best = min(_timed(lambda: verify_export(data, led.public_key)) for _ in range(repeat))
+    n = verify_export(data, led.public_key).size
+    sample = rows[: max(1, min(len(rows), 5000))]
+
+    def baseline() -> None:
+        for body, sig in sample:
+            public_key.verify(sig, body)
+
+    base = min(_timed(baseline) for _ in range(repeat))
+    return {"records": n, "records_per_s": n / best, "baseline_records_per_s": len(sample) / base}
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _free_port_pair() -> int:
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def start_swtpm(d: Path) -> tuple[subprocess.Popen, str] | None:
+    binary = shutil.which("swtpm")
+    if binary is None:
+        return None
+    state = d / "swtpm"
+    state.mkdir()
+    port = _free_port_pair()
+    proc = subprocess.Popen(
+        [binary, "socket", "--tpm2", "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+         "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1", "--flags", "not-need-init,startup-clear",
+         "--tpmstate", f"dir={state}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"swtpm:host=127.0.0.1,port={port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None
+
+
+def tpm_signer(tcti: str):
+    from kestrel.identity.tpm import TPMSigner, create_tpm_key
+
+    pem, public = create_tpm_key(tcti)
+    return TPMSigner(pem, tcti=tcti, expected=public)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=3.0, help="duration of each append run")
+    ap.add_argument("--producers", type=int, default=16)
+    ap.add_argument("--dir", help="directory on the disk to measure (default: a temp dir beside the checkout)")
+    ap.add_argument("--no-tpm", action="store_true", help="skip the swtpm contender")
+    ap.add_argument("--json", action="store_true", help="also print the results as JSON")
+    args = ap.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="kestrel-bench-", dir=args.dir or ROOT))
+    results: dict[str, dict] = {}
+    swtpm = None
+    try:
+        kw = dict(producers=args.producers, seconds=args.seconds)
+        results["sqlite"], rows = bench_sqlite(base, **kw)
+        sqlite_key = results["sqlite"].pop("public_key")
+        results["strict"], led = bench_kestrel(base / "strict", SoftwareSigner.generate(), mode="strict", **kw)
+        led.close()
+        results["batched"], batched = bench_kestrel(base / "batched", SoftwareSigner.generate(), mode="batched", **kw)
+        results["verify"] = bench_verify(batched, rows, sqlite_key)
+        batched.close()
+        if not args.no_tpm:
+            swtpm = start_swtpm(base)
+            if swtpm is None:
+                print("note: swtpm not found on PATH; TPM contender skipped", file=sys.stderr)
+            else:
+                signer = tpm_signer(swtpm[1])
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    signer.sign(b"x")
+                sign_ms = (time.perf_counter() - t0) / 50 * 1000
+                results["tpm-batched"], led = bench_kestrel(base / "tpm", signer, mode="batched", **kw)
+                results["tpm-batched"]["sign_ms"] = sign_ms
+                led.close()
+                signer.close()
+    finally:
+        if swtpm is not None:
+            swtpm[0].terminate()
+            swtpm[0].wait()
+        shutil.rmtree(base, ignore_errors=True)
+    _report(results, args)
+    if args.json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+    return 0
+
+
+def _report(r: dict, args: argparse.Namespace) -> None:
+    print(f"ledger benchmark: {args.producers} producers, {args.seconds:.1f} s per contender, "
+          f"~200-byte bodies, python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(f"{'contender':<14}{'appends/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'vs sqlite':>11}")
+    base = r["sqlite"]["appends_per_s"]
+    for name in ("sqlite", "strict", "batched", "tpm-batched"):
+        if name in r:
+            x = r[name]
+            print(f"{name:<14}{x['appends_per_s']:>12.0f}{x['p50_ms']:>10.2f}{x['p99_ms']:>10.2f}"
+                  f"{x['appends_per_s'] / base:>10.2f}x")
+    ratio = r["batched"]["appends_per_s"] / base
+    print(f"batched / sqlite: {ratio:.2f}x (target >= 5x) {'PASS' if ratio >= 5 else 'FAIL'}")
+    v = r["verify"]
+    vr = v["records_per_s"] / v["baseline_records_per_s"]
+    print(f"verification: {v['records_per_s']:.0f} records/s (export of {v['records']} records) vs "
+          f"{v['baseline_records_per_s']:.0f} records/s one Ed25519 verify per record: {vr:.2f}x "
+          f"(target >= 10x) {'PASS' if vr >= 10 else 'FAIL'}")
+    if "tpm-batched" in r:
+        t = r["tpm-batched"]
+        tr = t["appends_per_s"] / r["batched"]["appends_per_s"]
+        print(f"tpm-batched / batched: {tr:.2f}x (target >= 0.8x) {'PASS' if tr >= 0.8 else 'FAIL'}; "
+              f"swtpm signature {t['sign_ms']:.2f} ms")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fault-injection harnesses (crash, torn writes) for Kestrel's durable components."""
