@@ -53,14 +53,13 @@ class _Probe:
 
         tok = Tokenizer.from_file(str(tokenizer_path))
         tok.enable_truncation(256)
-        tok.enable_padding()
-        enc = tok.encode_batch(sentences)
-        ids = np.array([e.ids for e in enc], np.int64)
-        mask = np.array([e.attention_mask for e in enc], np.int64)
-        self.batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        one = tok.encode(sentences[3])
-        ids1 = np.array([one.ids], np.int64)
-        self.single = {"input_ids": ids1, "attention_mask": np.ones_like(ids1), "token_type_ids": np.zeros_like(ids1)}
+        tok.no_padding()  # tokenizer.json pins a padded length of 128; the runtime embeds unpadded
+        self.feeds = []
+        for enc in tok.encode_batch(sentences):
+            ids = np.array([enc.ids], np.int64)
+            self.feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids),
+                               "token_type_ids": np.zeros_like(ids)})
+        self.single = self.feeds[3]
 
     @staticmethod
     def session(path: Path) -> Any:
@@ -74,11 +73,11 @@ class _Probe:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
     def embed(self, sess: Any) -> Any:
+        """One sentence per run, as the runtime's Embedder does; mean pooling, L2 normalised."""
         import numpy as np
 
-        hidden = sess.run(["last_hidden_state"], self.batch)[0]
-        m = self.batch["attention_mask"][..., None].astype(np.float32)
-        v = (hidden * m).sum(1) / m.sum(1)
+        rows = [sess.run(["last_hidden_state"], feed)[0][0].mean(0) for feed in self.feeds]
+        v = np.array(rows)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     def latency_ratio(self, fast: Any, base: Any, *, rounds: int = 60) -> float:

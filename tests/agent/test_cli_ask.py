@@ -114,5 +114,6 @@ def test_unreachable_endpoint_is_a_clear_error(agent_state, capsys):
         port = s.getsockname()[1]
     policy_allows_llm = agent_state  # llm.request is not in DEFAULT_POLICY: refused before any connection
     rc = main(["ask", "x", "--state", str(policy_allows_llm), "--endpoint", f"http://127.0.0.1:{port}/v1"])
-    err = capsys.readouterr().err
-    assert rc == 2 and "policy refused llm.request" in err
+    captured = capsys.readouterr()
+    assert rc == 1 and "policy refused llm.request" in captured.err and "Traceback" not in captured.err
+    assert "outcome: model-error" in captured.out

@@ -135,6 +135,14 @@ def test_unreachable_endpoint(llm_env):
         model.generate("hi").result
 
 
+@pytest.mark.parametrize("server", ["hang"], indirect=True)
+def test_planner_ends_with_model_error_when_the_endpoint_hangs(server, llm_env):
+    model = OpenAIModel(server.url, model="tiny", authorize=llm_env.engine.decide, timeout_s=0.3)
+    out = LLMPlanner(model, llm_env.tools(), authorize=llm_env.engine.decide, ledger=llm_env.ledger).run("x")
+    assert out.status == "model-error" and "did not answer" in out.error
+    assert llm_env.executed == [] and out.steps == ()
+
+
 @pytest.mark.parametrize("server", ["garbage"], indirect=True)
 def test_malformed_events(server, llm_env):
     model = OpenAIModel(server.url, model="tiny", authorize=llm_env.engine.decide, timeout_s=2)

@@ -74,13 +74,12 @@ async def running(agent: Agent, config: str, *, source: str = "device.yaml", con
                   policy: str | None = None) -> AsyncIterator[Daemon]:
     """The daemon, started in this event loop with ``config`` (YAML text), stopped on exit."""
     from kestrel.daemon.main import load_config
-    from kestrel.policy import PolicyEngine
 
     if policy is not None:
         install_policy(agent.state, agent.ledger, policy)
     cfg = parse_device_config(textwrap.dedent(config), source=source)
     factory = open_pin_factory(load_profile("sim"))
-    d = Daemon(config=cfg, state_dir=agent.state, ledger=agent.ledger, policy=PolicyEngine(agent.state, agent.ledger),
+    d = Daemon(config=cfg, state_dir=agent.state, ledger=agent.ledger,
                factory=factory, agent_id=agent.signer.public_key.did,
                load_config=(lambda: load_config(config_path)) if config_path else None)
     await d.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kestrel.daemon.pipeline import ActionDeniedError
 from kestrel.daemon.triggers import Proposal
 
@@ -14,8 +16,11 @@ POLICY = """
 """
 
 
-async def test_edge_triggers_allowed_action_and_ledger_holds_decision_and_outcome(agent):
-    async with running(agent, GPIO_CONFIG, policy=POLICY) as d:
+@pytest.mark.parametrize("audit", ["batched", "strict"])
+async def test_edge_triggers_allowed_action_and_ledger_holds_decision_and_outcome(agent, audit):
+    cfg = GPIO_CONFIG + f"    audit: {{decisions: {audit}}}\n"
+    async with running(agent, cfg, policy=POLICY) as d:
+        assert (d.decision_log is None) == (audit == "strict")
         chip = d.factory.chip()
         lamp = d.hardware.outputs["lamp"]
         assert lamp.value == 0

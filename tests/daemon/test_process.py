@@ -181,3 +181,27 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(provisioned, tmp_path
         rc, err = _stop(proc)
     assert rc == 0
     assert "reload refused, keeping the running config" in err and "sensors.x.pin" in err
+
+
+def test_second_daemon_on_the_same_state_is_refused(provisioned):
+    first = subprocess.Popen([*KESTREL, "run", "--state", str(provisioned)], stderr=subprocess.PIPE, text=True,
+                             env=_env())
+    try:
+        _wait_socket(provisioned, first)
+        size_before = Client(provisioned).status()["ledger"]["size"]
+        r = subprocess.run([*KESTREL, "run", "--state", str(provisioned)], capture_output=True, text=True,
+                           timeout=60, env=_env())
+        assert r.returncode == 3 and f"(pid {first.pid}) is running" in r.stderr and "Traceback" not in r.stderr
+        st = Client(provisioned).status()
+        assert st["pid"] == first.pid and st["ledger"]["size"] == size_before
+    finally:
+        rc, _ = _stop(first)
+    assert rc == 0
+
+
+def test_unknown_board_is_a_clean_error(state_dir, tmp_path):
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text("version: 1\n")
+    r = subprocess.run([*KESTREL, "run", "--config", str(cfg), "--board", "toaster", "--state", str(state_dir)],
+                       capture_output=True, text=True, timeout=60, env=_env())
+    assert r.returncode != 0 and "toaster" in r.stderr and "Traceback" not in r.stderr

@@ -35,6 +35,28 @@ def make_identity(state_dir: Path) -> Callable[..., Identity]:
     return make
 
 
+def sign_concurrently(signer, public_key, *, threads: int = 8, each: int = 25) -> list[Exception]:
+    """Sign distinct messages from several threads at once; return the failures."""
+    import threading
+
+    errors: list[Exception] = []
+
+    def work(i: int) -> None:
+        for j in range(each):
+            msg = f"{i}/{j}".encode()
+            try:
+                public_key.verify(signer.sign(msg), msg)
+            except Exception as exc:  # collected and asserted empty by the caller
+                errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return errors
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the real `kestrel` command in a subprocess (no TTY on stdin)."""

@@ -173,6 +173,7 @@ def _run_on_terminal(args: list[str], answers: list[str], *, timeout: float = 60
         os.execve(sys.executable, [sys.executable, "-c", "from kestrel.cli import run; run()", *args], env)
     out = b""
     pending = list(answers)
+    answered_at = -1
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -185,10 +186,20 @@ def _run_on_terminal(args: list[str], answers: list[str], *, timeout: float = 60
                 if not chunk:
                     break
                 out += chunk
-                if pending and out.rstrip().endswith(b":"):
+                if pending and out.endswith(b": ") and answered_at != len(out):  # a prompt is waiting
+                    answered_at = len(out)
                     os.write(fd, pending.pop(0).encode() + b"\n")
     finally:
-        _, status = os.waitpid(pid, 0)
+        status = None
+        while status is None:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+            elif time.monotonic() > deadline:
+                os.kill(pid, 9)  # stuck at a prompt the test did not expect
+                status = os.waitpid(pid, 0)[1]
+            else:
+                time.sleep(0.05)
         os.close(fd)
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 

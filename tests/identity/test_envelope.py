@@ -138,3 +138,27 @@ def test_garbage_with_valid_magic_and_checksum_is_a_clean_error(tail: bytes) -> 
     data = _reseal_checksum(b"KSTRLKEY\x01" + tail)
     with pytest.raises(KeystoreCorruptError):
         parse_envelope(data)
+
+
+@pytest.mark.slow
+@settings(max_examples=3000, deadline=None)
+@given(st.data())
+def test_soak_mutated_envelopes_never_escape_as_other_errors(data) -> None:
+    """Random mutations of a valid envelope: only KeystoreCorruptError or WrongPassphraseError."""
+    blob = bytearray(_SOAK_BLOB)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    body = bytes(blob[:-32])
+    candidate = _reseal_checksum(body) if data.draw(st.booleans()) else bytes(blob)
+    try:
+        env = parse_envelope(candidate)
+    except KeystoreCorruptError:
+        return
+    try:
+        open_envelope(env, PASS)
+    except (WrongPassphraseError, KeystoreCorruptError):
+        pass
+
+
+_SOAK_BLOB = seal(SoftwareSigner.generate(Algorithm.P256), PASS, kdf=FAST_KDF)

@@ -27,7 +27,7 @@ from kestrel.identity import (
 )
 from kestrel.identity.envelope import private_bytes
 
-from .conftest import FAST_KDF, PASS
+from .conftest import FAST_KDF, PASS, sign_concurrently
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -247,22 +247,7 @@ def test_bad_names_are_refused(state_dir: Path, name: str) -> None:
 def test_signer_is_thread_safe(state_dir: Path, make_identity) -> None:
     ident = make_identity(algorithm=Algorithm.P256)
     signer = open_signer(state_dir, passphrase=PASS)
-    errors: list[Exception] = []
-
-    def work(i: int) -> None:
-        for j in range(50):
-            msg = f"{i}:{j}".encode()
-            try:
-                ident.public_key.verify(signer.sign(msg), msg)
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert sign_concurrently(signer, ident.public_key, each=50) == []
 
 
 def test_created_at_is_rfc3339_utc(make_identity) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,8 @@ from kestrel.identity import (
 )
 from tests.fixtures.procs import free_port
 from tests.fixtures.swtpm import start_swtpm
+
+from .conftest import sign_concurrently
 
 pytestmark = pytest.mark.swtpm
 
@@ -80,24 +81,8 @@ def test_signer_reconnects_when_the_tpm_restarts(tmp_path: Path, state_dir: Path
 
 def test_concurrent_signing_is_serialised(state_dir: Path, swtpm) -> None:
     ident = _create(state_dir, swtpm.tcti)
-    signer = open_signer(state_dir)
-    errors: list[Exception] = []
-
-    def work(i: int) -> None:
-        for j in range(25):
-            msg = f"{i}/{j}".encode()
-            try:
-                ident.public_key.verify(signer.sign(msg), msg)
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    signer.close()
-    assert errors == []
+    with open_signer(state_dir) as signer:
+        assert sign_concurrently(signer, ident.public_key) == []
 
 
 def test_unreachable_tpm_is_a_clear_error(state_dir: Path) -> None:

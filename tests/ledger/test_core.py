@@ -10,7 +10,7 @@ import pytest
 from kestrel.identity.keys import Algorithm, SoftwareSigner
 from kestrel.ledger.checkpoint import CheckpointError, key_id, sign_checkpoint, verify_checkpoint
 from kestrel.ledger.errors import Reason, RecordError
-from kestrel.ledger.frame import CHECKPOINT, RECORD, Frame, FrameDamage, encode_frame, find_next_frame, iter_frames
+from kestrel.ledger.frame import CHECKPOINT, RECORD, FrameDamage, encode_frame, find_next_frame, iter_frames
 from kestrel.ledger.merkle import (
     EMPTY_ROOT,
     Frontier,

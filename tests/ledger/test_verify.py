@@ -43,10 +43,7 @@ def test_unsigned_tail_is_reported_not_hidden(ed_signer):
 
 @pytest.mark.parametrize("mode", ["stream", "disk", "export"])
 def test_every_random_single_bit_flip_is_detected(ed_signer, mode):
-    if mode == "export":
-        buf, start = export_of(ed_signer, N), 0
-    else:
-        buf, start = build(ed_signer, N, lag=1)[0], 0
+    buf = export_of(ed_signer, N) if mode == "export" else build(ed_signer, N, lag=1)[0]
     rng = random.Random(1234)
     bits = rng.sample(range(len(buf) * 8), 400) + list(range(len(buf) * 8 - 200, len(buf) * 8))
     for bit in bits:

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from kestrel.ledger import Ledger
 from kestrel.ota import (
     active_policy,
     apply_bundle,
@@ -16,6 +15,7 @@ from kestrel.ota import (
     rollback,
     scan_drop_dir,
 )
+from kestrel.errors import DataError
 from kestrel.ota.errors import BundleError, BundleHealthError
 from kestrel.ota.store import OtaDir
 from kestrel.policy import PolicyEngine
@@ -151,3 +151,27 @@ def test_counter_bound_to_ledger_across_reopen(device: Device, tmp_path) -> None
 
     assert current_counter(ota, device.ledger)[0] == 9
 
+
+
+def test_corrupt_pointer_fails_closed_then_repairs(device: Device) -> None:
+    apply_bundle(device.state, device.bundle(counter=1, policy=POLICY_V1), ledger=device.ledger, now=device.now)
+    (device.state / "ota" / "active.json").write_text('{"active": "garbage"')
+    with pytest.raises(DataError):
+        active_policy(device.state)
+    d = PolicyEngine(device.state, device.ledger).decide("send_email", {})
+    assert not d.allowed and d.rule == "default-deny"
+    assert "malformed" in ota_status(device.state, ledger=device.ledger, now=device.now)["pointer_error"]
+    with pytest.raises(BundleError):  # the counter still holds without the pointer
+        apply_bundle(device.state, device.bundle(counter=1, policy=POLICY_V2), ledger=device.ledger, now=device.now)
+    apply_bundle(device.state, device.bundle(counter=2), ledger=device.ledger, now=device.now)
+    assert _policy_digest(device) == hashlib.sha256(POLICY_V2).hexdigest()
+
+
+def test_corrupt_counter_file_falls_back_to_ledger(device: Device) -> None:
+    apply_bundle(device.state, device.bundle(counter=4), ledger=device.ledger, now=device.now)
+    (device.state / "ota" / "counter.json").write_bytes(b"\x00\xff")
+    with pytest.raises(BundleError) as info:
+        apply_bundle(device.state, device.bundle(counter=3, policy=POLICY_V1), ledger=device.ledger, now=device.now)
+    assert info.value.code == "rollback"
+    apply_bundle(device.state, device.bundle(counter=5, policy=POLICY_V1), ledger=device.ledger, now=device.now)
+    assert ota_status(device.state, ledger=device.ledger, now=device.now)["counter"] == 5

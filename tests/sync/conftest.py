@@ -60,3 +60,18 @@ def broker_dir() -> Iterator[Path]:
     d.chmod(0o777)
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def collector(mosquitto, tmp_path):
+    """A collector service on the test broker, storing into a fresh SQLite database."""
+    from kestrel.sync.collector.service import CollectorService
+    from kestrel.sync.collector.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "collector.db")
+    svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="test-collector")
+    svc.start()
+    wait_until(svc.subscribed.is_set, what="collector subscription")
+    yield svc
+    svc.stop()
+    store.close()

@@ -15,17 +15,6 @@ from .logs import LogBuilder
 pytestmark = pytest.mark.mosquitto
 
 
-@pytest.fixture
-def collector(mosquitto, tmp_path):
-    store = SqliteStore(tmp_path / "c.db")
-    svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="test-collector")
-    svc.start()
-    wait_until(svc.subscribed.is_set, what="collector subscription")
-    yield svc
-    svc.stop()
-    store.close()
-
-
 def test_collector_verifies_published_batches(collector, publisher):
     log = LogBuilder()
     log.append(40)
@@ -40,7 +29,8 @@ def test_collector_verifies_published_batches(collector, publisher):
     wait_until(lambda: len(store.rejections(log.did)) == 2, what="two rejections")
     assert [raw for _, raw in store.verified_records(log.did)] == log.records
     assert sorted(r.reason for r in store.rejections(log.did)) == ["malformed", "not-on-signed-chain"]
-    assert collector.counters.verified == 40
+    wait_until(lambda: collector.counters.messages == 7, what="counters")  # updated after the acks
+    assert collector.counters.verified == 40 and collector.counters.refused == 2
 
 
 def test_collector_session_keeps_messages_while_down(mosquitto, tmp_path, publisher):

@@ -87,7 +87,7 @@ def test_signed_and_encrypted_messages_recorded_on_both_sides(nodes, mosquitto):
         bb, bm = await _messenger(bob, mosquitto)
         try:
             s1 = await am.send(bob.did, {"hello": "bob"})
-            s2 = await am.send(bob.did, {"secret": 42}, encrypt=True)
+            s2 = await am.send(bob.did, {"secret": "tangerine"}, encrypt=True)
             m1, m2 = await bm.receive(10), await bm.receive(10)
             return s1, s2, m1, m2
         finally:
@@ -97,12 +97,13 @@ def test_signed_and_encrypted_messages_recorded_on_both_sides(nodes, mosquitto):
 
     s1, s2, m1, m2 = asyncio.run(go())
     assert (m1.body, m1.encrypted, m1.seq) == ({"hello": "bob"}, False, 1)
-    assert (m2.body, m2.encrypted, m2.seq) == ({"secret": 42}, True, 2)
+    assert (m2.body, m2.encrypted, m2.seq) == ({"secret": "tangerine"}, True, 2)
     sent = alice.kinds("peer.sent")
     got = bob.kinds("peer.received")
     assert [s["digest"] for s in sent] == [s1.digest, s2.digest] == [g["digest"] for g in got]
     assert all(g["from"] == alice.did for g in got) and all(s["to"] == bob.did for s in sent)
-    assert "42" not in str(sent) + str(got)  # digests only, never content
+    assert "tangerine" not in str(sent) + str(got) and "hello" not in str(sent) + str(got)  # digests only
+    assert set(sent[0]) == {"to", "seq", "digest", "encrypted", "bytes"}
 
 
 def test_forged_replayed_and_unknown_refused_and_recorded(nodes, mosquitto, publisher):

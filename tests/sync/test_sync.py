@@ -32,17 +32,6 @@ def ledger(state_dir):
     led.close()
 
 
-@pytest.fixture
-def collector(mosquitto, tmp_path):
-    store = SqliteStore(tmp_path / "collector.db")
-    svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="c1")
-    svc.start()
-    wait_until(svc.subscribed.is_set, what="collector subscription")
-    yield svc
-    svc.stop()
-    store.close()
-
-
 def _bridge(host, port, ledger):
     return MqttBridge(host, port, agent_id=ledger.public_key.did, reconnect_initial=0.05, reconnect_max=0.3)
 

@@ -23,13 +23,12 @@ tpm-batched >= 0.8x batched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +38,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "runtime"))
+sys.path.insert(0, str(ROOT))  # tests.fixtures: the swtpm starter
 
 from kestrel.identity.keys import SoftwareSigner  # noqa: E402
 from kestrel.ledger import Ledger  # noqa: E402
@@ -82,6 +82,7 @@ def _drive(append: Callable[[int, int], None], *, producers: int, seconds: float
 
 def bench_sqlite(d: Path, *, producers: int, seconds: float) -> tuple[dict, list[tuple[bytes, bytes]]]:
     signer = SoftwareSigner.generate()
+    d.mkdir()
     path = d / "baseline.sqlite"
     setup = sqlite3.connect(path)
     setup.execute("PRAGMA journal_mode=WAL")
@@ -112,12 +113,11 @@ def bench_sqlite(d: Path, *, producers: int, seconds: float) -> tuple[dict, list
 
 
 def bench_kestrel(d: Path, signer, *, mode: str, producers: int, seconds: float) -> tuple[dict, Ledger]:
-    led = Ledger.open(d, signer=signer, durability=mode, max_batch_delay_ms=2.0)
+    led = Ledger.open(d, signer=signer, durability=mode)
     result = _drive(lambda p, i: led.append("bench.append", _body(p, i)), producers=producers, seconds=seconds)
     led.flush()
-    frames = led.verify()
-    result["checkpoints"] = None
-    result["records"] = frames.size
+    verified = led.verify()
+    assert verified.size == verified.signed_size == result["appends"], (verified, result["appends"])
     return result, led
 
 
@@ -145,42 +145,15 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _free_port_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
-
-
-def start_swtpm(d: Path) -> tuple[subprocess.Popen, str] | None:
-    binary = shutil.which("swtpm")
-    if binary is None:
+def start_swtpm(d: Path) -> tuple[contextlib.AbstractContextManager, str] | None:
+    """A fresh swtpm on free loopback ports (the test suite's fixture), or None without swtpm."""
+    if shutil.which("swtpm") is None:
         return None
-    state = d / "swtpm"
-    state.mkdir()
-    port = _free_port_pair()
-    proc = subprocess.Popen(
-        [binary, "socket", "--tpm2", "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-         "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1", "--flags", "not-need-init,startup-clear",
-         "--tpmstate", f"dir={state}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"swtpm:host=127.0.0.1,port={port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    return None
+    from tests.fixtures.swtpm import start_swtpm as start
+
+    cm = start(d / "swtpm")
+    server = cm.__enter__()
+    return cm, server.tcti
 
 
 def tpm_signer(tcti: str):
@@ -194,40 +167,52 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0, help="duration of each append run")
     ap.add_argument("--producers", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per contender (medians reported)")
     ap.add_argument("--dir", help="directory on the disk to measure (default: a temp dir beside the checkout)")
     ap.add_argument("--no-tpm", action="store_true", help="skip the swtpm contender")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = ap.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="kestrel-bench-", dir=args.dir or ROOT))
     results: dict[str, dict] = {}
+    runs: dict[str, list[dict]] = {}
     swtpm = None
+    signers = {}
     try:
         kw = dict(producers=args.producers, seconds=args.seconds)
-        results["sqlite"], rows = bench_sqlite(base, **kw)
-        sqlite_key = results["sqlite"].pop("public_key")
-        results["strict"], led = bench_kestrel(base / "strict", SoftwareSigner.generate(), mode="strict", **kw)
-        led.close()
-        results["batched"], batched = bench_kestrel(base / "batched", SoftwareSigner.generate(), mode="batched", **kw)
-        results["verify"] = bench_verify(batched, rows, sqlite_key)
-        batched.close()
+        signers["strict"] = signers["batched"] = SoftwareSigner.generate()
         if not args.no_tpm:
             swtpm = start_swtpm(base)
             if swtpm is None:
                 print("note: swtpm not found on PATH; TPM contender skipped", file=sys.stderr)
             else:
-                signer = tpm_signer(swtpm[1])
+                signers["tpm-batched"] = tpm_signer(swtpm[1])
                 t0 = time.perf_counter()
                 for _ in range(50):
-                    signer.sign(b"x")
-                sign_ms = (time.perf_counter() - t0) / 50 * 1000
-                results["tpm-batched"], led = bench_kestrel(base / "tpm", signer, mode="batched", **kw)
-                results["tpm-batched"]["sign_ms"] = sign_ms
-                led.close()
-                signer.close()
+                    signers["tpm-batched"].sign(b"x")
+                results["tpm_sign_ms"] = (time.perf_counter() - t0) / 50 * 1000
+        batched = rows = sqlite_key = None
+        for rep in range(args.repeat):  # contenders interleaved, medians reported: the machine is shared
+            res, rows = bench_sqlite(base / f"sqlite{rep}", **kw)
+            sqlite_key = res.pop("public_key")
+            runs.setdefault("sqlite", []).append(res)
+            for name, signer in signers.items():
+                mode = "strict" if name == "strict" else "batched"
+                res, led = bench_kestrel(base / f"{name}{rep}", signer, mode=mode, **kw)
+                runs.setdefault(name, []).append(res)
+                if name == "batched" and rep == args.repeat - 1:
+                    batched = led
+                else:
+                    led.close()
+        for name, rs in runs.items():
+            results[name] = {k: statistics.median(r[k] for r in rs) for k in ("appends_per_s", "p50_ms", "p99_ms")}
+            results[name]["runs_appends_per_s"] = [round(r["appends_per_s"]) for r in rs]
+        results["verify"] = bench_verify(batched, rows, sqlite_key)
+        batched.close()
     finally:
+        for signer in signers.values():
+            getattr(signer, "close", lambda: None)()
         if swtpm is not None:
-            swtpm[0].terminate()
-            swtpm[0].wait()
+            swtpm[0].__exit__(None, None, None)
         shutil.rmtree(base, ignore_errors=True)
     _report(results, args)
     if args.json:
@@ -236,15 +221,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(r: dict, args: argparse.Namespace) -> None:
-    print(f"ledger benchmark: {args.producers} producers, {args.seconds:.1f} s per contender, "
+    print(f"ledger benchmark: {args.producers} producers, {args.repeat} x {args.seconds:.1f} s per contender, "
           f"~200-byte bodies, python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    print(f"{'contender':<14}{'appends/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'vs sqlite':>11}")
+    print(f"{'contender':<14}{'appends/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'vs sqlite':>11}   runs (appends/s)")
     base = r["sqlite"]["appends_per_s"]
     for name in ("sqlite", "strict", "batched", "tpm-batched"):
         if name in r:
             x = r[name]
             print(f"{name:<14}{x['appends_per_s']:>12.0f}{x['p50_ms']:>10.2f}{x['p99_ms']:>10.2f}"
-                  f"{x['appends_per_s'] / base:>10.2f}x")
+                  f"{x['appends_per_s'] / base:>10.2f}x   {x['runs_appends_per_s']}")
     ratio = r["batched"]["appends_per_s"] / base
     print(f"batched / sqlite: {ratio:.2f}x (target >= 5x) {'PASS' if ratio >= 5 else 'FAIL'}")
     v = r["verify"]
@@ -256,7 +241,7 @@ def _report(r: dict, args: argparse.Namespace) -> None:
         t = r["tpm-batched"]
         tr = t["appends_per_s"] / r["batched"]["appends_per_s"]
         print(f"tpm-batched / batched: {tr:.2f}x (target >= 0.8x) {'PASS' if tr >= 0.8 else 'FAIL'}; "
-              f"swtpm signature {t['sign_ms']:.2f} ms")
+              f"swtpm signature {r['tpm_sign_ms']:.2f} ms")
 
 
 if __name__ == "__main__":

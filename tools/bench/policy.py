@@ -13,12 +13,18 @@ denied-by-rule, network and unknown actions. Each decision is timed alone
 requests: ``args_digest`` alone (canonical JSON + SHA-256 of the arguments, the
 one piece of work every recorded decision needs whatever the policy). Target:
 p99 <= 50 us.
+
+Wall-clock percentiles include time the process spends preempted, which dominates
+p99 on a shared, loaded machine; the same decisions are therefore also timed with
+the thread's CPU clock (``thread_time_ns``: the cost of the decision itself), and
+the 1-minute load average is printed beside the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -40,7 +46,7 @@ def policy_100() -> str:
                   "    args:",
                   "      to: {domain: [example.com, example.org]}",
                   "      level: {type: int, min: 0, max: 10, optional: true}",
-                  f"    rate: {{count: 1000, per: 1h}}",
+                  "    rate: {count: 1000, per: 1h}",
                   f"  - action: {a}",
                   "    args:",
                   "      pin: {enum: [17, 27, 22]}",
@@ -94,23 +100,35 @@ def main() -> int:
     allowed = 0
     for r in reqs * 5:  # warm-up
         allowed += evaluate(policy, r, state, now).allowed
-    lat, base = [], []
+    lat, base, cpu, cpu_base = [], [], [], []
     n = args.decisions
+    wall, thread = time.perf_counter_ns, time.thread_time_ns
     for k in range(n):
         r = reqs[k % len(reqs)]
-        t = time.perf_counter_ns()
+        t = wall()
         evaluate(policy, r, state, now)
-        lat.append(time.perf_counter_ns() - t)
-        t = time.perf_counter_ns()
+        lat.append(wall() - t)
+        t = wall()
         args_digest(r.args)
-        base.append(time.perf_counter_ns() - t)
-    lat.sort()
-    base.sort()
+        base.append(wall() - t)
+    for k in range(n):
+        r = reqs[k % len(reqs)]
+        t = thread()
+        evaluate(policy, r, state, now)
+        cpu.append(thread() - t)
+        t = thread()
+        args_digest(r.args)
+        cpu_base.append(thread() - t)
+    for xs in (lat, base, cpu, cpu_base):
+        xs.sort()
     res = {
         "rules": rules, "decisions": n, "compile_ms": round(compile_ms, 2),
         "allowed_fraction": round(allowed / (len(reqs) * 5), 3),
         "p50_us": pct(lat, 0.50), "p99_us": pct(lat, 0.99), "mean_us": statistics.fmean(lat) / 1000,
         "baseline_args_digest_p50_us": pct(base, 0.50), "baseline_args_digest_p99_us": pct(base, 0.99),
+        "cpu_p50_us": pct(cpu, 0.50), "cpu_p99_us": pct(cpu, 0.99),
+        "cpu_baseline_p50_us": pct(cpu_base, 0.50), "cpu_baseline_p99_us": pct(cpu_base, 0.99),
+        "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
     }
     res["p99_vs_baseline"] = res["p99_us"] / res["baseline_args_digest_p99_us"]
     res["p99_vs_target"] = res["p99_us"] / TARGET_P99_US
@@ -123,9 +141,14 @@ def main() -> int:
               f"mean {res['mean_us']:.1f} us")
         print(f"baseline args_digest:  p50 {res['baseline_args_digest_p50_us']:6.1f} us   "
               f"p99 {res['baseline_args_digest_p99_us']:6.1f} us")
-        print(f"ratio p99 evaluate / baseline: {res['p99_vs_baseline']:.2f}x;  "
-              f"p99 / target ({TARGET_P99_US:.0f} us): {res['p99_vs_target']:.2f} "
-              f"-> {'MET' if res['p99_us'] <= TARGET_P99_US else 'MISSED'}")
+        print(f"thread CPU time:       p50 {res['cpu_p50_us']:6.1f} us   p99 {res['cpu_p99_us']:6.1f} us   "
+              f"(baseline p50 {res['cpu_baseline_p50_us']:.1f}, p99 {res['cpu_baseline_p99_us']:.1f})")
+        print(f"ratio p99 evaluate / baseline: wall {res['p99_vs_baseline']:.2f}x, "
+              f"cpu {res['cpu_p99_us'] / res['cpu_baseline_p99_us']:.2f}x")
+        print(f"target p99 <= {TARGET_P99_US:.0f} us: wall {res['p99_us']:.1f} us "
+              f"({'MET' if res['p99_us'] <= TARGET_P99_US else 'MISSED'}), cpu {res['cpu_p99_us']:.1f} us "
+              f"({'MET' if res['cpu_p99_us'] <= TARGET_P99_US else 'MISSED'}); "
+              f"load average {res['loadavg_1m']:.1f} on {res['cpus']} CPUs")
     return 0
 
 

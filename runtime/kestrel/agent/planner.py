@@ -25,7 +25,7 @@ from typing import Any, Callable, Protocol
 
 from ..errors import UsageError
 from .context import ContextSource
-from .llm.base import GenerationOptions, LanguageModel
+from .llm.base import EndpointError, EndpointRefusedError, GenerationOptions, LanguageModel, ModelLoadError
 from .prompt import STOP, Turn, fit, observed_denial, observed_invalid, observed_result
 from .tools import Final, Handoff, ProposalError, ToolCall, ToolRegistry, ToolResult, canonical_json, digest_of
 
@@ -91,12 +91,13 @@ class Step:
 @dataclass(frozen=True)
 class Outcome:
     goal: str
-    status: str  # done | refused | invalid | steps | tokens | time | context | cancelled | no-rule | no-rules
+    status: str  # done refused invalid steps tokens time context cancelled model-error no-rule no-rules
     steps: tuple[Step, ...]
     final: str | None = None
     tokens: int = 0
     elapsed_s: float = 0.0
     handed_off: bool = False
+    error: str | None = None  # why the model could not be used (status "model-error")
 
 
 class Actor:
@@ -201,7 +202,10 @@ class LLMPlanner:
                 max_tokens=step_tokens, time_budget_s=left_s, stop=(STOP,), temperature=self._temperature,
                 seed=None if self._seed is None else self._seed + index,
             )
-            completion = self.model.generate(prompt, options=options, cancel=cancel).result
+            try:
+                completion = self.model.generate(prompt, options=options, cancel=cancel).result
+            except (EndpointError, EndpointRefusedError, ModelLoadError) as exc:
+                return Outcome(goal, "model-error", tuple(steps), None, tokens, clock() - start, error=str(exc))
             tokens += completion.completion_tokens
             said = completion.text.strip()
             if completion.stop_reason == "cancelled":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +95,13 @@ def _ask(args: argparse.Namespace, extra: list[str]) -> int:
                              hint="kestrel deploy --model local:PATH, --endpoint URL, or --rules FILE")
         outcome = planner.run(args.goal, on_step=lambda step: print(step.describe(), flush=True))
     summary = f"outcome: {outcome.status}" + (f" ({outcome.final})" if outcome.final else "")
+    if outcome.error:
+        print(f"kestrel: {outcome.error}", file=sys.stderr)
     print(f"{summary}; {len(outcome.steps)} steps, {outcome.tokens} tokens, {outcome.elapsed_s:.2f} s"
           + ("; handed to the rules" if outcome.handed_off else ""))
     if args.json:
         print(json.dumps({"status": outcome.status, "final": outcome.final, "steps": len(outcome.steps),
-                          "tokens": outcome.tokens, "handed_off": outcome.handed_off,
+                          "tokens": outcome.tokens, "handed_off": outcome.handed_off, "error": outcome.error,
                           "decisions": [s.decision.allowed for s in outcome.steps if s.decision is not None]}))
     return 0 if outcome.status == "done" else 1
 

@@ -20,7 +20,8 @@ def register(sub: Any) -> None:
                        "encrypted file keystore) and its state directory. Refuses if an identity exists.")
     p.add_argument("--name", required=True, help="the agent's human-readable name")
     p.add_argument("--tpm", action="store_true", help="create a P-256 key inside the TPM")
-    p.add_argument("--tcti", help="TPM connection, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321")
+    p.add_argument("--tcti", help="TPM connection, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321 "
+                   "(default: $KESTREL_TCTI, the board profile's tpm_tcti, device:/dev/tpmrm0)")
     p.add_argument("--algorithm", choices=("ed25519", "p256"), help="file keystore: ed25519 (default) or p256")
     _state(p)
     _protection(p)
@@ -92,6 +93,20 @@ def _new_key_protection(args: argparse.Namespace) -> tuple[bytes | None, bool]:
     return None, True
 
 
+def _tcti(args: argparse.Namespace) -> str | None:
+    """--tcti, else $KESTREL_TCTI, else the detected board profile's tpm_tcti, else the default."""
+    if args.tcti or os.environ.get("KESTREL_TCTI"):
+        return args.tcti or os.environ["KESTREL_TCTI"]
+    from ..errors import KestrelError
+
+    try:
+        from ..io.boards import load_profile
+
+        return load_profile("auto").tpm_tcti
+    except (ImportError, KestrelError):
+        return None  # resolve_tcti falls back to device:/dev/tpmrm0
+
+
 def _owners(args: argparse.Namespace) -> dict[str, Any] | None:
     from ..errors import UsageError
     from ..identity import KeyFormatError, PublicKey
@@ -148,7 +163,7 @@ def _init_agent(args: argparse.Namespace, extra: list[str]) -> int:
         if args.passphrase_file or args.machine_bound:
             raise UsageError("--passphrase-file and --machine-bound apply to file keystores, not --tpm")
         identity, signer = create_identity_with_signer(state_dir, name=args.name, backend="tpm",
-                                                       algorithm=Algorithm.P256, tcti=args.tcti)
+                                                       algorithm=Algorithm.P256, tcti=_tcti(args))
     else:
         if args.tcti:
             raise UsageError("--tcti needs --tpm")
@@ -219,7 +234,7 @@ def _backup(args: argparse.Namespace, extra: list[str]) -> int:
         raise UsageError(f"{args.file} already exists; refusing to overwrite it",
                          hint="choose a new backup file name")
     passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
-    backup_identity(state_dir, args.file, backup_passphrase=_backup_passphrase(args, confirm=True),
+    backup_identity(state_dir, args.file, backup_passphrase=lambda: _backup_passphrase(args, confirm=True),
                     passphrase=passphrase)
     print(f"Backed up {identity.did} to {args.file}")
     print("  keep the backup passphrase safe: without it the backup cannot be opened")

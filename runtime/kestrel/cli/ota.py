@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["register", "open_ledger", "parse_expiry", "load_owner"]
+__all__ = ["register", "open_ledger", "ledger_view", "parse_expiry", "load_owner"]
 
 _DURATION = re.compile(r"(\d{1,6})([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -143,6 +143,25 @@ def open_ledger(state_dir: Path) -> Iterator[Any]:
         yield ledger
     finally:
         ledger.close()
+
+
+class _LedgerView:
+    """Read-only ``records(kind=...)`` over the on-disk ledger (no key needed)."""
+
+    def __init__(self, ledger_dir: Path) -> None:
+        self._dir = ledger_dir
+
+    def records(self, since_seq: int = 0, kind: str | None = None) -> Iterator[Any]:
+        from ..ledger import iter_records
+
+        return iter_records(self._dir, since_seq=since_seq, kind=kind)
+
+
+def ledger_view(state_dir: Path) -> _LedgerView | None:
+    from .._internal.paths import StateLayout
+
+    d = StateLayout(state_dir).ledger
+    return _LedgerView(d) if d.is_dir() else None
 
 
 def load_owner(args: argparse.Namespace, key: str | None = None) -> Any:
@@ -289,7 +308,7 @@ def _bundle_verify(args: argparse.Namespace, extra: list[str]) -> int:
         ota = OtaDir(state)
         root, groups = ota.trust_root(), ota.groups()
         if not args.counter:
-            counter, cdigest = current_counter(ota, None)
+            counter, cdigest = current_counter(ota, ledger_view(state))
         agent = args.agent
         if agent is None:
             from ..identity import load_identity
@@ -310,12 +329,13 @@ def _bundle_verify(args: argparse.Namespace, extra: list[str]) -> int:
 # -- ota --------------------------------------------------------------------
 def _ota_apply(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.apply import apply_bundle
-    from ..ota.bundle import Limits
+    from ..ota.tpmcounter import device_tpm_counter
 
     data = _read(args.file, "bundle")
     state = _state_dir(args)
     with open_ledger(state) as ledger:
-        res = apply_bundle(state, data, ledger=ledger, now=time.time(), source="cli", limits=Limits())
+        res = apply_bundle(state, data, ledger=ledger, now=time.time(), source="cli",
+                           tpm=device_tpm_counter(state))
     if not res.changed:
         print(f"bundle {res.digest[:16]} is already active (slot {res.slot})")
     else:
@@ -328,18 +348,16 @@ def _ota_status(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.apply import ota_status
 
     state = _state_dir(args)
-    try:
-        with open_ledger(state) as ledger:
-            st = ota_status(state, ledger=ledger, now=time.time())
-    except ImportError:
-        st = ota_status(state, now=time.time())
+    st = ota_status(state, ledger=ledger_view(state), now=time.time())
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
     print(f"counter: {st['counter']}")
     root = st.get("trust_root")
-    print(f"trust root: " + (f"version {root['version']}, {root['threshold']} of {len(root['owners'])}"
+    print("trust root: " + (f"version {root['version']}, {root['threshold']} of {len(root['owners'])}"
                              if root else st.get("trust_root_error", "none")))
+    if "pointer_error" in st:
+        print(f"slot pointer DAMAGED: {st['pointer_error']} (every action is denied until a bundle is applied)")
     for key in ("active", "previous"):
         s = st[key]
         if s is None:

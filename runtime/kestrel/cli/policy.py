@@ -120,6 +120,7 @@ def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.errors import TrustRootError
     from ..ota.owner import create_owner_key, default_owner_key, owner_passphrase
     from ..ota.store import OtaDir
+    from ..ota.tpmcounter import device_tpm_counter
     from ..policy import parse_policy
     from .ota import load_owner, open_ledger, parse_expiry
 
@@ -144,6 +145,7 @@ def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
         counter, _ = current_counter(ota, ledger)
         bundle = make_bundle(policy=policy, counter=counter + 1, now=now, expires=parse_expiry(args.expires, now),
                              agents=[ledger.public_key.did])
-        res = apply_bundle(state, sign_bundle(bundle, signer), ledger=ledger, now=now, source="set-policy")
+        res = apply_bundle(state, sign_bundle(bundle, signer), ledger=ledger, now=now, source="set-policy",
+                           tpm=device_tpm_counter(state))
     print(f"policy sha256:{res.policy_digest[:16]} active (bundle counter {res.counter}, slot {res.slot})")
     return 0

@@ -17,7 +17,7 @@ from .expr import Expression, Template, compile_expression
 __all__ = [
     "DeviceConfig", "GpioInput", "SerialSensor", "MqttSensor", "PeriodicSensor", "GpioOutput",
     "MqttActuator", "SerialActuator", "Trigger", "Schedule", "SmtpConfig", "OutboxConfig",
-    "MqttConfig", "ControlConfig", "OtaConfig", "FetchConfig", "LimitsConfig", "SerialLine",
+    "MqttConfig", "ControlConfig", "OtaConfig", "FetchConfig", "LimitsConfig", "AuditConfig", "SerialLine",
     "parse_device_config", "BUILTIN_ACTIONS",
 ]
 
@@ -183,6 +183,12 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    decisions: str = "batched"  # batched: queued in the ledger's group commit before the action runs; strict:
+    #                              durable on flash before the action runs
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     source: str
     name: str = "kestrel"
@@ -198,6 +204,7 @@ class DeviceConfig:
     ota: OtaConfig = field(default_factory=OtaConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def sensor(self, name: str) -> Sensor | None:
         return next((s for s in self.sensors if s.name == name), None)
@@ -349,7 +356,7 @@ def _named(root: Fields, key: str, build: Any) -> tuple[Any, ...]:
 
 
 _TOP = {"version", "name", "board", "sensors", "actuators", "triggers", "schedules", "smtp", "outbox",
-        "mqtt", "control", "ota", "fetch", "limits"}
+        "mqtt", "control", "ota", "fetch", "limits", "audit"}
 
 
 def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
@@ -412,10 +419,14 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
                               f.get("action_queue", Node.as_int, 256, min=1, max=1_000_000),
                               f.get("action_workers", Node.as_int, 4, min=1, max=64))
 
+    audit = AuditConfig()
+    if (f := _section(root, "audit", {"decisions"})):
+        audit = AuditConfig(f.get("decisions", Node.as_str, "batched", choices=("batched", "strict")))
+
     cfg = DeviceConfig(
         source=source, name=root.get("name", Node.as_str, "kestrel"), board=root.get("board", Node.as_str, None),
         sensors=sensors, actuators=actuators, triggers=triggers, schedules=schedules, smtp=smtp, outbox=outbox,
-        mqtt=mqtt, control=control, ota=ota, fetch=fetch, limits=limits,
+        mqtt=mqtt, control=control, ota=ota, fetch=fetch, limits=limits, audit=audit,
     )
     _cross_check(cfg, root)
     return cfg

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,20 +62,26 @@ def parse_fetch_args(args: dict[str, Any]) -> str:
     return url
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
-        raise TransportError(f"fetch_data: {req.full_url} redirects to {newurl}; redirects are not followed",
-                             hint="ask for the final URL, and allow its host in the policy")
+def _opener() -> Any:
+    """urllib with no redirects and no proxies (imported on first use: the daemon stays lean)."""
+    import urllib.request
 
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+            raise TransportError(f"fetch_data: {req.full_url} redirects to {newurl}; redirects are not followed",
+                                 hint="ask for the final URL, and allow its host in the policy")
 
-_OPENER = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(NoRedirect, urllib.request.ProxyHandler({}))
 
 
 def fetch_blocking(url: str, *, max_bytes: int, timeout_s: float) -> FetchResult:
+    import urllib.error
+    import urllib.request
+
     deadline = time.monotonic() + timeout_s
     req = urllib.request.Request(url, headers={"User-Agent": "kestrel/0.1", "Accept-Encoding": "identity"})
     try:
-        with _OPENER.open(req, timeout=timeout_s) as resp:
+        with _opener().open(req, timeout=timeout_s) as resp:
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise DataError(f"fetch_data: {url} is {declared} bytes, over the {max_bytes}-byte limit")

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._internal.fsutil import ensure_private_dir, read_bytes
 from .._internal.paths import StateLayout, resolve_state_dir
-from ..errors import ConfigError
+from ..errors import ConfigError, TransportError
 from .config import DeviceConfig, parse_device_config
 
 __all__ = ["load_config", "run_daemon", "EMBEDDED_CONFIG"]
@@ -75,6 +75,25 @@ def _ensure_identity(state_dir: Path, name: str) -> tuple[str, Any]:
     return ident.did, open_signer(state_dir)
 
 
+def _lock_state(run_dir: Path) -> int:
+    """Hold ``STATE/run/daemon.lock`` (flock) for the process's life: one daemon per state directory."""
+    import fcntl
+
+    run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    path = run_dir / "daemon.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise TransportError(f"another kestrel daemon (pid {other}) is running on {run_dir.parent}",
+                             hint="stop it first, or give this one its own --state directory") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | None,
                log_level: str = "info") -> int:
     """Everything ``kestrel run`` does; returns the process exit code."""
@@ -83,12 +102,12 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
     state = resolve_state_dir(state_dir)
     ensure_private_dir(state)
     layout = StateLayout(state)
+    lock_fd = _lock_state(layout.run)  # before the ledger is opened: two writers would fork the log
     board_name = board or cfg.board or ("sim" if config_path is None else "auto")
 
     from ..io.boards import load_profile
     from ..io.gpio import open_pin_factory
     from ..ledger import Ledger
-    from ..policy import PolicyEngine
     from .runtime import Daemon
 
     profile = load_profile(board_name)
@@ -96,15 +115,15 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
     ledger = Ledger.open(layout.ledger, signer=signer, durability="batched")
     factory = None
     try:
-        policy = PolicyEngine(state, ledger)
         factory = open_pin_factory(profile)
-        daemon = Daemon(config=cfg, state_dir=state, ledger=ledger, policy=policy, factory=factory, agent_id=did,
+        daemon = Daemon(config=cfg, state_dir=state, ledger=ledger, factory=factory, agent_id=did,
                         board=profile.name, load_config=lambda: load_config(config_path))
         asyncio.run(_main(daemon))
     finally:
         if factory is not None:
             factory.close()
         ledger.close()
+        os.close(lock_fd)
     log.info("stopped; ledger flushed (%d records)", ledger.size)
     return 0
 

@@ -11,22 +11,21 @@ Format: docs/device-config.md ("Outbox files").
 from __future__ import annotations
 
 import asyncio
-import email.message
-import email.utils
 import json
 import logging
 import os
 import random
-import smtplib
-import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .._internal.fsutil import atomic_write, check_private, ensure_private_dir, fsync_dir, read_bytes
 from ..errors import DataError, TransportError
 from .config import OutboxConfig, SmtpConfig
+
+if TYPE_CHECKING:
+    import email.message
 
 __all__ = ["Outbox", "OutboxMessage", "EmailArgsError", "parse_email_args"]
 
@@ -81,6 +80,8 @@ def parse_email_args(args: dict[str, Any], *, now: float) -> OutboxMessage:
     addrs = [to] if isinstance(to, str) else to
     if not isinstance(addrs, list) or not addrs or len(addrs) > MAX_RECIPIENTS:
         raise EmailArgsError(f"send_email: 'to' must be an address or a list of 1..{MAX_RECIPIENTS}")
+    import email.utils  # here, not at import: the daemon stays lean when mail is not configured
+
     clean = []
     for a in addrs:
         a = _clean_header(a, "to", limit=254)
@@ -137,7 +138,10 @@ class Outbox:
         return OutboxMessage.from_json(read_bytes(path, what="outbox message", max_size=2 * MAX_BODY),
                                        source=str(path))
 
-    def _build(self, msg: OutboxMessage) -> email.message.EmailMessage:
+    def _build(self, msg: OutboxMessage) -> "email.message.EmailMessage":
+        import email.message
+        import email.utils
+
         assert self.smtp is not None
         m = email.message.EmailMessage()
         m["From"] = self.smtp.sender
@@ -150,6 +154,9 @@ class Outbox:
 
     def _send_blocking(self, msg: OutboxMessage) -> None:
         """Hand one message to the relay (runs in an executor thread)."""
+        import smtplib
+        import ssl
+
         cfg = self.smtp
         assert cfg is not None
         ctx = ssl.create_default_context()
@@ -170,6 +177,8 @@ class Outbox:
         fsync_dir(self.dir)
 
     async def _deliver(self, mid: str) -> None:
+        import smtplib
+
         loop = asyncio.get_running_loop()
         try:
             msg = await loop.run_in_executor(None, self._load, mid)

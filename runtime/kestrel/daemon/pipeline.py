@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from ..policy.model import args_digest
 from .actions import FAST_ACTIONS, Actions
 from .triggers import Proposal
 
-__all__ = ["Pipeline", "ActionDeniedError", "ActionFailedError"]
+__all__ = ["Pipeline", "ActionDeniedError", "ActionFailedError", "QueuedAppends"]
 
 log = logging.getLogger("kestrel.daemon.actions")
 
@@ -41,6 +42,41 @@ class ActionFailedError(KestrelError):
     code = "failed"
 
 
+class QueuedAppends:
+    """The ledger as the policy engine sees it in ``audit.decisions: batched`` mode.
+
+    ``append`` puts the record into the ledger's group commit and returns at once,
+    so the action can run while the commit's fsync is under way. The record is
+    still ordered before the action's outcome (the ledger is FIFO) and becomes
+    durable within one commit; a failed commit is kept in ``error`` (the daemon
+    turns unhealthy and stops feeding the watchdog).
+    """
+
+    def __init__(self, ledger: Any) -> None:
+        self._ledger = ledger
+        self._local = threading.local()
+        self.error: str | None = None
+
+    def append(self, kind: str, body: dict[str, Any]) -> Any:
+        fut = self._ledger.submit(kind, body)
+        fut.add_done_callback(self._done)
+        self._local.last = fut
+        return fut
+
+    def take_last(self) -> concurrent.futures.Future | None:
+        """The pending append this thread made last (the decision just recorded), once."""
+        fut, self._local.last = getattr(self._local, "last", None), None
+        return fut
+
+    def _done(self, fut: concurrent.futures.Future) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self.error = f"a policy decision could not be written to the ledger: {fut.exception()}"
+            log.error("%s", self.error)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+
 @dataclass
 class _Item:
     proposal: Proposal
@@ -51,8 +87,11 @@ class _Item:
 
 class Pipeline:
     def __init__(self, *, policy: Any, ledger: Any, actions: Actions, queue_size: int, workers: int,
-                 on_recorded: Callable[[], None] | None = None) -> None:
+                 on_recorded: Callable[[], None] | None = None, decision_log: QueuedAppends | None = None
+                 ) -> None:
         self.policy = policy
+        self.decision_log = decision_log
+        self.inline_decisions = decision_log is not None
         self.ledger = ledger
         self.actions = actions
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(queue_size)
@@ -77,11 +116,29 @@ class Pipeline:
     def backlog(self) -> int:
         return self._queue.qsize()
 
+    def _decides_inline(self) -> bool:
+        """Decide on the loop when that cannot block: decisions are only queued (batched audit) and the
+        active policy has no rate limits (whose state the engine saves with an fsync)."""
+        active = getattr(self.policy, "policy", None)
+        return self.inline_decisions and active is not None and not getattr(active, "rate_windows", True)
+
     def _item(self, p: Proposal, reply: bool) -> _Item:
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._decider, self.policy.decide, p.action, p.args)
         self.stats["proposed"] += 1
+        if self._decides_inline():
+            fut: asyncio.Future[Any] = loop.create_future()
+            try:
+                fut.set_result(self._decide(p.action, p.args))
+            except Exception as exc:
+                fut.set_exception(exc)
+        else:
+            fut = loop.run_in_executor(self._decider, self._decide, p.action, p.args)
         return _Item(p, fut, loop.create_future() if reply else None, time.perf_counter())
+
+    def _decide(self, action: str, args: dict[str, Any]) -> tuple[Any, Any]:
+        """(decision, pending append of its record or None) - on whichever thread decides."""
+        decision = self.policy.decide(action, args)
+        return decision, self.decision_log.take_last() if self.decision_log is not None else None
 
     def submit(self, p: Proposal) -> bool:
         """Queue a proposal without waiting (triggers, schedules); False if the queue is full."""
@@ -122,7 +179,7 @@ class Pipeline:
             if item is None:
                 return
             try:
-                decision = await item.decision
+                decision, pending = await item.decision
             except Exception as exc:  # the policy could not decide (ledger down?): fail closed
                 self.ledger_error = f"policy decision failed: {exc}"
                 log.error("%s; %s from %s not executed", self.ledger_error, item.proposal.action,
@@ -134,9 +191,13 @@ class Pipeline:
                 self.stats["denied"] += 1
                 log.info("denied %s from %s: %s (%s)", item.proposal.action, item.proposal.source,
                          decision.reason, decision.rule)
-                self._resolve(item, ActionDeniedError(
+                denied = ActionDeniedError(
                     f"policy denied {item.proposal.action}: {decision.reason} (rule {decision.rule})",
-                    hint="the decision is in the ledger: kestrel audit log"))
+                    hint="the decision is in the ledger: kestrel audit log")
+                if item.reply is not None and pending is not None:
+                    self._spawn(self._resolve_when_durable(item, pending, denied))
+                else:
+                    self._resolve(item, denied)
                 continue
             self.stats["allowed"] += 1
             if item.proposal.action in FAST_ACTIONS:
@@ -175,20 +236,51 @@ class Pipeline:
             if release:
                 self._slow.release()
         body["ms"] = round((time.perf_counter() - item.t0) * 1000, 3)
-        self._spawn(self._record(body, item, result))
+        if item.reply is None:
+            self._record_detached(body)
+        else:
+            self._spawn(self._record(body, item, result))
 
-    async def _record(self, body: dict[str, Any], item: _Item, result: Any) -> None:
+    def _record_detached(self, body: dict[str, Any]) -> None:
+        """Queue an outcome nobody waits for: no task, no loop round trip; failures are noted by a callback."""
+        submit = getattr(self.ledger, "submit", None)
+        if submit is None:
+            self._spawn(self._record(body, None, None))
+            return
+        try:
+            submit("action.result", body).add_done_callback(self._recorded)
+        except Exception as exc:
+            self._record_failed(body, exc)
+
+    def _recorded(self, fut: concurrent.futures.Future) -> None:  # on the ledger's thread
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self.stats["record_errors"] += 1
+            self.ledger_error = f"cannot append to the ledger: {exc}"
+            log.error("could not record an action.result: %s", exc)
+
+    def _record_failed(self, body: dict[str, Any], exc: BaseException) -> None:
+        self.stats["record_errors"] += 1
+        self.ledger_error = f"cannot append to the ledger: {exc}"
+        log.error("could not record action.result for %s: %s", body.get("action"), exc)
+
+    async def _record(self, body: dict[str, Any], item: _Item | None, result: Any) -> None:
         """Append the outcome, then answer the caller (so what it was told is in the ledger)."""
         try:
             receipt = await asyncio.shield(self.ledger.append_async("action.result", body))
-            self.ledger_error = None
             if isinstance(result, dict):
                 result = {**result, "ledger_seq": getattr(receipt, "seq", None)}
         except Exception as exc:
-            self.stats["record_errors"] += 1
-            self.ledger_error = f"cannot append to the ledger: {exc}"
-            log.error("could not record action.result for %s: %s", body.get("action"), exc)
+            self._record_failed(body, exc)
         self._on_recorded()
+        if item is not None:
+            self._resolve(item, result)
+
+    async def _resolve_when_durable(self, item: _Item, pending: concurrent.futures.Future, result: Any) -> None:
+        try:
+            await asyncio.shield(asyncio.wrap_future(pending))
+        except Exception:
+            pass  # noted by QueuedAppends; the caller still learns the decision
         self._resolve(item, result)
 
     @staticmethod

@@ -26,7 +26,7 @@ from .control import ControlServer, resolve_group
 from .hardware import Hardware
 from .notify import Notifier, run_watchdog, watchdog_interval
 from .outbox import Outbox
-from .pipeline import Pipeline
+from .pipeline import Pipeline, QueuedAppends
 from .schedules import run_schedules
 from .triggers import Proposal, TriggerEngine
 
@@ -40,13 +40,20 @@ MAX_LOOP_LAG_S = 5.0
 
 
 class Daemon:
-    def __init__(self, *, config: DeviceConfig, state_dir: str | os.PathLike[str], ledger: Any, policy: Any,
-                 factory: Any, agent_id: str, board: str = "sim",
+    def __init__(self, *, config: DeviceConfig, state_dir: str | os.PathLike[str], ledger: Any, factory: Any,
+                 agent_id: str, policy: Any = None, board: str = "sim",
                  load_config: Callable[[], DeviceConfig] | None = None, notifier: Notifier | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.state = StateLayout(state_dir)
         self.ledger = ledger
+        self.decision_log: QueuedAppends | None = None
+        if policy is None:  # the normal case: the engine records decisions as config.audit says
+            from ..policy import PolicyEngine
+
+            if config.audit.decisions == "batched":
+                self.decision_log = QueuedAppends(ledger)
+            policy = PolicyEngine(self.state.root, self.decision_log or ledger)
         self.policy = policy
         self.factory = factory
         self.agent_id = agent_id
@@ -64,7 +71,7 @@ class Daemon:
                                calendar=self.calendar, clock=clock)
         self.pipeline = Pipeline(policy=policy, ledger=ledger, actions=self.actions,
                                  queue_size=config.limits.action_queue, workers=config.limits.action_workers,
-                                 on_recorded=self._appended)
+                                 on_recorded=self._appended, decision_log=self.decision_log)
         self.control = ControlServer(self.state.run / "control.sock", self,
                                      group_gid=resolve_group(config.control.group, source=config.source),
                                      record=self.record)
@@ -191,6 +198,8 @@ class Daemon:
             return "action pipeline stopped"
         if self.pipeline.ledger_error:
             return self.pipeline.ledger_error
+        if self.decision_log is not None and self.decision_log.error:
+            return self.decision_log.error
         if self.hardware is not None and (why := self.hardware.unhealthy()):
             return why
         for t in self._tasks:
@@ -406,7 +415,7 @@ class Daemon:
                 next_seq = rec.seq + 1
             if len(batch) < 256:
                 try:
-                    await asyncio.wait_for(self._new_records.wait(), 0.5)
+                    await asyncio.wait_for(self._new_records.wait(), 0.25)
                 except asyncio.TimeoutError:
                     pass
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from ..errors import TransportError
 from . import envelope as env_mod
@@ -59,16 +60,21 @@ def backup_identity(
     state_dir: str | os.PathLike[str],
     dest: str | os.PathLike[str],
     *,
-    backup_passphrase: bytes,
+    backup_passphrase: bytes | Callable[[], bytes],
     passphrase: bytes | str | None = None,
     kdf: KdfParams | None = None,
     machine_id_path: str | os.PathLike[str] | None = None,
 ) -> Identity:
-    """Write an encrypted backup of a file identity to ``dest`` (0600; never overwrites)."""
+    """Write an encrypted backup of a file identity to ``dest`` (0600; never overwrites).
+
+    ``backup_passphrase`` may be a callable, asked only once the keystore is unlocked.
+    """
     identity = load_identity(state_dir)
     if identity.backend == "tpm":
         raise not_exportable_error(identity)
     signer = open_file_signer(state_dir, identity, passphrase=passphrase, machine_id_path=machine_id_path)
+    if callable(backup_passphrase):
+        backup_passphrase = backup_passphrase()
     create_private_file(Path(dest), encode_backup(identity, signer, backup_passphrase, kdf=kdf))
     return identity
 

@@ -177,10 +177,10 @@ def parse_envelope(data: bytes, *, magic: bytes = KEYSTORE_MAGIC, what: str = "k
     """Check structure and checksum; raise KeystoreCorruptError naming the first problem."""
 
     def corrupt(reason: str) -> KeystoreCorruptError:
-        return KeystoreCorruptError(
-            f"{what} is damaged: {reason}",
-            hint="restore it from a backup (`kestrel identity restore FILE`); the file was not changed",
-        )
+        restore = ("restore the identity from a backup (`kestrel identity restore FILE`)"
+                   if magic == KEYSTORE_MAGIC else "use another copy of the file")
+        return KeystoreCorruptError(f"{what} is damaged: {reason}",
+                                    hint=f"{restore}; the damaged file was not changed")
 
     if len(data) < _FIXED.size + 32:
         raise corrupt(f"only {len(data)} bytes (truncated)")

@@ -21,7 +21,7 @@ from typing import Any
 from .errors import TPMKeyError, TPMUnavailableError
 from .keys import PublicKey
 
-__all__ = ["DEFAULT_TCTI", "create_tpm_key", "TPMSigner", "resolve_tcti"]
+__all__ = ["DEFAULT_TCTI", "create_tpm_key", "TPMSigner", "resolve_tcti", "load_tss", "connect"]
 
 DEFAULT_TCTI = "device:/dev/tpmrm0"
 
@@ -31,7 +31,8 @@ def resolve_tcti(tcti: str | None) -> str:
     return tcti or os.environ.get("KESTREL_TCTI") or DEFAULT_TCTI
 
 
-def _tss() -> Any:
+def load_tss() -> Any:
+    """Import tpm2_pytss (quietly), or raise TPMUnavailableError with an install hint."""
     os.environ.setdefault("TSS2_LOG", "all+NONE")  # tpm2-tss logs to stderr otherwise
     try:
         import tpm2_pytss
@@ -45,6 +46,13 @@ def _tss() -> Any:
 
 def _is_tpm_layer(rc: int) -> bool:
     return rc & (0xFF << 16) == 0
+
+
+def _classify(exc: Exception, tcti: str, refused: str, hint: str) -> Exception:
+    """A TPM response code means the TPM refused (TPMKeyError); anything else is transport."""
+    if _is_tpm_layer(int(getattr(exc, "rc", 0xFFFFFFFF))):
+        return TPMKeyError(f"{refused}: {exc}", hint=hint)
+    return _unavailable(tcti, exc)
 
 
 def _unavailable(tcti: str, exc: Exception) -> TPMUnavailableError:
@@ -88,7 +96,8 @@ def _public_key_of(tpm2b_public: Any) -> PublicKey:
     return PublicKey.from_p256_point(int.from_bytes(bytes(ecc.x), "big"), int.from_bytes(bytes(ecc.y), "big"))
 
 
-def _connect(t: Any, tcti: str) -> Any:
+def connect(t: Any, tcti: str) -> Any:
+    """An ESAPI context for ``tcti``, or TPMUnavailableError."""
     try:
         return t.ESAPI(tcti)
     except (t.TSS2_Exception, RuntimeError) as exc:
@@ -102,23 +111,19 @@ def _primary(t: Any, ectx: Any, tcti: str) -> Any:
                                          t.types.TPM2B_PUBLIC(publicArea=primary),
                                          primary_handle=t.constants.ESYS_TR.RH_OWNER)
     except t.TSS2_Exception as exc:
-        if _is_tpm_layer(int(exc.rc)):
-            raise TPMKeyError(
-                f"the TPM refused to create the storage root key: {exc}",
-                hint="the owner hierarchy may have a password or be disabled; Kestrel needs "
-                "an empty owner authorization",
-            ) from None
-        raise _unavailable(tcti, exc) from None
+        raise _classify(exc, tcti, "the TPM refused to create the storage root key",
+                        "the owner hierarchy may have a password or be disabled; Kestrel needs an "
+                        "empty owner authorization") from None
     return handle
 
 
 def create_tpm_key(tcti: str) -> tuple[bytes, PublicKey]:
     """Create a P-256 signing key in the TPM; return (TSS2 PEM blob, public key)."""
-    t = _tss()
+    t = load_tss()
     from tpm2_pytss.tsskey import TSSPrivKey
 
     _, signing = _templates(t)
-    ectx = _connect(t, tcti)
+    ectx = connect(t, tcti)
     try:
         parent = _primary(t, ectx, tcti)
         try:
@@ -141,7 +146,7 @@ class TPMSigner:
     """
 
     def __init__(self, pem: bytes, *, tcti: str, expected: PublicKey | None = None) -> None:
-        t = _tss()
+        t = load_tss()
         from tpm2_pytss.tsskey import TSSPrivKey
 
         try:
@@ -173,7 +178,7 @@ class TPMSigner:
 
     def _open(self) -> None:
         t = self._t
-        ectx = _connect(t, self._tcti)
+        ectx = connect(t, self._tcti)
         try:
             parent = _primary(t, ectx, self._tcti)
             try:
@@ -182,13 +187,9 @@ class TPMSigner:
                 ectx.flush_context(parent)
         except t.TSS2_Exception as exc:
             ectx.close()
-            if _is_tpm_layer(int(exc.rc)):
-                raise TPMKeyError(
-                    f"the TPM refused this identity's key: {exc}",
-                    hint="this is a different TPM, or the TPM was cleared since the identity was "
-                    "created; a TPM identity cannot move to another TPM",
-                ) from None
-            raise _unavailable(self._tcti, exc) from None
+            raise _classify(exc, self._tcti, "the TPM refused this identity's key",
+                            "this is a different TPM, or the TPM was cleared since the identity was "
+                            "created; a TPM identity cannot move to another TPM") from None
         except BaseException:
             ectx.close()
             raise
@@ -241,3 +242,6 @@ class TPMSigner:
 
     def __repr__(self) -> str:
         return f"TPMSigner({self._public.did}, tcti={self._tcti!r})"
+
+
+_tss, _connect = load_tss, connect  # older private names, used by kestrel.ota.tpmcounter

@@ -56,7 +56,7 @@ class Embedder:
         except Exception as exc:
             raise ManifestError(f"model {man.name}: cannot load tokenizer {tok_file}: {exc}") from None
         tok.enable_truncation(self.max_length)
-        tok.enable_padding()
+        tok.no_padding()  # tokenizer.json files may pin a fixed padded length
         self._tok = tok
         self._input_names = {s.name for s in man.inputs}
         self.output = str(pre.get("output", man.outputs[0].name))
@@ -73,14 +73,18 @@ class Embedder:
         for t in texts:
             if not isinstance(t, str):
                 raise DataError(f"cannot embed a {type(t).__name__}; texts must be strings")
-        enc = self._tok.encode_batch(list(texts))
-        ids = np.array([e.ids for e in enc], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        hidden = self.session.run(feed)[self.output]
-        return mean_pool(hidden, mask, normalize=self.normalize)
+        # One text per run: int8 dynamic quantization scales activations per tensor, so in a
+        # padded batch a text's vector would depend on its neighbours. Stored and query vectors
+        # must not, so every text is embedded alone (its own length, no padding).
+        out = np.empty((len(texts), self.dim), np.float32)
+        for i, enc in enumerate(self._tok.encode_batch(list(texts))):
+            ids = np.array([enc.ids], dtype=np.int64)
+            mask = np.array([enc.attention_mask], dtype=np.int64)
+            feed = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in self._input_names:
+                feed["token_type_ids"] = np.zeros_like(ids)
+            out[i] = mean_pool(self.session.run(feed)[self.output], mask, normalize=self.normalize)[0]
+        return out
 
     def embed_one(self, text: str) -> Any:
         return self.embed([text])[0]

@@ -21,7 +21,7 @@ from .errors import LedgerError, LedgerVerificationError, Reason, RecordError
 from .frame import CHECKPOINT, RECORD, Frame, FrameDamage, encode_frame, iter_frames
 from .merkle import ProofError, inclusion_proof, verify_inclusion
 from .record import Record, decode_record, leaf_hash
-from .verify import LogWalker, VerifiedLog
+from .verify import LogWalker, VerifiedLog, check_trusted, damage_error
 
 __all__ = [
     "EXPORT_MAGIC",
@@ -66,9 +66,7 @@ def verify_export(data: bytes, public_key: PublicKey, *, trusted: SignedCheckpoi
         raise LedgerVerificationError(0, exc.reason, f"export checkpoint: {exc.message}") from None
     for item in frames:
         if isinstance(item, FrameDamage):
-            if item.kind == "torn":
-                raise LedgerVerificationError(walker.size, Reason.TRUNCATED, f"the export ends inside a frame at byte {item.offset}")
-            raise LedgerVerificationError(walker.size, Reason.BIT_FLIP, f"frame at byte {item.offset}: {item.detail}")
+            raise damage_error(walker, item)
         if item.type != RECORD:
             raise LedgerVerificationError(walker.size, Reason.INSERTED, "an extra checkpoint frame inside the export")
         if walker.size >= cp.size:
@@ -84,8 +82,6 @@ def verify_export(data: bytes, public_key: PublicKey, *, trusted: SignedCheckpoi
             max(cp.size - 1, 0), Reason.CORRUPT, "the records do not hash to the signed checkpoint's root"
         )
     if trusted is not None:
-        from .verify import check_trusted
-
         check_trusted(walker, trusted)
     return VerifiedLog(public_key.did, walker.size, root, cp.size, cp)
 

@@ -9,9 +9,9 @@ one ``fdatasync``, then resolves every waiting append with its Receipt.
   ``append`` returns, the record *and* a signed checkpoint covering it are on disk.
 * ``batched``: the committer lingers up to ``max_batch_delay_ms`` to gather
   appends; ``append`` returns once the record is on disk. A signer thread signs
-  the newest tree head whenever it is free and the next commit writes that
-  checkpoint, so a slow signer (a TPM) never sits on the append path and one
-  signature covers every record committed while it ran.
+  the newest tree head (at most once per ``checkpoint_interval_ms``) and the
+  next commit writes that checkpoint, so a slow signer (a TPM) never sits on
+  the append path and one signature covers every record committed meanwhile.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from .._internal.fsutil import ensure_private_dir
+from .._internal.fsutil import ensure_private_dir, fsync_dir
 from ..identity.keys import PublicKey, Signer
 from .checkpoint import SignedCheckpoint, sign_checkpoint
 from .errors import LedgerError, LedgerIOError
@@ -33,7 +34,7 @@ from .frame import CHECKPOINT, RECORD, encode_frame
 from .merkle import Frontier
 from .reader import export_chunks, iter_records, prove, read_stream
 from .record import Record, assemble_record, leaf_hash, prepare_body
-from .store import SegmentWriter, cut_torn_tail, load_segments, stream_of
+from .store import SegmentWriter, cut_torn_tail, load_segments, lock_directory, stream_of
 from .verify import VerifiedLog, verify_stream, walk_stream
 
 __all__ = ["Ledger", "Receipt", "Durability"]
@@ -52,11 +53,31 @@ class Receipt:
     time: float
 
 
-@dataclass
 class _Item:
-    prepared: bytes
-    time: float
-    future: concurrent.futures.Future
+    """One queued append. Sync callers wait on ``done`` (a held lock: the cheapest wake-up);
+    ``submit`` callers get ``future``."""
+
+    __slots__ = ("prepared", "time", "future", "done", "receipt", "error")
+
+    def __init__(self, prepared: bytes, future: concurrent.futures.Future | None) -> None:
+        self.prepared, self.time, self.future = prepared, time.time(), future
+        self.receipt: Receipt | None = None
+        self.error: BaseException | None = None
+        self.done: threading.Lock | None = None
+        if future is None:
+            self.done = threading.Lock()
+            self.done.acquire()
+
+    def resolve(self, receipt: Receipt | None, error: BaseException | None) -> None:
+        if self.future is not None:
+            if not self.future.done():
+                if error is not None:
+                    self.future.set_exception(error)
+                else:
+                    self.future.set_result(receipt)
+            return
+        self.receipt, self.error = receipt, error
+        self.done.release()  # type: ignore[union-attr]
 
 
 class Ledger:
@@ -74,17 +95,25 @@ class Ledger:
         durability: Durability = "batched",
         max_batch_delay_ms: float = 5.0,
         max_segment_bytes: int = 64 << 20,
+        checkpoint_interval_ms: float = 10.0,
     ) -> "Ledger":
         """Open (creating if needed) and recover: cut a torn tail, verify, sign an unsigned tail."""
         if durability not in ("strict", "batched"):
             raise ValueError("durability must be 'strict' or 'batched'")
         self = object.__new__(cls)
-        self._dir = ensure_private_dir(Path(ledger_dir))
+        self._dir = Path(ledger_dir)
+        if not self._dir.is_dir():
+            ensure_private_dir(self._dir)
+            fsync_dir(self._dir.parent)  # the new directory's entry is durable too
+        self._lock_fd = lock_directory(self._dir)
         self._signer = signer
         self._pk = signer.public_key
         self._strict = durability == "strict"
         self._delay = max(0.0, max_batch_delay_ms) / 1000.0
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the committer waits here (work to do)
+        self._sign_cond = threading.Condition(lock)  # the signer waits here (new records)
+        self._idle_cond = threading.Condition(lock)  # flush() waits here (progress)
         self._pending: list[_Item] = []
         self._failed: BaseException | None = None
         self._closing = False
@@ -92,7 +121,13 @@ class Ledger:
         self._busy = False
         self._cp_ready: SignedCheckpoint | None = None
         self._last_batch = 1
-        self._recover(max_segment_bytes)
+        self._cp_interval = max(0.0, checkpoint_interval_ms) / 1000.0
+        self._urgent = 0  # flush() callers waiting: sign without waiting for the interval
+        try:
+            self._recover(max_segment_bytes)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         if self._size > self._signed_size:  # records a crash left unsigned: sign them first
             self._cp_ready = sign_checkpoint(self._signer, size=self._size, root=self._frontier.root())
             self._sign_requested = self._size
@@ -140,19 +175,29 @@ class Ledger:
     def directory(self) -> Path:
         return self._dir
 
-    def submit(self, kind: str, body: dict[str, Any]) -> concurrent.futures.Future:
-        """Queue an append; the future resolves to its Receipt once durable."""
-        prepared = prepare_body(kind, body)
-        fut: concurrent.futures.Future = concurrent.futures.Future()
+    def _enqueue(self, kind: str, body: dict[str, Any], future: concurrent.futures.Future | None) -> _Item:
+        item = _Item(prepare_body(kind, body), future)
         with self._cond:
             self._check_open()
-            self._pending.append(_Item(prepared, time.time(), fut))
-            self._cond.notify_all()
+            self._pending.append(item)
+            n = len(self._pending)
+            if n == 1 or n >= self._last_batch:  # the committer waits for the first, or lingers for more
+                self._cond.notify()
+        return item
+
+    def submit(self, kind: str, body: dict[str, Any]) -> concurrent.futures.Future:
+        """Queue an append; the future resolves to its Receipt once durable."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._enqueue(kind, body, fut)
         return fut
 
     def append(self, kind: str, body: dict[str, Any]) -> Receipt:
         """Append a record; return once it is durable (see the module docstring). Thread-safe."""
-        return self.submit(kind, body).result()
+        item = self._enqueue(kind, body, None)
+        item.done.acquire()  # type: ignore[union-attr]
+        if item.error is not None:
+            raise item.error
+        return item.receipt  # type: ignore[return-value]
 
     async def append_async(self, kind: str, body: dict[str, Any]) -> Receipt:
         """:meth:`append` for asyncio callers: waits without blocking the event loop."""
@@ -161,12 +206,15 @@ class Ledger:
     def flush(self) -> None:
         """Wait until every append so far is durable and covered by a durable signed checkpoint."""
         with self._cond:
-            while not self._failed and (
-                self._pending or self._busy or self._cp_ready is not None or self._signed_size < self._size
-            ):
-                if self._closed:
-                    break
-                self._cond.wait(0.5)
+            self._urgent += 1
+            self._sign_cond.notify()
+            try:
+                while not self._failed and not self._closed and (
+                    self._pending or self._busy or self._cp_ready is not None or self._signed_size < self._size
+                ):
+                    self._idle_cond.wait(0.5)
+            finally:
+                self._urgent -= 1
             if self._failed:
                 raise self._failure()
 
@@ -180,11 +228,12 @@ class Ledger:
         finally:
             with self._cond:
                 self._closing = True
-                self._cond.notify_all()
+                self._wake_all()
             self._committer.join()
             if self._signer_thread is not None:
                 self._signer_thread.join()
             self._writer.close()
+            os.close(self._lock_fd)  # releases the single-writer lock
             self._closed = True
 
     def __enter__(self) -> "Ledger":
@@ -234,6 +283,11 @@ class Ledger:
             raise self._failure()
         if self._closing or self._closed:
             raise LedgerError("the ledger is closed", hint="open it again with Ledger.open")
+
+    def _wake_all(self) -> None:
+        self._cond.notify_all()
+        self._sign_cond.notify_all()
+        self._idle_cond.notify_all()
 
     def _failure(self) -> LedgerError | LedgerIOError:
         exc = self._failed
@@ -285,10 +339,9 @@ class Ledger:
                     self._failed = exc
                     self._busy = False
                     failed, self._pending = batch + self._pending, []
-                    self._cond.notify_all()
+                    self._wake_all()
                 for item in failed:
-                    if not item.future.done():
-                        item.future.set_exception(self._failure())
+                    item.resolve(None, self._failure())
                 return
 
     def _commit(self, batch: list[_Item], cp: SignedCheckpoint | None) -> None:
@@ -314,27 +367,40 @@ class Ledger:
                 if written is not None and written.size >= self._signed_size:
                     self._latest_cp, self._signed_size = written, written.size
             self._busy = False
-            self._cond.notify_all()
+            self._sign_cond.notify()
+            self._idle_cond.notify_all()
         for item, receipt in zip(batch, receipts):
-            item.future.set_result(receipt)
+            item.resolve(receipt, None)
 
     def _sign_loop(self) -> None:
+        last = took = 0.0
         while True:
             with self._cond:
                 while not self._closing and not self._failed and self._sign_requested >= self._size:
-                    self._cond.wait()
+                    self._sign_cond.wait()
                 if self._failed or (self._closing and self._sign_requested >= self._size):
+                    return
+                # at most one checkpoint per interval (and the signer busy at most 1/5 of the
+                # time): bounds TPM load and checkpoint bytes; flush() and close() skip the wait
+                while not (self._closing or self._urgent or self._failed):
+                    left = last + max(self._cp_interval, 4 * took) - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._sign_cond.wait(left)
+                if self._failed:
                     return
                 size, root = self._size, self._frontier.root()
                 self._sign_requested = size
+            last = time.monotonic()
             try:
                 cp = sign_checkpoint(self._signer, size=size, root=root)
+                took = time.monotonic() - last
             except BaseException as exc:
                 log.error("ledger: checkpoint signing failed: %s", exc)
                 with self._cond:
                     self._failed = exc
-                    self._cond.notify_all()
+                    self._wake_all()
                 return
             with self._cond:
                 self._cp_ready = cp
-                self._cond.notify_all()
+                self._cond.notify()

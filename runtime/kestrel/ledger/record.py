@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,8 @@ MAX_RECORD_SIZE = 1 << 20  # 1 MiB: record digests of large data, not the data
 _KIND = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_*-]+)*$")
 _KEYS = frozenset({"seq", "time", "kind", "body", "prev"})
 _pack = functools.partial(msgpack.packb, use_bin_type=True)  # packb: thread-safe
-_SEQ, _TIME, _PREV = _pack("seq"), _pack("time"), _pack("prev")
+_HEAD_SEQ, _TIME, _PREV_BIN32 = b"\x85" + _pack("seq"), _pack("time") + b"\xcb", _pack("prev") + b"\xc4\x20"
+_FLOAT = struct.Struct(">d")
 
 
 def leaf_hash(raw: bytes) -> bytes:
@@ -71,17 +73,23 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def prepare_body(kind: str, body: dict[str, Any]) -> bytes:
-    """Check ``kind`` and encode ``kind`` and ``body`` (the part of a record known before its seq)."""
+@functools.lru_cache(maxsize=256)
+def _kind_prefix(kind: str) -> bytes:
     if not isinstance(kind, str) or len(kind) > 64 or not _KIND.match(kind):
         raise RecordError(
             f"invalid record kind {kind!r}",
             hint="kinds are dotted lower-case names such as 'policy.decision' (at most 64 characters)",
         )
+    return _pack("kind") + _pack(kind) + _pack("body")
+
+
+def prepare_body(kind: str, body: dict[str, Any]) -> bytes:
+    """Check ``kind`` and encode ``kind`` and ``body`` (the part of a record known before its seq)."""
+    prefix = _kind_prefix(kind) if isinstance(kind, str) else _kind_prefix.__wrapped__(kind)
     if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
         raise RecordError(f"record body for {kind!r} must be a dict with str keys")
     try:
-        packed = _pack("kind") + _pack(kind) + _pack("body") + _pack(body)
+        packed = prefix + _pack(body)
     except (TypeError, ValueError, OverflowError) as exc:
         raise RecordError(
             f"record body for {kind!r} is not msgpack-encodable: {exc}",
@@ -95,9 +103,24 @@ def prepare_body(kind: str, body: dict[str, Any]) -> bytes:
     return packed
 
 
+def _uint(n: int) -> bytes:
+    """msgpack's smallest encoding of a non-negative int (what packb writes)."""
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x100:
+        return b"\xcc" + bytes((n,))
+    if n < 0x10000:
+        return b"\xcd" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\xce" + n.to_bytes(4, "big")
+    return b"\xcf" + n.to_bytes(8, "big")
+
+
 def assemble_record(*, seq: int, time: float, prepared: bytes, prev: bytes) -> bytes:
     """The record bytes: exactly ``msgpack.packb({"seq", "time", "kind", "body", "prev"})``."""
-    return b"\x85" + _SEQ + _pack(seq) + _TIME + _pack(float(time)) + prepared + _PREV + _pack(prev)
+    if seq < 0 or len(prev) != 32:
+        raise ValueError("seq must be >= 0 and prev 32 bytes")
+    return b"".join((_HEAD_SEQ, _uint(seq), _TIME, _FLOAT.pack(time), prepared, _PREV_BIN32, prev))
 
 
 def encode_record(*, seq: int, time: float, kind: str, body: dict[str, Any], prev: bytes) -> bytes:

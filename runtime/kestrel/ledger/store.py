@@ -11,6 +11,7 @@ under ``torn/``.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -18,10 +19,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._internal.fsutil import atomic_write, ensure_private_dir
+from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir
 from .errors import LedgerIOError, LedgerVerificationError, Reason
 
-__all__ = ["SEGMENT_MAGIC", "Segment", "load_segments", "stream_of", "cut_torn_tail", "SegmentWriter"]
+__all__ = ["SEGMENT_MAGIC", "Segment", "load_segments", "stream_of", "cut_torn_tail", "lock_directory", "SegmentWriter"]
 
 log = logging.getLogger("kestrel.ledger")
 
@@ -81,7 +82,10 @@ def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int) -> None:
     if keep < len(SEGMENT_MAGIC):
         raise LedgerVerificationError(segment.first_seq, Reason.BIT_FLIP, f"damage crosses segment {segment.path}")
     cut = segment.data[keep:]
-    torn_dir = ensure_private_dir(ledger_dir / "torn")
+    torn_dir = ledger_dir / "torn"
+    if not torn_dir.is_dir():
+        ensure_private_dir(torn_dir)
+        fsync_dir(ledger_dir)
     atomic_write(torn_dir / f"{segment.path.name}.{keep}.bin", cut)
     try:
         fd = os.open(segment.path, os.O_WRONLY)
@@ -96,6 +100,27 @@ def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int) -> None:
         "ledger: cut an unfinished write of %d bytes (sha256 %s) from %s at offset %d; saved under %s",
         len(cut), hashlib.sha256(cut).hexdigest(), segment.path, keep, torn_dir,
     )
+
+
+def lock_directory(ledger_dir: Path) -> int:
+    """Take the ledger's single-writer lock (``ledger/lock``, flock); return its fd. Never waits."""
+    path = ledger_dir / "lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise _io_error("open the ledger lock", path, exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise LedgerIOError(
+            f"the ledger {ledger_dir} is already open for writing (by pid {holder})",
+            hint="one writer at a time: stop the agent (`kestrel run`), or act through it (its control socket)",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 class SegmentWriter:

@@ -14,11 +14,11 @@ from typing import Iterable
 from ..identity.keys import PublicKey
 from .checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
 from .errors import LedgerVerificationError, Reason, RecordError
-from .frame import CHECKPOINT, RECORD, Frame, FrameDamage, find_next_frame, iter_frames
+from .frame import RECORD, Frame, FrameDamage, find_next_frame, iter_frames
 from .merkle import Frontier, tree_root
 from .record import ZERO_HASH, Record, decode_record
 
-__all__ = ["VerifiedLog", "verify_stream", "walk_stream", "LogWalker", "check_trusted", "is_torn_tail"]
+__all__ = ["VerifiedLog", "verify_stream", "walk_stream", "LogWalker", "check_trusted", "is_torn_tail", "damage_error"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,8 @@ def _checkpoint(frame: Frame, walker: LogWalker, public_key: PublicKey) -> Signe
         ) from None
 
 
-def _damage(walker: LogWalker, damage: FrameDamage) -> LedgerVerificationError:
+def damage_error(walker: LogWalker, damage: FrameDamage) -> LedgerVerificationError:
+    """The error for a damaged frame: cut short (``truncated``) or altered (``bit_flip``)."""
     if damage.kind == "torn":
         return LedgerVerificationError(walker.size, Reason.TRUNCATED, f"the log ends inside a frame at byte {damage.offset}")
     return LedgerVerificationError(walker.size, Reason.BIT_FLIP, f"frame at byte {damage.offset}: {damage.detail}")
@@ -152,7 +153,7 @@ def walk_stream(
             if allow_torn_tail and is_torn_tail(buf, item):
                 torn = len(buf) - item.offset
                 break
-            raise _damage(walker, item)
+            raise damage_error(walker, item)
         if item.type == RECORD:
             walker.add(item)
             continue

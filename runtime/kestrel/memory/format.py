@@ -155,30 +155,45 @@ def check_hnsw(buf: Any, header: Header, *, source: str = "<index>") -> HnswInfo
     pos = end0
     levels = np.zeros(cur, dtype=np.int64)
     upper: list[tuple[int, int, int]] = []  # (element, start, nlevels)
-    for i in range(cur):
-        if pos + 4 > total:
+    i = 0
+    while i < cur:  # runs of level-0-only elements (size 0) are skipped a window at a time
+        window = min(cur - i, 4096)
+        if pos + 4 * window > total:
             raise bad("truncated link lists")
-        size = int(arr[pos:pos + 4].view(np.uint32)[0])
+        sizes = arr[pos:pos + 4 * window].view(np.uint32)
+        nonzero = np.flatnonzero(sizes)
+        if not len(nonzero):
+            i += window
+            pos += 4 * window
+            continue
+        skip = int(nonzero[0])
+        i += skip
+        pos += 4 * skip
+        size = int(sizes[skip])
         pos += 4
-        if size:
-            if size % slpe or size // slpe > maxlevel or pos + size > total:
-                raise bad(f"link list of element {i} has a bad size")
-            levels[i] = size // slpe
-            upper.append((i, pos, size // slpe))
-            pos += size
+        if size % slpe or size // slpe > maxlevel or pos + size > total:
+            raise bad(f"link list of element {i} has a bad size")
+        levels[i] = size // slpe
+        upper.append((i, pos, size // slpe))
+        pos += size
+        i += 1
     if pos != total:
         raise bad("trailing bytes after the link lists")
     if cur and levels[enter] != maxlevel:
         raise bad("entry point is not on the top level")
-    for i, start, nlev in upper:
-        block = arr[start:start + nlev * slpe].copy().view(np.uint32).reshape(nlev, 1 + maxM)
-        for lv in range(nlev):
-            n = int(block[lv, 0] & 0xFFFF)
-            if n > maxM:
-                raise bad(f"link count of element {i} on level {lv + 1} exceeds maxM")
-            ids = block[lv, 1:1 + n]
-            if (ids >= cur).any() or (levels[ids] < lv + 1).any():
-                raise bad(f"element {i} links to an element missing from level {lv + 1}")
+    if upper:  # every (element, level >= 1) link block, checked at once
+        starts = np.array([start + lv * slpe for _, start, nlev in upper for lv in range(nlev)], dtype=np.int64)
+        block_level = np.array([lv + 1 for _, _, nlev in upper for lv in range(nlev)], dtype=np.int64)
+        blocks = arr[starts[:, None] + np.arange(slpe)[None, :]].view(np.uint32).reshape(len(starts), 1 + maxM)
+        n_links = blocks[:, 0] & 0xFFFF
+        if (n_links > maxM).any():
+            raise bad("an upper-level link count exceeds maxM")
+        used_up = np.arange(maxM)[None, :] < n_links[:, None]
+        ids = blocks[:, 1:][used_up]
+        if (ids >= cur).any():
+            raise bad("an upper-level neighbour id is out of range")
+        if (levels[ids] < np.repeat(block_level, n_links.astype(np.int64))).any():
+            raise bad("an element links to an element missing from that level")
     live = labels[~deleted]
     if len(np.unique(labels)) != cur:
         raise bad("duplicate labels")

@@ -21,8 +21,9 @@ from .._internal.fsutil import fsync_dir, read_bytes
 from ..errors import DataError, KestrelError
 from ..policy import Policy, parse_policy
 from .bundle import Limits, VerifiedBundle, parse_manifest, verify_bundle
-from .errors import BundleError, BundleHealthError
+from .errors import BundleError, BundleHealthError, BundleRollbackError
 from .store import OtaDir, StepHook, _noop
+from .tpmcounter import TpmCounter
 
 __all__ = ["AppliedBundle", "apply_bundle", "rollback", "active_policy", "active_bundle", "ota_status",
            "current_counter", "HealthCheck"]
@@ -43,10 +44,10 @@ class AppliedBundle:
     changed: bool = True  # False: this bundle was already active
 
 
-def _ledger_counter(ledger: Any) -> int:
+def _ledger_max(ledger: Any, field: str) -> int:
     best = 0
     for rec in ledger.records(kind="ota.applied"):
-        c = rec.body.get("counter") if isinstance(rec.body, dict) else None
+        c = rec.body.get(field) if isinstance(rec.body, dict) else None
         if type(c) is int and c > best:
             best = c
     return best
@@ -54,8 +55,11 @@ def _ledger_counter(ledger: Any) -> int:
 
 def current_counter(ota: OtaDir, ledger: Any | None) -> tuple[int, str | None]:
     """The anti-rollback counter: the highest of counter.json, the active slot and the ledger."""
-    counter, digest = ota.read_counter()
-    active = ota.read_pointer()["active"]
+    try:
+        counter, digest = ota.read_counter()
+    except DataError:  # the ledger and the active slot still bind the counter
+        counter, digest = 0, None
+    active = _pointer_or_empty(ota)["active"]
     if active is not None:
         try:
             m = parse_manifest(read_bytes(ota.slot(active["slot"]) / MANIFEST_FILE, what="slot manifest"))
@@ -64,7 +68,7 @@ def current_counter(ota: OtaDir, ledger: Any | None) -> tuple[int, str | None]:
         except KestrelError:
             pass
     if ledger is not None:
-        recorded = _ledger_counter(ledger)
+        recorded = _ledger_max(ledger, "counter")
         if recorded > counter:
             counter, digest = recorded, None
     return counter, digest
@@ -86,13 +90,18 @@ def apply_bundle(
     health_window: float = 30.0,
     on_step: StepHook | None = None,
     limits: Limits = Limits(),
+    tpm: TpmCounter | None = None,
 ) -> AppliedBundle:
-    """Verify and activate a bundle, or raise a BundleError (recorded in the ledger)."""
+    """Verify and activate a bundle, or raise a BundleError (recorded in the ledger).
+
+    ``tpm``: a TPM NV counter guarding against a restored older state (docs/bundle-format.md §5).
+    """
     step = on_step or _noop
     ota = OtaDir(state_dir)
     with ota.locked():
         ota.recover()
         try:
+            epoch = _check_epoch(ota, ledger, tpm)
             counter, cdigest = current_counter(ota, ledger)
             vb = verify_bundle(
                 bundle_bytes, root=ota.trust_root(), now=now, agent_id=ledger.public_key.did,
@@ -102,8 +111,7 @@ def apply_bundle(
         except BundleError as exc:
             _reject(ledger, exc, bundle_bytes, source)
             raise
-        pointer = ota.read_pointer()
-        active = pointer["active"]
+        active = _pointer_or_empty(ota)["active"]
         if active is not None and active["digest"] == vb.digest:
             return AppliedBundle(vb.digest, vb.manifest.version, vb.manifest.counter, active["slot"],
                                  None, policy.digest, changed=False)
@@ -120,15 +128,46 @@ def apply_bundle(
             raise
         ota.write_pointer({"slot": target, "digest": vb.digest}, active, step)
         step("counter")
-        ota.write_counter(vb.manifest.counter, vb.digest, step)
+        new_epoch = None if epoch is None else epoch + 1
+        ota.write_counter(vb.manifest.counter, vb.digest, step, tpm=new_epoch)
+        if tpm is not None:
+            step("tpm-increment")
+            tpm.increment()
         step("ledger")
-        _record(ledger, "ota.applied", {
+        body = {
             "bundle": vb.digest, "version": vb.manifest.version, "counter": vb.manifest.counter,
             "slot": target, "previous_slot": active["slot"] if active else None,
             "policy": policy.digest, "signed_by": list(vb.signed_by), "source": source,
-        })
+        }
+        if new_epoch is not None:
+            body["tpm"] = new_epoch
+        _record(ledger, "ota.applied", body)
         return AppliedBundle(vb.digest, vb.manifest.version, vb.manifest.counter, target,
                              active["slot"] if active else None, policy.digest)
+
+
+def _check_epoch(ota: OtaDir, ledger: Any, tpm: TpmCounter | None) -> int | None:
+    """The TPM counter value, after checking that the state is not older than it."""
+    if tpm is None:
+        return None
+    now = tpm.read()
+    recorded = max(ota.read_tpm_epoch(), _ledger_max(ledger, "tpm"))
+    if recorded < now:
+        raise BundleRollbackError(
+            f"the device's OTA state records TPM epoch {recorded} but the TPM counter is at {now}: "
+            "the state directory was restored from an older copy", code="state-rollback",
+            hint="restore the newest state directory, or re-provision the device",
+        )
+    return now
+
+
+def _pointer_or_empty(ota: OtaDir) -> dict:
+    """The slot pointer; a corrupt one counts as "nothing active" so that a new bundle repairs
+    it (meanwhile ``active_policy`` raises and the engine denies everything)."""
+    try:
+        return ota.read_pointer()
+    except DataError:
+        return {"active": None, "previous": None}
 
 
 def _reject(ledger: Any, exc: BundleError, data: bytes, source: str) -> None:
@@ -266,9 +305,12 @@ def rollback(state_dir: str | os.PathLike[str], *, ledger: Any, reason: str = "o
 
 def ota_status(state_dir: str | os.PathLike[str], *, ledger: Any | None = None, now: float) -> dict:
     ota = OtaDir(state_dir)
-    ptr = ota.read_pointer()
     counter, _ = current_counter(ota, ledger)
     out: dict[str, Any] = {"counter": counter, "active": None, "previous": None}
+    try:
+        ptr = ota.read_pointer()
+    except DataError as exc:
+        ptr, out["pointer_error"] = {"active": None, "previous": None}, exc.message
     try:
         root = ota.trust_root()
         out["trust_root"] = {"version": root.version, "threshold": root.threshold, "owners": list(root.owners)}

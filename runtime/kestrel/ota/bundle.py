@@ -9,8 +9,10 @@ bytes before the manifest is parsed.
 
 from __future__ import annotations
 
+import base64
 import calendar
 import hashlib
+import json
 import re
 import struct
 import time
@@ -131,8 +133,6 @@ def build_manifest(
     contents: Sequence[tuple[str, str, bytes]],
 ) -> bytes:
     """Manifest bytes for (name, role, data) contents. Validated by parsing it back."""
-    import json
-
     obj = {
         "_type": "kestrel.bundle",
         "format": 1,
@@ -166,8 +166,6 @@ def sign_bundle(bundle: bytes, signer: Signer) -> bytes:
 
 
 def _sig_entries(sigblock: bytes) -> list[dict[str, str]]:
-    import base64
-
     return [{"keyid": k, "sig": base64.b64encode(s).decode()} for k, s in parse_signatures(sigblock, _sigbad)]
 
 

@@ -18,6 +18,7 @@ from .apply import AppliedBundle, HealthCheck, apply_bundle
 from .bundle import Limits
 from .errors import BundleError, BundleFormatError
 from .store import OtaDir, durable_write
+from .tpmcounter import TpmCounter
 
 __all__ = ["scan_drop_dir", "apply_message", "BUNDLE_SUFFIX"]
 
@@ -26,15 +27,16 @@ _SEEN_MAX = 256
 
 
 def apply_message(state_dir: str | os.PathLike[str], payload: bytes, *, ledger: Any, now: float,
-                  health: HealthCheck | None = None, limits: Limits = Limits()) -> AppliedBundle:
+                  health: HealthCheck | None = None, limits: Limits = Limits(),
+                  tpm: TpmCounter | None = None) -> AppliedBundle:
     """Apply a bundle received as an MQTT message payload (same checks as a file)."""
     return apply_bundle(state_dir, bytes(payload), ledger=ledger, now=now, source="mqtt",
-                        health=health, limits=limits)
+                        health=health, limits=limits, tpm=tpm)
 
 
 def scan_drop_dir(state_dir: str | os.PathLike[str], drop_dir: str | os.PathLike[str], *, ledger: Any,
-                  now: float, health: HealthCheck | None = None,
-                  limits: Limits = Limits()) -> list[tuple[Path, AppliedBundle | KestrelError]]:
+                  now: float, health: HealthCheck | None = None, limits: Limits = Limits(),
+                  tpm: TpmCounter | None = None) -> list[tuple[Path, AppliedBundle | KestrelError]]:
     """Apply each new ``*.kbundle`` regular file in ``drop_dir`` (read-only media is fine).
 
     A file already processed (same bytes) is skipped, so a stick left plugged in is not
@@ -75,7 +77,7 @@ def scan_drop_dir(state_dir: str | os.PathLike[str], drop_dir: str | os.PathLike
             continue
         try:
             results.append((path, apply_bundle(state_dir, data, ledger=ledger, now=now, source="drop",
-                                               health=health, limits=limits)))
+                                               health=health, limits=limits, tpm=tpm)))
         except KestrelError as exc:
             results.append((path, exc))
         seen.append(key)

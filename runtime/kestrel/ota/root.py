@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ..identity.keys import KeyFormatError, PublicKey, Signer
 from .errors import TrustRootError
-from .signing import ROOT_TYPE, encode_signatures, parse_signatures, sign_entry, strict_json, threshold_signers
+from .signing import ROOT_TYPE, parse_signatures, sign_entry, strict_json, threshold_signers
 
 __all__ = ["TrustRoot", "root_payload", "root_envelope", "parse_root", "verify_rotation", "sign_root"]
 

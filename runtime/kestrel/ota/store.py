@@ -125,15 +125,26 @@ class OtaDir:
         durable_write(self.pointer, data, step=step, name="active.json")
 
     def read_counter(self) -> tuple[int, str | None]:
+        obj = self._counter_obj()
+        return (obj["counter"], obj.get("digest")) if obj else (0, None)
+
+    def read_tpm_epoch(self) -> int:
+        obj = self._counter_obj()
+        return obj.get("tpm", 0) if obj else 0
+
+    def _counter_obj(self) -> dict | None:
         obj = self._json(self.counter_file, "OTA counter")
         if obj is None:
-            return 0, None
-        if not isinstance(obj, dict) or type(obj.get("counter")) is not int:
+            return None
+        if not isinstance(obj, dict) or type(obj.get("counter")) is not int or type(obj.get("tpm", 0)) is not int:
             raise DataError(f"OTA counter {self.counter_file} is malformed")
-        return obj["counter"], obj.get("digest")
+        return obj
 
-    def write_counter(self, counter: int, digest: str, step: StepHook = _noop) -> None:
-        data = json.dumps({"counter": counter, "digest": digest}, sort_keys=True).encode()
+    def write_counter(self, counter: int, digest: str, step: StepHook = _noop, *, tpm: int | None = None) -> None:
+        obj: dict = {"counter": counter, "digest": digest}
+        if tpm is not None:
+            obj["tpm"] = tpm
+        data = json.dumps(obj, sort_keys=True).encode()
         durable_write(self.counter_file, data, step=step, name="counter.json")
 
     def groups(self) -> tuple[str, ...]:

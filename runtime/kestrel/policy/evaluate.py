@@ -8,6 +8,7 @@ first whose arguments, time window and rate limit all pass allows.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -94,14 +95,7 @@ def destination(args: Mapping[str, Any]) -> tuple[str, int | None] | None:
     if url is not None:
         if not isinstance(url, str) or len(url) > 2048:
             raise ValueError("argument 'url' must be a URL string")
-        parts = urlsplit(url)
-        if not parts.scheme or not parts.hostname:
-            raise ValueError("argument 'url' has no scheme or host")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError("argument 'url' has an invalid port") from None
-        return parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS.get(parts.scheme.lower())
+        return _url_destination(url)
     host = args.get("host")
     if host is None:
         return None
@@ -117,6 +111,19 @@ def destination(args: Mapping[str, Any]) -> tuple[str, int | None] | None:
     if not 1 <= port <= 65535 or isinstance(args.get("port"), bool):
         raise ValueError("argument 'port' must be between 1 and 65535")
     return host.lower().rstrip("."), port
+
+
+@lru_cache(maxsize=1024)
+def _url_destination(url: str) -> tuple[str, int | None]:
+    """(host, port) of a URL; cached, as agents call the same few endpoints again and again."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.hostname:
+        raise ValueError("argument 'url' has no scheme or host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("argument 'url' has an invalid port") from None
+    return parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS.get(parts.scheme.lower())
 
 
 def _is_loopback(host: str) -> bool:

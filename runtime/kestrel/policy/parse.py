@@ -117,11 +117,7 @@ class _Ctx:
         return v
 
 
-class _NoAliasConstructor(yaml.constructor.SafeConstructor):
-    pass
-
-
-_CONSTRUCTOR = _NoAliasConstructor()
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()  # builds scalars only; we walk the nodes ourselves
 
 
 def _kind_names(kinds: tuple[type, ...]) -> str:

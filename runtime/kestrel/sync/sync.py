@@ -20,12 +20,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DataError, KestrelError
+from ._tasks import cancel_task
 from .config import SyncConfig
 from .limits import TokenBucket, retention_warnings
 from .state import Offset, OffsetStore, SyncStatus, write_status
@@ -38,38 +40,96 @@ _RECORD_OVERHEAD = 5  # msgpack bin header per record
 
 
 class _Reader:
-    """Reads consecutive batches from ``ledger.entries_raw`` (called from one worker thread at a time)."""
+    """Reads consecutive batches of the ledger's frames (called from one worker thread at a time).
+
+    It walks the segment frames (``kestrel.ledger.reader.read_stream``) rather than
+    ``Ledger.entries_raw`` so that records are not decoded one by one and the checkpoints the
+    ledger signed along the way travel with the records they cover, in ledger order. Only
+    records below ``ledger.size`` (durable) are sent.
+    """
 
     def __init__(self, ledger: Any, config: SyncConfig) -> None:
         self._ledger, self._config = ledger, config
-        self._iter: Iterator[bytes] | None = None
-        self._pos = -1
+        self._frames: Iterator[tuple[int, bytes]] | None = None
+        self._pos = -1  # seq of the next record frame the iterator yields
         self._peek: bytes | None = None
+        self._cp: tuple[int, bytes] | None = None  # newest checkpoint frame seen: (size, note)
+
+    def _open(self, start: int) -> None:
+        from ..ledger.frame import CHECKPOINT, RECORD, FrameDamage, iter_frames
+        from ..ledger.reader import read_stream
+        from ..ledger.record import decode_record
+        from ..ledger.verify import is_torn_tail
+
+        buf = read_stream(self._ledger.directory, from_seq=start)
+
+        def frames() -> Iterator[tuple[int, bytes]]:
+            seq = None
+            for item in iter_frames(buf):
+                if isinstance(item, FrameDamage):
+                    if is_torn_tail(buf, item):
+                        return  # a write in progress
+                    raise DataError(f"ledger frame damaged at byte {item.offset} of the segment stream "
+                                    f"({item.detail}); sync stops here",
+                                    hint="run `kestrel audit verify` to locate the damage")
+                if item.type == CHECKPOINT:
+                    yield CHECKPOINT, item.payload
+                elif item.type == RECORD:
+                    if seq is None:
+                        seq = decode_record(item.payload).seq
+                    if seq >= start:
+                        yield RECORD, item.payload
+                    seq += 1
+
+        self._frames, self._pos, self._peek = frames(), start, None
 
     def read(self, start: int, checkpoint_sent: int) -> tuple[SyncBatch, int] | None:
         """The next batch from ``start`` and the size of the checkpoint it carries (0: none)."""
-        if self._pos != start or self._iter is None:
-            self._iter, self._pos, self._peek = iter(self._ledger.entries_raw(start)), start, None
+        from ..ledger.frame import CHECKPOINT
+
+        durable = self._ledger.size
         records: list[bytes] = []
-        nbytes = BATCH_OVERHEAD + 600  # room for a checkpoint note
-        while len(records) < self._config.batch_records:
-            raw = self._peek if self._peek is not None else next(self._iter, None)
-            self._peek = None
-            if raw is None:
-                self._iter = None  # exhausted: reopen next time, new records may have arrived
-                break
-            if records and nbytes + len(raw) + _RECORD_OVERHEAD > self._config.batch_bytes:
-                self._peek = raw
-                break
-            records.append(bytes(raw))
-            nbytes += len(raw) + _RECORD_OVERHEAD
-        self._pos = start + len(records)
+        if start < durable:
+            if self._pos != start or self._frames is None:
+                self._open(start)
+            assert self._frames is not None
+            nbytes = BATCH_OVERHEAD + 600  # room for a checkpoint note
+            while len(records) < self._config.batch_records and start + len(records) < durable:
+                if self._peek is not None:
+                    raw, self._peek = self._peek, None
+                else:
+                    ftype, raw = next(self._frames, (0, b""))
+                    if ftype == 0:
+                        self._frames = None  # exhausted: reopen next time, new records may have arrived
+                        break
+                    if ftype == CHECKPOINT:
+                        self._note_checkpoint(raw)
+                        continue
+                if records and nbytes + len(raw) + _RECORD_OVERHEAD > self._config.batch_bytes:
+                    self._peek = raw
+                    break
+                records.append(raw)
+                nbytes += len(raw) + _RECORD_OVERHEAD
+            self._pos = start + len(records)
         end = start + len(records)
-        cp = self._ledger.latest_checkpoint() if self._ledger.size else None
-        attach = cp is not None and checkpoint_sent < cp.size <= end
-        if not records and not attach:
+        candidates = [self._cp] if self._cp is not None else []
+        latest = self._ledger.latest_checkpoint() if durable else None
+        if latest is not None:
+            candidates.append((latest.size, latest.note))
+        usable = [c for c in candidates if checkpoint_sent < c[0] <= min(end, durable)]
+        if not records and not usable:
             return None
-        return SyncBatch(start, tuple(records), cp.note if attach else None), (cp.size if attach else 0)
+        cp_size, note = max(usable, key=lambda c: c[0]) if usable else (0, None)
+        return SyncBatch(start, tuple(records), note), cp_size
+
+    def _note_checkpoint(self, note: bytes) -> None:
+        """Remember the newest checkpoint frame read so far (its size is on the note's second line)."""
+        try:
+            size = int(note.split(b"\n", 2)[1])
+        except (IndexError, ValueError):
+            return  # unreadable: the collector would refuse it anyway
+        if self._cp is None or size >= self._cp[0]:
+            self._cp = (size, note)
 
 
 class LedgerSync:
@@ -95,6 +155,7 @@ class LedgerSync:
         self._warn_level = 0
         self._ledger_bytes = 0
         self.published = 0  # messages acknowledged by the broker in this process
+        self._persist_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -106,11 +167,8 @@ class LedgerSync:
         self._task = asyncio.create_task(self._main(), name="kestrel-sync")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
         for *_, task in self._inflight:
             task.cancel()
         self._inflight.clear()
@@ -163,9 +221,7 @@ class LedgerSync:
                                           or self._inflight[0][2].done()):
                     await self._complete_first()
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await cancel_task(keeper)
 
     async def _settle(self) -> None:
         while self._inflight:
@@ -205,6 +261,10 @@ class LedgerSync:
 
     # -- persistence and status ---------------------------------------------------------------------
     def _persist(self, force: bool = False) -> None:
+        with self._persist_lock:  # the housekeeper's write may still run in its thread during stop()
+            self._persist_locked(force)
+
+    def _persist_locked(self, force: bool) -> None:
         if force or self._offset.acked != self._saved.acked or \
                 self._offset.checkpoint_size != self._saved.checkpoint_size:
             off = self._offset

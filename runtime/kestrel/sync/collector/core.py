@@ -18,7 +18,7 @@ from ...identity.keys import PublicKey
 from ...ledger.checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
 from ...ledger.errors import RecordError
 from ...ledger.merkle import Frontier, tree_root
-from ...ledger.record import ZERO_HASH, decode_record, leaf_hash
+from ...ledger.record import ZERO_HASH, decode_record
 from ..wire import SyncFormatError, agent_from_topic, decode_batch
 from .store import AgentState, CollectorStore, Fork, PendingRecord, Rejection
 
@@ -81,7 +81,12 @@ class CollectorCore:
         self._clock = clock
         self._max_pending = max_pending
 
-    # -- entry point -----------------------------------------------------------------------------
+    # -- entry points ----------------------------------------------------------------------------
+    def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Outcome]:
+        """Handle several messages in one transaction (one fsync): all of them are stored or none."""
+        with self.store.transaction():
+            return [self.handle(topic, payload) for topic, payload in messages]
+
     def handle(self, topic: str, payload: bytes) -> Outcome:
         now = self._clock()
         try:
@@ -95,10 +100,16 @@ class CollectorCore:
         except SyncFormatError as exc:
             self._refuse(acc, None, "malformed", exc.message, payload, now)
             return acc.done()
-        self._take_records(agent, batch.start, batch.records, acc, now)
-        if batch.checkpoint is not None:
-            self._take_checkpoint(agent, batch.checkpoint, acc, now)
-        self._advance(agent, acc, now)
+        with self.store.transaction():  # one message, one commit: all of its effects or none
+            cp = self._verified_note(agent, batch.checkpoint, acc, now) if batch.checkpoint is not None else None
+            fresh = self._take_records(agent, batch.start, batch.records, acc, now)
+            if cp is not None and fresh:
+                fresh = self._fast_path(agent, fresh, cp, acc, now)
+            if fresh:
+                self._hold(agent, fresh, acc, now)
+            if cp is not None:
+                self._take_checkpoint(agent, cp, acc, now)
+            self._advance(agent, acc, now)
         return acc.done()
 
     def _refuse(self, acc: _Acc, seq: int | None, reason: str, detail: str, data: bytes, now: float) -> None:
@@ -107,7 +118,8 @@ class CollectorCore:
 
     # -- records ---------------------------------------------------------------------------------
     def _take_records(self, agent: PublicKey, start: int, records: Sequence[bytes], acc: _Acc,
-                      now: float) -> None:
+                      now: float) -> list[PendingRecord]:
+        """Decode and check each record; drop duplicates, refuse conflicts; return the new ones."""
         state = self.store.agent_state(agent.did)
         fresh: list[PendingRecord] = []
         for i, raw in enumerate(records):
@@ -127,24 +139,60 @@ class CollectorCore:
                     self._refuse(acc, seq, "conflicts-with-verified",
                                  f"record {seq} differs from the verified record {seq}", raw, now)
                 continue
-            fresh.append(PendingRecord(seq, bytes(raw), rec.digest))
-        if fresh:
-            _, held = self.store.pending_sizes(agent.did)
-            if held + len(fresh) > self._max_pending:
-                for r in fresh:
-                    self._refuse(acc, r.seq, "pending-limit", f"more than {self._max_pending} unverified "
-                                 "records held for this agent", r.raw, now)
-                return
-            self.store.add_pending(agent.did, fresh, now=now)
-            acc.pending += len(fresh)
+            fresh.append(PendingRecord(seq, bytes(raw), rec.digest, rec.prev))
+        return fresh
+
+    def _hold(self, agent: PublicKey, fresh: list[PendingRecord], acc: _Acc, now: float) -> None:
+        """Keep records as unverified candidates until a signed checkpoint covers them."""
+        _, held = self.store.pending_sizes(agent.did)
+        if held + len(fresh) > self._max_pending:
+            for r in fresh:
+                self._refuse(acc, r.seq, "pending-limit", f"more than {self._max_pending} unverified "
+                             "records held for this agent", r.raw, now)
+            return
+        self.store.add_pending(agent.did, fresh, now=now)
+        acc.pending += len(fresh)
+
+    def _fast_path(self, agent: PublicKey, fresh: list[PendingRecord], cp: SignedCheckpoint, acc: _Acc,
+                   now: float) -> list[PendingRecord]:
+        """The common case, without the candidate table: the records from the verified tip to the
+        checkpoint are this batch's (after at most one held run of single candidates, typically the
+        previous batch's tail). Verify and store them directly; return the records left over."""
+        state = self.store.agent_state(agent.did)
+        first = fresh[0].seq
+        n = cp.size - first
+        if not (state.size <= first < cp.size and n <= len(fresh) and fresh[n - 1].seq == cp.size - 1):
+            return fresh
+        held = self.store.pending(agent.did, state.size, cp.size)
+        if len(held) != first - state.size or any(len(v) != 1 for v in held.values()):
+            return fresh  # gaps below the batch, or competing candidates inside: the general path decides
+        chain = [held[s][0] for s in range(state.size, first)] + fresh[:n]
+        prev = self.store.verified_leaf(agent.did, state.size - 1) if state.size else ZERO_HASH
+        frontier = frontier_of(state)
+        for r in chain:
+            if r.prev != prev:
+                return fresh
+            frontier.append(r.leaf)
+            prev = r.leaf
+        if frontier.root() != cp.root:
+            return fresh
+        self.store.commit_verified(agent.did, chain, AgentState(agent.did, cp.size, _hashes(frontier), cp.note,
+                                                                state.forked), now=now)
+        acc.verified += len(chain)
+        acc.pending = max(0, acc.pending - (first - state.size))
+        self._check_passed(agent, state.size, cp.size, cp.note, acc, now)
+        return fresh[n:]
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def _take_checkpoint(self, agent: PublicKey, note: bytes, acc: _Acc, now: float) -> None:
+    def _verified_note(self, agent: PublicKey, note: bytes, acc: _Acc, now: float) -> SignedCheckpoint | None:
         try:
-            cp = verify_checkpoint(note, agent)
+            return verify_checkpoint(note, agent)
         except CheckpointError as exc:
             self._refuse(acc, None, "bad-checkpoint", exc.message, note, now)
-            return
+            return None
+
+    def _take_checkpoint(self, agent: PublicKey, cp: SignedCheckpoint, acc: _Acc, now: float) -> None:
+        """Check a signature-verified checkpoint against the verified log and keep it."""
         state = self.store.agent_state(agent.did)
         for size, root, known_note in self.store.checkpoints(agent.did, min_size=cp.size):
             if size != cp.size:
@@ -202,7 +250,7 @@ class CollectorCore:
         while stack:
             seq, prev, frontier, chosen = stack.pop()
             while seq < size:
-                options = [c for c in cands.get(seq, ()) if _prev_of(c) == prev]
+                options = [c for c in cands.get(seq, ()) if c.prev == prev]
                 if not options:
                     break
                 for alt in options[1:]:
@@ -232,10 +280,3 @@ class CollectorCore:
                                          f"the verified log of size {new}", now))
                 acc.forks += 1
                 acc.refused.append("fork")
-
-
-def _prev_of(c: PendingRecord) -> bytes | None:
-    try:
-        return decode_record(c.raw).prev
-    except RecordError:
-        return None

@@ -5,12 +5,15 @@ things the agent's bridge does not offer: *manual acknowledgement* (PUBACK is se
 message's effect is committed to the store, so a crash between receipt and commit makes the broker
 deliver it again) and *shared subscriptions* (``$share/<group>/kestrel/+/ledger/batch``), with which
 several collectors split a large fleet. The session is persistent (clean start off, session expiry
-set), so messages published while the collector is down wait in the broker.
+set), so messages published while the collector is down wait in the broker. Messages are stored
+in groups of up to ``group_max`` per transaction (one fsync) by a worker thread and acknowledged
+after the commit.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -53,7 +56,7 @@ class CollectorService:
     def __init__(self, store: CollectorStore, *, host: str, port: int, group: str | None = None,
                  client_id: str | None = None, session_expiry: int = 7 * 86400, keepalive: int = 30,
                  username: str | None = None, password: str | None = None, tls: Any = None,
-                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+                 group_max: int = 64, on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self.store = store
         self.core = CollectorCore(store, clock=time.time)
         self.host, self.port, self.keepalive = host, port, keepalive
@@ -67,6 +70,8 @@ class CollectorService:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.subscribed = threading.Event()
+        self.group_max = group_max
+        self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue()
 
     def _make_client(self) -> Any:
         import paho.mqtt.client as mqtt
@@ -98,13 +103,36 @@ class CollectorService:
         self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        try:
-            out = self.core.handle(msg.topic, bytes(msg.payload))
-        except Exception:  # the store failed: do not acknowledge; reconnect so the broker redelivers
-            log.exception("collector: could not store a message from %s; it will be redelivered", msg.topic)
-            client.disconnect()
-            return
-        client.ack(msg.mid, msg.qos)
+        self._queue.put((client, msg))
+
+    def _worker(self) -> None:
+        """Store messages in groups (one transaction each), then acknowledge the group to the broker."""
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            group = [item]
+            while len(group) < self.group_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                group.append(nxt)
+            try:
+                outcomes = self.core.handle_many([(m.topic, bytes(m.payload)) for _, m in group])
+            except Exception:  # the store failed: acknowledge nothing; reconnect so the broker redelivers
+                log.exception("collector: could not store %d message(s); they will be redelivered", len(group))
+                group[0][0].disconnect()
+                continue
+            for client, m in group:
+                client.ack(m.mid, m.qos)
+            for out in outcomes:
+                self._count(out)
+
+    def _count(self, out: Outcome) -> None:
         c = self.counters
         c.messages += 1
         c.verified += out.verified
@@ -118,6 +146,15 @@ class CollectorService:
 
     def run(self) -> None:
         """Connect (retrying while the broker is down) and process messages until stop()."""
+        worker = threading.Thread(target=self._worker, name="kestrel-collector-store", daemon=True)
+        worker.start()
+        try:
+            self._run_client()
+        finally:
+            self._queue.put(None)
+            worker.join()
+
+    def _run_client(self) -> None:
         self._client = client = self._make_client()
         while not self._stopping.is_set():
             try:

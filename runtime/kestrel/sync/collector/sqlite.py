@@ -25,8 +25,8 @@ CREATE TABLE IF NOT EXISTS records (
   did TEXT NOT NULL, seq INTEGER NOT NULL, raw BLOB NOT NULL, leaf BLOB NOT NULL, stored_at REAL NOT NULL,
   PRIMARY KEY (did, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending (
-  did TEXT NOT NULL, seq INTEGER NOT NULL, leaf BLOB NOT NULL, raw BLOB NOT NULL, received_at REAL NOT NULL,
-  PRIMARY KEY (did, seq, leaf)) WITHOUT ROWID;
+  did TEXT NOT NULL, seq INTEGER NOT NULL, leaf BLOB NOT NULL, raw BLOB NOT NULL, prev BLOB NOT NULL,
+  received_at REAL NOT NULL, PRIMARY KEY (did, seq, leaf)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
   did TEXT NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL, note BLOB NOT NULL, received_at REAL NOT NULL,
   PRIMARY KEY (did, size, root)) WITHOUT ROWID;
@@ -64,12 +64,17 @@ class SqliteStore:
         elif row[0] != str(SCHEMA_VERSION):
             raise DataError(f"collector database {self.path} has schema {row[0]}, expected {SCHEMA_VERSION}")
         self._lock = threading.RLock()
+        self._depth = 0
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _tx(self):
+    def _tx(self) -> "_Tx":
+        return _Tx(self)
+
+    def transaction(self) -> "_Tx":
+        """Group several calls into one transaction (one fsync); nested calls join it."""
         return _Tx(self)
 
     # -- agents --------------------------------------------------------------------------------
@@ -90,16 +95,16 @@ class SqliteStore:
     def add_pending(self, did: str, records: Sequence[PendingRecord], *, now: float) -> None:
         with self._tx():
             self._touch(did, now)
-            self._db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?)",
-                                 [(did, r.seq, r.leaf, r.raw, now) for r in records])
+            self._db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?, ?)",
+                                 [(did, r.seq, r.leaf, r.raw, r.prev, now) for r in records])
 
     def pending(self, did: str, start: int, end: int) -> dict[int, list[PendingRecord]]:
         out: dict[int, list[PendingRecord]] = {}
         with self._lock:
-            rows = self._db.execute("SELECT seq, raw, leaf FROM pending WHERE did=? AND seq>=? AND seq<? "
+            rows = self._db.execute("SELECT seq, raw, leaf, prev FROM pending WHERE did=? AND seq>=? AND seq<? "
                                     "ORDER BY seq, received_at", (did, start, end)).fetchall()
-        for seq, raw, leaf in rows:
-            out.setdefault(seq, []).append(PendingRecord(seq, raw, leaf))
+        for seq, raw, leaf, prev in rows:
+            out.setdefault(seq, []).append(PendingRecord(seq, raw, leaf, prev))
         return out
 
     def pending_sizes(self, did: str) -> tuple[int, int]:
@@ -211,11 +216,17 @@ class _Tx:
         self._store = store
 
     def __enter__(self) -> None:
-        self._store._lock.acquire()
-        self._store._db.execute("BEGIN IMMEDIATE")
+        st = self._store
+        st._lock.acquire()
+        st._depth += 1
+        if st._depth == 1:
+            st._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        st = self._store
         try:
-            self._store._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if st._depth == 1:
+                st._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
-            self._store._lock.release()
+            st._depth -= 1
+            st._lock.release()

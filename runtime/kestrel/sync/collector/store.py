@@ -8,7 +8,7 @@ same methods (docs/collector.md lists the schema and the transactional expectati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import ContextManager, Iterable, Iterator, Protocol, Sequence
 
 __all__ = ["CollectorStore", "AgentState", "PendingRecord", "Rejection", "Fork", "AgentSummary"]
 
@@ -28,7 +28,8 @@ class AgentState:
 class PendingRecord:
     seq: int
     raw: bytes
-    leaf: bytes
+    leaf: bytes  # RFC 6962 leaf hash of raw
+    prev: bytes  # the record's own ``prev`` field (leaf hash it claims precedes it)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class CollectorStore(Protocol):
     ``commit_verified`` must be atomic: either the records, the new state and the removal of
     their pending candidates all happen, or none does.
     """
+
+    def transaction(self) -> ContextManager[None]:
+        """All calls inside happen in one transaction (nested transactions join the outer one)."""
+        ...
 
     def agent_state(self, did: str) -> AgentState: ...
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from ...errors import DataError, UsageError
 from ...identity.keys import PublicKey, Signer
+from .._tasks import cancel_task
 from ..wire import inbox_topic
 from .envelope import PeerMessageError, VerifiedMessage, message_digest, open_message, seal
 from .keyagree import KeyAgreement
@@ -69,11 +70,8 @@ class PeerMessenger:
         self._task = asyncio.create_task(self._receive_loop(), name="kestrel-peer-inbox")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self.bridge.unsubscribe(self._sub)

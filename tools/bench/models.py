@@ -1,0 +1,121 @@
+"""Benchmark: int8 MiniLM against fp32, and the runtime's inference call against bare onnxruntime.
+
+Run (builds models/minilm first if needed, a minute or two)::
+
+    .venv/bin/python tools/bench/models.py [--rounds 30] [--calls 400] [--threads 1] [--json]
+
+1. Quality and speed of the shipped int8 model against the fp32 optimum export (the baseline),
+   on the 32 fixed sentences of ``models/minilm/sentences.txt``, one sentence per call (as the
+   runtime embeds): min and mean cosine of the mean-pooled embeddings (target min >= 0.99),
+   median latency per call of each, and int8/fp32 (target <= 0.45). Calls are interleaved so
+   both models see the same machine noise.
+2. Overhead of ``kestrel.inference`` (``OrtSession.run``: input checks against the manifest,
+   output naming) against a bare ``InferenceSession.run`` on the same int8 model file, with the
+   same SessionOptions and input, interleaved (target <= 3% overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _interleaved(a, b, rounds: int) -> tuple[list[float], list[float]]:
+    ta, tb = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return ta, tb
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=30, help="passes over the 32 sentences (default 30)")
+    ap.add_argument("--calls", type=int, default=400, help="calls per contender for the overhead (default 400)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, as on a Pi profile)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from kestrel.inference import Embedder, RuntimeOptions, open_session
+    from kestrel.inference.build import build_model
+    from kestrel.inference.embedding import mean_pool
+
+    model = build_model("minilm", models_dir=ROOT / "models")
+    fp32_path = model.path / "work" / "model-fp32.onnx"
+    options = RuntimeOptions(intra_op_threads=args.threads)
+    int8 = open_session(model, options)
+    emb = Embedder(model, session=int8)
+    fp32 = ort.InferenceSession(str(fp32_path), sess_options=int8.session_options, providers=["CPUExecutionProvider"])
+    sentences = [s for s in (ROOT / "models" / "minilm" / "sentences.txt").read_text().splitlines() if s]
+    feeds = []
+    for enc in emb._tok.encode_batch(sentences):
+        ids = np.array([enc.ids], np.int64)
+        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+
+    # 1. int8 vs fp32: cosine and latency
+    e8 = np.array([mean_pool(int8.run(f)["last_hidden_state"], f["attention_mask"])[0] for f in feeds])
+    e32 = np.array([mean_pool(fp32.run(None, f)[0], f["attention_mask"])[0] for f in feeds])
+    cos = (e8 * e32).sum(1)
+    for f in feeds[:4]:
+        int8.run(f), fp32.run(None, f)
+    t8: list[float] = []
+    t32: list[float] = []
+    for _ in range(args.rounds):
+        for f in feeds:
+            a, b = _interleaved(lambda: int8.run(f), lambda: fp32.run(None, f), 1)
+            t8 += a
+            t32 += b
+    med8, med32 = statistics.median(t8), statistics.median(t32)
+
+    # 2. runtime call vs bare InferenceSession.run, same model file and options
+    bare = ort.InferenceSession(str(model.model_path), sess_options=int8.session_options,
+                                providers=["CPUExecutionProvider"])
+    feed = feeds[3]
+    names = [o.name for o in bare.get_outputs()]
+    for _ in range(20):
+        int8.run(feed), bare.run(names, feed)
+    tk, tb = _interleaved(lambda: int8.run(feed), lambda: bare.run(names, feed), args.calls)
+    medk, medb = statistics.median(tk), statistics.median(tb)
+
+    result = {
+        "machine": {"cpus": __import__("os").cpu_count(), "onnxruntime": ort.__version__, "threads": args.threads},
+        "minilm": {"sentences": len(sentences), "calls_each": len(t8), "min_cosine": round(float(cos.min()), 5),
+                   "mean_cosine": round(float(cos.mean()), 5), "fp32_ms_p50": round(med32 * 1e3, 3),
+                   "int8_ms_p50": round(med8 * 1e3, 3), "int8_over_fp32": round(med8 / med32, 3),
+                   "int8_size_mb": round(model.model_path.stat().st_size / 1e6, 1),
+                   "fp32_size_mb": round(fp32_path.stat().st_size / 1e6, 1)},
+        "overhead": {"calls_each": args.calls, "bare_ms_p50": round(medb * 1e3, 4), "kestrel_ms_p50": round(medk * 1e3, 4),
+                     "overhead_pct": round((medk / medb - 1) * 100, 2)},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    m, o = result["minilm"], result["overhead"]
+    print(f"MiniLM on {len(sentences)} sentences, one per call, {args.threads} thread(s), onnxruntime {ort.__version__}")
+    print(f"  cosine int8 vs fp32     min {m['min_cosine']:.4f}  mean {m['mean_cosine']:.4f}   (target min >= 0.99)")
+    print(f"  latency p50             fp32 {m['fp32_ms_p50']:.3f} ms   int8 {m['int8_ms_p50']:.3f} ms")
+    print(f"  int8 / fp32             {m['int8_over_fp32']:.3f}   (target <= 0.45)")
+    print(f"  size                    fp32 {m['fp32_size_mb']} MB   int8 {m['int8_size_mb']} MB")
+    print(f"Inference call overhead ({args.calls} interleaved calls each, same model, options and input)")
+    print(f"  bare InferenceSession.run  {o['bare_ms_p50']:.4f} ms")
+    print(f"  kestrel OrtSession.run     {o['kestrel_ms_p50']:.4f} ms")
+    print(f"  overhead                   {o['overhead_pct']:+.2f} %   (target <= 3%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Runtime benchmark (issue 4): idle RSS, exec-to-READY, event-to-action latency, top sustained rate.
+
+    python tools/bench/runtime.py                 # everything, about a minute
+    python tools/bench/runtime.py --quick         # shorter runs
+    python tools/bench/runtime.py --only latency  # one section: startup | rss | latency | rate
+
+Baselines run in the same process, beside each figure:
+* startup: ``python -c pass`` and ``python -c "import kestrel"`` (median of N execs), then
+  ``kestrel run`` from exec until it sends READY=1 on a fake NOTIFY_SOCKET.
+* rss: the daemon's VmRSS after idling (embedded default config, sim board, no model) beside
+  a bare ``python -c "import time; time.sleep(9)"``; target <= 35 MB.
+* latency: sim GPIO edge -> trigger -> policy decision (recorded, ledger batched mode) -> output pin,
+  at 1,000 events/s; p50/p99 from the sim chip's own timestamps; target p99 <= 2 ms.
+* rate: the highest edge rate at which every edge produced its action (no drops, no overflows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "runtime"))
+
+KESTREL = [sys.executable, "-m", "kestrel.cli"]
+TARGET_RSS_MB = 35.0
+TARGET_P99_MS = 2.0
+
+CONFIG = """
+version: 1
+limits: {event_queue: 4096, action_queue: 1024, action_workers: 4}
+sensors:
+  button: {type: gpio, pin: GPIO17}
+actuators:
+  lamp: {type: gpio, pin: GPIO27}
+triggers:
+  - name: follow
+    when: "button == 0 or button == 1"
+    fire: always
+    action: gpio.write
+    args: {actuator: lamp, value: "${button}"}
+"""
+
+
+def _runqueue_wait_ms() -> float:
+    """Time this process's threads spent runnable but waiting for a CPU (Linux schedstat), in ms."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e6
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env["PYTHONPATH"] = str(ROOT / "runtime")
+    env.update(extra)
+    return env
+
+
+def _time_exec(argv: list[str], n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, env=_env(), stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def _start_until_ready(state: Path, sock_dir: Path) -> tuple[subprocess.Popen, float]:
+    addr = str(sock_dir / f"notify-{time.monotonic_ns()}")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(addr)
+    s.settimeout(60)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*KESTREL, "run", "--state", str(state), "--log-level", "warning"],
+                            env=_env(NOTIFY_SOCKET=addr), stderr=subprocess.DEVNULL)
+    try:
+        while b"READY=1" not in s.recv(4096):
+            pass
+        return proc, (time.perf_counter() - t0) * 1000
+    finally:
+        s.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(30)
+
+
+def _rollup_mb(pid: int) -> dict[str, float]:
+    """Pss and Private_Dirty from smaps_rollup (what this process alone costs), in MB."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("Pss", "Private_Dirty", "Shared_Clean"):
+                    out[key] = int(rest.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_startup(tmp: Path, n: int) -> None:
+    state = tmp / "state-startup"
+    proc, first = _start_until_ready(state, tmp)  # first run also creates the identity
+    _stop(proc)
+    readies = []
+    for _ in range(n):
+        proc, ms = _start_until_ready(state, tmp)
+        readies.append(ms)
+        _stop(proc)
+    base_pass = _time_exec([sys.executable, "-c", "pass"], n)
+    base_import = _time_exec([sys.executable, "-c", "import kestrel"], n)
+    ready = statistics.median(readies)
+    print(f"startup  python -c pass            {base_pass:8.1f} ms   (baseline)")
+    print(f"startup  python -c 'import kestrel' {base_import:7.1f} ms   ({base_import / base_pass:.2f}x pass)")
+    print(f"startup  kestrel run -> READY=1     {ready:8.1f} ms   ({ready / base_pass:.2f}x pass, "
+          f"{ready / base_import:.2f}x import kestrel; median of {n})")
+    print(f"startup  first run (creates identity) {first:6.1f} ms")
+
+
+def bench_rss(tmp: Path, idle_s: float) -> None:
+    state = tmp / "state-rss"
+    proc, _ = _start_until_ready(state, tmp)
+    time.sleep(idle_s)
+    rss = _rss_mb(proc.pid)
+    roll = _rollup_mb(proc.pid)
+    _stop(proc)
+    bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=_env())
+    time.sleep(0.5)
+    base = _rss_mb(bare.pid)
+    bare.kill()
+    bare.wait()
+    verdict = "meets" if rss <= TARGET_RSS_MB else "MISSES"
+    print(f"rss      bare python interpreter    {base:8.1f} MB   (baseline)")
+    print(f"rss      kestrel run, idle {idle_s:.0f}s      {rss:8.1f} MB   ({rss / base:.2f}x bare python; "
+          f"{verdict} the {TARGET_RSS_MB:.0f} MB target)")
+    if roll:
+        print(f"rss      of which shared clean {roll.get('Shared_Clean', 0):.1f} MB (libpython, OpenSSL, cryptography: "
+              f"file-backed); PSS {roll.get('Pss', 0):.1f} MB; private dirty {roll.get('Private_Dirty', 0):.1f} MB")
+
+
+async def _drive(rate: float, seconds: float, state: Path) -> dict[str, float]:
+    """Run the daemon in this loop, drive edges from a thread at ``rate``; match edges to pin writes."""
+    from kestrel.daemon.config import parse_device_config
+    from kestrel.daemon.runtime import Daemon
+    from kestrel.identity.keys import SoftwareSigner
+    from kestrel.io.boards import load_profile
+    from kestrel.io.gpio import open_pin_factory
+    from kestrel.ledger import Ledger
+    from kestrel.ota import apply_bundle, sign_bundle
+    from kestrel.ota.build import make_bundle
+    from kestrel.ota.store import OtaDir
+
+    state.mkdir(mode=0o700)
+    signer, owner = SoftwareSigner.generate(), SoftwareSigner.generate()
+    ledger = Ledger.open(state / "ledger", signer=signer, durability="batched")
+    OtaDir(state).init_root([owner.public_key.did], 1)
+    now = time.time()
+    bundle = make_bundle(policy=b"actions: [gpio.write]\n", counter=1, now=now, expires=now + 3600,
+                         agents=[signer.public_key.did])
+    apply_bundle(state, sign_bundle(bundle, owner), ledger=ledger, now=now)
+    factory = open_pin_factory(load_profile("sim"))
+    d = Daemon(config=parse_device_config(CONFIG, source="bench"), state_dir=state, ledger=ledger,
+               factory=factory, agent_id=signer.public_key.did)
+    await d.start()
+    chip = factory.chip()
+    try:
+        await asyncio.sleep(0.2)
+        start_writes = len(chip.history(27))
+        n = int(rate * seconds)
+        sent: list[int] = []
+
+        def driver() -> None:
+            t0 = time.monotonic()
+            for i in range(n):
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                sent.append(time.monotonic_ns())
+                chip.drive(17, 1 - (i & 1))  # the pin rests at 0: first edge rises
+
+        t = threading.Thread(target=driver)
+        cpu0, wall0, wait0 = time.process_time(), time.monotonic(), _runqueue_wait_ms()
+        t.start()
+        while t.is_alive():
+            await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while len(chip.history(27)) - start_writes < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        starved = _runqueue_wait_ms() - wait0
+        await asyncio.sleep(0.1)
+        writes = chip.history(27)[start_writes:]
+        overflows = d.hardware.describe()["_gpio"]["overflows"] if d.hardware else 0
+        dropped = d.pipeline.stats["dropped"]
+    finally:
+        await d.shutdown()
+        factory.close()
+        ledger.close()
+    lost = n - len(writes)
+    lat = sorted((w[0] - s) / 1e6 for s, w in zip(sent, writes)) if lost == 0 else []
+    return {"n": n, "lost": lost, "overflows": overflows, "dropped": dropped,
+            "p50": lat[len(lat) // 2] if lat else float("nan"),
+            "p99": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
+            "max": lat[-1] if lat else float("nan"), "cpu_us": cpu / n * 1e6, "cpu_share": cpu / wall,
+            "starved_ms": starved, "wall_s": wall}
+
+
+def bench_latency(tmp: Path, seconds: float) -> None:
+    r = asyncio.run(_drive(1000, seconds, tmp / "state-latency"))
+    verdict = "meets" if r["p99"] <= TARGET_P99_MS else "MISSES"
+    print(f"latency  1000 events/s for {seconds:.0f}s: {r['n']} edges, lost {r['lost']}")
+    print(f"latency  edge -> output pin  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  max {r['max']:.3f} ms "
+          f"({verdict} the p99 <= {TARGET_P99_MS} ms target; every edge's decision recorded, batched ledger)")
+    print(f"latency  process CPU per event {r['cpu_us']:.0f} us (all threads; {r['cpu_share'] * 100:.0f}% of one core "
+          f"at this rate); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; threads waited "
+          f"{r['starved_ms']:.0f} ms for a CPU during the {r['wall_s']:.1f} s run")
+
+
+def bench_rate(tmp: Path, seconds: float, rates: list[int]) -> None:
+    best = 0
+    for i, rate in enumerate(rates):
+        r = asyncio.run(_drive(rate, seconds, tmp / f"state-rate-{i}"))
+        ok = r["lost"] == 0 and r["overflows"] == 0 and r["dropped"] == 0
+        print(f"rate     {rate:6d} events/s: lost {r['lost']:6d}  overflows {r['overflows']:6d}  "
+              f"dropped {r['dropped']:6d}  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+              f"cpu/event {r['cpu_us']:.0f} us  cpu-wait {r['starved_ms']:.0f} ms  {'ok' if ok else 'LOSS'}")
+        if not ok:
+            break
+        best = rate
+    print(f"rate     highest sustained rate with no loss: {best} events/s ({seconds:.0f}s runs, "
+          f"each edge = one policy decision + one action)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=("startup", "rss", "latency", "rate"))
+    ap.add_argument("--rates", default="500,1000,2000,3000,4000,6000,8000")
+    args = ap.parse_args()
+    n, idle, secs = (3, 2.0, 2.0) if args.quick else (7, 5.0, 5.0)
+    print(f"# kestrel runtime benchmark: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+          f"tmp on {tempfile.gettempdir()}")
+    with tempfile.TemporaryDirectory(prefix="kestrel-bench-") as t:
+        tmp = Path(t)
+        os.chmod(tmp, 0o700)
+        if args.only in (None, "startup"):
+            bench_startup(tmp, n)
+        if args.only in (None, "rss"):
+            bench_rss(tmp, idle)
+        if args.only in (None, "latency"):
+            bench_latency(tmp, secs)
+        if args.only in (None, "rate"):
+            bench_rate(tmp, secs, [int(x) for x in args.rates.split(",")])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
