@@ -132,7 +132,7 @@ def make(out: Path = DEFAULT_OUT, *, log=lambda msg: print(msg, flush=True)) -> 
     texts = corpus.transcripts(seed=SEED)
     tok = train_tokenizer(texts)
     model = train_model(tok, texts, log)
-    work = out.with_name(out.name + ".work")
+    work = out.parent / "out"  # scratch space; /models/*/out/ is gitignored
     shutil.rmtree(work, ignore_errors=True)
     hf_dir = work / "hf"
     model.save_pretrained(hf_dir)

@@ -62,7 +62,8 @@ def test_with_the_registered_tiny_llm(agent_state, tinylm, capsys):
     from kestrel.agent.llm import register_local_llm
 
     register_local_llm(agent_state, tinylm)
-    rc = main(["ask", "turn on the fan", "--state", str(agent_state), "--max-steps", "2", "--threads", "1"])
+    rc = main(["ask", "turn on the fan", "--state", str(agent_state), "--max-steps", "2", "--threads", "1",
+               "--tools", "gpio.write,send_email"])  # the tools the tiny model was trained with
     out = capsys.readouterr().out
     assert 'step 1 [llm] {"action":"gpio.write","args":{"actuator":"fan","value":1}} -> ALLOW by actions[0]' in out
     assert "outcome:" in out and rc in (0, 1)
@@ -92,10 +93,12 @@ def test_bad_rules_file(agent_state, tmp_path, capsys):
     assert main(["ask", "x", "--state", str(agent_state), "--rules", str(tmp_path / "missing.yaml")]) == 3
 
 
-def test_bad_budget(agent_state, tmp_path, capsys):
+def test_bad_budget_and_tools(agent_state, tmp_path, capsys):
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     assert main(["ask", "x", "--state", str(agent_state), "--rules", str(rules), "--max-steps", "0"]) == 64
+    assert main(["ask", "x", "--state", str(agent_state), "--rules", str(rules), "--tools", "door.unlock"]) == 64
+    assert "unknown action(s) door.unlock" in capsys.readouterr().err
 
 
 def test_corrupt_registration(agent_state, capsys):

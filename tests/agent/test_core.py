@@ -57,9 +57,15 @@ def test_create_records_agent_created(tmp_path: Path) -> None:
         created = [r for r in agent.ledger if r.kind == "agent.created"]
         assert len(created) == 1
         assert created[0].body == {"name": "born", "did": did, "algorithm": "p256", "backend": "file"}
-    with pytest.raises(IdentityExistsError):
+    with pytest.raises(IdentityExistsError, match="not replaceable"):
         Agent.create(state, name="again", machine_bound=True)
     assert load_identity(state).did == did
+    import shutil
+
+    shutil.rmtree(state / "identity")  # a ledger without its identity: a new key cannot continue it
+    with pytest.raises(IdentityExistsError, match="ledger of an earlier agent"):
+        Agent.create(state, name="again", machine_bound=True)
+    assert not (state / "identity").exists()
 
 
 def test_open_errors_are_clean(state_dir: Path) -> None:

@@ -116,3 +116,19 @@ def test_missing_files(tinylm, tmp_path):
     (d / "tokenizer.json").unlink()
     with pytest.raises(ModelLoadError, match="no tokenizer.json"):
         OnnxLanguageModel(d)
+
+
+def test_model_exported_without_its_kv_cache_is_refused(tinylm, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)], "no-cache",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq"])])
+    d = tmp_path / "m"
+    d.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), d / "model.onnx")
+    shutil.copy(tinylm / "tokenizer.json", d / "tokenizer.json")
+    with pytest.raises(ModelLoadError, match="no past_key_values inputs"):
+        OnnxLanguageModel(d)

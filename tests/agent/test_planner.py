@@ -215,3 +215,27 @@ def test_planner_step_bodies_are_json_safe(env):
     p.run("turn on the fan")
     for body in env.records("planner.step"):
         json.dumps(body)
+
+
+def test_run_async_and_cancellation(env):
+    import asyncio
+
+    from kestrel.agent.planner import run_async
+
+    async def main():
+        p, _ = planner(env, [FAN_ON, '{"final": "ok"}'])
+        done = await run_async(p, "turn on the fan")
+        slow = LLMPlanner(ScriptedModel([FAN_ON] * 50, delay_s=0.02), env.tools(), authorize=env.engine.decide,
+                          ledger=env.ledger, budgets=Budgets(max_steps=50, max_tokens=5000))
+        task = asyncio.create_task(run_async(slow, "keep the fan on"))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return done, True
+        return done, False
+
+    done, cancelled = asyncio.run(main())
+    assert done.status == "done" and cancelled
+    assert len(env.executed) < 50  # the cancelled run stopped early

@@ -38,6 +38,12 @@ def test_register_records_and_reopens(state_dir, model_copy, env_with):
     assert model.generate("goal: turn on the fan\n>").result.completion_tokens > 0
 
 
+def test_register_by_recipe_name(state_dir, tinylm):
+    llm = register_local_llm(state_dir, "tinylm")
+    assert llm.path == tinylm.resolve() and llm.name == "tinylm"
+    assert open_local_llm(state_dir).context_length == 1024
+
+
 def test_corrupt_model_is_refused_at_registration(state_dir, model_copy):
     data = (model_copy / "model.onnx").read_bytes()
     (model_copy / "model.onnx").write_bytes(data[:1000])

@@ -133,3 +133,18 @@ async def test_mqtt_command_for_refused_action_is_denied_and_recorded(agent, mos
     assert len(denied) == 1 and denied[0]["decision"] == "deny"
     assert not [r for r in agent.kinds("action.result") if r["action"] == "send_email"]
     assert [q["sensor"] for q in agent.kinds("mqtt.quarantined")] == ["commands"]
+
+
+async def test_payload_over_the_bridge_limit_is_counted_and_recorded(agent, mosquitto):
+    cfg = _config(mosquitto.port).replace("keepalive: 5", "keepalive: 5\n      max_payload: 1024")
+    async with running(agent, cfg, policy=POLICY) as d:
+        await until(lambda: d.hardware.bridge.connected, what="connected")
+        async with _peer(mosquitto.port) as peer:
+            await peer.wait_connected(5)
+            await asyncio.sleep(0.2)
+            await peer.publish("sensors/weather", b"{" + b" " * 5000 + b"}", qos=1)
+            await peer.publish("sensors/weather", b'{"temp": 40}', qos=1)
+            await until(lambda: d.hardware.outputs["lamp"].value == 1, what="next message still handled")
+        await until(lambda: agent.kinds("mqtt.quarantined"), what="record")
+    rec = agent.kinds("mqtt.quarantined")[0]
+    assert rec["topic"] == "sensors/weather" and "5002 bytes" in rec["reason"] and rec["bytes"] == 0

@@ -205,3 +205,30 @@ def test_unknown_board_is_a_clean_error(state_dir, tmp_path):
     r = subprocess.run([*KESTREL, "run", "--config", str(cfg), "--board", "toaster", "--state", str(state_dir)],
                        capture_output=True, text=True, timeout=60, env=_env())
     assert r.returncode != 0 and "toaster" in r.stderr and "Traceback" not in r.stderr
+
+
+LEAN_SCRIPT = r"""
+import os, signal, sys, threading, time
+from kestrel.daemon.main import run_daemon
+threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+rc = run_daemon(config_path=None, board=None, state_dir=sys.argv[1], log_level="warning")
+heavy = sorted(m for m in ("numpy", "onnxruntime", "paho", "hnswlib", "gpiod", "tpm2_pytss", "serial", "smtplib",
+                           "urllib.request") if m in sys.modules)
+print("RC", rc, "HEAVY", ",".join(heavy) or "-")
+"""
+
+
+def test_daemon_stays_lean_without_models_mqtt_or_serial(tmp_path):
+    r = subprocess.run([sys.executable, "-c", LEAN_SCRIPT, str(tmp_path / "st")], capture_output=True, text=True,
+                       timeout=60, env=_env())
+    assert "RC 0 HEAVY -" in r.stdout, r.stdout + r.stderr
+
+
+def test_pin_the_board_lacks_names_the_config_key(state_dir, tmp_path):
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text("version: 1\nboard: sim\nactuators:\n  lamp: {type: gpio, pin: GPIO99}\n")
+    r = subprocess.run([*KESTREL, "run", "--config", str(cfg), "--state", str(state_dir)],
+                       capture_output=True, text=True, timeout=60, env=_env())
+    assert r.returncode == 2, r.stderr
+    assert f"{cfg}, key 'actuators.lamp.pin'" in r.stderr and "GPIO99" in r.stderr and "Traceback" not in r.stderr
+    assert not (state_dir / "run" / "control.sock").exists()

@@ -17,6 +17,14 @@ PASS = b"correct horse battery staple"
 FAST_KDF = KdfParams.argon2id(memory_kib=8192, iterations=1, lanes=1)
 
 
+@pytest.fixture(autouse=True)
+def _clean_kestrel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their own passphrases, TCTI and machine id: ignore the caller's KESTREL_*."""
+    for key in list(os.environ):
+        if key.startswith("KESTREL_"):
+            monkeypatch.delenv(key)
+
+
 @pytest.fixture
 def fast_kdf() -> KdfParams:
     return FAST_KDF

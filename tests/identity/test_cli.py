@@ -62,6 +62,19 @@ def test_init_refuses_an_existing_identity(cli, tmp_path: Path) -> None:
     assert {p: p.read_bytes() for p in (state / "identity").iterdir()} == before
 
 
+def test_init_refuses_a_ledger_left_by_another_agent(cli, tmp_path: Path) -> None:
+    import shutil
+
+    state = tmp_path / "state"
+    _ok(cli("init-agent", "--name", "a", "--state", str(state), "--machine-bound"))
+    shutil.rmtree(state / "identity")
+    ledger_before = {p: p.read_bytes() for p in (state / "ledger").rglob("*") if p.is_file()}
+    _fails(cli("init-agent", "--name", "b", "--state", str(state), "--machine-bound"), 2,
+           "ledger of an earlier agent", "identity restore")
+    assert not (state / "identity").exists()
+    assert {p: p.read_bytes() for p in (state / "ledger").rglob("*") if p.is_file()} == ledger_before
+
+
 def test_passphrase_file_backup_and_restore(cli, tmp_path: Path) -> None:
     state, restored = tmp_path / "s", tmp_path / "r"
     pw = tmp_path / "pw"

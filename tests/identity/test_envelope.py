@@ -141,13 +141,13 @@ def test_garbage_with_valid_magic_and_checksum_is_a_clean_error(tail: bytes) -> 
 
 
 @pytest.mark.slow
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.data())
 def test_soak_mutated_envelopes_never_escape_as_other_errors(data) -> None:
     """Random mutations of a valid envelope: only KeystoreCorruptError or WrongPassphraseError."""
     blob = bytearray(_SOAK_BLOB)
     for _ in range(data.draw(st.integers(1, 4))):
-        i = data.draw(st.integers(0, len(blob) - 1))
+        i = data.draw(st.integers(0, len(blob) - 1).filter(lambda k: not 16 <= k < 28))  # keep KDF cost
         blob[i] = data.draw(st.integers(0, 255))
     body = bytes(blob[:-32])
     candidate = _reseal_checksum(body) if data.draw(st.booleans()) else bytes(blob)

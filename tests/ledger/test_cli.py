@@ -200,3 +200,31 @@ def test_verify_does_not_need_a_passphrase_and_changes_nothing(filled):
     before = seg.read_bytes()
     p = cli_proc("audit", "verify", "--state", str(filled), env={"PATH": "/usr/bin:/bin"})
     assert p.returncode == 0 and seg.read_bytes() == before
+
+
+def test_saved_checkpoint_reveals_later_truncation(filled, tmp_path, signer):
+    """A checkpoint kept by the owner catches a log cut back to an earlier, validly signed size."""
+    p = cli("audit", "checkpoint", "--state", str(filled))
+    assert p.returncode == 0 and p.stdout.startswith(f"kestrel/{signer.public_key.did}\n{N}\n".encode())
+    kept = tmp_path / "cp.txt"
+    kept.write_bytes(p.stdout)
+    assert cli("audit", "verify", "--trusted", str(kept), "--state", str(filled)).returncode == 0
+    seg = _segment(filled)
+    data = seg.read_bytes()
+    cut = tamper.record_span(data, 7, len(SEGMENT_MAGIC)).start
+    seg.write_bytes(data[:cut])  # records 7.. gone: what is left is a valid log of 7 records
+    p = cli("audit", "verify", "--trusted", str(kept), "--state", str(filled))
+    assert p.returncode == 2 and b"record 7: truncated" in p.stderr
+    kept.write_bytes(b"not a checkpoint\n")
+    p = cli("audit", "verify", "--trusted", str(kept), "--state", str(filled))
+    assert p.returncode == 2 and b"checkpoint" in p.stderr
+
+
+def test_log_on_damaged_ledger_names_the_record(filled):
+    seg = _segment(filled)
+    data = seg.read_bytes()
+    span = tamper.record_span(data, 9, len(SEGMENT_MAGIC))
+    seg.write_bytes(tamper.flip_bit(data, (span.start + 20) * 8))
+    p = cli("audit", "log", "--state", str(filled))
+    assert p.returncode == 2 and b"record 9: bit_flip" in p.stderr
+    assert p.stdout.count(b"\n") == 9  # the intact records before it were shown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import stat
 import threading
@@ -251,3 +252,23 @@ def test_strict_signer_failure_fails_the_append_and_writes_nothing(tmp_path, ed_
         led.append("test.after", {})
     led.close()
     assert _segments(tmp_path / "l")[-1].read_bytes() == before
+
+
+def test_one_writer_at_a_time(tmp_path, ed_signer):
+    d = tmp_path / "l"
+    led = Ledger.open(d, signer=ed_signer)
+    with pytest.raises(LedgerIOError, match="already open for writing") as e:
+        Ledger.open(d, signer=ed_signer)
+    assert str(os.getpid()) in e.value.message
+    led.append("test.x", {})
+    led.close()
+    with Ledger.open(d, signer=ed_signer) as again:  # released on close
+        assert again.size == 1
+
+
+def test_large_records_are_split_into_bounded_commits(tmp_path, ed_signer):
+    with Ledger.open(tmp_path / "l", signer=ed_signer, max_segment_bytes=4 << 20) as led:
+        futs = [led.submit("test.big", {"blob": bytes([i]) * 900_000}) for i in range(20)]
+        assert [f.result().seq for f in futs] == list(range(20))
+        assert led.verify().size == 20
+    assert len(_segments(tmp_path / "l")) >= 4

@@ -118,6 +118,9 @@ def test_tampered_active_slot_denies_everything(device: Device) -> None:
     d = engine.decide("rm_rf", {})
     assert not d.allowed and d.rule == "default-deny"
     assert "does not match" in device.kinds("policy.decision")[-1]["reason"]
+    assert not engine.decide("send_email", {}).allowed
+    (device.state / "ota" / "slots" / "a" / "policy.yaml").write_bytes(POLICY_V1)  # repaired
+    assert engine.decide("send_email", {}).allowed
 
 
 def test_mqtt_payload_same_path(device: Device) -> None:
@@ -160,7 +163,7 @@ def test_corrupt_pointer_fails_closed_then_repairs(device: Device) -> None:
         active_policy(device.state)
     d = PolicyEngine(device.state, device.ledger).decide("send_email", {})
     assert not d.allowed and d.rule == "default-deny"
-    assert "malformed" in ota_status(device.state, ledger=device.ledger, now=device.now)["pointer_error"]
+    assert "is corrupt" in ota_status(device.state, ledger=device.ledger, now=device.now)["pointer_error"]
     with pytest.raises(BundleError):  # the counter still holds without the pointer
         apply_bundle(device.state, device.bundle(counter=1, policy=POLICY_V2), ledger=device.ledger, now=device.now)
     apply_bundle(device.state, device.bundle(counter=2), ledger=device.ledger, now=device.now)
@@ -175,3 +178,30 @@ def test_corrupt_counter_file_falls_back_to_ledger(device: Device) -> None:
     assert info.value.code == "rollback"
     apply_bundle(device.state, device.bundle(counter=5, policy=POLICY_V1), ledger=device.ledger, now=device.now)
     assert ota_status(device.state, ledger=device.ledger, now=device.now)["counter"] == 5
+
+
+def test_no_trust_root_refusal_is_recorded(state_dir, tmp_path) -> None:
+    from kestrel.identity.keys import SoftwareSigner
+    from kestrel.ledger import Ledger
+    from kestrel.ota.errors import TrustRootError
+
+    with Ledger.open(state_dir / "ledger", signer=SoftwareSigner.generate()) as ledger:
+        with pytest.raises(TrustRootError):
+            apply_bundle(state_dir, b"KSTRLBN1...", ledger=ledger, now=time.time())
+        assert [r.body["reason"] for r in ledger.records(kind="ota.rejected")] == ["no-root"]
+
+
+def test_staging_failure_leaves_active_bundle(device: Device) -> None:
+    from kestrel.errors import TransportError
+
+    apply_bundle(device.state, device.bundle(counter=1, policy=POLICY_V1), ledger=device.ledger, now=device.now)
+
+    def full_disk(step: str) -> None:
+        if step == "write:policy.yaml":
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(TransportError, match="No space left"):
+        apply_bundle(device.state, device.bundle(counter=2), ledger=device.ledger, now=device.now, on_step=full_disk)
+    assert _policy_digest(device) == hashlib.sha256(POLICY_V1).hexdigest()
+    assert not (device.state / "ota" / "slots" / ".staging").exists()
+    apply_bundle(device.state, device.bundle(counter=2), ledger=device.ledger, now=device.now)

@@ -9,7 +9,6 @@ import pytest
 
 from kestrel.cli import main
 
-AGENT_PASS = "agent passphrase 1"
 OWNER_PASS = "owner passphrase 1"
 SEED = "actions:\n  - send_email\n  - schedule_event\n  - fetch_data\nrestrictions:\n" \
        "  - no_external_network unless explicitly permitted\n"
@@ -18,13 +17,12 @@ SEED = "actions:\n  - send_email\n  - schedule_event\n  - fetch_data\nrestrictio
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("KESTREL_STATE", str(tmp_path / "state"))
-    monkeypatch.setenv("KESTREL_PASSPHRASE", AGENT_PASS)
+    (tmp_path / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    monkeypatch.setenv("KESTREL_MACHINE_ID_FILE", str(tmp_path / "machine-id"))  # fast unattended unlock
     monkeypatch.setenv("KESTREL_OWNER_KEY", str(tmp_path / "owner" / "owner.key"))
     monkeypatch.setenv("KESTREL_OWNER_PASSPHRASE", OWNER_PASS)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "pf").write_text(AGENT_PASS)
-    (tmp_path / "pf").chmod(0o600)
-    assert main(["init-agent", "--name", "Test", "--passphrase-file", str(tmp_path / "pf")]) == 0
+    assert main(["init-agent", "--name", "Test", "--machine-bound"]) == 0
     (tmp_path / "policy.yaml").write_text(SEED)
     return tmp_path
 

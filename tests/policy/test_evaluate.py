@@ -128,3 +128,12 @@ def test_deterministic_and_digests() -> None:
 @pytest.mark.parametrize("args", [{"to": {"nested": 1}}, {"to": [[1]]}, {"to": None}, {"to": []}])
 def test_odd_argument_types_are_denied_not_crashing(args) -> None:
     assert not decide(FULL, "send_email", **args).allowed
+
+
+def test_args_digest_of_awkward_arguments() -> None:
+    cyclic: list = []
+    cyclic.append(cyclic)
+    for args in ({1: "a", "b": 2}, {"x": cyclic}, {"x": {2: [object()]}}):
+        d = evaluate(parse_policy(FULL), ActionRequest("send_email", args), PolicyState(), WED_10)
+        assert not d.allowed and len(d.args_digest) == 64
+    assert args_digest({1: "a"}) == args_digest({1: "a"}) != args_digest({2: "a"})

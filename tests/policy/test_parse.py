@@ -153,3 +153,8 @@ def test_billion_laughs_refused_quickly() -> None:
     ) + "actions: [*i]\n"
     with pytest.raises(PolicyError, match="aliases"):
         parse_policy(lol)
+
+
+def test_absurd_nesting_is_an_error() -> None:
+    with pytest.raises(PolicyError, match="nesting"):
+        parse_policy("actions: " + "[" * 100_000 + "]" * 100_000)

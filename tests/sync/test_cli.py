@@ -134,3 +134,30 @@ def test_sync_status(agent_state):
     (StateLayout(agent_state).data / "sync" / "status.json").write_text("[1, 2")
     r = kestrel("sync", "status", "--state", str(agent_state))
     assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.mosquitto
+def test_collector_run_command(mosquitto, publisher, tmp_path):
+    import time
+
+    log = LogBuilder()
+    log.append(30)
+    db_path = tmp_path / "run.db"
+    proc = subprocess.Popen([sys.executable, "-m", "kestrel.cli", "collector", "run", "--broker",
+                             f"{mosquitto.host}:{mosquitto.port}", "--db", str(db_path), "--duration", "30"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # publish until the collector's session exists and stores it
+            publisher.publish(ledger_topic(log.did), encode_batch(SyncBatch(0, tuple(log.records), log.checkpoint())))
+            r = kestrel("collector", "status", "--db", str(db_path), "--json") if db_path.exists() else None
+            if r is not None and r.returncode == 0 and json.loads(r.stdout)["agents"] and \
+                    json.loads(r.stdout)["agents"][0]["verified"] == 30:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("collector run did not store the batch")
+    finally:
+        proc.send_signal(__import__("signal").SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "30 records verified" in err

@@ -59,3 +59,49 @@ def test_parse_broker():
     for bad in ("host:0", "host:x", ":1883"):
         with pytest.raises(UsageError):
             parse_broker(bad)
+
+
+def test_two_collectors_share_the_fleet(mosquitto, tmp_path, publisher):
+    """$share/<group>: each batch goes to one member; the shared store still verifies every agent fully."""
+    store = SqliteStore(tmp_path / "shared.db")
+    members = [CollectorService(store, host=mosquitto.host, port=mosquitto.port, group="fleet",
+                                client_id=f"member-{i}") for i in range(2)]
+    for m in members:
+        m.start()
+    try:
+        for m in members:
+            wait_until(m.subscribed.is_set, what="subscription")
+        logs = [LogBuilder() for _ in range(3)]
+        for log in logs:
+            log.append(60)
+        for a in range(0, 60, 5):
+            for log in logs:
+                publisher.publish(ledger_topic(log.did),
+                                  encode_batch(SyncBatch(a, tuple(log.records[a:a + 5]), log.checkpoint(a + 5))))
+        for log in logs:
+            wait_until(lambda: store.agent_state(log.did).size == 60, what="all records verified")
+        wait_until(lambda: sum(m.counters.messages for m in members) == 36, what="counters")
+        assert all(m.counters.messages > 0 for m in members)  # the broker split the load
+        assert store.rejections() == []
+    finally:
+        for m in members:
+            m.stop()
+        store.close()
+
+
+def test_a_message_that_breaks_handling_is_refused_not_looped_on(collector, publisher):
+    """A damaged row (here: an agent's stored frontier) must not wedge the collector for everyone."""
+    import msgpack
+
+    bad, good = LogBuilder(), LogBuilder()
+    bad.append(4)
+    good.append(4)
+    store = collector.store
+    publisher.publish(ledger_topic(bad.did), encode_batch(SyncBatch(0, tuple(bad.records[:2]), bad.checkpoint(2))))
+    wait_until(lambda: store.agent_state(bad.did).size == 2, what="first batch")
+    with store.transaction():
+        store._db.execute("UPDATE agents SET frontier=? WHERE did=?", (msgpack.packb([b"x", b"y", b"z"]), bad.did))
+    publisher.publish(ledger_topic(bad.did), encode_batch(SyncBatch(2, tuple(bad.records[2:]), bad.checkpoint())))
+    publisher.publish(ledger_topic(good.did), encode_batch(SyncBatch(0, tuple(good.records), good.checkpoint())))
+    wait_until(lambda: store.agent_state(good.did).size == 4, what="the other agent still served")
+    assert [r.reason for r in store.rejections(bad.did)] == ["internal-error"]

@@ -184,3 +184,105 @@ def test_corrupt_offset_file_is_refused_not_reset(ledger, state_dir):
     store.path.write_text(json.dumps({"version": 1, "agent": "did:key:zother", "acked": 5}))
     with pytest.raises(DataError, match="belongs to"):
         store.load(ledger.public_key.did)
+
+
+def test_sync_never_blocks_the_loop(ledger, state_dir, mosquitto, collector):
+    """A ticker on the loop keeps its pace while thousands of records are read, encoded and published."""
+    for i in range(6000):
+        ledger.submit("action.result", {"i": i, "pad": "y" * 64})
+    ledger.flush()
+
+    async def go():
+        lag = 0.0
+        stop = asyncio.Event()
+
+        async def ticker():
+            nonlocal lag
+            while not stop.is_set():
+                t = time.perf_counter()
+                await asyncio.sleep(0.005)
+                lag = max(lag, time.perf_counter() - t - 0.005)
+
+        tick = asyncio.create_task(ticker())
+        async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
+            sync = LedgerSync(ledger, bridge, config=FAST, state_dir=state_dir)
+            await sync.start()
+            assert await sync.wait_synced(timeout=60)
+            await sync.stop()
+        stop.set()
+        await tick
+        return lag
+
+    lag = asyncio.run(go())
+    assert lag < 0.25, f"the event loop stalled for {lag:.3f}s"
+    wait_until(lambda: collector.store.agent_state(ledger.public_key.did).size == 6000, what="6000 verified")
+
+
+def test_late_collector_gets_everything_by_resend_request(ledger, state_dir, mosquitto, tmp_path):
+    """Batches acknowledged while no collector listened are requested again and resent."""
+    _fill(ledger, 200)
+    cfg = SyncConfig(poll_s=0.02, offset_s=0.02, status_s=0.1, resend_interval_s=0.0)
+
+    async def go():
+        async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
+            sync = LedgerSync(ledger, bridge, config=cfg, state_dir=state_dir)
+            await sync.start()
+            assert await sync.wait_synced(timeout=30)  # acknowledged by the broker, seen by nobody
+            store = SqliteStore(tmp_path / "late.db")
+            svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="late",
+                                   resend_after_s=0.3)
+            svc.start()
+            try:
+                await asyncio.to_thread(wait_until, svc.subscribed.is_set, what="subscription")
+                await ledger.append_async("action.result", {"after": True})
+                ledger.flush()
+                await asyncio.to_thread(wait_until, lambda: store.agent_state(ledger.public_key.did).size == 201,
+                                        what="the whole ledger verified after a resend")
+                return sync.resends, svc.resend_requests, store.rejections()
+            finally:
+                await sync.stop()
+                svc.stop()
+                store.close()
+
+    resends, requests, rejections = asyncio.run(go())
+    assert resends >= 1 and requests >= 1 and rejections == []
+
+
+def test_malformed_or_useless_resend_requests_are_ignored(ledger, state_dir, mosquitto, publisher):
+    from kestrel.sync.wire import encode_resend, resend_topic
+
+    _fill(ledger, 20)
+
+    async def go():
+        async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
+            sync = LedgerSync(ledger, bridge, config=SyncConfig(poll_s=0.02, resend_interval_s=3600), state_dir=state_dir)
+            await sync.start()
+            assert await sync.wait_synced(timeout=30)
+            for payload in (b"\xc1junk", encode_resend(500), encode_resend(0), encode_resend(0)):
+                await asyncio.to_thread(publisher.publish, resend_topic(ledger.public_key.did), payload)
+            await asyncio.sleep(0.5)
+            n = sync.resends
+            await sync.stop()
+            return n
+
+    assert asyncio.run(go()) == 1  # junk ignored, beyond-the-offset ignored, the repeat rate-limited
+
+
+def test_record_too_large_for_the_broker_is_reported_not_skipped(ledger, state_dir, mosquitto):
+    ledger.append("action.result", {"blob": b"z" * 2000})
+    ledger.append("action.result", {"i": 1})
+
+    async def go():
+        bridge = MqttBridge(mosquitto.host, mosquitto.port, agent_id=ledger.public_key.did, max_payload=1024)
+        async with bridge:
+            await bridge.wait_connected(10)
+            sync = LedgerSync(ledger, bridge, config=SyncConfig(poll_s=0.02, retry_s=0.05), state_dir=state_dir)
+            await sync.start()
+            synced = await sync.wait_synced(timeout=1.0)
+            status = sync.status
+            await sync.stop()
+            return synced, status
+
+    synced, status = asyncio.run(go())
+    assert not synced and status.acked == 0  # never skipped: the collector could not chain past it
+    assert any("exceeds" in w for w in status.warnings)

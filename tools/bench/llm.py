@@ -30,7 +30,10 @@ def bench_decoder(model_dir: Path, *, tokens: int, repeat: int, threads: int) ->
 
     lm = OnnxLanguageModel(model_dir, threads=threads)
     lm.eos_ids = frozenset()  # benchmark only: always generate exactly `tokens` tokens
-    prompt = lm.encode("goal: turn on the fan\n> " * 4)[:64]
+    import corpus
+    from kestrel.agent.prompt import render
+
+    prompt = lm.encode(render(tools=corpus.TOOLS_TEXT, memory=[], goal="turn on the fan", history=[]))
     opts = GenerationOptions(max_tokens=tokens)
     out: dict[str, float] = {}
     for label, cache in (("cache", True), ("full", False)):
@@ -67,7 +70,7 @@ class _Timed:
         return done
 
 
-def bench_planner(steps: int) -> dict[str, float]:
+def bench_planner(runs: int, steps: int) -> dict[str, float]:
     import textwrap
 
     import corpus
@@ -91,22 +94,45 @@ def bench_planner(steps: int) -> dict[str, float]:
         bundle = make_bundle(policy=policy, counter=1, now=now, expires=now + 3600, agents=[ledger.public_key.did])
         apply_bundle(state, sign_bundle(bundle, owner), ledger=ledger, now=now)
         engine = PolicyEngine(state, ledger)
+        timers = {"decide": 0.0, "record": 0.0}
+
+        def decide(action, args):
+            t = time.perf_counter()
+            try:
+                return engine.decide(action, args)
+            finally:
+                timers["decide"] += time.perf_counter() - t
+
+        class Recorder:  # times the planner's own ledger appends
+            def append(self, kind, body):
+                t = time.perf_counter()
+                try:
+                    return ledger.append(kind, body)
+                finally:
+                    timers["record"] += time.perf_counter() - t
+
         tools = ToolRegistry(corpus.DEMO_TOOLS, executor=lambda a, args: {"ok": True})
         call = '{"action": "gpio.write", "args": {"actuator": "fan", "value": 1}}'
-        model = _Timed(ScriptedModel([call] * steps, context_length=1024))
-        planner = LLMPlanner(model, tools, authorize=engine.decide, ledger=ledger,
-                             budgets=Budgets(max_steps=steps, max_tokens=steps * 64, time_s=600))
-        t0 = time.perf_counter()
-        out = planner.run("turn on the fan")
-        total = time.perf_counter() - t0
-        assert len(out.steps) == steps
+        total = model_s = 0.0
+        for _ in range(runs):
+            model = _Timed(ScriptedModel([call] * steps, context_length=1024))
+            planner = LLMPlanner(model, tools, authorize=decide, ledger=Recorder(),
+                                 budgets=Budgets(max_steps=steps, max_tokens=steps * 64, time_s=600))
+            t0 = time.perf_counter()
+            out = planner.run("turn on the fan")
+            total += time.perf_counter() - t0
+            model_s += model.model_s
+            assert len(out.steps) == steps
+        n = runs * steps
         t1 = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(n):
             engine.decide("gpio.write", {"actuator": "fan", "value": 1})
         bare = time.perf_counter() - t1
         ledger.close()
-    return {"planner_step_us": (total - model.model_s) / steps * 1e6, "decide_us": bare / steps * 1e6,
-            "model_share": model.model_s / total}
+    own = total - model_s - timers["decide"] - timers["record"]
+    return {"planner_step_us": (total - model_s) / n * 1e6, "decide_us": bare / n * 1e6,
+            "in_decide_us": timers["decide"] / n * 1e6, "in_record_us": timers["record"] / n * 1e6,
+            "own_us": own / n * 1e6}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=50, help="planner steps measured")
+    ap.add_argument("--runs", type=int, default=20, help="planner runs measured")
+    ap.add_argument("--steps", type=int, default=5, help="steps per planner run")
     args = ap.parse_args(argv)
     if not (args.model / "model.onnx").is_file():
         print(f"no model at {args.model}; build it: python models/tinylm/recipe.py", file=sys.stderr)
@@ -126,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  KV cache           : TTFT {d['cache_ttft_ms']:8.2f} ms   {d['cache_tok_s']:9.1f} tokens/s")
     print(f"  full recompute     : TTFT {d['full_ttft_ms']:8.2f} ms   {d['full_tok_s']:9.1f} tokens/s  (baseline)")
     print(f"  cache / baseline   : {d['cache_tok_s'] / d['full_tok_s']:.1f}x tokens/s")
-    p = bench_planner(args.steps)
-    print(f"planner ({args.steps} steps, scripted model, real policy engine + ledger)")
+    p = bench_planner(args.runs, args.steps)
+    print(f"planner ({args.runs} runs x {args.steps} steps, scripted model, real policy engine + batched ledger)")
     print(f"  overhead per step excluding model time: {p['planner_step_us']:8.1f} us")
+    print(f"    of which PolicyEngine.decide        : {p['in_decide_us']:8.1f} us (records policy.decision)")
+    print(f"    of which planner.step ledger append : {p['in_record_us']:8.1f} us")
+    print(f"    of which the planner's own work     : {p['own_us']:8.1f} us (prompt fit, parse, schema, execute)")
     print(f"  bare PolicyEngine.decide (baseline)   : {p['decide_us']:8.1f} us"
           f"   ratio {p['planner_step_us'] / p['decide_us']:.2f}x")
     return 0

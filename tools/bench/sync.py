@@ -82,6 +82,7 @@ def _paho(host: str, port: int, topic: str, payloads: list[bytes], *, window: in
 def _collector_rate(led, payloads: list[bytes], db: Path, *, group: int) -> tuple[float, int]:
     from kestrel.sync.collector.core import CollectorCore
     from kestrel.sync.collector.sqlite import SqliteStore
+    from kestrel.sync.wire import ledger_topic
 
     store = SqliteStore(db)
     core = CollectorCore(store, clock=time.time)

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # the ledger is imported lazily: kestrel.ledger pulls msgpack and friends
     from ..identity import Identity, Signer
     from ..identity.keys import Algorithm
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "created_body", "ensure_fresh_state"]
 
 _DURABILITY = ("strict", "batched")
+DurabilityMode = Literal["strict", "batched"]
 
 
 class Agent:
@@ -39,7 +40,7 @@ class Agent:
         state_dir: str | os.PathLike[str],
         *,
         passphrase: bytes | str | None = None,
-        durability: str = "batched",
+        durability: DurabilityMode = "batched",
         tcti: str | None = None,
     ) -> "Agent":
         """Unlock the identity in ``state_dir`` and open its ledger."""
@@ -62,13 +63,14 @@ class Agent:
         passphrase: bytes | str | None = None,
         machine_bound: bool = False,
         tcti: str | None = None,
-        durability: str = "batched",
+        durability: DurabilityMode = "batched",
     ) -> "Agent":
         """Create a new identity (refusing if one exists), open the ledger, record ``agent.created``."""
         from ..identity import Algorithm, create_identity_with_signer
 
         _check_durability(durability)
         state = Path(state_dir)
+        ensure_fresh_state(state)
         identity, signer = create_identity_with_signer(
             state, name=name, backend=backend, algorithm=Algorithm(algorithm), passphrase=passphrase,
             machine_bound=machine_bound, tcti=tcti)
@@ -81,7 +83,8 @@ class Agent:
         return agent
 
     @classmethod
-    def _with_ledger(cls, state: Path, identity: "Identity", signer: "Signer", durability: str) -> "Agent":
+    def _with_ledger(cls, state: Path, identity: "Identity", signer: "Signer",
+                     durability: DurabilityMode) -> "Agent":
         from .._internal.paths import StateLayout
 
         try:
@@ -138,6 +141,30 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"Agent({self.id!r}, name={self._identity.name!r}, state_dir={str(self._state_dir)!r})"
+
+
+def ensure_fresh_state(state_dir: str | os.PathLike[str]) -> None:
+    """Refuse (IdentityExistsError) if ``state_dir`` has an identity, or a ledger without one.
+
+    A new key can never continue an existing ledger, so this runs before anything is created.
+    """
+    from .._internal.paths import StateLayout
+    from ..identity import IdentityExistsError
+    from ..identity.store import ensure_no_identity
+
+    state_dir = Path(state_dir)
+    ensure_no_identity(state_dir)
+    ledger_dir = StateLayout(state_dir).ledger
+    try:
+        orphan = ledger_dir.is_dir() and any(ledger_dir.iterdir())
+    except OSError:
+        orphan = False  # unreadable: the ledger itself reports it
+    if orphan:
+        raise IdentityExistsError(
+            f"{ledger_dir} holds the ledger of an earlier agent but {state_dir}/identity is missing",
+            hint="restore that agent's identity with `kestrel identity restore BACKUP`, or move the "
+            "ledger away / use another --state for a new agent",
+        )
 
 
 def created_body(identity: "Identity") -> dict[str, Any]:

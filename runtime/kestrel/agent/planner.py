@@ -29,7 +29,7 @@ from .llm.base import EndpointError, EndpointRefusedError, GenerationOptions, La
 from .prompt import STOP, Turn, fit, observed_denial, observed_invalid, observed_result
 from .tools import Final, Handoff, ProposalError, ToolCall, ToolRegistry, ToolResult, canonical_json, digest_of
 
-__all__ = ["Budgets", "Step", "Outcome", "Actor", "LLMPlanner", "Authorize"]
+__all__ = ["Budgets", "Step", "Outcome", "Actor", "LLMPlanner", "Authorize", "run_async"]
 
 Authorize = Callable[[str, dict[str, Any]], Any]  # -> Decision (allowed, rule, reason, policy_digest)
 
@@ -254,3 +254,22 @@ class LLMPlanner:
         sub = self.rules.run(goal, cancel=cancel, first_index=len(steps) + 1, on_step=on_step)
         return Outcome(goal, sub.status, tuple(steps) + sub.steps, sub.final, tokens,
                        self._clock() - start, True)
+
+
+async def run_async(planner: Any, goal: str, *, on_step: Callable[[Step], None] | None = None) -> Outcome:
+    """Run either planner in an executor thread; cancelling the awaiting task cancels the run.
+
+    ``on_step`` is called in the executor thread (use ``loop.call_soon_threadsafe`` to reach the loop).
+    """
+    import asyncio
+    import functools
+
+    cancel = threading.Event()
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, functools.partial(planner.run, goal, cancel=cancel, on_step=on_step))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.set()
+        await asyncio.wait([future])  # the run ends at its next step boundary
+        raise

@@ -114,7 +114,7 @@ class ToolResult:
         return digest_of({"ok": self.ok, "output": self.output, "error": self.error})
 
     def summary(self, limit: int = 200) -> str:
-        text = json.dumps(self.output, default=repr) if self.ok else f"error: {self.error}"
+        text = json.dumps(self.output, default=repr) if self.ok else str(self.error)
         return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -30,6 +30,8 @@ def register(sub: Any) -> None:
     p.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible endpoint, e.g. http://10.0.0.5:8080/v1")
     p.add_argument("--llm", metavar="NAME", default="default", help="model name sent to the endpoint")
     p.add_argument("--api", choices=("completions", "chat"), default="completions")
+    p.add_argument("--tools", metavar="A,B", help="offer only these built-in actions to the planner "
+                   "(default: all of gpio.write, send_email, schedule_event, fetch_data, mqtt.publish)")
     p.add_argument("--max-steps", type=int, default=6)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--time", type=float, default=60.0, metavar="SECONDS", help="time budget of the whole run")
@@ -63,7 +65,6 @@ def _not_executed(action: str, args: dict) -> Any:
 
 def _ask(args: argparse.Namespace, extra: list[str]) -> int:
     from .._internal.paths import resolve_state_dir
-    from ..agent.actions import BUILTIN_TOOLS
     from ..agent.core import Agent
     from ..agent.planner import Budgets
     from ..agent.tools import ToolRegistry
@@ -87,7 +88,7 @@ def _ask(args: argparse.Namespace, extra: list[str]) -> int:
 
         agent = stack.enter_context(Agent.open(state, passphrase=passphrase))
         engine = PolicyEngine(state, agent.ledger)
-        tools = ToolRegistry(BUILTIN_TOOLS, executor=_not_executed)
+        tools = ToolRegistry(_tool_specs(args.tools), executor=_not_executed)
         rules = _rules(args, state, tools, engine, agent.ledger, budgets)
         planner = rules if args.rules_only else _llm_planner(args, state, tools, engine, agent, rules, budgets, stack)
         if planner is None:
@@ -104,6 +105,19 @@ def _ask(args: argparse.Namespace, extra: list[str]) -> int:
                           "tokens": outcome.tokens, "handed_off": outcome.handed_off, "error": outcome.error,
                           "decisions": [s.decision.allowed for s in outcome.steps if s.decision is not None]}))
     return 0 if outcome.status == "done" else 1
+
+
+def _tool_specs(names: str | None) -> Any:
+    from ..agent.actions import BUILTIN_TOOLS, builtin
+
+    if not names:
+        return BUILTIN_TOOLS
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = sorted(set(wanted) - {t.name for t in BUILTIN_TOOLS})
+    if unknown or not wanted:
+        raise UsageError(f"--tools: unknown action(s) {', '.join(unknown) or '(none given)'}",
+                         hint="choose from " + ", ".join(t.name for t in BUILTIN_TOOLS))
+    return builtin(*wanted)
 
 
 def _rules(args: argparse.Namespace, state: Path, tools: Any, engine: Any, ledger: Any, budgets: Any) -> Any:

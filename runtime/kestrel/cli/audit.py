@@ -1,4 +1,4 @@
-"""``kestrel audit log|verify|export|prove|verify-proof``: read and check the ledger.
+"""``kestrel audit log|verify|export|prove|checkpoint|verify-proof``: read and check the ledger.
 
 Reading and verifying need only the agent's public key (from
 ``STATE/identity/identity.json``, or ``--agent DID``), never its passphrase.
@@ -52,6 +52,10 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write the proof here instead of stdout")
     _state(p)
     p.set_defaults(func=_prove)
+
+    p = asub.add_parser("checkpoint", help="print the latest signed checkpoint (keep it to detect truncation later)")
+    _state(p)
+    p.set_defaults(func=_checkpoint)
 
     p = asub.add_parser("verify-proof", help="check an inclusion proof and show the disclosed record")
     p.add_argument("file", help="proof file made by `kestrel audit prove`")
@@ -224,6 +228,18 @@ def _prove(args: argparse.Namespace, extra: list[str]) -> int:
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..ledger.errors import LedgerError
+    from ..ledger.reader import verify_dir
+
+    state, ledger_dir = _state_dirs(args)
+    verified = verify_dir(ledger_dir, _agent_key(state))
+    if verified.checkpoint is None:
+        raise LedgerError("the ledger has no signed checkpoint yet", hint="start the agent once so that it signs its log")
+    sys.stdout.write(verified.checkpoint.note.decode())
     return 0
 
 

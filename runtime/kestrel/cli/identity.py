@@ -130,32 +130,29 @@ def _owners(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"format": "kestrel-provisioning/1", "owners": owners, "threshold": threshold}
 
 
-def _record_created(state_dir: Path, identity: Any, signer: Any) -> bool:
-    """Append ``agent.created`` to the ledger, if the ledger package is available."""
-    try:
-        from ..ledger import Ledger  # type: ignore[attr-defined]
-    except ImportError:
-        return False
+def _record_created(state_dir: Path, identity: Any, signer: Any) -> None:
+    """Append ``agent.created`` to the agent's ledger (strict durability)."""
     from .._internal.paths import StateLayout
     from ..agent.core import created_body
+    from ..ledger import Ledger
 
     ledger = Ledger.open(StateLayout(state_dir).ledger, signer=signer, durability="strict")
     try:
         ledger.append("agent.created", created_body(identity))
     finally:
         ledger.close()
-    return True
 
 
 def _init_agent(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..agent.core import ensure_fresh_state
     from ..errors import UsageError
     from ..identity import Algorithm, create_identity_with_signer
     from ..identity.secrets import create_private_file
-    from ..identity.store import ensure_no_identity, identity_dir
+    from ..identity.store import identity_dir
 
     state_dir = _state_dir(args)
     provisioning = _owners(args)
-    ensure_no_identity(state_dir)
+    ensure_fresh_state(state_dir)
     if args.tpm:
         if args.algorithm == "ed25519":
             raise UsageError("TPMs do not do Ed25519; a TPM identity is P-256",
@@ -175,15 +172,13 @@ def _init_agent(args: argparse.Namespace, extra: list[str]) -> int:
         if provisioning is not None:
             data = (json.dumps(provisioning, indent=2) + "\n").encode()
             create_private_file(identity_dir(state_dir) / "provisioning.json", data)
-        recorded = _record_created(state_dir, identity, signer)
+        _record_created(state_dir, identity, signer)
     finally:
         close = getattr(signer, "close", None)
         if close is not None:
             close()
     print(f"Created agent {identity.name!r}")
     _print_identity(identity, state_dir)
-    if not recorded:
-        print("  (ledger not available: agent.created not recorded)")
     return 0
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from ..errors import KestrelError
+from ..errors import ConfigError, KestrelError
 from .config import (DeviceConfig, GpioInput, GpioOutput, MqttSensor, PeriodicSensor,
                      SerialActuator, SerialLine, SerialSensor)
 from .decode import PayloadError, decode_frame, decode_payload
@@ -68,13 +68,15 @@ class Hardware:
             self._edge_queue = EdgeQueue(cfg.limits.event_queue)
             for a in cfg.actuators:
                 if isinstance(a, GpioOutput):
-                    self.outputs[a.name] = self.factory.output(a.pin, initial=a.initial, active_low=a.active_low)
+                    self.outputs[a.name] = self._pin(f"actuators.{a.name}.pin", self.factory.output, a.pin,
+                                                     initial=a.initial, active_low=a.active_low)
             for s in cfg.sensors:
                 if isinstance(s, GpioInput) or (isinstance(s, PeriodicSensor) and s.pin):
                     edge = Edge(s.edge) if isinstance(s, GpioInput) and s.mode == "edge" else Edge.NONE
                     gi = s if isinstance(s, GpioInput) else None
-                    pin = self.factory.input(
-                        s.pin, edge=edge, bias=getattr(Bias, _BIAS[gi.bias if gi else "as_is"]),
+                    pin = self._pin(
+                        f"sensors.{s.name}.pin", self.factory.input, s.pin, edge=edge,
+                        bias=getattr(Bias, _BIAS[gi.bias if gi else "as_is"]),
                         debounce_ms=gi.debounce_ms if gi else 0.0, active_low=gi.active_low if gi else False,
                         queue=self._edge_queue)
                     self.inputs[s.name] = pin
@@ -99,6 +101,14 @@ class Hardware:
                 await self._port(a.line, a.name)
         if cfg.mqtt is not None:
             await self._start_mqtt()
+
+    def _pin(self, key: str, open_fn: Any, pin: str, **opts: Any) -> Any:
+        """Open a pin; a pin the board does not have (or that is busy) is the config's error: say where."""
+        try:
+            return open_fn(pin, **opts)
+        except KestrelError as exc:
+            raise ConfigError(exc.message, path=self.cfg.source, key=key,
+                              hint=exc.hint or "see the board profile for the pin names it knows") from None
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -168,12 +178,18 @@ class Hardware:
 
     # -- GPIO --------------------------------------------------------------------------------
     async def _edges(self) -> None:
+        """One consumer for every edge input; drains what is queued before waiting again."""
         q = self._edge_queue
         while True:
             ev = await q.get()
-            s = self._by_pin.get(ev.pin)
-            if s is not None:
-                self.sink.sensor_value(s.name, ev.value)
+            while ev is not None:
+                s = self._by_pin.get(ev.pin)
+                if s is not None:
+                    self.sink.sensor_value(s.name, ev.value)
+                try:
+                    ev = q.get_nowait()
+                except asyncio.QueueEmpty:
+                    ev = None
 
     async def _level(self, s: GpioInput, pin: Any) -> None:
         last = pin.value

@@ -8,6 +8,7 @@ a state directory for ``kestrel run``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ class Daemon:
     def __init__(self, *, config: DeviceConfig, state_dir: str | os.PathLike[str], ledger: Any, factory: Any,
                  agent_id: str, policy: Any = None, board: str = "sim",
                  load_config: Callable[[], DeviceConfig] | None = None, notifier: Notifier | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, freeze_gc: bool = False) -> None:
         self.config = config
         self.state = StateLayout(state_dir)
         self.ledger = ledger
@@ -61,6 +62,7 @@ class Daemon:
         self.load_config = load_config
         self.notifier = notifier or Notifier()
         self.clock = clock
+        self.freeze_gc = freeze_gc
         self.values: dict[str, Any] = {}
         self.triggers = TriggerEngine(config.triggers)
         self.hardware: Hardware | None = None
@@ -98,12 +100,13 @@ class Daemon:
         self._spawn(self.outbox.run(), "outbox")
         self._spawn(run_schedules(lambda: self.config, self._schedule_fire, clock=self.clock,
                                   values=lambda: self.values), "schedules")
-        if self.config.ota.drop_dir:
-            self._spawn(self._watch_drop_dir(), "ota-drop")
+        self._spawn(self._watch_drop_dir(), "ota-drop")
         await self.control.start()
         interval = watchdog_interval()
         if interval is not None:
             self._spawn(run_watchdog(self.notifier, interval, self.unhealthy), "watchdog")
+        if self.freeze_gc:  # start-up objects live forever: keep them out of the collector's way (shorter pauses)
+            gc.freeze()
         self.notifier.ready(f"running; {len(self.config.sensors)} sensors, board {self.board}")
         log.info("running as %s on board %s with %s (%d sensors, %d triggers); control socket %s",
                  self.agent_id, self.board, self.config.source, len(self.config.sensors),
@@ -156,18 +159,21 @@ class Daemon:
                 resolve_group(new.control.group, source=new.source)
             except KestrelError as exc:
                 return self._reload_failed(exc.message if exc.hint is None else str(exc))
-            old_hw = self.hardware
+            old_cfg, old_triggers, old_hw = self.config, self.triggers, self.hardware
             self.hardware = None
             if old_hw is not None:
                 await old_hw.stop()
+            self.config, self.triggers = new, TriggerEngine(new.triggers)  # first readings meet the new rules
             try:
                 await self._start_hardware(new)
             except KestrelError as exc:
                 log.error("new config could not start (%s); restarting the old one", exc.message)
-                await self._start_hardware(self.config)
+                self.config, self.triggers = old_cfg, old_triggers
+                try:
+                    await self._start_hardware(old_cfg)
+                except KestrelError as again:
+                    log.error("the old config could not restart either: %s", again.message)
                 return self._reload_failed(exc.message)
-            self.config = new
-            self.triggers = TriggerEngine(new.triggers)
             self.outbox.smtp, self.outbox.config = new.smtp, new.outbox
             self.counters["reloads"] += 1
             self.last_reload_error = None
@@ -200,6 +206,8 @@ class Daemon:
             return self.pipeline.ledger_error
         if self.decision_log is not None and self.decision_log.error:
             return self.decision_log.error
+        if self.hardware is None and not self._reload_lock.locked():
+            return "no sensors or actuators are running (a reload failed to restart them)"
         if self.hardware is not None and (why := self.hardware.unhealthy()):
             return why
         for t in self._tasks:
@@ -328,26 +336,28 @@ class Daemon:
         self._appended()
 
     async def _watch_drop_dir(self) -> None:
+        """Scan ``ota.drop_dir`` (of the current config; none: idle) every ``ota.poll`` seconds."""
         from ..ota import scan_drop_dir
 
-        drop = Path(self.config.ota.drop_dir or "drop")
-        if not drop.is_absolute():
-            drop = self.state.root / drop
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                results = await loop.run_in_executor(
-                    None, lambda: scan_drop_dir(self.state.root, drop, ledger=self.ledger, now=self.clock()))
-                for path, res in results:
-                    if isinstance(res, KestrelError):
-                        log.error("OTA bundle %s rejected: %s", path.name, res.message)
-                    else:
-                        log.info("OTA bundle %s applied", path.name)
-                if results:
-                    self._appended()
-            except KestrelError as exc:
-                log.error("scanning the OTA drop directory %s: %s", drop, exc.message)
-            await asyncio.sleep(self.config.ota.poll_s)
+            ota = self.config.ota
+            if ota.drop_dir:
+                drop = Path(ota.drop_dir)
+                drop = drop if drop.is_absolute() else self.state.root / drop
+                try:
+                    results = await loop.run_in_executor(
+                        None, lambda: scan_drop_dir(self.state.root, drop, ledger=self.ledger, now=self.clock()))
+                    for path, res in results:
+                        if isinstance(res, KestrelError):
+                            log.error("OTA bundle %s rejected: %s", path.name, res.message)
+                        else:
+                            log.info("OTA bundle %s applied", path.name)
+                    if results:
+                        self._appended()
+                except KestrelError as exc:
+                    log.error("scanning the OTA drop directory %s: %s", drop, exc.message)
+            await asyncio.sleep(ota.poll_s)
 
     def _schedule_fire(self, p: Proposal) -> None:
         self.pipeline.submit(p)

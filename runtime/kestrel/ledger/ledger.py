@@ -42,6 +42,7 @@ __all__ = ["Ledger", "Receipt", "Durability"]
 log = logging.getLogger("kestrel.ledger")
 Durability = Literal["strict", "batched"]
 _MAX_BATCH = 4096
+_MAX_BATCH_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,14 @@ class Ledger:
         self._urgent = 0  # flush() callers waiting: sign without waiting for the interval
         try:
             self._recover(max_segment_bytes)
+            if self._size > self._signed_size:  # records a crash left unsigned: sign them first
+                self._cp_ready = sign_checkpoint(self._signer, size=self._size, root=self._frontier.root())
+                self._sign_requested = self._size
         except BaseException:
+            if hasattr(self, "_writer"):
+                self._writer.close()
             os.close(self._lock_fd)
             raise
-        if self._size > self._signed_size:  # records a crash left unsigned: sign them first
-            self._cp_ready = sign_checkpoint(self._signer, size=self._size, root=self._frontier.root())
-            self._sign_requested = self._size
         self._committer = threading.Thread(target=self._commit_loop, name="kestrel-ledger-commit", daemon=True)
         self._committer.start()
         self._signer_thread = None
@@ -303,7 +306,13 @@ class Ledger:
                 return None
             if not self._strict and self._pending and self._delay:
                 self._linger()
-            batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+            n, nbytes = 0, 0
+            for item in self._pending[:_MAX_BATCH]:  # bounded in records and bytes
+                nbytes += len(item.prepared)
+                n += 1
+                if nbytes >= _MAX_BATCH_BYTES:
+                    break
+            batch, self._pending = self._pending[:n], self._pending[n:]
             self._last_batch = len(batch)
             cp, self._cp_ready = self._cp_ready, None
             self._busy = True

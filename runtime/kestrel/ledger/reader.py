@@ -36,17 +36,21 @@ def iter_records(ledger_dir: Path, *, since_seq: int = 0, kind: str | None = Non
     """Records with seq >= ``since_seq`` (and of ``kind``, a name or a ``prefix.*``), oldest first."""
     buf = read_stream(ledger_dir, from_seq=since_seq)
     prefix = kind[:-1] if kind and kind.endswith("*") else None
+    next_seq = since_seq  # for error messages: the record after the last one read
     for item in iter_frames(buf):
         if isinstance(item, FrameDamage):
             if is_torn_tail(buf, item):
                 return
-            raise LedgerVerificationError(since_seq, Reason.BIT_FLIP, f"damaged frame: {item.detail}; run `kestrel audit verify`")
+            raise LedgerVerificationError(
+                next_seq, Reason.BIT_FLIP, f"damaged frame: {item.detail}; run `kestrel audit verify`"
+            )
         if item.type != RECORD:
             continue
         try:
             rec = decode_record(item.payload)
         except RecordError as exc:
-            raise LedgerVerificationError(since_seq, Reason.CORRUPT, exc.message) from None
+            raise LedgerVerificationError(next_seq, Reason.CORRUPT, exc.message) from None
+        next_seq = rec.seq + 1
         if rec.seq < since_seq:
             continue
         if kind is None or rec.kind == kind or (prefix is not None and rec.kind.startswith(prefix)):

@@ -157,7 +157,7 @@ def check_hnsw(buf: Any, header: Header, *, source: str = "<index>") -> HnswInfo
     upper: list[tuple[int, int, int]] = []  # (element, start, nlevels)
     i = 0
     while i < cur:  # runs of level-0-only elements (size 0) are skipped a window at a time
-        window = min(cur - i, 4096)
+        window = min(cur - i, 128)
         if pos + 4 * window > total:
             raise bad("truncated link lists")
         sizes = arr[pos:pos + 4 * window].view(np.uint32)
@@ -197,4 +197,4 @@ def check_hnsw(buf: Any, header: Header, *, source: str = "<index>") -> HnswInfo
     live = labels[~deleted]
     if len(np.unique(labels)) != cur:
         raise bad("duplicate labels")
-    return HnswInfo(elements=cur, live_labels=frozenset(int(x) for x in live))
+    return HnswInfo(elements=cur, live_labels=frozenset(live.tolist()))

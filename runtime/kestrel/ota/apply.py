@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .._internal.fsutil import fsync_dir, read_bytes
-from ..errors import DataError, KestrelError
+from ..errors import DataError, KestrelError, TransportError
 from ..policy import Policy, parse_policy
 from .bundle import Limits, VerifiedBundle, parse_manifest, verify_bundle
-from .errors import BundleError, BundleHealthError, BundleRollbackError
+from .errors import BundleError, BundleHealthError, BundleRollbackError, TrustRootError
 from .store import OtaDir, StepHook, _noop
 from .tpmcounter import TpmCounter
 
@@ -108,7 +108,7 @@ def apply_bundle(
                 groups=ota.groups(), counter=counter, counter_digest=cdigest, limits=limits,
             )
             policy = _load_policy(vb.content(vb.manifest.policy.name), vb.manifest.policy.name)
-        except BundleError as exc:
+        except (BundleError, TrustRootError) as exc:
             _reject(ledger, exc, bundle_bytes, source)
             raise
         active = _pointer_or_empty(ota)["active"]
@@ -116,7 +116,12 @@ def apply_bundle(
             return AppliedBundle(vb.digest, vb.manifest.version, vb.manifest.counter, active["slot"],
                                  None, policy.digest, changed=False)
         target = "b" if active is not None and active["slot"] == "a" else "a"
-        _stage(ota, vb, target, step)
+        try:
+            _stage(ota, vb, target, step)
+        except OSError as exc:
+            shutil.rmtree(ota.staging, ignore_errors=True)
+            raise TransportError(f"cannot stage the bundle in {ota.slots}: {exc.strerror or exc}",
+                                 hint="check free space and permissions; the active bundle is unchanged") from None
         try:
             _health_check(ota.slot(target), vb, health, health_window)
         except BundleHealthError as exc:
@@ -151,7 +156,11 @@ def _check_epoch(ota: OtaDir, ledger: Any, tpm: TpmCounter | None) -> int | None
     if tpm is None:
         return None
     now = tpm.read()
-    recorded = max(ota.read_tpm_epoch(), _ledger_max(ledger, "tpm"))
+    try:
+        in_file = ota.read_tpm_epoch()
+    except DataError:
+        in_file = 0
+    recorded = max(in_file, _ledger_max(ledger, "tpm"))
     if recorded < now:
         raise BundleRollbackError(
             f"the device's OTA state records TPM epoch {recorded} but the TPM counter is at {now}: "
@@ -170,7 +179,7 @@ def _pointer_or_empty(ota: OtaDir) -> dict:
         return {"active": None, "previous": None}
 
 
-def _reject(ledger: Any, exc: BundleError, data: bytes, source: str) -> None:
+def _reject(ledger: Any, exc: BundleError | TrustRootError, data: bytes, source: str) -> None:
     _record(ledger, "ota.rejected", {
         "reason": exc.code, "message": exc.message[:500], "sha256": hashlib.sha256(data).hexdigest(),
         "size": len(data), "source": source,

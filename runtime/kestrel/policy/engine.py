@@ -50,14 +50,18 @@ class PolicyEngine:
         """Re-read the active policy from the OTA slot (no policy: deny everything)."""
         from ..ota.apply import active_policy
 
-        self._pointer_sig = self._stat_pointer()
+        sig = self._stat_pointer()
         try:
             found = active_policy(self._state_dir)
         except KestrelError as exc:
+            # Deny everything, and try again at the next decision (the failure may be a race
+            # with an apply replacing the slot, or a repair may follow).
             self.policy, self.bundle_digest, self.load_error = None, None, exc.message
+            self._pointer_sig = None
             return
         self.policy, self.bundle_digest = found if found else (None, None)
         self.load_error = None
+        self._pointer_sig = sig
 
     def _stat_pointer(self) -> tuple[int, int] | None:
         try:

@@ -33,7 +33,21 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 
 def args_digest(args: Mapping[str, Any]) -> str:
     """Hex sha256 of the canonical JSON of ``args`` (sorted keys, compact, UTF-8)."""
-    return hashlib.sha256(_CANONICAL.encode(args).encode("utf-8")).hexdigest()
+    try:
+        text = _CANONICAL.encode(args)
+    except (TypeError, ValueError, RecursionError):  # non-string keys, cycles: digest a stable repr
+        text = _CANONICAL.encode(_plain(args, 0))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _plain(value: Any, depth: int) -> Any:
+    if depth > 32:
+        return "<too deep>"
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
 @dataclass(frozen=True)

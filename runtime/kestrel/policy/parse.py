@@ -156,6 +156,8 @@ def parse_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
         raise PolicyError(source, [PolicyIssue(line, col, f"YAML syntax: {exc.problem or exc}")]) from None
     except yaml.YAMLError as exc:
         raise PolicyError(source, [PolicyIssue(1, 1, f"YAML syntax: {exc}")]) from None
+    except RecursionError:  # the pure-Python loader on absurd nesting (libyaml stops at depth 1000)
+        raise PolicyError(source, [PolicyIssue(1, 1, "YAML nesting is too deep")]) from None
     ctx = _Ctx()
     if root is None:
         raise PolicyError(source, [PolicyIssue(1, 1, "policy is empty (it must be a mapping with 'actions')")])

@@ -23,6 +23,7 @@ class SyncConfig:
     status_s: float = 2.0  # how often status.json is rewritten
     offset_s: float = 0.25  # how often the acknowledged offset is persisted (at most)
     retry_s: float = 1.0  # pause after a failed publish
+    resend_interval_s: float = 60.0  # honour at most one collector resend request per interval
     ack_timeout_s: float = 30.0  # connected but no PUBACK for this long: resend from the acknowledged offset
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
@@ -30,7 +31,7 @@ class SyncConfig:
 _NUM = {"batch_records": (int, 1, 100_000), "batch_bytes": (int, 1024, 1 << 20), "max_inflight": (int, 1, 1000),
         "bandwidth": (float, 1.0, 1e12), "burst": (int, 1024, 1 << 30), "poll_s": (float, 0.01, 60.0),
         "status_s": (float, 0.1, 3600.0), "offset_s": (float, 0.0, 60.0), "retry_s": (float, 0.01, 600.0),
-        "ack_timeout_s": (float, 1.0, 3600.0)}
+        "ack_timeout_s": (float, 1.0, 3600.0), "resend_interval_s": (float, 0.0, 86400.0)}
 
 
 def parse_sync_config(doc: Mapping[str, Any] | None, *, source: str = "<config>") -> SyncConfig:

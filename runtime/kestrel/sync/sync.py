@@ -31,7 +31,7 @@ from ._tasks import cancel_task
 from .config import SyncConfig
 from .limits import TokenBucket, retention_warnings
 from .state import Offset, OffsetStore, SyncStatus, write_status
-from .wire import BATCH_OVERHEAD, SyncBatch, encode_batch, ledger_topic
+from .wire import BATCH_OVERHEAD, SyncBatch, SyncFormatError, decode_resend, encode_batch, ledger_topic, resend_topic
 
 __all__ = ["LedgerSync", "run_sync"]
 
@@ -81,7 +81,7 @@ class _Reader:
                         yield RECORD, item.payload
                     seq += 1
 
-        self._frames, self._pos, self._peek = frames(), start, None
+        self._frames, self._pos, self._peek, self._cp = frames(), start, None, None
 
     def read(self, start: int, checkpoint_sent: int) -> tuple[SyncBatch, int] | None:
         """The next batch from ``start`` and the size of the checkpoint it carries (0: none)."""
@@ -150,12 +150,18 @@ class LedgerSync:
         self._bucket = (TokenBucket(config.bandwidth, burst=config.burst, now=time.monotonic())
                         if config.bandwidth else None)
         self._task: asyncio.Task[None] | None = None
+        self._resend_task: asyncio.Task[None] | None = None
+        self._resend_sub: Any = None
+        self._resend_from: int | None = None
+        self._last_resend = -1e18
+        self.resends = 0  # collector requests honoured
         self._rate = 0.0
         self._warnings: tuple[str, ...] = ()
         self._warn_level = 0
         self._ledger_bytes = 0
         self.published = 0  # messages acknowledged by the broker in this process
         self._persist_lock = threading.Lock()
+        self._error: str | None = None  # the last failure, until a publish succeeds
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -164,11 +170,18 @@ class LedgerSync:
         if self._offset.acked > self.ledger.size:
             raise DataError(f"sync offset {self._offset.acked} is beyond the ledger's {self.ledger.size} records",
                             hint=f"the ledger was replaced; delete {self._offsets.path} to resend it")
+        self._resend_sub = await self.bridge.subscribe(resend_topic(self.did), qos=1, queue_size=8)
         self._task = asyncio.create_task(self._main(), name="kestrel-sync")
+        self._resend_task = asyncio.create_task(self._resend_requests(), name="kestrel-sync-resend")
 
     async def stop(self) -> None:
+        await cancel_task(self._resend_task)
         await cancel_task(self._task)
-        self._task = None
+        self._task = self._resend_task = None
+        if self._resend_sub is not None:
+            with contextlib.suppress(Exception):
+                await self.bridge.unsubscribe(self._resend_sub)
+            self._resend_sub = None
         for *_, task in self._inflight:
             task.cancel()
         self._inflight.clear()
@@ -192,18 +205,29 @@ class LedgerSync:
         return SyncStatus(agent=self.did, connected=bool(self.bridge.connected), acked=self._offset.acked,
                           ledger_size=self.ledger.size, rate=round(self._rate, 1), updated=time.time(),
                           pid=os.getpid(), ledger_bytes=self._ledger_bytes,
-                          retention_limit=self.config.retention.max_bytes, warnings=self._warnings)
+                          retention_limit=self.config.retention.max_bytes,
+                          warnings=self._warnings + ((self._error,) if self._error else ()))
 
     # -- the loop ------------------------------------------------------------------------------
     async def _main(self) -> None:
         keeper = asyncio.create_task(self._housekeeping(), name="kestrel-sync-status")
         try:
             while True:
+                if self._resend_from is not None:
+                    await self._settle()
+                    self._next, self._cp_sent = min(self._next, self._resend_from), 0
+                    self._resend_from = None
                 if not self.bridge.connected:
                     await self._settle()
                     await self.bridge.wait_connected(timeout=max(self.config.poll_s, 1.0))
                     continue
-                got = await asyncio.to_thread(self._reader.read, self._next, self._cp_sent)
+                try:
+                    got = await asyncio.to_thread(self._reader.read, self._next, self._cp_sent)
+                except KestrelError as exc:  # a damaged or unreadable ledger: report, retry later
+                    self._error = f"cannot read the ledger: {exc.message}"
+                    log.error("sync: %s", self._error)
+                    await asyncio.sleep(max(self.config.retry_s, 5.0))
+                    continue
                 if got is None:
                     await self._settle()
                     await asyncio.sleep(self.config.poll_s)
@@ -247,17 +271,36 @@ class LedgerSync:
             await self._rewind(str(exc))
             return
         self._inflight.popleft()
-        self._offset = Offset(self.did, batch.end, max(cp_size, self._offset.checkpoint_size), time.time())
+        self._offset = Offset(self.did, max(batch.end, self._offset.acked),
+                              max(cp_size, self._offset.checkpoint_size), time.time())
         self.published += 1
+        self._error = None
 
     async def _rewind(self, why: str) -> None:
         """A publish failed: forget everything in flight and resend from the acknowledged offset."""
         log.warning("sync publish failed (%s); resending from record %d", why, self._offset.acked)
+        self._error = f"publish failed: {why}"
         for *_, task in self._inflight:
             task.cancel()
         self._inflight.clear()
         self._next, self._cp_sent = self._offset.acked, self._offset.checkpoint_size
         await asyncio.sleep(self.config.retry_s)
+
+    async def _resend_requests(self) -> None:
+        """A collector that lost records (a new collector, a broker that dropped them) asks again."""
+        async for msg in self._resend_sub:
+            try:
+                start = decode_resend(msg.payload)
+            except SyncFormatError as exc:
+                log.warning("ignoring a malformed resend request: %s", exc.message)
+                continue
+            now = time.monotonic()
+            if start >= self._offset.acked or now - self._last_resend < self.config.resend_interval_s:
+                continue  # nothing acknowledged to resend, or asked too often (requests are unauthenticated)
+            self._last_resend = now
+            self.resends += 1
+            log.info("collector asked to resend from record %d", start)
+            self._resend_from = start if self._resend_from is None else min(start, self._resend_from)
 
     # -- persistence and status ---------------------------------------------------------------------
     def _persist(self, force: bool = False) -> None:

@@ -3,7 +3,7 @@
 One topic tree per agent, named by its AgentID (a did:key has no ``/``, ``+`` or ``#``)::
 
     kestrel/<did>/ledger/batch    QoS 1, not retained: SyncBatch messages, in ledger order
-    kestrel/<did>/ledger/status   QoS 1, retained: the agent's last published sync status (JSON)
+    kestrel/<did>/ledger/resend   QoS 1: a collector asks the agent to send again from a record
     kestrel/<did>/inbox           QoS 1: signed peer messages addressed to <did>
 """
 
@@ -17,7 +17,8 @@ import msgpack
 from ..errors import DataError
 from ..identity.keys import KeyFormatError, PublicKey
 
-__all__ = ["SyncFormatError", "SyncBatch", "encode_batch", "decode_batch", "ledger_topic", "status_topic",
+__all__ = ["SyncFormatError", "SyncBatch", "encode_batch", "decode_batch", "ledger_topic", "resend_topic",
+           "encode_resend", "decode_resend",
            "inbox_topic", "agent_from_topic", "LEDGER_FILTER", "MAX_BATCH_BYTES", "BATCH_OVERHEAD"]
 
 ROOT = "kestrel"
@@ -48,8 +49,8 @@ def ledger_topic(did: str) -> str:
     return f"{ROOT}/{did}/ledger/batch"
 
 
-def status_topic(did: str) -> str:
-    return f"{ROOT}/{did}/ledger/status"
+def resend_topic(did: str) -> str:
+    return f"{ROOT}/{did}/ledger/resend"
 
 
 def inbox_topic(did: str) -> str:
@@ -93,3 +94,18 @@ def decode_batch(payload: bytes) -> SyncBatch:
     if set(doc) - {"v", "start", "records", "checkpoint"}:
         raise SyncFormatError(f"sync batch has unknown fields {sorted(set(doc) - {'v', 'start', 'records', 'checkpoint'})}")
     return SyncBatch(start, tuple(records), checkpoint)
+
+
+def encode_resend(start: int) -> bytes:
+    return msgpack.packb({"v": _VERSION, "from": start})
+
+
+def decode_resend(payload: bytes) -> int:
+    """The record a resend request asks to start from."""
+    try:
+        doc = msgpack.unpackb(payload[:256], raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many types
+        raise SyncFormatError(f"resend request is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(doc, dict) or doc.get("v") != _VERSION or type(doc.get("from")) is not int or doc["from"] < 0:
+        raise SyncFormatError("resend request is not a version-1 map with a non-negative 'from'")
+    return doc["from"]

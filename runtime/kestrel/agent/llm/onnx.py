@@ -84,7 +84,8 @@ class OnnxLanguageModel:
                     hint="export the model with optimum (task text-generation-with-past); see docs/llm.md",
                 )
         self.config = self._read_config()
-        self.digest = digest or file_digest([model_path, tok_path])
+        weights = sorted(self.model_dir.glob("model.onnx*"))  # model.onnx_data: external weights of big models
+        self.digest = digest or file_digest([*weights, tok_path])
         self._tokenizer = self._load_tokenizer(tok_path)
         self._session = self._load_session(model_path, threads)
         self._inspect_inputs()

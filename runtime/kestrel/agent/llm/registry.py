@@ -45,6 +45,17 @@ def _model_files(path: Path) -> list[Path]:
     return sorted(names, key=lambda p: p.name)
 
 
+def _locate(path: str | os.PathLike[str]) -> Path:
+    """A folder path as given, or a bare name (``local:tinylm``) for a recipe's build under models/."""
+    given = Path(path).expanduser()
+    if given.is_dir() or os.sep in str(path):
+        return given.resolve()
+    from ...inference.build import default_models_dir
+
+    built = default_models_dir() / str(path) / "build"
+    return built.resolve() if built.is_dir() else given.resolve()
+
+
 def _combined(entries: Mapping[str, Mapping[str, Any]]) -> str:
     """The model digest: sha256 of the JSON object {file name: file sha256} (sorted, compact)."""
     text = json.dumps({k: v["sha256"] for k, v in entries.items()}, sort_keys=True, separators=(",", ":"))
@@ -57,10 +68,13 @@ def _record_path(state_dir: str | os.PathLike[str]) -> Path:
 
 def register_local_llm(state_dir: str | os.PathLike[str], path: str | os.PathLike[str], *,
                        ledger: Any = None, name: str | None = None, threads: int | None = None) -> LocalLLM:
-    """Check that ``path`` holds a loadable decoder, then record it as this agent's LLM."""
+    """Check that ``path`` holds a loadable decoder, then record it as this agent's LLM.
+
+    ``path`` is a folder, or a bare name whose recipe build exists (``models/NAME/build``).
+    """
     from .onnx import OnnxLanguageModel, file_digest
 
-    folder = Path(path).expanduser().resolve()
+    folder = _locate(path)
     if not folder.is_dir():
         raise ModelLoadError(f"no model directory at {folder}",
                              hint="give the folder optimum exported (model.onnx, tokenizer.json, config.json)")
@@ -71,7 +85,8 @@ def register_local_llm(state_dir: str | os.PathLike[str], path: str | os.PathLik
         entries[f.name] = {"sha256": file_digest([f]), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     digest = _combined(entries)
     model = OnnxLanguageModel(folder, threads=threads, digest=digest)  # raises ModelLoadError if corrupt
-    llm = LocalLLM(name or folder.name, folder, digest, entries, model.context_length, time.time())
+    default_name = folder.parent.name if folder.name == "build" else folder.name
+    llm = LocalLLM(name or default_name, folder, digest, entries, model.context_length, time.time())
     record = {"format": FORMAT, "name": llm.name, "backend": "onnx", "path": str(folder), "digest": digest,
               "files": entries, "context_length": llm.context_length, "registered_at": llm.registered_at}
     target = _record_path(state_dir)

@@ -12,17 +12,19 @@ after the commit.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ...errors import TransportError, UsageError
-from ..wire import LEDGER_FILTER
+from ..wire import LEDGER_FILTER, encode_resend, resend_topic
 from .core import CollectorCore, Outcome
-from .store import CollectorStore
+from .store import CollectorStore, Rejection
 
 __all__ = ["CollectorService", "CollectorCounters", "parse_broker"]
 
@@ -56,7 +58,8 @@ class CollectorService:
     def __init__(self, store: CollectorStore, *, host: str, port: int, group: str | None = None,
                  client_id: str | None = None, session_expiry: int = 7 * 86400, keepalive: int = 30,
                  username: str | None = None, password: str | None = None, tls: Any = None,
-                 group_max: int = 64, on_outcome: Callable[[Outcome], None] | None = None) -> None:
+                 group_max: int = 64, resend_after_s: float = 30.0,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self.store = store
         self.core = CollectorCore(store, clock=time.time)
         self.host, self.port, self.keepalive = host, port, keepalive
@@ -71,6 +74,8 @@ class CollectorService:
         self._stopping = threading.Event()
         self.subscribed = threading.Event()
         self.group_max = group_max
+        self.resend_after_s = resend_after_s
+        self.resend_requests = 0
         self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue()
 
     def _make_client(self) -> Any:
@@ -123,14 +128,51 @@ class CollectorService:
                 group.append(nxt)
             try:
                 outcomes = self.core.handle_many([(m.topic, bytes(m.payload)) for _, m in group])
-            except Exception:  # the store failed: acknowledge nothing; reconnect so the broker redelivers
+            except (TransportError, sqlite3.OperationalError):  # the store is unavailable: retry later
                 log.exception("collector: could not store %d message(s); they will be redelivered", len(group))
                 group[0][0].disconnect()
+                self._stopping.wait(1.0)
                 continue
+            except Exception:  # a message the collector cannot handle: isolate it rather than loop on it
+                log.exception("collector: failed on a group of %d message(s); retrying one by one", len(group))
+                outcomes = [self._one(m) for _, m in group]
             for client, m in group:
                 client.ack(m.mid, m.qos)
             for out in outcomes:
                 self._count(out)
+
+    def _one(self, msg: Any) -> Outcome:
+        try:
+            return self.core.handle(msg.topic, bytes(msg.payload))
+        except Exception as exc:
+            log.exception("collector: refusing a message on %s that failed handling", msg.topic)
+            did = msg.topic.split("/")[1] if msg.topic.count("/") >= 2 else "?"
+            self.store.add_rejection(Rejection(did, None, "internal-error", f"{type(exc).__name__}: {exc}",
+                                               hashlib.sha256(bytes(msg.payload)).hexdigest(), time.time()))
+            return Outcome(did, refused=("internal-error",))
+
+    def _watch(self) -> None:
+        """Ask an agent to send again when its verified prefix is stuck below held records.
+
+        That happens when this collector never received some acknowledged batches: it joined
+        late, or the broker lost them. The agent honours one request per ``resend_interval_s``.
+        """
+        seen: dict[str, tuple[int, float]] = {}
+        while not self._stopping.wait(max(self.resend_after_s / 4, 0.05)):
+            now = time.monotonic()
+            for a in self.store.summaries():
+                if not a.pending:
+                    seen.pop(a.did, None)
+                    continue
+                size, since = seen.get(a.did, (a.verified, now))
+                if size != a.verified:
+                    size, since = a.verified, now
+                if now - since >= self.resend_after_s and self.subscribed.is_set():
+                    self._client.publish(resend_topic(a.did), encode_resend(a.verified), qos=1)
+                    self.resend_requests += 1
+                    log.info("collector: asked %s to resend from record %d", a.did, a.verified)
+                    since = now
+                seen[a.did] = (size, since)
 
     def _count(self, out: Outcome) -> None:
         c = self.counters
@@ -147,12 +189,15 @@ class CollectorService:
     def run(self) -> None:
         """Connect (retrying while the broker is down) and process messages until stop()."""
         worker = threading.Thread(target=self._worker, name="kestrel-collector-store", daemon=True)
+        watch = threading.Thread(target=self._watch, name="kestrel-collector-watch", daemon=True)
         worker.start()
+        watch.start()
         try:
             self._run_client()
         finally:
             self._queue.put(None)
             worker.join()
+            watch.join()
 
     def _run_client(self) -> None:
         self._client = client = self._make_client()

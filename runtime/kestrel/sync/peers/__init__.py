@@ -1,0 +1,1 @@
+"""Agent-to-agent messages: envelope (pure), key agreement, trust list, messenger (docs/peer-messages.md)."""
