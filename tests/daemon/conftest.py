@@ -90,7 +90,7 @@ async def running(agent: Agent, config: str, *, source: str = "device.yaml", con
         factory.close()
 
 
-async def until(predicate: Any, *, timeout: float = 5.0, what: str = "condition") -> None:
+async def until(predicate: Any, *, timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

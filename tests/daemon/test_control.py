@@ -145,25 +145,36 @@ def _as_user(path: str, uid: int, gid: int, groups: list[int]) -> tuple[str, str
     return tuple(json.loads(data))  # type: ignore[return-value]
 
 
-def _reachable(sock_path, tmp_path) -> str:
-    """A hard link to the socket in a world-traversable directory (pytest's tmp root is 0700).
+@pytest.fixture
+def reachable(tmp_path):
+    """Make a hard link to the socket in a world-traversable directory (pytest's tmp root is 0700).
 
-    The link is the same inode: same mode, owner and group, same listening socket.
+    The link is the same inode: same mode, owner and group, same listening socket. The
+    modes of pytest's directories are restored afterwards.
     """
+    parents = [tmp_path.parent, tmp_path.parent.parent]
+    saved = [(p, stat.S_IMODE(os.stat(p).st_mode)) for p in parents]
     pub = tmp_path.parent / (tmp_path.name + "-pub")
-    pub.mkdir(mode=0o755)
-    os.chmod(tmp_path.parent, 0o711)
-    os.chmod(tmp_path.parent.parent, 0o711)
-    link = pub / "control.sock"
-    os.link(sock_path, link)
-    return str(link)
+
+    def link(sock_path) -> str:
+        pub.mkdir(mode=0o755)
+        for p, mode in saved:
+            os.chmod(p, mode | 0o011)
+        os.link(sock_path, pub / "control.sock")
+        return str(pub / "control.sock")
+
+    try:
+        yield link
+    finally:
+        for p, mode in saved:
+            os.chmod(p, mode)
 
 
-async def test_unauthorized_uid_is_refused_logged_and_recorded(agent, caplog, tmp_path):
+async def test_unauthorized_uid_is_refused_logged_and_recorded(agent, caplog, reachable):
     if os.getuid() != 0:
         pytest.skip("needs root to switch uid in a forked child")
     async with running(agent, GPIO_CONFIG) as d:
-        path = _reachable(d.control.path, tmp_path)
+        path = reachable(d.control.path)
         # the file system stops a stranger first ...
         assert await in_thread(_as_user, path, NOBODY, NOBODY, []) == ("oserror", "PermissionError")
         # ... and if the socket were opened up by mistake, SO_PEERCRED still does
@@ -176,7 +187,7 @@ async def test_unauthorized_uid_is_refused_logged_and_recorded(agent, caplog, tm
     assert any("refused uid 65534" in r.getMessage() for r in caplog.records)
 
 
-async def test_member_of_control_group_is_served(agent, tmp_path):
+async def test_member_of_control_group_is_served(agent, reachable):
     if os.getuid() != 0:
         pytest.skip("needs root to switch uid in a forked child")
     gid = _nogroup()
@@ -184,7 +195,7 @@ async def test_member_of_control_group_is_served(agent, tmp_path):
     async with running(agent, cfg) as d:
         assert os.stat(d.control.path).st_gid == gid and os.stat(d.control.path.parent).st_gid == gid
         assert stat.S_IMODE(os.stat(agent.state).st_mode) & 0o010  # group may traverse the state dir
-        path = _reachable(d.control.path, tmp_path)
+        path = reachable(d.control.path)
         assert await in_thread(_as_user, path, NOBODY, gid, []) == ("ok", "")
         assert await in_thread(_as_user, path, NOBODY, 100, [gid]) == ("ok", "")  # supplementary group
         assert await in_thread(_as_user, path, NOBODY, 100, []) == ("oserror", "PermissionError")

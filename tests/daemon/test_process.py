@@ -137,8 +137,8 @@ def test_systemd_ready_watchdog_stopping(provisioned, tmp_path, abstract):
     try:
         msgs = _collect(sock, "READY=1", 20)
         assert any("READY=1" in m and f"MAINPID={proc.pid}" in m for m in msgs), msgs
-        pings = [m for m in _collect(sock, "never", 0.8) if m == "WATCHDOG=1"]
-        assert 3 <= len(pings) <= 12  # every 100 ms (half of WATCHDOG_USEC)
+        pings = [m for m in _collect(sock, "never", 1.5) if m == "WATCHDOG=1"]
+        assert 3 <= len(pings) <= 20  # every 100 ms (half of WATCHDOG_USEC)
         r = Client(provisioned).call("gpio.write", actuator="lamp", value=1)
         assert r["value"] == 1
     finally:

@@ -11,7 +11,6 @@ import textwrap
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from kestrel.memory import IndexParams, VectorMemory
@@ -143,3 +142,32 @@ def test_sigkill_during_save_leaves_old_or_new_index(tmp_path):
 @pytest.mark.slow
 def test_sigkill_during_save_many_rounds(tmp_path):
     _kill_during_saves(tmp_path, 40)
+
+
+def test_asyncio_tasks_insert_and_query_at_once(tmp_path):
+    """Tasks of one event loop share the memory through worker threads (the daemon's pattern)."""
+    import asyncio
+
+    pool = embedding_like(3000, dim=32, seed=6)
+    mem = VectorMemory.create(tmp_path / "mem", IndexParams(dim=32, capacity=2000, M=8, ef_construction=40))
+    mem.add_many(pool[:100])
+
+    async def inserter(start):
+        for i in range(start, start + 400, 4):
+            await asyncio.to_thread(mem.add_many, pool[i:i + 4])
+
+    async def querier(seed):
+        rng = random.Random(seed)
+        found = 0
+        for _ in range(150):
+            hits = await asyncio.to_thread(mem.search, pool[rng.randrange(3000)], 5)
+            found += len(hits)
+        return found
+
+    async def main():
+        return await asyncio.gather(inserter(100), inserter(500), inserter(900), querier(1), querier(2))
+
+    results = asyncio.run(main())
+    assert results[3] == results[4] == 150 * 5
+    assert len(mem) == 100 + 3 * 400
+    assert mem.search(pool[1299], 1)[0].id == 1299

@@ -258,8 +258,12 @@ def test_symlink_in_drop_dir(installed: Device, tmp_path) -> None:
     real = tmp_path / "real.kbundle"
     real.write_bytes(installed.bundle(counter=2))
     (drop / "x.kbundle").symlink_to(real)
-    [(_, err)] = scan_drop_dir(installed.state, drop, ledger=installed.ledger, now=installed.now)
-    assert err.code == "not-regular-file"
+    os.mkfifo(drop / "y.kbundle")  # a special file: must not block the scan or be read
+    (drop / "z.kbundle").mkdir()
+    results = scan_drop_dir(installed.state, drop, ledger=installed.ledger, now=installed.now)
+    assert [(p.name, e.code) for p, e in results] == [("x.kbundle", "not-regular-file"),
+                                                     ("y.kbundle", "not-regular-file"),
+                                                     ("z.kbundle", "not-regular-file")]
     assert active_policy(installed.state)[0].digest == hashlib.sha256(POLICY_V1).hexdigest()
 
 

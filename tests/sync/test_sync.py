@@ -286,3 +286,24 @@ def test_record_too_large_for_the_broker_is_reported_not_skipped(ledger, state_d
     synced, status = asyncio.run(go())
     assert not synced and status.acked == 0  # never skipped: the collector could not chain past it
     assert any("exceeds" in w for w in status.warnings)
+
+
+def test_run_sync_with_the_raw_config_section(ledger, state_dir, mosquitto, collector):
+    from kestrel.sync.sync import run_sync
+
+    _fill(ledger, 50)
+
+    async def go():
+        async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
+            task = asyncio.create_task(run_sync(ledger, bridge, config={"poll_s": 0.02, "offset_s": 0.02},
+                                                state_dir=state_dir))
+            deadline = time.monotonic() + 20
+            while OffsetStore(state_dir).load(ledger.public_key.did).acked < 50:
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(go())
+    wait_until(lambda: collector.store.agent_state(ledger.public_key.did).size == 50, what="50 verified")

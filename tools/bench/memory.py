@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time

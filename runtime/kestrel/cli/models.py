@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +129,7 @@ def _show(args: argparse.Namespace, extra: list[str]) -> int:
     for key in ("preprocessing", "postprocessing", "quantization", "source"):
         value = getattr(m, key)
         if value:
-            print(f"  {key:<9} {json.dumps(value, sort_keys=True)}" if len(key) <= 9 else
-                  f"  {key}: {json.dumps(value, sort_keys=True)}")
+            print(f"  {key}: {json.dumps(value, sort_keys=True)}")
     return 0
 
 
@@ -229,9 +227,21 @@ def _memory_add(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _no_memory(args: argparse.Namespace) -> bool:
+    from .._internal.paths import StateLayout
+    from ..memory.store import FILE_NAME
+
+    if (StateLayout(_state_dir(args)).memory / FILE_NAME).exists():
+        return False
+    print("no memories yet (kestrel memory add TEXT)")
+    return True
+
+
 def _memory_search(args: argparse.Namespace, extra: list[str]) -> int:
     from ..memory.text import TextMemory
 
+    if _no_memory(args):
+        return 0
     with TextMemory.open(_state_dir(args), model=args.model, read_only=True) as memory:
         hits = memory.search(args.query, args.k)
     if args.json:
@@ -250,6 +260,8 @@ def _memory_info(args: argparse.Namespace, extra: list[str]) -> int:
     from .._internal.paths import StateLayout
     from ..memory.store import VectorMemory
 
+    if _no_memory(args):
+        return 0
     with VectorMemory.open(StateLayout(_state_dir(args)).memory, read_only=True) as mem:
         p = mem.params
         print(f"entries {len(mem)} / capacity {p.capacity}, dimension {p.dim}, space {p.space}, "

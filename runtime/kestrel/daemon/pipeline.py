@@ -102,7 +102,8 @@ class Pipeline:
         self._runner: asyncio.Task[None] | None = None
         self._on_recorded = on_recorded or (lambda: None)
         self.stats = {"proposed": 0, "allowed": 0, "denied": 0, "succeeded": 0, "failed": 0, "dropped": 0,
-                      "record_errors": 0}
+                      "caught_up": 0, "record_errors": 0}
+        self._shed: dict[str, Proposal] = {}
         self.ledger_error: str | None = None
 
     def start(self) -> None:
@@ -141,15 +142,30 @@ class Pipeline:
         return decision, self.decision_log.take_last() if self.decision_log is not None else None
 
     def submit(self, p: Proposal) -> bool:
-        """Queue a proposal without waiting (triggers, schedules); False if the queue is full."""
+        """Queue a proposal without waiting (triggers, schedules); False if the queue is full.
+
+        A shed proposal is not forgotten entirely: the newest one of each source (trigger or
+        schedule) is kept aside and queued as soon as there is room, unless a newer proposal
+        of that source got in first. So a flood is thinned out, but the last word of every
+        trigger is acted on (a lamp that follows a button ends in the button's last state).
+        """
         if self._queue.full():
             self.stats["dropped"] += 1
             if self.stats["dropped"] in (1, 10, 100, 1000) or self.stats["dropped"] % 10000 == 0:
                 log.warning("action queue full: dropped %d proposals so far (latest %s from %s)",
                             self.stats["dropped"], p.action, p.source)
+            self._shed.pop(p.source, None)
+            self._shed[p.source] = p  # bounded: one per trigger/schedule
             return False
+        self._shed.pop(p.source, None)
         self._queue.put_nowait(self._item(p, reply=False))
         return True
+
+    def _catch_up(self) -> None:
+        while self._shed and not self._queue.full():
+            source = next(iter(self._shed))
+            self.stats["caught_up"] += 1
+            self._queue.put_nowait(self._item(self._shed.pop(source), reply=False))
 
     async def call(self, p: Proposal) -> dict[str, Any]:
         """Queue a proposal (waiting for room) and return its result; raises ActionDeniedError etc."""
@@ -178,6 +194,8 @@ class Pipeline:
             item = await self._queue.get()
             if item is None:
                 return
+            if self._shed:
+                self._catch_up()
             try:
                 decision, pending = await item.decision
             except Exception as exc:  # the policy could not decide (ledger down?): fail closed

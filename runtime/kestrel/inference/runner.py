@@ -8,6 +8,7 @@ reused; a redeploy (new manifest digest) opens a fresh session.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from typing import Any, Mapping
@@ -24,7 +25,10 @@ class ModelRunner:
 
     def __init__(self, state_dir: str | os.PathLike[str], *, options: RuntimeOptions | None = None) -> None:
         self.store = ModelStore(state_dir)
-        self.options = options or RuntimeOptions()
+        options = options or RuntimeOptions()
+        if "tensorrt" in options.providers and options.engine_cache_dir is None:
+            options = dataclasses.replace(options, engine_cache_dir=self.store.root / ".trt-cache")
+        self.options = options
         self._sessions: dict[str, tuple[str, Session]] = {}
         self._lock = threading.Lock()
 

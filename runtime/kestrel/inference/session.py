@@ -17,7 +17,7 @@ from .manifest import ManifestError, TensorSpec
 from .options import RuntimeOptions
 from .store import InstalledModel
 
-__all__ = ["Session", "InputError", "open_session", "OrtSession", "LiteRtSession", "check_inputs"]
+__all__ = ["Session", "InputError", "InputChecker", "open_session", "OrtSession", "LiteRtSession", "check_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -33,31 +33,66 @@ class Session(Protocol):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
-def check_inputs(model_name: str, specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any]) -> None:
-    """Raise :class:`InputError` unless ``inputs`` match ``specs`` exactly (no silent casts)."""
-    if len(inputs) != len(specs) or any(s.name not in inputs for s in specs):
-        want = sorted(s.name for s in specs)
-        raise InputError(
-            f"model {model_name}: inputs {sorted(inputs)} do not match the manifest's {want}",
+def _input_error(model_name: str, specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any]) -> InputError:
+    """Say exactly what is wrong with ``inputs`` (the slow path, only after a check failed)."""
+    names = {s.name for s in specs}
+    if set(inputs) != names:
+        return InputError(
+            f"model {model_name}: inputs {sorted(inputs)} do not match the manifest's {sorted(names)}",
             hint="pass exactly the inputs listed by `kestrel models show`",
         )
     for spec in specs:
         arr = inputs[spec.name]
         dtype = getattr(arr, "dtype", None)
-        if dtype is None or dtype.name != spec.dtype:
-            raise InputError(
+        if dtype is None or getattr(dtype, "name", None) != spec.dtype:
+            return InputError(
                 f"model {model_name}: input {spec.name!r} has dtype {getattr(dtype, 'name', type(arr).__name__)}, "
                 f"expected {spec.dtype}",
                 hint=f"convert it with numpy: arr.astype('{spec.dtype}')",
             )
-        shape = arr.shape
+        shape = tuple(getattr(arr, "shape", ()))
         if len(shape) != len(spec.shape) or any(
             isinstance(d, int) and d != got for d, got in zip(spec.shape, shape)
         ):
-            raise InputError(
-                f"model {model_name}: input {spec.name!r} has shape {list(shape)}, expected {list(spec.shape)}",
-                hint="None or a name marks a free axis; every number must match",
+            shown = ["?" if d is None else d for d in spec.shape]
+            return InputError(
+                f"model {model_name}: input {spec.name!r} has shape {list(shape)}, expected {shown}",
+                hint="'?' or a name marks a free axis; every number must match",
             )
+    return InputError(f"model {model_name}: inputs do not match the manifest")
+
+
+class InputChecker:
+    """Checks inputs against a manifest's specs; precomputed so a call costs microseconds."""
+
+    def __init__(self, model_name: str, specs: tuple[TensorSpec, ...]) -> None:
+        import numpy as np
+
+        self.model_name = model_name
+        self.specs = specs
+        self._rules = [
+            (s.name, np.dtype(s.dtype), len(s.shape),
+             tuple((axis, d) for axis, d in enumerate(s.shape) if isinstance(d, int)))
+            for s in specs
+        ]
+
+    def __call__(self, inputs: Mapping[str, Any]) -> None:
+        if len(inputs) != len(self._rules):
+            raise _input_error(self.model_name, self.specs, inputs)
+        for name, dtype, rank, fixed in self._rules:
+            arr = inputs.get(name)
+            try:
+                shape = arr.shape  # type: ignore[union-attr]
+                ok = arr.dtype == dtype and len(shape) == rank  # type: ignore[union-attr]
+            except AttributeError:
+                ok = False
+            if not ok or any(shape[axis] != d for axis, d in fixed):
+                raise _input_error(self.model_name, self.specs, inputs)
+
+
+def check_inputs(model_name: str, specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any]) -> None:
+    """Raise :class:`InputError` unless ``inputs`` match ``specs`` exactly (no silent casts)."""
+    InputChecker(model_name, specs)(inputs)
 
 
 _ORT_TYPES = {
@@ -120,7 +155,7 @@ class OrtSession:
         _check_against_model(model, actual_in, model.manifest.inputs, "input")
         _check_against_model(model, actual_out, model.manifest.outputs, "output")
         self._output_names = [o.name for o in model.manifest.outputs]
-        self._specs = model.manifest.inputs
+        self._check = InputChecker(model.manifest.name, model.manifest.inputs)
 
     @staticmethod
     def _providers(ort: Any, options: RuntimeOptions) -> tuple[Any, ...]:
@@ -154,9 +189,9 @@ class OrtSession:
         return list(self._sess.get_providers())
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        check_inputs(self.model.manifest.name, self._specs, inputs)
+        self._check(inputs)
         try:
-            values = self._sess.run(self._output_names, dict(inputs))
+            values = self._sess.run(self._output_names, inputs if type(inputs) is dict else dict(inputs))
         except Exception as exc:
             raise InputError(f"model {self.model.manifest.name}: onnxruntime refused the input: {exc}") from None
         return dict(zip(self._output_names, values))
@@ -199,9 +234,10 @@ class LiteRtSession:
         self._out = {s.name: outs[s.name]["index"] for s in model.manifest.outputs}
         self._shapes = {k: tuple(d["shape"]) for k, d in self._in.items()}
         self._lock = threading.Lock()
+        self._check = InputChecker(model.manifest.name, model.manifest.inputs)
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        check_inputs(self.model.manifest.name, self.model.manifest.inputs, inputs)
+        self._check(inputs)
         with self._lock:
             resized = False
             for name, detail in self._in.items():

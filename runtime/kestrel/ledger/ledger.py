@@ -140,8 +140,7 @@ class Ledger:
         if not self._strict:
             self._signer_thread = threading.Thread(target=self._sign_loop, name="kestrel-ledger-sign", daemon=True)
             self._signer_thread.start()
-        if self._cp_ready is not None:
-            self.flush()
+        self.flush()  # the recovery checkpoint (if any) is durable before open returns
         return self
 
     def _recover(self, max_segment_bytes: int) -> None:
@@ -323,8 +322,8 @@ class Ledger:
 
         Closed-loop producers come back right after their receipts: waiting for
         about as many as last time makes one commit of what would otherwise be
-        several small ones, and costs nothing when arrivals are sparse (the
-        first commit of a burst is never delayed).
+        several small ones. When fewer come, the wait ends at the delay and the
+        next commit expects that many, so sparse appends wait at most once.
         """
         deadline = self._pending[0].time + self._delay
         want = min(self._last_batch, _MAX_BATCH)

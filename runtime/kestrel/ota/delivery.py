@@ -5,6 +5,7 @@ Both end in :func:`kestrel.ota.apply.apply_bundle`, exactly like ``kestrel ota a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._internal.fsutil import read_bytes
-from ..errors import DataError, KestrelError
+from ..errors import DataError, KestrelError, TransportError
 from .apply import AppliedBundle, HealthCheck, apply_bundle
 from .bundle import Limits
 from .errors import BundleError, BundleFormatError
@@ -55,13 +56,7 @@ def scan_drop_dir(state_dir: str | os.PathLike[str], drop_dir: str | os.PathLike
             continue
         path = Path(drop_dir) / name
         try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
-                raise BundleFormatError(f"{path} is not a regular file (symlink or device refused)",
-                                        code="not-regular-file")
-            if st.st_size > limits.max_bundle:
-                raise BundleFormatError(f"{path} is larger than {limits.max_bundle} bytes", code="oversize")
-            data = read_bytes(path, what="bundle", max_size=limits.max_bundle)
+            data = _read_regular(path, limits.max_bundle)
         except BundleError as exc:
             key = f"{name}:{exc.code}"
             if key not in seen:
@@ -85,6 +80,32 @@ def scan_drop_dir(state_dir: str | os.PathLike[str], drop_dir: str | os.PathLike
         ota.ensure()
         durable_write(seen_file, json.dumps(seen[-_SEEN_MAX:]).encode())
     return results
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """Read a regular file without following a symlink (no TOCTOU between check and read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BundleFormatError(f"{path} is a symbolic link; refused", code="not-regular-file") from None
+        raise TransportError(f"cannot read bundle {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleFormatError(f"{path} is not a regular file (device, FIFO or directory refused)",
+                                    code="not-regular-file")
+        if st.st_size > limit:
+            raise BundleFormatError(f"{path} is larger than {limit} bytes", code="oversize")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise TransportError(f"cannot read bundle {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise BundleFormatError(f"{path} grew beyond {limit} bytes while being read", code="oversize")
+    return data
 
 
 def _note(ledger: Any, exc: BundleError, name: str) -> None:

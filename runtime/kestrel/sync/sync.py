@@ -24,13 +24,14 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Mapping
 
 from ..errors import DataError, KestrelError
 from ._tasks import cancel_task
-from .config import SyncConfig
+from .config import SyncConfig, parse_sync_config
 from .limits import TokenBucket, retention_warnings
 from .state import Offset, OffsetStore, SyncStatus, write_status
+from .tail import SegmentTail
 from .wire import BATCH_OVERHEAD, SyncBatch, SyncFormatError, decode_resend, encode_batch, ledger_topic, resend_topic
 
 __all__ = ["LedgerSync", "run_sync"]
@@ -42,46 +43,18 @@ _RECORD_OVERHEAD = 5  # msgpack bin header per record
 class _Reader:
     """Reads consecutive batches of the ledger's frames (called from one worker thread at a time).
 
-    It walks the segment frames (``kestrel.ledger.reader.read_stream``) rather than
-    ``Ledger.entries_raw`` so that records are not decoded one by one and the checkpoints the
-    ledger signed along the way travel with the records they cover, in ledger order. Only
-    records below ``ledger.size`` (durable) are sent.
+    It follows the segment files with :class:`~kestrel.sync.tail.SegmentTail` rather than
+    ``Ledger.entries_raw`` (which rereads every segment on each call), so records are not decoded
+    and the checkpoints the ledger signed along the way travel with the records they cover, in
+    ledger order. Only records below ``ledger.size`` (durable) are sent.
     """
 
     def __init__(self, ledger: Any, config: SyncConfig) -> None:
         self._ledger, self._config = ledger, config
-        self._frames: Iterator[tuple[int, bytes]] | None = None
-        self._pos = -1  # seq of the next record frame the iterator yields
+        self._tail: SegmentTail | None = None
+        self._pos = -1  # seq of the next record the tail yields (after _peek)
         self._peek: bytes | None = None
-        self._cp: tuple[int, bytes] | None = None  # newest checkpoint frame seen: (size, note)
-
-    def _open(self, start: int) -> None:
-        from ..ledger.frame import CHECKPOINT, RECORD, FrameDamage, iter_frames
-        from ..ledger.reader import read_stream
-        from ..ledger.record import decode_record
-        from ..ledger.verify import is_torn_tail
-
-        buf = read_stream(self._ledger.directory, from_seq=start)
-
-        def frames() -> Iterator[tuple[int, bytes]]:
-            seq = None
-            for item in iter_frames(buf):
-                if isinstance(item, FrameDamage):
-                    if is_torn_tail(buf, item):
-                        return  # a write in progress
-                    raise DataError(f"ledger frame damaged at byte {item.offset} of the segment stream "
-                                    f"({item.detail}); sync stops here",
-                                    hint="run `kestrel audit verify` to locate the damage")
-                if item.type == CHECKPOINT:
-                    yield CHECKPOINT, item.payload
-                elif item.type == RECORD:
-                    if seq is None:
-                        seq = decode_record(item.payload).seq
-                    if seq >= start:
-                        yield RECORD, item.payload
-                    seq += 1
-
-        self._frames, self._pos, self._peek, self._cp = frames(), start, None, None
+        self._cp: tuple[int, bytes] | None = None  # newest checkpoint frame read: (size, note)
 
     def read(self, start: int, checkpoint_sent: int) -> tuple[SyncBatch, int] | None:
         """The next batch from ``start`` and the size of the checkpoint it carries (0: none)."""
@@ -89,28 +62,26 @@ class _Reader:
 
         durable = self._ledger.size
         records: list[bytes] = []
-        if start < durable:
-            if self._pos != start or self._frames is None:
-                self._open(start)
-            assert self._frames is not None
-            nbytes = BATCH_OVERHEAD + 600  # room for a checkpoint note
-            while len(records) < self._config.batch_records and start + len(records) < durable:
-                if self._peek is not None:
-                    raw, self._peek = self._peek, None
-                else:
-                    ftype, raw = next(self._frames, (0, b""))
-                    if ftype == 0:
-                        self._frames = None  # exhausted: reopen next time, new records may have arrived
-                        break
-                    if ftype == CHECKPOINT:
-                        self._note_checkpoint(raw)
-                        continue
-                if records and nbytes + len(raw) + _RECORD_OVERHEAD > self._config.batch_bytes:
-                    self._peek = raw
+        if self._tail is None or self._pos != start:
+            self._tail, self._pos, self._peek, self._cp = SegmentTail(self._ledger.directory, start), start, None, None
+        nbytes = BATCH_OVERHEAD + 600  # room for a checkpoint note
+        while len(records) < self._config.batch_records and start + len(records) < durable:
+            if self._peek is not None:
+                raw, self._peek = self._peek, None
+            else:
+                frame = self._tail.next()
+                if frame is None:
                     break
-                records.append(raw)
-                nbytes += len(raw) + _RECORD_OVERHEAD
-            self._pos = start + len(records)
+                if frame.type == CHECKPOINT:
+                    self._note_checkpoint(frame.payload)
+                    continue
+                raw = frame.payload
+            if records and nbytes + len(raw) + _RECORD_OVERHEAD > self._config.batch_bytes:
+                self._peek = raw
+                break
+            records.append(raw)
+            nbytes += len(raw) + _RECORD_OVERHEAD
+        self._pos = start + len(records)
         end = start + len(records)
         candidates = [self._cp] if self._cp is not None else []
         latest = self._ledger.latest_checkpoint() if durable else None
@@ -356,8 +327,14 @@ def _dir_bytes(path: Path) -> int:
     return total
 
 
-async def run_sync(ledger: Any, bridge: Any, *, config: SyncConfig, state_dir: str | os.PathLike[str]) -> None:
-    """Run the sync until cancelled (the daemon's alternative to start/stop)."""
+async def run_sync(ledger: Any, bridge: Any, *, config: SyncConfig | Mapping[str, Any] | None = None,
+                   state_dir: str | os.PathLike[str]) -> None:
+    """Run the sync until cancelled (the daemon's alternative to start/stop).
+
+    ``config`` is a SyncConfig, or the raw ``sync:`` mapping of the device config (parsed here).
+    """
+    if not isinstance(config, SyncConfig):
+        config = parse_sync_config(config)
     sync = LedgerSync(ledger, bridge, config=config, state_dir=state_dir)
     await sync.start()
     try:

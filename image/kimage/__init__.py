@@ -1,0 +1,1 @@
+"""Kestrel SD-card image recipe (docs/image.md)."""
