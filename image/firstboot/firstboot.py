@@ -237,13 +237,18 @@ def enable_service(opts: argparse.Namespace) -> None:
     run_tool(cmd + ["enable", "kestrel.service"], what="enable kestrel.service")
 
 
+def check_state_empty(state: Path) -> None:
+    """The new state may only replace an absent or empty /var/lib/kestrel; nothing is ever deleted."""
+    if state.exists() and any(state.iterdir()):
+        raise DataError(f"{state} is not empty but holds no identity; refusing to mix it with a new one",
+                        hint="move its contents away (nothing is deleted), then reboot or rerun "
+                        "`systemctl start kestrel-firstboot`")
+
+
 def commit_state(layout: Layout) -> None:
     """Rename the work state onto /var/lib/kestrel (absent or an empty directory): the commit point."""
     state = layout.state
-    if state.exists():
-        if any(state.iterdir()):
-            raise DataError(f"{state} is not empty but holds no identity; refusing to mix it with a new one",
-                            hint=f"move its contents away (nothing is deleted), then rerun first boot")
+    check_state_empty(state)
     state.parent.mkdir(parents=True, exist_ok=True)
     os.rename(layout.staged, state)
     fsync_dir(state.parent)
@@ -276,6 +281,9 @@ def provision(opts: argparse.Namespace) -> int:
     layout = Layout(root=opts.root, boot=opts.boot)
     if (layout.state / "identity").exists():
         log(f"{layout.state} already has an identity; nothing to do (it is never replaced)")
+        if layout.work.exists():  # cut off after the commit: only copies of consumed inputs are left
+            shutil.rmtree(layout.work)
+            log(f"removed the leftover {layout.work}")
         return 0
     receipt_path = layout.work / RECEIPT
     if receipt_path.exists():
@@ -285,6 +293,7 @@ def provision(opts: argparse.Namespace) -> int:
         if layout.work.exists():
             log(f"discarding the unfinished work of an interrupted first boot ({layout.work})")
             shutil.rmtree(layout.work)
+        check_state_empty(layout.state)
         inputs = read_boot_inputs(layout.boot)
         if inputs.owner is None:
             log(f"warning: no {layout.boot / OWNER_FILE}: the agent has no owner keys and no policy can be "

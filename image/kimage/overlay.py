@@ -21,7 +21,7 @@ from .steps import BuildError, Runner
 __all__ = ["build_overlay", "write_manifest", "MANIFEST", "ROOT_LABEL", "BOOT_LABEL", "DEFAULT_EXTRAS"]
 
 MANIFEST = "usr/share/kestrel/image-manifest.json"
-ROOT_LABEL, BOOT_LABEL = "KESTREL_ROOT", "KESTREL_BOOT"
+ROOT_LABEL, BOOT_LABEL = "KESTREL_ROOT", "KESTRELBOOT"  # FAT labels: 11 characters at most
 DEFAULT_EXTRAS = ("tpm", "gpio", "inference")
 _UNITS = ("kestrel.service", "kestrel-firstboot.service")
 _FIRSTBOOT = ("firstboot.py", "firstboot_settings.py")
@@ -113,7 +113,6 @@ def _raspi_files(board: ImageBoard, root: Path) -> None:
 def build_overlay(repo: Path, out: Path, *, board: ImageBoard, runner: Runner, epoch: int,
                   ref: str | None = None, extras: tuple[str, ...] = DEFAULT_EXTRAS) -> Path:
     """Build the overlay tree into ``out`` (replaced if present: the stage is idempotent)."""
-    image = repo / "image"
     runner.say(f"stage rootfs-overlay: {board.name} -> {out}")
     if runner.dry_run:
         runner.run(["pip", "wheel", "--no-deps", "-w", str(out / "opt/kestrel/wheels"), str(repo)],
@@ -123,9 +122,26 @@ def build_overlay(repo: Path, out: Path, *, board: ImageBoard, runner: Runner, e
     shutil.rmtree(tmp_out, ignore_errors=True)
     tmp_out.mkdir(parents=True)
     root = tmp_out
-    with tempfile.TemporaryDirectory(prefix="kestrel-src-") as src:
-        version = source_tree(repo, Path(src), ref=ref)
-        wheel = build_wheel(Path(src), root / "opt/kestrel/wheels", epoch=epoch, runner=runner)
+    try:
+        with tempfile.TemporaryDirectory(prefix="kestrel-src-") as src:
+            version = source_tree(repo, Path(src), ref=ref)
+            wheel = build_wheel(Path(src), root / "opt/kestrel/wheels", epoch=epoch, runner=runner)
+            _add_files(Path(src), root, board=board, wheel=wheel, extras=extras)
+    except BaseException:
+        shutil.rmtree(tmp_out, ignore_errors=True)  # the previous overlay, if any, stays as it was
+        raise
+    write_manifest(root, {"board": board.name, "source": version, "source_date_epoch": epoch,
+                          "wheel": wheel.name, "extras": list(extras)}, epoch=epoch)
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(tmp_out, out)
+    return out
+
+
+def _add_files(src: Path, root: Path, *, board: ImageBoard, wheel: Path, extras: tuple[str, ...]) -> None:
+    """Everything but the wheel, taken from the same source tree as the wheel."""
+    image = src / "image"
+    if not (image / "overlay").is_dir():
+        raise BuildError(f"{image} has no overlay/ directory", hint="build from a commit that has image/")
     for item in sorted((image / "overlay").rglob("*")):
         if item.is_file():
             _put(root / item.relative_to(image / "overlay"), item.read_bytes())
@@ -136,7 +152,7 @@ def build_overlay(repo: Path, out: Path, *, board: ImageBoard, runner: Runner, e
     for name in _FIRSTBOOT:
         _put(root / "usr/lib/kestrel/firstboot" / name, (image / "firstboot" / name).read_bytes())
     _link(root / "usr/bin/kestrel", "/opt/kestrel/bin/kestrel")
-    for doc in sorted((repo / "docs").glob("*.md")):
+    for doc in sorted((src / "docs").glob("*.md")):
         _put(root / "usr/share/doc/kestrel" / doc.name, doc.read_bytes())
     _put(root / "opt/kestrel/requirements.txt",
          f"# installed into /opt/kestrel by the rootfs stage (HNSWLIB_NO_NATIVE=1)\n"
@@ -145,15 +161,10 @@ def build_overlay(repo: Path, out: Path, *, board: ImageBoard, runner: Runner, e
     _put(root / "etc/hostname", "kestrel\n")
     if board.flash == "sd":
         _raspi_files(board, root)
-        _put(root / "boot/firmware/kestrel/README.txt", _BOOT_README)
-        _put(root / "boot/firmware/kestrel/owner.json.example", json.dumps(_OWNER_EXAMPLE, indent=2) + "\n")
+    _put(root / "boot/firmware/kestrel/README.txt", _BOOT_README)  # Jetson: a directory on the rootfs
+    _put(root / "boot/firmware/kestrel/owner.json.example", json.dumps(_OWNER_EXAMPLE, indent=2) + "\n")
     (root / "var/lib/kestrel").mkdir(parents=True, mode=0o700)
     (root / "var/lib/kestrel").chmod(0o700)
-    write_manifest(root, {"board": board.name, "source": version, "source_date_epoch": epoch,
-                          "wheel": wheel.name, "extras": list(extras)}, epoch=epoch)
-    shutil.rmtree(out, ignore_errors=True)
-    os.rename(tmp_out, out)
-    return out
 
 
 def write_manifest(root: Path, build: dict, *, epoch: int) -> dict:

@@ -37,7 +37,8 @@ schedules:
   - {name: report, cron: "*/5 * * * *", action: send_email, args: {to: me@example.com, subject: report}}
 smtp: {host: mail.example.com, port: 587, security: starttls, username: bot, password_file: /etc/k/smtp, from: a@b.c}
 outbox: {retry_initial: 1, retry_max: 60, max_items: 10}
-mqtt: {host: broker.lan, port: 1883, commands_topic: porch/cmd, results_topic: porch/result}
+mqtt: {host: broker.lan, port: 8883, commands_topic: porch/cmd, results_topic: porch/result, username: porch,
+       password_file: /etc/k/mqtt, tls: true, ca_file: /etc/k/ca.pem}
 control: {group: kestrel}
 ota: {drop_dir: /media/usb, mqtt_topic: porch/ota}
 fetch: {max_bytes: 10000, timeout: 5}
@@ -59,7 +60,7 @@ def test_full_config_parses_into_typed_values():
     assert t.args.render({"cpu": 41.5}) == {"actuator": "alerts", "payload": "door opened at 41.5 C"}
     assert cfg.schedules[1].cron is not None and cfg.schedules[0].every_s == 60
     assert cfg.smtp and cfg.smtp.security == "starttls" and cfg.smtp.sender == "a@b.c"
-    assert cfg.mqtt and cfg.mqtt.commands_topic == "porch/cmd"
+    assert cfg.mqtt and cfg.mqtt.commands_topic == "porch/cmd" and cfg.mqtt.tls and cfg.mqtt.username == "porch"
     assert cfg.control.group == "kestrel" and cfg.ota.drop_dir == "/media/usb" and cfg.limits.action_workers == 2
 
 
@@ -88,6 +89,8 @@ def test_embedded_default_config_loads():
     ("schedules:\n  - {every: 5, cron: '* * * * *', action: gpio.write}\n", ":2:5", "schedules[0]", "exactly one"),
     ("schedules:\n  - {cron: '*/0 * * * *', action: gpio.write}\n", ":2:12", "schedules[0].cron", "bad step"),
     ("smtp: {host: h, username: u}\n", ":1:", "smtp.password_file", "needs a password_file"),
+    ("mqtt: {host: h, username: u}\n", ":1:", "mqtt.password_file", "needs a password_file"),
+    ("mqtt: {host: h, ca_file: /x}\n", ":1:", "mqtt.ca_file", "needs tls: true"),
     ("triggers:\n  - when: '1'\n    action: send_email\n", ":2:5", "triggers[0]", "needs an 'smtp' section"),
     ("sensors:\n  d: {type: gpio, pin: 4}\n  d: {type: gpio, pin: 5}\n", ":3:3", "sensors.d", "duplicate key"),
     ("sensors: [a, b]\n", ":1:10", "sensors", "expected a mapping"),

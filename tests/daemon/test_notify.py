@@ -96,3 +96,15 @@ async def test_daemon_withholds_watchdog_when_its_ledger_fails(agent, listener, 
         assert "WATCHDOG=1" not in msgs
         assert d.hardware.outputs["lamp"].value == 0  # fail closed: no decision, no action
         assert d.control_status()["health"].startswith("unhealthy")
+
+
+def test_journal_priority_prefixes():
+    import logging
+
+    from kestrel.daemon.main import _JournalFormatter
+
+    fmt = _JournalFormatter("<%(levelno)s>%(name)s: %(message)s")
+    rec = logging.LogRecord("kestrel.daemon", logging.WARNING, __file__, 1, "disk %s", ("full",), None)
+    assert fmt.format(rec) == "<4>kestrel.daemon: disk full"
+    rec = logging.LogRecord("kestrel.daemon", logging.ERROR, __file__, 1, "<20> stays", (), None)
+    assert fmt.format(rec) == "<3>kestrel.daemon: <20> stays"

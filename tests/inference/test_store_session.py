@@ -169,3 +169,9 @@ def test_bad_profile_sections_are_config_errors(section, key):
     with pytest.raises(ConfigError) as info:
         RuntimeOptions.from_profile(section, source="board.yaml")
     assert key in str(info.value) and "board.yaml" in str(info.value)
+
+
+def test_runner_gives_tensorrt_an_engine_cache_in_the_state_dir(state_dir):
+    runner = ModelRunner(state_dir, options=RuntimeOptions(providers=("tensorrt", "cuda")))
+    assert runner.options.engine_cache_dir == state_dir / "models" / ".trt-cache"
+    assert ModelRunner(state_dir).options.engine_cache_dir is None

@@ -173,6 +173,10 @@ def test_state_survives_reopen(tmp_path):
         ledger_topic(log.did), encode_batch(SyncBatch(5, tuple(log.records[5:]), log.checkpoint(7))))
     assert out.verified == 2 and s.agent_state(log.did).size == 7
     s.close()
+    import stat
+    for name in ("c.db", "c.db-wal"):
+        if (tmp_path / name).exists():
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
 
 
 def test_corrupt_database_is_a_clear_error(tmp_path):

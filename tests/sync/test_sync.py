@@ -307,3 +307,26 @@ def test_run_sync_with_the_raw_config_section(ledger, state_dir, mosquitto, coll
 
     asyncio.run(go())
     wait_until(lambda: collector.store.agent_state(ledger.public_key.did).size == 50, what="50 verified")
+
+
+def test_sync_status_command_while_running(ledger, state_dir, mosquitto):
+    import subprocess
+    import sys
+
+    _fill(ledger, 30)
+
+    async def go():
+        async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
+            sync = LedgerSync(ledger, bridge, config=FAST, state_dir=state_dir)
+            await sync.start()
+            assert await sync.wait_synced(timeout=20)
+            await asyncio.sleep(0.3)  # a status write
+            r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "kestrel.cli", "sync", "status",
+                                                         "--state", str(state_dir), "--json"],
+                                        capture_output=True, text=True, timeout=30)
+            await sync.stop()
+            return r
+
+    r = asyncio.run(go())
+    doc = json.loads(r.stdout)
+    assert (doc["state"], doc["acked"], doc["backlog"], doc["agent"]) == ("connected", 30, 0, ledger.public_key.did)

@@ -63,3 +63,25 @@ def test_damage_is_an_error(ledger, tmp_path):
     seg.write_bytes(bytes(data))
     with pytest.raises(DataError, match="magic"):
         _drain(SegmentTail(tmp_path / "ledger", 0))
+
+
+def test_sync_batches_end_at_checkpoints(tmp_path):
+    """With a checkpoint per commit, every batch carries the checkpoint of its own last record."""
+    from kestrel.sync.config import SyncConfig
+    from kestrel.sync.sync import _Reader
+
+    led = Ledger.open(tmp_path / "strict", signer=SoftwareSigner.generate(), durability="strict")
+    try:
+        for i in range(7):
+            for _ in range(5):
+                led.submit("action.result", {"i": i})
+            led.flush()  # one commit of five records, with its checkpoint
+        reader, start, sent, ends = _Reader(led, SyncConfig(batch_records=8)), 0, 0, []
+        while (got := reader.read(start, sent)) is not None:
+            batch, cp_size = got
+            assert batch.records == tuple(list(led.entries_raw(0))[batch.start:batch.end])
+            ends.append((batch.end, cp_size))
+            start, sent = batch.end, max(sent, cp_size)
+        assert start == 35 and all(end == cp for end, cp in ends), ends
+    finally:
+        led.close()

@@ -23,17 +23,32 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def _ledger(dirpath: Path, n: int):
+def _ledger(dirpath: Path, n: int, *, flush_every: int = 5000):
+    """A ledger of ``n`` sensor records; a signed checkpoint at least every ``flush_every`` records."""
     from kestrel.identity.keys import SoftwareSigner
     from kestrel.ledger.ledger import Ledger
 
     led = Ledger.open(dirpath, signer=SoftwareSigner.generate())
     for i in range(n):
         led.submit("sensor.reading", {"sensor": "temp0", "value": 20.0 + (i % 100) / 10, "i": i})
-        if i % 5000 == 4999:
+        if i % flush_every == flush_every - 1:
             led.flush()
     led.flush()
     return led
+
+
+def _payloads(led) -> list[bytes]:
+    """The sync's own batches of a whole ledger (its reader and encoder, no broker)."""
+    from kestrel.sync.config import SyncConfig
+    from kestrel.sync.sync import _Reader
+    from kestrel.sync.wire import encode_batch
+
+    reader, start, sent, out = _Reader(led, SyncConfig()), 0, 0, []
+    while (got := reader.read(start, sent)) is not None:
+        batch, cp = got
+        out.append(encode_batch(batch))
+        start, sent = batch.end, max(sent, cp)
+    return out
 
 
 async def _sync_all(led, host: str, port: int, state: Path) -> tuple[float, list[bytes]]:
@@ -123,11 +138,16 @@ def main() -> int:
         print(f"  raw paho QoS1, same payloads       {n / t_same:10.0f} records/s  ratio sync/raw = {t_same / t_sync:.2f}")
         print(f"  raw paho QoS1, 1 record/message    {n / t_one:10.0f} records/s  ratio sync/raw = {t_one / t_sync:.2f}")
         # 3. collector
-        for group in (1, 16):
-            t_col, verified = _collector_rate(led, payloads, tmp / f"bench{group}.db", group=group)
-            assert verified == n, (verified, n)
-            print(f"collector verifications (SQLite, in process, {group:2d} message(s) per transaction): "
-                  f"{n / t_col:.0f} records/s ({len(payloads) / t_col:.0f} messages/s)")
+        live = _ledger(tmp / "live" / "ledger", n, flush_every=64)  # a checkpoint every 64 records
+        for name, source in (("bulk-written ledger (checkpoint every ~1000+ records)", led),
+                             ("ledger with a checkpoint every 64 records", live)):
+            msgs = _payloads(source)
+            for group in (1, 16):
+                t_col, verified = _collector_rate(source, msgs, tmp / f"bench-{id(source)}-{group}.db", group=group)
+                assert verified == n, (verified, n)
+                print(f"collector verifications, {name}, {group:2d} message(s)/transaction: "
+                      f"{n / t_col:.0f} records/s ({len(msgs) / t_col:.0f} messages/s)")
+        live.close()
         led.close()
         # 2. catch-up
         big = _ledger(tmp / "b" / "ledger", args.backlog)

@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_list)
 
-    p = msub.add_parser("show", help="a model's manifest (installed, or a folder/recipe with --build)")
+    p = msub.add_parser("show", help="a model's manifest (an installed NAME, or a folder holding manifest.json)")
     p.add_argument("name", help="installed model name, or a folder holding manifest.json")
     _state(p)
     p.set_defaults(func=_show)

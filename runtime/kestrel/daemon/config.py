@@ -154,6 +154,10 @@ class MqttConfig:
     commands_topic: str | None = None
     results_topic: str | None = None
     max_payload: int = 65536
+    username: str | None = None
+    password_file: str | None = None  # never a password inline
+    tls: bool = False
+    ca_file: str | None = None  # default: the system's trust store
 
 
 @dataclass(frozen=True)
@@ -393,13 +397,20 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
                               f.get("max_items", Node.as_int, 1000, min=1, max=1_000_000))
     mqtt = None
     if (f := _section(root, "mqtt", {"host", "port", "keepalive", "commands_topic", "results_topic",
-                                     "max_payload"})):
+                                     "max_payload", "username", "password_file", "tls", "ca_file"})):
+        if f.has("username") and not f.has("password_file"):
+            raise f.node_of("password_file").error(
+                "a username needs a password_file", hint="passwords never go in the config itself")
+        if f.has("ca_file") and not f.get("tls", Node.as_bool, False):
+            raise f.node_of("ca_file").error("ca_file needs tls: true")
         mqtt = MqttConfig(
             host=f.get("host", Node.as_str), port=f.get("port", Node.as_int, 1883, min=1, max=65535),
             keepalive_s=f.get("keepalive", Node.as_int, 30, min=5, max=3600),
             commands_topic=f.get("commands_topic", Node.as_str, None),
             results_topic=f.get("results_topic", Node.as_str, None),
             max_payload=f.get("max_payload", Node.as_int, 65536, min=64, max=1 << 24),
+            username=f.get("username", Node.as_str, None), password_file=f.get("password_file", Node.as_str, None),
+            tls=f.get("tls", Node.as_bool, False), ca_file=f.get("ca_file", Node.as_str, None),
         )
     control = ControlConfig()
     if (f := _section(root, "control", {"group"})):

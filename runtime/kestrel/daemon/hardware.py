@@ -271,7 +271,19 @@ class Hardware:
         m = self.cfg.mqtt
         assert m is not None
         biggest = max([m.max_payload] + [s.max_payload for s in self.cfg.sensors if isinstance(s, MqttSensor)])
+        password = None
+        if m.username and m.password_file:
+            from .._internal.fsutil import check_private, read_bytes
+
+            check_private(m.password_file)
+            password = read_bytes(m.password_file, what="MQTT password file", max_size=4096).decode().strip()
+        tls = None
+        if m.tls:
+            import ssl
+
+            tls = ssl.create_default_context(cafile=m.ca_file)
         self.bridge = MqttBridge(m.host, m.port, agent_id=self.agent_id, keepalive=m.keepalive_s,
+                                 username=m.username, password=password, tls=tls,
                                  max_payload=max(biggest, self.cfg.ota.max_bundle if self.ota_topic else 0),
                                  on_connection_change=self._mqtt_state, on_rejected=self._mqtt_rejected)
         await self.bridge.start()

@@ -207,8 +207,9 @@ class Pipeline:
                 continue
             if not decision.allowed:
                 self.stats["denied"] += 1
-                log.info("denied %s from %s: %s (%s)", item.proposal.action, item.proposal.source,
-                         decision.reason, decision.rule)
+                if self.stats["denied"] <= 100 or self.stats["denied"] % 1000 == 0:  # all are in the ledger
+                    log.info("denied %s from %s: %s (%s) [%d denials so far]", item.proposal.action,
+                             item.proposal.source, decision.reason, decision.rule, self.stats["denied"])
                 denied = ActionDeniedError(
                     f"policy denied {item.proposal.action}: {decision.reason} (rule {decision.rule})",
                     hint="the decision is in the ledger: kestrel audit log")
@@ -238,7 +239,8 @@ class Pipeline:
             outcome = await self.actions.run(p.action, p.args)
         except KestrelError as exc:
             self.stats["failed"] += 1
-            log.warning("%s from %s failed: %s", p.action, p.source, exc.message)
+            if self.stats["failed"] <= 100 or self.stats["failed"] % 1000 == 0:
+                log.warning("%s from %s failed: %s", p.action, p.source, exc.message)
             body.update(ok=False, error={"type": type(exc).__name__, "message": exc.message[:500]})
             result = ActionFailedError(f"{p.action} failed: {exc.message}", hint=exc.hint)
         except Exception as exc:

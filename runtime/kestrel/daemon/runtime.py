@@ -111,6 +111,9 @@ class Daemon:
         log.info("running as %s on board %s with %s (%d sensors, %d triggers); control socket %s",
                  self.agent_id, self.board, self.config.source, len(self.config.sensors),
                  len(self.config.triggers), self.control.path)
+        if getattr(self.policy, "policy", True) is None:
+            log.warning("no policy is installed: every action will be denied (default-deny) and recorded; "
+                        "install one signed by the owner: kestrel set-policy FILE (docs/policy.md)")
 
     async def _start_hardware(self, cfg: DeviceConfig) -> None:
         hw = Hardware(cfg, factory=self.factory, sink=self, agent_id=self.agent_id, ota_topic=cfg.ota.mqtt_topic)
@@ -217,8 +220,7 @@ class Daemon:
 
     # -- records -----------------------------------------------------------------------------
     async def record(self, kind: str, body: dict[str, Any]) -> Any:
-        # shielded: cancelling a caller must not cancel the append (the ledger treats a cancelled
-        # append future as a failed commit)
+        # shielded: a caller that is cancelled (shutdown) must not withdraw a record already handed over
         receipt = await asyncio.shield(self.ledger.append_async(kind, body))
         self._appended()
         return receipt

@@ -145,7 +145,7 @@ class Ledger:
 
     def _recover(self, max_segment_bytes: int) -> None:
         segments = load_segments(self._dir)
-        verified, walker = walk_stream(stream_of(segments), self._pk, allow_torn_tail=True)
+        verified, walker = walk_stream(stream_of(segments), self._pk, allow_torn_tail=True, all_signatures=False)
         if verified.torn_bytes:
             cut_torn_tail(self._dir, segments[-1], verified.torn_bytes)
             segments = load_segments(self._dir)

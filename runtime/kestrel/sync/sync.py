@@ -52,8 +52,8 @@ class _Reader:
     def __init__(self, ledger: Any, config: SyncConfig) -> None:
         self._ledger, self._config = ledger, config
         self._tail: SegmentTail | None = None
-        self._pos = -1  # seq of the next record the tail yields (after _peek)
-        self._peek: bytes | None = None
+        self._pos = -1  # seq of the next record to send (the first of _back, else the tail's next)
+        self._back: deque[bytes] = deque()  # records read but left for the next batch
         self._cp: tuple[int, bytes] | None = None  # newest checkpoint frame read: (size, note)
 
     def read(self, start: int, checkpoint_sent: int) -> tuple[SyncBatch, int] | None:
@@ -63,21 +63,29 @@ class _Reader:
         durable = self._ledger.size
         records: list[bytes] = []
         if self._tail is None or self._pos != start:
-            self._tail, self._pos, self._peek, self._cp = SegmentTail(self._ledger.directory, start), start, None, None
+            self._tail, self._pos, self._cp = SegmentTail(self._ledger.directory, start), start, None
+            self._back.clear()
         nbytes = BATCH_OVERHEAD + 600  # room for a checkpoint note
+        half = max(1, self._config.batch_records // 2)
         while len(records) < self._config.batch_records and start + len(records) < durable:
-            if self._peek is not None:
-                raw, self._peek = self._peek, None
+            if self._back:
+                raw = self._back.popleft()
             else:
                 frame = self._tail.next()
                 if frame is None:
                     break
                 if frame.type == CHECKPOINT:
-                    self._note_checkpoint(frame.payload)
+                    size = self._note_checkpoint(frame.payload)
+                    if size is not None and half <= size - start <= len(records):
+                        # End the batch at this checkpoint so that the collector can verify the
+                        # whole message at once; the records after it open the next batch.
+                        self._back.extendleft(reversed(records[size - start:]))
+                        del records[size - start:]
+                        break
                     continue
                 raw = frame.payload
             if records and nbytes + len(raw) + _RECORD_OVERHEAD > self._config.batch_bytes:
-                self._peek = raw
+                self._back.appendleft(raw)
                 break
             records.append(raw)
             nbytes += len(raw) + _RECORD_OVERHEAD
@@ -93,14 +101,15 @@ class _Reader:
         cp_size, note = max(usable, key=lambda c: c[0]) if usable else (0, None)
         return SyncBatch(start, tuple(records), note), cp_size
 
-    def _note_checkpoint(self, note: bytes) -> None:
+    def _note_checkpoint(self, note: bytes) -> int | None:
         """Remember the newest checkpoint frame read so far (its size is on the note's second line)."""
         try:
             size = int(note.split(b"\n", 2)[1])
         except (IndexError, ValueError):
-            return  # unreadable: the collector would refuse it anyway
+            return None  # unreadable: the collector would refuse it anyway
         if self._cp is None or size >= self._cp[0]:
             self._cp = (size, note)
+        return size
 
 
 class LedgerSync:

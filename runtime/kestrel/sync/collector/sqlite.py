@@ -46,7 +46,7 @@ class SqliteStore:
         self.path = Path(path)
         try:
             if self.path.parent != Path(""):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)

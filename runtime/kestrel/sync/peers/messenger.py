@@ -88,7 +88,8 @@ class PeerMessenger:
             raise UsageError(f"{to} is not in the trust list", hint=f"run: kestrel agent-connect {to}")
         recipient = PublicKey.from_did(to)
         seq = await asyncio.to_thread(self._seq.next_outgoing, to)
-        data = seal(body, signer=self.signer, recipient=recipient, seq=seq, now=self._clock(), encrypt=encrypt)
+        data = await asyncio.to_thread(seal, body, signer=self.signer, recipient=recipient, seq=seq,
+                                       now=self._clock(), encrypt=encrypt)  # a TPM signs in tens of ms
         sent = SentMessage(to, seq, message_digest(data), encrypt, len(data))
         await self.ledger.append_async("peer.sent", {"to": to, "seq": seq, "digest": sent.digest,
                                                      "encrypted": encrypt, "bytes": sent.size})
