@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import msgpack
 import pytest
@@ -148,3 +149,18 @@ async def test_payload_over_the_bridge_limit_is_counted_and_recorded(agent, mosq
         await until(lambda: agent.kinds("mqtt.quarantined"), what="record")
     rec = agent.kinds("mqtt.quarantined")[0]
     assert rec["topic"] == "sensors/weather" and "5002 bytes" in rec["reason"] and rec["bytes"] == 0
+
+
+async def test_mqtt_password_file_must_be_private(agent, mosquitto, tmp_path):
+    from kestrel.errors import TransportError
+
+    pw = tmp_path / "mqtt.pass"
+    pw.write_text("s3cret\n")
+    os.chmod(pw, 0o644)
+    cfg = _config(mosquitto.port).replace("keepalive: 5", f"keepalive: 5\n      username: dev\n      password_file: {pw}")
+    with pytest.raises(TransportError, match="accessible by other users"):
+        async with running(agent, cfg, policy=POLICY):
+            pass
+    os.chmod(pw, 0o600)
+    async with running(agent, cfg, policy=POLICY) as d:
+        await until(lambda: d.hardware.bridge.connected, what="connected with credentials")
