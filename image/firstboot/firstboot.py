@@ -1,13 +1,13 @@
 """kestrel-firstboot: give this device its own identity on its first boot (docs/image.md).
 
 Run by ``kestrel-firstboot.service`` as root with the image's Python (/opt/kestrel/bin/python3).
-Reads ``kestrel/owner.json``, ``device.yaml`` and ``*.kbundle`` from the boot partition, builds a
-complete state directory in a work directory with the real ``kestrel`` CLI (``init-agent``,
-``trust init``, ``ota apply``), removes the files it consumed from the boot partition, enables
-``kestrel.service`` and then renames the work state onto /var/lib/kestrel: that rename is the
-commit point. A power cut at any step before it makes the next boot start over with a new key
-(nothing was committed); an existing identity is never replaced.
-"""
+Reads ``kestrel/owner.json``, ``device.yaml`` and one ``*.kbundle`` from the boot partition and
+builds a state directory in a work directory with the real ``kestrel`` CLI (``init-agent``,
+``trust init``, ``bundle verify``), then writes a receipt. After the receipt every step is
+repeatable, so a power cut resumes: ``ota apply``, removing the consumed files from the boot
+partition, enabling ``kestrel.service``, and the commit, a rename of the work state onto
+/var/lib/kestrel. Before the receipt a power cut makes the next boot start over (nothing was
+committed and the TPM counter has not moved). An existing identity is never replaced."""
 
 from __future__ import annotations
 
@@ -173,18 +173,17 @@ def build_state(layout: Layout, inputs: BootInputs, opts: argparse.Namespace) ->
         for group in owner.groups:
             cmd += ["--group", group]
         run_tool(cmd, what="install the trust root and device groups", env=env)
-    for fname, _ in inputs.bundles:
-        log(f"applying {fname}")
-        run_tool([opts.kestrel, "ota", "apply", "--state", str(layout.staged), str(layout.inputs / fname)],
-                 what=f"apply the bundle {fname}", env=env)
+    for fname, _ in inputs.bundles:  # verified now; applied after the receipt (the TPM counter moves then)
+        run_tool([opts.kestrel, "bundle", "verify", "--state", str(layout.staged), str(layout.inputs / fname)],
+                 what=f"verify the bundle {fname}", env=env)
     shown = run_tool([opts.kestrel, "identity", "show", "--json", "--state", str(layout.staged)],
                      what="read the new identity", env=env)
     ident = json.loads(shown)
     agent = {"format": "kestrel-agent/1", "did": ident["did"], "name": ident["name"],
              "algorithm": ident["algorithm"], "backend": ident["backend"], "protection": ident["protection"],
              "created_at": ident["created_at"], "board": detect_board(opts.model_path)}
-    receipt = {"format": RECEIPT_FORMAT, "agent": agent, "consumed": dict(inputs.digests)}
-    chown_tree(layout.staged, opts.user)
+    receipt = {"format": RECEIPT_FORMAT, "agent": agent, "consumed": dict(inputs.digests),
+               "bundle": inputs.bundles[0][0] if inputs.bundles else None}
     atomic_write(layout.work / RECEIPT, (json.dumps(receipt, indent=2, sort_keys=True) + "\n").encode())
     fsync_dir(layout.work)
     return receipt
@@ -254,7 +253,18 @@ def commit_state(layout: Layout) -> None:
     fsync_dir(state.parent)
 
 
+def apply_bundle(layout: Layout, fname: str, opts: argparse.Namespace) -> None:
+    """``kestrel ota apply``; re-applying the active bundle changes nothing, so a resumed boot may repeat it."""
+    log(f"applying {fname}")
+    run_tool([opts.kestrel, "ota", "apply", "--state", str(layout.staged), str(layout.inputs / fname)],
+             what=f"apply the bundle {fname}", env=cli_env(opts))
+
+
 def finish(layout: Layout, receipt: dict, opts: argparse.Namespace) -> None:
+    """Everything after the receipt; each step may run again after a power cut."""
+    if receipt["bundle"]:
+        apply_bundle(layout, receipt["bundle"], opts)
+    chown_tree(layout.staged, opts.user)
     remove_consumed(layout.boot, receipt["consumed"])
     install_config(layout, opts.user)
     enable_service(opts)
@@ -277,6 +287,20 @@ def write_boot_file(boot: Path, fname: str, data: bytes) -> None:
         log(f"warning: could not write {boot / fname}: {exc}")
 
 
+def read_receipt(path: Path) -> dict:
+    try:
+        receipt = json.loads(path.read_bytes())
+        if (not isinstance(receipt, dict) or receipt.get("format") != RECEIPT_FORMAT
+                or not isinstance(receipt.get("consumed"), dict) or "bundle" not in receipt
+                or not isinstance(receipt.get("agent"), dict) or "did" not in receipt["agent"]):
+            raise ValueError("unexpected contents")
+    except ValueError as exc:
+        raise DataError(f"{path} is damaged ({exc})",
+                        hint=f"delete {path.parent} to provision from scratch (the boot partition may no "
+                        "longer hold the owner's files: put them back first)") from None
+    return receipt
+
+
 def provision(opts: argparse.Namespace) -> int:
     layout = Layout(root=opts.root, boot=opts.boot)
     if (layout.state / "identity").exists():
@@ -288,7 +312,7 @@ def provision(opts: argparse.Namespace) -> int:
     receipt_path = layout.work / RECEIPT
     if receipt_path.exists():
         log("resuming an interrupted first boot")
-        receipt = json.loads(receipt_path.read_bytes())
+        receipt = read_receipt(receipt_path)
     else:
         if layout.work.exists():
             log(f"discarding the unfinished work of an interrupted first boot ({layout.work})")

@@ -56,7 +56,7 @@ class BootInputs:
 
     owner: OwnerSettings | None
     device_yaml: bytes | None
-    bundles: tuple[tuple[str, bytes], ...]  # (file name, bytes), in name order
+    bundles: tuple[tuple[str, bytes], ...]  # (file name, bytes): none or one
     digests: tuple[tuple[str, str], ...]  # (file name, sha256 hex) of every consumed file
 
 
@@ -153,6 +153,9 @@ def parse_boot_inputs(files: dict[str, bytes], *, where: str) -> BootInputs:
                 raise DataError(f"{where}/{fname}: bundle file names use letters, digits, '.', '_', '-'",
                                 hint="rename the file")
             bundles.append((fname, files[fname]))
+    if len(bundles) > 1:
+        raise DataError(f"{where} holds {len(bundles)} bundles; first boot applies one",
+                        hint="keep only the newest bundle (the highest counter) on the boot partition")
     if bundles and owner is None:
         raise DataError(f"{where} holds a bundle but no {OWNER_FILE}: nobody could have signed it for this "
                         "device", hint=f"add {OWNER_FILE} with the owner keys that signed the bundle")

@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         overlay = out / "overlay"
         if stage in ("rootfs-overlay", "all"):
             build_overlay(REPO, overlay, board=board, runner=runner, epoch=epoch, ref=args.ref, extras=extras)
-        if stage in ("rootfs", "all"):
+        if stage == "rootfs" and board.flash == "l4t":
+            raise BuildError(f"{board.name} runs NVIDIA's L4T root file system, not one built here", exit_code=64,
+                             hint="use --stage rootfs-overlay or all (overlay tarball) and docs/image.md, 'Jetson'")
+        if stage in ("rootfs", "all") and board.flash == "sd":
             if not runner.dry_run and not overlay.is_dir():
                 raise BuildError(f"{overlay} does not exist", hint="run --stage rootfs-overlay first")
             build_rootfs(out, overlay=overlay, board=board, runner=runner, suite=args.suite, mirror=args.mirror)
@@ -89,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 def build_image(out: Path, *, board, runner: Runner, epoch: int) -> None:
     rootfs = out / "rootfs"
     if board.flash == "l4t":
-        runner.say(f"stage image: {board.name} is flashed with NVIDIA's L4T tools; writing a rootfs tarball")
-        tarball = out / f"kestrel-{board.name}-rootfs.tar"
-        runner.run(["tar", "--numeric-owner", "--sort=name", f"--mtime=@{epoch}", "-C", str(rootfs),
-                    "-cf", str(tarball), "."], what="write the rootfs tarball for L4T",
-                   env={"SOURCE_DATE_EPOCH": str(epoch)})
+        runner.say(f"stage image: {board.name} is flashed with NVIDIA's L4T tools; writing the overlay tarball")
+        if not runner.dry_run and not (out / "overlay").is_dir():
+            raise BuildError(f"{out / 'overlay'} does not exist", hint="run --stage rootfs-overlay first")
+        runner.run(["tar", "--numeric-owner", "--owner=0", "--group=0", "--sort=name", f"--mtime=@{epoch}",
+                    "-C", str(out / "overlay"), "-cf", str(out / f"kestrel-{board.name}-overlay.tar"), "."],
+                   what="write the overlay tarball for L4T")
         return
     runner.need_root("image")
     if not runner.dry_run and not (out / ".rootfs-done").exists():

@@ -36,7 +36,7 @@ _BOOT_README = """Kestrel first-boot provisioning (docs/image.md)
 Before the first boot, put here (all optional):
   owner.json      your owner key(s) and threshold; see owner.json.example
   device.yaml     the device config (docs/device-config.md)
-  *.kbundle       a signed policy bundle targeting a group listed in owner.json
+  one *.kbundle   a signed policy bundle targeting a group listed in owner.json
 
 On first boot the device creates its own AgentID (in its TPM if it has one), applies these
 files, deletes them from this partition and writes agent.json (its AgentID) here.
@@ -157,9 +157,9 @@ def _add_files(src: Path, root: Path, *, board: ImageBoard, wheel: Path, extras:
     _put(root / "opt/kestrel/requirements.txt",
          f"# installed into /opt/kestrel by the rootfs stage (HNSWLIB_NO_NATIVE=1)\n"
          f"{wheel.name.split('-')[0].replace('_', '-')}[{','.join(extras)}] @ file:///opt/kestrel/wheels/{wheel.name}\n")
-    _put(root / "etc/fstab", _FSTAB)
     _put(root / "etc/hostname", "kestrel\n")
-    if board.flash == "sd":
+    if board.flash == "sd":  # L4T keeps its own partitions and fstab
+        _put(root / "etc/fstab", _FSTAB)
         _raspi_files(board, root)
     _put(root / "boot/firmware/kestrel/README.txt", _BOOT_README)  # Jetson: a directory on the rootfs
     _put(root / "boot/firmware/kestrel/owner.json.example", json.dumps(_OWNER_EXAMPLE, indent=2) + "\n")

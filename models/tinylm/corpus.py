@@ -11,16 +11,14 @@ import json
 import random
 
 from kestrel.agent.prompt import Turn, observed_denial, observed_result, render
-from kestrel.agent.actions import BUILTIN_TOOLS
+from kestrel.agent.actions import builtin
 
 DEVICES = ("fan", "pump", "light", "heater")
 PEOPLE = {"alice": "alice@example.com", "bob": "bob@example.com", "carol": "carol@example.com"}
 TOPICS = ("report", "meeting", "alarm")
-FAILURES = ("allowed, but not executed: the daemon is not running here", "chip gone", "relay unreachable")
-DENY_RULES = ("default-deny", "deny[0]", "actions[1]", "restrictions[0]")
 OTHER = ("water the plants", "open the garage door", "feed the cat", "check the weather", "lock the door")
 
-DEMO_TOOLS = BUILTIN_TOOLS
+DEMO_TOOLS = builtin("gpio.write", "send_email")
 TOOLS_TEXT = "\n".join(f"- {t.signature()}" for t in DEMO_TOOLS)
 
 
@@ -53,14 +51,13 @@ def transcripts(*, seed: int, count: int = 800) -> list[str]:
             continue
         goal, call = goals(rng)
         memory = [] if rng.random() < 0.7 else [f"the {d} is wired to {p}" for d, p in zip(rng.sample(DEVICES, 2), ("GPIO17", "GPIO27"))]
-        roll = rng.random()
-        if roll < 0.6:
-            observed, final = observed_result("actions[0]", True, json.dumps(json.loads(call)["args"])), "done"
-        elif roll < 0.75:
-            observed, final = observed_result("actions[0]", False, rng.choice(FAILURES)), "failed"
-        else:
-            observed, final = observed_denial(rng.choice(DENY_RULES), "action not permitted"), "refused"
-        final = json.dumps({"final": final})
+        allowed = rng.random() < 0.7
+        observed = (
+            observed_result("actions[0]", True, json.dumps(json.loads(call)["args"]))
+            if allowed
+            else observed_denial("default-deny", "action not permitted")
+        )
+        final = json.dumps({"final": "done" if allowed else "refused"})
         transcript = render(tools=TOOLS_TEXT, memory=memory, goal=goal, history=[Turn(call, observed)])
         out.append(transcript + " " + final + "\n")
     return out

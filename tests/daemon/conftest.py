@@ -82,8 +82,8 @@ async def running(agent: Agent, config: str, *, source: str = "device.yaml", con
     d = Daemon(config=cfg, state_dir=agent.state, ledger=agent.ledger,
                factory=factory, agent_id=agent.signer.public_key.did,
                load_config=(lambda: load_config(config_path)) if config_path else None)
-    await d.start()
     try:
+        await d.start()
         yield d
     finally:
         await d.shutdown()

@@ -162,5 +162,5 @@ async def test_mqtt_password_file_must_be_private(agent, mosquitto, tmp_path):
         async with running(agent, cfg, policy=POLICY):
             pass
     os.chmod(pw, 0o600)
-    async with running(agent, cfg, policy=POLICY) as d:
+    async with running(agent, cfg) as d:  # (the policy is installed already)
         await until(lambda: d.hardware.bridge.connected, what="connected with credentials")

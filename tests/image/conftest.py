@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -86,17 +87,18 @@ class FakeSystem:
         path.write_text(json.dumps({"format": "kestrel-owner/1", **settings}))
         return path
 
-    def firstboot(self, *extra: str) -> subprocess.CompletedProcess[str]:
-        """Run the image's first-boot script exactly as the unit does, against this root."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREL_")}
-        import pwd
+    def firstboot_cmd(self, *extra: str) -> list[str]:
+        """The first-boot command line against this root; ``--user`` (this user) comes last."""
+        return [sys.executable, str(IMAGE / "firstboot" / "firstboot.py"), "--root", str(self.root), "--boot",
+                str(self.boot), "--kestrel", KESTREL, "--machine-id-file", str(self.machine_id),
+                "--model-path", str(self.root / "proc-model"), "--tpm-device", str(self.root / "dev/tpmrm0"),
+                *extra, "--user", pwd.getpwuid(os.getuid()).pw_name]
 
-        user = pwd.getpwuid(os.getuid()).pw_name
-        return subprocess.run(
-            [sys.executable, str(IMAGE / "firstboot" / "firstboot.py"), "--root", str(self.root), "--boot",
-             str(self.boot), "--kestrel", KESTREL, "--user", user, "--machine-id-file", str(self.machine_id),
-             "--model-path", str(self.root / "proc-model"), "--tpm-device", str(self.root / "dev/tpmrm0"), *extra],
-            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    def firstboot(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """Run the image's first-boot program exactly as the unit does, against this root."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREL_")}
+        return subprocess.run(self.firstboot_cmd(*extra), capture_output=True, text=True, env=env,
+                              stdin=subprocess.DEVNULL, timeout=300)
 
     @property
     def state(self) -> Path:

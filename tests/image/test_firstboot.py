@@ -226,6 +226,16 @@ def test_interrupted_first_boot_resumes_or_starts_over(system: FakeSystem, owner
     assert not (system.boot / "owner.json").exists()
 
 
+def test_damaged_receipt_is_a_clear_error(system: FakeSystem, owner: Owner) -> None:
+    system.write_owner(owners=[owner.did])
+    receipt = system.root / "var/lib/kestrel-firstboot/complete.json"
+    receipt.parent.mkdir(parents=True)
+    receipt.write_bytes(b'{"format": "kestrel-firstboot-receipt/1", "consu')
+    proc = system.firstboot()
+    assert proc.returncode == 2 and "is damaged" in proc.stderr and "Traceback" not in proc.stderr
+    assert (system.boot / "owner.json").exists() and receipt.exists()
+
+
 def test_unfinished_work_without_receipt_is_discarded(system: FakeSystem, owner: Owner) -> None:
     system.write_owner(owners=[owner.did])
     junk = system.root / "var/lib/kestrel-firstboot/state/identity/identity.json"
@@ -238,11 +248,25 @@ def test_unfinished_work_without_receipt_is_discarded(system: FakeSystem, owner:
 
 
 @pytest.mark.swtpm
-def test_tpm_identity_on_a_device_with_a_tpm(system: FakeSystem, owner: Owner, swtpm) -> None:
-    system.write_owner(owners=[owner.did], keystore="tpm")
+def test_tpm_identity_and_bundle_survive_a_cut_after_the_tpm_counter_moved(
+        system: FakeSystem, owner: Owner, swtpm) -> None:
+    """On a TPM device `ota apply` raises the TPM counter: a first boot cut off after it must resume
+    with the same state (a fresh state would be older than the TPM and refused as a rollback)."""
+    system.write_owner(owners=[owner.did], keystore="tpm", groups=["lab"])
+    owner.bundle(system.boot / "initial.kbundle", group="lab")
+    cut = subprocess.run([*system.firstboot_cmd("--tcti", swtpm.tcti)[:-2], "--user", "no-such-user"],
+                         capture_output=True, text=True, timeout=300)
+    assert cut.returncode == 64 and "no user 'no-such-user'" in cut.stderr  # fails right after `ota apply`
+    assert (system.boot / "initial.kbundle").exists() and not (system.state / "identity").exists()
+
     proc = system.firstboot("--tcti", swtpm.tcti)
     assert proc.returncode == 0, proc.stderr
+    assert "resuming" in proc.stdout
     ident = _identity(system.state)
     assert ident["backend"] == "tpm" and ident["algorithm"] == "p256"
     assert not (system.state / "identity/key.enc").exists()
+    assert "counter" in kestrel("ota", "status", "--state", str(system.state)).stdout
+    kestrel("audit", "verify", "--state", str(system.state))  # agent.created + ota.applied, signed in the TPM
+    assert "ota.applied" in kestrel("audit", "log", "--state", str(system.state)).stdout
     assert json.loads((system.boot / "agent.json").read_text())["backend"] == "tpm"
+    assert not (system.boot / "initial.kbundle").exists()

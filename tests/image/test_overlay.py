@@ -168,5 +168,14 @@ def test_jetson_overlay_has_no_pi_boot_files(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     root = tmp_path / "jetson-orin-nano/overlay"
     assert (root / "usr/lib/systemd/system/kestrel-firstboot.service").is_file()
-    assert not (root / "etc/default/raspi-firmware").exists()
+    assert not (root / "etc/default/raspi-firmware").exists() and not (root / "etc/fstab").exists()
+    tar = subprocess.run([str(IMAGE / "build.sh"), "--out", str(tmp_path), "--board", "jetson-orin-nano", "--stage",
+                          "image"], capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+    assert tar.returncode == 0, tar.stderr
+    names = subprocess.run(["tar", "-tvf", str(tmp_path / "jetson-orin-nano/kestrel-jetson-orin-nano-overlay.tar")],
+                           capture_output=True, text=True, check=True).stdout
+    assert "./usr/lib/kestrel/firstboot/firstboot.py" in names
+    assert all(" 0/0 " in line for line in names.splitlines()), "owned by root in the tarball"
+    refused = _build(tmp_path, "--board", "jetson-orin-nano", "--stage", "rootfs")
+    assert refused.returncode == 64 and "L4T" in refused.stderr
     assert json.loads((root / "usr/share/kestrel/image-manifest.json").read_text())["build"]["board"] == "jetson-orin-nano"

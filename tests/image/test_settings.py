@@ -50,12 +50,14 @@ def test_bad_owner_files_name_the_key(data: bytes, key: str | None) -> None:
 
 
 def test_boot_inputs_validate_config_and_hash_every_file() -> None:
-    files = {"owner.json": _owner(), "device.yaml": b"version: 1\nname: x\n", "b.kbundle": b"B", "a.kbundle": b"A"}
+    files = {"owner.json": _owner(), "device.yaml": b"version: 1\nname: x\n", "a.kbundle": b"A"}
     inputs = parse_boot_inputs(files, where="/boot")
-    assert [name for name, _ in inputs.bundles] == ["a.kbundle", "b.kbundle"]
+    assert inputs.bundles == (("a.kbundle", b"A"),)
     assert dict(inputs.digests) == {name: sha256_hex(data) for name, data in files.items()}
     with pytest.raises(ConfigError, match="device.yaml:2"):
         parse_boot_inputs({"device.yaml": b"version: 1\nbogus: 1\nname: x\n"}, where="/boot")
+    with pytest.raises(DataError, match="holds 2 bundles"):
+        parse_boot_inputs({"owner.json": _owner(), "a.kbundle": b"A", "b.kbundle": b"B"}, where="/boot")
     with pytest.raises(DataError, match="no owner.json"):
         parse_boot_inputs({"a.kbundle": b"A"}, where="/boot")
     with pytest.raises(DataError, match="over the"):
