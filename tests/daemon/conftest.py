@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import textwrap
 import time
 from dataclasses import dataclass
@@ -20,18 +19,6 @@ from kestrel.io.gpio import open_pin_factory
 from kestrel.ledger import Ledger
 from kestrel.daemon.config import parse_device_config
 from kestrel.daemon.runtime import Daemon
-
-ASYNC_TEST_TIMEOUT = 60.0
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function):
-    """Run ``async def`` tests in a fresh event loop (no pytest-asyncio needed)."""
-    if not inspect.iscoroutinefunction(pyfuncitem.obj):
-        return None
-    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), ASYNC_TEST_TIMEOUT))
-    return True
 
 
 def install_policy(state: Path, ledger: Ledger, policy: str, *, counter: int = 1) -> None:

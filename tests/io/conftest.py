@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import glob
-import inspect
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -13,18 +11,6 @@ import pytest
 
 from kestrel.io.boards import BoardProfile, load_profile
 
-
-ASYNC_TEST_TIMEOUT = 30.0
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function):
-    """Run ``async def`` tests in a fresh event loop (no pytest-asyncio needed)."""
-    if not inspect.iscoroutinefunction(pyfuncitem.obj):
-        return None
-    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), ASYNC_TEST_TIMEOUT))
-    return True
 
 
 @pytest.fixture

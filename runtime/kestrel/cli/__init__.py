@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kestrel",
         description="Kestrel: an edge runtime for agents that stay with their owners.",
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """Resolve the version only when asked: importlib.metadata costs ~100 ms at start-up."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: D102
+        print(f"kestrel {_version()}")
+        parser.exit()
 
 
 def _version() -> str:
