@@ -224,10 +224,14 @@ def install_config(layout: Layout, user: str) -> None:
     src = layout.inputs / DEVICE_FILE
     if not src.exists():
         return
-    layout.config.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    etc = layout.config.parent
+    if not etc.is_dir():
+        etc.mkdir(parents=True)
+        etc.chmod(0o755)  # explicit: the unit's UMask=0077 would make it 0700
     atomic_write(layout.config, src.read_bytes(), mode=0o640)
     gid = pwd.getpwnam(user).pw_gid
     os.chown(layout.config, 0 if os.geteuid() == 0 else os.getuid(), gid)  # secrets: not world-readable
+    os.chmod(layout.config, 0o640)  # the daemon (group kestrel) reads it; UMask=0077 masked the create mode
     log(f"installed {layout.config}")
 
 

@@ -155,20 +155,25 @@ def evaluate(scores_normal: Any, scores_anomalous: Any, threshold: float) -> dic
 
 
 def build(ctx: Any) -> None:
+    import logging
+
     import numpy as np
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice
     ctx.work.mkdir(parents=True, exist_ok=True)
     with ctx.step("training the autoencoder on synthetic 4-channel windows (numpy)"):
         weights = train(progress=ctx.progress)
     with ctx.step("building the fp32 ONNX graph"):
         fp32 = ctx.work / "sensor-fp32.onnx"
         onnx.save(onnx_graph(weights), fp32)
-    with ctx.step("quantizing MatMul weights to int8 (dynamic, per-channel)"):
+    with ctx.step("quantizing MatMul weights to int8 (dynamic, per-channel, 7-bit range)"):
         out = ctx.out / "model.onnx"
-        quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8,
+        # reduce_range: without it, per-channel int8 saturates in the u8 x s8 kernels of x86
+        # CPUs without VNNI (max score error 0.52 vs fp32; with it 0.003)
+        quantize_dynamic(str(fp32), str(out), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul"])
     with ctx.step("calibrating the threshold and checking detection on held-out data"):
         rng = np.random.default_rng(SEED + 1)
@@ -184,6 +189,9 @@ def build(ctx: Any) -> None:
                  f"false alarms {quality['false_alarm_rate']:.4f}")
         if quality["detection_rate"] < 0.9:
             raise RuntimeError(f"detection rate {quality['detection_rate']:.3f} is below the 0.9 gate")
+        if quality["max_abs_error_vs_fp32"] > 0.25 * threshold:
+            raise RuntimeError(f"int8 scores drift {quality['max_abs_error_vs_fp32']:.4f} from fp32 "
+                               f"(more than a quarter of the threshold {threshold:.4f})")
     ctx.shared["weights"] = weights
     ctx.shared["threshold"] = threshold
     with ctx.step("writing the manifest"):

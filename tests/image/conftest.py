@@ -98,7 +98,7 @@ class FakeSystem:
         """Run the image's first-boot program exactly as the unit does, against this root."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREL_")}
         return subprocess.run(self.firstboot_cmd(*extra), capture_output=True, text=True, env=env,
-                              stdin=subprocess.DEVNULL, timeout=300)
+                              stdin=subprocess.DEVNULL, timeout=300, preexec_fn=lambda: os.umask(0o077))  # UMask=0077
 
     @property
     def state(self) -> Path:

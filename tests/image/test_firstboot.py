@@ -54,7 +54,8 @@ def test_provisions_identity_owner_settings_config_and_bundle(system: FakeSystem
     # device config installed privately, unit enabled, state private, secrets gone from boot
     config = system.root / "etc/kestrel/device.yaml"
     assert config.read_text() == device_yaml
-    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640  # even under the unit's UMask=0077
+    assert stat.S_IMODE(config.parent.stat().st_mode) == 0o755
     assert (system.root / "etc/systemd/system/multi-user.target.wants/kestrel.service").is_symlink()
     assert stat.S_IMODE(system.state.stat().st_mode) == 0o700
     for name in ("owner.json", "device.yaml", "initial.kbundle"):

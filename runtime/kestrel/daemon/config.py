@@ -158,6 +158,7 @@ class MqttConfig:
     password_file: str | None = None  # never a password inline
     tls: bool = False
     ca_file: str | None = None  # default: the system's trust store
+    session_expiry_s: int = 7 * 86400  # the broker keeps an offline agent's session (and its queued messages)
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ class DeviceConfig:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    sync: Any = None  # kestrel.sync.config.SyncConfig; used only with an mqtt section
 
     def sensor(self, name: str) -> Sensor | None:
         return next((s for s in self.sensors if s.name == name), None)
@@ -360,7 +362,7 @@ def _named(root: Fields, key: str, build: Any) -> tuple[Any, ...]:
 
 
 _TOP = {"version", "name", "board", "sensors", "actuators", "triggers", "schedules", "smtp", "outbox",
-        "mqtt", "control", "ota", "fetch", "limits", "audit"}
+        "mqtt", "control", "ota", "fetch", "limits", "audit", "sync"}
 
 
 def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
@@ -397,7 +399,8 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
                               f.get("max_items", Node.as_int, 1000, min=1, max=1_000_000))
     mqtt = None
     if (f := _section(root, "mqtt", {"host", "port", "keepalive", "commands_topic", "results_topic",
-                                     "max_payload", "username", "password_file", "tls", "ca_file"})):
+                                     "max_payload", "username", "password_file", "tls", "ca_file",
+                                     "session_expiry"})):
         if f.has("username") and not f.has("password_file"):
             raise f.node_of("password_file").error(
                 "a username needs a password_file", hint="passwords never go in the config itself")
@@ -411,6 +414,7 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
             max_payload=f.get("max_payload", Node.as_int, 65536, min=64, max=1 << 24),
             username=f.get("username", Node.as_str, None), password_file=f.get("password_file", Node.as_str, None),
             tls=f.get("tls", Node.as_bool, False), ca_file=f.get("ca_file", Node.as_str, None),
+            session_expiry_s=f.get("session_expiry", Node.as_int, 7 * 86400, min=0, max=0xFFFFFFFF),
         )
     control = ControlConfig()
     if (f := _section(root, "control", {"group"})):
@@ -434,13 +438,29 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
     if (f := _section(root, "audit", {"decisions"})):
         audit = AuditConfig(f.get("decisions", Node.as_str, "batched", choices=("batched", "strict")))
 
+    sync = _sync_section(root, source)
     cfg = DeviceConfig(
         source=source, name=root.get("name", Node.as_str, "kestrel"), board=root.get("board", Node.as_str, None),
         sensors=sensors, actuators=actuators, triggers=triggers, schedules=schedules, smtp=smtp, outbox=outbox,
-        mqtt=mqtt, control=control, ota=ota, fetch=fetch, limits=limits, audit=audit,
+        mqtt=mqtt, control=control, ota=ota, fetch=fetch, limits=limits, audit=audit, sync=sync,
     )
     _cross_check(cfg, root)
     return cfg
+
+
+def _sync_section(root: Fields, source: str) -> Any:
+    """The ``sync:`` mapping, parsed by kestrel.sync.config (errors carry the section's line)."""
+    from ..sync.config import parse_sync_config
+
+    node = root.node_of("sync") if root.has("sync") else None
+    raw = node.value() if node is not None and not node.is_null else None
+    try:
+        return parse_sync_config(raw, source=source)
+    except ConfigError as exc:  # add the section's line to the sync parser's "file, key: what"
+        assert node is not None
+        what = exc.message.split(": ", 1)[-1] if exc.key else exc.message
+        raise ConfigError(what, path=source, line=node.line, column=node.column, key=exc.key or "sync",
+                          hint=exc.hint) from None
 
 
 _ACTUATOR_ACTION = {"gpio.write": "gpio", "mqtt.publish": "mqtt", "serial.write": "serial"}

@@ -283,6 +283,7 @@ class Hardware:
 
             tls = ssl.create_default_context(cafile=m.ca_file)
         self.bridge = MqttBridge(m.host, m.port, agent_id=self.agent_id, keepalive=m.keepalive_s,
+                                 session_expiry=m.session_expiry_s,
                                  username=m.username, password=password, tls=tls,
                                  max_payload=max(biggest, self.cfg.ota.max_bundle if self.ota_topic else 0),
                                  on_connection_change=self._mqtt_state, on_rejected=self._mqtt_rejected)

@@ -51,10 +51,18 @@ def recipe_names(models_dir: Path) -> list[str]:
 
 
 def _recipe_digest(folder: Path) -> str:
+    """sha256 over the folder's *.py, *.json, *.txt files and the files named in ``depends.txt``
+    (one path per line, relative to the folder: code a recipe borrows from another)."""
     h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and (p.suffix in (".py", ".json", ".txt")):
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in (".py", ".json", ".txt")]
+    deps = folder / "depends.txt"
+    if deps.is_file():
+        files += [folder / line.strip() for line in deps.read_text().splitlines() if line.strip()]
+    for p in files:
+        try:
             h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+        except OSError as exc:
+            raise BuildError(f"recipe {folder.name}: cannot read {p}: {exc.strerror or exc}") from None
     return h.hexdigest()
 
 

@@ -3,7 +3,10 @@
 Rate-limit history lives in ``STATE/data/policy-rate.json`` (format in
 docs/policy.md) and is rewritten atomically after each allow that consumed a
 rate-limited slot, so limits survive restarts. The engine notices a new active
-bundle (the OTA pointer file changed) before each decision.
+bundle (the OTA pointer file changed): by default it looks (one ``stat``) before each
+decision; with ``recheck_s`` it looks at most that often, and whoever applies or rolls
+back a bundle in the same process calls :meth:`PolicyEngine.invalidate` so that the very
+next decision uses the new policy (the daemon does: it is the only writer while it runs).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class PolicyEngine:
     """``decide(action, args)`` evaluates against the active policy and records the decision."""
 
     def __init__(self, state_dir: str | os.PathLike[str], ledger: Any, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, recheck_s: float = 0.0) -> None:
         self._state_dir = Path(state_dir)
         self._ledger = ledger
         self._clock = clock
@@ -38,6 +41,8 @@ class PolicyEngine:
         self._rate_path = StateLayout(self._state_dir).data / RATE_FILE
         self._pointer = StateLayout(self._state_dir).ota / "active.json"
         self._pointer_sig: tuple[int, int] | None = None
+        self._recheck_s = recheck_s
+        self._next_check = 0.0  # time.monotonic() after which the pointer is stat'ed again
         self.policy: Policy | None = None
         self.bundle_digest: str | None = None
         self.load_error: str | None = None
@@ -58,10 +63,24 @@ class PolicyEngine:
             # with an apply replacing the slot, or a repair may follow).
             self.policy, self.bundle_digest, self.load_error = None, None, exc.message
             self._pointer_sig = None
+            self._next_check = 0.0
             return
         self.policy, self.bundle_digest = found if found else (None, None)
         self.load_error = None
         self._pointer_sig = sig
+
+    def invalidate(self) -> None:
+        """The active bundle may have changed: look at the pointer before the next decision."""
+        self._next_check = 0.0
+
+    def _maybe_reload(self) -> None:
+        if self._recheck_s > 0.0:
+            now = time.monotonic()
+            if now < self._next_check:
+                return
+            self._next_check = now + self._recheck_s
+        if self._stat_pointer() != self._pointer_sig:
+            self.reload()
 
     def _stat_pointer(self) -> tuple[int, int] | None:
         try:
@@ -73,8 +92,7 @@ class PolicyEngine:
     def decide(self, action: str, args: Mapping[str, Any] | None = None) -> Decision:
         args = dict(args or {})
         with self._lock:
-            if self._stat_pointer() != self._pointer_sig:
-                self.reload()
+            self._maybe_reload()
             now = self._clock()
             decision = evaluate(self.policy, ActionRequest(action, args), self._state, now)
             if decision.allowed and decision.rate_key is not None and self.policy is not None:
@@ -113,7 +131,6 @@ class PolicyEngine:
                            "hits": {k: list(v) for k, v in self._state.hits.items()}},
                           sort_keys=True, separators=(",", ":")).encode()
         atomic_write(self._rate_path, data)
-
 
 
 def _read_rate(path: Path) -> PolicyState | None:

@@ -1,0 +1,132 @@
+"""Owner operations the daemon carries out with its own ledger: OTA apply and rollback, trust rotation.
+
+While the daemon runs it is the ledger's only writer (``flock``), so ``kestrel ota apply``,
+``kestrel set-policy``, ``kestrel ota rollback`` and ``kestrel trust apply|rotate`` send their
+bytes over the control socket and the daemon calls the same :mod:`kestrel.ota` functions as
+the CLI would, from a worker thread. Every delivery (control socket, MQTT topic, drop
+directory) passes ``tpm=device_tpm_counter(state)`` and the runtime's health check, and
+tells the policy engine that the active bundle may have changed, so the next decision
+uses the new policy without the engine stat'ing the pointer on every decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import KestrelError
+
+__all__ = ["OtaService", "applied_json"]
+
+log = logging.getLogger("kestrel.daemon.ota")
+_UNSET: Any = object()
+
+
+def applied_json(res: Any) -> dict[str, Any]:
+    """An :class:`kestrel.ota.apply.AppliedBundle` as the control socket returns it."""
+    return {"bundle": res.digest, "version": res.version, "counter": res.counter, "slot": res.slot,
+            "previous_slot": res.previous_slot, "policy": res.policy_digest, "changed": res.changed}
+
+
+class OtaService:
+    """Runs kestrel.ota operations against the daemon's ledger, one at a time, off the loop."""
+
+    def __init__(self, *, state_dir: str | os.PathLike[str], ledger: Any, policy: Any,
+                 healthy: Callable[[], str | None], on_recorded: Callable[[], None],
+                 clock: Callable[[], float]) -> None:
+        self.state_dir = Path(state_dir)
+        self.ledger = ledger
+        self.policy = policy
+        self._healthy = healthy
+        self._on_recorded = on_recorded
+        self._clock = clock
+        self._tpm: Any = _UNSET
+        self._lock = asyncio.Lock()
+
+    def tpm(self) -> Any:
+        """The device's TPM counter (TPM identities), else None; looked up once."""
+        if self._tpm is _UNSET:
+            from ..ota.tpmcounter import device_tpm_counter
+
+            try:
+                self._tpm = device_tpm_counter(self.state_dir)
+            except KestrelError as exc:  # no identity in STATE (tests inject a ledger): file counter only
+                log.debug("no TPM counter: %s", exc.message)
+                self._tpm = None
+        return self._tpm
+
+    def health(self, slot: Path) -> bool:
+        """The runtime's health check for a staged bundle (runs in the apply's thread)."""
+        why = self._healthy()
+        if why is not None:
+            raise KestrelError(f"the runtime is unhealthy: {why}")
+        return True
+
+    async def _run(self, fn: Callable[[], Any]) -> Any:
+        async with self._lock:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, fn)
+            finally:
+                invalidate = getattr(self.policy, "invalidate", None)
+                if invalidate is not None:
+                    invalidate()
+                self._on_recorded()
+
+    # -- operations ------------------------------------------------------------------------------
+    async def apply(self, data: bytes, *, source: str) -> dict[str, Any]:
+        """Verify and activate a bundle (raises the BundleError kestrel.ota raised; it is recorded)."""
+        from ..ota import apply_bundle
+
+        res = await self._run(lambda: apply_bundle(self.state_dir, data, ledger=self.ledger, now=self._clock(),
+                                                   source=source, health=self.health, tpm=self.tpm()))
+        return applied_json(res)
+
+    async def apply_message(self, payload: bytes, *, source: str) -> None:
+        """A bundle from the MQTT OTA topic: applied or rejected (both recorded), never raises."""
+        from ..ota import apply_message
+
+        try:
+            res = await self._run(lambda: apply_message(self.state_dir, payload, ledger=self.ledger,
+                                                        now=self._clock(), health=self.health, tpm=self.tpm()))
+            log.info("applied OTA bundle from %s: %s", source, applied_json(res))
+        except KestrelError as exc:
+            log.error("rejected OTA bundle from %s: %s", source, exc.message)
+
+    async def rollback(self, *, reason: str) -> dict[str, Any]:
+        from ..ota import rollback
+
+        res = await self._run(lambda: rollback(self.state_dir, ledger=self.ledger, reason=reason))
+        return applied_json(res)
+
+    async def rotate_root(self, envelope: bytes) -> dict[str, Any]:
+        """Install the next trust root (verified against the current one) and record ``trust.rotated``."""
+        from ..ota.store import OtaDir
+
+        def go() -> dict[str, Any]:
+            old, new = OtaDir(self.state_dir).rotate_root(envelope)
+            self.ledger.append("trust.rotated", {"from_version": old.version, "version": new.version,
+                                                 "threshold": new.threshold, "owners": list(new.owners)})
+            return {"from_version": old.version, "version": new.version, "threshold": new.threshold,
+                    "owners": list(new.owners)}
+
+        return await self._run(go)
+
+    async def scan(self, drop: Path) -> None:
+        """Apply the new bundles in the drop directory (a USB stick in the field)."""
+        from ..ota import scan_drop_dir
+
+        try:
+            results = await self._run(lambda: scan_drop_dir(self.state_dir, drop, ledger=self.ledger,
+                                                            now=self._clock(), health=self.health,
+                                                            tpm=self.tpm()))
+        except KestrelError as exc:
+            log.error("scanning the OTA drop directory %s: %s", drop, exc.message)
+            return
+        for path, res in results:
+            if isinstance(res, KestrelError):
+                log.error("OTA bundle %s rejected: %s", path.name, res.message)
+            else:
+                log.info("OTA bundle %s applied", path.name)

@@ -1,0 +1,125 @@
+"""What the daemon runs on top of its MQTT bridge: ledger sync and peer messaging.
+
+:class:`Links` is started right after the bridge connects its first time (the bridge's
+``start`` never waits for the broker) and stopped before the bridge closes, on shutdown
+and around every reload (a reload builds a new bridge). ``agent.send`` is an action like
+any other: the pipeline asks the policy first, then calls :meth:`Links.action_send`.
+Received peer messages wait in the messenger's bounded inbox until the control socket's
+``peer.receive`` (``kestrel.sdk.Client.messages``) takes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import KestrelError, TransportError
+
+__all__ = ["Links", "message_json"]
+
+log = logging.getLogger("kestrel.daemon.links")
+MAX_RECEIVE = 1000
+
+
+def message_json(msg: Any) -> dict[str, Any]:
+    """A received peer message as the control socket returns it (docs/control-protocol.md)."""
+    return {"from": msg.sender, "to": msg.recipient, "seq": msg.seq, "time_ms": msg.time_ms,
+            "encrypted": msg.encrypted, "body": msg.body, "digest": msg.digest}
+
+
+class Links:
+    """Sync and peer messaging over one bridge; either may be absent (config or key type)."""
+
+    def __init__(self, *, state_dir: str | os.PathLike[str], ledger: Any, signer: Any,
+                 sync_config: Any, peers: bool = True) -> None:
+        self.state_dir = Path(state_dir)
+        self.ledger, self.signer = ledger, signer
+        self.sync_config = sync_config
+        self.peers = peers
+        self.sync: Any = None
+        self.messenger: Any = None
+        self.error: str | None = None  # why sync or peers could not start (status shows it)
+
+    async def start(self, bridge: Any) -> None:
+        """Start sync (unless ``sync.enabled: false``) and, with a signer, the peer messenger."""
+        self.error = None
+        if self.sync_config is not None and self.sync_config.enabled:
+            from ..sync.sync import LedgerSync
+
+            sync = LedgerSync(self.ledger, bridge, config=self.sync_config, state_dir=self.state_dir)
+            try:
+                await sync.start()
+                self.sync = sync
+            except KestrelError as exc:  # e.g. a corrupt offset file: keep running, say why
+                self.error = f"ledger sync not started: {exc.message}"
+                log.error("%s", self.error)
+        if self.peers and self.signer is not None:
+            await self._start_messenger(bridge)
+
+    async def _start_messenger(self, bridge: Any) -> None:
+        from ..sync.peers.keyagree import SoftwareKeyAgreement
+        from ..sync.peers.messenger import PeerMessenger
+
+        ka = None
+        if getattr(self.signer, "private_key", None) is not None:
+            ka = SoftwareKeyAgreement.from_signer(self.signer)  # else: signed-only messages (TPM key)
+        m = PeerMessenger(state_dir=self.state_dir, signer=self.signer, bridge=bridge, ledger=self.ledger,
+                          key_agreement=ka)
+        await m.start()
+        self.messenger = m
+
+    async def stop(self) -> None:
+        """Stop both (sync persists its acknowledged offset); the bridge is still open here."""
+        if self.messenger is not None:
+            try:
+                await self.messenger.stop()
+            except Exception as exc:
+                log.warning("stopping the peer messenger: %s", exc)
+            self.messenger = None
+        if self.sync is not None:
+            try:
+                await self.sync.stop()
+            except Exception as exc:
+                log.warning("stopping ledger sync: %s", exc)
+            self.sync = None
+
+    # -- actions and control requests ----------------------------------------------------------
+    async def action_send(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.messenger is None:
+            raise TransportError("agent.send needs an MQTT broker (device config section 'mqtt') and a "
+                                 "signing identity", hint="configure mqtt: in the device config")
+        return await self.messenger.action_send(args)
+
+    async def receive(self, *, timeout: float, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` received messages; waits up to ``timeout`` seconds for the first one."""
+        if self.messenger is None:
+            raise TransportError("peer messaging is not running (no MQTT broker configured)",
+                                 hint="configure mqtt: in the device config")
+        out: list[dict[str, Any]] = []
+        m = self.messenger
+        if timeout > 0:
+            try:
+                out.append(message_json(await m.receive(timeout)))
+            except asyncio.TimeoutError:
+                return out
+        while len(out) < limit:
+            try:
+                out.append(message_json(m._inbox.get_nowait()))
+            except asyncio.QueueEmpty:
+                break
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """The ``sync`` and ``peers`` parts of the daemon's status."""
+        out: dict[str, Any] = {"sync": None, "peers": None, "error": self.error}
+        if self.sync is not None:
+            st = self.sync.status
+            out["sync"] = {"connected": st.connected, "acked": st.acked, "ledger_size": st.ledger_size,
+                           "backlog": st.backlog, "rate": st.rate, "warnings": list(st.warnings)}
+        if self.messenger is not None:
+            out["peers"] = {"did": self.messenger.did, "received": self.messenger.received,
+                            "waiting": self.messenger._inbox.qsize(), "refused": dict(self.messenger.refused)}
+        return out
