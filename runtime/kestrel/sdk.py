@@ -8,6 +8,9 @@
         print(k.status()["health"])
         for record in k.follow(since_seq=0):  # blocks, streaming new ledger records
             print(record["seq"], record["kind"])
+        k.call("agent.send", to=peer_did, body={"hello": 1})   # under policy, like any action
+        for msg in k.messages(timeout=5):     # peer messages the daemon received and verified
+            print(msg["from"], msg["body"])
 
 Every method is a blocking request on one Unix-socket connection (not thread-safe:
 use one Client per thread). The wire format is docs/control-protocol.md.
@@ -26,11 +29,15 @@ from .daemon import protocol as P
 from .daemon.protocol import RemoteError
 from .errors import TransportError
 
-__all__ = ["Client", "RemoteError", "ActionDenied", "socket_path_for"]
+__all__ = ["Client", "RemoteError", "ActionDenied", "NoDaemonError", "socket_path_for"]
 
 
 class ActionDenied(RemoteError):
     """The policy refused the action (the refusal is in the ledger)."""
+
+
+class NoDaemonError(TransportError):
+    """No daemon listens on the control socket (none runs on that state directory)."""
 
 
 def socket_path_for(state_dir: str | os.PathLike[str] | None) -> Path:
@@ -58,7 +65,7 @@ class Client:
             sock.connect(str(self.socket_path))
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
-            raise TransportError(f"no Kestrel daemon is listening on {self.socket_path}",
+            raise NoDaemonError(f"no Kestrel daemon is listening on {self.socket_path}",
                                  hint="start it with `kestrel run` (same --state), or pass the right --state") from None
         except PermissionError:
             sock.close()
@@ -70,6 +77,11 @@ class Client:
             raise TransportError(f"cannot connect to {self.socket_path}: {exc.strerror or exc}") from None
         self._sock = sock
         return sock
+
+    def connect(self) -> "Client":
+        """Open the connection now (else the first request does); NoDaemonError if none listens."""
+        self._connect()
+        return self
 
     def close(self) -> None:
         if self._sock is not None:
@@ -120,13 +132,18 @@ class Client:
         err = msg["error"]
         code = str(err.get("code") or "failed")
         cls = ActionDenied if code == "denied" else RemoteError
-        raise cls(code, err["message"], hint=err.get("hint"))
+        reason = err.get("reason") if isinstance(err.get("reason"), str) else None
+        raise cls(code, err["message"], hint=err.get("hint"), reason=reason, exit_code=err.get("exit"))
 
-    def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """Send one request and return its result (raises RemoteError on an error reply)."""
+    def request(self, method: str, params: dict[str, Any] | None = None, *, wait: float = 0.0) -> Any:
+        """Send one request and return its result (raises RemoteError on an error reply).
+
+        ``wait``: seconds the daemon may legitimately take on top of ``timeout`` (peer.receive).
+        """
         rid = self._send(method, params or {})
+        timeout = None if self.timeout is None else self.timeout + wait
         while True:
-            msg = P.decode_reply(self._readline(timeout=self.timeout))
+            msg = P.decode_reply(self._readline(timeout=timeout))
             if msg.get("id") not in (rid, None):
                 continue
             if "error" in msg:
@@ -150,6 +167,34 @@ class Client:
 
     def sim_list(self) -> list[dict[str, Any]]:
         return self.request("sim.list")
+
+    def messages(self, *, timeout: float = 0.0, max: int = 100) -> list[dict[str, Any]]:
+        """Peer messages received and verified since the last call (oldest first, at most ``max``).
+
+        Waits up to ``timeout`` seconds for the first one; ``[]`` if none came. Each is
+        ``{"from", "to", "seq", "time_ms", "encrypted", "body", "digest"}``.
+        """
+        return self.request("peer.receive", {"timeout": timeout, "max": max}, wait=timeout)
+
+    def receive(self, timeout: float = 30.0) -> dict[str, Any] | None:
+        """The next received peer message, or None after ``timeout`` seconds."""
+        got = self.messages(timeout=timeout, max=1)
+        return got[0] if got else None
+
+    def ota_apply(self, bundle: bytes) -> dict[str, Any]:
+        """Have the daemon verify and activate a signed bundle (sent in chunks; the ledger records it)."""
+        step = P.UPLOAD_CHUNK
+        for off in range(0, max(len(bundle), 1), step):
+            chunk, more = bundle[off:off + step], off + step < len(bundle)
+            result = self.request("ota.apply", {"data": {"$hex": chunk.hex()}, "more": more}, wait=60.0)
+        return result
+
+    def ota_rollback(self, *, reason: str = "operator") -> dict[str, Any]:
+        return self.request("ota.rollback", {"reason": reason}, wait=60.0)
+
+    def trust_apply(self, root: bytes) -> dict[str, Any]:
+        """Install the next signed trust root (verified by the daemon against the current one)."""
+        return self.request("trust.apply", {"root": {"$hex": root.hex()}})
 
     def follow(self, since_seq: int = 0, *, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Yield ledger records from ``since_seq`` on, then new ones as they are appended (forever).

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["register", "open_ledger", "ledger_view", "parse_expiry", "load_owner"]
+__all__ = ["register", "open_ledger", "ledger_view", "parse_expiry", "load_owner", "daemon_client",
+           "print_applied"]
 
 _DURATION = re.compile(r"(\d{1,6})([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -131,18 +132,44 @@ def parse_expiry(text: str, now: float) -> float:
                          "2027-01-31T00:00:00Z") from None
 
 
+def daemon_client(state_dir: Path) -> Any | None:
+    """A connected SDK client when a daemon runs on ``state_dir``, else None.
+
+    While ``kestrel run`` holds the ledger (one writer), commands that record go through its
+    control socket; only when no daemon answers do they open the ledger themselves.
+    """
+    from ..sdk import Client, NoDaemonError, socket_path_for
+
+    client = Client(socket_path=socket_path_for(state_dir), timeout=60.0)
+    try:
+        return client.connect()
+    except NoDaemonError:
+        return None
+
+
 @contextmanager
 def open_ledger(state_dir: Path) -> Iterator[Any]:
-    """The device ledger, signed by the agent's identity key."""
+    """The device ledger, signed by the agent's identity key (only when no daemon runs)."""
     from .._internal.paths import StateLayout
     from ..identity import open_signer
-    from ..ledger import Ledger
+    from ..ledger import Ledger, LedgerIOError
 
-    ledger = Ledger.open(StateLayout(state_dir).ledger, signer=open_signer(state_dir))
+    signer = open_signer(state_dir)
+    try:
+        ledger = Ledger.open(StateLayout(state_dir).ledger, signer=signer)
+    except LedgerIOError as exc:
+        if "already open for writing" not in exc.message:
+            raise
+        raise LedgerIOError(f"{exc.message}, and no daemon answers on {StateLayout(state_dir).run / 'control.sock'}",
+                            hint="a daemon may be starting or stopping, or another kestrel command is recording: "
+                                 "retry in a moment (`kestrel status` shows whether the daemon runs)") from None
     try:
         yield ledger
     finally:
         ledger.close()
+        close = getattr(signer, "close", None)
+        if close is not None:
+            close()
 
 
 class _LedgerView:
@@ -246,14 +273,17 @@ def _trust_rotate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _install_root(state_dir: Path, env: bytes) -> int:
-    from ..ota.store import OtaDir
+    from ..daemon.admin import install_root
 
-    with open_ledger(state_dir) as ledger:
-        old, new = OtaDir(state_dir).rotate_root(env)
-        ledger.append("trust.rotated", {"from_version": old.version, "version": new.version,
-                                        "threshold": new.threshold, "owners": list(new.owners)})
-    print(f"trust root rotated: version {old.version} -> {new.version} "
-          f"({new.threshold} of {len(new.owners)} owner keys)")
+    client = daemon_client(state_dir)
+    if client is not None:
+        with client:
+            res = client.trust_apply(env)
+    else:
+        with open_ledger(state_dir) as ledger:
+            res = install_root(state_dir, env, ledger=ledger)
+    print(f"trust root rotated: version {res['from_version']} -> {res['version']} "
+          f"({res['threshold']} of {len(res['owners'])} owner keys)")
     return 0
 
 
@@ -331,17 +361,29 @@ def _ota_apply(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.apply import apply_bundle
     from ..ota.tpmcounter import device_tpm_counter
 
+    from ..daemon.admin import applied_json
+
     data = _read(args.file, "bundle")
     state = _state_dir(args)
-    with open_ledger(state) as ledger:
-        res = apply_bundle(state, data, ledger=ledger, now=time.time(), source="cli",
-                           tpm=device_tpm_counter(state))
-    if not res.changed:
-        print(f"bundle {res.digest[:16]} is already active (slot {res.slot})")
+    client = daemon_client(state)
+    if client is not None:
+        with client:
+            res = client.ota_apply(data)
     else:
-        print(f"applied bundle {res.digest[:16]} version {res.version} counter {res.counter} "
-              f"into slot {res.slot}; policy sha256:{res.policy_digest[:16]}")
+        with open_ledger(state) as ledger:
+            res = applied_json(apply_bundle(state, data, ledger=ledger, now=time.time(), source="cli",
+                                            tpm=device_tpm_counter(state)))
+    print_applied(res, via_daemon=client is not None)
     return 0
+
+
+def print_applied(res: dict[str, Any], *, via_daemon: bool) -> None:
+    how = " (through the running daemon)" if via_daemon else ""
+    if not res["changed"]:
+        print(f"bundle {res['bundle'][:16]} is already active (slot {res['slot']}){how}")
+    else:
+        print(f"applied bundle {res['bundle'][:16]} version {res['version']} counter {res['counter']} "
+              f"into slot {res['slot']}; policy sha256:{res['policy'][:16]}{how}")
 
 
 def _ota_status(args: argparse.Namespace, extra: list[str]) -> int:
@@ -371,10 +413,16 @@ def _ota_status(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _ota_rollback(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..daemon.admin import applied_json
     from ..ota.apply import rollback
 
     state = _state_dir(args)
-    with open_ledger(state) as ledger:
-        res = rollback(state, ledger=ledger, reason="operator")
-    print(f"rolled back to slot {res.slot}: bundle {res.digest[:16]} version {res.version}")
+    client = daemon_client(state)
+    if client is not None:
+        with client:
+            res = client.ota_rollback(reason="operator")
+    else:
+        with open_ledger(state) as ledger:
+            res = applied_json(rollback(state, ledger=ledger, reason="operator"))
+    print(f"rolled back to slot {res['slot']}: bundle {res['bundle'][:16]} version {res['version']}")
     return 0

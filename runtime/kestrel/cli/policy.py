@@ -114,6 +114,8 @@ def _explain(args: argparse.Namespace, extra: list[str]) -> int:
 def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
     from .._internal.fsutil import read_bytes
     from .._internal.paths import resolve_state_dir
+    from ..daemon.admin import applied_json
+    from ..identity import load_identity
     from ..ota.apply import apply_bundle, current_counter
     from ..ota.build import make_bundle
     from ..ota.bundle import sign_bundle
@@ -122,30 +124,38 @@ def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.store import OtaDir
     from ..ota.tpmcounter import device_tpm_counter
     from ..policy import parse_policy
-    from .ota import load_owner, open_ledger, parse_expiry
+    from .ota import daemon_client, ledger_view, load_owner, open_ledger, parse_expiry, print_applied
 
     state = resolve_state_dir(args.state)
     policy = read_bytes(args.file, what="policy", max_size=1 << 20)
     parse_policy(policy, source=args.file)  # report errors against the user's file, before anything
     ota = OtaDir(state)
     key = Path(args.key or default_owner_key())
-    with open_ledger(state) as ledger:
-        try:
-            ota.trust_root()
-        except TrustRootError as exc:
-            if exc.code != "no-root" or key.exists():
-                raise
-            # First use on a device with no owner yet: create the owner key and trust it (TOFU).
-            signer = create_owner_key(key, owner_passphrase(args.passphrase_file, confirm=True))
-            ota.init_root([signer.public_key.did], 1)
-            print(f"created owner key {key} ({signer.public_key.did}) and trusted it on this device",
-                  file=sys.stderr)
-        signer = load_owner(args, str(key))
-        now = time.time()
-        counter, _ = current_counter(ota, ledger)
-        bundle = make_bundle(policy=policy, counter=counter + 1, now=now, expires=parse_expiry(args.expires, now),
-                             agents=[ledger.public_key.did])
-        res = apply_bundle(state, sign_bundle(bundle, signer), ledger=ledger, now=now, source="set-policy",
-                           tpm=device_tpm_counter(state))
-    print(f"policy sha256:{res.policy_digest[:16]} active (bundle counter {res.counter}, slot {res.slot})")
+    try:
+        ota.trust_root()
+    except TrustRootError as exc:
+        if exc.code != "no-root" or key.exists():
+            raise
+        # First use on a device with no owner yet: create the owner key and trust it (TOFU).
+        signer = create_owner_key(key, owner_passphrase(args.passphrase_file, confirm=True))
+        ota.init_root([signer.public_key.did], 1)
+        print(f"created owner key {key} ({signer.public_key.did}) and trusted it on this device",
+              file=sys.stderr)
+    signer = load_owner(args, str(key))
+    now = time.time()
+    # The counter is read from the ledger's files (no lock needed): the bundle is built here, where
+    # the owner key is, and applied by the running daemon, or here when none runs.
+    counter, _ = current_counter(ota, ledger_view(state))
+    bundle = sign_bundle(make_bundle(policy=policy, counter=counter + 1, now=now,
+                                     expires=parse_expiry(args.expires, now), agents=[load_identity(state).did]),
+                         signer)
+    client = daemon_client(state)
+    if client is not None:
+        with client:
+            res = client.ota_apply(bundle)
+    else:
+        with open_ledger(state) as ledger:
+            res = applied_json(apply_bundle(state, bundle, ledger=ledger, now=now, source="set-policy",
+                                            tpm=device_tpm_counter(state)))
+    print_applied(res, via_daemon=client is not None)
     return 0

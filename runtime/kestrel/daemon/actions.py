@@ -80,6 +80,10 @@ class Actions:
             "send_email": self.send_email, "schedule_event": self.schedule_event, "fetch_data": self.fetch_data,
         }
 
+    def register(self, name: str, handler: Callable[[dict[str, Any]], Awaitable[Outcome]]) -> None:
+        """Add an action (e.g. ``agent.send``); the pipeline's policy check still comes first."""
+        self._handlers[name] = handler
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._handlers)

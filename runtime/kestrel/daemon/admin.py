@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..errors import KestrelError
 
-__all__ = ["OtaService", "applied_json"]
+__all__ = ["OtaService", "applied_json", "install_root"]
 
 log = logging.getLogger("kestrel.daemon.ota")
 _UNSET: Any = object()
@@ -29,6 +29,17 @@ def applied_json(res: Any) -> dict[str, Any]:
     """An :class:`kestrel.ota.apply.AppliedBundle` as the control socket returns it."""
     return {"bundle": res.digest, "version": res.version, "counter": res.counter, "slot": res.slot,
             "previous_slot": res.previous_slot, "policy": res.policy_digest, "changed": res.changed}
+
+
+def install_root(state_dir: str | os.PathLike[str], envelope: bytes, *, ledger: Any) -> dict[str, Any]:
+    """Install the next trust root (verified against the current one) and record ``trust.rotated``."""
+    from ..ota.store import OtaDir
+
+    old, new = OtaDir(state_dir).rotate_root(envelope)
+    body = {"from_version": old.version, "version": new.version, "threshold": new.threshold,
+            "owners": list(new.owners)}
+    ledger.append("trust.rotated", body)
+    return body
 
 
 class OtaService:
@@ -102,17 +113,7 @@ class OtaService:
         return applied_json(res)
 
     async def rotate_root(self, envelope: bytes) -> dict[str, Any]:
-        """Install the next trust root (verified against the current one) and record ``trust.rotated``."""
-        from ..ota.store import OtaDir
-
-        def go() -> dict[str, Any]:
-            old, new = OtaDir(self.state_dir).rotate_root(envelope)
-            self.ledger.append("trust.rotated", {"from_version": old.version, "version": new.version,
-                                                 "threshold": new.threshold, "owners": list(new.owners)})
-            return {"from_version": old.version, "version": new.version, "threshold": new.threshold,
-                    "owners": list(new.owners)}
-
-        return await self._run(go)
+        return await self._run(lambda: install_root(self.state_dir, envelope, ledger=self.ledger))
 
     async def scan(self, drop: Path) -> None:
         """Apply the new bundles in the drop directory (a USB stick in the field)."""

@@ -21,7 +21,8 @@ __all__ = [
     "parse_device_config", "BUILTIN_ACTIONS",
 ]
 
-BUILTIN_ACTIONS = ("send_email", "schedule_event", "fetch_data", "gpio.write", "mqtt.publish", "serial.write")
+BUILTIN_ACTIONS = ("send_email", "schedule_event", "fetch_data", "gpio.write", "mqtt.publish", "serial.write",
+                   "agent.send")
 PARITIES = ("none", "even", "odd")
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 

@@ -40,6 +40,12 @@ class ControlTarget(Protocol):
     def control_sim_list(self) -> list[dict[str, Any]]: ...
     def control_follow(self, since_seq: int, kind: str | None) -> AsyncIterator[dict[str, Any]]: ...
     async def control_reload(self) -> dict[str, Any]: ...
+    async def control_ota_apply(self, data: bytes, *, source: str) -> dict[str, Any]: ...
+    async def control_ota_rollback(self, reason: str) -> dict[str, Any]: ...
+    async def control_trust_apply(self, envelope: bytes) -> dict[str, Any]: ...
+    async def control_peer_receive(self, timeout: float, limit: int) -> list[dict[str, Any]]: ...
+    @property
+    def max_upload(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -208,6 +214,7 @@ class ControlServer:
                 log.error("could not record control.refused: %s", exc)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cred: PeerCred) -> None:
+        upload = bytearray()  # this connection's ota.apply bytes so far (chunks with "more": true)
         while True:
             try:
                 line = await reader.readline()
@@ -225,17 +232,20 @@ class ControlServer:
                 writer.write(P.encode_error(getattr(exc, "request_id", None), exc.code, exc.message, exc.hint))
                 await writer.drain()
                 continue
-            await self._dispatch(req, writer, cred)
+            await self._dispatch(req, writer, cred, upload)
 
-    async def _dispatch(self, req: P.Request, writer: asyncio.StreamWriter, cred: PeerCred) -> None:
+    async def _dispatch(self, req: P.Request, writer: asyncio.StreamWriter, cred: PeerCred,
+                        upload: bytearray) -> None:
         t = self.target
         p = req.params
         try:
-            if req.method == "call":
+            if req.method in _ADMIN:
+                result: Any = await self._admin(req, cred, upload)
+            elif req.method == "call":
                 action, args = p.get("action"), p.get("args", {})
                 if not isinstance(action, str) or not isinstance(args, dict):
                     raise P.ProtocolError("call needs params {\"action\": NAME, \"args\": {...}}")
-                result: Any = await t.control_call(action, args, source=f"control:uid={cred.uid}")
+                result = await t.control_call(action, args, source=f"control:uid={cred.uid}")
             elif req.method == "status":
                 result = t.control_status()
             elif req.method == "sim.drive":
@@ -259,11 +269,45 @@ class ControlServer:
                 result = {"end": True}
             writer.write(P.encode_result(req.id, result))
         except KestrelError as exc:
-            code = getattr(exc, "code", None) or ("bad_request" if isinstance(exc, P.ProtocolError) else "failed")
-            writer.write(P.encode_error(req.id, code, exc.message, exc.hint))
+            code, extra = P.error_fields(exc)
+            writer.write(P.encode_error(req.id, code, exc.message, exc.hint, **extra))
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as exc:  # a bug must not take the socket down; it is logged in full
             log.exception("control request %s failed", req.method)
             writer.write(P.encode_error(req.id, "internal", f"internal error: {type(exc).__name__}: {exc}"))
         await writer.drain()
+
+    async def _admin(self, req: P.Request, cred: PeerCred, upload: bytearray) -> Any:
+        """Owner operations and peer messages (docs/control-protocol.md, "Methods")."""
+        t, p = self.target, req.params
+        if req.method == "ota.apply":
+            more = p.get("more", False)
+            if not isinstance(more, bool):
+                raise P.ProtocolError("ota.apply: 'more' must be true or false")
+            upload += P.from_hex(p.get("data"), what="ota.apply 'data'")
+            if len(upload) > t.max_upload:
+                size = len(upload)
+                upload.clear()
+                raise P.ProtocolError(f"bundle larger than ota.max_bundle ({size} > {t.max_upload} bytes)",
+                                      hint="raise ota.max_bundle in the device config, or split the bundle")
+            if more:
+                return {"received": len(upload)}
+            data = bytes(upload)
+            upload.clear()
+            return await t.control_ota_apply(data, source=f"control:uid={cred.uid}")
+        if req.method == "ota.rollback":
+            reason = p.get("reason", "operator")
+            if not isinstance(reason, str) or not 0 < len(reason) <= 200:
+                raise P.ProtocolError("ota.rollback: 'reason' must be a short string")
+            return await t.control_ota_rollback(reason)
+        if req.method == "trust.apply":
+            return await t.control_trust_apply(P.from_hex(p.get("root"), what="trust.apply 'root'"))
+        timeout, limit = p.get("timeout", 0), p.get("max", 100)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 3600 or \
+                isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise P.ProtocolError("peer.receive takes params {\"timeout\": 0..3600 seconds, \"max\": 1..1000}")
+        return await t.control_peer_receive(float(timeout), limit)
+
+
+_ADMIN = frozenset({"ota.apply", "ota.rollback", "trust.apply", "peer.receive"})

@@ -114,7 +114,7 @@ class Links:
 
     def describe(self) -> dict[str, Any]:
         """The ``sync`` and ``peers`` parts of the daemon's status."""
-        out: dict[str, Any] = {"sync": None, "peers": None, "error": self.error}
+        out: dict[str, Any] = {"sync": None, "peers": None, "links_error": self.error}
         if self.sync is not None:
             st = self.sync.status
             out["sync"] = {"connected": st.connected, "acked": st.acked, "ledger_size": st.ledger_size,

@@ -130,7 +130,8 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
     try:
         factory = open_pin_factory(profile)
         daemon = Daemon(config=cfg, state_dir=state, ledger=ledger, factory=factory, agent_id=did,
-                        board=profile.name, load_config=lambda: load_config(config_path), freeze_gc=True)
+                        board=profile.name, load_config=lambda: load_config(config_path), freeze_gc=True,
+                        signer=signer)
         asyncio.run(_main(daemon))
     finally:
         if factory is not None:

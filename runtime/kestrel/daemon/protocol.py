@@ -16,11 +16,15 @@ from ..errors import DataError, KestrelError
 
 __all__ = [
     "MAX_LINE", "METHODS", "Request", "ProtocolError", "RemoteError", "decode_request", "encode",
-    "encode_result", "encode_error", "encode_event", "decode_reply", "to_json_value",
+    "encode_result", "encode_error", "encode_event", "decode_reply", "to_json_value", "from_hex",
+    "error_fields", "WIRE_CODES", "UPLOAD_CHUNK",
 ]
 
 MAX_LINE = 256 * 1024
-METHODS = ("call", "status", "sim.drive", "sim.list", "follow", "reload")
+METHODS = ("call", "status", "sim.drive", "sim.list", "follow", "reload", "ota.apply", "ota.rollback",
+           "trust.apply", "peer.receive")
+WIRE_CODES = frozenset({"bad_request", "forbidden", "denied", "failed", "internal", "unknown_action"})
+UPLOAD_CHUNK = 96 * 1024  # raw bytes per ota.apply line (hex doubles it, under MAX_LINE)
 
 
 class ProtocolError(DataError):
@@ -32,10 +36,13 @@ class ProtocolError(DataError):
 class RemoteError(KestrelError):
     """The daemon answered a request with an error."""
 
-    def __init__(self, code: str, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, code: str, message: str, *, hint: str | None = None, reason: str | None = None,
+                 exit_code: int | None = None) -> None:
         super().__init__(message, hint=hint)
         self.code = code
-        self.exit_code = {"denied": 5, "forbidden": 77, "bad_request": 2, "unknown_action": 2}.get(code, 1)
+        self.reason = reason  # the daemon-side error's own code (e.g. an OTA refusal's "expired")
+        self.exit_code = exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) and \
+            0 < exit_code < 126 else {"denied": 5, "forbidden": 77, "bad_request": 2, "unknown_action": 2}.get(code, 1)
 
 
 @dataclass(frozen=True)
@@ -96,8 +103,30 @@ def encode_event(rid: Any, event: Any) -> bytes:
     return encode({"id": rid, "event": to_json_value(event)})
 
 
-def encode_error(rid: Any, code: str, message: str, hint: str | None = None) -> bytes:
-    return encode({"id": rid, "error": {"code": code, "message": message, "hint": hint}})
+def encode_error(rid: Any, code: str, message: str, hint: str | None = None, **extra: Any) -> bytes:
+    """``extra``: optional ``reason`` (the error's own code) and ``exit`` (its CLI exit code)."""
+    return encode({"id": rid, "error": {"code": code, "message": message, "hint": hint,
+                                        **{k: v for k, v in extra.items() if v is not None}}})
+
+
+def error_fields(exc: KestrelError) -> tuple[str, dict[str, Any]]:
+    """The wire code of an error and its extra fields (its own code as ``reason``, its ``exit`` code)."""
+    own = getattr(exc, "code", None)
+    if isinstance(exc, ProtocolError):
+        return "bad_request", {}
+    if own in WIRE_CODES:
+        return own, {}
+    return "failed", {"reason": own if isinstance(own, str) else None, "exit": exc.exit_code}
+
+
+def from_hex(value: Any, *, what: str) -> bytes:
+    """Bytes sent as ``{"$hex": "..."}``; ProtocolError otherwise."""
+    if isinstance(value, dict) and set(value) == {"$hex"} and isinstance(value["$hex"], str):
+        try:
+            return bytes.fromhex(value["$hex"])
+        except ValueError:
+            pass
+    raise ProtocolError(f"{what} must be bytes written as {{\"$hex\": \"<hex>\"}}")
 
 
 def decode_reply(line: bytes) -> dict[str, Any]:

@@ -20,11 +20,13 @@ from typing import Any, AsyncIterator, Callable
 from .._internal.fsutil import atomic_write, ensure_private_dir
 from .._internal.paths import StateLayout
 from ..errors import KestrelError, UsageError
-from .actions import Actions
+from .actions import Actions, Outcome
+from .admin import OtaService
 from .calendar import CalendarStore
 from .config import DeviceConfig
 from .control import ControlServer, resolve_group
 from .hardware import Hardware
+from .links import Links
 from .notify import Notifier, run_watchdog, watchdog_interval
 from .outbox import Outbox
 from .pipeline import Pipeline, QueuedAppends
@@ -38,13 +40,14 @@ log = logging.getLogger("kestrel.daemon")
 QUARANTINE_KEEP = 100
 QUARANTINE_RECORDS_PER_S = 10
 MAX_LOOP_LAG_S = 5.0
+POLICY_RECHECK_S = 1.0  # other processes' bundle applies are noticed within this (ours at once)
 
 
 class Daemon:
     def __init__(self, *, config: DeviceConfig, state_dir: str | os.PathLike[str], ledger: Any, factory: Any,
                  agent_id: str, policy: Any = None, board: str = "sim",
                  load_config: Callable[[], DeviceConfig] | None = None, notifier: Notifier | None = None,
-                 clock: Callable[[], float] = time.time, freeze_gc: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, freeze_gc: bool = False, signer: Any = None) -> None:
         self.config = config
         self.state = StateLayout(state_dir)
         self.ledger = ledger
@@ -54,7 +57,7 @@ class Daemon:
 
             if config.audit.decisions == "batched":
                 self.decision_log = QueuedAppends(ledger)
-            policy = PolicyEngine(self.state.root, self.decision_log or ledger)
+            policy = PolicyEngine(self.state.root, self.decision_log or ledger, recheck_s=POLICY_RECHECK_S)
         self.policy = policy
         self.factory = factory
         self.agent_id = agent_id
@@ -71,6 +74,10 @@ class Daemon:
         self.calendar = CalendarStore(self.state.data / "calendar")
         self.actions = Actions(config=lambda: self.config, hardware=self._hw, outbox=self.outbox,
                                calendar=self.calendar, clock=clock)
+        self.links = Links(state_dir=self.state.root, ledger=ledger, signer=signer, sync_config=config.sync)
+        self.actions.register("agent.send", self._agent_send)
+        self.ota = OtaService(state_dir=self.state.root, ledger=ledger, policy=policy, healthy=self._ota_healthy,
+                              on_recorded=self._appended, clock=clock)
         self.pipeline = Pipeline(policy=policy, ledger=ledger, actions=self.actions,
                                  queue_size=config.limits.action_queue, workers=config.limits.action_workers,
                                  on_recorded=self._appended, decision_log=self.decision_log)
@@ -118,7 +125,19 @@ class Daemon:
     async def _start_hardware(self, cfg: DeviceConfig) -> None:
         hw = Hardware(cfg, factory=self.factory, sink=self, agent_id=self.agent_id, ota_topic=cfg.ota.mqtt_topic)
         await hw.start()
+        if hw.bridge is not None:
+            self.links.sync_config = cfg.sync
+            try:
+                await self.links.start(hw.bridge)
+            except BaseException:
+                await self.links.stop()
+                await hw.stop()
+                raise
         self.hardware = hw
+
+    async def _stop_hardware(self, hw: Hardware) -> None:
+        await self.links.stop()  # before the bridge closes: sync persists its acknowledged offset
+        await hw.stop()
 
     async def run(self) -> None:
         """Start, run until :meth:`request_stop`, then shut down cleanly."""
@@ -139,7 +158,7 @@ class Daemon:
         log.info("stopping")
         await self.control.close()
         if self.hardware is not None:
-            await self.hardware.stop()
+            await self._stop_hardware(self.hardware)
             self.hardware = None
         for t in self._tasks:
             t.cancel()
@@ -165,7 +184,7 @@ class Daemon:
             old_cfg, old_triggers, old_hw = self.config, self.triggers, self.hardware
             self.hardware = None
             if old_hw is not None:
-                await old_hw.stop()
+                await self._stop_hardware(old_hw)
             self.config, self.triggers = new, TriggerEngine(new.triggers)  # first readings meet the new rules
             try:
                 await self._start_hardware(new)
@@ -324,42 +343,26 @@ class Daemon:
                 log.warning("could not publish the command result: %s", exc.message)
 
     def ota_bundle(self, payload: bytes, source: str) -> None:
-        self._spawn_bg(self._apply_bundle(payload, source))
+        self._spawn_bg(self.ota.apply_message(payload, source=source))
 
-    async def _apply_bundle(self, payload: bytes, source: str) -> None:
-        from ..ota import apply_message
-
-        try:
-            applied = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: apply_message(self.state.root, payload, ledger=self.ledger, now=self.clock()))
-            log.info("applied OTA bundle from %s: %s", source, applied)
-        except KestrelError as exc:
-            log.error("rejected OTA bundle from %s: %s", source, exc.message)
-        self._appended()
+    def _ota_healthy(self) -> str | None:
+        """What an OTA health check needs: the pipeline and the ledger working (not every sensor)."""
+        if not self.pipeline.alive:
+            return "action pipeline stopped"
+        return self.pipeline.ledger_error or (self.decision_log.error if self.decision_log else None)
 
     async def _watch_drop_dir(self) -> None:
         """Scan ``ota.drop_dir`` (of the current config; none: idle) every ``ota.poll`` seconds."""
-        from ..ota import scan_drop_dir
-
-        loop = asyncio.get_running_loop()
         while True:
             ota = self.config.ota
             if ota.drop_dir:
                 drop = Path(ota.drop_dir)
-                drop = drop if drop.is_absolute() else self.state.root / drop
-                try:
-                    results = await loop.run_in_executor(
-                        None, lambda: scan_drop_dir(self.state.root, drop, ledger=self.ledger, now=self.clock()))
-                    for path, res in results:
-                        if isinstance(res, KestrelError):
-                            log.error("OTA bundle %s rejected: %s", path.name, res.message)
-                        else:
-                            log.info("OTA bundle %s applied", path.name)
-                    if results:
-                        self._appended()
-                except KestrelError as exc:
-                    log.error("scanning the OTA drop directory %s: %s", drop, exc.message)
+                await self.ota.scan(drop if drop.is_absolute() else self.state.root / drop)
             await asyncio.sleep(ota.poll_s)
+
+    async def _agent_send(self, args: dict[str, Any]) -> Outcome:
+        reply = await self.links.action_send(args)
+        return Outcome(reply, dict(reply))
 
     def _schedule_fire(self, p: Proposal) -> None:
         self.pipeline.submit(p)
@@ -385,6 +388,10 @@ class Daemon:
             "counters": dict(self.counters),
             "mqtt": ({"connected": hw.bridge.connected} if hw and hw.bridge else None),
             "control": {"served": self.control.served, "refused": self.control.refused},
+            "policy": {"bundle": getattr(self.policy, "bundle_digest", None),
+                       "loaded": getattr(self.policy, "policy", None) is not None,
+                       "error": getattr(self.policy, "load_error", None)},
+            **self.links.describe(),
             "last_reload_error": self.last_reload_error,
         }
 
@@ -441,3 +448,19 @@ class Daemon:
 
     async def control_reload(self) -> dict[str, Any]:
         return await self.reload()
+
+    async def control_ota_apply(self, data: bytes, *, source: str) -> dict[str, Any]:
+        return await self.ota.apply(data, source=source)
+
+    async def control_ota_rollback(self, reason: str) -> dict[str, Any]:
+        return await self.ota.rollback(reason=reason)
+
+    async def control_trust_apply(self, envelope: bytes) -> dict[str, Any]:
+        return await self.ota.rotate_root(envelope)
+
+    async def control_peer_receive(self, timeout: float, limit: int) -> list[dict[str, Any]]:
+        return await self.links.receive(timeout=timeout, limit=limit)
+
+    @property
+    def max_upload(self) -> int:
+        return self.config.ota.max_bundle

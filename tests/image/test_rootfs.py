@@ -1,0 +1,81 @@
+"""The parts of the rootfs and image stages that run without root, network or qemu."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from kimage.__main__ import split_boot
+from kimage.boards import BOARDS
+from kimage.overlay import MANIFEST
+from kimage.rootfs import _scrub, _sources, build_rootfs
+from kimage.steps import BuildError, Runner
+
+
+def _rootfs(tmp_path: Path) -> Path:
+    root = tmp_path / "rootfs"
+    for d in ("etc/ssh", "var/lib/dbus", "var/lib/systemd", "var/lib/apt/lists", "var/lib/kestrel", "usr/sbin"):
+        (root / d).mkdir(parents=True)
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (root / "var/lib/dbus/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (root / "etc/ssh/ssh_host_ed25519_key").write_text("PRIVATE")
+    (root / "var/lib/systemd/random-seed").write_bytes(b"seed")
+    (root / "var/lib/apt/lists/deb.debian.org_dists").write_text("x")
+    (root / "usr/sbin/policy-rc.d").write_text("exit 101")
+    (root / "etc/resolv.conf").write_text("nameserver 10.0.0.1\n")
+    return root
+
+
+def test_scrub_leaves_nothing_machine_specific(tmp_path: Path) -> None:
+    root = _rootfs(tmp_path)
+    _scrub(root)
+    assert (root / "etc/machine-id").read_text() == ""
+    for gone in ("var/lib/dbus/machine-id", "etc/ssh/ssh_host_ed25519_key", "var/lib/systemd/random-seed",
+                 "usr/sbin/policy-rc.d", "var/lib/apt/lists/deb.debian.org_dists"):
+        assert not (root / gone).exists(), gone
+    assert (root / "etc/resolv.conf").read_text() == ""
+
+
+def test_scrub_refuses_a_baked_in_identity(tmp_path: Path) -> None:
+    root = _rootfs(tmp_path)
+    (root / "var/lib/kestrel/identity").mkdir()
+    with pytest.raises(BuildError, match="never be baked"):
+        _scrub(root)
+
+
+def test_finished_rootfs_is_skipped_only_for_the_same_overlay(tmp_path: Path, capsys) -> None:
+    overlay = tmp_path / "overlay"
+    (overlay / MANIFEST).parent.mkdir(parents=True)
+    (overlay / MANIFEST).write_text('{"entries": []}\n')
+    (tmp_path / ".rootfs-done").write_text(hashlib.sha256(b'{"entries": []}\n').hexdigest() + "\n")
+    build_rootfs(tmp_path, overlay=overlay, board=BOARDS["rpi4"], runner=Runner())
+    assert "up to date" in capsys.readouterr().out
+    (overlay / MANIFEST).write_text('{"entries": [1]}\n')  # the overlay changed: rebuild (dry run here)
+    runner = Runner(dry_run=True)
+    build_rootfs(tmp_path, overlay=overlay, board=BOARDS["rpi4"], runner=runner)
+    assert any("apt-get" in line for line in runner.log)
+
+
+def test_sources_add_backports_for_the_pi5() -> None:
+    assert "bookworm-backports main non-free-firmware" in _sources(BOARDS["rpi5"], suite="bookworm",
+                                                                     mirror="http://m/debian")
+    assert "backports" not in _sources(BOARDS["rpi4"], suite="bookworm", mirror="http://m/debian")
+
+
+def test_split_boot_moves_firmware_once(tmp_path: Path) -> None:
+    rootfs, bootfs = tmp_path / "rootfs", tmp_path / "bootfs"
+    (rootfs / "boot/firmware/kestrel").mkdir(parents=True)
+    (rootfs / "boot/firmware/config.txt").write_text("arm_64bit=1\n")
+    split_boot(rootfs, bootfs, Runner())
+    assert (bootfs / "config.txt").read_text() == "arm_64bit=1\n" and (bootfs / "kestrel").is_dir()
+    assert (rootfs / "boot/firmware").is_dir() and not any((rootfs / "boot/firmware").iterdir())
+    split_boot(rootfs, bootfs, Runner())  # idempotent
+    assert (bootfs / "config.txt").exists()
+
+
+def test_split_boot_without_firmware_fails_clearly(tmp_path: Path) -> None:
+    (tmp_path / "rootfs/boot/firmware").mkdir(parents=True)
+    with pytest.raises(BuildError, match="raspi-firmware"):
+        split_boot(tmp_path / "rootfs", tmp_path / "bootfs", Runner())
