@@ -43,7 +43,8 @@ def register(sub: Any) -> None:
                        description="Check every file against the manifest's sha256, install the model into "
                        "STATE/models/ and record model.deployed in the ledger.")
     p.add_argument("--model", required=True, metavar="PATH|NAME",
-                   help="a model folder (with manifest.json) or a recipe name built under models/NAME/build/")
+                   help="a model folder (with manifest.json), a recipe name built under models/NAME/build/, "
+                   "or local:PATH to register a local LLM (an optimum-exported decoder folder)")
     p.add_argument("--models-dir", help="folder of recipes (for NAME)")
     _state(p)
     p.add_argument("--passphrase-file", help="file holding the keystore's passphrase (for the ledger)")
@@ -167,6 +168,13 @@ def _resolve_model_source(args: argparse.Namespace) -> Path:
 def _deploy(args: argparse.Namespace, extra: list[str]) -> int:
     from ..inference.store import ModelStore, load_model_dir
 
+    if args.model.startswith("local:"):  # a local LLM: `kestrel deploy --model local:PATH`
+        from ..agent.llm import register_local_llm
+
+        with _open_agent(args) as agent:
+            llm = register_local_llm(_state_dir(args), args.model[len("local:"):], ledger=agent.ledger)
+        print(f"registered local LLM {llm.name} (model sha256 {llm.digest[:16]}, context {llm.context_length}) from {llm.path}")
+        return 0
     source = _resolve_model_source(args)
     load_model_dir(source)  # verify before unlocking the identity: a bad model fails fast
     with _open_agent(args) as agent:
