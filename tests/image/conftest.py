@@ -8,8 +8,10 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -106,7 +108,17 @@ class FakeSystem:
 
 
 @pytest.fixture
-def system(tmp_path: Path, overlay: Path) -> FakeSystem:
+def short_tmp() -> Iterator[Path]:
+    """A short temporary directory: `kestrel ota apply` connects to STATE/run/control.sock, and an
+    AF_UNIX path longer than 107 bytes (pytest's tmp_path below /var/lib/...) fails to connect."""
+    d = Path(tempfile.mkdtemp(prefix="kfb", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def system(short_tmp: Path, overlay: Path) -> FakeSystem:
+    tmp_path = short_tmp
     root = tmp_path / "root"
     units = root / "usr/lib/systemd/system"
     units.mkdir(parents=True)

@@ -94,7 +94,8 @@ def test_without_owner_file_creates_an_identity_and_warns(system: FakeSystem) ->
     assert not (system.state / "identity/provisioning.json").exists()
 
 
-def test_each_card_gets_its_own_agent_id(system: FakeSystem, tmp_path) -> None:
+def test_each_card_gets_its_own_agent_id(system: FakeSystem, short_tmp) -> None:
+    tmp_path = short_tmp
     other_mid = tmp_path / "other-mid"
     other_mid.write_text("fedcba9876543210fedcba9876543210\n")
     other_root = tmp_path / "other"

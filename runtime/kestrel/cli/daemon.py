@@ -120,6 +120,7 @@ def _status(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"actions  {a['allowed']} allowed, {a['denied']} denied, {a['failed']} failed, {a['dropped']} dropped")
     if st.get("mqtt"):
         print(f"mqtt     {'connected' if st['mqtt']['connected'] else 'offline'}")
+    _print_links(st, args.state)
     for name, info in sorted(st["sensors"].items()):
         if name.startswith("_"):
             continue
@@ -130,6 +131,34 @@ def _status(args: argparse.Namespace, extra: list[str]) -> int:
     for name, value in sorted(st["actuators"].items()):
         print(f"actuator {name:<16} value={value}")
     return 0 if st["health"] == "ok" else 1
+
+
+def _print_links(st: dict[str, Any], state: str | None) -> None:
+    """Sync and peer lines of ``kestrel status``, with the retention warnings of the sync status file."""
+    from .._internal.paths import resolve_state_dir
+    from ..errors import KestrelError
+    from ..sync.state import read_status
+
+    sync = st.get("sync")
+    if sync:
+        print(f"sync     {'connected' if sync['connected'] else 'offline'}: {sync['acked']} of "
+              f"{sync['ledger_size']} records acknowledged (backlog {sync['backlog']}, {sync['rate']:.1f} records/s)")
+    peers = st.get("peers")
+    if peers:
+        refused = sum(peers["refused"].values())
+        print(f"peers    {peers['received']} received, {peers['waiting']} waiting, {refused} refused")
+    if st.get("links_error"):
+        print(f"warning  {st['links_error']}")
+    warnings = list(sync["warnings"]) if sync else []
+    try:
+        saved = read_status(resolve_state_dir(state))
+    except KestrelError as exc:
+        saved, warnings = None, warnings + [exc.message]
+    for w in (saved.warnings if saved else ()):
+        if w not in warnings:
+            warnings.append(w)
+    for w in warnings:
+        print(f"warning  {w}")
 
 
 def _sim(args: argparse.Namespace, extra: list[str]) -> int:

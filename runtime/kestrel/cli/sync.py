@@ -95,7 +95,7 @@ def _sync_status(args: argparse.Namespace, extra: list[str]) -> int:
     from ..sync.state import OffsetStore, read_status
 
     state_dir = _state_dir(args)
-    status = read_status(state_dir)
+    status = _live_status(state_dir) or read_status(state_dir)
     if status is None:
         try:
             from ..identity import load_identity
@@ -125,6 +125,24 @@ def _sync_status(args: argparse.Namespace, extra: list[str]) -> int:
     for w in status.warnings:
         print(f"warning: {w}")
     return 0
+
+
+def _live_status(state_dir: Path) -> Any:
+    """The running daemon's sync status (None: no daemon, or it runs no sync)."""
+    from ..sync.state import SyncStatus
+    from .ota import daemon_client
+
+    client = daemon_client(state_dir)
+    if client is None:
+        return None
+    with client:
+        doc = client.status().get("sync")
+    if not isinstance(doc, dict):
+        return None
+    doc = dict(doc)
+    doc.pop("backlog", None)
+    doc["warnings"] = tuple(doc.get("warnings", ()))
+    return SyncStatus(**doc)
 
 
 def _alive(pid: int) -> bool:

@@ -116,9 +116,7 @@ class Links:
         """The ``sync`` and ``peers`` parts of the daemon's status."""
         out: dict[str, Any] = {"sync": None, "peers": None, "links_error": self.error}
         if self.sync is not None:
-            st = self.sync.status
-            out["sync"] = {"connected": st.connected, "acked": st.acked, "ledger_size": st.ledger_size,
-                           "backlog": st.backlog, "rate": st.rate, "warnings": list(st.warnings)}
+            out["sync"] = self.sync.status.to_json()  # the fields of STATE/data/sync/status.json
         if self.messenger is not None:
             out["peers"] = {"did": self.messenger.did, "received": self.messenger.received,
                             "waiting": self.messenger._inbox.qsize(), "refused": dict(self.messenger.refused)}
