@@ -58,8 +58,11 @@ def agent(state_dir: Path) -> Iterator[Agent]:
 
 @contextlib.asynccontextmanager
 async def running(agent: Agent, config: str, *, source: str = "device.yaml", config_path: Path | None = None,
-                  policy: str | None = None) -> AsyncIterator[Daemon]:
-    """The daemon, started in this event loop with ``config`` (YAML text), stopped on exit."""
+                  policy: str | None = None, peers: bool = False) -> AsyncIterator[Daemon]:
+    """The daemon, started in this event loop with ``config`` (YAML text), stopped on exit.
+
+    ``peers``: hand the daemon the agent's signer, so that it runs peer messaging over MQTT.
+    """
     from kestrel.daemon.main import load_config
 
     if policy is not None:
@@ -68,7 +71,8 @@ async def running(agent: Agent, config: str, *, source: str = "device.yaml", con
     factory = open_pin_factory(load_profile("sim"))
     d = Daemon(config=cfg, state_dir=agent.state, ledger=agent.ledger,
                factory=factory, agent_id=agent.signer.public_key.did,
-               load_config=(lambda: load_config(config_path)) if config_path else None)
+               load_config=(lambda: load_config(config_path)) if config_path else None,
+               signer=agent.signer if peers else None)
     try:
         await d.start()
         yield d

@@ -77,13 +77,18 @@ class OtaService:
         return True
 
     async def _run(self, fn: Callable[[], Any]) -> Any:
-        async with self._lock:
+        def run() -> Any:
             try:
-                return await asyncio.get_running_loop().run_in_executor(None, fn)
-            finally:
+                return fn()
+            finally:  # applied, rolled back or refused: the engine re-reads the active policy now
                 invalidate = getattr(self.policy, "invalidate", None)
                 if invalidate is not None:
                     invalidate()
+
+        async with self._lock:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, run)
+            finally:
                 self._on_recorded()
 
     # -- operations ------------------------------------------------------------------------------

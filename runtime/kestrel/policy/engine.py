@@ -70,8 +70,10 @@ class PolicyEngine:
         self._pointer_sig = sig
 
     def invalidate(self) -> None:
-        """The active bundle may have changed: look at the pointer before the next decision."""
-        self._next_check = 0.0
+        """The active bundle may have changed (an apply or rollback in this process): re-read it now."""
+        with self._lock:
+            self.reload()
+            self._next_check = 0.0
 
     def _maybe_reload(self) -> None:
         if self._recheck_s > 0.0:
