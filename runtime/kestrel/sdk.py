@@ -192,6 +192,11 @@ class Client:
     def ota_rollback(self, *, reason: str = "operator") -> dict[str, Any]:
         return self.request("ota.rollback", {"reason": reason}, wait=60.0)
 
+    def record(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Append a ``model.deployed`` or ``memory.added`` record to the daemon's ledger (the daemon's
+        user or root only); returns ``{"seq", "digest", "time"}`` once it is durable."""
+        return self.request("record", {"kind": kind, "body": body})
+
     def trust_apply(self, root: bytes) -> dict[str, Any]:
         """Install the next signed trust root (verified by the daemon against the current one)."""
         return self.request("trust.apply", {"root": {"$hex": root.hex()}})

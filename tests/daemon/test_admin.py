@@ -80,7 +80,7 @@ async def test_ota_apply_in_chunks_switches_the_policy_at_once_and_rollback(agen
 
 
 async def test_bad_bundles_and_bad_requests_are_refused_clearly(agent):
-    owner = _owned(agent)
+    _owned(agent)
     async with running(agent, SMALL_UPLOADS) as d:
         client = Client(agent.state)
         with pytest.raises(RemoteError) as bad:  # garbage: refused by kestrel.ota, recorded
@@ -146,3 +146,40 @@ def test_engine_recheck_interval_and_invalidate(agent):
     assert quick.decide("b").allowed      # looked again after its interval
     lazy.invalidate()
     assert lazy.decide("b").allowed and not lazy.decide("a").allowed
+
+
+async def test_record_hook_for_commands_that_record_while_the_daemon_runs(agent):
+    """`recording_ledger` (for kestrel deploy / memory add) appends through the daemon, allowed kinds only."""
+    from kestrel.cli.ota import recording_ledger
+
+    async with running(agent, GPIO_CONFIG):
+        def use_hook() -> dict:
+            with recording_ledger(agent.state) as ledger:
+                return ledger.append("memory.added", {"id": 1, "digest": "ab" * 32, "model": "m", "evicted": []})
+
+        r = await in_thread(use_hook)
+        assert isinstance(r["seq"], int) and len(r["digest"]) == 64
+        with pytest.raises(RemoteError) as bad:
+            await in_thread(Client(agent.state).record, "ota.applied", {"counter": 99})
+        assert bad.value.code == "bad_request"
+        with pytest.raises(RemoteError):
+            await in_thread(Client(agent.state).record, "memory.added", "not a mapping")
+    assert [r["id"] for r in agent.kinds("memory.added")] == [1]
+    assert agent.kinds("ota.applied") == []
+
+
+async def test_kestrel_status_shows_retention_warnings_of_the_sync_status(agent, capsys):
+    from kestrel.cli import main
+    from kestrel.sync.state import SyncStatus, write_status
+
+    write_status(agent.state, SyncStatus(agent=agent.signer.public_key.did, connected=False, acked=3, ledger_size=9,
+                                         rate=0.0, updated=time.time(), warnings=("ledger uses 85% of 1000 bytes",)))
+    async with running(agent, GPIO_CONFIG):
+        rc = await in_thread(main, ["status", "--state", str(agent.state)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "warning  ledger uses 85% of 1000 bytes" in out
+    (agent.state / "data" / "sync" / "status.json").write_text("{broken")
+    async with running(agent, GPIO_CONFIG):
+        rc = await in_thread(main, ["status", "--state", str(agent.state)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "sync status" in out and "corrupt" in out  # reported, not a traceback

@@ -22,7 +22,7 @@ def test_sync_section_and_session_expiry_parse():
     (MQTT + "sync:\n  batch_records: 0\n", "device.yaml:4:3, key 'sync.batch_records'", "between"),
     (MQTT + "sync:\n  colour: blue\n", "device.yaml:4:3, key 'sync'", "unknown key"),
     (MQTT + "sync: [1, 2]\n", "device.yaml:3:7, key 'sync'", "mapping"),
-    ("version: 1\nmqtt: {host: b, session_expiry: -5}\n", "device.yaml:2:34, key 'mqtt.session_expiry'", ""),
+    ("version: 1\nmqtt: {host: b, session_expiry: -5}\n", "device.yaml:2:33, key 'mqtt.session_expiry'", "minimum"),
 ])
 def test_bad_sync_config_names_file_line_and_key(text, where, what):
     with pytest.raises(ConfigError) as err:
@@ -40,3 +40,12 @@ triggers:
     args: {to: "did:key:z6Mkexample", body: {door: open}}
 """)
     assert cfg.triggers[0].action == "agent.send"
+
+
+def test_sync_batches_are_cut_to_fit_a_small_bridge_limit():
+    from kestrel.daemon.links import fit_batches
+
+    cfg = parse_device_config(MQTT + "sync: {batch_bytes: 49152}\n").sync
+    assert fit_batches(cfg, 65536) is cfg
+    assert fit_batches(cfg, 8192).batch_bytes == 8192 - 1024
+    assert fit_batches(cfg, 1024).batch_bytes == 1024  # the sync's own minimum

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from kestrel.identity.keys import SoftwareSigner
 from kestrel.ledger import Ledger
-from tests.daemon.conftest import until  # noqa: F401  (re-exported for the tests here)
 
 KESTREL = [sys.executable, "-m", "kestrel.cli"]
 
@@ -89,3 +89,23 @@ async def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, 
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+@contextlib.contextmanager
+def collecting(host: str, port: int, db: Path, *, client_id: str) -> Iterator[Any]:
+    """A CollectorService on the broker, subscribed; yields its SQLite store."""
+    from kestrel.sync.collector.service import CollectorService
+    from kestrel.sync.collector.sqlite import SqliteStore
+
+    store = SqliteStore(db)
+    svc = CollectorService(store, host=host, port=port, client_id=client_id)
+    svc.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not svc.subscribed.is_set():
+            assert time.monotonic() < deadline, "collector did not subscribe"
+            time.sleep(0.02)
+        yield store
+    finally:
+        svc.stop()
+        store.close()

@@ -4,7 +4,6 @@ between two daemons under policy, and bundles delivered over MQTT and through `k
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,9 @@ import pytest
 from kestrel.sdk import ActionDenied, Client, RemoteError
 from kestrel.sync.peers.trust import add_peer
 
-from .conftest import cli, daemon_of, make_node, mqtt_config, until
+from tests.daemon.conftest import until
+
+from .conftest import cli, collecting, daemon_of, make_node, mqtt_config
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.async_timeout(120)]
 
@@ -21,19 +22,8 @@ SEND_POLICY = "actions: [agent.send]\n"
 
 @pytest.fixture
 def collector(mosquitto, tmp_path):
-    from kestrel.sync.collector.service import CollectorService
-    from kestrel.sync.collector.sqlite import SqliteStore
-
-    store = SqliteStore(tmp_path / "collector.db")
-    svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="it-collector")
-    svc.start()
-    deadline = time.monotonic() + 20
-    while not svc.subscribed.is_set():
-        assert time.monotonic() < deadline, "collector did not subscribe"
-        time.sleep(0.02)
-    yield store
-    svc.stop()
-    store.close()
+    with collecting(mosquitto.host, mosquitto.port, tmp_path / "collector.db", client_id="it-collector") as store:
+        yield store
 
 
 async def test_two_daemons_sync_send_under_policy_and_receive_through_the_sdk(tmp_path, mosquitto, collector):
@@ -112,8 +102,9 @@ async def test_bundles_over_mqtt_and_through_the_cli_activate_while_the_daemon_r
                 await owner.publish("fleet/ota", node.bundle("actions: [gpio.write, agent.send]\n"), qos=1)
             await until(lambda: len(node.kinds("ota.applied")) == 2, what="bundle over MQTT applied")
             assert node.kinds("ota.applied")[-1]["source"] == "mqtt"
-            # the engine noticed at once (the daemon told it), not after its re-check interval
-            assert d.policy.bundle_digest == node.kinds("ota.applied")[-1]["bundle"] != first
+            new = node.kinds("ota.applied")[-1]["bundle"]
+            await until(lambda: d.policy.bundle_digest == new, timeout=5, what="engine switched")  # told by the daemon
+            assert new != first
             with pytest.raises(RemoteError) as failed:  # allowed now: fails later (self is not a peer)
                 await asyncio.to_thread(call)
             assert failed.value.code == "failed"
@@ -169,3 +160,28 @@ def test_cli_says_clearly_when_the_ledger_is_busy_and_no_daemon_answers(tmp_path
         assert "already open for writing" in r.stderr and "no daemon answers" in r.stderr
         assert "Traceback" not in r.stderr
         assert held.size == 0
+
+
+async def test_broker_down_at_start_the_daemon_works_and_syncs_once_it_comes_up(tmp_path):
+    from tests.fixtures.mosquitto import start_mosquitto
+    from tests.fixtures.procs import free_port
+
+    port = free_port()
+    node = make_node(tmp_path / "dev")
+    try:
+        node.provision("actions: [gpio.write]\n")
+        async with daemon_of(node, mqtt_config(port)) as d:
+            assert not d.hardware.bridge.connected and d.links.sync is not None
+            for v in (1, 0, 1):
+                r = await asyncio.to_thread(lambda: Client(node.state).call("gpio.write", actuator="lamp", value=v))
+                assert r["value"] == v
+            st = await asyncio.to_thread(lambda: Client(node.state).status())
+            assert st["health"] == "ok" and st["sync"]["connected"] is False and st["sync"]["acked"] == 0
+            cm, broker = start_mosquitto(tmp_path / "late-broker", port=port)
+            with cm, collecting(broker.host, broker.port, tmp_path / "c.db", client_id="late") as store:
+                node.ledger.flush()
+                size = node.ledger.size
+                await until(lambda: d.links.sync.status.acked >= size, timeout=30, what="synced after outage")
+                await until(lambda: store.agent_state(node.did).size >= size, timeout=30, what="collected")
+    finally:
+        node.ledger.close()

@@ -13,7 +13,7 @@ import pytest
 
 from kestrel.sdk import Client
 
-from .conftest import KESTREL, mqtt_config
+from .conftest import KESTREL, collecting, mqtt_config
 
 pytestmark = pytest.mark.mosquitto
 
@@ -38,18 +38,18 @@ def _up(state: Path, proc: subprocess.Popen) -> bool:
 
 
 def test_kestrel_run_with_sync_set_policy_trust_rotate_and_collector(tmp_path, mosquitto):
-    from kestrel.identity import load_identity
-    from kestrel.ledger.reader import iter_records
-    from kestrel.sync.collector.service import CollectorService
-    from kestrel.sync.collector.sqlite import SqliteStore
-
     state, cfg = tmp_path / "state", tmp_path / "device.yaml"
     cfg.write_text(mqtt_config(mosquitto.port))
     (tmp_path / "pass").write_text("owner passphrase\n")
     key = tmp_path / "owner" / "owner.key"
-    store = SqliteStore(tmp_path / "collector.db")
-    svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="proc-collector")
-    svc.start()
+    with collecting(mosquitto.host, mosquitto.port, tmp_path / "collector.db", client_id="proc-collector") as store:
+        _run_and_check(state, cfg, key, tmp_path, store)
+
+
+def _run_and_check(state: Path, cfg: Path, key: Path, tmp_path: Path, store) -> None:
+    from kestrel.identity import load_identity
+    from kestrel.ledger.reader import iter_records
+
     proc = subprocess.Popen([*KESTREL, "run", "--config", str(cfg), "--state", str(state)],
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -84,19 +84,17 @@ def test_kestrel_run_with_sync_set_policy_trust_rotate_and_collector(tmp_path, m
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-    try:
-        assert proc.returncode == 0, err
-        assert "Traceback" not in err
-        kinds = [rec.kind for rec in iter_records(state / "ledger")]
-        for kind in ("ota.applied", "trust.rotated", "policy.decision", "action.result"):
-            assert kind in kinds
-        # everything the daemon had acknowledged before it stopped is in the collector, verified
-        from kestrel.sync.state import OffsetStore
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    for d in (state / "data", state / "data" / "sync"):  # private, whoever created them first
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    kinds = [rec.kind for rec in iter_records(state / "ledger")]
+    for kind in ("ota.applied", "trust.rotated", "policy.decision", "action.result"):
+        assert kind in kinds
+    # everything the daemon had acknowledged before it stopped is in the collector, verified
+    from kestrel.sync.state import OffsetStore
 
-        acked = OffsetStore(state).load(did).acked
-        assert acked >= kinds.index("trust.rotated") + 1
-        _wait(lambda: store.agent_state(did).size >= acked, "collector verified the acknowledged records")
-        assert not store.agent_state(did).forked
-    finally:
-        svc.stop()
-        store.close()
+    acked = OffsetStore(state).load(did).acked
+    assert acked >= kinds.index("trust.rotated") + 1
+    _wait(lambda: store.agent_state(did).size >= acked, "collector verified the acknowledged records")
+    assert not store.agent_state(did).forked

@@ -113,6 +113,11 @@ def _status(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"health   {st['health']}  (board {st['board']}, up {st['uptime_s']}s, pid {st['pid']})")
     print(f"config   {st['config']}")
     print(f"ledger   {st['ledger']['size']} records")
+    pol = st.get("policy") or {}
+    if pol.get("loaded"):
+        print(f"policy   bundle {str(pol.get('bundle'))[:16]}")
+    elif pol:
+        print("policy   none: every action is denied" + (f" ({pol['error']})" if pol.get("error") else ""))
     ob = st["outbox"]
     print(f"outbox   {ob['pending']} pending, {ob['sent']} sent, {ob['failed']} failed"
           + (f" (last error: {ob['last_error']})" if ob.get("last_error") else ""))

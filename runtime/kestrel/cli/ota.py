@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["register", "open_ledger", "ledger_view", "parse_expiry", "load_owner", "daemon_client",
-           "print_applied"]
+           "print_applied", "recording_ledger"]
 
 _DURATION = re.compile(r"(\d{1,6})([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -147,14 +147,38 @@ def daemon_client(state_dir: Path) -> Any | None:
         return None
 
 
+class _DaemonLedger:
+    """``append(kind, body)`` through the running daemon's control method ``record``."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def append(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._client.record(kind, body)
+
+
 @contextmanager
-def open_ledger(state_dir: Path) -> Iterator[Any]:
+def recording_ledger(state_dir: Path, *, passphrase: bytes | str | None = None) -> Iterator[Any]:
+    """Something with ``append(kind, body)`` for commands that record (``kestrel deploy``,
+    ``kestrel memory add``): the running daemon's ledger (kinds ``model.deployed`` and
+    ``memory.added`` only, for the daemon's own user or root), else the ledger opened here."""
+    client = daemon_client(state_dir)
+    if client is not None:
+        with client:
+            yield _DaemonLedger(client)
+        return
+    with open_ledger(state_dir, passphrase=passphrase) as ledger:
+        yield ledger
+
+
+@contextmanager
+def open_ledger(state_dir: Path, *, passphrase: bytes | str | None = None) -> Iterator[Any]:
     """The device ledger, signed by the agent's identity key (only when no daemon runs)."""
     from .._internal.paths import StateLayout
     from ..identity import open_signer
     from ..ledger import Ledger, LedgerIOError
 
-    signer = open_signer(state_dir)
+    signer = open_signer(state_dir, passphrase=passphrase)
     try:
         ledger = Ledger.open(StateLayout(state_dir).ledger, signer=signer)
     except LedgerIOError as exc:

@@ -76,14 +76,18 @@ class OtaService:
             raise KestrelError(f"the runtime is unhealthy: {why}")
         return True
 
-    async def _run(self, fn: Callable[[], Any]) -> Any:
+    def _refresh_policy(self) -> None:
+        invalidate = getattr(self.policy, "invalidate", None)
+        if invalidate is not None:
+            invalidate()
+
+    async def _run(self, fn: Callable[[], Any], *, refresh: bool = True) -> Any:
         def run() -> Any:
             try:
                 return fn()
             finally:  # applied, rolled back or refused: the engine re-reads the active policy now
-                invalidate = getattr(self.policy, "invalidate", None)
-                if invalidate is not None:
-                    invalidate()
+                if refresh:
+                    self._refresh_policy()
 
         async with self._lock:
             try:
@@ -124,10 +128,15 @@ class OtaService:
         """Apply the new bundles in the drop directory (a USB stick in the field)."""
         from ..ota import scan_drop_dir
 
+        def scan() -> Any:
+            found = scan_drop_dir(self.state_dir, drop, ledger=self.ledger, now=self._clock(),
+                                  health=self.health, tpm=self.tpm())
+            if found:  # most scans find nothing: no need to re-read the policy then
+                self._refresh_policy()
+            return found
+
         try:
-            results = await self._run(lambda: scan_drop_dir(self.state_dir, drop, ledger=self.ledger,
-                                                            now=self._clock(), health=self.health,
-                                                            tpm=self.tpm()))
+            results = await self._run(scan, refresh=False)
         except KestrelError as exc:
             log.error("scanning the OTA drop directory %s: %s", drop, exc.message)
             return

@@ -303,6 +303,8 @@ class ControlServer:
             return await t.control_ota_rollback(reason)
         if req.method == "trust.apply":
             return await t.control_trust_apply(P.from_hex(p.get("root"), what="trust.apply 'root'"))
+        if req.method == "record":
+            return await self._record_for(cred, p)
         timeout, limit = p.get("timeout", 0), p.get("max", 100)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 3600 or \
                 isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
@@ -310,4 +312,23 @@ class ControlServer:
         return await t.control_peer_receive(float(timeout), limit)
 
 
-_ADMIN = frozenset({"ota.apply", "ota.rollback", "trust.apply", "peer.receive"})
+    async def _record_for(self, cred: PeerCred, p: dict[str, Any]) -> dict[str, Any]:
+        """``record``: a CLI command that did its own work (model install, memory add) records it here."""
+        if cred.uid not in (0, self.owner_uid):
+            raise _Forbidden(f"uid {cred.uid} may not write records into this agent's ledger",
+                             hint="run the command as the daemon's user (or root)")
+        kind, body = p.get("kind"), p.get("body")
+        if kind not in P.RECORDABLE or not isinstance(body, dict):
+            raise P.ProtocolError(f"record takes {{\"kind\": one of {sorted(P.RECORDABLE)}, \"body\": {{...}}}}")
+        if self._record is None:
+            raise KestrelError("this daemon cannot record")
+        receipt = await self._record(kind, body)
+        return {"seq": receipt.seq, "digest": receipt.digest, "time": receipt.time}
+
+
+class _Forbidden(KestrelError):
+    code = "forbidden"
+    exit_code = 77
+
+
+_ADMIN = frozenset({"ota.apply", "ota.rollback", "trust.apply", "peer.receive", "record"})

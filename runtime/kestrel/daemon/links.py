@@ -11,6 +11,7 @@ Received peer messages wait in the messenger's bounded inbox until the control s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -21,13 +22,21 @@ from ..errors import KestrelError, TransportError
 __all__ = ["Links", "message_json"]
 
 log = logging.getLogger("kestrel.daemon.links")
-MAX_RECEIVE = 1000
+SYNC_MARGIN = 1024  # bytes above sync.batch_bytes a batch may take (its checkpoint note)
 
 
 def message_json(msg: Any) -> dict[str, Any]:
     """A received peer message as the control socket returns it (docs/control-protocol.md)."""
     return {"from": msg.sender, "to": msg.recipient, "seq": msg.seq, "time_ms": msg.time_ms,
             "encrypted": msg.encrypted, "body": msg.body, "digest": msg.digest}
+
+
+def fit_batches(config: Any, max_payload: int) -> Any:
+    """The sync config with batches that fit through the bridge (``mqtt.max_payload`` may be small)."""
+    room = max_payload - SYNC_MARGIN
+    if config.batch_bytes <= room:
+        return config
+    return dataclasses.replace(config, batch_bytes=max(1024, room))
 
 
 class Links:
@@ -49,7 +58,8 @@ class Links:
         if self.sync_config is not None and self.sync_config.enabled:
             from ..sync.sync import LedgerSync
 
-            sync = LedgerSync(self.ledger, bridge, config=self.sync_config, state_dir=self.state_dir)
+            sync = LedgerSync(self.ledger, bridge, config=fit_batches(self.sync_config, bridge.max_payload),
+                              state_dir=self.state_dir)
             try:
                 await sync.start()
                 self.sync = sync

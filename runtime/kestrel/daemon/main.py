@@ -137,6 +137,9 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
         if factory is not None:
             factory.close()
         ledger.close()
+        close = getattr(signer, "close", None)  # a TPM signer holds a TPM connection
+        if close is not None:
+            close()
         os.close(lock_fd)
     log.info("stopped; ledger flushed (%d records)", ledger.size)
     return 0

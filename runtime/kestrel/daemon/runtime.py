@@ -102,6 +102,8 @@ class Daemon:
         return self.hardware
 
     async def start(self) -> None:
+        # data/ first, 0700: ensure_private_dir(data/sync) etc. would create it with the umask's mode
+        ensure_private_dir(self.state.data)
         self.pipeline.start()
         await self._start_hardware(self.config)
         self._spawn(self.outbox.run(), "outbox")
