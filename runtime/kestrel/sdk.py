@@ -11,6 +11,8 @@
         k.call("agent.send", to=peer_did, body={"hello": 1})   # under policy, like any action
         for msg in k.messages(timeout=5):     # peer messages the daemon received and verified
             print(msg["from"], msg["body"])
+        for step in k.ask("turn on the fan"):  # the daemon plans, the policy decides, actions run
+            print(step["text"] if step["type"] == "step" else step["status"])
 
 Every method is a blocking request on one Unix-socket connection (not thread-safe:
 use one Client per thread). The wire format is docs/control-protocol.md.
@@ -27,6 +29,7 @@ from typing import Any, Iterator
 from ._internal.paths import StateLayout, resolve_state_dir
 from .daemon import protocol as P
 from .daemon.protocol import RemoteError
+from ._internal.unixsock import connect_unix
 from .errors import TransportError
 
 __all__ = ["Client", "RemoteError", "ActionDenied", "NoDaemonError", "socket_path_for"]
@@ -62,7 +65,7 @@ class Client:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(str(self.socket_path))
+            connect_unix(sock, self.socket_path)
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             raise NoDaemonError(f"no Kestrel daemon is listening on {self.socket_path}",
@@ -200,6 +203,37 @@ class Client:
     def trust_apply(self, root: bytes) -> dict[str, Any]:
         """Install the next signed trust root (verified by the daemon against the current one)."""
         return self.request("trust.apply", {"root": {"$hex": root.hex()}})
+
+    def ask(self, goal: str, /, **options: Any) -> Iterator[dict[str, Any]]:
+        """Have the daemon plan and act on ``goal``; yield each step as it happens, then the outcome.
+
+        ``options``: ``rules`` (rules-file text), ``rules_only``, ``endpoint``, ``llm``, ``api``,
+        ``tools`` (action names), ``budgets`` ({"max_steps", "max_tokens", "time_s"}), ``threads``,
+        ``memory`` (docs/control-protocol.md, ``ask``). Steps are ``{"type": "step", "index",
+        "planner", "text", "call", "decision", "result", "error", "final", "seq"}``; the last item is
+        ``{"type": "outcome", "status", "final", "steps", "tokens", ...}``. Allowed calls are executed
+        by the daemon (``action.result`` in its ledger); ActionDenied is never raised for a refusal:
+        the planner sees it and it is in the step. Uses its own connection; closing the generator
+        early stops the run at its next step.
+        """
+        budget = float((options.get("budgets") or {}).get("time_s", 60.0))
+        sub = Client(socket_path=self.socket_path, timeout=self.timeout)
+        try:
+            rid = sub._send("ask", {"goal": goal, "options": options})
+            timeout = None if self.timeout is None else self.timeout + budget
+            while True:
+                msg = P.decode_reply(sub._readline(timeout=timeout))
+                if msg.get("id") not in (rid, None):
+                    continue
+                if "event" in msg:
+                    yield msg["event"]
+                elif "error" in msg:
+                    self._raise(msg)
+                else:
+                    yield msg["result"]
+                    return
+        finally:
+            sub.close()
 
     def follow(self, since_seq: int = 0, *, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Yield ledger records from ``since_seq`` on, then new ones as they are appended (forever).

@@ -47,6 +47,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="independent repeats of the latency measurement (default 3)")
     ap.add_argument("--calls", type=int, default=400, help="calls per contender for the overhead (default 400)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, as on a Pi profile)")
+    ap.add_argument("--also", type=Path, action="append", default=[], metavar="ONNX",
+                    help="another int8 model file to time in the same loop (e.g. a previous build), repeatable")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -75,14 +77,22 @@ def main() -> int:
     e8 = np.array([mean_pool(int8.run(f)["last_hidden_state"], f["attention_mask"])[0] for f in feeds])
     e32 = np.array([mean_pool(plain.run(None, f)[0], f["attention_mask"])[0] for f in feeds])
     cos = (e8 * e32).sum(1)
+    e32n = e32 / np.linalg.norm(e32, axis=1, keepdims=True)
     contenders = {"int8": lambda f: int8.run(f), "fused": lambda f: fused.run(None, f),
                   "plain": lambda f: plain.run(None, f)}
+    also_cos = {}
+    for path in args.also:
+        other = ort.InferenceSession(str(path), sess_options=int8.session_options, providers=["CPUExecutionProvider"])
+        eo = np.array([mean_pool(other.run(None, f)[0], f["attention_mask"])[0] for f in feeds])
+        also_cos[str(path)] = float(((eo / np.linalg.norm(eo, axis=1, keepdims=True)) * e32n).sum(1).min())
+        contenders[str(path)] = lambda f, s=other: s.run(None, f)
     for f in feeds[:4]:
         for fn in contenders.values():
             fn(f)
     times: dict[str, list[float]] = {k: [] for k in contenders}
     ratios: list[float] = []
     ratios_plain: list[float] = []
+    also_ratios: dict[str, list[float]] = {str(p): [] for p in args.also}
     order = list(contenders)
     for _ in range(args.repeats):
         rep: dict[str, list[float]] = {k: [] for k in contenders}
@@ -94,6 +104,8 @@ def main() -> int:
                     contenders[name](f)
                     rep[name].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in rep.items()}
+        for k in also_ratios:
+            also_ratios[k].append(med[k] / med["fused"])
         ratios.append(med["int8"] / med["fused"])
         ratios_plain.append(med["int8"] / med["plain"])
         for k in times:
@@ -128,6 +140,8 @@ def main() -> int:
                    "int8_over_fp32_repeats": [round(r, 3) for r in ratios],
                    "int8_over_fp32_plain_export": round(statistics.median(ratios_plain), 3),
                    "quantization": model.manifest.quantization.get("candidate"),
+                   "also": {k: {"min_cosine": round(also_cos[k], 5), "ms_p50": round(statistics.median(times[k]) * 1e3, 3),
+                                "over_fp32": round(statistics.median(v), 3)} for k, v in also_ratios.items()},
                    "int8_size_mb": round(model.model_path.stat().st_size / 1e6, 1),
                    "fp32_size_mb": round(fp32_path.stat().st_size / 1e6, 1)},
         "overhead": {"calls_each": args.calls, "bare_ms_p50": round(medb * 1e3, 4), "kestrel_ms_p50": round(medk * 1e3, 4),
@@ -149,6 +163,8 @@ def main() -> int:
     print(f"  int8 / fp32 (fused)     {m['int8_over_fp32']:.3f}   (target <= 0.45; median of {args.repeats} repeats, "
           f"range {min(ratios):.3f}-{max(ratios):.3f})")
     print(f"  int8 / fp32 plain       {m['int8_over_fp32_plain_export']:.3f}   (reference: the unfused export)")
+    for k, v in m["also"].items():
+        print(f"  also {k}: min cosine {v['min_cosine']:.4f}  p50 {v['ms_p50']:.3f} ms  / fp32 (fused) {v['over_fp32']:.3f}")
     print(f"  size                    fp32 {m['fp32_size_mb']} MB   int8 {m['int8_size_mb']} MB")
     print(f"Inference call overhead ({args.calls} interleaved calls each, same InferenceSession and input)")
     print(f"  bare InferenceSession.run  {o['bare_ms_p50']:.4f} ms")

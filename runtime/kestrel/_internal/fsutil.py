@@ -56,8 +56,20 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
 def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` (and parents) with mode 0700 if missing; return it."""
     path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for directory in reversed(missing):  # parents too: mkdir(parents=True) would use the umask
+            try:
+                directory.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
+            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+        if not path.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
     except OSError as exc:
         raise TransportError(
             f"cannot create directory {path}: {exc.strerror or exc}",

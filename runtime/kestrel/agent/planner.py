@@ -256,17 +256,20 @@ class LLMPlanner:
                        self._clock() - start, True)
 
 
-async def run_async(planner: Any, goal: str, *, on_step: Callable[[Step], None] | None = None) -> Outcome:
+async def run_async(planner: Any, goal: str, *, on_step: Callable[[Step], None] | None = None,
+                    executor: Any = None) -> Outcome:
     """Run either planner in an executor thread; cancelling the awaiting task cancels the run.
 
     ``on_step`` is called in the executor thread (use ``loop.call_soon_threadsafe`` to reach the loop).
+    ``executor``: a ``concurrent.futures.Executor`` (default: the loop's default executor).
     """
     import asyncio
     import functools
 
     cancel = threading.Event()
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(None, functools.partial(planner.run, goal, cancel=cancel, on_step=on_step))
+    future = loop.run_in_executor(executor, functools.partial(planner.run, goal, cancel=cancel,
+                                                                   on_step=on_step))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

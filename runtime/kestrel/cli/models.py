@@ -84,15 +84,16 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return resolve_state_dir(args.state)
 
 
-def _open_agent(args: argparse.Namespace) -> Any:
-    from ..agent import Agent
+def _recording_ledger(args: argparse.Namespace) -> Any:
+    """The running daemon's ledger (through its control socket), else the ledger opened here."""
+    from .ota import recording_ledger
 
     passphrase = None
     if getattr(args, "passphrase_file", None):
         from ..identity.secrets import read_passphrase_file
 
         passphrase = read_passphrase_file(args.passphrase_file)
-    return Agent.open(_state_dir(args), passphrase=passphrase)
+    return recording_ledger(_state_dir(args), passphrase=passphrase)
 
 
 def _list(args: argparse.Namespace, extra: list[str]) -> int:
@@ -171,14 +172,14 @@ def _deploy(args: argparse.Namespace, extra: list[str]) -> int:
     if args.model.startswith("local:"):  # a local LLM: `kestrel deploy --model local:PATH`
         from ..agent.llm import register_local_llm
 
-        with _open_agent(args) as agent:
-            llm = register_local_llm(_state_dir(args), args.model[len("local:"):], ledger=agent.ledger)
+        with _recording_ledger(args) as ledger:
+            llm = register_local_llm(_state_dir(args), args.model[len("local:"):], ledger=ledger)
         print(f"registered local LLM {llm.name} (model sha256 {llm.digest[:16]}, context {llm.context_length}) from {llm.path}")
         return 0
     source = _resolve_model_source(args)
     load_model_dir(source)  # verify before unlocking the identity: a bad model fails fast
-    with _open_agent(args) as agent:
-        model = ModelStore(_state_dir(args)).install(source, ledger=agent.ledger)
+    with _recording_ledger(args) as ledger:
+        model = ModelStore(_state_dir(args)).install(source, ledger=ledger)
     m = model.manifest
     print(f"deployed {m.name} {m.version} ({m.runtime}) manifest sha256 {m.digest[:16]} -> {model.path}")
     return 0
@@ -225,9 +226,9 @@ def _memory_add(args: argparse.Namespace, extra: list[str]) -> int:
     from ..memory.text import TextMemory
 
     meta = _parse_meta(args.meta)
-    with _open_agent(args) as agent:
+    with _recording_ledger(args) as ledger:
         with TextMemory.open(_state_dir(args), model=args.model, capacity=args.capacity,
-                             ledger=agent.ledger) as memory:
+                             ledger=ledger) as memory:
             result = memory.add(args.text, meta)
             total = len(memory.vectors)
     evicted = f", evicted {list(result.evicted)}" if result.evicted else ""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
+from .._internal.unixsock import bind_unix, connect_unix
 from ..errors import ConfigError, KestrelError, TransportError
 from . import protocol as P
 
@@ -44,6 +45,8 @@ class ControlTarget(Protocol):
     async def control_ota_rollback(self, reason: str) -> dict[str, Any]: ...
     async def control_trust_apply(self, envelope: bytes) -> dict[str, Any]: ...
     async def control_peer_receive(self, timeout: float, limit: int) -> list[dict[str, Any]]: ...
+    async def control_ask(self, params: dict[str, Any], *, source: str,
+                          emit: Callable[[dict[str, Any]], Awaitable[None]]) -> dict[str, Any]: ...
     @property
     def max_upload(self) -> int: ...
 
@@ -130,7 +133,7 @@ class ControlServer:
                 raise TransportError(f"{self.path} exists and is not a socket; refusing to replace it")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                probe.connect(str(self.path))
+                connect_unix(probe, self.path)
                 raise TransportError(f"another daemon is already serving {self.path}",
                                      hint="stop it first, or use a different --state directory")
             except (ConnectionRefusedError, FileNotFoundError):
@@ -139,7 +142,7 @@ class ControlServer:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(str(self.path))  # the 0750 directory keeps others out until chmod below
+            bind_unix(sock, self.path)  # the 0750 directory keeps others out until chmod below
             os.chmod(self.path, 0o660)
             if self.group_gid is not None:
                 os.chown(self.path, -1, self.group_gid)
@@ -257,6 +260,12 @@ class ControlServer:
                 result = t.control_sim_list()
             elif req.method == "reload":
                 result = await t.control_reload()
+            elif req.method == "ask":
+                async def emit(event: dict[str, Any]) -> None:
+                    writer.write(P.encode_event(req.id, event))
+                    await writer.drain()
+
+                result = await t.control_ask(p, source=f"ask:uid={cred.uid}", emit=emit)
             else:  # follow
                 since = p.get("since_seq", 0)
                 kind = p.get("kind")

@@ -174,6 +174,18 @@ class Pipeline:
         assert item.reply is not None
         return await item.reply
 
+    async def call_decided(self, p: Proposal, decision: Any) -> dict[str, Any]:
+        """Queue a proposal its caller has already had decided by this pipeline's policy engine
+        (the planner, which must see the decision), then execute and record it like :meth:`call`."""
+        loop = asyncio.get_running_loop()
+        self.stats["proposed"] += 1
+        decided: asyncio.Future[Any] = loop.create_future()
+        decided.set_result((decision, None))
+        item = _Item(p, decided, loop.create_future(), time.perf_counter())
+        await self._queue.put(item)
+        assert item.reply is not None
+        return await item.reply
+
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Finish what is queued (bounded by ``timeout``), then stop."""
         if self._runner is not None:

@@ -3,7 +3,7 @@
 One JSON object per line (UTF-8, ``\\n``-terminated, at most :data:`MAX_LINE` bytes).
 A request is ``{"id": ID, "method": NAME, "params": {...}}``; the answer to it is
 ``{"id": ID, "result": ...}`` or ``{"id": ID, "error": {"code", "message", "hint"}}``.
-A streaming method (``follow``) sends ``{"id": ID, "event": ...}`` lines before its answer.
+A streaming method (``follow``, ``ask``) sends ``{"id": ID, "event": ...}`` lines before its answer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = [
 
 MAX_LINE = 256 * 1024
 METHODS = ("call", "status", "sim.drive", "sim.list", "follow", "reload", "ota.apply", "ota.rollback",
-           "trust.apply", "peer.receive", "record")
+           "trust.apply", "peer.receive", "record", "ask")
 RECORDABLE = frozenset({"model.deployed", "memory.added"})  # kinds `record` accepts (CLI commands' own work)
 WIRE_CODES = frozenset({"bad_request", "forbidden", "denied", "failed", "internal", "unknown_action"})
 UPLOAD_CHUNK = 96 * 1024  # raw bytes per ota.apply line (hex doubles it, under MAX_LINE)

@@ -22,6 +22,7 @@ from .._internal.paths import StateLayout
 from ..errors import KestrelError, UsageError
 from .actions import Actions, Outcome
 from .admin import OtaService
+from .ask import AskHost
 from .calendar import CalendarStore
 from .config import DeviceConfig
 from .control import ControlServer, resolve_group
@@ -81,6 +82,8 @@ class Daemon:
         self.pipeline = Pipeline(policy=policy, ledger=ledger, actions=self.actions,
                                  queue_size=config.limits.action_queue, workers=config.limits.action_workers,
                                  on_recorded=self._appended, decision_log=self.decision_log)
+        self.asks = AskHost(state_dir=self.state.root, ledger=ledger, policy=policy, pipeline=self.pipeline,
+                            appended=self._appended)
         self.control = ControlServer(self.state.run / "control.sock", self,
                                      group_gid=resolve_group(config.control.group, source=config.source),
                                      record=self.record)
@@ -167,6 +170,7 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.pipeline.stop()
+        self.asks.close()
         if self._background:
             await asyncio.wait(list(self._background), timeout=5)
         loop = asyncio.get_running_loop()
@@ -462,6 +466,9 @@ class Daemon:
 
     async def control_peer_receive(self, timeout: float, limit: int) -> list[dict[str, Any]]:
         return await self.links.receive(timeout=timeout, limit=limit)
+
+    async def control_ask(self, params: dict[str, Any], *, source: str, emit: Any) -> dict[str, Any]:
+        return await self.asks.run(params, source=source, emit=emit)
 
     @property
     def max_upload(self) -> int:
