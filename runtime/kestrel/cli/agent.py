@@ -42,121 +42,92 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_ask)
 
 
-def _daemon_running(state: Path) -> bool:
-    import socket
+def _options(args: argparse.Namespace) -> Any:
+    from ..agent.ask import MAX_RULES_TEXT, AskOptions, tool_specs
+    from ..agent.planner import Budgets
 
-    from .._internal.paths import StateLayout
+    tools = tuple(n.strip() for n in args.tools.split(",") if n.strip()) if args.tools else ()
+    if args.tools is not None and not tools:
+        raise UsageError("--tools: no action named")
+    tool_specs(tools)  # unknown names fail here, before anything is opened
+    rules_text, rules_source = None, "<rules>"
+    if args.rules:
+        from .._internal.fsutil import read_bytes
 
-    path = StateLayout(state).run / "control.sock"
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX) as s:
+        raw = read_bytes(Path(args.rules), what="rules file", max_size=MAX_RULES_TEXT)
         try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
+            rules_text, rules_source = raw.decode("utf-8"), args.rules
+        except UnicodeDecodeError:
+            from ..errors import ConfigError
+
+            raise ConfigError("not UTF-8 text", path=args.rules) from None
+        from ..agent.rules import parse_rules
+
+        parse_rules(rules_text, source=rules_source)  # a bad rules file fails here, with its line
+    return AskOptions(rules_text=rules_text, rules_source=rules_source, rules_only=args.rules_only,
+                      endpoint=args.endpoint, llm=args.llm, api=args.api, tools=tools,
+                      budgets=Budgets(max_steps=args.max_steps, max_tokens=args.max_tokens, time_s=args.time),
+                      threads=args.threads, memory=not args.no_memory)
 
 
 def _not_executed(action: str, args: dict) -> Any:
-    raise TransportError("allowed, but not executed: the daemon is not running here",
+    raise TransportError("allowed, but not executed: no daemon runs on this state directory",
                          hint="actions run inside `kestrel run`; this run recorded the decision only")
 
 
 def _ask(args: argparse.Namespace, extra: list[str]) -> int:
     from .._internal.paths import resolve_state_dir
-    from ..agent.core import Agent
-    from ..agent.planner import Budgets
-    from ..agent.tools import ToolRegistry
+    from .ota import daemon_client
 
     state = resolve_state_dir(args.state)
     if not (state / "identity").is_dir():
         raise UsageError(f"no agent in {state}", hint="create one with `kestrel init-agent` or pass --state DIR")
-    if _daemon_running(state):
-        raise UsageError(
-            f"the daemon is running on {state} and owns its ledger",
-            hint="stop it (or run `kestrel ask` on a state directory no daemon uses); see docs/planner.md",
-        )
-    budgets = Budgets(max_steps=args.max_steps, max_tokens=args.max_tokens, time_s=args.time)
+    options = _options(args)
+    client = daemon_client(state)
+    if client is not None:
+        with client:
+            outcome = None
+            for item in client.ask(args.goal, **options.to_params()):
+                if item.get("type") == "step":
+                    print(item.get("text"), flush=True)
+                else:
+                    outcome = item
+        assert outcome is not None
+    else:
+        print(f"kestrel: no daemon runs on {state}: actions are decided and recorded, NOT executed "
+              "(start `kestrel run` to have them executed)", file=sys.stderr, flush=True)
+        outcome = _ask_here(args, state, options)
+    return _report(outcome, json_out=args.json)
+
+
+def _ask_here(args: argparse.Namespace, state: Path, options: Any) -> dict[str, Any]:
+    """No daemon: plan with the ledger opened here; allowed calls are recorded, not executed."""
+    from ..agent.ask import build_planner, outcome_event
+    from ..agent.core import Agent
+    from ..policy import PolicyEngine
+
     passphrase = None
     if args.passphrase_file:
         from ..identity.secrets import read_passphrase_file
 
         passphrase = read_passphrase_file(args.passphrase_file)
     with contextlib.ExitStack() as stack:
-        from ..policy import PolicyEngine
-
         agent = stack.enter_context(Agent.open(state, passphrase=passphrase))
         engine = PolicyEngine(state, agent.ledger)
-        tools = ToolRegistry(_tool_specs(args.tools), executor=_not_executed)
-        rules = _rules(args, state, tools, engine, agent.ledger, budgets)
-        planner = rules if args.rules_only else _llm_planner(args, state, tools, engine, agent, rules, budgets, stack)
-        if planner is None:
-            raise UsageError("nothing to plan with: no LLM is registered and there are no rules",
-                             hint="kestrel deploy --model local:PATH, --endpoint URL, or --rules FILE")
+        planner = build_planner(state, options, authorize=engine.decide, ledger=agent.ledger,
+                                executor=_not_executed, stack=stack)
         outcome = planner.run(args.goal, on_step=lambda step: print(step.describe(), flush=True))
-    summary = f"outcome: {outcome.status}" + (f" ({outcome.final})" if outcome.final else "")
-    if outcome.error:
-        print(f"kestrel: {outcome.error}", file=sys.stderr)
-    print(f"{summary}; {len(outcome.steps)} steps, {outcome.tokens} tokens, {outcome.elapsed_s:.2f} s"
-          + ("; handed to the rules" if outcome.handed_off else ""))
-    if args.json:
-        print(json.dumps({"status": outcome.status, "final": outcome.final, "steps": len(outcome.steps),
-                          "tokens": outcome.tokens, "handed_off": outcome.handed_off, "error": outcome.error,
-                          "decisions": [s.decision.allowed for s in outcome.steps if s.decision is not None]}))
-    return 0 if outcome.status == "done" else 1
+    return outcome_event(outcome, executed=False)
 
 
-def _tool_specs(names: str | None) -> Any:
-    from ..agent.actions import BUILTIN_TOOLS, builtin
-
-    if not names:
-        return BUILTIN_TOOLS
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = sorted(set(wanted) - {t.name for t in BUILTIN_TOOLS})
-    if unknown or not wanted:
-        raise UsageError(f"--tools: unknown action(s) {', '.join(unknown) or '(none given)'}",
-                         hint="choose from " + ", ".join(t.name for t in BUILTIN_TOOLS))
-    return builtin(*wanted)
-
-
-def _rules(args: argparse.Namespace, state: Path, tools: Any, engine: Any, ledger: Any, budgets: Any) -> Any:
-    from .._internal.fsutil import read_bytes
-    from ..agent.rules import RulePlanner, parse_rules
-
-    path = Path(args.rules) if args.rules else state / "agent" / "rules.yaml"
-    if not args.rules and not path.exists():
-        if args.rules_only:
-            raise UsageError("--rules-only needs rules", hint=f"write {path} or pass --rules FILE")
-        return None
-    raw = read_bytes(path, what="rules file", max_size=1 << 20)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        from ..errors import ConfigError
-
-        raise ConfigError("not UTF-8 text", path=str(path)) from None
-    return RulePlanner(parse_rules(text, source=str(path)), tools, authorize=engine.decide, ledger=ledger,
-                       budgets=budgets)
-
-
-def _llm_planner(args: argparse.Namespace, state: Path, tools: Any, engine: Any, agent: Any, rules: Any,
-                 budgets: Any, stack: contextlib.ExitStack) -> Any:
-    from ..agent.llm import OpenAIModel, open_local_llm, registered_llm
-    from ..agent.planner import LLMPlanner
-
-    if args.endpoint:
-        model: Any = OpenAIModel(args.endpoint, model=args.llm, authorize=engine.decide, api=args.api,
-                                 timeout_s=min(30.0, args.time))
-    elif registered_llm(state) is not None:
-        model = open_local_llm(state, threads=args.threads)
-    else:
-        return rules
-    context = None
-    if not args.no_memory and (state / "memory").is_dir():
-        from ..agent.context import MemoryContext
-        from ..memory.text import TextMemory
-
-        context = MemoryContext(stack.enter_context(TextMemory.open(state, read_only=True)))
-    return LLMPlanner(model, tools, authorize=engine.decide, ledger=agent.ledger, rules=rules, budgets=budgets,
-                      context=context)
+def _report(outcome: dict[str, Any], *, json_out: bool) -> int:
+    summary = f"outcome: {outcome['status']}" + (f" ({outcome['final']})" if outcome.get("final") else "")
+    if outcome.get("error"):
+        print(f"kestrel: {outcome['error']}", file=sys.stderr)
+    print(f"{summary}; {outcome['steps']} steps, {outcome['tokens']} tokens, {outcome['elapsed_s']:.2f} s"
+          + ("; handed to the rules" if outcome.get("handed_off") else "")
+          + ("" if outcome.get("executed") else "; nothing executed (no daemon)"))
+    if json_out:
+        print(json.dumps({k: outcome.get(k) for k in ("status", "final", "steps", "tokens", "handed_off", "error",
+                                                      "decisions", "executed")}))
+    return 0 if outcome["status"] == "done" else 1

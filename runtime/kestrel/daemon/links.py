@@ -115,11 +115,8 @@ class Links:
                 out.append(message_json(await m.receive(timeout)))
             except asyncio.TimeoutError:
                 return out
-        while len(out) < limit:
-            try:
-                out.append(message_json(m._inbox.get_nowait()))
-            except asyncio.QueueEmpty:
-                break
+        while len(out) < limit and (msg := m.receive_nowait()) is not None:
+            out.append(message_json(msg))
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -129,5 +126,5 @@ class Links:
             out["sync"] = self.sync.status.to_json()  # the fields of STATE/data/sync/status.json
         if self.messenger is not None:
             out["peers"] = {"did": self.messenger.did, "received": self.messenger.received,
-                            "waiting": self.messenger._inbox.qsize(), "refused": dict(self.messenger.refused)}
+                            "waiting": self.messenger.waiting, "refused": dict(self.messenger.refused)}
         return out

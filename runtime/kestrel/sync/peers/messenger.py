@@ -109,6 +109,18 @@ class PeerMessenger:
         """The next accepted message (raises asyncio.TimeoutError after ``timeout`` seconds)."""
         return await asyncio.wait_for(self._inbox.get(), timeout)
 
+    def receive_nowait(self) -> VerifiedMessage | None:
+        """The next accepted message if one is waiting, else None."""
+        try:
+            return self._inbox.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    @property
+    def waiting(self) -> int:
+        """How many accepted messages wait to be received."""
+        return self._inbox.qsize()
+
     async def _receive_loop(self) -> None:
         async for msg in self._sub:
             try:
