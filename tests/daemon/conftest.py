@@ -110,3 +110,11 @@ GPIO_CONFIG = """
         action: gpio.write
         args: {actuator: lamp, value: 0}
 """
+
+
+# the tiny decoder (built once per session) and the sensor-anomaly model, shared with tests/agent, tests/models
+from tests.agent import conftest as _agent_fixtures  # noqa: E402
+from tests.models import conftest as _model_fixtures  # noqa: E402
+
+tinylm = _agent_fixtures.tinylm
+sensor_build = _model_fixtures.sensor_build

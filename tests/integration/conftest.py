@@ -109,3 +109,12 @@ def collecting(host: str, port: int, db: Path, *, client_id: str) -> Iterator[An
     finally:
         svc.stop()
         store.close()
+
+
+# built models (once per session), shared with tests/agent and tests/models
+from tests.agent import conftest as _agent_fixtures  # noqa: E402
+from tests.models import conftest as _model_fixtures  # noqa: E402
+
+tinylm = _agent_fixtures.tinylm
+sensor_build = _model_fixtures.sensor_build
+minilm_build = _model_fixtures.minilm_build

@@ -73,7 +73,7 @@ def test_smoothing_keeps_fp32_outputs_and_flattens_the_outliers(smoothing, fused
     assert len(attn_out) == 6
     for node in attn_out:  # same tensor name (folded upstream), flatter channels
         x = node.input[0]
-        assert _spread(after[x]) < 0.5 * _spread(amax[x]), node.name
+        assert _spread(after[x]) < 0.6 * _spread(amax[x]), node.name  # measured: 0.38-0.45
     # the original graph is untouched (smooth returns a copy)
     assert [n.op_type for n in model.graph.node].count("Mul") == ops.count("Mul") - 18
 
@@ -110,7 +110,7 @@ def test_manifest_records_the_first_candidate_that_clears_the_gate(minilm_build)
     tried = facts["candidates"]
     labels = [c[0] for c in recipe.CANDIDATES]
     assert [t["candidate"] for t in tried] == labels[:len(tried)]
-    assert all(t["min_cosine"] < recipe.COSINE_GATE for t in tried[:-1])
+    assert all("skipped" in t or t["min_cosine"] < recipe.COSINE_GATE for t in tried[:-1])
     assert tried[-1]["min_cosine"] >= recipe.COSINE_GATE == 0.99
     assert quant["candidate"] == tried[-1]["candidate"]
     assert facts["min_cosine_vs_fp32"] == tried[-1]["min_cosine"]

@@ -212,6 +212,7 @@ class DeviceConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     sync: Any = None  # kestrel.sync.config.SyncConfig; used only with an mqtt section
+    models: tuple[Any, ...] = ()  # kestrel.daemon.modelsensors.ModelSensor: model outputs as sensor values
 
     def sensor(self, name: str) -> Sensor | None:
         return next((s for s in self.sensors if s.name == name), None)
@@ -363,7 +364,7 @@ def _named(root: Fields, key: str, build: Any) -> tuple[Any, ...]:
 
 
 _TOP = {"version", "name", "board", "sensors", "actuators", "triggers", "schedules", "smtp", "outbox",
-        "mqtt", "control", "ota", "fetch", "limits", "audit", "sync"}
+        "mqtt", "control", "ota", "fetch", "limits", "audit", "sync", "models"}
 
 
 def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
@@ -440,10 +441,15 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
         audit = AuditConfig(f.get("decisions", Node.as_str, "batched", choices=("batched", "strict")))
 
     sync = _sync_section(root, source)
+    models: tuple[Any, ...] = ()
+    if root.has("models") and not root.node_of("models").is_null:
+        from .modelsensors import parse_models
+
+        models = parse_models(root.node_of("models"), names_ok=_name)
     cfg = DeviceConfig(
         source=source, name=root.get("name", Node.as_str, "kestrel"), board=root.get("board", Node.as_str, None),
         sensors=sensors, actuators=actuators, triggers=triggers, schedules=schedules, smtp=smtp, outbox=outbox,
-        mqtt=mqtt, control=control, ota=ota, fetch=fetch, limits=limits, audit=audit, sync=sync,
+        mqtt=mqtt, control=control, ota=ota, fetch=fetch, limits=limits, audit=audit, sync=sync, models=models,
     )
     _cross_check(cfg, root)
     return cfg
@@ -469,6 +475,14 @@ _ACTUATOR_ACTION = {"gpio.write": "gpio", "mqtt.publish": "mqtt", "serial.write"
 
 def _cross_check(cfg: DeviceConfig, root: Fields) -> None:
     names = [s.name for s in cfg.sensors]
+    for m in cfg.models:  # a model sensor samples real sensors; triggers read it like one
+        node = root.node_of("models").mapping()[m.name]
+        if m.name in names:
+            raise node.error(f"model sensor {m.name!r} has the name of a sensor", key=f"models.{m.name}")
+        if unknown := sorted(m.reads - set(names)):
+            raise Fields(node, set(node.mapping())).node_of("inputs").error(
+                f"unknown sensor {unknown[0]!r}", hint=f"sensors defined: {', '.join(names) or 'none'}")
+    names += [m.name for m in cfg.models]
     for s in cfg.sensors:
         if isinstance(s, MqttSensor) and cfg.mqtt is None:
             raise root.node_of("sensors").error(f"sensor {s.name!r} needs an 'mqtt' broker section",

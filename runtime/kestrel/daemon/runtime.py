@@ -70,6 +70,7 @@ class Daemon:
         self.values: dict[str, Any] = {}
         self.triggers = TriggerEngine(config.triggers)
         self.hardware: Hardware | None = None
+        self.models: Any = None  # modelsensors.ModelFeeds while the config has models
         self.outbox = Outbox(self.state.data / "outbox", smtp=config.smtp, config=config.outbox,
                              record=self.record)
         self.calendar = CalendarStore(self.state.data / "calendar")
@@ -138,9 +139,33 @@ class Daemon:
                 await self.links.stop()
                 await hw.stop()
                 raise
+        try:
+            self.models = await self._start_models(cfg)
+        except BaseException:
+            await self._stop_hardware(hw)
+            raise
         self.hardware = hw
 
+    async def _start_models(self, cfg: DeviceConfig) -> Any:
+        """Model sensors (docs/device-config.md, ``models:``); inference is imported only when configured."""
+        if not cfg.models:
+            return None
+        from .modelsensors import ModelFeeds
+
+        options, profile = None, getattr(self.factory, "profile", None)
+        if profile is not None:
+            from ..inference.options import RuntimeOptions
+
+            options = RuntimeOptions.from_profile(profile)
+        feeds = ModelFeeds(cfg.models, state_dir=self.state.root, report=self.sensor_value, fault=self.sensor_fault,
+                           options=options)
+        await feeds.start(self.values)
+        return feeds
+
     async def _stop_hardware(self, hw: Hardware) -> None:
+        if self.models is not None:
+            models, self.models = self.models, None
+            await models.stop()
         await self.links.stop()  # before the bridge closes: sync persists its acknowledged offset
         await hw.stop()
 
@@ -266,6 +291,8 @@ class Daemon:
     def sensor_value(self, sensor: str, value: Any) -> None:
         self.counters["events"] += 1
         self.values[sensor] = value
+        if self.models is not None:
+            self.models.on_reading(sensor, self.values)
         proposals, faults = self.triggers.on_sensor(sensor, self.values, self.clock())
         for f in faults:
             self.counters["trigger_faults"] += 1
@@ -392,6 +419,7 @@ class Daemon:
             "ledger": {"size": self.ledger.size},
             "actions": dict(self.pipeline.stats, backlog=self.pipeline.backlog),
             "counters": dict(self.counters),
+            "models": self.models.describe() if self.models is not None else None,
             "mqtt": ({"connected": hw.bridge.connected} if hw and hw.bridge else None),
             "control": {"served": self.control.served, "refused": self.control.refused},
             "policy": {"bundle": getattr(self.policy, "bundle_digest", None),

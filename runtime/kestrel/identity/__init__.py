@@ -12,8 +12,6 @@ The TPM backend (``kestrel.identity.tpm``) imports tpm2_pytss only when used.
 
 from __future__ import annotations
 
-from .backup import backup_identity, decode_backup, encode_backup, restore_identity
-from .envelope import Kdf, KdfParams
 from .errors import (
     IdentityCorruptError,
     IdentityExistsError,
@@ -61,9 +59,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # TPMSigner without importing tpm2_pytss up front
-    if name == "TPMSigner":
-        from .tpm import TPMSigner
+_LAZY = {  # imported on first use: the daemon opens a keystore but never backs one up
+    "backup_identity": "backup", "decode_backup": "backup", "encode_backup": "backup",
+    "restore_identity": "backup", "Kdf": "envelope", "KdfParams": "envelope",
+    "TPMSigner": "tpm",  # without importing tpm2_pytss up front
+}
 
-        return TPMSigner
-    raise AttributeError(name)
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

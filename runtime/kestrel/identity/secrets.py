@@ -9,7 +9,6 @@ machine id (``/etc/machine-id``, else ``/var/lib/dbus/machine-id``).
 
 from __future__ import annotations
 
-import getpass
 import os
 import stat
 import sys
@@ -88,6 +87,8 @@ def has_tty() -> bool:
 
 
 def prompt_passphrase(what: str, *, confirm: bool) -> bytes:
+    import getpass  # interactive only; the daemon never prompts
+
     first = getpass.getpass(f"Passphrase for the {what}: ")
     if confirm and getpass.getpass("Repeat the passphrase: ") != first:
         raise UsageError("the two passphrases differ", hint="run the command again")

@@ -355,9 +355,9 @@ class MqttBridge:
             self._call(self._rejected, msg.topic, size, "oversize")
             return
         item = MqttMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.monotonic_ns())
+        self._counts["received"] += 1  # before delivery, so a consumer never sees the count lag behind
         for s in subs:
             s.queue.push(item)
-        self._counts["received"] += 1
 
     # ------------------------------------------------------------------ loop-thread handlers
 

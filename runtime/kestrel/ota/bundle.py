@@ -10,7 +10,6 @@ bytes before the manifest is parsed.
 from __future__ import annotations
 
 import base64
-import calendar
 import hashlib
 import json
 import re
@@ -112,6 +111,8 @@ def _parse_time(value: object, what: str) -> int:
     if not isinstance(value, str) or not _TIME.fullmatch(value):
         raise _bad(f"{what} must be an RFC 3339 UTC time like 2027-01-31T00:00:00Z")
     try:
+        import calendar  # only when a bundle is verified
+
         return calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ"))
     except ValueError:
         raise _bad(f"{what} is not a valid date") from None

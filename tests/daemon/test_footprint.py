@@ -1,0 +1,89 @@
+"""The idle daemon's footprint: what `kestrel run` must not load until a feature is used (issue 4).
+
+Figures (RSS, PSS, latency) are measured by tools/bench/runtime.py, not here; these tests pin the
+import-level decisions behind them, on a real `kestrel run` process (CLI entry, sim board).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_process import provisioned  # noqa: F401  (fixture: identity + installed policy)
+
+# Loaded on first use only: mail (outbox), HTTP (fetch_data), models, memory, agent/LLM, TPM,
+# MQTT, serial, backups (Argon2 envelopes), interactive prompts, OTA bundle building.
+NOT_AT_IDLE = (
+    "smtplib", "email", "email.message", "urllib.request", "http.client", "numpy", "onnxruntime", "paho",
+    "hnswlib", "tpm2_pytss", "gpiod", "serial", "getpass", "hypothesis",
+    "kestrel.identity.backup", "kestrel.ota.build", "kestrel.inference", "kestrel.memory", "kestrel.agent.llm",
+    "kestrel.agent.planner", "kestrel.io.mqtt", "kestrel.io.serial", "kestrel.sync.sync",
+)
+
+PROBE = r"""
+import json, os, signal, sys, threading, time
+
+out, state = sys.argv[1], sys.argv[2]
+
+def snapshot_when_idle():
+    sock = os.path.join(state, "run", "control.sock")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(sock) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # READY has been sent: the daemon idles
+    with open(out, "w") as fh:
+        json.dump({"modules": sorted(sys.modules), "threads": [t.name for t in threading.enumerate()]}, fh)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=snapshot_when_idle, name="probe", daemon=True).start()
+from kestrel.cli import main
+sys.argv = ["kestrel", "run", "--state", state, "--log-level", "warning"]
+sys.exit(main())
+"""
+
+
+def _idle_snapshot(tmp_path: Path, state: Path) -> dict:
+    out = tmp_path / "idle.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    r = subprocess.run([sys.executable, "-c", PROBE, str(out), str(state)], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("setup", ["first-run", "provisioned"])
+def test_idle_daemon_loads_no_feature_it_does_not_use(tmp_path, request, setup):
+    state = tmp_path / "st" if setup == "first-run" else request.getfixturevalue("provisioned")
+    snap = _idle_snapshot(tmp_path, state)
+    loaded = set(snap["modules"])
+    assert "kestrel.daemon.runtime" in loaded and "kestrel.ledger.ledger" in loaded  # it did run
+    assert sorted(m for m in NOT_AT_IDLE if m in loaded) == []
+    # the executors stay small: ledger commit + signer, at most one policy and one I/O worker here
+    workers = [t for t in snap["threads"] if t not in ("MainThread", "probe")]
+    assert len(workers) <= 5, workers
+
+
+def test_lazy_package_attributes_still_resolve():
+    code = (
+        "import sys, kestrel.identity as i\n"
+        "assert 'kestrel.identity.backup' not in sys.modules and 'getpass' not in sys.modules\n"
+        "from kestrel.identity import backup_identity, restore_identity, KdfParams, Kdf, TPMSigner\n"
+        "from kestrel.identity import *\n"
+        "assert backup_identity.__module__ == 'kestrel.identity.backup' and Kdf.__module__ == 'kestrel.identity.envelope'\n"
+        "assert set(i.__all__) <= set(dir(i)) | set(i._LAZY)\n"
+        "try:\n"
+        "    i.no_such_thing\n"
+        "except AttributeError as exc:\n"
+        "    assert 'no_such_thing' in str(exc)\n"
+        "else:\n"
+        "    raise SystemExit('a missing attribute did not raise')\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "ok", r.stdout + r.stderr
