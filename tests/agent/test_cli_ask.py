@@ -40,10 +40,12 @@ def test_rules_only(agent_state, tmp_path, capsys):
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     rc = main(["ask", "turn on the fan", "--state", str(agent_state), "--rules", str(rules), "--rules-only"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert rc == 0, out
     assert 'step 1 [rules] {"action":"gpio.write","args":{"actuator":"fan","value":1}} -> ALLOW by actions[0]' in out
-    assert "not executed" in out
+    assert "allowed, but not executed: no daemon runs" in out and "nothing executed (no daemon)" in out
+    assert "no daemon runs on" in captured.err and "NOT executed" in captured.err
     assert "outcome: done" in out
     body = steps(agent_state)[0]
     assert body["planner"] == "rules" and body["decision"]["allowed"] is True

@@ -12,7 +12,7 @@ from kestrel.agent.llm import ScriptedModel
 from kestrel.cli import main
 from kestrel.sdk import Client, RemoteError
 
-from .conftest import in_thread, running
+from .conftest import in_thread, running, until
 
 CONFIG = """
     version: 1
@@ -146,3 +146,23 @@ async def test_cli_ask_goes_through_the_daemon(agent, tmp_path, capsys):
     assert rc == 0, out
     assert 'step 1 [rules] {"action":"gpio.write","args":{"actuator":"fan","value":1}} -> ALLOW' in out
     assert '"executed": true' in out and "not executed" not in out
+
+
+async def test_client_going_away_stops_the_run_and_frees_the_daemon(agent):
+    async with running(agent, CONFIG, policy=POLICY) as d:
+        d.asks.model = ScriptedModel([FAN_ON] * 6, delay_s=0.05)
+
+        def first_step_then_leave() -> dict:
+            with Client(agent.state) as k:
+                stream = k.ask("keep the fan on", tools=TOOLS)
+                step = next(stream)
+                stream.close()
+                return step
+
+        step = await in_thread(first_step_then_leave)
+        assert step["type"] == "step" and step["decision"]["allowed"]
+        await until(lambda: not d.asks._busy, what="the abandoned run to stop")
+        d.asks.model = ScriptedModel(['{"final": "ok"}'])
+        items = await in_thread(ask, agent.state, "anything", tools=TOOLS)
+        assert items[-1]["status"] == "done"
+    assert len(agent.kinds("planner.step")) <= 5  # of 6 scripted calls, plus the second run's one

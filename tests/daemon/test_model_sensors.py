@@ -181,3 +181,17 @@ async def test_mqtt_readings_through_the_model_fire_the_trigger(installed, mosqu
                 await peer.publish("plant/machine", json.dumps(row).encode(), qos=1)
             await until(lambda: d.hardware.outputs["alarm_lamp"].value == 1, what="the anomaly trigger")
     assert [r for r in agent.kinds("action.result") if r["source"] == "trigger:anomaly_alarm" and r["ok"]]
+
+
+def test_parsing_a_models_section_imports_no_inference():
+    import subprocess
+    import sys
+
+    cfg = ("version: 1\\nsensors:\\n  temp: {type: periodic, every: 1, file: /tmp/t}\\n"
+           "models:\\n  anomaly: {model: sensor-anomaly, inputs: [temp], window: 4}\\n")
+    code = ("import sys; from kestrel.daemon.config import parse_device_config; "
+            f"c = parse_device_config('{cfg}'); assert c.models; "
+            "print(sorted(m for m in ('numpy', 'onnxruntime', 'kestrel.inference') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
