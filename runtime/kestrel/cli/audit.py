@@ -20,6 +20,8 @@ __all__ = ["register"]
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
+from ._common import add_state_arg as _state
+
 
 def register(sub: Any) -> None:
     audit = sub.add_parser("audit", help="show, verify, export and prove the agent's ledger")
@@ -64,8 +66,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_verify_proof)
 
 
-def _state(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE or ~/.local/state/kestrel)")
 
 
 def _state_dirs(args: argparse.Namespace) -> tuple[Path, Path]:

@@ -13,6 +13,8 @@ __all__ = ["register"]
 
 BACKUP_PASSPHRASE_ENV = "KESTREL_BACKUP_PASSPHRASE"
 
+from ._common import add_state_arg as _state
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("init-agent", help="create the agent's identity and state directory",
@@ -55,9 +57,6 @@ def register(sub: Any) -> None:
     restore.set_defaults(func=_restore)
 
 
-def _state(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE or "
-                   "~/.local/state/kestrel)")
 
 
 def _protection(p: argparse.ArgumentParser) -> None:

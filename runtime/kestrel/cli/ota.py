@@ -17,6 +17,8 @@ __all__ = ["register", "open_ledger", "ledger_view", "parse_expiry", "load_owner
 _DURATION = re.compile(r"(\d{1,6})([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
+from ._common import add_state_arg as _state
+
 
 def register(sub: Any) -> None:
     owner = _group(sub, "owner", "owner signing keys (kept on the owner's machine)")
@@ -101,8 +103,6 @@ def _group(sub: Any, name: str, help: str) -> Any:
     return p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
 
 
-def _state(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE)")
 
 
 def _key(p: argparse.ArgumentParser) -> None:

@@ -14,6 +14,8 @@ __all__ = ["register"]
 
 COLLECTOR_DB_ENV = "KESTREL_COLLECTOR_DB"
 
+from ._common import add_state_arg as _state
+
 
 def register(sub: Any) -> None:
     s = sub.add_parser("sync", help="ledger sync over MQTT: status")
@@ -59,8 +61,6 @@ def register(sub: Any) -> None:
     ac.set_defaults(func=_agent_connect)
 
 
-def _state(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE or ~/.local/state/kestrel)")
 
 
 def _db(p: argparse.ArgumentParser) -> None:
