@@ -15,12 +15,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ._common import add_state_arg as _state
+
 __all__ = ["register"]
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-from ._common import add_state_arg as _state
 
 
 def register(sub: Any) -> None:

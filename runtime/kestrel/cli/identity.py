@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._common import add_state_arg as _state
+
 __all__ = ["register"]
 
 BACKUP_PASSPHRASE_ENV = "KESTREL_BACKUP_PASSPHRASE"
-
-from ._common import add_state_arg as _state
 
 
 def register(sub: Any) -> None:

@@ -11,13 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from ._common import add_state_arg as _state
+
 __all__ = ["register", "open_ledger", "ledger_view", "parse_expiry", "load_owner", "daemon_client",
            "print_applied", "recording_ledger"]
 
 _DURATION = re.compile(r"(\d{1,6})([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-from ._common import add_state_arg as _state
 
 
 def register(sub: Any) -> None:

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._common import add_state_arg as _state
+
 __all__ = ["register"]
 
 COLLECTOR_DB_ENV = "KESTREL_COLLECTOR_DB"
-
-from ._common import add_state_arg as _state
 
 
 def register(sub: Any) -> None:
