@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -112,7 +113,7 @@ async def test_a_second_ask_is_refused_while_one_runs(agent):
         first = threading.Thread(target=ask, args=(agent.state, "turn on the fan"), kwargs={"tools": TOOLS})
         first.start()
         try:
-            await in_thread(lambda: __import__("time").sleep(0.1))
+            await asyncio.sleep(0.1)
             with pytest.raises(RemoteError) as err:
                 await in_thread(ask, agent.state, "again", tools=TOOLS)
             assert "another ask is running" in err.value.message

@@ -29,15 +29,21 @@ __all__ = [
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+# The same encoding, called directly: ``_CANONICAL.encode`` builds this C encoder on every call.
+# No circular-reference markers: a cycle ends in RecursionError, which falls back like the
+# "Circular reference detected" ValueError did (same digest), and the encoder keeps no state.
+_ENCODE = (json.encoder.c_make_encoder(None, repr, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+           if json.encoder.c_make_encoder is not None else None)
+_sha256 = hashlib.sha256
 
 
 def args_digest(args: Mapping[str, Any]) -> str:
     """Hex sha256 of the canonical JSON of ``args`` (sorted keys, compact, UTF-8)."""
     try:
-        text = _CANONICAL.encode(args)
+        text = "".join(_ENCODE(args, 0)) if _ENCODE is not None else _CANONICAL.encode(args)
     except (TypeError, ValueError, RecursionError):  # non-string keys, cycles: digest a stable repr
         text = _CANONICAL.encode(_plain(args, 0))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return _sha256(text.encode("utf-8")).hexdigest()
 
 
 def _plain(value: Any, depth: int) -> Any:
