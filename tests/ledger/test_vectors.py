@@ -6,6 +6,7 @@ import base64
 from pathlib import Path
 
 from kestrel.identity.keys import PublicKey
+from kestrel.ledger.base import BASE_MAGIC, verify_base
 from kestrel.ledger.checkpoint import verify_checkpoint
 from kestrel.ledger.export import verify_export, verify_proof
 from kestrel.ledger.frame import iter_frames
@@ -45,3 +46,9 @@ def test_doc_vectors_verify_independently():
     verify_inclusion(leaves[1], 1, 3, [bytes.fromhex(h) for h in v["inclusion path 1"].split()], cp.root)
     assert verify_export(bytes.fromhex(v["export"]), pk).size == 3
     assert verify_proof(bytes.fromhex(v["proof 1"]), pk).record.body["action"] == "send_email"
+    base_file = bytes.fromhex(v["base file 2"])
+    assert base_file[:8] == BASE_MAGIC
+    base = verify_base(base_file[8:], pk)
+    assert (base.size, base.prev, base.checkpoint.root) == (2, leaves[1], tree_root(leaves[:2]))
+    pruned = verify_export(bytes.fromhex(v["pruned export"]), pk)
+    assert (pruned.first_seq, pruned.size, pruned.root.hex()) == (2, 3, v["root 3"])

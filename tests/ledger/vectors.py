@@ -11,6 +11,7 @@ import base64
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from kestrel.identity.keys import SoftwareSigner
+from kestrel.ledger.base import BASE_MAGIC, encode_base
 from kestrel.ledger.checkpoint import key_id, sign_checkpoint
 from kestrel.ledger.export import encode_export, encode_proof
 from kestrel.ledger.frame import RECORD, encode_frame
@@ -45,6 +46,13 @@ def compute() -> dict[str, str]:
     out["inclusion path 1"] = " ".join(h.hex() for h in inclusion_proof(1, leaves))
     out["export"] = b"".join(encode_export(cp, raws)).hex()
     out["proof 1"] = encode_proof(1, leaves, raws[1], cp).hex()
+    base_frontier = Frontier()
+    for leaf in leaves[:2]:
+        base_frontier.append(leaf)
+    base_cp = sign_checkpoint(signer, size=2, root=base_frontier.root())
+    base = encode_base(frontier=base_frontier, prev=leaves[1], checkpoint=base_cp)
+    out["base file 2"] = (BASE_MAGIC + base.payload).hex()
+    out["pruned export"] = b"".join(encode_export(cp, raws[2:], base=base)).hex()
     return out
 
 

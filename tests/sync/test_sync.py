@@ -268,9 +268,10 @@ def test_malformed_or_useless_resend_requests_are_ignored(ledger, state_dir, mos
     assert asyncio.run(go()) == 1  # junk ignored, beyond-the-offset ignored, the repeat rate-limited
 
 
-def test_record_too_large_for_the_broker_is_reported_not_skipped(ledger, state_dir, mosquitto):
-    ledger.append("action.result", {"blob": b"z" * 2000})
-    ledger.append("action.result", {"i": 1})
+def test_record_too_large_for_the_broker_is_skipped_and_reported(ledger, state_dir, mosquitto):
+    ledger.append("action.result", {"i": 0})
+    big = ledger.append("action.result", {"blob": b"z" * 2000})
+    ledger.append("action.result", {"i": 2})
 
     async def go():
         bridge = MqttBridge(mosquitto.host, mosquitto.port, agent_id=ledger.public_key.did, max_payload=1024)
@@ -278,14 +279,19 @@ def test_record_too_large_for_the_broker_is_reported_not_skipped(ledger, state_d
             await bridge.wait_connected(10)
             sync = LedgerSync(ledger, bridge, config=SyncConfig(poll_s=0.02, retry_s=0.05), state_dir=state_dir)
             await sync.start()
-            synced = await sync.wait_synced(timeout=1.0)
+            synced = await sync.wait_synced(3, timeout=10.0)  # the three records: no endless retry
+            await asyncio.sleep(0.2)
             status = sync.status
             await sync.stop()
             return synced, status
 
     synced, status = asyncio.run(go())
-    assert not synced and status.acked == 0  # never skipped: the collector could not chain past it
-    assert any("exceeds" in w for w in status.warnings)
+    assert synced and status.acked >= 3
+    assert any(f"record {big.seq} (" in w and "not sent" in w for w in status.warnings)
+    ledger.flush()
+    skipped = list(ledger.records(kind="sync.skipped"))
+    assert len(skipped) == 1 and skipped[0].body["seq"] == big.seq and skipped[0].body["digest"] == big.digest
+    assert skipped[0].body["limit_bytes"] == 1024
 
 
 def test_run_sync_with_the_raw_config_section(ledger, state_dir, mosquitto, collector):

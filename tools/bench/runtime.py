@@ -41,6 +41,9 @@ KESTREL = [sys.executable, "-m", "kestrel.cli"]
 TARGET_RSS_MB = 35.0
 TARGET_P99_MS = 2.0
 HISTORY_LIMIT = 9_900  # below the sim chip's output history (10,000 entries)
+# Child interpreters keep their bytecode here (set by main): an installed wheel ships .pyc files,
+# while a dev shell often sets PYTHONDONTWRITEBYTECODE, which would time the compiler instead.
+PYCACHE: Path | None = None
 
 CONFIG = """
 version: 1
@@ -58,6 +61,22 @@ triggers:
 """
 
 
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) of each live thread of this process, by Python thread name."""
+    names = {th.native_id: th.name for th in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        name = names.get(int(task.name), "other")
+        name = "loop" if name == "MainThread" else name.rstrip("_0123456789")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _runqueue_wait_ms() -> float:
     """Time this process's threads spent runnable but waiting for a CPU (Linux schedstat), in ms."""
     total = 0
@@ -70,8 +89,11 @@ def _runqueue_wait_ms() -> float:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
     env["PYTHONPATH"] = str(ROOT / "runtime")
+    if PYCACHE is not None:
+        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     env.update(extra)
     return env
 
@@ -149,8 +171,9 @@ def _idle_python_mb(code: str) -> dict[str, float]:
 
 def bench_startup(tmp: Path, n: int) -> None:
     state = tmp / "state-startup"
-    proc, first = _start_until_ready(state, tmp)  # first run also creates the identity
+    proc, first = _start_until_ready(state, tmp)  # first run also creates the identity (and the .pyc files)
     _stop(proc)
+    _time_exec([sys.executable, "-c", "import kestrel"], 1)  # warm the baselines' bytecode too
     readies, passes, imports = [], [], []
     for _ in range(n):  # interleaved, so that a burst of load on the machine hits all three alike
         passes.append(_time_exec([sys.executable, "-c", "pass"], 1))
@@ -175,7 +198,9 @@ def _mem_line(label: str, m: dict[str, float], note: str) -> str:
 
 def bench_rss(tmp: Path, idle_s: float) -> None:
     state = tmp / "state-rss"
-    proc, _ = _start_until_ready(state, tmp)
+    proc, _ = _start_until_ready(state, tmp)  # warm-up: creates the identity and the bytecode cache
+    _stop(proc)
+    proc, _ = _start_until_ready(state, tmp)  # a normal start, as after a reboot
     time.sleep(idle_s)
     mem = _memory_mb(proc.pid)
     _stop(proc)
@@ -233,6 +258,7 @@ async def _drive(rate: float, seconds: float, state: Path) -> dict[str, float]:
 
         t = threading.Thread(target=driver)
         cpu0, wall0, wait0 = time.process_time(), time.monotonic(), _runqueue_wait_ms()
+        threads0 = _thread_cpu_s()
         t.start()
         while t.is_alive():
             await asyncio.sleep(0.05)
@@ -240,6 +266,7 @@ async def _drive(rate: float, seconds: float, state: Path) -> dict[str, float]:
         while len(chip.history(27)) - start_writes < n and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        threads = {k: v - threads0.get(k, 0.0) for k, v in _thread_cpu_s().items()}
         starved = _runqueue_wait_ms() - wait0
         await asyncio.sleep(0.1)
         writes = chip.history(27)[start_writes:]
@@ -256,7 +283,8 @@ async def _drive(rate: float, seconds: float, state: Path) -> dict[str, float]:
             "p90": lat[int(len(lat) * 0.90) - 1] if lat else float("nan"),
             "p99": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
             "max": lat[-1] if lat else float("nan"), "cpu_us": cpu / n * 1e6, "cpu_share": cpu / wall,
-            "starved_ms": starved, "wall_s": wall}
+            "starved_ms": starved, "wall_s": wall,
+            "threads_us": {k: v / n * 1e6 for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0}}
 
 
 async def _drive_bare(rate: float, seconds: float) -> dict[str, float]:
@@ -286,15 +314,18 @@ async def _drive_bare(rate: float, seconds: float) -> dict[str, float]:
             chip.drive(17, 1 - (i & 1))
 
     t = threading.Thread(target=driver)
+    cpu0 = time.process_time()
     t.start()
     while t.is_alive():
         await asyncio.sleep(0.05)
+    cpu = time.process_time() - cpu0
     await asyncio.sleep(0.2)
     writes = chip.history(27)[1:]
     task.cancel()
     factory.close()
     lat = sorted((w[0] - s) / 1e6 for s, w in zip(sent, writes))
-    return {"p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99) - 1], "lost": n - len(writes)}
+    return {"p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99) - 1], "lost": n - len(writes),
+            "cpu_us": cpu / n * 1e6}
 
 
 def bench_latency(tmp: Path, seconds: float, rounds: int) -> None:
@@ -308,7 +339,7 @@ def bench_latency(tmp: Path, seconds: float, rounds: int) -> None:
         b["starved_ms"] = _runqueue_wait_ms() - w0
         print(f"latency  round {i + 1} baseline: sim edge -> asyncio task -> output pin (no trigger, policy or "
               f"ledger): p50 {b['p50']:.3f} ms  p99 {b['p99']:.3f} ms  lost {b['lost']}  load {l0:.1f}  "
-              f"cpu-wait {b['starved_ms']:.0f} ms")
+              f"cpu-wait {b['starved_ms']:.0f} ms  cpu/event {b['cpu_us']:.0f} us")
         r = asyncio.run(_drive(1000, seconds, tmp / f"state-latency-{i}"))
         print(f"latency  round {i + 1} kestrel:  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  lost {r['lost']}  "
               f"load {os.getloadavg()[0]:.1f}  cpu-wait {r['starved_ms']:.0f} ms  cpu/event {r['cpu_us']:.0f} us")
@@ -329,6 +360,9 @@ def bench_latency(tmp: Path, seconds: float, rounds: int) -> None:
     print(f"latency  process CPU per event {r['cpu_us']:.0f} us (all threads; {r['cpu_share'] * 100:.0f}% of one core "
           f"at this rate); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; threads waited "
           f"{r['starved_ms']:.0f} ms for a CPU during the {r['wall_s']:.1f} s run")
+    print("latency  CPU per event by daemon thread (us; the rest of the process figure is the benchmark's "
+          "own edge driver, which the baseline has too): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in r["threads_us"].items()))
 
 
 def bench_rate(tmp: Path, seconds: float, rates: list[int]) -> None:
@@ -358,10 +392,13 @@ def main() -> int:
     args = ap.parse_args()
     n, idle, secs = (3, 2.0, 2.0) if args.quick else (7, 5.0, 5.0)
     print(f"# kestrel runtime benchmark: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-          f"tmp on {tempfile.gettempdir()}, load average {os.getloadavg()[0]:.1f}")
+          f"tmp on {tempfile.gettempdir()}, load average {os.getloadavg()[0]:.1f}; child interpreters "
+          f"cache bytecode under the run's temporary PYTHONPYCACHEPREFIX, as an installed wheel has .pyc files")
+    global PYCACHE
     with tempfile.TemporaryDirectory(prefix="kestrel-bench-") as t:
         tmp = Path(t)
         os.chmod(tmp, 0o700)
+        PYCACHE = tmp / "pycache"
         if args.only in (None, "startup"):
             bench_startup(tmp, n)
         if args.only in (None, "rss"):

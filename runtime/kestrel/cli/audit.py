@@ -186,11 +186,15 @@ def _verify(args: argparse.Namespace, extra: list[str]) -> int:
         print(json.dumps({
             "ok": True, "agent": verified.did, "size": verified.size, "signed_size": verified.signed_size,
             "unsigned": verified.unsigned, "root": verified.root.hex(), "torn_bytes": verified.torn_bytes,
+            "first_seq": verified.first_seq,
         }, sort_keys=True))
     else:
         print(f"ledger intact: {verified.size} records, {verified.signed_size} covered by the latest signed checkpoint")
         print(f"agent: {verified.did}")
         print(f"root:  {verified.root.hex()}")
+        if verified.first_seq:
+            print(f"pruned: records 0..{verified.first_seq - 1} were dropped; verified from the signed base "
+                  f"at {verified.first_seq} (signed by the agent's own key)")
     if verified.unsigned:
         print(f"warning: the last {verified.unsigned} records are not yet covered by a signed checkpoint "
               "(the agent signs them while it runs, or when it next opens its ledger)", file=sys.stderr)
@@ -207,7 +211,9 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
     state, ledger_dir = _state_dirs(args)
     verified, chunks = export_chunks(ledger_dir, _agent_key(state))
     atomic_write(Path(args.file), b"".join(chunks), mode=0o644)
-    print(f"exported {verified.signed_size} signed records of {verified.did} to {args.file}")
+    kept = verified.signed_size - verified.first_seq
+    print(f"exported {kept} signed records of {verified.did} to {args.file}"
+          + (f" (records {verified.first_seq}.. after the base of the pruned ledger)" if verified.first_seq else ""))
     if verified.unsigned:
         print(f"note: {verified.unsigned} newer records are not signed yet and were left out", file=sys.stderr)
     return 0

@@ -122,6 +122,8 @@ def _sync_status(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"rate:         {status.rate:.1f} records/s")
     if status.retention_limit:
         print(f"flash:        {status.ledger_bytes} of {status.retention_limit} bytes allowed by the retention policy")
+    if status.first_seq:
+        print(f"pruned:       records 0..{status.first_seq - 1} (the ledger keeps {status.first_seq} on)")
     for w in status.warnings:
         print(f"warning: {w}")
     return 0
@@ -190,14 +192,18 @@ def _collector_run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _collector_status(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..sync.collector.core import CollectorCore
     from ..sync.collector.sqlite import SqliteStore
 
     store = SqliteStore(_db_path(args))
     try:
         rows = store.summaries()
         unknown = [r for r in store.rejections() if r.did == "?"]
+        core = CollectorCore(store, clock=time.time)
+        gaps = {r.did: core.gap(r.did) for r in rows}
         if args.json:
-            print(json.dumps({"agents": [r.__dict__ for r in rows], "unattributed_rejections": len(unknown)}))
+            print(json.dumps({"agents": [{**r.__dict__, "gap": gaps[r.did]} for r in rows],
+                              "unattributed_rejections": len(unknown)}))
             return 0
         if not rows:
             print("no agents yet")
@@ -205,6 +211,10 @@ def _collector_status(args: argparse.Namespace, extra: list[str]) -> int:
             flag = "  FORKED" if r.forks else ""
             print(f"{r.did}  verified {r.verified}  pending {r.pending}  refused {r.rejections}  forks {r.forks}  "
                   f"last seen {_ago(r.last_seen)}{flag}")
+            if gaps[r.did]:
+                lo, hi = gaps[r.did]
+                print(f"  GAP: records {lo}..{hi} missing; later records are held unverified (if they do not come "
+                      "after a resend, the agent pruned or skipped them: see its ledger.pruned / sync.skipped records)")
         if unknown:
             print(f"{len(unknown)} messages on malformed topics refused")
         return 0

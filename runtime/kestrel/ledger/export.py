@@ -10,16 +10,18 @@ and the signed checkpoint note it leads to. See docs/ledger-format.md.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import msgpack
 
 from ..identity.keys import PublicKey
+from .base import LogBase, verify_base
 from .checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
 from .errors import LedgerError, LedgerVerificationError, Reason, RecordError
-from .frame import CHECKPOINT, RECORD, Frame, FrameDamage, encode_frame, iter_frames
-from .merkle import ProofError, inclusion_proof, verify_inclusion
+from .frame import BASE, CHECKPOINT, RECORD, Frame, FrameDamage, encode_frame, iter_frames
+from .merkle import Frontier, ProofError, inclusion_proof, verify_inclusion
 from .record import Record, decode_record, leaf_hash
 from .verify import LogWalker, VerifiedLog, check_trusted, damage_error
 
@@ -43,10 +45,12 @@ class ProofFileError(LedgerError):
     """An inclusion-proof file is malformed or does not verify."""
 
 
-def encode_export(checkpoint: SignedCheckpoint, records: Iterable[bytes]) -> Iterable[bytes]:
-    """Chunks of an export file: header, checkpoint frame, record frames (exact bytes)."""
+def encode_export(checkpoint: SignedCheckpoint, records: Iterable[bytes], *, base: LogBase | None = None) -> Iterable[bytes]:
+    """Chunks of an export file: header, checkpoint frame, base frame (a pruned log), record frames."""
     yield EXPORT_MAGIC
     yield encode_frame(CHECKPOINT, checkpoint.note)
+    if base is not None:
+        yield encode_frame(BASE, base.payload)
     for raw in records:
         yield encode_frame(RECORD, raw)
 
@@ -55,7 +59,6 @@ def verify_export(data: bytes, public_key: PublicKey, *, trusted: SignedCheckpoi
     """Verify a whole exported log against the agent's public key."""
     if not data.startswith(EXPORT_MAGIC):
         raise LedgerVerificationError(0, Reason.CORRUPT, "not a Kestrel ledger export (bad magic bytes)")
-    walker = LogWalker(data)
     frames = iter_frames(data, len(EXPORT_MAGIC))
     first = next(frames, None)
     if not isinstance(first, Frame) or first.type != CHECKPOINT:
@@ -64,7 +67,15 @@ def verify_export(data: bytes, public_key: PublicKey, *, trusted: SignedCheckpoi
         cp = verify_checkpoint(first.payload, public_key)
     except CheckpointError as exc:
         raise LedgerVerificationError(0, exc.reason, f"export checkpoint: {exc.message}") from None
-    for item in frames:
+    base = None
+    second = next(frames, None)
+    if isinstance(second, Frame) and second.type == BASE:  # a pruned log: records start at base.size
+        base = verify_base(second.payload, public_key)
+        if base.size > cp.size:
+            raise LedgerVerificationError(cp.size, Reason.CORRUPT, "the export's base is newer than its checkpoint")
+        second = None
+    walker = LogWalker(data, base)
+    for item in itertools.chain([second] if second is not None else [], frames):
         if isinstance(item, FrameDamage):
             raise damage_error(walker, item)
         if item.type != RECORD:
@@ -83,18 +94,20 @@ def verify_export(data: bytes, public_key: PublicKey, *, trusted: SignedCheckpoi
         )
     if trusted is not None:
         check_trusted(walker, trusted)
-    return VerifiedLog(public_key.did, walker.size, root, cp.size, cp)
+    return VerifiedLog(public_key.did, walker.size, root, cp.size, cp, first_seq=walker.offset)
 
 
-def encode_proof(index: int, records_leaves: Sequence[bytes], record: bytes, checkpoint: SignedCheckpoint) -> bytes:
-    """An inclusion-proof file for record ``index`` against ``checkpoint`` (leaves = the first checkpoint.size)."""
-    if len(records_leaves) != checkpoint.size:
+def encode_proof(index: int, records_leaves: Sequence[bytes], record: bytes, checkpoint: SignedCheckpoint,
+                 *, base: Frontier | None = None) -> bytes:
+    """An inclusion-proof file for record ``index`` against ``checkpoint`` (leaves = the checkpoint's tree,
+    after ``base`` for a pruned log)."""
+    if (base.size if base is not None else 0) + len(records_leaves) != checkpoint.size:
         raise ValueError("leaves must be exactly the checkpoint's tree")
     body = {
         "index": index,
         "size": checkpoint.size,
         "record": record,
-        "path": inclusion_proof(index, records_leaves),
+        "path": inclusion_proof(index, records_leaves, base=base),
         "checkpoint": checkpoint.note,
     }
     return PROOF_MAGIC + msgpack.packb(body, use_bin_type=True)

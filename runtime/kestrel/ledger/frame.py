@@ -3,7 +3,7 @@
 Frame layout (all integers big-endian)::
 
     0  2  magic  b"KF"
-    2  1  type   0x01 record, 0x02 checkpoint
+    2  1  type   0x01 record, 0x02 checkpoint, 0x03 base (exports of a pruned log)
     3  1  0x00   reserved
     4  4  length of the payload (at most 16 MiB)
     8  4  CRC-32 (zlib/ISO-HDLC) of bytes 0..7          (header check)
@@ -25,6 +25,7 @@ from typing import Iterator
 __all__ = [
     "RECORD",
     "CHECKPOINT",
+    "BASE",
     "HEADER_SIZE",
     "Frame",
     "FrameDamage",
@@ -35,7 +36,8 @@ __all__ = [
 
 RECORD = 0x01
 CHECKPOINT = 0x02
-_TYPES = frozenset({RECORD, CHECKPOINT})
+BASE = 0x03  # a pruned log's base, in export files only (see base.py)
+_TYPES = frozenset({RECORD, CHECKPOINT, BASE})
 MAGIC = b"KF"
 HEADER_SIZE = 16
 MAX_PAYLOAD = 16 << 20

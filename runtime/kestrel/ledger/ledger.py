@@ -31,13 +31,14 @@ from ..identity.keys import PublicKey, Signer
 from .checkpoint import SignedCheckpoint, sign_checkpoint
 from .errors import LedgerError, LedgerIOError
 from .frame import CHECKPOINT, RECORD, encode_frame
-from .merkle import Frontier
-from .reader import export_chunks, iter_records, prove, read_stream
+from .base import LogBase, encode_base
+from .reader import export_chunks, iter_records, load_base, prove, walk_dir
 from .record import Record, assemble_record, leaf_hash, prepare_body
-from .store import SegmentWriter, cut_torn_tail, load_segments, lock_directory, stream_of
-from .verify import VerifiedLog, verify_stream, walk_stream
+from .store import (SegmentWriter, cut_torn_tail, load_segments, lock_directory, read_segment, segment_files,
+                    stream_of, unlink_segments, write_base)
+from .verify import VerifiedLog, walk_stream
 
-__all__ = ["Ledger", "Receipt", "Durability"]
+__all__ = ["Ledger", "Receipt", "Durability", "PruneResult", "DiskUsage"]
 
 log = logging.getLogger("kestrel.ledger")
 Durability = Literal["strict", "batched"]
@@ -52,6 +53,28 @@ class Receipt:
     seq: int
     digest: str
     time: float
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What :meth:`Ledger.prune` dropped: records ``first_seq .. new_first_seq - 1``."""
+
+    first_seq: int  # the first record before the prune
+    new_first_seq: int  # the first record kept (the new base's size)
+    segments: int  # segment files deleted
+    bytes_freed: int
+
+    @property
+    def records(self) -> int:
+        return self.new_first_seq - self.first_seq
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """Bytes the ledger directory holds, and its segments as (first seq, bytes), oldest first."""
+
+    total: int
+    segments: tuple[tuple[int, int], ...]
 
 
 class _Item:
@@ -144,14 +167,17 @@ class Ledger:
         return self
 
     def _recover(self, max_segment_bytes: int) -> None:
+        self._base = load_base(self._dir, self._pk)
+        self._prune_lock = threading.Lock()
+        if self._base is not None:  # finish a prune that was interrupted before its segments were deleted
+            unlink_segments(self._dir, [p for start, p, _ in segment_files(self._dir) if start < self._base.size])
         segments = load_segments(self._dir)
-        verified, walker = walk_stream(stream_of(segments), self._pk, allow_torn_tail=True, all_signatures=False)
+        verified, walker = walk_stream(stream_of(segments), self._pk, allow_torn_tail=True, all_signatures=False,
+                                       base=self._base)
         if verified.torn_bytes:
             cut_torn_tail(self._dir, segments[-1], verified.torn_bytes)
             segments = load_segments(self._dir)
-        self._frontier = Frontier()
-        for leaf in walker.leaves:
-            self._frontier.append(leaf)
+        self._frontier = walker.frontier()
         self._size = walker.size
         self._prev = walker.prev
         self._latest_cp = verified.checkpoint
@@ -176,6 +202,71 @@ class Ledger:
     @property
     def directory(self) -> Path:
         return self._dir
+
+    @property
+    def first_seq(self) -> int:
+        """The first record still stored (0 unless the ledger was pruned)."""
+        return self._base.size if self._base is not None else 0
+
+    @property
+    def base(self) -> LogBase | None:
+        """The signed base of a pruned ledger (None if never pruned)."""
+        return self._base
+
+    def disk_usage(self) -> DiskUsage:
+        """Bytes used by the ledger directory (segments, base, torn/ files), and per segment."""
+        segs = tuple((start, size) for start, _, size in segment_files(self._dir))
+        total = sum(size for _, size in segs)
+        for extra in (self._dir / "base", self._dir / "lock"):
+            try:
+                total += extra.stat().st_size
+            except FileNotFoundError:
+                pass
+        try:
+            total += sum(e.stat().st_size for e in os.scandir(self._dir / "torn") if e.is_file())
+        except FileNotFoundError:
+            pass
+        return DiskUsage(total, segs)
+
+    def prune(self, before_seq: int, *, reason: str = "manual", details: dict[str, Any] | None = None) -> PruneResult:
+        """Delete the oldest whole segments whose records all precede ``before_seq``.
+
+        Never the segment being written, never a partial segment: records from the returned
+        ``new_first_seq`` on are kept. Crash-safe order: a new signed base (frontier, prev hash and a
+        checkpoint for exactly ``new_first_seq`` records) is written and fsynced first, then the
+        segments are unlinked and the directory fsynced. A ``ledger.pruned`` record (range,
+        ``reason``, counts, and ``details``) is appended when something was dropped.
+        """
+        with self._prune_lock:
+            self._check_open()
+            old_first = self.first_seq
+            files = [f for f in segment_files(self._dir) if f[0] >= old_first]
+            with self._cond:
+                durable = self._size
+            # a segment goes only if the next one starts at or below before_seq (and it is not the last)
+            drop = [(start, path, size) for (start, path, size), (nxt, _, _) in zip(files, files[1:])
+                    if nxt <= min(before_seq, durable)]
+            if not drop:
+                return PruneResult(old_first, old_first, 0, 0)
+            new_first = files[len(drop)][0]
+            pruned = [read_segment(path, start) for start, path, _ in drop]
+            verified, walker = walk_stream(stream_of(pruned), self._pk, all_signatures=False, base=self._base)
+            if walker.size != new_first:
+                raise LedgerError(f"segments before {new_first} hold records up to {walker.size - 1}",
+                                  hint="run `kestrel audit verify`")
+            frontier = walker.frontier()
+            cp = sign_checkpoint(self._signer, size=new_first, root=frontier.root())
+            base = encode_base(frontier=frontier, prev=walker.prev, checkpoint=cp)
+            write_base(self._dir, base.payload)
+            self._base = base
+            unlink_segments(self._dir, [path for _, path, _ in drop])
+            result = PruneResult(old_first, new_first, len(drop), sum(size for *_, size in drop))
+        log.warning("ledger: pruned records %d..%d (%d segments, %d bytes): %s",
+                    old_first, new_first - 1, result.segments, result.bytes_freed, reason)
+        self.append("ledger.pruned", {**(details or {}), "from": old_first, "to": new_first,
+                                      "records": result.records, "segments": result.segments,
+                                      "bytes": result.bytes_freed, "reason": reason})
+        return result
 
     def _enqueue(self, kind: str, body: dict[str, Any], future: concurrent.futures.Future | None) -> _Item:
         item = _Item(prepare_body(kind, body), future)
@@ -263,7 +354,7 @@ class Ledger:
 
     def verify(self) -> VerifiedLog:
         """Verify everything on disk; raise LedgerVerificationError naming the first bad record."""
-        return verify_stream(read_stream(self._dir), self._pk, allow_torn_tail=True)
+        return walk_dir(self._dir, self._pk)[0]
 
     def export(self, path: str | Path) -> VerifiedLog:
         """Write an export file of every signed record (see docs/ledger-format.md)."""

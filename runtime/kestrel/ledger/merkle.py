@@ -17,6 +17,7 @@ __all__ = [
     "EMPTY_ROOT",
     "node_hash",
     "Frontier",
+    "SubtreeSource",
     "tree_root",
     "inclusion_proof",
     "verify_inclusion",
@@ -63,6 +64,22 @@ class Frontier:
             h = node_hash(left, h)
         return h
 
+    @classmethod
+    def from_hashes(cls, size: int, hashes: Sequence[bytes]) -> "Frontier":
+        """Rebuild the frontier of a tree of ``size`` leaves from :attr:`hashes` (ValueError if they do not fit)."""
+        sizes = [1 << b for b in range(size.bit_length() - 1, -1, -1) if size >> b & 1] if size > 0 else []
+        if size < 0 or len(sizes) != len(hashes) or any(len(h) != 32 for h in hashes):
+            raise ValueError(f"a frontier of {size} leaves has {len(sizes)} hashes of 32 bytes")
+        f = cls()
+        f.size = size
+        f._stack = [(n, bytes(h)) for n, h in zip(sizes, hashes)]
+        return f
+
+    @property
+    def hashes(self) -> tuple[bytes, ...]:
+        """The perfect subtrees' roots, largest (leftmost) first: the state :meth:`from_hashes` takes."""
+        return tuple(h for _, h in self._stack)
+
     def copy(self) -> "Frontier":
         other = Frontier()
         other.size = self.size
@@ -83,10 +100,37 @@ def tree_root(leaves: Sequence[bytes]) -> bytes:
     return f.root()
 
 
-def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
-    """PATH(index, D[n]) for the tree of ``leaves``."""
-    if not 0 <= index < len(leaves):
-        raise ValueError(f"leaf index {index} outside tree of size {len(leaves)}")
+class SubtreeSource:
+    """Subtree roots of a tree whose first ``base.size`` leaves are known only by their frontier
+    (a pruned log): ranges inside the pruned part are available only as whole frontier subtrees."""
+
+    def __init__(self, leaves: Sequence[bytes], base: Frontier | None = None) -> None:
+        self.leaves = leaves
+        self.offset = base.size if base is not None else 0
+        self.size = self.offset + len(leaves)
+        self._blocks: dict[tuple[int, int], bytes] = {}
+        lo = 0
+        for n, h in (base._stack if base is not None else ()):
+            self._blocks[(lo, lo + n)] = h
+            lo += n
+
+    def root(self, lo: int, hi: int) -> bytes:
+        """MTH of leaves [lo, hi); ValueError if it needs pruned leaves."""
+        if (lo, hi) in self._blocks:
+            return self._blocks[(lo, hi)]
+        if lo >= self.offset:
+            return tree_root(self.leaves[lo - self.offset : hi - self.offset])
+        if hi <= self.offset or hi - lo == 1:
+            raise ValueError(f"leaves {lo}..{hi - 1} were pruned: only the frontier at {self.offset} is kept")
+        k = _split(hi - lo)
+        return node_hash(self.root(lo, lo + k), self.root(lo + k, hi))
+
+
+def inclusion_proof(index: int, leaves: Sequence[bytes], *, base: Frontier | None = None) -> list[bytes]:
+    """PATH(index, D[n]) for the tree of ``leaves`` (with ``base``: of the base's leaves then ``leaves``)."""
+    src = SubtreeSource(leaves, base)
+    if not src.offset <= index < src.size:
+        raise ValueError(f"leaf index {index} outside tree of size {src.size} (first kept leaf {src.offset})")
 
     def path(m: int, lo: int, hi: int) -> list[bytes]:
         n = hi - lo
@@ -94,10 +138,10 @@ def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
             return []
         k = _split(n)
         if m < k:
-            return path(m, lo, lo + k) + [tree_root(leaves[lo + k : hi])]
-        return path(m - k, lo + k, hi) + [tree_root(leaves[lo : lo + k])]
+            return path(m, lo, lo + k) + [src.root(lo + k, hi)]
+        return path(m - k, lo + k, hi) + [src.root(lo, lo + k)]
 
-    return path(index, 0, len(leaves))
+    return path(index, 0, src.size)
 
 
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> None:
@@ -125,9 +169,10 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
         raise ProofError("inclusion proof does not lead to the checkpoint's root")
 
 
-def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
-    """PROOF(m, D[n]): shows the tree of ``old_size`` is a prefix of the tree of ``leaves``."""
-    n = len(leaves)
+def consistency_proof(old_size: int, leaves: Sequence[bytes], *, base: Frontier | None = None) -> list[bytes]:
+    """PROOF(m, D[n]): shows the tree of ``old_size`` is a prefix of the tree of ``leaves`` (see inclusion_proof)."""
+    src = SubtreeSource(leaves, base)
+    n = src.size
     if not 0 <= old_size <= n:
         raise ValueError(f"old size {old_size} outside 0..{n}")
     if old_size in (0, n):
@@ -136,11 +181,11 @@ def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
     def sub(m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
         n = hi - lo
         if m == n:
-            return [] if complete else [tree_root(leaves[lo:hi])]
+            return [] if complete else [src.root(lo, hi)]
         k = _split(n)
         if m <= k:
-            return sub(m, lo, lo + k, complete) + [tree_root(leaves[lo + k : hi])]
-        return sub(m - k, lo + k, hi, False) + [tree_root(leaves[lo : lo + k])]
+            return sub(m, lo, lo + k, complete) + [src.root(lo + k, hi)]
+        return sub(m - k, lo + k, hi, False) + [src.root(lo, lo + k)]
 
     return sub(old_size, 0, n, True)
 

@@ -11,15 +11,31 @@ from pathlib import Path
 from typing import Iterator
 
 from ..identity.keys import PublicKey
+from .base import LogBase, verify_base
 from .checkpoint import SignedCheckpoint
 from .errors import LedgerError, LedgerVerificationError, Reason, RecordError
 from .export import encode_export, encode_proof
 from .frame import RECORD, FrameDamage, iter_frames
 from .record import Record, decode_record
-from .store import load_segments, stream_of
-from .verify import VerifiedLog, is_torn_tail, walk_stream
+from .store import load_segments, read_base, stream_of
+from .verify import LogWalker, VerifiedLog, is_torn_tail, walk_stream
 
-__all__ = ["read_stream", "iter_records", "verify_dir", "export_chunks", "prove"]
+__all__ = ["read_stream", "load_base", "walk_dir", "iter_records", "verify_dir", "export_chunks", "prove"]
+
+
+def load_base(ledger_dir: Path, public_key: PublicKey) -> LogBase | None:
+    """The verified base of a pruned log (None if never pruned); raises if it does not verify."""
+    payload = read_base(Path(ledger_dir))
+    return verify_base(payload, public_key) if payload is not None else None
+
+
+def walk_dir(
+    ledger_dir: Path, public_key: PublicKey, *, trusted: SignedCheckpoint | None = None, all_signatures: bool = True
+) -> tuple[VerifiedLog, LogWalker]:
+    """Verify the on-disk log from its base (if pruned); an unfinished final write is tolerated."""
+    base = load_base(ledger_dir, public_key)
+    return walk_stream(read_stream(ledger_dir), public_key, trusted=trusted, allow_torn_tail=True,
+                       all_signatures=all_signatures, base=base)
 
 
 def read_stream(ledger_dir: Path, *, from_seq: int = 0) -> bytes:
@@ -59,23 +75,28 @@ def iter_records(ledger_dir: Path, *, since_seq: int = 0, kind: str | None = Non
 
 def verify_dir(ledger_dir: Path, public_key: PublicKey, *, trusted: SignedCheckpoint | None = None) -> VerifiedLog:
     """Verify the whole on-disk log (an unfinished final write is tolerated and counted)."""
-    return walk_stream(read_stream(ledger_dir), public_key, trusted=trusted, allow_torn_tail=True)[0]
+    return walk_dir(ledger_dir, public_key, trusted=trusted)[0]
 
 
 def export_chunks(ledger_dir: Path, public_key: PublicKey) -> tuple[VerifiedLog, Iterator[bytes]]:
     """Verify, then the export of every record covered by the latest signed checkpoint."""
-    verified, walker = walk_stream(read_stream(ledger_dir), public_key, allow_torn_tail=True)
+    verified, walker = walk_dir(ledger_dir, public_key)
     if verified.checkpoint is None:
         raise LedgerError("the ledger has no signed checkpoint yet", hint="start the agent once so that it signs its log")
     cp = verified.checkpoint
-    raws = (r.raw for r in iter_records(ledger_dir) if r.seq < cp.size)
-    return verified, encode_export(cp, raws)
+    raws = (r.raw for r in iter_records(ledger_dir, since_seq=walker.offset) if r.seq < cp.size)
+    return verified, encode_export(cp, raws, base=walker.base)
 
 
 def prove(ledger_dir: Path, public_key: PublicKey, seq: int) -> bytes:
     """An inclusion-proof file for record ``seq`` against the latest signed checkpoint."""
-    verified, walker = walk_stream(read_stream(ledger_dir), public_key, allow_torn_tail=True)
+    verified, walker = walk_dir(ledger_dir, public_key)
     cp = verified.checkpoint
+    if seq < walker.offset:
+        raise LedgerError(
+            f"record {seq} was pruned: the ledger keeps records from {walker.offset} on",
+            hint="prove it from an export made before the prune",
+        )
     if cp is None or not 0 <= seq < cp.size:
         signed = cp.size if cp else 0
         raise LedgerError(
@@ -83,4 +104,4 @@ def prove(ledger_dir: Path, public_key: PublicKey, seq: int) -> bytes:
             hint="`kestrel audit log` lists the records",
         )
     raw = next(r.raw for r in iter_records(ledger_dir, since_seq=seq))
-    return encode_proof(seq, walker.leaves[: cp.size], raw, cp)
+    return encode_proof(seq, walker.leaves[: cp.size - walker.offset], raw, cp, base=walker.base_frontier())

@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir
+from .base import BASE_MAGIC, MAX_BASE_SIZE, base_size_unsafe
 from .errors import LedgerIOError, LedgerVerificationError, Reason
 
-__all__ = ["SEGMENT_MAGIC", "Segment", "load_segments", "stream_of", "cut_torn_tail", "lock_directory", "SegmentWriter"]
+__all__ = ["SEGMENT_MAGIC", "BASE_FILE", "Segment", "segment_files", "load_segments", "read_segment", "read_base", "write_base", "unlink_segments", "stream_of", "cut_torn_tail", "lock_directory", "SegmentWriter"]
 
 log = logging.getLogger("kestrel.ledger")
 
 SEGMENT_MAGIC = b"KLEDGER\x01"
+BASE_FILE = "base"  # a pruned log's base (see base.py); absent until the first prune
 _NAME = re.compile(r"^([0-9]{20})\.seg$")
 
 
@@ -44,8 +46,66 @@ def _io_error(action: str, path: Path, exc: OSError) -> LedgerIOError:
     return LedgerIOError(f"cannot {action} {path}: {exc.strerror or exc}", hint=hint)
 
 
+def read_base(ledger_dir: Path) -> bytes | None:
+    """The base payload (unverified) of a pruned log, or None if the log was never pruned."""
+    path = ledger_dir / BASE_FILE
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BASE_SIZE + len(BASE_MAGIC) + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _io_error("read the ledger base", path, exc) from None
+    if not data.startswith(BASE_MAGIC) or base_size_unsafe(data[len(BASE_MAGIC) :]) is None:
+        raise LedgerVerificationError(0, Reason.CORRUPT, f"{path} is not a ledger base file")
+    return data[len(BASE_MAGIC) :]
+
+
+def write_base(ledger_dir: Path, payload: bytes) -> None:
+    """Replace the base durably (temporary file, fsync, rename, directory fsync)."""
+    try:
+        atomic_write(ledger_dir / BASE_FILE, BASE_MAGIC + payload)
+    except OSError as exc:
+        raise _io_error("write the ledger base", ledger_dir / BASE_FILE, exc) from None
+
+
+def unlink_segments(ledger_dir: Path, paths: list[Path]) -> None:
+    """Delete pruned segments (oldest first), then make the deletions durable."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _io_error("delete pruned segment", path, exc) from None
+    fsync_dir(ledger_dir)
+
+
+def segment_files(ledger_dir: Path) -> list[tuple[int, Path, int]]:
+    """(first seq, path, bytes) of every segment file, oldest first, without reading them."""
+    out = []
+    try:
+        entries = list(os.scandir(ledger_dir))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise _io_error("list the ledger directory", ledger_dir, exc) from None
+    for entry in entries:
+        m = _NAME.match(entry.name)
+        if m:
+            try:
+                out.append((int(m.group(1)), Path(entry.path), entry.stat(follow_symlinks=False).st_size))
+            except FileNotFoundError:
+                continue
+    return sorted(out)
+
+
 def load_segments(ledger_dir: Path) -> list[Segment]:
-    """Read every segment in order; refuse stray or damaged segment headers."""
+    """Read every segment in order (from the base, if pruned); refuse stray or damaged segment headers.
+
+    Segments that start below the base are leftovers of an interrupted prune: skipped."""
+    base = read_base(ledger_dir)
+    floor = base_size_unsafe(base) if base is not None else 0
     try:
         names = sorted(os.listdir(ledger_dir))
     except FileNotFoundError:
@@ -55,20 +115,22 @@ def load_segments(ledger_dir: Path) -> list[Segment]:
     segments = []
     for name in names:
         m = _NAME.match(name)
-        if not m:
-            continue  # torn/, temporary files
-        path = ledger_dir / name
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise _io_error("read ledger segment", path, exc) from None
-        if data[: len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
-            raise LedgerVerificationError(
-                int(m.group(1)), Reason.BIT_FLIP, f"segment {path} does not start with the ledger magic bytes"
-            )
-        segments.append(Segment(path, int(m.group(1)), data))
+        if not m or int(m.group(1)) < floor:  # torn/, temporary files, pruned leftovers
+            continue
+        segments.append(read_segment(ledger_dir / name, int(m.group(1))))
     return segments
+
+
+def read_segment(path: Path, first_seq: int) -> Segment:
+    """One whole segment file; its magic must be right."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise _io_error("read ledger segment", path, exc) from None
+    if data[: len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
+        raise LedgerVerificationError(first_seq, Reason.BIT_FLIP, f"segment {path} does not start with the ledger magic bytes")
+    return Segment(path, first_seq, data)
 
 
 def stream_of(segments: list[Segment]) -> bytes:

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ..identity.keys import PublicKey
+from .base import LogBase
 from .checkpoint import CheckpointError, SignedCheckpoint, parse_checkpoint_unsafe, verify_checkpoint
 from .errors import LedgerVerificationError, Reason, RecordError
-from .frame import RECORD, Frame, FrameDamage, find_next_frame, iter_frames
+from .frame import BASE, RECORD, Frame, FrameDamage, find_next_frame, iter_frames
 from .merkle import Frontier, tree_root
 from .record import ZERO_HASH, Record, decode_record
 
@@ -31,6 +32,7 @@ class VerifiedLog:
     signed_size: int
     checkpoint: SignedCheckpoint | None
     torn_bytes: int = 0  # bytes of an unfinished write ignored at the end (on-disk logs only)
+    first_seq: int = 0  # a pruned log's base size: records before it are gone (see LogBase)
 
     @property
     def unsigned(self) -> int:
@@ -48,18 +50,23 @@ def is_torn_tail(buf: bytes, damage: FrameDamage) -> bool:
 class LogWalker:
     """Checks records one by one: sequence, hash chain; keeps the leaf hashes for roots."""
 
-    def __init__(self, buf: bytes) -> None:
+    def __init__(self, buf: bytes, base: LogBase | None = None) -> None:
         self._buf = buf
+        self.base = base
+        self.offset = base.size if base is not None else 0  # seq of leaves[0]
         self.leaves: list[bytes] = []
-        self.prev = ZERO_HASH
-        self._frontier = Frontier()  # at self._frontier.size <= len(leaves)
+        self.prev = base.prev if base is not None else ZERO_HASH
+        self._frontier = base.frontier() if base is not None else Frontier()  # offset <= size <= self.size
 
     @property
     def size(self) -> int:
-        return len(self.leaves)
+        return self.offset + len(self.leaves)
+
+    def base_frontier(self) -> Frontier | None:
+        return self.base.frontier() if self.base is not None else None
 
     def add(self, frame: Frame) -> Record:
-        expected = len(self.leaves)
+        expected = self.size
         try:
             rec = decode_record(frame.payload)
         except RecordError as exc:
@@ -94,11 +101,23 @@ class LogWalker:
                     continue
         return False
 
+    def frontier(self) -> Frontier:
+        """The compact range of every leaf walked so far (a copy)."""
+        self.root_at(self.size)
+        return self._frontier.copy()
+
     def root_at(self, size: int) -> bytes:
         """Root of the first ``size`` leaves (cheap for increasing sizes)."""
+        if size < self.offset:
+            raise ValueError(f"the tree of {size} records was pruned (the log starts at {self.offset})")
         if size < self._frontier.size:
-            return tree_root(self.leaves[:size])
-        for leaf in self.leaves[self._frontier.size : size]:
+            if self.base is None:
+                return tree_root(self.leaves[:size])
+            f = self.base.frontier()
+            for leaf in self.leaves[: size - self.offset]:
+                f.append(leaf)
+            return f.root()
+        for leaf in self.leaves[self._frontier.size - self.offset : size - self.offset]:
             self._frontier.append(leaf)
         return self._frontier.root()
 
@@ -141,15 +160,19 @@ def walk_stream(
     trusted: SignedCheckpoint | None = None,
     allow_torn_tail: bool = False,
     all_signatures: bool = True,
+    base: LogBase | None = None,
 ) -> tuple[VerifiedLog, LogWalker]:
     """:func:`verify_stream`, also returning the walker (leaf hashes, last hash) for a writer.
 
     With ``all_signatures=False`` (a writer reopening its own log) only the latest checkpoint's
     signature, and those of checkpoints that disagree with the records, are checked; every
     checkpoint's root still is. A full audit checks every signature.
+
+    With ``base`` (a pruned log, already verified) the records start at ``base.size``;
+    checkpoints older than the base are checked for their signature only.
     """
-    walker = LogWalker(buf)
-    checkpoints: list[SignedCheckpoint] = []
+    walker = LogWalker(buf, base)
+    checkpoints: list[SignedCheckpoint] = [base.checkpoint] if base is not None else []
     torn = 0
     for item in iter_frames(buf, start):
         if isinstance(item, FrameDamage):
@@ -160,7 +183,11 @@ def walk_stream(
         if item.type == RECORD:
             walker.add(item)
             continue
+        if item.type == BASE:
+            raise LedgerVerificationError(walker.size, Reason.CORRUPT, f"a base frame inside the log at byte {item.offset}")
         cp = _checkpoint(item.payload, max(walker.size - 1, 0), public_key, verify=all_signatures)
+        if cp.size < walker.offset:
+            continue  # signed before the prune point: its tree is gone, the base covers it
         if cp.size > walker.size:
             more = any(isinstance(f, Frame) and f.type == RECORD for f in iter_frames(buf, item.end))
             reason = Reason.MISSING if more else Reason.TRUNCATED
@@ -181,6 +208,7 @@ def walk_stream(
         signed_size=latest.size if latest else 0,
         checkpoint=latest,
         torn_bytes=torn,
+        first_seq=walker.offset,
     )
     return verified, walker
 
@@ -210,6 +238,13 @@ def _check_roots(walker: LogWalker, checkpoints: Iterable[SignedCheckpoint], pub
 
 def check_trusted(walker: LogWalker, trusted: SignedCheckpoint) -> None:
     """The log must extend a checkpoint the verifier already trusts."""
+    if trusted.size < walker.offset:
+        raise LedgerVerificationError(
+            trusted.size,
+            Reason.TRUNCATED,
+            f"the log was pruned below record {walker.offset}: a trusted checkpoint for {trusted.size} records "
+            "cannot be checked against it; check it against an export made before the prune",
+        )
     if trusted.size > walker.size:
         raise LedgerVerificationError(
             walker.size,

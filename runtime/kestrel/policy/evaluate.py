@@ -4,22 +4,95 @@ Order (docs/policy.md): deny rules first (a match denies, whatever allows);
 then the action must be named by an allow rule (else ``default-deny``); then
 the network restriction; then the action's allow rules in file order, the
 first whose arguments, time window and rate limit all pass allows.
+
+A :class:`Policy` compiles itself, once, into one :class:`ActionPlan` per action
+it names (:func:`compile_plans`): only the deny rules that can match the action
+and its own allow rules, with argument checks as prebuilt functions, reason
+texts formatted, and the network allow-list entries that apply to the action
+indexed by host. :func:`evaluate` then walks that plan and allocates nothing but
+the :class:`Decision`.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
-from .model import ActionRequest, ArgConstraint, Decision, Policy, PolicyState, Rule, args_digest
+from .model import ActionRequest, Check, Decision, Policy, PolicyState, Rule, TimeWindow, args_digest, make_decision
 
-__all__ = ["evaluate", "destination", "NO_POLICY_DIGEST"]
+__all__ = ["evaluate", "destination", "compile_plans", "ActionPlan", "NO_POLICY_DIGEST"]
 
 NO_POLICY_DIGEST = "0" * 64
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "smtp": 25, "smtps": 465,
                   "submission": 587, "mqtt": 1883, "mqtts": 8883}
 _LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "::1"})
+_OUTSIDE_WINDOW = "outside the permitted time window"
+
+
+class DenyStep(NamedTuple):
+    id: str
+    reason: str
+    window: TimeWindow | None
+    conds: tuple[tuple[str, Check, Callable[[Any], bool]], ...]  # (argument, check_one, matches_any)
+
+
+class AllowStep(NamedTuple):
+    id: str
+    reason: str
+    window: TimeWindow | None
+    conds: tuple[tuple[str, bool, Check, Check, str], ...]  # (argument, optional, check_one, check, "required")
+    rate_key: str | None
+    rate_count: int
+    rate_per: float
+    rate_reason: str
+
+
+class ActionPlan(NamedTuple):
+    """What :func:`evaluate` looks at for one action, in evaluation order."""
+
+    deny: tuple[DenyStep, ...]
+    deny_always: bool  # some deny step needs no argument (only a window, or nothing)
+    deny_args: frozenset[str]  # otherwise a deny step can match only if one of these is an argument
+    allow: tuple[AllowStep, ...]  # empty: the action is not permitted (default deny)
+    needs_destination: bool  # a network action: its arguments must name a destination
+    net_exact: Mapping[str, frozenset[int | None]]  # allow-list host -> ports (None: any) for this action
+    net_wild: tuple[tuple[str, int | None], ...]  # (".suffix", port or None) for this action
+
+
+def compile_plans(policy: Policy) -> dict[str, ActionPlan]:
+    """One plan per action the policy names, and ``"*"`` for every other action."""
+    names = set(policy.allow) | {r.action for r in policy.deny}
+    return {name: _plan(policy, name) for name in names | {"*"}}
+
+
+def _plan(policy: Policy, action: str) -> ActionPlan:
+    deny = tuple(DenyStep(r.id, r.reason or f"denied by {r.id}", r.window,
+                          tuple((c.name, c.check_one, c.matches_any) for c in r.args))
+                 for r in policy.deny if r.action in (action, "*"))
+    allow = tuple(_allow_step(r) for r in policy.allow.get(action, ()) if action != "*")
+    exact: dict[str, set[int | None]] = {}
+    wild = []
+    for a in policy.net_allow:
+        if a.actions is not None and action not in a.actions:
+            continue
+        if a.host.startswith("*."):
+            wild.append((a.host[1:], a.port))
+        else:
+            exact.setdefault(a.host, set()).add(a.port)
+    return ActionPlan(deny, any(not d.conds for d in deny), frozenset(d.conds[0][0] for d in deny if d.conds),
+                      allow, action in policy.network_actions,
+                      {h: frozenset(p) for h, p in exact.items()}, tuple(wild))
+
+
+def _allow_step(r: Rule) -> AllowStep:
+    conds = tuple((c.name, c.optional, c.check_one, c.check, f"argument '{c.name}' is required") for c in r.args)
+    rate = r.rate
+    if rate is None:
+        return AllowStep(r.id, r.reason or f"allowed by {r.id}", r.window, conds, None, 0, 0.0, "")
+    return AllowStep(r.id, r.reason or f"allowed by {r.id}", r.window, conds, rate.key, rate.count, rate.per,
+                     f"rate limit reached ({rate.count} per {rate.per:g} s)")
 
 
 def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, now: float) -> Decision:
@@ -27,63 +100,61 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
     action, args = request.action, request.args
     digest = args_digest(args)
     if policy is None:
-        return Decision(False, action, "default-deny", "no policy is installed", NO_POLICY_DIGEST, digest)
-
-    for rule in policy.deny_rules(action):
-        if _deny_matches(rule, args, now):
-            return Decision(False, action, rule.id, rule.reason or f"denied by {rule.id}", policy.digest, digest)
-    rules = policy.allow.get(action)
-    if not rules:
-        return Decision(False, action, "default-deny", f"action '{action}' is not permitted by the policy",
-                        policy.digest, digest)
-    why = _network_refusal(policy, action, args)
-    if why is not None:
-        return Decision(False, action, why[0], why[1], policy.digest, digest)
-    first: tuple[str, str] | None = None
-    for rule in rules:
-        fail = _allow_fails(rule, args, state, now)
-        if fail is None:
-            key = rule.rate.key if rule.rate is not None else None
-            return Decision(True, action, rule.id, rule.reason or f"allowed by {rule.id}",
-                            policy.digest, digest, key)
-        if first is None:
-            first = (rule.id, fail)
-    assert first is not None
-    return Decision(False, action, first[0], first[1], policy.digest, digest)
-
-
-def _allow_fails(rule: Rule, args: Mapping[str, Any], state: PolicyState, now: float) -> str | None:
-    if rule.window is not None and not rule.window.contains(now):
-        return "outside the permitted time window"
-    for c in rule.args:
-        if c.name not in args:
-            if c.optional:
+        return make_decision(False, action, "default-deny", "no policy is installed", NO_POLICY_DIGEST, digest)
+    plans = policy.plans
+    plan = plans.get(action) or plans["*"]
+    pdigest = policy.digest
+    if plan.deny_always or not plan.deny_args.isdisjoint(args):
+        for rid, reason, window, conds in plan.deny:
+            if window is not None and not window.contains(now):
                 continue
-            return f"argument '{c.name}' is required"
-        why = c.check(args[c.name])
-        if why is not None:
-            return why
-    rate = rule.rate
-    if rate is not None and (now < state.saturated_until or state.count(rate.key, now - rate.per) >= rate.count):
-        return f"rate limit reached ({rate.count} per {rate.per:g} s)"
-    return None
+            for name, one, matches_any in conds:
+                if name not in args:
+                    break
+                v = args[name]
+                if not (matches_any(v) if isinstance(v, (list, tuple)) else one(v) is None):
+                    break
+            else:
+                return make_decision(False, action, rid, reason, pdigest, digest)
+    if not plan.allow:
+        return make_decision(False, action, "default-deny", f"action '{action}' is not permitted by the policy",
+                             pdigest, digest)
+    if "url" in args or "host" in args:
+        refused = _network_refusal(policy, plan, action, args)
+        if refused is not None:
+            return make_decision(False, action, refused[0], refused[1], pdigest, digest)
+    elif plan.needs_destination:
+        return make_decision(False, action, "network", _no_destination(action), pdigest, digest)
+    first: tuple[str, str] | None = None
+    for rid, reason, window, conds, rate_key, rate_count, rate_per, rate_reason in plan.allow:
+        fail: str | None = None
+        if window is not None and not window.contains(now):
+            fail = _OUTSIDE_WINDOW
+        else:
+            for name, optional, one, check, missing in conds:
+                if name in args:
+                    v = args[name]
+                    fail = check(v) if isinstance(v, (list, tuple)) else one(v)
+                    if fail is not None:
+                        break
+                elif not optional:
+                    fail = missing
+                    break
+            if fail is None and rate_key is not None:
+                times = state.hits.get(rate_key)
+                if now < state.saturated_until or (
+                        (len(times) - bisect_right(times, now - rate_per) if times else 0) >= rate_count):
+                    fail = rate_reason
+        if fail is None:
+            return make_decision(True, action, rid, reason, pdigest, digest, rate_key)
+        if first is None:
+            first = (rid, fail)
+    assert first is not None
+    return make_decision(False, action, first[0], first[1], pdigest, digest)
 
 
-def _deny_matches(rule: Rule, args: Mapping[str, Any], now: float) -> bool:
-    if rule.window is not None and not rule.window.contains(now):
-        return False
-    for c in rule.args:
-        if c.name not in args or not _any_item_matches(c, args):
-            return False
-    return True
-
-
-def _any_item_matches(c: ArgConstraint, args: Mapping[str, Any]) -> bool:
-    if c.name not in args:
-        return False
-    value = args[c.name]
-    items = value if isinstance(value, (list, tuple)) else (value,)
-    return any(c.check(item) is None for item in items)
+def _no_destination(action: str) -> str:
+    return f"'{action}' is a network action; give its destination as 'url' or 'host'"
 
 
 def destination(args: Mapping[str, Any]) -> tuple[str, int | None] | None:
@@ -130,20 +201,25 @@ def _is_loopback(host: str) -> bool:
     return host in _LOOPBACK_NAMES or host.startswith("127.") and host.replace(".", "").isdigit()
 
 
-def _network_refusal(policy: Policy, action: str, args: Mapping[str, Any]) -> tuple[str, str] | None:
+def _network_refusal(policy: Policy, plan: ActionPlan, action: str,
+                     args: Mapping[str, Any]) -> tuple[str, str] | None:
     try:
         dest = destination(args)
     except ValueError as exc:
         return ("network", str(exc))
     if dest is None:
-        if action in policy.network_actions:
-            return ("network", f"'{action}' is a network action; give its destination as 'url' or 'host'")
+        if plan.needs_destination:
+            return ("network", _no_destination(action))
         return None
     if not policy.no_external_network or _is_loopback(dest[0]):
         return None
     host, port = dest
-    if any(a.permits(action, host, port) for a in policy.net_allow):
+    ports = plan.net_exact.get(host)
+    if ports is not None and (None in ports or port in ports):
         return None
+    for suffix, want in plan.net_wild:
+        if (want is None or want == port) and host.endswith(suffix):
+            return None
     where = f"{host}:{port}" if port is not None else host
     return (policy.restriction_id or "network",
             f"external network destination {where} is not in the policy's network allow-list")

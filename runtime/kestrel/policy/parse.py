@@ -264,7 +264,8 @@ def _args(ctx: _Ctx, node: yaml.Node, rid: str) -> list[ArgConstraint]:
             t = ctx.scalar(c["type"], f"{what}.type", (str,))
             if t is not None and t not in ("str", "int", "number", "bool"):
                 ctx.err(c["type"], f"{what}.type must be one of str, int, number, bool")
-            kw["type"] = t
+            else:
+                kw["type"] = t
         if "equals" in c:
             kw.update(equals=ctx.scalar(c["equals"], f"{what}.equals", (str, int, float, bool)), has_equals=True)
         if "enum" in c:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
-__all__ = ["TokenBucket", "RetentionPolicy", "retention_warnings"]
+__all__ = ["TokenBucket", "RetentionPolicy", "retention_warnings", "prune_point"]
 
 
 class TokenBucket:
@@ -30,6 +31,8 @@ class RetentionPolicy:
     ``on_full``: ``"keep"`` (default: never drop a record before it is synced; the owner is
     warned), ``"drop-synced"`` (records already acknowledged may be pruned). Records that are not
     yet synced are dropped only under ``"drop-oldest"``, which the owner must choose explicitly.
+    Warnings start at ``warn_fraction`` of ``max_bytes``; pruning starts halfway between that and
+    the limit (:attr:`prune_at`) and frees whole segments until usage is below the warning level.
     """
 
     max_bytes: int | None = None
@@ -41,6 +44,11 @@ class RetentionPolicy:
             raise ValueError(f"unknown retention on_full {self.on_full!r}")
         if not 0 < self.warn_fraction <= 1:
             raise ValueError("warn_fraction must be in (0, 1]")
+
+    @property
+    def prune_at(self) -> float:
+        """Usage (bytes) at which pruning starts (``max_bytes`` if none)."""
+        return (1 + self.warn_fraction) / 2 * self.max_bytes if self.max_bytes else float("inf")
 
 
 def retention_warnings(policy: RetentionPolicy, *, used_bytes: int, backlog: int) -> tuple[str, ...]:
@@ -56,3 +64,24 @@ def retention_warnings(policy: RetentionPolicy, *, used_bytes: int, backlog: int
             "drop-synced": "records already synced will be pruned",
             "drop-oldest": f"the oldest records will be pruned even if not synced ({backlog} unsynced)"}
     return (f"ledger uses {used_bytes} bytes, {level} ({policy.max_bytes} bytes): {what[policy.on_full]}",)
+
+
+def prune_point(policy: RetentionPolicy, *, used_bytes: int, segments: Sequence[tuple[int, int]],
+                acked: int, size: int) -> int | None:
+    """Where to prune (the ``before_seq`` for ``Ledger.prune``), or None to keep everything.
+
+    ``segments``: (first seq, bytes) of each segment, oldest first (the last is being written and
+    never pruned). ``drop-synced`` never goes past ``acked``; ``drop-oldest`` may go up to ``size``.
+    The oldest segments go until usage falls below ``warn_fraction * max_bytes``.
+    """
+    if policy.max_bytes is None or policy.on_full == "keep" or used_bytes < policy.prune_at:
+        return None
+    allowed = acked if policy.on_full == "drop-synced" else size
+    excess = used_bytes - policy.warn_fraction * policy.max_bytes
+    freed, before = 0, None
+    for (_, nbytes), (nxt, _) in zip(segments, segments[1:]):
+        if nxt > allowed or freed >= excess:
+            break
+        freed += nbytes
+        before = nxt
+    return before

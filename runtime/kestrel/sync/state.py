@@ -78,10 +78,11 @@ class SyncStatus:
     ledger_bytes: int = 0
     retention_limit: int | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    first_seq: int = 0  # the ledger's first stored record (> 0 once pruned)
 
     @property
     def backlog(self) -> int:
-        return max(0, self.ledger_size - self.acked)
+        return max(0, self.ledger_size - max(self.acked, self.first_seq))
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)

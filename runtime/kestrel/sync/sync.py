@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -29,7 +30,7 @@ from typing import Any, Mapping
 from ..errors import DataError, KestrelError
 from ._tasks import cancel_task
 from .config import SyncConfig, parse_sync_config
-from .limits import TokenBucket, retention_warnings
+from .limits import TokenBucket, prune_point, retention_warnings
 from .state import Offset, OffsetStore, SyncStatus, write_status
 from .tail import SegmentTail
 from .wire import BATCH_OVERHEAD, SyncBatch, SyncFormatError, decode_resend, encode_batch, ledger_topic, resend_topic
@@ -38,6 +39,8 @@ __all__ = ["LedgerSync", "run_sync"]
 
 log = logging.getLogger("kestrel.sync")
 _RECORD_OVERHEAD = 5  # msgpack bin header per record
+_NOTE_ROOM = 600  # room kept in a batch for a checkpoint note
+_MAX_SKIP_WARNINGS = 5
 
 
 class _Reader:
@@ -55,17 +58,22 @@ class _Reader:
         self._pos = -1  # seq of the next record to send (the first of _back, else the tail's next)
         self._back: deque[bytes] = deque()  # records read but left for the next batch
         self._cp: tuple[int, bytes] | None = None  # newest checkpoint frame read: (size, note)
+        self.skipped: list[tuple[int, int, str]] = []  # (seq, bytes, sha256 leaf hex) too large to send
 
     def read(self, start: int, checkpoint_sent: int) -> tuple[SyncBatch, int] | None:
-        """The next batch from ``start`` and the size of the checkpoint it carries (0: none)."""
+        """The next batch from ``start`` and the size of the checkpoint it carries (0: none).
+
+        A record too large for one message even alone is skipped (appended to :attr:`skipped`):
+        the batch then starts after it, or is empty when nothing else is ready."""
         from ..ledger.frame import CHECKPOINT
+        from ..ledger.record import leaf_hash
 
         durable = self._ledger.size
         records: list[bytes] = []
         if self._tail is None or self._pos != start:
             self._tail, self._pos, self._cp = SegmentTail(self._ledger.directory, start), start, None
             self._back.clear()
-        nbytes = BATCH_OVERHEAD + 600  # room for a checkpoint note
+        nbytes = BATCH_OVERHEAD + _NOTE_ROOM
         half = max(1, self._config.batch_records // 2)
         while len(records) < self._config.batch_records and start + len(records) < durable:
             if self._back:
@@ -84,6 +92,10 @@ class _Reader:
                         break
                     continue
                 raw = frame.payload
+            if not records and nbytes + len(raw) + _RECORD_OVERHEAD > self._config.batch_bytes:
+                self.skipped.append((start, len(raw), leaf_hash(raw).hex()))  # would never fit: never retry it
+                start += 1
+                continue
             if records and nbytes + len(raw) + _RECORD_OVERHEAD > self._config.batch_bytes:
                 self._back.appendleft(raw)
                 break
@@ -97,7 +109,7 @@ class _Reader:
             candidates.append((latest.size, latest.note))
         usable = [c for c in candidates if checkpoint_sent < c[0] <= min(end, durable)]
         if not records and not usable:
-            return None
+            return (SyncBatch(start, ()), 0) if self.skipped and self.skipped[-1][0] == start - 1 else None
         cp_size, note = max(usable, key=lambda c: c[0]) if usable else (0, None)
         return SyncBatch(start, tuple(records), note), cp_size
 
@@ -116,6 +128,9 @@ class LedgerSync:
     """Publishes one agent's ledger to the broker; never blocks the event loop."""
 
     def __init__(self, ledger: Any, bridge: Any, *, config: SyncConfig, state_dir: str | os.PathLike[str]) -> None:
+        limit = getattr(bridge, "max_payload", None)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit < config.batch_bytes:
+            config = dataclasses.replace(config, batch_bytes=limit)  # a message must pass the bridge
         self.ledger, self.bridge, self.config = ledger, bridge, config
         self.state_dir = Path(state_dir)
         self.did: str = ledger.public_key.did
@@ -137,6 +152,8 @@ class LedgerSync:
         self.resends = 0  # collector requests honoured
         self._rate = 0.0
         self._warnings: tuple[str, ...] = ()
+        self._skip_warnings: tuple[str, ...] = ()
+        self.pruned: list[Any] = []  # PruneResults of retention prunes in this process
         self._warn_level = 0
         self._ledger_bytes = 0
         self.published = 0  # messages acknowledged by the broker in this process
@@ -186,7 +203,8 @@ class LedgerSync:
                           ledger_size=self.ledger.size, rate=round(self._rate, 1), updated=time.time(),
                           pid=os.getpid(), ledger_bytes=self._ledger_bytes,
                           retention_limit=self.config.retention.max_bytes,
-                          warnings=self._warnings + ((self._error,) if self._error else ()))
+                          warnings=self._warnings + self._skip_warnings + ((self._error,) if self._error else ()),
+                          first_seq=getattr(self.ledger, "first_seq", 0))
 
     # -- the loop ------------------------------------------------------------------------------
     async def _main(self) -> None:
@@ -197,6 +215,10 @@ class LedgerSync:
                     await self._settle()
                     self._next, self._cp_sent = min(self._next, self._resend_from), 0
                     self._resend_from = None
+                first = getattr(self.ledger, "first_seq", 0)
+                if self._next < first:  # pruned before they were sent (retention drop-oldest)
+                    log.warning("sync: records %d..%d were pruned before being synced", self._next, first - 1)
+                    self._next = first
                 if not self.bridge.connected:
                     await self._settle()
                     await self.bridge.wait_connected(timeout=max(self.config.poll_s, 1.0))
@@ -204,15 +226,25 @@ class LedgerSync:
                 try:
                     got = await asyncio.to_thread(self._reader.read, self._next, self._cp_sent)
                 except KestrelError as exc:  # a damaged or unreadable ledger: report, retry later
+                    if self._next < getattr(self.ledger, "first_seq", 0):
+                        continue  # its segment was pruned while being read (drop-oldest): go on from the base
                     self._error = f"cannot read the ledger: {exc.message}"
                     log.error("sync: %s", self._error)
                     await asyncio.sleep(max(self.config.retry_s, 5.0))
                     continue
+                if self._reader.skipped:
+                    await self._report_skipped()
                 if got is None:
                     await self._settle()
                     await asyncio.sleep(self.config.poll_s)
                     continue
                 batch, cp_size = got
+                if not batch.records and batch.checkpoint is None:  # only skipped records: nothing to send
+                    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    done.set_result(None)
+                    self._inflight.append((batch, 0, done))  # type: ignore[arg-type]
+                    self._next = batch.end
+                    continue
                 payload = encode_batch(batch)
                 if self._bucket is not None:
                     delay = self._bucket.reserve(len(payload), now=time.monotonic())
@@ -266,6 +298,17 @@ class LedgerSync:
         self._next, self._cp_sent = self._offset.acked, self._offset.checkpoint_size
         await asyncio.sleep(self.config.retry_s)
 
+    async def _report_skipped(self) -> None:
+        """Records too large for one message: record each once in the ledger and in the status."""
+        skipped, self._reader.skipped = self._reader.skipped, []
+        for seq, size, digest in skipped:
+            why = (f"record {seq} ({size} bytes) is larger than a sync message may be "
+                   f"({self.config.batch_bytes} bytes): not sent; the collector will report a gap at {seq}")
+            log.warning("sync: %s", why)
+            self._skip_warnings = (self._skip_warnings + (why,))[-_MAX_SKIP_WARNINGS:]
+            await self.ledger.append_async("sync.skipped", {"seq": seq, "bytes": size, "digest": digest,
+                                                            "limit_bytes": self.config.batch_bytes})
+
     async def _resend_requests(self) -> None:
         """A collector that lost records (a new collector, a broker that dropped them) asks again."""
         async for msg in self._resend_sub:
@@ -316,7 +359,8 @@ class LedgerSync:
             return
         used = await asyncio.to_thread(_dir_bytes, self.state_dir / "ledger")
         self._ledger_bytes = used
-        backlog = max(0, self.ledger.size - self._offset.acked)
+        first = getattr(self.ledger, "first_seq", 0)
+        backlog = max(0, self.ledger.size - max(self._offset.acked, first))
         self._warnings = retention_warnings(policy, used_bytes=used, backlog=backlog)
         level = 0 if not self._warnings else (2 if used >= policy.max_bytes else 1)
         if level > self._warn_level:
@@ -324,6 +368,27 @@ class LedgerSync:
                 "level": "limit" if level == 2 else "warning", "used_bytes": used,
                 "limit_bytes": policy.max_bytes, "backlog": backlog, "on_full": policy.on_full})
         self._warn_level = level
+        if policy.on_full != "keep" and used >= policy.prune_at and hasattr(self.ledger, "prune"):
+            await asyncio.to_thread(self._prune, used)
+            self._ledger_bytes = await asyncio.to_thread(_dir_bytes, self.state_dir / "ledger")
+
+    def _prune(self, used: int) -> None:
+        """Free whole segments as the retention policy allows (a worker thread)."""
+        policy, acked = self.config.retention, self._offset.acked
+        usage = self.ledger.disk_usage()
+        before = prune_point(policy, used_bytes=usage.total, segments=usage.segments, acked=acked,
+                             size=self.ledger.size)
+        if before is None:
+            if policy.on_full == "drop-synced" and acked < self.ledger.size:
+                log.warning("sync: ledger over its retention threshold; %d unsynced records are kept",
+                            self.ledger.size - acked)
+            return
+        first = self.ledger.first_seq
+        result = self.ledger.prune(before, reason=f"retention {policy.on_full}", details={
+            "unsynced": max(0, before - max(acked, first)), "used_bytes": usage.total,
+            "limit_bytes": policy.max_bytes, "on_full": policy.on_full})
+        if result.records:
+            self.pruned.append(result)
 
 
 def _dir_bytes(path: Path) -> int:

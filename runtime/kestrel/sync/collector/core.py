@@ -42,17 +42,7 @@ class Outcome:
 
 def frontier_of(state: AgentState) -> Frontier:
     """Rebuild the compact range of leaves [0, state.size) stored in ``state``."""
-    f = Frontier()
-    sizes = [1 << b for b in range(state.size.bit_length() - 1, -1, -1) if state.size >> b & 1]
-    if len(sizes) != len(state.frontier):
-        raise ValueError("stored frontier does not match the verified size")
-    f.size = state.size
-    f._stack = list(zip(sizes, state.frontier))  # the ledger's Frontier has no public restore
-    return f
-
-
-def _hashes(f: Frontier) -> tuple[bytes, ...]:
-    return tuple(h for _, h in f._stack)
+    return Frontier.from_hashes(state.size, state.frontier)
 
 
 def _digest(data: bytes) -> str:
@@ -80,6 +70,18 @@ class CollectorCore:
         self.store = store
         self._clock = clock
         self._max_pending = max_pending
+
+    def gap(self, did: str) -> tuple[int, int] | None:
+        """Records ``(first, last)`` missing below the held ones, or None.
+
+        A hole the agent does not fill after a resend request means it pruned those records
+        before they were synced (retention ``drop-oldest``) or skipped one too large to send
+        (its ``ledger.pruned`` / ``sync.skipped`` records say which): later records stay held,
+        unverified, because nothing links them to the verified log (docs/collector.md).
+        """
+        tip = self.store.agent_state(did).size
+        lowest, count = self.store.pending_sizes(did)
+        return (tip, lowest - 1) if count and lowest > tip else None
 
     # -- entry points ----------------------------------------------------------------------------
     def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Outcome]:
@@ -176,7 +178,7 @@ class CollectorCore:
             prev = r.leaf
         if frontier.root() != cp.root:
             return fresh
-        self.store.commit_verified(agent.did, chain, AgentState(agent.did, cp.size, _hashes(frontier), cp.note,
+        self.store.commit_verified(agent.did, chain, AgentState(agent.did, cp.size, frontier.hashes, cp.note,
                                                                 state.forked), now=now)
         acc.verified += len(chain)
         acc.pending = max(0, acc.pending - (first - state.size))
@@ -228,7 +230,7 @@ class CollectorCore:
             if path is None:
                 continue  # no chain reaches this checkpoint (yet); a later one may decide
             chosen, frontier = path
-            new_state = AgentState(agent.did, size, _hashes(frontier), note, state.forked)
+            new_state = AgentState(agent.did, size, frontier.hashes, note, state.forked)
             losers = [c for seq, group in cands.items() for c in group if c is not chosen[seq - state.size]]
             self.store.commit_verified(agent.did, chosen, new_state, now=now)
             acc.verified += len(chosen)
