@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,12 +17,12 @@ from kestrel._internal.paths import StateLayout
 from kestrel.cli import main
 from kestrel.identity.keys import SoftwareSigner
 from kestrel.ledger import Ledger, LedgerError, LedgerVerificationError, Reason, verify_export, verify_proof
-from kestrel.ledger.base import BASE_MAGIC, verify_base
+from kestrel.ledger.base import BASE_MAGIC
 from kestrel.ledger.checkpoint import sign_checkpoint
 from kestrel.ledger.export import EXPORT_MAGIC
 from kestrel.ledger.frame import BASE, encode_frame
 from kestrel.ledger.merkle import Frontier, consistency_proof, inclusion_proof, verify_consistency
-from kestrel.ledger.reader import iter_records, prove, verify_dir
+from kestrel.ledger.reader import iter_records, verify_dir
 from kestrel.ledger.record import leaf_hash
 
 ROOT = Path(__file__).resolve().parents[2]

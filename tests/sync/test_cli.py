@@ -126,6 +126,10 @@ def test_sync_status(agent_state):
     assert doc["state"] == "offline" and doc["backlog"] == 60 and doc["acked"] == 40  # this pid is alive
     r = kestrel("sync", "status", "--state", str(agent_state))
     assert "backlog 60" in r.stdout and "warning: ledger uses 90%" in r.stdout
+    write_status(agent_state, SyncStatus(agent="did:key:zX", connected=False, acked=40, ledger_size=100, rate=0.0,
+                                         updated=time.time(), pid=os.getpid(), first_seq=70))
+    r = kestrel("sync", "status", "--state", str(agent_state))
+    assert "backlog 30" in r.stdout and "pruned:       records 0..69" in r.stdout  # pruned ones are not backlog
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     write_status(agent_state, SyncStatus(agent="did:key:zX", connected=True, acked=1, ledger_size=1, rate=0.0,

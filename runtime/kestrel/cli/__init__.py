@@ -32,14 +32,21 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose process lives long: build only their own group, so the daemon does not keep
+# every command group's parser and modules in memory for its whole life.
+LEAN_COMMANDS = {"run": "daemon"}
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kestrel",
         description="Kestrel: an edge runtime for agents that stay with their owners.",
     )
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    first = next((a for a in (argv or ()) if not a.startswith("-")), None)
+    modules = (LEAN_COMMANDS[first],) if first in LEAN_COMMANDS else COMMAND_MODULES
+    for name in modules:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:
@@ -68,7 +75,9 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     func = getattr(args, "func", None)
     if func is None:
@@ -76,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 64
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    del parser  # a long-running command (kestrel run) should not keep it alive
     try:
         rc = func(args, extra)
     except KestrelError as exc:

@@ -65,7 +65,7 @@ class _Reader:
 
         A record too large for one message even alone is skipped (appended to :attr:`skipped`):
         the batch then starts after it, or is empty when nothing else is ready."""
-        from ..ledger.frame import CHECKPOINT
+        from ..ledger.frame import CHECKPOINT, RECORD
         from ..ledger.record import leaf_hash
 
         durable = self._ledger.size
@@ -91,6 +91,8 @@ class _Reader:
                         del records[size - start:]
                         break
                     continue
+                if frame.type != RECORD:
+                    continue  # a base frame belongs in exports only; `kestrel audit verify` reports it
                 raw = frame.payload
             if not records and nbytes + len(raw) + _RECORD_OVERHEAD > self._config.batch_bytes:
                 self.skipped.append((start, len(raw), leaf_hash(raw).hex()))  # would never fit: never retry it
@@ -153,6 +155,7 @@ class LedgerSync:
         self._rate = 0.0
         self._warnings: tuple[str, ...] = ()
         self._skip_warnings: tuple[str, ...] = ()
+        self._skipped_seen: set[int] = set()
         self.pruned: list[Any] = []  # PruneResults of retention prunes in this process
         self._warn_level = 0
         self._ledger_bytes = 0
@@ -302,6 +305,9 @@ class LedgerSync:
         """Records too large for one message: record each once in the ledger and in the status."""
         skipped, self._reader.skipped = self._reader.skipped, []
         for seq, size, digest in skipped:
+            if seq in self._skipped_seen:  # met again after a rewind or a resend request
+                continue
+            self._skipped_seen.add(seq)
             why = (f"record {seq} ({size} bytes) is larger than a sync message may be "
                    f"({self.config.batch_bytes} bytes): not sent; the collector will report a gap at {seq}")
             log.warning("sync: %s", why)
