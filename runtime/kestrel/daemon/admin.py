@@ -126,6 +126,8 @@ class OtaService:
 
     async def scan(self, drop: Path) -> None:
         """Apply the new bundles in the drop directory (a USB stick in the field)."""
+        if not _has_bundles(drop):  # the common case: keep the OTA code (~1.3 MB) out of an idle daemon
+            return
         from ..ota import scan_drop_dir
 
         def scan() -> Any:
@@ -145,3 +147,12 @@ class OtaService:
                 log.error("OTA bundle %s rejected: %s", path.name, res.message)
             else:
                 log.info("OTA bundle %s applied", path.name)
+
+
+def _has_bundles(drop: Path) -> bool:
+    """Whether ``drop`` holds a candidate bundle name (``*.kbundle``, not hidden); cheap, no OTA import."""
+    try:
+        with os.scandir(drop) as entries:
+            return any(e.name.endswith(".kbundle") and not e.name.startswith(".") for e in entries)
+    except OSError:
+        return False

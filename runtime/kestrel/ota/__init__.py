@@ -8,22 +8,36 @@ directory, MQTT payloads), :mod:`.store` (``STATE/ota`` files), :mod:`.owner`.
 
 from __future__ import annotations
 
-from .apply import AppliedBundle, active_bundle, active_policy, apply_bundle, ota_status, rollback
-from .bundle import Limits, Manifest, VerifiedBundle, build_manifest, encode_bundle, sign_bundle, verify_bundle
-from .delivery import apply_message, scan_drop_dir
-from .errors import (
-    BundleContentError,
-    BundleError,
-    BundleExpiredError,
-    BundleFormatError,
-    BundleHealthError,
-    BundleRollbackError,
-    BundleSignatureError,
-    BundleTargetError,
-    TrustRootError,
-)
-from .root import TrustRoot, parse_root, verify_rotation
-from .store import OtaDir
+import importlib
+from typing import Any
+
+# Names are loaded on first use (PEP 562): the policy engine only needs ``active_policy``, and an
+# idle daemon should not carry the bundle builder, the drop-directory scanner and the TPM counter.
+_EXPORTS = {
+    "apply": ("AppliedBundle", "active_bundle", "active_policy", "apply_bundle", "ota_status", "rollback"),
+    "bundle": ("Limits", "Manifest", "VerifiedBundle", "build_manifest", "encode_bundle", "sign_bundle",
+               "verify_bundle"),
+    "delivery": ("apply_message", "scan_drop_dir"),
+    "errors": ("BundleContentError", "BundleError", "BundleExpiredError", "BundleFormatError", "BundleHealthError",
+               "BundleRollbackError", "BundleSignatureError", "BundleTargetError", "TrustRootError"),
+    "root": ("TrustRoot", "parse_root", "verify_rotation"),
+    "store": ("OtaDir",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_WHERE))
+
 
 __all__ = [
     "AppliedBundle", "BundleContentError", "BundleError", "BundleExpiredError", "BundleFormatError",
