@@ -42,6 +42,15 @@ def load_config(path: str | os.PathLike[str] | None) -> DeviceConfig:
     return parse_device_config(text, source=str(path))
 
 
+def _segment_size(cfg: DeviceConfig) -> dict[str, int]:
+    """Segments small enough for retention to bound flash: pruning frees whole segments only."""
+    retention = getattr(cfg.sync, "retention", None)
+    max_bytes = getattr(retention, "max_bytes", None)
+    if not max_bytes:
+        return {}
+    return {"max_segment_bytes": max(64 * 1024, min(64 << 20, max_bytes // 16))}
+
+
 def _setup_logging(level: str) -> None:
     root = logging.getLogger("kestrel")
     if not root.handlers:
@@ -126,7 +135,7 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
 
     profile = load_profile(board_name)
     did, signer = _ensure_identity(state, cfg.name)
-    ledger = Ledger.open(layout.ledger, signer=signer, durability="batched")
+    ledger = Ledger.open(layout.ledger, signer=signer, durability="batched", **_segment_size(cfg))
     factory = None
     try:
         factory = open_pin_factory(profile)
