@@ -25,6 +25,7 @@ actuators:
   fan: {type: gpio, pin: GPIO27}
 """
 POLICY = "actions: [gpio.write]\n"
+PEER = "did:key:z6MkoH9aSUQBEGWc42MooEf41tjppEtFi5ZQQMMk6LpgSjqj"
 
 
 def _kestrel(*argv: str) -> subprocess.CompletedProcess:
@@ -77,6 +78,9 @@ def test_deploy_memory_add_and_ask_while_the_daemon_runs(tmp_path, sensor_build,
         assert 'step 1 [llm] {"action":"gpio.write","args":{"actuator":"fan","value":1}} -> ALLOW' in r.stdout
         assert "NOT executed" not in r.stderr
         assert Client(state).status()["actuators"]["fan"] == 1
+        r = _kestrel("agent-connect", PEER, "--name", "neighbour", "--state", str(state))
+        assert r.returncode == 0, r.stderr
+        assert f"trusted {PEER}" in r.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -85,6 +89,7 @@ def test_deploy_memory_add_and_ask_while_the_daemon_runs(tmp_path, sensor_build,
     deployed = [r.body["name"] for r in records if r.kind == "model.deployed"]
     assert deployed[:2] == ["sensor-anomaly", "minilm"] and len(deployed) == 3
     assert len([r for r in records if r.kind == "memory.added"]) == 1
+    assert [r.body for r in records if r.kind == "peer.trusted"] == [{"peer": PEER, "name": "neighbour"}]
     assert [r.body for r in records if r.kind == "action.result" and r.body["source"].startswith("ask:")][0]["ok"]
     from kestrel.ledger.reader import verify_dir
 

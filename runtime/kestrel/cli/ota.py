@@ -160,8 +160,9 @@ class _DaemonLedger:
 @contextmanager
 def recording_ledger(state_dir: Path, *, passphrase: bytes | str | None = None) -> Iterator[Any]:
     """Something with ``append(kind, body)`` for commands that record (``kestrel deploy``,
-    ``kestrel memory add``): the running daemon's ledger (kinds ``model.deployed`` and
-    ``memory.added`` only, for the daemon's own user or root), else the ledger opened here."""
+    ``kestrel memory add``, ``kestrel agent-connect``): the running daemon's ledger (the kinds in
+    ``kestrel.daemon.protocol.RECORDABLE`` only, for the daemon's own user or root), else the
+    ledger opened here."""
     client = daemon_client(state_dir)
     if client is not None:
         with client:

@@ -289,12 +289,12 @@ def _agent_connect(args: argparse.Namespace, extra: list[str]) -> int:
     if not args.peer:
         raise UsageError("give the peer's AgentID", hint="kestrel agent-connect did:key:z6Mk... [--name NAME]")
     from ..identity import load_identity
-    from .ota import open_ledger
+    from .ota import recording_ledger
 
     me = load_identity(state_dir)
     if args.peer == me.did:
         raise UsageError("that is this agent's own AgentID", hint="give the other agent's AgentID")
-    with open_ledger(state_dir) as ledger:  # unlock first: a trust change is always recorded
+    with recording_ledger(state_dir) as ledger:  # first: a trust change is always recorded
         if args.remove:
             if not remove_peer(state_dir, args.peer):
                 raise UsageError(f"{args.peer} is not in the trust list")

@@ -23,7 +23,7 @@ __all__ = [
 MAX_LINE = 256 * 1024
 METHODS = ("call", "status", "sim.drive", "sim.list", "follow", "reload", "ota.apply", "ota.rollback",
            "trust.apply", "peer.receive", "record", "ask")
-RECORDABLE = frozenset({"model.deployed", "memory.added"})  # kinds `record` accepts (CLI commands' own work)
+RECORDABLE = frozenset({"model.deployed", "memory.added", "peer.trusted", "peer.untrusted"})  # kinds `record` accepts (CLI commands' own work)
 WIRE_CODES = frozenset({"bad_request", "forbidden", "denied", "failed", "internal", "unknown_action"})
 UPLOAD_CHUNK = 96 * 1024  # raw bytes per ota.apply line (hex doubles it, under MAX_LINE)
 
