@@ -217,10 +217,25 @@ class Client:
         early stops the run at its next step.
         """
         budget = float((options.get("budgets") or {}).get("time_s", 60.0))
+        timeout = None if self.timeout is None else self.timeout + budget
+        return self._stream("ask", {"goal": goal, "options": options}, timeout=timeout, final=True)
+
+    def follow(self, since_seq: int = 0, *, kind: str | None = None) -> Iterator[dict[str, Any]]:
+        """Yield ledger records from ``since_seq`` on, then new ones as they are appended (forever).
+
+        Uses its own connection; close the generator (or break) to stop.
+        """
+        params: dict[str, Any] = {"since_seq": since_seq}
+        if kind:
+            params["kind"] = kind
+        return self._stream("follow", params, timeout=None, final=False)
+
+    def _stream(self, method: str, params: dict[str, Any], *, timeout: float | None,
+                final: bool) -> Iterator[dict[str, Any]]:
+        """Events of one streaming request on its own connection; with ``final``, then its result."""
         sub = Client(socket_path=self.socket_path, timeout=self.timeout)
         try:
-            rid = sub._send("ask", {"goal": goal, "options": options})
-            timeout = None if self.timeout is None else self.timeout + budget
+            rid = sub._send(method, params)
             while True:
                 msg = P.decode_reply(sub._readline(timeout=timeout))
                 if msg.get("id") not in (rid, None):
@@ -230,31 +245,8 @@ class Client:
                 elif "error" in msg:
                     self._raise(msg)
                 else:
-                    yield msg["result"]
-                    return
-        finally:
-            sub.close()
-
-    def follow(self, since_seq: int = 0, *, kind: str | None = None) -> Iterator[dict[str, Any]]:
-        """Yield ledger records from ``since_seq`` on, then new ones as they are appended (forever).
-
-        Uses its own connection; close the generator (or break) to stop.
-        """
-        sub = Client(socket_path=self.socket_path, timeout=self.timeout)
-        try:
-            params: dict[str, Any] = {"since_seq": since_seq}
-            if kind:
-                params["kind"] = kind
-            rid = sub._send("follow", params)
-            while True:
-                msg = P.decode_reply(sub._readline(timeout=None))
-                if msg.get("id") not in (rid, None):
-                    continue
-                if "event" in msg:
-                    yield msg["event"]
-                elif "error" in msg:
-                    self._raise(msg)
-                else:
+                    if final:
+                        yield msg["result"]
                     return
         finally:
             sub.close()
