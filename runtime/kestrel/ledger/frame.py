@@ -32,6 +32,8 @@ __all__ = [
     "encode_frame",
     "iter_frames",
     "find_next_frame",
+    "read_frame",
+    "RECORD_HEAD",
 ]
 
 RECORD = 0x01
@@ -43,6 +45,7 @@ HEADER_SIZE = 16
 MAX_PAYLOAD = 16 << 20
 _HEAD = struct.Struct(">2sBBI")
 _CRCS = struct.Struct(">II")
+RECORD_HEAD = struct.Struct(">2sBBIII")  # the whole 16-byte header: magic, type, reserved, length, CRCs
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def encode_frame(ftype: int, payload: bytes) -> bytes:
     return head + _CRCS.pack(zlib.crc32(head), zlib.crc32(payload)) + payload
 
 
-def _check(buf: bytes | memoryview, off: int) -> Frame | FrameDamage:
+def read_frame(buf: bytes | memoryview, off: int) -> Frame | FrameDamage:
+    """The frame at ``off``, or why there is none."""
     end_of_buf = len(buf)
     if end_of_buf - off < HEADER_SIZE:
         return FrameDamage(off, "torn", f"{end_of_buf - off} bytes left, less than a frame header")
@@ -94,7 +98,7 @@ def iter_frames(buf: bytes, start: int = 0) -> Iterator[Frame | FrameDamage]:
     off = start
     view = memoryview(buf)
     while off < len(buf):
-        item = _check(view, off)
+        item = read_frame(view, off)
         yield item
         if isinstance(item, FrameDamage):
             return
@@ -106,7 +110,7 @@ def find_next_frame(buf: bytes, start: int) -> Frame | None:
     view = memoryview(buf)
     pos = buf.find(MAGIC, start)
     while pos != -1:
-        item = _check(view, pos)
+        item = read_frame(view, pos)
         if isinstance(item, Frame):
             return item
         pos = buf.find(MAGIC, pos + 1)

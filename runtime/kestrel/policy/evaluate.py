@@ -9,8 +9,8 @@ A :class:`Policy` compiles itself, once, into one :class:`ActionPlan` per action
 it names (:func:`compile_plans`): only the deny rules that can match the action
 and its own allow rules, with argument checks as prebuilt functions, reason
 texts formatted, and the network allow-list entries that apply to the action
-indexed by host. :func:`evaluate` then walks that plan and allocates nothing but
-the :class:`Decision`.
+indexed by host. :func:`evaluate` then walks that plan; per decision it builds
+little more than the args digest and the :class:`Decision`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ _OUTSIDE_WINDOW = "outside the permitted time window"
 
 
 class DenyStep(NamedTuple):
+    order: int  # position in the policy's deny list
     id: str
     reason: str
     window: TimeWindow | None
@@ -52,9 +53,9 @@ class AllowStep(NamedTuple):
 class ActionPlan(NamedTuple):
     """What :func:`evaluate` looks at for one action, in evaluation order."""
 
-    deny: tuple[DenyStep, ...]
-    deny_always: bool  # some deny step needs no argument (only a window, or nothing)
-    deny_args: frozenset[str]  # otherwise a deny step can match only if one of these is an argument
+    deny_always: tuple[DenyStep, ...]  # deny steps that name no argument (a window, or nothing)
+    deny_names: frozenset[str]  # first argument named by each other deny step
+    deny_by_name: Mapping[str, tuple[DenyStep, ...]]  # name -> its steps and deny_always, in file order
     allow: tuple[AllowStep, ...]  # empty: the action is not permitted (default deny)
     needs_destination: bool  # a network action: its arguments must name a destination
     net_exact: Mapping[str, frozenset[int | None]]  # allow-list host -> ports (None: any) for this action
@@ -68,9 +69,13 @@ def compile_plans(policy: Policy) -> dict[str, ActionPlan]:
 
 
 def _plan(policy: Policy, action: str) -> ActionPlan:
-    deny = tuple(DenyStep(r.id, r.reason or f"denied by {r.id}", r.window,
-                          tuple((c.name, c.check_one, c.matches_any) for c in r.args))
-                 for r in policy.deny if r.action in (action, "*"))
+    deny = [DenyStep(i, r.id, r.reason or f"denied by {r.id}", r.window,
+                     tuple((c.name, c.check_one, c.matches_any) for c in r.args))
+            for i, r in enumerate(policy.deny) if r.action in (action, "*")]
+    always = tuple(d for d in deny if not d.conds)
+    by_name = {}
+    for name in {d.conds[0][0] for d in deny if d.conds}:
+        by_name[name] = tuple(d for d in deny if not d.conds or d.conds[0][0] == name)
     allow = tuple(_allow_step(r) for r in policy.allow.get(action, ()) if action != "*")
     exact: dict[str, set[int | None]] = {}
     wild = []
@@ -81,9 +86,16 @@ def _plan(policy: Policy, action: str) -> ActionPlan:
             wild.append((a.host[1:], a.port))
         else:
             exact.setdefault(a.host, set()).add(a.port)
-    return ActionPlan(deny, any(not d.conds for d in deny), frozenset(d.conds[0][0] for d in deny if d.conds),
-                      allow, action in policy.network_actions,
+    return ActionPlan(always, frozenset(by_name), by_name, allow, action in policy.network_actions,
                       {h: frozenset(p) for h, p in exact.items()}, tuple(wild))
+
+
+def _deny_steps(plan: ActionPlan, named: set[str]) -> tuple[DenyStep, ...]:
+    """The deny steps that can match arguments with these ``named`` ones, in file order."""
+    if len(named) == 1:
+        return plan.deny_by_name[next(iter(named))]
+    by_name = plan.deny_by_name
+    return tuple(sorted({d for n in named for d in by_name[n]}, key=lambda d: d.order))
 
 
 def _allow_step(r: Rule) -> AllowStep:
@@ -104,18 +116,19 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
     plans = policy.plans
     plan = plans.get(action) or plans["*"]
     pdigest = policy.digest
-    if plan.deny_always or not plan.deny_args.isdisjoint(args):
-        for rid, reason, window, conds in plan.deny:
-            if window is not None and not window.contains(now):
-                continue
-            for name, one, matches_any in conds:
-                if name not in args:
-                    break
-                v = args[name]
-                if not (matches_any(v) if isinstance(v, (list, tuple)) else one(v) is None):
-                    break
-            else:
-                return make_decision(False, action, rid, reason, pdigest, digest)
+    # Only deny steps whose first argument is present (or that name none) can match.
+    named = plan.deny_names.intersection(args) if plan.deny_names else None
+    for _, rid, reason, window, conds in _deny_steps(plan, named) if named else plan.deny_always:
+        if window is not None and not window.contains(now):
+            continue
+        for name, one, matches_any in conds:
+            if name not in args:
+                break
+            v = args[name]
+            if not (matches_any(v) if isinstance(v, (list, tuple)) else one(v) is None):
+                break
+        else:
+            return make_decision(False, action, rid, reason, pdigest, digest)
     if not plan.allow:
         return make_decision(False, action, "default-deny", f"action '{action}' is not permitted by the policy",
                              pdigest, digest)
