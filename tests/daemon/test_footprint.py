@@ -17,10 +17,11 @@ import pytest
 from .test_process import provisioned  # noqa: F401  (fixture: identity + installed policy)
 
 # Loaded on first use only: mail (outbox), HTTP (fetch_data), models, memory, agent/LLM, TPM,
-# MQTT, serial, backups (Argon2 envelopes), interactive prompts, OTA bundle building.
+# MQTT, serial, backups (Argon2 envelopes), interactive prompts, OTA bundle building, TLS
+# (asyncio is imported without it: kestrel._internal.lean).
 NOT_AT_IDLE = (
     "smtplib", "email", "email.message", "urllib.request", "http.client", "numpy", "onnxruntime", "paho",
-    "hnswlib", "tpm2_pytss", "gpiod", "serial", "getpass", "hypothesis",
+    "hnswlib", "tpm2_pytss", "gpiod", "serial", "getpass", "hypothesis", "ssl", "_ssl",
     "kestrel.identity.backup", "kestrel.ota.build", "kestrel.inference", "kestrel.memory", "kestrel.agent.llm",
     "kestrel.agent.planner", "kestrel.io.mqtt", "kestrel.io.serial", "kestrel.sync.sync",
 )

@@ -9,7 +9,6 @@ moment it is created (never chmod after the fact).
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -29,7 +28,7 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically and durably (old or new, never a mix)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.{os.urandom(4).hex()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
         try:

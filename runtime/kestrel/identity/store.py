@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -119,6 +118,7 @@ def install_identity(state_dir: str | os.PathLike[str], identity: Identity, file
             raise TransportError(f"cannot install {ident_dir}: {exc.strerror or exc}") from None
         fsync_dir(root)
     except BaseException:
+        import shutil  # rarely needed: keep it (and bz2/lzma) out of an idle daemon
         shutil.rmtree(staging, ignore_errors=True)  # our own fresh, never-used material
         raise
 

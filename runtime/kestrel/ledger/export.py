@@ -10,7 +10,6 @@ and the signed checkpoint note it leads to. See docs/ledger-format.md.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -20,7 +19,7 @@ from ..identity.keys import PublicKey
 from .base import LogBase, verify_base
 from .checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
 from .errors import LedgerError, LedgerVerificationError, Reason, RecordError
-from .frame import BASE, CHECKPOINT, RECORD, Frame, FrameDamage, encode_frame, iter_frames
+from .frame import BASE, CHECKPOINT, RECORD, Frame, FrameDamage, encode_frame, iter_frames, read_frame
 from .merkle import Frontier, ProofError, inclusion_proof, verify_inclusion
 from .record import Record, decode_record, leaf_hash
 from .verify import LogWalker, VerifiedLog, check_trusted, damage_error
@@ -69,13 +68,19 @@ def verify_export(data: bytes, public_key: PublicKey, *, trusted: SignedCheckpoi
         raise LedgerVerificationError(0, exc.reason, f"export checkpoint: {exc.message}") from None
     base = None
     second = next(frames, None)
+    off = first.end  # where the records start
     if isinstance(second, Frame) and second.type == BASE:  # a pruned log: records start at base.size
         base = verify_base(second.payload, public_key)
         if base.size > cp.size:
             raise LedgerVerificationError(cp.size, Reason.CORRUPT, "the export's base is newer than its checkpoint")
-        second = None
+        off = second.end
     walker = LogWalker(data, base)
-    for item in itertools.chain([second] if second is not None else [], frames):
+    view = memoryview(data)
+    while True:
+        off = walker.scan(view, off, limit=cp.size)
+        if off >= len(data):
+            break
+        item = read_frame(view, off)
         if isinstance(item, FrameDamage):
             raise damage_error(walker, item)
         if item.type != RECORD:
@@ -83,6 +88,7 @@ def verify_export(data: bytes, public_key: PublicKey, *, trusted: SignedCheckpoi
         if walker.size >= cp.size:
             raise LedgerVerificationError(walker.size, Reason.INSERTED, f"the signed checkpoint covers only {cp.size} records")
         walker.add(item)
+        off = item.end
     if walker.size < cp.size:
         raise LedgerVerificationError(
             walker.size, Reason.TRUNCATED, f"the signed checkpoint covers {cp.size} records, the export holds {walker.size}"

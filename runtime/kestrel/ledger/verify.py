@@ -15,9 +15,10 @@ from ..identity.keys import PublicKey
 from .base import LogBase
 from .checkpoint import CheckpointError, SignedCheckpoint, parse_checkpoint_unsafe, verify_checkpoint
 from .errors import LedgerVerificationError, Reason, RecordError
-from .frame import BASE, RECORD, Frame, FrameDamage, find_next_frame, iter_frames
+from .frame import BASE, RECORD, Frame, FrameDamage, find_next_frame, iter_frames, read_frame
 from .merkle import Frontier, tree_root
 from .record import ZERO_HASH, Record, decode_record
+from .scan import scan_records
 
 __all__ = ["VerifiedLog", "verify_stream", "walk_stream", "LogWalker", "check_trusted", "is_torn_tail", "damage_error"]
 
@@ -89,6 +90,12 @@ class LogWalker:
         self.leaves.append(rec.digest)
         return rec
 
+    def scan(self, view: memoryview, off: int, *, limit: int | None = None) -> int:
+        """Take the run of well-formed next records at ``off`` (the fast path, see scan.py);
+        return the offset of the first frame left for :meth:`add`. Stops at ``limit`` records."""
+        off, self.prev = scan_records(view, off, seq=self.size, prev=self.prev, leaves=self.leaves, limit=limit)
+        return off
+
     def _appears_later(self, start: int, seq: int) -> bool:
         for item in iter_frames(self._buf, start):
             if isinstance(item, FrameDamage):
@@ -114,11 +121,9 @@ class LogWalker:
             if self.base is None:
                 return tree_root(self.leaves[:size])
             f = self.base.frontier()
-            for leaf in self.leaves[: size - self.offset]:
-                f.append(leaf)
+            f.extend(self.leaves[: size - self.offset])
             return f.root()
-        for leaf in self.leaves[self._frontier.size - self.offset : size - self.offset]:
-            self._frontier.append(leaf)
+        self._frontier.extend(self.leaves[self._frontier.size - self.offset : size - self.offset])
         return self._frontier.root()
 
 
@@ -174,12 +179,18 @@ def walk_stream(
     walker = LogWalker(buf, base)
     checkpoints: list[SignedCheckpoint] = [base.checkpoint] if base is not None else []
     torn = 0
-    for item in iter_frames(buf, start):
+    view, off = memoryview(buf), start
+    while True:
+        off = walker.scan(view, off)
+        if off >= len(buf):
+            break
+        item = read_frame(view, off)
         if isinstance(item, FrameDamage):
             if allow_torn_tail and is_torn_tail(buf, item):
                 torn = len(buf) - item.offset
                 break
             raise damage_error(walker, item)
+        off = item.end
         if item.type == RECORD:
             walker.add(item)
             continue

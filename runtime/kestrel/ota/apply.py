@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +120,7 @@ def apply_bundle(
         try:
             _stage(ota, vb, target, step)
         except OSError as exc:
+            import shutil  # rarely needed: keep it (and bz2/lzma) out of an idle daemon
             shutil.rmtree(ota.staging, ignore_errors=True)
             raise TransportError(f"cannot stage the bundle in {ota.slots}: {exc.strerror or exc}",
                                  hint="check free space and permissions; the active bundle is unchanged") from None
@@ -228,6 +228,7 @@ def _discard(ota: OtaDir, slot: str, step: StepHook = _noop) -> None:
         step(f"rename:old-{slot}")
         os.rename(path, trash)
         fsync_dir(ota.slots)
+        import shutil  # rarely needed: keep it (and bz2/lzma) out of an idle daemon
         shutil.rmtree(trash, ignore_errors=True)
 
 

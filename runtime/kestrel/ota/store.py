@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -93,6 +92,7 @@ class OtaDir:
             return
         for p in list(self.slots.iterdir()):
             if p.name.startswith("."):
+                import shutil  # rarely needed: keep it (and bz2/lzma) out of an idle daemon
                 shutil.rmtree(p, ignore_errors=True)
         for p in self.root.glob(".*.tmp"):
             p.unlink(missing_ok=True)

@@ -1,0 +1,79 @@
+"""The verifier's fast path (pure): a run of well-formed record frames in one tight loop.
+
+:func:`scan_records` applies exactly the checks of :func:`frame.read_frame`,
+:func:`record.decode_record` and ``LogWalker.add`` (header and payload CRCs,
+msgpack map of the five keys with their types, ``seq`` in order, ``prev``
+chaining) without building ``Frame`` or ``Record`` objects. It stops, with no
+side effect, at the first frame that is not a well-formed next record; the
+caller then handles that frame on the general path, which names the problem.
+So detection is the general path's, only the common case is faster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import msgpack
+
+from .frame import MAGIC, MAX_PAYLOAD, RECORD, RECORD_HEAD
+from .record import _KIND
+
+__all__ = ["scan_records"]
+
+_LEAF = hashlib.sha256(b"\x00")  # leaf hashes: copies of a hasher already fed the 0x00 prefix
+_KINDS_SEEN: set[str] = set()  # kinds already checked against _KIND (valid ones only)
+
+
+def scan_records(
+    view: memoryview, off: int, *, seq: int, prev: bytes, leaves: list[bytes], limit: int | None = None
+) -> tuple[int, bytes]:
+    """Walk record frames from ``off`` while they verify, appending their leaf hashes to ``leaves``.
+
+    ``seq`` is the next expected sequence number and ``prev`` the hash it must chain to;
+    at most ``limit - seq`` records are taken. Returns the offset of the first frame not
+    taken and the last leaf hash (``prev`` if none was taken).
+    """
+    n = len(view)
+    head = RECORD_HEAD.unpack_from
+    crc32 = zlib.crc32
+    unpackb = msgpack.unpackb
+    leaf = _LEAF.copy
+    append = leaves.append
+    kinds = _KINDS_SEEN
+    stop = limit if limit is not None else -1
+    while n - off >= 16 and seq != stop:
+        magic, ftype, reserved, length, head_crc, payload_crc = head(view, off)
+        if ftype != RECORD or reserved or magic != MAGIC or length > MAX_PAYLOAD:
+            break
+        end = off + 16 + length
+        if end > n or crc32(view[off : off + 8]) != head_crc:
+            break
+        payload = view[off + 16 : end]
+        if crc32(payload) != payload_crc:
+            break
+        try:
+            obj = unpackb(payload, raw=False, use_list=True, strict_map_key=True)
+            if type(obj) is not dict or len(obj) != 5:
+                break
+            rseq, time, kind, body, rprev = obj["seq"], obj["time"], obj["kind"], obj["body"], obj["prev"]
+        except Exception:  # not msgpack, or a key missing: the general path says which
+            break
+        if type(rseq) is not int or rseq != seq or type(time) is not float or type(body) is not dict:
+            break
+        if type(rprev) is not bytes or rprev != prev:
+            break
+        if type(kind) is not str:
+            break
+        if kind not in kinds:
+            if not _KIND.match(kind):
+                break
+            if len(kinds) < 4096:
+                kinds.add(kind)
+        h = leaf()
+        h.update(payload)
+        prev = h.digest()
+        append(prev)
+        seq += 1
+        off = end
+    return off, prev
