@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tpm", action="store_true", help="skip the swtpm contender")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = ap.parse_args(argv)
+    load_before = os.getloadavg()
     base = Path(tempfile.mkdtemp(prefix="kestrel-bench-", dir=args.dir or ROOT))
     results: dict[str, dict] = {}
     runs: dict[str, list[dict]] = {}
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if swtpm is not None:
             swtpm[0].__exit__(None, None, None)
         shutil.rmtree(base, ignore_errors=True)
+    results["loadavg"] = {"before": load_before, "after": os.getloadavg()}
     _report(results, args)
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
@@ -223,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
 def _report(r: dict, args: argparse.Namespace) -> None:
     print(f"ledger benchmark: {args.producers} producers, {args.repeat} x {args.seconds:.1f} s per contender, "
           f"~200-byte bodies, python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    (b1, b5, _), (a1, a5, _) = r["loadavg"]["before"], r["loadavg"]["after"]
+    print(f"load average (1 min, 5 min): {b1:.2f} {b5:.2f} before, {a1:.2f} {a5:.2f} after"
+          + ("" if b1 < 1 else "   (busy before the run: ratios are not comparable)"))
     print(f"{'contender':<14}{'appends/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'vs sqlite':>11}   runs (appends/s)")
     base = r["sqlite"]["appends_per_s"]
     for name in ("sqlite", "strict", "batched", "tpm-batched"):

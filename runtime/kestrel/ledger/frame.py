@@ -33,6 +33,7 @@ __all__ = [
     "iter_frames",
     "find_next_frame",
     "read_frame",
+    "record_frame",
     "RECORD_HEAD",
 ]
 
@@ -71,6 +72,12 @@ def encode_frame(ftype: int, payload: bytes) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError("frame payload too large")
     head = _HEAD.pack(MAGIC, ftype, 0, len(payload))
+    return head + _CRCS.pack(zlib.crc32(head), zlib.crc32(payload)) + payload
+
+
+def record_frame(payload: bytes) -> bytes:
+    """``encode_frame(RECORD, payload)`` for a payload already within the size limit (the commit path)."""
+    head = _HEAD.pack(MAGIC, RECORD, 0, len(payload))
     return head + _CRCS.pack(zlib.crc32(head), zlib.crc32(payload)) + payload
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import logging
 import os
 import threading
@@ -30,10 +31,10 @@ from .._internal.fsutil import ensure_private_dir, fsync_dir
 from ..identity.keys import PublicKey, Signer
 from .checkpoint import SignedCheckpoint, sign_checkpoint
 from .errors import LedgerError, LedgerIOError
-from .frame import CHECKPOINT, RECORD, encode_frame
+from .frame import CHECKPOINT, encode_frame, record_frame
 from .base import LogBase, encode_base
 from .reader import export_chunks, iter_records, load_base, prove, walk_dir
-from .record import Record, assemble_record, leaf_hash, prepare_body
+from .record import Record, assemble_record, prepare_body
 from .store import (SegmentWriter, cut_torn_tail, load_segments, lock_directory, read_segment, segment_files,
                     stream_of, unlink_segments, write_base)
 from .verify import VerifiedLog, walk_stream
@@ -44,6 +45,7 @@ log = logging.getLogger("kestrel.ledger")
 Durability = Literal["strict", "batched"]
 _MAX_BATCH = 4096
 _MAX_BATCH_BYTES = 8 << 20
+_LEAF = hashlib.sha256(b"\x00")  # leaf hashes: copies of a hasher fed the RFC 6962 leaf prefix
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,8 @@ class Ledger:
         self._busy = False
         self._cp_ready: SignedCheckpoint | None = None
         self._last_batch = 1
+        self._idle = False  # the committer waits for a first append (not lingering)
+        self._signer_idle = False  # the signer waits for new records (not for its interval)
         self._cp_interval = max(0.0, checkpoint_interval_ms) / 1000.0
         self._urgent = 0  # flush() callers waiting: sign without waiting for the interval
         try:
@@ -274,7 +278,7 @@ class Ledger:
             self._check_open()
             self._pending.append(item)
             n = len(self._pending)
-            if n == 1 or n >= self._last_batch:  # the committer waits for the first, or lingers for more
+            if n >= self._last_batch or (n == 1 and self._idle):  # the committer lingers for more, or sleeps
                 self._cond.notify()
         return item
 
@@ -301,6 +305,7 @@ class Ledger:
         with self._cond:
             self._urgent += 1
             self._sign_cond.notify()
+            self._cond.notify()  # cut a linger short
             try:
                 while not self._failed and not self._closed and (
                     self._pending or self._busy or self._cp_ready is not None or self._signed_size < self._size
@@ -390,12 +395,14 @@ class Ledger:
 
     def _take_batch(self) -> tuple[list[_Item], SignedCheckpoint | None] | None:
         with self._cond:
+            if not self._strict and self._delay:
+                self._linger()
             while not (self._pending or self._cp_ready or self._closing):
+                self._idle = True  # the next append wakes the committer
                 self._cond.wait()
+            self._idle = False
             if not self._pending and not self._cp_ready:
                 return None
-            if not self._strict and self._pending and self._delay:
-                self._linger()
             n, nbytes = 0, 0
             for item in self._pending[:_MAX_BATCH]:  # bounded in records and bytes
                 nbytes += len(item.prepared)
@@ -403,22 +410,27 @@ class Ledger:
                 if nbytes >= _MAX_BATCH_BYTES:
                     break
             batch, self._pending = self._pending[:n], self._pending[n:]
-            self._last_batch = len(batch)
+            # the producers of this batch come back after it; those still pending join them in the next
+            self._last_batch = min(len(batch) + len(self._pending), _MAX_BATCH)
             cp, self._cp_ready = self._cp_ready, None
             self._busy = True
             return batch, cp
 
     def _linger(self) -> None:
-        """Wait (with the lock held) for as many appends as the last commit had, at most the delay.
+        """Wait (with the lock held) for as many appends as are in flight, at most the delay.
 
         Closed-loop producers come back right after their receipts: waiting for
         about as many as last time makes one commit of what would otherwise be
         several small ones. When fewer come, the wait ends at the delay and the
-        next commit expects that many, so sparse appends wait at most once.
+        next commit expects that many, so sparse appends wait at most once. The
+        wait starts right after the previous commit (no wake-up for the first
+        append) and ends at the first pending append's time plus the delay, so
+        no append waits longer than the delay; ``flush()`` cuts it short.
         """
-        deadline = self._pending[0].time + self._delay
-        want = min(self._last_batch, _MAX_BATCH)
-        while len(self._pending) < want and not self._closing:
+        start = time.time()
+        want = self._last_batch
+        while len(self._pending) < want and not (self._closing or self._urgent):
+            deadline = (self._pending[0].time if self._pending else start) + self._delay
             left = deadline - time.time()
             if left <= 0:
                 return
@@ -446,14 +458,19 @@ class Ledger:
     def _commit(self, batch: list[_Item], cp: SignedCheckpoint | None) -> None:
         frames = [encode_frame(CHECKPOINT, cp.note)] if cp is not None else []
         frontier, prev, seq = self._frontier.copy(), self._prev, self._size
-        receipts = []
+        receipts, leaves = [], []
+        assemble, frame, leaf = assemble_record, record_frame, _LEAF.copy  # bound once: this loop is hot
+        add_frame, add_leaf, add_receipt = frames.append, leaves.append, receipts.append
         for item in batch:
-            raw = assemble_record(seq=seq, time=item.time, prepared=item.prepared, prev=prev)
-            prev = leaf_hash(raw)
-            frontier.append(prev)
-            frames.append(encode_frame(RECORD, raw))
-            receipts.append(Receipt(seq, prev.hex(), item.time))
+            raw = assemble(seq=seq, time=item.time, prepared=item.prepared, prev=prev)
+            h = leaf()
+            h.update(raw)
+            prev = h.digest()
+            add_leaf(prev)
+            add_frame(frame(raw))
+            add_receipt(Receipt(seq, prev.hex(), item.time))
             seq += 1
+        frontier.extend(leaves)
         own_cp = None
         if self._strict and batch:
             own_cp = sign_checkpoint(self._signer, size=seq, root=frontier.root())
@@ -466,7 +483,8 @@ class Ledger:
                 if written is not None and written.size >= self._signed_size:
                     self._latest_cp, self._signed_size = written, written.size
             self._busy = False
-            self._sign_cond.notify()
+            if self._signer_idle:
+                self._sign_cond.notify()
             self._idle_cond.notify_all()
         for item, receipt in zip(batch, receipts):
             item.resolve(receipt, None)
@@ -476,7 +494,9 @@ class Ledger:
         while True:
             with self._cond:
                 while not self._closing and not self._failed and self._sign_requested >= self._size:
+                    self._signer_idle = True  # the next commit wakes the signer (not every commit)
                     self._sign_cond.wait()
+                self._signer_idle = False
                 if self._failed or (self._closing and self._sign_requested >= self._size):
                     return
                 # at most one checkpoint per interval (and the signer busy at most 1/5 of the
