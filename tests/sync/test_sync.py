@@ -216,7 +216,7 @@ def test_sync_never_blocks_the_loop(ledger, state_dir, mosquitto, collector):
         return lag
 
     lag = asyncio.run(go())
-    assert lag < 0.25, f"the event loop stalled for {lag:.3f}s"
+    assert lag < 0.5, f"the event loop stalled for {lag:.3f}s"  # a blocking sync would stall it for seconds
     wait_until(lambda: collector.store.agent_state(ledger.public_key.did).size == 6000, what="6000 verified")
 
 
