@@ -94,7 +94,10 @@ def test_first_run_creates_identity_and_sigterm_flushes_and_exits_zero(tmp_path)
     from kestrel.ledger import Ledger
 
     with Ledger.open(state / "ledger", signer=open_signer(state)) as ledger:
-        kinds = [r.kind for r in ledger.records()]
+        records = list(ledger.records())
+        kinds = [r.kind for r in records]
+        assert kinds[0] == "agent.created"  # as `kestrel init-agent` records it
+        assert records[0].body["did"] == ledger.public_key.did and records[0].body["backend"] == "file"
         assert kinds.count("policy.decision") >= 2  # startup sync + the driven edge, both denied (no policy)
         assert ledger.verify().size == len(kinds)
     assert not (state / "run" / "control.sock").exists()

@@ -71,18 +71,22 @@ class _JournalFormatter(logging.Formatter):
         return text.replace(f"<{record.levelno}>", f"<{self._PRIO.get(record.levelno, 6)}>", 1)
 
 
-def _ensure_identity(state_dir: Path, name: str) -> tuple[str, Any]:
-    """Load the identity, creating a machine-bound file identity on first run. Returns (did, signer)."""
+def _ensure_identity(state_dir: Path, name: str) -> tuple[str, Any, Any]:
+    """Load the identity, creating a machine-bound file identity on first run.
+
+    Returns (did, signer, the new Identity or None): the caller records ``agent.created`` for a new one.
+    """
     from ..identity import IdentityNotFoundError, create_identity, load_identity, open_signer
 
+    created = None
     try:
         ident = load_identity(state_dir)
     except IdentityNotFoundError:
-        ident = create_identity(state_dir, name=name, backend="file", machine_bound=True)
+        ident = created = create_identity(state_dir, name=name, backend="file", machine_bound=True)
         print(f"kestrel: created a new identity {ident.did} in {state_dir}\n"
               f"  (file keystore, machine-bound: it opens only on this machine; back it up with "
               f"`kestrel identity backup`)", file=sys.stderr)
-    return ident.did, open_signer(state_dir)
+    return ident.did, open_signer(state_dir), created
 
 
 SWITCH_INTERVAL_S = 0.001
@@ -134,8 +138,12 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
     from .runtime import Daemon
 
     profile = load_profile(board_name)
-    did, signer = _ensure_identity(state, cfg.name)
+    did, signer, created = _ensure_identity(state, cfg.name)
     ledger = Ledger.open(layout.ledger, signer=signer, durability="batched", **_segment_size(cfg))
+    if created is not None:  # the same first record `kestrel init-agent` writes
+        from ..agent.core import created_body
+
+        ledger.append("agent.created", created_body(created))
     factory = None
     try:
         factory = open_pin_factory(profile)
