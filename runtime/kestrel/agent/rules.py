@@ -64,12 +64,12 @@ def parse_rules(text: str, *, source: str = "<rules>") -> tuple[Rule, ...]:
     """Parse a rules file (pure). Raises ConfigError naming the file and key."""
     import yaml
 
+    from .._internal.yamlerror import yaml_config_error
+
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=source,
-                          line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
+        raise yaml_config_error(exc, source=source, label="not valid YAML") from None
     if not isinstance(doc, dict) or set(doc) != {"rules"} or not isinstance(doc["rules"], list):
         raise ConfigError("a rules file holds one key, 'rules', with a list", path=source)
     rules, seen = [], set()

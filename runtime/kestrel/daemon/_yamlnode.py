@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import yaml
 
+from .._internal.yamlerror import yaml_config_error
 from ..errors import ConfigError
 
 __all__ = ["Node", "Fields", "load"]
@@ -169,14 +170,6 @@ def load(text: str, *, source: str) -> Node:
     """Compose ``text`` into a root :class:`Node`; YAML syntax errors become ConfigError."""
     try:
         root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise ConfigError(
-            f"not valid YAML: {exc.problem or exc}",
-            path=source,
-            line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None,
-        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", path=source) from None
+        raise yaml_config_error(exc, source=source, label="not valid YAML") from None
     return Node(root, source=source, key="", line=1, column=1)

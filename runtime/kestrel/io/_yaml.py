@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from .._internal.yamlerror import yaml_config_error
 from ..errors import ConfigError
 
 __all__ = ["LineDict", "load_yaml"]
@@ -57,13 +58,5 @@ def load_yaml(text: str, *, source: str) -> Any:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except _KeyProblem as exc:
         raise ConfigError(exc.message, path=source, line=exc.line, key=exc.key) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise ConfigError(
-            f"YAML syntax error: {exc.problem or exc.context}",
-            path=source,
-            line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None,
-        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"YAML error: {exc}", path=source) from None
+        raise yaml_config_error(exc, source=source, label="YAML syntax error", unmarked_label="YAML error") from None
