@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol, runtime_checkable
 
 from ._queue import BoundedQueue
 from .errors import PinConfigError
@@ -27,6 +27,7 @@ __all__ = [
     "InputPin",
     "OutputPin",
     "PinFactory",
+    "PinSet",
     "open_pin_factory",
     "BACKENDS",
 ]
@@ -137,6 +138,28 @@ class PinFactory(Protocol):
     def output(self, pin: str, *, initial: int = 0, active_low: bool = False) -> OutputPin: ...
 
     def close(self) -> None: ...
+
+
+class PinSet:
+    """What every backend's factory does with its open pins: keep them, close them all on exit."""
+
+    def __init__(self) -> None:
+        self._pins: list[Any] = []
+
+    def _keep(self, pin: Any) -> Any:
+        self._pins.append(pin)
+        return pin
+
+    def close(self) -> None:
+        for p in self._pins:
+            p.close()
+        self._pins.clear()
+
+    def __enter__(self) -> "PinSet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def check_input_options(*, edge: Edge, bias: Bias, debounce_ms: float) -> None:

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from .errors import GpioError, PinConfigError
-from .gpio import Bias, Edge, EdgeEvent, EdgeQueue, check_input_options, check_level
+from .gpio import Bias, Edge, EdgeEvent, EdgeQueue, PinSet, check_input_options, check_level
 
 if TYPE_CHECKING:
     from .boards import BoardProfile, PinRef
@@ -198,7 +198,7 @@ class _GpiodOutput:
             self._req = None
 
 
-class GpiodPinFactory:
+class GpiodPinFactory(PinSet):
     """Pin factory over the Linux GPIO character devices (libgpiod v2)."""
 
     backend = "gpiod"
@@ -206,7 +206,7 @@ class GpiodPinFactory:
     def __init__(self, profile: "BoardProfile") -> None:
         self.profile = profile
         self._gpiod = _gpiod()
-        self._pins: list[_GpiodInput | _GpiodOutput] = []
+        super().__init__()
 
     def input(self, pin: str, *, edge: Edge = Edge.BOTH, bias: Bias = Bias.DISABLED, debounce_ms: float = 0.0,
               active_low: bool = False, queue: EdgeQueue | None = None, queue_size: int = 1024) -> _GpiodInput:
@@ -214,22 +214,10 @@ class GpiodPinFactory:
         ref = self.profile.resolve_pin(pin)
         p = _GpiodInput(self._gpiod, ref, settings, edge=edge,
                         queue=queue if queue is not None else EdgeQueue(queue_size))
-        self._pins.append(p)
-        return p
+        return self._keep(p)
 
     def output(self, pin: str, *, initial: int = 0, active_low: bool = False) -> _GpiodOutput:
         settings = output_settings(initial=initial, active_low=active_low)
         p = _GpiodOutput(self._gpiod, self.profile.resolve_pin(pin), settings)
-        self._pins.append(p)
-        return p
+        return self._keep(p)
 
-    def close(self) -> None:
-        for p in self._pins:
-            p.close()
-        self._pins.clear()
-
-    def __enter__(self) -> "GpiodPinFactory":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from .errors import GpioError, PinConfigError
-from .gpio import Bias, Edge, EdgeEvent, EdgeQueue, check_input_options, check_level
+from .gpio import Bias, Edge, EdgeEvent, EdgeQueue, PinSet, check_input_options, check_level
 
 if TYPE_CHECKING:
     from .boards import BoardProfile, PinRef
@@ -194,7 +194,7 @@ class _SimOutput:
         return f"<sim output {self.name} {self.chip.name}:{self.line} value={self.value}>"
 
 
-class SimPinFactory:
+class SimPinFactory(PinSet):
     """Pin factory over one :class:`SimChip` per chip of the board profile."""
 
     backend = "sim"
@@ -203,7 +203,7 @@ class SimPinFactory:
         self.profile = profile
         self._chips = {name: SimChip(name, num_lines=num_lines, label=label or "kestrel-sim")
                        for name, label in profile.chips.items()}
-        self._pins: list[_SimInput | _SimOutput] = []
+        super().__init__()
 
     def chip(self, name: str | None = None) -> SimChip:
         """The simulated chip ``name`` (default: the profile's first chip)."""
@@ -219,22 +219,10 @@ class SimPinFactory:
         ref = self.profile.resolve_pin(pin)
         p = _SimInput(self.chip(ref.chip), ref, edge=edge, bias=bias, debounce_ms=debounce_ms,
                       active_low=active_low, queue=queue if queue is not None else EdgeQueue(queue_size))
-        self._pins.append(p)
-        return p
+        return self._keep(p)
 
     def output(self, pin: str, *, initial: int = 0, active_low: bool = False) -> _SimOutput:
         ref = self.profile.resolve_pin(pin)
         p = _SimOutput(self.chip(ref.chip), ref, initial=initial, active_low=active_low)
-        self._pins.append(p)
-        return p
+        return self._keep(p)
 
-    def close(self) -> None:
-        for p in self._pins:
-            p.close()
-        self._pins.clear()
-
-    def __enter__(self) -> "SimPinFactory":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
