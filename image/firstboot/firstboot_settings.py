@@ -7,12 +7,11 @@ what is wrong, in which file, and what to do. The format is specified in docs/im
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from kestrel.errors import ConfigError, DataError
+from kestrel.ota.signing import strict_json
 
 __all__ = [
     "OWNER_FORMAT",
@@ -64,26 +63,16 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
 def parse_owner_file(data: bytes, *, source: str = OWNER_FILE) -> OwnerSettings:
     """Parse ``owner.json`` strictly: unknown or duplicate keys, wrong types are refused."""
+    def fail(message: str) -> ConfigError:
+        return ConfigError(message, path=source, hint=_HINT)
+
     try:
         text = data.decode("utf-8-sig")  # editors on Windows add a BOM
-        obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"not valid JSON: {exc}", path=source, hint=_HINT) from None
+    except UnicodeDecodeError as exc:
+        raise fail(f"not valid JSON ({exc})") from None
+    obj = strict_json(text, fail)  # no duplicate keys, no NaN/Infinity
     if not isinstance(obj, dict):
         raise ConfigError("must be a JSON object", path=source, hint=_HINT)
     known = {"format", "owners", "threshold", "name", "groups", "keystore"}
