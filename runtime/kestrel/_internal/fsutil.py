@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import TransportError
 
-__all__ = ["fsync_dir", "atomic_write", "ensure_private_dir", "check_private", "read_bytes"]
+__all__ = ["fsync_dir", "atomic_write", "ensure_private_dir", "check_private", "read_bytes", "open_nofollow", "read_fd"]
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -87,6 +87,21 @@ def check_private(path: str | os.PathLike[str]) -> None:
             f"{path} is accessible by other users (mode {stat.S_IMODE(st.st_mode):o})",
             hint=f"run: chmod 600 {path}",
         )
+
+
+def open_nofollow(path: str | os.PathLike[str]) -> int:
+    """Open a file for reading without following a final symlink (ELOOP) and without blocking on a FIFO.
+
+    The caller checks ``os.fstat`` of the descriptor (regular file? mode? size?) before reading,
+    so nothing can be swapped in between the check and the read.
+    """
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+
+
+def read_fd(fd: int, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes from ``fd`` (one more than allowed, so the caller sees an overrun)."""
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        return fh.read(limit + 1)
 
 
 def read_bytes(path: str | os.PathLike[str], *, what: str, max_size: int | None = None) -> bytes:

@@ -14,6 +14,7 @@ import stat
 import sys
 from pathlib import Path
 
+from .._internal.fsutil import open_nofollow, read_fd
 from ..errors import TransportError, UsageError
 from .errors import MachineBindingError, PassphraseRequiredError
 
@@ -141,7 +142,7 @@ def read_private_file(path: Path, *, what: str) -> bytes:
 
 def _read(path: Path, *, what: str, private: bool = False) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = open_nofollow(path)
     except FileNotFoundError:
         raise TransportError(f"{what} not found: {path}") from None
     except OSError as exc:
@@ -156,8 +157,7 @@ def _read(path: Path, *, what: str, private: bool = False) -> bytes:
                 f"{what} {path} is accessible by other users (mode {stat.S_IMODE(st.st_mode):o})",
                 hint=f"run: chmod 600 {path}",
             )
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(_MAX_SECRET_FILE + 1)
+        data = read_fd(fd, _MAX_SECRET_FILE)
     except OSError as exc:
         raise TransportError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     finally:

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._internal.fsutil import read_bytes
+from .._internal.fsutil import open_nofollow, read_bytes, read_fd
 from ..errors import DataError, KestrelError, TransportError
 from .apply import AppliedBundle, HealthCheck, apply_bundle
 from .bundle import Limits
@@ -87,7 +87,7 @@ def scan_drop_dir(state_dir: str | os.PathLike[str], drop_dir: str | os.PathLike
 def _read_regular(path: Path, limit: int) -> bytes:
     """Read a regular file without following a symlink (no TOCTOU between check and read)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = open_nofollow(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise BundleFormatError(f"{path} is a symbolic link; refused", code="not-regular-file") from None
@@ -99,8 +99,7 @@ def _read_regular(path: Path, limit: int) -> bytes:
                                     code="not-regular-file")
         if st.st_size > limit:
             raise BundleFormatError(f"{path} is larger than {limit} bytes", code="oversize")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(limit + 1)
+        data = read_fd(fd, limit)
     except OSError as exc:
         raise TransportError(f"cannot read bundle {path}: {exc.strerror or exc}") from None
     finally:
