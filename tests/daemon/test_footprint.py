@@ -18,10 +18,11 @@ from .test_process import provisioned  # noqa: F401  (fixture: identity + instal
 
 # Loaded on first use only: mail (outbox), HTTP (fetch_data), models, memory, agent/LLM, TPM,
 # MQTT, serial, backups (Argon2 envelopes), interactive prompts, OTA bundle building, TLS
-# (asyncio is imported without it: kestrel._internal.lean).
+# (asyncio is imported without it: kestrel._internal.lean), and the system libcrypto behind
+# hashlib (_hashlib: the daemon hashes with the interpreter's built-in SHA-2).
 NOT_AT_IDLE = (
     "smtplib", "email", "email.message", "urllib.request", "http.client", "numpy", "onnxruntime", "paho",
-    "hnswlib", "tpm2_pytss", "gpiod", "serial", "getpass", "hypothesis", "ssl", "_ssl",
+    "hnswlib", "tpm2_pytss", "gpiod", "serial", "getpass", "hypothesis", "ssl", "_ssl", "_hashlib",
     "kestrel.identity.backup", "kestrel.ota.build", "kestrel.inference", "kestrel.memory", "kestrel.agent.llm",
     "kestrel.agent.planner", "kestrel.io.mqtt", "kestrel.io.serial", "kestrel.sync.sync",
 )
@@ -38,7 +39,8 @@ def snapshot_when_idle():
         time.sleep(0.05)
     time.sleep(0.5)  # READY has been sent: the daemon idles
     with open(out, "w") as fh:
-        json.dump({"modules": sorted(sys.modules), "threads": [t.name for t in threading.enumerate()]}, fh)
+        json.dump({"modules": sorted(k for k, v in list(sys.modules.items()) if v is not None),  # None: hidden
+                   "threads": [t.name for t in threading.enumerate()]}, fh)
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=snapshot_when_idle, name="probe", daemon=True).start()
