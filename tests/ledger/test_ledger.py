@@ -72,6 +72,62 @@ def test_concurrent_appends_get_distinct_durable_receipts(tmp_path, ed_signer, m
     led.close()
 
 
+def test_one_commit_wakes_worker_threads_main_thread_and_futures(tmp_path, ed_signer):
+    """Worker threads are woken as a chain, the main thread and futures directly: all in one commit."""
+    led = Ledger.open(tmp_path / "l", signer=ed_signer, durability="batched", max_batch_delay_ms=200)
+    start = threading.Barrier(7)
+    got: dict = {}
+
+    def worker(k):
+        start.wait()
+        got[k] = [led.append("test.w", {"k": k, "i": i}).seq for i in range(20)]
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(6)]
+    [t.start() for t in threads]
+    start.wait()
+    futures = [led.submit("test.f", {"i": i}) for i in range(5)]
+    mine = [led.append("test.m", {"i": i}).seq for i in range(20)]
+    [t.join(timeout=30) for t in threads]
+    assert not any(t.is_alive() for t in threads)
+    seqs = mine + [f.result(timeout=10).seq for f in futures] + [s for k in range(6) for s in got[k]]
+    assert sorted(seqs) == list(range(145))
+    by_seq = {r.seq: r for r in led}
+    assert all(by_seq[s].kind == "test.m" and by_seq[s].body["i"] == i for i, s in enumerate(mine))
+    assert all(by_seq[s].body == {"k": k, "i": i} for k in range(6) for i, s in enumerate(got[k]))
+    led.close()
+
+
+def test_failed_commit_wakes_every_waiting_thread_with_the_error(tmp_path, ed_signer, monkeypatch):
+    from kestrel.ledger.store import SegmentWriter
+
+    led = Ledger.open(tmp_path / "l", signer=ed_signer, durability="batched", max_batch_delay_ms=200)
+    led.append("test.ok", {})
+
+    def broken_sync(self):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(SegmentWriter, "sync", broken_sync)
+    errors: list = []
+    start = threading.Barrier(8)
+
+    def worker():
+        start.wait()
+        try:
+            led.append("test.lost", {})
+        except LedgerIOError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join(timeout=30) for t in threads]
+    assert not any(t.is_alive() for t in threads)
+    assert len(errors) == 8
+    with pytest.raises(LedgerIOError):
+        led.append("test.after", {})
+    monkeypatch.undo()
+    led.close()
+
+
 def test_batched_mode_shares_signatures(tmp_path, ed_signer):
     """Many appends, few checkpoints: one signature covers a whole group commit."""
     led = Ledger.open(tmp_path / "l", signer=ed_signer, durability="batched", checkpoint_interval_ms=50)

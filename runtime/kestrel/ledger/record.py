@@ -13,6 +13,7 @@ import functools
 import hashlib
 import re
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ MAX_RECORD_SIZE = 1 << 20  # 1 MiB: record digests of large data, not the data
 _KIND = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_*-]+)*$")
 _KEYS = frozenset({"seq", "time", "kind", "body", "prev"})
 _pack = functools.partial(msgpack.packb, use_bin_type=True)  # packb: thread-safe
+_packers = threading.local()  # packb builds a Packer (and its 256 KiB buffer) per call: reuse one per thread
 _HEAD_SEQ, _TIME, _PREV_BIN32 = b"\x85" + _pack("seq"), _pack("time") + b"\xcb", _pack("prev") + b"\xc4\x20"
 _FLOAT = struct.Struct(">d")
 
@@ -86,10 +88,14 @@ def _kind_prefix(kind: str) -> bytes:
 def prepare_body(kind: str, body: dict[str, Any]) -> bytes:
     """Check ``kind`` and encode ``kind`` and ``body`` (the part of a record known before its seq)."""
     prefix = _kind_prefix(kind) if isinstance(kind, str) else _kind_prefix.__wrapped__(kind)
-    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+    if not isinstance(body, dict) or not all(map(str.__instancecheck__, body)):
         raise RecordError(f"record body for {kind!r} must be a dict with str keys")
     try:
-        packed = prefix + _pack(body)
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True, buf_size=4096)
+    try:
+        packed = prefix + packer.pack(body)  # a failed pack leaves the packer empty
     except (TypeError, ValueError, OverflowError) as exc:
         raise RecordError(
             f"record body for {kind!r} is not msgpack-encodable: {exc}",
