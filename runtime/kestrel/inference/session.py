@@ -150,6 +150,14 @@ class OrtSession:
                 f"model {model.manifest.name}: onnxruntime cannot load {model.model_path}: {exc}",
                 hint="rebuild the model with `kestrel models build` and redeploy it",
             ) from None
+        if options.require_accelerator and self.active_providers() == ["CPUExecutionProvider"]:
+            # onnxruntime falls back to the CPU when an accelerator's libraries fail to load
+            raise TransportError(
+                f"model {model.manifest.name}: no accelerator could be used ({', '.join(options.providers)} "
+                "asked for; onnxruntime fell back to the CPU)",
+                hint="check the CUDA/TensorRT libraries (onnxruntime's log says which failed to load), "
+                     "or set require_accelerator: false in the board profile",
+            )
         actual_in = {i.name: (_ORT_TYPES.get(i.type, i.type), tuple(i.shape)) for i in self._sess.get_inputs()}
         actual_out = {o.name: (_ORT_TYPES.get(o.type, o.type), tuple(o.shape)) for o in self._sess.get_outputs()}
         _check_against_model(model, actual_in, model.manifest.inputs, "input")
