@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import stat
@@ -216,16 +217,22 @@ def _cut_and_open(tmp_path, ed_signer, cuts):
         with open(d / seg.name, "r+b") as fh:
             fh.truncate(cut)
         whole = [s for s in spans if s.end <= cut and s.type == RECORD]
+        was_torn = any(s.start < cut < s.end for s in spans)
         with Ledger.open(d, signer=ed_signer) as led:
             v = led.verify()
-            assert (v.size, v.unsigned) == (len(whole), 0), cut
-            assert [r.body["i"] for r in led] == list(range(len(whole)))
+            assert (v.size, v.unsigned) == (len(whole) + was_torn, 0), cut
+            records = list(led)
+            assert [r.body["i"] for r in records[: len(whole)]] == list(range(len(whole)))
             led.append("test.after", {})
         torn = list((d / "torn").glob("*.bin")) if (d / "torn").exists() else []
-        if any(s.start < cut < s.end for s in spans):
+        if was_torn:  # saved, and recorded in the ledger itself
             assert len(torn) == 1 and data[: cut].endswith(torn[0].read_bytes()), cut
+            cut_bytes = torn[0].read_bytes()
+            assert records[-1].kind == "ledger.recovered" and records[-1].body == {
+                "segment": seg.name, "offset": cut - len(cut_bytes), "bytes": len(cut_bytes),
+                "sha256": hashlib.sha256(cut_bytes).hexdigest(), "saved": f"torn/{torn[0].name}"}, cut
         else:
-            assert not torn
+            assert not torn and all(r.kind == "test.torn" for r in records), cut
         shutil.rmtree(d)
 
 
@@ -249,7 +256,9 @@ def test_zero_filled_tail_is_torn(tmp_path, ed_signer):
     with open(seg, "ab") as fh:
         fh.write(b"\x00" * 4096)
     with Ledger.open(tmp_path / "l", signer=ed_signer) as led:
-        assert led.verify().size == 3
+        assert led.verify().size == 4
+        last = list(led)[-1]
+        assert last.kind == "ledger.recovered" and last.body["bytes"] == 4096 and last.body["segment"] == seg.name
     assert seg.stat().st_size < 4096
 
 

@@ -59,6 +59,7 @@ def torn_writes(src: Path, work: Path, *, tail: int) -> int:
             with Ledger.open(d, signer=signer) as led:
                 v = led.verify()
             whole = earlier + sum(1 for f in frames if f.type == RECORD and f.end <= cut)
+            whole += any(f.offset < cut < f.end for f in frames)  # the ledger.recovered record
             if v.unsigned or v.size != whole:
                 bad += 1
                 print(f"cut at {cut}: unexpected state {v}")

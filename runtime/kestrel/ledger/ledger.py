@@ -200,6 +200,13 @@ class Ledger:
             self._signer_thread = threading.Thread(target=self._sign_loop, name="kestrel-ledger-sign", daemon=True)
             self._signer_thread.start()
         self.flush()  # the recovery checkpoint (if any) is durable before open returns
+        if self._recovered is not None:  # auditors see that a crash cut an unacknowledged write
+            try:
+                self.append("ledger.recovered", self._recovered)
+                self.flush()  # signed, like everything the ledger holds when open returns
+            except BaseException:
+                self.close()
+                raise
         return self
 
     def _recover(self, max_segment_bytes: int) -> None:
@@ -210,8 +217,9 @@ class Ledger:
         segments = load_segments(self._dir)
         verified, walker = walk_stream(stream_of(segments), self._pk, allow_torn_tail=True, all_signatures=False,
                                        base=self._base)
+        self._recovered = None
         if verified.torn_bytes:
-            cut_torn_tail(self._dir, segments[-1], verified.torn_bytes)
+            self._recovered = cut_torn_tail(self._dir, segments[-1], verified.torn_bytes)
             segments = load_segments(self._dir)
         self._frontier = walker.frontier()
         self._size = walker.size

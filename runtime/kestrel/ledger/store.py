@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir
 from .base import BASE_MAGIC, MAX_BASE_SIZE, base_size_unsafe
@@ -138,8 +139,10 @@ def stream_of(segments: list[Segment]) -> bytes:
     return b"".join(memoryview(s.data)[len(SEGMENT_MAGIC) :] for s in segments)
 
 
-def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int) -> None:
-    """Save the last ``torn_bytes`` of ``segment`` under torn/, then truncate them (never acknowledged)."""
+def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int) -> dict[str, Any]:
+    """Save the last ``torn_bytes`` of ``segment`` under torn/, then truncate them (never acknowledged).
+
+    Returns what was cut, as the body of the ``ledger.recovered`` record the writer appends."""
     keep = len(segment.data) - torn_bytes
     if keep < len(SEGMENT_MAGIC):
         raise LedgerVerificationError(segment.first_seq, Reason.BIT_FLIP, f"damage crosses segment {segment.path}")
@@ -148,7 +151,8 @@ def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int) -> None:
     if not torn_dir.is_dir():
         ensure_private_dir(torn_dir)
         fsync_dir(ledger_dir)
-    atomic_write(torn_dir / f"{segment.path.name}.{keep}.bin", cut)
+    saved = torn_dir / f"{segment.path.name}.{keep}.bin"
+    atomic_write(saved, cut)
     try:
         fd = os.open(segment.path, os.O_WRONLY)
         try:
@@ -158,10 +162,11 @@ def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int) -> None:
             os.close(fd)
     except OSError as exc:
         raise _io_error("truncate ledger segment", segment.path, exc) from None
-    log.warning(
-        "ledger: cut an unfinished write of %d bytes (sha256 %s) from %s at offset %d; saved under %s",
-        len(cut), hashlib.sha256(cut).hexdigest(), segment.path, keep, torn_dir,
-    )
+    digest = hashlib.sha256(cut).hexdigest()
+    log.warning("ledger: cut an unfinished write of %d bytes (sha256 %s) from %s at offset %d; saved as %s",
+                len(cut), digest, segment.path, keep, saved)
+    return {"segment": segment.path.name, "offset": keep, "bytes": len(cut), "sha256": digest,
+            "saved": f"torn/{saved.name}"}
 
 
 def lock_directory(ledger_dir: Path) -> int:
