@@ -23,16 +23,20 @@ print("ok")
 """
 
 
-def test_asyncio_without_tls_then_real_ssl():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
+def _fresh_interpreter(code: str) -> str:
+    """Run ``code`` in a new interpreter (these helpers act on sys.modules); return its output."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    return proc.stdout.strip()
+
+
+def test_asyncio_without_tls_then_real_ssl():
+    assert _fresh_interpreter(SCRIPT) == "ok"
 
 
 def test_noop_when_ssl_already_loaded():
     code = "import ssl\nfrom kestrel._internal.lean import import_asyncio_without_tls as f\nprint(f())"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.stdout.strip() == "False", proc.stderr
+    assert _fresh_interpreter(code) == "False"
 
 
 HASHES = """
@@ -53,12 +57,9 @@ print("ok")
 
 
 def test_builtin_hashes_same_digests_no_libcrypto_then_real_ssl():
-    proc = subprocess.run([sys.executable, "-c", HASHES], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    assert _fresh_interpreter(HASHES) == "ok"
 
 
 def test_builtin_hashes_too_late_once_hashlib_is_loaded():
     code = "import hashlib\nfrom kestrel._internal.lean import use_builtin_hashes as f\nprint(f())"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.stdout.strip() == "False", proc.stderr
+    assert _fresh_interpreter(code) == "False"
