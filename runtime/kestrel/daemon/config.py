@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from .._internal.yamlnode import Fields, Node, load
 from ..errors import ConfigError, KestrelError
-from ._yamlnode import Fields, Node, load
 from .cron import CronSpec, parse_cron
 from .expr import Expression, Template, compile_expression
 

@@ -28,8 +28,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .._internal.yamlnode import Fields, Node
 from ..errors import ConfigError, KestrelError
-from ._yamlnode import Fields, Node
 from .expr import Expression, compile_expression
 
 __all__ = ["ModelSensor", "parse_models", "ModelFeeds"]

@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
+from .._internal.yamlnode import Fields, Node, load
 from ..errors import ConfigError
-from ._yaml import LineDict, load_yaml
 from .errors import PinConfigError
 
 __all__ = [
@@ -39,6 +39,8 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _CHIP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BACKENDS = ("gpiod", "sim")
 _TOP_KEYS = {"name", "description", "model_match", "gpio", "tpm", "onnxruntime", "memory_budget_mb", "state_dir"}
+_GPIO_KEYS = {"backend", "chips", "lines", "header"}
+_ORT_KEYS = {"intra_op_threads", "inter_op_threads", "providers"}
 _MAX_PROFILE_BYTES = 256 * 1024
 
 
@@ -91,39 +93,33 @@ class BoardProfile:
 
 def parse_profile(text: str, *, source: str = "<profile>") -> BoardProfile:
     """Parse and validate one profile. ConfigError names the file, line and key."""
-    doc = load_yaml(text, source=source)
-    if not isinstance(doc, LineDict):
-        raise ConfigError("a board profile must be a YAML mapping", path=source, line=1)
-    v = _Validator(source)
-    for key in doc:
-        if key not in _TOP_KEYS:
-            v.fail(doc, key, f"unknown key (expected one of: {', '.join(sorted(_TOP_KEYS))})")
-    name = v.string(doc, "name")
+    root = load(text, source=source)
+    if root.is_null:
+        raise root.error("a board profile must be a YAML mapping")
+    doc = Fields(root, _TOP_KEYS)
+    name = doc.get("name", Node.as_str)
     if not _NAME_RE.match(name):
-        v.fail(doc, "name", "must be lower-case letters, digits and '-'")
-    gpio = v.mapping(doc, "gpio")
-    backend = v.string(gpio, "backend", default="gpiod")
-    if backend not in _BACKENDS:
-        v.fail(gpio, "backend", f"must be one of {', '.join(_BACKENDS)}")
-    chips = _parse_chips(v, gpio)
-    default_chip = next(iter(chips))
-    pins = _parse_pins(v, gpio, chips, default_chip)
-    tpm = v.mapping(doc, "tpm", default=LineDict())
-    ort = v.mapping(doc, "onnxruntime", default=LineDict())
-    providers = v.string_list(ort, "providers", default=["CPUExecutionProvider"])
+        raise doc.node_of("name").error("must be lower-case letters, digits and '-'")
+    if not doc.has("gpio"):
+        raise doc.node_of("gpio").error("is required")
+    gpio = Fields(doc.node_of("gpio"), _GPIO_KEYS)
+    backend = gpio.get("backend", Node.as_str, "gpiod", choices=_BACKENDS)
+    chips = _parse_chips(gpio)
+    pins = _parse_pins(gpio, chips)
+    tpm, ort = Fields(doc.node_of("tpm"), {"tcti"}), Fields(doc.node_of("onnxruntime"), _ORT_KEYS)
     return BoardProfile(
         name=name,
-        description=v.string(doc, "description", default=name),
-        model_match=tuple(v.string_list(doc, "model_match", default=[])),
+        description=doc.get("description", Node.as_str, name),
+        model_match=tuple(doc.get("model_match", _strings, [])),
         gpio_backend=backend,
         chips=MappingProxyType(chips),
         pins=MappingProxyType(pins),
-        tpm_tcti=v.string(tpm, "tcti", default=None, nullable=True),
-        ort_intra_threads=v.integer(ort, "intra_op_threads", default=1, minimum=1),
-        ort_inter_threads=v.integer(ort, "inter_op_threads", default=1, minimum=1),
-        ort_providers=tuple(providers),
-        memory_budget_mb=v.integer(doc, "memory_budget_mb", minimum=16),
-        state_dir=v.string(doc, "state_dir", default=None, nullable=True),
+        tpm_tcti=tpm.get("tcti", Node.as_str, None),
+        ort_intra_threads=ort.get("intra_op_threads", Node.as_int, 1, min=1),
+        ort_inter_threads=ort.get("inter_op_threads", Node.as_int, 1, min=1),
+        ort_providers=tuple(ort.get("providers", _strings, ["CPUExecutionProvider"])),
+        memory_budget_mb=doc.get("memory_budget_mb", Node.as_int, min=16),
+        state_dir=doc.get("state_dir", Node.as_str, None),
         source=source,
     )
 
@@ -138,90 +134,46 @@ def detect_board(model: str, profiles: Iterable[BoardProfile]) -> str | None:
     return best[1] if best else None
 
 
-def _parse_chips(v: "_Validator", gpio: LineDict) -> dict[str, str | None]:
-    raw = v.mapping(gpio, "chips")
-    if not raw:
-        v.fail(gpio, "chips", "at least one chip is required")
+def _strings(node: Node) -> list[str]:
+    return [item.as_str() for item in node.sequence()]
+
+
+def _parse_chips(gpio: Fields) -> dict[str, str | None]:
+    entries = gpio.get("chips", Node.mapping)
+    if not entries:
+        raise gpio.node_of("chips").error("at least one chip is required")
     chips: dict[str, str | None] = {}
-    for chip, label in raw.items():
-        if not isinstance(chip, str) or not _CHIP_RE.match(chip):
-            v.fail(raw, chip, "chip name must look like 'gpiochip0'")
-        if label is not None and not isinstance(label, str):
-            v.fail(raw, chip, "chip label must be a string or null")
-        chips[chip] = label
+    for chip, label in entries.items():
+        if not _CHIP_RE.match(chip):
+            raise label.error("chip name must look like 'gpiochip0'")
+        chips[chip] = label.value()
+        if chips[chip] is not None and not isinstance(chips[chip], str):
+            raise label.error("chip label must be a string or null")
     return chips
 
 
-def _parse_pins(v: "_Validator", gpio: LineDict, chips: Mapping[str, str | None], default_chip: str) -> dict:
-    lines = v.mapping(gpio, "lines")
+def _parse_pins(gpio: Fields, chips: Mapping[str, str | None]) -> dict[str, PinRef]:
     pins: dict[str, PinRef] = {}
-    for name, spec in lines.items():
-        if not isinstance(name, str) or not name:
-            v.fail(lines, name, "line names must be strings")
-        chip, line = default_chip, spec
-        if isinstance(spec, str):
-            chip, _, line_s = spec.rpartition(":")
+    for name, spec in gpio.get("lines", Node.mapping).items():
+        if not name:
+            raise spec.error("line names must be strings")
+        chip, line = next(iter(chips)), spec.value()
+        if isinstance(line, str):
+            chip, _, line_s = line.rpartition(":")
             if chip not in chips or not line_s.isdigit():
-                v.fail(lines, name, f"must be a line number or 'CHIP:LINE' with CHIP one of {list(chips)}")
+                raise spec.error(f"must be a line number or 'CHIP:LINE' with CHIP one of {list(chips)}")
             line = int(line_s)
         if isinstance(line, bool) or not isinstance(line, int) or not 0 <= line < 1024:
-            v.fail(lines, name, "line offset must be an integer 0..1023")
+            raise spec.error("line offset must be an integer 0..1023")
         pins[name] = PinRef(chip=chip, line=line, name=name, chip_label=chips[chip])
-    header = v.mapping(gpio, "header", default=LineDict())
-    for pin, target in header.items():
-        if not isinstance(pin, str) or not re.match(r"^PIN\d{1,2}$", pin):
-            v.fail(header, pin, "header pins are named PIN1..PIN40")
+    for pin, node in gpio.get("header", Node.mapping, {}).items():
+        if not re.match(r"^PIN\d{1,2}$", pin):
+            raise node.error("header pins are named PIN1..PIN40")
+        target = node.value()
         if not isinstance(target, str) or target not in pins:
-            v.fail(header, pin, f"must name a line from gpio.lines, got {target!r}")
+            raise node.error(f"must name a line from gpio.lines, got {target!r}")
         pins[pin] = PinRef(chip=pins[target].chip, line=pins[target].line, name=pin, chip_label=pins[target].chip_label)
     return pins
-
-
-class _Validator:
-    """Typed getters that raise ConfigError(path, line, key)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, d: LineDict, key: Any, message: str) -> None:
-        line = d.lines.get(key, d.line) if isinstance(d, LineDict) else None
-        raise ConfigError(message, path=self.source, line=line, key=str(key))
-
-    def _get(self, d: LineDict, key: str, default: Any) -> Any:
-        if key in d:
-            return d[key]
-        if default is _REQUIRED:
-            raise ConfigError("missing required key", path=self.source, line=d.line or None, key=key)
-        return default
-
-    def string(self, d: LineDict, key: str, *, default: Any = None, nullable: bool = False) -> Any:
-        val = self._get(d, key, _REQUIRED if default is None and not nullable else default)
-        if val is None and nullable:
-            return None
-        if not isinstance(val, str) or not val:
-            self.fail(d, key, "must be a non-empty string")
-        return val
-
-    def integer(self, d: LineDict, key: str, *, default: Any = None, minimum: int = 0) -> int:
-        val = self._get(d, key, _REQUIRED if default is None else default)
-        if isinstance(val, bool) or not isinstance(val, int) or val < minimum:
-            self.fail(d, key, f"must be an integer >= {minimum}")
-        return val
-
-    def mapping(self, d: LineDict, key: str, *, default: Any = None) -> LineDict:
-        val = self._get(d, key, _REQUIRED if default is None else default)
-        if not isinstance(val, LineDict):
-            self.fail(d, key, "must be a mapping")
-        return val
-
-    def string_list(self, d: LineDict, key: str, *, default: Sequence[str]) -> list[str]:
-        val = self._get(d, key, list(default))
-        if not isinstance(val, list) or not all(isinstance(x, str) and x for x in val):
-            self.fail(d, key, "must be a list of strings")
-        return val
-
-
-_REQUIRED = object()
 
 
 # --------------------------------------------------------------------------- shell

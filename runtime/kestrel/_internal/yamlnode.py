@@ -3,7 +3,8 @@
 ``load(text, source=...)`` composes the YAML into :class:`Node` objects (PyYAML's
 safe composer: no tags that build Python objects). Every accessor raises
 :class:`~kestrel.errors.ConfigError` naming the file, line and dotted key, so a
-parser built on it never shows a traceback for a bad file.
+parser built on it never shows a traceback for a bad file. Shared by the device
+config (``kestrel.daemon.config``) and the board profiles (``kestrel.io.boards``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import yaml
 
-from .._internal.yamlerror import yaml_config_error
 from ..errors import ConfigError
+from .yamlerror import yaml_config_error
 
 __all__ = ["Node", "Fields", "load"]
 
