@@ -3,6 +3,7 @@ bad input, and the policy engine re-reading the active policy when the daemon ap
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -112,6 +113,9 @@ async def test_bad_bundles_and_bad_requests_are_refused_clearly(agent):
         assert reply["error"]["code"] == "bad_request"
         assert d.unhealthy() is None
     assert agent.kinds("ota.applied") == [] and agent.kinds("trust.rotated") == []
+    (rejected,) = agent.kinds("trust.rejected")
+    assert rejected["reason"] == "root-malformed" and rejected["size"] == 2
+    assert rejected["sha256"] == hashlib.sha256(b"{}").hexdigest()
 
 
 async def test_trust_apply_rotates_the_root_and_records_it(agent):
@@ -125,6 +129,25 @@ async def test_trust_apply_rotates_the_root_and_records_it(agent):
         r = await in_thread(Client(agent.state).trust_apply, env)
     assert (r["from_version"], r["version"], r["owners"]) == (1, 2, [new.public_key.did])
     assert agent.kinds("trust.rotated") == [r]
+
+
+async def test_a_rotation_without_the_current_owners_signatures_is_refused_and_recorded(agent):
+    from kestrel.ota.root import root_envelope, root_payload, sign_root
+    from kestrel.ota.store import OtaDir
+
+    _owned(agent)
+    before = OtaDir(agent.state).root_file.read_bytes()
+    stranger = SoftwareSigner.generate()
+    env = sign_root(root_envelope(root_payload([stranger.public_key.did], 1, 2)), stranger)
+    async with running(agent, GPIO_CONFIG):
+        with pytest.raises(RemoteError) as exc:
+            await in_thread(Client(agent.state).trust_apply, env)
+    assert "threshold" in exc.value.message or "sign" in exc.value.message
+    assert OtaDir(agent.state).root_file.read_bytes() == before  # the old root stays in force
+    assert agent.kinds("trust.rotated") == []
+    (rejected,) = agent.kinds("trust.rejected")
+    assert (rejected["reason"], rejected["size"], rejected["sha256"]) == (
+        "root-threshold", len(env), hashlib.sha256(env).hexdigest())
 
 
 def test_engine_recheck_interval_and_invalidate(agent):

@@ -12,6 +12,7 @@ uses the new policy without the engine stat'ing the pointer on every decision.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -32,10 +33,17 @@ def applied_json(res: Any) -> dict[str, Any]:
 
 
 def install_root(state_dir: str | os.PathLike[str], envelope: bytes, *, ledger: Any) -> dict[str, Any]:
-    """Install the next trust root (verified against the current one) and record ``trust.rotated``."""
+    """Install the next trust root (verified against the current one) and record ``trust.rotated``;
+    a refused one is recorded as ``trust.rejected`` (the reason code, and the digest of the bytes)."""
+    from ..ota.errors import TrustRootError
     from ..ota.store import OtaDir
 
-    old, new = OtaDir(state_dir).rotate_root(envelope)
+    try:
+        old, new = OtaDir(state_dir).rotate_root(envelope)
+    except TrustRootError as exc:
+        ledger.append("trust.rejected", {"reason": exc.code, "message": exc.message[:500], "size": len(envelope),
+                                         "sha256": hashlib.sha256(envelope).hexdigest()})
+        raise
     body = {"from_version": old.version, "version": new.version, "threshold": new.threshold,
             "owners": list(new.owners)}
     ledger.append("trust.rotated", body)
