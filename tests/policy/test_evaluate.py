@@ -77,6 +77,25 @@ def test_time_windows() -> None:
     assert not decide(wrap, "a", fri_23 - 86400).allowed  # Thursday 23:00
 
 
+def test_time_windows_in_an_iana_zone_follow_daylight_saving_time() -> None:
+    """Europe/Berlin moves from +01:00 to +02:00 on 2026-03-29 and back on 2026-10-25."""
+    berlin = "actions:\n  - action: a\n    window: {hours: '08:00-18:00', tz: Europe/Berlin}\n"
+    fixed = "actions:\n  - action: a\n    window: {hours: '08:00-18:00', utc_offset: '+01:00'}\n"
+    utc = lambda *t: calendar.timegm((2026, *t, 0, 0))  # noqa: E731
+    summer_0630, summer_1630 = utc(3, 30, 6, 30), utc(3, 30, 16, 30)  # 08:30 and 18:30 in Berlin (CEST)
+    assert decide(berlin, "a", summer_0630).allowed and not decide(fixed, "a", summer_0630).allowed
+    assert not decide(berlin, "a", summer_1630).allowed and decide(fixed, "a", summer_1630).allowed
+    winter_0730 = utc(3, 28, 7, 30)  # 08:30 in Berlin (CET), the day before the change
+    assert decide(berlin, "a", winter_0730).allowed and decide(fixed, "a", winter_0730).allowed
+    assert decide(berlin, "a", utc(10, 26, 7, 30)).allowed  # back to CET: 08:30
+    assert not decide(berlin, "a", utc(10, 26, 6, 30)).allowed  # 07:30 CET
+    # the local day counts: Monday 07:00 in Auckland (+13:00) is still Sunday in UTC
+    monday = "actions:\n  - action: a\n    window: {days: [mon], hours: '06:00-09:00', tz: Pacific/Auckland}\n"
+    sunday_1800_utc = utc(1, 4, 18, 0)  # 2026-01-04 was a Sunday
+    assert decide(monday, "a", sunday_1800_utc).allowed
+    assert not decide(monday, "a", sunday_1800_utc + 86400).allowed  # Tuesday 07:00 there
+
+
 def test_rate_limit_sliding_window() -> None:
     p = parse_policy("actions:\n  - action: ping\n    rate: {count: 3, per: 60}\n")
     state = PolicyState()

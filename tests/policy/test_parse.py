@@ -130,6 +130,9 @@ def test_every_error_reported_with_line_and_column() -> None:
     ("actions:\n  - action: a\n    rate: {count: 5}\n", 3, 11, "needs both"),
     ("actions:\n  - args: {}\n", 2, 5, "has no 'action'"),
     ("actions:\n  - action: a\n    network: yes please\n", 3, 14, "must be a boolean"),
+    ("actions:\n  - action: a\n    window: {tz: Mars/Olympus}\n", 3, 18, "unknown time zone 'Mars/Olympus'"),
+    ("actions:\n  - action: a\n    window: {tz: ../../etc/passwd}\n", 3, 18, "unknown time zone"),
+    ("actions:\n  - action: a\n    window: {tz: UTC, utc_offset: '+01:00'}\n", 3, 18, "not both"),
 ])
 def test_single_errors(text: str, line: int, col: int, msg: str) -> None:
     with pytest.raises(PolicyError) as info:

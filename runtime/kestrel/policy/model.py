@@ -8,6 +8,7 @@ built, names indexed) so that :func:`kestrel.policy.evaluate` does no parsing.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import re
@@ -218,17 +219,31 @@ class RateLimit:
     per: float  # seconds (sliding window)
 
 
+@functools.lru_cache(maxsize=256)
+def tz_offset_min(tz: str, minute: int) -> int:
+    """The UTC offset of IANA zone ``tz`` (minutes) at Unix minute ``minute``. Offsets change on
+    whole minutes, so one computation per zone and minute serves every decision in it."""
+    import datetime
+    import zoneinfo
+
+    when = datetime.datetime.fromtimestamp(minute * 60, datetime.timezone.utc)
+    offset = zoneinfo.ZoneInfo(tz).utcoffset(when)
+    return int(offset.total_seconds() // 60) if offset is not None else 0
+
+
 @dataclass(frozen=True)
 class TimeWindow:
-    """Permitted days and minutes of day, in a fixed UTC offset (no tz database)."""
+    """Permitted days and minutes of day, local to a fixed UTC offset or an IANA zone (``tz``)."""
 
     days: frozenset[int]  # 0 = Monday ... 6 = Sunday
     start_min: int  # minute of day, inclusive
     end_min: int  # minute of day, exclusive; < start_min wraps past midnight
     offset_min: int = 0
+    tz: str | None = None  # IANA zone: the offset follows daylight saving time (offset_min unused)
 
     def contains(self, now: float) -> bool:
-        t = int(now // 60) + self.offset_min  # minutes since epoch, local
+        t = int(now // 60)
+        t += self.offset_min if self.tz is None else tz_offset_min(self.tz, t)  # minutes since epoch, local
         day = ((t // 1440) + 3) % 7  # 1970-01-01 was a Thursday (3)
         minute = t % 1440
         if self.start_min <= self.end_min:

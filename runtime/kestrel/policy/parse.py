@@ -327,7 +327,7 @@ def _domains(ctx: _Ctx, node: yaml.Node, what: str) -> frozenset[str] | None:
 
 
 def _window(ctx: _Ctx, node: yaml.Node, what: str) -> TimeWindow | None:
-    m = ctx.mapping(node, what, ("days", "hours", "utc_offset"))
+    m = ctx.mapping(node, what, ("days", "hours", "utc_offset", "tz"))
     if m is None:
         return None
     days = frozenset(range(7))
@@ -359,7 +359,25 @@ def _window(ctx: _Ctx, node: yaml.Node, what: str) -> TimeWindow | None:
             ctx.err(m["utc_offset"], f"{what}.utc_offset must look like '+01:00' or '-05:30'")
         elif mo is not None:
             offset = (1 if mo.group(1) == "+" else -1) * (int(mo.group(2)) * 60 + int(mo.group(3)))
-    return TimeWindow(days=days, start_min=start, end_min=end, offset_min=offset)
+    tz = None
+    if "tz" in m:
+        tz = ctx.scalar(m["tz"], f"{what}.tz", (str,))
+        if "utc_offset" in m:
+            ctx.err(m["tz"], f"{what}: give tz or utc_offset, not both")
+        elif tz is not None and not _known_zone(tz):
+            ctx.err(m["tz"], f"{what}.tz: unknown time zone {tz!r} (an IANA name such as 'Europe/Berlin'; "
+                             "this machine's time-zone database has no such zone)")
+    return TimeWindow(days=days, start_min=start, end_min=end, offset_min=offset, tz=tz)
+
+
+def _known_zone(name: str) -> bool:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):  # ValueError: a path-like or malformed key
+        return False
+    return True
 
 
 def _duration(ctx: _Ctx, node: yaml.Node, what: str) -> float | None:
