@@ -104,10 +104,10 @@ def test_failed_commit_wakes_every_waiting_thread_with_the_error(tmp_path, ed_si
     led = Ledger.open(tmp_path / "l", signer=ed_signer, durability="batched", max_batch_delay_ms=200)
     led.append("test.ok", {})
 
-    def broken_sync(self):
+    def broken_disk(self, data, *, next_seq):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(SegmentWriter, "sync", broken_sync)
+    monkeypatch.setattr(SegmentWriter, "write_durable", broken_disk)
     errors: list = []
     start = threading.Barrier(8)
 
@@ -127,6 +127,22 @@ def test_failed_commit_wakes_every_waiting_thread_with_the_error(tmp_path, ed_si
         led.append("test.after", {})
     monkeypatch.undo()
     led.close()
+
+
+@pytest.mark.parametrize("mode", ["strict", "batched"])
+def test_commits_fall_back_to_write_then_fdatasync_where_the_kernel_refuses_rwf_dsync(tmp_path, ed_signer, mode,
+                                                                                       monkeypatch):
+    from kestrel.ledger import store
+
+    if not store._DSYNC:
+        pytest.skip("this platform has no RWF_DSYNC: every commit is write + fdatasync already")
+    monkeypatch.setattr(store, "_DSYNC", 1 << 30)  # a flag no kernel knows: pwritev2 fails with EOPNOTSUPP
+    with Ledger.open(tmp_path / "l", signer=ed_signer, durability=mode) as led:
+        receipts = [led.append("test.f", {"i": i}) for i in range(5)]
+    assert store._DSYNC == 0  # refused once, then never asked again
+    with Ledger.open(tmp_path / "l", signer=ed_signer) as led:
+        assert [r.digest.hex() for r in led] == [r.digest for r in receipts]
+        assert led.verify().signed_size == 5
 
 
 def test_batched_mode_shares_signatures(tmp_path, ed_signer):

@@ -1,8 +1,8 @@
 """The ledger (I/O shell): group commit, checkpoint signing, recovery on open.
 
 Appends from any thread (or ``append_async`` from asyncio) queue up; one
-committer thread writes each group of records as frames with one ``write`` and
-one ``fdatasync``, then resolves every waiting append with its Receipt.
+committer thread writes each group of records as frames with one durable write
+(``RWF_DSYNC``, or ``write`` + ``fdatasync``), then wakes every waiting append.
 
 * ``strict``: a commit starts as soon as the previous one ends (appends that
   arrive meanwhile share it) and carries its own signed checkpoint: when
@@ -12,6 +12,7 @@ one ``fdatasync``, then resolves every waiting append with its Receipt.
   the newest tree head (at most once per ``checkpoint_interval_ms``) and the
   next commit writes that checkpoint, so a slow signer (a TPM) never sits on
   the append path and one signature covers every record committed meanwhile.
+  The signer also hashes committed leaves into the Merkle tree (off the commit path).
 """
 
 from __future__ import annotations
@@ -79,9 +80,13 @@ class DiskUsage:
     segments: tuple[tuple[int, int], ...]
 
 
+_MAIN_THREAD = threading.main_thread().ident
+
+
 class _Item:
     """One queued append. Sync callers wait on ``done`` (a held lock: the cheapest wake-up);
-    ``submit`` callers get ``future``.
+    ``submit`` callers get ``future``. The committer fills in ``seq`` and ``digest``; the
+    waiter builds its own Receipt, off the commit path.
 
     Sync appends from threads other than the main one are woken as a chain (``next``):
     the committer releases the first, and each waiter releases its successor as soon
@@ -91,49 +96,54 @@ class _Item:
     be interrupted (KeyboardInterrupt) while waiting, which would break the chain.
     """
 
-    __slots__ = ("prepared", "time", "future", "done", "receipt", "error", "next", "owner")
+    __slots__ = ("prepared", "time", "future", "done", "seq", "digest", "error", "next", "chained")
 
     def __init__(self, prepared: bytes, future: concurrent.futures.Future | None) -> None:
         self.prepared, self.time, self.future = prepared, time.time(), future
-        self.receipt: Receipt | None = None
+        self.seq, self.digest = -1, b""
         self.error: BaseException | None = None
         self.done: threading.Lock | None = None
         self.next: _Item | None = None
-        self.owner = threading.get_ident()
+        self.chained = future is None and threading.get_ident() != _MAIN_THREAD
         if future is None:
             self.done = threading.Lock()
             self.done.acquire()
 
-    def resolve(self, receipt: Receipt | None, error: BaseException | None) -> None:
-        if self.future is not None:
-            if not self.future.done():
-                if error is not None:
-                    self.future.set_exception(error)
-                else:
-                    self.future.set_result(receipt)
-            return
-        self.receipt, self.error = receipt, error
-        self.done.release()  # type: ignore[union-attr]
+    def receipt(self) -> Receipt:
+        return Receipt(self.seq, self.digest.hex(), self.time)
+
+    def resolve(self) -> None:
+        """Hand over the committed ``seq`` and ``digest`` (not for chained items: see ``wake``)."""
+        if self.future is None:
+            self.done.release()  # type: ignore[union-attr]
+        elif not self.future.done():
+            self.future.set_result(self.receipt())
+
+    def fail(self, error: BaseException) -> None:
+        if self.future is None:
+            self.error = error
+            self.done.release()  # type: ignore[union-attr]
+        elif not self.future.done():
+            self.future.set_exception(error)
 
     def wait(self) -> Receipt:
-        """Block until resolved (a sync append); pass the wake-up on down the chain first."""
+        """Block until committed (a sync append); pass the wake-up on down the chain first."""
         self.done.acquire()  # type: ignore[union-attr]
         if self.next is not None:
             self.next.done.release()  # type: ignore[union-attr]
         if self.error is not None:
             raise self.error
-        return self.receipt  # type: ignore[return-value]
+        return self.receipt()
 
 
-def _resolve_batch(batch: list[_Item], receipts: list[Receipt]) -> None:
-    """Hand each item its receipt: futures and main-thread appends directly, the rest as one chain."""
-    main = threading.main_thread().ident
+def _wake(batch: list[_Item]) -> None:
+    """Wake a committed batch: futures and main-thread appends directly, the rest as one chain."""
     head: _Item | None = None
-    for item, receipt in zip(reversed(batch), reversed(receipts)):
-        if item.future is None and item.owner != main:
-            item.receipt, item.next, head = receipt, head, item
+    for item in reversed(batch):
+        if item.chained:
+            item.next, head = head, item
         else:
-            item.resolve(receipt, None)
+            item.resolve()
     if head is not None:
         head.done.release()  # type: ignore[union-attr]
 
@@ -153,7 +163,7 @@ class Ledger:
         durability: Durability = "batched",
         max_batch_delay_ms: float = 5.0,
         max_segment_bytes: int = 64 << 20,
-        checkpoint_interval_ms: float = 10.0,
+        checkpoint_interval_ms: float = 50.0,
     ) -> "Ledger":
         """Open (creating if needed) and recover: cut a torn tail, verify, sign an unsigned tail."""
         if durability not in ("strict", "batched"):
@@ -222,6 +232,7 @@ class Ledger:
             self._recovered = cut_torn_tail(self._dir, segments[-1], verified.torn_bytes)
             segments = load_segments(self._dir)
         self._frontier = walker.frontier()
+        self._unhashed: list[bytes] = []  # batched mode: leaves committed since the signer last extended the tree
         self._size = walker.size
         self._prev = walker.prev
         self._latest_cp = verified.checkpoint
@@ -488,33 +499,36 @@ class Ledger:
                     failed, self._pending = batch + self._pending, []
                     self._wake_all()
                 for item in failed:
-                    item.resolve(None, self._failure())
+                    item.fail(self._failure())
                 return
 
     def _commit(self, batch: list[_Item], cp: SignedCheckpoint | None) -> None:
         frames = [encode_frame(CHECKPOINT, cp.note)] if cp is not None else []
-        frontier, prev, seq = self._frontier.copy(), self._prev, self._size
-        receipts, leaves = [], []
+        prev, seq = self._prev, self._size
+        leaves: list[bytes] = []
         assemble, frame, leaf = assemble_record, record_frame, _LEAF.copy  # bound once: this loop is hot
-        add_frame, add_leaf, add_receipt = frames.append, leaves.append, receipts.append
+        add_frame, add_leaf = frames.append, leaves.append
         for item in batch:
             raw = assemble(seq=seq, time=item.time, prepared=item.prepared, prev=prev)
             h = leaf()
             h.update(raw)
-            prev = h.digest()
+            item.seq, item.digest = seq, (prev := h.digest())
             add_leaf(prev)
             add_frame(frame(raw))
-            add_receipt(Receipt(seq, prev.hex(), item.time))
             seq += 1
-        frontier.extend(leaves)
-        own_cp = None
-        if self._strict and batch:
+        own_cp = frontier = None
+        if self._strict and batch:  # strict: this commit's own checkpoint needs the tree now
+            frontier = self._frontier.copy()
+            frontier.extend(leaves)
             own_cp = sign_checkpoint(self._signer, size=seq, root=frontier.root())
             frames.append(encode_frame(CHECKPOINT, own_cp.note))
-        self._writer.write(b"".join(frames), next_seq=self._size)
-        self._writer.sync()
+        self._writer.write_durable(b"".join(frames), next_seq=self._size)
         with self._cond:
-            self._frontier, self._prev, self._size = frontier, prev, seq
+            self._prev, self._size = prev, seq
+            if frontier is not None:
+                self._frontier = frontier
+            else:  # batched: the signer hashes these into the tree, off the commit path
+                self._unhashed += leaves
             for written in (cp, own_cp):
                 if written is not None and written.size >= self._signed_size:
                     self._latest_cp, self._signed_size = written, written.size
@@ -522,7 +536,7 @@ class Ledger:
             if self._signer_idle:
                 self._sign_cond.notify()
             self._idle_cond.notify_all()
-        _resolve_batch(batch, receipts)
+        _wake(batch)
 
     def _sign_loop(self) -> None:
         last = took = 0.0
@@ -543,11 +557,17 @@ class Ledger:
                     self._sign_cond.wait(left)
                 if self._failed:
                     return
-                size, root = self._size, self._frontier.root()
+                size, frontier, unhashed = self._size, self._frontier, self._unhashed
+                self._unhashed = []
                 self._sign_requested = size
             last = time.monotonic()
             try:
-                cp = sign_checkpoint(self._signer, size=size, root=root)
+                if unhashed:  # outside the lock: in batched mode only the signer updates the tree
+                    frontier = frontier.copy()
+                    frontier.extend(unhashed)
+                    with self._cond:
+                        self._frontier = frontier
+                cp = sign_checkpoint(self._signer, size=size, root=frontier.root())
                 took = time.monotonic() - last
             except BaseException as exc:
                 log.error("ledger: checkpoint signing failed: %s", exc)
