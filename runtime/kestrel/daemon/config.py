@@ -192,6 +192,8 @@ class LimitsConfig:
 class AuditConfig:
     decisions: str = "batched"  # batched: queued in the ledger's group commit before the action runs; strict:
     #                              durable on flash before the action runs
+    commit_delay_ms: float = 5.0  # the ledger's group commit waits at most this long for more records
+    checkpoint_interval_ms: float = 50.0  # at most one signed checkpoint per interval (TPM load, flash)
 
 
 @dataclass(frozen=True)
@@ -437,8 +439,10 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
                               f.get("action_workers", Node.as_int, 4, min=1, max=64))
 
     audit = AuditConfig()
-    if (f := _section(root, "audit", {"decisions"})):
-        audit = AuditConfig(f.get("decisions", Node.as_str, "batched", choices=("batched", "strict")))
+    if (f := _section(root, "audit", {"decisions", "commit_delay_ms", "checkpoint_interval_ms"})):
+        audit = AuditConfig(f.get("decisions", Node.as_str, "batched", choices=("batched", "strict")),
+                            f.get("commit_delay_ms", Node.as_float, 5.0, min=0, max=1000),
+                            f.get("checkpoint_interval_ms", Node.as_float, 50.0, min=1, max=600_000))
 
     sync = _sync_section(root, source)
     models: tuple[Any, ...] = ()

@@ -42,13 +42,16 @@ def load_config(path: str | os.PathLike[str] | None) -> DeviceConfig:
     return parse_device_config(text, source=str(path))
 
 
-def _segment_size(cfg: DeviceConfig) -> dict[str, int]:
-    """Segments small enough for retention to bound flash: pruning frees whole segments only."""
+def _ledger_options(cfg: DeviceConfig) -> dict[str, float]:
+    """``Ledger.open`` options from the config: group commit and checkpoint pacing (``audit``), and
+    segments small enough for retention to bound flash (pruning frees whole segments only)."""
+    opts: dict[str, float] = {"max_batch_delay_ms": cfg.audit.commit_delay_ms,
+                              "checkpoint_interval_ms": cfg.audit.checkpoint_interval_ms}
     retention = getattr(cfg.sync, "retention", None)
     max_bytes = getattr(retention, "max_bytes", None)
-    if not max_bytes:
-        return {}
-    return {"max_segment_bytes": max(64 * 1024, min(64 << 20, max_bytes // 16))}
+    if max_bytes:
+        opts["max_segment_bytes"] = max(64 * 1024, min(64 << 20, max_bytes // 16))
+    return opts
 
 
 def _setup_logging(level: str) -> None:
@@ -139,7 +142,7 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
 
     profile = load_profile(board_name)
     did, signer, created = _ensure_identity(state, cfg.name)
-    ledger = Ledger.open(layout.ledger, signer=signer, durability="batched", **_segment_size(cfg))
+    ledger = Ledger.open(layout.ledger, signer=signer, durability="batched", **_ledger_options(cfg))
     if created is not None:  # the same first record `kestrel init-agent` writes
         from ..agent.core import created_body
 
