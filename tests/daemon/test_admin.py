@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import time
 
@@ -201,6 +202,13 @@ async def test_kestrel_status_shows_retention_warnings_of_the_sync_status(agent,
         rc = await in_thread(main, ["status", "--state", str(agent.state)])
     out = capsys.readouterr().out
     assert rc == 0 and "warning  ledger uses 85% of 1000 bytes" in out
+    shown = re.search(r"ledger   (\d+) records, (\d+) covered by a signed checkpoint\n", out)
+    assert shown and int(shown[2]) <= int(shown[1]) <= agent.ledger.size, out
+    agent.ledger.append("test.mark", {})
+    agent.ledger.flush()  # signed now: a daemon started next reports it covered
+    async with running(agent, GPIO_CONFIG):
+        led = (await in_thread(Client(agent.state).status))["ledger"]
+    assert led["first_seq"] == 0 and 0 < led["signed"] <= led["size"], led
     (agent.state / "data" / "sync" / "status.json").write_text("{broken")
     async with running(agent, GPIO_CONFIG):
         rc = await in_thread(main, ["status", "--state", str(agent.state)])

@@ -116,7 +116,9 @@ def _status(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"agent    {st['agent']}")
     print(f"health   {st['health']}  (board {st['board']}, up {st['uptime_s']}s, pid {st['pid']})")
     print(f"config   {st['config']}")
-    print(f"ledger   {st['ledger']['size']} records")
+    led = st["ledger"]
+    print(f"ledger   {led['size']} records, {led.get('signed', 0)} covered by a signed checkpoint"
+          + (f", first kept record {led['first_seq']} (pruned before)" if led.get("first_seq") else ""))
     pol = st.get("policy") or {}
     if pol.get("loaded"):
         print(f"policy   bundle {str(pol.get('bundle'))[:16]}")

@@ -416,7 +416,7 @@ class Daemon:
             "actuators": {n: p.value for n, p in (hw.outputs.items() if hw else [])},
             "outbox": {"pending": len(self.outbox.pending()), "sent": self.outbox.sent, "failed": self.outbox.failed,
                        "last_error": self.outbox.last_error},
-            "ledger": {"size": self.ledger.size},
+            "ledger": self._ledger_status(),
             "actions": dict(self.pipeline.stats, backlog=self.pipeline.backlog),
             "counters": dict(self.counters),
             "models": self.models.describe() if self.models is not None else None,
@@ -428,6 +428,12 @@ class Daemon:
             **self.links.describe(),
             "last_reload_error": self.last_reload_error,
         }
+
+    def _ledger_status(self) -> dict[str, int]:
+        """Records held, how many a signed checkpoint covers, and the first kept one (> 0 once pruned)."""
+        cp = self.ledger.latest_checkpoint()
+        return {"size": self.ledger.size, "signed": cp.size if cp is not None else 0,
+                "first_seq": getattr(self.ledger, "first_seq", 0)}
 
     def _sim_chip(self) -> Any:
         if getattr(self.factory, "backend", None) != "sim":
