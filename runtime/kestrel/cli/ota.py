@@ -9,12 +9,14 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from ._common import add_state_arg as _state
 
+T = TypeVar("T")
+
 __all__ = ["register", "open_ledger", "ledger_view", "parse_expiry", "load_owner", "daemon_client",
-           "print_applied", "recording_ledger"]
+           "through_daemon_or_ledger", "apply_bundle_bytes", "print_applied", "recording_ledger"]
 
 _DURATION = re.compile(r"(\d{1,6})([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -172,6 +174,30 @@ def recording_ledger(state_dir: Path, *, passphrase: bytes | str | None = None) 
         yield ledger
 
 
+def through_daemon_or_ledger(state_dir: Path, remote: Callable[[Any], T],
+                             local: Callable[[Any], T]) -> tuple[T, bool]:
+    """An owner operation: ``remote(client)`` through the running daemon, else ``local(ledger)`` on
+    the ledger opened here. Returns the result and whether the daemon did it."""
+    client = daemon_client(state_dir)
+    if client is not None:
+        with client:
+            return remote(client), True
+    with open_ledger(state_dir) as ledger:
+        return local(ledger), False
+
+
+def apply_bundle_bytes(state_dir: Path, data: bytes, *, now: float, source: str) -> tuple[dict[str, Any], bool]:
+    """Apply a signed bundle through the daemon, else here (with the device's TPM counter, if any)."""
+    from ..daemon.admin import applied_json
+    from ..ota.apply import apply_bundle
+    from ..ota.tpmcounter import device_tpm_counter
+
+    return through_daemon_or_ledger(
+        state_dir, lambda client: client.ota_apply(data),
+        lambda ledger: applied_json(apply_bundle(state_dir, data, ledger=ledger, now=now, source=source,
+                                                 tpm=device_tpm_counter(state_dir))))
+
+
 @contextmanager
 def open_ledger(state_dir: Path, *, passphrase: bytes | str | None = None) -> Iterator[Any]:
     """The device ledger, signed by the agent's identity key (only when no daemon runs)."""
@@ -300,13 +326,8 @@ def _trust_rotate(args: argparse.Namespace, extra: list[str]) -> int:
 def _install_root(state_dir: Path, env: bytes) -> int:
     from ..daemon.admin import install_root
 
-    client = daemon_client(state_dir)
-    if client is not None:
-        with client:
-            res = client.trust_apply(env)
-    else:
-        with open_ledger(state_dir) as ledger:
-            res = install_root(state_dir, env, ledger=ledger)
+    res, _ = through_daemon_or_ledger(state_dir, lambda client: client.trust_apply(env),
+                                      lambda ledger: install_root(state_dir, env, ledger=ledger))
     print(f"trust root rotated: version {res['from_version']} -> {res['version']} "
           f"({res['threshold']} of {len(res['owners'])} owner keys)")
     return 0
@@ -383,22 +404,9 @@ def _bundle_verify(args: argparse.Namespace, extra: list[str]) -> int:
 
 # -- ota --------------------------------------------------------------------
 def _ota_apply(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..ota.apply import apply_bundle
-    from ..ota.tpmcounter import device_tpm_counter
-
-    from ..daemon.admin import applied_json
-
     data = _read(args.file, "bundle")
-    state = _state_dir(args)
-    client = daemon_client(state)
-    if client is not None:
-        with client:
-            res = client.ota_apply(data)
-    else:
-        with open_ledger(state) as ledger:
-            res = applied_json(apply_bundle(state, data, ledger=ledger, now=time.time(), source="cli",
-                                            tpm=device_tpm_counter(state)))
-    print_applied(res, via_daemon=client is not None)
+    res, via_daemon = apply_bundle_bytes(_state_dir(args), data, now=time.time(), source="cli")
+    print_applied(res, via_daemon=via_daemon)
     return 0
 
 
@@ -442,12 +450,7 @@ def _ota_rollback(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.apply import rollback
 
     state = _state_dir(args)
-    client = daemon_client(state)
-    if client is not None:
-        with client:
-            res = client.ota_rollback(reason="operator")
-    else:
-        with open_ledger(state) as ledger:
-            res = applied_json(rollback(state, ledger=ledger, reason="operator"))
+    res, _ = through_daemon_or_ledger(state, lambda client: client.ota_rollback(reason="operator"),
+                                      lambda ledger: applied_json(rollback(state, ledger=ledger, reason="operator")))
     print(f"rolled back to slot {res['slot']}: bundle {res['bundle'][:16]} version {res['version']}")
     return 0

@@ -114,17 +114,15 @@ def _explain(args: argparse.Namespace, extra: list[str]) -> int:
 def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
     from .._internal.fsutil import read_bytes
     from .._internal.paths import resolve_state_dir
-    from ..daemon.admin import applied_json
     from ..identity import load_identity
-    from ..ota.apply import apply_bundle, current_counter
+    from ..ota.apply import current_counter
     from ..ota.build import make_bundle
     from ..ota.bundle import sign_bundle
     from ..ota.errors import TrustRootError
     from ..ota.owner import create_owner_key, default_owner_key, owner_passphrase
     from ..ota.store import OtaDir
-    from ..ota.tpmcounter import device_tpm_counter
     from ..policy import parse_policy
-    from .ota import daemon_client, ledger_view, load_owner, open_ledger, parse_expiry, print_applied
+    from .ota import apply_bundle_bytes, ledger_view, load_owner, parse_expiry, print_applied
 
     state = resolve_state_dir(args.state)
     policy = read_bytes(args.file, what="policy", max_size=1 << 20)
@@ -149,13 +147,6 @@ def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
     bundle = sign_bundle(make_bundle(policy=policy, counter=counter + 1, now=now,
                                      expires=parse_expiry(args.expires, now), agents=[load_identity(state).did]),
                          signer)
-    client = daemon_client(state)
-    if client is not None:
-        with client:
-            res = client.ota_apply(bundle)
-    else:
-        with open_ledger(state) as ledger:
-            res = applied_json(apply_bundle(state, bundle, ledger=ledger, now=now, source="set-policy",
-                                            tpm=device_tpm_counter(state)))
-    print_applied(res, via_daemon=client is not None)
+    res, via_daemon = apply_bundle_bytes(state, bundle, now=now, source="set-policy")
+    print_applied(res, via_daemon=via_daemon)
     return 0
