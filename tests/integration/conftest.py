@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -79,6 +80,30 @@ def daemon_of(node: Node, config: str) -> Any:
     from tests.daemon.conftest import running
 
     return running(node, config, peers=True)  # type: ignore[arg-type]
+
+
+def start_daemon(state: Path, config: Path, *args: str, timeout: float = 60.0) -> subprocess.Popen:
+    """``kestrel run`` as a process; returns once its control socket reports health ok (the
+    process is killed if it exits or does not come up in ``timeout`` seconds)."""
+    from kestrel.sdk import Client
+
+    proc = subprocess.Popen([*KESTREL, "run", "--config", str(config), "--state", str(state), *args],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+            try:
+                if Client(state, timeout=2).status()["health"] == "ok":
+                    return proc
+            except Exception:
+                pass
+            assert time.monotonic() < deadline, "the daemon did not come up"
+            time.sleep(0.1)
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        raise
 
 
 async def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

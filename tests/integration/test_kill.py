@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
 from kestrel.sdk import Client
 
-from .conftest import KESTREL, collecting, mqtt_config
+from .conftest import collecting, mqtt_config, start_daemon
 
 pytestmark = pytest.mark.mosquitto
-
-
-def _start(state, cfg) -> subprocess.Popen:
-    proc = subprocess.Popen([*KESTREL, "run", "--config", str(cfg), "--state", str(state), "--log-level", "error"],
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if Client(state, timeout=2).status()["health"] == "ok":
-                return proc
-        except Exception:
-            pass
-        assert time.monotonic() < deadline, "daemon did not come up"
-        time.sleep(0.1)
 
 
 def _kill_cycles(tmp_path, mosquitto, kills: int, calls: int) -> None:
@@ -45,7 +29,7 @@ def _kill_cycles(tmp_path, mosquitto, kills: int, calls: int) -> None:
     cfg.write_text(mqtt_config(mosquitto.port))
     with collecting(mosquitto.host, mosquitto.port, tmp_path / "c.db", client_id="kill-collector") as store:
         for round_ in range(kills + 1):
-            proc = _start(state, cfg)
+            proc = start_daemon(state, cfg, "--log-level", "error", timeout=30)
             with Client(state) as client:
                 for i in range(calls):
                     client.call("gpio.write", actuator="lamp", value=i % 2)

@@ -13,7 +13,7 @@ import pytest
 
 from kestrel.sdk import Client
 
-from .conftest import KESTREL, collecting, mqtt_config
+from .conftest import KESTREL, collecting, mqtt_config, start_daemon
 
 pytestmark = pytest.mark.mosquitto
 
@@ -29,14 +29,6 @@ def _wait(cond, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def _up(state: Path, proc: subprocess.Popen) -> bool:
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
-    try:
-        return Client(state, timeout=2).status()["health"] == "ok"
-    except Exception:
-        return False
-
-
 def test_kestrel_run_with_sync_set_policy_trust_rotate_and_collector(tmp_path, mosquitto):
     state, cfg = tmp_path / "state", tmp_path / "device.yaml"
     cfg.write_text(mqtt_config(mosquitto.port))
@@ -50,10 +42,8 @@ def _run_and_check(state: Path, cfg: Path, key: Path, tmp_path: Path, store) -> 
     from kestrel.identity import load_identity
     from kestrel.ledger.reader import iter_records
 
-    proc = subprocess.Popen([*KESTREL, "run", "--config", str(cfg), "--state", str(state)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_daemon(state, cfg, timeout=30)
     try:
-        _wait(lambda: _up(state, proc), "daemon")
         did = load_identity(state).did
         r = _kestrel("set-policy", str(tmp_path / "policy.yaml"), "--state", str(state))
         assert r.returncode != 0 and "Traceback" not in r.stderr  # no such file: clear error

@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from kestrel.sdk import Client
 
-from .conftest import KESTREL
+from .conftest import KESTREL, start_daemon
 
 pytestmark = pytest.mark.models
 
@@ -33,14 +32,6 @@ def _kestrel(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([*KESTREL, *argv], capture_output=True, text=True, timeout=300, env=env)
 
 
-def _up(state: Path, proc: subprocess.Popen) -> bool:
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
-    try:
-        return Client(state, timeout=2).status()["health"] == "ok"
-    except Exception:
-        return False
-
-
 def test_deploy_memory_add_and_ask_while_the_daemon_runs(tmp_path, sensor_build, minilm_build, tinylm):
     from kestrel.identity import load_identity
     from kestrel.ledger.reader import iter_records
@@ -50,13 +41,8 @@ def test_deploy_memory_add_and_ask_while_the_daemon_runs(tmp_path, sensor_build,
     (tmp_path / "pass").write_text("owner passphrase\n")
     (tmp_path / "policy.yaml").write_text(POLICY)
     key = tmp_path / "owner.key"
-    proc = subprocess.Popen([*KESTREL, "run", "--config", str(cfg), "--state", str(state)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_daemon(state, cfg, timeout=60)
     try:
-        deadline = time.monotonic() + 60
-        while not _up(state, proc):
-            assert time.monotonic() < deadline, "the daemon did not come up"
-            time.sleep(0.1)
         r = _kestrel("owner", "init", "--key", str(key), "--passphrase-file", str(tmp_path / "pass"))
         assert r.returncode == 0, r.stderr
         r = _kestrel("trust", "init", "--owner", r.stdout.strip(), "--state", str(state))
