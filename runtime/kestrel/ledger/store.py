@@ -215,14 +215,10 @@ class SegmentWriter:
         atomic_write(path, SEGMENT_MAGIC)  # temp file, fsync, rename, fsync dir
         self._open(path, len(SEGMENT_MAGIC))
 
-    def write(self, data: bytes, *, next_seq: int) -> None:
-        """Write ``data`` (whole frames); rotate first if the segment would outgrow its limit."""
-        self._make_room(len(data), next_seq)
-        self._write(data, 0)
-
     def write_durable(self, data: bytes, *, next_seq: int) -> None:
-        """``write`` then ``sync``, in one system call where the kernel takes ``RWF_DSYNC``
-        (Linux >= 4.7: the data and what is needed to read it back are durable on return)."""
+        """Write ``data`` (whole frames; rotate first if the segment would outgrow its limit) and make
+        it durable: one system call where the kernel takes ``RWF_DSYNC`` (Linux >= 4.7: the data and
+        what is needed to read it back are durable on return), else write, then ``fdatasync``."""
         global _DSYNC
         self._make_room(len(data), next_seq)
         if _DSYNC and self._write(data, _DSYNC):
