@@ -28,13 +28,15 @@ def test_home_assistant() -> None:
     assert not _decide("home-assistant.yaml", "send_email", to="x@elsewhere.example")
     assert _decide("home-assistant.yaml", "fetch_data", url="https://radar.weather.example/now")
     assert not _decide("home-assistant.yaml", "fetch_data", url="https://llm.family.example/")
-    assert _decide("home-assistant.yaml", "ask_llm", url="https://llm.family.example/v1/chat")
+    assert _decide("home-assistant.yaml", "llm.request", url="https://llm.family.example/v1/chat")
 
 
 def test_greenhouse() -> None:
-    assert _decide("greenhouse.yaml", "set_pin", pin="17", value="1")
-    assert not _decide("greenhouse.yaml", "set_pin", pin="4", value="1")
-    assert not _decide("greenhouse.yaml", "set_heater", celsius=40)
-    assert not _decide("greenhouse.yaml", "set_pin", TUE_10_UTC - 7 * 3600 + 600, pin=17, value=1)  # 03:10
+    assert _decide("greenhouse.yaml", "gpio.write", actuator="vent", value="1")
+    assert not _decide("greenhouse.yaml", "gpio.write", actuator="lamp", value="1")
+    assert _decide("greenhouse.yaml", "mqtt.publish", actuator="heater_setpoint", payload=8)
+    assert not _decide("greenhouse.yaml", "mqtt.publish", actuator="heater_setpoint", payload=40)
+    assert _decide("greenhouse.yaml", "mqtt.publish", actuator="telemetry", payload="{}")
+    assert not _decide("greenhouse.yaml", "gpio.write", TUE_10_UTC - 7 * 3600 + 600, actuator="vent", value=1)  # 03:10
     assert not _decide("greenhouse.yaml", "fetch_data", url="https://example.com/")
     assert _decide("greenhouse.yaml", "fetch_data", url="http://localhost:8123/api")

@@ -38,9 +38,13 @@ LEAN_COMMANDS = {"run": "daemon"}
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    from ._common import environment_epilog
+
     parser = argparse.ArgumentParser(
         prog="kestrel",
         description="Kestrel: an edge runtime for agents that stay with their owners.",
+        epilog=environment_epilog() + "\n\nquick start: README.md; `kestrel COMMAND --help` for each command",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -74,10 +78,36 @@ def _version() -> str:
         return "unknown"
 
 
+def _suggest_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int | None:
+    """A mistyped command (or sub-command): say so with the closest name, exit 64."""
+    from ._common import did_you_mean
+
+    words = [a for a in argv if not a.startswith("-")]
+    action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    cmd: list[str] = []
+    for word in words:
+        if action is None:
+            return None
+        choices = action.choices
+        if word not in choices:
+            where = " ".join(["kestrel", *cmd])
+            print(f"{where}: error: unknown command {word!r}{did_you_mean(word, choices)}\n"
+                  f"  commands: {', '.join(choices)}\n  `{where} --help` describes them", file=sys.stderr)
+            return 64
+        cmd.append(word)
+        sub = choices[word]
+        action = next((a for a in sub._actions if isinstance(a, argparse._SubParsersAction)), None)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = build_parser(argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in LEAN_COMMANDS:
+        rc = _suggest_command(parser, argv)
+        if rc is not None:
+            return rc
     args, extra = parser.parse_known_args(argv)
     func = getattr(args, "func", None)
     if func is None:

@@ -1,12 +1,47 @@
-"""Argument helpers shared by the command-group modules."""
+"""Argument helpers shared by the command-group modules: one wording for the common options."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+from typing import Iterable
 
-STATE_HELP = "state directory (default $KESTREL_STATE or ~/.local/state/kestrel)"
+STATE_HELP = "the agent's state directory (default: $KESTREL_STATE, else ~/.local/state/kestrel)"
+PASSPHRASE_FILE_HELP = "file holding the agent keystore's passphrase (else $KESTREL_PASSPHRASE, else a prompt " \
+                       "on a terminal)"
+
+# Environment variables the command line reads, for `kestrel --help` (name, meaning).
+ENVIRONMENT = (
+    ("KESTREL_STATE", "the agent's state directory (default ~/.local/state/kestrel)"),
+    ("KESTREL_PASSPHRASE", "the agent keystore's passphrase (--passphrase-file is safer)"),
+    ("KESTREL_TCTI", "TPM connection, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321"),
+    ("KESTREL_OWNER_KEY", "the owner's signing key file (default ~/.config/kestrel/owner/owner.key)"),
+    ("KESTREL_OWNER_PASSPHRASE", "the owner key's passphrase"),
+    ("KESTREL_BACKUP_PASSPHRASE", "the passphrase of an identity backup"),
+    ("KESTREL_MODELS_DIR", "folder of model recipes (default: the checkout's models/)"),
+    ("KESTREL_COLLECTOR_DB", "the collector's database (default ~/.local/share/kestrel/collector.db)"),
+    ("KESTREL_BOARD_PROFILES", "extra folders of board profiles (':'-separated)"),
+    ("KESTREL_LLM_API_KEY", "API key of an OpenAI-compatible LLM endpoint (docs/llm.md)"),
+    ("KESTREL_MACHINE_ID_FILE", "machine id for machine-bound keystores (default /etc/machine-id)"),
+)
 
 
 def add_state_arg(p: argparse.ArgumentParser) -> None:
     """The ``--state DIR`` option every command that touches an agent takes."""
     p.add_argument("--state", metavar="DIR", help=STATE_HELP)
+
+
+def add_passphrase_file_arg(p: argparse.ArgumentParser, help: str = PASSPHRASE_FILE_HELP) -> None:
+    """``--passphrase-file FILE`` for commands that open the agent's keystore."""
+    p.add_argument("--passphrase-file", metavar="FILE", help=help)
+
+
+def environment_epilog() -> str:
+    width = max(len(name) for name, _ in ENVIRONMENT)
+    return "environment variables:\n" + "\n".join(f"  {name:<{width}}  {what}" for name, what in ENVIRONMENT)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

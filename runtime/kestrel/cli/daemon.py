@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import UsageError
+from ._common import add_passphrase_file_arg, add_state_arg
 
 __all__ = ["register", "parse_extra_args"]
 
@@ -17,31 +18,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="device config YAML (default: the embedded example)")
     p.add_argument("--board", metavar="NAME", help="board profile: auto, rpi4, rpi5, rpi-zero-2w, jetson-nano, "
                                                     "jetson-orin-nano, sim (default: the config's, else sim/auto)")
-    p.add_argument("--state", metavar="DIR", help="state directory (default: $KESTREL_STATE or "
-                                                   "~/.local/state/kestrel)")
+    add_state_arg(p)
+    add_passphrase_file_arg(p, help="file holding the agent keystore's passphrase (else $KESTREL_PASSPHRASE, "
+                            "else a prompt when run in the foreground of a terminal; never a prompt otherwise)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=_run)
 
     p = sub.add_parser("call", help="ask the running daemon to take an action (the policy decides)",
                        description="Unknown --key value options become the action's arguments, e.g. "
-                                   "kestrel call --action send_email --to alice@example.com --subject Hello")
-    p.add_argument("--action", required=True, metavar="NAME")
+                                   "kestrel call --action send_email --to alice@example.com --subject Hello",
+                       epilog=_actions_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--action", required=True, metavar="NAME", help="the action (listed below)")
     p.add_argument("--args-json", metavar="JSON", help="arguments as one JSON object (typed values)")
-    p.add_argument("--state", metavar="DIR")
+    add_state_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_call, accepts_extra=True)
 
     p = sub.add_parser("status", help="health, sensors, outbox and ledger size of the running daemon")
-    p.add_argument("--state", metavar="DIR")
-    p.add_argument("--json", action="store_true")
+    add_state_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--wait", type=float, metavar="SECONDS", default=0.0,
+                   help="wait up to SECONDS for a daemon that is starting (e.g. right after `kestrel run &`)")
     p.set_defaults(func=_status)
 
     p = sub.add_parser("sim", help="drive an input of the simulated board: kestrel sim GPIO17 1")
     p.add_argument("pin", nargs="?")
     p.add_argument("value", nargs="?", type=int, choices=(0, 1))
     p.add_argument("--list", action="store_true", help="list the sim board's configured pins and levels")
-    p.add_argument("--state", metavar="DIR")
+    add_state_arg(p)
     p.set_defaults(func=_sim)
+
+
+def _actions_epilog() -> str:
+    from ..policy.catalog import KNOWN_ACTIONS
+
+    lines = ["actions the runtime knows (arguments; the active policy decides which are allowed):"]
+    for name, spec in KNOWN_ACTIONS.items():
+        if spec.callable:
+            lines.append(f"  {name:<15} {', '.join(spec.args)}  ({spec.summary})")
+    lines.append("example: kestrel call --action gpio.write --actuator lamp --value 1")
+    return "\n".join(lines)
 
 
 def parse_extra_args(extra: list[str]) -> dict[str, Any]:
@@ -79,7 +95,13 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     import_asyncio_without_tls()  # the daemon's own TLS goes through paho/smtplib/urllib
     from ..daemon.main import run_daemon
 
-    return run_daemon(config_path=args.config, board=args.board, state_dir=args.state, log_level=args.log_level)
+    passphrase = None
+    if args.passphrase_file:
+        from ..identity.secrets import read_passphrase_file
+
+        passphrase = read_passphrase_file(args.passphrase_file)
+    return run_daemon(config_path=args.config, board=args.board, state_dir=args.state, log_level=args.log_level,
+                      passphrase=passphrase)
 
 
 def _call(args: argparse.Namespace, extra: list[str]) -> int:
@@ -108,7 +130,7 @@ def _call(args: argparse.Namespace, extra: list[str]) -> int:
 def _status(args: argparse.Namespace, extra: list[str]) -> int:
     from ..sdk import Client
 
-    with Client(args.state) as client:
+    with _connect(args.state, wait=args.wait) as client:
         st = client.status()
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
@@ -142,6 +164,22 @@ def _status(args: argparse.Namespace, extra: list[str]) -> int:
     for name, value in sorted(st["actuators"].items()):
         print(f"actuator {name:<16} value={value}")
     return 0 if st["health"] == "ok" else 1
+
+
+def _connect(state: str | None, *, wait: float) -> Any:
+    """A connected client; with ``wait``, retry while no daemon answers yet (one that is starting)."""
+    import time
+
+    from ..sdk import Client, NoDaemonError
+
+    deadline = time.monotonic() + max(0.0, wait)
+    while True:
+        try:
+            return Client(state).connect()
+        except NoDaemonError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
 
 
 def _print_links(st: dict[str, Any], state: str | None) -> None:

@@ -346,9 +346,14 @@ def _trust_apply(args: argparse.Namespace, extra: list[str]) -> int:
 
 # -- bundle -----------------------------------------------------------------
 def _bundle_build(args: argparse.Namespace, extra: list[str]) -> int:
+    from .._internal.fsutil import read_bytes
     from ..ota.build import build_bundle_files
+    from ..policy.parse import MAX_POLICY_BYTES
+    from .policy import report_lint
 
     now = time.time()
+    # warnings only: build_bundle_files checks the policy itself
+    report_lint(read_bytes(args.policy, what="policy", max_size=MAX_POLICY_BYTES), args.policy)
     data = build_bundle_files(policy=Path(args.policy), models=[Path(m) for m in args.model],
                               counter=args.counter, now=now, expires=parse_expiry(args.expires, now),
                               agents=args.target, groups=args.group, label=args.label)

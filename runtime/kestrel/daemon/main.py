@@ -74,7 +74,7 @@ class _JournalFormatter(logging.Formatter):
         return text.replace(f"<{record.levelno}>", f"<{self._PRIO.get(record.levelno, 6)}>", 1)
 
 
-def _ensure_identity(state_dir: Path, name: str) -> tuple[str, Any, Any]:
+def _ensure_identity(state_dir: Path, name: str, *, passphrase: bytes | None = None) -> tuple[str, Any, Any]:
     """Load the identity, creating a machine-bound file identity on first run.
 
     Returns (did, signer, the new Identity or None): the caller records ``agent.created`` for a new one.
@@ -89,7 +89,9 @@ def _ensure_identity(state_dir: Path, name: str) -> tuple[str, Any, Any]:
         print(f"kestrel: created a new identity {ident.did} in {state_dir}\n"
               f"  (file keystore, machine-bound: it opens only on this machine; back it up with "
               f"`kestrel identity backup`)", file=sys.stderr)
-    return ident.did, open_signer(state_dir), created
+    # A passphrase keystore: --passphrase-file, else $KESTREL_PASSPHRASE, else a prompt only when this
+    # process owns the terminal's foreground; a daemon without one fails here at once with the way out.
+    return ident.did, open_signer(state_dir, passphrase=passphrase), created
 
 
 SWITCH_INTERVAL_S = 0.001
@@ -124,7 +126,7 @@ def _lock_state(run_dir: Path) -> int:
 
 
 def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | None,
-               log_level: str = "info") -> int:
+               log_level: str = "info", passphrase: bytes | None = None) -> int:
     """Everything ``kestrel run`` does; returns the process exit code."""
     _setup_logging(log_level)
     tune_interpreter()
@@ -141,7 +143,7 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
     from .runtime import Daemon
 
     profile = load_profile(board_name)
-    did, signer, created = _ensure_identity(state, cfg.name)
+    did, signer, created = _ensure_identity(state, cfg.name, passphrase=passphrase)
     ledger = Ledger.open(layout.ledger, signer=signer, durability="batched", **_ledger_options(cfg))
     if created is not None:  # the same first record `kestrel init-agent` writes
         from ..agent.core import created_body

@@ -72,7 +72,8 @@ def resolve_passphrase(
         value = prompt_passphrase(what, confirm=confirm)
     if value is None:
         raise PassphraseRequiredError(
-            f"a passphrase is needed for the {what} and there is no terminal to ask for it",
+            f"a passphrase is needed for the {what} and there is no terminal to ask for it "
+            "(not run in the foreground of a terminal)",
             hint=f"use {option} FILE or set {env}",
         )
     if not value:
@@ -81,9 +82,16 @@ def resolve_passphrase(
 
 
 def has_tty() -> bool:
+    """True when a prompt can be answered: stdin is a terminal and this process is in its foreground.
+
+    A command started in the background (``kestrel run &``) has the terminal as stdin but would be
+    stopped by the shell the moment it read from it; it gets PassphraseRequiredError instead.
+    """
     try:
-        return sys.stdin.isatty()
-    except (AttributeError, ValueError):
+        if not sys.stdin.isatty():
+            return False
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (AttributeError, ValueError, OSError):
         return False
 
 
