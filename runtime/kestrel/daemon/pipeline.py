@@ -30,10 +30,11 @@ log = logging.getLogger("kestrel.daemon.actions")
 
 
 class ActionDeniedError(KestrelError):
-    """The policy refused the action."""
+    """The policy refused the action; ``decision`` ({action, rule, reason}) goes on the wire with it."""
 
     code = "denied"
     exit_code = 5
+    decision: dict[str, Any] | None = None
 
 
 class ActionFailedError(KestrelError):
@@ -225,6 +226,7 @@ class Pipeline:
                 denied = ActionDeniedError(
                     f"policy denied {item.proposal.action}: {decision.reason} (rule {decision.rule})",
                     hint="the decision is in the ledger: kestrel audit log")
+                denied.decision = {"action": item.proposal.action, "rule": decision.rule, "reason": decision.reason}
                 if item.reply is not None and pending is not None:
                     self._spawn(self._resolve_when_durable(item, pending, denied))
                 else:

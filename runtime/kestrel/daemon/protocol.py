@@ -105,7 +105,8 @@ def encode_event(rid: Any, event: Any) -> bytes:
 
 
 def encode_error(rid: Any, code: str, message: str, hint: str | None = None, **extra: Any) -> bytes:
-    """``extra``: optional ``reason`` (the error's own code) and ``exit`` (its CLI exit code)."""
+    """``extra``: optional ``reason`` (the error's own code), ``exit`` (its CLI exit code) and, for a
+    denial, ``decision``."""
     return encode({"id": rid, "error": {"code": code, "message": message, "hint": hint,
                                         **{k: v for k, v in extra.items() if v is not None}}})
 
@@ -115,8 +116,8 @@ def error_fields(exc: KestrelError) -> tuple[str, dict[str, Any]]:
     own = getattr(exc, "code", None)
     if isinstance(exc, ProtocolError):
         return "bad_request", {}
-    if own in WIRE_CODES:
-        return own, {}
+    if own in WIRE_CODES:  # a denial carries the decision that refused it: {action, rule, reason}
+        return own, {"decision": getattr(exc, "decision", None)} if own == "denied" else {}
     return "failed", {"reason": own if isinstance(own, str) else None, "exit": exc.exit_code}
 
 
