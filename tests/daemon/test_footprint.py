@@ -17,7 +17,7 @@ import pytest
 from .test_process import provisioned  # noqa: F401  (fixture: identity + installed policy)
 
 # Loaded on first use only: mail (outbox), HTTP (fetch_data), models, memory, agent/LLM, TPM,
-# MQTT, serial, backups (Argon2 envelopes), interactive prompts, OTA bundle building, TLS
+# MQTT, serial, BLS group decisions, backups (Argon2 envelopes), interactive prompts, OTA bundle building, TLS
 # (asyncio is imported without it: kestrel._internal.lean), and the system libcrypto behind
 # hashlib (_hashlib: the daemon hashes with the interpreter's built-in SHA-2).
 NOT_AT_IDLE = (
@@ -25,6 +25,7 @@ NOT_AT_IDLE = (
     "hnswlib", "tpm2_pytss", "gpiod", "serial", "getpass", "hypothesis", "ssl", "_ssl", "_hashlib",
     "kestrel.identity.backup", "kestrel.ota.build", "kestrel.inference", "kestrel.memory", "kestrel.agent.llm",
     "kestrel.agent.planner", "kestrel.io.mqtt", "kestrel.io.serial", "kestrel.sync.sync",
+    "blspy", "kestrel.identity.bls", "kestrel.identity.bls_store", "kestrel.policy.quorum", "kestrel.daemon.quorum",
 )
 
 PROBE = r"""
