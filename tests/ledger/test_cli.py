@@ -147,7 +147,8 @@ def test_verify_usage_errors(tmp_path, ed_signer):
 def test_prove_and_verify_proof(filled, tmp_path, signer):
     proof = tmp_path / "r7.proof"
     with open(proof, "wb") as fh:
-        p = subprocess.run([KESTREL, "audit", "prove", "7", "--state", str(filled)], stdout=fh, stderr=subprocess.PIPE)
+        p = subprocess.run([KESTREL, "audit", "prove", "7", "--binary", "--state", str(filled)], stdout=fh,
+                           stderr=subprocess.PIPE)
     assert p.returncode == 0, p.stderr
     did = signer.public_key.did
     p = cli("audit", "verify-proof", str(proof), "--agent", did)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TransportError, UsageError
+from ._common import add_passphrase_file_arg, add_state_arg
 
 __all__ = ["register"]
 
@@ -24,7 +25,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("ask", help="run the planner once on a goal and print each step and its decision",
                        description=__doc__.split("\n\n")[1] if __doc__ else None)
     p.add_argument("goal", help="what the agent should do, in words")
-    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE or ~/.local/state/kestrel)")
+    add_state_arg(p)
     p.add_argument("--rules", metavar="FILE", help="rules file (default STATE/agent/rules.yaml if present)")
     p.add_argument("--rules-only", action="store_true", help="plan with the rules alone, no language model")
     p.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible endpoint, e.g. http://10.0.0.5:8080/v1")
@@ -37,7 +38,7 @@ def register(sub: Any) -> None:
     p.add_argument("--time", type=float, default=60.0, metavar="SECONDS", help="time budget of the whole run")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--no-memory", action="store_true", help="plan without the vector memory (STATE/memory)")
-    p.add_argument("--passphrase-file", help="file holding the agent keystore's passphrase")
+    add_passphrase_file_arg(p)
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object at the end")
     p.set_defaults(func=_ask)
 

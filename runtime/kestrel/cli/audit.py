@@ -49,9 +49,14 @@ def register(sub: Any) -> None:
     _state(p)
     p.set_defaults(func=_export)
 
-    p = asub.add_parser("prove", help="write an inclusion proof for one record (to stdout or -o FILE)")
+    p = asub.add_parser("prove", help="write an inclusion proof for one record (JSON text on stdout, or -o FILE)",
+                        description="kestrel audit prove 3 > proof.json writes the proof as JSON text (the "
+                        "record, readable, and the binary proof in base64); -o FILE.proof or --binary writes "
+                        "the binary proof file of docs/ledger-format.md. verify-proof reads both.")
     p.add_argument("seq", type=int, help="sequence number of the record to disclose")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the proof here instead of stdout")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the proof here instead of stdout "
+                   "(JSON when FILE ends in .json, else binary)")
+    p.add_argument("--binary", action="store_true", help="write the binary proof file (not JSON)")
     _state(p)
     p.set_defaults(func=_prove)
 
@@ -60,7 +65,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_checkpoint)
 
     p = asub.add_parser("verify-proof", help="check an inclusion proof and show the disclosed record")
-    p.add_argument("file", help="proof file made by `kestrel audit prove`")
+    p.add_argument("file", help="proof file made by `kestrel audit prove` (JSON or binary)")
     p.add_argument("--agent", metavar="DID", required=True, help="the AgentID the proof must be signed by")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=_verify_proof)
@@ -140,7 +145,8 @@ def _print_record(rec: Any, *, as_json: bool) -> None:
 def _log(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ledger.reader import iter_records
 
-    _, ledger_dir = _state_dirs(args)
+    state, ledger_dir = _state_dirs(args)
+    _agent_key(state)  # a directory with no agent is an error, not an empty log
     since = _parse_since(args.since)
     next_seq = 0
     while True:
@@ -224,17 +230,62 @@ def _prove(args: argparse.Namespace, extra: list[str]) -> int:
     from ..errors import UsageError
     from ..ledger.reader import prove
 
-    if args.output is None and sys.stdout.isatty():
+    binary = args.binary or (args.output is not None and not args.output.endswith(".json"))
+    if binary and args.output is None and sys.stdout.isatty():
         raise UsageError("refusing to write a binary proof to the terminal",
-                         hint=f"redirect it: kestrel audit prove {args.seq} > record-{args.seq}.proof")
+                         hint=f"redirect it: kestrel audit prove {args.seq} --binary > record-{args.seq}.proof")
     state, ledger_dir = _state_dirs(args)
-    data = prove(ledger_dir, _agent_key(state), args.seq)
+    key = _agent_key(state)
+    data = prove(ledger_dir, key, args.seq)
+    if not binary:
+        data = _proof_json(data, key)
     if args.output:
         atomic_write(Path(args.output), data, mode=0o644)
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     return 0
+
+
+PROOF_JSON_FORMAT = "kestrel-inclusion-proof+json/1"
+_MAX_PROOF_JSON = 4 << 20
+
+
+def _proof_json(data: bytes, key: Any) -> bytes:
+    """The text form of a proof file: the record for reading, the proof file itself in base64."""
+    import base64
+
+    from ..ledger.export import verify_proof
+
+    rec = verify_proof(data, key).record
+    doc = {"format": PROOF_JSON_FORMAT, "agent": key.did, "seq": rec.seq, "record": rec.to_json(),
+           "proof": base64.b64encode(data).decode("ascii")}
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _verified_proof(data: bytes, key: Any) -> Any:
+    """Verify a proof file in either form. Of the JSON form only the base64 ``proof`` is trusted, and
+    its readable ``record`` must be the proven record (an edited copy for the eye is refused)."""
+    import base64
+    import binascii
+
+    from ..ledger.export import ProofFileError, verify_proof
+
+    if not data.lstrip().startswith(b"{"):
+        return verify_proof(data, key)
+    try:
+        doc = json.loads(data[:_MAX_PROOF_JSON])
+        if not isinstance(doc, dict) or doc.get("format") != PROOF_JSON_FORMAT or not isinstance(doc.get("proof"), str):
+            raise ValueError(f"not a {PROOF_JSON_FORMAT} document")
+        raw = base64.b64decode(doc["proof"], validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise ProofFileError(f"not a Kestrel inclusion proof: {exc}",
+                             hint="proof files are made by `kestrel audit prove SEQ > proof.json`") from None
+    proof = verify_proof(raw, key)
+    if doc.get("record") != json.loads(json.dumps(proof.record.to_json())):
+        raise ProofFileError("the record shown in the proof's JSON is not the proven record (it was edited): "
+                             "not proven", hint="ask for the proof again; only its 'proof' field is signed")
+    return proof
 
 
 def _checkpoint(args: argparse.Namespace, extra: list[str]) -> int:
@@ -250,9 +301,7 @@ def _checkpoint(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _verify_proof(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..ledger.export import verify_proof
-
-    proof = verify_proof(_read(args.file, "inclusion proof"), _did_key(args.agent))
+    proof = _verified_proof(_read(args.file, "inclusion proof"), _did_key(args.agent))
     rec, cp = proof.record, proof.checkpoint
     if args.json:
         print(json.dumps({"ok": True, "agent": args.agent, "record": rec.to_json(), "tree_size": cp.size,

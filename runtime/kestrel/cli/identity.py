@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._common import add_passphrase_file_arg
 from ._common import add_state_arg as _state
 
 __all__ = ["register"]
@@ -38,13 +39,15 @@ def register(sub: Any) -> None:
 
     show = isub.add_parser("show", help="print the AgentID, algorithm, backend and creation time")
     show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.add_argument("--did", action="store_true",
+                      help="print only the AgentID (did:key), e.g. for --agent \"$(kestrel identity show --did)\"")
     _state(show)
     show.set_defaults(func=_show)
 
     backup = isub.add_parser("backup", help="write an encrypted backup of a file keystore")
     backup.add_argument("file", help="backup file to create (never overwritten)")
     _state(backup)
-    backup.add_argument("--passphrase-file", help="file holding the keystore's passphrase")
+    add_passphrase_file_arg(backup)
     backup.add_argument("--backup-passphrase-file",
                         help=f"file holding the backup passphrase (else ${BACKUP_PASSPHRASE_ENV} or a prompt)")
     backup.set_defaults(func=_backup)
@@ -195,7 +198,9 @@ def _show(args: argparse.Namespace, extra: list[str]) -> int:
 
     state_dir = _state_dir(args)
     identity = load_identity(state_dir)
-    if args.json:
+    if args.did:
+        print(identity.did)
+    elif args.json:
         doc = identity.to_dict()
         doc.pop("format")
         doc["state_dir"] = str(state_dir)

@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ._common import add_passphrase_file_arg
+from ._common import add_state_arg as _state
+
 __all__ = ["register"]
 
 
@@ -47,7 +50,7 @@ def register(sub: Any) -> None:
                    "or local:PATH to register a local LLM (an optimum-exported decoder folder)")
     p.add_argument("--models-dir", help="folder of recipes (for NAME)")
     _state(p)
-    p.add_argument("--passphrase-file", help="file holding the keystore's passphrase (for the ledger)")
+    add_passphrase_file_arg(p)
     p.set_defaults(func=_deploy)
 
     mem = sub.add_parser("memory", help="the agent's vector memory (add, search, info)")
@@ -60,7 +63,7 @@ def register(sub: Any) -> None:
     p.add_argument("--capacity", type=int, default=10_000, help="entries kept before the oldest are evicted "
                    "(only when the memory is created)")
     _state(p)
-    p.add_argument("--passphrase-file", help="file holding the keystore's passphrase (for the ledger)")
+    add_passphrase_file_arg(p)
     p.set_defaults(func=_memory_add)
     p = memsub.add_parser("search", help="the K memories nearest to QUERY")
     p.add_argument("query")
@@ -72,10 +75,6 @@ def register(sub: Any) -> None:
     p = memsub.add_parser("info", help="size, capacity, dimension and model of the memory")
     _state(p)
     p.set_defaults(func=_memory_info)
-
-
-def _state(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state", metavar="DIR", help="state directory (default $KESTREL_STATE or ~/.local/state/kestrel)")
 
 
 def _state_dir(args: argparse.Namespace) -> Path:

@@ -99,6 +99,13 @@ def prove(ledger_dir: Path, public_key: PublicKey, seq: int) -> bytes:
         )
     if cp is None or not 0 <= seq < cp.size:
         signed = cp.size if cp else 0
+        if 0 <= seq < verified.size:
+            covered = f"the latest covers records 0..{signed - 1}" if signed else "there is none yet"
+            raise LedgerError(
+                f"record {seq} is not yet covered by a signed checkpoint ({covered})",
+                hint="a running agent signs new records within a second: retry in a moment; with no agent "
+                     "running, its next start (`kestrel run`) signs them",
+            )
         raise LedgerError(
             f"no signed record {seq}: the latest checkpoint covers records 0..{signed - 1}",
             hint="`kestrel audit log` lists the records",
