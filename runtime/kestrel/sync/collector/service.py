@@ -186,6 +186,10 @@ class CollectorService:
         if self._on_outcome is not None:
             self._on_outcome(out)
 
+    #: first and longest wait between attempts to reach a broker that is down (exponential, jittered)
+    RETRY_INITIAL_S = 1.0
+    RETRY_MAX_S = 30.0
+
     def run(self) -> None:
         """Connect (retrying while the broker is down) and process messages until stop()."""
         worker = threading.Thread(target=self._worker, name="kestrel-collector-store", daemon=True)
@@ -200,15 +204,23 @@ class CollectorService:
             watch.join()
 
     def _run_client(self) -> None:
+        from ...io.backoff import Backoff
+
         self._client = client = self._make_client()
+        backoff = Backoff(initial=self.RETRY_INITIAL_S, maximum=self.RETRY_MAX_S)
         while not self._stopping.is_set():
             try:
                 client.connect(self.host, self.port, keepalive=self.keepalive, clean_start=False,
                                properties=self._connect_props)
             except OSError as exc:
-                log.info("collector: broker %s:%d unreachable (%s); retrying", self.host, self.port, exc)
-                self._stopping.wait(0.5)
+                delay = backoff.next()
+                # the first failure is a warning; later ones only as the wait grows (not twice a second)
+                level = logging.WARNING if backoff.attempts == 1 else logging.INFO
+                log.log(level, "collector: broker %s:%d unreachable (%s); next try in %.1f s (attempt %d)",
+                        self.host, self.port, exc, delay, backoff.attempts)
+                self._stopping.wait(delay)
                 continue
+            backoff.reset()
             client.loop_forever(retry_first_connection=True)  # returns after disconnect()
             self._stopping.wait(0.2)
 
