@@ -48,6 +48,7 @@ class AllowStep(NamedTuple):
     rate_count: int
     rate_per: float
     rate_reason: str
+    quorum: Any = None  # kestrel.policy.quorum.Quorum of the rule, if the group decides
 
 
 class ActionPlan(NamedTuple):
@@ -102,9 +103,9 @@ def _allow_step(r: Rule) -> AllowStep:
     conds = tuple((c.name, c.optional, c.check_one, c.check, f"argument '{c.name}' is required") for c in r.args)
     rate = r.rate
     if rate is None:
-        return AllowStep(r.id, r.reason or f"allowed by {r.id}", r.window, conds, None, 0, 0.0, "")
+        return AllowStep(r.id, r.reason or f"allowed by {r.id}", r.window, conds, None, 0, 0.0, "", r.quorum)
     return AllowStep(r.id, r.reason or f"allowed by {r.id}", r.window, conds, rate.key, rate.count, rate.per,
-                     f"rate limit reached ({rate.count} per {rate.per:g} s)")
+                     f"rate limit reached ({rate.count} per {rate.per:g} s)", r.quorum)
 
 
 def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, now: float) -> Decision:
@@ -139,7 +140,7 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
     elif plan.needs_destination:
         return make_decision(False, action, "network", _no_destination(action), pdigest, digest)
     first: tuple[str, str] | None = None
-    for rid, reason, window, conds, rate_key, rate_count, rate_per, rate_reason in plan.allow:
+    for rid, reason, window, conds, rate_key, rate_count, rate_per, rate_reason, quorum in plan.allow:
         fail: str | None = None
         if window is not None and not window.contains(now):
             fail = _OUTSIDE_WINDOW
@@ -158,6 +159,8 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
                 if now < state.saturated_until or (
                         (len(times) - bisect_right(times, now - rate_per) if times else 0) >= rate_count):
                     fail = rate_reason
+        if fail is None and quorum is not None:  # never allowed alone: kestrel.policy.quorum asks the group
+            return make_decision(False, action, rid + ".quorum", quorum.reason, pdigest, digest)
         if fail is None:
             return make_decision(True, action, rid, reason, pdigest, digest, rate_key)
         if first is None:

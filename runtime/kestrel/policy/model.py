@@ -280,6 +280,7 @@ class Rule:
     rate: RateLimit | None = None
     network: bool = False  # the action needs a network destination
     reason: str | None = None
+    quorum: Any = None  # kestrel.policy.quorum.Quorum: the group decides (allow rules only)
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,7 @@ def _rule(ctx: _Ctx, node: yaml.Node, rid: str, *, deny: bool) -> Rule | None:
     if isinstance(node, yaml.ScalarNode):
         name = ctx.name(node, rid)
         return Rule(id=rid, action=name) if name else None
-    keys = ("action", "args", "window", "reason") + (() if deny else ("rate", "network"))
+    keys = ("action", "args", "window", "reason") + (() if deny else ("rate", "network", "quorum"))
     m = ctx.mapping(node, rid, keys)
     if m is None:
         return None
@@ -241,9 +241,17 @@ def _rule(ctx: _Ctx, node: yaml.Node, rid: str, *, deny: bool) -> Rule | None:
     rate = _rate(ctx, m["rate"], f"{rid}.rate", name or "") if "rate" in m else None
     network = bool(ctx.scalar(m["network"], f"{rid}.network", (bool,))) if "network" in m else False
     reason = ctx.scalar(m["reason"], f"{rid}.reason", (str,)) if "reason" in m else None
+    quorum = _quorum(ctx, m["quorum"], f"{rid}.quorum") if "quorum" in m else None
     if name is None:
         return None
-    return Rule(id=rid, action=name, args=args, window=window, rate=rate, network=network, reason=reason)
+    return Rule(id=rid, action=name, args=args, window=window, rate=rate, network=network, reason=reason,
+                quorum=quorum)
+
+
+def _quorum(ctx: _Ctx, node: yaml.Node, what: str) -> Any:
+    from .quorum import parse_quorum  # only policies with a quorum rule load it
+
+    return parse_quorum(ctx, node, what)
 
 
 _CONSTRAINT_KEYS = ("type", "equals", "enum", "min", "max", "regex", "max_len", "domain", "optional")
