@@ -41,7 +41,9 @@ def register(sub: Any) -> None:
     p.add_argument("--export", metavar="FILE", help="verify an export file instead of a state directory")
     p.add_argument("--agent", metavar="DID", help="the AgentID to verify against (required with --export)")
     p.add_argument("--trusted", metavar="FILE", help="a checkpoint note you trust: the log must extend it")
-    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.add_argument("--json", action="store_true", help="machine-readable verdict on stdout, also on failure")
+    p.add_argument("--require-signed", action="store_true",
+                   help="fail (exit 2) if any record is not covered by a signed checkpoint, or a write is unfinished")
     p.set_defaults(func=_verify)
 
     p = asub.add_parser("export", help="write the whole signed log to FILE (verifiable with the AgentID)")
@@ -171,23 +173,24 @@ def _trusted(args: argparse.Namespace, key: Any) -> Any:
 
 
 def _verify(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..errors import UsageError
+    """Exit 0 if intact (docs/ledger-format.md, section 7.1); with --json the verdict is on stdout either way."""
+    from ..errors import KestrelError
 
-    if args.export:
-        if args.state:
-            raise UsageError("give either --state or --export, not both")
-        from ..ledger.export import verify_export
+    try:
+        verified = _verified(args)
+        if args.require_signed and (verified.unsigned or verified.torn_bytes):
+            from ..ledger.errors import LedgerVerificationError, Reason
 
-        key = _did_key(args.agent)
-        verified = verify_export(_read(args.export, "ledger export"), key, trusted=_trusted(args, key))
-    else:
-        from ..ledger.reader import verify_dir
-
-        state, ledger_dir = _state_dirs(args)
-        key = _agent_key(state)
-        if args.agent and _did_key(args.agent) != key:
-            raise UsageError(f"--agent {args.agent} is not the identity in {state} ({key.did})")
-        verified = verify_dir(ledger_dir, key, trusted=_trusted(args, key))
+            raise LedgerVerificationError(
+                verified.signed_size, Reason.UNSIGNED,
+                f"{verified.unsigned} records after the latest signed checkpoint (covering {verified.signed_size})"
+                + (f" and an unfinished write of {verified.torn_bytes} bytes" if verified.torn_bytes else ""))
+    except KestrelError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc), "reason": getattr(getattr(exc, "reason", None), "value",
+                              type(exc).__name__), "seq": getattr(exc, "seq", None)}, sort_keys=True))
+            sys.stdout.flush()
+        raise
     if args.json:
         print(json.dumps({
             "ok": True, "agent": verified.did, "size": verified.size, "signed_size": verified.signed_size,
@@ -203,11 +206,31 @@ def _verify(args: argparse.Namespace, extra: list[str]) -> int:
                   f"at {verified.first_seq} (signed by the agent's own key)")
     if verified.unsigned:
         print(f"warning: the last {verified.unsigned} records are not yet covered by a signed checkpoint "
-              "(the agent signs them while it runs, or when it next opens its ledger)", file=sys.stderr)
+              "(the agent signs them while it runs, or when it next opens its ledger; "
+              "--require-signed makes this a failure)", file=sys.stderr)
     if verified.torn_bytes:
         print(f"warning: ignored an unfinished write of {verified.torn_bytes} bytes at the end "
               "(never acknowledged; the agent saves and cuts it when it next opens its ledger)", file=sys.stderr)
     return 0
+
+
+def _verified(args: argparse.Namespace) -> Any:
+    from ..errors import UsageError
+
+    if args.export:
+        if args.state:
+            raise UsageError("give either --state or --export, not both")
+        from ..ledger.export import verify_export
+
+        key = _did_key(args.agent)
+        return verify_export(_read(args.export, "ledger export"), key, trusted=_trusted(args, key))
+    from ..ledger.reader import verify_dir
+
+    state, ledger_dir = _state_dirs(args)
+    key = _agent_key(state)
+    if args.agent and _did_key(args.agent) != key:
+        raise UsageError(f"--agent {args.agent} is not the identity in {state} ({key.did})")
+    return verify_dir(ledger_dir, key, trusted=_trusted(args, key))
 
 
 def _export(args: argparse.Namespace, extra: list[str]) -> int:

@@ -14,7 +14,8 @@ import msgpack
 
 from ..identity.keys import PublicKey
 from .checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
-from .errors import LedgerVerificationError, Reason
+from .codec import loads_strict
+from .errors import LedgerVerificationError, Reason, RecordError
 from .merkle import Frontier
 
 __all__ = ["BASE_MAGIC", "LogBase", "encode_base", "verify_base", "base_size_unsafe", "MAX_BASE_SIZE"]
@@ -58,9 +59,9 @@ def verify_base(payload: bytes, public_key: PublicKey) -> LogBase:
     if len(payload) > MAX_BASE_SIZE:
         raise bad(f"larger than {MAX_BASE_SIZE} bytes")
     try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
-    except Exception as exc:
-        raise bad(f"not valid msgpack ({type(exc).__name__})") from None
+        obj = loads_strict(payload, what="the base")
+    except RecordError as exc:
+        raise bad(exc.message) from None
     if not isinstance(obj, dict) or set(obj) != set(_KEYS) or any(type(obj[k]) is not t for k, t in _KEYS.items()):
         raise bad("must be a map with exactly size, prev, frontier, checkpoint")
     size, prev, hashes = obj["size"], obj["prev"], obj["frontier"]

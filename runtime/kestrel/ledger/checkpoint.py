@@ -118,6 +118,8 @@ def _parse(note: bytes, public_key: PublicKey, *, verify: bool) -> SignedCheckpo
     lines = body.split("\n")[:-1]
     if len(lines) < 3:
         raise CheckpointError("checkpoint body needs origin, size and root lines", reason=corrupt)
+    if len(lines) > 3:  # tlog-checkpoint extension lines: Kestrel defines none (docs/ledger-format.md, section 5)
+        raise CheckpointError("checkpoint body has extension lines after the root", reason=corrupt)
     origin, size_text, root_text = lines[0], lines[1], lines[2]
     expected_origin = origin_for(public_key)
     if not _SIZE.match(size_text):

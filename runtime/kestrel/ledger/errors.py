@@ -20,6 +20,7 @@ class Reason(str, enum.Enum):
     TRUNCATED = "truncated"  # records cut from the end of a signed log
     FORK = "fork"  # two signed checkpoints that cannot both be true
     BAD_SIGNATURE = "bad_signature"  # a checkpoint signature does not verify
+    UNSIGNED = "unsigned"  # records no signed checkpoint covers (only with --require-signed)
 
 
 _HINTS = {
@@ -31,6 +32,8 @@ _HINTS = {
     Reason.TRUNCATED: "records were removed from the end of the log",
     Reason.FORK: "the agent's key signed two different histories: the key may be compromised",
     Reason.BAD_SIGNATURE: "check that you verify with the right AgentID (did:key)",
+    Reason.UNSIGNED: "start the agent (it signs or cuts its own unsigned tail on open), then verify again; "
+                     "records nobody signed may have been appended by someone else",
 }
 
 

@@ -17,6 +17,7 @@ import msgpack
 
 from ..identity.keys import PublicKey
 from .base import LogBase, verify_base
+from .codec import loads_strict
 from .checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
 from .errors import LedgerError, LedgerVerificationError, Reason, RecordError
 from .frame import BASE, CHECKPOINT, RECORD, Frame, FrameDamage, encode_frame, iter_frames, read_frame
@@ -135,9 +136,9 @@ def verify_proof(data: bytes, public_key: PublicKey) -> VerifiedProof:
             hint="proof files are made by `kestrel audit prove SEQ > FILE`",
         )
     try:
-        obj = msgpack.unpackb(data[len(PROOF_MAGIC) :], raw=False, strict_map_key=True)
-    except Exception as exc:
-        raise ProofFileError(f"inclusion proof is not valid msgpack: {type(exc).__name__}") from None
+        obj = loads_strict(data[len(PROOF_MAGIC) :], what="inclusion proof")
+    except RecordError as exc:
+        raise ProofFileError(exc.message) from None
     keys = {"index": int, "size": int, "record": bytes, "path": list, "checkpoint": bytes}
     if not isinstance(obj, dict) or set(obj) != set(keys) or any(type(obj[k]) is not t for k, t in keys.items()):
         raise ProofFileError("inclusion proof does not have the fields index, size, record, path, checkpoint")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
 import struct
 import threading
@@ -19,13 +20,16 @@ from typing import Any
 
 import msgpack
 
+from .codec import is_strict, loads_strict
 from .errors import RecordError
 
-__all__ = ["Record", "encode_record", "prepare_body", "assemble_record", "decode_record", "leaf_hash", "ZERO_HASH", "MAX_RECORD_SIZE"]
+__all__ = ["Record", "encode_record", "prepare_body", "assemble_record", "decode_record", "check_fields", "valid_kind",
+           "leaf_hash", "ZERO_HASH", "MAX_RECORD_SIZE", "MAX_KIND"]
 
 ZERO_HASH = bytes(32)
 MAX_RECORD_SIZE = 1 << 20  # 1 MiB: record digests of large data, not the data
-_KIND = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_*-]+)*$")
+_KIND = re.compile(r"[a-z][a-z0-9_-]*(\.[a-z0-9_*-]+)*")  # used with fullmatch: no "$" (it allows a final newline)
+MAX_KIND = 64
 _KEYS = frozenset({"seq", "time", "kind", "body", "prev"})
 _pack = functools.partial(msgpack.packb, use_bin_type=True)  # packb: thread-safe
 _packers = threading.local()  # packb builds a Packer (and its 256 KiB buffer) per call: reuse one per thread
@@ -75,9 +79,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def valid_kind(kind: Any) -> bool:
+    """A str of at most 64 characters matching the kind pattern (docs/ledger-format.md, section 1)."""
+    return type(kind) is str and len(kind) <= MAX_KIND and _KIND.fullmatch(kind) is not None
+
+
 @functools.lru_cache(maxsize=256)
 def _kind_prefix(kind: str) -> bytes:
-    if not isinstance(kind, str) or len(kind) > 64 or not _KIND.match(kind):
+    if not valid_kind(kind):
         raise RecordError(
             f"invalid record kind {kind!r}",
             hint="kinds are dotted lower-case names such as 'policy.decision' (at most 64 characters)",
@@ -95,18 +104,32 @@ def prepare_body(kind: str, body: dict[str, Any]) -> bytes:
     except AttributeError:
         packer = _packers.packer = msgpack.Packer(use_bin_type=True, buf_size=4096)
     try:
-        packed = prefix + packer.pack(body)  # a failed pack leaves the packer empty
+        packed = packer.pack(body)  # a failed pack leaves the packer empty
     except (TypeError, ValueError, OverflowError) as exc:
         raise RecordError(
             f"record body for {kind!r} is not msgpack-encodable: {exc}",
             hint="use str, int, float, bool, None, bytes, list and dict with str keys only",
         ) from None
-    if len(packed) > MAX_RECORD_SIZE - 128:
+    if len(packed) + len(prefix) > MAX_RECORD_SIZE - 128:
         raise RecordError(
-            f"record {kind!r} is {len(packed)} bytes, over the {MAX_RECORD_SIZE} byte limit",
+            f"record {kind!r} is {len(packed) + len(prefix)} bytes, over the {MAX_RECORD_SIZE} byte limit",
             hint="store large data elsewhere and record its digest",
         )
+    if is_strict(packed) is None:  # the writer stores only what the verifier accepts (ext types, non-str keys)
+        raise RecordError(
+            f"record body for {kind!r} is not in the ledger's msgpack profile: {loads_strict_reason(packed)}",
+            hint="use str, int, float, bool, None, bytes, list and dict with str keys only (no ext types)",
+        )
+    packed = prefix + packed
     return packed
+
+
+def loads_strict_reason(data: bytes) -> str:
+    try:
+        loads_strict(data, what="body")
+    except RecordError as exc:
+        return exc.message.split(": ", 1)[-1]
+    return "not in the profile"
 
 
 def _uint(n: int) -> bytes:
@@ -135,22 +158,29 @@ def encode_record(*, seq: int, time: float, kind: str, body: dict[str, Any], pre
 
 
 def decode_record(raw: bytes) -> Record:
-    """Decode and type-check stored record bytes; raise :class:`RecordError` if malformed."""
-    try:
-        obj = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True)
-    except Exception as exc:  # msgpack raises many types (ExtraData, ValueError, ...)
-        raise RecordError(f"not a msgpack record: {type(exc).__name__}: {exc}") from None
-    if not isinstance(obj, dict) or set(obj) != _KEYS:
-        raise RecordError("record is not a map with keys seq, time, kind, body, prev")
+    """Decode and check stored record bytes strictly (codec profile, then fields); raise :class:`RecordError`."""
+    if len(raw) > MAX_RECORD_SIZE:
+        raise RecordError(f"record is {len(raw)} bytes, over the {MAX_RECORD_SIZE} byte limit")
+    obj = loads_strict(raw)
+    problem = check_fields(obj)
+    if problem:
+        raise RecordError(problem)
+    return Record(obj["seq"], obj["time"], obj["kind"], obj["body"], obj["prev"], bytes(raw), leaf_hash(raw))
+
+
+def check_fields(obj: Any) -> str | None:
+    """Why a decoded (profile-checked) object is not a record, or None if it is one."""
+    if type(obj) is not dict or len(obj) != 5 or set(obj) != _KEYS:
+        return "record is not a map with exactly the keys seq, time, kind, body, prev"
     seq, time, kind, body, prev = obj["seq"], obj["time"], obj["kind"], obj["body"], obj["prev"]
     if type(seq) is not int or seq < 0:
-        raise RecordError(f"record seq is not a non-negative integer: {seq!r}")
-    if type(time) is not float:
-        raise RecordError(f"record time is not a float: {time!r}")
-    if not isinstance(kind, str) or not _KIND.match(kind):
-        raise RecordError(f"record kind is invalid: {kind!r}")
-    if not isinstance(body, dict):
-        raise RecordError("record body is not a map")
-    if not isinstance(prev, bytes) or len(prev) != 32:
-        raise RecordError("record prev is not a 32-byte hash")
-    return Record(seq, time, kind, body, prev, bytes(raw), leaf_hash(raw))
+        return f"record seq is not a non-negative integer: {seq!r}"
+    if type(time) is not float or not math.isfinite(time):
+        return f"record time is not a finite float64: {time!r}"
+    if not valid_kind(kind):
+        return f"record kind is invalid (at most {MAX_KIND} characters of the kind pattern): {kind!r}"
+    if type(body) is not dict:
+        return "record body is not a map"
+    if type(prev) is not bytes or len(prev) != 32:
+        return "record prev is not a 32-byte hash"
+    return None

@@ -12,17 +12,17 @@ So detection is the general path's, only the common case is faster.
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 
-import msgpack
-
+from .codec import is_strict
 from .frame import MAGIC, MAX_PAYLOAD, RECORD, RECORD_HEAD
-from .record import _KIND
+from .record import MAX_RECORD_SIZE, valid_kind
 
 __all__ = ["scan_records"]
 
 _LEAF = hashlib.sha256(b"\x00")  # leaf hashes: copies of a hasher already fed the 0x00 prefix
-_KINDS_SEEN: set[str] = set()  # kinds already checked against _KIND (valid ones only)
+_KINDS_SEEN: set[str] = set()  # kinds already checked by valid_kind (valid ones only)
 
 
 def scan_records(
@@ -37,7 +37,8 @@ def scan_records(
     n = len(view)
     head = RECORD_HEAD.unpack_from
     crc32 = zlib.crc32
-    unpackb = msgpack.unpackb
+    strict = is_strict
+    finite = math.isfinite
     leaf = _LEAF.copy
     append = leaves.append
     kinds = _KINDS_SEEN
@@ -52,21 +53,25 @@ def scan_records(
         payload = view[off + 16 : end]
         if crc32(payload) != payload_crc:
             break
+        if length > MAX_RECORD_SIZE:
+            break
+        obj = strict(payload)  # the codec profile (codec.py): None if refused
+        if type(obj) is not dict or len(obj) != 5:
+            break
         try:
-            obj = unpackb(payload, raw=False, use_list=True, strict_map_key=True)
-            if type(obj) is not dict or len(obj) != 5:
-                break
             rseq, time, kind, body, rprev = obj["seq"], obj["time"], obj["kind"], obj["body"], obj["prev"]
-        except Exception:  # not msgpack, or a key missing: the general path says which
+        except KeyError:  # the general path says which
             break
         if type(rseq) is not int or rseq != seq or type(time) is not float or type(body) is not dict:
+            break
+        if not finite(time):
             break
         if type(rprev) is not bytes or rprev != prev:
             break
         if type(kind) is not str:
             break
         if kind not in kinds:
-            if not _KIND.match(kind):
+            if not valid_kind(kind):
                 break
             if len(kinds) < 4096:
                 kinds.add(kind)
