@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "models",  # models, deploy, memory
     "sync",  # sync, collector, agent-connect
     "agent",  # ask
+    "ui",  # ui token
 )
 
 

@@ -17,7 +17,7 @@ from .expr import Expression, Template, compile_expression
 __all__ = [
     "DeviceConfig", "GpioInput", "SerialSensor", "MqttSensor", "PeriodicSensor", "GpioOutput",
     "MqttActuator", "SerialActuator", "Trigger", "Schedule", "SmtpConfig", "OutboxConfig",
-    "MqttConfig", "ControlConfig", "OtaConfig", "FetchConfig", "LimitsConfig", "AuditConfig", "SerialLine",
+    "MqttConfig", "ControlConfig", "OtaConfig", "FetchConfig", "LimitsConfig", "AuditConfig", "SerialLine", "UiConfig",
     "parse_device_config", "BUILTIN_ACTIONS",
 ]
 
@@ -197,6 +197,15 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class UiConfig:
+    """The local web UI (docs/ui.md): on only when the config has a ``ui:`` section."""
+
+    host: str = "127.0.0.1"
+    port: int = 8340  # 0: any free port (the address is in `kestrel status`)
+    session_s: float = 12 * 3600.0  # a sign-in lasts this long at most (and never beyond its token)
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     source: str
     name: str = "kestrel"
@@ -215,6 +224,7 @@ class DeviceConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     sync: Any = None  # kestrel.sync.config.SyncConfig; used only with an mqtt section
     models: tuple[Any, ...] = ()  # kestrel.daemon.modelsensors.ModelSensor: model outputs as sensor values
+    ui: UiConfig | None = None  # the local web UI; None: off (the default)
 
     def sensor(self, name: str) -> Sensor | None:
         return next((s for s in self.sensors if s.name == name), None)
@@ -366,7 +376,7 @@ def _named(root: Fields, key: str, build: Any) -> tuple[Any, ...]:
 
 
 _TOP = {"version", "name", "board", "sensors", "actuators", "triggers", "schedules", "smtp", "outbox",
-        "mqtt", "control", "ota", "fetch", "limits", "audit", "sync", "models"}
+        "mqtt", "control", "ota", "fetch", "limits", "audit", "sync", "models", "ui"}
 
 
 def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
@@ -454,9 +464,27 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
         source=source, name=root.get("name", Node.as_str, "kestrel"), board=root.get("board", Node.as_str, None),
         sensors=sensors, actuators=actuators, triggers=triggers, schedules=schedules, smtp=smtp, outbox=outbox,
         mqtt=mqtt, control=control, ota=ota, fetch=fetch, limits=limits, audit=audit, sync=sync, models=models,
+        ui=_ui_section(root),
     )
     _cross_check(cfg, root)
     return cfg
+
+
+def _ui_section(root: Fields) -> UiConfig | None:
+    """``ui: {enabled, listen: "HOST:PORT", session_ttl}``; absent (or ``enabled: false``): no UI."""
+    f = _section(root, "ui", {"enabled", "listen", "session_ttl"})
+    if f is None or not f.get("enabled", Node.as_bool, True):
+        return None
+    host, port = UiConfig.host, UiConfig.port
+    if f.has("listen"):
+        node = f.node_of("listen")
+        text = node.as_str()
+        h, sep, p = text.rpartition(":")
+        h = h[1:-1] if h.startswith("[") and h.endswith("]") else h
+        if not sep or not h or not p.isdigit() or int(p) > 65535 or any(c in h for c in "/ []"):
+            raise node.error(f"listen must be HOST:PORT (e.g. 127.0.0.1:8340 or [::1]:8340), not {text!r}")
+        host, port = h, int(p)
+    return UiConfig(host, port, f.get("session_ttl", Node.as_float, UiConfig.session_s, min=60, max=30 * 86400))
 
 
 def _sync_section(root: Fields, source: str) -> Any:

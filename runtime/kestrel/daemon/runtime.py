@@ -88,6 +88,7 @@ class Daemon:
         self.control = ControlServer(self.state.run / "control.sock", self,
                                      group_gid=resolve_group(config.control.group, source=config.source),
                                      record=self.record)
+        self.ui: Any = None  # kestrel.daemon.ui.server.UiServer while the config has a ui: section
         self.counters = {"events": 0, "trigger_faults": 0, "quarantined": 0, "commands": 0, "reloads": 0,
                          "reload_failures": 0}
         self._stop = asyncio.Event()
@@ -115,6 +116,12 @@ class Daemon:
                                   values=lambda: self.values), "schedules")
         self._spawn(self._watch_drop_dir(), "ota-drop")
         await self.control.start()
+        if self.config.ui is not None:  # the web UI's code is imported only when the config turns it on
+            from .ui.server import UiServer
+
+            ui = self.config.ui
+            self.ui = UiServer(self, listen_host=ui.host, listen_port=ui.port, session_s=ui.session_s)
+            await self.ui.start()
         interval = watchdog_interval()
         if interval is not None:
             self._spawn(run_watchdog(self.notifier, interval, self.unhealthy), "watchdog")
@@ -186,6 +193,8 @@ class Daemon:
     async def shutdown(self) -> None:
         self.notifier.stopping()
         log.info("stopping")
+        if self.ui is not None:
+            await self.ui.close()
         await self.control.close()
         if self.hardware is not None:
             await self._stop_hardware(self.hardware)
@@ -422,6 +431,7 @@ class Daemon:
             "models": self.models.describe() if self.models is not None else None,
             "mqtt": ({"connected": hw.bridge.connected} if hw and hw.bridge else None),
             "control": {"served": self.control.served, "refused": self.control.refused},
+            "ui": self.ui.describe() if self.ui is not None else None,
             "policy": {"bundle": getattr(self.policy, "bundle_digest", None),
                        "loaded": getattr(self.policy, "policy", None) is not None,
                        "error": getattr(self.policy, "load_error", None)},
