@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.swtpm",
     "tests.fixtures.mosquitto",
     "tests.fixtures.pty",
+    "tests.fixtures.postgres",
 ]
 
 #: Seconds an ``async def`` test may run; override per test with @pytest.mark.async_timeout(N).

@@ -1,4 +1,4 @@
-"""Collector verification against real signed records and checkpoints, SQLite store."""
+"""Collector verification against real signed records and checkpoints, on every store backend."""
 
 from __future__ import annotations
 
@@ -14,9 +14,15 @@ from kestrel.sync.wire import SyncBatch, encode_batch, ledger_topic
 from .logs import LogBuilder
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = SqliteStore(tmp_path / "collector.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    """Every backend passes the same contract: SQLite (embedded) and a real PostgreSQL server."""
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "collector.db")
+    else:
+        from kestrel.sync.collector.postgres import PostgresStore
+
+        s = PostgresStore(request.getfixturevalue("pg_url"))
     yield s
     s.close()
 

@@ -64,8 +64,8 @@ def register(sub: Any) -> None:
 
 
 def _db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", metavar="PATH", help=f"collector database (default ${COLLECTOR_DB_ENV} or "
-                   "~/.local/share/kestrel/collector.db)")
+    p.add_argument("--db", metavar="PATH|URL", help="collector database: a SQLite file or postgresql://USER@HOST:PORT/DB "
+                   f"(default ${COLLECTOR_DB_ENV} or ~/.local/share/kestrel/collector.db)")
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -74,15 +74,17 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return resolve_state_dir(args.state)
 
 
-def _db_path(args: argparse.Namespace, *, must_exist: bool = True) -> Path:
+def _open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Any:
+    """The collector store named by --db (a SQLite path or a postgresql:// URL)."""
     from ..errors import UsageError
+    from ..sync.collector.store import is_server_url, open_store
 
-    path = Path(args.db or os.environ.get(COLLECTOR_DB_ENV)
-                or Path(os.path.expanduser("~")) / ".local" / "share" / "kestrel" / "collector.db")
-    if must_exist and not path.exists():
-        raise UsageError(f"no collector database at {path}", hint="run `kestrel collector run --db PATH` first, "
+    spec = str(args.db or os.environ.get(COLLECTOR_DB_ENV)
+               or Path(os.path.expanduser("~")) / ".local" / "share" / "kestrel" / "collector.db")
+    if must_exist and not is_server_url(spec) and not Path(spec).exists():
+        raise UsageError(f"no collector database at {spec}", hint="run `kestrel collector run --db PATH` first, "
                          "or pass --db")
-    return path
+    return open_store(spec)
 
 
 def _ago(t: float) -> str:
@@ -167,18 +169,18 @@ def _collector_run(args: argparse.Namespace, extra: list[str]) -> int:
 
     from .._internal.fsutil import read_bytes
     from ..sync.collector.service import CollectorService, parse_broker
-    from ..sync.collector.sqlite import SqliteStore
 
     host, port = parse_broker(args.broker)
     password = read_bytes(args.password_file, what="password file").decode().strip() if args.password_file else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    store = SqliteStore(_db_path(args, must_exist=False))
+    store = _open_store(args, must_exist=False)
     svc = CollectorService(store, host=host, port=port, group=args.group, client_id=args.client_id,
                            username=args.username, password=password)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    print(f"collector: subscribing to {svc.topic} on {host}:{port}, storing in {store.path}", file=sys.stderr)
+    print(f"collector: subscribing to {svc.topic} on {host}:{port}, storing in {store.location}",
+          file=sys.stderr)
     svc.start()
     try:
         done.wait(args.duration)
@@ -193,9 +195,8 @@ def _collector_run(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _collector_status(args: argparse.Namespace, extra: list[str]) -> int:
     from ..sync.collector.core import CollectorCore
-    from ..sync.collector.sqlite import SqliteStore
 
-    store = SqliteStore(_db_path(args))
+    store = _open_store(args)
     try:
         rows = store.summaries()
         unknown = [r for r in store.rejections() if r.did == "?"]
@@ -211,6 +212,9 @@ def _collector_status(args: argparse.Namespace, extra: list[str]) -> int:
             flag = "  FORKED" if r.forks else ""
             print(f"{r.did}  verified {r.verified}  pending {r.pending}  refused {r.rejections}  forks {r.forks}  "
                   f"last seen {_ago(r.last_seen)}{flag}")
+            if r.base:
+                print(f"  BASE: the agent pruned records before they were synced; verified from its signed base at "
+                      f"{r.base} ({r.records} records stored)")
             if gaps[r.did]:
                 lo, hi = gaps[r.did]
                 print(f"  GAP: records {lo}..{hi} missing; later records are held unverified (if they do not come "
@@ -222,34 +226,18 @@ def _collector_status(args: argparse.Namespace, extra: list[str]) -> int:
         store.close()
 
 
-def _verified_export(store: Any, did: str) -> tuple[bytes, Any]:
-    """The agent's verified log as export bytes, checked with the ledger's own export verifier."""
-    from ..errors import DataError
-    from ..identity.keys import PublicKey
-    from ..ledger.checkpoint import verify_checkpoint
-    from ..ledger.export import encode_export, verify_export
-
-    pk = PublicKey.from_did(did)
-    state = store.agent_state(did)
-    if state.checkpoint is None:
-        raise DataError(f"the collector holds no verified records of {did}",
-                        hint="`kestrel collector status` lists the agents it has")
-    cp = verify_checkpoint(state.checkpoint, pk)
-    records = (raw for seq, raw in store.verified_records(did) if seq < cp.size)
-    data = b"".join(encode_export(cp, records))
-    return data, verify_export(data, pk)
-
-
 def _collector_verify(args: argparse.Namespace, extra: list[str]) -> int:
     from ..errors import DataError
-    from ..sync.collector.sqlite import SqliteStore
+    from ..sync.collector.evidence import verify_runs
 
-    store = SqliteStore(_db_path(args))
+    store = _open_store(args)
     try:
-        _, verified = _verified_export(store, args.agent)
+        verified = verify_runs(store, args.agent)
         forks, rejections = store.forks(args.agent), store.rejections(args.agent)
-        print(f"{args.agent}: {verified.size} records verified against the signed checkpoint "
-              f"(root {verified.root.hex()})")
+        for v in verified:
+            first = f", records {v.first_seq}..{v.size - 1} from the agent's signed base" if v.first_seq else ""
+            print(f"{args.agent}: {v.size - v.first_seq} records verified against the signed checkpoint of size "
+                  f"{v.signed_size}{first} (root {v.root.hex()})")
         for r in rejections:
             print(f"refused: seq {r.seq if r.seq is not None else '-'}  {r.reason}: {r.detail}  sha256 {r.digest}")
         for f in forks:
@@ -264,15 +252,21 @@ def _collector_verify(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _collector_export(args: argparse.Namespace, extra: list[str]) -> int:
     from .._internal.fsutil import atomic_write
-    from ..sync.collector.sqlite import SqliteStore
+    from ..errors import DataError
+    from ..sync.collector.evidence import export_run, runs
 
-    store = SqliteStore(_db_path(args))
+    store = _open_store(args)
     try:
-        data, verified = _verified_export(store, args.agent)
+        got = runs(store, args.agent)
+        if not got:
+            raise DataError(f"the collector holds no verified records of {args.agent}",
+                            hint="`kestrel collector status` lists the agents it has")
+        data, verified = export_run(store, args.agent, got[-1])  # the newest run: from the newest base on
     finally:
         store.close()
     atomic_write(Path(args.file), data, mode=0o644)
-    print(f"wrote {verified.size} verified records of {args.agent} to {args.file}", file=sys.stderr)
+    print(f"wrote {verified.size - verified.first_seq} verified records of {args.agent} to {args.file}",
+          file=sys.stderr)
     return 0
 
 

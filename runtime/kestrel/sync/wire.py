@@ -26,6 +26,7 @@ LEDGER_FILTER = f"{ROOT}/+/ledger/batch"
 MAX_BATCH_BYTES = 1 << 20
 BATCH_OVERHEAD = 64  # map header, keys and seq ints, excluding the checkpoint note
 _VERSION = 1
+_FIELDS = frozenset({"v", "start", "records", "checkpoint", "base"})
 
 
 class SyncFormatError(DataError):
@@ -39,6 +40,7 @@ class SyncBatch:
     start: int
     records: tuple[bytes, ...]
     checkpoint: bytes | None = None
+    base: bytes | None = None  # a pruned ledger's signed base payload (docs/ledger-format.md, section 11)
 
     @property
     def end(self) -> int:
@@ -72,6 +74,8 @@ def encode_batch(batch: SyncBatch) -> bytes:
     doc: dict[str, Any] = {"v": _VERSION, "start": batch.start, "records": list(batch.records)}
     if batch.checkpoint is not None:
         doc["checkpoint"] = batch.checkpoint
+    if batch.base is not None:
+        doc["base"] = batch.base
     return msgpack.packb(doc, use_bin_type=True)
 
 
@@ -91,9 +95,12 @@ def decode_batch(payload: bytes) -> SyncBatch:
         raise SyncFormatError("sync batch 'records' is not a list of byte strings")
     if checkpoint is not None and not isinstance(checkpoint, bytes):
         raise SyncFormatError("sync batch 'checkpoint' is not a byte string")
-    if set(doc) - {"v", "start", "records", "checkpoint"}:
-        raise SyncFormatError(f"sync batch has unknown fields {sorted(set(doc) - {'v', 'start', 'records', 'checkpoint'})}")
-    return SyncBatch(start, tuple(records), checkpoint)
+    base = doc.get("base")
+    if base is not None and not isinstance(base, bytes):
+        raise SyncFormatError("sync batch 'base' is not a byte string")
+    if set(doc) - _FIELDS:
+        raise SyncFormatError(f"sync batch has unknown fields {sorted(set(doc) - _FIELDS)}")
+    return SyncBatch(start, tuple(records), checkpoint, base)
 
 
 def encode_resend(start: int) -> bytes:

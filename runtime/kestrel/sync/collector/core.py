@@ -6,6 +6,12 @@ from the agent's verified tip reaches a checkpoint signed by the agent's key: ea
 root over all verified leaves must equal the checkpoint's root. Duplicates by (agent, seq) are
 dropped; a record that contradicts a verified one, or is not on the verified chain, is refused
 and reported; two signed checkpoints that disagree are kept as fork evidence.
+
+An agent whose oldest records were pruned before they were synced sends its signed *base*
+(frontier, prev hash and a checkpoint for exactly the pruned prefix, ``kestrel.ledger.base``):
+when the verified prefix cannot reach the base's size otherwise, the collector accepts the base
+and verifies on from it. Every step holds the agent (``CollectorStore.lock_agents``) so that
+several collector processes sharing one database extend an agent's prefix one at a time.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
+import msgpack
+
 from ...identity.keys import PublicKey
+from ...ledger.base import LogBase, verify_base
 from ...ledger.checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
-from ...ledger.errors import RecordError
+from ...ledger.errors import LedgerVerificationError, RecordError
 from ...ledger.merkle import Frontier, tree_root
 from ...ledger.record import ZERO_HASH, decode_record
 from ..wire import SyncFormatError, agent_from_topic, decode_batch
@@ -38,6 +47,7 @@ class Outcome:
     pending: int = 0  # records held until a checkpoint covers them
     refused: tuple[str, ...] = ()  # reason codes
     forks: int = 0
+    based: int = 0  # size of a signed base accepted (0: none)
 
 
 def frontier_of(state: AgentState) -> Frontier:
@@ -57,9 +67,11 @@ class _Acc:
     pending: int = 0
     refused: list[str] = field(default_factory=list)
     forks: int = 0
+    based: int = 0
 
     def done(self) -> Outcome:
-        return Outcome(self.did, self.verified, self.duplicates, self.pending, tuple(self.refused), self.forks)
+        return Outcome(self.did, self.verified, self.duplicates, self.pending, tuple(self.refused), self.forks,
+                       self.based)
 
 
 class CollectorCore:
@@ -85,8 +97,11 @@ class CollectorCore:
 
     # -- entry points ----------------------------------------------------------------------------
     def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Outcome]:
-        """Handle several messages in one transaction (one fsync): all of them are stored or none."""
+        """Handle several messages in one transaction (one fsync): all of them are stored or none.
+
+        The agents they name are locked first, all at once and in one global order."""
         with self.store.transaction():
+            self.store.lock_agents([t.split("/")[1] for t, _ in messages if t.count("/") >= 2])
             return [self.handle(topic, payload) for topic, payload in messages]
 
     def handle(self, topic: str, payload: bytes) -> Outcome:
@@ -103,6 +118,10 @@ class CollectorCore:
             self._refuse(acc, None, "malformed", exc.message, payload, now)
             return acc.done()
         with self.store.transaction():  # one message, one commit: all of its effects or none
+            self.store.lock_agents([agent.did])
+            base = self._verified_base(agent, batch.base, acc, now) if batch.base is not None else None
+            if base is not None:
+                self._take_checkpoint(agent, base.checkpoint, acc, now)
             cp = self._verified_note(agent, batch.checkpoint, acc, now) if batch.checkpoint is not None else None
             fresh = self._take_records(agent, batch.start, batch.records, acc, now)
             if cp is not None and fresh:
@@ -112,6 +131,8 @@ class CollectorCore:
             if cp is not None:
                 self._take_checkpoint(agent, cp, acc, now)
             self._advance(agent, acc, now)
+            if base is not None and self._rebase(agent, base, acc, now):
+                self._advance(agent, acc, now)
         return acc.done()
 
     def _refuse(self, acc: _Acc, seq: int | None, reason: str, detail: str, data: bytes, now: float) -> None:
@@ -135,13 +156,17 @@ class CollectorCore:
                 self._refuse(acc, seq, "wrong-seq", f"record says seq {rec.seq}, batch position is {seq}", raw, now)
                 continue
             if seq < state.size:
-                if self.store.verified_leaf(agent.did, seq) == rec.digest:
+                leaf = self.store.verified_leaf(agent.did, seq)
+                if leaf == rec.digest:
                     acc.duplicates += 1
+                elif leaf is None:
+                    self._refuse(acc, seq, "pruned-by-agent", f"record {seq} lies in a range the agent's signed "
+                                 "base says it pruned before sync; nothing links it to the verified log", raw, now)
                 else:
                     self._refuse(acc, seq, "conflicts-with-verified",
                                  f"record {seq} differs from the verified record {seq}", raw, now)
                 continue
-            fresh.append(PendingRecord(seq, bytes(raw), rec.digest, rec.prev))
+            fresh.append(PendingRecord(seq, bytes(raw), rec.digest, rec.prev, rec.kind, rec.time))
         return fresh
 
     def _hold(self, agent: PublicKey, fresh: list[PendingRecord], acc: _Acc, now: float) -> None:
@@ -169,7 +194,7 @@ class CollectorCore:
         if len(held) != first - state.size or any(len(v) != 1 for v in held.values()):
             return fresh  # gaps below the batch, or competing candidates inside: the general path decides
         chain = [held[s][0] for s in range(state.size, first)] + fresh[:n]
-        prev = self.store.verified_leaf(agent.did, state.size - 1) if state.size else ZERO_HASH
+        prev = self._tip(state)
         frontier = frontier_of(state)
         for r in chain:
             if r.prev != prev:
@@ -204,9 +229,8 @@ class CollectorCore:
             self._fork(acc, cp, known_note, "two signed checkpoints of the same size disagree", now)
             return
         if cp.size <= state.size:
-            ours = (frontier_of(state).root() if cp.size == state.size
-                    else tree_root(self.store.verified_leaves(agent.did, 0, cp.size)))
-            if ours != cp.root:
+            ours = frontier_of(state).root() if cp.size == state.size else self._root_at(agent.did, cp.size)
+            if ours is not None and ours != cp.root:
                 self._fork(acc, cp, state.checkpoint, f"checkpoint of size {cp.size} contradicts the verified log",
                            now)
                 return
@@ -245,7 +269,7 @@ class CollectorCore:
     def _find_path(self, state: AgentState, cands: Mapping[int, list[PendingRecord]], size: int,
                    root: bytes) -> tuple[list[PendingRecord], Frontier] | None:
         """Depth-first search for a hash chain of candidates from the tip to ``size`` matching ``root``."""
-        tip = self.store.verified_leaf(state.did, state.size - 1) if state.size else ZERO_HASH
+        tip = self._tip(state)
         start = state.size
         stack: list[tuple[int, bytes, Frontier, list[PendingRecord]]] = [(start, tip, frontier_of(state), [])]
         branches = 0
@@ -275,10 +299,55 @@ class CollectorCore:
         inner = [(s, r, n) for s, r, n in self.store.checkpoints(agent.did, min_size=old + 1) if s < new]
         if not inner:
             return
-        leaves = self.store.verified_leaves(agent.did, 0, new)
         for s, r, n in inner:
-            if tree_root(leaves[:s]) != r:
+            ours = self._root_at(agent.did, s)
+            if ours is not None and ours != r:
                 self.store.add_fork(Fork(agent.did, s, note, n, f"signed checkpoint of size {s} contradicts "
                                          f"the verified log of size {new}", now))
                 acc.forks += 1
                 acc.refused.append("fork")
+
+    # -- pruned agents: signed bases ---------------------------------------------------------------
+    def _verified_base(self, agent: PublicKey, payload: bytes, acc: _Acc, now: float) -> LogBase | None:
+        try:
+            return verify_base(payload, agent)
+        except LedgerVerificationError as exc:
+            self._refuse(acc, None, "bad-base", exc.message, payload, now)
+            return None
+
+    def _rebase(self, agent: PublicKey, base: LogBase, acc: _Acc, now: float) -> bool:
+        """Accept ``base`` if the verified prefix stops below it (the agent pruned the records between
+        before they were synced, so they can never come): verification goes on from the base."""
+        state = self.store.agent_state(agent.did)
+        if base.size <= state.size or state.forked and self.store.forks(agent.did):
+            return False  # already verified past it; or a forked agent, whose bases prove nothing more
+        self.store.add_base(agent.did, base.size, base.prev, base.payload,
+                            AgentState(agent.did, base.size, base.frontier_hashes, base.checkpoint.note, state.forked),
+                            now=now)
+        acc.based = base.size
+        return True
+
+    def _tip(self, state: AgentState) -> bytes:
+        """The leaf hash of record ``state.size - 1`` (the ``prev`` the next record must carry)."""
+        if not state.size:
+            return ZERO_HASH
+        leaf = self.store.verified_leaf(state.did, state.size - 1)
+        if leaf is None:
+            leaf = self.store.base_prev(state.did, state.size)
+        return leaf if leaf is not None else ZERO_HASH
+
+    def _root_at(self, did: str, size: int) -> bytes | None:
+        """The root of the agent's verified tree of ``size`` leaves, or None where records below
+        ``size`` were pruned by the agent and the stored ones cannot rebuild it."""
+        start, frontier = 0, Frontier()
+        for bsize, payload in self.store.bases(did):
+            if bsize > size:
+                break
+            start, frontier = bsize, Frontier.from_hashes(bsize, msgpack.unpackb(payload)["frontier"])
+        leaves = self.store.verified_leaves(did, start, size)
+        if len(leaves) != size - start:
+            return None
+        if not start:
+            return tree_root(leaves)
+        frontier.extend(leaves)
+        return frontier.root()

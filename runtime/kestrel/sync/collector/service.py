@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ class CollectorService:
                  on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self.store = store
         self.core = CollectorCore(store, clock=time.time)
+        self._transient: tuple[type[BaseException], ...] = tuple(getattr(store, "transient", ()))
         self.host, self.port, self.keepalive = host, port, keepalive
         self.topic = f"$share/{group}/{LEDGER_FILTER}" if group else LEDGER_FILTER
         self.client_id = client_id or (f"kestrel-collector-{group}" if group else "kestrel-collector")
@@ -128,7 +128,7 @@ class CollectorService:
                 group.append(nxt)
             try:
                 outcomes = self.core.handle_many([(m.topic, bytes(m.payload)) for _, m in group])
-            except (TransportError, sqlite3.OperationalError):  # the store is unavailable: retry later
+            except (TransportError, *self._transient):  # the store is unavailable: retry later
                 log.exception("collector: could not store %d message(s); they will be redelivered", len(group))
                 group[0][0].disconnect()
                 self._stopping.wait(1.0)

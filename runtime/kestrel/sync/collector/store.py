@@ -1,8 +1,9 @@
 """The collector's storage interface and its values.
 
 The collector's logic (``collector.core``) talks only to :class:`CollectorStore`; SQLite
-(``collector.sqlite``) is the embedded default and a PostgreSQL backend can implement the
-same methods (docs/collector.md lists the schema and the transactional expectations).
+(``collector.sqlite``) is the embedded default and PostgreSQL (``collector.postgres``) the server
+backend, both over the same SQL (``collector.sql``). docs/collector.md lists the schema and the
+transactional expectations. :func:`open_store` picks the backend from ``--db``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ContextManager, Iterable, Iterator, Protocol, Sequence
 
-__all__ = ["CollectorStore", "AgentState", "PendingRecord", "Rejection", "Fork", "AgentSummary"]
+__all__ = ["CollectorStore", "AgentState", "PendingRecord", "Rejection", "Fork", "AgentSummary", "LogRow",
+           "LogFilter", "open_store", "is_server_url"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class PendingRecord:
     raw: bytes
     leaf: bytes  # RFC 6962 leaf hash of raw
     prev: bytes  # the record's own ``prev`` field (leaf hash it claims precedes it)
+    kind: str = ""  # the record's ``kind`` and ``time`` (what the fleet view filters and plots by)
+    time: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,36 @@ class Fork:
 @dataclass(frozen=True)
 class AgentSummary:
     did: str
-    verified: int
+    verified: int  # the verified prefix: records [0, verified) are vouched for by a signed checkpoint
     pending: int
     rejections: int
     forks: int
     last_seen: float
+    records: int = 0  # records stored (fewer than ``verified`` when the agent pruned some before sync)
+    base: int = 0  # size of the newest signed base accepted (0: none)
+    first_seen: float = 0.0
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One stored record as the fleet view lists it."""
+
+    seq: int
+    kind: str
+    time: float
+    stored_at: float
+    size: int
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which of an agent's records to list (all bounds optional; seq and time ranges are inclusive)."""
+
+    kind: str | None = None  # exact kind, or a prefix ending in "." (``policy.``)
+    seq_min: int | None = None
+    seq_max: int | None = None
+    since: float | None = None
+    until: float | None = None
 
 
 class CollectorStore(Protocol):
@@ -71,6 +100,11 @@ class CollectorStore(Protocol):
 
     def transaction(self) -> ContextManager[None]:
         """All calls inside happen in one transaction (nested transactions join the outer one)."""
+        ...
+
+    def lock_agents(self, dids: Sequence[str]) -> None:
+        """Inside a transaction: hold the agents until it ends, so that no other collector process
+        works on them meanwhile (taken in one global order, so two collectors never deadlock)."""
         ...
 
     def agent_state(self, did: str) -> AgentState: ...
@@ -106,6 +140,19 @@ class CollectorStore(Protocol):
 
     def verified_records(self, did: str, start: int = 0) -> Iterator[tuple[int, bytes]]: ...
 
+    def add_base(self, did: str, size: int, prev: bytes, payload: bytes, state: AgentState, *, now: float) -> None:
+        """Accept the agent's signed base of ``size`` (its records below were pruned before sync):
+        the verified prefix becomes ``state``; pending candidates below ``size`` are dropped."""
+        ...
+
+    def base_prev(self, did: str, size: int) -> bytes | None:
+        """The ``prev`` of an accepted base of exactly ``size`` records (the leaf before it), or None."""
+        ...
+
+    def bases(self, did: str) -> list[tuple[int, bytes]]:
+        """Accepted bases ``(size, payload)``, smallest first."""
+        ...
+
     def add_rejection(self, rejection: Rejection) -> None: ...
 
     def add_fork(self, fork: Fork) -> None: ...
@@ -116,4 +163,33 @@ class CollectorStore(Protocol):
 
     def summaries(self) -> list[AgentSummary]: ...
 
+    def log(self, did: str, flt: LogFilter, *, after: int = -1, limit: int = 100) -> list[LogRow]:
+        """Stored records of ``did`` matching ``flt`` with seq > ``after``, by seq."""
+        ...
+
+    def record(self, did: str, seq: int) -> bytes | None: ...
+
+    def hourly(self, did: str | None = None) -> list[tuple[str, int, int]]:
+        """Records per hour of the records' own time: ``(did, hour (unix time // 3600), count)``."""
+        ...
+
+    def storage_bytes(self) -> int:
+        """Bytes the database uses on disk (tables and indexes)."""
+        ...
+
     def close(self) -> None: ...
+
+
+def is_server_url(spec: str) -> bool:
+    return spec.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(spec: str) -> CollectorStore:
+    """``postgresql://...`` opens PostgreSQL (the ``collector`` extra), anything else a SQLite file."""
+    if is_server_url(spec):
+        from .postgres import PostgresStore
+
+        return PostgresStore(spec)
+    from .sqlite import SqliteStore
+
+    return SqliteStore(spec)
