@@ -59,7 +59,8 @@ def _unavailable(tcti: str, exc: Exception) -> TPMUnavailableError:
     return TPMUnavailableError(
         f"cannot reach the TPM through TCTI {tcti!r}: {exc}",
         hint="check that the TPM is present (/dev/tpmrm0) and accessible (group 'tss'), or pass "
-        "--tcti (e.g. swtpm:host=127.0.0.1,port=2321); boards without a TPM use the file keystore",
+        "--tcti (e.g. swtpm:host=127.0.0.1,port=2321); boards without a TPM use the file keystore (drop --tpm). "
+        "To try --tpm on a machine without one, start a software TPM: README.md, 'Coming from the announcement'",
     )
 
 
@@ -165,6 +166,7 @@ class TPMSigner:
         self._lock = threading.Lock()
         self._ectx: Any = None
         self._handle: Any = None
+        self._ledger_secret: bytes | None = None
         with self._lock:
             self._open()
 
@@ -229,6 +231,46 @@ class TPMSigner:
         r = int.from_bytes(bytes(sig.signature.ecdsa.signatureR), "big")
         s = int.from_bytes(bytes(sig.signature.ecdsa.signatureS), "big")
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    def ledger_secret(self) -> bytes:
+        """The device secret that seals the ledger's unsigned tail (docs/ledger-format.md, 3.1), computed by
+        the TPM: HMAC-SHA256 under a keyed-hash primary key of the owner hierarchy whose template is bound to
+        this identity's public key. A primary key is re-derived from the TPM's seed whenever it is
+        created, so nothing is stored; only this TPM can compute the secret. Kept in memory once computed."""
+        if self._ledger_secret is not None:
+            return self._ledger_secret
+        t = self._t
+        T, C = t.types, t.constants
+        template = T.TPMT_PUBLIC(
+            type=C.TPM2_ALG.KEYEDHASH, nameAlg=C.TPM2_ALG.SHA256,
+            objectAttributes=(C.TPMA_OBJECT.FIXEDTPM | C.TPMA_OBJECT.FIXEDPARENT | C.TPMA_OBJECT.SENSITIVEDATAORIGIN
+                              | C.TPMA_OBJECT.USERWITHAUTH | C.TPMA_OBJECT.NODA | C.TPMA_OBJECT.SIGN_ENCRYPT),
+            authPolicy=b"",
+            parameters=T.TPMU_PUBLIC_PARMS(keyedHashDetail=T.TPMS_KEYEDHASH_PARMS(scheme=T.TPMT_KEYEDHASH_SCHEME(
+                scheme=C.TPM2_ALG.HMAC, details=T.TPMU_SCHEME_KEYEDHASH(
+                    hmac=T.TPMS_SCHEME_HASH(hashAlg=C.TPM2_ALG.SHA256))))),
+            unique=T.TPMU_PUBLIC_ID(keyedHash=hashlib.sha256(self._public.raw).digest()),
+        )
+        from .keys import LEDGER_SECRET_INFO
+
+        with self._lock:
+            for attempt in (0, 1):
+                if self._ectx is None:
+                    self._open()
+                try:
+                    handle, *_ = self._ectx.create_primary(T.TPM2B_SENSITIVE_CREATE(), T.TPM2B_PUBLIC(publicArea=template),
+                                                           primary_handle=C.ESYS_TR.RH_OWNER)
+                    try:
+                        mac = self._ectx.hmac(handle, LEDGER_SECRET_INFO + self._public.raw, C.TPM2_ALG.SHA256)
+                    finally:
+                        self._ectx.flush_context(handle)
+                    break
+                except t.TSS2_Exception as exc:
+                    self._drop()
+                    if attempt:
+                        raise _unavailable(self._tcti, exc) from None
+        self._ledger_secret = bytes(mac)
+        return self._ledger_secret
 
     def close(self) -> None:
         with self._lock:

@@ -77,7 +77,9 @@ def register_local_llm(state_dir: str | os.PathLike[str], path: str | os.PathLik
     folder = _locate(path)
     if not folder.is_dir():
         raise ModelLoadError(f"no model directory at {folder}",
-                             hint="give the folder optimum exported (model.onnx, tokenizer.json, config.json)")
+                             hint="local:PATH takes a folder holding a decoder exported to ONNX (model.onnx, "
+                                  "tokenizer.json, config.json; docs/llm.md), e.g. local:models/tinylm/build "
+                                  "after `kestrel models build tinylm`")
     files = _model_files(folder)
     entries = {}
     for f in files:
