@@ -43,13 +43,15 @@ class Links:
     """Sync and peer messaging over one bridge; either may be absent (config or key type)."""
 
     def __init__(self, *, state_dir: str | os.PathLike[str], ledger: Any, signer: Any,
-                 sync_config: Any, peers: bool = True) -> None:
+                 sync_config: Any, peers: bool = True, policy: Any = None, bls_key: Any = None) -> None:
         self.state_dir = Path(state_dir)
         self.ledger, self.signer = ledger, signer
         self.sync_config = sync_config
         self.peers = peers
+        self.policy, self.bls_key = policy, bls_key
         self.sync: Any = None
         self.messenger: Any = None
+        self.quorum: Any = None  # kestrel.daemon.quorum.QuorumCoordinator, with a BLS key and a messenger
         self.error: str | None = None  # why sync or peers could not start (status shows it)
 
     async def start(self, bridge: Any) -> None:
@@ -80,9 +82,17 @@ class Links:
                           key_agreement=ka)
         await m.start()
         self.messenger = m
+        if self.bls_key is not None and self.policy is not None:
+            from .quorum import QuorumCoordinator
+
+            self.quorum = QuorumCoordinator(messenger=m, ledger=self.ledger, policy=self.policy,
+                                            bls_key=self.bls_key, state_dir=self.state_dir)
 
     async def stop(self) -> None:
         """Stop both (sync persists its acknowledged offset); the bridge is still open here."""
+        if self.quorum is not None:
+            await self.quorum.close()
+            self.quorum = None
         if self.messenger is not None:
             try:
                 await self.messenger.stop()
@@ -102,6 +112,13 @@ class Links:
             raise TransportError("agent.send needs an MQTT broker (device config section 'mqtt') and a "
                                  "signing identity", hint="configure mqtt: in the device config")
         return await self.messenger.action_send(args)
+
+    async def quorum_gate(self, proposal: Any, decision: Any) -> Any:
+        """The pipeline's hook: a decision waiting for a quorum (``actions[i].quorum``) becomes the
+        group's; without a BLS key or peer messaging it stays a deny (fail closed)."""
+        if self.quorum is None or self.quorum.quorum_for(decision) is None:
+            return decision
+        return await self.quorum.gate(proposal, decision)
 
     async def receive(self, *, timeout: float, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` received messages; waits up to ``timeout`` seconds for the first one."""
@@ -127,4 +144,6 @@ class Links:
         if self.messenger is not None:
             out["peers"] = {"did": self.messenger.did, "received": self.messenger.received,
                             "waiting": self.messenger.waiting, "refused": dict(self.messenger.refused)}
+        if self.quorum is not None:
+            out["quorum"] = dict(self.quorum.stats)
         return out

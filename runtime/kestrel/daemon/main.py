@@ -144,6 +144,11 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
 
     profile = load_profile(board_name)
     did, signer, created = _ensure_identity(state, cfg.name, passphrase=passphrase)
+    bls_key = None
+    if (state / "bls").is_dir():  # a BLS key for group decisions (docs/quorum.md); blspy loads only then
+        from ..identity.bls_store import open_bls_key
+
+        bls_key = open_bls_key(state, passphrase=passphrase)
     ledger = Ledger.open(layout.ledger, signer=signer, durability="batched", **_ledger_options(cfg))
     if created is not None:  # the same first record `kestrel init-agent` writes
         from ..agent.core import created_body
@@ -154,7 +159,7 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
         factory = open_pin_factory(profile)
         daemon = Daemon(config=cfg, state_dir=state, ledger=ledger, factory=factory, agent_id=did,
                         board=profile.name, load_config=lambda: load_config(config_path), freeze_gc=True,
-                        signer=signer)
+                        signer=signer, bls_key=bls_key)
         asyncio.run(_main(daemon))
     finally:
         if factory is not None:

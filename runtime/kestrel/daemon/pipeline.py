@@ -101,6 +101,9 @@ class Pipeline:
                                                               thread_name_prefix="kestrel-policy")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
+        # async (proposal, decision) -> decision: asks the group when the policy answered
+        # actions[i].quorum (kestrel.daemon.quorum); later actions wait, so the order is kept
+        self.quorum: Any = None
         self._on_recorded = on_recorded or (lambda: None)
         self.stats = {"proposed": 0, "allowed": 0, "denied": 0, "succeeded": 0, "failed": 0, "dropped": 0,
                       "caught_up": 0, "record_errors": 0}
@@ -218,6 +221,8 @@ class Pipeline:
                 self._resolve(item, TransportError(f"the policy could not decide: {exc}",
                                                    hint="see the daemon's log; the ledger may be unwritable"))
                 continue
+            if not decision.allowed and self.quorum is not None:
+                decision = await self.quorum(item.proposal, decision)
             if not decision.allowed:
                 self.stats["denied"] += 1
                 if self.stats["denied"] <= 100 or self.stats["denied"] % 1000 == 0:  # all are in the ledger

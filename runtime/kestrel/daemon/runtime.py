@@ -48,7 +48,8 @@ class Daemon:
     def __init__(self, *, config: DeviceConfig, state_dir: str | os.PathLike[str], ledger: Any, factory: Any,
                  agent_id: str, policy: Any = None, board: str = "sim",
                  load_config: Callable[[], DeviceConfig] | None = None, notifier: Notifier | None = None,
-                 clock: Callable[[], float] = time.time, freeze_gc: bool = False, signer: Any = None) -> None:
+                 clock: Callable[[], float] = time.time, freeze_gc: bool = False, signer: Any = None,
+                 bls_key: Any = None) -> None:
         self.config = config
         self.state = StateLayout(state_dir)
         self.ledger = ledger
@@ -76,13 +77,15 @@ class Daemon:
         self.calendar = CalendarStore(self.state.data / "calendar")
         self.actions = Actions(config=lambda: self.config, hardware=self._hw, outbox=self.outbox,
                                calendar=self.calendar, clock=clock)
-        self.links = Links(state_dir=self.state.root, ledger=ledger, signer=signer, sync_config=config.sync)
+        self.links = Links(state_dir=self.state.root, ledger=ledger, signer=signer, sync_config=config.sync,
+                           policy=policy, bls_key=bls_key)
         self.actions.register("agent.send", self._agent_send)
         self.ota = OtaService(state_dir=self.state.root, ledger=ledger, policy=policy, healthy=self._ota_healthy,
                               on_recorded=self._appended, clock=clock)
         self.pipeline = Pipeline(policy=policy, ledger=ledger, actions=self.actions,
                                  queue_size=config.limits.action_queue, workers=config.limits.action_workers,
                                  on_recorded=self._appended, decision_log=self.decision_log)
+        self.pipeline.quorum = self.links.quorum_gate
         self.asks = AskHost(state_dir=self.state.root, ledger=ledger, policy=policy, pipeline=self.pipeline,
                             appended=self._appended)
         self.control = ControlServer(self.state.run / "control.sock", self,

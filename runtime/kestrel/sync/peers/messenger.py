@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ...errors import DataError, UsageError
 from ...identity.keys import PublicKey, Signer
@@ -64,6 +64,10 @@ class PeerMessenger:
         self._sub: Any = None
         self.refused: dict[str, int] = {}
         self.received = 0
+        # body "t" -> coroutine taking the VerifiedMessage (e.g. kestrel.daemon.quorum): such messages
+        # are handed there, once recorded as received, instead of waiting in the inbox
+        self.handlers: dict[str, Callable[[VerifiedMessage], Awaitable[None]]] = {}
+        self._handling: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._sub = await self.bridge.subscribe(inbox_topic(self.did), qos=1)
@@ -72,6 +76,8 @@ class PeerMessenger:
     async def stop(self) -> None:
         await cancel_task(self._task)
         self._task = None
+        for task in list(self._handling):
+            await cancel_task(task)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self.bridge.unsubscribe(self._sub)
@@ -148,10 +154,26 @@ class PeerMessenger:
         await self.ledger.append_async("peer.received", {"from": msg.sender, "seq": msg.seq, "digest": msg.digest,
                                                          "encrypted": msg.encrypted, "bytes": len(payload)})
         self.received += 1
+        handler = self.handlers.get(msg.body.get("t")) if isinstance(msg.body, dict) else None
+        if handler is not None and isinstance(msg.body.get("t"), str):
+            task = asyncio.get_running_loop().create_task(self._dispatch(handler, msg))
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+            return msg
         if self._inbox.full():
             self._inbox.get_nowait()  # oldest dropped; it is in the ledger as received
         self._inbox.put_nowait(msg)
         return msg
+
+
+    @staticmethod
+    async def _dispatch(handler: Callable[[VerifiedMessage], Awaitable[None]], msg: VerifiedMessage) -> None:
+        try:
+            await handler(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one bad message never ends the inbox
+            log.exception("handling a %s message from %s failed", msg.body.get("t"), msg.sender)
 
 
 async def send_under_policy(messenger: PeerMessenger, policy: Any, to: str, body: Any, *,
