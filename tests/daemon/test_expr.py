@@ -32,8 +32,8 @@ VALUES = {"t": 21.5, "door": 1, "w": {"temp": 30, "tags": ["a", "b"]}, "name": "
     ("str(door) + str(missing) + str(true)", "1nulltrue"),
     ("gps.f[1] == '3' and gps.f[9] == null and w['temp'] == 30", True),
     ("[1, 2, t][2]", 21.5),
-    ("t.__class__", None),  # dotted names only read mappings: no attribute access
-    ("w.__class__.__name__", None),
+    ("w.__class__.__name__", None),  # dotted names only read mappings: no attribute access
+    ("missing.temp", None),  # not reported yet: null
     ("1e3 > 999.5 and .5 < 1", True),
     ("t > 'x' or true", None),  # type error -> raised, checked below
 ])
@@ -44,6 +44,13 @@ def test_evaluation(text, expected):
             e.evaluate(VALUES)
         return
     assert e.evaluate(VALUES) == expected
+
+
+@pytest.mark.parametrize("text", ["t.__class__", "t.temp > 30", "name.len"])
+def test_a_field_of_a_value_that_is_not_an_object_is_an_error(text):
+    """A bare number on a JSON sensor's topic (t = 21.5, read as t.temp) is a fault, not a silent null."""
+    with pytest.raises(ExpressionError, match="not an object with a field"):
+        compile_expression(text).evaluate(VALUES)
 
 
 @pytest.mark.parametrize("text, words", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 
@@ -147,8 +148,25 @@ async def test_payload_over_the_bridge_limit_is_counted_and_recorded(agent, mosq
             await peer.publish("sensors/weather", b'{"temp": 40}', qos=1)
             await until(lambda: d.hardware.outputs["lamp"].value == 1, what="next message still handled")
         await until(lambda: agent.kinds("mqtt.quarantined"), what="record")
+        assert d.hardware.counters["weather"]["bad_payloads"] == 1
     rec = agent.kinds("mqtt.quarantined")[0]
-    assert rec["topic"] == "sensors/weather" and "5002 bytes" in rec["reason"] and rec["bytes"] == 0
+    big = b"{" + b" " * 5000 + b"}"
+    assert rec["topic"] == "sensors/weather" and "5002 bytes" in rec["reason"]
+    assert (rec["sensor"], rec["bytes"], rec["sha256"]) == ("weather", 5002, hashlib.sha256(big).hexdigest())
+    assert (agent.state / "data" / "quarantine" / rec["file"]).read_bytes() == big
+
+
+async def test_a_bare_number_on_a_json_sensor_counts_a_trigger_fault(agent, mosquitto):
+    """'weather.temp > 30' on the value 21.5: a fault, counted, not a silent null."""
+    async with running(agent, _config(mosquitto.port), policy=POLICY) as d:
+        await until(lambda: d.hardware.bridge.connected, what="connected")
+        async with _peer(mosquitto.port) as peer:
+            await peer.wait_connected(5)
+            await asyncio.sleep(0.2)
+            await peer.publish("sensors/weather", b"21.5", qos=1)
+            await until(lambda: d.counters["trigger_faults"] == 1, what="the fault counted")
+            await peer.publish("sensors/weather", b'{"temp": 35}', qos=1)
+            await until(lambda: d.hardware.outputs["lamp"].value == 1, what="the next report still handled")
 
 
 async def test_mqtt_password_file_must_be_private(agent, mosquitto, tmp_path):

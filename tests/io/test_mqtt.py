@@ -145,7 +145,7 @@ async def test_broker_goes_away_and_comes_back_while_running(broker_dir):
 
 
 async def test_oversize_payloads(mosquitto):
-    rejected: list[tuple[str, int, str]] = []
+    rejected: list[tuple[str, bytes, str]] = []
     async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, max_payload=1024,
                           on_rejected=lambda *a: rejected.append(a), **FAST) as small, \
             MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as big:
@@ -158,7 +158,7 @@ async def test_oversize_payloads(mosquitto):
         msg = await _get(sub)
         assert msg.topic == "in/ok"  # the oversize one was dropped, the loop kept going
         assert sub.oversize == 1 and small.stats.oversize == 1
-        assert rejected == [("in/blob", 5000, "oversize")]
+        assert rejected == [("in/blob", b"B" * 5000, "oversize")]  # the payload, for the quarantine
 
 
 async def test_flood_into_a_bounded_queue(mosquitto):
@@ -235,3 +235,10 @@ async def test_paho_is_driven_from_one_place(mosquitto, monkeypatch):
     loop_thread = threading.current_thread().name
     assert calls["publish"] == {loop_thread} and calls["subscribe"] == {loop_thread}
     assert calls["write"] == {f"mqtt {mosquitto.host}:{mosquitto.port}"}
+
+
+def test_session_expiry_default_is_the_documented_one() -> None:
+    """docs/device-config.md and docs/sync-protocol.md: 7 days, for the bridge and the device config alike."""
+    from kestrel.daemon.config import MqttConfig
+
+    assert MqttBridge("127.0.0.1", agent_id=DID_A).session_expiry == MqttConfig(host="x").session_expiry_s == 604800

@@ -11,7 +11,9 @@ closures over a whitelist of operators and functions. Grammar (docs/device-confi
     atom   := NUMBER | STRING | true | false | null | NAME ("." NAME)* | FUNC "(" args ")"
             | "(" expr ")" | "[" args "]"
 
-Names read sensor values (``door``, ``weather.temp``); a missing value is ``null``.
+Names read sensor values (``door``, ``weather.temp``); a missing value is ``null``; a field
+of a value that is not an object (``weather.temp`` when ``weather`` is ``21.5``) is an error
+(the trigger counts a fault).
 ``null`` compared by order is false and ``null`` in arithmetic gives ``null``, so a
 condition over a sensor that has not reported yet is simply not true.
 """
@@ -360,11 +362,15 @@ class _Parser:
             return lambda v: v.get(root)
 
         def lookup(v: Mapping[str, Any]) -> Any:
-            cur = v.get(root)
+            cur, path = v.get(root), root
             for p in rest:
+                if cur is None:
+                    return None  # not reported yet, or no such field: null
                 if not isinstance(cur, dict):
-                    return None
-                cur = cur.get(p)
+                    # e.g. a bare number on a JSON sensor's topic: a fault to count, not a silent null
+                    raise ExpressionError(f"{path} is {type(cur).__name__} {_str(cur)[:40]}, not an object with "
+                                          f"a field {p!r}")
+                cur, path = cur.get(p), f"{path}.{p}"
             return cur
 
         return lookup

@@ -299,9 +299,21 @@ class Hardware:
             sub = await self.bridge.subscribe(self.ota_topic, qos=1, queue_size=4)
             self._spawn(self._mqtt_forward(sub, lambda t, p: self.sink.ota_bundle(p, f"mqtt:{t}")), "mqtt-ota")
 
-    def _mqtt_rejected(self, topic: str, size: int, why: str) -> None:
-        """The bridge dropped a message before we saw it (over its size limit): count and record."""
-        self.sink.bad_payload("", topic, b"", f"{why}: {size} bytes, over the broker-side limit")
+    def _mqtt_rejected(self, topic: str, payload: bytes, why: str) -> None:
+        """The bridge refused a message over its size limit: quarantine it for the sensor(s) it was for."""
+        from ..io.mqtt import topic_matches
+
+        m = self.cfg.mqtt
+        names = [s.name for s in self.cfg.sensors if isinstance(s, MqttSensor) and topic_matches(s.topic, topic)]
+        for name in names:
+            self._count(name, "bad_payloads")
+        if m is not None and m.commands_topic and topic_matches(m.commands_topic, topic):
+            names.append("commands")
+        if self.ota_topic and topic_matches(self.ota_topic, topic):
+            names.append("ota")
+        limit = self.bridge.max_payload if self.bridge is not None else 0
+        self.sink.bad_payload(",".join(names), topic, payload,
+                              f"{why}: {len(payload)} bytes, over the bridge's {limit}-byte limit (mqtt.max_payload)")
 
     def _mqtt_state(self, connected: bool) -> None:
         log.info("MQTT broker %s", "connected" if connected else "unreachable; working offline")

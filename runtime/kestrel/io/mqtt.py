@@ -31,7 +31,7 @@ from ._queue import BoundedQueue, QueueClosed
 from .backoff import Backoff
 from .errors import MqttError, PayloadTooLarge
 
-__all__ = ["MqttBridge", "MqttMessage", "MqttStats", "Subscription", "client_id_for"]
+__all__ = ["MqttBridge", "MqttMessage", "MqttStats", "Subscription", "client_id_for", "topic_matches"]
 
 log = logging.getLogger(__name__)
 _HEADROOM = 64 * 1024  # topic + properties allowance above max_payload in MaximumPacketSize
@@ -98,7 +98,7 @@ class MqttBridge:
         *,
         agent_id: str,
         keepalive: int = 30,
-        session_expiry: int = 3600,
+        session_expiry: int = 7 * 86400,
         max_payload: int = 256 * 1024,
         max_queued: int = 1000,
         reconnect_initial: float = 0.5,
@@ -107,7 +107,7 @@ class MqttBridge:
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
         on_connection_change: Callable[[bool], None] | None = None,
-        on_rejected: Callable[[str, int, str], None] | None = None,
+        on_rejected: Callable[[str, bytes, str], None] | None = None,
     ) -> None:
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError(f"invalid MQTT port {port!r}", key="port")
@@ -352,7 +352,9 @@ class MqttBridge:
         if size > self.max_payload:
             for s in subs:
                 s.oversize += 1
-            self._call(self._rejected, msg.topic, size, "oversize")
+            # the payload itself (at most max_payload + _HEADROOM: the broker drops anything larger, see
+            # MaximumPacketSize) so that the quarantine keeps its size, hash and bytes
+            self._call(self._rejected, msg.topic, bytes(msg.payload), "oversize")
             return
         item = MqttMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.monotonic_ns())
         self._counts["received"] += 1  # before delivery, so a consumer never sees the count lag behind
@@ -407,20 +409,25 @@ class MqttBridge:
         if fut is not None and not fut.done():
             fut.set_result(list(codes))
 
-    def _rejected(self, topic: str, size: int, why: str) -> None:
+    def _rejected(self, topic: str, payload: bytes, why: str) -> None:
         self._counts["oversize"] += 1
-        log.warning("mqtt: dropped %d-byte message on %s (%s, limit %d)", size, topic, why, self.max_payload)
+        log.log(logging.INFO if self._on_rejected is not None else logging.WARNING,
+                "mqtt: dropped %d-byte message on %s (%s, limit %d)", len(payload), topic, why, self.max_payload)
         if self._on_rejected is not None:
             try:
-                self._on_rejected(topic, size, why)
+                self._on_rejected(topic, payload, why)
             except Exception:
                 log.exception("on_rejected callback failed")
 
 
-def _matches(topic_filter: str, topic: str) -> bool:
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches the subscription filter ``topic_filter`` (``+``/``#`` wildcards)."""
     from paho.mqtt.client import topic_matches_sub
 
     return topic_matches_sub(topic_filter, topic)
+
+
+_matches = topic_matches
 
 
 def _check_topic(topic: str, *, wildcards: bool) -> None:
