@@ -59,6 +59,10 @@ def register(sub: Any) -> None:
     restore.add_argument("--backup-passphrase-file", help="file holding the backup passphrase")
     restore.set_defaults(func=_restore)
 
+    from .bls import register_bls  # kestrel identity bls: the BLS key for group decisions
+
+    register_bls(isub)
+
 
 
 
