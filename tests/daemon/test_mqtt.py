@@ -182,3 +182,12 @@ async def test_mqtt_password_file_must_be_private(agent, mosquitto, tmp_path):
     os.chmod(pw, 0o600)
     async with running(agent, cfg) as d:  # (the policy is installed already)
         await until(lambda: d.hardware.bridge.connected, what="connected with credentials")
+
+
+async def test_stopping_does_not_log_the_broker_unreachable(agent, mosquitto, caplog):
+    caplog.set_level("INFO", logger="kestrel.daemon.hardware")
+    async with running(agent, _config(mosquitto.port), policy=POLICY) as d:
+        await until(lambda: d.hardware.bridge.connected, what="connected")
+    said = [r.getMessage() for r in caplog.records if r.name == "kestrel.daemon.hardware"]
+    assert "MQTT: disconnected from the broker (stopping)" in said
+    assert not [m for m in said if "unreachable" in m], said

@@ -38,7 +38,8 @@ def _pty() -> tuple[int, int, str]:
     return master, slave, os.ttyname(slave)
 
 
-async def test_garbage_and_overruns_are_counted_and_good_sentences_still_trigger(agent, pty_pair):
+async def test_garbage_and_overruns_are_counted_and_good_sentences_still_trigger(agent, pty_pair, caplog):
+    caplog.set_level("WARNING", logger="kestrel.io.serial")
     async with running(agent, _config(pty_pair.slave_path), policy=POLICY) as d:
         await until(lambda: d.hardware.ports[pty_pair.slave_path].health.state == "connected", what="port open")
         junk = bytes(range(256)) + b"\n" + b"A" * 500 + b"\n"  # binary garbage and an over-long line
@@ -48,6 +49,8 @@ async def test_garbage_and_overruns_are_counted_and_good_sentences_still_trigger
         await until(lambda: d.hardware.outputs["lamp"].value == 1, what="trigger from the good sentence")
         info = d.hardware.describe()["gps"]
         assert info["garbage_bytes"] > 0 and info["overruns"] >= 1 and info["bad_checksums"] == 1
+        logged = [r.getMessage() for r in caplog.records if "dropped bad input" in r.getMessage()]
+        assert logged and pty_pair.slave_path in logged[0] and "garbage bytes" in logged[0]  # counted and logged
         assert d.values["gps"]["type"] == "GPGGA" and d.values["gps"]["fields"][0] == "123519"
         st = await in_thread(Client(agent.state).status)
         assert st["health"] == "ok" and st["sensors"]["gps"]["overruns"] >= 1
@@ -71,6 +74,7 @@ async def test_sensor_device_disappears_and_comes_back(agent, tmp_path):
             m1 = s1 = -1
             await until(lambda: port.health.state == "reconnecting", what="reconnecting")
             await until(lambda: d.hardware.sensor_state["gps"] == "unavailable", what="fault state")
+            assert d.hardware.describe()["gps"]["state"] == "unavailable"  # the ledger's word, not the port's
             assert d.unhealthy() is None  # a missing sensor is being retried: the daemon itself is fine
             # plug back in (a new device node at the same path)
             m2, s2, path2 = _pty()
@@ -80,7 +84,9 @@ async def test_sensor_device_disappears_and_comes_back(agent, tmp_path):
             await until(lambda: (d.values.get("gps") or {}).get("type") == "GPRMC", what="reading after return")
             assert d.hardware.sensor_state["gps"] == "ok"
         faults = agent.kinds("sensor.fault")
-        assert [f["state"] for f in faults if f["sensor"] == "gps"][:2] == ["unavailable", "ok"]
+        gps = [f for f in faults if f["sensor"] == "gps"]
+        assert [f["state"] for f in gps][:2] == ["unavailable", "ok"]
+        assert gps[0]["error"] and "error" not in gps[1]  # the ok record does not carry the old error
     finally:
         for fd in (m1, s1, m2, s2):
             if fd >= 0:

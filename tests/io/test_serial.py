@@ -172,3 +172,19 @@ async def test_device_held_by_another_port_is_reported_not_raised(pty_pair):
             await _until(lambda: second.health.last_error is not None)
             assert second.health.state == "connecting" and not second.health.healthy
             assert first.health.healthy
+
+
+async def test_bad_input_is_logged_once_then_summarised(pty_pair, caplog):
+    """docs/io.md: counted *and logged*; a flood of garbage does not flood the log."""
+    caplog.set_level("WARNING", logger="kestrel.io.serial")
+    async with SerialPort(pty_pair.slave_path, framing=LineFraming(nmea_checksum=True)) as port:
+        await _until(lambda: port.health.state == "connected")
+        good = nmea_sentence(GGA)
+        for _ in range(20):
+            os.write(pty_pair.master_fd, b"\xde\xad" + good.replace(b"*47", b"*00"))
+            await asyncio.sleep(0.005)
+        os.write(pty_pair.master_fd, good)
+        await _until(lambda: port.health.frames == 1)
+    logged = [r.getMessage() for r in caplog.records if "dropped bad input" in r.getMessage()]
+    assert len(logged) == 1 and "bad checksum" in logged[0] and pty_pair.slave_path in logged[0]
+    assert port.health.bad_checksums == 20

@@ -45,6 +45,7 @@ class Hardware:
         self.inputs: dict[str, Any] = {}
         self.ports: dict[str, Any] = {}  # by device path; a sensor and an actuator may share one
         self.bridge: Any = None
+        self._stopping = False  # set by stop(): a disconnect then is ours, not the broker's
         self.sensor_state: dict[str, str] = {}
         self.counters: dict[str, dict[str, int]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -111,6 +112,7 @@ class Hardware:
                               hint=exc.hint or "see the board profile for the pin names it knows") from None
 
     async def stop(self) -> None:
+        self._stopping = True
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -159,7 +161,7 @@ class Hardware:
             info.update(self.counters.get(s.name, {}))
             if isinstance(s, SerialSensor) and s.line.port in self.ports:
                 h = self.ports[s.line.port].health
-                info.update(state=h.state if h.state != "connected" else info["state"], frames=h.frames,
+                info.update(state=_sensor_state(h) or info["state"], frames=h.frames,
                             garbage_bytes=h.garbage_bytes, bad_checksums=h.bad_checksums, overruns=h.overruns,
                             reconnects=h.reconnects)
             out[s.name] = info
@@ -237,9 +239,12 @@ class Hardware:
         return port
 
     def _serial_state(self, owner: str, health: Any) -> None:
-        state = "ok" if health.state == "connected" else "unavailable" if health.state == "reconnecting" else None
-        if state is not None and self.cfg.sensor(owner) is not None:
-            self._set_state(owner, state, {"error": health.last_error, "reconnects": health.reconnects})
+        state = _sensor_state(health)
+        if state in ("ok", "unavailable") and self.cfg.sensor(owner) is not None:
+            detail = {"reconnects": health.reconnects}
+            if state == "unavailable":  # an ok record carries no (old) error
+                detail["error"] = health.last_error
+            self._set_state(owner, state, detail)
 
     async def _serial(self, s: SerialSensor, port: Any) -> None:
         async for frame in port:
@@ -316,7 +321,12 @@ class Hardware:
                               f"{why}: {len(payload)} bytes, over the bridge's {limit}-byte limit (mqtt.max_payload)")
 
     def _mqtt_state(self, connected: bool) -> None:
-        log.info("MQTT broker %s", "connected" if connected else "unreachable; working offline")
+        if connected:
+            log.info("MQTT broker connected")
+        elif self._stopping:
+            log.info("MQTT: disconnected from the broker (stopping)")
+        else:
+            log.info("MQTT broker unreachable; working offline")
 
     async def _mqtt_sensor(self, s: MqttSensor, sub: Any) -> None:
         async for msg in sub:
@@ -351,3 +361,13 @@ def _read_small(path: str | None) -> str:
     with open(str(path), "rb") as fh:
         return fh.read(4096).decode("ascii", "replace")
 
+
+def _sensor_state(health: Any) -> str | None:
+    """A serial port's state in the words sensors use (docs/device-config.md, status, sensor.fault):
+    ``ok``, ``unavailable`` (lost, or not there since the start), ``connecting`` (first attempt),
+    ``closed``."""
+    if health.state == "connected":
+        return "ok"
+    if health.state == "reconnecting" or (health.state == "connecting" and health.last_error):
+        return "unavailable"
+    return health.state

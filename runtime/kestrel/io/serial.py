@@ -28,6 +28,7 @@ __all__ = ["SerialPort", "SerialHealth", "Frame", "LineFraming", "LengthPrefixed
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 4096
+BAD_INPUT_LOG_INTERVAL_S = 10.0  # bad input is logged at once, then at most once per interval per port
 State = Literal["connecting", "connected", "reconnecting", "closed"]
 
 
@@ -85,6 +86,8 @@ class SerialPort:
         self._lost: asyncio.Future[None] | None = None
         self._write_lock = asyncio.Lock()
         self._ever_connected = False
+        self._logged_bad = (0, 0, 0)  # garbage bytes, bad checksums, overruns already logged
+        self._bad_logged_at = -BAD_INPUT_LOG_INTERVAL_S
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -226,6 +229,23 @@ class SerialPort:
         now = time.monotonic_ns()
         for payload in self._framer.feed(data):
             self._queue.push(Frame(payload, now))
+        self._log_bad_input()
+
+    def _log_bad_input(self) -> None:
+        """Log garbage, bad checksums and overruns: the first at once, then a summary per interval."""
+        st = self._framer.stats
+        bad = (st.garbage_bytes, st.bad_checksums, st.overruns)
+        if bad == self._logged_bad:
+            return
+        t = time.monotonic()
+        if t - self._bad_logged_at < BAD_INPUT_LOG_INTERVAL_S:
+            return
+        new = [f"{now - was} {what}" for now, was, what in zip(bad, self._logged_bad,
+                                                                 ("garbage bytes", "bad checksums", "overruns"))
+               if now != was]
+        log.warning("serial %s: dropped bad input: %s (totals: %d garbage bytes, %d bad checksums, %d overruns)",
+                    self.path, ", ".join(new), *bad)
+        self._logged_bad, self._bad_logged_at = bad, t
 
     def _connection_lost(self, exc: OSError) -> None:
         self._last_error = f"{self.path}: {exc.strerror or exc}"
