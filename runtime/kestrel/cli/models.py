@@ -170,7 +170,9 @@ def _deploy(args: argparse.Namespace, extra: list[str]) -> int:
 
     if args.model.startswith("local:"):  # a local LLM: `kestrel deploy --model local:PATH`
         from ..agent.llm import register_local_llm
+        from ..agent.llm.registry import local_llm_dir
 
+        local_llm_dir(args.model[len("local:"):])  # before unlocking the identity: a wrong path fails fast
         with _recording_ledger(args) as ledger:
             llm = register_local_llm(_state_dir(args), args.model[len("local:"):], ledger=ledger)
         print(f"registered local LLM {llm.name} (model sha256 {llm.digest[:16]}, context {llm.context_length}) from {llm.path}")
@@ -224,7 +226,10 @@ def _parse_meta(items: list[str]) -> dict[str, str]:
 def _memory_add(args: argparse.Namespace, extra: list[str]) -> int:
     from ..memory.text import TextMemory
 
+    from ..inference.store import ModelStore
+
     meta = _parse_meta(args.meta)
+    ModelStore(_state_dir(args)).get(args.model)  # installed? (before unlocking the identity)
     with _recording_ledger(args) as ledger:
         with TextMemory.open(_state_dir(args), model=args.model, capacity=args.capacity,
                              ledger=ledger) as memory:

@@ -282,9 +282,10 @@ def _agent_connect(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     if not args.peer:
         raise UsageError("give the peer's AgentID", hint="kestrel agent-connect did:key:z6Mk... [--name NAME]")
-    from ..identity import load_identity
+    from ..identity import PublicKey, load_identity
     from .ota import recording_ledger
 
+    PublicKey.from_did(args.peer)  # a malformed AgentID fails here, before the keystore is unlocked
     me = load_identity(state_dir)
     if args.peer == me.did:
         raise UsageError("that is this agent's own AgentID", hint="give the other agent's AgentID")

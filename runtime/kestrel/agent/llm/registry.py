@@ -45,6 +45,18 @@ def _model_files(path: Path) -> list[Path]:
     return sorted(names, key=lambda p: p.name)
 
 
+def local_llm_dir(path: str | os.PathLike[str]) -> Path:
+    """The folder ``local:PATH`` names (a path, or a recipe's build), or ModelLoadError: a cheap check
+    that callers make before they unlock anything."""
+    folder = _locate(path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"no model directory at {folder}",
+                             hint="local:PATH takes a folder holding a decoder exported to ONNX (model.onnx, "
+                                  "tokenizer.json, config.json; docs/llm.md), e.g. local:models/tinylm/build "
+                                  "after `kestrel models build tinylm`")
+    return folder
+
+
 def _locate(path: str | os.PathLike[str]) -> Path:
     """A folder path as given, or a bare name (``local:tinylm``) for a recipe's build under models/."""
     given = Path(path).expanduser()
@@ -74,12 +86,7 @@ def register_local_llm(state_dir: str | os.PathLike[str], path: str | os.PathLik
     """
     from .onnx import OnnxLanguageModel, file_digest
 
-    folder = _locate(path)
-    if not folder.is_dir():
-        raise ModelLoadError(f"no model directory at {folder}",
-                             hint="local:PATH takes a folder holding a decoder exported to ONNX (model.onnx, "
-                                  "tokenizer.json, config.json; docs/llm.md), e.g. local:models/tinylm/build "
-                                  "after `kestrel models build tinylm`")
+    folder = local_llm_dir(path)
     files = _model_files(folder)
     entries = {}
     for f in files:
