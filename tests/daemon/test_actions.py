@@ -89,12 +89,14 @@ def test_email_args_are_validated(args, why):
     assert why in err.value.message
 
 
-async def test_bad_email_args_fail_cleanly_and_are_recorded(agent):
+async def test_bad_email_args_are_denied_and_recorded(agent):
     async with running(agent, _mail_config(free_port()), policy=POLICY) as d:
-        with pytest.raises(ActionFailedError):
+        with pytest.raises(ActionDeniedError) as err:
             await d.control_call("send_email", {"to": "a@b.c", "subject": "x\nBcc: e@x.y"}, source="test")
-    res = [b for b in agent.kinds("action.result") if b["action"] == "send_email"]
-    assert res[0]["ok"] is False and res[0]["error"]["type"] == "EmailArgsError"
+        assert "line breaks" in err.value.message
+    assert [b for b in agent.kinds("action.result") if b["action"] == "send_email"] == []
+    decided = [b for b in agent.kinds("policy.decision") if b["action"] == "send_email"]
+    assert [(b["decision"], b["rule"]) for b in decided] == [("deny", "invalid-args")]
 
 
 async def test_schedule_event_writes_an_icalendar_file(agent):
@@ -129,6 +131,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", "http://example.com/")
             self.end_headers()
             return
+        elif self.path == "/hop":  # a relative redirect on the same (loopback) server
+            self.send_response(301)
+            self.send_header("Location", "/data")
+            self.end_headers()
+            return
         else:
             body = b'{"ok": true}'
         self.send_response(200)
@@ -159,18 +166,25 @@ async def test_fetch_data_within_policy_and_limits(agent, http_server):
         with pytest.raises(ActionFailedError) as err:
             await d.control_call("fetch_data", {"url": http_server + "/big"}, source="test")
         assert "1000-byte limit" in err.value.message
-        with pytest.raises(ActionFailedError) as err:
+        with pytest.raises(ActionFailedError) as err:  # each redirect is a new decision: this one is denied
             await d.control_call("fetch_data", {"url": http_server + "/redirect"}, source="test")
-        assert "redirects are not followed" in err.value.message
+        assert "redirect to http://example.com/ was denied by the policy" in err.value.message
+        r = await d.control_call("fetch_data", {"url": http_server + "/hop"}, source="test")
+        assert r["url"] == http_server + "/data" and r["redirected_from"] == [http_server + "/hop"]
         with pytest.raises(ActionDeniedError) as err:
             await d.control_call("fetch_data", {"url": "http://203.0.113.9/x"}, source="test")
         assert "allow-list" in err.value.message
         with pytest.raises(ActionDeniedError):
             await d.control_call("fetch_data", {"url": "file:///etc/passwd"}, source="test")
-        with pytest.raises(ActionFailedError) as err:  # allowed (loopback) but not http(s): refused here
+        with pytest.raises(ActionDeniedError) as err:  # not http(s): no canonical form, never executed
             await d.control_call("fetch_data", {"url": "ftp://127.0.0.1/x"}, source="test")
         assert "not an http:// or https:// URL" in err.value.message
     results = [b for b in agent.kinds("action.result") if b["action"] == "fetch_data"]
-    assert [b["ok"] for b in results] == [True, False, False, False]
+    assert [b["ok"] for b in results] == [True, False, False, True]
+    decided = [b for b in agent.kinds("policy.decision") if b["action"] == "fetch_data"]
+    assert [(b["decision"], b["rule"]) for b in decided] == [
+        ("allow", "actions[2]"), ("allow", "actions[2]"), ("allow", "actions[2]"), ("deny", "restrictions[0]"),
+        ("allow", "actions[2]"), ("allow", "actions[2]"), ("deny", "restrictions[0]"), ("deny", "invalid-args"),
+        ("deny", "invalid-args")]
     assert len(results[0]["result"]["sha256"]) == 64 and "text" not in results[0]["result"]
     assert os.path.exists(agent.state / "ledger")

@@ -60,6 +60,7 @@ def test_corrupt_rate_state_fails_closed(state_dir, ledger, install) -> None:
     rate.write_text("{not json")
     engine = PolicyEngine(state_dir, ledger)
     assert not engine.decide("ping").allowed
-    assert engine.decide("schedule_event").allowed  # limits only affect rate-limited rules
+    event = {"summary": "check", "start": "2026-05-01T09:30:00Z"}
+    assert engine.decide("schedule_event", event).allowed  # limits only affect rate-limited rules
     assert (state_dir / "data" / "policy-rate.corrupt").read_text() == "{not json"
     assert not PolicyEngine(state_dir, ledger).decide("ping").allowed  # still closed after restart

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from .._internal.linregex import LinearRegex, RegexError, compile_linear
 from ..errors import ConfigError
 from .planner import Actor, Authorize, Budgets, Outcome, Step, _Ledger
 from .tools import ProposalError, ToolCall, ToolRegistry, digest_of, parse_proposal
@@ -37,9 +38,10 @@ _RULE_KEYS = {"id", "when", "action", "args"}
 @dataclass(frozen=True)
 class Rule:
     id: str
-    when: "re.Pattern[str]"
+    when: "re.Pattern[str]"  # for the capture groups, run only on goals ``gate`` matched
     action: str
     args: Mapping[str, Any]
+    gate: LinearRegex  # the same pattern, matched in linear time: decides whether the rule fires
 
     def call_for(self, match: "re.Match[str]") -> ToolCall:
         groups = {k: v or "" for k, v in match.groupdict().items()}
@@ -83,11 +85,14 @@ def parse_rules(text: str, *, source: str = "<rules>") -> tuple[Rule, ...]:
         if rid in seen:
             raise ConfigError(f"duplicate rule id {rid!r}", path=source, key=key)
         seen.add(rid)
-        try:
-            pattern = re.compile(when, re.IGNORECASE)
-        except re.error as exc:
-            raise ConfigError(f"bad pattern: {exc}", path=source, key=f"{key}.when") from None
-        rules.append(Rule(rid, pattern, action, args))
+        try:  # linear time: goals come from people and models, patterns from the rules file
+            gate = compile_linear(when, mode="search", ignore_case=True)
+            pattern = re.compile(when, re.IGNORECASE | re.ASCII)
+        except (RegexError, re.error) as exc:
+            raise ConfigError(f"bad pattern: {exc}", path=source, key=f"{key}.when",
+                              hint="patterns are matched in linear time: no backreferences or lookaround "
+                                   "(docs/planner.md)") from None
+        rules.append(Rule(rid, pattern, action, args, gate))
     return tuple(rules)
 
 
@@ -111,7 +116,7 @@ class RulePlanner:
         fired = 0
         status = "no-rule"
         for rule in self.rules:
-            match = rule.when.search(goal)
+            match = rule.when.search(goal) if rule.gate.search(goal) else None
             if match is None:
                 continue
             if cancel is not None and cancel.is_set():

@@ -10,9 +10,10 @@ schema error, so a typo cannot silently widen what the model may send.
 
 from __future__ import annotations
 
-import re
+from functools import lru_cache
 from typing import Any, Mapping
 
+from .._internal.linregex import LinearRegex, RegexError, compile_linear
 from ..errors import ConfigError
 
 __all__ = ["check_schema", "schema_errors"]
@@ -23,6 +24,14 @@ _KEYWORDS = {
 }
 _TYPES = {"object", "string", "integer", "number", "boolean", "array", "null"}
 _PY = {"object": dict, "string": str, "boolean": bool, "array": list, "null": type(None)}
+
+
+@lru_cache(maxsize=256)
+def _pattern(text: str) -> LinearRegex:
+    """A schema ``pattern``, matched in linear time (a model writes the text it is matched against)."""
+    if not isinstance(text, str):
+        raise TypeError("a pattern must be a string")
+    return compile_linear(text, mode="search")
 
 
 def check_schema(schema: Mapping[str, Any], *, where: str) -> None:
@@ -44,8 +53,8 @@ def check_schema(schema: Mapping[str, Any], *, where: str) -> None:
         check_schema(schema["additionalProperties"], where=f"{where}.*")
     if "pattern" in schema:
         try:
-            re.compile(schema["pattern"])
-        except re.error as exc:
+            _pattern(schema["pattern"])
+        except (RegexError, TypeError) as exc:
             raise ConfigError(f"bad pattern: {exc}", key=where) from None
 
 
@@ -79,7 +88,7 @@ def schema_errors(value: Any, schema: Mapping[str, Any], *, path: str = "args") 
             errors.append(f"{path}: shorter than {schema['minLength']}")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append(f"{path}: longer than {schema['maxLength']}")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not _pattern(schema["pattern"]).search(value):
             errors.append(f"{path}: does not match {schema['pattern']!r}")
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:

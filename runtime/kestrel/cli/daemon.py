@@ -104,15 +104,23 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
                       passphrase=passphrase)
 
 
+MAX_ARGS_JSON = 192 * 1024  # the control socket takes lines of at most 256 KiB
+
+
 def _call(args: argparse.Namespace, extra: list[str]) -> int:
     from ..sdk import Client
 
     call_args = parse_extra_args(extra)
     if args.args_json:
+        from .._internal.strictjson import StrictJsonError, loads_strict
+
+        if len(args.args_json) > MAX_ARGS_JSON:
+            raise UsageError(f"--args-json is longer than {MAX_ARGS_JSON} bytes")
         try:
-            typed = json.loads(args.args_json)
-        except ValueError as exc:
-            raise UsageError(f"--args-json is not JSON: {exc}") from None
+            typed = loads_strict(args.args_json)
+        except StrictJsonError as exc:
+            raise UsageError(f"--args-json is not strict JSON: {exc}",
+                             hint="one JSON object; finite numbers only (no NaN or Infinity)") from None
         if not isinstance(typed, dict):
             raise UsageError("--args-json must be a JSON object")
         call_args.update(typed)

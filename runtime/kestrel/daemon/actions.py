@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from ..errors import DataError
+from ..policy.canonical import ArgsError, canonicalize
 from .calendar import CalendarStore, parse_event_args
 from .config import DeviceConfig, GpioOutput, MqttActuator, SerialActuator
-from .fetch import fetch_blocking, parse_fetch_args
+from .fetch import RedirectDeniedError, fetch_blocking, parse_fetch_args
 from .outbox import Outbox, parse_email_args
 
 __all__ = ["Outcome", "ActionArgsError", "Actions", "FAST_ACTIONS"]
@@ -37,44 +38,32 @@ class Outcome:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def _level(value: Any) -> int:
-    if isinstance(value, bool):
-        return int(value)
-    if value in (0, 1):
-        return int(value)
-    if isinstance(value, str) and value.strip().lower() in ("0", "1", "on", "off", "true", "false"):
-        return 1 if value.strip().lower() in ("1", "on", "true") else 0
-    raise ActionArgsError(f"gpio.write: 'value' must be 0 or 1 (or on/off), got {value!r}")
+def _canonical(action: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The canonical form of ``args`` (a no-op on what the policy engine already canonicalised)."""
+    try:
+        return canonicalize(action, args)
+    except ArgsError as exc:
+        raise ActionArgsError(exc.message, hint=exc.hint) from None
 
 
 def _payload(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
     if isinstance(value, str):
         return value.encode()
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
-        raise ActionArgsError(f"payload cannot be sent as JSON: {exc}") from None
-
-
-def _only(action: str, args: dict[str, Any], allowed: set[str]) -> None:
-    unknown = set(args) - allowed
-    if unknown:
-        raise ActionArgsError(f"{action}: unknown argument(s) {', '.join(sorted(unknown))}",
-                              hint=f"{action} takes: {', '.join(sorted(allowed))}")
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
 class Actions:
     """Dispatches an allowed action to its handler."""
 
     def __init__(self, *, config: Callable[[], DeviceConfig], hardware: Callable[[], Any], outbox: Outbox,
-                 calendar: CalendarStore, clock: Callable[[], float] = time.time) -> None:
+                 calendar: CalendarStore, clock: Callable[[], float] = time.time,
+                 authorize: Callable[[str, dict[str, Any]], Any] | None = None) -> None:
         self._config = config
         self._hardware = hardware
         self.outbox = outbox
         self.calendar = calendar
         self.clock = clock
+        self.authorize = authorize  # the policy's decide(action, args), for follow-up requests (redirects)
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Outcome]]] = {
             "gpio.write": self.gpio_write, "mqtt.publish": self.mqtt_publish, "serial.write": self.serial_write,
             "send_email": self.send_email, "schedule_event": self.schedule_event, "fetch_data": self.fetch_data,
@@ -95,39 +84,31 @@ class Actions:
         return await handler(args)
 
     async def gpio_write(self, args: dict[str, Any]) -> Outcome:
-        _only("gpio.write", args, {"actuator", "value"})
+        args = _canonical("gpio.write", args)
         hw = self._hardware()
-        act = hw.actuator_of(args.get("actuator"), GpioOutput)
-        value = _level(args.get("value"))
+        act = hw.actuator_of(args["actuator"], GpioOutput)
+        value = args["value"]
         hw.outputs[act.name].value = value
         return Outcome({"actuator": act.name, "value": value}, {"actuator": act.name, "value": value})
 
     async def mqtt_publish(self, args: dict[str, Any]) -> Outcome:
-        _only("mqtt.publish", args, {"actuator", "topic", "payload", "qos", "retain"})
+        args = _canonical("mqtt.publish", args)
         hw = self._hardware()
         if "actuator" in args:
             act = hw.actuator_of(args["actuator"], MqttActuator)
             topic, qos, retain = act.topic, act.qos, act.retain
         else:
-            topic = args.get("topic")
-            if not isinstance(topic, str) or not topic or any(c in topic for c in "#+\0"):
-                raise ActionArgsError("mqtt.publish needs 'actuator' or a concrete 'topic' (no wildcards)")
-            qos, retain = args.get("qos", 1), bool(args.get("retain", False))
-            if qos not in (0, 1, 2):
-                raise ActionArgsError("mqtt.publish: 'qos' must be 0, 1 or 2")
-        data = _payload(args.get("payload", ""))
+            topic, qos, retain = args["topic"], args["qos"], args["retain"]
+        data = _payload(args["payload"])
         mid = await hw.mqtt_publish(topic, data, qos=qos, retain=retain)
         info = {"topic": topic, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mid": mid}
         return Outcome(info, info)
 
     async def serial_write(self, args: dict[str, Any]) -> Outcome:
-        _only("serial.write", args, {"actuator", "data"})
+        args = _canonical("serial.write", args)
         hw = self._hardware()
-        act = hw.actuator_of(args.get("actuator"), SerialActuator)
-        data = args.get("data")
-        if not isinstance(data, (str, bytes)):
-            raise ActionArgsError("serial.write needs 'data' (text)")
-        raw = data.encode() if isinstance(data, str) else data
+        act = hw.actuator_of(args["actuator"], SerialActuator)
+        raw = args["data"].encode()
         if len(raw) > act.line.max_frame:
             raise ActionArgsError(f"serial.write: {len(raw)} bytes exceed max_frame {act.line.max_frame}")
         n = await hw.serial_write(act, raw)
@@ -156,5 +137,14 @@ class Actions:
         url = parse_fetch_args(args)
         cfg = self._config().fetch
         result = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: fetch_blocking(url, max_bytes=cfg.max_bytes, timeout_s=cfg.timeout_s))
+            None, lambda: fetch_blocking(url, max_bytes=cfg.max_bytes, timeout_s=cfg.timeout_s,
+                                         authorize=self._redirect_allowed if self.authorize else None))
         return Outcome(result.reply(), result.record())
+
+    def _redirect_allowed(self, url: str) -> None:
+        """A redirect is a new fetch_data request: the policy decides (and records) it."""
+        assert self.authorize is not None
+        decision = self.authorize("fetch_data", {"url": url})
+        if not decision.allowed:
+            raise RedirectDeniedError(f"fetch_data: the redirect to {url} was denied by the policy "
+                                      f"({decision.rule}: {decision.reason})")

@@ -15,6 +15,7 @@ from typing import Any
 
 from .._internal.fsutil import atomic_write, ensure_private_dir
 from ..errors import DataError
+from ..policy.canonical import ArgsError, canonicalize
 
 __all__ = ["EventArgsError", "CalendarEvent", "parse_event_args", "render_ics", "CalendarStore"]
 
@@ -33,50 +34,16 @@ class CalendarEvent:
     description: str = ""
 
 
-def _time(value: Any, what: str) -> dt.datetime:
-    if not isinstance(value, str):
-        raise EventArgsError(f"schedule_event: '{what}' must be an ISO 8601 time such as 2026-05-01T09:30:00Z")
-    try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise EventArgsError(f"schedule_event: '{what}' {value!r} is not an ISO 8601 time",
-                             hint="e.g. 2026-05-01T09:30:00Z or 2026-05-01T11:30:00+02:00") from None
-    if t.tzinfo is None:
-        raise EventArgsError(f"schedule_event: '{what}' needs a time zone (Z or +HH:MM)")
-    return t.astimezone(dt.timezone.utc)
-
-
-def _text(args: dict[str, Any], key: str, *, required: bool = False, limit: int = 4096) -> str:
-    v = args.get(key, "")
-    if required and not v:
-        raise EventArgsError(f"schedule_event needs '{key}'")
-    if not isinstance(v, str) or len(v) > limit:
-        raise EventArgsError(f"schedule_event: '{key}' must be text of at most {limit} characters")
-    return v
-
-
 def parse_event_args(args: dict[str, Any], *, uid: str | None = None) -> CalendarEvent:
-    """``summary``, ``start``, and ``end`` or ``duration_min``; optional ``location``, ``description``."""
-    unknown = set(args) - {"summary", "title", "start", "end", "duration_min", "location", "description"}
-    if unknown:
-        raise EventArgsError(f"schedule_event: unknown argument(s) {', '.join(sorted(unknown))}")
-    if "title" in args and "summary" not in args:
-        args = {**args, "summary": args["title"]}
-    summary = _text(args, "summary", required=True, limit=500)
-    start = _time(args.get("start"), "start")
-    if "end" in args:
-        end = _time(args["end"], "end")
-    else:
-        dur = args.get("duration_min", 60)
-        if isinstance(dur, str) and dur.isdigit():
-            dur = int(dur)
-        if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not 0 < dur <= 60 * 24 * 366:
-            raise EventArgsError("schedule_event: 'duration_min' must be a positive number of minutes")
-        end = start + dt.timedelta(minutes=dur)
-    if end <= start:
-        raise EventArgsError("schedule_event: 'end' must be after 'start'")
-    return CalendarEvent(uid or f"{os.urandom(8).hex()}@kestrel", summary, start, end,
-                         _text(args, "location", limit=500), _text(args, "description"))
+    """The event of schedule_event's canonical arguments (docs/policy.md, "Canonical arguments"):
+    ``summary``, ``start``, and ``end`` or ``duration_min``; optional ``location``, ``description``."""
+    try:
+        c = canonicalize("schedule_event", args)
+    except ArgsError as exc:
+        raise EventArgsError(exc.message, hint=exc.hint) from None
+    start, end = (dt.datetime.fromisoformat(c[k].replace("Z", "+00:00")) for k in ("start", "end"))
+    return CalendarEvent(uid or f"{os.urandom(8).hex()}@kestrel", c["summary"], start, end,
+                         c["location"], c["description"])
 
 
 def _escape(text: str) -> str:

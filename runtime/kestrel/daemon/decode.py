@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from .._internal.strictjson import StrictJsonError, loads_strict
 from ..errors import DataError
 
 __all__ = ["PayloadError", "decode_payload", "decode_frame", "parse_nmea", "MAX_DEPTH"]
@@ -54,14 +54,10 @@ def decode_payload(fmt: str, payload: bytes, *, max_size: int) -> Any:
     if fmt == "text":
         return text
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+        value = loads_strict(text)
+    except StrictJsonError as exc:
         raise PayloadError(f"not valid JSON: {exc}"[:200]) from None
     return _check_shape(value)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
 
 
 def parse_nmea(sentence: str) -> dict[str, Any]:
@@ -88,8 +84,8 @@ def decode_frame(fmt: str, data: bytes) -> Any:
         return parse_nmea(text)
     if fmt == "json":
         try:
-            return _check_shape(json.loads(text, parse_constant=_reject_constant))
-        except (ValueError, RecursionError) as exc:
+            return _check_shape(loads_strict(text))
+        except StrictJsonError as exc:
             raise PayloadError(f"frame is not valid JSON: {exc}"[:200]) from None
     if any(ord(c) < 32 and c not in "\t" for c in text):
         raise PayloadError("frame holds control characters")

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._internal.strictjson import StrictJsonError, loads_strict
 from ..errors import DataError, KestrelError
 
 __all__ = [
@@ -58,9 +59,10 @@ def decode_request(line: bytes) -> Request:
     if len(line) > MAX_LINE:
         raise ProtocolError(f"request longer than {MAX_LINE} bytes")
     try:
-        msg = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"request is not JSON: {exc}") from None
+        msg = loads_strict(line)
+    except StrictJsonError as exc:
+        raise ProtocolError(f"request is not strict JSON: {exc}",
+                            hint="one JSON object per line; finite numbers, 64-bit integers, no duplicate keys") from None
     if not isinstance(msg, dict):
         raise ProtocolError("request must be a JSON object")
     rid = msg.get("id")
@@ -134,8 +136,8 @@ def from_hex(value: Any, *, what: str) -> bytes:
 def decode_reply(line: bytes) -> dict[str, Any]:
     """Parse one line from the daemon; raise ProtocolError if it is not a reply object."""
     try:
-        msg = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        msg = loads_strict(line)
+    except StrictJsonError as exc:
         raise ProtocolError(f"daemon sent a line that is not JSON: {exc}") from None
     if not isinstance(msg, dict) or not ({"result", "error", "event"} & msg.keys()):
         raise ProtocolError("daemon sent a message that is not a reply")

@@ -13,6 +13,7 @@ import binascii
 import json
 from typing import Callable, Iterable, Sequence
 
+from .._internal.strictjson import StrictJsonError, loads_strict
 from ..identity.keys import KeyFormatError, PublicKey, SignatureError, Signer
 
 __all__ = [
@@ -44,23 +45,11 @@ def sign_entry(signer: Signer, payload_type: str, payload: bytes) -> dict[str, s
 
 
 def strict_json(data: bytes | str, fail: Callable[[str], Exception]) -> object:
-    """Parse JSON, refusing duplicate keys, NaN/Infinity and non-UTF-8 input."""
-
-    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
-        out: dict[str, object] = {}
-        for k, v in items:
-            if k in out:
-                raise fail(f"duplicate key '{k}'")
-            out[k] = v
-        return out
-
-    def bad_constant(name: str) -> object:
-        raise fail(f"{name} is not allowed")
-
+    """Parse JSON strictly (:func:`kestrel._internal.strictjson.loads_strict`: no duplicate keys,
+    finite numbers, 64-bit integers, UTF-8); ``fail(reason)`` makes the error raised."""
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, object_pairs_hook=pairs, parse_constant=bad_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return loads_strict(data)
+    except StrictJsonError as exc:
         raise fail(f"not valid JSON ({exc})") from None
 
 

@@ -21,22 +21,27 @@ from typing import Any, Callable, Mapping
 from .._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
 from .._internal.paths import StateLayout
 from ..errors import KestrelError
-from .evaluate import evaluate
-from .model import ActionRequest, Decision, Policy, PolicyState
+from .canonical import ArgsError, canonicalize
+from .evaluate import INVALID_ARGS, NO_POLICY_DIGEST, evaluate
+from .model import ActionRequest, Decision, Policy, PolicyState, args_digest, make_decision
 
-__all__ = ["PolicyEngine", "RATE_FILE"]
+__all__ = ["PolicyEngine", "RATE_FILE", "DECISION_BUDGET_S"]
 
 RATE_FILE = "policy-rate.json"
+DECISION_BUDGET_S = 0.05  # a decision that takes longer is a deny (policy_timeout)
 
 
 class PolicyEngine:
     """``decide(action, args)`` evaluates against the active policy and records the decision."""
 
     def __init__(self, state_dir: str | os.PathLike[str], ledger: Any, *,
-                 clock: Callable[[], float] = time.time, recheck_s: float = 0.0) -> None:
+                 clock: Callable[[], float] = time.time, recheck_s: float = 0.0,
+                 budget_s: float = DECISION_BUDGET_S, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._state_dir = Path(state_dir)
         self._ledger = ledger
         self._clock = clock
+        self._monotonic = monotonic
+        self._budget_s = budget_s
         self._lock = threading.Lock()
         self._rate_path = StateLayout(self._state_dir).data / RATE_FILE
         self._pointer = StateLayout(self._state_dir).ota / "active.json"
@@ -92,14 +97,35 @@ class PolicyEngine:
         return (st.st_ino, st.st_mtime_ns)
 
     def decide(self, action: str, args: Mapping[str, Any] | None = None) -> Decision:
-        args = dict(args or {})
+        """Put ``args`` in canonical form, evaluate that form, record the decision.
+
+        The returned decision carries the canonical arguments (``decision.args``): what an
+        allowed action executes. Arguments without a canonical form are denied
+        (rule ``invalid-args``), and so is a decision that outlives ``budget_s``
+        (rule ``policy_timeout``).
+        """
+        try:
+            request = ActionRequest(action, canonicalize(action, args))
+        except ArgsError as exc:
+            return self._record(self._invalid(action, args, exc))
         with self._lock:
             self._maybe_reload()
             now = self._clock()
-            decision = evaluate(self.policy, ActionRequest(action, args), self._state, now)
+            deadline = self._monotonic() + self._budget_s
+            decision = evaluate(self.policy, request, self._state, now,
+                                expired=lambda: self._monotonic() > deadline)
             if decision.allowed and decision.rate_key is not None and self.policy is not None:
                 self._state = self._state.record(decision, now, horizon=self.policy.rate_windows)
                 self._save_state()
+        return self._record(decision)
+
+    def _invalid(self, action: str, args: Mapping[str, Any] | None, exc: ArgsError) -> Decision:
+        return make_decision(False, action, INVALID_ARGS, f"invalid arguments: {exc.message}"[:500],
+                             self.policy.digest if self.policy is not None else NO_POLICY_DIGEST,
+                             args_digest(args if isinstance(args, Mapping) else {}))
+
+    def _record(self, decision: Decision) -> Decision:
+        action = decision.action
         self._ledger.append("policy.decision", {
             "action": action,
             "args_digest": decision.args_digest,

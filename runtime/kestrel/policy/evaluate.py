@@ -20,11 +20,17 @@ from functools import lru_cache
 from typing import Any, Callable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
+from .canonical.address import parse_domain
+from .canonical.errors import ArgsError
+from .canonical.url import parse_url
 from .model import ActionRequest, Check, Decision, Policy, PolicyState, Rule, TimeWindow, args_digest, make_decision
 
-__all__ = ["evaluate", "destination", "compile_plans", "ActionPlan", "NO_POLICY_DIGEST"]
+__all__ = ["evaluate", "destination", "compile_plans", "ActionPlan", "NO_POLICY_DIGEST", "POLICY_TIMEOUT",
+           "INVALID_ARGS"]
 
 NO_POLICY_DIGEST = "0" * 64
+POLICY_TIMEOUT = "policy_timeout"  # the rule (and reason code) of a decision that ran out of time
+INVALID_ARGS = "invalid-args"  # the rule of a request whose arguments have no canonical form
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "smtp": 25, "smtps": 465,
                   "submission": 587, "mqtt": 1883, "mqtts": 8883}
 _LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "::1"})
@@ -108,18 +114,28 @@ def _allow_step(r: Rule) -> AllowStep:
                      f"rate limit reached ({rate.count} per {rate.per:g} s)", r.quorum)
 
 
-def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, now: float) -> Decision:
-    """Decide ``request`` under ``policy`` (None: no policy installed, deny everything)."""
+def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, now: float, *,
+             expired: Callable[[], bool] | None = None) -> Decision:
+    """Decide ``request`` under ``policy`` (None: no policy installed, deny everything).
+
+    ``expired`` (optional) is asked before each rule is tried; once it answers True the
+    decision is a deny by :data:`POLICY_TIMEOUT` (a decision never outlives its budget).
+    The request's arguments are evaluated as given: :class:`~kestrel.policy.engine.PolicyEngine`
+    puts them in canonical form first (:func:`kestrel.policy.canonical.canonicalize`).
+    """
     action, args = request.action, request.args
     digest = args_digest(args)
     if policy is None:
-        return make_decision(False, action, "default-deny", "no policy is installed", NO_POLICY_DIGEST, digest)
+        return make_decision(False, action, "default-deny", "no policy is installed", NO_POLICY_DIGEST, digest,
+                             None, args)
     plans = policy.plans
     plan = plans.get(action) or plans["*"]
     pdigest = policy.digest
     # Only deny steps whose first argument is present (or that name none) can match.
     named = plan.deny_names.intersection(args) if plan.deny_names else None
     for _, rid, reason, window, conds in _deny_steps(plan, named) if named else plan.deny_always:
+        if expired is not None and expired():
+            return _timed_out(action, pdigest, digest, args)
         if window is not None and not window.contains(now):
             continue
         for name, one, matches_any in conds:
@@ -129,19 +145,21 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
             if not (matches_any(v) if isinstance(v, (list, tuple)) else one(v) is None):
                 break
         else:
-            return make_decision(False, action, rid, reason, pdigest, digest)
+            return make_decision(False, action, rid, reason, pdigest, digest, None, args)
     if not plan.allow:
         return make_decision(False, action, "default-deny", f"action '{action}' is not permitted by the policy",
-                             pdigest, digest)
+                             pdigest, digest, None, args)
     if "url" in args or "host" in args:
         refused = _network_refusal(policy, plan, action, args)
         if refused is not None:
-            return make_decision(False, action, refused[0], refused[1], pdigest, digest)
+            return make_decision(False, action, refused[0], refused[1], pdigest, digest, None, args)
     elif plan.needs_destination:
-        return make_decision(False, action, "network", _no_destination(action), pdigest, digest)
+        return make_decision(False, action, "network", _no_destination(action), pdigest, digest, None, args)
     first: tuple[str, str] | None = None
     for rid, reason, window, conds, rate_key, rate_count, rate_per, rate_reason, quorum in plan.allow:
         fail: str | None = None
+        if expired is not None and expired():
+            return _timed_out(action, pdigest, digest, args)
         if window is not None and not window.contains(now):
             fail = _OUTSIDE_WINDOW
         else:
@@ -162,11 +180,16 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
         if fail is None and quorum is not None:  # never allowed alone: kestrel.policy.quorum asks the group
             return make_decision(False, action, rid + ".quorum", quorum.reason, pdigest, digest)
         if fail is None:
-            return make_decision(True, action, rid, reason, pdigest, digest, rate_key)
+            return make_decision(True, action, rid, reason, pdigest, digest, rate_key, args)
         if first is None:
             first = (rid, fail)
     assert first is not None
-    return make_decision(False, action, first[0], first[1], pdigest, digest)
+    return make_decision(False, action, first[0], first[1], pdigest, digest, None, args)
+
+
+def _timed_out(action: str, pdigest: str, digest: str, args: Mapping[str, Any]) -> Decision:
+    return make_decision(False, action, POLICY_TIMEOUT, f"{POLICY_TIMEOUT}: the decision ran out of its time budget",
+                         pdigest, digest, None, args)
 
 
 def _no_destination(action: str) -> str:
@@ -188,29 +211,54 @@ def destination(args: Mapping[str, Any]) -> tuple[str, int | None] | None:
         return None
     if not isinstance(host, str) or not host or len(host) > 253 or any(c in host for c in "/@ "):
         raise ValueError("argument 'host' must be a host name or address")
+    host = _canonical_host(host)
     port = args.get("port")
     if port is None:
-        return host.lower().rstrip("."), None
+        return host, None
     try:
         port = int(port)
     except (TypeError, ValueError):
         raise ValueError("argument 'port' must be an integer") from None
     if not 1 <= port <= 65535 or isinstance(args.get("port"), bool):
         raise ValueError("argument 'port' must be between 1 and 65535")
-    return host.lower().rstrip("."), port
+    return host, port
+
+
+@lru_cache(maxsize=1024)
+def _canonical_host(host: str) -> str:
+    """An IP address in its one text form, or a DNS name in canonical form (ValueError if neither)."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        pass
+    try:
+        return parse_domain(host, where="argument 'host'")
+    except ArgsError as exc:
+        raise ValueError(exc.message) from None
 
 
 @lru_cache(maxsize=1024)
 def _url_destination(url: str) -> tuple[str, int | None]:
-    """(host, port) of a URL; cached, as agents call the same few endpoints again and again."""
+    """(host, port) of a URL, parsed as fetch_data parses it; cached, as agents call the same few
+    endpoints again and again. Any other scheme is read as ``scheme://host[:port]``."""
+    if url[:7].lower() == "http://" or url[:8].lower() == "https://":
+        try:
+            u = parse_url(url, where="argument 'url'")
+        except ArgsError as exc:
+            raise ValueError(exc.message) from None
+        return u.host, u.port
     parts = urlsplit(url)
     if not parts.scheme or not parts.hostname:
         raise ValueError("argument 'url' has no scheme or host")
+    if "@" in parts.netloc or "\\" in url:
+        raise ValueError("argument 'url' has user information or a backslash")
     try:
         port = parts.port
     except ValueError:
         raise ValueError("argument 'url' has an invalid port") from None
-    return parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    return _canonical_host(parts.hostname), port or _DEFAULT_PORTS.get(parts.scheme.lower())
 
 
 def _is_loopback(host: str) -> bool:

@@ -11,9 +11,12 @@ import bisect
 import functools
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+
+from .._internal.linregex import LinearRegex
+from .canonical.address import parse_address
+from .canonical.errors import ArgsError
 
 __all__ = [
     "ActionRequest",
@@ -72,6 +75,8 @@ class Decision:
     policy_digest: str
     args_digest: str
     rate_key: str | None = None  # set on an allow that consumed a rate-limit slot
+    # the canonical arguments that were evaluated, and that an allowed action executes
+    args: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 _new_object = object.__new__
@@ -79,12 +84,13 @@ _set_dict = Decision.__dict__["__dict__"].__set__
 
 
 def make_decision(allowed: bool, action: str, rule: str, reason: str, policy_digest: str, args_digest: str,
-                  rate_key: str | None = None) -> Decision:
+                  rate_key: str | None = None, args: Mapping[str, Any] | None = None) -> Decision:
     """Same as ``Decision(...)``, at a third of the cost: the frozen dataclass's ``__init__``
     calls ``object.__setattr__`` once per field; this sets the instance dict in one step."""
     d = _new_object(Decision)
     _set_dict(d, {"allowed": allowed, "action": action, "rule": rule, "reason": reason,
-                  "policy_digest": policy_digest, "args_digest": args_digest, "rate_key": rate_key})
+                  "policy_digest": policy_digest, "args_digest": args_digest, "rate_key": rate_key,
+                  "args": args})
     return d
 
 
@@ -107,7 +113,7 @@ class ArgConstraint:
     enum: frozenset | None = None
     minimum: float | None = None
     maximum: float | None = None
-    regex: "re.Pattern[str] | None" = None
+    regex: LinearRegex | None = None  # matched with fullmatch, in linear time
     max_len: int = 256
     domains: frozenset[str] | None = None  # e-mail domains (exact, lower-case)
     check_one: Check = field(init=False, repr=False, compare=False)
@@ -172,22 +178,32 @@ def _compile(c: ArgConstraint) -> Check:
             num = v if t is int or t is float else _as_number(v)
             if num is None:
                 return why_number
-            if lo is not None and num < lo:
+            if num - num != 0:  # NaN or an infinity: no range contains it (fail closed)
+                return why_number
+            if lo is not None and not num >= lo:
                 return why_below
-            if hi is not None and num > hi:
+            if hi is not None and not num <= hi:
                 return why_above
         if stringy:
             if not isinstance(v, str) or len(v) > max_len:
                 return why_string
-            if fullmatch is not None and fullmatch(v) is None:
+            if fullmatch is not None and not fullmatch(v):
                 return why_pattern
             if domains is not None:
-                local, at, domain = v.rpartition("@")
-                if not at or not local or domain.lower() not in domains:
+                domain = _address_domain(v)
+                if domain is None or domain not in domains:
                     return why_domain
         return None
 
     return check_one
+
+
+def _address_domain(v: str) -> str | None:
+    """The canonical domain of ``v`` if it is exactly one bare address (the form send_email sends to)."""
+    try:
+        return parse_address(v).domain
+    except ArgsError:
+        return None
 
 
 def _as_number(v: Any) -> float | None:

@@ -9,13 +9,16 @@ duplicate keys and unknown keys are errors. The format is in docs/policy.md.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from .._internal.linregex import LinearRegex, RegexError, compile_linear
 from ..errors import ConfigError
+from .canonical import MAX_INT, ArgsError, parse_domain
 from .model import ArgConstraint, NetAllow, Policy, RateLimit, Rule, TimeWindow
 
 __all__ = ["parse_policy", "PolicyError", "PolicyIssue", "MAX_POLICY_BYTES"]
@@ -100,6 +103,15 @@ class _Ctx:
             value = _CONSTRUCTOR.construct_object(node)
         except yaml.YAMLError as exc:
             self.err(node, f"{what}: {exc}")
+            return None
+        except (ValueError, OverflowError):  # e.g. an integer of thousands of digits
+            self.err(node, f"{what}: number out of range (integers are signed 64-bit)")
+            return None
+        if type(value) is float and not math.isfinite(value):
+            self.err(node, f"{what} must be a finite number (.nan and .inf are not allowed)")
+            return None
+        if type(value) is int and not -MAX_INT - 1 <= value <= MAX_INT:
+            self.err(node, f"{what}: integer out of range (signed 64-bit)")
             return None
         if isinstance(value, bool) and bool not in kinds:
             self.err(node, f"{what} must be {_kind_names(kinds)}, not a boolean")
@@ -308,7 +320,8 @@ def _arg_names(node: yaml.Node) -> list[str]:
     return [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode) and _NAME.fullmatch(k.value)]
 
 
-def _regex(ctx: _Ctx, node: yaml.Node, what: str) -> "re.Pattern[str] | None":
+def _regex(ctx: _Ctx, node: yaml.Node, what: str) -> LinearRegex | None:
+    """A pattern compiled to a DFA: matching is linear in the value's length, whatever the pattern."""
     pat = ctx.scalar(node, what, (str,))
     if pat is None:
         return None
@@ -316,9 +329,11 @@ def _regex(ctx: _Ctx, node: yaml.Node, what: str) -> "re.Pattern[str] | None":
         ctx.err(node, f"{what} is longer than {MAX_REGEX_LEN} characters")
         return None
     try:
-        return re.compile(pat)
-    except re.error as exc:
-        ctx.err(node, f"{what} is not a valid regular expression: {exc}")
+        return compile_linear(pat, mode="full")
+    except RegexError as exc:
+        ctx.err(node, f"{what} is not a valid regular expression for a policy: {exc.reason} (pattern character "
+                      f"{exc.pos + 1}); policy patterns match in linear time: no backreferences, lookaround or "
+                      "inline flags (docs/policy.md)")
         return None
 
 
@@ -327,10 +342,12 @@ def _domains(ctx: _Ctx, node: yaml.Node, what: str) -> frozenset[str] | None:
     out = set()
     for n in nodes:
         d = ctx.scalar(n, what, (str,))
-        if d is not None and (not d or "@" in d or len(d) > 253):
+        if d is None:
+            continue
+        try:
+            out.add(parse_domain(d, where=f"{what} '{d}'"))  # the form canonical addresses have
+        except ArgsError:
             ctx.err(n, f"{what} '{d}' is not a domain name")
-        elif d is not None:
-            out.add(d.lower())
     return frozenset(out) if out else None
 
 
