@@ -60,11 +60,13 @@ def as_script(block: str, *, install: bool) -> tuple[str, int]:
 
 
 def fresh_copy(dest: Path, *, link_venv: bool) -> Path:
-    """The checkout's files (as git knows them, with their current content), with models linked in."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    """The checkout's files (tracked and not ignored, as they are now: a clean clone in CI), with the
+    built models linked in."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout
     dest.mkdir()
-    tar = subprocess.run(["tar", "--null", "-T", "-", "-cf", "-"], cwd=ROOT, input=files, capture_output=True,
-                         check=True).stdout
+    tar = subprocess.run(["tar", "--null", "--ignore-failed-read", "-T", "-", "-cf", "-"], cwd=ROOT, input=files,
+                         capture_output=True).stdout
     subprocess.run(["tar", "-xf", "-"], cwd=dest, input=tar, check=True)
     missing = [n for n in MODELS_NEEDED if not (ROOT / "models" / n / "build" / "manifest.json").is_file()]
     if missing:
