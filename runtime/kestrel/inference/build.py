@@ -180,7 +180,8 @@ def build_model(name: str, *, models_dir: Path | None = None, force: bool = Fals
         recipe.build(ctx)
     except ImportError as exc:
         raise BuildError(f"recipe {name} needs {exc.name}, which is not installed",
-                         hint="install the host extra: pip install 'kestrel-sovereign[models]'") from None
+                         hint="install the host-side model tooling (about 2 GB): from a checkout `./dev setup "
+                              "--models`, else pip install 'kestrel-sovereign[models]'") from None
     except KestrelError:
         raise
     except Exception as exc:
