@@ -12,6 +12,7 @@ committed and the TPM counter has not moved). An existing identity is never repl
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import pwd
@@ -34,15 +35,25 @@ AGENT_FILE = "agent.json"
 ERROR_FILE = "firstboot-error.txt"
 
 
+WORK_NAME = ".kestrel-firstboot"  # the work directory inside a state directory that is a partition
+IGNORED_IN_PARTITION = ("lost+found", WORK_NAME)
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Where first boot reads and writes; ``root`` prefixes every system path (tests use a tmp dir)."""
+    """Where first boot reads and writes; ``root`` prefixes every system path (tests use a tmp dir).
+
+    With ``data_partition`` the state directory is the mount point of the image's data partition
+    (KESTREL_DATA): the work directory then lives inside it (a rename cannot cross file systems
+    nor replace a mount point) and the commit moves the staged entries in, the identity last."""
 
     root: Path
     boot: Path  # the boot partition's kestrel/ directory
+    data_partition: bool = False
 
     state = property(lambda self: self.root / "var/lib/kestrel")
-    work = property(lambda self: self.root / "var/lib/kestrel-firstboot")
+    work = property(lambda self: self.state / WORK_NAME if self.data_partition
+                    else self.root / "var/lib/kestrel-firstboot")
     staged = property(lambda self: self.work / "state")
     inputs = property(lambda self: self.work / "inputs")
     config = property(lambda self: self.root / "etc/kestrel/device.yaml")
@@ -117,6 +128,17 @@ def cli_env(opts: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def expected_tpm(model_path: str) -> tuple[str, str | None]:
+    """(board name, the TPM TCTI its profile names or None) for the detected board."""
+    from kestrel.io.boards import load_profile
+
+    try:
+        profile = load_profile("auto", model_path=model_path)
+    except KestrelError:
+        return "unknown", None
+    return profile.name, profile.tpm_tcti
+
+
 def choose_tcti(opts: argparse.Namespace, keystore: str) -> str | None:
     """The TCTI of the TPM to use, or None for the machine-bound file keystore."""
     if keystore == "file":
@@ -131,6 +153,12 @@ def choose_tcti(opts: argparse.Namespace, keystore: str) -> str | None:
         raise TransportError(f"owner.json asks for a TPM key but {opts.tpm_device} does not exist",
                              hint="enable the TPM (e.g. dtoverlay=tpm-slb9670 in config.txt) or set "
                              "\"keystore\": \"auto\"")
+    board, tcti = expected_tpm(opts.model_path)
+    if tcti:  # a profile that names a TPM: say loudly that this card's key is not in one
+        log(f"warning: the board profile {board} expects a TPM ({tcti}) but {opts.tpm_device} does not exist; "
+            "the identity is created in the machine-bound file keystore instead. To use the TPM, fix it "
+            "(TPM HAT, dtoverlay, the kestrel-vtpm service of the lab image) before the first boot, or set "
+            "\"keystore\": \"tpm\" in owner.json to refuse to provision without one")
     return None
 
 
@@ -240,21 +268,62 @@ def enable_service(opts: argparse.Namespace) -> None:
     run_tool(cmd + ["enable", "kestrel.service"], what="enable kestrel.service")
 
 
-def check_state_empty(state: Path) -> None:
-    """The new state may only replace an absent or empty /var/lib/kestrel; nothing is ever deleted."""
-    if state.exists() and any(state.iterdir()):
+def check_state_empty(state: Path, *, partition: bool = False) -> None:
+    """The new state may only replace an absent or empty /var/lib/kestrel; nothing is ever deleted.
+    On a data partition, its lost+found and the work directory do not count."""
+    ignored = IGNORED_IN_PARTITION if partition else ()
+    if state.exists() and any(e.name not in ignored for e in state.iterdir()):
         raise DataError(f"{state} is not empty but holds no identity; refusing to mix it with a new one",
                         hint="move its contents away (nothing is deleted), then reboot or rerun "
                         "`systemctl start kestrel-firstboot`")
 
 
-def commit_state(layout: Layout) -> None:
+def commit_state(layout: Layout, user: str) -> None:
     """Rename the work state onto /var/lib/kestrel (absent or an empty directory): the commit point."""
     state = layout.state
+    if layout.data_partition:
+        commit_into_partition(layout, user)
+        return
     check_state_empty(state)
     state.parent.mkdir(parents=True, exist_ok=True)
     os.rename(layout.staged, state)
     fsync_dir(state.parent)
+
+
+COMMITTING = "committing"
+MIN_FREE_BYTES = 16 << 20  # identity, trust root, a bundle and the first ledger segment, with room to spare
+
+
+def check_free_space(layout: Layout) -> None:
+    """Refuse to start on a (nearly) full state file system: say so instead of failing half way."""
+    where = layout.state if layout.state.exists() else layout.state.parent
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < MIN_FREE_BYTES:
+        what = "the data partition (KESTREL_DATA)" if layout.data_partition else "the file system"
+        raise TransportError(f"{what} holding {layout.state} is full: {free >> 10} KiB free, first boot needs "
+                             f"{MIN_FREE_BYTES >> 20} MiB", hint=f"free space on it (nothing was provisioned and "
+                             "nothing is deleted), then reboot or run `systemctl start kestrel-firstboot`")
+
+
+def commit_into_partition(layout: Layout, user: str) -> None:
+    """Move the staged entries into the partition's root, ``identity`` last (its presence means done).
+    A marker makes a resumed boot go straight back here: the staged tree may be half moved."""
+    marker = layout.work / COMMITTING
+    if not marker.exists():
+        check_state_empty(layout.state, partition=True)
+        atomic_write(marker, b"")
+        fsync_dir(layout.work)
+    names = sorted(e.name for e in layout.staged.iterdir())
+    for name in [n for n in names if n != "identity"] + [n for n in names if n == "identity"]:
+        os.rename(layout.staged / name, layout.state / name)
+    fsync_dir(layout.state)
+    os.chmod(layout.state, 0o700)
+    pw = pwd.getpwnam(user)
+    os.chown(layout.state, pw.pw_uid, pw.pw_gid)
 
 
 def apply_bundle(layout: Layout, fname: str, opts: argparse.Namespace) -> None:
@@ -266,13 +335,21 @@ def apply_bundle(layout: Layout, fname: str, opts: argparse.Namespace) -> None:
 
 def finish(layout: Layout, receipt: dict, opts: argparse.Namespace) -> None:
     """Everything after the receipt; each step may run again after a power cut."""
+    if layout.data_partition and (layout.work / COMMITTING).exists():
+        log("resuming an interrupted commit")
+        commit_state(layout, opts.user)
+        return finish_boot_files(layout, receipt, opts)
     if receipt["bundle"]:
         apply_bundle(layout, receipt["bundle"], opts)
     chown_tree(layout.staged, opts.user)
     remove_consumed(layout.boot, receipt["consumed"])
     install_config(layout, opts.user)
     enable_service(opts)
-    commit_state(layout)
+    commit_state(layout, opts.user)
+    finish_boot_files(layout, receipt, opts)
+
+
+def finish_boot_files(layout: Layout, receipt: dict, opts: argparse.Namespace) -> None:
     agent = receipt["agent"]
     log(f"provisioned {agent['name']}: {agent['did']} ({agent['backend']}, board {agent['board']})")
     write_boot_file(layout.boot, AGENT_FILE, (json.dumps(agent, indent=2, sort_keys=True) + "\n").encode())
@@ -306,7 +383,9 @@ def read_receipt(path: Path) -> dict:
 
 
 def provision(opts: argparse.Namespace) -> int:
-    layout = Layout(root=opts.root, boot=opts.boot)
+    partition = (opts.data_partition == "yes"
+                 or (opts.data_partition == "auto" and os.path.ismount(opts.root / "var/lib/kestrel")))
+    layout = Layout(root=opts.root, boot=opts.boot, data_partition=partition)
     if (layout.state / "identity").exists():
         log(f"{layout.state} already has an identity; nothing to do (it is never replaced)")
         if layout.work.exists():  # cut off after the commit: only copies of consumed inputs are left
@@ -321,7 +400,8 @@ def provision(opts: argparse.Namespace) -> int:
         if layout.work.exists():
             log(f"discarding the unfinished work of an interrupted first boot ({layout.work})")
             shutil.rmtree(layout.work)
-        check_state_empty(layout.state)
+        check_state_empty(layout.state, partition=layout.data_partition)
+        check_free_space(layout)
         inputs = read_boot_inputs(layout.boot)
         if inputs.owner is None:
             log(f"warning: no {layout.boot / OWNER_FILE}: the agent has no owner keys and no policy can be "
@@ -347,14 +427,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-path", default="/proc/device-tree/model", help="device-tree model (board detection)")
     p.add_argument("--machine-id-file", help="machine id for the machine-bound keystore (tests)")
     p.add_argument("--no-start", action="store_true", help="enable kestrel.service but do not start it")
+    p.add_argument("--data-partition", choices=("auto", "yes", "no"), default="auto",
+                   help="is /var/lib/kestrel the data partition's mount point? (auto: look)")
     opts = p.parse_args(argv)
     try:
         return provision(opts)
     except KestrelError as exc:
         failure: KestrelError = exc
     except OSError as exc:
-        failure = TransportError(f"{exc.filename or 'I/O'}: {exc.strerror}",
-                                 hint="check the SD card and the root file system")
+        if exc.errno == errno.ENOSPC:
+            failure = TransportError(f"no space left on the device writing {exc.filename or 'the state'}",
+                                     hint="the data partition (KESTREL_DATA, mounted at /var/lib/kestrel) is full: "
+                                     "free space on it (nothing was provisioned), then reboot or run "
+                                     "`systemctl start kestrel-firstboot`")
+        else:
+            failure = TransportError(f"{exc.filename or 'I/O'}: {exc.strerror}",
+                                     hint="check the SD card and the root file system")
     message = f"kestrel-firstboot failed: {failure}"
     print(message, file=sys.stderr, flush=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .boards import BOARDS, get_board
+from .cache import Cache
 from .disk import DiskLayout, assemble_image
 from .overlay import DEFAULT_EXTRAS, build_overlay
 from .rootfs import DEFAULT_MIRROR, build_rootfs
@@ -53,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--board", default="rpi4", choices=sorted(BOARDS))
     p.add_argument("--stage", default="all", choices=STAGES + ("overlay",),
                    help="rootfs-overlay (no root, no network), rootfs, image, or all (default)")
-    p.add_argument("--out", type=Path, default=REPO / "build" / "image", help="output directory (default build/image)")
+    p.add_argument("--out", type=Path, help="output directory (default: the cache's out/)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="build only from the host cache: no download, no compile (exit 75 if something is missing)")
+    p.add_argument("--cache", type=Path, help="host cache of debs, wheels, base systems (default "
+                   "$KESTREL_IMAGE_CACHE or /var/cache/kestrel-image)")
     p.add_argument("--dry-run", action="store_true", help="print the commands of the stages; run nothing")
     p.add_argument("--ref", help="build Kestrel from this git commit (default: the work tree, tracked and "
                    "untracked non-ignored files)")
@@ -65,9 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         board = get_board(args.board)
         stage = "rootfs-overlay" if args.stage == "overlay" else args.stage
-        out = (args.out / board.name).resolve()
+        cache = Cache.from_env(args.cache, cached_only=args.cached_only)
+        out = ((args.out or cache.out) / board.name).resolve()
         epoch = source_date_epoch(REPO)
         extras = tuple(e for e in args.extras.split(",") if e)
+        if board.lab and "test" not in extras:
+            extras += ("test",)  # the lab runs the GPIO contract suite inside the VM
         overlay = out / "overlay"
         if stage in ("rootfs-overlay", "all"):
             build_overlay(REPO, overlay, board=board, runner=runner, epoch=epoch, ref=args.ref, extras=extras)
@@ -77,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         if stage in ("rootfs", "all") and board.flash == "sd":
             if not runner.dry_run and not overlay.is_dir():
                 raise BuildError(f"{overlay} does not exist", hint="run --stage rootfs-overlay first")
-            build_rootfs(out, overlay=overlay, board=board, runner=runner, suite=args.suite, mirror=args.mirror)
+            build_rootfs(out, overlay=overlay, board=board, runner=runner, suite=args.suite, mirror=args.mirror,
+                         cache=cache)
         if stage in ("image", "all"):
             build_image(out, board=board, runner=runner, epoch=epoch)
     except BuildError as exc:
@@ -106,7 +115,7 @@ def build_image(out: Path, *, board, runner: Runner, epoch: int) -> None:
     split_boot(rootfs, bootfs, runner)
     img = out / f"kestrel-{board.name}.img"
     runner.say(f"stage image: {img}")
-    assemble_image(bootfs, rootfs, img, layout=DiskLayout(board.boot_mib, board.root_mib), runner=runner,
+    assemble_image(bootfs, rootfs, img, layout=DiskLayout(board.boot_mib, board.root_mib, board.data_mib), runner=runner,
                    epoch=epoch, seed=f"kestrel-{board.name}-{epoch}")
     runner.say(f"wrote {img} (flash it: docs/image.md)")
 

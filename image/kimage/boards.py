@@ -11,7 +11,7 @@ __all__ = ["ImageBoard", "BOARDS", "get_board", "BASE_PACKAGES", "BUILD_PACKAGES
 BASE_PACKAGES = (
     "systemd", "systemd-sysv", "systemd-timesyncd", "udev", "dbus", "ifupdown", "iproute2", "isc-dhcp-client",
     "ca-certificates", "python3", "python3-venv", "tpm-udev", "libtss2-esys-3.0.2-0", "libtss2-tctildr0",
-    "libtss2-tcti-device0", "fake-hwclock", "util-linux", "kmod", "zstd",
+    "libtss2-tcti-device0", "fake-hwclock", "util-linux", "kmod", "zstd", "initramfs-tools",
 )
 # Needed only to build wheels that have no arm64 binary on PyPI (hnswlib, tpm2-pytss); purged after.
 BUILD_PACKAGES = ("build-essential", "python3-dev", "libtss2-dev", "pkg-config")
@@ -28,6 +28,11 @@ class ImageBoard:
     root_mib: int = 2048
     console: str = "ttyS1,115200"
     config_txt: str = ""  # appended to the config.txt raspi-firmware writes
+    data_mib: int = 256  # partition 3, ext4 KESTREL_DATA, mounted at /var/lib/kestrel (the state directory)
+    boot_files: str = "raspi"  # "raspi": raspi-firmware fills the FAT partition; "direct": kernel + initrd
+    packages: tuple[str, ...] = ()  # board-specific extra Debian packages
+    initramfs_modules: str = "most"  # initramfs-tools MODULES=; "list": only the hook's modules (virtio, ext4)
+    lab: bool = False  # the test lab: test channel, in-guest vTPM, gpio-sim chip (docs/image.md, "qemu-arm64")
 
 
 _PI_KERNEL = ("linux-image-arm64", "raspi-firmware", "firmware-brcm80211")
@@ -38,6 +43,10 @@ BOARDS: dict[str, ImageBoard] = {b.name: b for b in (
     # Debian bookworm's 6.1 kernel predates Pi 5 support; backports' 6.12 boots it (no PCIe/RP1 extras).
     ImageBoard("rpi5", "Raspberry Pi 5 / CM5 (kernel from bookworm-backports)", "sd", _PI_KERNEL,
                extra_suites=("bookworm-backports",), console="ttyAMA10,115200"),
+    # QEMU's virt board (qemu-system-aarch64 -M virt -cpu cortex-a72): the project's arm64 lab.
+    ImageBoard("qemu-arm64", "QEMU virt arm64 test lab (vTPM in the guest, gpio-sim chip, test channel)", "sd",
+               ("linux-image-arm64",), boot_mib=128, root_mib=1536, console="ttyAMA0,115200", data_mib=64,
+               boot_files="direct", packages=("swtpm", "procps"), initramfs_modules="list", lab=True),
     ImageBoard("jetson-nano", "NVIDIA Jetson Nano (flash with L4T R32 + this rootfs)", "l4t"),
     ImageBoard("jetson-orin-nano", "NVIDIA Jetson Orin Nano (flash with L4T R36 / JetPack 6 + this rootfs)", "l4t"),
 )}

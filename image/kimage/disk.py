@@ -1,4 +1,4 @@
-"""Stage ``image``: a partitioned SD-card image (MBR: boot FAT32 + root ext4), genimage-style.
+"""Stage ``image``: a partitioned SD-card image (MBR: boot FAT32 + root ext4 + data ext4), genimage-style.
 
 Each file system is made in its own file (``mkfs.vfat -C`` + ``mcopy``, ``mkfs.ext4 -d``), then
 written at its offset into the image after ``sfdisk`` wrote the table: no loop devices, no mounts.
@@ -14,24 +14,26 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .overlay import BOOT_LABEL, ROOT_LABEL
+from .overlay import BOOT_LABEL, DATA_LABEL, ROOT_LABEL
 from .steps import BuildError, Runner
 
-__all__ = ["DiskLayout", "assemble_image", "ids_for"]
+__all__ = ["DiskLayout", "assemble_image", "ids_for", "make_data_fs", "owner_ids"]
 
 MIB = 1 << 20
 
 
 @dataclass(frozen=True)
 class DiskLayout:
-    """MBR layout: 4 MiB gap (alignment), boot FAT32 (type 0x0c, bootable), root ext4 (0x83)."""
+    """MBR layout: 4 MiB gap (alignment), boot FAT32 (type 0x0c, bootable), root ext4 (0x83) and,
+    with ``data_mib``, the data ext4 (0x83) that holds the state directory."""
 
     boot_mib: int
     root_mib: int
+    data_mib: int = 0
     first_mib: int = 4
 
     def __post_init__(self) -> None:
-        if self.boot_mib < 64 or self.root_mib < 16:
+        if self.boot_mib < 64 or self.root_mib < 16 or 0 < self.data_mib < 16:
             raise BuildError(f"partitions too small (boot {self.boot_mib} MiB, root {self.root_mib} MiB)",
                              hint="FAT32 boot needs at least 64 MiB, root at least 16 MiB", exit_code=64)
 
@@ -44,20 +46,47 @@ class DiskLayout:
         return (self.first_mib + self.boot_mib) * MIB
 
     @property
-    def total_bytes(self) -> int:
+    def data_offset(self) -> int:
         return (self.first_mib + self.boot_mib + self.root_mib) * MIB
+
+    @property
+    def total_bytes(self) -> int:
+        return (self.first_mib + self.boot_mib + self.root_mib + self.data_mib) * MIB
 
     def sfdisk_script(self, *, disk_id: str) -> str:
         sectors = MIB // 512
         return (f"label: dos\nlabel-id: 0x{disk_id}\nunit: sectors\n\n"
                 f"start={self.first_mib * sectors}, size={self.boot_mib * sectors}, type=c, bootable\n"
-                f"start={(self.first_mib + self.boot_mib) * sectors}, size={self.root_mib * sectors}, type=83\n")
+                f"start={(self.first_mib + self.boot_mib) * sectors}, size={self.root_mib * sectors}, type=83\n"
+                + (f"start={self.data_offset // 512}, size={self.data_mib * sectors}, type=83\n" if self.data_mib else ""))
 
 
 def ids_for(seed: str) -> tuple[str, str, str]:
     """(MBR disk id, FAT volume id, ext4 UUID) derived from ``seed`` (reproducible builds)."""
     h = hashlib.sha256(seed.encode()).digest()
     return h[:4].hex(), h[4:8].hex(), str(uuid.UUID(bytes=h[8:24], version=4))
+
+
+def owner_ids(root_dir: Path, user: str = "kestrel") -> tuple[int, int]:
+    """uid and gid of ``user`` in the rootfs's /etc/passwd (root if it has none)."""
+    try:
+        for line in (root_dir / "etc/passwd").read_text().splitlines():
+            f = line.split(":")
+            if f[0] == user:
+                return int(f[2]), int(f[3])
+    except OSError:
+        pass
+    return 0, 0
+
+
+def make_data_fs(path: Path, *, size_mib: int, owner: tuple[int, int], uuid_: str, runner: Runner,
+                 env: dict[str, str], fill_from: Path | None = None) -> None:
+    """The data partition's ext4 (label KESTREL_DATA): empty, its root owned by the daemon's user.
+    ``fill_from`` (tests) puts a tree in it, e.g. a file that fills it."""
+    runner.run(["mkfs.ext4", "-q", "-F", "-t", "ext4", "-L", DATA_LABEL, "-U", uuid_, "-m", "0",
+                "-E", f"hash_seed={uuid_},root_owner={owner[0]}:{owner[1]}",
+                *(["-d", str(fill_from)] if fill_from else []), str(path), f"{size_mib}M"],
+               what="make the data ext4 file system", env=env)
 
 
 def assemble_image(boot_dir: Path, root_dir: Path, img: Path, *, layout: DiskLayout, runner: Runner,
@@ -71,9 +100,10 @@ def assemble_image(boot_dir: Path, root_dir: Path, img: Path, *, layout: DiskLay
     disk_id, vol_id, root_uuid = ids_for(seed)
     work = img.with_name(img.name + ".parts")
     boot_fs, root_fs, tmp_img = work / "boot.vfat", work / "root.ext4", img.with_name(img.name + ".tmp")
+    data_fs = work / "data.ext4"
     if not runner.dry_run:
         work.mkdir(parents=True, exist_ok=True)
-        for stale in (boot_fs, root_fs, tmp_img):
+        for stale in (boot_fs, root_fs, data_fs, tmp_img):
             stale.unlink(missing_ok=True)
     env = {"SOURCE_DATE_EPOCH": str(epoch), "E2FSPROGS_FAKE_TIME": str(epoch), "MTOOLS_SKIP_CHECK": "1",
            "TZ": "UTC"}
@@ -86,18 +116,24 @@ def assemble_image(boot_dir: Path, root_dir: Path, img: Path, *, layout: DiskLay
     runner.run(["mkfs.ext4", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-U", root_uuid,
                 "-E", f"hash_seed={root_uuid},root_owner=0:0", "-d", str(root_dir), str(root_fs),
                 f"{layout.root_mib}M"], what="make the root ext4 file system from the rootfs tree", env=env)
+    parts = [(boot_fs, layout.boot_offset), (root_fs, layout.root_offset)]
+    if layout.data_mib:
+        data_uuid = str(uuid.UUID(bytes=hashlib.sha256(f"{seed}-data".encode()).digest()[:16], version=4))
+        make_data_fs(data_fs, size_mib=layout.data_mib, owner=owner_ids(root_dir), uuid_=data_uuid,
+                     runner=runner, env=env)
+        parts.append((data_fs, layout.data_offset))
     if not runner.dry_run:
         with open(tmp_img, "wb") as fh:
             fh.truncate(layout.total_bytes)
     runner.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(tmp_img)],
                stdin=layout.sfdisk_script(disk_id=disk_id).encode(), what="write the partition table")
-    for part, offset in ((boot_fs, layout.boot_offset), (root_fs, layout.root_offset)):
+    for part, offset in parts:
         runner.run(["dd", f"if={part}", f"of={tmp_img}", "bs=1M", f"seek={offset // MIB}", "conv=notrunc,sparse",
                     "status=none"], what=f"write {part.name} into the image")
     if runner.dry_run:
         return img
     os.replace(tmp_img, img)
-    for part in (boot_fs, root_fs):
+    for part, _ in parts:
         part.unlink()
     work.rmdir()
     digest = hashlib.sha256()

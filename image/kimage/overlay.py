@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,15 +22,40 @@ from .steps import BuildError, Runner
 __all__ = ["build_overlay", "write_manifest", "MANIFEST", "ROOT_LABEL", "BOOT_LABEL", "DEFAULT_EXTRAS"]
 
 MANIFEST = "usr/share/kestrel/image-manifest.json"
-ROOT_LABEL, BOOT_LABEL = "KESTREL_ROOT", "KESTRELBOOT"  # FAT labels: 11 characters at most
+ROOT_LABEL, BOOT_LABEL, DATA_LABEL = "KESTREL_ROOT", "KESTRELBOOT", "KESTREL_DATA"  # FAT labels: <= 11 chars
 DEFAULT_EXTRAS = ("tpm", "gpio", "inference")
 _UNITS = ("kestrel.service", "kestrel-firstboot.service")
 _FIRSTBOOT = ("firstboot.py", "firstboot_settings.py")
+_LAB_UNITS = ("kestrel-vtpm.service", "kestrel-gpio-sim.service", "kestrel-testchan.service")
+_LAB_WANTS = {"kestrel-vtpm.service": "sysinit.target", "kestrel-gpio-sim.service": "multi-user.target",
+              "kestrel-testchan.service": "multi-user.target"}
+_LAB_FILES = ("testchan.py", "gpio-sim-setup")
+_LAB_DROPIN = """# Kestrel lab image: the vTPM and the gpio-sim chip are set up before first boot and the daemon.
+[Unit]
+After=kestrel-vtpm.service kestrel-gpio-sim.service
+"""
+_DATA_DROPIN = f"""# Kestrel image: the state directory is the data partition ({DATA_LABEL}); never run on the root fs below it.
+[Unit]
+RequiresMountsFor=/var/lib/kestrel
+"""
 
 _FSTAB = f"""# Kestrel image: root ext4 and the boot FAT partition (owner settings in /boot/firmware/kestrel).
 LABEL={ROOT_LABEL}  /              ext4  rw,noatime,errors=remount-ro             0 1
 LABEL={BOOT_LABEL}  /boot/firmware vfat  rw,noatime,fmask=0077,dmask=0077,flush   0 2
+# The state directory (identity, ledger, bundles) on its own partition: an A/B root switch keeps it.
+# nofail: a missing or damaged data partition leaves the device up (kestrel.service then does not start).
+LABEL={DATA_LABEL} /var/lib/kestrel ext4 rw,noatime,nodev,nosuid,noexec,nofail,x-systemd.device-timeout=30s 0 2
 """
+
+
+def memory_dropin(profile_text: str, *, board: str) -> str:
+    """kestrel.service's MemoryMax/MemoryHigh from the board profile's memory_budget_mb."""
+    m = re.search(r"^memory_budget_mb:\s*(\d+)\s*(#.*)?$", profile_text, re.M)
+    if not m:
+        raise BuildError(f"board profile {board} has no memory_budget_mb", hint="see docs/board-profiles.md")
+    budget = int(m.group(1))
+    return (f"# From board_profiles/{board}.yaml (memory_budget_mb: {budget}), written by the image recipe.\n"
+            f"[Service]\nMemoryMax={budget}M\nMemoryHigh={budget * 3 // 4}M\n")
 
 _BOOT_README = """Kestrel first-boot provisioning (docs/image.md)
 
@@ -158,13 +184,33 @@ def _add_files(src: Path, root: Path, *, board: ImageBoard, wheel: Path, extras:
          f"# installed into /opt/kestrel by the rootfs stage (HNSWLIB_NO_NATIVE=1)\n"
          f"{wheel.name.split('-')[0].replace('_', '-')}[{','.join(extras)}] @ file:///opt/kestrel/wheels/{wheel.name}\n")
     _put(root / "etc/hostname", "kestrel\n")
+    profile = src / "board_profiles" / f"{board.name}.yaml"
+    if profile.exists():
+        _put(root / "etc/systemd/system/kestrel.service.d/30-memory.conf",
+             memory_dropin(profile.read_text(), board=board.name))
     if board.flash == "sd":  # L4T keeps its own partitions and fstab
         _put(root / "etc/fstab", _FSTAB)
-        _raspi_files(board, root)
+        _put(root / "etc/systemd/system/kestrel.service.d/15-data.conf", _DATA_DROPIN)
+        if board.boot_files == "raspi":
+            _raspi_files(board, root)
+    if board.lab:
+        _lab_files(image, root)
     _put(root / "boot/firmware/kestrel/README.txt", _BOOT_README)  # Jetson: a directory on the rootfs
     _put(root / "boot/firmware/kestrel/owner.json.example", json.dumps(_OWNER_EXAMPLE, indent=2) + "\n")
     (root / "var/lib/kestrel").mkdir(parents=True, mode=0o700)
     (root / "var/lib/kestrel").chmod(0o700)
+
+
+def _lab_files(image: Path, root: Path) -> None:
+    """The qemu-arm64 lab's extras: vTPM, gpio-sim chip and the test channel (never in product images)."""
+    for unit in _LAB_UNITS:
+        _put(root / "usr/lib/systemd/system" / unit, (image / "systemd" / unit).read_bytes())
+        _link(root / f"etc/systemd/system/{_LAB_WANTS[unit]}.wants" / unit, f"/usr/lib/systemd/system/{unit}")
+    for name in _LAB_FILES:
+        _put(root / "usr/lib/kestrel/lab" / name, (image / "lab" / name).read_bytes(),
+             0o755 if name == "gpio-sim-setup" else 0o644)
+    for unit in ("kestrel.service", "kestrel-firstboot.service"):
+        _put(root / f"etc/systemd/system/{unit}.d/20-lab.conf", _LAB_DROPIN)
 
 
 def write_manifest(root: Path, build: dict, *, epoch: int) -> dict:

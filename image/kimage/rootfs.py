@@ -1,67 +1,66 @@
 """Stage ``rootfs``: Debian bookworm arm64 + the Kestrel overlay + the /opt/kestrel venv.
 
-Bootstraps with mmdebstrap when present, else ``debootstrap --foreign`` and a second stage under
-qemu-user-static; either way foreign binaries run through binfmt_misc. Needs root and network
-(the Debian mirror and PyPI). Starts from scratch on every run that is not already complete:
-a half-built rootfs is never reused. Finished: ``.rootfs-done`` holds the overlay manifest hash.
+No binfmt_misc, no chroot, no mounts: ``debootstrap --foreign`` unpacks the base system on the
+host, and its second stage, pip and every other arm64 program run under proot + qemu-aarch64-static
+(``emu.py``). The configured base system is cached as a tarball keyed by suite, package list and
+build hooks (``cache.py``), so a rebuild starts from it in seconds. Finished: ``.rootfs-done``
+holds the overlay manifest hash.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
-from contextlib import contextmanager
+import sys
 from pathlib import Path
-from typing import Iterator
 
-from .boards import BASE_PACKAGES, BUILD_PACKAGES, ImageBoard
+from . import packages
+from .boards import BASE_PACKAGES, ImageBoard
+from .cache import Cache
+from .emu import Emulator, qemu_user
+from .kmod import install_gpio_sim
 from .overlay import MANIFEST
 from .steps import BuildError, Runner
+from .wheels import ensure_wheels
 
-__all__ = ["build_rootfs", "DEFAULT_MIRROR"]
+__all__ = ["build_rootfs", "DEFAULT_MIRROR", "base_packages"]
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 _COMPONENTS = "main,non-free-firmware"
 _NO_DAEMONS = "#!/bin/sh\n# no service starts inside the image build\nexit 101\n"
+_TMPFILES = "/bin/systemd-tmpfiles"
+_REAL = _TMPFILES + ".kestrel-real"
+# systemd-tmpfiles (252) crashes proot (an empty path in its *at() calls), and systemd's postinst runs
+# it: a local dpkg diversion, written before the second stage as debootstrap itself does for
+# fakechroot, puts the real binary aside and a no-op in its place for the build; first boot's
+# systemd-tmpfiles-setup creates everything the postinsts would have. Undone before the image is made.
+_DIVERSION = f"{_TMPFILES}\n{_REAL}\n:\n"
+_NOOP = "#!/bin/sh\n# kestrel image build: systemd-tmpfiles is a no-op under proot (see image/kimage/rootfs.py)\nexit 0\n"
+_FIXUPS = _DIVERSION + _NOOP  # part of the base system's cache key
+_DPKG_CFG = "force-unsafe-io\n"
+# The lab's root file system is ext4 on a virtio disk: initramfs-tools MODULES=list plus this hook.
+_INITRAMFS_HOOK = """#!/bin/sh
+# Kestrel image: the modules the initramfs needs to find the root file system (virtio disk, ext4)
+PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in prereqs) prereqs; exit 0;; esac
+. /usr/share/initramfs-tools/hook-functions
+for m in virtio_pci virtio_mmio virtio_blk ext4; do manual_add_modules "$m"; done
+"""
 
 
-def _binfmt_ready(runner: Runner) -> None:
-    if runner.dry_run or Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
-        return
-    raise BuildError("arm64 binaries cannot run here: binfmt_misc has no qemu-aarch64 entry", exit_code=64,
-                     hint="apt-get install qemu-user-static binfmt-support (a container needs the host's "
-                     "binfmt_misc registration)")
+def base_packages(board: ImageBoard) -> tuple[str, ...]:
+    kernel = () if board.extra_suites else board.kernel_packages  # backports kernels come after
+    return tuple(dict.fromkeys((*BASE_PACKAGES, *kernel, *board.packages)))
 
 
-@contextmanager
-def _chroot_mounts(rootfs: Path, runner: Runner) -> Iterator[None]:
-    mounted: list[Path] = []
-    try:
-        for fstype, src, target in (("proc", "proc", "proc"), ("sysfs", "sys", "sys"), (None, "/dev", "dev"),
-                                    ("devpts", "devpts", "dev/pts")):
-            path = rootfs / target
-            cmd = ["mount", "--bind", src, str(path)] if fstype is None else ["mount", "-t", fstype, src, str(path)]
-            runner.run(cmd, what=f"mount {target} in the rootfs")
-            mounted.append(path)
-        yield
-    finally:
-        for path in reversed(mounted):
-            runner.run(["umount", "-l", str(path)], what=f"unmount {path}")
-
-
-def _bootstrap(rootfs: Path, *, board: ImageBoard, runner: Runner, suite: str, mirror: str) -> None:
-    base = ",".join(BASE_PACKAGES)
-    if shutil.which("mmdebstrap") or (runner.dry_run and not shutil.which("debootstrap")):
-        runner.run(["mmdebstrap", "--arch=arm64", "--variant=minbase", f"--components={_COMPONENTS}",
-                    f"--include={base}", suite, str(rootfs), mirror], what="bootstrap Debian with mmdebstrap")
-        return
-    runner.need_tools("debootstrap", "qemu-aarch64-static")
-    runner.run(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase", f"--components={_COMPONENTS}",
-                f"--include={base}", suite, str(rootfs), mirror], what="bootstrap Debian (first stage)")
-    runner.run(["cp", shutil.which("qemu-aarch64-static") or "/usr/bin/qemu-aarch64-static",
-                str(rootfs / "usr/bin/")], what="copy qemu-aarch64-static into the rootfs")
-    runner.run(["chroot", str(rootfs), "/debootstrap/debootstrap", "--second-stage"],
-               what="bootstrap Debian (second stage, under qemu)")
+def _base_key(board: ImageBoard, *, suite: str, mirror: str) -> str:
+    spec = {"suite": suite, "mirror": mirror, "packages": base_packages(board), "extra": board.extra_suites,
+            "kernel": board.kernel_packages, "initramfs": board.initramfs_modules, "hook": _INITRAMFS_HOOK,
+            "fixups": _FIXUPS, "format": 2}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _sources(board: ImageBoard, *, suite: str, mirror: str) -> str:
@@ -72,9 +71,75 @@ def _sources(board: ImageBoard, *, suite: str, mirror: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _put(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def build_base(cache: Cache, board: ImageBoard, *, runner: Runner, suite: str, mirror: str) -> Path:
+    """The configured Debian base system for ``board`` as a cached tarball (built when missing)."""
+    tar = cache.rootfs / f"base-{board.name}-{suite}-{_base_key(board, suite=suite, mirror=mirror)}.tar"
+    if tar.exists():
+        runner.say(f"base system from the cache: {tar}")
+        return tar
+    cache.miss(f"the configured base system {tar.name}")
+    runner.need_tools("debootstrap", "proot", "tar")
+    qemu = qemu_user(cache, runner)
+    work = cache.rootfs / f"{tar.stem}.work"
+    if not runner.dry_run:
+        cache.ensure()
+        shutil.rmtree(work, ignore_errors=True)
+    runner.say(f"bootstrapping Debian {suite} arm64 for {board.name} (first stage on the host)")
+    runner.run(["nice", "-n", "10", "debootstrap", "--foreign", "--arch=arm64", "--variant=minbase",
+                f"--components={_COMPONENTS}", f"--cache-dir={cache.debs}",
+                f"--include={','.join(base_packages(board))}", suite, str(work), mirror],
+               what="bootstrap Debian (first stage: download and unpack)")
+    if not runner.dry_run:
+        proc = work / "proc"
+        if proc.is_symlink():  # debootstrap's container mode links it to the host's /proc
+            proc.unlink()
+        proc.mkdir(exist_ok=True)
+        with open(work / "var/lib/dpkg/diversions", "a") as fh:
+            fh.write(_DIVERSION)
+        _put(work / _TMPFILES.lstrip("/"), _NOOP, 0o755)
+        _put(work / "etc/dpkg/dpkg.cfg.d/kestrel-build", _DPKG_CFG)
+        _put(work / "etc/initramfs-tools/conf.d/kestrel.conf",
+             f"# Kestrel image ({board.name})\nMODULES={board.initramfs_modules}\nCOMPRESS=zstd\n")
+        if board.initramfs_modules == "list":
+            _put(work / "etc/initramfs-tools/hooks/kestrel", _INITRAMFS_HOOK, 0o755)
+    emu = Emulator(work, qemu=qemu, runner=runner)
+    runner.say("configuring the base system under proot + qemu-user (the long step of a first build)")
+    emu.run(["/debootstrap/debootstrap", "--second-stage"], env={"DEBOOTSTRAP_DIR": "/debootstrap"},
+            what="bootstrap Debian (second stage, under proot + qemu-aarch64-static)")
+    if board.extra_suites:
+        if not runner.dry_run:
+            _put(work / "etc/apt/sources.list", _sources(board, suite=suite, mirror=mirror))
+            shutil.copy2("/etc/resolv.conf", work / "etc/resolv.conf")
+        apt = Emulator(work, qemu=qemu, runner=runner, binds=[(cache.debs, "/var/cache/apt/archives")])
+        apt.run(["apt-get", "update", "-q"], what="update the package lists")
+        apt.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                 *(f"{p}/{board.extra_suites[0]}" if p.startswith("linux-image") else p for p in board.kernel_packages)],
+                what=f"install the kernel from {board.extra_suites[0]}")
+    if not runner.dry_run:
+        for deb in (work / "var/cache/apt/archives").glob("*.deb"):
+            if not (cache.debs / deb.name).exists():
+                shutil.move(deb, cache.debs / deb.name)
+            else:
+                deb.unlink()
+        shutil.rmtree(work / "debootstrap", ignore_errors=True)
+    runner.run(["tar", "--numeric-owner", "--xattrs", "-C", str(work), "-cf", f"{tar}.tmp", "."],
+               what="store the base system in the cache")
+    if not runner.dry_run:
+        os.replace(f"{tar}.tmp", tar)
+        shutil.rmtree(work)
+    return tar
+
+
 def build_rootfs(out: Path, *, overlay: Path, board: ImageBoard, runner: Runner, suite: str = "bookworm",
-                 mirror: str = DEFAULT_MIRROR) -> Path:
+                 mirror: str = DEFAULT_MIRROR, cache: Cache | None = None) -> Path:
     """Build ``out/rootfs`` for ``board`` from ``overlay``; skipped when already built from it."""
+    cache = cache or Cache.from_env()
     rootfs, stamp = out / "rootfs", out / ".rootfs-done"
     manifest = overlay / MANIFEST
     key = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else "dry-run"
@@ -83,42 +148,86 @@ def build_rootfs(out: Path, *, overlay: Path, board: ImageBoard, runner: Runner,
         return rootfs
     runner.say(f"stage rootfs: Debian {suite} arm64 for {board.name} -> {rootfs}")
     runner.need_root("rootfs")
-    runner.need_tools("chroot", "mount")
-    _binfmt_ready(runner)
+    base = build_base(cache, board, runner=runner, suite=suite, mirror=mirror)
     if not runner.dry_run:
         stamp.unlink(missing_ok=True)
-        if rootfs.exists():
-            runner.say(f"removing the unfinished rootfs of an earlier run ({rootfs})")
-            shutil.rmtree(rootfs)
-    _bootstrap(rootfs, board=board, runner=runner, suite=suite, mirror=mirror)
+        for leftover in (rootfs, out / "bootfs"):
+            if leftover.exists():
+                runner.say(f"removing {leftover} of an earlier run")
+                shutil.rmtree(leftover)
+        rootfs.mkdir(parents=True)
+    runner.run(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-xf", str(base)],
+               what="unpack the cached base system")
     runner.run(["cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(rootfs)],
                what="copy the Kestrel overlay into the rootfs")
+    qemu = qemu_user(cache, runner)
+    extras = tuple(json.loads(manifest.read_text())["build"]["extras"]) if manifest.exists() else ("tpm",)
+    wheels = ensure_wheels(cache, runner=runner, base=base, qemu=qemu, extras=extras)
+    emu = Emulator(rootfs, qemu=qemu, runner=runner, binds=[(d, f"/run/kestrel-wheels/{i}")
+                                                              for i, d in enumerate(wheels.dirs)])
     if not runner.dry_run:
-        (rootfs / "etc/apt/sources.list").write_text(_sources(board, suite=suite, mirror=mirror))
-        (rootfs / "usr/sbin/policy-rc.d").write_text(_NO_DAEMONS)
-        (rootfs / "usr/sbin/policy-rc.d").chmod(0o755)
-        shutil.copy2("/etc/resolv.conf", rootfs / "etc/resolv.conf")
-    chroot = ["chroot", str(rootfs)]
-    apt = [*chroot, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y", "-o", "Dpkg::Use-Pty=0"]
-    kernel = [f"{p}/{board.extra_suites[0]}" if board.extra_suites and p.startswith("linux-image") else p
-              for p in board.kernel_packages]
-    with _chroot_mounts(rootfs, runner):
-        runner.run([*apt, "update"], what="update the package lists")
-        runner.run([*apt, "install", "--no-install-recommends", *kernel, *BUILD_PACKAGES],
-                   what="install the kernel, boot firmware and wheel build tools")
-        runner.run([*chroot, "python3", "-m", "venv", "/opt/kestrel"], what="create the /opt/kestrel venv")
-        runner.run([*chroot, "env", "HNSWLIB_NO_NATIVE=1", "PIP_NO_CACHE_DIR=1", "/opt/kestrel/bin/pip", "install",
-                    "-r", "/opt/kestrel/requirements.txt"], what="install Kestrel and its wheels into /opt/kestrel")
-        runner.run([*chroot, "/opt/kestrel/bin/kestrel", "--version"], what="check the installed kestrel command")
-        runner.run([*chroot, "systemd-sysusers"], what="create the kestrel user and groups")
-        runner.run([*chroot, "systemd-tmpfiles", "--create", "/usr/lib/tmpfiles.d/kestrel.conf"],
-                   what="create /var/lib/kestrel (0700, kestrel)")
-        runner.run([*apt, "purge", "--autoremove", *BUILD_PACKAGES], what="remove the build tools")
-        runner.run([*apt, "clean"], what="clean the package cache")
+        _put(rootfs / "usr/sbin/policy-rc.d", _NO_DAEMONS, 0o755)
+        (rootfs / "run/kestrel-wheels").mkdir(parents=True, exist_ok=True)
+    emu.run(["python3", "-m", "venv", "/opt/kestrel"], what="create the /opt/kestrel venv")
+    links = [a for i in range(len(wheels.dirs)) for a in ("--find-links", f"/run/kestrel-wheels/{i}")]
+    reqs = ["-r", "/opt/kestrel/requirements.txt"]
+    emu.run(["/opt/kestrel/bin/pip", "install", "--no-index", *links, "--no-compile", "--disable-pip-version-check",
+             "--report", "/opt/kestrel/pip-report.json", *reqs],
+            what="install Kestrel and its wheels into /opt/kestrel (offline, from the cache)")
+    _compile(rootfs, runner)
+    emu.run(["/opt/kestrel/bin/kestrel", "--version"], what="check the installed kestrel command")
+    if board.lab:
+        install_gpio_sim(rootfs, cache=cache, runner=runner, emu=emu)
+    if board.boot_files == "raspi":  # regenerate cmdline.txt/config.txt now that the overlay's settings are in
+        emu.run(["sh", "-c", "for k in /boot/vmlinuz-*; do /etc/kernel/postinst.d/z50-raspi-firmware "
+                 "${k#/boot/vmlinuz-}; done"], what="write the Raspberry Pi boot files (raspi-firmware)")
+    runner.need_tools("systemd-sysusers")
+    runner.run(["systemd-sysusers", f"--root={rootfs}"], what="create the kestrel user and groups")
     if not runner.dry_run:
+        _finish(rootfs, board, suite=suite, mirror=mirror)
+        packages.write_manifest(rootfs, out, board=board, cache=cache, wheel_dirs=wheels.dirs)
         _scrub(rootfs)
         stamp.write_text(key + "\n")
     return rootfs
+
+
+def _compile(rootfs: Path, runner: Runner) -> None:
+    """Byte-compile the venv and first-boot code on the host (same CPython 3.11 bytecode, native speed):
+    the daemon runs as a user that cannot write __pycache__ below /opt, so this saves every start."""
+    host = sys.executable if sys.version_info[:2] == (3, 11) else shutil.which("python3.11")
+    if host is None:
+        runner.say("warning: no python3.11 on the host; the image's Python files are compiled on the device")
+        return
+    for top in ("opt/kestrel/lib/python3.11/site-packages", "usr/lib/kestrel"):
+        runner.run([host, "-m", "compileall", "-q", "-j", "2", "-d", f"/{top}", str(rootfs / top)],
+                   what=f"byte-compile /{top}")
+
+
+def _finish(rootfs: Path, board: ImageBoard, *, suite: str, mirror: str) -> None:
+    """Undo the build-only changes; keep the kernel's initrd next to it for the boot partition."""
+    real = rootfs / _REAL.lstrip("/")
+    if real.exists():
+        os.replace(real, rootfs / _TMPFILES.lstrip("/"))
+    diversions = rootfs / "var/lib/dpkg/diversions"
+    if diversions.exists():
+        diversions.write_text(diversions.read_text().replace(_DIVERSION, ""))
+    for path in ("etc/dpkg/dpkg.cfg.d/kestrel-build", "opt/kestrel/pip-report.json"):
+        (rootfs / path).unlink(missing_ok=True)
+    shutil.rmtree(rootfs / "run/kestrel-wheels", ignore_errors=True)
+    _put(rootfs / "etc/apt/sources.list", _sources(board, suite=suite, mirror=mirror))
+    if board.boot_files == "direct":
+        kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
+        if not kernels:
+            raise BuildError(f"{rootfs}/boot has no kernel", hint="the base system lacks linux-image-arm64")
+        kver = kernels[-1].name.removeprefix("vmlinuz-")
+        initrd = rootfs / "boot" / f"initrd.img-{kver}"
+        if not initrd.exists():
+            raise BuildError(f"{initrd} is missing (update-initramfs did not run)",
+                             hint="remove the cached base tarball (cache rootfs/) and rebuild")
+        fw = rootfs / "boot/firmware"
+        shutil.copy2(kernels[-1], fw / "vmlinuz")
+        shutil.copy2(initrd, fw / "initrd.img")
+        _put(fw / "cmdline.txt", f"root=LABEL=KESTREL_ROOT rw rootwait console={board.console.split(',')[0]}\n")
 
 
 def _scrub(rootfs: Path) -> None:
@@ -131,5 +240,14 @@ def _scrub(rootfs: Path) -> None:
     (rootfs / "etc/resolv.conf").write_text("")
     shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
     (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True)
-    if any((rootfs / "var/lib/kestrel").iterdir()):
-        raise BuildError(f"{rootfs}/var/lib/kestrel is not empty: an identity must never be baked into the image")
+    for d in ("var/lib/kestrel", "var/lib/kestrel-vtpm"):
+        if (rootfs / d).is_dir() and any((rootfs / d).iterdir()):
+            raise BuildError(f"{rootfs}/{d} is not empty: an identity must never be baked into the image")
+
+
+def kernel_version(rootfs: Path) -> str:
+    versions = sorted(p.name for p in (rootfs / "lib/modules").iterdir()) if (rootfs / "lib/modules").is_dir() else []
+    if not versions:
+        raise BuildError(f"{rootfs} has no kernel modules", hint="the base system lacks linux-image-arm64")
+    return versions[-1]
+

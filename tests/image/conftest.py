@@ -24,6 +24,10 @@ for p in (IMAGE, IMAGE / "firstboot"):  # kimage and the first-boot modules are 
         sys.path.insert(0, str(p))
 
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lab: boots the qemu-arm64 lab image under qemu-system-aarch64 (TCG)")
 PASSPHRASE = "owner passphrase for tests"
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from kimage.__main__ import split_boot
 from kimage.boards import BOARDS
+from kimage.cache import Cache
 from kimage.overlay import MANIFEST
-from kimage.rootfs import _scrub, _sources, build_rootfs
+from kimage.rootfs import _scrub, _sources, base_packages, build_rootfs
 from kimage.steps import BuildError, Runner
 
 
@@ -50,12 +51,33 @@ def test_finished_rootfs_is_skipped_only_for_the_same_overlay(tmp_path: Path, ca
     (overlay / MANIFEST).parent.mkdir(parents=True)
     (overlay / MANIFEST).write_text('{"entries": []}\n')
     (tmp_path / ".rootfs-done").write_text(hashlib.sha256(b'{"entries": []}\n').hexdigest() + "\n")
-    build_rootfs(tmp_path, overlay=overlay, board=BOARDS["rpi4"], runner=Runner())
+    cache = Cache(tmp_path / "cache")
+    build_rootfs(tmp_path, overlay=overlay, board=BOARDS["rpi4"], runner=Runner(), cache=cache)
     assert "up to date" in capsys.readouterr().out
-    (overlay / MANIFEST).write_text('{"entries": [1]}\n')  # the overlay changed: rebuild (dry run here)
+    (overlay / MANIFEST).write_text('{"build": {"extras": ["tpm"]}, "entries": [1]}\n')  # changed: rebuild (dry run)
     runner = Runner(dry_run=True)
-    build_rootfs(tmp_path, overlay=overlay, board=BOARDS["rpi4"], runner=runner)
-    assert any("apt-get" in line for line in runner.log)
+    build_rootfs(tmp_path, overlay=overlay, board=BOARDS["rpi4"], runner=runner, cache=cache)
+    assert any("debootstrap --foreign --arch=arm64" in line for line in runner.log)
+    assert any(" proot -q " in line and "--second-stage" in line for line in runner.log)  # no binfmt_misc
+    assert not any(line.startswith("chroot") or line.startswith("mount") for line in runner.log)
+    assert any("pip install --no-index" in line for line in runner.log)
+
+
+def test_cached_only_build_refuses_to_download(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    (overlay / MANIFEST).parent.mkdir(parents=True)
+    (overlay / MANIFEST).write_text('{"build": {"extras": ["tpm"]}, "entries": []}\n')
+    with pytest.raises(BuildError, match="not in the cache") as ei:
+        build_rootfs(tmp_path, overlay=overlay, board=BOARDS["qemu-arm64"], runner=Runner(dry_run=True),
+                     cache=Cache(tmp_path / "cache", cached_only=True))
+    assert ei.value.exit_code == 75
+
+
+def test_lab_base_system_has_the_kernel_and_the_vtpm() -> None:
+    pkgs = base_packages(BOARDS["qemu-arm64"])
+    assert {"linux-image-arm64", "initramfs-tools", "swtpm", "systemd"} <= set(pkgs)
+    assert "raspi-firmware" not in pkgs and "swtpm" not in base_packages(BOARDS["rpi4"])
+    assert "linux-image-arm64" not in base_packages(BOARDS["rpi5"])  # from backports, after the bootstrap
 
 
 def test_sources_add_backports_for_the_pi5() -> None:

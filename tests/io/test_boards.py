@@ -10,7 +10,7 @@ from kestrel.errors import ConfigError
 from kestrel.io.boards import available_profiles, detect_board, load_profile, parse_profile, profile_dirs
 from kestrel.io.errors import PinConfigError
 
-SHIPPED = ["rpi4", "rpi5", "rpi-zero-2w", "jetson-nano", "jetson-orin-nano", "sim"]
+SHIPPED = ["rpi4", "rpi5", "rpi-zero-2w", "jetson-nano", "jetson-orin-nano", "sim", "qemu-arm64"]
 REPO_DIR = Path(__file__).resolve().parents[2] / "board_profiles"
 
 
