@@ -19,14 +19,17 @@ from .test_process import provisioned  # noqa: F401  (fixture: identity + instal
 # Loaded on first use only: mail (outbox), HTTP (fetch_data), models, memory, agent/LLM, TPM,
 # MQTT, serial, BLS group decisions, backups (Argon2 envelopes), interactive prompts, OTA bundle building, TLS
 # (asyncio is imported without it: kestrel._internal.lean), and the system libcrypto behind
-# hashlib (_hashlib: the daemon hashes with the interpreter's built-in SHA-2).
+# hashlib (_hashlib: the daemon hashes with the interpreter's built-in SHA-2), and the web UI (only with a
+# ui: section in the device config).
 NOT_AT_IDLE = (
     "smtplib", "email", "email.message", "urllib.request", "http.client", "numpy", "onnxruntime", "paho",
     "hnswlib", "tpm2_pytss", "gpiod", "serial", "getpass", "hypothesis", "ssl", "_ssl", "_hashlib",
     "kestrel.identity.backup", "kestrel.ota.build", "kestrel.inference", "kestrel.memory", "kestrel.agent.llm",
     "kestrel.agent.planner", "kestrel.io.mqtt", "kestrel.io.serial", "kestrel.sync.sync",
     "blspy", "kestrel.identity.bls", "kestrel.identity.bls_store", "kestrel.policy.quorum", "kestrel.daemon.quorum",
+    "kestrel.daemon.ui", "kestrel.daemon.ui.server", "kestrel.daemon.ui.http", "kestrel.daemon.ui.tokens",
 )
+UI_MODULES = ("kestrel.daemon.ui", "kestrel.daemon.ui.server", "kestrel.daemon.ui.http", "kestrel.daemon.ui.tokens")
 
 PROBE = r"""
 import json, os, signal, sys, threading, time
@@ -51,11 +54,11 @@ sys.exit(main())
 """
 
 
-def _idle_snapshot(tmp_path: Path, state: Path) -> dict:
+def _idle_snapshot(tmp_path: Path, state: Path, *run_args: str) -> dict:
     out = tmp_path / "idle.json"
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    r = subprocess.run([sys.executable, "-c", PROBE, str(out), str(state)], capture_output=True, text=True,
-                       timeout=120, env=env)
+    r = subprocess.run([sys.executable, "-c", PROBE, str(out), str(state), *run_args], capture_output=True,
+                       text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     return json.loads(out.read_text())
@@ -71,6 +74,15 @@ def test_idle_daemon_loads_no_feature_it_does_not_use(tmp_path, request, setup):
     # the executors stay small: ledger commit + signer, at most one policy and one I/O worker here
     workers = [t for t in snap["threads"] if t not in ("MainThread", "probe")]
     assert len(workers) <= 5, workers
+
+
+def test_the_web_ui_is_loaded_only_when_the_config_turns_it_on(tmp_path, provisioned):  # noqa: F811
+    embedded = Path(__file__).resolve().parents[2] / "runtime" / "kestrel" / "data" / "device.yaml"
+    cfg = tmp_path / "with-ui.yaml"
+    cfg.write_text(embedded.read_text() + "\nui: {listen: '127.0.0.1:0'}\n")
+    loaded = set(_idle_snapshot(tmp_path, provisioned, "--config", str(cfg))["modules"])
+    assert set(UI_MODULES) <= loaded  # it did start the UI
+    assert sorted(m for m in NOT_AT_IDLE if m in loaded and m not in UI_MODULES) == []  # and nothing else
 
 
 def test_lazy_package_attributes_still_resolve():

@@ -18,7 +18,7 @@ import pytest
 
 from kestrel.daemon.ui.tokens import TokenFile
 from kestrel.sdk import Client
-from tests.daemon.test_process import _env, provisioned  # noqa: F401  (fixture: identity + gpio.write policy)
+from tests.daemon.test_process import _env
 from tests.integration.conftest import KESTREL, start_daemon
 
 from .browser import Chromium, Page, decode_png, find_chromium
@@ -43,7 +43,7 @@ def kestrel(*args: str) -> str:
 
 
 @pytest.fixture
-def daemon(provisioned: Path, tmp_path: Path) -> Iterator[tuple[Path, str]]:  # noqa: F811
+def daemon(provisioned: Path, tmp_path: Path) -> Iterator[tuple[Path, str]]:
     cfg = tmp_path / "device.yaml"
     cfg.write_text(CONFIG)
     proc = start_daemon(provisioned, cfg)

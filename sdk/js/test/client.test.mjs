@@ -74,7 +74,7 @@ describe("against a real daemon", () => {
     assert.equal(refusal.rule, r.decision.rule);
   });
 
-  test("request('call') throws ActionDenied for a denial, RemoteError for bad arguments", async () => {
+  test("request('call') throws ActionDenied for a denial, RemoteError for a failed action", async () => {
     await assert.rejects(c.request("call", { action: "fetch_data", args: { url: "http://127.0.0.1/" } }), (err) => {
       assert.ok(err instanceof ActionDenied && err instanceof RemoteError && err instanceof KestrelError);
       assert.equal(err.code, "denied");
@@ -82,10 +82,11 @@ describe("against a real daemon", () => {
       assert.equal(err.decision.rule, "default-deny");
       return true;
     });
-    await assert.rejects(c.call("gpio.write", { actuator: "lamp", value: 7 }), (err) => {
-      assert.ok(err instanceof RemoteError && !(err instanceof ActionDenied));
+    await assert.rejects(c.call("gpio.write", { actuator: "no_such_lamp", value: 1 }), (err) => {
+      assert.ok(err instanceof RemoteError && !(err instanceof ActionDenied)); // allowed, then failed
       assert.equal(err.code, "failed");
-      assert.match(err.message, /0 or 1/);
+      assert.equal(err.exitCode, 1);
+      assert.match(err.message, /no such actuator/);
       return true;
     });
     await assert.rejects(c.request("no.such.method"), (err) => err instanceof RemoteError &&

@@ -116,7 +116,8 @@ def event_row(ev: Mapping[str, Any]) -> str:
         err = body.get("error") or {}
         detail = err.get("message", "") if isinstance(err, dict) else str(err)
         rule = ""
-    return (f'<tr data-seq="{_e(ev.get("seq"))}" class="{cls}"><td>{_e(ev.get("seq"))}</td><td>{_e(_when(ev.get("time")))}</td>'
+    seq = _e(ev.get("seq"))
+    return (f'<tr data-seq="{seq}" class="{cls}"><td>{seq}</td><td>{_e(_when(ev.get("time")))}</td>'
             f'<td>{_e(ev.get("kind"))}</td><td>{_e(body.get("action"))}</td><td class="outcome">{_e(outcome)}</td>'
             f'<td class="rule">{_e(rule)}</td><td>{_e(body.get("source", ""))}</td><td>{_e(detail)}</td></tr>')
 
@@ -145,8 +146,9 @@ def policy_page(*, engine: Mapping[str, Any], ota: Mapping[str, Any], text: str 
                 f'contents {_e(", ".join(s.get("contents") or []))}')
 
     loaded = engine.get("loaded")
+    in_force = "loaded" if loaded else "none: every action is denied"
     return f"""<section>
-<p>Policy in force: <span id="policy-state" class="{'ok' if loaded else 'bad'}">{'loaded' if loaded else 'none: every action is denied'}</span>
+<p>Policy in force: <span id="policy-state" class="{'ok' if loaded else 'bad'}">{in_force}</span>
 {f'<span class="bad">({_e(engine.get("error"))})</span>' if engine.get("error") else ""}</p>
 <p>Policy digest <code id="policy-digest">{_e(engine.get("digest"))}</code></p>
 <p>Active bundle: <span id="bundle">{slot(active)}</span></p>
@@ -161,11 +163,13 @@ threshold {_e(root.get("threshold"))} of {_e(len(root.get("owners") or []))} own
 
 def ledger_page(verify: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, *, size: int, csrf: str) -> str:
     state = verify.get("state", "not run")
-    cp = (f"""<p>Size <span id="cp-size">{_e(checkpoint["size"])}</span>, root <code id="cp-root">{_e(checkpoint["root"])}</code></p>
+    cls = {"ok": "ok", "failed": "bad"}.get(state, "")
+    cp = (f"""<p>Size <span id="cp-size">{_e(checkpoint["size"])}</span>,
+root <code id="cp-root">{_e(checkpoint["root"])}</code></p>
 <pre id="cp-note">{_e(checkpoint["note"])}</pre>""" if checkpoint else '<p id="cp-size">no signed checkpoint yet</p>')
     return f"""<section>
 <p>Records: <span id="ledger-size">{_e(size)}</span></p>
-<p>Verification: <span id="verify-state" class="{'ok' if state == 'ok' else 'bad' if state == 'failed' else ''}">{_e(state)}</span>
+<p>Verification: <span id="verify-state" class="{cls}">{_e(state)}</span>
 <span id="verify-detail">{_e(_verify_detail(verify))}</span></p>
 <form method="post" action="/ledger/verify"><input type="hidden" name="csrf" value="{_e(csrf)}">
 <button type="submit" id="verify-now">Verify now</button></form>
@@ -193,7 +197,8 @@ def request_page(*, csrf: str, outcome: Mapping[str, Any] | None = None, action:
             inner = (f'<strong>Denied</strong> by rule <code id="outcome-rule">{_e(outcome.get("rule"))}</code>: '
                      f'<span id="outcome-reason">{_e(outcome.get("reason"))}</span>')
         elif kind == "allowed":
-            inner = f'<strong>Allowed</strong> and done: <code id="outcome-result">{_e(_value(outcome.get("result")))}</code>'
+            result = _e(_value(outcome.get("result")))
+            inner = f'<strong>Allowed</strong> and done: <code id="outcome-result">{result}</code>'
         else:
             inner = f'<strong>Failed</strong>: <span id="outcome-reason">{_e(outcome.get("message"))}</span>'
         box = f'<div id="outcome" class="outcome {kind}" role="status">{inner}</div>'

@@ -145,8 +145,7 @@ class UiServer:
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = (writer.get_extra_info("peername") or ("?",))[0]
         if len(self._conns) >= MAX_CONNECTIONS:
-            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            writer.close()
+            await self._turn_away(reader, writer)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -175,6 +174,19 @@ class UiServer:
                 await writer.wait_closed()
             except (ConnectionError, asyncio.CancelledError, RuntimeError):
                 pass
+
+    @staticmethod
+    async def _turn_away(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """503 to a connection beyond :data:`MAX_CONNECTIONS` (its request read briefly, so the close is clean)."""
+        try:
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n"
+                         b"Retry-After: 1\r\n\r\n")
+            writer.write_eof()
+            await asyncio.wait_for(reader.read(MAX_HEAD), 1.0)
+        except (ConnectionError, asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
 
     async def _answer(self, req: Request) -> Response:
         try:

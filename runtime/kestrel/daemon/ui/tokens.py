@@ -31,6 +31,7 @@ MAX_TOKENS = 64
 MAX_FILE = 64 * 1024
 MAX_TOKEN_LEN = 128
 MAX_TTL_S = 366 * 86400
+_REDO = "remove it and create new tokens with `kestrel ui token`"
 _TOKEN = re.compile(r"kui_([0-9a-f]{8})_([A-Za-z0-9_-]{43})")
 
 
@@ -103,8 +104,7 @@ def _entries(data: bytes, source: str) -> dict[str, TokenEntry]:
             out[e.id] = e
         return out
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{source}: not a UI token file: {exc}",
-                        hint="remove it and create new tokens with `kestrel ui token`") from None
+        raise DataError(f"{source}: not a UI token file: {exc}", hint=_REDO) from None
 
 
 class TokenFile:
@@ -124,7 +124,11 @@ class TokenFile:
             return {}
         sig = (st.st_ino, st.st_mtime_ns, st.st_size)
         if sig != self._sig:
-            self._cache = _entries(read_bytes(self.path, what="UI token file", max_size=MAX_FILE), str(self.path))
+            try:
+                data = read_bytes(self.path, what="UI token file", max_size=MAX_FILE)
+            except DataError as exc:
+                raise DataError(exc.message, hint=_REDO) from None
+            self._cache = _entries(data, str(self.path))
             self._sig = sig
         return self._cache
 
