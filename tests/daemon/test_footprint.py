@@ -49,7 +49,7 @@ def snapshot_when_idle():
 
 threading.Thread(target=snapshot_when_idle, name="probe", daemon=True).start()
 from kestrel.cli import main
-sys.argv = ["kestrel", "run", "--state", state, "--log-level", "warning"]
+sys.argv = ["kestrel", "run", "--state", state, "--log-level", "warning", *sys.argv[3:]]
 sys.exit(main())
 """
 
