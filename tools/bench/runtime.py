@@ -18,6 +18,8 @@ Baselines run in the same process, beside each figure:
   process, so both see the same machine load; each line also prints the load average and how long
   this process's threads waited for a CPU.
 * rate: the highest edge rate at which every edge produced its action (no drops, no overflows).
+* rss also measures the daemon with the web UI on (the embedded config plus ``ui:``), idle and after
+  serving every page and API endpoint 20 times, against the same daemon with it off; target +4 MB.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ sys.path.insert(0, str(ROOT / "runtime"))
 
 KESTREL = [sys.executable, "-m", "kestrel.cli"]
 TARGET_RSS_MB = 35.0
+TARGET_UI_MB = 4.0
 TARGET_P99_MS = 2.0
 HISTORY_LIMIT = 9_900  # below the sim chip's output history (10,000 entries)
 # Child interpreters keep their bytecode here (set by main): an installed wheel ships .pyc files,
@@ -107,13 +110,13 @@ def _time_exec(argv: list[str], n: int) -> float:
     return statistics.median(times) * 1000
 
 
-def _start_until_ready(state: Path, sock_dir: Path) -> tuple[subprocess.Popen, float]:
+def _start_until_ready(state: Path, sock_dir: Path, *run_args: str) -> tuple[subprocess.Popen, float]:
     addr = str(sock_dir / f"notify-{time.monotonic_ns()}")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind(addr)
     s.settimeout(60)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*KESTREL, "run", "--state", str(state), "--log-level", "warning"],
+    proc = subprocess.Popen([*KESTREL, "run", "--state", str(state), "--log-level", "warning", *run_args],
                             env=_env(NOTIFY_SOCKET=addr), stderr=subprocess.DEVNULL)
     try:
         while b"READY=1" not in s.recv(4096):
@@ -214,6 +217,39 @@ def bench_rss(tmp: Path, idle_s: float) -> None:
     print(_mem_line(f"kestrel run, idle {idle_s:.0f}s", mem,
                     f"({rss / base['VmRSS']:.2f}x bare, +{rss - floor['VmRSS']:.1f} MB over the floor; "
                     f"{verdict} the {TARGET_RSS_MB:.0f} MB target)"))
+    bench_ui_rss(tmp, state, idle_s, rss)
+
+
+def bench_ui_rss(tmp: Path, state: Path, idle_s: float, off_mb: float) -> None:
+    """The same daemon with the web UI on: idle, then after serving every page (docs/ui.md)."""
+    import urllib.request
+
+    from kestrel.daemon.ui.tokens import TokenFile
+    from kestrel.sdk import Client
+
+    cfg = tmp / "with-ui.yaml"
+    cfg.write_text((ROOT / "runtime" / "kestrel" / "data" / "device.yaml").read_text()
+                   + "\nui: {listen: '127.0.0.1:0'}\n")
+    token = TokenFile(state).issue(ttl_s=3600, now=time.time(), label="bench").token
+    proc, _ = _start_until_ready(state, tmp, "--config", str(cfg))
+    try:
+        time.sleep(idle_s)
+        idle = _memory_mb(proc.pid)
+        url = Client(state).status()["ui"]["url"]
+        for _ in range(20):
+            for path in ("", "actions", "policy", "ledger", "request", "static/app.js", "static/style.css",
+                         "api/status", "api/events", "api/ledger"):
+                req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    resp.read()
+        time.sleep(1.0)
+        used = _memory_mb(proc.pid)
+    finally:
+        _stop(proc)
+    for label, m in (("kestrel run + web UI, idle", idle), ("kestrel run + web UI, used", used)):
+        extra = m["VmRSS"] - off_mb
+        print(_mem_line(label, m, f"(+{extra:.1f} MB over the UI off; "
+                                  f"{'meets' if extra <= TARGET_UI_MB else 'MISSES'} the +{TARGET_UI_MB:.0f} MB target)"))
 
 
 async def _drive(rate: float, seconds: float, state: Path) -> dict[str, float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from html import escape
 from typing import Any, Iterable, Mapping
 
 __all__ = ["login_page", "layout", "health_page", "actions_page", "policy_page", "ledger_page", "request_page",
@@ -20,8 +19,12 @@ NAV = (("/", "Health"), ("/actions", "Actions"), ("/policy", "Policy"), ("/ledge
        ("/request", "Request an action"))
 
 
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
+
+
 def _e(value: Any) -> str:
-    return escape("" if value is None else str(value), quote=True)
+    """Text for HTML content and quoted attributes (what html.escape does, without its 0.2 MB entity table)."""
+    return ("" if value is None else str(value)).translate(_ESCAPES)
 
 
 def _when(t: Any) -> str:
