@@ -143,6 +143,7 @@ class LedgerSync:
         self._saved = self._offset
         self._next = 0
         self._cp_sent = 0
+        self._base_due = False  # records were pruned before being sent: publish the ledger's signed base
         self._inflight: deque[tuple[SyncBatch, int, asyncio.Task[Any]]] = deque()
         self._bucket = (TokenBucket(config.bandwidth, burst=config.burst, now=time.monotonic())
                         if config.bandwidth else None)
@@ -222,10 +223,19 @@ class LedgerSync:
                 if self._next < first:  # pruned before they were sent (retention drop-oldest)
                     log.warning("sync: records %d..%d were pruned before being synced", self._next, first - 1)
                     self._next = first
+                    self._base_due = True
                 if not self.bridge.connected:
                     await self._settle()
                     await self.bridge.wait_connected(timeout=max(self.config.poll_s, 1.0))
                     continue
+                if self._base_due:  # the collector verifies on from the signed base (docs/sync-protocol.md)
+                    self._base_due = False
+                    base = getattr(self.ledger, "base", None)
+                    if base is not None and base.size == self._next:
+                        batch = SyncBatch(base.size, (), None, base.payload)
+                        task = asyncio.create_task(self.bridge.publish(self.topic, encode_batch(batch), qos=1))
+                        self._inflight.append((batch, 0, task))
+                        continue
                 try:
                     got = await asyncio.to_thread(self._reader.read, self._next, self._cp_sent)
                 except KestrelError as exc:  # a damaged or unreadable ledger: report, retry later
