@@ -14,10 +14,11 @@ import pytest
 
 from kestrel.identity.keys import SoftwareSigner
 from kestrel.ledger import Ledger, LedgerError, LedgerIOError, LedgerVerificationError, Reason, RecordError
-from kestrel.ledger.frame import RECORD, encode_frame
+from kestrel.ledger.frame import CHECKPOINT, RECORD, TAIL_SEAL, encode_frame
 from kestrel.ledger.reader import read_stream
 from kestrel.ledger.record import encode_record, leaf_hash
 from kestrel.ledger.store import SEGMENT_MAGIC
+from kestrel.ledger.tailmac import seal_payload
 from kestrel.ledger.verify import verify_stream
 
 from . import tamper
@@ -155,8 +156,8 @@ def test_batched_mode_shares_signatures(tmp_path, ed_signer):
     elapsed = time.monotonic() - t0
     led.close()
     frames = tamper.spans(read_stream(tmp_path / "l"))
-    n_cp = sum(1 for f in frames if f.type != RECORD)
-    assert len(frames) - n_cp == 200
+    n_cp = sum(1 for f in frames if f.type == CHECKPOINT)
+    assert sum(1 for f in frames if f.type == RECORD) == 200
     assert n_cp <= elapsed / 0.05 + 2  # at most one signature per interval, plus the one at close
 
 
@@ -232,8 +233,11 @@ def _cut_and_open(tmp_path, ed_signer, cuts):
         shutil.copytree(base, d)
         with open(d / seg.name, "r+b") as fh:
             fh.truncate(cut)
-        whole = [s for s in spans if s.end <= cut and s.type == RECORD]
-        was_torn = any(s.start < cut < s.end for s in spans)
+        # strict mode: a commit is its records and its checkpoint, in one write; records whose
+        # checkpoint was cut were never acknowledged (and nothing vouches for them): cut too
+        signed_end = max((s.end for s in spans if s.end <= cut and s.type == CHECKPOINT), default=0)
+        whole = [s for s in spans if s.end <= signed_end and s.type == RECORD]
+        was_torn = cut > signed_end
         with Ledger.open(d, signer=ed_signer) as led:
             v = led.verify()
             assert (v.size, v.unsigned) == (len(whole) + was_torn, 0), cut
@@ -244,9 +248,11 @@ def _cut_and_open(tmp_path, ed_signer, cuts):
         if was_torn:  # saved, and recorded in the ledger itself
             assert len(torn) == 1 and data[: cut].endswith(torn[0].read_bytes()), cut
             cut_bytes = torn[0].read_bytes()
+            lost = sum(1 for s in spans if signed_end <= s.start and s.end <= cut and s.type == RECORD)
             assert records[-1].kind == "ledger.recovered" and records[-1].body == {
                 "segment": seg.name, "offset": cut - len(cut_bytes), "bytes": len(cut_bytes),
-                "sha256": hashlib.sha256(cut_bytes).hexdigest(), "saved": f"torn/{torn[0].name}"}, cut
+                "sha256": hashlib.sha256(cut_bytes).hexdigest(), "saved": f"torn/{torn[0].name}",
+                "reason": "unauthenticated" if lost else "unfinished write", "records": lost}, cut
         else:
             assert not torn and all(r.kind == "test.torn" for r in records), cut
         shutil.rmtree(d)
@@ -305,8 +311,9 @@ def test_unsigned_tail_after_crash_is_signed_on_open(tmp_path, signer):
     seg = _closed_ledger(tmp_path / "l", signer, 3)
     recs = [r for r in tamper.spans(seg.read_bytes(), len(SEGMENT_MAGIC)) if r.type == RECORD]
     raw = encode_record(seq=3, time=1.0, kind="test.late", body={}, prev=leaf_hash(recs[-1].payload))
-    with open(seg, "ab") as fh:  # a record that was written and fsynced, then the process died
-        fh.write(encode_frame(RECORD, raw))
+    seal = seal_payload(signer.ledger_secret(), 4, leaf_hash(raw))
+    with open(seg, "ab") as fh:  # a batched commit that was written and fsynced, then the process died
+        fh.write(encode_frame(RECORD, raw) + encode_frame(TAIL_SEAL, seal))
     with Ledger.open(tmp_path / "l", signer=signer) as led:
         v = led.verify()
         assert (v.size, v.signed_size) == (4, 4)

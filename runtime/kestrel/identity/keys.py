@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 
+LEDGER_SECRET_INFO = b"kestrel ledger tail seal key v2"
+
+
 class SignatureError(DataError):
     """A signature does not verify against the public key it claims."""
 
@@ -223,3 +226,17 @@ class SoftwareSigner:
         if isinstance(self._key, ed25519.Ed25519PrivateKey):
             return self._key.sign(message)
         return p256_der_to_raw(self._key.sign(message, ec.ECDSA(hashes.SHA256())))
+
+    def ledger_secret(self) -> bytes:
+        """The device secret that seals the ledger's unsigned tail (docs/ledger-format.md, 3.1): HKDF-SHA256
+        of the private key, so it lives exactly where the key does (the file keystore decrypts it into
+        memory) and is never stored on its own."""
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        if isinstance(self._key, ed25519.Ed25519PrivateKey):
+            ikm = self._key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                          serialization.NoEncryption())
+        else:
+            ikm = self._key.private_numbers().private_value.to_bytes(32, "big")
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=self._public.raw,
+                    info=LEDGER_SECRET_INFO).derive(ikm)

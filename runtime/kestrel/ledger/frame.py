@@ -3,7 +3,7 @@
 Frame layout (all integers big-endian)::
 
     0  2  magic  b"KF"
-    2  1  type   0x01 record, 0x02 checkpoint, 0x03 base (exports of a pruned log)
+    2  1  type   0x01 record, 0x02 checkpoint, 0x03 base (exports of a pruned log), 0x04 tail seal
     3  1  0x00   reserved
     4  4  length of the payload (at most 16 MiB)
     8  4  CRC-32 (zlib/ISO-HDLC) of bytes 0..7          (header check)
@@ -26,6 +26,7 @@ __all__ = [
     "RECORD",
     "CHECKPOINT",
     "BASE",
+    "TAIL_SEAL",
     "HEADER_SIZE",
     "Frame",
     "FrameDamage",
@@ -40,7 +41,8 @@ __all__ = [
 RECORD = 0x01
 CHECKPOINT = 0x02
 BASE = 0x03  # a pruned log's base, in export files only (see base.py)
-_TYPES = frozenset({RECORD, CHECKPOINT, BASE})
+TAIL_SEAL = 0x04  # the writer's MAC over its unsigned records (format version 2, see tailmac.py)
+_TYPES = frozenset({RECORD, CHECKPOINT, BASE, TAIL_SEAL})
 MAGIC = b"KF"
 HEADER_SIZE = 16
 MAX_PAYLOAD = 16 << 20

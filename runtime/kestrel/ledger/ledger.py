@@ -32,12 +32,13 @@ from .._internal.fsutil import ensure_private_dir, fsync_dir
 from ..identity.keys import PublicKey, Signer
 from .checkpoint import SignedCheckpoint, sign_checkpoint
 from .errors import LedgerError, LedgerIOError
-from .frame import CHECKPOINT, encode_frame, record_frame
+from .frame import CHECKPOINT, TAIL_SEAL, encode_frame, record_frame
 from .base import LogBase, encode_base
 from .reader import export_chunks, iter_records, load_base, prove, walk_dir
 from .record import Record, assemble_record, prepare_body
-from .store import (SegmentWriter, cut_torn_tail, load_segments, lock_directory, read_segment, segment_files,
+from .store import (SegmentWriter, cut_tail, cut_torn_tail, load_segments, lock_directory, read_segment, segment_files,
                     stream_of, unlink_segments, write_base)
+from .tailmac import seal_payload
 from .verify import VerifiedLog, walk_stream
 
 __all__ = ["Ledger", "Receipt", "Durability", "PruneResult", "DiskUsage"]
@@ -164,8 +165,14 @@ class Ledger:
         max_batch_delay_ms: float = 5.0,
         max_segment_bytes: int = 64 << 20,
         checkpoint_interval_ms: float = 50.0,
+        tail_key: bytes | None = None,
     ) -> "Ledger":
-        """Open (creating if needed) and recover: cut a torn tail, verify, sign an unsigned tail."""
+        """Open (creating if needed) and recover: cut a torn tail, verify, sign an unsigned tail.
+
+        ``tail_key`` (default: ``signer.ledger_secret()`` where the signer has one) authenticates the
+        unsigned tail: records after the last checkpoint that no tail seal under this key vouches for
+        were not written by this device's ledger; they are cut, saved under torn/ and recorded
+        (``ledger.recovered``), never signed. Without a key every unsigned tail is cut that way."""
         if durability not in ("strict", "batched"):
             raise ValueError("durability must be 'strict' or 'batched'")
         self = object.__new__(cls)
@@ -176,6 +183,9 @@ class Ledger:
         self._lock_fd = lock_directory(self._dir)
         self._signer = signer
         self._pk = signer.public_key
+        if tail_key is None and callable(getattr(signer, "ledger_secret", None)):
+            tail_key = signer.ledger_secret()
+        self._tail_key = tail_key
         self._strict = durability == "strict"
         self._delay = max(0.0, max_batch_delay_ms) / 1000.0
         lock = threading.Lock()
@@ -210,9 +220,10 @@ class Ledger:
             self._signer_thread = threading.Thread(target=self._sign_loop, name="kestrel-ledger-sign", daemon=True)
             self._signer_thread.start()
         self.flush()  # the recovery checkpoint (if any) is durable before open returns
-        if self._recovered is not None:  # auditors see that a crash cut an unacknowledged write
+        if self._recovered:  # auditors see what was cut: an unacknowledged write, records nobody sealed
             try:
-                self.append("ledger.recovered", self._recovered)
+                for body in self._recovered:
+                    self.append("ledger.recovered", body)
                 self.flush()  # signed, like everything the ledger holds when open returns
             except BaseException:
                 self.close()
@@ -225,11 +236,22 @@ class Ledger:
         if self._base is not None:  # finish a prune that was interrupted before its segments were deleted
             unlink_segments(self._dir, [p for start, p, _ in segment_files(self._dir) if start < self._base.size])
         segments = load_segments(self._dir)
-        verified, walker = walk_stream(stream_of(segments), self._pk, allow_torn_tail=True, all_signatures=False,
-                                       base=self._base)
-        self._recovered = None
-        if verified.torn_bytes:
-            self._recovered = cut_torn_tail(self._dir, segments[-1], verified.torn_bytes)
+        stream = stream_of(segments)
+        verified, walker = walk_stream(stream, self._pk, allow_torn_tail=True, all_signatures=False,
+                                       base=self._base, tail_key=self._tail_key)
+        self._recovered: list[dict[str, Any]] = []
+        if walker.authenticated < walker.size:  # records that are not this writer's: cut, never signed
+            n = walker.size - walker.authenticated
+            log.warning("ledger: %d unsigned records at the end are not sealed by this device; cutting them", n)
+            self._recovered = cut_tail(self._dir, segments, walker.safe_offset, records=n,
+                                       reason="unauthenticated")
+            del stream
+            segments = load_segments(self._dir)
+            verified, walker = walk_stream(stream_of(segments), self._pk, all_signatures=False, base=self._base,
+                                           tail_key=self._tail_key)
+        elif verified.torn_bytes:
+            self._recovered = [{**cut_torn_tail(self._dir, segments[-1], verified.torn_bytes),
+                                "reason": "unfinished write", "records": 0}]
             segments = load_segments(self._dir)
         self._frontier = walker.frontier()
         self._unhashed: list[bytes] = []  # batched mode: leaves committed since the signer last extended the tree
@@ -522,6 +544,8 @@ class Ledger:
             frontier.extend(leaves)
             own_cp = sign_checkpoint(self._signer, size=seq, root=frontier.root())
             frames.append(encode_frame(CHECKPOINT, own_cp.note))
+        elif batch and self._tail_key is not None:  # batched: seal the records no checkpoint covers yet
+            frames.append(encode_frame(TAIL_SEAL, seal_payload(self._tail_key, seq, prev)))
         self._writer.write_durable(b"".join(frames), next_seq=self._size)
         with self._cond:
             self._prev, self._size = prev, seq

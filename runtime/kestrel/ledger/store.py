@@ -24,11 +24,13 @@ from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir
 from .base import BASE_MAGIC, MAX_BASE_SIZE, base_size_unsafe
 from .errors import LedgerIOError, LedgerVerificationError, Reason
 
-__all__ = ["SEGMENT_MAGIC", "BASE_FILE", "Segment", "segment_files", "load_segments", "read_segment", "read_base", "write_base", "unlink_segments", "stream_of", "cut_torn_tail", "lock_directory", "SegmentWriter"]
+__all__ = ["SEGMENT_MAGIC", "SEGMENT_MAGIC_V1", "BASE_FILE", "cut_tail", "Segment", "segment_files", "load_segments", "read_segment", "read_base", "write_base", "unlink_segments", "stream_of", "cut_torn_tail", "lock_directory", "SegmentWriter"]
 
 log = logging.getLogger("kestrel.ledger")
 
-SEGMENT_MAGIC = b"KLEDGER\x01"
+SEGMENT_MAGIC = b"KLEDGER\x02"  # format version 2: segments may hold tail seals (frame type 0x04)
+SEGMENT_MAGIC_V1 = b"KLEDGER\x01"  # version 1 (no tail seals): still read and verified
+_MAGICS = (SEGMENT_MAGIC, SEGMENT_MAGIC_V1)
 BASE_FILE = "base"  # a pruned log's base (see base.py); absent until the first prune
 _DSYNC = getattr(os, "RWF_DSYNC", 0)  # per-write O_DSYNC (pwritev2); 0 once the kernel refuses it
 _NAME = re.compile(r"^([0-9]{20})\.seg$")
@@ -130,7 +132,7 @@ def read_segment(path: Path, first_seq: int) -> Segment:
             data = fh.read()
     except OSError as exc:
         raise _io_error("read ledger segment", path, exc) from None
-    if data[: len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
+    if data[: len(SEGMENT_MAGIC)] not in _MAGICS:
         raise LedgerVerificationError(first_seq, Reason.BIT_FLIP, f"segment {path} does not start with the ledger magic bytes")
     return Segment(path, first_seq, data)
 
@@ -140,8 +142,9 @@ def stream_of(segments: list[Segment]) -> bytes:
     return b"".join(memoryview(s.data)[len(SEGMENT_MAGIC) :] for s in segments)
 
 
-def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int) -> dict[str, Any]:
-    """Save the last ``torn_bytes`` of ``segment`` under torn/, then truncate them (never acknowledged).
+def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int, *, remove: bool = False) -> dict[str, Any]:
+    """Save the last ``torn_bytes`` of ``segment`` under torn/, then truncate them (or, with ``remove``,
+    delete the whole file, which then holds only its magic).
 
     Returns what was cut, as the body of the ``ledger.recovered`` record the writer appends."""
     keep = len(segment.data) - torn_bytes
@@ -155,12 +158,16 @@ def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int) -> dict[s
     saved = torn_dir / f"{segment.path.name}.{keep}.bin"
     atomic_write(saved, cut)
     try:
-        fd = os.open(segment.path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, keep)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if remove:
+            os.unlink(segment.path)
+            fsync_dir(ledger_dir)
+        else:
+            fd = os.open(segment.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, keep)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     except OSError as exc:
         raise _io_error("truncate ledger segment", segment.path, exc) from None
     digest = hashlib.sha256(cut).hexdigest()
@@ -168,6 +175,24 @@ def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int) -> dict[s
                 len(cut), digest, segment.path, keep, saved)
     return {"segment": segment.path.name, "offset": keep, "bytes": len(cut), "sha256": digest,
             "saved": f"torn/{saved.name}"}
+
+
+def cut_tail(ledger_dir: Path, segments: list[Segment], stream_offset: int, *, records: int,
+             reason: str) -> list[dict[str, Any]]:
+    """Cut the frame stream at ``stream_offset`` (see :func:`stream_of`): save what follows under
+    torn/ and truncate it (whole later segments are saved and removed). Returns one ``ledger.recovered``
+    body per segment touched; ``records`` complete records are among the cut bytes, ``reason`` says why."""
+    pos, bodies = 0, []
+    for i, seg in enumerate(segments):
+        frames = len(seg.data) - len(SEGMENT_MAGIC)
+        if pos + frames > stream_offset or (i == len(segments) - 1 and pos + frames >= stream_offset):
+            keep = len(SEGMENT_MAGIC) + max(0, stream_offset - pos)
+            if keep < len(seg.data):
+                whole = keep == len(SEGMENT_MAGIC) and i > 0
+                body = cut_torn_tail(ledger_dir, seg, len(seg.data) - keep, remove=whole)
+                bodies.append({**body, "reason": reason, "records": records if not bodies else 0})
+        pos += frames
+    return bodies
 
 
 def lock_directory(ledger_dir: Path) -> int:
@@ -202,6 +227,19 @@ class SegmentWriter:
             self._create(next_seq)
         else:
             self._open(last.path, len(last.data))
+            if last.data[: len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:  # a version 1 segment: it may hold seals now
+                self._upgrade(last.path)
+
+    def _upgrade(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                os.pwrite(fd, SEGMENT_MAGIC, 0)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _io_error("upgrade ledger segment", path, exc) from None
 
     def _open(self, path: Path, size: int) -> None:
         try:

@@ -15,10 +15,11 @@ from ..identity.keys import PublicKey
 from .base import LogBase
 from .checkpoint import CheckpointError, SignedCheckpoint, parse_checkpoint_unsafe, verify_checkpoint
 from .errors import LedgerVerificationError, Reason, RecordError
-from .frame import BASE, RECORD, Frame, FrameDamage, find_next_frame, iter_frames, read_frame
+from .frame import BASE, RECORD, TAIL_SEAL, Frame, FrameDamage, find_next_frame, iter_frames, read_frame
 from .merkle import Frontier, tree_root
 from .record import ZERO_HASH, Record, decode_record
 from .scan import scan_records
+from .tailmac import seal_size, seal_valid
 
 __all__ = ["VerifiedLog", "verify_stream", "walk_stream", "LogWalker", "check_trusted", "is_torn_tail", "damage_error"]
 
@@ -58,6 +59,11 @@ class LogWalker:
         self.leaves: list[bytes] = []
         self.prev = base.prev if base is not None else ZERO_HASH
         self._frontier = base.frontier() if base is not None else Frontier()  # offset <= size <= self.size
+        # records known to be the writer's own: covered by a checkpoint, or by a tail seal whose MAC
+        # verified (a writer walking with its key); safe_offset: the stream offset just past the last
+        # frame at which every record before it was (the rest is cut on open, see Ledger.open)
+        self.authenticated = self.offset
+        self.safe_offset = 0
 
     @property
     def size(self) -> int:
@@ -166,6 +172,7 @@ def walk_stream(
     allow_torn_tail: bool = False,
     all_signatures: bool = True,
     base: LogBase | None = None,
+    tail_key: bytes | None = None,
 ) -> tuple[VerifiedLog, LogWalker]:
     """:func:`verify_stream`, also returning the walker (leaf hashes, last hash) for a writer.
 
@@ -175,8 +182,12 @@ def walk_stream(
 
     With ``base`` (a pruned log, already verified) the records start at ``base.size``;
     checkpoints older than the base are checked for their signature only.
+
+    With ``tail_key`` (the writer's ledger secret) tail seals are checked too: ``walker.authenticated``
+    is how many records are the writer's own, ``walker.safe_offset`` where the others start.
     """
     walker = LogWalker(buf, base)
+    walker.safe_offset = start
     checkpoints: list[SignedCheckpoint] = [base.checkpoint] if base is not None else []
     torn = 0
     view, off = memoryview(buf), start
@@ -196,6 +207,22 @@ def walk_stream(
             continue
         if item.type == BASE:
             raise LedgerVerificationError(walker.size, Reason.CORRUPT, f"a base frame inside the log at byte {item.offset}")
+        if item.type == TAIL_SEAL:
+            sealed = seal_size(item.payload)
+            if sealed is None:
+                raise LedgerVerificationError(walker.size, Reason.CORRUPT, f"a malformed tail seal at byte {item.offset}")
+            if sealed > walker.size:  # as for a checkpoint: records it covers are gone
+                more = any(isinstance(f, Frame) and f.type == RECORD for f in iter_frames(buf, item.end))
+                raise LedgerVerificationError(walker.size, Reason.MISSING if more else Reason.TRUNCATED,
+                                              f"a tail seal covers {sealed} records but only {walker.size} precede it")
+            if sealed < walker.size:
+                raise LedgerVerificationError(sealed, Reason.INSERTED,
+                                              f"records {sealed}..{walker.size - 1} precede a tail seal for {sealed}")
+            if tail_key is not None and seal_valid(tail_key, item.payload, walker.size, walker.prev):
+                walker.authenticated = walker.size
+            if walker.authenticated >= walker.size:
+                walker.safe_offset = item.end
+            continue
         cp = _checkpoint(item.payload, max(walker.size - 1, 0), public_key, verify=all_signatures)
         if cp.size < walker.offset:
             continue  # signed before the prune point: its tree is gone, the base covers it
@@ -206,6 +233,11 @@ def walk_stream(
                 walker.size, reason, f"a checkpoint covers {cp.size} records but only {walker.size} precede it"
             )
         checkpoints.append(cp)
+        walker.authenticated = max(walker.authenticated, cp.size)
+        if walker.authenticated >= walker.size:
+            walker.safe_offset = item.end
+    if walker.authenticated >= walker.size:
+        walker.safe_offset = len(buf) - torn
     latest = max(checkpoints, key=lambda c: c.size, default=None)
     if latest is not None and not all_signatures:
         _checkpoint(latest.note, max(latest.size - 1, 0), public_key)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from ..errors import DataError, TransportError
 from ..ledger.frame import RECORD, Frame, FrameDamage, iter_frames
+from ..ledger.store import SEGMENT_MAGIC, SEGMENT_MAGIC_V1
 
 __all__ = ["SegmentTail"]
 
-SEGMENT_MAGIC = b"KLEDGER\x01"
 _NAME = re.compile(r"^([0-9]{20})\.seg$")
 _CHUNK = 1 << 20
 
@@ -58,7 +58,7 @@ class SegmentTail:
         path = self._path(self._segment)
         try:
             with open(path, "rb") as fh:
-                if self._offset == len(SEGMENT_MAGIC) and fh.read(len(SEGMENT_MAGIC)) != SEGMENT_MAGIC:
+                if self._offset == len(SEGMENT_MAGIC) and fh.read(len(SEGMENT_MAGIC)) not in (SEGMENT_MAGIC, SEGMENT_MAGIC_V1):
                     raise DataError(f"ledger segment {path} does not start with the ledger magic bytes",
                                     hint="run `kestrel audit verify`")
                 fh.seek(self._offset)
