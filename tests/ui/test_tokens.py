@@ -47,6 +47,17 @@ def test_token_file_stores_only_hashes_privately(state_dir):
     assert tf.check(issued.token, now=NOW + 1).reason == "unknown"  # noticed by the first reader too
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (sudo kestrel ui token on a state dir of another user)")
+def test_root_hands_the_token_file_to_the_state_dirs_owner(state_dir):
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chown(state_dir, 4242, 4242)
+    TokenFile(state_dir).issue(ttl_s=60, now=NOW)
+    tf = TokenFile(state_dir)
+    for p in (tf.path, tf.path.parent, tf.path.parent.parent):
+        assert (os.stat(p).st_uid, os.stat(p).st_gid) == (4242, 4242), p
+    assert stat.S_IMODE(os.stat(tf.path).st_mode) == 0o600
+
+
 def test_token_file_limits_and_corruption(state_dir):
     tf = TokenFile(state_dir)
     for ttl in (0, -5, 367 * 86400):

@@ -139,7 +139,21 @@ class TokenFile:
         ensure_private_dir(self.path.parent)
         doc = {"format": FORMAT, "tokens": [vars(e) for e in entries.values()]}
         atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode(), mode=0o600)
+        self._give_to_state_owner()
         self._sig = None
+
+    def _give_to_state_owner(self) -> None:
+        """``sudo kestrel ui token`` on a state directory of the daemon's user (``User=kestrel``): hand
+        ``data/``, ``data/ui/`` and the file to that user, or the daemon could not read its tokens."""
+        if os.geteuid() != 0:
+            return
+        state = self.path.parents[2]
+        st = os.stat(state)
+        if st.st_uid == 0:
+            return
+        for p in (self.path.parents[1], self.path.parent, self.path):
+            if os.lstat(p).st_uid == 0:
+                os.chown(p, st.st_uid, st.st_gid, follow_symlinks=False)
 
     def issue(self, *, ttl_s: float, now: float, label: str = "") -> IssuedToken:
         """Create a token valid for ``ttl_s`` seconds from ``now``; expired entries are dropped."""
