@@ -97,10 +97,11 @@ class _Item:
     be interrupted (KeyboardInterrupt) while waiting, which would break the chain.
     """
 
-    __slots__ = ("prepared", "time", "future", "done", "seq", "digest", "error", "next", "chained")
+    __slots__ = ("prepared", "time", "mono", "future", "done", "seq", "digest", "error", "next", "chained")
 
     def __init__(self, prepared: bytes, future: concurrent.futures.Future | None) -> None:
-        self.prepared, self.time, self.future = prepared, time.time(), future
+        # ``time`` is the record's (wall clock, may step); ``mono`` paces the commit (monotonic)
+        self.prepared, self.time, self.mono, self.future = prepared, time.time(), time.monotonic(), future
         self.seq, self.digest = -1, b""
         self.error: BaseException | None = None
         self.done: threading.Lock | None = None
@@ -496,11 +497,11 @@ class Ledger:
         append) and ends at the first pending append's time plus the delay, so
         no append waits longer than the delay; ``flush()`` cuts it short.
         """
-        start = time.time()
+        start = time.monotonic()  # never the wall clock: a step (NTP on a board without RTC) must not stall commits
         want = self._last_batch
         while len(self._pending) < want and not (self._closing or self._urgent):
-            deadline = (self._pending[0].time if self._pending else start) + self._delay
-            left = deadline - time.time()
+            deadline = (self._pending[0].mono if self._pending else start) + self._delay
+            left = deadline - time.monotonic()
             if left <= 0:
                 return
             self._cond.wait(left)
