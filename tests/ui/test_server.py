@@ -14,16 +14,9 @@ from typing import Any, AsyncIterator
 from urllib.parse import urlencode
 
 from kestrel.daemon.ui.tokens import TokenFile
-from tests.daemon.conftest import install_policy, running, until
+from tests.daemon.conftest import GPIO_CONFIG, install_policy, running, until
 
-CONFIG = """
-    version: 1
-    sensors:
-      button: {type: gpio, pin: GPIO17, edge: both, bias: pull_down}
-    actuators:
-      lamp: {type: gpio, pin: GPIO27}
-    ui: {listen: "127.0.0.1:0"}
-"""
+CONFIG = GPIO_CONFIG + '    ui: {listen: "127.0.0.1:0"}\n'
 
 
 @contextlib.asynccontextmanager
