@@ -30,7 +30,7 @@ from ._internal.paths import StateLayout, resolve_state_dir
 from .daemon import protocol as P
 from .daemon.protocol import RemoteError
 from ._internal.unixsock import connect_unix
-from .errors import TransportError
+from .errors import DataError, TransportError
 
 __all__ = ["Client", "RemoteError", "ActionDenied", "NoDaemonError", "socket_path_for"]
 
@@ -108,7 +108,10 @@ class Client:
                 self.close()
                 raise TransportError(f"the daemon did not answer within {timeout}s") from None
             except OSError as exc:
+                refusal = self._pending_reply() if self._buf else None
                 self.close()
+                if refusal is not None and "error" in refusal:
+                    self._raise(refusal)
                 raise TransportError(f"control connection failed: {exc.strerror or exc}") from None
             if not chunk:
                 self.close()
@@ -122,13 +125,42 @@ class Client:
 
     def _send(self, method: str, params: dict[str, Any]) -> int:
         rid = next(self._ids)
+        try:
+            line = P.encode({"id": rid, "method": method, "params": params})
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise DataError(f"the request cannot be sent as JSON: {exc}",
+                            hint="arguments must be JSON values with finite numbers (no NaN or Infinity)") from None
         sock = self._connect()
         try:
-            sock.sendall(P.encode({"id": rid, "method": method, "params": params}))
+            sock.sendall(line)
         except OSError as exc:
+            refusal = self._pending_reply()  # the daemon may have answered (forbidden) and closed first
             self.close()
+            if refusal is not None and "error" in refusal:
+                self._raise(refusal)
             raise TransportError(f"control connection failed: {exc.strerror or exc}") from None
         return rid
+
+    def _pending_reply(self) -> dict[str, Any] | None:
+        """A reply line the daemon already sent on this connection, if one is waiting (never blocks long)."""
+        if self._sock is None:
+            return None
+        try:
+            self._sock.settimeout(0.5)
+            while b"\n" not in self._buf:
+                chunk = self._sock.recv(65536)
+                if not chunk:
+                    break
+                self._buf += chunk
+        except OSError:
+            pass
+        line, nl, _ = self._buf.partition(b"\n")
+        if not nl:
+            return None
+        try:
+            return P.decode_reply(line)
+        except P.ProtocolError:
+            return None
 
     @staticmethod
     def _raise(msg: dict[str, Any]) -> None:
@@ -186,10 +218,24 @@ class Client:
 
     def ota_apply(self, bundle: bytes) -> dict[str, Any]:
         """Have the daemon verify and activate a signed bundle (sent in chunks; the ledger records it)."""
+        import hashlib
+
+        return self._upload(lambda off, n: bundle[off:off + n], len(bundle), hashlib.sha256(bundle).hexdigest())
+
+    def ota_apply_file(self, fd: int, size: int, sha256: str) -> dict[str, Any]:
+        """:meth:`ota_apply` of an open bundle file of ``size`` bytes, read chunk by chunk (bounded memory)."""
+        return self._upload(lambda off, n: os.pread(fd, n, off), size, sha256)
+
+    def _upload(self, read: Any, size: int, sha256: str) -> dict[str, Any]:
+        """The first chunk says the bundle's size and sha256, so an oversize one is refused (and recorded)
+        before anything else is sent."""
         step = P.UPLOAD_CHUNK
-        for off in range(0, max(len(bundle), 1), step):
-            chunk, more = bundle[off:off + step], off + step < len(bundle)
-            result = self.request("ota.apply", {"data": {"$hex": chunk.hex()}, "more": more}, wait=60.0)
+        for off in range(0, max(size, 1), step):
+            chunk, more = read(off, step), off + step < size
+            params: dict[str, Any] = {"data": {"$hex": chunk.hex()}, "more": more}
+            if off == 0:
+                params.update(size=size, sha256=sha256)
+            result = self.request("ota.apply", params, wait=60.0)
         return result
 
     def ota_rollback(self, *, reason: str = "operator") -> dict[str, Any]:

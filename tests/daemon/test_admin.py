@@ -89,9 +89,12 @@ async def test_bad_bundles_and_bad_requests_are_refused_clearly(agent):
             await in_thread(client.ota_apply, b"not a bundle at all")
         assert bad.value.code == "failed" and bad.value.reason and bad.value.exit_code not in (0, 1)
         assert agent.kinds("ota.rejected")[-1]["reason"] == bad.value.reason
-        with pytest.raises(RemoteError) as big:  # over ota.max_bundle: refused before kestrel.ota sees it
+        with pytest.raises(RemoteError) as big:  # over ota.max_bundle: refused at the first chunk, recorded
             await in_thread(client.ota_apply, b"x" * 5000)
-        assert big.value.code == "bad_request" and "max_bundle" in big.value.message
+        assert big.value.code == "failed" and big.value.reason == "oversize" and "max_bundle" in big.value.message
+        oversize = agent.kinds("ota.rejected")[-1]
+        assert (oversize["reason"], oversize["size"]) == ("oversize", 5000)
+        assert oversize["sha256"] == hashlib.sha256(b"x" * 5000).hexdigest()
         with pytest.raises(RemoteError) as none:
             await in_thread(client.ota_rollback)
         assert none.value.reason == "no-previous"

@@ -110,6 +110,24 @@ async def test_garbage_requests_get_errors_and_the_connection_survives(agent):
         assert st["health"] == "ok"
 
 
+@pytest.mark.parametrize("line", [
+    b"[" * 100_000,  # deeper than the JSON decoder can follow
+    b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"v": ' + b"[" * 40 + b"]" * 40 + b"}}}",
+    b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": NaN}}}',
+    b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": 1e999}}}',
+    b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": ' + b"9" * 5000 + b"}}}",
+    b'{"id": 1, "id": 2, "method": "status"}',
+    b'{"id": 1, "method": "status", "params": {"a": "\ud800"}}',
+    b"\xff\xfe",
+])
+async def test_hostile_lines_get_bad_request_and_the_daemon_keeps_answering(agent, line):
+    async with running(agent, GPIO_CONFIG, policy=POLICY) as d:
+        replies = await in_thread(_raw_exchange, str(d.control.path), line + b'\n{"id": 9, "method": "status"}\n')
+        assert replies[0]["error"]["code"] == "bad_request", replies[0]
+        assert replies[-1]["id"] == 9 and replies[-1]["result"]["health"] == "ok"
+        assert d.hardware.outputs["lamp"].value == 0  # nothing was executed
+
+
 async def test_socket_and_directory_modes(agent):
     async with running(agent, GPIO_CONFIG) as d:
         assert stat.S_IMODE(os.stat(d.control.path).st_mode) == 0o660
@@ -117,8 +135,28 @@ async def test_socket_and_directory_modes(agent):
         assert stat.S_ISSOCK(os.stat(d.control.path).st_mode)
 
 
-def _as_user(path: str, uid: int, gid: int, groups: list[int]) -> tuple[str, str]:
-    """Fork, drop to (uid, gid, groups), send one status request; return ('ok'|'error'|'oserror', detail)."""
+def _status_exchange(path: str) -> tuple[str, str]:
+    try:
+        rep = _raw_exchange(path, b'{"id": 1, "method": "status"}\n')[0]
+        return ("ok", "") if "result" in rep else ("error", rep["error"]["code"])
+    except OSError as exc:
+        return ("oserror", type(exc).__name__)
+
+
+def _sdk_exchange(path: str) -> tuple[str, str]:
+    """What the CLI does: the SDK sends a request (a large one: it is still being written when the
+    daemon refuses) and must report the refusal, not a broken pipe."""
+    try:
+        Client(socket_path=path, timeout=5).call("gpio.write", actuator="lamp", note="x" * 200_000)
+        return ("ok", "")
+    except RemoteError as exc:
+        return ("error", f"{exc.code}:{exc.exit_code}")
+    except Exception as exc:
+        return ("other", f"{type(exc).__name__}: {exc}")
+
+
+def _as_user(path: str, uid: int, gid: int, groups: list[int], exchange=_status_exchange) -> tuple[str, str]:
+    """Fork, drop to (uid, gid, groups), run ``exchange(path)``; return ('ok'|'error'|'oserror', detail)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -127,13 +165,7 @@ def _as_user(path: str, uid: int, gid: int, groups: list[int]) -> tuple[str, str
             os.setgroups(groups)
             os.setgid(gid)
             os.setuid(uid)
-            try:
-                replies = _raw_exchange(path, b'{"id": 1, "method": "status"}\n')
-                rep = replies[0]
-                out = ("ok", "") if "result" in rep else ("error", rep["error"]["code"])
-            except OSError as exc:
-                out = ("oserror", type(exc).__name__)
-            os.write(w, json.dumps(out).encode())
+            os.write(w, json.dumps(exchange(path)).encode())
         finally:
             os._exit(0)
     os.close(w)
@@ -182,6 +214,8 @@ async def test_unauthorized_uid_is_refused_logged_and_recorded(agent, caplog, re
         assert await in_thread(_as_user, path, NOBODY, NOBODY, []) == ("error", "forbidden")
         await until(lambda: agent.kinds("control.refused"), what="refusal record")
         assert d.control.refused == 1
+        for _ in range(5):  # the SDK (and so the CLI) reports the refusal, exit 77, never "Broken pipe"
+            assert await in_thread(_as_user, path, NOBODY, NOBODY, [], _sdk_exchange) == ("error", "forbidden:77")
     rec = agent.kinds("control.refused")[0]
     assert rec["uid"] == NOBODY
     assert any("refused uid 65534" in r.getMessage() for r in caplog.records)

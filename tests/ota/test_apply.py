@@ -22,6 +22,8 @@ from kestrel.policy import PolicyEngine
 
 from .conftest import POLICY_V1, POLICY_V2, Device
 
+MAIL = {"to": "alice@example.com", "subject": "status"}
+
 
 def _policy_digest(dev: Device) -> str:
     found = active_policy(dev.state)
@@ -118,9 +120,9 @@ def test_tampered_active_slot_denies_everything(device: Device) -> None:
     d = engine.decide("rm_rf", {})
     assert not d.allowed and d.rule == "default-deny"
     assert "does not match" in device.kinds("policy.decision")[-1]["reason"]
-    assert not engine.decide("send_email", {}).allowed
+    assert not engine.decide("send_email", MAIL).allowed
     (device.state / "ota" / "slots" / "a" / "policy.yaml").write_bytes(POLICY_V1)  # repaired
-    assert engine.decide("send_email", {}).allowed
+    assert engine.decide("send_email", MAIL).allowed
 
 
 def test_mqtt_payload_same_path(device: Device) -> None:
@@ -161,7 +163,7 @@ def test_corrupt_pointer_fails_closed_then_repairs(device: Device) -> None:
     (device.state / "ota" / "active.json").write_text('{"active": "garbage"')
     with pytest.raises(DataError):
         active_policy(device.state)
-    d = PolicyEngine(device.state, device.ledger).decide("send_email", {})
+    d = PolicyEngine(device.state, device.ledger).decide("send_email", MAIL)
     assert not d.allowed and d.rule == "default-deny"
     assert "is corrupt" in ota_status(device.state, ledger=device.ledger, now=device.now)["pointer_error"]
     with pytest.raises(BundleError):  # the counter still holds without the pointer

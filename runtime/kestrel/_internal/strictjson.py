@@ -3,7 +3,8 @@
 Refused, each with a message that says what was wrong: input that is not UTF-8, duplicate
 object keys, ``NaN``/``Infinity`` and numbers that overflow to them (``1e999``), integers
 outside the signed 64-bit range (so a 5,000-digit number is an error, not a traceback),
-and nesting deeper than the interpreter can follow. The caller bounds the input's size
+escapes of lone UTF-16 surrogates (not Unicode text), and nesting deeper than the
+interpreter can follow. The caller bounds the input's size
 before calling.
 """
 
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 __all__ = ["StrictJsonError", "loads_strict", "MAX_INT"]
 
 MAX_INT = (1 << 63) - 1
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class StrictJsonError(ValueError):
@@ -50,12 +53,31 @@ def _int(text: str) -> int:
     return value
 
 
+def _no_lone_surrogates(value: object) -> None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise StrictJsonError("a string holds a lone surrogate escape (not Unicode text)") from None
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
 def loads_strict(data: bytes | str) -> object:
     """Parse ``data``; :class:`StrictJsonError` for anything that is not strict JSON."""
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
-        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float,
-                          parse_int=_int)
+        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float,
+                           parse_int=_int)
+        if _SURROGATE_ESCAPE.search(text):  # rare: only then walk the value
+            _no_lone_surrogates(value)
+        return value
     except StrictJsonError:
         raise
     except UnicodeDecodeError as exc:

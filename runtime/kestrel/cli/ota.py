@@ -409,8 +409,30 @@ def _bundle_verify(args: argparse.Namespace, extra: list[str]) -> int:
 
 # -- ota --------------------------------------------------------------------
 def _ota_apply(args: argparse.Namespace, extra: list[str]) -> int:
-    data = _read(args.file, "bundle")
-    res, via_daemon = apply_bundle_bytes(_state_dir(args), data, now=time.time(), source="cli")
+    """Streamed from the file (never read whole here): the daemon, or the bundle-file path, checks the
+    size and the head before the contents (kestrel.ota.bundlefile)."""
+    import os
+
+    from ..daemon.admin import applied_json
+    from ..ota.bundlefile import apply_bundle_file, digest_fd, open_bundle
+    from ..ota.tpmcounter import device_tpm_counter
+
+    state = _state_dir(args)
+    if daemon_client(state) is None:  # applied here: refusals (a FIFO, oversize, bad head) are recorded
+        with open_ledger(state) as ledger:
+            res = applied_json(apply_bundle_file(state, args.file, ledger=ledger, now=time.time(), source="cli",
+                                                 tpm=device_tpm_counter(state)))
+        print_applied(res, via_daemon=False)
+        return 0
+    fd, st = open_bundle(args.file)
+    try:
+        res, via_daemon = through_daemon_or_ledger(
+            state, lambda client: client.ota_apply_file(fd, st.st_size, digest_fd(fd, st.st_size)),
+            lambda ledger: applied_json(apply_bundle_file(state, args.file, ledger=ledger, now=time.time(),
+                                                          source="cli", tpm=device_tpm_counter(state),
+                                                          opened=(fd, st))))
+    finally:
+        os.close(fd)
     print_applied(res, via_daemon=via_daemon)
     return 0
 

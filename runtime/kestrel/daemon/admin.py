@@ -55,8 +55,9 @@ class OtaService:
 
     def __init__(self, *, state_dir: str | os.PathLike[str], ledger: Any, policy: Any,
                  healthy: Callable[[], str | None], on_recorded: Callable[[], None],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], max_bundle: Callable[[], int] | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self._max_bundle = max_bundle
         self.ledger = ledger
         self.policy = policy
         self._healthy = healthy
@@ -76,6 +77,15 @@ class OtaService:
                 log.debug("no TPM counter: %s", exc.message)
                 self._tpm = None
         return self._tpm
+
+    def limits(self) -> Any:
+        """The bundle size limits of the device config (``ota.max_bundle``) for every delivery."""
+        from ..ota.bundle import Limits
+
+        if self._max_bundle is None:
+            return Limits()
+        size = self._max_bundle()
+        return Limits(max_bundle=size, max_entry=min(size, Limits.max_entry))
 
     def health(self, slot: Path) -> bool:
         """The runtime's health check for a staged bundle (runs in the apply's thread)."""
@@ -109,7 +119,8 @@ class OtaService:
         from ..ota import apply_bundle
 
         res = await self._run(lambda: apply_bundle(self.state_dir, data, ledger=self.ledger, now=self._clock(),
-                                                   source=source, health=self.health, tpm=self.tpm()))
+                                                   source=source, health=self.health, tpm=self.tpm(),
+                                                   limits=self.limits()))
         return applied_json(res)
 
     async def apply_message(self, payload: bytes, *, source: str) -> None:
@@ -118,7 +129,8 @@ class OtaService:
 
         try:
             res = await self._run(lambda: apply_message(self.state_dir, payload, ledger=self.ledger,
-                                                        now=self._clock(), health=self.health, tpm=self.tpm()))
+                                                        now=self._clock(), health=self.health, tpm=self.tpm(),
+                                                        limits=self.limits()))
             log.info("applied OTA bundle from %s: %s", source, applied_json(res))
         except KestrelError as exc:
             log.error("rejected OTA bundle from %s: %s", source, exc.message)
@@ -140,7 +152,7 @@ class OtaService:
 
         def scan() -> Any:
             found = scan_drop_dir(self.state_dir, drop, ledger=self.ledger, now=self._clock(),
-                                  health=self.health, tpm=self.tpm())
+                                  health=self.health, tpm=self.tpm(), limits=self.limits())
             if found:  # most scans find nothing: no need to re-read the policy then
                 self._refresh_policy()
             return found

@@ -88,6 +88,29 @@ def _supplementary_groups(pid: int) -> set[int]:
     return set()
 
 
+class _Upload(bytearray):
+    """One connection's ota.apply bytes so far, and the (size, sha256) its first chunk declared."""
+
+    claim: tuple[int | None, str | None] = (None, None)
+
+
+def _claimed(params: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The (size, sha256) an ota.apply upload's first chunk declares (the client's word: checked later)."""
+    size, digest = params.get("size"), params.get("sha256")
+    if size is not None and (type(size) is not int or size < 0):
+        raise P.ProtocolError("ota.apply: 'size' must be the bundle's size in bytes")
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                   and all(c in "0123456789abcdef" for c in digest)):
+        raise P.ProtocolError("ota.apply: 'sha256' must be 64 lower-case hex digits")
+    return size, digest
+
+
+def _is_bundle(prefix: bytes | bytearray) -> bool:
+    from ..ota.bundle import MAGIC
+
+    return bytes(prefix[:len(MAGIC)]) == MAGIC
+
+
 def peer_allowed(cred: PeerCred, *, owner_uid: int, group_gid: int | None) -> bool:
     if cred.uid in (0, owner_uid):
         return True
@@ -179,7 +202,7 @@ class ControlServer:
             sock = writer.get_extra_info("socket")
             cred = peer_credentials(sock)
             if not peer_allowed(cred, owner_uid=self.owner_uid, group_gid=self.group_gid):
-                await self._refuse(cred, writer)
+                await self._refuse(cred, reader, writer)
                 return
             self.served += 1
             await self._serve(reader, writer, cred)
@@ -196,7 +219,7 @@ class ControlServer:
             except (ConnectionError, asyncio.CancelledError, RuntimeError):
                 pass
 
-    async def _refuse(self, cred: PeerCred, writer: asyncio.StreamWriter) -> None:
+    async def _refuse(self, cred: PeerCred, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.refused += 1
         log.warning("control socket: refused uid %d gid %d pid %d (not the daemon's user, root, or in the "
                     "control group)", cred.uid, cred.gid, cred.pid)
@@ -204,7 +227,12 @@ class ControlServer:
                                     "ask the device's owner to add you to the control group"))
         try:
             await writer.drain()
-        except ConnectionError:
+            # Let the client finish sending its request before the socket closes, so that it reads
+            # this refusal instead of failing its write with EPIPE (bounded: 64 KiB, half a second).
+            if writer.can_write_eof():
+                writer.write_eof()
+            await asyncio.wait_for(reader.read(65536), 0.5)
+        except (ConnectionError, asyncio.TimeoutError, ValueError):
             pass
         now = time.monotonic()
         last = self._last_refusal_record.get(cred.uid)
@@ -217,7 +245,7 @@ class ControlServer:
                 log.error("could not record control.refused: %s", exc)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cred: PeerCred) -> None:
-        upload = bytearray()  # this connection's ota.apply bytes so far (chunks with "more": true)
+        upload = _Upload()  # this connection's ota.apply bytes so far (chunks with "more": true)
         while True:
             try:
                 line = await reader.readline()
@@ -238,7 +266,7 @@ class ControlServer:
             await self._dispatch(req, writer, cred, upload)
 
     async def _dispatch(self, req: P.Request, writer: asyncio.StreamWriter, cred: PeerCred,
-                        upload: bytearray) -> None:
+                        upload: _Upload) -> None:
         t = self.target
         p = req.params
         try:
@@ -287,19 +315,29 @@ class ControlServer:
             writer.write(P.encode_error(req.id, "internal", f"internal error: {type(exc).__name__}: {exc}"))
         await writer.drain()
 
-    async def _admin(self, req: P.Request, cred: PeerCred, upload: bytearray) -> Any:
+    async def _admin(self, req: P.Request, cred: PeerCred, upload: _Upload) -> Any:
         """Owner operations and peer messages (docs/control-protocol.md, "Methods")."""
         t, p = self.target, req.params
         if req.method == "ota.apply":
             more = p.get("more", False)
             if not isinstance(more, bool):
                 raise P.ProtocolError("ota.apply: 'more' must be true or false")
-            upload += P.from_hex(p.get("data"), what="ota.apply 'data'")
-            if len(upload) > t.max_upload:
-                size = len(upload)
+            chunk = P.from_hex(p.get("data"), what="ota.apply 'data'")
+            if not upload:
+                upload.claim = _claimed(p)
+            declared, digest = upload.claim
+            size = max(declared or 0, len(upload) + len(chunk))
+            if size > t.max_upload:
                 upload.clear()
-                raise P.ProtocolError(f"bundle larger than ota.max_bundle ({size} > {t.max_upload} bytes)",
-                                      hint="raise ota.max_bundle in the device config, or split the bundle")
+                await self._upload_refused(cred, "oversize", f"bundle of {size} bytes is larger than ota.max_bundle "
+                                           f"({t.max_upload} bytes)", size=size, sha256=digest,
+                                           hint="raise ota.max_bundle in the device config, or ship the model "
+                                                "separately")
+            upload += chunk
+            if len(upload) >= 8 and len(upload) - len(chunk) < 8 and not _is_bundle(upload):
+                upload.clear()
+                await self._upload_refused(cred, "bad-magic", "not a Kestrel bundle (bad magic)", size=size,
+                                           sha256=digest, hint="build bundles with `kestrel bundle build`")
             if more:
                 return {"received": len(upload)}
             data = bytes(upload)
@@ -320,6 +358,19 @@ class ControlServer:
             raise P.ProtocolError("peer.receive takes params {\"timeout\": 0..3600 seconds, \"max\": 1..1000}")
         return await t.control_peer_receive(float(timeout), limit)
 
+
+    async def _upload_refused(self, cred: PeerCred, code: str, message: str, *, size: int, sha256: str | None,
+                              hint: str) -> None:
+        """Refuse an ota.apply upload before it is buffered whole: recorded as ota.rejected, then raised."""
+        from ..ota.errors import BundleFormatError
+
+        if self._record is not None:
+            try:
+                await self._record("ota.rejected", {"reason": code, "message": message[:500], "sha256": sha256,
+                                                    "size": size, "source": f"control:uid={cred.uid}"})
+            except Exception as exc:
+                log.error("could not record ota.rejected: %s", exc)
+        raise BundleFormatError(message, code=code, hint=hint)
 
     async def _record_for(self, cred: PeerCred, p: dict[str, Any]) -> dict[str, Any]:
         """``record``: a CLI command that did its own work (model install, memory add) records it here."""

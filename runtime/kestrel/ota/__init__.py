@@ -16,7 +16,8 @@ from typing import Any
 _EXPORTS = {
     "apply": ("AppliedBundle", "active_bundle", "active_policy", "apply_bundle", "ota_status", "rollback"),
     "bundle": ("Limits", "Manifest", "VerifiedBundle", "build_manifest", "encode_bundle", "sign_bundle",
-               "verify_bundle"),
+               "verify_bundle", "verify_head"),
+    "bundlefile": ("apply_bundle_file",),
     "delivery": ("apply_message", "scan_drop_dir"),
     "errors": ("BundleContentError", "BundleError", "BundleExpiredError", "BundleFormatError", "BundleHealthError",
                "BundleRollbackError", "BundleSignatureError", "BundleTargetError", "TrustRootError"),
@@ -43,6 +44,6 @@ __all__ = [
     "AppliedBundle", "BundleContentError", "BundleError", "BundleExpiredError", "BundleFormatError",
     "BundleHealthError", "BundleRollbackError", "BundleSignatureError", "BundleTargetError", "Limits",
     "Manifest", "OtaDir", "TrustRoot", "TrustRootError", "VerifiedBundle", "active_bundle", "active_policy",
-    "apply_bundle", "apply_message", "build_manifest", "encode_bundle", "ota_status", "parse_root",
+    "apply_bundle", "apply_bundle_file", "apply_message", "build_manifest", "encode_bundle", "ota_status", "parse_root",
     "rollback", "scan_drop_dir", "sign_bundle", "verify_bundle", "verify_rotation",
 ]

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the TPM counter module is imported by whoever builds one
     from .tpmcounter import TpmCounter
 
 __all__ = ["AppliedBundle", "apply_bundle", "rollback", "active_policy", "active_bundle", "ota_status",
-           "current_counter", "HealthCheck"]
+           "current_counter", "HealthCheck", "record_rejection"]
 
 HealthCheck = Callable[[Path], Any]
 MANIFEST_FILE = ".manifest.json"
@@ -182,10 +182,17 @@ def _pointer_or_empty(ota: OtaDir) -> dict:
 
 
 def _reject(ledger: Any, exc: BundleError | TrustRootError, data: bytes, source: str) -> None:
-    _record(ledger, "ota.rejected", {
-        "reason": exc.code, "message": exc.message[:500], "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data), "source": source,
-    })
+    record_rejection(ledger, exc, sha256=hashlib.sha256(data).hexdigest(), size=len(data), source=source)
+
+
+def record_rejection(ledger: Any, exc: BundleError | TrustRootError, *, sha256: str | None, size: int,
+                     source: str, file: str | None = None) -> None:
+    """``ota.rejected``: every refused bundle, whatever refused it (docs/bundle-format.md)."""
+    body: dict[str, Any] = {"reason": exc.code, "message": exc.message[:500], "sha256": sha256, "size": size,
+                            "source": source}
+    if file is not None:
+        body["file"] = file
+    _record(ledger, "ota.rejected", body)
 
 
 def _load_policy(data: bytes, name: str) -> Policy:

@@ -42,6 +42,9 @@ __all__ = [
     "parse_manifest",
     "sign_bundle",
     "verify_bundle",
+    "verify_head",
+    "VerifiedHead",
+    "MAX_HEAD",
     "format_time",
 ]
 
@@ -97,10 +100,10 @@ class VerifiedBundle:
     signatures: bytes  # exact signature block
     digest: str  # hex sha256 of manifest_bytes: the bundle's identity
     signed_by: tuple[str, ...]
-    contents: tuple[tuple[Entry, bytes], ...]
+    contents: tuple[tuple[Entry, bytes | memoryview], ...]  # views into the bundle's bytes
 
     def content(self, name: str) -> bytes:
-        return next(data for e, data in self.contents if e.name == name)
+        return bytes(next(data for e, data in self.contents if e.name == name))
 
 
 def format_time(t: float) -> str:
@@ -268,9 +271,27 @@ def _entry(item: object, limits: Limits) -> Entry:
 
 
 # -- verification -----------------------------------------------------------
-def verify_bundle(
-    data: bytes,
+#: the longest head (magic, manifest, signature block) a bundle can have
+MAX_HEAD = len(MAGIC) + 4 + MAX_MANIFEST + 4 + MAX_SIGBLOCK
+
+
+@dataclass(frozen=True)
+class VerifiedHead:
+    """A bundle whose head (signatures, manifest, targets, expiry, counter, framing) is verified;
+    its contents are not read yet."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    signatures: bytes
+    digest: str
+    signed_by: tuple[str, ...]
+    head_size: int  # bytes before the contents
+
+
+def verify_head(
+    prefix: bytes,
     *,
+    size: int,
     root: TrustRoot,
     now: float,
     agent_id: str,
@@ -278,10 +299,33 @@ def verify_bundle(
     counter: int = 0,
     counter_digest: str | None = None,
     limits: Limits = Limits(),
-) -> VerifiedBundle:
-    """Verify a bundle completely. ``counter``/``counter_digest``: the device's anti-rollback
-    state; a bundle must have a higher counter, or the same counter and the same manifest."""
-    manifest_bytes, sigblock, rest = split_bundle(data, limits)
+) -> VerifiedHead:
+    """Verify everything but the contents' hashes, from the first bytes of a bundle of ``size`` bytes.
+
+    ``prefix`` needs at most :data:`MAX_HEAD` bytes (fewer when the bundle is shorter). This is
+    what lets a device refuse a hostile file after reading ~80 KiB of it, whatever its size.
+    """
+    if size > limits.max_bundle:
+        raise BundleFormatError(f"bundle is {size} bytes, more than the limit of {limits.max_bundle}", code="oversize")
+    manifest_bytes, sigblock, rest = split_bundle(prefix, limits)
+    head = _verify_manifest(manifest_bytes, sigblock, root=root, now=now, agent_id=agent_id, groups=groups,
+                            counter=counter, counter_digest=counter_digest, limits=limits,
+                            head_size=len(prefix) - len(rest))
+    _check_total(head.manifest, size - head.head_size)
+    return head
+
+
+def _check_total(manifest: Manifest, have: int) -> None:
+    total = sum(e.size for e in manifest.contents)
+    if have < total:
+        raise BundleFormatError(f"bundle is truncated: contents hold {have} of {total} bytes", code="truncated")
+    if have > total:
+        raise BundleFormatError(f"bundle has {have - total} bytes after its declared contents", code="trailing-data")
+
+
+def _verify_manifest(manifest_bytes: bytes, sigblock: bytes, *, root: TrustRoot, now: float, agent_id: str,
+                     groups: Sequence[str], counter: int, counter_digest: str | None, limits: Limits,
+                     head_size: int) -> VerifiedHead:
     sigs = parse_signatures(sigblock, _sigbad)
     signed = threshold_signers(sigs, root.owners, BUNDLE_TYPE, manifest_bytes)
     if len(signed) < root.threshold:
@@ -301,21 +345,34 @@ def verify_bundle(
             f"bundle counter {manifest.counter} is not above the device's counter {counter}",
             hint="build the bundle with a higher --counter",
         )
-    total = sum(e.size for e in manifest.contents)
-    if len(rest) < total:
-        raise BundleFormatError(
-            f"bundle is truncated: contents hold {len(rest)} of {total} bytes", code="truncated"
-        )
-    if len(rest) > total:
-        raise BundleFormatError(
-            f"bundle has {len(rest) - total} bytes after its declared contents", code="trailing-data"
-        )
+    return VerifiedHead(manifest, manifest_bytes, sigblock, digest, signed, head_size)
+
+
+def verify_bundle(
+    data: bytes,
+    *,
+    root: TrustRoot,
+    now: float,
+    agent_id: str,
+    groups: Sequence[str] = (),
+    counter: int = 0,
+    counter_digest: str | None = None,
+    limits: Limits = Limits(),
+) -> VerifiedBundle:
+    """Verify a bundle completely. ``counter``/``counter_digest``: the device's anti-rollback
+    state; a bundle must have a higher counter, or the same counter and the same manifest."""
+    manifest_bytes, sigblock, rest = split_bundle(data, limits)
+    head = _verify_manifest(manifest_bytes, sigblock, root=root, now=now, agent_id=agent_id, groups=groups,
+                            counter=counter, counter_digest=counter_digest, limits=limits,
+                            head_size=len(data) - len(rest))
+    manifest = head.manifest
+    _check_total(manifest, len(rest))
     out = []
     pos = 0
     for e in manifest.contents:
-        chunk = rest[pos : pos + e.size]
+        chunk = rest[pos : pos + e.size]  # a view: the contents are not copied
         pos += e.size
         if hashlib.sha256(chunk).hexdigest() != e.sha256:
             raise BundleContentError(f"content '{e.name}' does not match its sha256 in the manifest")
-        out.append((e, bytes(chunk)))
-    return VerifiedBundle(manifest, manifest_bytes, sigblock, digest, signed, tuple(out))
+        out.append((e, chunk))
+    return VerifiedBundle(manifest, manifest_bytes, sigblock, head.digest, head.signed_by, tuple(out))

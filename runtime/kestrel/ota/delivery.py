@@ -1,23 +1,23 @@
 """Deliveries other than the CLI: a drop directory (USB stick) and MQTT payloads.
 
-Both end in :func:`kestrel.ota.apply.apply_bundle`, exactly like ``kestrel ota apply``.
+Both end in :func:`kestrel.ota.apply.apply_bundle`, exactly like ``kestrel ota apply``; a dropped
+file goes through :func:`kestrel.ota.bundlefile.apply_bundle_file` (size and head checked before
+it is read, with the daemon's ``ota.max_bundle`` as the limit).
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._internal.fsutil import open_nofollow, read_bytes, read_fd
-from ..errors import DataError, KestrelError, TransportError
-from .apply import AppliedBundle, HealthCheck, apply_bundle
+from .._internal.fsutil import read_bytes
+from ..errors import DataError, KestrelError
+from .apply import AppliedBundle, HealthCheck, apply_bundle, record_rejection
 from .bundle import Limits
-from .errors import BundleError, BundleFormatError
+from .bundlefile import apply_bundle_file, digest_fd, open_bundle
+from .errors import BundleError
 from .store import OtaDir, durable_write
 
 if TYPE_CHECKING:  # the TPM counter module is imported by whoever builds one
@@ -58,60 +58,38 @@ def scan_drop_dir(state_dir: str | os.PathLike[str], drop_dir: str | os.PathLike
             continue
         path = Path(drop_dir) / name
         try:
-            data = _read_regular(path, limits.max_bundle)
+            fd, st = open_bundle(path)
         except BundleError as exc:
             key = f"{name}:{exc.code}"
             if key not in seen:
                 results.append((path, exc))
-                _note(ledger, exc, name)
+                record_rejection(ledger, exc, sha256=None, size=0, source="drop", file=name)
                 seen.append(key)
             continue
         except KestrelError as exc:
             results.append((path, exc))
             continue
-        key = hashlib.sha256(data).hexdigest()
-        if key in seen:
-            continue
         try:
-            results.append((path, apply_bundle(state_dir, data, ledger=ledger, now=now, source="drop",
-                                               health=health, limits=limits, tpm=tpm)))
-        except KestrelError as exc:
-            results.append((path, exc))
-        seen.append(key)
+            cheap = f"stat:{name}:{st.st_size}:{st.st_mtime_ns}"  # a file left on the stick: no re-hash per scan
+            if cheap in seen:
+                continue
+            key = digest_fd(fd, st.st_size)  # bounded memory, whatever the file's size
+            if key in seen:
+                seen.append(cheap)
+                continue
+            try:
+                results.append((path, apply_bundle_file(state_dir, path, ledger=ledger, now=now, source="drop",
+                                                        health=health, limits=limits, tpm=tpm,
+                                                        opened=(fd, st))))
+            except KestrelError as exc:
+                results.append((path, exc))
+            seen += [key, cheap]
+        finally:
+            os.close(fd)
     if results:
         ota.ensure()
         durable_write(seen_file, json.dumps(seen[-_SEEN_MAX:]).encode())
     return results
-
-
-def _read_regular(path: Path, limit: int) -> bytes:
-    """Read a regular file without following a symlink (no TOCTOU between check and read)."""
-    try:
-        fd = open_nofollow(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise BundleFormatError(f"{path} is a symbolic link; refused", code="not-regular-file") from None
-        raise TransportError(f"cannot read bundle {path}: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BundleFormatError(f"{path} is not a regular file (device, FIFO or directory refused)",
-                                    code="not-regular-file")
-        if st.st_size > limit:
-            raise BundleFormatError(f"{path} is larger than {limit} bytes", code="oversize")
-        data = read_fd(fd, limit)
-    except OSError as exc:
-        raise TransportError(f"cannot read bundle {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise BundleFormatError(f"{path} grew beyond {limit} bytes while being read", code="oversize")
-    return data
-
-
-def _note(ledger: Any, exc: BundleError, name: str) -> None:
-    ledger.append("ota.rejected", {"reason": exc.code, "message": exc.message[:500], "file": name,
-                                   "source": "drop"})
 
 
 def _load_seen(path: Path) -> list[str]:
