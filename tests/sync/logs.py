@@ -20,10 +20,13 @@ class LogBuilder:
     def did(self) -> str:
         return self.signer.public_key.did
 
-    def append(self, n: int = 1, *, kind: str = "action.result", body: dict | None = None) -> None:
-        for _ in range(n):
+    def append(self, n: int = 1, *, kind: str = "action.result", body: dict | None = None,
+               at: float | None = None, step: float = 1.0) -> None:
+        """``n`` records of ``kind``; their times start at ``at`` (default 1_800_000_000 + seq), ``step`` s apart."""
+        for i in range(n):
             seq = len(self.records)
-            raw = encode_record(seq=seq, time=1_800_000_000.0 + seq, kind=kind,
+            t = 1_800_000_000.0 + seq if at is None else at + i * step
+            raw = encode_record(seq=seq, time=t, kind=kind,
                                 body=body if body is not None else {"i": seq},
                                 prev=self.leaves[-1] if self.leaves else ZERO_HASH)
             self.records.append(raw)

@@ -51,6 +51,12 @@ def register(sub: Any) -> None:
     exp.add_argument("file")
     _db(exp)
     exp.set_defaults(func=_collector_export)
+    srv = csub.add_parser("serve", help="read-only web view of the fleet (needs the `collector` extra)")
+    _db(srv)
+    srv.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT",
+                     help="address to listen on (default 127.0.0.1:8765; any non-loopback address needs --token-file)")
+    srv.add_argument("--token-file", metavar="FILE", help="file (mode 0600) holding the token every request must carry")
+    srv.set_defaults(func=_collector_serve)
 
     ac = sub.add_parser("agent-connect", help="trust a peer agent's messages (its AgentID)")
     ac.add_argument("peer", nargs="?", metavar="PEER_DID")
@@ -267,6 +273,44 @@ def _collector_export(args: argparse.Namespace, extra: list[str]) -> int:
     atomic_write(Path(args.file), data, mode=0o644)
     print(f"wrote {verified.size - verified.first_seq} verified records of {args.agent} to {args.file}",
           file=sys.stderr)
+    return 0
+
+
+def _collector_serve(args: argparse.Namespace, extra: list[str]) -> int:
+    from .._internal.fsutil import read_bytes
+    from ..errors import UsageError
+    from ..sync.collector.service import parse_broker
+
+    host, port = parse_broker(args.listen.replace("localhost", "127.0.0.1"))
+    token = None
+    if args.token_file:
+        mode = os.stat(args.token_file).st_mode if os.path.exists(args.token_file) else 0
+        if mode & 0o077:
+            raise UsageError(f"token file {args.token_file} is readable by others", hint=f"chmod 600 {args.token_file}")
+        token = read_bytes(args.token_file, what="token file", max_size=4096).decode(errors="replace").strip()
+        if len(token) < 16:
+            raise UsageError(f"the token in {args.token_file} is shorter than 16 characters",
+                             hint="python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE")
+    from ..sync.collector.web import create_app, is_loopback
+
+    if token is None and not is_loopback(host):
+        raise UsageError(f"listening on {host} (not loopback) needs a token",
+                         hint="pass --token-file FILE (mode 0600), or listen on 127.0.0.1")
+    try:
+        import uvicorn
+    except ImportError:
+        raise UsageError("the web view needs uvicorn and starlette", hint="pip install 'kestrel-sovereign[collector]'") \
+            from None
+    store = _open_store(args)
+    try:
+        app = create_app(store, token=token, location=getattr(store, "location", ""))
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                server_header=False, proxy_headers=False)
+        print(f"collector serve: http://{host}:{port}/ (read-only{', token required' if token else ''})",
+              file=sys.stderr, flush=True)
+        uvicorn.Server(config).run()
+    finally:
+        store.close()
     return 0
 
 

@@ -332,6 +332,11 @@ class SqlStore:
                          "ORDER BY seq LIMIT ?", (*params, limit))
         return [LogRow(*r) for r in rows]
 
+    def records_of_kind(self, kind: str, *, limit: int = 10_000) -> list[tuple[str, bytes]]:
+        """``(did, raw)`` of stored records of one kind (the fleet view reads ``agent.created`` for names)."""
+        return [(d, _b(r)) for d, r in self._all("SELECT did, raw FROM records WHERE kind = ? ORDER BY did, seq LIMIT ?",
+                                                 (kind, limit))]
+
     def hourly(self, did: str | None = None) -> list[tuple[str, int, int]]:
         sql = f"SELECT did, {self.HOUR} AS h, COUNT(*) FROM records"
         sql += (" WHERE did = ?" if did else "") + " GROUP BY did, h ORDER BY did, h"

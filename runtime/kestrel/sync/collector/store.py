@@ -169,6 +169,10 @@ class CollectorStore(Protocol):
 
     def record(self, did: str, seq: int) -> bytes | None: ...
 
+    def records_of_kind(self, kind: str, *, limit: int = 10_000) -> list[tuple[str, bytes]]:
+        """``(did, raw)`` of stored records of one kind."""
+        ...
+
     def hourly(self, did: str | None = None) -> list[tuple[str, int, int]]:
         """Records per hour of the records' own time: ``(did, hour (unix time // 3600), count)``."""
         ...
