@@ -2,16 +2,23 @@
 
 ``parse_policy`` and ``evaluate`` do no I/O; ``PolicyEngine`` (in
 ``kestrel.policy.engine``) loads the active policy from the OTA slot, keeps
-rate-limit state on disk and appends every decision to the ledger.
+rate-limit state on disk and appends every decision to the ledger. Arguments are
+put in canonical form first (:mod:`kestrel.policy.canonical`).
+
+Names are loaded on first use (PEP 562), so that importing a light sub-module (the
+action catalog for ``kestrel call --help``) does not load the evaluator and hashlib.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .evaluate import NO_POLICY_DIGEST, destination, evaluate
-from .model import ActionRequest, Decision, Policy, PolicyState, args_digest
-from .parse import PolicyError, PolicyIssue, parse_policy
+if TYPE_CHECKING:
+    from .engine import PolicyEngine
+    from .evaluate import NO_POLICY_DIGEST, destination, evaluate
+    from .model import ActionRequest, Decision, Policy, PolicyState, args_digest
+    from .parse import PolicyError, PolicyIssue, parse_policy
 
 __all__ = [
     "ActionRequest",
@@ -28,10 +35,18 @@ __all__ = [
     "parse_policy",
 ]
 
+_WHERE = {
+    "NO_POLICY_DIGEST": "evaluate", "destination": "evaluate", "evaluate": "evaluate",
+    "ActionRequest": "model", "Decision": "model", "Policy": "model", "PolicyState": "model", "args_digest": "model",
+    "PolicyError": "parse", "PolicyIssue": "parse", "parse_policy": "parse",
+    "PolicyEngine": "engine",
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "PolicyEngine":
-        from .engine import PolicyEngine
-
-        return PolicyEngine
-    raise AttributeError(name)
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kestrel.policy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
