@@ -87,3 +87,43 @@ def test_decoders_soak(data):
         P.decode_request(data)
     except P.ProtocolError:
         pass
+
+
+_JSON_BITS = st.sampled_from([
+    '{"id": 1, "method": "call", "params": {"action": "send_email", "args": {', '"to": ', '"value": ', '"url": ',
+    "NaN", "-Infinity", "1e999", "9" * 30, "-" + "9" * 25, "1.5", "0", "true", "null", '"a@b.example"', '"x"',
+    "[", "]", "{", "}", ",", ":", '"\\ud800"', '"\\u0000"', '"a", "a": 1', "[" * 50, "]" * 50,
+])
+
+
+@FAST
+@given(st.lists(_JSON_BITS, max_size=30).map("".join))
+def test_protocol_decoder_structured_fuzz(text):
+    """JSON-shaped hostile lines: a request, or bad_request; and the arguments of any request that decodes
+    have a canonical form or an ArgsError (never a crash, a NaN or a huge integer)."""
+    from kestrel.policy.canonical import ArgsError, canonicalize
+
+    try:
+        req = P.decode_request(text.encode())
+    except P.ProtocolError:
+        return
+    args = req.params.get("args")
+    if isinstance(args, dict):
+        try:
+            canonicalize(str(req.params.get("action")), args)
+        except ArgsError:
+            pass
+
+
+def test_the_longest_hostile_line_is_decoded_in_bounded_memory():
+    import tracemalloc
+
+    line = b"[" * (P.MAX_LINE - 1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(P.ProtocolError):
+            P.decode_request(line)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * P.MAX_LINE, peak

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -79,3 +81,25 @@ def test_structured_documents_long(doc) -> None:
 @given(st.integers(0, len(FULL) - 1), st.text(max_size=6))
 def test_mutated_full_policy_long(pos, insert) -> None:
     _check_text(FULL[:pos] + insert + FULL[pos + 1:])
+
+
+_HOSTILE = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**80, max_value=2**80) | st.floats() | st.text(max_size=20)
+    | st.sampled_from(["eve@evil.com, bob@example.com", "Bob <b@example.com>", "http://127.1/", "a/#", "NaN"]),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4), max_leaves=30)
+
+
+@FAST
+@given(st.sampled_from(["send_email", "fetch_data", "gpio.write", "mqtt.publish", "serial.write", "schedule_event",
+                        "agent.send", "set_heater"]),
+       st.dictionaries(st.sampled_from(["to", "url", "value", "topic", "payload", "actuator", "subject", "start",
+                                        "retain", "qos", "data", "summary", "x"]), _HOSTILE, max_size=5))
+def test_canonical_form_or_args_error_and_the_form_is_stable(action, args) -> None:
+    from kestrel.policy.canonical import ArgsError, canonicalize
+
+    try:
+        c = canonicalize(action, args)
+    except ArgsError:
+        return
+    assert canonicalize(action, c) == c  # the handler's re-parse sees exactly what the policy saw
+    json.dumps(c, allow_nan=False)  # plain JSON, finite numbers

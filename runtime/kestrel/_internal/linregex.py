@@ -128,6 +128,7 @@ class _Parser:
         self.p = pattern
         self.i = 0
         self.icase = ignore_case
+        self.names: set[str] = set()
 
     def fail(self, message: str, pos: int | None = None) -> RegexError:
         return RegexError(message, self.i if pos is None else pos)
@@ -209,8 +210,12 @@ class _Parser:
                     self.i += 2
                 elif self.p.startswith("?P<", self.i):
                     close = self.p.find(">", self.i)
-                    if close < 0 or not self.p[self.i + 3:close].isidentifier():
+                    name = self.p[self.i + 3:close] if close > 0 else ""
+                    if not name.isidentifier():
                         raise self.fail("bad group name")
+                    if name in self.names:
+                        raise self.fail(f"group name {name!r} is used twice")
+                    self.names.add(name)
                     self.i = close + 1
                 elif self.p[self.i:self.i + 3] in ("?=", "?!", "?<=", "?<!") or self.p[self.i:self.i + 2] in (
                         "?=", "?!"):

@@ -207,15 +207,17 @@ def _address_domain(v: str) -> str | None:
 
 
 def _as_number(v: Any) -> float | None:
+    """The finite number ``v`` is or spells; None for anything else (NaN and infinities included)."""
     if isinstance(v, bool):
         return None
     if isinstance(v, (int, float)):
-        return v
+        return v if v - v == 0 else None
     if isinstance(v, str) and len(v) <= 64:
         try:
-            return float(v) if any(c in v for c in ".eE") else int(v, 10)
+            num = float(v) if any(c in v for c in ".eE") else int(v, 10)
         except ValueError:
             return None
+        return num if num - num == 0 else None
     return None
 
 
