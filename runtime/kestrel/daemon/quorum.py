@@ -108,6 +108,7 @@ class QuorumCoordinator:
         self._open: dict[str, _Open] = {}
         self._decided: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._seen: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
+        self._certs: collections.OrderedDict[str, VerifiedCertificate] = collections.OrderedDict()  # by sha256
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stats = {"proposed": 0, "met": 0, "not_met": 0, "votes_in": 0, "votes_refused": 0, "voted": 0}
         messenger.handlers.update({"quorum.request": self._on_request, "quorum.vote": self._on_vote,
@@ -156,7 +157,8 @@ class QuorumCoordinator:
         op = _Open(req, quorum)
         self._open[req.id] = op
         try:
-            await self.ledger.append_async("quorum.proposed", {"id": req.id, **req.to_body()})
+            self._record("quorum.proposed", {"id": req.id, **req.to_body()})  # durable before any request:
+            # the ledger is FIFO and each request's peer.sent is awaited before it is published
             if self.did in quorum.of:
                 self._own_vote(op)
             body = {"t": "quorum.request", **req.to_body(), "args": args}
@@ -235,6 +237,20 @@ class QuorumCoordinator:
         except KestrelError as exc:
             log.info("could not send the quorum outcome to %s: %s", did, exc.message)
 
+    def _record(self, kind: str, body: dict[str, Any]) -> None:
+        """Queue a record without waiting; a later awaited append (FIFO) covers its durability."""
+        submit = getattr(self.ledger, "submit", None)
+        if submit is None:
+            self._spawn(self.ledger.append_async(kind, body))
+            return
+        submit(kind, body).add_done_callback(self._recorded)
+
+    @staticmethod
+    def _recorded(fut: Any) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            log.error("a quorum record could not be written to the ledger: %s", exc)
+
     @staticmethod
     def _remember(store: collections.OrderedDict[Any, Any], key: Any, value: Any) -> None:
         store[key] = value
@@ -272,22 +288,25 @@ class QuorumCoordinator:
             return
         try:
             cert = await asyncio.to_thread(check_vote, op.request, vote, voter=sender,
-                                           min_serial=self._serials.get(sender))
+                                           min_serial=self._serials.get(sender), known=self._certs)
         except QuorumMessageError as exc:
             await self._vote_refused(record, exc.reason, exc.message)
             return
+        self._remember(self._certs, cert.digest, cert)
         if cert.serial > self._serials.get(sender):
             await asyncio.to_thread(self._serials.raise_to, sender, cert.serial)
-        await self.ledger.append_async("quorum.vote", {**record, "accepted": True, "serial": cert.serial,
-                                                      "cert": cert.digest})
-        if vote.id in self._open and sender not in op.approvals:  # durable before it counts
+        # Queued, not awaited: quorum.decided comes later in the same FIFO ledger and is awaited
+        # before anything executes, so a vote that counts is durable before its decision is.
+        self._record("quorum.vote", {**record, "accepted": True, "serial": cert.serial, "cert": cert.digest})
+        if vote.id in self._open and sender not in op.approvals:
             op.approvals[sender] = (vote.signature or b"", cert)
             self.stats["votes_in"] += 1
             op.changed.set()
 
     async def _vote_refused(self, record: dict[str, Any], reason: str, detail: str = "") -> None:
         self.stats["votes_refused"] += 1
-        log.warning("quorum vote from %s refused: %s %s", record.get("from"), reason, detail)
+        (log.info if reason == "late" else log.warning)("quorum vote from %s refused: %s %s", record.get("from"),
+                                                        reason, detail)
         await self.ledger.append_async("quorum.vote", {**record, "accepted": False, "reason": reason,
                                                       "detail": detail[:256]})
 
@@ -325,7 +344,7 @@ class QuorumCoordinator:
             if approve and self.bls_key is None:
                 approve, reason = False, "this agent has no BLS key"
         body.update(vote="allow" if approve else "deny", reason=reason[:256])
-        await self.ledger.append_async("quorum.voted", body)  # durable before the vote leaves
+        self._record("quorum.voted", body)  # durable before the vote leaves: its peer.sent follows it (FIFO)
         self.stats["voted"] += 1
         await self._answer(sender, req.id, approve, reason, req)
 

@@ -235,10 +235,16 @@ def parse_vote(body: Any) -> Vote:
                 cert if vote == "allow" else None)
 
 
-def check_vote(request: DecisionRequest, vote: Vote, *, voter: str, min_serial: int = 0) -> "VerifiedCertificate":
+def check_vote(request: DecisionRequest, vote: Vote, *, voter: str, min_serial: int = 0,
+               known: Mapping[str, "VerifiedCertificate"] | None = None) -> "VerifiedCertificate":
     """Verify an approval from ``voter`` for ``request``: its certificate (identity signature, proof
     of possession, serial not below ``min_serial``, the last one seen from the voter) and its BLS
-    signature over the request's decision message. Returns the voter's verified certificate."""
+    signature over the request's decision message. Returns the voter's verified certificate.
+
+    ``known``: certificates verified before, by the SHA-256 of their bytes (a proposer checks each
+    certificate's signature and proof of possession once, not on every vote)."""
+    import hashlib
+
     from ..identity.bls import BLSCertificateError, verify_certificate
     from ..identity.keys import SignatureError
 
@@ -248,10 +254,14 @@ def check_vote(request: DecisionRequest, vote: Vote, *, voter: str, min_serial: 
         raise QuorumMessageError("not-a-member", f"{voter} is not a member of this quorum")
     if not vote.approve or vote.signature is None or vote.certificate is None:
         raise QuorumMessageError("malformed", "only approvals carry a signature to check")
-    try:
-        cert = verify_certificate(vote.certificate, agent=voter)
-    except BLSCertificateError as exc:
-        raise QuorumMessageError(f"cert-{exc.reason}", exc.message) from None
+    cert = known.get(hashlib.sha256(vote.certificate).hexdigest()) if known is not None else None
+    if cert is not None and cert.agent != voter:
+        raise QuorumMessageError("cert-wrong-agent", f"certificate is for {cert.agent}, expected {voter}")
+    if cert is None:
+        try:
+            cert = verify_certificate(vote.certificate, agent=voter)
+        except BLSCertificateError as exc:
+            raise QuorumMessageError(f"cert-{exc.reason}", exc.message) from None
     if cert.serial < min_serial:
         raise QuorumMessageError("cert-rotated", f"{voter}'s BLS key {cert.serial} was rotated away "
                                                  f"(serial {min_serial} seen since)")

@@ -25,7 +25,7 @@ from .._tasks import cancel_task
 from ..wire import inbox_topic
 from .envelope import PeerMessageError, VerifiedMessage, message_digest, open_message, seal
 from .keyagree import KeyAgreement
-from .trust import PeerSeqStore, load_trust_list
+from .trust import PeerSeqStore, load_trust_list, trust_path
 
 __all__ = ["PeerMessenger", "SentMessage", "PeerSendDenied", "send_under_policy", "ACTION"]
 
@@ -68,6 +68,8 @@ class PeerMessenger:
         # are handed there, once recorded as received, instead of waiting in the inbox
         self.handlers: dict[str, Callable[[VerifiedMessage], Awaitable[None]]] = {}
         self._handling: set[asyncio.Task[None]] = set()
+        self._send_locks: dict[str, asyncio.Lock] = {}  # per recipient (bounded by the trust list)
+        self._trust: tuple[Any, Any] = (None, None)  # (peers.json stat, TrustList): re-read when it changes
 
     async def start(self) -> None:
         self._sub = await self.bridge.subscribe(inbox_topic(self.did), qos=1)
@@ -83,23 +85,38 @@ class PeerMessenger:
                 await self.bridge.unsubscribe(self._sub)
             self._sub = None
 
+    async def _trust_list(self) -> Any:
+        """The trust list, read again only when ``peers.json`` changed (``kestrel agent-connect``)."""
+        try:
+            st = os.stat(trust_path(self.state_dir))
+            sig: Any = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            sig = None
+        if sig is not None and self._trust[0] == sig:
+            return self._trust[1]
+        trust = await asyncio.to_thread(load_trust_list, self.state_dir)
+        self._trust = (sig, trust)
+        return trust
+
     # -- sending ------------------------------------------------------------------------------
     async def send(self, to: str, body: Any, *, encrypt: bool = False) -> SentMessage:
         """Seal ``body`` for the trusted peer ``to``, record ``peer.sent``, publish at QoS 1.
 
         No policy check here: callers go through the action pipeline or :func:`send_under_policy`.
         """
-        trust = await asyncio.to_thread(load_trust_list, self.state_dir)
+        trust = await self._trust_list()
         if trust.get(to) is None:
             raise UsageError(f"{to} is not in the trust list", hint=f"run: kestrel agent-connect {to}")
         recipient = PublicKey.from_did(to)
-        seq = await asyncio.to_thread(self._seq.next_outgoing, to)
-        data = await asyncio.to_thread(seal, body, signer=self.signer, recipient=recipient, seq=seq,
-                                       now=self._clock(), encrypt=encrypt)  # a TPM signs in tens of ms
-        sent = SentMessage(to, seq, message_digest(data), encrypt, len(data))
-        await self.ledger.append_async("peer.sent", {"to": to, "seq": seq, "digest": sent.digest,
-                                                     "encrypted": encrypt, "bytes": sent.size})
-        await self.bridge.publish(inbox_topic(to), data, qos=1)
+        lock = self._send_locks.setdefault(to, asyncio.Lock())
+        async with lock:  # one at a time per recipient: numbers reach the broker in increasing order
+            seq = await asyncio.to_thread(self._seq.next_outgoing, to)
+            data = await asyncio.to_thread(seal, body, signer=self.signer, recipient=recipient, seq=seq,
+                                           now=self._clock(), encrypt=encrypt)  # a TPM signs in tens of ms
+            sent = SentMessage(to, seq, message_digest(data), encrypt, len(data))
+            await self.ledger.append_async("peer.sent", {"to": to, "seq": seq, "digest": sent.digest,
+                                                         "encrypted": encrypt, "bytes": sent.size})
+            await self.bridge.publish(inbox_topic(to), data, qos=1)
         return sent
 
     async def action_send(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +155,7 @@ class PeerMessenger:
 
     async def handle(self, payload: bytes) -> VerifiedMessage | None:
         """Verify one inbox message; record it as received or refused. Returns it if accepted."""
-        trust = await asyncio.to_thread(load_trust_list, self.state_dir)
+        trust = await self._trust_list()
         me: KeyAgreement | PublicKey = self._ka if self._ka is not None else self.signer.public_key
         try:
             msg = open_message(payload, me=me, trusted=trust.keys(), replay=self._seq.replay,

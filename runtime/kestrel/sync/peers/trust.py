@@ -22,7 +22,7 @@ from ...errors import DataError
 from ...identity.keys import PublicKey
 from .envelope import ReplayState
 
-__all__ = ["Peer", "TrustList", "PeerSeqStore", "load_trust_list", "add_peer", "remove_peer"]
+__all__ = ["Peer", "TrustList", "PeerSeqStore", "load_trust_list", "add_peer", "remove_peer", "trust_path"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,11 @@ def _load_json(path: Path, *, what: str) -> Any:
     except ValueError as exc:
         raise DataError(f"{what} {path} is corrupt: {exc}",
                         hint="restore it from a backup; Kestrel will not overwrite it") from None
+
+
+def trust_path(state_dir: str | os.PathLike[str]) -> Path:
+    """``STATE/data/peers.json``."""
+    return _trust_path(Path(state_dir))
 
 
 def load_trust_list(state_dir: str | os.PathLike[str]) -> TrustList:
@@ -106,12 +111,16 @@ def remove_peer(state_dir: str | os.PathLike[str], did: str) -> bool:
     return True
 
 
+SEQ_BLOCK = 32
+
+
 class PeerSeqStore:
     """Outgoing sequence counters and the incoming replay state, persisted atomically."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self._path = StateLayout(Path(state_dir)).data / "peer-seq.json"
         self._lock = threading.Lock()
+        self._next: dict[str, int] = {}  # last number handed out per recipient (within the reserved block)
         doc = _load_json(self._path, what="peer sequence state") or {"version": 1, "sent": {}, "received": {}}
         try:
             self._sent = {str(k): int(v) for k, v in doc["sent"].items()}
@@ -125,11 +134,17 @@ class PeerSeqStore:
         atomic_write(self._path, json.dumps(doc, sort_keys=True).encode() + b"\n")
 
     def next_outgoing(self, recipient: str) -> int:
-        """Reserve and durably record the next sequence number for ``recipient``."""
+        """The next sequence number for ``recipient``, never handed out before, even across a crash.
+
+        Numbers are reserved durably in blocks of :data:`SEQ_BLOCK`: the file holds the block's
+        ceiling, so only one send in SEQ_BLOCK writes it (a crash skips the rest of a block;
+        receivers need increasing numbers, not consecutive ones)."""
         with self._lock:
-            seq = self._sent.get(recipient, 0) + 1
-            self._sent[recipient] = seq
-            self._save()
+            seq = self._next.get(recipient, self._sent.get(recipient, 0)) + 1
+            if seq > self._sent.get(recipient, 0):
+                self._sent[recipient] = seq + SEQ_BLOCK - 1
+                self._save()
+            self._next[recipient] = seq
             return seq
 
     @property
