@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socketserver
 import threading
+import time
 from dataclasses import dataclass, field
 
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 class Mailbox:
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     reject_rcpt: set[str] = field(default_factory=set)
+    reply_delay_s: float = 0.0  # stored, then this long before "250": a sender killed meanwhile never hears it
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -19,6 +21,12 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.flush()
 
     def handle(self) -> None:
+        try:
+            self._session()
+        except OSError:  # the client went away (tests kill it on purpose)
+            return
+
+    def _session(self) -> None:
         box: Mailbox = self.server.mailbox  # type: ignore[attr-defined]
         self.reply("220 sink ESMTP")
         sender, rcpts = "", []
@@ -46,6 +54,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
                     data += chunk
                 box.messages.append((sender, rcpts, data))
+                if box.reply_delay_s:
+                    time.sleep(box.reply_delay_s)
                 self.reply("250 queued")
             elif verb == "QUIT":
                 self.reply("221 bye")

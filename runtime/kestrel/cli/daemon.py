@@ -157,6 +157,11 @@ def _status(args: argparse.Namespace, extra: list[str]) -> int:
           + (f" (last error: {ob['last_error']})" if ob.get("last_error") else ""))
     a = st["actions"]
     print(f"actions  {a['allowed']} allowed, {a['denied']} denied, {a['failed']} failed, {a['dropped']} dropped")
+    doubt = st.get("indoubt") or {}
+    if doubt:
+        print(f"in doubt {doubt.get('actions', 0)} actions, {doubt.get('mail', 0)} mail deliveries left unfinished by "
+              f"the last run ({doubt.get('previous_stop') or 'unknown'} stop)"
+              + ("; see: kestrel audit log --kind 'action.indoubt'" if doubt.get("actions") else ""))
     if st.get("mqtt"):
         print(f"mqtt     {'connected' if st['mqtt']['connected'] else 'offline'}")
     _print_links(st, args.state)

@@ -7,6 +7,13 @@ were proposed. Fast actions (GPIO, serial) run inline on the loop; slow ones
 (network, mail, files) run as their own tasks, at most ``action_workers`` at a
 time. The queue is bounded: a flood of trigger proposals is dropped and counted,
 never buffered without limit.
+
+Write-ahead: an action runs only once its ``policy.decision`` is durable (in batched
+mode the sequencer waits for the group commit that holds it, so decisions still share
+fsyncs), and its ``action.result`` names that decision (``decision``: its seq). An
+effect is registered with the :class:`~kestrel.daemon.effects.EffectTracker` before it
+is decided and ends when its outcome is durable, so a crash leaves the daemon able to
+say which allowed actions are in doubt (docs/state-dir.md, "In-doubt actions").
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any, Callable
 from ..errors import KestrelError, TransportError
 from ..policy.model import args_digest
 from .actions import FAST_ACTIONS, Actions
+from .effects import CURRENT_DECISION, Effect, EffectTracker
 from .triggers import Proposal
 
 __all__ = ["Pipeline", "ActionDeniedError", "ActionFailedError", "QueuedAppends"]
@@ -44,21 +52,30 @@ class ActionFailedError(KestrelError):
 
 
 class QueuedAppends:
-    """The ledger as the policy engine sees it in ``audit.decisions: batched`` mode.
+    """The ledger as the daemon's policy engine sees it: the pipeline learns where each decision went.
 
-    ``append`` puts the record into the ledger's group commit and returns at once,
-    so the action can run while the commit's fsync is under way. The record is
-    still ordered before the action's outcome (the ledger is FIFO) and becomes
-    durable within one commit; a failed commit is kept in ``error`` (the daemon
-    turns unhealthy and stops feeding the watchdog).
+    ``queued`` (``audit.decisions: batched``): ``append`` puts the record into the
+    ledger's group commit and returns at once, so that the deciding thread is free
+    while the commit's fsync is under way; the pipeline waits for that commit before
+    the action runs. The record is ordered before the action's outcome (the ledger is
+    FIFO); a failed commit is kept in ``error`` (the daemon turns unhealthy and stops
+    feeding the watchdog). Not queued (``strict``): ``append`` is the ledger's durable
+    append. Either way :meth:`take_last` hands the pipeline the append's future.
     """
 
-    def __init__(self, ledger: Any) -> None:
+    def __init__(self, ledger: Any, *, queued: bool = True) -> None:
         self._ledger = ledger
         self._local = threading.local()
         self.error: str | None = None
+        self.queued = queued
 
     def append(self, kind: str, body: dict[str, Any]) -> Any:
+        if not self.queued:
+            receipt = self._ledger.append(kind, body)
+            done: concurrent.futures.Future = concurrent.futures.Future()
+            done.set_result(receipt)
+            self._local.last = done
+            return receipt
         fut = self._ledger.submit(kind, body)
         fut.add_done_callback(self._done)
         self._local.last = fut
@@ -84,16 +101,19 @@ class _Item:
     decision: "asyncio.Future[Any]"
     reply: "asyncio.Future[dict[str, Any]] | None"
     t0: float
+    effect: Effect | None = None
+    decision_seq: int | None = None  # known up front for call_decided
 
 
 class Pipeline:
     def __init__(self, *, policy: Any, ledger: Any, actions: Actions, queue_size: int, workers: int,
-                 on_recorded: Callable[[], None] | None = None, decision_log: QueuedAppends | None = None
-                 ) -> None:
+                 on_recorded: Callable[[], None] | None = None, decision_log: QueuedAppends | None = None,
+                 effects: EffectTracker | None = None) -> None:
         self.policy = policy
         self.decision_log = decision_log
-        self.inline_decisions = decision_log is not None
+        self.inline_decisions = decision_log is not None and decision_log.queued
         self.ledger = ledger
+        self.effects = effects or EffectTracker(lambda: ledger.size)
         self.actions = actions
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(queue_size)
         self._slow = asyncio.Semaphore(workers)
@@ -130,6 +150,7 @@ class Pipeline:
     def _item(self, p: Proposal, reply: bool) -> _Item:
         loop = asyncio.get_running_loop()
         self.stats["proposed"] += 1
+        effect = self.effects.begin()  # before the decision is appended: the journal's watermark stays below it
         if self._decides_inline():
             fut: asyncio.Future[Any] = loop.create_future()
             try:
@@ -138,7 +159,7 @@ class Pipeline:
                 fut.set_exception(exc)
         else:
             fut = loop.run_in_executor(self._decider, self._decide, p.action, p.args)
-        return _Item(p, fut, loop.create_future() if reply else None, time.perf_counter())
+        return _Item(p, fut, loop.create_future() if reply else None, time.perf_counter(), effect)
 
     def _decide(self, action: str, args: dict[str, Any]) -> tuple[Any, Any]:
         """(decision, pending append of its record or None) - on whichever thread decides."""
@@ -178,14 +199,18 @@ class Pipeline:
         assert item.reply is not None
         return await item.reply
 
-    async def call_decided(self, p: Proposal, decision: Any) -> dict[str, Any]:
+    async def call_decided(self, p: Proposal, decision: Any, *, effect: Effect | None = None,
+                           decision_seq: int | None = None) -> dict[str, Any]:
         """Queue a proposal its caller has already had decided by this pipeline's policy engine
-        (the planner, which must see the decision), then execute and record it like :meth:`call`."""
+        (the planner, which must see the decision), then execute and record it like :meth:`call`.
+
+        ``effect``: registered by the caller with :attr:`effects` before it asked for the decision;
+        ``decision_seq``: where the decision was recorded (both for the in-doubt accounting)."""
         loop = asyncio.get_running_loop()
         self.stats["proposed"] += 1
         decided: asyncio.Future[Any] = loop.create_future()
         decided.set_result((decision, None))
-        item = _Item(p, decided, loop.create_future(), time.perf_counter())
+        item = _Item(p, decided, loop.create_future(), time.perf_counter(), effect, decision_seq)
         await self._queue.put(item)
         assert item.reply is not None
         return await item.reply
@@ -215,6 +240,7 @@ class Pipeline:
             try:
                 decision, pending = await item.decision
             except Exception as exc:  # the policy could not decide (ledger down?): fail closed
+                self.effects.end(item.effect)
                 self.ledger_error = f"policy decision failed: {exc}"
                 log.error("%s; %s from %s not executed", self.ledger_error, item.proposal.action,
                           item.proposal.source)
@@ -224,6 +250,7 @@ class Pipeline:
             if not decision.allowed and self.quorum is not None:
                 decision = await self.quorum(item.proposal, decision)
             if not decision.allowed:
+                self.effects.end(item.effect)
                 self.stats["denied"] += 1
                 if self.stats["denied"] <= 100 or self.stats["denied"] % 1000 == 0:  # all are in the ledger
                     log.info("denied %s from %s: %s (%s) [%d denials so far]", item.proposal.action,
@@ -237,23 +264,45 @@ class Pipeline:
                 else:
                     self._resolve(item, denied)
                 continue
+            seq = item.decision_seq
+            if pending is not None:
+                if not pending.done():  # write-ahead: the decision is on flash before the action runs
+                    try:
+                        await asyncio.shield(asyncio.wrap_future(pending))
+                    except Exception:
+                        pass
+                failure = pending.exception() if not pending.cancelled() else asyncio.CancelledError()
+                if failure is not None:
+                    self.effects.end(item.effect)
+                    self.ledger_error = f"a policy decision could not be written to the ledger: {failure}"
+                    log.error("%s; %s from %s not executed", self.ledger_error, item.proposal.action,
+                              item.proposal.source)
+                    self._resolve(item, TransportError("the decision could not be recorded, so the action was not "
+                                                       f"executed: {failure}", hint="see the daemon's log"))
+                    continue
+                seq = getattr(pending.result(), "seq", None)
+            if seq is not None and item.effect is not None:
+                self.effects.bind(item.effect, seq)
             self.stats["allowed"] += 1
             if item.proposal.action in FAST_ACTIONS:
-                await self._execute(item, decision)
+                await self._execute(item, decision, seq)
             else:
                 await self._slow.acquire()
-                self._spawn(self._execute(item, decision, release=True))
+                self._spawn(self._execute(item, decision, seq, release=True))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _execute(self, item: _Item, decision: Any, *, release: bool = False) -> None:
+    async def _execute(self, item: _Item, decision: Any, seq: int | None, *, release: bool = False) -> None:
         p = item.proposal
         body: dict[str, Any] = {"action": p.action, "source": p.source,
                                 "args_digest": getattr(decision, "args_digest", None) or args_digest(p.args)}
+        if seq is not None:
+            body["decision"] = seq
         result: Any
+        current = CURRENT_DECISION.set(seq)
         try:
             outcome = await self.actions.run(p.action, p.args)
         except KestrelError as exc:
@@ -272,41 +321,46 @@ class Pipeline:
             body.update(ok=True, result=outcome.record)
             result = outcome.reply
         finally:
+            CURRENT_DECISION.reset(current)
             if release:
                 self._slow.release()
         body["ms"] = round((time.perf_counter() - item.t0) * 1000, 3)
         if item.reply is None:
-            self._record_detached(body)
+            self._record_detached(body, item.effect)
         else:
             self._spawn(self._record(body, item, result))
 
-    def _record_detached(self, body: dict[str, Any]) -> None:
+    def _record_detached(self, body: dict[str, Any], effect: Effect | None) -> None:
         """Queue an outcome nobody waits for: no task, no loop round trip; failures are noted by a callback."""
         submit = getattr(self.ledger, "submit", None)
         if submit is None:
-            self._spawn(self._record(body, None, None))
+            self._spawn(self._record(body, None, None, effect))
             return
         try:
-            submit("action.result", body).add_done_callback(self._recorded)
+            submit("action.result", body).add_done_callback(lambda fut: self._recorded(fut, effect))
         except Exception as exc:
             self._record_failed(body, exc)
 
-    def _recorded(self, fut: concurrent.futures.Future) -> None:  # on the ledger's thread
+    def _recorded(self, fut: concurrent.futures.Future, effect: Effect | None) -> None:  # on the ledger's thread
         exc = None if fut.cancelled() else fut.exception()
-        if exc is not None:
+        if exc is not None:  # the effect stays open: the next start reports it in doubt
             self.stats["record_errors"] += 1
             self.ledger_error = f"cannot append to the ledger: {exc}"
             log.error("could not record an action.result: %s", exc)
+        else:
+            self.effects.end(effect)
 
     def _record_failed(self, body: dict[str, Any], exc: BaseException) -> None:
         self.stats["record_errors"] += 1
         self.ledger_error = f"cannot append to the ledger: {exc}"
         log.error("could not record action.result for %s: %s", body.get("action"), exc)
 
-    async def _record(self, body: dict[str, Any], item: _Item | None, result: Any) -> None:
+    async def _record(self, body: dict[str, Any], item: _Item | None, result: Any,
+                      effect: Effect | None = None) -> None:
         """Append the outcome, then answer the caller (so what it was told is in the ledger)."""
         try:
             receipt = await asyncio.shield(self.ledger.append_async("action.result", body))
+            self.effects.end(item.effect if item is not None else effect)
             if isinstance(result, dict):
                 result = {**result, "ledger_seq": getattr(receipt, "seq", None)}
         except Exception as exc:

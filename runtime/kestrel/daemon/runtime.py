@@ -26,6 +26,7 @@ from .ask import AskHost
 from .calendar import CalendarStore
 from .config import DeviceConfig
 from .control import ControlServer, resolve_group
+from .effects import JOURNAL_FILE, EffectTracker, InDoubtScan, Journal, read_journal, write_journal
 from .hardware import Hardware
 from .links import Links
 from .notify import Notifier, run_watchdog, watchdog_interval
@@ -42,6 +43,7 @@ QUARANTINE_KEEP = 100
 QUARANTINE_RECORDS_PER_S = 10
 MAX_LOOP_LAG_S = 5.0
 POLICY_RECHECK_S = 1.0  # other processes' bundle applies are noticed within this (ours at once)
+JOURNAL_INTERVAL_S = 5.0  # how often the effects journal's watermark is saved (when it moved)
 
 
 class Daemon:
@@ -57,9 +59,8 @@ class Daemon:
         if policy is None:  # the normal case: the engine records decisions as config.audit says
             from ..policy import PolicyEngine
 
-            if config.audit.decisions == "batched":
-                self.decision_log = QueuedAppends(ledger)
-            policy = PolicyEngine(self.state.root, self.decision_log or ledger, recheck_s=POLICY_RECHECK_S)
+            self.decision_log = QueuedAppends(ledger, queued=config.audit.decisions == "batched")
+            policy = PolicyEngine(self.state.root, self.decision_log, recheck_s=POLICY_RECHECK_S)
         self.policy = policy
         self.factory = factory
         self.agent_id = agent_id
@@ -72,8 +73,12 @@ class Daemon:
         self.triggers = TriggerEngine(config.triggers)
         self.hardware: Hardware | None = None
         self.models: Any = None  # modelsensors.ModelFeeds while the config has models
+        self.effects = EffectTracker(lambda: ledger.size)
+        self.indoubt: dict[str, Any] = {"actions": 0, "mail": 0, "scanned": 0, "previous_stop": None}
+        self._journal_path = self.state.data / JOURNAL_FILE
+        self._journal: Journal | None = None
         self.outbox = Outbox(self.state.data / "outbox", smtp=config.smtp, config=config.outbox,
-                             record=self.record)
+                             record=self.record, effects=self.effects)
         self.calendar = CalendarStore(self.state.data / "calendar")
         self.actions = Actions(config=lambda: self.config, hardware=self._hw, outbox=self.outbox,
                                calendar=self.calendar, clock=clock)
@@ -84,7 +89,7 @@ class Daemon:
                               on_recorded=self._appended, clock=clock)
         self.pipeline = Pipeline(policy=policy, ledger=ledger, actions=self.actions,
                                  queue_size=config.limits.action_queue, workers=config.limits.action_workers,
-                                 on_recorded=self._appended, decision_log=self.decision_log)
+                                 on_recorded=self._appended, decision_log=self.decision_log, effects=self.effects)
         self.pipeline.quorum = self.links.quorum_gate
         self.asks = AskHost(state_dir=self.state.root, ledger=ledger, policy=policy, pipeline=self.pipeline,
                             appended=self._appended)
@@ -112,6 +117,8 @@ class Daemon:
     async def start(self) -> None:
         # data/ first, 0700: ensure_private_dir(data/sync) etc. would create it with the umask's mode
         ensure_private_dir(self.state.data)
+        await self._account_in_doubt()  # before any new work: what the last run left open
+        self._spawn(self._keep_journal(), "effects-journal")
         self.pipeline.start()
         await self._start_hardware(self.config)
         self._spawn(self.outbox.run(), "outbox")
@@ -137,6 +144,65 @@ class Daemon:
         if getattr(self.policy, "policy", True) is None:
             log.warning("no policy is installed: every action will be denied (default-deny) and recorded; "
                         "install one signed by the owner: kestrel set-policy FILE (docs/policy.md)")
+
+    async def _account_in_doubt(self) -> None:
+        """Record ``action.indoubt`` / ``outbox.indoubt`` for every intent the last run left without an
+        outcome, found by scanning the ledger from the effects journal's watermark (docs/state-dir.md)."""
+        loop = asyncio.get_running_loop()
+        journal = await loop.run_in_executor(None, read_journal, self._journal_path)
+        first = getattr(self.ledger, "first_seq", 0)
+        if journal is not None and journal.clean:
+            scan = InDoubtScan()
+            previous = "clean"
+        else:
+            start = max(journal.scan_from, first) if journal is not None else first
+            scan = InDoubtScan(in_run=journal is not None)
+            previous = "crashed" if journal is not None else "unknown"
+            await loop.run_in_executor(None, lambda: scan.feed(self.ledger.records(since_seq=start)))
+            if scan.finished_mail:
+                await loop.run_in_executor(None, self.outbox.settle, scan.finished_mail)
+        why = "the daemon stopped (crash or power loss) after the decision and before its outcome was recorded"
+        for intent in scan.actions:
+            await self.record("action.indoubt", {**intent.body, "decision": intent.seq, "reason": why})
+        for intent in scan.mail:
+            body = {k: v for k, v in intent.body.items() if v is not None}
+            await self.record("outbox.indoubt", {**body, "intent": intent.seq,
+                                                 "reason": "the daemon stopped while the relay had the message; "
+                                                           "it is sent again with the same Message-ID"})
+        self.indoubt = {"actions": len(scan.actions), "mail": len(scan.mail), "scanned": scan.scanned,
+                        "previous_stop": previous}
+        await self.record("daemon.started", {"pid": os.getpid(), "previous_stop": previous,
+                                             "indoubt_actions": len(scan.actions), "indoubt_mail": len(scan.mail),
+                                             "scanned": scan.scanned})
+        if scan.actions or scan.mail:
+            log.warning("the last run stopped with %d actions and %d mail deliveries in doubt (recorded as "
+                        "action.indoubt / outbox.indoubt; `kestrel audit log --kind 'action.indoubt'`)",
+                        len(scan.actions), len(scan.mail))
+        await self._save_journal(Journal(self.ledger.size, clean=False))
+
+    async def _save_journal(self, journal: Journal) -> None:
+        if journal == self._journal:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, write_journal, self._journal_path, journal)
+            self._journal = journal
+        except (OSError, KestrelError) as exc:  # the older watermark stays: a later start scans a bit more
+            log.error("could not save the effects journal %s: %s", self._journal_path, exc)
+
+    async def _keep_journal(self) -> None:
+        while True:
+            await asyncio.sleep(JOURNAL_INTERVAL_S)
+            await self._save_journal(Journal(self.effects.watermark(), clean=False))
+
+    async def _stopped_cleanly(self) -> None:
+        """After the last outcome is on flash: mark the stop clean, so the next start scans nothing."""
+        if self.effects.open:
+            log.warning("stopping with %d actions or deliveries unfinished: the next start reports them in doubt",
+                        self.effects.open)
+            await self._save_journal(Journal(self.effects.watermark(), clean=False))
+            return
+        await self.record("daemon.stopped", {"pid": os.getpid()})
+        await self._save_journal(Journal(self.ledger.size, clean=True))
 
     async def _start_hardware(self, cfg: DeviceConfig) -> None:
         hw = Hardware(cfg, factory=self.factory, sink=self, agent_id=self.agent_id, ota_topic=cfg.ota.mqtt_topic)
@@ -202,6 +268,8 @@ class Daemon:
         if self.hardware is not None:
             await self._stop_hardware(self.hardware)
             self.hardware = None
+        smtp = self.outbox.smtp
+        await self.outbox.drain(timeout=(smtp.timeout_s if smtp else 0.0) + 5.0)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -211,7 +279,11 @@ class Daemon:
         if self._background:
             await asyncio.wait(list(self._background), timeout=5)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.ledger.flush)
+        await loop.run_in_executor(None, self.ledger.flush)  # outcomes queued without a waiter land now
+        try:
+            await self._stopped_cleanly()
+        except Exception as exc:
+            log.error("could not record the clean stop: %s", exc)
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the config; a config that does not parse or start keeps the old one running."""
@@ -428,6 +500,7 @@ class Daemon:
             "actuators": {n: p.value for n, p in (hw.outputs.items() if hw else [])},
             "outbox": {"pending": len(self.outbox.pending()), "sent": self.outbox.sent, "failed": self.outbox.failed,
                        "last_error": self.outbox.last_error},
+            "indoubt": dict(self.indoubt, open=self.effects.open),
             "ledger": self._ledger_status(),
             "actions": dict(self.pipeline.stats, backlog=self.pipeline.backlog),
             "counters": dict(self.counters),
