@@ -190,3 +190,19 @@ def test_auditor_verifies_a_decision_from_the_record_and_agent_ids_alone():
         with pytest.raises(QuorumMessageError) as info:
             verify_decision(b, members=DIDS if reason != "unknown-member" else DIDS[:2])
         assert info.value.reason == reason, (reason, info.value)
+
+
+def test_decision_message_signature_vectors_in_the_docs():
+    """docs/quorum.md pins the signature and proof of possession of the example message."""
+    r = DecisionRequest(proposer="did:key:z6MkA", action="open_valve", args_digest="11" * 32, policy="22" * 32,
+                        deadline_ms=1_800_000_000_000, nonce=bytes(range(16)), threshold=2,
+                        of=("did:key:z6MkA", "did:key:z6MkB"))
+    assert hashlib.sha256(decision_message(r)).hexdigest() == \
+        "cbc6617dd90aa81ff5e064512f24eb82e8623554647796df3e6336812fb1100d"
+    sk = bls.BLSSecretKey(bytes.fromhex("263dbd792f5b1be47ed85f8938c0f29586af0d3ac7b977f21c278fe1462040e3"))
+    assert sk.sign(decision_message(r)).hex() == (
+        "b73db91b7d235597652fcc665d8e52c38956148a1dda6aa406fd3d316bab36ab7f3c1741868ea0ce701dd6965b29250b"
+        "000ec39f316117fa4067acc03930d75c754e086d13b31e207edbd5b9f903b87865e843b6ad95fd545db39fa083321874")
+    assert sk.prove_possession().hex() == (
+        "b803eb0ed93ea10224a73b6b9c725796be9f5fefd215ef7a5b97234cc956cf6870db6127b7e4d824ec62276078e787db"
+        "05584ce1adbf076bc0808ca0f15b73d59060254b25393d95dfc7abe3cda566842aaedf50bbb062aae1bbb6ef3b1f77e1")
