@@ -53,7 +53,8 @@ def as_script(block: str, *, install: bool) -> tuple[str, int]:
         if m and not line.lstrip().startswith("#"):
             cmd = line[: m.start()]
             refusals += 1
-            out.append(f"if {cmd}; then echo 'README: expected a refusal from: '{shlex.quote(cmd)} >&2; exit 97; fi")
+            out.append(f"if {cmd}; then echo 'README: expected a refusal from: '{shlex.quote(cmd)} >&2; exit 97; "
+                       "else echo \"README: refused as expected (exit $?)\"; fi")
         else:
             out.append(line)
     return "\n".join(out) + "\n", refusals
@@ -103,7 +104,8 @@ def run_block(tmp_path: Path, heading: str, *, install: bool = False, timeout: f
         _stop_leftovers(proc.pid, home)
     assert proc.returncode == 0, f"the README block under {heading!r} stopped (exit {proc.returncode}):\n{out[-6000:]}"
     assert "Traceback" not in out, out[-6000:]
-    assert out.count("+ README: if ") == refusals
+    refused = [line for line in out.splitlines() if line.startswith("README: refused as expected (exit ")]
+    assert len(refused) == refusals and "(exit 0)" not in "".join(refused)
     return out
 
 
@@ -125,7 +127,7 @@ def test_quick_start_runs_as_written(tmp_path: Path) -> None:
     out = run_block(tmp_path, "## Quick start")
     for seen in ("Created agent 'demo'", "health   ok", "policy denied gpio.write", "policy denied fetch_data",
                  "ledger intact", "proof valid: record 3", "deployed minilm", "the greenhouse vent sticks",
-                 "-> ALLOW", "trusted did:key:"):
+                 "-> ALLOW", "registered local LLM tinylm", "step 1 [llm]", "trusted did:key:"):
         assert seen in out, f"{seen!r} not in the quick start's output:\n{out[-6000:]}"
 
 
@@ -133,7 +135,7 @@ def test_announcement_runs_as_written(tmp_path: Path) -> None:
     require_binary("swtpm")
     out = run_block(tmp_path, "## Coming from the announcement")
     for seen in ("Created agent 'PersonalAssistant'", "backend:    tpm", "algorithm:  p256", "health   ok",
-                 "send_email: ok", "policy.decision", "trusted did:key:"):
+                 "registered local LLM tinylm", "send_email: ok", "policy.decision", "trusted did:key:"):
         assert seen in out, f"{seen!r} not in the announcement block's output:\n{out[-6000:]}"
 
 
