@@ -93,6 +93,7 @@ def test_check_prints_warnings_and_strict_fails(tmp_path, capsys) -> None:
 def test_bundle_build_prints_the_warnings(tmp_path, capsys) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(TYPOS)
-    assert main(["bundle", "build", "--policy", str(path), "--counter", "1", "-o", str(tmp_path / "b.kbundle")]) == 0
+    assert main(["bundle", "build", "--policy", str(path), "--counter", "1", "--group", "g", "-o",
+                 str(tmp_path / "b.kbundle")]) == 0
     err = capsys.readouterr().err
     assert f"{path}:6:7: warning: gpio.write has no argument 'valeu'" in err and (tmp_path / "b.kbundle").exists()
