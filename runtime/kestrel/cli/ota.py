@@ -29,6 +29,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_owner_init)
     p = owner.add_parser("show", help="print the owner public key")
     _key(p)
+    p.add_argument("--bls", action="store_true", help="print the owner's BLS key entry for a trust root "
+                   "(JSON, for `trust init|rotate --bls-key FILE`; needs the private key)")
     p.set_defaults(func=_owner_show)
 
     trust = _group(sub, "trust", "the device's trust root of owner keys (k of n)")
@@ -39,6 +41,7 @@ def register(sub: Any) -> None:
     p.add_argument("--owner", action="append", required=True, metavar="PUBKEY", help="owner did:key; repeatable")
     p.add_argument("--threshold", type=int, default=1, help="owner signatures needed (default 1)")
     p.add_argument("--group", action="append", default=[], help="a group this device belongs to; repeatable")
+    _bls_key_arg(p)
     _state(p)
     p.set_defaults(func=_trust_init)
     p = trust.add_parser("rotate", help="make the next trust root, signed by old and new owner keys",
@@ -50,6 +53,7 @@ def register(sub: Any) -> None:
     p.add_argument("--passphrase-file", help="passphrase for the keys (else $KESTREL_OWNER_PASSPHRASE or a prompt)")
     p.add_argument("--from", dest="from_root", metavar="FILE", help="current root file (instead of --state)")
     p.add_argument("--out", metavar="FILE", help="write the signed root here instead of installing it")
+    _bls_key_arg(p)
     _state(p)
     p.set_defaults(func=_trust_rotate)
     p = trust.add_parser("sign", help="add an owner signature to a root file")
@@ -75,6 +79,8 @@ def register(sub: Any) -> None:
     p = bundle.add_parser("sign", help="add an owner signature to a bundle (in place unless -o)")
     p.add_argument("file")
     _key(p)
+    p.add_argument("--bls", action="store_true", help="add the signature to the bundle's one BLS aggregate "
+                   "approval instead (the trust root must list the owner's BLS key; default: Ed25519)")
     p.add_argument("-o", "--out", metavar="FILE")
     p.set_defaults(func=_bundle_sign)
     p = bundle.add_parser("verify", help="verify a bundle against a trust root")
@@ -105,6 +111,25 @@ def _group(sub: Any, name: str, help: str) -> Any:
     return p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
 
 
+
+
+def _bls_key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bls-key", action="append", default=[], metavar="FILE",
+                   help="an owner's BLS key entry (from `kestrel owner show --bls`): that owner may approve "
+                   "bundles in a BLS aggregate (docs/bundle-format.md); repeatable")
+
+
+def _bls_keys(files: list[str]) -> dict[str, dict[str, str]] | None:
+    from ..errors import UsageError
+
+    out = {}
+    for f in files:
+        try:
+            obj = json.loads(_read(f, "BLS key entry"))
+            out[obj["did"]] = {"pk": obj["pk"], "pop": obj["pop"]}
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{f} is not a BLS key entry", hint="make one with: kestrel owner show --bls") from None
+    return out or None
 
 
 def _key(p: argparse.ArgumentParser) -> None:
@@ -275,6 +300,12 @@ def _owner_init(args: argparse.Namespace, extra: list[str]) -> int:
 def _owner_show(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.owner import default_owner_key
 
+    if args.bls:
+        from ..ota.bls_approval import owner_bls_entry
+
+        signer = load_owner(args)
+        print(json.dumps({"did": signer.public_key.did, **owner_bls_entry(signer)}))
+        return 0
     pub = Path(args.key or default_owner_key())
     pub = pub.with_name(pub.name + ".pub")
     print(_read(str(pub), "owner public key").decode().strip())
@@ -295,7 +326,7 @@ def _trust_init(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.store import OtaDir
 
     ota = OtaDir(_state_dir(args))
-    root = ota.init_root(args.owner, args.threshold)
+    root = ota.init_root(args.owner, args.threshold, bls=_bls_keys(args.bls_key))
     if args.group:
         ota.write_groups(args.group)
     print(f"trust root version {root.version}: {root.threshold} of {len(root.owners)} owner key(s)")
@@ -311,7 +342,7 @@ def _trust_rotate(args: argparse.Namespace, extra: list[str]) -> int:
         current = parse_root(_read(args.from_root, "trust root"))
     else:
         current = OtaDir(_state_dir(args)).trust_root()
-    env = root_envelope(root_payload(args.owner, args.threshold, current.version + 1))
+    env = root_envelope(root_payload(args.owner, args.threshold, current.version + 1, bls=_bls_keys(args.bls_key)))
     if not args.key:
         raise UsageError("give the owner keys that sign the new root with --key (old and new owners)")
     for key in args.key:
@@ -363,11 +394,12 @@ def _bundle_build(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _bundle_sign(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..ota.bundle import sign_bundle
+    from ..ota.bundle import sign_bundle, sign_bundle_bls
 
     signer = load_owner(args)
-    _write_out(args.out or args.file, sign_bundle(_read(args.file, "bundle"), signer))
-    print(f"signed by {signer.public_key.did}")
+    sign = sign_bundle_bls if args.bls else sign_bundle
+    _write_out(args.out or args.file, sign(_read(args.file, "bundle"), signer))
+    print(f"signed by {signer.public_key.did}{' (BLS aggregate)' if args.bls else ''}")
     return 0
 
 

@@ -16,7 +16,7 @@ import re
 import struct
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..identity.keys import Signer
 from .errors import (
@@ -28,7 +28,15 @@ from .errors import (
     BundleTargetError,
 )
 from .root import TrustRoot
-from .signing import BUNDLE_TYPE, encode_signatures, parse_signatures, sign_entry, strict_json, threshold_signers
+from .signing import (
+    BUNDLE_TYPE,
+    encode_signatures,
+    parse_bls_entries,
+    parse_signatures,
+    sign_entry,
+    strict_json,
+    threshold_signers,
+)
 
 __all__ = [
     "MAGIC",
@@ -164,13 +172,24 @@ def encode_bundle(manifest: bytes, signatures: bytes, contents: Sequence[bytes])
 def sign_bundle(bundle: bytes, signer: Signer) -> bytes:
     """Return ``bundle`` with ``signer``'s signature added (replacing an older one by the same key)."""
     manifest, sigblock, rest = split_bundle(bundle, Limits())
-    entries = [e for e in _sig_entries(sigblock) if e["keyid"] != signer.public_key.did]
+    entries = [e for e in _sig_entries(sigblock) if e.get("keyid") != signer.public_key.did]
     entries.append(sign_entry(signer, BUNDLE_TYPE, manifest))
     return encode_bundle(manifest, encode_signatures(entries), [rest])
 
 
-def _sig_entries(sigblock: bytes) -> list[dict[str, str]]:
-    return [{"keyid": k, "sig": base64.b64encode(s).decode()} for k, s in parse_signatures(sigblock, _sigbad)]
+def sign_bundle_bls(bundle: bytes, signer: Signer) -> bytes:
+    """Return ``bundle`` with the owner's BLS signature added to its aggregate approval entry
+    (kestrel.ota.bls_approval; the trust root must list the owner's BLS key for it to count)."""
+    from .bls_approval import add_bls_approval
+
+    manifest, sigblock, rest = split_bundle(bundle, Limits())
+    entries = add_bls_approval(_sig_entries(sigblock), signer, BUNDLE_TYPE, manifest)  # type: ignore[arg-type]
+    return encode_bundle(manifest, encode_signatures(entries), [rest])
+
+
+def _sig_entries(sigblock: bytes) -> list[dict[str, Any]]:
+    return [{"keyid": k, "sig": base64.b64encode(s).decode()} for k, s in parse_signatures(sigblock, _sigbad)] + [
+        {"bls": list(signers), "sig": base64.b64encode(s).decode()} for signers, s in parse_bls_entries(sigblock, _sigbad)]
 
 
 def _sigbad(msg: str) -> BundleFormatError:
@@ -328,6 +347,11 @@ def _verify_manifest(manifest_bytes: bytes, sigblock: bytes, *, root: TrustRoot,
                      head_size: int) -> VerifiedHead:
     sigs = parse_signatures(sigblock, _sigbad)
     signed = threshold_signers(sigs, root.owners, BUNDLE_TYPE, manifest_bytes)
+    if len(signed) < root.threshold and root.bls:  # owners' BLS aggregate (kestrel bundle sign --bls)
+        from .bls_approval import bls_signers
+
+        signed = tuple(dict.fromkeys(signed + bls_signers(parse_bls_entries(sigblock, _sigbad), root,
+                                                          BUNDLE_TYPE, manifest_bytes)))
     if len(signed) < root.threshold:
         raise BundleSignatureError(
             f"bundle is signed by {len(signed)} distinct trusted owner key(s); "

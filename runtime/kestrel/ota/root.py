@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 from ..identity.keys import KeyFormatError, PublicKey, Signer
 from .errors import TrustRootError
@@ -32,28 +32,36 @@ class TrustRoot:
     payload: bytes  # exact signed bytes
     envelope: bytes  # exact stored bytes
     signed_by: tuple[str, ...] = ()
+    # owner did -> (BLS public key 48 bytes, proof of possession 96 bytes): owners who may approve
+    # bundles with one aggregate BLS signature (kestrel.ota.bls_approval; docs/bundle-format.md)
+    bls: Mapping[str, tuple[bytes, bytes]] = field(default_factory=dict)
 
 
 def _fail(msg: str) -> TrustRootError:
     return TrustRootError(f"trust root: {msg}", code="root-malformed")
 
 
-def root_payload(owners: Sequence[str], threshold: int, version: int) -> bytes:
-    """Canonical payload bytes for a root (validated)."""
+def root_payload(owners: Sequence[str], threshold: int, version: int,
+                 bls: Mapping[str, Mapping[str, str]] | None = None) -> bytes:
+    """Canonical payload bytes for a root (validated). ``bls``: owner did -> {"pk", "pop"} (hex)."""
     owners = list(dict.fromkeys(owners))
-    payload = json.dumps(
-        {"_type": "kestrel.root", "version": version, "threshold": threshold, "owners": owners},
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode("ascii")
+    doc: dict = {"_type": "kestrel.root", "version": version, "threshold": threshold, "owners": owners}
+    if bls:
+        doc["bls"] = {d: dict(v) for d, v in bls.items()}
+    payload = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("ascii")
     _parse_payload(payload)
     return payload
 
 
 def _parse_payload(payload: bytes) -> tuple[int, int, tuple[str, ...]]:
+    return _parse_payload_bls(payload)[:3]  # type: ignore[return-value]
+
+
+def _parse_payload_bls(payload: bytes) -> tuple[int, int, tuple[str, ...], dict[str, tuple[bytes, bytes]]]:
     obj = strict_json(payload, _fail)
-    if not isinstance(obj, dict) or set(obj) != {"_type", "version", "threshold", "owners"}:
-        raise _fail("payload must have exactly _type, version, threshold, owners")
+    keys = {"_type", "version", "threshold", "owners"}
+    if not isinstance(obj, dict) or set(obj) - {"bls"} != keys:
+        raise _fail("payload must have exactly _type, version, threshold, owners (and optionally bls)")
     if obj["_type"] != "kestrel.root":
         raise _fail(f"_type is {obj['_type']!r}, expected 'kestrel.root'")
     version, threshold, owners = obj["version"], obj["threshold"], obj["owners"]
@@ -70,7 +78,28 @@ def _parse_payload(payload: bytes) -> tuple[int, int, tuple[str, ...]]:
         raise _fail("owners lists a key twice")
     if type(threshold) is not int or not 1 <= threshold <= len(owners):
         raise _fail(f"threshold must be between 1 and the number of owners ({len(owners)})")
-    return version, threshold, tuple(owners)
+    return version, threshold, tuple(owners), _bls_keys(obj.get("bls", {}), owners)
+
+
+def _bls_keys(bls: object, owners: list) -> dict[str, tuple[bytes, bytes]]:
+    """Shape only (48-byte key, 96-byte proof, hex); the proof is verified where it is used."""
+    if not isinstance(bls, dict):
+        raise _fail("bls must map owner keys to {\"pk\": hex, \"pop\": hex}")
+    out = {}
+    for did, entry in bls.items():
+        if did not in owners:
+            raise _fail(f"bls names {did!r}, which is not an owner of this root")
+        if not isinstance(entry, dict) or set(entry) != {"pk", "pop"} \
+                or not all(isinstance(v, str) for v in entry.values()):
+            raise _fail(f"bls entry of {did} must be {{\"pk\": hex, \"pop\": hex}}")
+        try:
+            pk, pop = bytes.fromhex(entry["pk"]), bytes.fromhex(entry["pop"])
+        except ValueError:
+            raise _fail(f"bls entry of {did} is not hex") from None
+        if len(pk) != 48 or len(pop) != 96:
+            raise _fail(f"bls entry of {did}: a key is 48 bytes and its proof of possession 96")
+        out[did] = (pk, pop)
+    return out
 
 
 def root_envelope(payload: bytes, signatures: Sequence[dict[str, str]] = ()) -> bytes:
@@ -113,7 +142,7 @@ def parse_root(data: bytes, *, require_self_signed: bool | None = None) -> Trust
         payload = base64.b64decode(env["payload"], validate=True)
     except (binascii.Error, ValueError):
         raise _fail("payload is not valid base64") from None
-    version, threshold, owners = _parse_payload(payload)
+    version, threshold, owners, bls = _parse_payload_bls(payload)
     sigs = parse_signatures(env["signatures"], _fail)
     signed = threshold_signers(sigs, owners, ROOT_TYPE, payload)
     must = version > 1 if require_self_signed is None else require_self_signed
@@ -122,7 +151,7 @@ def parse_root(data: bytes, *, require_self_signed: bool | None = None) -> Trust
             f"trust root version {version} is signed by {len(signed)} of its keys, needs {threshold}",
             code="root-threshold",
         )
-    return TrustRoot(version, threshold, owners, payload, bytes(data), signed)
+    return TrustRoot(version, threshold, owners, payload, bytes(data), signed, bls)
 
 
 def verify_rotation(current: TrustRoot, new_envelope: bytes) -> TrustRoot:

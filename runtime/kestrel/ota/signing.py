@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .._internal.strictjson import StrictJsonError, loads_strict
 from ..identity.keys import KeyFormatError, PublicKey, SignatureError, Signer
@@ -25,6 +25,7 @@ __all__ = [
     "encode_signatures",
     "threshold_signers",
     "strict_json",
+    "parse_bls_entries",
     "MAX_SIGNATURES",
 ]
 
@@ -60,8 +61,10 @@ def parse_signatures(data: bytes | list, fail: Callable[[str], Exception]) -> li
         raise fail(f"signatures must be a JSON list of at most {MAX_SIGNATURES} entries")
     out = []
     for item in items:
+        if isinstance(item, dict) and set(item) == {"bls", "sig"}:
+            continue  # an aggregate of owners' BLS signatures: parse_bls_entries (kestrel.ota.bls_approval)
         if not isinstance(item, dict) or set(item) != {"keyid", "sig"}:
-            raise fail('each signature must be {"keyid": ..., "sig": ...}')
+            raise fail('each signature must be {"keyid": ..., "sig": ...} or {"bls": [...], "sig": ...}')
         keyid, sig = item["keyid"], item["sig"]
         if not isinstance(keyid, str) or not isinstance(sig, str) or len(sig) > 200:
             raise fail("signature keyid and sig must be strings")
@@ -75,7 +78,33 @@ def parse_signatures(data: bytes | list, fail: Callable[[str], Exception]) -> li
     return out
 
 
-def encode_signatures(entries: Iterable[dict[str, str]]) -> bytes:
+def parse_bls_entries(data: bytes | list, fail: Callable[[str], Exception]) -> list[tuple[tuple[str, ...], bytes]]:
+    """The ``{"bls": [owner did, ...], "sig": "<base64 of 96 bytes>"}`` entries of a signature list:
+    (signers, aggregate signature) pairs. Checked for shape only; kestrel.ota.bls_approval verifies."""
+    items = strict_json(data, fail) if isinstance(data, (bytes, str)) else data
+    if not isinstance(items, list) or len(items) > MAX_SIGNATURES:
+        raise fail(f"signatures must be a JSON list of at most {MAX_SIGNATURES} entries")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"bls", "sig"}:
+            continue
+        signers, sig = item["bls"], item["sig"]
+        if not isinstance(signers, list) or not 0 < len(signers) <= MAX_SIGNATURES \
+                or not all(isinstance(d, str) for d in signers) or len(set(signers)) != len(signers):
+            raise fail("a BLS entry's 'bls' must list 1 to 64 distinct owner keys")
+        if not isinstance(sig, str) or len(sig) > 200:
+            raise fail("a BLS entry's sig must be base64 text")
+        try:
+            raw = base64.b64decode(sig, validate=True)
+        except (binascii.Error, ValueError):
+            raise fail("a BLS entry's sig is not valid base64") from None
+        if len(raw) != 96:
+            raise fail(f"a BLS aggregate signature is 96 bytes, got {len(raw)}")
+        out.append((tuple(signers), raw))
+    return out
+
+
+def encode_signatures(entries: Iterable[dict[str, Any]]) -> bytes:
     return json.dumps(list(entries), separators=(",", ":")).encode("ascii")
 
 

@@ -17,7 +17,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from .._internal.fsutil import ensure_private_dir, fsync_dir, read_bytes
 from .._internal.paths import StateLayout
@@ -176,14 +176,15 @@ class OtaDir:
             raise TrustRootError(f"{prov} must hold {{\"owners\": [...], \"threshold\": k}}", code="root-malformed")
         return self.init_root(obj["owners"], obj.get("threshold", 1))
 
-    def init_root(self, owners: Sequence[str], threshold: int) -> TrustRoot:
+    def init_root(self, owners: Sequence[str], threshold: int, *, bls: Mapping[str, Mapping[str, str]] | None = None
+                  ) -> TrustRoot:
         if self.root_file.exists():
             raise TrustRootError(
                 f"a trust root already exists in {self.root_file}", code="root-exists",
                 hint="change it with `kestrel trust rotate` (needs the current owners' signatures)",
             )
         self.ensure()
-        env = root_envelope(root_payload(list(owners), threshold, 1))
+        env = root_envelope(root_payload(list(owners), threshold, 1, bls=bls))
         root = parse_root(env)
         durable_write(self.root_file, env)
         return root
