@@ -184,7 +184,8 @@ def test_rule_planner_on_its_own(env):
     rules = RulePlanner(parse_rules(RULES), env.tools(), authorize=env.engine.decide, ledger=env.ledger)
     out = rules.run("email alice about report")
     assert out.status == "done"
-    assert env.executed == [("send_email", {"to": "alice@example.com", "subject": "report"})]
+    # the executor gets the canonical arguments the policy decided on, not the rule's own spelling
+    assert env.executed == [("send_email", {"to": ["alice@example.com"], "subject": "report", "body": ""})]
     assert rules.run("water the plants").status == "no-rule"
     assert env.records("planner.step")[0]["planner"] == "rules"
 

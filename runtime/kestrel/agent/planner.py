@@ -112,7 +112,11 @@ class Actor:
         """Decide ``step.call`` with the policy; execute it only if allowed."""
         assert step.call is not None
         decision = self._authorize(step.call.action, dict(step.call.args))
-        result = self.tools.execute(step.call) if decision.allowed else None
+        call = step.call
+        decided = getattr(decision, "args", None)  # the canonical arguments the policy evaluated
+        if decision.allowed and decided is not None:
+            call = ToolCall(call.action, dict(decided))
+        result = self.tools.execute(call) if decision.allowed else None
         return replace(step, decision=decision, result=result)
 
     def record(self, step: Step, *, goal: str, model: str, prompt: str | None, tokens: int) -> Step:
