@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .._internal.fsutil import atomic_write, check_private, ensure_private_dir, fsync_dir, read_bytes
 from ..errors import DataError, TransportError
+from ..policy.canonical import ArgsError
+from ..policy.canonical.actions import MAX_EMAIL_BODY as MAX_BODY
+from ..policy.canonical.actions import send_email as canonical_email
 from .config import OutboxConfig, SmtpConfig
 from .effects import CURRENT_DECISION, EffectTracker
 
@@ -39,8 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["Outbox", "OutboxMessage", "EmailArgsError", "parse_email_args"]
 
 log = logging.getLogger("kestrel.daemon.outbox")
-MAX_BODY = 256 * 1024
-MAX_RECIPIENTS = 50
+_ID = re.compile(r"[0-9]{13}-[0-9a-f]{8}")
 
 
 class EmailArgsError(DataError):
@@ -74,51 +77,26 @@ class OutboxMessage:
             d = json.loads(data)
             if d.get("v") != 1:
                 raise ValueError("unknown version")
+            c = canonical_email({"to": d["to"], "subject": d["subject"], "body": d["body"]})
+            if c["to"] != d["to"] or not isinstance(d["id"], str) or not _ID.fullmatch(d["id"]):
+                raise ValueError("recipients or id not in canonical form")
             decision = d.get("decision")
             if decision is not None and (type(decision) is not int or decision < 0):
                 raise ValueError("decision is not a sequence number")
-            return cls(str(d["id"]), tuple(str(a) for a in d["to"]), str(d["subject"]), str(d["body"]),
-                       float(d["created"]), decision)
-        except (ValueError, KeyError, TypeError) as exc:
+            return cls(d["id"], tuple(c["to"]), c["subject"], c["body"], float(d["created"]), decision)
+        except (ValueError, KeyError, TypeError, ArgsError) as exc:
             raise DataError(f"outbox file {source} is corrupt: {exc}") from None
 
 
-def _clean_header(value: Any, what: str, *, limit: int = 998) -> str:
-    if not isinstance(value, str):
-        raise EmailArgsError(f"send_email: '{what}' must be a string")
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise EmailArgsError(f"send_email: '{what}' must not contain line breaks")
-    if len(value) > limit:
-        raise EmailArgsError(f"send_email: '{what}' is longer than {limit} characters")
-    return value
-
-
 def parse_email_args(args: dict[str, Any], *, now: float) -> OutboxMessage:
-    """Validate send_email arguments (pure): ``to`` (address or list), ``subject``, ``body``."""
-    to = args.get("to")
-    if to is None:
-        raise EmailArgsError("send_email needs 'to'", hint='e.g. --to "alice@example.com"')
-    addrs = [to] if isinstance(to, str) else to
-    if not isinstance(addrs, list) or not addrs or len(addrs) > MAX_RECIPIENTS:
-        raise EmailArgsError(f"send_email: 'to' must be an address or a list of 1..{MAX_RECIPIENTS}")
-    import email.utils  # here, not at import: the daemon stays lean when mail is not configured
-
-    clean = []
-    for a in addrs:
-        a = _clean_header(a, "to", limit=254)
-        name, addr = email.utils.parseaddr(a)
-        if "@" not in addr or addr.startswith("@") or addr.endswith("@") or " " in addr:
-            raise EmailArgsError(f"send_email: {a!r} is not an e-mail address")
-        clean.append(a)
-    subject = _clean_header(args.get("subject", ""), "subject")
-    body = args.get("body", "")
-    if not isinstance(body, str) or len(body.encode()) > MAX_BODY:
-        raise EmailArgsError(f"send_email: 'body' must be text of at most {MAX_BODY} bytes")
-    unknown = set(args) - {"to", "subject", "body"}
-    if unknown:
-        raise EmailArgsError(f"send_email: unknown argument(s) {', '.join(sorted(unknown))}")
+    """The message of send_email's canonical arguments (pure; docs/policy.md, "Canonical arguments"):
+    ``to`` (one bare address or a list), ``subject``, ``body``."""
+    try:
+        c = canonical_email(args)
+    except ArgsError as exc:
+        raise EmailArgsError(exc.message, hint=exc.hint) from None
     mid = f"{int(now * 1000):013d}-{os.urandom(4).hex()}"
-    return OutboxMessage(mid, tuple(clean), subject, body, now, CURRENT_DECISION.get())
+    return OutboxMessage(mid, tuple(c["to"]), c["subject"], c["body"], now, CURRENT_DECISION.get())
 
 
 class Outbox:
@@ -171,7 +149,7 @@ class Outbox:
         assert self.smtp is not None
         m = email.message.EmailMessage()
         m["From"] = self.smtp.sender
-        m["To"] = ", ".join(msg.to)
+        m["To"] = ", ".join(msg.to)  # bare addr-specs (canonical): the header lists exactly the envelope
         m["Subject"] = msg.subject
         m["Date"] = email.utils.formatdate(msg.created)
         m["Message-ID"] = f"<{msg.id}@kestrel>"
@@ -205,7 +183,8 @@ class Outbox:
         """Hand one message to the relay over an open session (runs in an executor thread)."""
         cfg = self.smtp
         assert cfg is not None
-        s.send_message(self._build(msg))
+        # The envelope is the canonical recipient list the policy decided on, never re-read from headers.
+        s.send_message(self._build(msg), from_addr=cfg.sender, to_addrs=list(msg.to))
 
     @staticmethod
     def _close_blocking(s: Any) -> None:
