@@ -34,6 +34,13 @@ _LAB_DROPIN = """# Kestrel lab image: the vTPM and the gpio-sim chip are set up 
 [Unit]
 After=kestrel-vtpm.service kestrel-gpio-sim.service
 """
+# Under TCG the daemon's start (imports, TPM key load) takes minutes, not seconds: emulation, not a fault.
+_LAB_DAEMON = """# Kestrel lab image: full-system emulation (TCG) is 10-50x slower than a Pi; give the start and the
+# watchdog room so that the lab tests the product's behaviour, not the emulator's speed.
+[Service]
+TimeoutStartSec=10min
+WatchdogSec=2min
+"""
 _DATA_DROPIN = f"""# Kestrel image: the state directory is the data partition ({DATA_LABEL}); never run on the root fs below it.
 [Unit]
 RequiresMountsFor=/var/lib/kestrel
@@ -191,6 +198,8 @@ def _add_files(src: Path, root: Path, *, board: ImageBoard, wheel: Path, extras:
     if board.flash == "sd":  # L4T keeps its own partitions and fstab
         _put(root / "etc/fstab", _FSTAB)
         _put(root / "etc/systemd/system/kestrel.service.d/15-data.conf", _DATA_DROPIN)
+        # A headless card never waits at a console prompt (locale, time zone, root password) on first boot.
+        _link(root / "etc/systemd/system/systemd-firstboot.service", "/dev/null")
         if board.boot_files == "raspi":
             _raspi_files(board, root)
     if board.lab:
@@ -211,6 +220,7 @@ def _lab_files(image: Path, root: Path) -> None:
              0o755 if name == "gpio-sim-setup" else 0o644)
     for unit in ("kestrel.service", "kestrel-firstboot.service"):
         _put(root / f"etc/systemd/system/{unit}.d/20-lab.conf", _LAB_DROPIN)
+    _put(root / "etc/systemd/system/kestrel.service.d/25-lab-timing.conf", _LAB_DAEMON)
 
 
 def write_manifest(root: Path, build: dict, *, epoch: int) -> dict:

@@ -59,7 +59,7 @@ def base_packages(board: ImageBoard) -> tuple[str, ...]:
 def _base_key(board: ImageBoard, *, suite: str, mirror: str) -> str:
     spec = {"suite": suite, "mirror": mirror, "packages": base_packages(board), "extra": board.extra_suites,
             "kernel": board.kernel_packages, "initramfs": board.initramfs_modules, "hook": _INITRAMFS_HOOK,
-            "fixups": _FIXUPS, "format": 2}
+            "fixups": _FIXUPS, "format": 3}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -112,6 +112,10 @@ def build_base(cache: Cache, board: ImageBoard, *, runner: Runner, suite: str, m
     runner.say("configuring the base system under proot + qemu-user (the long step of a first build)")
     emu.run(["/debootstrap/debootstrap", "--second-stage"], env={"DEBOOTSTRAP_DIR": "/debootstrap"},
             what="bootstrap Debian (second stage, under proot + qemu-aarch64-static)")
+    # The kernel's postinst only defers update-initramfs to a trigger that updates existing initrds
+    # (-u): under debootstrap none exists yet. Make it once here (cached with the base system).
+    emu.run(["sh", "-c", "for k in /boot/vmlinuz-*; do v=${k#/boot/vmlinuz-}; "
+             "[ -e /boot/initrd.img-$v ] || update-initramfs -c -k $v; done"], what="make the initramfs (once)")
     if board.extra_suites:
         if not runner.dry_run:
             _put(work / "etc/apt/sources.list", _sources(board, suite=suite, mirror=mirror))
