@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import msgpack
@@ -102,6 +102,7 @@ class BLSPublicKey:
     """A validated BLS public key (48-byte compressed G1 point, not the identity, in the subgroup)."""
 
     raw: bytes
+    _g1: Any = field(init=False, repr=False, compare=False)  # the decoded point, checked once
 
     def __post_init__(self) -> None:
         if not isinstance(self.raw, bytes) or len(self.raw) != PUBLIC_KEY_SIZE:
@@ -109,14 +110,15 @@ class BLSPublicKey:
                                  f"{len(self.raw) if isinstance(self.raw, bytes) else type(self.raw).__name__}")
         if self.raw == _G1_INFINITY:
             raise KeyFormatError("the BLS public key is the point at infinity (KeyValidate fails)")
-        self._point()
-
-    def _point(self) -> Any:
         b = load_backend()
         try:
-            return b.G1Element.from_bytes(self.raw)  # checks the encoding, the curve and the subgroup
+            point = b.G1Element.from_bytes(self.raw)  # checks the encoding, the curve and the subgroup
         except (ValueError, RuntimeError) as exc:
             raise KeyFormatError(f"invalid BLS public key: {exc}") from None
+        object.__setattr__(self, "_g1", point)
+
+    def _point(self) -> Any:
+        return self._g1
 
     @property
     def fingerprint(self) -> str:

@@ -168,10 +168,17 @@ class PeerMessenger:
                 "digest": message_digest(bytes(payload)), "bytes": len(payload)})
             return None
         await asyncio.to_thread(self._seq.commit, msg.replay)  # before recording: never accept twice
-        await self.ledger.append_async("peer.received", {"from": msg.sender, "seq": msg.seq, "digest": msg.digest,
-                                                         "encrypted": msg.encrypted, "bytes": len(payload)})
-        self.received += 1
+        record = {"from": msg.sender, "seq": msg.seq, "digest": msg.digest, "encrypted": msg.encrypted,
+                  "bytes": len(payload)}
         handler = self.handlers.get(msg.body.get("t")) if isinstance(msg.body, dict) else None
+        submit = getattr(self.ledger, "submit", None)
+        if handler is not None and isinstance(msg.body.get("t"), str) and submit is not None:
+            # Queued, not awaited: the ledger is FIFO, so whatever the handler then records and
+            # awaits (its answer's peer.sent, a decision) is durable only after this record is.
+            submit("peer.received", record).add_done_callback(self._received_recorded)
+        else:
+            await self.ledger.append_async("peer.received", record)
+        self.received += 1
         if handler is not None and isinstance(msg.body.get("t"), str):
             task = asyncio.get_running_loop().create_task(self._dispatch(handler, msg))
             self._handling.add(task)
@@ -182,6 +189,12 @@ class PeerMessenger:
         self._inbox.put_nowait(msg)
         return msg
 
+
+    @staticmethod
+    def _received_recorded(fut: Any) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            log.error("a peer.received record could not be written to the ledger: %s", exc)
 
     @staticmethod
     async def _dispatch(handler: Callable[[VerifiedMessage], Awaitable[None]], msg: VerifiedMessage) -> None:
