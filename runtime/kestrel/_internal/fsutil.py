@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Iterable
 
 from ..errors import TransportError
 
@@ -25,27 +26,32 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (old or new, never a mix)."""
+def atomic_write(path: str | os.PathLike[str], data: bytes | Iterable[bytes], *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` (bytes, or chunks written as they come) atomically and durably
+    (old or new, never a mix; an error while producing the chunks leaves the old file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.{os.urandom(4).hex()}")
+    chunks = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as exc:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except OSError:
             pass
+        if not isinstance(exc, OSError):
+            raise
         raise TransportError(
             f"cannot write {path}: {exc.strerror or exc}",
             hint="check that the state directory is writable and the disk is not full",

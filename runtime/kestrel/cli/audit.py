@@ -145,19 +145,25 @@ def _print_record(rec: Any, *, as_json: bool) -> None:
 
 
 def _log(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..ledger.reader import iter_records
+    from ..ledger.reader import RecordCursor, iter_records
 
     state, ledger_dir = _state_dirs(args)
     _agent_key(state)  # a directory with no agent is an error, not an empty log
     since = _parse_since(args.since)
+    prefix = args.kind[:-1] if args.kind and args.kind.endswith("*") else None
     next_seq = 0
+    for rec in iter_records(ledger_dir, kind=args.kind):
+        next_seq = rec.seq + 1
+        if since is None or rec.time >= since:
+            _print_record(rec, as_json=args.json)
+    if not args.follow:
+        return 0
+    cursor = RecordCursor(ledger_dir, next_seq)  # each poll reads only what was appended since the last
     while True:
-        for rec in iter_records(ledger_dir, since_seq=next_seq, kind=args.kind):
-            next_seq = rec.seq + 1
-            if since is None or rec.time >= since:
-                _print_record(rec, as_json=args.json)
-        if not args.follow:
-            return 0
+        for rec in cursor.poll():
+            if args.kind is None or rec.kind == args.kind or (prefix is not None and rec.kind.startswith(prefix)):
+                if since is None or rec.time >= since:
+                    _print_record(rec, as_json=args.json)
         try:
             time.sleep(0.5)
         except KeyboardInterrupt:
@@ -239,7 +245,7 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
 
     state, ledger_dir = _state_dirs(args)
     verified, chunks = export_chunks(ledger_dir, _agent_key(state))
-    atomic_write(Path(args.file), b"".join(chunks), mode=0o644)
+    atomic_write(Path(args.file), chunks, mode=0o644)  # streamed: the export is never held in memory
     kept = verified.signed_size - verified.first_seq
     print(f"exported {kept} signed records of {verified.did} to {args.file}"
           + (f" (records {verified.first_seq}.. after the base of the pruned ledger)" if verified.first_seq else ""))

@@ -259,6 +259,12 @@ class _LedgerView:
 
         return iter_records(self._dir, since_seq=since_seq, kind=kind)
 
+    def latest(self, kind: str) -> Any:
+        """The newest record of ``kind`` (the writer's saved map, then the records since: no full scan)."""
+        from ..ledger.reader import latest_record
+
+        return latest_record(self._dir, kind)
+
 
 def ledger_view(state_dir: Path) -> _LedgerView | None:
     from .._internal.paths import StateLayout

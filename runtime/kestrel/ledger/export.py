@@ -31,6 +31,7 @@ __all__ = [
     "encode_export",
     "verify_export",
     "encode_proof",
+    "proof_file",
     "verify_proof",
     "VerifiedProof",
     "ProofFileError",
@@ -110,13 +111,12 @@ def encode_proof(index: int, records_leaves: Sequence[bytes], record: bytes, che
     after ``base`` for a pruned log)."""
     if (base.size if base is not None else 0) + len(records_leaves) != checkpoint.size:
         raise ValueError("leaves must be exactly the checkpoint's tree")
-    body = {
-        "index": index,
-        "size": checkpoint.size,
-        "record": record,
-        "path": inclusion_proof(index, records_leaves, base=base),
-        "checkpoint": checkpoint.note,
-    }
+    return proof_file(index, inclusion_proof(index, records_leaves, base=base), record, checkpoint)
+
+
+def proof_file(index: int, path: Sequence[bytes], record: bytes, checkpoint: SignedCheckpoint) -> bytes:
+    """The inclusion-proof file for record ``index`` given its audit path against ``checkpoint``."""
+    body = {"index": index, "size": checkpoint.size, "record": record, "path": list(path), "checkpoint": checkpoint.note}
     return PROOF_MAGIC + msgpack.packb(body, use_bin_type=True)
 
 

@@ -34,12 +34,13 @@ from .checkpoint import SignedCheckpoint, sign_checkpoint
 from .errors import LedgerError, LedgerIOError
 from .frame import CHECKPOINT, TAIL_SEAL, encode_frame, record_frame
 from .base import LogBase, encode_base
-from .reader import export_chunks, iter_records, load_base, prove, walk_dir
+from .reader import export_chunks, iter_records, load_base, prove, rescan_root, walk_dir
 from .record import Record, assemble_record, prepare_body
-from .store import (SegmentWriter, cut_tail, cut_torn_tail, load_segments, lock_directory, read_segment, segment_files,
-                    stream_of, unlink_segments, write_base)
+from .index import BLOCK, IndexBuilder, save_kinds
+from .store import (SegmentWriter, cut_tail, cut_torn_tail, lock_directory, map_segment, segment_files,
+                    unlink_segments, write_base)
 from .tailmac import seal_payload
-from .verify import VerifiedLog, walk_stream
+from .verify import VerifiedLog, walk_parts
 
 __all__ = ["Ledger", "Receipt", "Durability", "PruneResult", "DiskUsage"]
 
@@ -47,6 +48,7 @@ log = logging.getLogger("kestrel.ledger")
 Durability = Literal["strict", "batched"]
 _MAX_BATCH = 4096
 _MAX_BATCH_BYTES = 8 << 20
+_KINDS_EVERY = 4096  # records between two saves of the latest-record-per-kind map (index.kinds)
 _LEAF = hashlib.sha256(b"\x00")  # leaf hashes: copies of a hasher fed the RFC 6962 leaf prefix
 
 
@@ -97,9 +99,10 @@ class _Item:
     be interrupted (KeyboardInterrupt) while waiting, which would break the chain.
     """
 
-    __slots__ = ("prepared", "time", "mono", "future", "done", "seq", "digest", "error", "next", "chained")
+    __slots__ = ("prepared", "kind", "time", "mono", "future", "done", "seq", "digest", "error", "next", "chained")
 
-    def __init__(self, prepared: bytes, future: concurrent.futures.Future | None) -> None:
+    def __init__(self, prepared: bytes, future: concurrent.futures.Future | None, kind: str = "") -> None:
+        self.kind = kind
         # ``time`` is the record's (wall clock, may step); ``mono`` paces the commit (monotonic)
         self.prepared, self.time, self.mono, self.future = prepared, time.time(), time.monotonic(), future
         self.seq, self.digest = -1, b""
@@ -236,24 +239,19 @@ class Ledger:
         self._prune_lock = threading.Lock()
         if self._base is not None:  # finish a prune that was interrupted before its segments were deleted
             unlink_segments(self._dir, [p for start, p, _ in segment_files(self._dir) if start < self._base.size])
-        segments = load_segments(self._dir)
-        stream = stream_of(segments)
-        verified, walker = walk_stream(stream, self._pk, allow_torn_tail=True, all_signatures=False,
-                                       base=self._base, tail_key=self._tail_key)
+        verified, walker, files = self._walk(allow_torn_tail=True)
         self._recovered: list[dict[str, Any]] = []
         if walker.authenticated < walker.size:  # records that are not this writer's: cut, never signed
             n = walker.size - walker.authenticated
             log.warning("ledger: %d unsigned records at the end are not sealed by this device; cutting them", n)
-            self._recovered = cut_tail(self._dir, segments, walker.safe_offset, records=n,
-                                       reason="unauthenticated")
-            del stream
-            segments = load_segments(self._dir)
-            verified, walker = walk_stream(stream_of(segments), self._pk, all_signatures=False, base=self._base,
-                                           tail_key=self._tail_key)
+            self._index.close()
+            self._recovered = cut_tail(self._dir, files, walker.safe_offset, records=n, reason="unauthenticated")
+            verified, walker, files = self._walk(allow_torn_tail=False)
         elif verified.torn_bytes:
-            self._recovered = [{**cut_torn_tail(self._dir, segments[-1], verified.torn_bytes),
+            self._recovered = [{**cut_torn_tail(self._dir, files[-1][1], files[-1][2], verified.torn_bytes),
                                 "reason": "unfinished write", "records": 0}]
-            segments = load_segments(self._dir)
+            files = segment_files(self._dir)
+        self._index.commit()
         self._frontier = walker.frontier()
         self._unhashed: list[bytes] = []  # batched mode: leaves committed since the signer last extended the tree
         self._size = walker.size
@@ -262,10 +260,30 @@ class Ledger:
         self._signed_size = verified.signed_size
         self._sign_requested = verified.signed_size
         self._writer = SegmentWriter(
-            self._dir, max_bytes=max_segment_bytes, last=segments[-1] if segments else None, next_seq=self._size
+            self._dir, max_bytes=max_segment_bytes, last=files[-1] if files else None, next_seq=self._size
         )
         if verified.unsigned:
             log.info("ledger: %d records after the last checkpoint; signing them now", verified.unsigned)
+
+    def _walk(self, *, allow_torn_tail: bool) -> tuple[VerifiedLog, Any, list[tuple[int, Path, int]]]:
+        """Verify the log segment by segment in bounded memory, rebuilding the index and the latest-kind map."""
+        floor = self._base.size if self._base is not None else 0
+        files = [f for f in segment_files(self._dir) if f[0] >= floor]
+        parts = [map_segment(path, start) for start, path, _ in files]
+        self._index = IndexBuilder(self._dir, first_seq=floor)
+        self._latest: dict[str, int] = {}
+        try:
+            verified, walker = walk_parts(parts, self._pk, allow_torn_tail=allow_torn_tail, all_signatures=False,
+                                          base=self._base, tail_key=self._tail_key, keep_leaves=False,
+                                          rescan=lambda n: rescan_root(self._dir, self._base, n),
+                                          index=self._index, kinds=self._latest)
+        except BaseException:
+            self._index.close()
+            raise
+        finally:
+            for part in parts:
+                part.close()  # type: ignore[misc]
+        return verified, walker, [(start, path, part.length + 8) for (start, path, _), part in zip(files, parts)]
 
     # -- public API ---------------------------------------------------------
     @property
@@ -327,8 +345,13 @@ class Ledger:
             if not drop:
                 return PruneResult(old_first, old_first, 0, 0)
             new_first = files[len(drop)][0]
-            pruned = [read_segment(path, start) for start, path, _ in drop]
-            verified, walker = walk_stream(stream_of(pruned), self._pk, all_signatures=False, base=self._base)
+            pruned = [map_segment(path, start) for start, path, _ in drop]
+            try:
+                verified, walker = walk_parts(pruned, self._pk, all_signatures=False, base=self._base,
+                                              keep_leaves=False, rescan=lambda n: rescan_root(self._dir, self._base, n))
+            finally:
+                for part in pruned:
+                    part.close()  # type: ignore[misc]
             if walker.size != new_first:
                 raise LedgerError(f"segments before {new_first} hold records up to {walker.size - 1}",
                                   hint="run `kestrel audit verify`")
@@ -347,7 +370,7 @@ class Ledger:
         return result
 
     def _enqueue(self, kind: str, body: dict[str, Any], future: concurrent.futures.Future | None) -> _Item:
-        item = _Item(prepare_body(kind, body), future)
+        item = _Item(prepare_body(kind, body), future, kind)
         with self._cond:
             self._check_open()
             self._pending.append(item)
@@ -401,6 +424,9 @@ class Ledger:
             if self._signer_thread is not None:
                 self._signer_thread.join()
             self._writer.close()
+            self._index.close()
+            if not self._failed:
+                save_kinds(self._dir, self._size, self._latest)
             os.close(self._lock_fd)  # releases the single-writer lock
             self._closed = True
 
@@ -427,6 +453,14 @@ class Ledger:
     def latest_checkpoint(self) -> SignedCheckpoint | None:
         return self._latest_cp
 
+    def latest(self, kind: str) -> Record | None:
+        """The newest durable record of ``kind`` (kept as records are written: no scan of the log)."""
+        with self._cond:
+            seq = self._latest.get(kind)
+        if seq is None:
+            return None
+        return next(iter_records(self._dir, since_seq=seq), None)
+
     def verify(self) -> VerifiedLog:
         """Verify everything on disk; raise LedgerVerificationError naming the first bad record."""
         return walk_dir(self._dir, self._pk)[0]
@@ -437,7 +471,7 @@ class Ledger:
         verified, chunks = export_chunks(self._dir, self._pk)
         from .._internal.fsutil import atomic_write
 
-        atomic_write(Path(path), b"".join(chunks), mode=0o644)
+        atomic_write(Path(path), chunks, mode=0o644)
         return verified
 
     def prove(self, seq: int) -> bytes:
@@ -531,13 +565,18 @@ class Ledger:
         leaves: list[bytes] = []
         assemble, frame, leaf = assemble_record, record_frame, _LEAF.copy  # bound once: this loop is hot
         add_frame, add_leaf = frames.append, leaves.append
+        latest = self._latest
+        starts: list[tuple[int, int]] = []  # (seq, index in frames) of block starts, for the index
         for item in batch:
             raw = assemble(seq=seq, time=item.time, prepared=item.prepared, prev=prev)
             h = leaf()
             h.update(raw)
             item.seq, item.digest = seq, (prev := h.digest())
             add_leaf(prev)
+            if not seq % BLOCK:
+                starts.append((seq, len(frames)))
             add_frame(frame(raw))
+            latest[item.kind] = seq
             seq += 1
         own_cp = frontier = None
         if self._strict and batch:  # strict: this commit's own checkpoint needs the tree now
@@ -547,7 +586,15 @@ class Ledger:
             frames.append(encode_frame(CHECKPOINT, own_cp.note))
         elif batch and self._tail_key is not None:  # batched: seal the records no checkpoint covers yet
             frames.append(encode_frame(TAIL_SEAL, seal_payload(self._tail_key, seq, prev)))
-        self._writer.write_durable(b"".join(frames), next_seq=self._size)
+        data = b"".join(frames)
+        segment, offset = self._writer.position_for(len(data), self._size)
+        for start, i in starts:
+            self._index.start(start, segment, offset + sum(len(f) for f in frames[:i]))
+        if self._strict:
+            self._index.leaves(leaves)
+        self._writer.write_durable(data, next_seq=self._size)
+        if seq // _KINDS_EVERY != self._size // _KINDS_EVERY:
+            save_kinds(self._dir, seq, latest)
         with self._cond:
             self._prev, self._size = prev, seq
             if frontier is not None:
@@ -590,6 +637,7 @@ class Ledger:
                 if unhashed:  # outside the lock: in batched mode only the signer updates the tree
                     frontier = frontier.copy()
                     frontier.extend(unhashed)
+                    self._index.leaves(unhashed)
                     with self._cond:
                         self._frontier = frontier
                 cp = sign_checkpoint(self._signer, size=size, root=frontier.root())

@@ -26,13 +26,15 @@ _KINDS_SEEN: set[str] = set()  # kinds already checked by valid_kind (valid ones
 
 
 def scan_records(
-    view: memoryview, off: int, *, seq: int, prev: bytes, leaves: list[bytes], limit: int | None = None
+    view: memoryview, off: int, *, seq: int, prev: bytes, leaves: list[bytes], limit: int | None = None,
+    kinds: dict[str, int] | None = None,
 ) -> tuple[int, bytes]:
     """Walk record frames from ``off`` while they verify, appending their leaf hashes to ``leaves``.
 
     ``seq`` is the next expected sequence number and ``prev`` the hash it must chain to;
     at most ``limit - seq`` records are taken. Returns the offset of the first frame not
-    taken and the last leaf hash (``prev`` if none was taken).
+    taken and the last leaf hash (``prev`` if none was taken). ``kinds``, if given, maps each kind
+    seen to the seq of its latest record.
     """
     n = len(view)
     head = RECORD_HEAD.unpack_from
@@ -41,7 +43,7 @@ def scan_records(
     finite = math.isfinite
     leaf = _LEAF.copy
     append = leaves.append
-    kinds = _KINDS_SEEN
+    seen = _KINDS_SEEN
     stop = limit if limit is not None else -1
     while n - off >= 16 and seq != stop:
         magic, ftype, reserved, length, head_crc, payload_crc = head(view, off)
@@ -70,15 +72,17 @@ def scan_records(
             break
         if type(kind) is not str:
             break
-        if kind not in kinds:
+        if kind not in seen:
             if not valid_kind(kind):
                 break
-            if len(kinds) < 4096:
-                kinds.add(kind)
+            if len(seen) < 4096:
+                seen.add(kind)
         h = leaf()
         h.update(payload)
         prev = h.digest()
         append(prev)
+        if kinds is not None:
+            kinds[kind] = seq
         seq += 1
         off = end
     return off, prev

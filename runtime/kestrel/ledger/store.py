@@ -14,6 +14,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from typing import Any
 from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir
 from .base import BASE_MAGIC, MAX_BASE_SIZE, base_size_unsafe
 from .errors import LedgerIOError, LedgerVerificationError, Reason
+from .verify import Part
 
-__all__ = ["SEGMENT_MAGIC", "SEGMENT_MAGIC_V1", "BASE_FILE", "cut_tail", "Segment", "segment_files", "load_segments", "read_segment", "read_base", "write_base", "unlink_segments", "stream_of", "cut_torn_tail", "lock_directory", "SegmentWriter"]
+__all__ = ["SEGMENT_MAGIC", "SEGMENT_MAGIC_V1", "BASE_FILE", "cut_tail", "map_segment", "segment_parts", "Segment", "segment_files", "load_segments", "read_segment", "read_base", "write_base", "unlink_segments", "stream_of", "cut_torn_tail", "lock_directory", "SegmentWriter"]
 
 log = logging.getLogger("kestrel.ledger")
 
@@ -137,59 +139,117 @@ def read_segment(path: Path, first_seq: int) -> Segment:
     return Segment(path, first_seq, data)
 
 
+def map_segment(path: Path, first_seq: int) -> Part:
+    """A segment file mapped read-only as a :class:`Part` of the frame stream (pages are loaded as they
+    are read, and dropped again by ``release``: reading a segment costs bounded memory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise _io_error("read ledger segment", path, exc) from None
+    try:
+        size = os.fstat(fd).st_size
+        if os.pread(fd, len(SEGMENT_MAGIC), 0) not in _MAGICS:
+            raise LedgerVerificationError(first_seq, Reason.BIT_FLIP,
+                                          f"segment {path} does not start with the ledger magic bytes")
+        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    except OSError as exc:
+        raise _io_error("read ledger segment", path, exc) from None
+    finally:
+        os.close(fd)
+
+    def release(upto: int) -> None:
+        upto -= upto % mmap.PAGESIZE
+        if upto > 0 and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_DONTNEED, 0, upto)
+
+    def close() -> None:
+        try:
+            mm.close()
+        except BufferError:  # a view of it is still referenced: the GC unmaps it
+            pass
+
+    return Part(mm, len(SEGMENT_MAGIC), first_seq, path.name, release, close)
+
+
+def segment_parts(ledger_dir: Path, *, from_seq: int = 0) -> list[Part]:
+    """Every segment that can hold records >= ``from_seq`` (from the base, if pruned), mapped, oldest first."""
+    base = read_base(ledger_dir)
+    floor = base_size_unsafe(base) if base is not None else 0
+    files = [(start, path) for start, path, _ in segment_files(ledger_dir) if start >= floor]
+    first = 0
+    for i, (start, _) in enumerate(files):
+        if start <= from_seq:
+            first = i
+    parts: list[Part] = []
+    try:
+        for start, path in files[first:]:
+            parts.append(map_segment(path, start))
+    except BaseException:
+        for part in parts:
+            part.close()  # type: ignore[misc]
+        raise
+    return parts
+
+
 def stream_of(segments: list[Segment]) -> bytes:
     """The log's frame stream: all segments' frames, headers stripped."""
     return b"".join(memoryview(s.data)[len(SEGMENT_MAGIC) :] for s in segments)
 
 
-def cut_torn_tail(ledger_dir: Path, segment: Segment, torn_bytes: int, *, remove: bool = False) -> dict[str, Any]:
-    """Save the last ``torn_bytes`` of ``segment`` under torn/, then truncate them (or, with ``remove``,
-    delete the whole file, which then holds only its magic).
+def cut_torn_tail(ledger_dir: Path, path: Path, size: int, torn_bytes: int, *, remove: bool = False) -> dict[str, Any]:
+    """Save the last ``torn_bytes`` of the segment ``path`` (``size`` bytes) under torn/, then truncate them
+    (or, with ``remove``, delete the whole file, which then holds only its magic).
 
     Returns what was cut, as the body of the ``ledger.recovered`` record the writer appends."""
-    keep = len(segment.data) - torn_bytes
+    keep = size - torn_bytes
     if keep < len(SEGMENT_MAGIC):
-        raise LedgerVerificationError(segment.first_seq, Reason.BIT_FLIP, f"damage crosses segment {segment.path}")
-    cut = segment.data[keep:]
+        raise LedgerVerificationError(0, Reason.BIT_FLIP, f"damage crosses segment {path}")
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(keep)
+            cut = fh.read(torn_bytes)
+    except OSError as exc:
+        raise _io_error("read ledger segment", path, exc) from None
     torn_dir = ledger_dir / "torn"
     if not torn_dir.is_dir():
         ensure_private_dir(torn_dir)
         fsync_dir(ledger_dir)
-    saved = torn_dir / f"{segment.path.name}.{keep}.bin"
+    saved = torn_dir / f"{path.name}.{keep}.bin"
     atomic_write(saved, cut)
     try:
         if remove:
-            os.unlink(segment.path)
+            os.unlink(path)
             fsync_dir(ledger_dir)
         else:
-            fd = os.open(segment.path, os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY)
             try:
                 os.ftruncate(fd, keep)
                 os.fsync(fd)
             finally:
                 os.close(fd)
     except OSError as exc:
-        raise _io_error("truncate ledger segment", segment.path, exc) from None
+        raise _io_error("truncate ledger segment", path, exc) from None
     digest = hashlib.sha256(cut).hexdigest()
-    log.warning("ledger: cut an unfinished write of %d bytes (sha256 %s) from %s at offset %d; saved as %s",
-                len(cut), digest, segment.path, keep, saved)
-    return {"segment": segment.path.name, "offset": keep, "bytes": len(cut), "sha256": digest,
+    log.warning("ledger: cut %d bytes (sha256 %s) from %s at offset %d; saved as %s",
+                len(cut), digest, path, keep, saved)
+    return {"segment": path.name, "offset": keep, "bytes": len(cut), "sha256": digest,
             "saved": f"torn/{saved.name}"}
 
 
-def cut_tail(ledger_dir: Path, segments: list[Segment], stream_offset: int, *, records: int,
+def cut_tail(ledger_dir: Path, files: list[tuple[int, Path, int]], stream_offset: int, *, records: int,
              reason: str) -> list[dict[str, Any]]:
-    """Cut the frame stream at ``stream_offset`` (see :func:`stream_of`): save what follows under
-    torn/ and truncate it (whole later segments are saved and removed). Returns one ``ledger.recovered``
-    body per segment touched; ``records`` complete records are among the cut bytes, ``reason`` says why."""
+    """Cut the frame stream of ``files`` ((first seq, path, bytes) of each segment, as walked) at
+    ``stream_offset``: save what follows under torn/ and truncate it (whole later segments are saved and
+    removed). Returns one ``ledger.recovered`` body per segment touched; ``records`` complete records are
+    among the cut bytes, ``reason`` says why."""
     pos, bodies = 0, []
-    for i, seg in enumerate(segments):
-        frames = len(seg.data) - len(SEGMENT_MAGIC)
-        if pos + frames > stream_offset or (i == len(segments) - 1 and pos + frames >= stream_offset):
+    for i, (_, path, size) in enumerate(files):
+        frames = size - len(SEGMENT_MAGIC)
+        if pos + frames > stream_offset or (i == len(files) - 1 and pos + frames >= stream_offset):
             keep = len(SEGMENT_MAGIC) + max(0, stream_offset - pos)
-            if keep < len(seg.data):
+            if keep < size:
                 whole = keep == len(SEGMENT_MAGIC) and i > 0
-                body = cut_torn_tail(ledger_dir, seg, len(seg.data) - keep, remove=whole)
+                body = cut_torn_tail(ledger_dir, path, size, size - keep, remove=whole)
                 bodies.append({**body, "reason": reason, "records": records if not bodies else 0})
         pos += frames
     return bodies
@@ -219,16 +279,17 @@ def lock_directory(ledger_dir: Path) -> int:
 class SegmentWriter:
     """Appends to the last segment; starts a new one when it would grow past ``max_bytes``."""
 
-    def __init__(self, ledger_dir: Path, *, max_bytes: int, last: Segment | None, next_seq: int) -> None:
+    def __init__(self, ledger_dir: Path, *, max_bytes: int, last: tuple[int, Path, int] | None, next_seq: int) -> None:
         self._dir = ledger_dir
         self._max = max_bytes
         self._fd = -1
         if last is None:
             self._create(next_seq)
         else:
-            self._open(last.path, len(last.data))
-            if last.data[: len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:  # a version 1 segment: it may hold seals now
-                self._upgrade(last.path)
+            first_seq, path, size = last
+            self._open(path, size, first_seq)
+            if os.pread(self._fd, len(SEGMENT_MAGIC), 0) != SEGMENT_MAGIC:  # version 1: it may hold seals now
+                self._upgrade(path)
 
     def _upgrade(self, path: Path) -> None:
         try:
@@ -241,17 +302,17 @@ class SegmentWriter:
         except OSError as exc:
             raise _io_error("upgrade ledger segment", path, exc) from None
 
-    def _open(self, path: Path, size: int) -> None:
+    def _open(self, path: Path, size: int, first_seq: int) -> None:
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
         except OSError as exc:
             raise _io_error("open ledger segment", path, exc) from None
-        self._path, self._size = path, size
+        self._path, self._size, self.first_seq = path, size, first_seq
 
     def _create(self, first_seq: int) -> None:
         path = self._dir / f"{first_seq:020d}.seg"
         atomic_write(path, SEGMENT_MAGIC)  # temp file, fsync, rename, fsync dir
-        self._open(path, len(SEGMENT_MAGIC))
+        self._open(path, len(SEGMENT_MAGIC), first_seq)
 
     def write_durable(self, data: bytes, *, next_seq: int) -> None:
         """Write ``data`` (whole frames; rotate first if the segment would outgrow its limit) and make
@@ -264,6 +325,12 @@ class SegmentWriter:
         _DSYNC = 0  # no such flag here (or the file system refused it): write, then fdatasync
         self._write(data, 0)
         self.sync()
+
+    def position_for(self, size: int, next_seq: int) -> tuple[int, int]:
+        """Make room for a write of ``size`` bytes (rotating if needed); return where it will start:
+        (the segment's first seq, the offset in its file)."""
+        self._make_room(size, next_seq)
+        return self.first_seq, self._size
 
     def _make_room(self, size: int, next_seq: int) -> None:
         if self._size > len(SEGMENT_MAGIC) and self._size + size > self._max:

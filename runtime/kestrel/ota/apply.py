@@ -46,6 +46,11 @@ class AppliedBundle:
 
 
 def _ledger_max(ledger: Any, field: str) -> int:
+    latest = getattr(ledger, "latest", None)
+    if callable(latest):  # the ledger keeps its newest record of each kind: no scan of the whole log
+        rec = latest("ota.applied")  # counters only grow: an apply below the recorded counter is refused
+        c = rec.body.get(field) if rec is not None and isinstance(rec.body, dict) else None
+        return c if type(c) is int else 0
     best = 0
     for rec in ledger.records(kind="ota.applied"):
         c = rec.body.get(field) if isinstance(rec.body, dict) else None
