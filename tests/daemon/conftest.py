@@ -58,11 +58,13 @@ def agent(state_dir: Path) -> Iterator[Agent]:
 
 @contextlib.asynccontextmanager
 async def running(agent: Agent, config: str, *, source: str = "device.yaml", config_path: Path | None = None,
-                  policy: str | None = None, peers: bool = False, bls_key: Any = None) -> AsyncIterator[Daemon]:
+                  policy: str | None = None, peers: bool = False, bls_key: Any = None, **options: Any
+                  ) -> AsyncIterator[Daemon]:
     """The daemon, started in this event loop with ``config`` (YAML text), stopped on exit.
 
     ``peers``: hand the daemon the agent's signer, so that it runs peer messaging over MQTT;
-    ``bls_key``: and its BLS key, so that it takes part in group decisions (docs/quorum.md).
+    ``bls_key``: and its BLS key, so that it takes part in group decisions (docs/quorum.md);
+    ``options``: more keyword arguments of :class:`Daemon` (``clock``, ``monotonic``).
     """
     from kestrel.daemon.main import load_config
 
@@ -73,7 +75,7 @@ async def running(agent: Agent, config: str, *, source: str = "device.yaml", con
     d = Daemon(config=cfg, state_dir=agent.state, ledger=agent.ledger,
                factory=factory, agent_id=agent.signer.public_key.did,
                load_config=(lambda: load_config(config_path)) if config_path else None,
-               signer=agent.signer if peers else None, bls_key=bls_key)
+               signer=agent.signer if peers else None, bls_key=bls_key, **options)
     try:
         await d.start()
         yield d

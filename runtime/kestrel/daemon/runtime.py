@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+from .._internal.clock import StepWatch
 from .._internal.fsutil import atomic_write, ensure_private_dir
 from .._internal.paths import StateLayout
 from ..errors import KestrelError, UsageError
@@ -44,6 +45,7 @@ QUARANTINE_RECORDS_PER_S = 10
 MAX_LOOP_LAG_S = 5.0
 POLICY_RECHECK_S = 1.0  # other processes' bundle applies are noticed within this (ours at once)
 JOURNAL_INTERVAL_S = 5.0  # how often the effects journal's watermark is saved (when it moved)
+CLOCK_CHECK_S = 1.0  # how often a wall-clock step is looked for (it is recorded once: clock.stepped)
 
 
 class Daemon:
@@ -51,6 +53,7 @@ class Daemon:
                  agent_id: str, policy: Any = None, board: str = "sim",
                  load_config: Callable[[], DeviceConfig] | None = None, notifier: Notifier | None = None,
                  clock: Callable[[], float] = time.time, freeze_gc: bool = False, signer: Any = None,
+                 monotonic: Callable[[], float] = time.monotonic,
                  bls_key: Any = None) -> None:
         self.config = config
         self.state = StateLayout(state_dir)
@@ -60,14 +63,17 @@ class Daemon:
             from ..policy import PolicyEngine
 
             self.decision_log = QueuedAppends(ledger, queued=config.audit.decisions == "batched")
-            policy = PolicyEngine(self.state.root, self.decision_log, recheck_s=POLICY_RECHECK_S)
+            policy = PolicyEngine(self.state.root, self.decision_log, recheck_s=POLICY_RECHECK_S, clock=clock,
+                                  monotonic=monotonic)
         self.policy = policy
         self.factory = factory
         self.agent_id = agent_id
         self.board = board
         self.load_config = load_config
         self.notifier = notifier or Notifier()
-        self.clock = clock
+        self.clock = clock  # wall time: what records, windows and cron schedules are about
+        self.monotonic = monotonic  # everything that measures a duration: cooldowns, intervals, deadlines
+        self.steps = StepWatch(wall=clock, monotonic=monotonic)
         self.freeze_gc = freeze_gc
         self.values: dict[str, Any] = {}
         self.triggers = TriggerEngine(config.triggers)
@@ -98,7 +104,7 @@ class Daemon:
                                      record=self.record)
         self.ui: Any = None  # kestrel.daemon.ui.server.UiServer while the config has a ui: section
         self.counters = {"events": 0, "trigger_faults": 0, "quarantined": 0, "commands": 0, "reloads": 0,
-                         "reload_failures": 0}
+                         "reload_failures": 0, "clock_steps": 0}
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -119,11 +125,12 @@ class Daemon:
         ensure_private_dir(self.state.data)
         await self._account_in_doubt()  # before any new work: what the last run left open
         self._spawn(self._keep_journal(), "effects-journal")
+        self._spawn(self._watch_clock(), "clock")
         self.pipeline.start()
         await self._start_hardware(self.config)
         self._spawn(self.outbox.run(), "outbox")
         self._spawn(run_schedules(lambda: self.config, self._schedule_fire, clock=self.clock,
-                                  values=lambda: self.values), "schedules")
+                                  values=lambda: self.values, monotonic=self.monotonic), "schedules")
         self._spawn(self._watch_drop_dir(), "ota-drop")
         await self.control.start()
         if self.config.ui is not None:  # the web UI's code is imported only when the config turns it on
@@ -193,6 +200,21 @@ class Daemon:
         while True:
             await asyncio.sleep(JOURNAL_INTERVAL_S)
             await self._save_journal(Journal(self.effects.watermark(), clean=False))
+
+    async def _watch_clock(self) -> None:
+        """Record each wall-clock step once (``clock.stepped {old, new, delta}``); durations never see it."""
+        while True:
+            await asyncio.sleep(CLOCK_CHECK_S)
+            step = self.steps.check()
+            if step is None:
+                continue
+            self.counters["clock_steps"] += 1
+            log.warning("the wall clock stepped by %+.3f s (from %.3f to %.3f); deadlines, cooldowns and rate limits "
+                        "are unaffected", step.delta, step.old, step.new)
+            try:
+                await self.record("clock.stepped", step.body())
+            except Exception as exc:
+                log.error("could not record clock.stepped: %s", exc)
 
     async def _stopped_cleanly(self) -> None:
         """After the last outcome is on flash: mark the stop clean, so the next start scans nothing."""
@@ -377,7 +399,7 @@ class Daemon:
         self.values[sensor] = value
         if self.models is not None:
             self.models.on_reading(sensor, self.values)
-        proposals, faults = self.triggers.on_sensor(sensor, self.values, self.clock())
+        proposals, faults = self.triggers.on_sensor(sensor, self.values, self.monotonic())  # cooldowns: durations
         for f in faults:
             self.counters["trigger_faults"] += 1
             if self.counters["trigger_faults"] <= 10 or self.counters["trigger_faults"] % 1000 == 0:

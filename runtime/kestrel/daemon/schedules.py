@@ -1,4 +1,10 @@
-"""Schedules: every N seconds, or cron-like ("*/5 * * * *", local time)."""
+"""Schedules: every N seconds, or cron-like ("*/5 * * * *", local time).
+
+``every`` counts on the monotonic clock (a wall-clock step neither skips nor bunches
+intervals); cron follows the wall clock, and after a wall-clock step its next times are
+planned again from the new time (a step is not time passing: nothing fires for the
+minutes it jumped over, nothing waits for the ones it jumped back).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from .._internal.clock import STEP_TOLERANCE_S
 from ..errors import KestrelError
 from .config import DeviceConfig, Schedule
 from .triggers import Proposal, schedule_proposal
@@ -18,7 +25,8 @@ log = logging.getLogger("kestrel.daemon.schedules")
 
 
 def next_due(s: Schedule, *, now: float) -> float:
-    """The wall-clock time (epoch seconds) a schedule next fires after ``now``. Pure."""
+    """When a schedule next fires after ``now`` (pure): ``every``: on the clock ``now`` is read from
+    (the monotonic one); cron: wall-clock epoch seconds."""
     if s.every_s is not None:
         return now + s.every_s
     assert s.cron is not None
@@ -27,22 +35,30 @@ def next_due(s: Schedule, *, now: float) -> float:
 
 
 async def run_schedules(config: Callable[[], DeviceConfig], fire: Callable[[Proposal], Any], *,
-                        clock: Callable[[], float] = time.time, values: Callable[[], dict[str, Any]] = dict) -> None:
+                        clock: Callable[[], float] = time.time, values: Callable[[], dict[str, Any]] = dict,
+                        monotonic: Callable[[], float] = time.monotonic) -> None:
     """Fire each schedule of the current config when due; picks up a reloaded config within a second."""
     current: DeviceConfig | None = None
-    due: dict[str, float] = {}
+    due: dict[str, float] = {}  # every: monotonic seconds; cron: wall-clock seconds
+    last = (clock(), monotonic())
     while True:
         cfg = config()
-        now = clock()
+        now, mono = clock(), monotonic()
+        stepped = abs((now - last[0]) - (mono - last[1])) >= STEP_TOLERANCE_S
+        last = (now, mono)
         if cfg is not current:
             current = cfg
-            due = {s.name: next_due(s, now=now) for s in cfg.schedules}
+            due = {s.name: next_due(s, now=mono if s.every_s is not None else now) for s in cfg.schedules}
+        elif stepped:
+            due.update({s.name: next_due(s, now=now) for s in cfg.schedules if s.every_s is None})
         for s in cfg.schedules:
-            if due[s.name] <= now:
-                due[s.name] = next_due(s, now=max(now, due[s.name]))
+            t = mono if s.every_s is not None else now
+            if due[s.name] <= t:
+                due[s.name] = next_due(s, now=max(t, due[s.name]))
                 try:
                     fire(schedule_proposal(s, values()))
                 except KestrelError as exc:
                     log.warning("schedule %s: %s", s.name, exc.message)
-        wait = min([due[s.name] for s in cfg.schedules], default=now + 1.0) - clock()
+        wait = min([due[s.name] - (monotonic() if s.every_s is not None else clock()) for s in cfg.schedules],
+                   default=1.0)
         await asyncio.sleep(min(1.0, max(0.001, wait)))

@@ -7,6 +7,12 @@ bundle (the OTA pointer file changed): by default it looks (one ``stat``) before
 decision; with ``recheck_s`` it looks at most that often, and whoever applies or rolls
 back a bundle in the same process calls :meth:`PolicyEngine.invalidate` so that the very
 next decision uses the new policy (the daemon does: it is the only writer while it runs).
+
+Clock steps: rate-limit history is kept in wall-clock seconds (it must survive restarts), so
+when the wall clock steps (detected against the monotonic clock, kestrel._internal.clock)
+the history moves by the same amount: a step neither frees nor blocks rate-limited slots.
+Hits found in the future at start (the clock went back while the daemon was down) count as
+happening now. Time windows read the wall clock as it is (the step usually corrects it).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .._internal.clock import StepWatch
 from .._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
 from .._internal.paths import StateLayout
 from ..errors import KestrelError
@@ -41,6 +48,7 @@ class PolicyEngine:
         self._ledger = ledger
         self._clock = clock
         self._monotonic = monotonic
+        self._steps = StepWatch(wall=clock, monotonic=monotonic)
         self._budget_s = budget_s
         self._lock = threading.Lock()
         self._rate_path = StateLayout(self._state_dir).data / RATE_FILE
@@ -51,7 +59,7 @@ class PolicyEngine:
         self.policy: Policy | None = None
         self.bundle_digest: str | None = None
         self.load_error: str | None = None
-        self._state = self._load_state()
+        self._state = _not_after(self._load_state(), self._clock())
         if self._state.saturated_until > self._clock():
             self._save_state()
         self.reload()
@@ -110,6 +118,10 @@ class PolicyEngine:
             return self._record(self._invalid(action, args, exc))
         with self._lock:
             self._maybe_reload()
+            step = self._steps.check()
+            if step is not None:
+                self._state = _shifted(self._state, step.delta)
+                self._save_state()
             now = self._clock()
             deadline = self._monotonic() + self._budget_s
             decision = evaluate(self.policy, request, self._state, now,
@@ -159,6 +171,20 @@ class PolicyEngine:
                            "hits": {k: list(v) for k, v in self._state.hits.items()}},
                           sort_keys=True, separators=(",", ":")).encode()
         atomic_write(self._rate_path, data)
+
+
+def _shifted(state: PolicyState, delta: float) -> PolicyState:
+    """The rate history after the wall clock stepped by ``delta`` seconds (the hits keep their age)."""
+    hits = {k: tuple(t + delta for t in v) for k, v in state.hits.items()}
+    return PolicyState(hits, state.saturated_until + delta if state.saturated_until else 0.0)
+
+
+def _not_after(state: PolicyState, now: float) -> PolicyState:
+    """Hits later than ``now`` (recorded before the clock went back) count as happening now."""
+    if not any(v and v[-1] > now for v in state.hits.values()):
+        return state
+    hits = {k: tuple(sorted(min(t, now) for t in v)) for k, v in state.hits.items()}
+    return PolicyState(hits, state.saturated_until)
 
 
 def _read_rate(path: Path) -> PolicyState | None:
