@@ -134,3 +134,45 @@ def test_yaml_one_one_booleans_are_reported_not_misread():
     """)
     with pytest.raises(ConfigError, match="expected a non-empty string, got bool True"):
         parse_device_config(text, source="x.yaml")
+
+
+def test_an_empty_section_means_the_dataclass_defaults():
+    """Each default is stated once (the dataclass): a section given with no keys parses to exactly it."""
+    from kestrel.daemon import config as c
+
+    cfg = parse_device_config(textwrap.dedent("""
+        version: 1
+        sensors:
+          door: {type: gpio, pin: 17}
+          gps: {type: serial, port: /dev/ttyS0}
+          weather: {type: mqtt, topic: t}
+          cpu: {type: periodic, every: 10, file: /x}
+        actuators:
+          siren: {type: gpio, pin: 27}
+          alerts: {type: mqtt, topic: a}
+        triggers: [{when: "door == 1", action: gpio.write, args: {actuator: siren, value: 1}}]
+        schedules: [{every: 5, action: gpio.write, args: {actuator: siren, value: 0}}]
+        smtp: {host: h}
+        mqtt: {host: b}
+        outbox: {}
+        control: {}
+        ota: {}
+        fetch: {}
+        limits: {}
+        audit: {}
+        ui: {}
+    """), source="defaults.yaml")
+    assert cfg.name == c.DeviceConfig.name and cfg.board is None
+    assert cfg.sensor("door") == c.GpioInput("door", "17")
+    assert cfg.sensor("gps") == c.SerialSensor("gps", c.SerialLine("/dev/ttyS0"))
+    assert cfg.sensor("weather") == c.MqttSensor("weather", "t")
+    assert cfg.sensor("cpu") == c.PeriodicSensor("cpu", 10.0, file="/x")
+    assert cfg.actuator("siren") == c.GpioOutput("siren", "27")
+    assert cfg.actuator("alerts") == c.MqttActuator("alerts", "a")
+    t, s = cfg.triggers[0], cfg.schedules[0]
+    assert (t.cooldown_s, t.fire) == (c.Trigger.cooldown_s, c.Trigger.fire)
+    assert s.cron is None and s.every_s == 5.0
+    assert cfg.smtp == c.SmtpConfig("h") and cfg.mqtt == c.MqttConfig("b")
+    assert (cfg.outbox, cfg.control, cfg.ota, cfg.fetch, cfg.limits, cfg.audit, cfg.ui) == (
+        c.OutboxConfig(), c.ControlConfig(), c.OtaConfig(), c.FetchConfig(), c.LimitsConfig(), c.AuditConfig(),
+        c.UiConfig())

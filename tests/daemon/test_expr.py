@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from kestrel.daemon.config import parse_device_config
 from kestrel.daemon.cron import CronError, parse_cron
-from kestrel.daemon.expr import ExpressionError, Template, compile_expression
+from kestrel.daemon.expr import ExpressionError, compile_expression
+from kestrel.daemon.template import Template
 from kestrel.daemon.triggers import TriggerEngine
 
 VALUES = {"t": 21.5, "door": 1, "w": {"temp": 30, "tags": ["a", "b"]}, "name": "porch", "gps": {"f": ["x", "3"]}}

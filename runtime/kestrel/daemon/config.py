@@ -12,7 +12,8 @@ from typing import Any, Union
 from .._internal.yamlnode import Fields, Node, load
 from ..errors import ConfigError, KestrelError
 from .cron import CronSpec, parse_cron
-from .expr import Expression, Template, compile_expression
+from .expr import Expression, compile_expression
+from .template import Template
 
 __all__ = [
     "DeviceConfig", "GpioInput", "SerialSensor", "MqttSensor", "PeriodicSensor", "GpioOutput",
@@ -24,6 +25,7 @@ __all__ = [
 BUILTIN_ACTIONS = ("send_email", "schedule_event", "fetch_data", "gpio.write", "mqtt.publish", "serial.write",
                    "agent.send")
 PARITIES = ("none", "even", "odd")
+CONFIG_VERSION = 1  # the `version:` this parser reads
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
@@ -243,16 +245,16 @@ def _name(node: Node, name: str) -> str:
 
 
 def _serial_line(f: Fields) -> SerialLine:
-    framing = f.get("framing", Node.as_str, "line", choices=("line", "length_prefixed", "none"))
-    length_bytes = f.get("length_bytes", Node.as_int, 2, min=1, max=2)
+    framing = f.get("framing", Node.as_str, SerialLine.framing, choices=("line", "length_prefixed", "none"))
+    length_bytes = f.get("length_bytes", Node.as_int, SerialLine.length_bytes, min=1, max=2)
     limit = (1 << (8 * length_bytes)) - 1 if framing == "length_prefixed" else 1 << 20
-    crc = f.get("crc", Node.as_str, "none", choices=("none", "crc16", "crc32"))
+    crc = f.get("crc", Node.as_str, SerialLine.crc or "none", choices=("none", "crc16", "crc32"))
     return SerialLine(
         port=f.get("port", Node.as_str),
-        baud=f.get("baud", Node.as_int, 9600, min=50, max=4_000_000),
-        parity=f.get("parity", Node.as_str, "none", choices=PARITIES),
+        baud=f.get("baud", Node.as_int, SerialLine.baud, min=50, max=4_000_000),
+        parity=f.get("parity", Node.as_str, SerialLine.parity, choices=PARITIES),
         framing=framing,
-        max_frame=f.get("max_frame", Node.as_int, min(1024, limit), min=8, max=limit),
+        max_frame=f.get("max_frame", Node.as_int, min(SerialLine.max_frame, limit), min=8, max=limit),
         length_bytes=length_bytes,
         crc=None if crc == "none" else crc,
     )
@@ -268,35 +270,35 @@ def _sensor(name: str, node: Node) -> Sensor:
         f = Fields(node, {"type", "pin", "mode", "edge", "bias", "debounce_ms", "poll_s", "active_low"})
         return GpioInput(
             name, f.get("pin", _pin),
-            mode=f.get("mode", Node.as_str, "edge", choices=("edge", "level")),
-            edge=f.get("edge", Node.as_str, "both", choices=("rising", "falling", "both")),
-            bias=f.get("bias", Node.as_str, "as_is", choices=("as_is", "pull_up", "pull_down", "disabled")),
-            debounce_ms=f.get("debounce_ms", Node.as_float, 0.0, min=0, max=10_000),
-            poll_s=f.get("poll_s", Node.as_float, 1.0, min=0.001, max=86_400),
-            active_low=f.get("active_low", Node.as_bool, False),
+            mode=f.get("mode", Node.as_str, GpioInput.mode, choices=("edge", "level")),
+            edge=f.get("edge", Node.as_str, GpioInput.edge, choices=("rising", "falling", "both")),
+            bias=f.get("bias", Node.as_str, GpioInput.bias, choices=("as_is", "pull_up", "pull_down", "disabled")),
+            debounce_ms=f.get("debounce_ms", Node.as_float, GpioInput.debounce_ms, min=0, max=10_000),
+            poll_s=f.get("poll_s", Node.as_float, GpioInput.poll_s, min=0.001, max=86_400),
+            active_low=f.get("active_low", Node.as_bool, GpioInput.active_low),
         )
     if kind == "serial":
         f = Fields(node, _SERIAL_KEYS | {"format"})
         line = _serial_line(f)
         if line.framing == "none":
             raise f.node_of("framing").error("a serial sensor needs framing 'line' or 'length_prefixed'")
-        return SerialSensor(name, line, format=f.get("format", Node.as_str, "text",
+        return SerialSensor(name, line, format=f.get("format", Node.as_str, SerialSensor.format,
                                                      choices=("text", "nmea", "json", "bytes")))
     if kind == "mqtt":
         f = Fields(node, {"type", "topic", "payload", "max_payload", "qos"})
         return MqttSensor(
             name, f.get("topic", Node.as_str),
-            payload=f.get("payload", Node.as_str, "json", choices=("json", "msgpack", "text")),
-            max_payload=f.get("max_payload", Node.as_int, 65536, min=1, max=1 << 24),
-            qos=f.get("qos", Node.as_int, 1, min=0, max=2),
+            payload=f.get("payload", Node.as_str, MqttSensor.payload, choices=("json", "msgpack", "text")),
+            max_payload=f.get("max_payload", Node.as_int, MqttSensor.max_payload, min=1, max=1 << 24),
+            qos=f.get("qos", Node.as_int, MqttSensor.qos, min=0, max=2),
         )
     f = Fields(node, {"type", "every", "file", "pin", "scale"})
     if f.has("file") == f.has("pin"):
         raise node.error("a periodic sensor reads exactly one of 'file' or 'pin'")
     return PeriodicSensor(
         name, f.get("every", Node.as_float, min=0.01, max=86_400 * 31),
-        file=f.get("file", Node.as_str, None), pin=f.get("pin", _pin, None),
-        scale=f.get("scale", Node.as_float, 1.0),
+        file=f.get("file", Node.as_str, PeriodicSensor.file), pin=f.get("pin", _pin, PeriodicSensor.pin),
+        scale=f.get("scale", Node.as_float, PeriodicSensor.scale),
     )
 
 
@@ -311,12 +313,12 @@ def _actuator(name: str, node: Node) -> Actuator:
     kind = Fields(node, set(node.mapping())).get("type", Node.as_str, choices=("gpio", "mqtt", "serial"))
     if kind == "gpio":
         f = Fields(node, {"type", "pin", "initial", "active_low"})
-        return GpioOutput(name, f.get("pin", _pin), initial=f.get("initial", Node.as_int, 0, min=0, max=1),
-                          active_low=f.get("active_low", Node.as_bool, False))
+        return GpioOutput(name, f.get("pin", _pin), initial=f.get("initial", Node.as_int, GpioOutput.initial, min=0, max=1),
+                          active_low=f.get("active_low", Node.as_bool, GpioOutput.active_low))
     if kind == "mqtt":
         f = Fields(node, {"type", "topic", "qos", "retain"})
-        return MqttActuator(name, f.get("topic", Node.as_str), qos=f.get("qos", Node.as_int, 1, min=0, max=2),
-                            retain=f.get("retain", Node.as_bool, False))
+        return MqttActuator(name, f.get("topic", Node.as_str), qos=f.get("qos", Node.as_int, MqttActuator.qos, min=0, max=2),
+                            retain=f.get("retain", Node.as_bool, MqttActuator.retain))
     f = Fields(node, _SERIAL_KEYS)
     return SerialActuator(name, _serial_line(f))
 
@@ -344,8 +346,8 @@ def _trigger(node: Node, index: int) -> Trigger:
     action, args = _action(f)
     return Trigger(
         name=f.get("name", Node.as_str, f"trigger{index}"), when=when, action=action, args=args,
-        cooldown_s=f.get("cooldown", Node.as_float, 0.0, min=0, max=86_400),
-        fire=f.get("fire", Node.as_str, "rising", choices=("rising", "always")),
+        cooldown_s=f.get("cooldown", Node.as_float, Trigger.cooldown_s, min=0, max=86_400),
+        fire=f.get("fire", Node.as_str, Trigger.fire, choices=("rising", "always")),
     )
 
 
@@ -361,7 +363,7 @@ def _schedule(node: Node, index: int) -> Schedule:
             raise f.node_of("cron").error(exc.message, hint=exc.hint) from None
     action, args = _action(f)
     return Schedule(name=f.get("name", Node.as_str, f"schedule{index}"), action=action, args=args,
-                    every_s=f.get("every", Node.as_float, None, min=0.01, max=86_400 * 366), cron=cron)
+                    every_s=f.get("every", Node.as_float, Schedule.every_s, min=0.01, max=86_400 * 366), cron=cron)
 
 
 def _section(root: Fields, key: str, keys: set[str]) -> Fields | None:
@@ -385,9 +387,10 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
     if root_node.is_null:
         raise ConfigError("the device config is empty", path=source, hint="see docs/device-config.md")
     root = Fields(root_node, _TOP)
-    version = root.get("version", Node.as_int, 1)
-    if version != 1:
-        raise root.node_of("version").error(f"unsupported config version {version}; this Kestrel reads 1")
+    version = root.get("version", Node.as_int, CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise root.node_of("version").error(
+            f"unsupported config version {version}; this Kestrel reads {CONFIG_VERSION}")
     sensors = _named(root, "sensors", _sensor)
     actuators = _named(root, "actuators", _actuator)
     triggers = tuple(_trigger(n, i) for i, n in enumerate(root.node_of("triggers").sequence()))
@@ -400,17 +403,18 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
             raise f.node_of("password_file").error(
                 "a username needs a password_file", hint="passwords never go in the config itself")
         smtp = SmtpConfig(
-            host=f.get("host", Node.as_str), port=f.get("port", Node.as_int, 25, min=1, max=65535),
-            security=f.get("security", Node.as_str, "none", choices=("none", "starttls", "tls")),
-            username=f.get("username", Node.as_str, None), password_file=f.get("password_file", Node.as_str, None),
-            sender=f.get("from", Node.as_str, "kestrel@localhost"),
-            timeout_s=f.get("timeout", Node.as_float, 10.0, min=0.1, max=600),
+            host=f.get("host", Node.as_str), port=f.get("port", Node.as_int, SmtpConfig.port, min=1, max=65535),
+            security=f.get("security", Node.as_str, SmtpConfig.security, choices=("none", "starttls", "tls")),
+            username=f.get("username", Node.as_str, SmtpConfig.username),
+            password_file=f.get("password_file", Node.as_str, SmtpConfig.password_file),
+            sender=f.get("from", Node.as_str, SmtpConfig.sender),
+            timeout_s=f.get("timeout", Node.as_float, SmtpConfig.timeout_s, min=0.1, max=600),
         )
     outbox = OutboxConfig()
     if (f := _section(root, "outbox", {"retry_initial", "retry_max", "max_items"})):
-        outbox = OutboxConfig(f.get("retry_initial", Node.as_float, 5.0, min=0.01, max=86_400),
-                              f.get("retry_max", Node.as_float, 600.0, min=0.01, max=86_400 * 7),
-                              f.get("max_items", Node.as_int, 1000, min=1, max=1_000_000))
+        outbox = OutboxConfig(f.get("retry_initial", Node.as_float, OutboxConfig.retry_initial_s, min=0.01, max=86_400),
+                              f.get("retry_max", Node.as_float, OutboxConfig.retry_max_s, min=0.01, max=86_400 * 7),
+                              f.get("max_items", Node.as_int, OutboxConfig.max_items, min=1, max=1_000_000))
     mqtt = None
     if (f := _section(root, "mqtt", {"host", "port", "keepalive", "commands_topic", "results_topic",
                                      "max_payload", "username", "password_file", "tls", "ca_file",
@@ -418,41 +422,42 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
         if f.has("username") and not f.has("password_file"):
             raise f.node_of("password_file").error(
                 "a username needs a password_file", hint="passwords never go in the config itself")
-        if f.has("ca_file") and not f.get("tls", Node.as_bool, False):
+        if f.has("ca_file") and not f.get("tls", Node.as_bool, MqttConfig.tls):
             raise f.node_of("ca_file").error("ca_file needs tls: true")
         mqtt = MqttConfig(
-            host=f.get("host", Node.as_str), port=f.get("port", Node.as_int, 1883, min=1, max=65535),
-            keepalive_s=f.get("keepalive", Node.as_int, 30, min=5, max=3600),
-            commands_topic=f.get("commands_topic", Node.as_str, None),
-            results_topic=f.get("results_topic", Node.as_str, None),
-            max_payload=f.get("max_payload", Node.as_int, 65536, min=64, max=1 << 24),
-            username=f.get("username", Node.as_str, None), password_file=f.get("password_file", Node.as_str, None),
-            tls=f.get("tls", Node.as_bool, False), ca_file=f.get("ca_file", Node.as_str, None),
-            session_expiry_s=f.get("session_expiry", Node.as_int, 7 * 86400, min=0, max=0xFFFFFFFF),
+            host=f.get("host", Node.as_str), port=f.get("port", Node.as_int, MqttConfig.port, min=1, max=65535),
+            keepalive_s=f.get("keepalive", Node.as_int, MqttConfig.keepalive_s, min=5, max=3600),
+            commands_topic=f.get("commands_topic", Node.as_str, MqttConfig.commands_topic),
+            results_topic=f.get("results_topic", Node.as_str, MqttConfig.results_topic),
+            max_payload=f.get("max_payload", Node.as_int, MqttConfig.max_payload, min=64, max=1 << 24),
+            username=f.get("username", Node.as_str, MqttConfig.username),
+            password_file=f.get("password_file", Node.as_str, MqttConfig.password_file),
+            tls=f.get("tls", Node.as_bool, MqttConfig.tls), ca_file=f.get("ca_file", Node.as_str, MqttConfig.ca_file),
+            session_expiry_s=f.get("session_expiry", Node.as_int, MqttConfig.session_expiry_s, min=0, max=0xFFFFFFFF),
         )
     control = ControlConfig()
     if (f := _section(root, "control", {"group"})):
-        control = ControlConfig(group=f.get("group", _pin, None))
+        control = ControlConfig(group=f.get("group", _pin, ControlConfig.group))
     ota = OtaConfig()
     if (f := _section(root, "ota", {"drop_dir", "mqtt_topic", "poll", "max_bundle"})):
-        ota = OtaConfig(f.get("drop_dir", Node.as_str, None), f.get("mqtt_topic", Node.as_str, None),
-                        f.get("poll", Node.as_float, 2.0, min=0.05, max=3600),
-                        f.get("max_bundle", Node.as_int, 16 << 20, min=1024, max=1 << 30))
+        ota = OtaConfig(f.get("drop_dir", Node.as_str, OtaConfig.drop_dir), f.get("mqtt_topic", Node.as_str, OtaConfig.mqtt_topic),
+                        f.get("poll", Node.as_float, OtaConfig.poll_s, min=0.05, max=3600),
+                        f.get("max_bundle", Node.as_int, OtaConfig.max_bundle, min=1024, max=1 << 30))
     fetch = FetchConfig()
     if (f := _section(root, "fetch", {"max_bytes", "timeout"})):
-        fetch = FetchConfig(f.get("max_bytes", Node.as_int, 1 << 20, min=1, max=1 << 30),
-                            f.get("timeout", Node.as_float, 10.0, min=0.1, max=600))
+        fetch = FetchConfig(f.get("max_bytes", Node.as_int, FetchConfig.max_bytes, min=1, max=1 << 30),
+                            f.get("timeout", Node.as_float, FetchConfig.timeout_s, min=0.1, max=600))
     limits = LimitsConfig()
     if (f := _section(root, "limits", {"event_queue", "action_queue", "action_workers"})):
-        limits = LimitsConfig(f.get("event_queue", Node.as_int, 1024, min=1, max=1_000_000),
-                              f.get("action_queue", Node.as_int, 256, min=1, max=1_000_000),
-                              f.get("action_workers", Node.as_int, 4, min=1, max=64))
+        limits = LimitsConfig(f.get("event_queue", Node.as_int, LimitsConfig.event_queue, min=1, max=1_000_000),
+                              f.get("action_queue", Node.as_int, LimitsConfig.action_queue, min=1, max=1_000_000),
+                              f.get("action_workers", Node.as_int, LimitsConfig.action_workers, min=1, max=64))
 
     audit = AuditConfig()
     if (f := _section(root, "audit", {"decisions", "commit_delay_ms", "checkpoint_interval_ms"})):
-        audit = AuditConfig(f.get("decisions", Node.as_str, "batched", choices=("batched", "strict")),
-                            f.get("commit_delay_ms", Node.as_float, 5.0, min=0, max=1000),
-                            f.get("checkpoint_interval_ms", Node.as_float, 50.0, min=1, max=600_000))
+        audit = AuditConfig(f.get("decisions", Node.as_str, AuditConfig.decisions, choices=("batched", "strict")),
+                            f.get("commit_delay_ms", Node.as_float, AuditConfig.commit_delay_ms, min=0, max=1000),
+                            f.get("checkpoint_interval_ms", Node.as_float, AuditConfig.checkpoint_interval_ms, min=1, max=600_000))
 
     sync = _sync_section(root, source)
     models: tuple[Any, ...] = ()
@@ -461,7 +466,8 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
 
         models = parse_models(root.node_of("models"), names_ok=_name)
     cfg = DeviceConfig(
-        source=source, name=root.get("name", Node.as_str, "kestrel"), board=root.get("board", Node.as_str, None),
+        source=source, name=root.get("name", Node.as_str, DeviceConfig.name),
+        board=root.get("board", Node.as_str, DeviceConfig.board),
         sensors=sensors, actuators=actuators, triggers=triggers, schedules=schedules, smtp=smtp, outbox=outbox,
         mqtt=mqtt, control=control, ota=ota, fetch=fetch, limits=limits, audit=audit, sync=sync, models=models,
         ui=_ui_section(root),

@@ -1,4 +1,4 @@
-"""A small, safe expression language for trigger conditions and argument templates.
+"""A small, safe expression language for trigger conditions (argument templates: daemon/template.py).
 
 No ``eval()``: text is tokenised and parsed (precedence climbing) into a tree of
 closures over a whitelist of operators and functions. Grammar (docs/device-config.md)::
@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import DataError
 
-__all__ = ["Expression", "ExpressionError", "compile_expression", "MAX_LENGTH"]
+__all__ = ["Expression", "ExpressionError", "compile_expression", "as_text", "MAX_LENGTH"]
 
 MAX_LENGTH = 1024
 MAX_DEPTH = 32
@@ -131,7 +131,8 @@ def _len(x: Any) -> Any:
     return None if x is None else len(x) if isinstance(x, (str, list, dict)) else None
 
 
-def _str(x: Any) -> str:
+def as_text(x: Any) -> str:
+    """How the language writes a value as text (``str()``): null, true, false, numbers, strings."""
     if x is None:
         return "null"
     if isinstance(x, bool):
@@ -146,7 +147,7 @@ _FUNCS: dict[str, tuple[Callable[..., Any], int, int]] = {
     "round": (_fn_num(round), 1, 2),
     "floor": (_fn_num(math.floor), 1, 1),
     "len": (_len, 1, 1),
-    "str": (_str, 1, 1),
+    "str": (as_text, 1, 1),
 }
 
 
@@ -368,7 +369,7 @@ class _Parser:
                     return None  # not reported yet, or no such field: null
                 if not isinstance(cur, dict):
                     # e.g. a bare number on a JSON sensor's topic: a fault to count, not a silent null
-                    raise ExpressionError(f"{path} is {type(cur).__name__} {_str(cur)[:40]}, not an object with "
+                    raise ExpressionError(f"{path} is {type(cur).__name__} {as_text(cur)[:40]}, not an object with "
                                           f"a field {p!r}")
                 cur, path = cur.get(p), f"{path}.{p}"
             return cur
@@ -387,45 +388,9 @@ def compile_expression(text: str) -> Expression:
     return Expression(text, frozenset(parser.names), fn)
 
 
-_TEMPLATE = re.compile(r"\$\{([^}]*)\}")
+def __getattr__(name: str) -> Any:  # ``Template`` moved to .template; old imports keep working
+    if name == "Template":
+        from .template import Template
 
-
-@dataclass(frozen=True)
-class Template:
-    """An argument value: a literal, or a string with ``${expr}`` parts filled from sensor values."""
-
-    literal: Any
-    parts: tuple[tuple[str, Expression | None], ...] = ()
-
-    @classmethod
-    def of(cls, value: Any) -> "Template":
-        if isinstance(value, str) and "${" in value:
-            parts: list[tuple[str, Expression | None]] = []
-            pos = 0
-            for m in _TEMPLATE.finditer(value):
-                if m.start() > pos:
-                    parts.append((value[pos:m.start()], None))
-                parts.append((m.group(1), compile_expression(m.group(1))))
-                pos = m.end()
-            if pos < len(value):
-                parts.append((value[pos:], None))
-            return cls(value, tuple(parts))
-        if isinstance(value, dict):
-            return cls({k: cls.of(v) for k, v in value.items()})
-        if isinstance(value, list):
-            return cls([cls.of(v) for v in value])
-        return cls(value)
-
-    def render(self, values: Mapping[str, Any]) -> Any:
-        if self.parts:
-            if len(self.parts) == 1 and self.parts[0][1] is not None:
-                return self.parts[0][1].evaluate(values)  # "${x}" keeps x's type
-            return "".join(_str(e.evaluate(values)) if e else text for text, e in self.parts)
-        if isinstance(self.literal, dict):
-            return {k: t.render(values) for k, t in self.literal.items()}
-        if isinstance(self.literal, list):
-            return [t.render(values) for t in self.literal]
-        return self.literal
-
-
-__all__ += ["Template"]
+        return Template
+    raise AttributeError(name)
