@@ -10,7 +10,7 @@ import pytest
 
 from kestrel.errors import ConfigError, DataError
 from kestrel.io.errors import MqttError, PayloadTooLarge
-from kestrel.io.mqtt import MqttBridge, client_id_for
+from kestrel.io.mqtt import Counters, MqttBridge, client_id_for
 from tests.fixtures.mosquitto import start_mosquitto as _start_mosquitto
 from tests.fixtures.procs import free_port
 
@@ -170,6 +170,60 @@ async def test_flood_into_a_bounded_queue(mosquitto):
         await _until(lambda: b.stats.received == 200)
         assert len(sub.queue) == 10 and sub.overflows == 190 and b.stats.overflows == 190
         assert (await _get(sub)).payload == b"190"
+
+
+def test_counters_lose_no_update_across_threads():
+    """The bridge's counters are changed from the network thread and the loop: one owner, no lost update."""
+    import threading
+    import time
+
+    class Slow(dict):  # a thread switch between reading and writing a value: a bare ``+= 1`` loses updates
+        def __setitem__(self, key, value):
+            time.sleep(0)
+            super().__setitem__(key, value)
+
+    counts = Counters("received", "acked")
+    counts._values = Slow(counts._values)
+    threads = [threading.Thread(target=lambda k=k: [counts.add(k) for _ in range(2_000)])
+               for k in ("received", "received", "acked", "received")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counts.snapshot() == {"received": 6_000, "acked": 2_000}
+    assert counts["acked"] == 2_000
+
+
+async def test_every_counter_moves_through_its_owner(mosquitto, monkeypatch):
+    """Counting from both threads (messages in, oversize drops, publishes, PUBACKs): each change is a
+    ``Counters.add`` call, and the totals are exact."""
+    import threading
+
+    import kestrel.io.mqtt as mqtt_mod
+
+    seen: list[tuple[str, str]] = []
+    original = mqtt_mod.Counters.add
+
+    def spy(self, name, n=1):
+        seen.append((threading.current_thread().name, name))
+        return original(self, name, n)
+
+    monkeypatch.setattr(mqtt_mod.Counters, "add", spy)
+    async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, max_payload=1024, **FAST) as small, \
+            MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as big:
+        assert await small.wait_connected(5) and await big.wait_connected(5)
+        sub = await small.subscribe("mix/#", queue_size=1000)
+        sends = [big.publish(f"mix/{i}", b"x" * (2000 if i % 3 == 0 else 10)) for i in range(90)]
+        sends += [small.publish("out/x", b"y") for _ in range(20)]  # the loop counts while messages come in
+        await asyncio.gather(*sends)
+        await _until(lambda: small.stats.received + small.stats.oversize == 90)
+        stats = small.stats
+    assert (stats.received, stats.oversize, sub.oversize, stats.published, stats.acked) == (60, 30, 30, 20, 20)
+    names = [name for _, name in seen]  # both bridges; the subscription's own oversize counter too
+    assert (names.count("received"), names.count("oversize"), names.count("published"),
+            names.count("acked")) == (60, 60, 110, 110)
+    threads = {thread for thread, name in seen if name == "received"}
+    assert threads and all(t.startswith("mqtt ") for t in threads)  # counted where the message arrives
 
 
 async def test_invalid_topics_and_payloads(mosquitto):

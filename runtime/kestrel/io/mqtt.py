@@ -8,6 +8,9 @@ hook makes paho hand every socket write to the network thread (it wakes through
 paho's internal socket pair) instead of writing from the caller's thread. paho
 callbacks run on the network thread and only forward into the loop with
 ``call_soon_threadsafe`` (or push into thread-safe bounded queues).
+Counters have one owner, a :class:`Counters` object per bridge and per subscription: either
+thread changes them only through ``Counters.add`` (under the object's lock), and ``stats`` reads
+one consistent snapshot under the same lock.
 
 The broker being down at start, or going away, never raises into the caller's loop:
 ``connected`` turns False, ``on_connection_change`` is called, QoS 1 publishes queue
@@ -69,7 +72,12 @@ class Subscription:
         self.topic_filter, self.qos = topic_filter, qos
         self._bridge = bridge
         self.queue: BoundedQueue[MqttMessage] = BoundedQueue(queue_size)
-        self.oversize = 0
+        self.counts = Counters("oversize")  # changed on the network thread, read on the loop
+
+    @property
+    def oversize(self) -> int:
+        """Messages on this filter dropped for exceeding ``max_payload``."""
+        return self.counts["oversize"]
 
     @property
     def overflows(self) -> int:
@@ -131,7 +139,7 @@ class MqttBridge:
         self._subs: tuple[Subscription, ...] = ()  # copy-on-write: read by the network thread
         self._pending: dict[int, asyncio.Future[None]] = {}  # PUBACK waiters by message id
         self._pending_sub: dict[int, asyncio.Future[list[Any]]] = {}  # SUBACK waiters by message id
-        self._counts = {k: 0 for k in ("connects", "disconnects", "published", "acked", "received", "oversize")}
+        self._counts = Counters("connects", "disconnects", "published", "acked", "received", "oversize")
         self.last_error: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -209,7 +217,7 @@ class MqttBridge:
 
     @property
     def stats(self) -> MqttStats:
-        return MqttStats(**self._counts, overflows=sum(s.overflows for s in self._subs))
+        return MqttStats(**self._counts.snapshot(), overflows=sum(s.overflows for s in self._subs))
 
     # ------------------------------------------------------------------ publish / subscribe
 
@@ -235,7 +243,7 @@ class MqttBridge:
             raise MqttError("the MQTT outgoing queue is full", reason="queue-full")
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish failed: {mqtt.error_string(info.rc)}", reason="publish-failed")
-        self._counts["published"] += 1
+        self._counts.add("published")
         if qos == 0:
             return info.mid
         fut = self._pending[info.mid] = self._loop.create_future()  # type: ignore[union-attr]
@@ -351,20 +359,20 @@ class MqttBridge:
         subs = [s for s in self._subs if _matches(s.topic_filter, msg.topic)]
         if size > self.max_payload:
             for s in subs:
-                s.oversize += 1
+                s.counts.add("oversize")
             # the payload itself (at most max_payload + _HEADROOM: the broker drops anything larger, see
             # MaximumPacketSize) so that the quarantine keeps its size, hash and bytes
             self._call(self._rejected, msg.topic, bytes(msg.payload), "oversize")
             return
         item = MqttMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.monotonic_ns())
-        self._counts["received"] += 1  # before delivery, so a consumer never sees the count lag behind
+        self._counts.add("received")  # before delivery, so a consumer never sees the count lag behind
         for s in subs:
             s.queue.push(item)
 
     # ------------------------------------------------------------------ loop-thread handlers
 
     def _on_connected(self, session_present: bool) -> None:
-        self._counts["connects"] += 1
+        self._counts.add("connects")
         self._set_connected(True)
         for sub in self._subs:  # idempotent; retained messages only for new subscriptions
             self._loop.create_task(self._resubscribe(sub))  # type: ignore[union-attr]
@@ -382,7 +390,7 @@ class MqttBridge:
         if connected:
             self._connected_event.set()  # type: ignore[union-attr]
         else:
-            self._counts["disconnects"] += 1
+            self._counts.add("disconnects")
             if self._connected_event is not None:
                 self._connected_event.clear()
             for fut in self._pending_sub.values():  # will be re-sent after the reconnect
@@ -401,7 +409,7 @@ class MqttBridge:
         if getattr(reason, "is_failure", False):
             fut.set_exception(MqttError(f"broker refused the message: {reason}", reason=str(reason)))
         else:
-            self._counts["acked"] += 1
+            self._counts.add("acked")
             fut.set_result(None)
 
     def _on_suback(self, mid: int, codes: list[Any]) -> None:
@@ -410,7 +418,7 @@ class MqttBridge:
             fut.set_result(list(codes))
 
     def _rejected(self, topic: str, payload: bytes, why: str) -> None:
-        self._counts["oversize"] += 1
+        self._counts.add("oversize")
         log.log(logging.INFO if self._on_rejected is not None else logging.WARNING,
                 "mqtt: dropped %d-byte message on %s (%s, limit %d)", len(payload), topic, why, self.max_payload)
         if self._on_rejected is not None:
@@ -418,6 +426,29 @@ class MqttBridge:
                 self._on_rejected(topic, payload, why)
             except Exception:
                 log.exception("on_rejected callback failed")
+
+
+class Counters:
+    """Named counters with one owner: changed only through :meth:`add`, from any thread, under a lock."""
+
+    __slots__ = ("_lock", "_values")
+
+    def __init__(self, *names: str) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(names, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] += n
+
+    def __getitem__(self, name: str) -> int:
+        with self._lock:
+            return self._values[name]
+
+    def snapshot(self) -> dict[str, int]:
+        """All counters as of one instant."""
+        with self._lock:
+            return dict(self._values)
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
