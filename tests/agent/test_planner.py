@@ -240,3 +240,19 @@ def test_run_async_and_cancellation(env):
     done, cancelled = asyncio.run(main())
     assert done.status == "done" and cancelled
     assert len(env.executed) < 50  # the cancelled run stopped early
+
+
+def test_rules_files_share_the_yaml_reader():
+    """Positions on every error (file:line:col and key), and aliases refused like in a policy."""
+    from kestrel.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_rules("rules:\n  - {id: a, when: x, action: b}\n  - {id: b, when: '(', action: b}\n",
+                    source="rules.yaml")
+    assert info.value.line == 3 and info.value.key == "rules[1].when"
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nrules: [{id: r, when: x, action: b, args: {v: *a}}]\n"
+    with pytest.raises(ConfigError, match="aliases are not allowed") as info:
+        parse_rules(bomb, source="rules.yaml")
+    assert (info.value.line, info.value.column) == (2, 47)
+    with pytest.raises(ConfigError, match="unknown key 'then'"):
+        parse_rules("rules: [{id: a, when: x, action: b, then: c}]", source="rules.yaml")

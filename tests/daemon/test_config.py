@@ -176,3 +176,11 @@ def test_an_empty_section_means_the_dataclass_defaults():
     assert (cfg.outbox, cfg.control, cfg.ota, cfg.fetch, cfg.limits, cfg.audit, cfg.ui) == (
         c.OutboxConfig(), c.ControlConfig(), c.OtaConfig(), c.FetchConfig(), c.LimitsConfig(), c.AuditConfig(),
         c.UiConfig())
+
+
+def test_aliases_are_refused_with_their_position():
+    """The device config is read by the project's one YAML reader: no alias expansion ("billion laughs")."""
+    text = "version: 1\nname: &n porch\nboard: *n\n"
+    with pytest.raises(ConfigError, match="aliases are not allowed") as info:
+        parse_device_config(text, source="device.yaml")
+    assert (info.value.path, info.value.line, info.value.column) == ("device.yaml", 3, 8)

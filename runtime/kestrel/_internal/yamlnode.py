@@ -4,7 +4,13 @@
 safe composer: no tags that build Python objects). Every accessor raises
 :class:`~kestrel.errors.ConfigError` naming the file, line and dotted key, so a
 parser built on it never shows a traceback for a bad file. Shared by the device
-config (``kestrel.daemon.config``) and the board profiles (``kestrel.io.boards``).
+config (``kestrel.daemon.config``), the board profiles (``kestrel.io.boards``) and the
+planner's rules files (``kestrel.agent.rules``).
+
+:func:`compose` is the one way the project turns YAML text into nodes: libyaml when it is
+there, anchors and aliases refused where they occur (an alias graph expands exponentially
+when walked: "billion laughs"), syntax errors with their position. The policy parser
+(``kestrel.policy.parse``) walks the same nodes with its own collect-every-issue checks.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from typing import Any, Callable, Iterator, TypeVar
 import yaml
 
 from ..errors import ConfigError
-from .yamlerror import yaml_config_error
+from .yamlerror import yaml_problem
 
-__all__ = ["Node", "Fields", "load"]
+__all__ = ["Node", "Fields", "load", "compose", "AliasError", "YamlSyntaxError", "ALIAS_MESSAGE"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -167,10 +173,48 @@ class Fields:
         return read(self.entries[name], **opts)
 
 
-def load(text: str, *, source: str) -> Node:
-    """Compose ``text`` into a root :class:`Node`; YAML syntax errors become ConfigError."""
+ALIAS_MESSAGE = "YAML anchors and aliases are not allowed"
+
+
+class AliasError(ConfigError):
+    """The text uses YAML aliases; ``positions`` holds each one's (line, column), 1-based."""
+
+    def __init__(self, source: str, positions: list[tuple[int, int]]) -> None:
+        line, column = positions[0]
+        super().__init__(ALIAS_MESSAGE, path=source, line=line, column=column,
+                         hint="write each value out where it is used")
+        self.positions = positions
+
+
+class YamlSyntaxError(ConfigError):
+    """The text is not YAML; ``problem`` is what PyYAML found, without the position."""
+
+    def __init__(self, problem: str, *, source: str, label: str, line: int | None = None,
+                 column: int | None = None) -> None:
+        super().__init__(f"{label}: {problem}", path=source, line=line, column=column)
+        self.problem = problem
+
+
+def compose(text: str, *, source: str, label: str = "not valid YAML") -> yaml.Node | None:
+    """The node tree of ``text`` (None for an empty document), refusing aliases.
+
+    Raises :class:`AliasError` (every alias's position) or :class:`YamlSyntaxError`
+    (``label: problem`` at the syntax error's position; nesting too deep for the parser).
+    """
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        aliases = [(e.start_mark.line + 1, e.start_mark.column + 1)
+                   for e in yaml.parse(text, Loader=loader) if isinstance(e, yaml.AliasEvent)]
+        if aliases:
+            raise AliasError(source, aliases)
+        return yaml.compose(text, Loader=loader)
     except yaml.YAMLError as exc:
-        raise yaml_config_error(exc, source=source, label="not valid YAML") from None
-    return Node(root, source=source, key="", line=1, column=1)
+        problem, line, column, _ = yaml_problem(exc)
+        raise YamlSyntaxError(problem, source=source, label=label, line=line, column=column) from None
+    except RecursionError:  # the pure-Python loader on absurd nesting (libyaml stops at depth 1000)
+        raise YamlSyntaxError("nesting is too deep", source=source, label=label) from None
+
+
+def load(text: str, *, source: str) -> Node:
+    """Compose ``text`` into a root :class:`Node` (see :func:`compose`); errors are ConfigError."""
+    return Node(compose(text, source=source), source=source, key="", line=1, column=1)

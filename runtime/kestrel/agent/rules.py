@@ -25,8 +25,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+import yaml
+
 from .._internal.linregex import LinearRegex, RegexError, compile_linear
-from ..errors import ConfigError
+from .._internal.yamlnode import Fields, Node, load
 from .planner import Actor, Authorize, Budgets, Outcome, Step, _Ledger
 from .tools import ProposalError, ToolCall, ToolRegistry, digest_of, parse_proposal
 
@@ -63,35 +65,29 @@ class Rule:
 
 
 def parse_rules(text: str, *, source: str = "<rules>") -> tuple[Rule, ...]:
-    """Parse a rules file (pure). Raises ConfigError naming the file and key."""
-    import yaml
-
-    from .._internal.yamlerror import yaml_config_error
-
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise yaml_config_error(exc, source=source, label="not valid YAML") from None
-    if not isinstance(doc, dict) or set(doc) != {"rules"} or not isinstance(doc["rules"], list):
-        raise ConfigError("a rules file holds one key, 'rules', with a list", path=source)
+    """Parse a rules file (pure). Raises ConfigError naming the file, line and key."""
+    root = load(text, source=source)
+    if not isinstance(root.raw, yaml.MappingNode) or set(root.mapping()) != {"rules"}:
+        raise root.error("a rules file holds one key, 'rules', with a list")
     rules, seen = [], set()
-    for i, item in enumerate(doc["rules"]):
-        key = f"rules[{i}]"
-        if not isinstance(item, dict) or not {"id", "when", "action"} <= set(item) or set(item) - _RULE_KEYS:
-            raise ConfigError(f"each rule has id, when, action and optional args; got {item!r}", path=source, key=key)
-        rid, when, action, args = item["id"], item["when"], item["action"], item.get("args", {})
-        if not all(isinstance(v, str) and v for v in (rid, when, action)) or not isinstance(args, dict):
-            raise ConfigError("id, when and action must be non-empty strings, args a mapping", path=source, key=key)
+    for item in root.mapping()["rules"].sequence():
+        if not isinstance(item.raw, yaml.MappingNode) or not {"id", "when", "action"} <= set(item.mapping()):
+            raise item.error(f"each rule has id, when, action and optional args; got {item.value()!r}"[:200])
+        f = Fields(item, _RULE_KEYS)
+        rid, when, action = (f.get(k, Node.as_str) for k in ("id", "when", "action"))
+        args_node = f.node_of("args")
+        args = args_node.value() if f.has("args") else {}
+        if not isinstance(args, dict):
+            raise args_node.error("args must be a mapping")
         if rid in seen:
-            raise ConfigError(f"duplicate rule id {rid!r}", path=source, key=key)
+            raise f.node_of("id").error(f"duplicate rule id {rid!r}")
         seen.add(rid)
         try:  # linear time: goals come from people and models, patterns from the rules file
             gate = compile_linear(when, mode="search", ignore_case=True)
             pattern = re.compile(when, re.IGNORECASE | re.ASCII)
         except (RegexError, re.error) as exc:
-            raise ConfigError(f"bad pattern: {exc}", path=source, key=f"{key}.when",
-                              hint="patterns are matched in linear time: no backreferences or lookaround "
-                                   "(docs/planner.md)") from None
+            raise f.node_of("when").error(f"bad pattern: {exc}", hint="patterns are matched in linear time: no "
+                                          "backreferences or lookaround (docs/planner.md)") from None
         rules.append(Rule(rid, pattern, action, args, gate))
     return tuple(rules)
 

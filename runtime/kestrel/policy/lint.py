@@ -18,6 +18,8 @@ from typing import Iterable, Iterator, Mapping
 
 import yaml
 
+from .._internal.yamlnode import compose
+from ..errors import ConfigError
 from .catalog import KNOWN_ACTIONS, NETWORK_ARGS
 
 __all__ = ["DeviceFacts", "LintWarning", "lint_policy"]
@@ -70,8 +72,8 @@ def _scalar(node: yaml.Node | None) -> str | None:
 def lint_policy(text: str | bytes, *, device: DeviceFacts | None = None) -> list[LintWarning]:
     """Warnings for a policy text, in file order (none for text that is not YAML: parse it first)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        root = compose(text.decode("utf-8") if isinstance(text, bytes) else text, source="<policy>")
+    except (ConfigError, UnicodeDecodeError):
         return []
     if not isinstance(root, yaml.MappingNode):
         return []

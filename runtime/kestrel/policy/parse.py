@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .._internal.linregex import LinearRegex, RegexError, compile_linear
+from .._internal.yamlnode import ALIAS_MESSAGE, AliasError, YamlSyntaxError, compose
 from ..errors import ConfigError
 from .canonical import MAX_INT, ArgsError, parse_domain
 from .model import ArgConstraint, NetAllow, Policy, RateLimit, Rule, TimeWindow
@@ -137,16 +138,6 @@ def _kind_names(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _alias_issues(text: str, loader: type) -> list[PolicyIssue]:
-    """Aliases (``*name``) are refused where they occur, before anything is composed."""
-    out = []
-    for event in yaml.parse(text, Loader=loader):
-        if isinstance(event, yaml.AliasEvent):
-            m = event.start_mark
-            out.append(PolicyIssue(m.line + 1, m.column + 1, "YAML anchors and aliases are not allowed in a policy"))
-    return out
-
-
 def parse_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
     """Parse and compile a policy; raise :class:`PolicyError` listing every problem."""
     raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
@@ -156,20 +147,14 @@ def parse_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(source, [PolicyIssue(1, 1, f"policy is not UTF-8 text ({exc.reason})")]) from None
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        aliases = _alias_issues(decoded, loader)
-        if aliases:
-            raise PolicyError(source, aliases)
-        root = yaml.compose(decoded, Loader=loader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise PolicyError(source, [PolicyIssue(line, col, f"YAML syntax: {exc.problem or exc}")]) from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(source, [PolicyIssue(1, 1, f"YAML syntax: {exc}")]) from None
-    except RecursionError:  # the pure-Python loader on absurd nesting (libyaml stops at depth 1000)
-        raise PolicyError(source, [PolicyIssue(1, 1, "YAML nesting is too deep")]) from None
+        root = compose(decoded, source=source, label="YAML syntax")
+    except AliasError as exc:
+        raise PolicyError(source, [PolicyIssue(line, col, f"{ALIAS_MESSAGE} in a policy")
+                                   for line, col in exc.positions]) from None
+    except YamlSyntaxError as exc:
+        issue = PolicyIssue(exc.line or 1, exc.column or 1, f"YAML syntax: {exc.problem}")
+        raise PolicyError(source, [issue]) from None
     ctx = _Ctx()
     if root is None:
         raise PolicyError(source, [PolicyIssue(1, 1, "policy is empty (it must be a mapping with 'actions')")])
