@@ -96,6 +96,18 @@ class Subscription:
         await self._bridge.unsubscribe(self)
 
 
+def _no_delay(client: Any, userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY on the broker connection. paho leaves Nagle's algorithm on, so a packet written
+    while the previous one is unacknowledged waits for the broker's delayed ACK (~40 ms on Linux):
+    a peer's reply published right after acknowledging the request took 40 ms longer."""
+    import socket
+
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (a websocket wrapper, a test double)
+        pass
+
+
 class MqttBridge:
     """One MQTT 5 session for one agent. Use ``async with MqttBridge(...) as bridge``."""
 
@@ -164,6 +176,7 @@ class MqttBridge:
         c.on_connect, c.on_disconnect = self._cb_connect, self._cb_disconnect
         c.on_publish, c.on_subscribe, c.on_message = self._cb_publish, self._cb_subscribe, self._cb_message
         c.on_socket_register_write = lambda *_: None  # all socket writes happen on the network thread
+        c.on_socket_open = _no_delay  # small packets (PUBACK, then a PUBLISH) are not held by Nagle
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry
         props.MaximumPacketSize = self.max_payload + _HEADROOM
