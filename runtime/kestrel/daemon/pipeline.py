@@ -10,7 +10,9 @@ never buffered without limit.
 
 Write-ahead: an action runs only once its ``policy.decision`` is durable (in batched
 mode the sequencer waits for the group commit that holds it, so decisions still share
-fsyncs), and its ``action.result`` names that decision (``decision``: its seq). An
+fsyncs), and its ``action.result`` names that decision (``decision``: its seq). The one
+exception is the reflex path, ``gpio.write`` in batched mode (:data:`WRITE_BEHIND`): the
+pin is set at once and its result names the decision once that is durable. An
 effect is registered with the :class:`~kestrel.daemon.effects.EffectTracker` before it
 is decided and ends when its outcome is durable, so a crash leaves the daemon able to
 say which allowed actions are in doubt (docs/state-dir.md, "In-doubt actions").
@@ -32,7 +34,12 @@ from .actions import FAST_ACTIONS, Actions
 from .effects import CURRENT_DECISION, Effect, EffectTracker
 from .triggers import Proposal
 
-__all__ = ["Pipeline", "ActionDeniedError", "ActionFailedError", "QueuedAppends"]
+__all__ = ["Pipeline", "ActionDeniedError", "ActionFailedError", "QueuedAppends", "WRITE_BEHIND"]
+
+# Batched mode runs these before their decision is on flash (a pin follows an edge in well under
+# a millisecond; a durable write would triple that): a crash within one group commit can leave
+# such a pin change unrecorded. Every other action waits (docs/device-config.md, audit.decisions).
+WRITE_BEHIND = frozenset({"gpio.write"})
 
 log = logging.getLogger("kestrel.daemon.actions")
 
@@ -264,8 +271,10 @@ class Pipeline:
                 else:
                     self._resolve(item, denied)
                 continue
-            seq = item.decision_seq
-            if pending is not None:
+            seq, late = item.decision_seq, None
+            if pending is not None and not pending.done() and item.proposal.action in WRITE_BEHIND:
+                late = pending  # the reflex path: act now, name the decision when it is durable
+            elif pending is not None:
                 if not pending.done():  # write-ahead: the decision is on flash before the action runs
                     try:
                         await asyncio.shield(asyncio.wrap_future(pending))
@@ -285,7 +294,7 @@ class Pipeline:
                 self.effects.bind(item.effect, seq)
             self.stats["allowed"] += 1
             if item.proposal.action in FAST_ACTIONS:
-                await self._execute(item, decision, seq)
+                await self._execute(item, decision, seq, late=late)
             else:
                 await self._slow.acquire()
                 self._spawn(self._execute(item, decision, seq, release=True))
@@ -295,7 +304,8 @@ class Pipeline:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _execute(self, item: _Item, decision: Any, seq: int | None, *, release: bool = False) -> None:
+    async def _execute(self, item: _Item, decision: Any, seq: int | None, *, release: bool = False,
+                       late: concurrent.futures.Future | None = None) -> None:
         p = item.proposal
         body: dict[str, Any] = {"action": p.action, "source": p.source,
                                 "args_digest": getattr(decision, "args_digest", None) or args_digest(p.args)}
@@ -326,12 +336,25 @@ class Pipeline:
                 self._slow.release()
         body["ms"] = round((time.perf_counter() - item.t0) * 1000, 3)
         if item.reply is None:
-            self._record_detached(body, item.effect)
+            self._record_detached(body, item.effect, late)
         else:
-            self._spawn(self._record(body, item, result))
+            self._spawn(self._record(body, item, result, late=late))
 
-    def _record_detached(self, body: dict[str, Any], effect: Effect | None) -> None:
+    def _name_decision(self, body: dict[str, Any], effect: Effect | None, late: concurrent.futures.Future) -> None:
+        """A write-behind action's decision is durable (or failed): its outcome names it."""
+        seq = None if late.cancelled() or late.exception() is not None else getattr(late.result(), "seq", None)
+        if seq is not None:
+            body["decision"] = seq
+            if effect is not None:
+                self.effects.bind(effect, seq)
+
+    def _record_detached(self, body: dict[str, Any], effect: Effect | None,
+                         late: concurrent.futures.Future | None = None) -> None:
         """Queue an outcome nobody waits for: no task, no loop round trip; failures are noted by a callback."""
+        if late is not None:  # after its decision's commit (the ledger's thread runs this callback)
+            late.add_done_callback(lambda fut: (self._name_decision(body, effect, fut),
+                                                self._record_detached(body, effect)))
+            return
         submit = getattr(self.ledger, "submit", None)
         if submit is None:
             self._spawn(self._record(body, None, None, effect))
@@ -356,8 +379,14 @@ class Pipeline:
         log.error("could not record action.result for %s: %s", body.get("action"), exc)
 
     async def _record(self, body: dict[str, Any], item: _Item | None, result: Any,
-                      effect: Effect | None = None) -> None:
+                      effect: Effect | None = None, late: concurrent.futures.Future | None = None) -> None:
         """Append the outcome, then answer the caller (so what it was told is in the ledger)."""
+        if late is not None:
+            try:
+                await asyncio.shield(asyncio.wrap_future(late))
+            except Exception:
+                pass
+            self._name_decision(body, item.effect if item is not None else effect, late)
         try:
             receipt = await asyncio.shield(self.ledger.append_async("action.result", body))
             self.effects.end(item.effect if item is not None else effect)
