@@ -282,3 +282,18 @@ async def test_kestrel_status_prints_the_in_doubt_line(agent, capsys):
         assert await in_thread(_status, args, []) == 0
     out = capsys.readouterr().out
     assert "in doubt 1 actions, 0 mail deliveries left unfinished by the last run (crashed stop)" in out
+
+
+async def test_an_action_the_hosted_planner_runs_is_accounted_for_like_any_other(agent):
+    from kestrel.agent.llm import ScriptedModel
+
+    from .test_ask import CONFIG, FAN_ON, POLICY as ASK_POLICY, TOOLS, ask
+
+    async with running(agent, CONFIG, policy=ASK_POLICY) as d:
+        d.asks.model = ScriptedModel([FAN_ON, '{"final": "the fan is on"}'])
+        await in_thread(ask, agent.state, "turn on the fan", tools=TOOLS)
+        assert d.effects.open == 0  # nothing left registered once the outcome is on flash
+    allowed = [r.seq for r in agent.ledger.records(kind="policy.decision")
+               if r.body["action"] == "gpio.write" and r.body["decision"] == "allow"]
+    done = [b for b in agent.kinds("action.result") if b["action"] == "gpio.write"]
+    assert len(allowed) == 1 and [b["decision"] for b in done] == allowed

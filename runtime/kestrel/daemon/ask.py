@@ -41,19 +41,44 @@ class _Dispatch:
                  action_timeout: float) -> None:
         self._loop, self._policy, self._pipeline = loop, policy, pipeline
         self._source, self._timeout = source, action_timeout
-        self._decided: tuple[str, Any] | None = None
+        self._decided: tuple[str, Any, Any, Any] | None = None
 
     def authorize(self, action: str, args: dict[str, Any]) -> Any:
+        self.release()
+        effects = getattr(self._pipeline, "effects", None)
+        effect = effects.begin() if effects is not None else None  # before the decision: the in-doubt watermark
         decision = self._policy.decide(action, args)  # records policy.decision
-        self._decided = (action, decision)
+        log_ = getattr(self._pipeline, "decision_log", None)
+        record = log_.take_last() if log_ is not None else None
+        self._decided = (action, decision, effect, record)
+        if not decision.allowed:
+            self.release()
         return decision
+
+    def release(self) -> None:
+        """An allowed decision that will not be executed (or a denied one) has no effect to wait for."""
+        decided, self._decided = self._decided, None
+        if decided is not None and decided[2] is not None:
+            self._pipeline.effects.end(decided[2])
 
     def execute(self, action: str, args: dict[str, Any]) -> Any:
         decided, self._decided = self._decided, None
         if decided is None or decided[0] != action or not decided[1].allowed:
+            if decided is not None:
+                self._decided = decided
+                self.release()
             raise UsageError(f"{action} was not allowed by the policy")  # the Actor never gets here
+        _, decision, effect, record = decided
+        seq = None
+        if record is not None:  # write-ahead: wait (on the planner's thread) until the decision is on flash
+            try:
+                seq = getattr(record.result(self._timeout), "seq", None)
+            except Exception as exc:
+                self._pipeline.effects.end(effect)
+                raise TransportError(f"the decision could not be recorded, so {action} was not executed: {exc}")
         fut = asyncio.run_coroutine_threadsafe(
-            self._pipeline.call_decided(Proposal(action, args, self._source), decided[1]), self._loop)
+            self._pipeline.call_decided(Proposal(action, args, self._source), decision, effect=effect,
+                                        decision_seq=seq), self._loop)
         try:
             return fut.result(self._timeout)
         except concurrent.futures.TimeoutError:
@@ -105,6 +130,7 @@ class AskHost:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         stack = contextlib.ExitStack()
         task: asyncio.Task[Any] | None = None
+        dispatch: _Dispatch | None = None
         try:
             dispatch = _Dispatch(loop=loop, policy=self.policy, pipeline=self.pipeline, source=source,
                                  action_timeout=self._action_timeout)
@@ -127,6 +153,8 @@ class AskHost:
                     await emit(queue.get_nowait())
             return outcome_event(task.result(), executed=True)
         finally:
+            if dispatch is not None:
+                dispatch.release()
             if task is not None and not task.done():
                 task.cancel()  # the caller went away: the run stops at its next step
                 await asyncio.wait([task])
