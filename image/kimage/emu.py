@@ -4,6 +4,14 @@ binfmt_misc is never registered (shared hosts): proot's ``-q`` runs every arm64 
 rootfs through the user-mode emulator, and ``-r`` makes the rootfs look like ``/`` without chroot or
 mounts. qemu-aarch64-static is taken out of Debian's qemu-user-static .deb with ``dpkg-deb -x`` (the
 package itself is not installed: its postinst would register binfmt handlers) and kept in the cache.
+
+It is Debian 11's (qemu 5.2, linked statically with glibc 2.31), not bookworm's (qemu 7.2, glibc
+2.36): glibc 2.33 and later implement ``faccessat()`` with the ``faccessat2`` system call, which
+proot 5.3 does not know, so it passes the path through untranslated and every ``access()`` of an
+arm64 program looks at the host's file system instead of the rootfs: gcc cannot find ``cc1``,
+``[ -x ... ]`` in maintainer scripts is false (the kernel's postinst skipped ``update-initramfs``).
+``statx`` has the same flaw in both, so ``ls`` and ``stat`` inside the rootfs are unreliable: the
+recipe does not use them there.
 """
 
 from __future__ import annotations
@@ -21,24 +29,42 @@ from .steps import BuildError, Runner
 __all__ = ["Emulator", "qemu_user"]
 
 _PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+QEMU_SUITE = "bullseye"  # see the module docstring
+QEMU_FILE = f"qemu-aarch64-static-{QEMU_SUITE}"
 
 
 def qemu_user(cache: Cache, runner: Runner) -> Path:
     """The cached qemu-aarch64-static, extracted from Debian's qemu-user-static on first use."""
-    target = cache.tools / "qemu-aarch64-static"
+    target = cache.tools / QEMU_FILE
     if target.exists() or runner.dry_run:
         return target
     cache.miss("qemu-aarch64-static")
     runner.need_tools("apt-get", "dpkg-deb")
     cache.tools.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kimage-qemu-", dir=cache.tools) as tmp:
-        runner.run(["apt-get", "download", "qemu-user-static"], cwd=tmp,
-                   what="download Debian's qemu-user-static (for its qemu-aarch64-static only)")
+        apt = private_apt(cache, runner, name=f"apt-{QEMU_SUITE}", arch="amd64",
+                          sources=f"deb http://deb.debian.org/debian {QEMU_SUITE} main\n")
+        runner.run(["apt-get", *apt, "download", "qemu-user-static"], cwd=tmp,
+                   what=f"download Debian {QEMU_SUITE}'s qemu-user-static (for its qemu-aarch64-static only)")
         (deb,) = Path(tmp).glob("qemu-user-static_*.deb")
         runner.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], what="unpack qemu-user-static (not installed)")
         shutil.copy2(f"{tmp}/x/usr/bin/qemu-aarch64-static", f"{target}.tmp")
         os.replace(f"{target}.tmp", target)
     return target
+
+
+def private_apt(cache: Cache, runner: Runner, *, name: str, arch: str, sources: str) -> list[str]:
+    """apt-get options for a private package index in the cache (the host's apt is left untouched)."""
+    d = cache.root / name
+    for sub in ("lists/partial", "archives/partial", "etc"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    (d / "etc/sources.list").write_text(sources)
+    (d / "status").touch()
+    opts = ["-o", f"Dir::Etc::SourceList={d}/etc/sources.list", "-o", "Dir::Etc::SourceParts=/nonexistent",
+            "-o", f"Dir::State::Lists={d}/lists", "-o", f"Dir::State::status={d}/status", "-o", f"Dir::Cache={d}",
+            "-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures::={arch}", "-o", "Debug::NoLocking=1"]
+    runner.run(["apt-get", *opts, "update", "-qq"], what=f"update the private package index {name}")
+    return opts
 
 
 class Emulator:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from .cache import Cache
-from .emu import Emulator
+from .emu import Emulator, private_apt
 from .steps import BuildError, Runner
 
 __all__ = ["install_gpio_sim", "dpkg_version", "kernel_version"]
@@ -46,18 +46,9 @@ def dpkg_version(rootfs: Path, package: str) -> str:
 
 
 def _apt_arm64(cache: Cache, runner: Runner) -> list[str]:
-    """apt-get options for a private arm64 package index in the cache (the host's apt is untouched)."""
-    d = cache.root / "apt-arm64"
-    for sub in ("lists/partial", "archives/partial", "etc"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    (d / "etc/sources.list").write_text("deb http://deb.debian.org/debian bookworm main\n"
-                                        "deb http://security.debian.org/debian-security bookworm-security main\n")
-    (d / "status").touch()
-    opts = ["-o", f"Dir::Etc::SourceList={d}/etc/sources.list", "-o", "Dir::Etc::SourceParts=/nonexistent",
-            "-o", f"Dir::State::Lists={d}/lists", "-o", f"Dir::State::status={d}/status", "-o", f"Dir::Cache={d}",
-            "-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64", "-o", "Debug::NoLocking=1"]
-    runner.run(["apt-get", *opts, "update", "-qq"], what="update the private arm64 package index")
-    return opts
+    return private_apt(cache, runner, name="apt-arm64", arch="arm64",
+                       sources="deb http://deb.debian.org/debian bookworm main\n"
+                       "deb http://security.debian.org/debian-security bookworm-security main\n")
 
 
 def _build(cache: Cache, kver: str, debver: str, out: Path, runner: Runner) -> None:

@@ -198,8 +198,6 @@ def _add_files(src: Path, root: Path, *, board: ImageBoard, wheel: Path, extras:
     if board.flash == "sd":  # L4T keeps its own partitions and fstab
         _put(root / "etc/fstab", _FSTAB)
         _put(root / "etc/systemd/system/kestrel.service.d/15-data.conf", _DATA_DROPIN)
-        # A headless card never waits at a console prompt (locale, time zone, root password) on first boot.
-        _link(root / "etc/systemd/system/systemd-firstboot.service", "/dev/null")
         if board.boot_files == "raspi":
             _raspi_files(board, root)
     if board.lab:

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import packages
 from .boards import BASE_PACKAGES, ImageBoard
 from .cache import Cache
-from .emu import Emulator, qemu_user
+from .emu import QEMU_FILE, Emulator, qemu_user
 from .kmod import install_gpio_sim
 from .overlay import MANIFEST
 from .steps import BuildError, Runner
@@ -59,7 +59,7 @@ def base_packages(board: ImageBoard) -> tuple[str, ...]:
 def _base_key(board: ImageBoard, *, suite: str, mirror: str) -> str:
     spec = {"suite": suite, "mirror": mirror, "packages": base_packages(board), "extra": board.extra_suites,
             "kernel": board.kernel_packages, "initramfs": board.initramfs_modules, "hook": _INITRAMFS_HOOK,
-            "fixups": _FIXUPS, "format": 3}
+            "fixups": _FIXUPS, "qemu": QEMU_FILE, "format": 3}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 

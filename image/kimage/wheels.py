@@ -10,6 +10,7 @@ libtss2-dev), and its wheel is cached by version. The venv is then installed off
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 import tomllib
@@ -93,9 +94,23 @@ def _build_sdist(cache: Cache, spec: str, *, runner: Runner, base: Path, qemu: P
         return
     runner.say(f"compiling {sdist.name} for aarch64 under proot + qemu-user (once; cached by version)")
     builder = _builder(cache, runner=runner, base=base, qemu=qemu)
-    emu = Emulator(builder, qemu=qemu, runner=runner, binds=[(cache.sdist, "/run/sdist"), (cache.built, "/run/built")])
+    # pip fetches the build dependencies (setuptools, pybind11, ...) from PyPI: trust what the host
+    # trusts (a host behind a TLS-inspecting proxy has its CA there, not in Debian's bundle).
+    binds = [(cache.sdist, "/run/sdist"), (cache.built, "/run/built"), (Path(_host_ca()), "/run/host-ca.crt")]
+    emu = Emulator(builder, qemu=qemu, runner=runner, binds=binds)
     emu.run(["/opt/build/bin/pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", "/run/built",
-             f"/run/sdist/{sdist.name}"], env={"HNSWLIB_NO_NATIVE": "1"}, what=f"compile {sdist.name} for aarch64")
+             f"/run/sdist/{sdist.name}"], env={"HNSWLIB_NO_NATIVE": "1", "PIP_CERT": "/run/host-ca.crt"},
+            what=f"compile {sdist.name} for aarch64")
+
+
+def _host_ca() -> str:
+    import ssl
+
+    for path in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), ssl.get_default_verify_paths().cafile,
+                 "/etc/ssl/certs/ca-certificates.crt"):
+        if path and os.path.isfile(path):
+            return path
+    raise BuildError("no CA bundle on the host for pip in the builder", hint="apt-get install ca-certificates")
 
 
 def _builder(cache: Cache, *, runner: Runner, base: Path, qemu: Path) -> Path:
@@ -114,7 +129,6 @@ def _builder(cache: Cache, *, runner: Runner, base: Path, qemu: Path) -> Path:
     emu.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *BUILD_PACKAGES],
             what="install the compilers into the builder")
     emu.run(["python3", "-m", "venv", "/opt/build"], what="create the builder venv")
-    emu.run(["/opt/build/bin/pip", "install", "-q", "--upgrade", "pip", "wheel"], what="update pip in the builder")
     ready.write_text(base.name + "\n")
     return builder
 
