@@ -105,3 +105,15 @@ def test_backup_needs_the_keystore_passphrase(state_dir: Path, make_identity, tm
     with pytest.raises(WrongPassphraseError):
         backup_identity(state_dir, tmp_path / "b", backup_passphrase=BACKUP_PASS, passphrase=b"bad")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_machine_bound_backup_is_a_usage_error():
+    """Public functions raise the project's errors (exit codes, hints), not bare ValueError."""
+    from kestrel.errors import UsageError
+    from kestrel.identity.backup import encode_backup
+    from kestrel.identity.envelope import KdfParams
+    from kestrel.identity.keys import SoftwareSigner
+
+    signer = SoftwareSigner.generate()
+    with pytest.raises(UsageError, match="passphrase-protected"):
+        encode_backup(None, signer, b"pw", kdf=KdfParams.machine())  # type: ignore[arg-type]

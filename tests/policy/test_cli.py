@@ -53,6 +53,11 @@ def test_explain_without_policy_denies(tmp_path, capsys, monkeypatch) -> None:
 
 def test_extra_args_parsing() -> None:
     assert parse_extra_args(["--to", "a", "--to", "b", "--dry-run=yes"]) == {"to": ["a", "b"], "dry_run": "yes"}
-    for bad in (["stray"], ["--flag"], ["--"]):
+    for bad in (["stray"], ["--"], ["-x"]):
         with pytest.raises(UsageError):
             parse_extra_args(bad)
+    # `policy explain` reads action arguments exactly as `call` does: a bare flag is true
+    from kestrel.cli.daemon import parse_extra_args as call_args
+
+    assert call_args is parse_extra_args
+    assert parse_extra_args(["--dry-run", "--to", "a", "--urgent"]) == {"dry_run": True, "to": "a", "urgent": True}

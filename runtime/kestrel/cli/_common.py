@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import UsageError
 
 STATE_HELP = "the agent's state directory (default: $KESTREL_STATE, else ~/.local/state/kestrel)"
 PASSPHRASE_FILE_HELP = "file holding the agent keystore's passphrase (else $KESTREL_PASSPHRASE, else a prompt " \
@@ -45,3 +48,42 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest choice, else ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def state_from(args: argparse.Namespace) -> Path:
+    """The state directory a command works on: ``--state``, else $KESTREL_STATE, else the XDG default."""
+    from .._internal.paths import resolve_state_dir
+
+    return resolve_state_dir(getattr(args, "state", None))
+
+
+def parse_extra_args(extra: list[str]) -> dict[str, Any]:
+    """Action arguments after the options: ``--to a --subject "Hi there" --urgent`` ->
+    ``{"to": "a", "subject": "Hi there", "urgent": True}``.
+
+    One reading for every command that takes them (``kestrel call``, ``kestrel policy explain``),
+    so that ``explain`` judges exactly what ``call`` would send. Values stay strings (handlers
+    coerce where they must); ``--key=value`` works too; a bare ``--flag`` (last, or followed by
+    another ``--key``) is ``True``; a key given twice becomes a list; ``-`` in keys becomes ``_``.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--") or len(tok) < 3:
+            raise UsageError(f"unexpected argument {tok!r}", hint="action arguments are written --key value")
+        key, eq, text = tok[2:].partition("=")
+        value: Any = text
+        if not eq:
+            if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+                value = extra[i + 1]
+                i += 1
+            else:
+                value = True
+        key = key.replace("-", "_")
+        if key in out:
+            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + [value]
+        else:
+            out[key] = value
+        i += 1
+    return out

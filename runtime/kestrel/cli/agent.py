@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TransportError, UsageError
-from ._common import add_passphrase_file_arg, add_state_arg
+from ._common import add_passphrase_file_arg, add_state_arg, state_from
 
 __all__ = ["register"]
 
@@ -77,10 +77,9 @@ def _not_executed(action: str, args: dict) -> Any:
 
 
 def _ask(args: argparse.Namespace, extra: list[str]) -> int:
-    from .._internal.paths import resolve_state_dir
     from .ota import daemon_client
 
-    state = resolve_state_dir(args.state)
+    state = state_from(args)
     if not (state / "identity").is_dir():
         raise UsageError(f"no agent in {state}", hint="create one with `kestrel init-agent` or pass --state DIR")
     options = _options(args)

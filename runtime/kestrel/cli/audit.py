@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import add_state_arg as _state
+from ._common import state_from
 
 __all__ = ["register"]
 
@@ -76,10 +77,10 @@ def register(sub: Any) -> None:
 
 
 def _state_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
-    from .._internal.paths import StateLayout, resolve_state_dir
+    from .._internal.paths import StateLayout
     from ..errors import TransportError
 
-    root = resolve_state_dir(args.state)
+    root = state_from(args)
     if not root.is_dir():
         raise TransportError(
             f"state directory {root} does not exist or is not a directory",

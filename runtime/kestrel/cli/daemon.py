@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import UsageError
-from ._common import add_passphrase_file_arg, add_state_arg
+from ._common import add_passphrase_file_arg, add_state_arg, parse_extra_args
 
 __all__ = ["register", "parse_extra_args"]
 
@@ -58,34 +58,6 @@ def _actions_epilog() -> str:
             lines.append(f"  {name:<15} {', '.join(spec.args)}  ({spec.summary})")
     lines.append("example: kestrel call --action gpio.write --actuator lamp --value 1")
     return "\n".join(lines)
-
-
-def parse_extra_args(extra: list[str]) -> dict[str, Any]:
-    """``--to a --subject "Hi there" --flag`` -> {"to": "a", "subject": "Hi there", "flag": True}.
-
-    Values stay strings (handlers coerce where they must); ``--key=value`` works too;
-    a key given twice becomes a list.
-    """
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(extra):
-        tok = extra[i]
-        if not tok.startswith("--") or len(tok) < 3:
-            raise UsageError(f"unexpected argument {tok!r}", hint="action arguments are written --key value")
-        key, eq, value = tok[2:].partition("=")
-        key = key.replace("-", "_")
-        if not eq:
-            if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
-                value = extra[i + 1]
-                i += 1
-            else:
-                value = True  # type: ignore[assignment]
-        if key in out:
-            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + [value]
-        else:
-            out[key] = value
-        i += 1
-    return out
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:

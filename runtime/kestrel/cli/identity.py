@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import add_passphrase_file_arg
+from ._common import add_passphrase_file_arg, state_from
 from ._common import add_state_arg as _state
 
 __all__ = ["register"]
@@ -70,12 +70,6 @@ def _protection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passphrase-file", help="file holding the new keystore's passphrase")
     p.add_argument("--machine-bound", action="store_true",
                    help="no passphrase: bind the key to this machine (/etc/machine-id + a random secret)")
-
-
-def _state_dir(args: argparse.Namespace) -> Path:
-    from .._internal.paths import resolve_state_dir
-
-    return resolve_state_dir(args.state)
 
 
 def _new_key_protection(args: argparse.Namespace) -> tuple[bytes | None, bool]:
@@ -156,7 +150,7 @@ def _init_agent(args: argparse.Namespace, extra: list[str]) -> int:
     from ..identity.secrets import create_private_file
     from ..identity.store import identity_dir
 
-    state_dir = _state_dir(args)
+    state_dir = state_from(args)
     provisioning = _owners(args)
     ensure_fresh_state(state_dir)
     if args.tpm:
@@ -200,7 +194,7 @@ def _print_identity(identity: Any, state_dir: Path) -> None:
 def _show(args: argparse.Namespace, extra: list[str]) -> int:
     from ..identity import load_identity
 
-    state_dir = _state_dir(args)
+    state_dir = state_from(args)
     identity = load_identity(state_dir)
     if args.did:
         print(identity.did)
@@ -229,7 +223,7 @@ def _backup(args: argparse.Namespace, extra: list[str]) -> int:
     from ..identity.backup import not_exportable_error
     from ..identity.secrets import read_passphrase_file
 
-    state_dir = _state_dir(args)
+    state_dir = state_from(args)
     identity = load_identity(state_dir)
     if identity.backend == "tpm":
         raise not_exportable_error(identity)
@@ -248,7 +242,7 @@ def _restore(args: argparse.Namespace, extra: list[str]) -> int:
     from ..identity.backup import install_backup, read_backup
     from ..identity.store import ensure_no_identity
 
-    state_dir = _state_dir(args)
+    state_dir = state_from(args)
     ensure_no_identity(state_dir)
     saved, signer = read_backup(args.file, backup_passphrase=_backup_passphrase(args, confirm=False))
     passphrase, machine_bound = _new_key_protection(args)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._common import add_passphrase_file_arg
+from ._common import add_passphrase_file_arg, state_from
 from ._common import add_state_arg as _state
 
 __all__ = ["register"]
@@ -77,12 +77,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_memory_info)
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
-    from .._internal.paths import resolve_state_dir
-
-    return resolve_state_dir(args.state)
-
-
 def _recording_ledger(args: argparse.Namespace) -> Any:
     """The running daemon's ledger (through its control socket), else the ledger opened here."""
     from .ota import recording_ledger
@@ -92,13 +86,13 @@ def _recording_ledger(args: argparse.Namespace) -> Any:
         from ..identity.secrets import read_passphrase_file
 
         passphrase = read_passphrase_file(args.passphrase_file)
-    return recording_ledger(_state_dir(args), passphrase=passphrase)
+    return recording_ledger(state_from(args), passphrase=passphrase)
 
 
 def _list(args: argparse.Namespace, extra: list[str]) -> int:
     from ..inference.store import ModelStore
 
-    manifests = ModelStore(_state_dir(args)).list()
+    manifests = ModelStore(state_from(args)).list()
     if args.json:
         print(json.dumps([{"name": m.name, "version": m.version, "runtime": m.runtime, "task": m.task,
                            "manifest_sha256": m.digest} for m in manifests], indent=2))
@@ -116,7 +110,7 @@ def _show(args: argparse.Namespace, extra: list[str]) -> int:
     from ..inference.store import ModelStore, load_model_dir
 
     path = Path(args.name)
-    model = load_model_dir(path) if (path / "manifest.json").exists() else ModelStore(_state_dir(args)).get(args.name)
+    model = load_model_dir(path) if (path / "manifest.json").exists() else ModelStore(state_from(args)).get(args.name)
     m = model.manifest
     print(f"{m.name} {m.version} ({m.runtime}, task {m.task}, license {m.license})")
     print(f"  path      {model.path}")
@@ -174,13 +168,13 @@ def _deploy(args: argparse.Namespace, extra: list[str]) -> int:
 
         local_llm_dir(args.model[len("local:"):])  # before unlocking the identity: a wrong path fails fast
         with _recording_ledger(args) as ledger:
-            llm = register_local_llm(_state_dir(args), args.model[len("local:"):], ledger=ledger)
+            llm = register_local_llm(state_from(args), args.model[len("local:"):], ledger=ledger)
         print(f"registered local LLM {llm.name} (model sha256 {llm.digest[:16]}, context {llm.context_length}) from {llm.path}")
         return 0
     source = _resolve_model_source(args)
     load_model_dir(source)  # verify before unlocking the identity: a bad model fails fast
     with _recording_ledger(args) as ledger:
-        model = ModelStore(_state_dir(args)).install(source, ledger=ledger)
+        model = ModelStore(state_from(args)).install(source, ledger=ledger)
     m = model.manifest
     print(f"deployed {m.name} {m.version} ({m.runtime}) manifest sha256 {m.digest[:16]} -> {model.path}")
     return 0
@@ -192,7 +186,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..errors import UsageError
     from ..inference.runner import ModelRunner
 
-    runner = ModelRunner(_state_dir(args))
+    runner = ModelRunner(state_from(args))
     sess = runner.session(args.name)
     specs = {s.name: s for s in sess.model.manifest.inputs}
     feed = {}
@@ -229,9 +223,9 @@ def _memory_add(args: argparse.Namespace, extra: list[str]) -> int:
     from ..inference.store import ModelStore
 
     meta = _parse_meta(args.meta)
-    ModelStore(_state_dir(args)).get(args.model)  # installed? (before unlocking the identity)
+    ModelStore(state_from(args)).get(args.model)  # installed? (before unlocking the identity)
     with _recording_ledger(args) as ledger:
-        with TextMemory.open(_state_dir(args), model=args.model, capacity=args.capacity,
+        with TextMemory.open(state_from(args), model=args.model, capacity=args.capacity,
                              ledger=ledger) as memory:
             result = memory.add(args.text, meta)
             total = len(memory.vectors)
@@ -244,7 +238,7 @@ def _no_memory(args: argparse.Namespace) -> bool:
     from .._internal.paths import StateLayout
     from ..memory.store import FILE_NAME
 
-    if (StateLayout(_state_dir(args)).memory / FILE_NAME).exists():
+    if (StateLayout(state_from(args)).memory / FILE_NAME).exists():
         return False
     print("no memories yet (kestrel memory add TEXT)")
     return True
@@ -255,7 +249,7 @@ def _memory_search(args: argparse.Namespace, extra: list[str]) -> int:
 
     if _no_memory(args):
         return 0
-    with TextMemory.open(_state_dir(args), model=args.model, read_only=True) as memory:
+    with TextMemory.open(state_from(args), model=args.model, read_only=True) as memory:
         hits = memory.search(args.query, args.k)
     if args.json:
         print(json.dumps([{"id": h.id, "score": round(h.score, 4), "text": h.text, "meta": h.meta} for h in hits],
@@ -275,7 +269,7 @@ def _memory_info(args: argparse.Namespace, extra: list[str]) -> int:
 
     if _no_memory(args):
         return 0
-    with VectorMemory.open(StateLayout(_state_dir(args)).memory, read_only=True) as mem:
+    with VectorMemory.open(StateLayout(state_from(args)).memory, read_only=True) as mem:
         p = mem.params
         print(f"entries {len(mem)} / capacity {p.capacity}, dimension {p.dim}, space {p.space}, "
               f"M {p.M}, ef_construction {p.ef_construction}, ef {p.ef}")

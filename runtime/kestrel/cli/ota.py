@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from ._common import add_state_arg as _state
+from ._common import state_from
 
 T = TypeVar("T")
 
@@ -136,12 +137,6 @@ def _key(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", metavar="FILE", help="owner key file (default $KESTREL_OWNER_KEY or "
                    "~/.config/kestrel/owner/owner.key)")
     p.add_argument("--passphrase-file", help="owner key passphrase (else $KESTREL_OWNER_PASSPHRASE or a prompt)")
-
-
-def _state_dir(args: argparse.Namespace) -> Path:
-    from .._internal.paths import resolve_state_dir
-
-    return resolve_state_dir(getattr(args, "state", None))
 
 
 def parse_expiry(text: str, now: float) -> float:
@@ -322,7 +317,7 @@ def _owner_show(args: argparse.Namespace, extra: list[str]) -> int:
 def _trust_show(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.store import OtaDir
 
-    root = OtaDir(_state_dir(args)).trust_root()
+    root = OtaDir(state_from(args)).trust_root()
     print(json.dumps({"version": root.version, "threshold": root.threshold, "owners": list(root.owners),
                       "signed_by": list(root.signed_by)}, indent=2))
     return 0
@@ -331,7 +326,7 @@ def _trust_show(args: argparse.Namespace, extra: list[str]) -> int:
 def _trust_init(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.store import OtaDir
 
-    ota = OtaDir(_state_dir(args))
+    ota = OtaDir(state_from(args))
     root = ota.init_root(args.owner, args.threshold, bls=_bls_keys(args.bls_key))
     if args.group:
         ota.write_groups(args.group)
@@ -347,7 +342,7 @@ def _trust_rotate(args: argparse.Namespace, extra: list[str]) -> int:
     if args.from_root:
         current = parse_root(_read(args.from_root, "trust root"))
     else:
-        current = OtaDir(_state_dir(args)).trust_root()
+        current = OtaDir(state_from(args)).trust_root()
     env = root_envelope(root_payload(args.owner, args.threshold, current.version + 1, bls=_bls_keys(args.bls_key)))
     if not args.key:
         raise UsageError("give the owner keys that sign the new root with --key (old and new owners)")
@@ -357,7 +352,7 @@ def _trust_rotate(args: argparse.Namespace, extra: list[str]) -> int:
         _write_out(args.out, env)
         print(f"trust root version {current.version + 1} written to {args.out}")
         return 0
-    return _install_root(_state_dir(args), env)
+    return _install_root(state_from(args), env)
 
 
 def _install_root(state_dir: Path, env: bytes) -> int:
@@ -378,7 +373,7 @@ def _trust_sign(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _trust_apply(args: argparse.Namespace, extra: list[str]) -> int:
-    return _install_root(_state_dir(args), _read(args.file, "trust root"))
+    return _install_root(state_from(args), _read(args.file, "trust root"))
 
 
 # -- bundle -----------------------------------------------------------------
@@ -423,7 +418,7 @@ def _bundle_verify(args: argparse.Namespace, extra: list[str]) -> int:
         root = parse_root(_read(args.trust, "trust root"))
         agent = args.agent
     else:
-        state = _state_dir(args)
+        state = state_from(args)
         ota = OtaDir(state)
         root, groups = ota.trust_root(), ota.groups()
         if not args.counter:
@@ -455,7 +450,7 @@ def _ota_apply(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.bundlefile import apply_bundle_file, digest_fd, open_bundle
     from ..ota.tpmcounter import device_tpm_counter
 
-    state = _state_dir(args)
+    state = state_from(args)
     if daemon_client(state) is None:  # applied here: refusals (a FIFO, oversize, bad head) are recorded
         with open_ledger(state) as ledger:
             res = applied_json(apply_bundle_file(state, args.file, ledger=ledger, now=time.time(), source="cli",
@@ -487,7 +482,7 @@ def print_applied(res: dict[str, Any], *, via_daemon: bool) -> None:
 def _ota_status(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.apply import ota_status
 
-    state = _state_dir(args)
+    state = state_from(args)
     st = ota_status(state, ledger=ledger_view(state), now=time.time())
     if args.json:
         print(json.dumps(st, indent=2))
@@ -514,7 +509,7 @@ def _ota_rollback(args: argparse.Namespace, extra: list[str]) -> int:
     from ..daemon.admin import applied_json
     from ..ota.apply import rollback
 
-    state = _state_dir(args)
+    state = state_from(args)
     res, _ = through_daemon_or_ledger(state, lambda client: client.ota_rollback(reason="operator"),
                                       lambda ledger: applied_json(rollback(state, ledger=ledger, reason="operator")))
     print(f"rolled back to slot {res['slot']}: bundle {res['bundle'][:16]} version {res['version']}")

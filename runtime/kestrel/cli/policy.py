@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._common import add_state_arg
+from ._common import add_state_arg, parse_extra_args, state_from
 
 __all__ = ["register", "parse_extra_args", "report_lint"]
 
@@ -48,32 +48,6 @@ def register(sub: Any) -> None:
     p.add_argument("--passphrase-file", help="owner key passphrase (else $KESTREL_OWNER_PASSPHRASE or a prompt)")
     p.add_argument("--expires", default="30d", help="bundle expiry (default 30d)")
     p.set_defaults(func=_set_policy)
-
-
-def parse_extra_args(extra: list[str]) -> dict[str, Any]:
-    """``--key value`` pairs (``--key=value`` too); a repeated key becomes a list."""
-    from ..errors import UsageError
-
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(extra):
-        tok = extra[i]
-        if not tok.startswith("--") or len(tok) < 3:
-            raise UsageError(f"unexpected argument {tok!r}", hint="pass action arguments as --name value")
-        if "=" in tok:
-            key, value = tok[2:].split("=", 1)
-            i += 1
-        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
-            key, value = tok[2:], extra[i + 1]
-            i += 2
-        else:
-            raise UsageError(f"option {tok} has no value")
-        key = key.replace("-", "_")
-        if key in out:
-            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + [value]
-        else:
-            out[key] = value
-    return out
 
 
 def device_facts(config: str) -> Any:
@@ -118,9 +92,9 @@ def _check(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _explain(args: argparse.Namespace, extra: list[str]) -> int:
     from .._internal.fsutil import read_bytes
-    from .._internal.paths import resolve_state_dir
     from ..ota.apply import active_policy
-    from ..policy import ActionRequest, PolicyState, evaluate, parse_policy
+    from ..policy import ActionRequest, PolicyState, parse_policy
+    from ..policy.evaluate import evaluate  # the function: the package attribute becomes the module once imported
 
     call_args = parse_extra_args(extra)
     if args.policy:
@@ -129,7 +103,7 @@ def _explain(args: argparse.Namespace, extra: list[str]) -> int:
     else:
         from ..policy.engine import PolicyEngine
 
-        state_dir = resolve_state_dir(args.state)
+        state_dir = state_from(args)
         found = active_policy(state_dir)
         policy = found[0] if found else None
         state = PolicyEngine.read_state(state_dir)
@@ -144,7 +118,6 @@ def _explain(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
     from .._internal.fsutil import read_bytes
-    from .._internal.paths import resolve_state_dir
     from ..errors import UsageError
     from ..identity import load_identity
     from ..ota.apply import current_counter
@@ -157,7 +130,7 @@ def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
     from .ota import apply_bundle_bytes, ledger_view, load_owner, parse_expiry, print_applied
 
     # Cheap checks first: nothing is asked for and nothing is written until they all pass.
-    state = resolve_state_dir(args.state)
+    state = state_from(args)
     policy = read_bytes(args.file, what="policy", max_size=1 << 20)
     parse_policy(policy, source=args.file)  # report errors against the user's file, before anything
     agent = load_identity(state).did  # "no agent identity" before an owner key or a trust root is made

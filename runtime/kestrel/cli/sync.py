@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import add_state_arg as _state
+from ._common import state_from
 
 __all__ = ["register"]
 
@@ -74,12 +75,6 @@ def _db(p: argparse.ArgumentParser) -> None:
                    f"(default ${COLLECTOR_DB_ENV} or ~/.local/share/kestrel/collector.db)")
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
-    from .._internal.paths import resolve_state_dir
-
-    return resolve_state_dir(args.state)
-
-
 def _open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Any:
     """The collector store named by --db (a SQLite path or a postgresql:// URL)."""
     from ..errors import UsageError
@@ -102,7 +97,7 @@ def _ago(t: float) -> str:
 def _sync_status(args: argparse.Namespace, extra: list[str]) -> int:
     from ..sync.state import OffsetStore, read_status
 
-    state_dir = _state_dir(args)
+    state_dir = state_from(args)
     status = _live_status(state_dir) or read_status(state_dir)
     if status is None:
         try:
@@ -319,7 +314,7 @@ def _agent_connect(args: argparse.Namespace, extra: list[str]) -> int:
     from ..errors import UsageError
     from ..sync.peers.trust import add_peer, load_trust_list, remove_peer
 
-    state_dir = _state_dir(args)
+    state_dir = state_from(args)
     if args.list:
         for p in load_trust_list(state_dir).peers:
             print(f"{p.did}  {p.name or '-'}  added {p.added_at}")

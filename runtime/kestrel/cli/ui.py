@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from ._common import add_state_arg, state_from
+
 __all__ = ["register"]
 
 
@@ -22,19 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", default="", help="a note to recognise the token by (e.g. 'kitchen tablet')")
     p.add_argument("--list", action="store_true", help="list the tokens (ids, labels, expiry), not their secrets")
     p.add_argument("--revoke", metavar="ID", help="revoke a token by its id (ends its sign-ins too)")
-    p.add_argument("--state", metavar="DIR", help="the agent's state directory (default: $KESTREL_STATE, "
-                                                  "else ~/.local/state/kestrel)")
+    add_state_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_token)
 
 
 def _token(args: argparse.Namespace, extra: list[str]) -> int:
-    from .._internal.paths import resolve_state_dir
     from ..daemon.ui.tokens import TokenFile
     from ..errors import UsageError
     from .ota import parse_expiry
 
-    state = resolve_state_dir(args.state)
+    state = state_from(args)
     if not (state / "identity").is_dir():
         raise UsageError(f"no agent in {state}", hint="create one with `kestrel init-agent`, or pass --state")
     tokens = TokenFile(state)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..errors import TransportError
+from ..errors import TransportError, UsageError
 from . import envelope as env_mod
 from .envelope import BACKUP_MAGIC, KdfParams
 from .errors import KeystoreCorruptError, NotExportableError
@@ -33,7 +33,8 @@ def encode_backup(identity: Identity, signer: SoftwareSigner, backup_passphrase:
     """Pure: the backup file bytes."""
     kdf = kdf or KdfParams.argon2id()
     if kdf.kdf is env_mod.Kdf.MACHINE:
-        raise ValueError("a backup must be passphrase-protected")
+        raise UsageError("a backup must be passphrase-protected, not machine-bound",
+                         hint="give a backup passphrase (KdfParams.argon2id())")
     return env_mod.seal(signer, backup_passphrase, magic=BACKUP_MAGIC, kdf=kdf, meta=encode_identity(identity))
 
 

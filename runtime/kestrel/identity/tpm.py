@@ -284,6 +284,3 @@ class TPMSigner:
 
     def __repr__(self) -> str:
         return f"TPMSigner({self._public.did}, tcti={self._tcti!r})"
-
-
-_tss, _connect = load_tss, connect  # older private names, used by kestrel.ota.tpmcounter

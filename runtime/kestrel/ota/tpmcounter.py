@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import TransportError
-from ..identity.tpm import _connect, _tss
+from ..identity.tpm import connect, load_tss
 
 __all__ = ["TpmCounter", "NV_INDEX", "device_tpm_counter"]
 
@@ -44,8 +44,8 @@ class TpmCounter:
 
     def read(self) -> int:
         """The current value (0 before the first increment); defines the index if needed."""
-        t = _tss()
-        ectx = _connect(t, self.tcti)
+        t = load_tss()
+        ectx = connect(t, self.tcti)
         try:
             h = self._handle(t, ectx)
             return int.from_bytes(bytes(ectx.nv_read(h, 8, 0, t.constants.ESYS_TR.OWNER)), "big")
@@ -57,8 +57,8 @@ class TpmCounter:
             ectx.close()
 
     def increment(self) -> int:
-        t = _tss()
-        ectx = _connect(t, self.tcti)
+        t = load_tss()
+        ectx = connect(t, self.tcti)
         try:
             h = self._handle(t, ectx)
             ectx.nv_increment(h, t.constants.ESYS_TR.OWNER)
