@@ -10,6 +10,8 @@ running, or one that crashed) is skipped; damage anywhere else raises.
 from __future__ import annotations
 
 import os
+import hashlib
+import struct
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +26,9 @@ from .merkle import Frontier, ProofError, _split, node_hash, tree_root, verify_i
 from .record import Record, decode_record, leaf_hash
 from .store import SEGMENT_MAGIC, map_segment, read_base, segment_files, segment_parts
 from .verify import LogWalker, Part, VerifiedLog, is_torn_tail, walk_parts
+
+_FRAME_HEAD = struct.Struct(">2sBBI")
+_LEAF = hashlib.sha256(b"\x00")
 
 __all__ = ["read_stream", "load_base", "walk_dir", "iter_records", "iter_frames_from", "verify_dir", "export_chunks",
            "prove", "rescan_root", "latest_record", "latest_checkpoint_unsafe", "RecordCursor"]
@@ -132,7 +137,14 @@ def iter_frames_from(ledger_dir: Path, since_seq: int = 0) -> Iterator[tuple[int
             view = memoryview(data)
             released = off
             try:
+                head = _FRAME_HEAD.unpack_from
                 while off < len(data):
+                    if checked and seq < since_seq and len(data) - off >= 16:  # before the first wanted record:
+                        magic, ftype, _, length = head(data, off)  # step over it by its header
+                        if magic == b"KF" and ftype == RECORD and off + 16 + length <= len(data):
+                            off += 16 + length
+                            seq += 1
+                            continue
                     item = read_frame(view, off)
                     if isinstance(item, FrameDamage) and not checked and (n, off) != (0, part.start):
                         yield from _from_segment_start(ledger_dir, since_seq)  # an index entry off a frame
@@ -252,29 +264,39 @@ def export_chunks(ledger_dir: Path, public_key: PublicKey) -> tuple[VerifiedLog,
 
 def latest_checkpoint_unsafe(ledger_dir: Path, public_key: PublicKey) -> tuple[SignedCheckpoint, int] | None:
     """The newest checkpoint frame of the log (signature verified, the log itself not) and the number
-    of records in the log, found by reading back from the last indexed blocks only."""
+    of records in the log, found by reading forward from the last indexed blocks only (the writer
+    stores checkpoints in increasing size, so the last one in the stream is the newest)."""
     ledger_dir = Path(ledger_dir)
     index = IndexReader.open(ledger_dir)
-    blocks = index.blocks if index is not None else 0
-    if index is not None:
-        index.close()
-    step = 1
-    while True:
-        start = max(0, (blocks - step) * BLOCK)
-        best, size = None, start
-        for seq, item in iter_frames_from(ledger_dir, start):
-            if item.type == RECORD:
-                size = seq + 1
-            elif item.type == CHECKPOINT:
+    try:
+        blocks = index.blocks if index is not None else 0
+        step = 1
+        while True:
+            start = max(0, (blocks - step) * BLOCK)
+            note, size = None, start
+            try:
+                for seq, ftype, payload in _fast_frames(ledger_dir, index, start):
+                    if ftype == RECORD:
+                        size = seq + 1
+                    elif ftype == CHECKPOINT:
+                        note = payload
+            except ValueError:
+                if index is None:
+                    raise LedgerVerificationError(start, Reason.BIT_FLIP, "a damaged frame; run `kestrel audit verify`")
+                index.close()
+                index, blocks, step = None, 0, 1  # the index is off: read the log from its start
+                continue
+            if note is not None:
                 try:
-                    cp = verify_checkpoint(item.payload, public_key)
+                    return verify_checkpoint(bytes(note), public_key), size
                 except CheckpointError as exc:
-                    raise LedgerVerificationError(max(seq - 1, 0), exc.reason, exc.message) from None
-                if best is None or cp.size >= best.size:
-                    best = cp
-        if best is not None or start == 0:
-            return (best, size) if best is not None else None
-        step *= 4
+                    raise LedgerVerificationError(max(size - 1, 0), exc.reason, exc.message) from None
+            if start == 0:
+                return None
+            step *= 4
+    finally:
+        if index is not None:
+            index.close()
 
 
 def prove(ledger_dir: Path, public_key: PublicKey, seq: int) -> bytes:
@@ -338,11 +360,21 @@ class _Subtrees:
         if block not in self._blocks:
             lo = block * BLOCK
             hi = min(lo + BLOCK, self.size)
-            got = [leaf_hash(raw) for raw in _raw_records(self.dir, lo, stop=hi)]
-            if len(got) != hi - lo:
-                raise ValueError(f"records {lo}..{hi - 1} are not all there")
-            self._blocks[block] = got
+            raws = self.raws(lo, hi)
+            self._blocks[block] = [leaf_hash(raw) for raw in raws]
         return self._blocks[block]
+
+    def raws(self, lo: int, hi: int) -> list[bytes]:
+        """The stored bytes of records ``lo .. hi - 1`` (within one block)."""
+        out = []
+        for seq, ftype, payload in _fast_frames(self.dir, self.index, lo):
+            if ftype == RECORD and seq >= lo:
+                if seq >= hi:
+                    break
+                out.append(payload)
+        if len(out) != hi - lo:
+            raise ValueError(f"records {lo}..{hi - 1} are not all there")
+        return out
 
     def root(self, lo: int, hi: int) -> bytes:
         n = hi - lo
@@ -358,6 +390,48 @@ class _Subtrees:
             return tree_root(leaves[lo - block * BLOCK : hi - block * BLOCK])
         k = _split(n)
         return node_hash(self.root(lo, lo + k), self.root(lo + k, hi))
+
+
+def _fast_frames(ledger_dir: Path, index: IndexReader | None, seq: int) -> Iterator[tuple[int, int, bytes]]:
+    """(seq of the next record, frame type, payload) from the indexed block of ``seq`` to the end of the log,
+    reading frame headers only (no CRC, no decoding: for proofs, which are checked against the signed
+    root before they are used). Stops at an unfinished frame; ValueError where the index or a frame
+    header is not what it should be (the caller then takes the careful path)."""
+    found = index.position(seq) if index is not None else None
+    files = segment_files(Path(ledger_dir))
+    payload = read_base(Path(ledger_dir))
+    if payload is not None:  # segments a prune left behind are not part of the log
+        from .base import base_size_unsafe
+
+        files = [f for f in files if f[0] >= (base_size_unsafe(payload) or 0)]
+    names = [f[0] for f in files]
+    if found is None or found[1] not in names:  # no entry, or one for a pruned segment
+        if not files:
+            return
+        first = max([f[0] for f in files if f[0] <= seq], default=files[0][0])
+        found = (first, first, len(SEGMENT_MAGIC))
+    next_seq, segment, offset = found
+    head = _FRAME_HEAD.unpack_from
+    for first in names[names.index(segment):]:
+        if first != segment and first != next_seq:
+            raise ValueError("a segment does not start where the previous one ends")
+        part = map_segment(Path(ledger_dir) / f"{first:020d}.seg", first)
+        try:
+            data, off = part.data, (offset if first == segment else part.start)
+            n = len(data)
+            while n - off >= 16:
+                magic, ftype, _, length = head(data, off)
+                if magic != b"KF":
+                    raise ValueError(f"no frame at byte {off} of segment {first}")
+                end = off + 16 + length
+                if end > n:
+                    break
+                yield next_seq, ftype, data[off + 16 : end]
+                if ftype == RECORD:
+                    next_seq += 1
+                off = end
+        finally:
+            part.close()  # type: ignore[misc]
 
 
 def _indexed_proof(ledger_dir: Path, seq: int, cp: SignedCheckpoint) -> bytes | None:
@@ -377,9 +451,11 @@ def _indexed_proof(ledger_dir: Path, seq: int, cp: SignedCheckpoint) -> bytes | 
                 path.append(src.root(lo, lo + k))
                 lo = lo + k
         path.reverse()
-        raw = next(_raw_records(ledger_dir, seq, stop=seq + 1))
+        raw = src.raws(seq, seq + 1)[0]
         verify_inclusion(leaf_hash(raw), seq, cp.size, path, cp.root)
-    except (ValueError, ProofError, StopIteration, LedgerError, OSError):
+        if decode_record(raw).seq != seq:
+            return None
+    except (ValueError, ProofError, StopIteration, LedgerError, RecordError, OSError):
         return None  # a stale or damaged index, or a pruned block: the caller takes the slow path
     finally:
         index.close()
