@@ -244,10 +244,23 @@ def _discard(ota: OtaDir, slot: str, step: StepHook = _noop) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def _file_digest(path: Path) -> tuple[int, str]:
+    """(size, hex sha256) of a staged file, read in 1 MiB pieces (a model is not held twice)."""
+    h, size = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise TransportError(f"cannot read staged content {path}: {exc.strerror or exc}") from None
+    return size, h.hexdigest()
+
+
 def _health_check(slot: Path, vb: VerifiedBundle, health: HealthCheck | None, window: float) -> None:
     for e, _ in vb.contents:
-        data = read_bytes(slot / e.name, what="staged content")
-        if len(data) != e.size or hashlib.sha256(data).hexdigest() != e.sha256:
+        size, digest = _file_digest(slot / e.name)
+        if size != e.size or digest != e.sha256:
             raise BundleHealthError(f"staged '{e.name}' does not match the manifest", code="health-hash")
     _load_policy(read_bytes(slot / vb.manifest.policy.name, what="staged policy"), vb.manifest.policy.name)
     if health is None:
