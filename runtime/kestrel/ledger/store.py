@@ -1,11 +1,11 @@
 """Segment files (I/O shell): reading, tail recovery, appending with rotation.
 
 A ledger directory holds ``<first seq, 20 digits>.seg`` files. Each starts with
-the 8-byte magic ``KLEDGER\\x01`` followed by frames; the log is the
-concatenation of the segments' frames in name order. Files are only ever
-appended to; the one exception is cutting an unfinished (torn) tail off the
-last segment when the ledger is opened for writing, after saving the cut bytes
-under ``torn/``.
+the 8-byte magic ``KLEDGER`` + version (``\\x02``; ``\\x01`` still read) followed by
+frames; the log is the concatenation of the segments' frames in name order. Files
+are only ever appended to; the exception is cutting a tail (unfinished, or not
+sealed by this device) when the ledger is opened for writing, after saving the cut
+bytes under ``torn/``. Readers map segments (:func:`map_segment`) rather than load them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import logging
 import mmap
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from .base import BASE_MAGIC, MAX_BASE_SIZE, base_size_unsafe
 from .errors import LedgerIOError, LedgerVerificationError, Reason
 from .verify import Part
 
-__all__ = ["SEGMENT_MAGIC", "SEGMENT_MAGIC_V1", "BASE_FILE", "cut_tail", "map_segment", "segment_parts", "Segment", "segment_files", "load_segments", "read_segment", "read_base", "write_base", "unlink_segments", "stream_of", "cut_torn_tail", "lock_directory", "SegmentWriter"]
+__all__ = ["SEGMENT_MAGIC", "SEGMENT_MAGIC_V1", "BASE_FILE", "cut_tail", "map_segment", "segment_parts", "segment_files", "read_base", "write_base", "unlink_segments", "cut_torn_tail", "lock_directory", "SegmentWriter"]
 
 log = logging.getLogger("kestrel.ledger")
 
@@ -36,13 +35,6 @@ _MAGICS = (SEGMENT_MAGIC, SEGMENT_MAGIC_V1)
 BASE_FILE = "base"  # a pruned log's base (see base.py); absent until the first prune
 _DSYNC = getattr(os, "RWF_DSYNC", 0)  # per-write O_DSYNC (pwritev2); 0 once the kernel refuses it
 _NAME = re.compile(r"^([0-9]{20})\.seg$")
-
-
-@dataclass(frozen=True)
-class Segment:
-    path: Path
-    first_seq: int
-    data: bytes  # the whole file, magic included
 
 
 def _io_error(action: str, path: Path, exc: OSError) -> LedgerIOError:
@@ -106,39 +98,6 @@ def segment_files(ledger_dir: Path) -> list[tuple[int, Path, int]]:
     return sorted(out)
 
 
-def load_segments(ledger_dir: Path) -> list[Segment]:
-    """Read every segment in order (from the base, if pruned); refuse stray or damaged segment headers.
-
-    Segments that start below the base are leftovers of an interrupted prune: skipped."""
-    base = read_base(ledger_dir)
-    floor = base_size_unsafe(base) if base is not None else 0
-    try:
-        names = sorted(os.listdir(ledger_dir))
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise _io_error("list the ledger directory", ledger_dir, exc) from None
-    segments = []
-    for name in names:
-        m = _NAME.match(name)
-        if not m or int(m.group(1)) < floor:  # torn/, temporary files, pruned leftovers
-            continue
-        segments.append(read_segment(ledger_dir / name, int(m.group(1))))
-    return segments
-
-
-def read_segment(path: Path, first_seq: int) -> Segment:
-    """One whole segment file; its magic must be right."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise _io_error("read ledger segment", path, exc) from None
-    if data[: len(SEGMENT_MAGIC)] not in _MAGICS:
-        raise LedgerVerificationError(first_seq, Reason.BIT_FLIP, f"segment {path} does not start with the ledger magic bytes")
-    return Segment(path, first_seq, data)
-
-
 def map_segment(path: Path, first_seq: int) -> Part:
     """A segment file mapped read-only as a :class:`Part` of the frame stream (pages are loaded as they
     are read, and dropped again by ``release``: reading a segment costs bounded memory)."""
@@ -189,11 +148,6 @@ def segment_parts(ledger_dir: Path, *, from_seq: int = 0) -> list[Part]:
             part.close()  # type: ignore[misc]
         raise
     return parts
-
-
-def stream_of(segments: list[Segment]) -> bytes:
-    """The log's frame stream: all segments' frames, headers stripped."""
-    return b"".join(memoryview(s.data)[len(SEGMENT_MAGIC) :] for s in segments)
 
 
 def cut_torn_tail(ledger_dir: Path, path: Path, size: int, torn_bytes: int, *, remove: bool = False) -> dict[str, Any]:
