@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -228,6 +229,14 @@ def _finish(rootfs: Path, board: ImageBoard, *, suite: str, mirror: str) -> None
         if not initrd.exists():
             raise BuildError(f"{initrd} is missing (update-initramfs did not run)",
                              hint="remove the cached base tarball (cache rootfs/) and rebuild")
+        names = initramfs_names(initrd)
+        needed = {"init": "init" in names, "a shell": any(n.endswith("bin/sh") for n in names),
+                  "virtio_blk.ko": any(n.endswith("/virtio_blk.ko") for n in names),
+                  "ext4.ko": any(n.endswith("/ext4.ko") for n in names)}
+        missing = [what for what, ok in needed.items() if not ok]
+        if missing:
+            raise BuildError(f"{initrd} lacks {', '.join(missing)}: the initramfs cannot mount the root file system",
+                             hint="remove the cached base tarball (cache rootfs/) and rebuild")
         fw = rootfs / "boot/firmware"
         shutil.copy2(kernels[-1], fw / "vmlinuz")
         shutil.copy2(initrd, fw / "initrd.img")
@@ -255,3 +264,26 @@ def kernel_version(rootfs: Path) -> str:
         raise BuildError(f"{rootfs} has no kernel modules", hint="the base system lacks linux-image-arm64")
     return versions[-1]
 
+
+
+def initramfs_names(path: Path) -> set[str]:
+    """The file names in an initramfs (zstd, gzip or plain newc cpio; concatenated archives too)."""
+    import gzip
+
+    raw = path.read_bytes()
+    if raw[:4] == b"\x28\xb5\x2f\xfd":
+        raw = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
+    elif raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    names, pos = set(), 0
+    while pos + 110 <= len(raw):
+        if raw[pos:pos + 6] != b"070701":
+            break
+        size, namesize = int(raw[pos + 54:pos + 62], 16), int(raw[pos + 94:pos + 102], 16)
+        name = raw[pos + 110:pos + 110 + namesize - 1].decode(errors="replace")
+        if name == "TRAILER!!!":
+            break
+        names.add(name.lstrip("./"))
+        pos = (pos + 110 + namesize + 3) & ~3
+        pos = (pos + size + 3) & ~3
+    return names

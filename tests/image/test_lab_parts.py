@@ -179,3 +179,25 @@ def test_profile_that_expects_a_tpm_says_so_when_there_is_none(system: FakeSyste
     assert proc.returncode == 0, proc.stderr
     assert "the board profile qemu-arm64 expects a TPM (device:/dev/tpmrm0)" in proc.stdout
     assert json.loads(kestrel("identity", "show", "--json", "--state", str(system.state)).stdout)["backend"] == "file"
+
+
+def _newc(names: list[str]) -> bytes:
+    out = b""
+    for i, name in enumerate(names + ["TRAILER!!!"]):
+        data = b"" if name == "TRAILER!!!" else name.encode()
+        fields = [i + 1, 0o100644, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+        hdr = b"070701" + b"".join(b"%08X" % f for f in fields) + name.encode() + b"\0"
+        out += hdr + b"\0" * (-len(hdr) % 4) + data + b"\0" * (-len(data) % 4)
+    return out
+
+
+def test_initramfs_listing_finds_what_the_lab_boot_needs(tmp_path: Path) -> None:
+    import gzip
+
+    from kimage.rootfs import initramfs_names
+
+    names = ["init", "usr/bin/sh", "usr/lib/modules/6.1.0-50-arm64/kernel/drivers/block/virtio_blk.ko"]
+    (tmp_path / "initrd.gz").write_bytes(gzip.compress(_newc(names)))
+    assert initramfs_names(tmp_path / "initrd.gz") == set(names)
+    (tmp_path / "plain").write_bytes(_newc(["conf/initramfs.conf"]))
+    assert initramfs_names(tmp_path / "plain") == {"conf/initramfs.conf"}
