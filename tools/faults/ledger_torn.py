@@ -7,7 +7,8 @@ With ``--ledger`` (e.g. a copy of a device's STATE/ledger) pass ``--agent DID``;
 only the bit-flip half runs (reopening for writing needs the agent's key).
 
 1. Torn writes: the last segment is cut at every offset of its last ``--tail-bytes``
-   bytes; each cut must open (tail recovery), verify and keep every whole record.
+   bytes; each cut must open (tail recovery), verify and keep every record that a checkpoint or a
+   tail seal after it vouches for (the rest was never acknowledged: cut, saved, recorded).
 2. Bit rot: ``--flips`` random single-bit flips anywhere in any segment; each must
    make verification fail (100% detection is the requirement).
 
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "runtime"))
 from kestrel.errors import DataError  # noqa: E402
 from kestrel.identity.keys import PublicKey  # noqa: E402
 from kestrel.ledger import Ledger, verify_dir  # noqa: E402
-from kestrel.ledger.frame import RECORD, Frame, iter_frames  # noqa: E402
+from kestrel.ledger.frame import CHECKPOINT, RECORD, TAIL_SEAL, Frame, iter_frames  # noqa: E402
 from kestrel.ledger.store import SEGMENT_MAGIC  # noqa: E402
 
 SEED = bytes(range(32))
@@ -58,8 +59,11 @@ def torn_writes(src: Path, work: Path, *, tail: int) -> int:
         try:
             with Ledger.open(d, signer=signer) as led:
                 v = led.verify()
-            whole = earlier + sum(1 for f in frames if f.type == RECORD and f.end <= cut)
-            whole += any(f.offset < cut < f.end for f in frames)  # the ledger.recovered record
+            # records stay if a checkpoint or the writer's tail seal after them survived the cut (format
+            # version 2): the others were never acknowledged, or are not the writer's, and are cut too
+            safe = max((f.end for f in frames if f.type in (CHECKPOINT, TAIL_SEAL) and f.end <= cut), default=8)
+            whole = earlier + sum(1 for f in frames if f.type == RECORD and f.end <= safe)
+            whole += cut > safe  # the ledger.recovered record
             if v.unsigned or v.size != whole:
                 bad += 1
                 print(f"cut at {cut}: unexpected state {v}")
