@@ -104,6 +104,7 @@ def _ask_here(args: argparse.Namespace, state: Path, options: Any) -> dict[str, 
     """No daemon: plan with the ledger opened here; allowed calls are recorded, not executed."""
     from ..agent.ask import build_planner, outcome_event
     from ..agent.core import Agent
+    from ..ota.source import policy_source
     from ..policy import PolicyEngine
 
     passphrase = None
@@ -113,7 +114,7 @@ def _ask_here(args: argparse.Namespace, state: Path, options: Any) -> dict[str, 
         passphrase = read_passphrase_file(args.passphrase_file)
     with contextlib.ExitStack() as stack:
         agent = stack.enter_context(Agent.open(state, passphrase=passphrase))
-        engine = PolicyEngine(state, agent.ledger)
+        engine = PolicyEngine(state, agent.ledger, source=policy_source(state))
         planner = build_planner(state, options, authorize=engine.decide, ledger=agent.ledger,
                                 executor=_not_executed, stack=stack)
         outcome = planner.run(args.goal, on_step=lambda step: print(step.describe(), flush=True))

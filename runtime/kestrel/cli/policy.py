@@ -94,7 +94,7 @@ def _explain(args: argparse.Namespace, extra: list[str]) -> int:
     from .._internal.fsutil import read_bytes
     from ..ota.apply import active_policy
     from ..policy import ActionRequest, PolicyState, parse_policy
-    from ..policy.evaluate import evaluate  # the function: the package attribute becomes the module once imported
+    from ..policy.evaluate import evaluate
 
     call_args = parse_extra_args(extra)
     if args.policy:

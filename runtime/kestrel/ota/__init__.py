@@ -2,7 +2,8 @@
 
 Pure: :mod:`.bundle` (container, ``verify_bundle``), :mod:`.root` (trust root,
 rotation), :mod:`.signing` (DSSE PAE, thresholds). Shell: :mod:`.apply`
-(``apply_bundle``, ``rollback``, ``active_policy``), :mod:`.delivery` (drop
+(``apply_bundle``, ``rollback``, ``active_policy``), :mod:`.source` (``policy_source``: the
+active slot's policy, for the policy engine), :mod:`.delivery` (drop
 directory, MQTT payloads), :mod:`.store` (``STATE/ota`` files), :mod:`.owner`.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Names are loaded on first use (PEP 562): the policy engine only needs ``active_policy``, and an
+# Names are loaded on first use (PEP 562): the policy engine only needs ``policy_source``, and an
 # idle daemon should not carry the bundle builder, the drop-directory scanner and the TPM counter.
 _EXPORTS = {
     "apply": ("AppliedBundle", "active_bundle", "active_policy", "apply_bundle", "ota_status", "rollback"),
@@ -22,6 +23,7 @@ _EXPORTS = {
     "errors": ("BundleContentError", "BundleError", "BundleExpiredError", "BundleFormatError", "BundleHealthError",
                "BundleRollbackError", "BundleSignatureError", "BundleTargetError", "TrustRootError"),
     "root": ("TrustRoot", "parse_root", "verify_rotation"),
+    "source": ("ActiveSlotSource", "policy_source"),
     "store": ("OtaDir",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -45,5 +47,6 @@ __all__ = [
     "BundleHealthError", "BundleRollbackError", "BundleSignatureError", "BundleTargetError", "Limits",
     "Manifest", "OtaDir", "TrustRoot", "TrustRootError", "VerifiedBundle", "active_bundle", "active_policy",
     "apply_bundle", "apply_bundle_file", "apply_message", "build_manifest", "encode_bundle", "ota_status", "parse_root",
+    "ActiveSlotSource", "policy_source",
     "rollback", "scan_drop_dir", "sign_bundle", "verify_bundle", "verify_rotation",
 ]

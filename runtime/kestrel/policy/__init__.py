@@ -12,6 +12,8 @@ action catalog for ``kestrel call --help``) does not load the evaluator and hash
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,3 +52,21 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
+
+
+class _Package(types.ModuleType):
+    """``evaluate`` names both a function and the module that holds it. The import system sets the
+    module as this package's attribute whenever ``kestrel.policy.evaluate`` is first imported
+    directly (``from .evaluate import ...``), so ``from kestrel.policy import evaluate`` gave the
+    function or the module depending on import order. The package attribute is always the function."""
+
+    @property
+    def evaluate(self) -> Any:
+        return importlib.import_module(".evaluate", __name__).evaluate
+
+    @evaluate.setter
+    def evaluate(self, value: Any) -> None:  # the import system's setattr of the submodule: ignored
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

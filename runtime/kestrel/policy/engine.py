@@ -1,9 +1,14 @@
-"""PolicyEngine (shell): the active policy from the OTA slot, rate state on disk, decisions in the ledger.
+"""PolicyEngine (shell): the policy in force from a source, rate state on disk, decisions in the ledger.
+
+The policy comes from a :class:`~kestrel.policy.source.PolicySource` (``source=``): on a device,
+``kestrel.ota.policy_source(state_dir)``, the policy of the active OTA slot, which the daemon and
+the CLI pass in; without one, the default the ``kestrel`` package installs (the same OTA source).
+The policy package never imports OTA (docs/architecture.md, "Layers").
 
 Rate-limit history lives in ``STATE/data/policy-rate.json`` (format in
 docs/policy.md) and is rewritten atomically after each allow that consumed a
 rate-limited slot, so limits survive restarts. The engine notices a new active
-bundle (the OTA pointer file changed): by default it looks (one ``stat``) before each
+bundle (the source's ``version()`` changed): by default it looks (one ``stat``) before each
 decision; with ``recheck_s`` it looks at most that often, and whoever applies or rolls
 back a bundle in the same process calls :meth:`PolicyEngine.invalidate` so that the very
 next decision uses the new policy (the daemon does: it is the only writer while it runs).
@@ -22,7 +27,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 from .._internal.clock import StepWatch
 from .._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
@@ -31,6 +36,7 @@ from ..errors import KestrelError
 from .canonical import ArgsError, canonicalize
 from .evaluate import INVALID_ARGS, NO_POLICY_DIGEST, evaluate
 from .model import ActionRequest, Decision, Policy, PolicyState, args_digest, make_decision
+from .source import PolicySource, default_source
 
 __all__ = ["PolicyEngine", "RATE_FILE", "DECISION_BUDGET_S"]
 
@@ -41,10 +47,11 @@ DECISION_BUDGET_S = 0.05  # a decision that takes longer is a deny (policy_timeo
 class PolicyEngine:
     """``decide(action, args)`` evaluates against the active policy and records the decision."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], ledger: Any, *,
+    def __init__(self, state_dir: str | os.PathLike[str], ledger: Any, *, source: PolicySource | None = None,
                  clock: Callable[[], float] = time.time, recheck_s: float = 0.0,
                  budget_s: float = DECISION_BUDGET_S, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._state_dir = Path(state_dir)
+        self.source = source if source is not None else default_source(self._state_dir)
         self._ledger = ledger
         self._clock = clock
         self._monotonic = monotonic
@@ -52,10 +59,9 @@ class PolicyEngine:
         self._budget_s = budget_s
         self._lock = threading.Lock()
         self._rate_path = StateLayout(self._state_dir).data / RATE_FILE
-        self._pointer = StateLayout(self._state_dir).ota / "active.json"
-        self._pointer_sig: tuple[int, int] | None = None
+        self._version: Hashable = None  # the source's version() when the policy was loaded
         self._recheck_s = recheck_s
-        self._next_check = 0.0  # time.monotonic() after which the pointer is stat'ed again
+        self._next_check = 0.0  # time.monotonic() after which the source is probed again
         self.policy: Policy | None = None
         self.bundle_digest: str | None = None
         self.load_error: str | None = None
@@ -65,22 +71,20 @@ class PolicyEngine:
         self.reload()
 
     def reload(self) -> None:
-        """Re-read the active policy from the OTA slot (no policy: deny everything)."""
-        from ..ota.apply import active_policy
-
-        sig = self._stat_pointer()
+        """Re-read the policy in force from the source (no policy: deny everything)."""
+        version = self.source.version()
         try:
-            found = active_policy(self._state_dir)
+            found = self.source.load()
         except KestrelError as exc:
             # Deny everything, and try again at the next decision (the failure may be a race
             # with an apply replacing the slot, or a repair may follow).
             self.policy, self.bundle_digest, self.load_error = None, None, exc.message
-            self._pointer_sig = None
+            self._version = None
             self._next_check = 0.0
             return
         self.policy, self.bundle_digest = found if found else (None, None)
         self.load_error = None
-        self._pointer_sig = sig
+        self._version = version
 
     def invalidate(self) -> None:
         """The active bundle may have changed (an apply or rollback in this process): re-read it now."""
@@ -94,15 +98,8 @@ class PolicyEngine:
             if now < self._next_check:
                 return
             self._next_check = now + self._recheck_s
-        if self._stat_pointer() != self._pointer_sig:
+        if self.source.version() != self._version:
             self.reload()
-
-    def _stat_pointer(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self._pointer)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns)
 
     def decide(self, action: str, args: Mapping[str, Any] | None = None) -> Decision:
         """Put ``args`` in canonical form, evaluate that form, record the decision.
