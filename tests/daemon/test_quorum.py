@@ -93,6 +93,17 @@ async def test_two_of_three_met_recorded_everywhere_and_audited(trio, mosquitto,
     assert len(found) == 1 and found[0].request.action == "gpio.write"
     with pytest.raises(QuorumMessageError):
         audit_export(export.read_bytes(), a.did, [a.did, b.did])  # c unknown to this auditor
+    # The same with the command line, from the export and from an inclusion proof of the decision.
+    from kestrel.cli import main
+
+    members = [x for m in trio for x in ("--member", m.did)]
+    assert main(["audit", "quorum", str(export), "--agent", a.did, *members]) == 0
+    proof = tmp_path / "decided.proof"
+    seq = next(r.seq for r in a.ledger.records(kind="quorum.decided"))
+    proof.write_bytes(a.ledger.prove(seq))
+    assert main(["audit", "quorum", str(proof), "--agent", a.did, *members, "--json"]) == 0
+    assert main(["audit", "quorum", str(export), "--agent", a.did, *members[:4]]) == 2  # c unknown
+    assert main(["audit", "quorum", str(export), "--agent", b.did]) != 0  # not b's ledger
 
 
 async def test_not_met_when_the_members_policies_deny(trio, mosquitto):

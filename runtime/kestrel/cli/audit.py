@@ -73,6 +73,10 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=_verify_proof)
 
+    from .quorum_audit import register_quorum_audit  # kestrel audit quorum (docs/quorum.md)
+
+    register_quorum_audit(asub)
+
 
 
 

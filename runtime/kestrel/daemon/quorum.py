@@ -293,15 +293,17 @@ class QuorumCoordinator:
             await self._vote_refused(record, exc.reason, exc.message)
             return
         self._remember(self._certs, cert.digest, cert)
+        if vote.id not in self._open or sender in op.approvals or sender in op.refusals:
+            await self._vote_refused(record, "duplicate" if vote.id in self._open else "late")
+            return  # a second approval that raced the first through the check, or the decision came first
         if cert.serial > self._serials.get(sender):
             await asyncio.to_thread(self._serials.raise_to, sender, cert.serial)
         # Queued, not awaited: quorum.decided comes later in the same FIFO ledger and is awaited
         # before anything executes, so a vote that counts is durable before its decision is.
         self._record("quorum.vote", {**record, "accepted": True, "serial": cert.serial, "cert": cert.digest})
-        if vote.id in self._open and sender not in op.approvals:
-            op.approvals[sender] = (vote.signature or b"", cert)
-            self.stats["votes_in"] += 1
-            op.changed.set()
+        op.approvals[sender] = (vote.signature or b"", cert)
+        self.stats["votes_in"] += 1
+        op.changed.set()
 
     async def _vote_refused(self, record: dict[str, Any], reason: str, detail: str = "") -> None:
         self.stats["votes_refused"] += 1

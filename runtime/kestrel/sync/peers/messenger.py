@@ -31,6 +31,7 @@ __all__ = ["PeerMessenger", "SentMessage", "PeerSendDenied", "send_under_policy"
 
 log = logging.getLogger("kestrel.peers")
 ACTION = "agent.send"
+MAX_HANDLING = 64  # typed messages being handled at once (kestrel.daemon.quorum)
 
 
 class PeerSendDenied(DataError):
@@ -180,6 +181,8 @@ class PeerMessenger:
             await self.ledger.append_async("peer.received", record)
         self.received += 1
         if handler is not None and isinstance(msg.body.get("t"), str):
+            while len(self._handling) >= MAX_HANDLING:  # bounded: a flood waits here, in the receive loop
+                await asyncio.wait(list(self._handling), return_when=asyncio.FIRST_COMPLETED)
             task = asyncio.get_running_loop().create_task(self._dispatch(handler, msg))
             self._handling.add(task)
             task.add_done_callback(self._handling.discard)
