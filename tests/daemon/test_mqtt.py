@@ -53,12 +53,34 @@ def _peer(port: int, name: str = "did:key:test-peer") -> MqttBridge:
     return MqttBridge("127.0.0.1", port, agent_id=name, keepalive=5, reconnect_initial=0.1, reconnect_max=0.5)
 
 
+async def _live(peer: MqttBridge, topic: str, probe: bytes, seen, *, what: str) -> None:
+    """Wait until the daemon's subscription to ``topic`` is live: a probe published there has
+    reached it (``seen()``). A message published before the broker has the subscription is not
+    delivered, so the probe is sent again until one arrives."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        await peer.publish(topic, probe, qos=1)
+        try:
+            await until(seen, timeout=0.5, what=what)
+            return
+        except AssertionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+
+
+async def _weather_live(d, peer: MqttBridge, *, msgpack_payload: bool = False) -> None:
+    probe = {"temp": 0}  # a reading that fires nothing
+    data = msgpack.packb(probe) if msgpack_payload else json.dumps(probe).encode()
+    await _live(peer, "sensors/weather", data, lambda: d.values.get("weather") == probe,
+                what="the daemon's weather subscription")
+
+
 async def test_json_sensor_triggers_and_bad_payloads_are_quarantined(agent, mosquitto):
     async with running(agent, _config(mosquitto.port), policy=POLICY) as d:
         await until(lambda: d.hardware.bridge.connected, what="daemon connected")
         async with _peer(mosquitto.port) as peer:
             await peer.wait_connected(5)
-            await asyncio.sleep(0.2)  # let the daemon's SUBACK land
+            await _weather_live(d, peer)
             for bad in (b"{not json", b"\xff\xfe", b'{"temp": NaN}', b"[" * 500 + b"]" * 500,
                         json.dumps({"temp": 1, "pad": "x" * 400}).encode()):
                 await peer.publish("sensors/weather", bad, qos=1)
@@ -79,7 +101,7 @@ async def test_msgpack_sensor(agent, mosquitto):
         await until(lambda: d.hardware.bridge.connected, what="connected")
         async with _peer(mosquitto.port) as peer:
             await peer.wait_connected(5)
-            await asyncio.sleep(0.2)
+            await _weather_live(d, peer, msgpack_payload=True)
             await peer.publish("sensors/weather", b"\xc1garbage", qos=1)
             await peer.publish("sensors/weather", msgpack.packb({"temp": 31}), qos=1)
             await until(lambda: d.hardware.outputs["lamp"].value == 1, what="msgpack trigger")
@@ -117,17 +139,24 @@ async def test_mqtt_command_for_refused_action_is_denied_and_recorded(agent, mos
         await until(lambda: d.hardware.bridge.connected, what="connected")
         async with _peer(mosquitto.port) as peer:
             await peer.wait_connected(5)
-            results = await peer.subscribe("dev/result", qos=1)
-            await asyncio.sleep(0.2)
+            results = await peer.subscribe("dev/result", qos=1)  # returns once SUBACKed
+            replies: dict[str, dict] = {}
+
+            def answered(*ids: str) -> bool:
+                while len(results.queue):
+                    m = json.loads(results.queue.get_nowait().payload)
+                    replies[m["id"]] = m
+                return set(ids) <= set(replies)
+
+            probe = {"id": "probe", "action": "gpio.write", "args": {"actuator": "lamp", "value": 0}}
+            await _live(peer, "dev/cmd", json.dumps(probe).encode(), lambda: answered("probe"),
+                        what="the daemon's command subscription")
             cmd = {"id": "c1", "action": "send_email", "args": {"to": "x@example.com", "subject": "hi"}}
             await peer.publish("dev/cmd", json.dumps(cmd).encode(), qos=1)
             await peer.publish("dev/cmd", b"\x00 not a command", qos=1)
             ok = {"id": "c2", "action": "gpio.write", "args": {"actuator": "lamp", "value": 1}}
             await peer.publish("dev/cmd", json.dumps(ok).encode(), qos=1)
-            replies = {}
-            while len(replies) < 2:
-                m = json.loads((await asyncio.wait_for(results.get(), 10)).payload)
-                replies[m["id"]] = m
+            await until(lambda: answered("c1", "c2"), what="both replies")
         assert replies["c1"]["ok"] is False and replies["c1"]["error"]["code"] == "denied"
         assert replies["c2"]["ok"] is True and d.hardware.outputs["lamp"].value == 1
         assert d.counters["quarantined"] == 1
@@ -143,7 +172,7 @@ async def test_payload_over_the_bridge_limit_is_counted_and_recorded(agent, mosq
         await until(lambda: d.hardware.bridge.connected, what="connected")
         async with _peer(mosquitto.port) as peer:
             await peer.wait_connected(5)
-            await asyncio.sleep(0.2)
+            await _weather_live(d, peer)
             await peer.publish("sensors/weather", b"{" + b" " * 5000 + b"}", qos=1)
             await peer.publish("sensors/weather", b'{"temp": 40}', qos=1)
             await until(lambda: d.hardware.outputs["lamp"].value == 1, what="next message still handled")
@@ -162,7 +191,7 @@ async def test_a_bare_number_on_a_json_sensor_counts_a_trigger_fault(agent, mosq
         await until(lambda: d.hardware.bridge.connected, what="connected")
         async with _peer(mosquitto.port) as peer:
             await peer.wait_connected(5)
-            await asyncio.sleep(0.2)
+            await _weather_live(d, peer)
             await peer.publish("sensors/weather", b"21.5", qos=1)
             await until(lambda: d.counters["trigger_faults"] == 1, what="the fault counted")
             await peer.publish("sensors/weather", b'{"temp": 35}', qos=1)

@@ -58,30 +58,53 @@ def test_watchdog_interval_from_environment():
 
 
 async def test_watchdog_pings_only_while_healthy(listener):
+    """Counted in watchdog rounds (each asks ``healthy``), not in seconds."""
     s, path = listener
-    state = {"why": None}
-    task = asyncio.ensure_future(run_watchdog(Notifier(path), 0.02, lambda lag: state["why"]))
-    await asyncio.sleep(0.2)
+    state: dict[str, str | None] = {"why": None}
+    rounds: list[str | None] = []
+
+    def healthy(lag: float) -> str | None:
+        rounds.append(state["why"])
+        return state["why"]
+
+    async def rounds_pass(n: int) -> None:
+        target = len(rounds) + n
+        await until(lambda: len(rounds) >= target, what=f"{n} watchdog rounds")
+
+    task = asyncio.ensure_future(run_watchdog(Notifier(path), 0.02, healthy))
+    await rounds_pass(5)
     healthy_pings = _drain(s).count("WATCHDOG=1")
     state["why"] = "ledger broken"
-    await asyncio.sleep(0.05)
-    _drain(s)
-    await asyncio.sleep(0.2)
+    await rounds_pass(1)  # a round that saw the failure (and said so in STATUS)
+    assert any(m.startswith("STATUS=unhealthy: ledger broken") for m in _drain(s))
+    await rounds_pass(5)
     sick = _drain(s)
     state["why"] = None
-    await asyncio.sleep(0.2)
+    await rounds_pass(2)
     again = _drain(s)
     task.cancel()
-    assert healthy_pings >= 4
-    assert "WATCHDOG=1" not in sick
+    assert healthy_pings >= 5 and rounds.count("ledger broken") >= 6
+    assert sick == []  # five rounds while unhealthy: no ping, and no STATUS repeated
     assert "WATCHDOG=1" in again and "STATUS=running" in again
 
 
 async def test_daemon_withholds_watchdog_when_its_ledger_fails(agent, listener, monkeypatch):
+    from kestrel.daemon.runtime import Daemon
+
     s, path = listener
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", "40000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    rounds: list[str | None] = []  # the watchdog's health checks (it passes the loop lag; the test does not)
+    check = Daemon.unhealthy
+
+    def counted(self, *lag: float) -> str | None:
+        why = check(self, *lag)
+        if lag:
+            rounds.append(why)
+        return why
+
+    monkeypatch.setattr(Daemon, "unhealthy", counted)
     async with running(agent, GPIO_CONFIG, policy="actions: [gpio.write]\n") as d:
         await until(lambda: "WATCHDOG=1" in _drain(s), what="first ping")
         assert d.unhealthy() is None
@@ -89,9 +112,10 @@ async def test_daemon_withholds_watchdog_when_its_ledger_fails(agent, listener, 
         d.factory.chip().drive(17, 1)
         await until(lambda: d.unhealthy() is not None, what="unhealthy")
         assert "policy decision failed" in d.unhealthy() or "ledger" in d.unhealthy()
-        await asyncio.sleep(0.1)
+        await until(lambda: rounds and rounds[-1] is not None, what="a watchdog round that saw it")
         _drain(s)
-        await asyncio.sleep(0.2)
+        sick_rounds = rounds.count(rounds[-1])
+        await until(lambda: rounds.count(rounds[-1]) >= sick_rounds + 5, what="five more rounds")
         msgs = _drain(s)
         assert "WATCHDOG=1" not in msgs
         assert d.hardware.outputs["lamp"].value == 0  # fail closed: no decision, no action

@@ -87,7 +87,7 @@ async def test_broker_down_at_start_then_up(broker_dir):
         with pytest.raises(MqttError, match="QoS 0"):
             await a.publish("t/x", b"lost", qos=0)
         queued = asyncio.ensure_future(a.publish("t/x", b"queued while offline", qos=1))
-        await asyncio.sleep(0.2)
+        await _until(lambda: len(a._pending) == 1)  # handed to paho, waiting for its PUBACK
         assert not queued.done()
         cm, broker = start_mosquitto(broker_dir, port=port)
         with cm:
@@ -131,7 +131,7 @@ async def test_broker_goes_away_and_comes_back_while_running(broker_dir):
             cm.__exit__(None, None, None)  # broker stops
             await _until(lambda: not a.connected)
             pending = asyncio.ensure_future(a.publish("sensors/temp", b"21.5", qos=1))
-            await asyncio.sleep(0.2)
+            await _until(lambda: len(a._pending) == 1)  # queued in paho while the broker is away
             assert not pending.done()
             cm, broker = start_mosquitto(broker_dir, port=port)
             cm.__enter__()
@@ -242,14 +242,14 @@ async def test_cancelled_publish_reraises_and_close_fails_pending(tmp_path):
     a = MqttBridge("127.0.0.1", free_port(), agent_id=DID_A, **FAST)
     await a.start()
     task = asyncio.ensure_future(a.publish("t", b"1"))
-    await asyncio.sleep(0.05)
+    await _until(lambda: len(a._pending) == 1)  # the publish waits for a PUBACK that cannot come
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert a._pending == {}
     waiting = asyncio.ensure_future(a.publish("t", b"2"))
     sub = await a.subscribe("t")
-    await asyncio.sleep(0.05)
+    await _until(lambda: len(a._pending) == 1)
     network_thread = a._thread
     assert network_thread.is_alive()
     await a.aclose()

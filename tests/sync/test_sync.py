@@ -36,6 +36,22 @@ def _bridge(host, port, ledger):
     return MqttBridge(host, port, agent_id=ledger.public_key.did, reconnect_initial=0.05, reconnect_max=0.3)
 
 
+async def _until(predicate, *, timeout: float = 20.0, what: str = "condition") -> None:
+    """Wait for an event the sync loop makes visible (a status write, a warning), not for a time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def _status_written(state_dir, **want):
+    def check() -> bool:
+        st = read_status(state_dir)
+        return st is not None and all(getattr(st, k) == v for k, v in want.items())
+
+    return check
+
+
 def _fill(ledger, n):
     for i in range(n):
         ledger.submit("action.result", {"i": i})
@@ -53,7 +69,7 @@ def test_sync_reaches_collector_verified(ledger, state_dir, mosquitto, collector
             await ledger.append_async("action.result", {"late": True})
             ledger.flush()
             assert await sync.wait_synced(timeout=30)
-            await asyncio.sleep(0.3)
+            await _until(_status_written(state_dir, acked=601), what="status.json with every record acked")
             status = sync.status
             await sync.stop()
             return status
@@ -161,7 +177,8 @@ def test_retention_warning_recorded_and_reported(ledger, state_dir):
         async with _bridge("127.0.0.1", free_port(), ledger) as bridge:  # no broker: the backlog stays
             sync = LedgerSync(ledger, bridge, config=cfg, state_dir=state_dir)
             await sync.start()
-            await asyncio.sleep(0.6)
+            await _until(lambda: (st := read_status(state_dir)) is not None and st.warnings,
+                         what="the retention warning in status.json")
             status = sync.status
             await sync.stop()
             return status
@@ -282,7 +299,7 @@ def test_record_too_large_for_the_broker_is_skipped_and_reported(ledger, state_d
             sync = LedgerSync(ledger, bridge, config=SyncConfig(poll_s=0.02, retry_s=0.05), state_dir=state_dir)
             await sync.start()
             synced = await sync.wait_synced(3, timeout=10.0)  # the three records: no endless retry
-            await asyncio.sleep(0.2)
+            await _until(lambda: any("not sent" in w for w in sync.status.warnings), what="the skip reported")
             status = sync.status
             await sync.stop()
             return synced, status
@@ -328,7 +345,7 @@ def test_sync_status_command_while_running(ledger, state_dir, mosquitto):
             sync = LedgerSync(ledger, bridge, config=FAST, state_dir=state_dir)
             await sync.start()
             assert await sync.wait_synced(timeout=20)
-            await asyncio.sleep(0.3)  # a status write
+            await _until(_status_written(state_dir, acked=30, backlog=0), what="a status write")
             r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "kestrel.cli", "sync", "status",
                                                          "--state", str(state_dir), "--json"],
                                         capture_output=True, text=True, timeout=30)
