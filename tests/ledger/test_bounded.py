@@ -167,3 +167,18 @@ def test_verification_and_reads_do_not_grow_with_the_ledger(tmp_path, ed_signer,
     p_small = _peak(lambda: prove(small, ed_signer.public_key, 500))
     p_large = _peak(lambda: prove(large, ed_signer.public_key, 2000))
     assert p_large < p_small * 1.5 + 32_000, (p_small, p_large)
+
+
+def test_ota_counter_comes_from_the_latest_record_not_a_scan(tmp_path, ed_signer, monkeypatch):
+    from kestrel.ota.apply import _ledger_max
+
+    with Ledger.open(tmp_path / "l", signer=ed_signer) as led:
+        for c in (1, 2, 5):
+            led.append("ota.applied", {"counter": c, "tpm": c + 10})
+            led.append("test.event", {})
+
+        def no_scan(*a, **kw):
+            raise AssertionError("the OTA counter lookup scanned the ledger")
+
+        monkeypatch.setattr(led, "records", no_scan)
+        assert _ledger_max(led, "counter") == 5 and _ledger_max(led, "tpm") == 15
