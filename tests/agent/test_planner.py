@@ -214,7 +214,9 @@ def test_bad_rules_files(text, fragment):
 def test_planner_step_bodies_are_json_safe(env):
     p, _ = planner(env, [FAN_ON, '{"final": "ok"}'])
     p.run("turn on the fan")
-    for body in env.records("planner.step"):
+    steps = env.records("planner.step")
+    assert len(steps) >= 2  # the call and the final answer: a loop over nothing would prove nothing
+    for body in steps:
         json.dumps(body)
 
 

@@ -113,7 +113,7 @@ async def test_a_second_ask_is_refused_while_one_runs(agent):
         first = threading.Thread(target=ask, args=(agent.state, "turn on the fan"), kwargs={"tools": TOOLS})
         first.start()
         try:
-            await asyncio.sleep(0.1)
+            await until(lambda: d.asks._busy, what="the first ask running")
             with pytest.raises(RemoteError) as err:
                 await in_thread(ask, agent.state, "again", tools=TOOLS)
             assert "another ask is running" in err.value.message

@@ -51,8 +51,14 @@ async def test_mqtt_bundle_installs_policy(agent, mosquitto):
         await until(lambda: d.hardware.bridge.connected, what="connected")
         async with MqttBridge("127.0.0.1", mosquitto.port, agent_id="did:key:owner-tool") as owner_link:
             await owner_link.wait_connected(5)
-            await asyncio.sleep(0.2)
-            await owner_link.publish("dev/ota", b"not a bundle", qos=1)
+            for _ in range(20):  # sent again until the daemon's subscription is live (refusal recorded)
+                await owner_link.publish("dev/ota", b"not a bundle", qos=1)
+                try:
+                    await until(lambda: agent.kinds("ota.rejected"), timeout=0.5, what="the refusal")
+                    break
+                except AssertionError:
+                    continue
+            assert agent.kinds("ota.rejected")
             await owner_link.publish("dev/ota", _signed_bundle(agent, owner, b"actions: [gpio.write]\n"), qos=1)
             await until(lambda: agent.kinds("ota.applied"), what="applied over MQTT")
         r = await d.control_call("gpio.write", {"actuator": "lamp", "value": 1}, source="test")
