@@ -156,3 +156,20 @@ def test_certificate_refusals_name_their_reason():
                  _rebuild(good, ident, extra=1), _rebuild(good, ident, serial=0)):
         with pytest.raises(bls.BLSCertificateError):
             bls.verify_certificate(junk)
+
+
+_P = int("1a0111ea397fe69a4b1ba7b6434bacd764774b84f38512bf6730d2a0f6b0f6241eabfffeb153ffffb9feffffffffaaab", 16)
+
+
+@pytest.mark.parametrize("case", VECTORS["hash_to_G2"]["cases"], ids=lambda c: c["msg"][:8] or "empty")
+def test_hash_to_g2_rfc9380_vectors(case):
+    """The ciphersuite's hash to G2 (RFC 9380 J.10.1), read back from the compressed point:
+    x = (c1, c0) in the 96 bytes, and the 'larger y' flag bit for y."""
+    dst = VECTORS["hash_to_G2"]["dst"].encode()
+    point = bytes(blspy.G2Element.from_message(case["msg"].encode(), dst))
+    x_c1 = bytearray(point[:48])
+    flags, x_c1[0] = x_c1[0] & 0xE0, x_c1[0] & 0x1F
+    assert (bytes(x_c1).hex(), point[48:].hex()) == (case["x_c1"], case["x_c0"])
+    y_c0, y_c1 = int(case["y_c0"], 16), int(case["y_c1"], 16)
+    larger = y_c1 > _P - y_c1 if y_c1 else y_c0 > _P - y_c0
+    assert flags == (0xA0 if larger else 0x80)  # compressed, not infinity, sign of y
