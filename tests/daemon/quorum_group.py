@@ -63,9 +63,11 @@ async def daemons(members: list[Member], port: int, policies: list[str], *,
             d = await stack.enter_async_context(
                 running(m, mqtt_config(port), peers=True, bls_key=m.bls_key))  # type: ignore[arg-type]
             out.append(d)
-        await until(lambda: all(d.links.quorum is not None for d in out), what="quorum coordinators")
+        await until(lambda: all(d.links.messenger is not None and (d.links.quorum is not None or m.bls_key is None)
+                                for d, m in zip(out, members)), what="peer messaging and quorum coordinators")
         for d in out:
-            d.links.quorum.timeout_s = timeout_s
+            if d.links.quorum is not None:  # a proposer without a BLS key starts one at its first quorum
+                d.links.quorum.timeout_s = timeout_s
         yield out
 
 

@@ -133,6 +133,18 @@ async def test_one_member_denies_the_other_approves(trio, mosquitto):
     assert c.did in a.kinds("quorum.decided")[0]["refusals"]
 
 
+async def test_a_proposer_outside_the_group_needs_no_bls_key(trio, mosquitto):
+    a, b, c = trio
+    a.bls_key = None  # a's own key is not needed: b and c decide
+    policy = f"actions:\n  - action: gpio.write\n    quorum: {{of: [{b.did}, {c.did}], threshold: 2}}\n"
+    async with daemons(trio, mosquitto.port, [policy] * 3) as (da, db, dc):
+        assert da.links.quorum is None
+        assert await _call(da) and _lamp(da) == 1
+        assert da.links.quorum is not None and da.links.quorum.bls_key is None
+    decided = a.kinds("quorum.decided")
+    assert decided[0]["outcome"] == "allow" and sorted(decided[0]["signers"]) == sorted([b.did, c.did])
+
+
 async def test_offline_members_time_out_to_a_deny(trio, mosquitto):
     a, b, c = trio
     async with daemons([a], mosquitto.port, [group_policy(trio, 2)], timeout_s=1.0) as (da,):

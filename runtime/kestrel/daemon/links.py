@@ -83,10 +83,14 @@ class Links:
         await m.start()
         self.messenger = m
         if self.bls_key is not None and self.policy is not None:
-            from .quorum import QuorumCoordinator
+            self._start_quorum()
 
-            self.quorum = QuorumCoordinator(messenger=m, ledger=self.ledger, policy=self.policy,
-                                            bls_key=self.bls_key, state_dir=self.state_dir)
+    def _start_quorum(self) -> Any:
+        from .quorum import QuorumCoordinator
+
+        self.quorum = QuorumCoordinator(messenger=self.messenger, ledger=self.ledger, policy=self.policy,
+                                        bls_key=self.bls_key, state_dir=self.state_dir)
+        return self.quorum
 
     async def stop(self) -> None:
         """Stop both (sync persists its acknowledged offset); the bridge is still open here."""
@@ -116,9 +120,14 @@ class Links:
     async def quorum_gate(self, proposal: Any, decision: Any) -> Any:
         """The pipeline's hook: a decision waiting for a quorum (``actions[i].quorum``) becomes the
         group's; without a BLS key or peer messaging it stays a deny (fail closed)."""
-        if self.quorum is None or self.quorum.quorum_for(decision) is None:
+        if not getattr(decision, "rule", "").endswith(".quorum") or self.policy is None:
             return decision
-        return await self.quorum.gate(proposal, decision)
+        quorum = self.quorum
+        if quorum is None and self.messenger is not None:  # a proposer without a BLS key of its own
+            quorum = self._start_quorum()
+        if quorum is None or quorum.quorum_for(decision) is None:
+            return decision  # no peer messaging: the deny stands
+        return await quorum.gate(proposal, decision)
 
     async def receive(self, *, timeout: float, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` received messages; waits up to ``timeout`` seconds for the first one."""
