@@ -15,7 +15,8 @@ when walked: "billion laughs"), syntax errors with their position. The policy pa
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import yaml
 
@@ -58,11 +59,11 @@ class Node:
         return self.raw is None or (isinstance(self.raw, yaml.ScalarNode)
                                     and self.raw.tag == "tag:yaml.org,2002:null")
 
-    def _child(self, raw: yaml.Node, name: str) -> "Node":
+    def _child(self, raw: yaml.Node, name: str) -> Node:
         key = f"{self.key}.{name}" if self.key else name
         return Node(raw, source=self.source, key=key)
 
-    def mapping(self, *, allowed: set[str] | None = None) -> dict[str, "Node"]:
+    def mapping(self, *, allowed: set[str] | None = None) -> dict[str, Node]:
         """The mapping's entries as child nodes; unknown keys are an error when ``allowed`` is given."""
         if self.is_null:
             return {}
@@ -82,7 +83,7 @@ class Node:
             out[name] = child
         return out
 
-    def sequence(self) -> list["Node"]:
+    def sequence(self) -> list[Node]:
         if self.is_null:
             return []
         if not isinstance(self.raw, yaml.SequenceNode):
@@ -90,7 +91,7 @@ class Node:
         return [Node(item, source=self.source, key=f"{self.key}[{i}]")
                 for i, item in enumerate(self.raw.value)]
 
-    def items(self) -> Iterator[tuple[str, "Node"]]:
+    def items(self) -> Iterator[tuple[str, Node]]:
         return iter(self.mapping().items())
 
     # -- values -------------------------------------------------------------
@@ -204,7 +205,7 @@ def compose(text: str, *, source: str, label: str = "not valid YAML") -> yaml.No
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         aliases = [(e.start_mark.line + 1, e.start_mark.column + 1)
-                   for e in yaml.parse(text, Loader=loader) if isinstance(e, yaml.AliasEvent)]
+                   for e in yaml.parse(text, Loader=loader) if isinstance(e, yaml.AliasEvent) and e.start_mark]
         if aliases:
             raise AliasError(source, aliases)
         return yaml.compose(text, Loader=loader)

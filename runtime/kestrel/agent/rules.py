@@ -22,8 +22,9 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -40,12 +41,12 @@ _RULE_KEYS = {"id", "when", "action", "args"}
 @dataclass(frozen=True)
 class Rule:
     id: str
-    when: "re.Pattern[str]"  # for the capture groups, run only on goals ``gate`` matched
+    when: re.Pattern[str]  # for the capture groups, run only on goals ``gate`` matched
     action: str
     args: Mapping[str, Any]
     gate: LinearRegex  # the same pattern, matched in linear time: decides whether the rule fires
 
-    def call_for(self, match: "re.Match[str]") -> ToolCall:
+    def call_for(self, match: re.Match[str]) -> ToolCall:
         groups = {k: v or "" for k, v in match.groupdict().items()}
         positional = [g or "" for g in match.groups()]
 

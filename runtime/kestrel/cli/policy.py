@@ -93,10 +93,11 @@ def _check(args: argparse.Namespace, extra: list[str]) -> int:
 def _explain(args: argparse.Namespace, extra: list[str]) -> int:
     from .._internal.fsutil import read_bytes
     from ..ota.apply import active_policy
-    from ..policy import ActionRequest, PolicyState, parse_policy
+    from ..policy import ActionRequest, Policy, PolicyState, parse_policy
     from ..policy.evaluate import evaluate
 
     call_args = parse_extra_args(extra)
+    policy: Policy | None
     if args.policy:
         policy = parse_policy(read_bytes(args.policy, what="policy", max_size=1 << 20), source=args.policy)
         state = PolicyState()

@@ -7,7 +7,7 @@ names the file, the line and the dotted key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .._internal.yamlnode import Fields, Node, load
 from ..errors import ConfigError, KestrelError
@@ -81,7 +81,7 @@ class PeriodicSensor:
     kind: str = "periodic"
 
 
-Sensor = Union[GpioInput, SerialSensor, MqttSensor, PeriodicSensor]
+Sensor = GpioInput | SerialSensor | MqttSensor | PeriodicSensor
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class SerialActuator:
     kind: str = "serial"
 
 
-Actuator = Union[GpioOutput, MqttActuator, SerialActuator]
+Actuator = GpioOutput | MqttActuator | SerialActuator
 
 
 @dataclass(frozen=True)
@@ -313,11 +313,13 @@ def _actuator(name: str, node: Node) -> Actuator:
     kind = Fields(node, set(node.mapping())).get("type", Node.as_str, choices=("gpio", "mqtt", "serial"))
     if kind == "gpio":
         f = Fields(node, {"type", "pin", "initial", "active_low"})
-        return GpioOutput(name, f.get("pin", _pin), initial=f.get("initial", Node.as_int, GpioOutput.initial, min=0, max=1),
+        return GpioOutput(name, f.get("pin", _pin),
+                          initial=f.get("initial", Node.as_int, GpioOutput.initial, min=0, max=1),
                           active_low=f.get("active_low", Node.as_bool, GpioOutput.active_low))
     if kind == "mqtt":
         f = Fields(node, {"type", "topic", "qos", "retain"})
-        return MqttActuator(name, f.get("topic", Node.as_str), qos=f.get("qos", Node.as_int, MqttActuator.qos, min=0, max=2),
+        return MqttActuator(name, f.get("topic", Node.as_str),
+                            qos=f.get("qos", Node.as_int, MqttActuator.qos, min=0, max=2),
                             retain=f.get("retain", Node.as_bool, MqttActuator.retain))
     f = Fields(node, _SERIAL_KEYS)
     return SerialActuator(name, _serial_line(f))
@@ -440,7 +442,8 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
         control = ControlConfig(group=f.get("group", _pin, ControlConfig.group))
     ota = OtaConfig()
     if (f := _section(root, "ota", {"drop_dir", "mqtt_topic", "poll", "max_bundle"})):
-        ota = OtaConfig(f.get("drop_dir", Node.as_str, OtaConfig.drop_dir), f.get("mqtt_topic", Node.as_str, OtaConfig.mqtt_topic),
+        ota = OtaConfig(f.get("drop_dir", Node.as_str, OtaConfig.drop_dir),
+                        f.get("mqtt_topic", Node.as_str, OtaConfig.mqtt_topic),
                         f.get("poll", Node.as_float, OtaConfig.poll_s, min=0.05, max=3600),
                         f.get("max_bundle", Node.as_int, OtaConfig.max_bundle, min=1024, max=1 << 30))
     fetch = FetchConfig()
@@ -457,7 +460,8 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
     if (f := _section(root, "audit", {"decisions", "commit_delay_ms", "checkpoint_interval_ms"})):
         audit = AuditConfig(f.get("decisions", Node.as_str, AuditConfig.decisions, choices=("batched", "strict")),
                             f.get("commit_delay_ms", Node.as_float, AuditConfig.commit_delay_ms, min=0, max=1000),
-                            f.get("checkpoint_interval_ms", Node.as_float, AuditConfig.checkpoint_interval_ms, min=1, max=600_000))
+                            f.get("checkpoint_interval_ms", Node.as_float, AuditConfig.checkpoint_interval_ms,
+                                  min=1, max=600_000))
 
     sync = _sync_section(root, source)
     models: tuple[Any, ...] = ()
@@ -529,7 +533,9 @@ def _cross_check(cfg: DeviceConfig, root: Fields) -> None:
         if isinstance(a, MqttActuator) and cfg.mqtt is None:
             raise root.node_of("actuators").error(f"actuator {a.name!r} needs an 'mqtt' broker section",
                                                   key=f"actuators.{a.name}")
-    for key, items in (("triggers", cfg.triggers), ("schedules", cfg.schedules)):
+    sources: tuple[tuple[str, tuple[Trigger | Schedule, ...]], ...] = (
+        ("triggers", cfg.triggers), ("schedules", cfg.schedules))
+    for key, items in sources:
         for i, item in enumerate(items):
             node = root.node_of(key).sequence()[i]
             if isinstance(item, Trigger):

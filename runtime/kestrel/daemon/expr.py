@@ -23,8 +23,9 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, NoReturn
 
 from ..errors import DataError
 
@@ -198,7 +199,7 @@ class _Parser:
         self.i = 0
         self.depth = 0
 
-    def fail(self, message: str, pos: int | None = None) -> None:
+    def fail(self, message: str, pos: int | None = None) -> NoReturn:
         if pos is None:
             pos = self.tokens[self.i][2] if self.i < len(self.tokens) else len(self.text)
         raise ExpressionError(f"{message} at column {pos + 1} of {self.text!r}")
@@ -319,7 +320,7 @@ class _Parser:
         tok = self.peek()
         if tok is None:
             self.fail("expression ends too early")
-        kind, val = tok  # type: ignore[misc]
+        kind, val = tok
         self.i += 1
         if kind in ("num", "str"):
             return lambda v: val

@@ -7,8 +7,9 @@ whole text is one ``${x}`` keeps ``x``'s type, otherwise the parts are joined as
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .expr import Expression, as_text, compile_expression
 
@@ -25,7 +26,7 @@ class Template:
     parts: tuple[tuple[str, Expression | None], ...] = ()
 
     @classmethod
-    def of(cls, value: Any) -> "Template":
+    def of(cls, value: Any) -> Template:
         if isinstance(value, str) and "${" in value:
             parts: list[tuple[str, Expression | None]] = []
             pos = 0

@@ -123,7 +123,7 @@ class _Ctx:
         return value
 
     def name(self, node: yaml.Node, what: str) -> str | None:
-        v = self.scalar(node, what, (str,))
+        v: str | None = self.scalar(node, what, (str,))
         if v is not None and not _NAME.fullmatch(v):
             self.err(node, f"{what} '{v}' is not a valid action name (letters, digits, _ . -)")
             return None
@@ -219,8 +219,8 @@ def _compile(ctx: _Ctx, root: yaml.Node, digest: str, source: str) -> Policy | N
 
 def _rule(ctx: _Ctx, node: yaml.Node, rid: str, *, deny: bool) -> Rule | None:
     if isinstance(node, yaml.ScalarNode):
-        name = ctx.name(node, rid)
-        return Rule(id=rid, action=name) if name else None
+        short = ctx.name(node, rid)
+        return Rule(id=rid, action=short) if short else None
     keys = ("action", "args", "window", "reason") + (() if deny else ("rate", "network", "quorum"))
     m = ctx.mapping(node, rid, keys)
     if m is None:
@@ -449,7 +449,8 @@ def _network(ctx: _Ctx, node: yaml.Node | None) -> tuple[tuple[NetAllow, ...], s
             host = None
         acts = None
         if "actions" in e:
-            acts = frozenset(a for a in (ctx.name(x, f"{what}.actions") for x in ctx.seq(e["actions"], f"{what}.actions")) if a)
+            names = (ctx.name(x, f"{what}.actions") for x in ctx.seq(e["actions"], f"{what}.actions"))
+            acts = frozenset(a for a in names if a)
         if host is not None:
             out.append(NetAllow(host=host.lower(), port=port, actions=acts))
     return tuple(out), actions

@@ -10,8 +10,9 @@ explicitly. Callers that pass none get the default that the ``kestrel`` package 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Hashable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import UsageError
 
