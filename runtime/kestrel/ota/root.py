@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..identity.keys import KeyFormatError, PublicKey, Signer
 from .errors import TrustRootError
@@ -45,7 +45,7 @@ def root_payload(owners: Sequence[str], threshold: int, version: int,
                  bls: Mapping[str, Mapping[str, str]] | None = None) -> bytes:
     """Canonical payload bytes for a root (validated). ``bls``: owner did -> {"pk", "pop"} (hex)."""
     owners = list(dict.fromkeys(owners))
-    doc: dict = {"_type": "kestrel.root", "version": version, "threshold": threshold, "owners": owners}
+    doc: dict[str, Any] = {"_type": "kestrel.root", "version": version, "threshold": threshold, "owners": owners}
     if bls:
         doc["bls"] = {d: dict(v) for d, v in bls.items()}
     payload = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("ascii")
@@ -54,7 +54,8 @@ def root_payload(owners: Sequence[str], threshold: int, version: int,
 
 
 def _parse_payload(payload: bytes) -> tuple[int, int, tuple[str, ...]]:
-    return _parse_payload_bls(payload)[:3]  # type: ignore[return-value]
+    version, threshold, owners, _ = _parse_payload_bls(payload)
+    return version, threshold, owners
 
 
 def _parse_payload_bls(payload: bytes) -> tuple[int, int, tuple[str, ...], dict[str, tuple[bytes, bytes]]]:
@@ -81,7 +82,7 @@ def _parse_payload_bls(payload: bytes) -> tuple[int, int, tuple[str, ...], dict[
     return version, threshold, tuple(owners), _bls_keys(obj.get("bls", {}), owners)
 
 
-def _bls_keys(bls: object, owners: list) -> dict[str, tuple[bytes, bytes]]:
+def _bls_keys(bls: object, owners: list[str]) -> dict[str, tuple[bytes, bytes]]:
     """Shape only (48-byte key, 96-byte proof, hex); the proof is verified where it is used."""
     if not isinstance(bls, dict):
         raise _fail("bls must map owner keys to {\"pk\": hex, \"pop\": hex}")
@@ -122,7 +123,7 @@ def sign_root(envelope: bytes, signer: Signer) -> bytes:
     return root_envelope(payload, sigs)
 
 
-def _envelope(data: bytes) -> dict:
+def _envelope(data: bytes) -> dict[str, Any]:
     if len(data) > MAX_ROOT_BYTES:
         raise _fail(f"larger than {MAX_ROOT_BYTES} bytes")
     env = strict_json(data, _fail)

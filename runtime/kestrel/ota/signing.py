@@ -54,7 +54,7 @@ def strict_json(data: bytes | str, fail: Callable[[str], Exception]) -> object:
         raise fail(f"not valid JSON ({exc})") from None
 
 
-def parse_signatures(data: bytes | list, fail: Callable[[str], Exception]) -> list[tuple[str, bytes]]:
+def parse_signatures(data: bytes | list[Any], fail: Callable[[str], Exception]) -> list[tuple[str, bytes]]:
     """Decode a signature list into (keyid, 64-byte signature) pairs (duplicates kept)."""
     items = strict_json(data, fail) if isinstance(data, (bytes, str)) else data
     if not isinstance(items, list) or len(items) > MAX_SIGNATURES:
@@ -78,7 +78,7 @@ def parse_signatures(data: bytes | list, fail: Callable[[str], Exception]) -> li
     return out
 
 
-def parse_bls_entries(data: bytes | list, fail: Callable[[str], Exception]) -> list[tuple[tuple[str, ...], bytes]]:
+def parse_bls_entries(data: bytes | list[Any], fail: Callable[[str], Exception]) -> list[tuple[tuple[str, ...], bytes]]:
     """The ``{"bls": [owner did, ...], "sig": "<base64 of 96 bytes>"}`` entries of a signature list:
     (signers, aggregate signature) pairs. Checked for shape only; kestrel.ota.bls_approval verifies."""
     items = strict_json(data, fail) if isinstance(data, (bytes, str)) else data

@@ -36,8 +36,9 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 # The same encoding, called directly: ``_CANONICAL.encode`` builds this C encoder on every call.
 # No circular-reference markers: a cycle ends in RecursionError, which falls back like the
 # "Circular reference detected" ValueError did (same digest), and the encoder keeps no state.
-_ENCODE = (json.encoder.c_make_encoder(None, repr, json.encoder.encode_basestring, None, ":", ",", True, False, True)
-           if json.encoder.c_make_encoder is not None else None)
+_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # the C accelerator; None on pure-Python builds
+_ENCODE = (_C_ENCODER(None, repr, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+           if _C_ENCODER is not None else None)
 _sha256 = hashlib.sha256
 
 
@@ -110,7 +111,7 @@ class ArgConstraint:
     type: str | None = None  # "str" | "int" | "number" | "bool"
     equals: Any = None
     has_equals: bool = False
-    enum: frozenset | None = None
+    enum: frozenset[Any] | None = None
     minimum: float | None = None
     maximum: float | None = None
     regex: LinearRegex | None = None  # matched with fullmatch, in linear time

@@ -174,7 +174,7 @@ def schedule_event(args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def agent_send(args: Mapping[str, Any]) -> dict[str, Any]:
-    out = plain_value(dict(args), where="agent.send")
+    out: dict[str, Any] = plain_value(dict(args), where="agent.send")
     if not isinstance(out.get("to"), str):
         raise ArgsError("agent.send needs 'to', the peer's AgentID (did:key:...)")
     return out
