@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -104,13 +103,15 @@ def test_client_reports_daemon_hanging_up_and_timeouts(tmp_path):
     srv.bind(str(path))
     srv.listen(1)
 
+    gave_up = threading.Event()
+
     def serve(behaviour: str) -> None:
         conn, _ = srv.accept()
         conn.recv(65536)
         if behaviour == "garbage":
             conn.sendall(b"this is not json\n")
         elif behaviour == "silent":
-            time.sleep(1.5)
+            gave_up.wait(30)  # silent until the client has timed out
         conn.close()
 
     for behaviour, expected in (("hangup", TransportError), ("garbage", P.ProtocolError),
@@ -119,6 +120,7 @@ def test_client_reports_daemon_hanging_up_and_timeouts(tmp_path):
         t.start()
         with pytest.raises(expected):
             Client(socket_path=path, timeout=0.5).status()
+        gave_up.set()
         t.join()
     srv.close()
 

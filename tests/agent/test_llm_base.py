@@ -72,12 +72,16 @@ def test_async_iteration_and_task_cancellation():
         texts = [ev.text async for ev in model.generate("p")]
         slow = ScriptedModel(["w " * 1000], delay_s=0.01).generate("p", options=GenerationOptions(max_tokens=1000))
 
+        got: list[object] = []
+        first = asyncio.Event()
+
         async def consume() -> None:
-            async for _ in slow:
-                pass
+            async for ev in slow:
+                got.append(ev)
+                first.set()
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(first.wait(), 10)  # cancelled while tokens flow
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

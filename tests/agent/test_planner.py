@@ -230,8 +230,11 @@ def test_run_async_and_cancellation(env):
         done = await run_async(p, "turn on the fan")
         slow = LLMPlanner(ScriptedModel([FAN_ON] * 50, delay_s=0.02), env.tools(), authorize=env.engine.decide,
                           ledger=env.ledger, budgets=Budgets(max_steps=50, max_tokens=5000))
+        before = len(env.records("planner.step"))
         task = asyncio.create_task(run_async(slow, "keep the fan on"))
-        await asyncio.sleep(0.3)
+        while len(env.records("planner.step")) == before:  # cancelled mid-run: after its first step
+            assert not task.done()
+            await asyncio.sleep(0.01)
         task.cancel()
         try:
             await task
