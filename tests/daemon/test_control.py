@@ -57,8 +57,17 @@ async def test_sdk_call_status_sim_and_follow(agent):
 
 
 async def test_follow_streams_records_appended_later(agent):
-    async with running(agent, GPIO_CONFIG, policy=POLICY):
+    async with running(agent, GPIO_CONFIG, policy=POLICY) as d:
         start = agent.ledger.size
+        reads: list[int] = []  # the follower's reads of the ledger, and how many records each found
+        read = d._read_records
+
+        def counted(since: int, kind: str | None) -> list:
+            out = read(since, kind)
+            reads.append(len(out))
+            return out
+
+        d._read_records = counted
 
         def follow_one() -> dict:
             gen = Client(agent.state).follow(since_seq=start, kind="note.test")
@@ -68,7 +77,7 @@ async def test_follow_streams_records_appended_later(agent):
                 gen.close()
 
         fut = asyncio.ensure_future(in_thread(follow_one))
-        await asyncio.sleep(0.3)
+        await until(lambda: reads.count(0) >= 2, what="the follower read the ledger, found nothing, and waits")
         assert not fut.done()
         await agent.ledger.append_async("note.test", {"n": 7})
         rec = await asyncio.wait_for(fut, 5)
