@@ -135,7 +135,8 @@ async def test_drive_from_another_thread_wakes_the_loop(sim_profile):
     f = open_pin_factory(sim_profile)
     pin = f.input("GPIO4")
     waiter = asyncio.ensure_future(_next(pin))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: the waiter now awaits the pin's queue
+    assert not waiter.done()
     t = threading.Thread(target=f.chip().drive, args=(4, 1))
     t.start()
     ev = await waiter

@@ -126,7 +126,7 @@ async def test_device_disappears_and_comes_back(tmp_path):
 async def test_missing_device_at_start_is_not_an_error(tmp_path):
     path = tmp_path / "ttyUSB9"
     async with SerialPort(str(path), reconnect_initial=0.05, reconnect_max=0.1) as port:
-        await asyncio.sleep(0.2)
+        await _until(lambda: port.health.last_error is not None)  # the first attempt failed
         assert port.health.state == "connecting" and "ttyUSB9" in port.health.last_error
         m, s, p = _new_pty()
         os.symlink(p, path)
