@@ -360,8 +360,13 @@ class _Subtrees:
         if block not in self._blocks:
             lo = block * BLOCK
             hi = min(lo + BLOCK, self.size)
-            raws = self.raws(lo, hi)
-            self._blocks[block] = [leaf_hash(raw) for raw in raws]
+            leaf = _LEAF.copy
+            hashes = []
+            for raw in self.raws(lo, hi):
+                h = leaf()
+                h.update(raw)
+                hashes.append(h.digest())
+            self._blocks[block] = hashes
         return self._blocks[block]
 
     def raws(self, lo: int, hi: int) -> list[bytes]:
@@ -392,23 +397,33 @@ class _Subtrees:
         return node_hash(self.root(lo, lo + k), self.root(lo + k, hi))
 
 
+def _segment_names(ledger_dir: Path) -> list[int]:
+    """First seqs of the log's segments, oldest first (no stat: the proof path lists them often)."""
+    try:
+        names = sorted(int(n[:20]) for n in os.listdir(ledger_dir) if len(n) == 24 and n.endswith(".seg")
+                       and n[:20].isdigit())
+    except OSError:
+        return []
+    payload = read_base(ledger_dir)
+    if payload is not None:  # segments a prune left behind are not part of the log
+        from .base import base_size_unsafe
+
+        floor = base_size_unsafe(payload) or 0
+        names = [n for n in names if n >= floor]
+    return names
+
+
 def _fast_frames(ledger_dir: Path, index: IndexReader | None, seq: int) -> Iterator[tuple[int, int, bytes]]:
     """(seq of the next record, frame type, payload) from the indexed block of ``seq`` to the end of the log,
     reading frame headers only (no CRC, no decoding: for proofs, which are checked against the signed
     root before they are used). Stops at an unfinished frame; ValueError where the index or a frame
     header is not what it should be (the caller then takes the careful path)."""
     found = index.position(seq) if index is not None else None
-    files = segment_files(Path(ledger_dir))
-    payload = read_base(Path(ledger_dir))
-    if payload is not None:  # segments a prune left behind are not part of the log
-        from .base import base_size_unsafe
-
-        files = [f for f in files if f[0] >= (base_size_unsafe(payload) or 0)]
-    names = [f[0] for f in files]
+    names = _segment_names(Path(ledger_dir))
     if found is None or found[1] not in names:  # no entry, or one for a pruned segment
-        if not files:
+        if not names:
             return
-        first = max([f[0] for f in files if f[0] <= seq], default=files[0][0])
+        first = max([n for n in names if n <= seq], default=names[0])
         found = (first, first, len(SEGMENT_MAGIC))
     next_seq, segment, offset = found
     head = _FRAME_HEAD.unpack_from
