@@ -385,12 +385,9 @@ def verify_bundle(
 ) -> VerifiedBundle:
     """Verify a bundle completely. ``counter``/``counter_digest``: the device's anti-rollback
     state; a bundle must have a higher counter, or the same counter and the same manifest."""
-    manifest_bytes, sigblock, rest = split_bundle(data, limits)
-    head = _verify_manifest(manifest_bytes, sigblock, root=root, now=now, agent_id=agent_id, groups=groups,
-                            counter=counter, counter_digest=counter_digest, limits=limits,
-                            head_size=len(data) - len(rest))
-    manifest = head.manifest
-    _check_total(manifest, len(rest))
+    head = verify_head(data, size=len(data), root=root, now=now, agent_id=agent_id, groups=groups, counter=counter,
+                       counter_digest=counter_digest, limits=limits)
+    manifest, rest = head.manifest, memoryview(data)[head.head_size:]
     out = []
     pos = 0
     for e in manifest.contents:
@@ -399,4 +396,4 @@ def verify_bundle(
         if hashlib.sha256(chunk).hexdigest() != e.sha256:
             raise BundleContentError(f"content '{e.name}' does not match its sha256 in the manifest")
         out.append((e, chunk))
-    return VerifiedBundle(manifest, manifest_bytes, sigblock, head.digest, head.signed_by, tuple(out))
+    return VerifiedBundle(manifest, head.manifest_bytes, head.signatures, head.digest, head.signed_by, tuple(out))
