@@ -12,9 +12,10 @@ _TOOL = Path(__file__).resolve().parents[2] / "tools" / "soak" / "daemon.py"
 
 pytestmark = pytest.mark.mosquitto
 
-# The CI slice is too short to tell a slow leak from allocator warm-up, so its bound is looser than
-# the one-hour run's 1 MB/hour; a leak of 70 bytes per event (24 MB/hour at 100 events/s) still fails it.
-SLICE_MAX_SLOPE_MB_H = 24.0
+# The CI slice (45 s of warm-up at the full rate, then 2 minutes sampled every 5 s) is too short to
+# tell a slow leak from allocator noise, so its bound is looser than the one-hour run's 1 MB/hour;
+# a leak of 35 bytes per event (12 MB/hour at 100 events/s) still fails it.
+SLICE_MAX_SLOPE_MB_H = 12.0
 
 
 def _tool():
@@ -45,13 +46,13 @@ def test_slope_fit_and_verdict_are_what_they_claim():
     assert not v.ok and "readings reached" in v.why
 
 
-@pytest.mark.timeout(280)
-def test_soak_slice_two_and_a_half_minutes(tmp_path):
+@pytest.mark.timeout(290)
+def test_soak_slice_under_three_minutes(tmp_path):
     soak = _tool()
-    v = soak.soak(seconds=150, rate=100, sample_s=5, max_slope=SLICE_MAX_SLOPE_MB_H, workdir=tmp_path,
-                  log=lambda s: None)
-    assert len(v.samples) >= 30
-    assert v.events >= 0.9 * 100 * 150, v.why
+    v = soak.soak(seconds=120, rate=100, sample_s=5, max_slope=SLICE_MAX_SLOPE_MB_H, workdir=tmp_path,
+                  warmup_s=45, log=lambda s: None)
+    assert len(v.samples) >= 24
+    assert v.events >= 0.9 * 100 * 120, v.why
     assert v.ledger_records >= 2 * v.events  # a decision and a result per event
     assert v.ok, f"{v.why}; samples: {[(s.t, s.rss_kb) for s in v.samples]}"
 

@@ -5,14 +5,17 @@
     python tools/soak/daemon.py --minutes 3 --sample-s 5  # a short slice (tests/daemon/test_soak.py)
 
 What runs: a real mosquitto on loopback; ``kestrel run`` (sim board) as its own process, with a
-device config whose MQTT sensor ``temp`` triggers a ``gpio.write`` on every reading (``fire:
-always``), ledger sync on (the default once ``mqtt`` is configured, every record is published to
-the broker); a driver that publishes ``--rate`` readings per second (100 by default) on the
-sensor topic, paced by the monotonic clock. So each event is a sensor reading, a policy
-decision, an action and its result in the ledger, and the sync's batches to the broker.
+device config whose MQTT sensor ``temp`` triggers an ``mqtt.publish`` on every reading (``fire:
+always``; an MQTT actuator rather than a sim pin, whose simulated history of 10,000 levels would
+be the largest thing a short run sees growing), ledger sync on (the default once ``mqtt`` is
+configured: every record is published to the broker); a driver that publishes ``--rate`` readings
+per second (100 by default) on the sensor topic, paced by the monotonic clock. So each event is a
+sensor reading, a policy decision (on flash before the publish), the publish, its result in the
+ledger, and the sync's batches to the broker.
 
 What is measured: the daemon's VmRSS (``/proc/PID/status``) every ``--sample-s`` seconds (60 by
-default: every minute), and the least-squares slope of RSS over time fitted to the samples of the
+default: every minute) after ``--warmup-s`` seconds at the full rate (0 by default), and the
+least-squares slope of RSS over time fitted to the samples of the
 last two thirds of the run (the first third is warm-up: allocator arenas, caches, the ledger's
 first segments). The run fails (exit 1) if the slope is at or above ``--max-slope`` MB/hour (1.0 by
 default) or if the daemon did not keep up (fewer than 90 % of the readings reached the pipeline, or
@@ -38,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "runtime"))
 sys.path.insert(0, str(ROOT))
 
-POLICY = "actions: [gpio.write]\n"
+POLICY = "actions: [mqtt.publish]\n"
 TOPIC = "soak/temp"
 
 
@@ -53,13 +56,13 @@ def device_config(port: int) -> str:
         sensors:
           temp: {{type: mqtt, topic: "{TOPIC}", payload: json, max_payload: 256}}
         actuators:
-          lamp: {{type: gpio, pin: GPIO27}}
+          relay: {{type: mqtt, topic: soak/relay, qos: 1}}
         triggers:
           - name: follow
             when: "temp.n >= 0"
             fire: always
-            action: gpio.write
-            args: {{actuator: lamp, value: "${{temp.bit}}"}}
+            action: mqtt.publish
+            args: {{actuator: relay, payload: "${{temp.bit}}"}}
         """)
 
 
@@ -195,7 +198,7 @@ def _sync_backlog(st: dict) -> int | None:
 
 
 def soak(*, seconds: float, rate: float, sample_s: float, max_slope: float, workdir: Path,
-         log=print) -> Verdict:
+         warmup_s: float = 0.0, log=print) -> Verdict:
     from tests.fixtures.mosquitto import start_mosquitto
 
     state = workdir / "state"
@@ -217,6 +220,9 @@ def soak(*, seconds: float, rate: float, sample_s: float, max_slope: float, work
             _wait_ready(state, proc)
             driver = Driver(broker.port, rate)
             driver.start()
+            if warmup_s > 0:
+                log(f"warming up for {warmup_s:g}s at {rate:g} events/s")
+                time.sleep(warmup_s)
             t0 = time.monotonic()
             next_sample = t0
             while True:
@@ -281,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-s", type=float, default=60.0, help="seconds between RSS samples (default 60)")
     ap.add_argument("--max-slope", type=float, default=1.0,
                     help="fail at or above this RSS slope, MB/hour, over the last two thirds (default 1.0)")
+    ap.add_argument("--warmup-s", type=float, default=0.0, help="seconds at the full rate before sampling")
     ap.add_argument("--json", type=Path, help="write the samples and the verdict here")
     ap.add_argument("--dir", type=Path, help="work in this (new) directory and keep it")
     args = ap.parse_args(argv)
@@ -292,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(workdir: Path) -> Verdict:
         return soak(seconds=seconds, rate=args.rate, sample_s=args.sample_s, max_slope=args.max_slope,
-                    workdir=workdir, log=lambda s: print(s, flush=True))
+                    workdir=workdir, warmup_s=args.warmup_s, log=lambda s: print(s, flush=True))
 
     if args.dir:
         args.dir.mkdir(parents=True)
