@@ -12,6 +12,7 @@ The TPM backend (``kestrel.identity.tpm``) imports tpm2_pytss only when used.
 
 from __future__ import annotations
 
+from .._internal.lazy import lazy_exports
 from .errors import (
     IdentityCorruptError,
     IdentityExistsError,
@@ -66,12 +67,4 @@ _LAZY = {  # imported on first use: the daemon opens a keystore but never backs 
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, globals(), _LAZY)

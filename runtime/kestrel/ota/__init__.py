@@ -9,8 +9,7 @@ directory, MQTT payloads), :mod:`.store` (``STATE/ota`` files), :mod:`.owner`.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._internal.lazy import lazy_exports
 
 # Names are loaded on first use (PEP 562): the policy engine only needs ``policy_source``, and an
 # idle daemon should not carry the bundle builder, the drop-directory scanner and the TPM counter.
@@ -29,13 +28,7 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, globals(), _WHERE)
 
 
 def __dir__() -> list[str]:

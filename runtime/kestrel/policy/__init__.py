@@ -16,6 +16,8 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from .._internal.lazy import lazy_exports
+
 if TYPE_CHECKING:
     from .engine import PolicyEngine
     from .evaluate import NO_POLICY_DIGEST, destination, evaluate
@@ -45,13 +47,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kestrel.policy' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, globals(), _WHERE)
 
 
 class _Package(types.ModuleType):
