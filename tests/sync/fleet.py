@@ -68,15 +68,46 @@ class FleetPublisher:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.clients = []
+        self.resend_requests: list[tuple[str, int]] = []  # (did, from): what collectors asked for
+        self.resends = 0
         for i in range(connections):
             c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-fleet-{os.getpid()}-{i}",
                             protocol=mqtt.MQTTv5)
             c.max_inflight_messages_set(inflight)
             c.max_queued_messages_set(0)
             c.reconnect_delay_set(0.1, 2)
+            if i == 0:  # the agents honour resend requests (kestrel/<did>/ledger/resend), as LedgerSync does
+                c.on_connect = lambda client, *_: client.subscribe("kestrel/+/ledger/resend", qos=1)
+                c.on_message = self._on_resend
             c.connect(host, port)
             c.loop_start()
             self.clients.append(c)
+
+    def _on_resend(self, client, userdata, msg) -> None:
+        from kestrel.sync.wire import SyncFormatError, decode_resend
+
+        try:
+            self.resend_requests.append((msg.topic.split("/")[1], decode_resend(msg.payload)))
+        except SyncFormatError:
+            pass
+
+    def serve_resends(self, agents: Sequence[SimAgent]) -> None:
+        """Publish again every batch after the record each collector request names (the agent's
+        sync does this from its own ledger; the broker may have lost the batches)."""
+        by_did = {a.did: a for a in agents}
+        while self.resend_requests:
+            did, start = self.resend_requests.pop(0)
+            agent = by_did.get(did)
+            if agent is None:
+                continue
+            for i, end in enumerate(agent.ends):
+                if end > start:
+                    info = self.clients[1 % len(self.clients)].publish(agent.topic, agent.batches[i], qos=1)
+                    self.resends += 1
+                    try:
+                        info.wait_for_publish(5)
+                    except (RuntimeError, ValueError):
+                        pass
 
     def publish_round(self, agents: Sequence[SimAgent], index: int, *, timeout: float = 10.0) -> int:
         """Publish batch ``index`` of each agent (those that have one and are not acknowledged yet);
@@ -126,9 +157,11 @@ class FleetPublisher:
 class CollectorProcess:
     """``kestrel collector run`` as its own process (stopped with SIGTERM, or SIGKILLed by a fault test)."""
 
-    def __init__(self, *, broker: str, db: str, group: str | None, client_id: str, log_path: Path) -> None:
+    def __init__(self, *, broker: str, db: str, group: str | None, client_id: str, log_path: Path,
+                 resend_after: float | None = None) -> None:
         self.argv = [sys.executable, "-m", "kestrel.cli", "collector", "run", "--broker", broker, "--db", db,
-                     "--client-id", client_id] + (["--group", group] if group else [])
+                     "--client-id", client_id] + (["--group", group] if group else []) + \
+                    (["--resend-after", str(resend_after)] if resend_after else [])
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -137,7 +170,11 @@ class CollectorProcess:
             self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=logf)
 
     def subscribed(self) -> bool:
-        return self.log_path.exists() and b"subscribing to" in self.log_path.read_bytes()
+        return self.subscriptions() > 0
+
+    def subscriptions(self) -> int:
+        """How many times the broker has acknowledged this process's subscription (once per connection)."""
+        return self.log_path.read_bytes().count(b"collector: subscribed to ") if self.log_path.exists() else 0
 
     def kill(self) -> None:
         assert self.proc is not None

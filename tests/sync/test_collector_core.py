@@ -191,3 +191,17 @@ def test_corrupt_database_is_a_clear_error(tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(DataError, match="unusable"):
         SqliteStore(bad)
+
+
+def test_held_records_that_do_not_reach_the_tip_leave_the_fast_path(core, store):
+    """A redelivered batch whose held records number exactly the distance to the tip, without the
+    ones just above it: it waits (found by three collectors sharing a fleet: it broke handling)."""
+    log = LogBuilder()
+    log.append(16)
+    send(core, log, 4, 8)
+    send(core, log, 8, 12)
+    send(core, log, 12, 16, cp=log.checkpoint(16))  # records 0..3 are not here yet
+    out = send(core, log, 12, 16, cp=log.checkpoint(16))  # redelivered: 12 held above a tip of 0
+    assert out.verified == 0 and not out.refused
+    out = send(core, log, 0, 4, cp=log.checkpoint(4))
+    assert out.verified == 16 and store.agent_state(log.did).size == 16

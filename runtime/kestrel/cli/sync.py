@@ -37,6 +37,9 @@ def register(sub: Any) -> None:
     run.add_argument("--client-id", help="MQTT client id (default kestrel-collector[-GROUP])")
     run.add_argument("--username")
     run.add_argument("--password-file", help="file holding the broker password")
+    run.add_argument("--resend-after", type=float, default=30.0, metavar="SECONDS",
+                     help="ask an agent to resend when its verified prefix is stuck below held records this long "
+                     "(default 30)")
     run.add_argument("--duration", type=float, help=argparse.SUPPRESS)  # tests: stop after N seconds
     run.set_defaults(func=_collector_run)
     cst = csub.add_parser("status", help="agents, verified and pending records, refusals, forks")
@@ -169,14 +172,17 @@ def _collector_run(args: argparse.Namespace, extra: list[str]) -> int:
     import threading
 
     from .._internal.fsutil import read_bytes
+    from ..errors import UsageError
     from ..sync.collector.service import CollectorService, parse_broker
 
     host, port = parse_broker(args.broker)
     password = read_bytes(args.password_file, what="password file").decode().strip() if args.password_file else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     store = _open_store(args, must_exist=False)
+    if not 0.1 <= args.resend_after <= 86400:
+        raise UsageError(f"--resend-after {args.resend_after} is out of range", hint="give 0.1 to 86400 seconds")
     svc = CollectorService(store, host=host, port=port, group=args.group, client_id=args.client_id,
-                           username=args.username, password=password)
+                           username=args.username, password=password, resend_after_s=args.resend_after)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

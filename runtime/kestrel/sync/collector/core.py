@@ -111,14 +111,14 @@ class CollectorCore:
         except SyncFormatError as exc:
             self.store.add_rejection(Rejection("?", None, "bad-topic", exc.message, _digest(payload), now))
             return Outcome(None, refused=("bad-topic",))
-        acc = _Acc(agent.did)
+        acc = _Acc(agent.did)  # the DID string once: PublicKey.did encodes base58 each time
         try:
             batch = decode_batch(payload)
         except SyncFormatError as exc:
             self._refuse(acc, None, "malformed", exc.message, payload, now)
             return acc.done()
         with self.store.transaction():  # one message, one commit: all of its effects or none
-            self.store.lock_agents([agent.did])
+            self.store.lock_agents([acc.did])
             base = self._verified_base(agent, batch.base, acc, now) if batch.base is not None else None
             if base is not None:
                 self._take_checkpoint(agent, base.checkpoint, acc, now)
@@ -143,7 +143,7 @@ class CollectorCore:
     def _take_records(self, agent: PublicKey, start: int, records: Sequence[bytes], acc: _Acc,
                       now: float) -> list[PendingRecord]:
         """Decode and check each record; drop duplicates, refuse conflicts; return the new ones."""
-        state = self.store.agent_state(agent.did)
+        state = self.store.agent_state(acc.did)
         fresh: list[PendingRecord] = []
         for i, raw in enumerate(records):
             seq = start + i
@@ -156,7 +156,7 @@ class CollectorCore:
                 self._refuse(acc, seq, "wrong-seq", f"record says seq {rec.seq}, batch position is {seq}", raw, now)
                 continue
             if seq < state.size:
-                leaf = self.store.verified_leaf(agent.did, seq)
+                leaf = self.store.verified_leaf(acc.did, seq)
                 if leaf == rec.digest:
                     acc.duplicates += 1
                 elif leaf is None:
@@ -171,13 +171,13 @@ class CollectorCore:
 
     def _hold(self, agent: PublicKey, fresh: list[PendingRecord], acc: _Acc, now: float) -> None:
         """Keep records as unverified candidates until a signed checkpoint covers them."""
-        _, held = self.store.pending_sizes(agent.did)
+        _, held = self.store.pending_sizes(acc.did)
         if held + len(fresh) > self._max_pending:
             for r in fresh:
                 self._refuse(acc, r.seq, "pending-limit", f"more than {self._max_pending} unverified "
                              "records held for this agent", r.raw, now)
             return
-        self.store.add_pending(agent.did, fresh, now=now)
+        self.store.add_pending(acc.did, fresh, now=now)
         acc.pending += len(fresh)
 
     def _fast_path(self, agent: PublicKey, fresh: list[PendingRecord], cp: SignedCheckpoint, acc: _Acc,
@@ -185,14 +185,14 @@ class CollectorCore:
         """The common case, without the candidate table: the records from the verified tip to the
         checkpoint are this batch's (after at most one held run of single candidates, typically the
         previous batch's tail). Verify and store them directly; return the records left over."""
-        state = self.store.agent_state(agent.did)
+        state = self.store.agent_state(acc.did)
         first = fresh[0].seq
         n = cp.size - first
         if not (state.size <= first < cp.size and n <= len(fresh) and fresh[n - 1].seq == cp.size - 1):
             return fresh
-        held = self.store.pending(agent.did, state.size, cp.size)
-        if len(held) != first - state.size or any(len(v) != 1 for v in held.values()):
-            return fresh  # gaps below the batch, or competing candidates inside: the general path decides
+        held = self.store.pending(acc.did, state.size, cp.size)
+        if held.keys() != set(range(state.size, first)) or any(len(v) != 1 for v in held.values()):
+            return fresh  # gaps below the batch, or competing candidates: the general path decides
         chain = [held[s][0] for s in range(state.size, first)] + fresh[:n]
         prev = self._tip(state)
         frontier = frontier_of(state)
@@ -203,8 +203,9 @@ class CollectorCore:
             prev = r.leaf
         if frontier.root() != cp.root:
             return fresh
-        self.store.commit_verified(agent.did, chain, AgentState(agent.did, cp.size, frontier.hashes, cp.note,
-                                                                state.forked), now=now)
+        self.store.commit_verified(acc.did, chain, AgentState(acc.did, cp.size, frontier.hashes, cp.note,
+                                                                state.forked, chain[-1].leaf), now=now,
+                                   drop_pending=bool(held))
         acc.verified += len(chain)
         acc.pending = max(0, acc.pending - (first - state.size))
         self._check_passed(agent, state.size, cp.size, cp.note, acc, now)
@@ -220,8 +221,8 @@ class CollectorCore:
 
     def _take_checkpoint(self, agent: PublicKey, cp: SignedCheckpoint, acc: _Acc, now: float) -> None:
         """Check a signature-verified checkpoint against the verified log and keep it."""
-        state = self.store.agent_state(agent.did)
-        for size, root, known_note in self.store.checkpoints(agent.did, min_size=cp.size):
+        state = self.store.agent_state(acc.did)
+        for size, root, known_note in self.store.checkpoints(acc.did, min_size=cp.size):
             if size != cp.size:
                 break
             if root == cp.root:
@@ -229,12 +230,12 @@ class CollectorCore:
             self._fork(acc, cp, known_note, "two signed checkpoints of the same size disagree", now)
             return
         if cp.size <= state.size:
-            ours = frontier_of(state).root() if cp.size == state.size else self._root_at(agent.did, cp.size)
+            ours = frontier_of(state).root() if cp.size == state.size else self._root_at(acc.did, cp.size)
             if ours is not None and ours != cp.root:
                 self._fork(acc, cp, state.checkpoint, f"checkpoint of size {cp.size} contradicts the verified log",
                            now)
                 return
-        self.store.add_checkpoint(agent.did, cp.size, cp.root, cp.note, now=now)
+        self.store.add_checkpoint(acc.did, cp.size, cp.root, cp.note, now=now)
 
     def _fork(self, acc: _Acc, cp: SignedCheckpoint, verified_note: bytes | None, detail: str, now: float) -> None:
         self.store.add_fork(Fork(acc.did, cp.size, verified_note, cp.note, detail, now))
@@ -243,20 +244,21 @@ class CollectorCore:
 
     # -- advancing the verified prefix -------------------------------------------------------------
     def _advance(self, agent: PublicKey, acc: _Acc, now: float) -> None:
-        state = self.store.agent_state(agent.did)
-        for size, root, note in self.store.checkpoints(agent.did, min_size=state.size + 1):
+        state = self.store.agent_state(acc.did)
+        for size, root, note in self.store.checkpoints(acc.did, min_size=state.size + 1):
             if size <= state.size:
                 continue
-            if self.store.pending_count(agent.did, state.size, size) < size - state.size:
+            if self.store.pending_count(acc.did, state.size, size) < size - state.size:
                 break  # records still missing: wait for them
-            cands = self.store.pending(agent.did, state.size, size)
+            cands = self.store.pending(acc.did, state.size, size)
             path = self._find_path(state, cands, size, root)
             if path is None:
                 continue  # no chain reaches this checkpoint (yet); a later one may decide
             chosen, frontier = path
-            new_state = AgentState(agent.did, size, frontier.hashes, note, state.forked)
+            new_state = AgentState(acc.did, size, frontier.hashes, note, state.forked,
+                                   chosen[-1].leaf if chosen else state.tip)
             losers = [c for seq, group in cands.items() for c in group if c is not chosen[seq - state.size]]
-            self.store.commit_verified(agent.did, chosen, new_state, now=now)
+            self.store.commit_verified(acc.did, chosen, new_state, now=now)
             acc.verified += len(chosen)
             acc.pending = max(0, acc.pending - len(chosen))
             for loser in losers:
@@ -296,13 +298,13 @@ class CollectorCore:
     def _check_passed(self, agent: PublicKey, old: int, new: int, note: bytes,
                       acc: _Acc, now: float) -> None:
         """Signed checkpoints strictly between old and new sizes must agree with the verified log."""
-        inner = [(s, r, n) for s, r, n in self.store.checkpoints(agent.did, min_size=old + 1) if s < new]
+        inner = [(s, r, n) for s, r, n in self.store.checkpoints(acc.did, min_size=old + 1) if s < new]
         if not inner:
             return
         for s, r, n in inner:
-            ours = self._root_at(agent.did, s)
+            ours = self._root_at(acc.did, s)
             if ours is not None and ours != r:
-                self.store.add_fork(Fork(agent.did, s, note, n, f"signed checkpoint of size {s} contradicts "
+                self.store.add_fork(Fork(acc.did, s, note, n, f"signed checkpoint of size {s} contradicts "
                                          f"the verified log of size {new}", now))
                 acc.forks += 1
                 acc.refused.append("fork")
@@ -318,11 +320,12 @@ class CollectorCore:
     def _rebase(self, agent: PublicKey, base: LogBase, acc: _Acc, now: float) -> bool:
         """Accept ``base`` if the verified prefix stops below it (the agent pruned the records between
         before they were synced, so they can never come): verification goes on from the base."""
-        state = self.store.agent_state(agent.did)
-        if base.size <= state.size or state.forked and self.store.forks(agent.did):
+        state = self.store.agent_state(acc.did)
+        if base.size <= state.size or state.forked and self.store.forks(acc.did):
             return False  # already verified past it; or a forked agent, whose bases prove nothing more
-        self.store.add_base(agent.did, base.size, base.prev, base.payload,
-                            AgentState(agent.did, base.size, base.frontier_hashes, base.checkpoint.note, state.forked),
+        self.store.add_base(acc.did, base.size, base.prev, base.payload,
+                            AgentState(acc.did, base.size, base.frontier_hashes, base.checkpoint.note, state.forked,
+                                       base.prev),
                             now=now)
         acc.based = base.size
         return True
@@ -331,6 +334,8 @@ class CollectorCore:
         """The leaf hash of record ``state.size - 1`` (the ``prev`` the next record must carry)."""
         if not state.size:
             return ZERO_HASH
+        if state.tip is not None:
+            return state.tip
         leaf = self.store.verified_leaf(state.did, state.size - 1)
         if leaf is None:
             leaf = self.store.base_prev(state.did, state.size)

@@ -92,6 +92,7 @@ class CollectorService:
             client.tls_set_context(self._tls)
         client.reconnect_delay_set(0.2, 10)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_disconnect = lambda *a: self.subscribed.clear()
         props = Properties(PacketTypes.CONNECT)
@@ -106,6 +107,13 @@ class CollectorService:
         self.counters.connects += 1
         client.subscribe(self.topic, qos=1)
         self.subscribed.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            log.warning("collector: the broker refused the subscription to %s: %s", self.topic, failed[0])
+        else:
+            log.info("collector: subscribed to %s (connection %d)", self.topic, self.counters.connects)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self._queue.put((client, msg))

@@ -8,6 +8,7 @@ written once. Queries use ``?`` placeholders (PostgreSQL's are rewritten to ``%s
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
@@ -45,6 +46,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE pending ADD COLUMN time {REAL} NOT NULL DEFAULT 0",
         "ALTER TABLE agents ADD COLUMN stored {INT} NOT NULL DEFAULT 0",
         "ALTER TABLE agents ADD COLUMN base {INT} NOT NULL DEFAULT 0",
+        "ALTER TABLE agents ADD COLUMN tip {BLOB}",
         "CREATE TABLE bases (did TEXT NOT NULL, size {INT} NOT NULL, prev {BLOB} NOT NULL, payload {BLOB} NOT NULL, "
         "received_at {REAL} NOT NULL, PRIMARY KEY (did, size))",
         "CREATE INDEX rejections_did ON rejections (did)",
@@ -95,6 +97,13 @@ class SqlStore:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._depth = 0
+        # inside a transaction (which holds the agents it touches), an agent's state changes only
+        # through this store: keep what was read or written, and which agents' rows exist already
+        self._states: dict[str, AgentState] = {}
+        self._touched: set[str] = set()
+        self._locked: set[str] = set()
+        self._cps: dict[str, tuple[int, list[tuple[int, bytes, bytes]]]] = {}  # did -> (min_size, checkpoints)
+        self._tx_thread: int | None = None
 
     # -- what a backend provides ------------------------------------------------------------------
     def _q(self, sql: str) -> str:
@@ -105,6 +114,11 @@ class SqlStore:
 
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
+
+    def _insert_records(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert (did, seq, raw, leaf, stored_at, kind, time) rows (PostgreSQL uses COPY)."""
+        self._many("INSERT INTO records (did, seq, raw, leaf, stored_at, kind, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   rows)
 
     def _begin(self) -> None:
         raise NotImplementedError
@@ -170,26 +184,57 @@ class SqlStore:
     def lock_agents(self, dids: Sequence[str]) -> None:
         import hashlib
 
+        new = set(dids) - self._locked if self._in_tx() else set(dids)
         self._lock_keys(sorted({int.from_bytes(hashlib.sha256(d.encode()).digest()[:8], "big", signed=True)
-                                for d in dids}))
+                                for d in new}))
+        if self._in_tx():
+            self._locked |= new
 
     # -- agents -----------------------------------------------------------------------------------
+    def _forget(self) -> None:
+        self._states.clear()
+        self._touched.clear()
+        self._locked.clear()
+        self._cps.clear()
+
+    def _in_tx(self) -> bool:
+        return self._depth > 0 and self._tx_thread == threading.get_ident()
+
     def agent_state(self, did: str) -> AgentState:
-        row = self._one("SELECT size, frontier, checkpoint, forked FROM agents WHERE did = ?", (did,))
-        if row is None:
-            return AgentState(did)
-        return AgentState(did, row[0], tuple(msgpack.unpackb(row[1])), _b(row[2]), bool(row[3]))
+        if self._in_tx() and did in self._states:
+            return self._states[did]
+        row = self._one("SELECT size, frontier, checkpoint, forked, tip, "
+                        "EXISTS (SELECT 1 FROM pending p WHERE p.did = a.did) FROM agents a WHERE did = ?", (did,))
+        state = (AgentState(did, held=False) if row is None
+                 else AgentState(did, row[0], tuple(msgpack.unpackb(row[1])), _b(row[2]), bool(row[3]), _b(row[4]),
+                                 bool(row[5])))
+        if self._in_tx():
+            self._states[did] = state
+        return state
 
     def _touch(self, did: str, now: float) -> None:
+        if self._in_tx() and did in self._touched:
+            return
         self._exec("INSERT INTO agents (did, frontier, first_seen, last_seen) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT (did) DO UPDATE SET last_seen = excluded.last_seen",
                    (did, msgpack.packb([]), now, now))
+        if self._in_tx():
+            self._touched.add(did)
 
-    def _set_state(self, state: AgentState, *, stored: int = 0, base: int | None = None) -> None:
-        self._exec("UPDATE agents SET size = ?, frontier = ?, checkpoint = ?, forked = ?, stored = stored + ?"
-                   + (", base = ?" if base is not None else "") + " WHERE did = ?",
-                   (state.size, msgpack.packb(list(state.frontier)), state.checkpoint, int(state.forked), stored)
-                   + ((base,) if base is not None else ()) + (state.did,))
+    def _set_state(self, state: AgentState, *, now: float, stored: int = 0, base: int | None = None) -> None:
+        """Write the agent's verified state (creating its row if need be) and note it was seen ``now``."""
+        self._exec("INSERT INTO agents (did, size, frontier, checkpoint, forked, tip, stored, base, first_seen, last_seen) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (did) DO UPDATE SET size = excluded.size, "
+                   "frontier = excluded.frontier, checkpoint = excluded.checkpoint, forked = excluded.forked, "
+                   "tip = excluded.tip, stored = agents.stored + excluded.stored, last_seen = excluded.last_seen"
+                   + (", base = excluded.base" if base is not None else ""),
+                   (state.did, state.size, msgpack.packb(list(state.frontier)), state.checkpoint, int(state.forked),
+                    state.tip, stored, base or 0, now, now))
+        if self._in_tx():
+            self._touched.add(state.did)
+        if self._in_tx():
+            old = self._states.get(state.did)
+            self._states[state.did] = dataclasses.replace(state, held=old.held if old is not None else None)
 
     # -- pending candidates -----------------------------------------------------------------------
     def add_pending(self, did: str, records: Sequence[PendingRecord], *, now: float) -> None:
@@ -198,8 +243,16 @@ class SqlStore:
             self._many("INSERT INTO pending (did, seq, leaf, raw, prev, received_at, kind, time) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                        [(did, r.seq, r.leaf, r.raw, r.prev, now, r.kind, r.time) for r in records])
+            self._note_held(did)
+
+    def _note_held(self, did: str) -> None:
+        """Candidates may be held for ``did`` now: the cached state must not say otherwise."""
+        if did in self._states:
+            self._states[did] = dataclasses.replace(self._states[did], held=None)
 
     def pending(self, did: str, start: int, end: int) -> dict[int, list[PendingRecord]]:
+        if self._in_tx() and did in self._states and self._states[did].held is False:
+            return {}
         out: dict[int, list[PendingRecord]] = {}
         for seq, raw, leaf, prev, kind, t in self._all(
                 "SELECT seq, raw, leaf, prev, kind, time FROM pending WHERE did = ? AND seq >= ? AND seq < ? "
@@ -226,30 +279,38 @@ class SqlStore:
             self._touch(did, now)
             cur = self._exec("INSERT INTO checkpoints (did, size, root, note, received_at) VALUES (?, ?, ?, ?, ?) "
                              "ON CONFLICT DO NOTHING", (did, size, root, note, now))
-            return cur.rowcount > 0
+            added = cur.rowcount > 0
+            cached = self._cps.get(did)
+            if added and cached is not None and size >= cached[0]:
+                cached[1].append((size, root, note))
+                cached[1].sort(key=lambda c: (c[0], c[1]))
+            return added
 
     def checkpoints(self, did: str, *, min_size: int = 0) -> list[tuple[int, bytes, bytes]]:
-        return [(s, _b(r), _b(n)) for s, r, n in self._all(
-            "SELECT size, root, note FROM checkpoints WHERE did = ? AND size >= ? ORDER BY size", (did, min_size))]
+        cached = self._cps.get(did) if self._in_tx() else None
+        if cached is not None and cached[0] <= min_size:
+            return [c for c in cached[1] if c[0] >= min_size]
+        got = [(s, _b(r), _b(n)) for s, r, n in self._all(
+            "SELECT size, root, note FROM checkpoints WHERE did = ? AND size >= ? ORDER BY size, root", (did, min_size))]
+        if self._in_tx():
+            self._cps[did] = (min_size, got)
+        return list(got)
 
     # -- verified records -------------------------------------------------------------------------
     def commit_verified(self, did: str, records: Sequence[PendingRecord], state: AgentState,
-                        *, now: float) -> None:
+                        *, now: float, drop_pending: bool = True) -> None:
         with self.transaction():
-            self._touch(did, now)
-            self._many("INSERT INTO records (did, seq, raw, leaf, stored_at, kind, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [(did, r.seq, r.raw, r.leaf, now, r.kind, r.time) for r in records])
-            if records:
+            self._insert_records([(did, r.seq, r.raw, r.leaf, now, r.kind, r.time) for r in records])
+            if records and drop_pending:
                 self._exec("DELETE FROM pending WHERE did = ? AND seq < ?", (did, state.size))
-            self._set_state(state, stored=len(records))
+            self._set_state(state, now=now, stored=len(records))
 
     def add_base(self, did: str, size: int, prev: bytes, payload: bytes, state: AgentState, *, now: float) -> None:
         with self.transaction():
-            self._touch(did, now)
             self._exec("INSERT INTO bases (did, size, prev, payload, received_at) VALUES (?, ?, ?, ?, ?) "
                        "ON CONFLICT DO NOTHING", (did, size, prev, payload, now))
             self._exec("DELETE FROM pending WHERE did = ? AND seq < ?", (did, size))
-            self._set_state(state, base=size)
+            self._set_state(state, now=now, base=size)
 
     def base_prev(self, did: str, size: int) -> bytes | None:
         row = self._one("SELECT prev FROM bases WHERE did = ? AND size = ?", (did, size))
@@ -294,6 +355,7 @@ class SqlStore:
                        "VALUES (?, ?, ?, ?, ?, ?)", (fork.did, fork.size, fork.verified_note,
                                                      fork.conflicting_note, fork.detail, fork.time))
             self._exec("UPDATE agents SET forked = 1 WHERE did = ?", (fork.did,))
+            self._states.pop(fork.did, None)
 
     def rejections(self, did: str | None = None) -> list[Rejection]:
         sql = "SELECT did, seq, reason, detail, digest, time FROM rejections"
@@ -313,6 +375,10 @@ class SqlStore:
             "(SELECT COUNT(*) FROM forks f WHERE f.did = a.did), a.last_seen, a.stored, a.base, a.first_seen "
             "FROM agents a ORDER BY a.did")
         return [AgentSummary(*r) for r in rows]
+
+    def verified_sizes(self) -> dict[str, int]:
+        """Each agent's verified prefix (one cheap query; what a monitor polls)."""
+        return {d: n for d, n in self._all("SELECT did, size FROM agents")}
 
     def log(self, did: str, flt: LogFilter, *, after: int = -1, limit: int = 100) -> list[LogRow]:
         where, params = ["did = ?", "seq > ?"], [did, after]
@@ -359,6 +425,8 @@ class _Tx:
         st._lock.acquire()
         try:
             if st._depth == 0:
+                st._forget()
+                st._tx_thread = threading.get_ident()
                 st._begin()
         except BaseException:
             st._lock.release()
@@ -369,6 +437,8 @@ class _Tx:
         st = self._store
         try:
             if st._depth == 1:
+                st._forget()
+                st._tx_thread = None
                 st._end(exc_type is None)
         finally:
             st._depth -= 1

@@ -24,6 +24,8 @@ class AgentState:
     frontier: tuple[bytes, ...] = ()  # RFC 6962 compact range of leaves [0, size)
     checkpoint: bytes | None = None  # the signed checkpoint note that verified [0, size)
     forked: bool = False
+    tip: bytes | None = None  # leaf hash of record size-1 (the next record's ``prev``); None: look it up
+    held: bool | None = None  # whether any pending candidate is held for the agent; None: unknown
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,9 @@ class CollectorStore(Protocol):
         ...
 
     def commit_verified(self, did: str, records: Sequence[PendingRecord], state: AgentState,
-                        *, now: float) -> None: ...
+                        *, now: float, drop_pending: bool = True) -> None:
+        """``drop_pending=False``: the caller knows no candidate lies below ``state.size``."""
+        ...
 
     def verified_leaf(self, did: str, seq: int) -> bytes | None: ...
 
@@ -162,6 +166,10 @@ class CollectorStore(Protocol):
     def forks(self, did: str | None = None) -> list[Fork]: ...
 
     def summaries(self) -> list[AgentSummary]: ...
+
+    def verified_sizes(self) -> dict[str, int]:
+        """Each agent's verified prefix size."""
+        ...
 
     def log(self, did: str, flt: LogFilter, *, after: int = -1, limit: int = 100) -> list[LogRow]:
         """Stored records of ``did`` matching ``flt`` with seq > ``after``, by seq."""
