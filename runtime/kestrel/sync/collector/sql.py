@@ -97,12 +97,17 @@ class SqlStore:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._depth = 0
-        # inside a transaction (which holds the agents it touches), an agent's state changes only
-        # through this store: keep what was read or written, and which agents' rows exist already
+        # Inside a transaction (which holds the agents it touches) an agent's state changes only through
+        # this store: its state and checkpoints are read once (lock_agents prefetches them for a whole
+        # message group) and kept; its writes (records, state, last seen, new checkpoints) are buffered
+        # and sent in a few statements just before the commit, or before a read that needs them.
         self._states: dict[str, AgentState] = {}
-        self._touched: set[str] = set()
         self._locked: set[str] = set()
         self._cps: dict[str, tuple[int, list[tuple[int, bytes, bytes]]]] = {}  # did -> (min_size, checkpoints)
+        self._rows: list[tuple[Any, ...]] = []  # records to insert
+        self._dirty: dict[str, tuple[AgentState, int, int | None, float]] = {}  # did -> (state, +stored, base, now)
+        self._seen: dict[str, float] = {}  # did -> last seen
+        self._new_cps: list[tuple[Any, ...]] = []  # checkpoints to insert
         self._tx_thread: int | None = None
 
     # -- what a backend provides ------------------------------------------------------------------
@@ -187,15 +192,72 @@ class SqlStore:
         new = set(dids) - self._locked if self._in_tx() else set(dids)
         self._lock_keys(sorted({int.from_bytes(hashlib.sha256(d.encode()).digest()[:8], "big", signed=True)
                                 for d in new}))
-        if self._in_tx():
+        if self._in_tx() and new:
             self._locked |= new
+            self._prefetch(sorted(new))
+
+    def _prefetch(self, dids: Sequence[str]) -> None:
+        """Read the states and the checkpoints at or above the verified prefix of held agents at once."""
+        todo = [d for d in dids if d not in self._states]
+        if not todo:
+            return
+        marks = ", ".join("?" * len(todo))
+        for did, size, frontier, note, forked, tip, held in self._all(
+                "SELECT did, size, frontier, checkpoint, forked, tip, EXISTS (SELECT 1 FROM pending p WHERE "
+                f"p.did = a.did) FROM agents a WHERE did IN ({marks})", todo):
+            self._states[did] = AgentState(did, size, tuple(msgpack.unpackb(frontier)), _b(note), bool(forked), _b(tip),
+                                           bool(held))
+        cps: dict[str, list[tuple[int, bytes, bytes]]] = {d: [] for d in todo}
+        for did, size, root, note in self._all(
+                "SELECT c.did, c.size, c.root, c.note FROM checkpoints c JOIN agents a ON a.did = c.did "
+                f"WHERE c.did IN ({marks}) AND c.size >= a.size ORDER BY c.did, c.size, c.root", todo):
+            cps[did].append((size, _b(root), _b(note)))
+        for did in todo:
+            state = self._states.setdefault(did, AgentState(did, held=False))
+            self._cps[did] = (state.size, cps[did])
+
+    def _flush(self) -> None:
+        """Send the buffered writes of this transaction."""
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self._insert_records(rows)
+        upsert = ("INSERT INTO agents (did, size, frontier, checkpoint, forked, tip, stored, base, first_seen, "
+                  "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (did) DO UPDATE SET size = "
+                  "excluded.size, frontier = excluded.frontier, checkpoint = excluded.checkpoint, forked = "
+                  "excluded.forked, tip = excluded.tip, stored = agents.stored + excluded.stored, "
+                  "last_seen = excluded.last_seen")
+        for with_base in (False, True):
+            rows = [(st.did, st.size, msgpack.packb(list(st.frontier)), st.checkpoint, int(st.forked), st.tip, n,
+                     base or 0, max(now, self._seen.get(st.did, 0.0)), max(now, self._seen.get(st.did, 0.0)))
+                    for st, n, base, now in self._dirty.values() if (base is not None) == with_base]
+            if rows:
+                self._many(upsert + (", base = excluded.base" if with_base else ""), rows)
+        touches = [(did, msgpack.packb([]), now, now) for did, now in self._seen.items() if did not in self._dirty]
+        self._dirty.clear()
+        self._seen.clear()
+        if touches:
+            self._many("INSERT INTO agents (did, frontier, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (did) DO UPDATE SET last_seen = excluded.last_seen", touches)
+        if self._new_cps:
+            rows, self._new_cps = self._new_cps, []
+            self._many("INSERT INTO checkpoints (did, size, root, note, received_at) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT DO NOTHING", rows)
+
+    def _flushed(self) -> None:
+        """Before a read of what the buffers hold."""
+        if self._in_tx() and (self._rows or self._dirty or self._seen or self._new_cps):
+            with self._lock:
+                self._flush()
 
     # -- agents -----------------------------------------------------------------------------------
     def _forget(self) -> None:
         self._states.clear()
-        self._touched.clear()
         self._locked.clear()
         self._cps.clear()
+        self._rows.clear()
+        self._dirty.clear()
+        self._seen.clear()
+        self._new_cps.clear()
 
     def _in_tx(self) -> bool:
         return self._depth > 0 and self._tx_thread == threading.get_ident()
@@ -213,28 +275,18 @@ class SqlStore:
         return state
 
     def _touch(self, did: str, now: float) -> None:
-        if self._in_tx() and did in self._touched:
-            return
-        self._exec("INSERT INTO agents (did, frontier, first_seen, last_seen) VALUES (?, ?, ?, ?) "
-                   "ON CONFLICT (did) DO UPDATE SET last_seen = excluded.last_seen",
-                   (did, msgpack.packb([]), now, now))
-        if self._in_tx():
-            self._touched.add(did)
+        """Note that ``did`` was seen (its row is created at the flush if need be). Always in a transaction."""
+        self._seen[did] = now
 
     def _set_state(self, state: AgentState, *, now: float, stored: int = 0, base: int | None = None) -> None:
-        """Write the agent's verified state (creating its row if need be) and note it was seen ``now``."""
-        self._exec("INSERT INTO agents (did, size, frontier, checkpoint, forked, tip, stored, base, first_seen, last_seen) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (did) DO UPDATE SET size = excluded.size, "
-                   "frontier = excluded.frontier, checkpoint = excluded.checkpoint, forked = excluded.forked, "
-                   "tip = excluded.tip, stored = agents.stored + excluded.stored, last_seen = excluded.last_seen"
-                   + (", base = excluded.base" if base is not None else ""),
-                   (state.did, state.size, msgpack.packb(list(state.frontier)), state.checkpoint, int(state.forked),
-                    state.tip, stored, base or 0, now, now))
-        if self._in_tx():
-            self._touched.add(state.did)
-        if self._in_tx():
-            old = self._states.get(state.did)
-            self._states[state.did] = dataclasses.replace(state, held=old.held if old is not None else None)
+        """Write the agent's verified state (creating its row if need be) at the flush. Always in a transaction."""
+        old_dirty = self._dirty.get(state.did)
+        if old_dirty is not None:
+            stored += old_dirty[1]
+            base = base if base is not None else old_dirty[2]
+        self._dirty[state.did] = (state, stored, base, now)
+        old = self._states.get(state.did)
+        self._states[state.did] = dataclasses.replace(state, held=old.held if old is not None else None)
 
     # -- pending candidates -----------------------------------------------------------------------
     def add_pending(self, did: str, records: Sequence[PendingRecord], *, now: float) -> None:
@@ -277,6 +329,15 @@ class SqlStore:
     def add_checkpoint(self, did: str, size: int, root: bytes, note: bytes, *, now: float) -> bool:
         with self.transaction():
             self._touch(did, now)
+            cached = self._cps.get(did)
+            if cached is not None and size >= cached[0]:  # the cache holds every checkpoint of this size
+                if any(c[0] == size and c[1] == root for c in cached[1]):
+                    return False
+                cached[1].append((size, root, note))
+                cached[1].sort(key=lambda c: (c[0], c[1]))
+                self._new_cps.append((did, size, root, note, now))
+                return True
+            self._flushed()
             cur = self._exec("INSERT INTO checkpoints (did, size, root, note, received_at) VALUES (?, ?, ?, ?, ?) "
                              "ON CONFLICT DO NOTHING", (did, size, root, note, now))
             added = cur.rowcount > 0
@@ -290,6 +351,7 @@ class SqlStore:
         cached = self._cps.get(did) if self._in_tx() else None
         if cached is not None and cached[0] <= min_size:
             return [c for c in cached[1] if c[0] >= min_size]
+        self._flushed()
         got = [(s, _b(r), _b(n)) for s, r, n in self._all(
             "SELECT size, root, note FROM checkpoints WHERE did = ? AND size >= ? ORDER BY size, root", (did, min_size))]
         if self._in_tx():
@@ -300,7 +362,7 @@ class SqlStore:
     def commit_verified(self, did: str, records: Sequence[PendingRecord], state: AgentState,
                         *, now: float, drop_pending: bool = True) -> None:
         with self.transaction():
-            self._insert_records([(did, r.seq, r.raw, r.leaf, now, r.kind, r.time) for r in records])
+            self._rows.extend((did, r.seq, r.raw, r.leaf, now, r.kind, r.time) for r in records)
             if records and drop_pending:
                 self._exec("DELETE FROM pending WHERE did = ? AND seq < ?", (did, state.size))
             self._set_state(state, now=now, stored=len(records))
@@ -321,14 +383,17 @@ class SqlStore:
                                                  (did,))]
 
     def verified_leaf(self, did: str, seq: int) -> bytes | None:
+        self._flushed()
         row = self._one("SELECT leaf FROM records WHERE did = ? AND seq = ?", (did, seq))
         return None if row is None else _b(row[0])
 
     def verified_leaves(self, did: str, start: int, end: int) -> list[bytes]:
+        self._flushed()
         return [_b(r[0]) for r in self._all("SELECT leaf FROM records WHERE did = ? AND seq >= ? AND seq < ? "
                                             "ORDER BY seq", (did, start, end))]
 
     def verified_records(self, did: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        self._flushed()
         seq = start
         while True:
             rows = self._all("SELECT seq, raw FROM records WHERE did = ? AND seq >= ? ORDER BY seq LIMIT 1000",
@@ -339,6 +404,7 @@ class SqlStore:
             seq = rows[-1][0] + 1
 
     def record(self, did: str, seq: int) -> bytes | None:
+        self._flushed()
         row = self._one("SELECT raw FROM records WHERE did = ? AND seq = ?", (did, seq))
         return None if row is None else _b(row[0])
 
@@ -351,6 +417,7 @@ class SqlStore:
 
     def add_fork(self, fork: Fork) -> None:
         with self.transaction():
+            self._flushed()
             self._exec("INSERT INTO forks (did, size, verified_note, conflicting_note, detail, time) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (fork.did, fork.size, fork.verified_note,
                                                      fork.conflicting_note, fork.detail, fork.time))
@@ -369,6 +436,7 @@ class SqlStore:
 
     # -- the fleet view ---------------------------------------------------------------------------
     def summaries(self) -> list[AgentSummary]:
+        self._flushed()
         rows = self._all(
             "SELECT a.did, a.size, (SELECT COUNT(*) FROM pending p WHERE p.did = a.did), "
             "(SELECT COUNT(*) FROM rejections r WHERE r.did = a.did), "
@@ -378,9 +446,11 @@ class SqlStore:
 
     def verified_sizes(self) -> dict[str, int]:
         """Each agent's verified prefix (one cheap query; what a monitor polls)."""
+        self._flushed()
         return {d: n for d, n in self._all("SELECT did, size FROM agents")}
 
     def log(self, did: str, flt: LogFilter, *, after: int = -1, limit: int = 100) -> list[LogRow]:
+        self._flushed()
         where, params = ["did = ?", "seq > ?"], [did, after]
         if flt.kind:
             if flt.kind.endswith("."):
@@ -400,10 +470,12 @@ class SqlStore:
 
     def records_of_kind(self, kind: str, *, limit: int = 10_000) -> list[tuple[str, bytes]]:
         """``(did, raw)`` of stored records of one kind (the fleet view reads ``agent.created`` for names)."""
+        self._flushed()
         return [(d, _b(r)) for d, r in self._all("SELECT did, raw FROM records WHERE kind = ? ORDER BY did, seq LIMIT ?",
                                                  (kind, limit))]
 
     def hourly(self, did: str | None = None) -> list[tuple[str, int, int]]:
+        self._flushed()
         sql = f"SELECT did, {self.HOUR} AS h, COUNT(*) FROM records"
         sql += (" WHERE did = ?" if did else "") + " GROUP BY did, h ORDER BY did, h"
         return [(d, int(h), n) for d, h, n in self._all(sql, (did,) if did else ())]
@@ -437,9 +509,17 @@ class _Tx:
         st = self._store
         try:
             if st._depth == 1:
-                st._forget()
-                st._tx_thread = None
-                st._end(exc_type is None)
+                ok = exc_type is None
+                try:
+                    if ok:
+                        st._flush()
+                except BaseException:
+                    ok = False
+                    raise
+                finally:
+                    st._forget()
+                    st._tx_thread = None
+                    st._end(ok)
         finally:
             st._depth -= 1
             st._lock.release()
