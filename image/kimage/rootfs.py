@@ -189,8 +189,8 @@ def build_rootfs(out: Path, *, overlay: Path, board: ImageBoard, runner: Runner,
     runner.need_tools("systemd-sysusers")
     runner.run(["systemd-sysusers", f"--root={rootfs}"], what="create the kestrel user and groups")
     if not runner.dry_run:
-        _finish(rootfs, board, suite=suite, mirror=mirror)
         packages.write_manifest(rootfs, out, board=board, cache=cache, wheel_dirs=wheels.dirs)
+        _finish(rootfs, board, suite=suite, mirror=mirror)
         _scrub(rootfs)
         stamp.write_text(key + "\n")
     return rootfs

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tarfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +22,7 @@ import pytest
 from kimage.cache import Cache
 from kimage.disk import MIB, make_data_fs
 from kimage.steps import Runner
-from kimage.vm import LabVm, qemu_available, read_boot_file, partitions, put_boot_file
+from kimage.vm import LabError, LabVm, partitions, put_boot_file, qemu_available, read_boot_file
 
 from .conftest import REPO, Owner
 
@@ -48,7 +49,18 @@ def as_kestrel(vm: LabVm, *args: str, check: bool = True, timeout: float = 300):
 
 
 def wait_active(vm: LabVm, timeout: float = BOOT_TIMEOUT) -> None:
-    vm.wait_for(["systemctl", "is-active", "kestrel.service"], until="active", timeout=timeout, fail_on=("failed",))
+    """Until kestrel.service is active (READY=1); fails at once, with the journals, if it or first boot failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = vm.run("systemctl", "is-active", "kestrel.service", check=False).out
+        if state == "active":
+            return
+        firstboot = vm.run("systemctl", "is-failed", "kestrel-firstboot.service", check=False).out
+        if state == "failed" or firstboot == "failed":
+            raise LabError(f"kestrel.service {state}, kestrel-firstboot {firstboot}:\n"
+                           f"{journal(vm, 'kestrel-firstboot')[-3000:]}\n{journal(vm, 'kestrel')[-3000:]}")
+        time.sleep(2)
+    raise LabError(f"kestrel.service not active within {timeout:.0f} s\n{vm.console_tail()}")
 
 
 def identity(vm: LabVm) -> dict:
