@@ -297,3 +297,27 @@ async def test_an_action_the_hosted_planner_runs_is_accounted_for_like_any_other
                if r.body["action"] == "gpio.write" and r.body["decision"] == "allow"]
     done = [b for b in agent.kinds("action.result") if b["action"] == "gpio.write"]
     assert len(allowed) == 1 and [b["decision"] for b in done] == allowed
+
+
+async def test_a_start_that_failed_before_recording_the_doubts_never_marks_the_stop_clean(agent):
+    import textwrap
+
+    from kestrel.daemon.config import parse_device_config
+    from kestrel.daemon.runtime import Daemon
+    from kestrel.io.boards import load_profile
+    from kestrel.io.gpio import open_pin_factory
+
+    async with running(agent, GPIO, policy=POLICY):
+        pass
+    _crash_after(agent, ("daemon.started", {"pid": 1}),
+                 ("policy.decision", {"action": "gpio.write", "args_digest": "x" * 64, "decision": "allow"}))
+    factory = open_pin_factory(load_profile("sim"))
+    d = Daemon(config=parse_device_config(textwrap.dedent(GPIO), source="device.yaml"), state_dir=agent.state,
+               ledger=agent.ledger, factory=factory, agent_id=agent.signer.public_key.did)
+    try:
+        await d.shutdown()  # as after a start() that raised before it got to the in-doubt scan
+    finally:
+        factory.close()
+    assert _journal(agent).clean is False and len(agent.kinds("daemon.stopped")) == 1  # only the first run's
+    async with running(agent, GPIO) as d:
+        assert d.control_status()["indoubt"]["actions"] == 1

@@ -83,6 +83,7 @@ class Daemon:
         self.indoubt: dict[str, Any] = {"actions": 0, "mail": 0, "scanned": 0, "previous_stop": None}
         self._journal_path = self.state.data / JOURNAL_FILE
         self._journal: Journal | None = None
+        self._accounted = False  # the last run's in-doubt intents are recorded (only then may a stop be clean)
         self.outbox = Outbox(self.state.data / "outbox", smtp=config.smtp, config=config.outbox,
                              record=self.record, effects=self.effects)
         self.calendar = CalendarStore(self.state.data / "calendar")
@@ -169,13 +170,11 @@ class Daemon:
             if scan.finished_mail:
                 await loop.run_in_executor(None, self.outbox.settle, scan.finished_mail)
         why = "the daemon stopped (crash or power loss) after the decision and before its outcome was recorded"
-        for intent in scan.actions:
-            await self.record("action.indoubt", {**intent.body, "decision": intent.seq, "reason": why})
-        for intent in scan.mail:
-            body = {k: v for k, v in intent.body.items() if v is not None}
-            await self.record("outbox.indoubt", {**body, "intent": intent.seq,
-                                                 "reason": "the daemon stopped while the relay had the message; "
-                                                           "it is sent again with the same Message-ID"})
+        resend = "the daemon stopped while the relay had the message; it is sent again with the same Message-ID"
+        records = [("action.indoubt", {**i.body, "decision": i.seq, "reason": why}) for i in scan.actions]
+        records += [("outbox.indoubt", {**{k: v for k, v in i.body.items() if v is not None}, "intent": i.seq,
+                                        "reason": resend}) for i in scan.mail]
+        await asyncio.gather(*(self.record(kind, body) for kind, body in records))  # in order, sharing commits
         self.indoubt = {"actions": len(scan.actions), "mail": len(scan.mail), "scanned": scan.scanned,
                         "previous_stop": previous}
         await self.record("daemon.started", {"pid": os.getpid(), "previous_stop": previous,
@@ -186,6 +185,7 @@ class Daemon:
                         "action.indoubt / outbox.indoubt; `kestrel audit log --kind 'action.indoubt'`)",
                         len(scan.actions), len(scan.mail))
         await self._save_journal(Journal(self.ledger.size, clean=False))
+        self._accounted = True
 
     async def _save_journal(self, journal: Journal) -> None:
         if journal == self._journal:
@@ -218,6 +218,8 @@ class Daemon:
 
     async def _stopped_cleanly(self) -> None:
         """After the last outcome is on flash: mark the stop clean, so the next start scans nothing."""
+        if not self._accounted:  # start-up failed before the last run's open intents were recorded
+            return
         if self.effects.open:
             log.warning("stopping with %d actions or deliveries unfinished: the next start reports them in doubt",
                         self.effects.open)
