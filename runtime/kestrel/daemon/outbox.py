@@ -227,7 +227,8 @@ class Outbox:
 
         loop = asyncio.get_running_loop()
         effect = self._effects.begin() if self._effects is not None else None
-        intent_body: dict[str, Any] = {"id": mid, "message_id": msg.message_id, "attempt": self._attempts.get(mid, 0) + 1}
+        intent_body: dict[str, Any] = {"id": mid, "message_id": msg.message_id,
+                                       "attempt": self._attempts.get(mid, 0) + 1}
         if msg.decision is not None:
             intent_body["decision"] = msg.decision
         try:
