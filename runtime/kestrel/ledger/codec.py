@@ -19,15 +19,16 @@ slow path, run only for data that is refused anyway).
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
 from .errors import RecordError
 
-__all__ = ["loads_strict", "is_strict", "diagnose"]
+__all__ = ["loads_strict", "is_strict", "strict_checker", "diagnose"]
 
 _packers = threading.local()
 
@@ -58,10 +59,34 @@ def _decode(data: bytes | memoryview) -> Any:
                            timestamp=1)
 
 
+def strict_checker(*, bins: int = 0) -> Callable[[bytes], Any]:
+    """A fast :func:`is_strict` for one thread's loop over many documents (bytes only).
+
+    ``bins``: how many bin values each document is known to hold outside any map key (a record:
+    1, its ``prev``). The str-key hook (the costly part of the decode) then runs only for documents
+    with more bin markers than that: a key can only be non-str here by being bin, since the decoder
+    refuses int, nil, bool and float keys itself (``strict_map_key``)."""
+    pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+    hooked = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, object_hook=_str_keys,
+                               ext_hook=_refuse_ext, timestamp=1)
+    plain = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, ext_hook=_refuse_ext, timestamp=1)
+
+    def check(data: bytes) -> Any:
+        try:
+            markers = data.count(b"\xc4") + data.count(b"\xc5") + data.count(b"\xc6")  # bin8/16/32 or a byte in one
+            obj = (plain if markers <= bins else hooked)(data)
+            return obj if pack(obj) == data else None
+        except Exception:
+            return None
+
+    return check
+
+
 def is_strict(data: bytes | memoryview) -> Any:
     """The decoded object if ``data`` is in the profile, else ``None`` (the verifiers' fast path;
     None is never a valid record or body, so it cannot be confused with a result)."""
     try:
+        data = bytes(data)
         obj = _decode(data)
         return obj if _packer().pack(obj) == data else None
     except Exception:

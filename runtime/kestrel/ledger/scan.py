@@ -15,7 +15,7 @@ import hashlib
 import math
 import zlib
 
-from .codec import is_strict
+from .codec import strict_checker
 from .frame import MAGIC, MAX_PAYLOAD, RECORD, RECORD_HEAD
 from .record import MAX_RECORD_SIZE, valid_kind
 
@@ -39,7 +39,7 @@ def scan_records(
     n = len(view)
     head = RECORD_HEAD.unpack_from
     crc32 = zlib.crc32
-    strict = is_strict
+    strict = strict_checker(bins=1)  # a record holds one bin value outside its maps' keys: prev
     finite = math.isfinite
     leaf = _LEAF.copy
     append = leaves.append
@@ -57,6 +57,7 @@ def scan_records(
             break
         if length > MAX_RECORD_SIZE:
             break
+        payload = bytes(payload)
         obj = strict(payload)  # the codec profile (codec.py): None if refused
         if type(obj) is not dict or len(obj) != 5:
             break
