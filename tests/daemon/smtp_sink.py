@@ -13,6 +13,7 @@ class Mailbox:
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     reject_rcpt: set[str] = field(default_factory=set)
     reply_delay_s: float = 0.0  # stored, then this long before "250": a sender killed meanwhile never hears it
+    tempfail_data: int = 0  # answer this many messages' end of data with "451" (not stored), then accept
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -53,6 +54,10 @@ class _Handler(socketserver.StreamRequestHandler):
                 data = b""
                 while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
                     data += chunk
+                if box.tempfail_data > 0:
+                    box.tempfail_data -= 1
+                    self.reply("451 try again later")
+                    continue
                 box.messages.append((sender, rcpts, data))
                 if box.reply_delay_s:
                     time.sleep(box.reply_delay_s)

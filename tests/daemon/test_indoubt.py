@@ -321,3 +321,18 @@ async def test_a_start_that_failed_before_recording_the_doubts_never_marks_the_s
     assert _journal(agent).clean is False and len(agent.kinds("daemon.stopped")) == 1  # only the first run's
     async with running(agent, GPIO) as d:
         assert d.control_status()["indoubt"]["actions"] == 1
+
+
+async def test_a_temporary_refusal_after_the_intent_is_an_outcome_and_the_retry_a_new_attempt(agent):
+    sink = SmtpSink()
+    with sink as box:
+        box.tempfail_data = 1
+        async with running(agent, _mail_config(sink.port), policy=POLICY) as d:
+            await d.control_call("send_email", {"to": "ops@example.com", "subject": "retry"}, source="t")
+            await until(lambda: box.messages and not d.outbox.pending(), what="delivered on the second attempt")
+            assert d.effects.open == 0
+    attempts = [r for r in agent.ledger.records(kind="outbox.sending")]
+    assert [a.body["attempt"] for a in attempts] == [1, 2]
+    deferred, sent = agent.kinds("outbox.deferred"), agent.kinds("outbox.sent")
+    assert [b["intent"] for b in deferred] == [attempts[0].seq] and "451" in deferred[0]["error"]
+    assert [b["intent"] for b in sent] == [attempts[1].seq] and len(box.messages) == 1
