@@ -16,12 +16,13 @@ recipe does not use them there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .cache import Cache
 from .steps import BuildError, Runner
@@ -95,3 +96,32 @@ class Emulator:
         if proc.returncode != 0:
             raise BuildError(f"cannot {what}: exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
         return proc.stdout
+
+
+_STUB = "#!/bin/sh\n# kestrel-image: mount/umount are no-ops while this rootfs is configured under proot\nexit 0\n"
+
+
+@contextlib.contextmanager
+def no_mounts(rootfs: Path) -> Iterator[None]:
+    """Make ``mount`` and ``umount`` no-ops inside ``rootfs`` for the duration (restored after).
+
+    Under proot the guest's /dev, /proc and /sys are the host's, and we run as root: debootstrap's
+    second stage registers ``umount /dev/pts``, ``/dev/shm``, ``/proc`` and ``/sys`` on exit, which
+    unmounted the *host's* /dev/pts (seen on 2026-12-05: every pty on the machine failed with ENODEV).
+    With the binaries stubbed, nothing the configuration scripts do can touch the host's mounts.
+    """
+    saved = []
+    try:
+        for rel in ("usr/bin/mount", "usr/bin/umount", "bin/mount", "bin/umount"):
+            path = rootfs / rel
+            if path.is_symlink() or not path.is_file():
+                continue
+            real = path.with_name(path.name + ".kestrel-real")
+            os.replace(path, real)
+            saved.append((path, real))
+            path.write_text(_STUB)
+            path.chmod(0o755)
+        yield
+    finally:
+        for path, real in saved:
+            os.replace(real, path)
