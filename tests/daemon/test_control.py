@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -190,25 +191,24 @@ def _as_user(path: str, uid: int, gid: int, groups: list[int], exchange=_status_
 def reachable(tmp_path):
     """Make a hard link to the socket in a world-traversable directory (pytest's tmp root is 0700).
 
-    The link is the same inode: same mode, owner and group, same listening socket. The
-    modes of pytest's directories are restored afterwards.
+    The link is the same inode: same mode, owner and group, same listening socket. It lives in a
+    directory of its own beside pytest's (same file system), so no pytest directory is opened up:
+    another pytest run resets its root to 0700 at any time.
     """
-    parents = [tmp_path.parent, tmp_path.parent.parent]
-    saved = [(p, stat.S_IMODE(os.stat(p).st_mode)) for p in parents]
-    pub = tmp_path.parent / (tmp_path.name + "-pub")
+    import shutil
+    import tempfile
+
+    pub = Path(tempfile.mkdtemp(prefix="kestrel-sock-", dir=tmp_path.parents[len(tmp_path.parents) - 2]))
+    os.chmod(pub, 0o755)
 
     def link(sock_path) -> str:
-        pub.mkdir(mode=0o755)
-        for p, mode in saved:
-            os.chmod(p, mode | 0o011)
         os.link(sock_path, pub / "control.sock")
         return str(pub / "control.sock")
 
     try:
         yield link
     finally:
-        for p, mode in saved:
-            os.chmod(p, mode)
+        shutil.rmtree(pub, ignore_errors=True)
 
 
 async def test_unauthorized_uid_is_refused_logged_and_recorded(agent, caplog, reachable):
