@@ -204,7 +204,8 @@ async def test_mqtt_password_file_must_be_private(agent, mosquitto, tmp_path):
     pw = tmp_path / "mqtt.pass"
     pw.write_text("s3cret\n")
     os.chmod(pw, 0o644)
-    cfg = _config(mosquitto.port).replace("keepalive: 5", f"keepalive: 5\n      username: dev\n      password_file: {pw}")
+    cfg = _config(mosquitto.port).replace("keepalive: 5",
+                                          f"keepalive: 5\n      username: dev\n      password_file: {pw}")
     with pytest.raises(TransportError, match="accessible by other users"):
         async with running(agent, cfg, policy=POLICY):
             pass

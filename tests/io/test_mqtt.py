@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import tempfile
 from pathlib import Path
+
 import pytest
 
 from kestrel.errors import ConfigError, DataError

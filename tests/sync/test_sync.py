@@ -274,7 +274,8 @@ def test_malformed_or_useless_resend_requests_are_ignored(ledger, state_dir, mos
 
     async def go():
         async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
-            sync = LedgerSync(ledger, bridge, config=SyncConfig(poll_s=0.02, resend_interval_s=3600), state_dir=state_dir)
+            sync = LedgerSync(ledger, bridge, config=SyncConfig(poll_s=0.02, resend_interval_s=3600),
+                              state_dir=state_dir)
             await sync.start()
             assert await sync.wait_synced(timeout=30)
             for payload in (b"\xc1junk", encode_resend(500), encode_resend(0), encode_resend(0)):
