@@ -7,11 +7,12 @@ from dataclasses import dataclass
 __all__ = ["ImageBoard", "BOARDS", "get_board", "BASE_PACKAGES", "BUILD_PACKAGES"]
 
 # Installed in every rootfs. python3-venv: /opt/kestrel; tpm-udev: the tss group and
-# /dev/tpmrm0 permissions; libtss2-*: tpm2-pytss at run time.
+# /dev/tpmrm0 permissions; libtss2-*: tpm2-pytss at run time (its module links esys, tctildr, rc, mu, fapi).
 BASE_PACKAGES = (
     "systemd", "systemd-sysv", "systemd-timesyncd", "udev", "dbus", "ifupdown", "iproute2", "isc-dhcp-client",
     "ca-certificates", "python3", "python3-venv", "tpm-udev", "libtss2-esys-3.0.2-0", "libtss2-tctildr0",
-    "libtss2-tcti-device0", "fake-hwclock", "util-linux", "kmod", "zstd", "initramfs-tools",
+    "libtss2-tcti-device0", "libtss2-rc0", "libtss2-mu0", "libtss2-fapi1", "fake-hwclock", "util-linux", "kmod",
+    "zstd", "initramfs-tools",
 )
 # Needed only to build wheels that have no arm64 binary on PyPI (hnswlib, tpm2-pytss); purged after.
 BUILD_PACKAGES = ("build-essential", "python3-dev", "libtss2-dev", "pkg-config")

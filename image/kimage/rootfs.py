@@ -9,6 +9,7 @@ holds the overlay manifest hash.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 from . import packages
 from .boards import BASE_PACKAGES, ImageBoard
 from .cache import Cache
-from .emu import QEMU_FILE, Emulator, qemu_user
+from .emu import QEMU_FILE, Emulator, no_mounts, qemu_user
 from .kmod import install_gpio_sim
 from .overlay import MANIFEST
 from .steps import BuildError, Runner
@@ -111,8 +112,9 @@ def build_base(cache: Cache, board: ImageBoard, *, runner: Runner, suite: str, m
             _put(work / "etc/initramfs-tools/hooks/kestrel", _INITRAMFS_HOOK, 0o755)
     emu = Emulator(work, qemu=qemu, runner=runner)
     runner.say("configuring the base system under proot + qemu-user (the long step of a first build)")
-    emu.run(["/debootstrap/debootstrap", "--second-stage"], env={"DEBOOTSTRAP_DIR": "/debootstrap"},
-            what="bootstrap Debian (second stage, under proot + qemu-aarch64-static)")
+    with no_mounts(work) if not runner.dry_run else contextlib.nullcontext():  # never the host's mounts
+        emu.run(["/debootstrap/debootstrap", "--second-stage"], env={"DEBOOTSTRAP_DIR": "/debootstrap"},
+                what="bootstrap Debian (second stage, under proot + qemu-aarch64-static)")
     # The kernel's postinst only defers update-initramfs to a trigger that updates existing initrds
     # (-u): under debootstrap none exists yet. Make it once here (cached with the base system).
     emu.run(["sh", "-c", "for k in /boot/vmlinuz-*; do v=${k#/boot/vmlinuz-}; "
@@ -181,6 +183,13 @@ def build_rootfs(out: Path, *, overlay: Path, board: ImageBoard, runner: Runner,
             what="install Kestrel and its wheels into /opt/kestrel (offline, from the cache)")
     _compile(rootfs, runner)
     emu.run(["/opt/kestrel/bin/kestrel", "--version"], what="check the installed kestrel command")
+    # The compiled modules load (their shared libraries are in the image): a missing libtss2-* would
+    # otherwise surface only at first boot, as "TPM support is not installed".
+    probes = [m for extra, m in (("tpm", "from tpm2_pytss import ESAPI"), ("gpio", "import gpiod"),
+                                 ("inference", "import hnswlib, onnxruntime")) if extra in extras]
+    if probes:
+        emu.run(["/opt/kestrel/bin/python3", "-B", "-c", "; ".join(probes)],
+                what="load the compiled modules (tpm2-pytss, gpiod, hnswlib, onnxruntime)")
     if board.lab:
         install_gpio_sim(rootfs, cache=cache, runner=runner, emu=emu)
     if board.boot_files == "raspi":  # regenerate cmdline.txt/config.txt now that the overlay's settings are in
