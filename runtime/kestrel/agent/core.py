@@ -88,7 +88,7 @@ class Agent:
         from .._internal.paths import StateLayout
 
         try:
-            from ..ledger import Ledger  # type: ignore[attr-defined]
+            from ..ledger import Ledger
 
             ledger = Ledger.open(StateLayout(state).ledger, signer=signer, durability=durability)
         except BaseException:

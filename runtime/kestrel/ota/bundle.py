@@ -163,7 +163,7 @@ def build_manifest(
     return data
 
 
-def encode_bundle(manifest: bytes, signatures: bytes, contents: Sequence[bytes]) -> bytes:
+def encode_bundle(manifest: bytes, signatures: bytes, contents: Sequence[bytes | memoryview]) -> bytes:
     return b"".join(
         [MAGIC, _HEADER.pack(len(manifest)), manifest, _HEADER.pack(len(signatures)), signatures, *contents]
     )
