@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,8 @@ def environment_epilog() -> str:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest choice, else ''."""
+    import difflib  # only for a mistyped word: `kestrel run` does not load it
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

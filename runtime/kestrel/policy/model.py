@@ -12,11 +12,13 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .._internal.linregex import LinearRegex
 from .canonical.address import parse_address
 from .canonical.errors import ArgsError
+
+if TYPE_CHECKING:  # compiled by the parser only when a policy has a regex
+    from .._internal.linregex import LinearRegex
 
 __all__ = [
     "ActionRequest",

@@ -12,13 +12,15 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .._internal.linregex import LinearRegex, RegexError, compile_linear
 from .._internal.yamlnode import ALIAS_MESSAGE, AliasError, YamlSyntaxError, compose
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .._internal.linregex import LinearRegex
 from .canonical import MAX_INT, ArgsError, parse_domain
 from .model import ArgConstraint, NetAllow, Policy, RateLimit, Rule, TimeWindow
 
@@ -307,6 +309,8 @@ def _arg_names(node: yaml.Node) -> list[str]:
 
 def _regex(ctx: _Ctx, node: yaml.Node, what: str) -> LinearRegex | None:
     """A pattern compiled to a DFA: matching is linear in the value's length, whatever the pattern."""
+    from .._internal.linregex import RegexError, compile_linear
+
     pat = ctx.scalar(node, what, (str,))
     if pat is None:
         return None
