@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import KestrelError, TransportError
+from ..policy.canonical import canonicalize
 from ..policy.model import args_digest
 from .actions import FAST_ACTIONS, Actions
 from .effects import CURRENT_DECISION, Effect, EffectTracker
@@ -314,7 +315,9 @@ class Pipeline:
         result: Any
         current = CURRENT_DECISION.set(seq)
         try:
-            outcome = await self.actions.run(p.action, p.args)
+            # exactly what the policy evaluated: the canonical arguments the decision carries
+            args = decision.args if getattr(decision, "args", None) is not None else canonicalize(p.action, p.args)
+            outcome = await self.actions.run(p.action, dict(args))
         except KestrelError as exc:
             self.stats["failed"] += 1
             if self.stats["failed"] <= 100 or self.stats["failed"] % 1000 == 0:

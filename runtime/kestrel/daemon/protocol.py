@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 MAX_LINE = 256 * 1024
+MAX_DEPTH = 32  # nesting of objects and lists in one request
 METHODS = ("call", "status", "sim.drive", "sim.list", "follow", "reload", "ota.apply", "ota.rollback",
            "trust.apply", "peer.receive", "record", "ask")
 RECORDABLE = frozenset({"model.deployed", "memory.added", "peer.trusted", "peer.untrusted"})  # kinds `record` accepts (CLI commands' own work)
@@ -65,6 +66,8 @@ def decode_request(line: bytes) -> Request:
                             hint="one JSON object per line; finite numbers, 64-bit integers, no duplicate keys") from None
     if not isinstance(msg, dict):
         raise ProtocolError("request must be a JSON object")
+    if _depth(msg) > MAX_DEPTH:
+        raise ProtocolError(f"request is nested more than {MAX_DEPTH} levels deep")
     rid = msg.get("id")
     if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (int, str))):
         raise ProtocolError("'id' must be an integer or a string")
@@ -79,6 +82,22 @@ def decode_request(line: bytes) -> Request:
         err.request_id = rid  # type: ignore[attr-defined]
         raise err
     return Request(rid, method, params)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (iterative: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        deepest = max(deepest, d)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
 
 
 def to_json_value(value: Any) -> Any:

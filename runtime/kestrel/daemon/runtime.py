@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable
 from .._internal.clock import StepWatch
 from .._internal.fsutil import atomic_write, ensure_private_dir
 from .._internal.paths import StateLayout
+from .._internal.strictjson import loads_strict
 from ..errors import KestrelError, UsageError
 from .actions import Actions, Outcome
 from .admin import OtaService
@@ -88,12 +89,13 @@ class Daemon:
                              record=self.record, effects=self.effects)
         self.calendar = CalendarStore(self.state.data / "calendar")
         self.actions = Actions(config=lambda: self.config, hardware=self._hw, outbox=self.outbox,
-                               calendar=self.calendar, clock=clock)
+                               calendar=self.calendar, clock=clock, authorize=policy.decide)
         self.links = Links(state_dir=self.state.root, ledger=ledger, signer=signer, sync_config=config.sync,
                            policy=policy, bls_key=bls_key)
         self.actions.register("agent.send", self._agent_send)
         self.ota = OtaService(state_dir=self.state.root, ledger=ledger, policy=policy, healthy=self._ota_healthy,
-                              on_recorded=self._appended, clock=clock)
+                              on_recorded=self._appended, clock=clock,
+                              max_bundle=lambda: self.config.ota.max_bundle)
         self.pipeline = Pipeline(policy=policy, ledger=ledger, actions=self.actions,
                                  queue_size=config.limits.action_queue, workers=config.limits.action_workers,
                                  on_recorded=self._appended, decision_log=self.decision_log, effects=self.effects)
@@ -460,11 +462,11 @@ class Daemon:
         """A JSON command ``{"id", "action", "args"}`` on the commands topic: same path as `kestrel call`."""
         self.counters["commands"] += 1
         try:
-            msg = json.loads(payload.decode("utf-8"))
+            msg = loads_strict(payload)
             if not (isinstance(msg, dict) and isinstance(msg.get("action"), str)
                     and isinstance(msg.get("args", {}), dict)):
                 raise ValueError('expected {"action": NAME, "args": {...}}')
-        except (UnicodeDecodeError, ValueError) as exc:
+        except ValueError as exc:  # StrictJsonError is one
             self.bad_payload("commands", topic, payload, f"bad command: {exc}")
             return
         self._spawn_bg(self._run_command(topic, msg))
