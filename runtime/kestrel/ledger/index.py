@@ -25,7 +25,7 @@ import struct
 from pathlib import Path
 from typing import Sequence
 
-from .merkle import node_hash, tree_root
+from .merkle import Frontier, node_hash, tree_root
 
 __all__ = ["BLOCK", "POS_FILE", "MMR_FILE", "KINDS_FILE", "mmr_pos", "IndexBuilder", "IndexReader", "save_kinds",
            "load_kinds"]
@@ -117,6 +117,24 @@ class IndexBuilder:
             if len(block) == BLOCK:
                 self._add_block(tree_root(block))
                 block.clear()
+
+    def extend(self, frontier: Frontier, hashes: Sequence[bytes]) -> None:
+        """``frontier.extend(hashes)`` and :meth:`leaves`, hashing each whole block once (its root goes to
+        both): the writer's tree and its index cost one pass over the leaves, not two."""
+        i, n = 0, len(hashes)
+        while i < n:
+            if (self.usable and not self._skip and not self._block and frontier.size % BLOCK == 0
+                    and n - i >= BLOCK):
+                root = tree_root(hashes[i : i + BLOCK])
+                frontier.push_subtree(BLOCK, root)
+                self._add_block(root)
+                i += BLOCK
+                continue
+            take = n - i if not self.usable else min(n - i, BLOCK - len(self._block) if not self._skip else self._skip)
+            chunk = hashes[i : i + take]
+            frontier.extend(chunk)
+            self.leaves(chunk)
+            i += take
 
     def _add_block(self, root: bytes) -> None:
         out = [root]

@@ -581,7 +581,7 @@ class Ledger:
         own_cp = frontier = None
         if self._strict and batch:  # strict: this commit's own checkpoint needs the tree now
             frontier = self._frontier.copy()
-            frontier.extend(leaves)
+            self._index.extend(frontier, leaves)
             own_cp = sign_checkpoint(self._signer, size=seq, root=frontier.root())
             frames.append(encode_frame(CHECKPOINT, own_cp.note))
         elif batch and self._tail_key is not None:  # batched: seal the records no checkpoint covers yet
@@ -590,8 +590,6 @@ class Ledger:
         segment, offset = self._writer.position_for(len(data), self._size)
         for start, i in starts:
             self._index.start(start, segment, offset + sum(len(f) for f in frames[:i]))
-        if self._strict:
-            self._index.leaves(leaves)
         self._writer.write_durable(data, next_seq=self._size)
         if seq // _KINDS_EVERY != self._size // _KINDS_EVERY:
             save_kinds(self._dir, seq, latest)
@@ -634,10 +632,9 @@ class Ledger:
                 self._sign_requested = size
             last = time.monotonic()
             try:
-                if unhashed:  # outside the lock: in batched mode only the signer updates the tree
+                if unhashed:  # outside the lock: in batched mode only the signer updates the tree (and index)
                     frontier = frontier.copy()
-                    frontier.extend(unhashed)
-                    self._index.leaves(unhashed)
+                    self._index.extend(frontier, unhashed)
                     with self._cond:
                         self._frontier = frontier
                 cp = sign_checkpoint(self._signer, size=size, root=frontier.root())

@@ -69,6 +69,19 @@ class Frontier:
             push((size, h))
         self.size += len(leaves)
 
+    def push_subtree(self, size: int, root: bytes) -> None:
+        """Append a perfect subtree of ``size`` leaves (a power of two) by its root; the tree's size must
+        be a multiple of ``size`` (so the subtree is aligned, as RFC 6962 splits it)."""
+        if size & (size - 1) or self.size % size:
+            raise ValueError(f"a subtree of {size} leaves does not fit a tree of {self.size}")
+        stack, h, n = self._stack, root, size
+        while stack and stack[-1][0] == n:
+            left_size, left = stack.pop()
+            h = node_hash(left, h)
+            n += left_size
+        stack.append((n, h))
+        self.size += size
+
     def root(self) -> bytes:
         if not self._stack:
             return EMPTY_ROOT

@@ -37,6 +37,9 @@ _HEAD_SEQ, _TIME, _PREV_BIN32 = b"\x85" + _pack("seq"), _pack("time") + b"\xcb",
 _FLOAT = struct.Struct(">d")
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})  # exact types msgpack packs canonically
+
+
 def leaf_hash(raw: bytes) -> bytes:
     """RFC 6962 leaf hash of the exact stored record bytes."""
     return hashlib.sha256(b"\x00" + raw).digest()
@@ -115,7 +118,9 @@ def prepare_body(kind: str, body: dict[str, Any]) -> bytes:
             f"record {kind!r} is {len(packed) + len(prefix)} bytes, over the {MAX_RECORD_SIZE} byte limit",
             hint="store large data elsewhere and record its digest",
         )
-    if is_strict(packed) is None:  # the writer stores only what the verifier accepts (ext types, non-str keys)
+    if not _SCALARS.issuperset(map(type, body.values())) and is_strict(packed) is None:
+        # the writer stores only what the verifier accepts: a body of plain scalars packs into the
+        # profile by construction; anything nested (maps with non-str keys, ext types) is decoded and checked
         raise RecordError(
             f"record body for {kind!r} is not in the ledger's msgpack profile: {loads_strict_reason(packed)}",
             hint="use str, int, float, bool, None, bytes, list and dict with str keys only (no ext types)",
