@@ -70,6 +70,8 @@ class FleetPublisher:
         self.clients = []
         self.resend_requests: list[tuple[str, int]] = []  # (did, from): what collectors asked for
         self.resends = 0
+        self.resend_interval_s = 10.0  # an agent honours one request per interval (LedgerSync: 60 s)
+        self._last_resend: dict[str, float] = {}
         for i in range(connections):
             c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-fleet-{os.getpid()}-{i}",
                             protocol=mqtt.MQTTv5)
@@ -98,8 +100,9 @@ class FleetPublisher:
         while self.resend_requests:
             did, start = self.resend_requests.pop(0)
             agent = by_did.get(did)
-            if agent is None:
+            if agent is None or time.monotonic() - self._last_resend.get(did, -1e9) < self.resend_interval_s:
                 continue
+            self._last_resend[did] = time.monotonic()
             for i, end in enumerate(agent.ends):
                 if end > start:
                     info = self.clients[1 % len(self.clients)].publish(agent.topic, agent.batches[i], qos=1)

@@ -4,7 +4,7 @@ Three ``kestrel collector run --group fleet`` processes on one database, 200 sim
 (real signed logs) publishing through mosquitto; the broker is restarted twice and one collector
 is SIGKILLed mid-run (and started again, as its supervisor would). Every batch an agent got a
 PUBACK for must end up stored exactly once and verified; an agent that signed two histories is
-caught whichever collector saw which branch. The CI slice is bounded; ``-m slow`` runs 10x the
+caught whichever collector saw which branch. The CI slice is bounded; ``-m slow`` runs 50x the
 records.
 """
 
@@ -117,7 +117,7 @@ def test_three_collectors_one_postgres_through_faults(pg_url, broker_dir, tmp_pa
 
 @pytest.mark.slow
 def test_three_collectors_one_postgres_through_faults_large(pg_url, broker_dir, tmp_path):
-    _run_fleet(pg_url, broker_dir, tmp_path, agents=200, records=240, per_batch=16)
+    _run_fleet(pg_url, broker_dir, tmp_path, agents=200, records=1200, per_batch=32)
 
 
 def test_fork_caught_whichever_collector_saw_which_branch(pg_url):

@@ -119,10 +119,14 @@ class CollectorService:
         self._queue.put((client, msg))
 
     def _worker(self) -> None:
-        """Store messages in groups (one transaction each), then acknowledge the group to the broker."""
+        """Store messages in groups (one transaction each), then acknowledge the group to the broker.
+
+        On stop, the group being stored is finished and acknowledged; messages still queued are left
+        unacknowledged (the broker delivers them again to this session or the group), so stopping
+        never waits for a backlog."""
         while True:
             item = self._queue.get()
-            if item is None:
+            if item is None or self._stopping.is_set():
                 return
             group = [item]
             while len(group) < self.group_max:
