@@ -123,3 +123,12 @@ async def test_reload_in_process_keeps_old_config_on_error(agent, tmp_path):
         d.factory.chip().drive(18, 1)
         await until(lambda: d.values.get("b") == 1, what="old config still reading")
         assert d.counters["reload_failures"] == 1
+
+
+async def test_the_daemon_wires_the_active_ota_slot_as_its_policy_source(agent):
+    """The policy engine gets its policy from the source the daemon hands it (docs/architecture.md, Layers)."""
+    from kestrel.ota.source import ActiveSlotSource
+
+    async with running(agent, GPIO_CONFIG, policy="actions: [gpio.write]\n") as d:
+        assert isinstance(d.policy.source, ActiveSlotSource) and d.policy.source.state_dir == agent.state
+        assert d.policy.bundle_digest == d.policy.source.load()[1]

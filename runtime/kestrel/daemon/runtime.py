@@ -61,11 +61,12 @@ class Daemon:
         self.ledger = ledger
         self.decision_log: QueuedAppends | None = None
         if policy is None:  # the normal case: the engine records decisions as config.audit says
+            from ..ota.source import policy_source
             from ..policy import PolicyEngine
 
             self.decision_log = QueuedAppends(ledger, queued=config.audit.decisions == "batched")
-            policy = PolicyEngine(self.state.root, self.decision_log, recheck_s=POLICY_RECHECK_S, clock=clock,
-                                  monotonic=monotonic)
+            policy = PolicyEngine(self.state.root, self.decision_log, source=policy_source(self.state.root),
+                                  recheck_s=POLICY_RECHECK_S, clock=clock, monotonic=monotonic)
         self.policy = policy
         self.factory = factory
         self.agent_id = agent_id
