@@ -435,13 +435,13 @@ class SqlStore:
         return [Fork(d, s, _b(v), _b(c), detail, t) for d, s, v, c, detail, t in rows]
 
     # -- the fleet view ---------------------------------------------------------------------------
-    def summaries(self) -> list[AgentSummary]:
+    def summaries(self, did: str | None = None) -> list[AgentSummary]:
         self._flushed()
         rows = self._all(
             "SELECT a.did, a.size, (SELECT COUNT(*) FROM pending p WHERE p.did = a.did), "
             "(SELECT COUNT(*) FROM rejections r WHERE r.did = a.did), "
             "(SELECT COUNT(*) FROM forks f WHERE f.did = a.did), a.last_seen, a.stored, a.base, a.first_seen "
-            "FROM agents a ORDER BY a.did")
+            "FROM agents a" + (" WHERE a.did = ?" if did else "") + " ORDER BY a.did", (did,) if did else ())
         return [AgentSummary(*r) for r in rows]
 
     def verified_sizes(self) -> dict[str, int]:

@@ -165,7 +165,9 @@ class CollectorStore(Protocol):
 
     def forks(self, did: str | None = None) -> list[Fork]: ...
 
-    def summaries(self) -> list[AgentSummary]: ...
+    def summaries(self, did: str | None = None) -> list[AgentSummary]:
+        """One row per agent (or only ``did``'s), by AgentID."""
+        ...
 
     def verified_sizes(self) -> dict[str, int]:
         """Each agent's verified prefix size."""

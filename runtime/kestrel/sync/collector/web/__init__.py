@@ -105,7 +105,8 @@ def create_app(store: CollectorStore, *, token: str | None = None, location: str
         return out
 
     def summary(did: str) -> AgentSummary | None:
-        return next((s for s in store.summaries() if s.did == did), None)
+        found = store.summaries(did)
+        return found[0] if found else None
 
     def agent_did(request: Request) -> str | None:
         did = request.path_params["did"]
