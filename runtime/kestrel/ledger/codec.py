@@ -59,22 +59,26 @@ def _decode(data: bytes | memoryview) -> Any:
                            timestamp=1)
 
 
-def strict_checker(*, bins: int = 0) -> Callable[[bytes], Any]:
+def strict_checker(*, tail: bytes = b"", tail_len: int = 0) -> Callable[[bytes], Any]:
     """A fast :func:`is_strict` for one thread's loop over many documents (bytes only).
 
-    ``bins``: how many bin values each document is known to hold outside any map key (a record:
-    1, its ``prev``). The str-key hook (the costly part of the decode) then runs only for documents
-    with more bin markers than that: a key can only be non-str here by being bin, since the decoder
-    refuses int, nil, bool and float keys itself (``strict_map_key``)."""
+    The str-key hook (the costly part of the decode) runs only when the document holds a bin marker
+    (``c4``..``c6``): a key can only be non-str here by being bin, since the decoder refuses int, nil,
+    bool and float keys itself (``strict_map_key``). Documents that end with ``tail`` and then
+    ``tail_len`` bytes (a record's ``prev`` written last: ``a4 "prev" c4 20`` and the hash) are
+    searched before that tail only, since its bin is a value."""
     pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
     hooked = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, object_hook=_str_keys,
                                ext_hook=_refuse_ext, timestamp=1)
     plain = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, ext_hook=_refuse_ext, timestamp=1)
+    skip = len(tail) + tail_len
 
     def check(data: bytes) -> Any:
         try:
-            markers = data.count(b"\xc4") + data.count(b"\xc5") + data.count(b"\xc6")  # bin8/16/32 or a byte in one
-            obj = (plain if markers <= bins else hooked)(data)
+            end = len(data) - skip if skip and data[-skip : len(data) - tail_len] == tail else len(data)
+            bins = (data.find(b"\xc4", 0, end) >= 0 or data.find(b"\xc5", 0, end) >= 0
+                    or data.find(b"\xc6", 0, end) >= 0)
+            obj = (hooked if bins else plain)(data)
             return obj if pack(obj) == data else None
         except Exception:
             return None

@@ -39,7 +39,7 @@ def scan_records(
     n = len(view)
     head = RECORD_HEAD.unpack_from
     crc32 = zlib.crc32
-    strict = strict_checker(bins=1)  # a record holds one bin value outside its maps' keys: prev
+    strict = strict_checker(tail=b"\xa4prev\xc4\x20", tail_len=32)  # prev, written last, is a bin value
     finite = math.isfinite
     leaf = _LEAF.copy
     append = leaves.append
