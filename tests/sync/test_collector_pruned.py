@@ -20,6 +20,7 @@ from kestrel.sync.sync import LedgerSync
 from kestrel.sync.wire import SyncBatch, encode_batch, ledger_topic
 
 from .conftest import wait_until
+from .test_retention import _batches  # the ledger's records and checkpoint as sync batches
 
 SEG = 6000
 
@@ -47,17 +48,6 @@ def _fill(ledger, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
         ledger.append("sensor.reading", {"i": i, "value": "v" * 60})
     ledger.flush()
-
-
-def _batches(ledger, start: int, size: int = 50) -> list[bytes]:
-    raws = list(ledger.entries_raw(start))
-    cp = ledger.latest_checkpoint()
-    out = []
-    for i in range(0, len(raws), size):
-        chunk = tuple(raws[i:i + size])
-        last = start + i + len(chunk) == cp.size
-        out.append(encode_batch(SyncBatch(start + i, chunk, cp.note if last else None)))
-    return out
 
 
 def _base_batch(ledger) -> bytes:
