@@ -79,7 +79,7 @@ def test_pruned_before_sync_verifies_from_the_signed_base(ledger, core, base_fir
     assert out.refused
 
 
-def test_collector_that_had_the_start_keeps_it_and_verifies_both_runs(ledger, core):
+def test_collector_that_had_the_start_keeps_it_and_verifies_both_runs(ledger, core, capsys):
     _fill(ledger, 100)
     did, topic = ledger.public_key.did, ledger_topic(ledger.public_key.did)
     for p in _batches(ledger, 0):
@@ -95,6 +95,14 @@ def test_collector_that_had_the_start_keeps_it_and_verifies_both_runs(ledger, co
     runs = verify_runs(core.store, did)
     assert [(r.first_seq, r.size) for r in runs] == [(0, synced), (first, ledger.size)]
     assert verify_proof(proof_file(core.store, did, 5), ledger.public_key).record.seq == 5  # the first run
+    from kestrel.cli import main
+
+    assert main(["collector", "verify", "--agent", did, "--db", core.store.location]) == 0
+    out = capsys.readouterr().out
+    assert f"{synced} records verified" in out
+    assert f"records {first}..{ledger.size - 1} from the agent's signed base" in out
+    assert main(["collector", "status", "--db", core.store.location]) == 0
+    assert f"verified from its signed base at {first}" in capsys.readouterr().out
 
 
 def test_a_base_below_the_verified_prefix_changes_nothing(ledger, core):
