@@ -134,6 +134,9 @@ def test_a_token_is_required_off_loopback(fleet_db, tmp_path):
                         f"0.0.0.0:{free_port()}", "--token-file", str(token_file)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 64 and "chmod 600" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "kestrel.cli", "collector", "serve", "--db", db, "--listen", "nowhere:x"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 64 and "invalid --listen address" in r.stderr and "Traceback" not in r.stderr
     token_file.chmod(0o600)
     srv = Server(db, tmp_path, host="0.0.0.0", token_file=token_file)
     try:

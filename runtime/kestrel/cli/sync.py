@@ -282,7 +282,11 @@ def _collector_serve(args: argparse.Namespace, extra: list[str]) -> int:
     from ..errors import UsageError
     from ..sync.collector.service import parse_broker
 
-    host, port = parse_broker(args.listen.replace("localhost", "127.0.0.1"))
+    try:
+        host, port = parse_broker(args.listen.replace("localhost", "127.0.0.1"))
+    except UsageError:
+        raise UsageError(f"invalid --listen address {args.listen!r}", hint="use HOST:PORT, e.g. 127.0.0.1:8765") \
+            from None
     token = None
     if args.token_file:
         mode = os.stat(args.token_file).st_mode if os.path.exists(args.token_file) else 0
