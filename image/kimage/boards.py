@@ -33,6 +33,7 @@ class ImageBoard:
     boot_files: str = "raspi"  # "raspi": raspi-firmware fills the FAT partition; "direct": kernel + initrd
     packages: tuple[str, ...] = ()  # board-specific extra Debian packages
     initramfs_modules: str = "most"  # initramfs-tools MODULES=; "list": only the hook's modules (virtio, ext4)
+    data_timeout: str = "90s"  # how long systemd waits for the data partition (x-systemd.device-timeout)
     lab: bool = False  # the test lab: test channel, in-guest vTPM, gpio-sim chip (docs/image.md, "qemu-arm64")
 
 
@@ -47,7 +48,8 @@ BOARDS: dict[str, ImageBoard] = {b.name: b for b in (
     # QEMU's virt board (qemu-system-aarch64 -M virt -cpu cortex-a72): the project's arm64 lab.
     ImageBoard("qemu-arm64", "QEMU virt arm64 test lab (vTPM in the guest, gpio-sim chip, test channel)", "sd",
                ("linux-image-arm64",), boot_mib=128, root_mib=1536, console="ttyAMA0,115200", data_mib=64,
-               boot_files="direct", packages=("swtpm", "procps"), initramfs_modules="list", lab=True),
+               boot_files="direct", packages=("swtpm", "procps"), initramfs_modules="list", lab=True,
+               data_timeout="10min"),  # udev under TCG on a loaded host takes minutes
     ImageBoard("jetson-nano", "NVIDIA Jetson Nano (flash with L4T R32 + this rootfs)", "l4t"),
     ImageBoard("jetson-orin-nano", "NVIDIA Jetson Orin Nano (flash with L4T R36 / JetPack 6 + this rootfs)", "l4t"),
 )}

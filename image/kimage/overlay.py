@@ -46,12 +46,12 @@ _DATA_DROPIN = f"""# Kestrel image: the state directory is the data partition ({
 RequiresMountsFor=/var/lib/kestrel
 """
 
-_FSTAB = f"""# Kestrel image: root ext4 and the boot FAT partition (owner settings in /boot/firmware/kestrel).
-LABEL={ROOT_LABEL}  /              ext4  rw,noatime,errors=remount-ro             0 1
-LABEL={BOOT_LABEL}  /boot/firmware vfat  rw,noatime,fmask=0077,dmask=0077,flush   0 2
+_FSTAB = """# Kestrel image: root ext4 and the boot FAT partition (owner settings in /boot/firmware/kestrel).
+LABEL={root}  /              ext4  rw,noatime,errors=remount-ro             0 1
+LABEL={boot}  /boot/firmware vfat  rw,noatime,fmask=0077,dmask=0077,flush   0 2
 # The state directory (identity, ledger, bundles) on its own partition: an A/B root switch keeps it.
 # nofail: a missing or damaged data partition leaves the device up (kestrel.service then does not start).
-LABEL={DATA_LABEL} /var/lib/kestrel ext4 rw,noatime,nodev,nosuid,noexec,nofail,x-systemd.device-timeout=30s 0 2
+LABEL={data} /var/lib/kestrel ext4 rw,noatime,nodev,nosuid,noexec,nofail,x-systemd.device-timeout={timeout} 0 2
 """
 
 
@@ -196,7 +196,8 @@ def _add_files(src: Path, root: Path, *, board: ImageBoard, wheel: Path, extras:
         _put(root / "etc/systemd/system/kestrel.service.d/30-memory.conf",
              memory_dropin(profile.read_text(), board=board.name))
     if board.flash == "sd":  # L4T keeps its own partitions and fstab
-        _put(root / "etc/fstab", _FSTAB)
+        _put(root / "etc/fstab", _FSTAB.format(root=ROOT_LABEL, boot=BOOT_LABEL, data=DATA_LABEL,
+                                               timeout=board.data_timeout))
         _put(root / "etc/systemd/system/kestrel.service.d/15-data.conf", _DATA_DROPIN)
         if board.boot_files == "raspi":
             _raspi_files(board, root)

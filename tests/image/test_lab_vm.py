@@ -56,8 +56,9 @@ def wait_active(vm: LabVm, timeout: float = BOOT_TIMEOUT) -> None:
         if state == "active":
             return
         firstboot = vm.run("systemctl", "is-failed", "kestrel-firstboot.service", check=False).out
-        if state == "failed" or firstboot == "failed":
-            raise LabError(f"kestrel.service {state}, kestrel-firstboot {firstboot}:\n"
+        data = vm.run("systemctl", "is-failed", "var-lib-kestrel.mount", check=False).out
+        if state == "failed" or "failed" in (firstboot, data):
+            raise LabError(f"kestrel.service {state}, kestrel-firstboot {firstboot}, data partition {data}:\n"
                            f"{journal(vm, 'kestrel-firstboot')[-3000:]}\n{journal(vm, 'kestrel')[-3000:]}")
         time.sleep(2)
     raise LabError(f"kestrel.service not active within {timeout:.0f} s\n{vm.console_tail()}")
