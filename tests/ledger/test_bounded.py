@@ -10,10 +10,9 @@ import pytest
 
 import kestrel.ledger.verify as verify_mod
 from kestrel.ledger import Ledger, LedgerVerificationError, Reason, verify_dir
-from kestrel.ledger.export import verify_proof
+from kestrel.ledger.export import encode_proof, verify_proof
 from kestrel.ledger.index import BLOCK, MMR_FILE, POS_FILE, IndexReader
 from kestrel.ledger.reader import RecordCursor, _walk_keeping_leaves, iter_records, latest_record, prove
-from kestrel.ledger.export import encode_proof
 
 
 def _fill(d, signer, n, *, segment=64 << 10, kinds=("test.event",)):

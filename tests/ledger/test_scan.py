@@ -5,14 +5,14 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from kestrel.identity.keys import SoftwareSigner
+from kestrel.ledger.checkpoint import sign_checkpoint
 from kestrel.ledger.errors import LedgerVerificationError, Reason
 from kestrel.ledger.frame import RECORD, encode_frame
 from kestrel.ledger.merkle import Frontier
 from kestrel.ledger.record import ZERO_HASH, decode_record, leaf_hash
 from kestrel.ledger.scan import scan_records
 from kestrel.ledger.verify import LogWalker, verify_stream
-from kestrel.ledger.checkpoint import sign_checkpoint
-from kestrel.identity.keys import SoftwareSigner
 
 from .streams import build
 

@@ -9,7 +9,7 @@ import pytest
 
 from kestrel.identity.keys import SoftwareSigner
 from kestrel.ledger import Ledger, verify_dir
-from kestrel.ledger.frame import CHECKPOINT, RECORD, TAIL_SEAL, encode_frame
+from kestrel.ledger.frame import RECORD, TAIL_SEAL, encode_frame
 from kestrel.ledger.reader import read_stream
 from kestrel.ledger.record import encode_record, leaf_hash
 from kestrel.ledger.store import SEGMENT_MAGIC, SEGMENT_MAGIC_V1
@@ -185,4 +185,3 @@ def test_tpm_ledger_secret_is_computed_by_the_tpm_and_stable(swtpm, tmp_path):
     with tpm.TPMSigner(pem2, tcti=swtpm.tcti) as other:
         assert other.ledger_secret() != secret
     assert verify_dir(crashed, public).signed_size == 2
-    assert CHECKPOINT  # noqa: the frame types above are the on-disk ones

@@ -17,8 +17,8 @@ import msgpack
 
 from ..identity.keys import PublicKey
 from .base import LogBase, verify_base
-from .codec import loads_strict
 from .checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
+from .codec import loads_strict
 from .errors import LedgerError, LedgerVerificationError, Reason, RecordError
 from .frame import BASE, CHECKPOINT, RECORD, Frame, FrameDamage, encode_frame, iter_frames, read_frame
 from .merkle import Frontier, ProofError, inclusion_proof, verify_inclusion
@@ -116,7 +116,8 @@ def encode_proof(index: int, records_leaves: Sequence[bytes], record: bytes, che
 
 def proof_file(index: int, path: Sequence[bytes], record: bytes, checkpoint: SignedCheckpoint) -> bytes:
     """The inclusion-proof file for record ``index`` given its audit path against ``checkpoint``."""
-    body = {"index": index, "size": checkpoint.size, "record": record, "path": list(path), "checkpoint": checkpoint.note}
+    body = {"index": index, "size": checkpoint.size, "record": record, "path": list(path),
+            "checkpoint": checkpoint.note}
     return PROOF_MAGIC + msgpack.packb(body, use_bin_type=True)
 
 

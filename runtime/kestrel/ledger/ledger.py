@@ -30,15 +30,23 @@ from typing import Any, Iterator, Literal
 
 from .._internal.fsutil import ensure_private_dir, fsync_dir
 from ..identity.keys import PublicKey, Signer
+from .base import LogBase, encode_base
 from .checkpoint import SignedCheckpoint, sign_checkpoint
 from .errors import LedgerError, LedgerIOError
 from .frame import CHECKPOINT, TAIL_SEAL, encode_frame, record_frame
-from .base import LogBase, encode_base
+from .index import BLOCK, IndexBuilder, save_kinds
 from .reader import export_chunks, iter_records, load_base, prove, rescan_root, walk_dir
 from .record import Record, assemble_record, prepare_body
-from .index import BLOCK, IndexBuilder, save_kinds
-from .store import (SegmentWriter, cut_tail, cut_torn_tail, lock_directory, map_segment, segment_files,
-                    unlink_segments, write_base)
+from .store import (
+    SegmentWriter,
+    cut_tail,
+    cut_torn_tail,
+    lock_directory,
+    map_segment,
+    segment_files,
+    unlink_segments,
+    write_base,
+)
 from .tailmac import seal_payload
 from .verify import VerifiedLog, walk_parts
 

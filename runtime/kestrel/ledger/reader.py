@@ -9,8 +9,8 @@ running, or one that crashed) is skipped; damage anywhere else raises.
 
 from __future__ import annotations
 
-import os
 import hashlib
+import os
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -152,8 +152,7 @@ def iter_frames_from(ledger_dir: Path, since_seq: int = 0) -> Iterator[tuple[int
                     if isinstance(item, FrameDamage):
                         if n == len(files) - 1 and is_torn_tail(data, item):
                             return
-                        raise LedgerVerificationError(
-                            seq, Reason.BIT_FLIP, f"damaged frame in {path.name}: {item.detail}; run `kestrel audit verify`")
+                        raise _damaged(seq, path, item)
                     if item.type == RECORD and not checked:
                         checked = True
                         try:
@@ -193,13 +192,17 @@ def _from_segment_start(ledger_dir: Path, since_seq: int) -> Iterator[tuple[int,
                 if isinstance(item, FrameDamage):
                     if n == len(files) - first - 1 and is_torn_tail(part.data, item):
                         return
-                    raise LedgerVerificationError(seq, Reason.BIT_FLIP,
-                                                  f"damaged frame in {path.name}: {item.detail}; run `kestrel audit verify`")
+                    raise _damaged(seq, path, item)
                 yield seq, item
                 if item.type == RECORD:
                     seq += 1
         finally:
             part.close()  # type: ignore[misc]
+
+
+def _damaged(seq: int, path: Path, damage: FrameDamage) -> LedgerVerificationError:
+    return LedgerVerificationError(seq, Reason.BIT_FLIP,
+                                   f"damaged frame in {path.name}: {damage.detail}; run `kestrel audit verify`")
 
 
 def _raw_records(ledger_dir: Path, since_seq: int, *, stop: int | None = None) -> Iterator[bytes]:
@@ -225,7 +228,8 @@ def iter_records(ledger_dir: Path, *, since_seq: int = 0, kind: str | None = Non
             raise LedgerVerificationError(seq, Reason.CORRUPT, exc.message) from None
         if rec.seq != seq:
             raise LedgerVerificationError(seq, Reason.CORRUPT if rec.seq < seq else Reason.MISSING,
-                                          f"record {rec.seq} found where record {seq} belongs; run `kestrel audit verify`")
+                                          f"record {rec.seq} found where record {seq} belongs; "
+                                          "run `kestrel audit verify`")
         if kind is None or rec.kind == kind or (prefix is not None and rec.kind.startswith(prefix)):
             yield rec
 
@@ -254,7 +258,8 @@ def export_chunks(ledger_dir: Path, public_key: PublicKey) -> tuple[VerifiedLog,
     write it out chunk by chunk)."""
     verified, walker = walk_dir(ledger_dir, public_key)
     if verified.checkpoint is None:
-        raise LedgerError("the ledger has no signed checkpoint yet", hint="start the agent once so that it signs its log")
+        raise LedgerError("the ledger has no signed checkpoint yet",
+                          hint="start the agent once so that it signs its log")
     cp = verified.checkpoint
     raws = _raw_records(Path(ledger_dir), walker.offset, stop=cp.size)
     return verified, encode_export(cp, raws, base=walker.base)
@@ -282,7 +287,8 @@ def latest_checkpoint_unsafe(ledger_dir: Path, public_key: PublicKey) -> tuple[S
                         note = payload
             except ValueError:
                 if index is None:
-                    raise LedgerVerificationError(start, Reason.BIT_FLIP, "a damaged frame; run `kestrel audit verify`")
+                    raise LedgerVerificationError(start, Reason.BIT_FLIP,
+                                                  "a damaged frame; run `kestrel audit verify`") from None
                 index.close()
                 index, blocks, step = None, 0, 1  # the index is off: read the log from its start
                 continue
@@ -538,8 +544,7 @@ class RecordCursor:
                     raise _Restart
                 if item.kind == "torn":
                     break  # a write in progress: the rest comes with a later poll
-                raise LedgerVerificationError(self.next_seq, Reason.BIT_FLIP,
-                                              f"damaged frame in {path.name}: {item.detail}; run `kestrel audit verify`")
+                raise _damaged(self.next_seq, path, item)
             off = item.end
             if item.type != RECORD:
                 continue

@@ -94,7 +94,8 @@ def _kind_prefix(kind: str) -> bytes:
             f"invalid record kind {kind!r}",
             hint="kinds are dotted lower-case names such as 'policy.decision' (at most 64 characters)",
         )
-    return _pack("kind") + _pack(kind) + _pack("body")
+    prefix: bytes = _pack("kind") + _pack(kind) + _pack("body")
+    return prefix
 
 
 def prepare_body(kind: str, body: dict[str, Any]) -> bytes:
@@ -107,7 +108,7 @@ def prepare_body(kind: str, body: dict[str, Any]) -> bytes:
     except AttributeError:
         packer = _packers.packer = msgpack.Packer(use_bin_type=True, buf_size=4096)
     try:
-        packed = packer.pack(body)  # a failed pack leaves the packer empty
+        packed: bytes = packer.pack(body)  # a failed pack leaves the packer empty
     except (TypeError, ValueError, OverflowError) as exc:
         raise RecordError(
             f"record body for {kind!r} is not msgpack-encodable: {exc}",

@@ -25,7 +25,9 @@ from .base import BASE_MAGIC, MAX_BASE_SIZE, base_size_unsafe
 from .errors import LedgerIOError, LedgerVerificationError, Reason
 from .verify import Part
 
-__all__ = ["SEGMENT_MAGIC", "SEGMENT_MAGIC_V1", "BASE_FILE", "cut_tail", "map_segment", "segment_parts", "segment_files", "read_base", "write_base", "unlink_segments", "cut_torn_tail", "lock_directory", "SegmentWriter"]
+__all__ = ["SEGMENT_MAGIC", "SEGMENT_MAGIC_V1", "BASE_FILE", "cut_tail", "map_segment", "segment_parts",
+           "segment_files", "read_base", "write_base", "unlink_segments", "cut_torn_tail", "lock_directory",
+           "SegmentWriter"]
 
 log = logging.getLogger("kestrel.ledger")
 

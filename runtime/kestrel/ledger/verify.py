@@ -21,8 +21,8 @@ from .record import ZERO_HASH, Record, decode_record
 from .scan import scan_records
 from .tailmac import seal_size, seal_valid
 
-__all__ = ["VerifiedLog", "verify_stream", "walk_stream", "walk_parts", "Part", "LogWalker", "check_trusted", "is_torn_tail",
-           "damage_error"]
+__all__ = ["VerifiedLog", "verify_stream", "walk_stream", "walk_parts", "Part", "LogWalker", "check_trusted",
+           "is_torn_tail", "damage_error"]
 
 _WINDOW = 8 << 20  # bytes scanned between two releases of a part's pages (bounded RSS over mmap)
 _KEEP = 16384  # bounded walkers keep at most about this many recent leaf hashes (checkpoints lag commits)
@@ -455,10 +455,10 @@ class _Roots:
         bad = self.mismatch
         if bad is not None:
             match = self.latest_match
-            if match is not None and match.size >= bad.size and _checkpoint(match.note, max(match.size - 1, 0), self.pk):
-                raise LedgerVerificationError(
-                    max(bad.size - 1, 0), Reason.FORK, f"two signed checkpoints disagree about the first {bad.size} records"
-                )
+            if match is not None and match.size >= bad.size and _checkpoint(match.note, max(match.size - 1, 0),
+                                                                            self.pk):
+                raise LedgerVerificationError(max(bad.size - 1, 0), Reason.FORK,
+                                              f"two signed checkpoints disagree about the first {bad.size} records")
             good = min(self.good_size, bad.size)
             raise LedgerVerificationError(
                 good, Reason.CORRUPT,
