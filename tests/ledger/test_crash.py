@@ -27,6 +27,7 @@ def test_sigkill_20_times_loses_no_receipted_append(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the log grows every round and every reopen verifies all of it (strict codec included)
 def test_sigkill_soak_200_times(tmp_path):
     rounds = _harness().run(200, ledger_dir=tmp_path / "ledger", modes=["batched", "strict"], log=lambda m: None)
     assert all(r.receipted >= 0 for r in rounds) and len(rounds) == 200
