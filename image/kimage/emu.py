@@ -75,8 +75,11 @@ class Emulator:
         self.rootfs, self.qemu, self.runner, self.binds = rootfs, qemu, runner, tuple(binds)
 
     def argv(self, cmd: Sequence[str], *, env: dict[str, str] | None = None) -> list[str]:
-        # /proc, /sys and /dev are the host's: enough for dpkg, pip and mkinitramfs (nothing is mounted).
-        out = ["proot", "-q", str(self.qemu), "-r", str(self.rootfs), "-w", "/",
+        # /proc, /sys and /dev are the host's: enough for dpkg, pip and mkinitramfs. We run as root and
+        # proot passes mount(2)/umount(2) to the kernel, so everything runs in a private mount namespace:
+        # debootstrap's `umount /dev/pts` on exit once unmounted the host's (every pty failed, ENODEV).
+        out = ["unshare", "--mount", "--propagation", "private",
+               "proot", "-q", str(self.qemu), "-r", str(self.rootfs), "-w", "/",
                "-b", "/dev", "-b", "/proc", "-b", "/sys"]
         for host, guest in self.binds:
             out += ["-b", f"{host}:{guest}"]
@@ -85,7 +88,7 @@ class Emulator:
         return [*out, "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in sorted(full_env.items())), *cmd]
 
     def run(self, cmd: Sequence[str], *, what: str, env: dict[str, str] | None = None) -> None:
-        self.runner.need_tools("proot")
+        self.runner.need_tools("proot", "unshare")
         self.runner.run(["nice", "-n", "10", *self.argv(cmd, env=env)], what=what)
 
     def output(self, cmd: Sequence[str], *, what: str) -> str:
@@ -111,11 +114,13 @@ def no_mounts(rootfs: Path) -> Iterator[None]:
     With the binaries stubbed, nothing the configuration scripts do can touch the host's mounts.
     """
     saved = []
+    seen: set[Path] = set()
     try:
         for rel in ("usr/bin/mount", "usr/bin/umount", "bin/mount", "bin/umount"):
             path = rootfs / rel
-            if path.is_symlink() or not path.is_file():
-                continue
+            if path.is_symlink() or not path.is_file() or path.resolve() in seen:
+                continue  # merged /usr: bin/mount is usr/bin/mount
+            seen.add(path.resolve())
             real = path.with_name(path.name + ".kestrel-real")
             os.replace(path, real)
             saved.append((path, real))
