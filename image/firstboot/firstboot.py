@@ -400,8 +400,8 @@ def provision(opts: argparse.Namespace) -> int:
         if layout.work.exists():
             log(f"discarding the unfinished work of an interrupted first boot ({layout.work})")
             shutil.rmtree(layout.work)
+        check_free_space(layout)  # first: a full partition is the owner's first problem, whatever fills it
         check_state_empty(layout.state, partition=layout.data_partition)
-        check_free_space(layout)
         inputs = read_boot_inputs(layout.boot)
         if inputs.owner is None:
             log(f"warning: no {layout.boot / OWNER_FILE}: the agent has no owner keys and no policy can be "
