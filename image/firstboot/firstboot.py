@@ -305,7 +305,7 @@ def check_free_space(layout: Layout) -> None:
     if free < MIN_FREE_BYTES:
         what = "the data partition (KESTREL_DATA)" if layout.data_partition else "the file system"
         raise TransportError(f"{what} holding {layout.state} is full: {free >> 10} KiB free, first boot needs "
-                             f"{MIN_FREE_BYTES >> 20} MiB", hint=f"free space on it (nothing was provisioned and "
+                             f"{MIN_FREE_BYTES >> 20} MiB", hint="free space on it (nothing was provisioned and "
                              "nothing is deleted), then reboot or run `systemctl start kestrel-firstboot`")
 
 
