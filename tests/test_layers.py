@@ -57,7 +57,7 @@ def _imports(path: Path) -> list[tuple[int, list[str], list[str]]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = mod if is_pkg else mod[:-1]
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = base + (node.module.split(".") if node.module else [])
             else:
                 target = (node.module or "").split(".")

@@ -114,8 +114,7 @@ def test_client_reports_daemon_hanging_up_and_timeouts(tmp_path):
             gave_up.wait(30)  # silent until the client has timed out
         conn.close()
 
-    for behaviour, expected in (("hangup", TransportError), ("garbage", P.ProtocolError),
-                                ("silent", TransportError)):
+    for behaviour, expected in (("hangup", TransportError), ("garbage", P.ProtocolError), ("silent", TransportError)):
         t = threading.Thread(target=serve, args=(behaviour,))
         t.start()
         with pytest.raises(expected):
@@ -128,8 +127,14 @@ def test_client_reports_daemon_hanging_up_and_timeouts(tmp_path):
 def test_protocol_round_trip_and_validation():
     req = P.decode_request(b'{"id": 7, "method": "call", "params": {"action": "x", "args": {}}}\n')
     assert req == P.Request(7, "call", {"action": "x", "args": {}})
-    for bad in (b"{", b"[]", b'{"method": "nope"}', b'{"id": true, "method": "status"}',
-                b'{"method": "status", "params": []}', b"x" * (P.MAX_LINE + 1)):
+    for bad in (
+        b"{",
+        b"[]",
+        b'{"method": "nope"}',
+        b'{"id": true, "method": "status"}',
+        b'{"method": "status", "params": []}',
+        b"x" * (P.MAX_LINE + 1),
+    ):
         with pytest.raises(P.ProtocolError):
             P.decode_request(bad)
     line = P.encode_event(1, {"raw": b"\x00\x01", "n": [1, (2, 3)]})

@@ -37,12 +37,21 @@ LATENCY_GATE = 0.45
 #   3: unsmoothed, attention fp32 (MatMul-only quantization, slowest)               0.9905
 _SENSITIVE = ["/encoder/layer.0/attention/output/dense/MatMul", "/encoder/layer.0/output/dense/MatMul"]
 CANDIDATES: list[tuple[str, dict[str, Any] | None, dict[str, Any]]] = [
-    ("attention outputs smoothed (alpha 0.75, folded into the value weights), per-channel int8, all ops",
-     {"alpha": 0.75, "kinds": ["attn_out"]}, {"per_channel": True}),
-    ("attention outputs and FFN inputs smoothed (alpha 0.75, 12 Mul nodes), per-channel int8, all ops",
-     {"alpha": 0.75, "kinds": ["attn_out", "ffn_up", "ffn_down"]}, {"per_channel": True}),
-    ("per-channel int8, all ops, 2 sensitive MatMuls kept fp32", None,
-     {"per_channel": True, "nodes_to_exclude": _SENSITIVE}),
+    (
+        "attention outputs smoothed (alpha 0.75, folded into the value weights), per-channel int8, all ops",
+        {"alpha": 0.75, "kinds": ["attn_out"]},
+        {"per_channel": True},
+    ),
+    (
+        "attention outputs and FFN inputs smoothed (alpha 0.75, 12 Mul nodes), per-channel int8, all ops",
+        {"alpha": 0.75, "kinds": ["attn_out", "ffn_up", "ffn_down"]},
+        {"per_channel": True},
+    ),
+    (
+        "per-channel int8, all ops, 2 sensitive MatMuls kept fp32",
+        None,
+        {"per_channel": True, "nodes_to_exclude": _SENSITIVE},
+    ),
     ("per-channel int8, MatMul only (attention fp32)", None, {"per_channel": True, "op_types_to_quantize": ["MatMul"]}),
 ]
 
@@ -151,8 +160,15 @@ def build(ctx: Any) -> None:
 
         if fp32_dir.exists():
             shutil.rmtree(fp32_dir)
-        main_export(str(src), output=str(fp32_dir), task="feature-extraction", opset=17,
-                    library_name="transformers", do_validation=False, no_post_process=False)
+        main_export(
+            str(src),
+            output=str(fp32_dir),
+            task="feature-extraction",
+            opset=17,
+            library_name="transformers",
+            do_validation=False,
+            no_post_process=False,
+        )
     fp32 = fp32_dir / "model.onnx"
     fused = work / "model-fused-fp32.onnx"
     with ctx.step("fusing attention, layer norm and GELU (onnxruntime transformer optimizer)"):
@@ -173,7 +189,9 @@ def build(ctx: Any) -> None:
     reference = probe.embed(probe.session(fp32))
     chosen: tuple[int, Path, float] | None = None
     tried = []
-    with ctx.step(f"quantizing to int8: first candidate with min cosine >= {COSINE_GATE} on {len(sentences)} sentences"):
+    with ctx.step(
+        f"quantizing to int8: first candidate with min cosine >= {COSINE_GATE} on {len(sentences)} sentences"
+    ):
         for i, (label, smooth_opts, opts) in enumerate(CANDIDATES):
             ctx.progress(i, len(CANDIDATES), label[:40])
             source = fused
@@ -188,8 +206,9 @@ def build(ctx: Any) -> None:
                     ctx.note(f"{label}: skipped ({exc})")
                     continue
             out = work / f"candidate-{i}.onnx"
-            quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8,
-                             extra_options={"DefaultTensorType": 1}, **opts)
+            quantize_dynamic(
+                str(source), str(out), weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": 1}, **opts
+            )
             cos = float((probe.embed(probe.session(out)) * reference).sum(1).min())
             tried.append({"candidate": label, "min_cosine": round(cos, 5)})
             ctx.note(f"{label}: min cosine {cos:.4f}")
@@ -203,19 +222,34 @@ def build(ctx: Any) -> None:
     label, smooth_opts, opts = CANDIDATES[index]
     with ctx.step("timing int8 against the fused fp32 graph (interleaved medians; recorded, not decisive)"):
         ratio = probe.latency_ratio(probe.session(path), probe.session(fused))
-        ctx.note(f"int8/fp32 (fused) latency {ratio:.3f} (target <= {LATENCY_GATE}; tools/bench/models.py measures it properly)")
+        ctx.note(
+            f"int8/fp32 (fused) latency {ratio:.3f} (target <= {LATENCY_GATE}; "
+            "tools/bench/models.py measures it properly)"
+        )
     with ctx.step("copying the model and tokenizer into the build folder"):
         shutil.copyfile(path, ctx.out / "model.onnx")
         shutil.copyfile(src / "tokenizer.json", ctx.out / "tokenizer.json")
         shutil.copyfile(fp32, work / "model-fp32.onnx")  # the plain export (tests' cosine reference); not deployed
     with ctx.step("writing the manifest"):
-        ctx.facts.update(min_cosine_vs_fp32=round(cos, 5), latency_ratio_vs_fp32=round(ratio, 3),
-                         latency_baseline="model-fused-fp32.onnx (same session options)",
-                         candidates=tried, sentences="sentences.txt")
+        ctx.facts.update(
+            min_cosine_vs_fp32=round(cos, 5),
+            latency_ratio_vs_fp32=round(ratio, 3),
+            latency_baseline="model-fused-fp32.onnx (same session options)",
+            candidates=tried,
+            sentences="sentences.txt",
+        )
         quantization: dict[str, Any] = {
-            "method": "onnxruntime.quantize_dynamic", "weight_type": "int8", "activations": "uint8, dynamic per tensor",
-            "candidate": label, "rule": f"first of the recipe's CANDIDATES with min cosine >= {COSINE_GATE}", **opts}
+            "method": "onnxruntime.quantize_dynamic",
+            "weight_type": "int8",
+            "activations": "uint8, dynamic per tensor",
+            "candidate": label,
+            "rule": f"first of the recipe's CANDIDATES with min cosine >= {COSINE_GATE}",
+            **opts,
+        }
         if smooth_opts is not None:
-            quantization["smoothing"] = {**smooth_opts, "calibration": "calibration.txt",
-                                         "scale": "amax_x ** alpha / amax_w ** (1 - alpha), per input channel"}
+            quantization["smoothing"] = {
+                **smooth_opts,
+                "calibration": "calibration.txt",
+                "scale": "amax_x ** alpha / amax_w ** (1 - alpha), per input channel",
+            }
         ctx.write_manifest(["model.onnx", "tokenizer.json"], quantization=quantization)

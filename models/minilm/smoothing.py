@@ -35,7 +35,11 @@ def node_kind(node: Any) -> str | None:
         return "attn_in"
     if node.op_type != "MatMul":
         return None
-    for part, kind in (("/attention/output/", "attn_out"), ("/intermediate/", "ffn_up"), ("/output/dense/", "ffn_down")):
+    for part, kind in (
+        ("/attention/output/", "attn_out"),
+        ("/intermediate/", "ffn_up"),
+        ("/output/dense/", "ffn_down"),
+    ):
         if part in node.name:
             return kind
     return None
@@ -44,12 +48,19 @@ def node_kind(node: Any) -> str | None:
 def _targets(model: Any, kinds: Iterable[str], nodes: Iterable[str] = ()) -> list[Any]:
     inits = {i.name for i in model.graph.initializer}
     wanted, named = set(kinds), set(nodes)
-    return [n for n in model.graph.node
-            if node_kind(n) is not None and (node_kind(n) in wanted or n.name in named)
-            and len(n.input) > 1 and n.input[1] in inits]
+    return [
+        n
+        for n in model.graph.node
+        if node_kind(n) is not None
+        and (node_kind(n) in wanted or n.name in named)
+        and len(n.input) > 1
+        and n.input[1] in inits
+    ]
 
 
-def activation_ranges(model: Any, feeds: Iterable[Mapping[str, Any]], *, kinds: Iterable[str] = KINDS) -> dict[str, Any]:
+def activation_ranges(
+    model: Any, feeds: Iterable[Mapping[str, Any]], *, kinds: Iterable[str] = KINDS
+) -> dict[str, Any]:
     """Per-channel max |x| of each target's input tensor over ``feeds`` (one onnxruntime session)."""
     import numpy as np
     import onnx
@@ -65,7 +76,7 @@ def activation_ranges(model: Any, feeds: Iterable[Mapping[str, Any]], *, kinds: 
     sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     amax: dict[str, Any] = {}
     for feed in feeds:
-        for name, value in zip(names, sess.run(names, dict(feed))):
+        for name, value in zip(names, sess.run(names, dict(feed)), strict=False):
             row = np.abs(value).reshape(-1, value.shape[-1]).max(0)
             amax[name] = np.maximum(amax[name], row) if name in amax else row
     if not amax:
@@ -73,8 +84,9 @@ def activation_ranges(model: Any, feeds: Iterable[Mapping[str, Any]], *, kinds: 
     return amax
 
 
-def smooth(model: Any, amax: Mapping[str, Any], *, alpha: float, kinds: Iterable[str] = (),
-           nodes: Iterable[str] = ()) -> Any:
+def smooth(
+    model: Any, amax: Mapping[str, Any], *, alpha: float, kinds: Iterable[str] = (), nodes: Iterable[str] = ()
+) -> Any:
     """A copy of ``model`` with the inputs of every target of ``kinds``, and of the targets named
     in ``nodes``, smoothed (fp32 output unchanged)."""
     import numpy as np

@@ -34,8 +34,9 @@ def tflite_bytes(weights: dict[str, Any], *, window: int, channels: int) -> byte
     buffers = [s.BufferT()]  # buffer 0: the empty sentinel
     tensors: list[Any] = []
 
-    def tensor(name: str, shape: list[int], ttype: int, data: Any = None, quant: Any = None,
-               signature: list[int] | None = None) -> int:
+    def tensor(
+        name: str, shape: list[int], ttype: int, data: Any = None, quant: Any = None, signature: list[int] | None = None
+    ) -> int:
         t = s.TensorT()
         t.name, t.shape, t.type = name, shape, ttype
         t.shapeSignature = signature
@@ -146,11 +147,19 @@ def build(ctx: Any) -> None:
         threshold = float(np.quantile(s_norm, 0.995))
         quality = sensor.evaluate(s_norm, s_anom, threshold)
         quality["max_abs_error_vs_fp32"] = float(np.abs(sensor.reference_scores(weights, normal) - s_norm).max())
-        ctx.note(f"threshold {threshold:.4f}: detection {quality['detection_rate']:.3f}, "
-                 f"false alarms {quality['false_alarm_rate']:.4f}")
+        ctx.note(
+            f"threshold {threshold:.4f}: detection {quality['detection_rate']:.3f}, "
+            f"false alarms {quality['false_alarm_rate']:.4f}"
+        )
         if quality["detection_rate"] < 0.9:
             raise RuntimeError(f"detection rate {quality['detection_rate']:.3f} is below the 0.9 gate")
     with ctx.step("writing the manifest"):
         ctx.facts["quality"] = quality
-        ctx.write_manifest(["model.tflite"], postprocessing={"output": "score", "threshold": round(threshold, 6),
-                                                             "rule": "anomaly when score > threshold"})
+        ctx.write_manifest(
+            ["model.tflite"],
+            postprocessing={
+                "output": "score",
+                "threshold": round(threshold, 6),
+                "rule": "anomaly when score > threshold",
+            },
+        )

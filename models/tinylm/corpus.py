@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import random
 
-from kestrel.agent.prompt import Turn, observed_denial, observed_result, render
 from kestrel.agent.actions import builtin
+from kestrel.agent.prompt import Turn, observed_denial, observed_result, render
 
 DEVICES = ("fan", "pump", "light", "heater")
 PEOPLE = {"alice": "alice@example.com", "bob": "bob@example.com", "carol": "carol@example.com"}
@@ -50,7 +50,13 @@ def transcripts(*, seed: int, count: int = 800) -> list[str]:
             out.append(prompt + " " + json.dumps({"handoff": "rules"}) + "\n")
             continue
         goal, call = goals(rng)
-        memory = [] if rng.random() < 0.7 else [f"the {d} is wired to {p}" for d, p in zip(rng.sample(DEVICES, 2), ("GPIO17", "GPIO27"))]
+        memory = (
+            []
+            if rng.random() < 0.7
+            else [
+                f"the {d} is wired to {p}" for d, p in zip(rng.sample(DEVICES, 2), ("GPIO17", "GPIO27"), strict=False)
+            ]
+        )
         allowed = rng.random() < 0.7
         observed = (
             observed_result("actions[0]", True, json.dumps(json.loads(call)["args"]))

@@ -64,9 +64,7 @@ def is_current(out: Path) -> bool:
         return False
     try:
         info = json.loads(stamp.read_text())
-        return info["recipe"] == recipe_digest() and all(
-            _sha256(out / name) == info["files"][name] for name in FILES
-        )
+        return info["recipe"] == recipe_digest() and all(_sha256(out / name) == info["files"][name] for name in FILES)
     except (ValueError, KeyError, OSError):
         return False
 
@@ -95,8 +93,14 @@ def train_model(tok, texts: list[str], log):
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     eos = tok.token_to_id("<|endoftext|>")
     config = GPT2Config(
-        vocab_size=tok.get_vocab_size(), n_positions=POSITIONS, n_embd=HIDDEN, n_layer=LAYERS,
-        n_head=HEADS, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+        vocab_size=tok.get_vocab_size(),
+        n_positions=POSITIONS,
+        n_embd=HIDDEN,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
     )
     model = GPT2LMHeadModel(config)
     stream: list[int] = []
@@ -146,8 +150,14 @@ def make(out: Path = DEFAULT_OUT, *, log=lambda msg: print(msg, flush=True)) -> 
         "name": "tinylm",
         "recipe": recipe_digest(),
         "files": {name: _sha256(onnx_dir / name) for name in FILES},
-        "architecture": {"type": "gpt2", "layers": LAYERS, "hidden": HIDDEN, "heads": HEADS,
-                         "positions": POSITIONS, "vocab": tok.get_vocab_size()},
+        "architecture": {
+            "type": "gpt2",
+            "layers": LAYERS,
+            "hidden": HIDDEN,
+            "heads": HEADS,
+            "positions": POSITIONS,
+            "vocab": tok.get_vocab_size(),
+        },
         "training": {"steps": STEPS, "batch": BATCH, "seq": SEQ, "lr": LR, "seed": SEED},
     }
     (onnx_dir / "build.json").write_text(json.dumps(stamp, indent=2) + "\n")

@@ -23,13 +23,14 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ._internal.paths import StateLayout, resolve_state_dir
+from ._internal.unixsock import connect_unix
 from .daemon import protocol as P
 from .daemon.protocol import RemoteError
-from ._internal.unixsock import connect_unix
 from .errors import DataError, TransportError
 
 __all__ = ["Client", "RemoteError", "ActionDenied", "NoDaemonError", "socket_path_for"]
@@ -50,8 +51,13 @@ def socket_path_for(state_dir: str | os.PathLike[str] | None) -> Path:
 class Client:
     """A connection to ``STATE/run/control.sock`` (opened on first use)."""
 
-    def __init__(self, state_dir: str | os.PathLike[str] | None = None, *,
-                 socket_path: str | os.PathLike[str] | None = None, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        socket_path: str | os.PathLike[str] | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
         self.socket_path = Path(socket_path) if socket_path else socket_path_for(state_dir)
         self.timeout = timeout
         self._sock: socket.socket | None = None
@@ -68,20 +74,23 @@ class Client:
             connect_unix(sock, self.socket_path)
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
-            raise NoDaemonError(f"no Kestrel daemon is listening on {self.socket_path}",
-                                 hint="start it with `kestrel run` (same --state), or pass the right --state") from None
+            raise NoDaemonError(
+                f"no Kestrel daemon is listening on {self.socket_path}",
+                hint="start it with `kestrel run` (same --state), or pass the right --state",
+            ) from None
         except PermissionError:
             sock.close()
-            raise TransportError(f"not allowed to open {self.socket_path}",
-                                 hint="run as the daemon's user, or join the control group set in the "
-                                      "device config (control.group)") from None
+            raise TransportError(
+                f"not allowed to open {self.socket_path}",
+                hint="run as the daemon's user, or join the control group set in the device config (control.group)",
+            ) from None
         except OSError as exc:
             sock.close()
             raise TransportError(f"cannot connect to {self.socket_path}: {exc.strerror or exc}") from None
         self._sock = sock
         return sock
 
-    def connect(self) -> "Client":
+    def connect(self) -> Client:
         """Open the connection now (else the first request does); NoDaemonError if none listens."""
         self._connect()
         return self
@@ -92,7 +101,7 @@ class Client:
             self._sock = None
             self._buf = b""
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -104,7 +113,7 @@ class Client:
         while b"\n" not in self._buf:
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 self.close()
                 raise TransportError(f"the daemon did not answer within {timeout}s") from None
             except OSError as exc:
@@ -128,8 +137,10 @@ class Client:
         try:
             line = P.encode({"id": rid, "method": method, "params": params})
         except (TypeError, ValueError, RecursionError) as exc:
-            raise DataError(f"the request cannot be sent as JSON: {exc}",
-                            hint="arguments must be JSON values with finite numbers (no NaN or Infinity)") from None
+            raise DataError(
+                f"the request cannot be sent as JSON: {exc}",
+                hint="arguments must be JSON values with finite numbers (no NaN or Infinity)",
+            ) from None
         sock = self._connect()
         try:
             sock.sendall(line)
@@ -220,7 +231,7 @@ class Client:
         """Have the daemon verify and activate a signed bundle (sent in chunks; the ledger records it)."""
         import hashlib
 
-        return self._upload(lambda off, n: bundle[off:off + n], len(bundle), hashlib.sha256(bundle).hexdigest())
+        return self._upload(lambda off, n: bundle[off : off + n], len(bundle), hashlib.sha256(bundle).hexdigest())
 
     def ota_apply_file(self, fd: int, size: int, sha256: str) -> dict[str, Any]:
         """:meth:`ota_apply` of an open bundle file of ``size`` bytes, read chunk by chunk (bounded memory)."""
@@ -276,8 +287,9 @@ class Client:
             params["kind"] = kind
         return self._stream("follow", params, timeout=None, final=False)
 
-    def _stream(self, method: str, params: dict[str, Any], *, timeout: float | None,
-                final: bool) -> Iterator[dict[str, Any]]:
+    def _stream(
+        self, method: str, params: dict[str, Any], *, timeout: float | None, final: bool
+    ) -> Iterator[dict[str, Any]]:
         """Events of one streaming request on its own connection; with ``final``, then its result."""
         sub = Client(socket_path=self.socket_path, timeout=self.timeout)
         try:

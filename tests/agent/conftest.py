@@ -8,9 +8,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -61,8 +62,9 @@ def install_policy(state: Path, ledger: Ledger, policy: str) -> None:
     owner = SoftwareSigner.generate()
     OtaDir(state).init_root([owner.public_key.did], 1)
     now = time.time()
-    data = make_bundle(policy=textwrap.dedent(policy).encode(), counter=1, now=now, expires=now + 3600,
-                       agents=[ledger.public_key.did])
+    data = make_bundle(
+        policy=textwrap.dedent(policy).encode(), counter=1, now=now, expires=now + 3600, agents=[ledger.public_key.did]
+    )
     apply_bundle(state, sign_bundle(data, owner), ledger=ledger, now=now)
 
 

@@ -64,13 +64,27 @@ def test_with_the_registered_tiny_llm(agent_state, tinylm, capsys):
     from kestrel.agent.llm import register_local_llm
 
     register_local_llm(agent_state, tinylm)
-    rc = main(["ask", "turn on the fan", "--state", str(agent_state), "--max-steps", "2", "--threads", "1",
-               "--tools", "gpio.write,send_email"])  # the tools the tiny model was trained with
+    rc = main(
+        [
+            "ask",
+            "turn on the fan",
+            "--state",
+            str(agent_state),
+            "--max-steps",
+            "2",
+            "--threads",
+            "1",
+            "--tools",
+            "gpio.write,send_email",
+        ]
+    )  # the tools the tiny model was trained with
     out = capsys.readouterr().out
     assert 'step 1 [llm] {"action":"gpio.write","args":{"actuator":"fan","value":1}} -> ALLOW by actions[0]' in out
     assert "outcome:" in out and rc in (0, 1)
-    assert steps(agent_state)[0]["model"] == __import__("kestrel.agent.llm", fromlist=["x"]).registered_llm(
-        agent_state).digest
+    assert (
+        steps(agent_state)[0]["model"]
+        == __import__("kestrel.agent.llm", fromlist=["x"]).registered_llm(agent_state).digest
+    )
 
 
 def test_no_agent(tmp_path, capsys):

@@ -62,9 +62,14 @@ def test_goal_asking_to_ignore_the_policy(env, lm):
 
 
 def test_model_hands_an_unknown_goal_to_the_rules(env, lm):
-    rules = RulePlanner(parse_rules('rules: [{id: water, when: "water the plants", action: gpio.write, '
-                                    'args: {actuator: pump, value: 1}}]'),
-                        env.tools(), authorize=env.engine.decide, ledger=env.ledger)
+    rules = RulePlanner(
+        parse_rules(
+            'rules: [{id: water, when: "water the plants", action: gpio.write, args: {actuator: pump, value: 1}}]'
+        ),
+        env.tools(),
+        authorize=env.engine.decide,
+        ledger=env.ledger,
+    )
     p = LLMPlanner(lm, env.tools(), authorize=env.engine.decide, ledger=env.ledger, rules=rules)
     out = p.run("water the plants")
     assert out.handed_off and out.status == "done"

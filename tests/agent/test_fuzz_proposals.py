@@ -13,9 +13,11 @@ from kestrel.agent.schema import schema_errors
 from kestrel.agent.tools import Final, Handoff, ProposalError, ToolCall, parse_proposal
 
 SPECS = {t.name: t for t in BUILTIN_TOOLS}
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _check(text: str) -> None:
@@ -36,8 +38,9 @@ def test_arbitrary_text(text):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(sorted(SPECS) + ["door.unlock", ""]), JSON, st.dictionaries(st.text(max_size=8), JSON,
-                                                                                    max_size=2))
+@given(
+    st.sampled_from(sorted(SPECS) + ["door.unlock", ""]), JSON, st.dictionaries(st.text(max_size=8), JSON, max_size=2)
+)
 def test_arbitrary_calls(action, args, extra):
     _check(json.dumps({"action": action, "args": args, **extra}))
 

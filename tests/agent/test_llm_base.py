@@ -92,8 +92,9 @@ def test_async_iteration_and_task_cancellation():
     assert reason == "cancelled"
 
 
-@pytest.mark.parametrize("kwargs", [{"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"stop": ("",)},
-                                    {"time_budget_s": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"stop": ("",)}, {"time_budget_s": 0}]
+)
 def test_bad_options_are_usage_errors(kwargs):
     with pytest.raises(UsageError):
         GenerationOptions(**kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from kestrel.agent.context import MemoryContext
@@ -45,8 +44,9 @@ def test_top_k_retrieval_feeds_the_prompt_best_first(env, memory):
     top = ctx.search("cool down the greenhouse with the fan", 2)
     assert top[0] == NOTES[0]
     model = ScriptedModel(['{"final": "ok"}'])
-    p = LLMPlanner(model, env.tools(), authorize=env.engine.decide, ledger=env.ledger, context=ctx,
-                   budgets=Budgets(memory_k=2))
+    p = LLMPlanner(
+        model, env.tools(), authorize=env.engine.decide, ledger=env.ledger, context=ctx, budgets=Budgets(memory_k=2)
+    )
     p.run("cool down the greenhouse with the fan")
     prompt = model.prompts[0]
     assert NOTES[0] in prompt
@@ -57,8 +57,14 @@ def test_top_k_retrieval_feeds_the_prompt_best_first(env, memory):
 def test_memory_is_cut_to_the_context_length(env, memory):
     ctx = MemoryContext(memory)
     model = ScriptedModel(['{"final": "ok"}'], context_length=120)
-    p = LLMPlanner(model, env.tools(), authorize=env.engine.decide, ledger=env.ledger, context=ctx,
-                   budgets=Budgets(memory_k=4, max_step_tokens=32))
+    p = LLMPlanner(
+        model,
+        env.tools(),
+        authorize=env.engine.decide,
+        ledger=env.ledger,
+        context=ctx,
+        budgets=Budgets(memory_k=4, max_step_tokens=32),
+    )
     p.run("water the tomatoes")
     prompt = model.prompts[0]
     assert model.count_tokens(prompt) <= 120 - 32

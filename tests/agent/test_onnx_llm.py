@@ -55,7 +55,10 @@ def test_greedy_is_deterministic_and_trained(lm):
 
 def test_sampling_with_a_seed_is_reproducible(lm):
     p = prompt("describe the universe")
-    run = lambda seed: lm.generate(p, options=GenerationOptions(max_tokens=30, temperature=1.5, seed=seed)).result
+
+    def run(seed: int):
+        return lm.generate(p, options=GenerationOptions(max_tokens=30, temperature=1.5, seed=seed)).result
+
     assert run(11).token_ids == run(11).token_ids
     assert len({run(s).token_ids for s in (1, 2, 3, 4)}) > 1
 
@@ -123,9 +126,11 @@ def test_model_exported_without_its_kv_cache_is_refused(tinylm, tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)], "no-cache",
+        [helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)],
+        "no-cache",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq"])])
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq"])],
+    )
     d = tmp_path / "m"
     d.mkdir()
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), d / "model.onnx")

@@ -6,14 +6,13 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import pytest
 
 from kestrel.agent.llm import EndpointError, EndpointRefusedError, GenerationOptions, OpenAIModel
 from kestrel.agent.planner import LLMPlanner
-
 
 LLM_POLICY = """\
 actions:
@@ -48,9 +47,11 @@ class _Server:
                     return
                 words = ['{"action": ', '"gpio.write", ', '"args": {"actuator": "fan", ', '"value": 1}}', "\nrest"]
                 for w in words:
-                    chunk = ({"choices": [{"delta": {"content": w}, "finish_reason": None}]}
-                             if self.path.endswith("chat/completions")
-                             else {"choices": [{"text": w, "finish_reason": None}]})
+                    chunk = (
+                        {"choices": [{"delta": {"content": w}, "finish_reason": None}]}
+                        if self.path.endswith("chat/completions")
+                        else {"choices": [{"text": w, "finish_reason": None}]}
+                    )
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
                 self.wfile.write(b"data: [DONE]\n\n")
@@ -122,7 +123,7 @@ def test_endpoint_that_hangs_times_out(server, llm_env):
     model = OpenAIModel(server.url, model="tiny", authorize=llm_env.engine.decide, timeout_s=0.5)
     t0 = time.monotonic()
     with pytest.raises(EndpointError, match="did not answer within 0.5 s"):
-        model.generate("hi").result
+        _ = model.generate("hi").result
     assert time.monotonic() - t0 < 3
 
 
@@ -132,7 +133,7 @@ def test_unreachable_endpoint(llm_env):
         port = s.getsockname()[1]  # closed once the with-block ends: nothing listens there
     model = OpenAIModel(f"http://127.0.0.1:{port}/v1", model="tiny", authorize=llm_env.engine.decide, timeout_s=2)
     with pytest.raises(EndpointError, match="cannot reach"):
-        model.generate("hi").result
+        _ = model.generate("hi").result
 
 
 @pytest.mark.parametrize("server", ["hang"], indirect=True)
@@ -147,7 +148,7 @@ def test_planner_ends_with_model_error_when_the_endpoint_hangs(server, llm_env):
 def test_malformed_events(server, llm_env):
     model = OpenAIModel(server.url, model="tiny", authorize=llm_env.engine.decide, timeout_s=2)
     with pytest.raises(EndpointError, match="malformed event"):
-        model.generate("hi").result
+        _ = model.generate("hi").result
 
 
 def test_bad_endpoint_urls():

@@ -21,8 +21,16 @@ def test_final_and_handoff():
     assert parse_proposal(' {"handoff": "rules"}', SPECS) == Handoff("rules")
 
 
-@pytest.mark.parametrize("text", ["", "turn it on", '{"action": "gpio.write", "args": {', "{'action': 1}",
-                                  '{"action": "gpio.write", "action": "send_email", "args": {}}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "turn it on",
+        '{"action": "gpio.write", "args": {',
+        "{'action': 1}",
+        '{"action": "gpio.write", "action": "send_email", "args": {}}',
+    ],
+)
 def test_invalid_json(text):
     with pytest.raises(ProposalError) as info:
         parse_proposal(text, SPECS)
@@ -35,13 +43,16 @@ def test_unknown_action():
     assert info.value.code == "unknown-action" and "door.unlock" in info.value.message
 
 
-@pytest.mark.parametrize("args, fragment", [
-    ({"actuator": "fan"}, "missing required 'value'"),
-    ({"actuator": "fan", "value": 2}, "must be one of"),
-    ({"actuator": "fan", "value": True}, "expected integer"),
-    ({"actuator": "fan", "value": 1, "policy_override": True}, "unexpected argument 'policy_override'"),
-    ({"actuator": 7, "value": 1}, "expected string"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ({"actuator": "fan"}, "missing required 'value'"),
+        ({"actuator": "fan", "value": 2}, "must be one of"),
+        ({"actuator": "fan", "value": True}, "expected integer"),
+        ({"actuator": "fan", "value": 1, "policy_override": True}, "unexpected argument 'policy_override'"),
+        ({"actuator": 7, "value": 1}, "expected string"),
+    ],
+)
 def test_args_outside_the_schema(args, fragment):
     import json
 
@@ -53,8 +64,7 @@ def test_args_outside_the_schema(args, fragment):
 
 def test_extra_top_level_keys_are_refused():
     with pytest.raises(ProposalError) as info:
-        parse_proposal('{"action": "gpio.write", "args": {"actuator": "fan", "value": 1}, "decision": "allow"}',
-                       SPECS)
+        parse_proposal('{"action": "gpio.write", "args": {"actuator": "fan", "value": 1}, "decision": "allow"}', SPECS)
     assert info.value.code == "bad-shape"
 
 

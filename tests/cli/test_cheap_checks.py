@@ -18,13 +18,16 @@ def locked(tmp_path, monkeypatch) -> str:
     return str(state)
 
 
-@pytest.mark.parametrize("argv, said", [
-    (["deploy", "--model", "local:/no/such/folder"], "no model directory at /no/such/folder"),
-    (["deploy", "--model", "no-such-recipe"], "is not built"),
-    (["memory", "add", "hello", "--model", "no-such-model"], "is not installed"),
-    (["agent-connect", "did:key:zBAD"], "did:key"),
-    (["agent-connect", "alice"], "not a did:key identifier"),
-])
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["deploy", "--model", "local:/no/such/folder"], "no model directory at /no/such/folder"),
+        (["deploy", "--model", "no-such-recipe"], "is not built"),
+        (["memory", "add", "hello", "--model", "no-such-model"], "is not installed"),
+        (["agent-connect", "did:key:zBAD"], "did:key"),
+        (["agent-connect", "alice"], "not a did:key identifier"),
+    ],
+)
 def test_cheap_check_first(locked, capsys, argv, said) -> None:
     rc = main([*argv, "--state", locked])
     err = capsys.readouterr().err

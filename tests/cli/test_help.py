@@ -33,8 +33,10 @@ def test_state_has_one_wording_everywhere() -> None:
     assert seen >= 30
 
 
-@pytest.mark.parametrize("command", [("call",), ("status",), ("sim",), ("run",), ("policy", "explain"),
-                                     ("set-policy",), ("ask",), ("audit", "log")])
+@pytest.mark.parametrize(
+    "command",
+    [("call",), ("status",), ("sim",), ("run",), ("policy", "explain"), ("set-policy",), ("ask",), ("audit", "log")],
+)
 def test_commands_that_reach_an_agent_take_state(command) -> None:
     parsers = dict(_parsers(build_parser()))
     assert any("--state" in a.option_strings for a in parsers[command]._actions)
@@ -52,8 +54,9 @@ def test_every_environment_variable_the_runtime_reads_is_in_help(capsys) -> None
     assert all(name in out for name in listed)
 
 
-@pytest.mark.parametrize("argv, suggestion", [(["stauts"], "'status'"), (["audit", "lgo"], "'log'"),
-                                              (["polcy", "check", "x"], "'policy'")])
+@pytest.mark.parametrize(
+    "argv, suggestion", [(["stauts"], "'status'"), (["audit", "lgo"], "'log'"), (["polcy", "check", "x"], "'policy'")]
+)
 def test_mistyped_commands_get_a_suggestion(argv, suggestion, capsys) -> None:
     assert main(argv) == 64
     err = capsys.readouterr().err

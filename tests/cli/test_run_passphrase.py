@@ -28,8 +28,14 @@ def _env() -> dict[str, str]:
 
 
 def test_no_terminal_fails_at_once_with_the_way_out(locked_state: Path) -> None:
-    r = subprocess.run([*KESTREL, "run", "--state", str(locked_state)], stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=30, env=_env())
+    r = subprocess.run(
+        [*KESTREL, "run", "--state", str(locked_state)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_env(),
+    )
     assert r.returncode != 0
     assert "--passphrase-file" in r.stderr and "KESTREL_PASSPHRASE" in r.stderr
     assert "Traceback" not in r.stderr
@@ -39,8 +45,15 @@ def test_terminal_it_does_not_own_is_not_prompted(locked_state: Path) -> None:
     """stdin is a terminal, but not this process's foreground (as after `kestrel run &`)."""
     master, slave = os.openpty()
     try:
-        r = subprocess.run([*KESTREL, "run", "--state", str(locked_state)], stdin=slave, capture_output=True,
-                           text=True, timeout=30, env=_env(), start_new_session=True)
+        r = subprocess.run(
+            [*KESTREL, "run", "--state", str(locked_state)],
+            stdin=slave,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_env(),
+            start_new_session=True,
+        )
     finally:
         os.close(slave)
         os.close(master)
@@ -51,12 +64,21 @@ def test_passphrase_file_starts_the_daemon(locked_state: Path, tmp_path: Path) -
     pw = tmp_path / "agent.pass"
     pw.write_text("open sesame\n")
     pw.chmod(0o600)
-    proc = subprocess.Popen([*KESTREL, "run", "--state", str(locked_state), "--passphrase-file", str(pw)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=_env(), text=True)
+    proc = subprocess.Popen(
+        [*KESTREL, "run", "--state", str(locked_state), "--passphrase-file", str(pw)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        text=True,
+    )
     try:
-        st = subprocess.run([*KESTREL, "status", "--state", str(locked_state), "--wait", "30"],
-                            capture_output=True, text=True, timeout=60)
+        st = subprocess.run(
+            [*KESTREL, "status", "--state", str(locked_state), "--wait", "30"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "health   ok" in st.stdout, st.stdout + st.stderr
     finally:
         proc.send_signal(signal.SIGTERM)

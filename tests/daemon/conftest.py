@@ -7,18 +7,19 @@ import asyncio
 import contextlib
 import textwrap
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
+from kestrel.daemon.config import parse_device_config
+from kestrel.daemon.runtime import Daemon
 from kestrel.identity.keys import SoftwareSigner
 from kestrel.io.boards import load_profile
 from kestrel.io.gpio import open_pin_factory
 from kestrel.ledger import Ledger
-from kestrel.daemon.config import parse_device_config
-from kestrel.daemon.runtime import Daemon
 
 
 def install_policy(state: Path, ledger: Ledger, policy: str, *, counter: int = 1) -> None:
@@ -31,8 +32,13 @@ def install_policy(state: Path, ledger: Ledger, policy: str, *, counter: int = 1
     ota = OtaDir(state)
     ota.init_root([owner.public_key.did], 1)
     now = time.time()
-    data = make_bundle(policy=textwrap.dedent(policy).encode(), counter=counter, now=now, expires=now + 3600,
-                       agents=[ledger.public_key.did])
+    data = make_bundle(
+        policy=textwrap.dedent(policy).encode(),
+        counter=counter,
+        now=now,
+        expires=now + 3600,
+        agents=[ledger.public_key.did],
+    )
     apply_bundle(state, sign_bundle(data, owner), ledger=ledger, now=now)
 
 
@@ -57,9 +63,17 @@ def agent(state_dir: Path) -> Iterator[Agent]:
 
 
 @contextlib.asynccontextmanager
-async def running(agent: Agent, config: str, *, source: str = "device.yaml", config_path: Path | None = None,
-                  policy: str | None = None, peers: bool = False, bls_key: Any = None, **options: Any
-                  ) -> AsyncIterator[Daemon]:
+async def running(
+    agent: Agent,
+    config: str,
+    *,
+    source: str = "device.yaml",
+    config_path: Path | None = None,
+    policy: str | None = None,
+    peers: bool = False,
+    bls_key: Any = None,
+    **options: Any,
+) -> AsyncIterator[Daemon]:
     """The daemon, started in this event loop with ``config`` (YAML text), stopped on exit.
 
     ``peers``: hand the daemon the agent's signer, so that it runs peer messaging over MQTT;
@@ -72,10 +86,17 @@ async def running(agent: Agent, config: str, *, source: str = "device.yaml", con
         install_policy(agent.state, agent.ledger, policy)
     cfg = parse_device_config(textwrap.dedent(config), source=source)
     factory = open_pin_factory(load_profile("sim"))
-    d = Daemon(config=cfg, state_dir=agent.state, ledger=agent.ledger,
-               factory=factory, agent_id=agent.signer.public_key.did,
-               load_config=(lambda: load_config(config_path)) if config_path else None,
-               signer=agent.signer if peers else None, bls_key=bls_key, **options)
+    d = Daemon(
+        config=cfg,
+        state_dir=agent.state,
+        ledger=agent.ledger,
+        factory=factory,
+        agent_id=agent.signer.public_key.did,
+        load_config=(lambda: load_config(config_path)) if config_path else None,
+        signer=agent.signer if peers else None,
+        bls_key=bls_key,
+        **options,
+    )
     try:
         await d.start()
         yield d

@@ -4,9 +4,10 @@ their daemons in one event loop (used by tests/daemon/test_quorum.py and tools/b
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from kestrel.identity import open_signer
 from kestrel.identity.bls_store import create_bls_key
@@ -48,23 +49,30 @@ def make_member(root: Path, name: str) -> Member:
 
 
 def group_policy(members: list[Member], threshold: int) -> str:
-    return (f"actions:\n  - action: gpio.write\n    args: {{actuator: {{enum: [lamp]}}, value: {{type: int}}}}\n"
-            f"    quorum: {{of: [{', '.join(m.did for m in members)}], threshold: {threshold}}}\n")
+    return (
+        f"actions:\n  - action: gpio.write\n    args: {{actuator: {{enum: [lamp]}}, value: {{type: int}}}}\n"
+        f"    quorum: {{of: [{', '.join(m.did for m in members)}], threshold: {threshold}}}\n"
+    )
 
 
 @contextlib.asynccontextmanager
-async def daemons(members: list[Member], port: int, policies: list[str], *,
-                  timeout_s: float = 5.0) -> AsyncIterator[list[Any]]:
+async def daemons(
+    members: list[Member], port: int, policies: list[str], *, timeout_s: float = 5.0
+) -> AsyncIterator[list[Any]]:
     """Each member's daemon with its own policy, running until the block ends."""
     async with contextlib.AsyncExitStack() as stack:
         out = []
-        for m, policy in zip(members, policies):
+        for m, policy in zip(members, policies, strict=False):
             install_policy(m.state, m.ledger, policy)
-            d = await stack.enter_async_context(
-                running(m, mqtt_config(port), peers=True, bls_key=m.bls_key))  # type: ignore[arg-type]
+            d = await stack.enter_async_context(running(m, mqtt_config(port), peers=True, bls_key=m.bls_key))  # type: ignore[arg-type]
             out.append(d)
-        await until(lambda: all(d.links.messenger is not None and (d.links.quorum is not None or m.bls_key is None)
-                                for d, m in zip(out, members)), what="peer messaging and quorum coordinators")
+        await until(
+            lambda: all(
+                d.links.messenger is not None and (d.links.quorum is not None or m.bls_key is None)
+                for d, m in zip(out, members, strict=False)
+            ),
+            what="peer messaging and quorum coordinators",
+        )
         for d in out:
             if d.links.quorum is not None:  # a proposer without a BLS key starts one at its first quorum
                 d.links.quorum.timeout_s = timeout_s

@@ -35,8 +35,9 @@ def _mail_config(port: int) -> str:
 async def test_send_email_is_queued_while_relay_is_down_then_delivered(agent):
     port = free_port()
     async with running(agent, _mail_config(port), policy=POLICY) as d:
-        r = await d.control_call("send_email", {"to": "alice@example.com", "subject": "Hello", "body": "hi"},
-                                 source="test")
+        r = await d.control_call(
+            "send_email", {"to": "alice@example.com", "subject": "Hello", "body": "hi"}, source="test"
+        )
         assert r["pending"] == 1
         files = list((agent.state / "data" / "outbox").glob("*.json"))
         assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
@@ -76,13 +77,16 @@ async def test_relay_refusal_moves_message_to_failed(agent):
     assert agent.kinds("outbox.failed")
 
 
-@pytest.mark.parametrize("args, why", [
-    ({"subject": "x"}, "needs 'to'"),
-    ({"to": "not-an-address"}, "not an e-mail address"),
-    ({"to": "a@b.c", "subject": "x\r\nBcc: evil@x.y"}, "line breaks"),
-    ({"to": ["a@b.c"] * 51}, "list of 1..50"),
-    ({"to": "a@b.c", "attach": "/etc/shadow"}, "unknown argument"),
-])
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        ({"subject": "x"}, "needs 'to'"),
+        ({"to": "not-an-address"}, "not an e-mail address"),
+        ({"to": "a@b.c", "subject": "x\r\nBcc: evil@x.y"}, "line breaks"),
+        ({"to": ["a@b.c"] * 51}, "list of 1..50"),
+        ({"to": "a@b.c", "attach": "/etc/shadow"}, "unknown argument"),
+    ],
+)
 def test_email_args_are_validated(args, why):
     with pytest.raises(EmailArgsError) as err:
         parse_email_args(args, now=0.0)
@@ -101,9 +105,11 @@ async def test_bad_email_args_are_denied_and_recorded(agent):
 
 async def test_schedule_event_writes_an_icalendar_file(agent):
     async with running(agent, "version: 1\n", policy=POLICY) as d:
-        r = await d.control_call("schedule_event", {"summary": "Water the plants; twice, please",
-                                                    "start": "2026-05-01T09:30:00+02:00", "duration_min": 30},
-                                 source="test")
+        r = await d.control_call(
+            "schedule_event",
+            {"summary": "Water the plants; twice, please", "start": "2026-05-01T09:30:00+02:00", "duration_min": 30},
+            source="test",
+        )
     path = agent.state / "data" / "calendar" / r["file"]
     text = path.read_bytes().decode()
     assert "DTSTART:20260501T073000Z" in text and "DTEND:20260501T080000Z" in text
@@ -183,8 +189,15 @@ async def test_fetch_data_within_policy_and_limits(agent, http_server):
     assert [b["ok"] for b in results] == [True, False, False, True]
     decided = [b for b in agent.kinds("policy.decision") if b["action"] == "fetch_data"]
     assert [(b["decision"], b["rule"]) for b in decided] == [
-        ("allow", "actions[2]"), ("allow", "actions[2]"), ("allow", "actions[2]"), ("deny", "restrictions[0]"),
-        ("allow", "actions[2]"), ("allow", "actions[2]"), ("deny", "restrictions[0]"), ("deny", "invalid-args"),
-        ("deny", "invalid-args")]
+        ("allow", "actions[2]"),
+        ("allow", "actions[2]"),
+        ("allow", "actions[2]"),
+        ("deny", "restrictions[0]"),
+        ("allow", "actions[2]"),
+        ("allow", "actions[2]"),
+        ("deny", "restrictions[0]"),
+        ("deny", "invalid-args"),
+        ("deny", "invalid-args"),
+    ]
     assert len(results[0]["result"]["sha256"]) == 64 and "text" not in results[0]["result"]
     assert os.path.exists(agent.state / "ledger")

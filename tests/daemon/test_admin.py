@@ -17,9 +17,12 @@ from kestrel.sdk import Client, RemoteError
 
 from .conftest import GPIO_CONFIG, in_thread, running
 
-SMALL_UPLOADS = GPIO_CONFIG + """
+SMALL_UPLOADS = (
+    GPIO_CONFIG
+    + """
     ota: {max_bundle: 4096}
 """
+)
 
 
 def _owned(agent) -> SoftwareSigner:
@@ -36,8 +39,12 @@ def _bundle(agent, owner: SoftwareSigner, policy: str, counter: int) -> bytes:
     from kestrel.ota.build import make_bundle
 
     now = time.time()
-    return sign_bundle(make_bundle(policy=policy.encode(), counter=counter, now=now, expires=now + 3600,
-                                   agents=[agent.signer.public_key.did]), owner)
+    return sign_bundle(
+        make_bundle(
+            policy=policy.encode(), counter=counter, now=now, expires=now + 3600, agents=[agent.signer.public_key.did]
+        ),
+        owner,
+    )
 
 
 def _raw(state, line: bytes) -> dict:
@@ -113,7 +120,9 @@ async def test_bad_bundles_and_bad_requests_are_refused_clearly(agent):
         for params in ({"timeout": -1}, {"max": 0}, {"timeout": "soon"}):
             reply = await in_thread(_raw, agent.state, P.encode({"id": 8, "method": "peer.receive", "params": params}))
             assert reply["error"]["code"] == "bad_request"
-        reply = await in_thread(_raw, agent.state, P.encode({"id": 9, "method": "ota.rollback", "params": {"reason": ""}}))
+        reply = await in_thread(
+            _raw, agent.state, P.encode({"id": 9, "method": "ota.rollback", "params": {"reason": ""}})
+        )
         assert reply["error"]["code"] == "bad_request"
         assert d.unhealthy() is None
     assert agent.kinds("ota.applied") == [] and agent.kinds("trust.rotated") == []
@@ -151,7 +160,10 @@ async def test_a_rotation_without_the_current_owners_signatures_is_refused_and_r
     assert agent.kinds("trust.rotated") == []
     (rejected,) = agent.kinds("trust.rejected")
     assert (rejected["reason"], rejected["size"], rejected["sha256"]) == (
-        "root-threshold", len(env), hashlib.sha256(env).hexdigest())
+        "root-threshold",
+        len(env),
+        hashlib.sha256(env).hexdigest(),
+    )
 
 
 def test_engine_recheck_interval_and_invalidate(agent):
@@ -168,9 +180,9 @@ def test_engine_recheck_interval_and_invalidate(agent):
         assert e.decide("a").allowed
     apply_bundle(agent.state, _bundle(agent, owner, "actions: [b]\n", 2), ledger=agent.ledger, now=time.time())
     assert not eager.decide("a").allowed  # default: one stat per decision, exact
-    assert lazy.decide("a").allowed       # not looked yet (the daemon calls invalidate after its applies)
+    assert lazy.decide("a").allowed  # not looked yet (the daemon calls invalidate after its applies)
     time.sleep(0.1)
-    assert quick.decide("b").allowed      # looked again after its interval
+    assert quick.decide("b").allowed  # looked again after its interval
     lazy.invalidate()
     assert lazy.decide("b").allowed and not lazy.decide("a").allowed
 
@@ -180,6 +192,7 @@ async def test_record_hook_for_commands_that_record_while_the_daemon_runs(agent)
     from kestrel.cli.ota import recording_ledger
 
     async with running(agent, GPIO_CONFIG):
+
         def use_hook() -> dict:
             with recording_ledger(agent.state) as ledger:
                 return ledger.append("memory.added", {"id": 1, "digest": "ab" * 32, "model": "m", "evicted": []})
@@ -199,8 +212,18 @@ async def test_kestrel_status_shows_retention_warnings_of_the_sync_status(agent,
     from kestrel.cli import main
     from kestrel.sync.state import SyncStatus, write_status
 
-    write_status(agent.state, SyncStatus(agent=agent.signer.public_key.did, connected=False, acked=3, ledger_size=9,
-                                         rate=0.0, updated=time.time(), warnings=("ledger uses 85% of 1000 bytes",)))
+    write_status(
+        agent.state,
+        SyncStatus(
+            agent=agent.signer.public_key.did,
+            connected=False,
+            acked=3,
+            ledger_size=9,
+            rate=0.0,
+            updated=time.time(),
+            warnings=("ledger uses 85% of 1000 bytes",),
+        ),
+    )
     async with running(agent, GPIO_CONFIG):
         rc = await in_thread(main, ["status", "--state", str(agent.state)])
     out = capsys.readouterr().out

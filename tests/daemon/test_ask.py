@@ -94,12 +94,14 @@ async def test_rules_sent_by_the_client(agent):
 
 async def test_bad_requests_are_clear_errors(agent):
     async with running(agent, CONFIG, policy=POLICY) as d:
-        for goal, options, text in (("", {}, "ask needs params"),
-                                    ("x", {"tools": ["door.unlock"]}, "unknown action(s) door.unlock"),
-                                    ("x", {"budgets": {"max_steps": 0}}, "max_steps must be >= 1"),
-                                    ("x", {"colour": "red"}, "unknown key(s)"),
-                                    ("x", {"rules": "rules: [", "rules_only": True}, "not valid YAML"),
-                                    ("x", {"rules_only": True}, "--rules-only needs rules")):
+        for goal, options, text in (
+            ("", {}, "ask needs params"),
+            ("x", {"tools": ["door.unlock"]}, "unknown action(s) door.unlock"),
+            ("x", {"budgets": {"max_steps": 0}}, "max_steps must be >= 1"),
+            ("x", {"colour": "red"}, "unknown key(s)"),
+            ("x", {"rules": "rules: [", "rules_only": True}, "not valid YAML"),
+            ("x", {"rules_only": True}, "--rules-only needs rules"),
+        ):
             with pytest.raises(RemoteError) as err:
                 await in_thread(ask, agent.state, goal, **options)
             assert text in err.value.message
@@ -139,8 +141,21 @@ async def test_cli_ask_goes_through_the_daemon(agent, tmp_path, capsys):
     rules = tmp_path / "rules.yaml"
     rules.write_text('rules: [{id: fan, when: "fan", action: gpio.write, args: {actuator: fan, value: 1}}]\n')
     async with running(agent, CONFIG, policy=POLICY) as d:
-        rc = await in_thread(main, ["ask", "the fan", "--state", str(agent.state), "--rules", str(rules),
-                                    "--rules-only", "--tools", "gpio.write", "--json"])
+        rc = await in_thread(
+            main,
+            [
+                "ask",
+                "the fan",
+                "--state",
+                str(agent.state),
+                "--rules",
+                str(rules),
+                "--rules-only",
+                "--tools",
+                "gpio.write",
+                "--json",
+            ],
+        )
         assert d.hardware.outputs["fan"].value == 1
     out = capsys.readouterr().out
     assert rc == 0, out

@@ -22,10 +22,25 @@ def _kestrel(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_extra_args_become_action_arguments():
-    assert parse_extra_args(["--to", "alice@example.com", "--subject", "Hello there", "--urgent",
-                             "--cc=a@b.c", "--cc", "d@e.f", "--dry-run"]) == {
-        "to": "alice@example.com", "subject": "Hello there", "urgent": True, "cc": ["a@b.c", "d@e.f"],
-        "dry_run": True}
+    assert parse_extra_args(
+        [
+            "--to",
+            "alice@example.com",
+            "--subject",
+            "Hello there",
+            "--urgent",
+            "--cc=a@b.c",
+            "--cc",
+            "d@e.f",
+            "--dry-run",
+        ]
+    ) == {
+        "to": "alice@example.com",
+        "subject": "Hello there",
+        "urgent": True,
+        "cc": ["a@b.c", "d@e.f"],
+        "dry_run": True,
+    }
     with pytest.raises(UsageError):
         parse_extra_args(["stray"])
 
@@ -36,8 +51,18 @@ async def test_seed_send_email_command_works(agent):
     smtp: {{host: 127.0.0.1, port: {free_port()}}}
     """
     async with running(agent, cfg, policy="actions: [send_email]\n") as d:
-        r = await in_thread(_kestrel, "call", "--action", "send_email", "--to", "alice@example.com",
-                            "--subject", "Hello", "--state", str(agent.state))
+        r = await in_thread(
+            _kestrel,
+            "call",
+            "--action",
+            "send_email",
+            "--to",
+            "alice@example.com",
+            "--subject",
+            "Hello",
+            "--state",
+            str(agent.state),
+        )
         assert r.returncode == 0, r.stderr
         assert "send_email: ok" in r.stdout and "queued:" in r.stdout
         assert len(d.outbox.pending()) == 1
@@ -46,8 +71,9 @@ async def test_seed_send_email_command_works(agent):
 async def test_call_denied_status_and_sim_from_the_shell(agent):
     async with running(agent, GPIO_CONFIG) as d:
         state = str(agent.state)
-        r = await in_thread(_kestrel, "call", "--action", "gpio.write", "--actuator", "lamp", "--value", "1",
-                            "--state", state)
+        r = await in_thread(
+            _kestrel, "call", "--action", "gpio.write", "--actuator", "lamp", "--value", "1", "--state", state
+        )
         assert r.returncode == 5 and "policy denied gpio.write" in r.stderr and "Traceback" not in r.stderr
         r = await in_thread(_kestrel, "sim", "GPIO17", "1", "--state", state)
         assert r.returncode == 0 and "drove GPIO17" in r.stdout

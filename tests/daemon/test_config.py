@@ -69,38 +69,57 @@ def test_embedded_default_config_loads():
     assert cfg.board == "sim" and cfg.sensor("button") and cfg.actuator("lamp") and cfg.smtp
 
 
-@pytest.mark.parametrize("text, where, key, words", [
-    ("version: 2\n", ":1:10", "version", "unsupported config version"),
-    ("sensors:\n  d: {type: gpio}\n", ":2:6", "sensors.d.pin", "is required"),
-    ("sensors:\n  d:\n    type: gpio\n    pin: 4\n    bias: up\n", ":5:11", "sensors.d.bias", "'up' is not one of"),
-    ("sensors:\n  d: {type: laser}\n", ":2:13", "sensors.d.type", "not one of"),
-    ("sensors:\n  d: {type: gpio, pin: 4, colour: red}\n", ":2:27", "sensors.d.colour", "unknown key"),
-    ("sensors:\n  d: {type: serial, port: /dev/x, baud: fast}\n", ":2:41", "sensors.d.baud", "expected an integer"),
-    ("sensors:\n  d: {type: serial, port: /dev/x, framing: length_prefixed, length_bytes: 1, max_frame: 300}\n",
-     ":2:", "sensors.d.max_frame", "above the maximum 255"),
-    ("sensors:\n  d: {type: mqtt, topic: t}\n", ":", "sensors.d", "needs an 'mqtt' broker section"),
-    ("triggers:\n  - when: 'x >'\n    action: gpio.write\n", ":2:11", "triggers[0].when", "ends too early"),
-    ("sensors:\n  x: {type: gpio, pin: 4}\ntriggers:\n  - when: 'y == 1'\n    action: gpio.write\n",
-     ":4:11", "triggers[0].when", "unknown sensor 'y'"),
-    ("triggers:\n  - when: '1'\n    action: launch_missiles\n", ":3:13", "triggers[0].action", "not one of"),
-    ("actuators:\n  a: {type: mqtt, topic: t}\nmqtt: {host: h}\ntriggers:\n  - when: '1'\n"
-     "    action: gpio.write\n    args: {actuator: a, value: 1}\n", ":7:11", "triggers[0].args.actuator",
-     "needs a gpio actuator"),
-    ("schedules:\n  - {every: 5, cron: '* * * * *', action: gpio.write}\n", ":2:5", "schedules[0]", "exactly one"),
-    ("schedules:\n  - {cron: '*/0 * * * *', action: gpio.write}\n", ":2:12", "schedules[0].cron", "bad step"),
-    ("smtp: {host: h, username: u}\n", ":1:", "smtp.password_file", "needs a password_file"),
-    ("mqtt: {host: h, username: u}\n", ":1:", "mqtt.password_file", "needs a password_file"),
-    ("mqtt: {host: h, ca_file: /x}\n", ":1:", "mqtt.ca_file", "needs tls: true"),
-    ("triggers:\n  - when: '1'\n    action: send_email\n", ":2:5", "triggers[0]", "needs an 'smtp' section"),
-    ("sensors:\n  d: {type: gpio, pin: 4}\n  d: {type: gpio, pin: 5}\n", ":3:3", "sensors.d", "duplicate key"),
-    ("sensors: [a, b]\n", ":1:10", "sensors", "expected a mapping"),
-    ("sensors:\n  - bad\n  x: y\n", ":3:3", None, "not valid YAML"),
-    ("", "", None, "empty"),
-    ("!!python/object:os.system {}\n", ":1:1", None, "is not allowed"),
-    ("sensors:\n  d: !!binary aGVsbG8=\n", ":2:6", "sensors.d", "!!binary is not allowed"),
-    ("triggers:\n  - when: '1'\n    action: schedule_event\n    args: {start: 2026-05-01}\n", ":4:19",
-     "triggers[0].args.start", "quote dates"),
-])
+@pytest.mark.parametrize(
+    "text, where, key, words",
+    [
+        ("version: 2\n", ":1:10", "version", "unsupported config version"),
+        ("sensors:\n  d: {type: gpio}\n", ":2:6", "sensors.d.pin", "is required"),
+        ("sensors:\n  d:\n    type: gpio\n    pin: 4\n    bias: up\n", ":5:11", "sensors.d.bias", "'up' is not one of"),
+        ("sensors:\n  d: {type: laser}\n", ":2:13", "sensors.d.type", "not one of"),
+        ("sensors:\n  d: {type: gpio, pin: 4, colour: red}\n", ":2:27", "sensors.d.colour", "unknown key"),
+        ("sensors:\n  d: {type: serial, port: /dev/x, baud: fast}\n", ":2:41", "sensors.d.baud", "expected an integer"),
+        (
+            "sensors:\n  d: {type: serial, port: /dev/x, framing: length_prefixed, length_bytes: 1, max_frame: 300}\n",
+            ":2:",
+            "sensors.d.max_frame",
+            "above the maximum 255",
+        ),
+        ("sensors:\n  d: {type: mqtt, topic: t}\n", ":", "sensors.d", "needs an 'mqtt' broker section"),
+        ("triggers:\n  - when: 'x >'\n    action: gpio.write\n", ":2:11", "triggers[0].when", "ends too early"),
+        (
+            "sensors:\n  x: {type: gpio, pin: 4}\ntriggers:\n  - when: 'y == 1'\n    action: gpio.write\n",
+            ":4:11",
+            "triggers[0].when",
+            "unknown sensor 'y'",
+        ),
+        ("triggers:\n  - when: '1'\n    action: launch_missiles\n", ":3:13", "triggers[0].action", "not one of"),
+        (
+            "actuators:\n  a: {type: mqtt, topic: t}\nmqtt: {host: h}\ntriggers:\n  - when: '1'\n"
+            "    action: gpio.write\n    args: {actuator: a, value: 1}\n",
+            ":7:11",
+            "triggers[0].args.actuator",
+            "needs a gpio actuator",
+        ),
+        ("schedules:\n  - {every: 5, cron: '* * * * *', action: gpio.write}\n", ":2:5", "schedules[0]", "exactly one"),
+        ("schedules:\n  - {cron: '*/0 * * * *', action: gpio.write}\n", ":2:12", "schedules[0].cron", "bad step"),
+        ("smtp: {host: h, username: u}\n", ":1:", "smtp.password_file", "needs a password_file"),
+        ("mqtt: {host: h, username: u}\n", ":1:", "mqtt.password_file", "needs a password_file"),
+        ("mqtt: {host: h, ca_file: /x}\n", ":1:", "mqtt.ca_file", "needs tls: true"),
+        ("triggers:\n  - when: '1'\n    action: send_email\n", ":2:5", "triggers[0]", "needs an 'smtp' section"),
+        ("sensors:\n  d: {type: gpio, pin: 4}\n  d: {type: gpio, pin: 5}\n", ":3:3", "sensors.d", "duplicate key"),
+        ("sensors: [a, b]\n", ":1:10", "sensors", "expected a mapping"),
+        ("sensors:\n  - bad\n  x: y\n", ":3:3", None, "not valid YAML"),
+        ("", "", None, "empty"),
+        ("!!python/object:os.system {}\n", ":1:1", None, "is not allowed"),
+        ("sensors:\n  d: !!binary aGVsbG8=\n", ":2:6", "sensors.d", "!!binary is not allowed"),
+        (
+            "triggers:\n  - when: '1'\n    action: schedule_event\n    args: {start: 2026-05-01}\n",
+            ":4:19",
+            "triggers[0].args.start",
+            "quote dates",
+        ),
+    ],
+)
 def test_errors_name_file_line_and_key(text, where, key, words):
     with pytest.raises(ConfigError) as err:
         parse_device_config(text, source="dev.yaml")
@@ -140,7 +159,8 @@ def test_an_empty_section_means_the_dataclass_defaults():
     """Each default is stated once (the dataclass): a section given with no keys parses to exactly it."""
     from kestrel.daemon import config as c
 
-    cfg = parse_device_config(textwrap.dedent("""
+    cfg = parse_device_config(
+        textwrap.dedent("""
         version: 1
         sensors:
           door: {type: gpio, pin: 17}
@@ -161,7 +181,9 @@ def test_an_empty_section_means_the_dataclass_defaults():
         limits: {}
         audit: {}
         ui: {}
-    """), source="defaults.yaml")
+    """),
+        source="defaults.yaml",
+    )
     assert cfg.name == c.DeviceConfig.name and cfg.board is None
     assert cfg.sensor("door") == c.GpioInput("door", "17")
     assert cfg.sensor("gps") == c.SerialSensor("gps", c.SerialLine("/dev/ttyS0"))
@@ -174,8 +196,14 @@ def test_an_empty_section_means_the_dataclass_defaults():
     assert s.cron is None and s.every_s == 5.0
     assert cfg.smtp == c.SmtpConfig("h") and cfg.mqtt == c.MqttConfig("b")
     assert (cfg.outbox, cfg.control, cfg.ota, cfg.fetch, cfg.limits, cfg.audit, cfg.ui) == (
-        c.OutboxConfig(), c.ControlConfig(), c.OtaConfig(), c.FetchConfig(), c.LimitsConfig(), c.AuditConfig(),
-        c.UiConfig())
+        c.OutboxConfig(),
+        c.ControlConfig(),
+        c.OtaConfig(),
+        c.FetchConfig(),
+        c.LimitsConfig(),
+        c.AuditConfig(),
+        c.UiConfig(),
+    )
 
 
 def test_aliases_are_refused_with_their_position():

@@ -18,12 +18,15 @@ def test_sync_section_and_session_expiry_parse():
     assert default.mqtt.session_expiry_s == 7 * 86400 and default.sync.enabled
 
 
-@pytest.mark.parametrize("text, where, what", [
-    (MQTT + "sync:\n  batch_records: 0\n", "device.yaml:4:3, key 'sync.batch_records'", "between"),
-    (MQTT + "sync:\n  colour: blue\n", "device.yaml:4:3, key 'sync'", "unknown key"),
-    (MQTT + "sync: [1, 2]\n", "device.yaml:3:7, key 'sync'", "mapping"),
-    ("version: 1\nmqtt: {host: b, session_expiry: -5}\n", "device.yaml:2:33, key 'mqtt.session_expiry'", "minimum"),
-])
+@pytest.mark.parametrize(
+    "text, where, what",
+    [
+        (MQTT + "sync:\n  batch_records: 0\n", "device.yaml:4:3, key 'sync.batch_records'", "between"),
+        (MQTT + "sync:\n  colour: blue\n", "device.yaml:4:3, key 'sync'", "unknown key"),
+        (MQTT + "sync: [1, 2]\n", "device.yaml:3:7, key 'sync'", "mapping"),
+        ("version: 1\nmqtt: {host: b, session_expiry: -5}\n", "device.yaml:2:33, key 'mqtt.session_expiry'", "minimum"),
+    ],
+)
 def test_bad_sync_config_names_file_line_and_key(text, where, what):
     with pytest.raises(ConfigError) as err:
         parse_device_config(text, source="device.yaml")
@@ -31,14 +34,17 @@ def test_bad_sync_config_names_file_line_and_key(text, where, what):
 
 
 def test_agent_send_may_be_a_trigger_action():
-    cfg = parse_device_config(MQTT + """
+    cfg = parse_device_config(
+        MQTT
+        + """
 sensors:
   door: {type: gpio, pin: GPIO17}
 triggers:
   - when: "door == 1"
     action: agent.send
     args: {to: "did:key:z6Mkexample", body: {door: open}}
-""")
+"""
+    )
     assert cfg.triggers[0].action == "agent.send"
 
 

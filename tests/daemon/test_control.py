@@ -107,29 +107,39 @@ def _raw_exchange(path: str, payload: bytes) -> list[dict]:
 async def test_garbage_requests_get_errors_and_the_connection_survives(agent):
     async with running(agent, GPIO_CONFIG) as d:
         path = str(d.control.path)
-        replies = await in_thread(_raw_exchange, path, b"not json\n[1,2]\n{\"id\": 3, \"method\": \"rm -rf\"}\n"
-                                                      b"{\"id\": 4, \"method\": \"sim.drive\", \"params\": {\"pin\": 5}}\n"
-                                                      b"{\"id\": 5, \"method\": \"status\"}\n")
+        replies = await in_thread(
+            _raw_exchange,
+            path,
+            b'not json\n[1,2]\n{"id": 3, "method": "rm -rf"}\n'
+            b'{"id": 4, "method": "sim.drive", "params": {"pin": 5}}\n'
+            b'{"id": 5, "method": "status"}\n',
+        )
         assert [r.get("error", {}).get("code") for r in replies[:4]] == ["bad_request"] * 4
         assert replies[2]["id"] == 3 and replies[3]["id"] == 4
         assert replies[4]["id"] == 5 and replies[4]["result"]["health"] == "ok"
-        long_line = b"{\"id\": 1, \"method\": \"status\", \"x\": \"" + b"a" * (300 * 1024) + b"\"}\n"
+        long_line = b'{"id": 1, "method": "status", "x": "' + b"a" * (300 * 1024) + b'"}\n'
         replies = await in_thread(_raw_exchange, path, long_line)
         assert replies[0]["error"]["code"] == "bad_request"
         st = await in_thread(Client(agent.state).status)
         assert st["health"] == "ok"
 
 
-@pytest.mark.parametrize("line", [
-    b"[" * 100_000,  # deeper than the JSON decoder can follow
-    b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"v": ' + b"[" * 40 + b"]" * 40 + b"}}}",
-    b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": NaN}}}',
-    b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": 1e999}}}',
-    b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": ' + b"9" * 5000 + b"}}}",
-    b'{"id": 1, "id": 2, "method": "status"}',
-    b'{"id": 1, "method": "status", "params": {"a": "\ud800"}}',
-    b"\xff\xfe",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[" * 100_000,  # deeper than the JSON decoder can follow
+        b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"v": '
+        + b"[" * 40
+        + b"]" * 40
+        + b"}}}",
+        b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": NaN}}}',
+        b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": 1e999}}}',
+        b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": ' + b"9" * 5000 + b"}}}",
+        b'{"id": 1, "id": 2, "method": "status"}',
+        b'{"id": 1, "method": "status", "params": {"a": "\ud800"}}',
+        b"\xff\xfe",
+    ],
+)
 async def test_hostile_lines_get_bad_request_and_the_daemon_keeps_answering(agent, line):
     async with running(agent, GPIO_CONFIG, policy=POLICY) as d:
         replies = await in_thread(_raw_exchange, str(d.control.path), line + b'\n{"id": 9, "method": "status"}\n')

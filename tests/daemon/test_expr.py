@@ -17,27 +17,30 @@ from kestrel.daemon.triggers import TriggerEngine
 VALUES = {"t": 21.5, "door": 1, "w": {"temp": 30, "tags": ["a", "b"]}, "name": "porch", "gps": {"f": ["x", "3"]}}
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("t > 20 and door == 1", True),
-    ("t > 20 and not door", False),
-    ("w.temp - 5 * 2 == 20", True),
-    ("(1 + 2) * 3 % 4", 1),
-    ("-t < 0", True),
-    ("w.temp / 0", None),
-    ("missing > 3", False),
-    ("missing == null", True),
-    ("missing + 1", None),
-    ("'a' in w.tags and 'z' not in w.tags", True),
-    ("name + '-1' == \"porch-1\"", True),
-    ("abs(-2) + max(1, 5, 3) + min(4, 2) + round(2.6) + floor(1.9) + len(w.tags)", 2 + 5 + 2 + 3 + 1 + 2),
-    ("str(door) + str(missing) + str(true)", "1nulltrue"),
-    ("gps.f[1] == '3' and gps.f[9] == null and w['temp'] == 30", True),
-    ("[1, 2, t][2]", 21.5),
-    ("w.__class__.__name__", None),  # dotted names only read mappings: no attribute access
-    ("missing.temp", None),  # not reported yet: null
-    ("1e3 > 999.5 and .5 < 1", True),
-    ("t > 'x' or true", None),  # type error -> raised, checked below
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("t > 20 and door == 1", True),
+        ("t > 20 and not door", False),
+        ("w.temp - 5 * 2 == 20", True),
+        ("(1 + 2) * 3 % 4", 1),
+        ("-t < 0", True),
+        ("w.temp / 0", None),
+        ("missing > 3", False),
+        ("missing == null", True),
+        ("missing + 1", None),
+        ("'a' in w.tags and 'z' not in w.tags", True),
+        ("name + '-1' == \"porch-1\"", True),
+        ("abs(-2) + max(1, 5, 3) + min(4, 2) + round(2.6) + floor(1.9) + len(w.tags)", 2 + 5 + 2 + 3 + 1 + 2),
+        ("str(door) + str(missing) + str(true)", "1nulltrue"),
+        ("gps.f[1] == '3' and gps.f[9] == null and w['temp'] == 30", True),
+        ("[1, 2, t][2]", 21.5),
+        ("w.__class__.__name__", None),  # dotted names only read mappings: no attribute access
+        ("missing.temp", None),  # not reported yet: null
+        ("1e3 > 999.5 and .5 < 1", True),
+        ("t > 'x' or true", None),  # type error -> raised, checked below
+    ],
+)
 def test_evaluation(text, expected):
     e = compile_expression(text)
     if text.startswith("t > 'x'"):
@@ -54,17 +57,20 @@ def test_a_field_of_a_value_that_is_not_an_object_is_an_error(text):
         compile_expression(text).evaluate(VALUES)
 
 
-@pytest.mark.parametrize("text, words", [
-    ("t >", "ends too early"),
-    ("t = 1", "unexpected character"),
-    ("__import__('os')", "unknown function"),
-    ("lambda: 1", "unexpected"),
-    ("(" * 40 + "1" + ")" * 40, "nested too deeply"),
-    ("1 2", "unexpected text"),
-    ("max()", "takes 1..16 arguments"),
-    ("x" * 2000, "longer than"),
-    ("", "non-empty"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("t >", "ends too early"),
+        ("t = 1", "unexpected character"),
+        ("__import__('os')", "unknown function"),
+        ("lambda: 1", "unexpected"),
+        ("(" * 40 + "1" + ")" * 40, "nested too deeply"),
+        ("1 2", "unexpected text"),
+        ("max()", "takes 1..16 arguments"),
+        ("x" * 2000, "longer than"),
+        ("", "non-empty"),
+    ],
+)
 def test_bad_expressions_are_rejected_with_position(text, words):
     with pytest.raises(ExpressionError, match=words):
         compile_expression(text)
@@ -105,15 +111,15 @@ def test_cron_next(spec, after, expected):
     assert c.next_after(after) == expected and c.matches(expected)
 
 
-@pytest.mark.parametrize("spec", ["* * * *", "60 * * * *", "*/0 * * * *", "a * * * *", "5-1 * * * *",
-                                  "0 0 31 2 *"])
+@pytest.mark.parametrize("spec", ["* * * *", "60 * * * *", "*/0 * * * *", "a * * * *", "5-1 * * * *", "0 0 31 2 *"])
 def test_bad_cron(spec):
     with pytest.raises(CronError):
         parse_cron(spec).next_after(dt.datetime(2026, 1, 1))
 
 
 def test_trigger_engine_rising_always_cooldown_and_faults():
-    cfg = parse_device_config("""
+    cfg = parse_device_config(
+        """
 sensors:
   x: {type: gpio, pin: 4}
   s: {type: periodic, every: 1, file: /dev/null}
@@ -121,7 +127,9 @@ triggers:
   - {name: rise, when: "x == 1", action: gpio.write, args: {v: "${x}"}}
   - {name: each, when: "x == 1", fire: always, cooldown: 10, action: gpio.write}
   - {name: bad, when: "s > 'str'", action: gpio.write}
-""", source="t.yaml")
+""",
+        source="t.yaml",
+    )
     eng = TriggerEngine(cfg.triggers)
     vals = {"x": 1}
     props, faults = eng.on_sensor("x", vals, now=0.0)

@@ -60,7 +60,7 @@ async def _flood(agent, edges: int) -> None:
         # still responsive and correct afterwards
         for target in (1 - ((edges - 1) & 1), (edges - 1) & 1):
             chip.drive(17, target)
-            await until(lambda: d.hardware.outputs["lamp"].value == target, what="works after the flood")
+            await until(lambda target=target: d.hardware.outputs["lamp"].value == target, what="works after the flood")
         assert d.unhealthy() is None
         st = d.control_status()
         assert st["actions"]["dropped"] == d.pipeline.stats["dropped"]

@@ -22,12 +22,41 @@ from .test_process import provisioned  # noqa: F401  (fixture: identity + instal
 # hashlib (_hashlib: the daemon hashes with the interpreter's built-in SHA-2), and the web UI (only with a
 # ui: section in the device config).
 NOT_AT_IDLE = (
-    "smtplib", "email", "email.message", "urllib.request", "http.client", "numpy", "onnxruntime", "paho",
-    "hnswlib", "tpm2_pytss", "gpiod", "serial", "getpass", "hypothesis", "ssl", "_ssl", "_hashlib",
-    "kestrel.identity.backup", "kestrel.ota.build", "kestrel.inference", "kestrel.memory", "kestrel.agent.llm",
-    "kestrel.agent.planner", "kestrel.io.mqtt", "kestrel.io.serial", "kestrel.sync.sync",
-    "blspy", "kestrel.identity.bls", "kestrel.identity.bls_store", "kestrel.policy.quorum", "kestrel.daemon.quorum",
-    "kestrel.daemon.ui", "kestrel.daemon.ui.server", "kestrel.daemon.ui.http", "kestrel.daemon.ui.tokens",
+    "smtplib",
+    "email",
+    "email.message",
+    "urllib.request",
+    "http.client",
+    "numpy",
+    "onnxruntime",
+    "paho",
+    "hnswlib",
+    "tpm2_pytss",
+    "gpiod",
+    "serial",
+    "getpass",
+    "hypothesis",
+    "ssl",
+    "_ssl",
+    "_hashlib",
+    "kestrel.identity.backup",
+    "kestrel.ota.build",
+    "kestrel.inference",
+    "kestrel.memory",
+    "kestrel.agent.llm",
+    "kestrel.agent.planner",
+    "kestrel.io.mqtt",
+    "kestrel.io.serial",
+    "kestrel.sync.sync",
+    "blspy",
+    "kestrel.identity.bls",
+    "kestrel.identity.bls_store",
+    "kestrel.policy.quorum",
+    "kestrel.daemon.quorum",
+    "kestrel.daemon.ui",
+    "kestrel.daemon.ui.server",
+    "kestrel.daemon.ui.http",
+    "kestrel.daemon.ui.tokens",
 )
 UI_MODULES = ("kestrel.daemon.ui", "kestrel.daemon.ui.server", "kestrel.daemon.ui.http", "kestrel.daemon.ui.tokens")
 
@@ -57,8 +86,13 @@ sys.exit(main())
 def _idle_snapshot(tmp_path: Path, state: Path, *run_args: str) -> dict:
     out = tmp_path / "idle.json"
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    r = subprocess.run([sys.executable, "-c", PROBE, str(out), str(state), *run_args], capture_output=True,
-                       text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, str(out), str(state), *run_args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     return json.loads(out.read_text())
@@ -91,7 +125,8 @@ def test_lazy_package_attributes_still_resolve():
         "assert 'kestrel.identity.backup' not in sys.modules and 'getpass' not in sys.modules\n"
         "from kestrel.identity import backup_identity, restore_identity, KdfParams, Kdf, TPMSigner\n"
         "from kestrel.identity import *\n"
-        "assert backup_identity.__module__ == 'kestrel.identity.backup' and Kdf.__module__ == 'kestrel.identity.envelope'\n"
+        "assert backup_identity.__module__ == 'kestrel.identity.backup'\n"
+        "assert Kdf.__module__ == 'kestrel.identity.envelope'\n"
         "assert set(i.__all__) <= set(dir(i)) | set(i._LAZY)\n"
         "try:\n"
         "    i.no_such_thing\n"

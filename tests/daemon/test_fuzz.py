@@ -17,13 +17,37 @@ from kestrel.errors import ConfigError
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-_YAML_BITS = st.sampled_from([
-    "version: 1\n", "sensors:\n", "  d: {type: gpio, pin: 4}\n", "  s: {type: serial, port: /dev/x}\n",
-    "triggers:\n", "  - when: 'd == 1'\n", "    action: gpio.write\n", "    args: {actuator: l, value: 1}\n",
-    "actuators:\n", "  l: {type: gpio, pin: 5}\n", "mqtt: {host: h}\n", "schedules:\n", "  - {every: 1, action: x}\n",
-    "  - {cron: '*/5 * * * *', action: gpio.write}\n", "limits: {event_queue: -1}\n", "- \n", ": :\n", "  ", "{",
-    "[", "!!python/object:x {}\n", "&a 1\n", "*a\n", "\t", "\u00e9", "0x1F", "~\n",
-])
+_YAML_BITS = st.sampled_from(
+    [
+        "version: 1\n",
+        "sensors:\n",
+        "  d: {type: gpio, pin: 4}\n",
+        "  s: {type: serial, port: /dev/x}\n",
+        "triggers:\n",
+        "  - when: 'd == 1'\n",
+        "    action: gpio.write\n",
+        "    args: {actuator: l, value: 1}\n",
+        "actuators:\n",
+        "  l: {type: gpio, pin: 5}\n",
+        "mqtt: {host: h}\n",
+        "schedules:\n",
+        "  - {every: 1, action: x}\n",
+        "  - {cron: '*/5 * * * *', action: gpio.write}\n",
+        "limits: {event_queue: -1}\n",
+        "- \n",
+        ": :\n",
+        "  ",
+        "{",
+        "[",
+        "!!python/object:x {}\n",
+        "&a 1\n",
+        "*a\n",
+        "\t",
+        "\u00e9",
+        "0x1F",
+        "~\n",
+    ]
+)
 
 
 def _config_only_config_errors(text: str) -> None:
@@ -60,10 +84,16 @@ def _decoders(data: bytes) -> None:
 
 
 @FAST
-@given(st.one_of(st.binary(max_size=300),
-                 st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=10),
-                              lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
-                              max_leaves=20).map(lambda v: msgpack.packb(v))))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=10),
+            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
+            max_leaves=20,
+        ).map(lambda v: msgpack.packb(v)),
+    )
+)
 def test_payload_decoders_fuzz(data):
     _decoders(data)
 
@@ -89,11 +119,36 @@ def test_decoders_soak(data):
         pass
 
 
-_JSON_BITS = st.sampled_from([
-    '{"id": 1, "method": "call", "params": {"action": "send_email", "args": {', '"to": ', '"value": ', '"url": ',
-    "NaN", "-Infinity", "1e999", "9" * 30, "-" + "9" * 25, "1.5", "0", "true", "null", '"a@b.example"', '"x"',
-    "[", "]", "{", "}", ",", ":", '"\\ud800"', '"\\u0000"', '"a", "a": 1', "[" * 50, "]" * 50,
-])
+_JSON_BITS = st.sampled_from(
+    [
+        '{"id": 1, "method": "call", "params": {"action": "send_email", "args": {',
+        '"to": ',
+        '"value": ',
+        '"url": ',
+        "NaN",
+        "-Infinity",
+        "1e999",
+        "9" * 30,
+        "-" + "9" * 25,
+        "1.5",
+        "0",
+        "true",
+        "null",
+        '"a@b.example"',
+        '"x"',
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        ":",
+        '"\\ud800"',
+        '"\\u0000"',
+        '"a", "a": 1',
+        "[" * 50,
+        "]" * 50,
+    ]
+)
 
 
 @FAST

@@ -82,20 +82,26 @@ async def test_policy_refusal_of_the_triggered_action_is_recorded(installed):
     agent = installed
     write_readings(agent.state, {**NORMAL, "vibration": 3.0})
     async with running(agent, file_config(agent.state), policy="actions: [send_email]\n") as d:
-        await until(lambda: any(r["action"] == "gpio.write" for r in agent.kinds("policy.decision")),
-                    what="the decision on the triggered action")
+        await until(
+            lambda: any(r["action"] == "gpio.write" for r in agent.kinds("policy.decision")),
+            what="the decision on the triggered action",
+        )
         assert d.hardware.outputs["alarm_lamp"].value == 0
     assert [r["decision"] for r in agent.kinds("policy.decision") if r["action"] == "gpio.write"][0] == "deny"
     assert not [r for r in agent.kinds("action.result") if r["source"] == "trigger:anomaly_alarm"]
 
 
-@pytest.mark.parametrize("model, window, inputs, key, text", [
-    ("no-such-model", 16, CHANNELS, "models.anomaly.model", "is not installed"),
-    ("sensor-anomaly", 8, CHANNELS, "models.anomaly.inputs", "expects readings: float32[?, 16, 4]"),
-    ("sensor-anomaly", 16, CHANNELS[:3], "models.anomaly.inputs", "feeds [16, 3]"),
-])
-async def test_model_that_does_not_fit_the_config_is_a_config_error_at_start(installed, model, window, inputs,
-                                                                              key, text):
+@pytest.mark.parametrize(
+    "model, window, inputs, key, text",
+    [
+        ("no-such-model", 16, CHANNELS, "models.anomaly.model", "is not installed"),
+        ("sensor-anomaly", 8, CHANNELS, "models.anomaly.inputs", "expects readings: float32[?, 16, 4]"),
+        ("sensor-anomaly", 16, CHANNELS[:3], "models.anomaly.inputs", "feeds [16, 3]"),
+    ],
+)
+async def test_model_that_does_not_fit_the_config_is_a_config_error_at_start(
+    installed, model, window, inputs, key, text
+):
     agent = installed
     with pytest.raises(ConfigError) as err:
         async with running(agent, file_config(agent.state, model=model, window=window, inputs=inputs)):
@@ -104,14 +110,17 @@ async def test_model_that_does_not_fit_the_config_is_a_config_error_at_start(ins
     assert err.value.path == "device.yaml" and err.value.line is not None
 
 
-@pytest.mark.parametrize("models, text, key", [
-    ("anomaly: {model: m, inputs: [nosuch]}", "unknown sensor 'nosuch'", "models.anomaly.inputs"),
-    ("temp: {model: m, inputs: [temp]}", "has the name of a sensor", "models.temp"),
-    ("anomaly: {model: m, inputs: []}", "at least one input", "models.anomaly.inputs"),
-    ("anomaly: {model: m, inputs: [temp], window: 0}", "", "models.anomaly.window"),
-    ("anomaly: {model: m, inputs: [temp], colour: red}", "colour", "models.anomaly.colour"),
-    ("anomaly: {inputs: [temp]}", "", "models.anomaly.model"),
-])
+@pytest.mark.parametrize(
+    "models, text, key",
+    [
+        ("anomaly: {model: m, inputs: [nosuch]}", "unknown sensor 'nosuch'", "models.anomaly.inputs"),
+        ("temp: {model: m, inputs: [temp]}", "has the name of a sensor", "models.temp"),
+        ("anomaly: {model: m, inputs: []}", "at least one input", "models.anomaly.inputs"),
+        ("anomaly: {model: m, inputs: [temp], window: 0}", "", "models.anomaly.window"),
+        ("anomaly: {model: m, inputs: [temp], colour: red}", "colour", "models.anomaly.colour"),
+        ("anomaly: {inputs: [temp]}", "", "models.anomaly.model"),
+    ],
+)
 def test_bad_models_section_names_file_line_and_key(models, text, key):
     cfg = f"version: 1\nsensors:\n  temp: {{type: periodic, every: 1, file: /tmp/t}}\nmodels:\n  {models}\n"
     with pytest.raises(ConfigError) as err:
@@ -120,10 +129,12 @@ def test_bad_models_section_names_file_line_and_key(models, text, key):
 
 
 def test_trigger_may_read_a_model_sensor_and_unknown_names_still_fail():
-    base = ("version: 1\nsensors:\n  temp: {type: periodic, every: 1, file: /tmp/t}\n"
-            "actuators:\n  lamp: {type: gpio, pin: GPIO27}\n"
-            "models:\n  anomaly: {model: sensor-anomaly, inputs: [temp], window: 4}\n")
-    trig = "triggers:\n  - {{when: \"{w}\", action: gpio.write, args: {{actuator: lamp, value: 1}}}}\n"
+    base = (
+        "version: 1\nsensors:\n  temp: {type: periodic, every: 1, file: /tmp/t}\n"
+        "actuators:\n  lamp: {type: gpio, pin: GPIO27}\n"
+        "models:\n  anomaly: {model: sensor-anomaly, inputs: [temp], window: 4}\n"
+    )
+    trig = 'triggers:\n  - {{when: "{w}", action: gpio.write, args: {{actuator: lamp, value: 1}}}}\n'
     cfg = parse_device_config(base + trig.format(w="anomaly.alarm"), source="dev.yaml")
     assert cfg.models[0].name == "anomaly" and cfg.models[0].window == 4 and cfg.models[0].every_s is None
     with pytest.raises(ConfigError) as err:
@@ -135,10 +146,16 @@ def _sine_rows(n: int, *, vibration_stuck: float | None = None) -> list[dict]:
     rows = []
     for t in range(n):
         base = math.sin(0.1 * t + 1.0)
-        rows.append({"temp": 21 + 3 * base, "humidity": 55 - 8 * base,
-                     "vibration": vibration_stuck if vibration_stuck is not None and t >= n // 2
-                     else 0.12 + 0.05 * abs(math.sin(0.7 * t + 1.0)),
-                     "current": 1.2 + 0.18 * base})
+        rows.append(
+            {
+                "temp": 21 + 3 * base,
+                "humidity": 55 - 8 * base,
+                "vibration": vibration_stuck
+                if vibration_stuck is not None and t >= n // 2
+                else 0.12 + 0.05 * abs(math.sin(0.7 * t + 1.0)),
+                "current": 1.2 + 0.18 * base,
+            }
+        )
     return rows
 
 
@@ -187,11 +204,15 @@ def test_parsing_a_models_section_imports_no_inference():
     import subprocess
     import sys
 
-    cfg = ("version: 1\\nsensors:\\n  temp: {type: periodic, every: 1, file: /tmp/t}\\n"
-           "models:\\n  anomaly: {model: sensor-anomaly, inputs: [temp], window: 4}\\n")
-    code = ("import sys; from kestrel.daemon.config import parse_device_config; "
-            f"c = parse_device_config('{cfg}'); assert c.models; "
-            "print(sorted(m for m in ('numpy', 'onnxruntime', 'kestrel.inference') if m in sys.modules))")
+    cfg = (
+        "version: 1\\nsensors:\\n  temp: {type: periodic, every: 1, file: /tmp/t}\\n"
+        "models:\\n  anomaly: {model: sensor-anomaly, inputs: [temp], window: 4}\\n"
+    )
+    code = (
+        "import sys; from kestrel.daemon.config import parse_device_config; "
+        f"c = parse_device_config('{cfg}'); assert c.models; "
+        "print(sorted(m for m in ('numpy', 'onnxruntime', 'kestrel.inference') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

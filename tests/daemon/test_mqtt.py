@@ -71,8 +71,13 @@ async def _live(peer: MqttBridge, topic: str, probe: bytes, seen, *, what: str) 
 async def _weather_live(d, peer: MqttBridge, *, msgpack_payload: bool = False) -> None:
     probe = {"temp": 0}  # a reading that fires nothing
     data = msgpack.packb(probe) if msgpack_payload else json.dumps(probe).encode()
-    await _live(peer, "sensors/weather", data, lambda: d.values.get("weather") == probe,
-                what="the daemon's weather subscription")
+    await _live(
+        peer,
+        "sensors/weather",
+        data,
+        lambda: d.values.get("weather") == probe,
+        what="the daemon's weather subscription",
+    )
 
 
 async def test_json_sensor_triggers_and_bad_payloads_are_quarantined(agent, mosquitto):
@@ -81,8 +86,13 @@ async def test_json_sensor_triggers_and_bad_payloads_are_quarantined(agent, mosq
         async with _peer(mosquitto.port) as peer:
             await peer.wait_connected(5)
             await _weather_live(d, peer)
-            for bad in (b"{not json", b"\xff\xfe", b'{"temp": NaN}', b"[" * 500 + b"]" * 500,
-                        json.dumps({"temp": 1, "pad": "x" * 400}).encode()):
+            for bad in (
+                b"{not json",
+                b"\xff\xfe",
+                b'{"temp": NaN}',
+                b"[" * 500 + b"]" * 500,
+                json.dumps({"temp": 1, "pad": "x" * 400}).encode(),
+            ):
                 await peer.publish("sensors/weather", bad, qos=1)
             await peer.publish("sensors/weather", b'{"temp": 35.5}', qos=1)
             await until(lambda: d.hardware.outputs["lamp"].value == 1, what="trigger after the garbage")
@@ -149,8 +159,13 @@ async def test_mqtt_command_for_refused_action_is_denied_and_recorded(agent, mos
                 return set(ids) <= set(replies)
 
             probe = {"id": "probe", "action": "gpio.write", "args": {"actuator": "lamp", "value": 0}}
-            await _live(peer, "dev/cmd", json.dumps(probe).encode(), lambda: answered("probe"),
-                        what="the daemon's command subscription")
+            await _live(
+                peer,
+                "dev/cmd",
+                json.dumps(probe).encode(),
+                lambda: answered("probe"),
+                what="the daemon's command subscription",
+            )
             cmd = {"id": "c1", "action": "send_email", "args": {"to": "x@example.com", "subject": "hi"}}
             await peer.publish("dev/cmd", json.dumps(cmd).encode(), qos=1)
             await peer.publish("dev/cmd", b"\x00 not a command", qos=1)
@@ -204,8 +219,9 @@ async def test_mqtt_password_file_must_be_private(agent, mosquitto, tmp_path):
     pw = tmp_path / "mqtt.pass"
     pw.write_text("s3cret\n")
     os.chmod(pw, 0o644)
-    cfg = _config(mosquitto.port).replace("keepalive: 5",
-                                          f"keepalive: 5\n      username: dev\n      password_file: {pw}")
+    cfg = _config(mosquitto.port).replace(
+        "keepalive: 5", f"keepalive: 5\n      username: dev\n      password_file: {pw}"
+    )
     with pytest.raises(TransportError, match="accessible by other users"):
         async with running(agent, cfg, policy=POLICY):
             pass

@@ -67,8 +67,13 @@ def provisioned(state_dir: Path) -> Path:
 def test_malformed_config_names_file_line_key_and_exits_nonzero(tmp_path, state_dir):
     cfg = tmp_path / "device.yaml"
     cfg.write_text("version: 1\nsensors:\n  door:\n    type: gpio\n    pin: GPIO17\n    bias: sideways\n")
-    r = subprocess.run([*KESTREL, "run", "--config", str(cfg), "--state", str(state_dir)], capture_output=True,
-                       text=True, timeout=60, env=_env())
+    r = subprocess.run(
+        [*KESTREL, "run", "--config", str(cfg), "--state", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
     assert r.returncode == 2
     assert f"{cfg}:6:11" in r.stderr and "sensors.door.bias" in r.stderr and "sideways" in r.stderr
     assert "Traceback" not in r.stderr
@@ -77,8 +82,7 @@ def test_malformed_config_names_file_line_key_and_exits_nonzero(tmp_path, state_
 
 def test_first_run_creates_identity_and_sigterm_flushes_and_exits_zero(tmp_path):
     state = tmp_path / "fresh-state"
-    proc = subprocess.Popen([*KESTREL, "run", "--state", str(state)], stderr=subprocess.PIPE, text=True,
-                            env=_env())
+    proc = subprocess.Popen([*KESTREL, "run", "--state", str(state)], stderr=subprocess.PIPE, text=True, env=_env())
     try:
         _wait_socket(state, proc)
         st = Client(state).status()
@@ -122,7 +126,7 @@ def _collect(sock: socket.socket, until: str, timeout: float) -> list[str]:
     while time.monotonic() < deadline:
         try:
             got.append(sock.recv(4096).decode())
-        except socket.timeout:
+        except TimeoutError:
             continue
         if any(until in m for m in got):
             break
@@ -134,9 +138,12 @@ def test_systemd_ready_watchdog_stopping(provisioned, tmp_path, abstract):
     sock, addr = _notify_listener(abstract, tmp_path)
     cfg = tmp_path / "device.yaml"
     cfg.write_text(textwrap.dedent(GPIO_CONFIG))
-    proc = subprocess.Popen([*KESTREL, "run", "--config", str(cfg), "--board", "sim", "--state", str(provisioned)],
-                            stderr=subprocess.PIPE, text=True,
-                            env=_env(NOTIFY_SOCKET=addr, WATCHDOG_USEC="200000"))
+    proc = subprocess.Popen(
+        [*KESTREL, "run", "--config", str(cfg), "--board", "sim", "--state", str(provisioned)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(NOTIFY_SOCKET=addr, WATCHDOG_USEC="200000"),
+    )
     try:
         msgs = _collect(sock, "READY=1", 20)
         assert any("READY=1" in m and f"MAINPID={proc.pid}" in m for m in msgs), msgs
@@ -156,8 +163,12 @@ def test_systemd_ready_watchdog_stopping(provisioned, tmp_path, abstract):
 def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(provisioned, tmp_path):
     cfg = tmp_path / "device.yaml"
     cfg.write_text(textwrap.dedent(GPIO_CONFIG))
-    proc = subprocess.Popen([*KESTREL, "run", "--config", str(cfg), "--state", str(provisioned)],
-                            stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [*KESTREL, "run", "--config", str(cfg), "--state", str(provisioned)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         _wait_socket(provisioned, proc)
         assert set(Client(provisioned).status()["sensors"]) >= {"button"}
@@ -187,12 +198,14 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(provisioned, tmp_path
 
 
 def test_second_daemon_on_the_same_state_is_refused(provisioned):
-    first = subprocess.Popen([*KESTREL, "run", "--state", str(provisioned)], stderr=subprocess.PIPE, text=True,
-                             env=_env())
+    first = subprocess.Popen(
+        [*KESTREL, "run", "--state", str(provisioned)], stderr=subprocess.PIPE, text=True, env=_env()
+    )
     try:
         _wait_socket(provisioned, first)
-        r = subprocess.run([*KESTREL, "run", "--state", str(provisioned)], capture_output=True, text=True,
-                           timeout=60, env=_env())
+        r = subprocess.run(
+            [*KESTREL, "run", "--state", str(provisioned)], capture_output=True, text=True, timeout=60, env=_env()
+        )
         assert r.returncode == 3 and f"(pid {first.pid}) is running" in r.stderr and "Traceback" not in r.stderr
         assert Client(provisioned).status()["pid"] == first.pid
     finally:
@@ -208,8 +221,13 @@ def test_second_daemon_on_the_same_state_is_refused(provisioned):
 def test_unknown_board_is_a_clean_error(state_dir, tmp_path):
     cfg = tmp_path / "device.yaml"
     cfg.write_text("version: 1\n")
-    r = subprocess.run([*KESTREL, "run", "--config", str(cfg), "--board", "toaster", "--state", str(state_dir)],
-                       capture_output=True, text=True, timeout=60, env=_env())
+    r = subprocess.run(
+        [*KESTREL, "run", "--config", str(cfg), "--board", "toaster", "--state", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
     assert r.returncode != 0 and "toaster" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -234,16 +252,26 @@ print("RC", rc, "HEAVY", ",".join(heavy) or "-")
 
 
 def test_daemon_stays_lean_without_models_mqtt_or_serial(tmp_path):
-    r = subprocess.run([sys.executable, "-c", LEAN_SCRIPT, str(tmp_path / "st")], capture_output=True, text=True,
-                       timeout=60, env=_env())
+    r = subprocess.run(
+        [sys.executable, "-c", LEAN_SCRIPT, str(tmp_path / "st")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
     assert "RC 0 HEAVY -" in r.stdout, r.stdout + r.stderr
 
 
 def test_pin_the_board_lacks_names_the_config_key(state_dir, tmp_path):
     cfg = tmp_path / "device.yaml"
     cfg.write_text("version: 1\nboard: sim\nactuators:\n  lamp: {type: gpio, pin: GPIO99}\n")
-    r = subprocess.run([*KESTREL, "run", "--config", str(cfg), "--state", str(state_dir)],
-                       capture_output=True, text=True, timeout=60, env=_env())
+    r = subprocess.run(
+        [*KESTREL, "run", "--config", str(cfg), "--state", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
     assert r.returncode == 2, r.stderr
     assert f"{cfg}, key 'actuators.lamp.pin'" in r.stderr and "GPIO99" in r.stderr and "Traceback" not in r.stderr
     assert not (state_dir / "run" / "control.sock").exists()

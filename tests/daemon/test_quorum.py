@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -55,10 +56,16 @@ def audit_export(data: bytes, agent: str, members: list[str]) -> list[Any]:
     from kestrel.identity.keys import PublicKey
 
     verify_export(data, PublicKey.from_did(agent))
-    bodies = [decode_record(f.payload) for f in iter_frames(data, len(EXPORT_MAGIC))
-              if isinstance(f, Frame) and f.type == RECORD]
-    return [verify_decision(r.body, members=members) for r in bodies
-            if r.kind == "quorum.decided" and r.body["outcome"] == "allow"]
+    bodies = [
+        decode_record(f.payload)
+        for f in iter_frames(data, len(EXPORT_MAGIC))
+        if isinstance(f, Frame) and f.type == RECORD
+    ]
+    return [
+        verify_decision(r.body, members=members)
+        for r in bodies
+        if r.kind == "quorum.decided" and r.body["outcome"] == "allow"
+    ]
 
 
 async def test_two_of_three_met_recorded_everywhere_and_audited(trio, mosquitto, tmp_path):
@@ -68,15 +75,21 @@ async def test_two_of_three_met_recorded_everywhere_and_audited(trio, mosquitto,
         assert _lamp(da) == 0
         result = await _call(da)
         assert result and _lamp(da) == 1
-        await until(lambda: len(b.kinds("quorum.outcome")) == 1 and len(c.kinds("quorum.outcome")) == 1,
-                    what="the outcome at both members")
+        await until(
+            lambda: len(b.kinds("quorum.outcome")) == 1 and len(c.kinds("quorum.outcome")) == 1,
+            what="the outcome at both members",
+        )
         await until(lambda: len(a.kinds("quorum.vote")) == 2, what="both votes recorded at the proposer")
     decided = a.kinds("quorum.decided")
     assert len(decided) == 1 and decided[0]["outcome"] == "allow"
     assert a.did in decided[0]["signers"] and len(decided[0]["signers"]) == 2
     # durable order at the proposer: proposed < the vote that counted < decided < executed
-    assert _seqs(a, "quorum.proposed")[0] < min(_seqs(a, "quorum.vote")) < _seqs(a, "quorum.decided")[0] \
+    assert (
+        _seqs(a, "quorum.proposed")[0]
+        < min(_seqs(a, "quorum.vote"))
+        < _seqs(a, "quorum.decided")[0]
         < _seqs(a, "action.result")[0]
+    )
     votes = a.kinds("quorum.vote")
     assert sorted(v["from"] for v in votes) == sorted([b.did, c.did])
     assert sum(v["accepted"] for v in votes) >= 1  # the second approval may come after the decision: 'late'
@@ -108,8 +121,9 @@ async def test_two_of_three_met_recorded_everywhere_and_audited(trio, mosquitto,
 
 async def test_not_met_when_the_members_policies_deny(trio, mosquitto):
     a, b, c = trio
-    async with daemons(trio, mosquitto.port, [group_policy(trio, 2), "actions: [gpio.read]\n",
-                                              "actions: [gpio.read]\n"]) as (da, db, dc):
+    async with daemons(
+        trio, mosquitto.port, [group_policy(trio, 2), "actions: [gpio.read]\n", "actions: [gpio.read]\n"]
+    ) as (da, db, dc):
         with pytest.raises(ActionDeniedError, match="quorum not met"):
             await _call(da)
         assert _lamp(da) == 0
@@ -159,6 +173,7 @@ async def test_offline_members_time_out_to_a_deny(trio, mosquitto):
 
 # -- a member whose answers the test writes by hand ----------------------------------------------
 
+
 @contextlib.asynccontextmanager
 async def by_hand(m: Member, port: int) -> AsyncIterator[Any]:
     """``m``'s peer messenger without a daemon: requests wait in its inbox, votes are crafted."""
@@ -185,10 +200,16 @@ async def next_request(messenger: Any, proposer: Member, me: Member) -> tuple[An
             return parse_request(msg.body, sender=proposer.did, me=me.did)
 
 
-def _vote(req: Any, key: Any, *, cert: bytes | None = None, message: bytes | None = None,
-          rid: str | None = None) -> dict[str, Any]:
-    return {"t": "quorum.vote", "id": rid or req.id, "vote": "allow",
-            "sig": key.secret.sign(message or req.message()), "cert": cert or key.certificate.data}
+def _vote(
+    req: Any, key: Any, *, cert: bytes | None = None, message: bytes | None = None, rid: str | None = None
+) -> dict[str, Any]:
+    return {
+        "t": "quorum.vote",
+        "id": rid or req.id,
+        "vote": "allow",
+        "sig": key.secret.sign(message or req.message()),
+        "cert": cert or key.certificate.data,
+    }
 
 
 async def test_replayed_rotated_other_args_and_rogue_votes_are_refused(trio, mosquitto):
@@ -210,9 +231,12 @@ async def test_replayed_rotated_other_args_and_rogue_votes_are_refused(trio, mos
         req2, _ = await next_request(bm, a, b)
         other_args = req2.__class__(**{**req2.__dict__, "args_digest": "0" * 64})
         x = bls.BLSSecretKey.generate()
-        rogue_pk = bls.BLSPublicKey(bytes(bls.load_backend().G1Element.from_bytes(x.public_key.raw)
-                                          + bls.load_backend().G1Element.from_bytes(b.bls_key.secret.public_key.raw)
-                                          .negate()))
+        rogue_pk = bls.BLSPublicKey(
+            bytes(
+                bls.load_backend().G1Element.from_bytes(x.public_key.raw)
+                + bls.load_backend().G1Element.from_bytes(b.bls_key.secret.public_key.raw).negate()
+            )
+        )
         rogue_cert = _rogue_certificate(b, x, rogue_pk)
         attempts = {
             "late": _vote(req1, b.bls_key),  # the vote of request 1, replayed
@@ -232,14 +256,18 @@ async def test_replayed_rotated_other_args_and_rogue_votes_are_refused(trio, mos
     assert sum(1 for r, i in refused if r == "bad-signature" and i == req2.id) == 2  # replay and other args
     assert [d["outcome"] for d in a.kinds("quorum.decided")] == ["allow", "deny"]
     first = a.kinds("quorum.decided")[0]
-    assert dict(zip(first["signers"], first["serials"])) == {a.did: 1, b.did: 2}
+    assert dict(zip(first["signers"], first["serials"], strict=False)) == {a.did: 1, b.did: 2}
 
     # The rogue-key aggregate a malicious member c might record as a decision: "b and c approved",
     # with c's key pk_c = g*x - pk_b, so that x alone signs for both. The pairing check passes
     # (tests/identity/test_bls.py shows it); the auditor refuses c's key: no proof of possession.
-    forged = {**req2.to_body(), "outcome": "allow", "signers": [b.did, c.did],
-              "certs": [b.bls_key.certificate.data, _rogue_certificate(c, x, rogue_pk)],
-              "aggregate": x.sign(req2.message())}
+    forged = {
+        **req2.to_body(),
+        "outcome": "allow",
+        "signers": [b.did, c.did],
+        "certs": [b.bls_key.certificate.data, _rogue_certificate(c, x, rogue_pk)],
+        "aggregate": x.sign(req2.message()),
+    }
     with pytest.raises(QuorumMessageError) as info:
         verify_decision(forged, members=[a.did, b.did, c.did])
     assert info.value.reason == "cert-no-possession"
@@ -250,6 +278,15 @@ def _rogue_certificate(owner: Member, x: Any, rogue_pk: Any) -> bytes:
     possession its maker can produce (one for x)."""
     import msgpack
 
-    body = msgpack.packb({"v": 1, "agent": owner.did, "serial": 3, "pk": rogue_pk.raw,
-                          "pop": x.prove_possession(), "ts": int(time.time() * 1000)}, use_bin_type=True)
+    body = msgpack.packb(
+        {
+            "v": 1,
+            "agent": owner.did,
+            "serial": 3,
+            "pk": rogue_pk.raw,
+            "pop": x.prove_possession(),
+            "ts": int(time.time() * 1000),
+        },
+        use_bin_type=True,
+    )
     return msgpack.packb([1, body, owner.signer.sign(bls.CERT_DOMAIN + body)], use_bin_type=True)

@@ -18,8 +18,9 @@ from .conftest import GPIO_CONFIG, running, until
 
 def _signed_bundle(agent, owner: SoftwareSigner, policy: bytes, counter: int = 1) -> bytes:
     now = time.time()
-    data = make_bundle(policy=policy, counter=counter, now=now, expires=now + 3600,
-                       agents=[agent.ledger.public_key.did])
+    data = make_bundle(
+        policy=policy, counter=counter, now=now, expires=now + 3600, agents=[agent.ledger.public_key.did]
+    )
     return sign_bundle(data, owner)
 
 

@@ -7,16 +7,20 @@ import select
 import tty
 
 from kestrel.io.framing import nmea_sentence
+from kestrel.sdk import Client
 
 from .conftest import in_thread, running, until
-from kestrel.sdk import Client
 
 POLICY = "actions: [gpio.write, serial.write]\n"
 
 
 def _config(port: str, *, actuator_port: str | None = None) -> str:
-    act = f"""
-      display: {{type: serial, port: "{actuator_port}", baud: 115200, framing: line}}""" if actuator_port else ""
+    act = (
+        f"""
+      display: {{type: serial, port: "{actuator_port}", baud: 115200, framing: line}}"""
+        if actuator_port
+        else ""
+    )
     return f"""
     version: 1
     sensors:
@@ -112,4 +116,3 @@ async def test_serial_write_action_reaches_the_device(agent, pty_pair, tmp_path)
     finally:
         os.close(m_in)
         os.close(s_in)
-

@@ -35,8 +35,10 @@ def test_unit_declares_notify_watchdog_memory_and_hardening():
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_accepts_the_unit(tmp_path):
-    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(UNIT)], capture_output=True, text=True,
-                       timeout=60)
-    problems = [line for line in (r.stdout + r.stderr).splitlines()
-                if line.strip() and "is not executable" not in line and "/usr/bin/kestrel" not in line]
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(UNIT)], capture_output=True, text=True, timeout=60)
+    problems = [
+        line
+        for line in (r.stdout + r.stderr).splitlines()
+        if line.strip() and "is not executable" not in line and "/usr/bin/kestrel" not in line
+    ]
     assert problems == []

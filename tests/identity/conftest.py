@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -65,14 +65,18 @@ def sign_concurrently(signer, public_key, *, threads: int = 8, each: int = 25) -
     return errors
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the real `kestrel` command in a subprocess (no TTY on stdin)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREL_")}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-c", "from kestrel.cli import run; run()", *args],
-        input=stdin if stdin is not None else "", capture_output=True, text=True, env=full_env,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        env=full_env,
         timeout=timeout,
     )
 

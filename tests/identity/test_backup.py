@@ -27,8 +27,9 @@ BACKUP_PASS = b"backup passphrase"
 
 @pytest.mark.parametrize("alg", list(Algorithm))
 @pytest.mark.parametrize("source_machine_bound", [False, True])
-def test_backup_restore_keeps_the_agent_id(state_dir: Path, make_identity, tmp_path: Path, alg,
-                                           source_machine_bound: bool) -> None:
+def test_backup_restore_keeps_the_agent_id(
+    state_dir: Path, make_identity, tmp_path: Path, alg, source_machine_bound: bool
+) -> None:
     ident = make_identity(algorithm=alg, machine_bound=source_machine_bound)
     dest = tmp_path / "agent.kbak"
     backup_identity(state_dir, dest, backup_passphrase=BACKUP_PASS, passphrase=PASS, kdf=FAST_KDF)
@@ -38,8 +39,7 @@ def test_backup_restore_keeps_the_agent_id(state_dir: Path, make_identity, tmp_p
     new_board = tmp_path / "new-board"  # "new hardware": a different machine id, new passphrase
     mid = tmp_path / "new-machine-id"
     mid.write_text("99999999999999999999999999999999\n")
-    restored = restore_identity(new_board, dest, backup_passphrase=BACKUP_PASS, machine_bound=True,
-                                machine_id_path=mid)
+    restored = restore_identity(new_board, dest, backup_passphrase=BACKUP_PASS, machine_bound=True, machine_id_path=mid)
     assert restored.did == ident.did and restored.name == ident.name
     assert restored.created_at == ident.created_at and restored.protection == "machine-bound"
     signer = open_signer(new_board, machine_id_path=mid)
@@ -50,8 +50,7 @@ def test_restore_under_a_new_passphrase(state_dir: Path, make_identity, tmp_path
     ident = make_identity()
     dest = tmp_path / "b"
     backup_identity(state_dir, dest, backup_passphrase=BACKUP_PASS, passphrase=PASS, kdf=FAST_KDF)
-    restored = restore_identity(tmp_path / "r", dest, backup_passphrase=BACKUP_PASS, passphrase=b"new",
-                                kdf=FAST_KDF)
+    restored = restore_identity(tmp_path / "r", dest, backup_passphrase=BACKUP_PASS, passphrase=b"new", kdf=FAST_KDF)
     assert restored.did == ident.did and restored.protection == "passphrase"
     with pytest.raises(WrongPassphraseError):
         open_signer(tmp_path / "r", passphrase=PASS)
@@ -64,8 +63,7 @@ def test_restore_refuses_to_overwrite(state_dir: Path, make_identity, tmp_path: 
     dest = tmp_path / "b"
     backup_identity(state_dir, dest, backup_passphrase=BACKUP_PASS, passphrase=PASS, kdf=FAST_KDF)
     with pytest.raises(IdentityExistsError):
-        restore_identity(tmp_path / "other", dest, backup_passphrase=BACKUP_PASS, passphrase=b"p",
-                         kdf=FAST_KDF)
+        restore_identity(tmp_path / "other", dest, backup_passphrase=BACKUP_PASS, passphrase=b"p", kdf=FAST_KDF)
     assert load_identity(tmp_path / "other") == existing
 
 
@@ -96,8 +94,7 @@ def test_wrong_backup_passphrase_and_corrupt_backup(state_dir: Path, make_identi
 def test_a_keystore_is_not_a_backup(state_dir: Path, make_identity, tmp_path: Path) -> None:
     make_identity()
     with pytest.raises(KeystoreCorruptError, match="keystore file, not a backup"):
-        restore_identity(tmp_path / "r", state_dir / "identity" / "key.enc", backup_passphrase=PASS,
-                         passphrase=b"p")
+        restore_identity(tmp_path / "r", state_dir / "identity" / "key.enc", backup_passphrase=PASS, passphrase=b"p")
 
 
 def test_backup_needs_the_keystore_passphrase(state_dir: Path, make_identity, tmp_path: Path) -> None:

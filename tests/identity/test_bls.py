@@ -47,7 +47,7 @@ def test_aggregate_vectors():
         assert bls.aggregate([H(s) for s in case["signatures"]]) == H(case["output"])
 
 
-def _proven(pk_hex: str) -> "bls.ProvenKey":
+def _proven(pk_hex: str) -> bls.ProvenKey:
     by_pk = {c["pubkey"]: c["privkey"] for c in VECTORS["public_keys"]}
     sk = bls.BLSSecretKey(H(by_pk[pk_hex]))
     return sk.public_key.proven(sk.prove_possession())
@@ -94,7 +94,8 @@ def test_rogue_key_aggregate_verifies_without_pop_and_is_refused_with_it():
     forged = x.sign(msg)
     # Without proofs of possession the forgery passes FastAggregateVerify: the attack is real.
     assert b.PopSchemeMPL.fast_aggregate_verify(
-        [b.G1Element.from_bytes(victim.public_key.raw), rogue_point], msg, b.G2Element.from_bytes(forged))
+        [b.G1Element.from_bytes(victim.public_key.raw), rogue_point], msg, b.G2Element.from_bytes(forged)
+    )
     # Mallory cannot prove possession of the rogue key; her own PoP or a signature does not pass.
     for proof in (x.prove_possession(), forged, x.sign(rogue.raw)):
         with pytest.raises(SignatureError):
@@ -113,6 +114,7 @@ def test_aggregate_refuses_duplicate_signers():
 
 
 # -- certificates ------------------------------------------------------------------------------
+
 
 def test_certificate_round_trip_for_both_identity_algorithms():
     from kestrel.identity.keys import Algorithm
@@ -152,8 +154,14 @@ def test_certificate_refusals_name_their_reason():
         with pytest.raises(bls.BLSCertificateError) as info:
             bls.verify_certificate(data, agent=agent)
         assert info.value.reason == reason, (reason, info.value)
-    for junk in (b"", b"\xff" * 10, good + b"x", b"\x00" * (bls.MAX_CERTIFICATE + 1),
-                 _rebuild(good, ident, extra=1), _rebuild(good, ident, serial=0)):
+    for junk in (
+        b"",
+        b"\xff" * 10,
+        good + b"x",
+        b"\x00" * (bls.MAX_CERTIFICATE + 1),
+        _rebuild(good, ident, extra=1),
+        _rebuild(good, ident, serial=0),
+    ):
         with pytest.raises(bls.BLSCertificateError):
             bls.verify_certificate(junk)
 

@@ -39,5 +39,6 @@ def test_create_show_rotate_and_clear_refusals(cli, tmp_path: Path) -> None:
     assert bad.returncode != 0 and "passphrase" in bad.stderr and "Traceback" not in bad.stderr
     records = [r for r in iter_records(state / "ledger") if r.kind == "bls.key"]
     assert [r.body["serial"] for r in records] == [1, 2]
-    assert verify_certificate(records[1].body["cert"], agent=first["agent"]).public_key.raw.hex() == \
-        second["public_key"]
+    assert (
+        verify_certificate(records[1].body["cert"], agent=first["agent"]).public_key.raw.hex() == second["public_key"]
+    )

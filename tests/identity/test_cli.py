@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from kestrel.identity import PublicKey
-
 from tests.fixtures.procs import free_port
 
 
@@ -57,8 +56,7 @@ def test_init_refuses_an_existing_identity(cli, tmp_path: Path) -> None:
     state = tmp_path / "state"
     _ok(cli("init-agent", "--name", "a", "--state", str(state), "--machine-bound"))
     before = {p: p.read_bytes() for p in (state / "identity").iterdir()}
-    _fails(cli("init-agent", "--name", "b", "--state", str(state), "--algorithm", "p256"), 2,
-           "not replaceable")
+    _fails(cli("init-agent", "--name", "b", "--state", str(state), "--algorithm", "p256"), 2, "not replaceable")
     assert {p: p.read_bytes() for p in (state / "identity").iterdir()} == before
 
 
@@ -69,8 +67,12 @@ def test_init_refuses_a_ledger_left_by_another_agent(cli, tmp_path: Path) -> Non
     _ok(cli("init-agent", "--name", "a", "--state", str(state), "--machine-bound"))
     shutil.rmtree(state / "identity")
     ledger_before = {p: p.read_bytes() for p in (state / "ledger").rglob("*") if p.is_file()}
-    _fails(cli("init-agent", "--name", "b", "--state", str(state), "--machine-bound"), 2,
-           "ledger of an earlier agent", "identity restore")
+    _fails(
+        cli("init-agent", "--name", "b", "--state", str(state), "--machine-bound"),
+        2,
+        "ledger of an earlier agent",
+        "identity restore",
+    )
     assert not (state / "identity").exists()
     assert {p: p.read_bytes() for p in (state / "ledger").rglob("*") if p.is_file()} == ledger_before
 
@@ -81,29 +83,80 @@ def test_passphrase_file_backup_and_restore(cli, tmp_path: Path) -> None:
     pw.write_text("open sesame\n")
     bpw = tmp_path / "bpw"
     bpw.write_text("backup secret\n")
-    _ok(cli("init-agent", "--name", "pbot", "--algorithm", "p256", "--state", str(state),
-            "--passphrase-file", str(pw)))
+    _ok(cli("init-agent", "--name", "pbot", "--algorithm", "p256", "--state", str(state), "--passphrase-file", str(pw)))
     did = _show(cli, state)["did"]
     assert _show(cli, state)["protection"] == "passphrase"
     backup = tmp_path / "agent.kbak"
-    _fails(cli("identity", "backup", str(backup), "--state", str(state), "--backup-passphrase-file", str(bpw)),
-           64, "passphrase is needed")
-    _ok(cli("identity", "backup", str(backup), "--state", str(state), "--passphrase-file", str(pw),
-            "--backup-passphrase-file", str(bpw)))
+    _fails(
+        cli("identity", "backup", str(backup), "--state", str(state), "--backup-passphrase-file", str(bpw)),
+        64,
+        "passphrase is needed",
+    )
+    _ok(
+        cli(
+            "identity",
+            "backup",
+            str(backup),
+            "--state",
+            str(state),
+            "--passphrase-file",
+            str(pw),
+            "--backup-passphrase-file",
+            str(bpw),
+        )
+    )
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
-    _fails(cli("identity", "backup", str(backup), "--state", str(state), "--passphrase-file", str(pw),
-               "--backup-passphrase-file", str(bpw)), 64, "already exists")
-    _fails(cli("identity", "restore", str(backup), "--state", str(restored)), 64, "passphrase is needed for the backup",
-           "KESTREL_BACKUP_PASSPHRASE")
+    _fails(
+        cli(
+            "identity",
+            "backup",
+            str(backup),
+            "--state",
+            str(state),
+            "--passphrase-file",
+            str(pw),
+            "--backup-passphrase-file",
+            str(bpw),
+        ),
+        64,
+        "already exists",
+    )
+    _fails(
+        cli("identity", "restore", str(backup), "--state", str(restored)),
+        64,
+        "passphrase is needed for the backup",
+        "KESTREL_BACKUP_PASSPHRASE",
+    )
     _fails(cli("identity", "restore", str(backup), "--state", str(restored)), 64)
-    _fails(cli("identity", "restore", str(backup), "--state", str(restored),
-               env={"KESTREL_BACKUP_PASSPHRASE": "wrong"}), 2, "wrong passphrase for the backup")
+    _fails(
+        cli("identity", "restore", str(backup), "--state", str(restored), env={"KESTREL_BACKUP_PASSPHRASE": "wrong"}),
+        2,
+        "wrong passphrase for the backup",
+    )
     assert not (restored / "identity").exists()
-    _ok(cli("identity", "restore", str(backup), "--state", str(restored),
-            env={"KESTREL_BACKUP_PASSPHRASE": "backup secret", "KESTREL_PASSPHRASE": "new pass"}))
+    _ok(
+        cli(
+            "identity",
+            "restore",
+            str(backup),
+            "--state",
+            str(restored),
+            env={"KESTREL_BACKUP_PASSPHRASE": "backup secret", "KESTREL_PASSPHRASE": "new pass"},
+        )
+    )
     assert _show(cli, restored)["did"] == did
-    _fails(cli("identity", "restore", str(backup), "--state", str(state),
-               env={"KESTREL_BACKUP_PASSPHRASE": "backup secret"}), 2, "not replaceable")
+    _fails(
+        cli(
+            "identity",
+            "restore",
+            str(backup),
+            "--state",
+            str(state),
+            env={"KESTREL_BACKUP_PASSPHRASE": "backup secret"},
+        ),
+        2,
+        "not replaceable",
+    )
 
 
 def test_bad_inputs_give_clear_errors(cli, tmp_path: Path) -> None:
@@ -112,18 +165,24 @@ def test_bad_inputs_give_clear_errors(cli, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("")
     _fails(cli("init-agent", "--name", "x", "--state", str(state), "--passphrase-file", str(empty)), 64, "empty")
-    _fails(cli("init-agent", "--name", "x", "--state", str(state), "--passphrase-file",
-               str(tmp_path / "missing")), 3, "not found")
-    _fails(cli("init-agent", "--name", "x", "--state", str(state), "--owner", "did:key:zNOPE"), 2, "--owner did:key:zNOPE")
-    _fails(cli("init-agent", "--name", "x", "--state", str(state), "--tpm", "--algorithm", "ed25519"), 64,
-           "P-256")
-    _fails(cli("init-agent", "--name", "x", "--state", str(state), "--tcti", "device:/dev/tpmrm0"), 64,
-           "--tpm")
+    _fails(
+        cli("init-agent", "--name", "x", "--state", str(state), "--passphrase-file", str(tmp_path / "missing")),
+        3,
+        "not found",
+    )
+    _fails(
+        cli("init-agent", "--name", "x", "--state", str(state), "--owner", "did:key:zNOPE"), 2, "--owner did:key:zNOPE"
+    )
+    _fails(cli("init-agent", "--name", "x", "--state", str(state), "--tpm", "--algorithm", "ed25519"), 64, "P-256")
+    _fails(cli("init-agent", "--name", "x", "--state", str(state), "--tcti", "device:/dev/tpmrm0"), 64, "--tpm")
     assert not (state / "identity").exists()
     garbage = tmp_path / "garbage.kbak"
     garbage.write_bytes(b"\x00" * 300)
-    _fails(cli("identity", "restore", str(garbage), "--state", str(state),
-               env={"KESTREL_BACKUP_PASSPHRASE": "x"}), 2, "damaged")
+    _fails(
+        cli("identity", "restore", str(garbage), "--state", str(state), env={"KESTREL_BACKUP_PASSPHRASE": "x"}),
+        2,
+        "damaged",
+    )
 
 
 def test_corrupt_keystore_via_cli(cli, tmp_path: Path) -> None:
@@ -133,8 +192,18 @@ def test_corrupt_keystore_via_cli(cli, tmp_path: Path) -> None:
     data = bytearray(key.read_bytes())
     data[60] ^= 1
     key.write_bytes(bytes(data))
-    _fails(cli("identity", "backup", str(tmp_path / "b"), "--state", str(state),
-               env={"KESTREL_PASSPHRASE": "pw", "KESTREL_BACKUP_PASSPHRASE": "b"}), 2, "damaged")
+    _fails(
+        cli(
+            "identity",
+            "backup",
+            str(tmp_path / "b"),
+            "--state",
+            str(state),
+            env={"KESTREL_PASSPHRASE": "pw", "KESTREL_BACKUP_PASSPHRASE": "b"},
+        ),
+        2,
+        "damaged",
+    )
     assert key.read_bytes() == bytes(data)
 
 
@@ -150,8 +219,7 @@ def test_owners_are_stored_for_ota(cli, tmp_path: Path) -> None:
     _ok(cli(*args, "--threshold", "2"))
     path = state / "identity" / "provisioning.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert json.loads(path.read_text()) == {"format": "kestrel-provisioning/1", "owners": owners,
-                                            "threshold": 2}
+    assert json.loads(path.read_text()) == {"format": "kestrel-provisioning/1", "owners": owners, "threshold": 2}
 
 
 @pytest.mark.swtpm
@@ -167,8 +235,21 @@ def test_tpm_init_show_and_no_export(cli, tmp_path: Path, swtpm) -> None:
 @pytest.mark.swtpm
 def test_tpm_unreachable_via_cli(cli, tmp_path: Path) -> None:
     state = tmp_path / "s"
-    _fails(cli("init-agent", "--name", "t", "--tpm", "--tcti", f"swtpm:host=127.0.0.1,port={free_port(2)}",
-               "--state", str(state)), 3, "cannot reach the TPM", "hint:")
+    _fails(
+        cli(
+            "init-agent",
+            "--name",
+            "t",
+            "--tpm",
+            "--tcti",
+            f"swtpm:host=127.0.0.1,port={free_port(2)}",
+            "--state",
+            str(state),
+        ),
+        3,
+        "cannot reach the TPM",
+        "hint:",
+    )
     assert not (state / "identity").exists()
 
 
@@ -226,11 +307,11 @@ def test_interactive_prompt_on_a_terminal(cli, tmp_path: Path) -> None:
     assert rc == 0, out
     assert "typed pw" not in out  # not echoed
     assert _show(cli, state)["protection"] == "passphrase"
-    rc, out = _run_on_terminal(["identity", "backup", str(tmp_path / "b"), "--state", str(state)],
-                               ["wrong pw"])
+    rc, out = _run_on_terminal(["identity", "backup", str(tmp_path / "b"), "--state", str(state)], ["wrong pw"])
     assert rc == 2 and "wrong passphrase" in out
-    rc, out = _run_on_terminal(["identity", "backup", str(tmp_path / "b"), "--state", str(state)],
-                               ["typed pw", "bk", "bk"])
+    rc, out = _run_on_terminal(
+        ["identity", "backup", str(tmp_path / "b"), "--state", str(state)], ["typed pw", "bk", "bk"]
+    )
     assert rc == 0, out
     assert (tmp_path / "b").read_bytes()[:8] == b"KSTRLBAK"
 

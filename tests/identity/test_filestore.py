@@ -163,8 +163,9 @@ def test_machine_bound_opens_here_and_not_elsewhere(state_dir: Path, make_identi
         open_signer(state_dir, machine_id_path=other)
 
 
-def test_machine_bound_uses_the_system_machine_id_by_default(state_dir: Path, make_identity, monkeypatch,
-                                                            tmp_path: Path) -> None:
+def test_machine_bound_uses_the_system_machine_id_by_default(
+    state_dir: Path, make_identity, monkeypatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("KESTREL_MACHINE_ID_FILE", raising=False)
     if not any(Path(p).is_file() for p in ("/etc/machine-id", "/var/lib/dbus/machine-id")):
         pytest.skip("this machine has no machine-id")
@@ -203,8 +204,9 @@ def test_symlinked_keystore_is_refused(state_dir: Path, make_identity, tmp_path:
         open_signer(state_dir, passphrase=PASS)
 
 
-@pytest.mark.parametrize("content", [b"", b"{not json", b"[]", b'{"format": "kestrel-identity/1"}',
-                                     b'{"format": "other/9", "did": "x"}'])
+@pytest.mark.parametrize(
+    "content", [b"", b"{not json", b"[]", b'{"format": "kestrel-identity/1"}', b'{"format": "other/9", "did": "x"}']
+)
 def test_corrupt_identity_json(state_dir: Path, make_identity, content: bytes) -> None:
     make_identity()
     (state_dir / "identity" / "identity.json").write_bytes(content)

@@ -63,10 +63,19 @@ def test_signer_reconnects_when_the_tpm_restarts(tmp_path: Path, state_dir: Path
     tpm_state = tmp_path / "tpm-nv"
     tpm_state.mkdir()
     port = free_port(2)
-    argv = [require_binary("swtpm"), "socket", "--tpm2",
-            "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-            "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-            "--flags", "not-need-init,startup-clear", "--tpmstate", f"dir={tpm_state}"]
+    argv = [
+        require_binary("swtpm"),
+        "socket",
+        "--tpm2",
+        "--server",
+        f"type=tcp,port={port},bindaddr=127.0.0.1",
+        "--ctrl",
+        f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+        "--flags",
+        "not-need-init,startup-clear",
+        "--tpmstate",
+        f"dir={tpm_state}",
+    ]
     tcti = f"swtpm:host=127.0.0.1,port={port}"
     with running(argv, port=port):
         ident = _create(state_dir, tcti)

@@ -75,8 +75,9 @@ def test_a_required_accelerator_that_is_missing_is_a_clear_error(cuda, tmp_path)
     from kestrel.errors import TransportError
 
     model = _built("sensor-anomaly")
-    opts = RuntimeOptions(providers=("tensorrt", "cuda", "cpu"), require_accelerator=True,
-                          engine_cache_dir=tmp_path / "engines")
+    opts = RuntimeOptions(
+        providers=("tensorrt", "cuda", "cpu"), require_accelerator=True, engine_cache_dir=tmp_path / "engines"
+    )
     if "TensorrtExecutionProvider" in ort.get_available_providers():
         assert open_session(model, opts).active_providers()[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
     else:

@@ -160,12 +160,15 @@ def test_runtime_options_from_board_profile(sensor_build):
             open_session(sensor_build, RuntimeOptions(providers=("cuda",), require_accelerator=True))
 
 
-@pytest.mark.parametrize("section, key", [
-    ({"providers": ["NPU"]}, "providers"),
-    ({"intra_op_threads": "four"}, "intra_op_threads"),
-    ({"spinning": "yes"}, "spinning"),
-    ({"turbo": True}, "onnxruntime.turbo"),
-])
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ({"providers": ["NPU"]}, "providers"),
+        ({"intra_op_threads": "four"}, "intra_op_threads"),
+        ({"spinning": "yes"}, "spinning"),
+        ({"turbo": True}, "onnxruntime.turbo"),
+    ],
+)
 def test_bad_profile_sections_are_config_errors(section, key):
     from kestrel.errors import ConfigError
 

@@ -9,9 +9,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from kestrel.identity.keys import SoftwareSigner
 from kestrel.ledger import Ledger
@@ -43,8 +44,13 @@ class Node:
 
         self.counter += 1
         now = time.time()
-        data = make_bundle(policy=textwrap.dedent(policy).encode(), counter=self.counter, now=now,
-                           expires=now + expires_in, agents=[self.did])
+        data = make_bundle(
+            policy=textwrap.dedent(policy).encode(),
+            counter=self.counter,
+            now=now,
+            expires=now + expires_in,
+            agents=[self.did],
+        )
         return sign_bundle(data, self.owner)
 
     def provision(self, policy: str) -> None:
@@ -87,8 +93,9 @@ def start_daemon(state: Path, config: Path, *args: str, timeout: float = 60.0) -
     process is killed if it exits or does not come up in ``timeout`` seconds)."""
     from kestrel.sdk import Client
 
-    proc = subprocess.Popen([*KESTREL, "run", "--config", str(config), "--state", str(state), *args],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*KESTREL, "run", "--config", str(config), "--state", str(state), *args], stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -109,8 +116,12 @@ def start_daemon(state: Path, config: Path, *args: str, timeout: float = 60.0) -
 async def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run ``kestrel ARGV`` as a process (without blocking the loop the daemon runs on)."""
     proc = await asyncio.create_subprocess_exec(
-        *KESTREL, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})})
+        *KESTREL,
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()

@@ -10,7 +10,6 @@ import pytest
 
 from kestrel.sdk import ActionDenied, Client, RemoteError
 from kestrel.sync.peers.trust import add_peer
-
 from tests.daemon.conftest import until
 
 from .conftest import cli, collecting, daemon_of, make_node, mqtt_config
@@ -35,13 +34,15 @@ async def test_two_daemons_sync_send_under_policy_and_receive_through_the_sdk(tm
         add_peer(bob.state, alice.did)
         cfg = mqtt_config(mosquitto.port)
         async with daemon_of(alice, cfg) as da, daemon_of(bob, cfg) as db:
-            await until(lambda: da.links.messenger is not None and db.links.messenger is not None,
-                        what="both messengers")
+            await until(
+                lambda: da.links.messenger is not None and db.links.messenger is not None, what="both messengers"
+            )
             await until(lambda: da.hardware.bridge.connected and db.hardware.bridge.connected, what="connected")
             await asyncio.sleep(0.3)  # the inbox subscriptions' SUBACKs
 
             sent = await asyncio.to_thread(
-                lambda: Client(alice.state).call("agent.send", to=bob.did, body={"temp": 21.5}))
+                lambda: Client(alice.state).call("agent.send", to=bob.did, body={"temp": 21.5})
+            )
             assert sent["to"] == bob.did and sent["seq"] == 1 and len(sent["digest"]) == 64
             got = await asyncio.to_thread(lambda: Client(bob.state).messages(timeout=10))
             assert [(m["from"], m["body"], m["seq"]) for m in got] == [(alice.did, {"temp": 21.5}, 1)]
@@ -154,8 +155,9 @@ def test_cli_says_clearly_when_the_ledger_is_busy_and_no_daemon_answers(tmp_path
     state.mkdir(mode=0o700)
     create_identity(state, name="t", backend="file", machine_bound=True)
     with Ledger.open(state / "ledger", signer=open_signer(state)) as held:
-        r = subprocess.run([*KESTREL, "ota", "rollback", "--state", str(state)], capture_output=True, text=True,
-                           timeout=60)
+        r = subprocess.run(
+            [*KESTREL, "ota", "rollback", "--state", str(state)], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 3, r.stderr
         assert "already open for writing" in r.stderr and "no daemon answers" in r.stderr
         assert "Traceback" not in r.stderr
@@ -173,7 +175,7 @@ async def test_broker_down_at_start_the_daemon_works_and_syncs_once_it_comes_up(
         async with daemon_of(node, mqtt_config(port)) as d:
             assert not d.hardware.bridge.connected and d.links.sync is not None
             for v in (1, 0, 1):
-                r = await asyncio.to_thread(lambda: Client(node.state).call("gpio.write", actuator="lamp", value=v))
+                r = await asyncio.to_thread(lambda v=v: Client(node.state).call("gpio.write", actuator="lamp", value=v))
                 assert r["value"] == v
             st = await asyncio.to_thread(lambda: Client(node.state).status())
             assert st["health"] == "ok" and st["sync"]["connected"] is False and st["sync"]["acked"] == 0

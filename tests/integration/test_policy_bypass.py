@@ -8,8 +8,8 @@ import http.server
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,9 +22,15 @@ from tests.fixtures.procs import free_port
 from .conftest import KESTREL, start_daemon
 
 HOSTILE_TO = [
-    "eve@evil.com, bob@example.com", "Eve <eve@evil.com>, x@example.com", "<eve@evil.com>@example.com",
-    "eve@evil.com;bob@example.com", '"eve@evil.com"@example.com', "eve%evil.com@example.com",
-    "@evil.com:bob@example.com", "bob@example.com (eve@evil.com)", "eve@evil.com＠example.com",
+    "eve@evil.com, bob@example.com",
+    "Eve <eve@evil.com>, x@example.com",
+    "<eve@evil.com>@example.com",
+    "eve@evil.com;bob@example.com",
+    '"eve@evil.com"@example.com',
+    "eve%evil.com@example.com",
+    "@evil.com:bob@example.com",
+    "bob@example.com (eve@evil.com)",
+    "eve@evil.com＠example.com",
 ]
 
 
@@ -57,7 +63,11 @@ def _server(host: str, port: int) -> http.server.ThreadingHTTPServer:
 def world(tmp_path_factory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("bypass")
     good_port, evil_port = free_port(), free_port()
-    good, evil, evil2 = _server("127.0.0.1", good_port), _server("127.0.0.1", evil_port), _server("127.0.0.2", good_port)
+    good, evil, evil2 = (
+        _server("127.0.0.1", good_port),
+        _server("127.0.0.1", evil_port),
+        _server("127.0.0.2", good_port),
+    )
     for s in (good, evil, evil2):
         s.evil_url = f"http://127.0.0.1:{evil_port}/stolen"  # type: ignore[attr-defined]
     sink = SmtpSink()
@@ -80,9 +90,22 @@ fetch: {{max_bytes: 1000, timeout: 3}}
     (tmp / "pass").write_text("owner passphrase\n")
     proc = start_daemon(state, cfg, "--log-level", "error", timeout=60)
     try:
-        r = subprocess.run([*KESTREL, "set-policy", str(policy), "--state", str(state), "--key",
-                            str(tmp / "owner.key"), "--passphrase-file", str(tmp / "pass")],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                *KESTREL,
+                "set-policy",
+                str(policy),
+                "--state",
+                str(state),
+                "--key",
+                str(tmp / "owner.key"),
+                "--passphrase-file",
+                str(tmp / "pass"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         yield {"state": state, "box": box, "good": good, "evil": [evil, evil2], "good_port": good_port}
     finally:
@@ -123,13 +146,52 @@ def test_the_reported_recipient_bypasses_are_denied(world, to: str) -> None:
 
 
 def test_the_cli_refuses_the_reported_bypass(world) -> None:
-    r = subprocess.run([*KESTREL, "call", "--state", str(world["state"]), "--action", "send_email", "--to",
-                        "eve@evil.com, bob@example.com", "--subject", "hi"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            *KESTREL,
+            "call",
+            "--state",
+            str(world["state"]),
+            "--action",
+            "send_email",
+            "--to",
+            "eve@evil.com, bob@example.com",
+            "--subject",
+            "hi",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 5 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
 
 
-_TO_BITS = st.sampled_from(["bob", "eve", "@", "example.com", "evil.com", ",", ";", " ", "<", ">", '"', "(", ")",
-                            ":", "%", "!", ".", "＠", "EXAMPLE.COM", "example.com.evil.com", "xn--", "\\"])
+_TO_BITS = st.sampled_from(
+    [
+        "bob",
+        "eve",
+        "@",
+        "example.com",
+        "evil.com",
+        ",",
+        ";",
+        " ",
+        "<",
+        ">",
+        '"',
+        "(",
+        ")",
+        ":",
+        "%",
+        "!",
+        ".",
+        "＠",
+        "EXAMPLE.COM",
+        "example.com.evil.com",
+        "xn--",
+        "\\",
+    ]
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -138,13 +200,36 @@ def test_allowed_mail_reaches_only_permitted_recipients(world, to: list[str]) ->
     box = world["box"]
     before = len(box.messages)
     if _call(world["state"], "send_email", to=to if len(to) > 1 else to[0], subject="prop"):
-        rcpts = _delivered_recipients(box, before + 1)[-len(set(to)):]
+        rcpts = _delivered_recipients(box, before + 1)[-len(set(to)) :]
         assert rcpts and all(r.count("@") == 1 and r.lower().endswith("@example.com") for r in rcpts), rcpts
 
 
-_URL_BITS = st.sampled_from(["http://", "https://", "127.0.0.1", "127.0.0.2", "localhost", "@", ":", "/", "\\",
-                             "#", "?", "%2e", "..", "%40", "a", "go-evil", "user:pw@", "0x7f.1", "2130706433",
-                             "[::1]", "%00", " "])
+_URL_BITS = st.sampled_from(
+    [
+        "http://",
+        "https://",
+        "127.0.0.1",
+        "127.0.0.2",
+        "localhost",
+        "@",
+        ":",
+        "/",
+        "\\",
+        "#",
+        "?",
+        "%2e",
+        "..",
+        "%40",
+        "a",
+        "go-evil",
+        "user:pw@",
+        "0x7f.1",
+        "2130706433",
+        "[::1]",
+        "%00",
+        " ",
+    ]
+)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))

@@ -48,8 +48,16 @@ def _run_and_check(state: Path, cfg: Path, key: Path, tmp_path: Path, store) -> 
         r = _kestrel("set-policy", str(tmp_path / "policy.yaml"), "--state", str(state))
         assert r.returncode != 0 and "Traceback" not in r.stderr  # no such file: clear error
         (tmp_path / "policy.yaml").write_text("actions: [gpio.write]\n")
-        r = _kestrel("set-policy", str(tmp_path / "policy.yaml"), "--state", str(state), "--key", str(key),
-                     "--passphrase-file", str(tmp_path / "pass"))
+        r = _kestrel(
+            "set-policy",
+            str(tmp_path / "policy.yaml"),
+            "--state",
+            str(state),
+            "--key",
+            str(key),
+            "--passphrase-file",
+            str(tmp_path / "pass"),
+        )
         assert r.returncode == 0, r.stderr
         assert "through the running daemon" in r.stdout
         assert Client(state).call("gpio.write", actuator="lamp", value=1)["value"] == 1
@@ -59,16 +67,30 @@ def _run_and_check(state: Path, cfg: Path, key: Path, tmp_path: Path, store) -> 
         r = _kestrel("owner", "init", "--key", str(key2), "--passphrase-file", str(tmp_path / "pass"))
         assert r.returncode == 0, r.stderr
         owner2 = r.stdout.strip()
-        r = _kestrel("trust", "rotate", "--owner", owner2, "--key", str(key), "--key", str(key2),
-                     "--passphrase-file", str(tmp_path / "pass"), "--state", str(state))
+        r = _kestrel(
+            "trust",
+            "rotate",
+            "--owner",
+            owner2,
+            "--key",
+            str(key),
+            "--key",
+            str(key2),
+            "--passphrase-file",
+            str(tmp_path / "pass"),
+            "--state",
+            str(state),
+        )
         assert r.returncode == 0, r.stderr
         assert "version 1 -> 2" in r.stdout
 
         r = _kestrel("status", "--state", str(state))
         assert r.returncode == 0, r.stderr
         assert "sync     connected" in r.stdout
-        _wait(lambda: json.loads(_kestrel("sync", "status", "--state", str(state), "--json").stdout)["backlog"] == 0,
-              "sync caught up")
+        _wait(
+            lambda: json.loads(_kestrel("sync", "status", "--state", str(state), "--json").stdout)["backlog"] == 0,
+            "sync caught up",
+        )
         r = _kestrel("sync", "status", "--state", str(state))
         assert r.returncode == 0 and "sync: connected" in r.stdout
     finally:

@@ -29,8 +29,14 @@ def test_kestrel_run_opens_the_bls_key_and_coordinates_quorums(tmp_path, mosquit
         while (status := Client(member.state).status()).get("peers") is None:
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
-        assert status["quorum"] == {"proposed": 0, "met": 0, "not_met": 0, "votes_in": 0, "votes_refused": 0,
-                                    "voted": 0}
+        assert status["quorum"] == {
+            "proposed": 0,
+            "met": 0,
+            "not_met": 0,
+            "votes_in": 0,
+            "votes_refused": 0,
+            "voted": 0,
+        }
     finally:
         proc.terminate()
         proc.wait(60)
@@ -49,8 +55,12 @@ def test_a_damaged_bls_key_is_a_clear_error_at_start(tmp_path, monkeypatch):
     config = tmp_path / "device.yaml"
     config.write_text("version: 1\n")
     monkeypatch.setenv("KESTREL_PASSPHRASE", PASS.decode())
-    proc = subprocess.run([*KESTREL, "run", "--config", str(config), "--state", str(member.state)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*KESTREL, "run", "--config", str(config), "--state", str(member.state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "BLS keystore" in proc.stderr and "damaged" in proc.stderr, proc.stderr
     assert key.exists()  # nothing stored is lost

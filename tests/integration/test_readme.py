@@ -53,8 +53,10 @@ def as_script(block: str, *, install: bool) -> tuple[str, int]:
         if m and not line.lstrip().startswith("#"):
             cmd = line[: m.start()]
             refusals += 1
-            out.append(f"if {cmd}; then echo 'README: expected a refusal from: '{shlex.quote(cmd)} >&2; exit 97; "
-                       "else echo \"README: refused as expected (exit $?)\"; fi")
+            out.append(
+                f"if {cmd}; then echo 'README: expected a refusal from: '{shlex.quote(cmd)} >&2; exit 97; "
+                'else echo "README: refused as expected (exit $?)"; fi'
+            )
         else:
             out.append(line)
     return "\n".join(out) + "\n", refusals
@@ -63,16 +65,23 @@ def as_script(block: str, *, install: bool) -> tuple[str, int]:
 def fresh_copy(dest: Path, *, link_venv: bool) -> Path:
     """The checkout's files (tracked and not ignored, as they are now: a clean clone in CI), with the
     built models linked in."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     dest.mkdir()
-    tar = subprocess.run(["tar", "--null", "--ignore-failed-read", "-T", "-", "-cf", "-"], cwd=ROOT, input=files,
-                         capture_output=True).stdout
+    tar = subprocess.run(
+        ["tar", "--null", "--ignore-failed-read", "-T", "-", "-cf", "-"], cwd=ROOT, input=files, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-xf", "-"], cwd=dest, input=tar, check=True)
     missing = [n for n in MODELS_NEEDED if not (ROOT / "models" / n / "build" / "manifest.json").is_file()]
     if missing:
-        pytest.fail(f"models not built: {', '.join(missing)}; run `.venv/bin/python tools/build_models.py` "
-                    "(./dev test does it first)")
+        pytest.fail(
+            f"models not built: {', '.join(missing)}; run `.venv/bin/python tools/build_models.py` "
+            "(./dev test does it first)"
+        )
     for name in MODELS_NEEDED:
         (dest / "models" / name / "build").symlink_to(ROOT / "models" / name / "build")
     if link_venv:
@@ -87,13 +96,25 @@ def run_block(tmp_path: Path, heading: str, *, install: bool = False, timeout: f
     home = tmp_path / "home"
     home.mkdir()
     script, refusals = as_script(readme_block(heading), install=install)
-    env = {"HOME": str(home), "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "LANG": "C.UTF-8", "TMPDIR": str(tmp_path)}
+    env = {
+        "HOME": str(home),
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "TMPDIR": str(tmp_path),
+    }
     for key in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CONFIG_FILE"):
         if key in os.environ:  # where this machine's package index is, for the slow variant
             env[key] = os.environ[key]
-    proc = subprocess.Popen(["bash", "-c", script], cwd=work, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", script],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -125,17 +146,36 @@ def _stop_leftovers(pgid: int, home: Path) -> None:
 
 def test_quick_start_runs_as_written(tmp_path: Path) -> None:
     out = run_block(tmp_path, "## Quick start")
-    for seen in ("Created agent 'demo'", "health   ok", "policy denied gpio.write", "policy denied fetch_data",
-                 "ledger intact", "proof valid: record 3", "deployed minilm", "the greenhouse vent sticks",
-                 "-> ALLOW", "registered local LLM tinylm", "step 1 [llm]", "trusted did:key:"):
+    for seen in (
+        "Created agent 'demo'",
+        "health   ok",
+        "policy denied gpio.write",
+        "policy denied fetch_data",
+        "ledger intact",
+        "proof valid: record 3",
+        "deployed minilm",
+        "the greenhouse vent sticks",
+        "-> ALLOW",
+        "registered local LLM tinylm",
+        "step 1 [llm]",
+        "trusted did:key:",
+    ):
         assert seen in out, f"{seen!r} not in the quick start's output:\n{out[-6000:]}"
 
 
 def test_announcement_runs_as_written(tmp_path: Path) -> None:
     require_binary("swtpm")
     out = run_block(tmp_path, "## Coming from the announcement")
-    for seen in ("Created agent 'PersonalAssistant'", "backend:    tpm", "algorithm:  p256", "health   ok",
-                 "registered local LLM tinylm", "send_email: ok", "policy.decision", "trusted did:key:"):
+    for seen in (
+        "Created agent 'PersonalAssistant'",
+        "backend:    tpm",
+        "algorithm:  p256",
+        "health   ok",
+        "registered local LLM tinylm",
+        "send_email: ok",
+        "policy.decision",
+        "trusted did:key:",
+    ):
         assert seen in out, f"{seen!r} not in the announcement block's output:\n{out[-6000:]}"
 
 

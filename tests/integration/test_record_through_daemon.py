@@ -47,8 +47,16 @@ def test_deploy_memory_add_and_ask_while_the_daemon_runs(tmp_path, sensor_build,
         assert r.returncode == 0, r.stderr
         r = _kestrel("trust", "init", "--owner", r.stdout.strip(), "--state", str(state))
         assert r.returncode == 0, r.stderr
-        r = _kestrel("set-policy", str(tmp_path / "policy.yaml"), "--state", str(state), "--key", str(key),
-                     "--passphrase-file", str(tmp_path / "pass"))
+        r = _kestrel(
+            "set-policy",
+            str(tmp_path / "policy.yaml"),
+            "--state",
+            str(state),
+            "--key",
+            str(key),
+            "--passphrase-file",
+            str(tmp_path / "pass"),
+        )
         assert r.returncode == 0, r.stderr
         for model in ("sensor-anomaly", "minilm"):
             r = _kestrel("deploy", "--model", model, "--state", str(state))
@@ -58,8 +66,17 @@ def test_deploy_memory_add_and_ask_while_the_daemon_runs(tmp_path, sensor_build,
         assert r.returncode == 0, r.stderr
         r = _kestrel("memory", "add", "the fan is in the greenhouse", "--state", str(state))
         assert r.returncode == 0, r.stderr
-        r = _kestrel("ask", "turn on the fan", "--state", str(state), "--tools", "gpio.write,send_email",
-                     "--max-steps", "3", "--no-memory")
+        r = _kestrel(
+            "ask",
+            "turn on the fan",
+            "--state",
+            str(state),
+            "--tools",
+            "gpio.write,send_email",
+            "--max-steps",
+            "3",
+            "--no-memory",
+        )
         assert "Traceback" not in r.stderr
         assert 'step 1 [llm] {"action":"gpio.write","args":{"actuator":"fan","value":1}} -> ALLOW' in r.stdout
         assert "NOT executed" not in r.stderr

@@ -21,6 +21,7 @@ def test_marked_error_carries_line_and_column():
 
 
 def test_unmarked_error_uses_its_own_label():
-    err = yaml_config_error(yaml.YAMLError("boom"), source="p.yaml", label="YAML syntax error",
-                            unmarked_label="YAML error")
+    err = yaml_config_error(
+        yaml.YAMLError("boom"), source="p.yaml", label="YAML syntax error", unmarked_label="YAML error"
+    )
     assert str(err) == "p.yaml: YAML error: boom" and err.line is None

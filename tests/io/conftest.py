@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pytest
 
 from kestrel.io.boards import BoardProfile, load_profile
-
 
 
 @pytest.fixture
@@ -54,13 +53,18 @@ def gpio_rig(request, sim_profile: BoardProfile) -> Iterator[GpioRig]:
     pytest.importorskip("gpiod", reason="gpiod package not installed")
     chip = _gpio_sim_chip()
     if chip is None:
-        pytest.skip("no Linux gpio-sim chip (/dev/gpiochipN from the gpio-sim kernel module) on this machine; "
-                    "the gpiod backend is tested here only up to the missing-chip error")
+        pytest.skip(
+            "no Linux gpio-sim chip (/dev/gpiochipN from the gpio-sim kernel module) on this machine; "
+            "the gpiod backend is tested here only up to the missing-chip error"
+        )
     import dataclasses
 
-    profile = dataclasses.replace(sim_profile, gpio_backend="gpiod", chips={chip: None},
-                                  pins={n: dataclasses.replace(r, chip=chip, chip_label=None)
-                                        for n, r in sim_profile.pins.items()})
+    profile = dataclasses.replace(
+        sim_profile,
+        gpio_backend="gpiod",
+        chips={chip: None},
+        pins={n: dataclasses.replace(r, chip=chip, chip_label=None) for n, r in sim_profile.pins.items()},
+    )
     factory = open_pin_factory(profile)
 
     def drive_sysfs(pin: str, level: int) -> None:

@@ -33,9 +33,36 @@ def test_package_copy_is_the_repository_directory():
 def test_raspberry_pi_header_map(name):
     p = load_profile(name)
     # physical pin -> BCM number (pinout.xyz); the line offset is the BCM number
-    for pin, bcm in {3: 2, 5: 3, 7: 4, 11: 17, 12: 18, 13: 27, 15: 22, 16: 23, 18: 24, 19: 10, 21: 9, 23: 11,
-                     24: 8, 26: 7, 27: 0, 28: 1, 29: 5, 31: 6, 32: 12, 33: 13, 35: 19, 36: 16, 37: 26, 38: 20,
-                     40: 21, 8: 14, 10: 15, 22: 25}.items():
+    for pin, bcm in {
+        3: 2,
+        5: 3,
+        7: 4,
+        11: 17,
+        12: 18,
+        13: 27,
+        15: 22,
+        16: 23,
+        18: 24,
+        19: 10,
+        21: 9,
+        23: 11,
+        24: 8,
+        26: 7,
+        27: 0,
+        28: 1,
+        29: 5,
+        31: 6,
+        32: 12,
+        33: 13,
+        35: 19,
+        36: 16,
+        37: 26,
+        38: 20,
+        40: 21,
+        8: 14,
+        10: 15,
+        22: 25,
+    }.items():
         ref = p.resolve_pin(f"PIN{pin}")
         assert (ref.chip, ref.line) == ("gpiochip0", bcm), pin
     with pytest.raises(PinConfigError):

@@ -13,13 +13,16 @@ from kestrel.io.errors import GpioError, PinConfigError
 from kestrel.io.gpio import Bias, Edge, open_pin_factory
 
 gpiod = pytest.importorskip("gpiod", reason="gpiod package not installed")
-from gpiod.line import Bias as GBias, Direction, Edge as GEdge, Value  # noqa: E402
+from gpiod.line import Bias as GBias  # noqa: E402
+from gpiod.line import Direction, Value  # noqa: E402
+from gpiod.line import Edge as GEdge  # noqa: E402
 
 from kestrel.io.gpio_gpiod import find_chip, input_settings, output_settings  # noqa: E402
 
 
 @pytest.mark.parametrize(
-    "edge,gedge", [(Edge.NONE, GEdge.NONE), (Edge.RISING, GEdge.RISING), (Edge.FALLING, GEdge.FALLING), (Edge.BOTH, GEdge.BOTH)]
+    "edge,gedge",
+    [(Edge.NONE, GEdge.NONE), (Edge.RISING, GEdge.RISING), (Edge.FALLING, GEdge.FALLING), (Edge.BOTH, GEdge.BOTH)],
 )
 def test_input_edge_translation(edge, gedge):
     s = input_settings(edge=edge, bias=Bias.DISABLED, debounce_ms=0, active_low=False)
@@ -68,11 +71,13 @@ def _dev(tmp_path, labels: dict[str, str]):
 def test_pi5_chip_found_by_label_under_either_number(tmp_path):
     ref = load_profile("rpi5").resolve_pin("GPIO17")
     old_kernel = {"gpiochip0": "gpio-brcmstb@107d508500", "gpiochip4": "pinctrl-rp1"}
-    assert find_chip(ref, dev_dir=str(tmp_path / "old"), label_of=_dev(_mk(tmp_path / "old"), old_kernel)) \
-        == str(tmp_path / "old" / "gpiochip4")
+    assert find_chip(ref, dev_dir=str(tmp_path / "old"), label_of=_dev(_mk(tmp_path / "old"), old_kernel)) == str(
+        tmp_path / "old" / "gpiochip4"
+    )
     new_kernel = {"gpiochip0": "pinctrl-rp1", "gpiochip10": "gpio-brcmstb@107d508500"}
-    assert find_chip(ref, dev_dir=str(tmp_path / "new"), label_of=_dev(_mk(tmp_path / "new"), new_kernel)) \
-        == str(tmp_path / "new" / "gpiochip0")
+    assert find_chip(ref, dev_dir=str(tmp_path / "new"), label_of=_dev(_mk(tmp_path / "new"), new_kernel)) == str(
+        tmp_path / "new" / "gpiochip0"
+    )
 
 
 def test_wrong_board_chip_label_is_refused(tmp_path):

@@ -65,8 +65,10 @@ def test_bad_arguments_are_config_errors():
 
 
 async def test_publish_is_acked_and_subscription_receives(mosquitto):
-    async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, **FAST) as a, \
-            MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as b:
+    async with (
+        MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, **FAST) as a,
+        MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as b,
+    ):
         assert await a.wait_connected(5) and await b.wait_connected(5)
         sub = await b.subscribe("kestrel/+/cmd")
         mid = await a.publish("kestrel/dev1/cmd", b'{"action":"blink"}', qos=1)
@@ -125,8 +127,10 @@ async def test_broker_goes_away_and_comes_back_while_running(broker_dir):
     cm, broker = start_mosquitto(broker_dir, port=port)
     cm.__enter__()
     try:
-        async with MqttBridge("127.0.0.1", port, agent_id=DID_A, on_connection_change=changes.append, **FAST) as a, \
-                MqttBridge("127.0.0.1", port, agent_id=DID_B, **FAST) as b:
+        async with (
+            MqttBridge("127.0.0.1", port, agent_id=DID_A, on_connection_change=changes.append, **FAST) as a,
+            MqttBridge("127.0.0.1", port, agent_id=DID_B, **FAST) as b,
+        ):
             assert await a.wait_connected(5) and await b.wait_connected(5)
             sub = await b.subscribe("sensors/#", qos=1)
             cm.__exit__(None, None, None)  # broker stops
@@ -147,9 +151,17 @@ async def test_broker_goes_away_and_comes_back_while_running(broker_dir):
 
 async def test_oversize_payloads(mosquitto):
     rejected: list[tuple[str, bytes, str]] = []
-    async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, max_payload=1024,
-                          on_rejected=lambda *a: rejected.append(a), **FAST) as small, \
-            MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as big:
+    async with (
+        MqttBridge(
+            mosquitto.host,
+            mosquitto.port,
+            agent_id=DID_A,
+            max_payload=1024,
+            on_rejected=lambda *a: rejected.append(a),
+            **FAST,
+        ) as small,
+        MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as big,
+    ):
         assert await small.wait_connected(5) and await big.wait_connected(5)
         with pytest.raises(PayloadTooLarge):
             await small.publish("x/y", b"x" * 1025)
@@ -163,8 +175,10 @@ async def test_oversize_payloads(mosquitto):
 
 
 async def test_flood_into_a_bounded_queue(mosquitto):
-    async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, **FAST) as a, \
-            MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as b:
+    async with (
+        MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, **FAST) as a,
+        MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as b,
+    ):
         assert await a.wait_connected(5) and await b.wait_connected(5)
         sub = await b.subscribe("flood/#", queue_size=10)
         await asyncio.gather(*(a.publish(f"flood/{i}", b"%d" % i, qos=1) for i in range(200)))
@@ -185,8 +199,10 @@ def test_counters_lose_no_update_across_threads():
 
     counts = Counters("received", "acked")
     counts._values = Slow(counts._values)
-    threads = [threading.Thread(target=lambda k=k: [counts.add(k) for _ in range(2_000)])
-               for k in ("received", "received", "acked", "received")]
+    threads = [
+        threading.Thread(target=lambda k=k: [counts.add(k) for _ in range(2_000)])
+        for k in ("received", "received", "acked", "received")
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -210,8 +226,10 @@ async def test_every_counter_moves_through_its_owner(mosquitto, monkeypatch):
         return original(self, name, n)
 
     monkeypatch.setattr(mqtt_mod.Counters, "add", spy)
-    async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, max_payload=1024, **FAST) as small, \
-            MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as big:
+    async with (
+        MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_A, max_payload=1024, **FAST) as small,
+        MqttBridge(mosquitto.host, mosquitto.port, agent_id=DID_B, **FAST) as big,
+    ):
         assert await small.wait_connected(5) and await big.wait_connected(5)
         sub = await small.subscribe("mix/#", queue_size=1000)
         sends = [big.publish(f"mix/{i}", b"x" * (2000 if i % 3 == 0 else 10)) for i in range(90)]
@@ -221,8 +239,12 @@ async def test_every_counter_moves_through_its_owner(mosquitto, monkeypatch):
         stats = small.stats
     assert (stats.received, stats.oversize, sub.oversize, stats.published, stats.acked) == (60, 30, 30, 20, 20)
     names = [name for _, name in seen]  # both bridges; the subscription's own oversize counter too
-    assert (names.count("received"), names.count("oversize"), names.count("published"),
-            names.count("acked")) == (60, 60, 110, 110)
+    assert (names.count("received"), names.count("oversize"), names.count("published"), names.count("acked")) == (
+        60,
+        60,
+        110,
+        110,
+    )
     threads = {thread for thread, name in seen if name == "received"}
     assert threads and all(t.startswith("mqtt ") for t in threads)  # counted where the message arrives
 

@@ -94,8 +94,9 @@ async def test_device_disappears_and_comes_back(tmp_path):
     m1, s1, p1 = _new_pty()
     os.symlink(p1, link)
     states: list[str] = []
-    port = SerialPort(str(link), reconnect_initial=0.05, reconnect_max=0.2,
-                      on_state_change=lambda h: states.append(h.state))
+    port = SerialPort(
+        str(link), reconnect_initial=0.05, reconnect_max=0.2, on_state_change=lambda h: states.append(h.state)
+    )
     await port.open()
     try:
         await _until(lambda: port.health.state == "connected")
@@ -156,8 +157,13 @@ async def test_iteration_ends_when_closed(pty_pair):
 
 @pytest.mark.parametrize(
     "kwargs,key",
-    [({"baudrate": 0}, "baudrate"), ({"parity": "X"}, "parity"), ({"bytesize": 9}, "bytesize"),
-     ({"stopbits": 3}, "stopbits"), ({"baudrate": "fast"}, "baudrate")],
+    [
+        ({"baudrate": 0}, "baudrate"),
+        ({"parity": "X"}, "parity"),
+        ({"bytesize": 9}, "bytesize"),
+        ({"stopbits": 3}, "stopbits"),
+        ({"baudrate": "fast"}, "baudrate"),
+    ],
 )
 def test_bad_settings_are_config_errors(kwargs, key):
     with pytest.raises(ConfigError, match=f"invalid serial {key}") as ei:

@@ -29,14 +29,26 @@ def saved(tmp_path, n=200, dim=8):
 
 def reseal(kmem, header, meta, index_bytes):
     """What an attacker would do: fix up the checksums so only the structure checks remain."""
-    header = Header(**{**header.__dict__, "index_size": len(index_bytes),
-                       "index_sha256": hashlib.sha256(index_bytes).digest()})
+    header = Header(
+        **{**header.__dict__, "index_size": len(index_bytes), "index_sha256": hashlib.sha256(index_bytes).digest()}
+    )
     kmem.write_bytes(encode_file(header, meta))
 
 
 def test_header_roundtrip():
-    h = Header(dim=384, space="cosine", count=1, max_elements=10, M=16, ef_construction=200, ef=77,
-               generation=5, next_label=9, index_size=123, index_sha256=b"\x01" * 32)
+    h = Header(
+        dim=384,
+        space="cosine",
+        count=1,
+        max_elements=10,
+        M=16,
+        ef_construction=200,
+        ef=77,
+        generation=5,
+        next_label=9,
+        index_size=123,
+        index_sha256=b"\x01" * 32,
+    )
     data = encode_file(h, {"entries": {4: {"text": "x"}}, "info": {}})
     h2, meta = decode_file(data)
     assert h2 == h and meta["entries"] == {4: {"text": "x"}}
@@ -86,7 +98,9 @@ def craft(kind, data, header, dim):
     sdpe, maxm0 = _level0(header, dim)
     if kind == "neighbour out of range":
         struct.pack_into("<I", data, HNSW_HEADER + 5 * sdpe + 4, 10_000_000)  # element 5, first link
-        struct.pack_into("<H", data, HNSW_HEADER + 5 * sdpe, max(1, struct.unpack_from("<H", data, HNSW_HEADER + 5 * sdpe)[0]))
+        struct.pack_into(
+            "<H", data, HNSW_HEADER + 5 * sdpe, max(1, struct.unpack_from("<H", data, HNSW_HEADER + 5 * sdpe)[0])
+        )
     elif kind == "link count too large":
         struct.pack_into("<H", data, HNSW_HEADER + 3 * sdpe, maxm0 + 5)
     elif kind == "entry point out of range":
@@ -102,9 +116,18 @@ def craft(kind, data, header, dim):
     return bytes(data)
 
 
-@pytest.mark.parametrize("kind", ["neighbour out of range", "link count too large", "entry point out of range",
-                                  "element count too large", "wrong dimension", "trailing bytes",
-                                  "duplicate labels"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "neighbour out of range",
+        "link count too large",
+        "entry point out of range",
+        "element count too large",
+        "wrong dimension",
+        "trailing bytes",
+        "duplicate labels",
+    ],
+)
 def test_crafted_index_with_valid_checksums_is_refused(tmp_path, kind):
     kmem, index, header, meta = saved(tmp_path)
     bad = craft(kind, index.read_bytes(), header, 8)
@@ -133,7 +156,7 @@ def test_crafted_file_never_crashes_the_process(tmp_path):
         import sys
         from kestrel.memory import VectorMemory, MemoryFormatError
         try:
-            VectorMemory.open({str(tmp_path / 'mem')!r})
+            VectorMemory.open({str(tmp_path / "mem")!r})
         except MemoryFormatError as exc:
             print("refused:", exc.message); sys.exit(2)
         sys.exit(0)
@@ -150,7 +173,11 @@ def test_cli_reports_a_corrupt_memory_without_traceback(tmp_path):
     mem.close()
     kmem = state / "memory" / "memory.kmem"
     kmem.write_bytes(kmem.read_bytes()[:50])
-    proc = subprocess.run([sys.executable, "-m", "kestrel.cli", "memory", "info", "--state", str(state)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kestrel.cli", "memory", "info", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "truncated" in proc.stderr and "Traceback" not in proc.stderr

@@ -107,5 +107,5 @@ def test_recall_at_10_on_20k_vectors_against_exact_search(tmp_path):
     mem.add_many(base, num_threads=2)
     exact = np.argsort(-(queries @ base.T), axis=1)[:, :10]
     found = [[h.id for h in mem.search(q, 10)] for q in queries]
-    recall = np.mean([len(set(e.tolist()) & set(f)) / 10 for e, f in zip(exact, found)])
+    recall = np.mean([len(set(e.tolist()) & set(f)) / 10 for e, f in zip(exact, found, strict=False)])
     assert recall >= 0.95, recall

@@ -34,12 +34,13 @@ def _stress(tmp_path, seconds: float) -> None:
                     fn(rng)
             except BaseException as exc:  # noqa: BLE001 - the test reports every failure
                 errors.append(exc)
+
         return run
 
     @guard
     def writer(rng):
         i = rng.randrange(len(pool) - 8)
-        mem.add_many(pool[i:i + 8], [{"i": i + k} for k in range(8)])
+        mem.add_many(pool[i : i + 8], [{"i": i + k} for k in range(8)])
         counts["add"] += 8
 
     @guard
@@ -70,8 +71,10 @@ def _stress(tmp_path, seconds: float) -> None:
         counts["save"] += 1
         time.sleep(0.05)
 
-    threads = [threading.Thread(target=f, args=(n,)) for n, f in
-               enumerate([writer, writer, reader, reader, reader, deleter, saver])]
+    threads = [
+        threading.Thread(target=f, args=(n,))
+        for n, f in enumerate([writer, writer, reader, reader, reader, deleter, saver])
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -154,7 +157,7 @@ def test_asyncio_tasks_insert_and_query_at_once(tmp_path):
 
     async def inserter(start):
         for i in range(start, start + 400, 4):
-            await asyncio.to_thread(mem.add_many, pool[i:i + 4])
+            await asyncio.to_thread(mem.add_many, pool[i : i + 4])
 
     async def querier(seed):
         rng = random.Random(seed)

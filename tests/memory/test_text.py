@@ -29,8 +29,13 @@ def agent_state(minilm_build, state_dir):
 
 def kestrel(*args, state):
     env = {**os.environ, "KESTREL_PASSPHRASE": PASS}
-    return subprocess.run([sys.executable, "-m", "kestrel.cli", *args, "--state", str(state)],
-                          capture_output=True, text=True, timeout=180, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "kestrel.cli", *args, "--state", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
 
 
 def test_text_memory_records_digest_not_text(agent_state):
@@ -76,12 +81,15 @@ def test_cli_memory_add_and_search(agent_state):
     assert log.stdout.count("memory.added") == 3 and "Feed the cat" not in log.stdout
 
 
-@pytest.mark.parametrize("args, code, words", [
-    (["memory", "add", "   "], 2, "non-empty"),
-    (["memory", "add", "x", "--meta", "novalue"], 64, "KEY=VALUE"),
-    (["memory", "add", "x", "--model", "nosuch"], 2, "not installed"),
-    (["memory", "search", "x", "-k", "0"], 64, "k must be"),
-])
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["memory", "add", "   "], 2, "non-empty"),
+        (["memory", "add", "x", "--meta", "novalue"], 64, "KEY=VALUE"),
+        (["memory", "add", "x", "--model", "nosuch"], 2, "not installed"),
+        (["memory", "search", "x", "-k", "0"], 64, "k must be"),
+    ],
+)
 def test_cli_memory_bad_input(agent_state, args, code, words):
     if args[1] == "search":
         assert kestrel("memory", "add", "something to find", state=agent_state).returncode == 0

@@ -28,8 +28,9 @@ def agent_state(state_dir):
 def kestrel(*args, state=None):
     env = {**os.environ, "KESTREL_PASSPHRASE": PASS, "KESTREL_MODELS_DIR": str(REPO / "models")}
     extra = ["--state", str(state)] if state else []
-    return subprocess.run([sys.executable, "-m", "kestrel.cli", *args, *extra], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "kestrel.cli", *args, *extra], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_deploy_by_name_records_in_ledger_and_lists(sensor_build, sensor_lite_build, agent_state):
@@ -39,7 +40,10 @@ def test_deploy_by_name_records_in_ledger_and_lists(sensor_build, sensor_lite_bu
     out = kestrel("deploy", "--model", str(sensor_lite_build.path), state=agent_state)
     assert out.returncode == 0, out.stderr
     listed = json.loads(kestrel("models", "list", "--json", state=agent_state).stdout)
-    assert [(m["name"], m["runtime"]) for m in listed] == [("sensor-anomaly", "onnx"), ("sensor-anomaly-lite", "tflite")]
+    assert [(m["name"], m["runtime"]) for m in listed] == [
+        ("sensor-anomaly", "onnx"),
+        ("sensor-anomaly-lite", "tflite"),
+    ]
     show = kestrel("models", "show", "sensor-anomaly", state=agent_state).stdout
     assert "readings: float32[?, 16, 4]" in show and sensor_build.manifest.files[0].sha256 in show
     from kestrel.agent import Agent
@@ -62,12 +66,15 @@ def test_deploy_refuses_a_tampered_model_and_installs_nothing(sensor_build, agen
     assert not (agent_state / "models" / "sensor-anomaly").exists()
 
 
-@pytest.mark.parametrize("args, code, words", [
-    (["deploy", "--model", "no-such-model"], 64, "models build no-such-model"),
-    (["deploy", "--model", "/nonexistent/dir"], 64, "no model folder"),
-    (["models", "show", "nothing"], 2, "not installed"),
-    (["models", "build", "nothing"], 64, "no recipe"),
-])
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["deploy", "--model", "no-such-model"], 64, "models build no-such-model"),
+        (["deploy", "--model", "/nonexistent/dir"], 64, "no model folder"),
+        (["models", "show", "nothing"], 2, "not installed"),
+        (["models", "build", "nothing"], 64, "no recipe"),
+    ],
+)
 def test_cli_errors_are_clear(agent_state, args, code, words):
     out = kestrel(*args, state=agent_state if args[0] != "models" or args[1] != "build" else None)
     assert out.returncode == code, (out.stdout, out.stderr)

@@ -109,7 +109,7 @@ def test_manifest_records_the_first_candidate_that_clears_the_gate(minilm_build)
     quant = minilm_build.manifest.quantization
     tried = facts["candidates"]
     labels = [c[0] for c in recipe.CANDIDATES]
-    assert [t["candidate"] for t in tried] == labels[:len(tried)]
+    assert [t["candidate"] for t in tried] == labels[: len(tried)]
     assert all("skipped" in t or t["min_cosine"] < recipe.COSINE_GATE for t in tried[:-1])
     assert tried[-1]["min_cosine"] >= recipe.COSINE_GATE == 0.99
     assert quant["candidate"] == tried[-1]["candidate"]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -27,12 +27,26 @@ class Device:
     agent: str
     now: float = field(default_factory=time.time)
 
-    def bundle(self, *, counter: int, policy: bytes = POLICY_V2, signers: list[SoftwareSigner] | None = None,
-               models: tuple = (), agents: list[str] | None = None, groups: tuple = (),
-               expires_in: float = 86400.0) -> bytes:
-        data = make_bundle(policy=policy, models=models, counter=counter, now=self.now,
-                           expires=self.now + expires_in, agents=[self.agent] if agents is None else agents,
-                           groups=groups)
+    def bundle(
+        self,
+        *,
+        counter: int,
+        policy: bytes = POLICY_V2,
+        signers: list[SoftwareSigner] | None = None,
+        models: tuple = (),
+        agents: list[str] | None = None,
+        groups: tuple = (),
+        expires_in: float = 86400.0,
+    ) -> bytes:
+        data = make_bundle(
+            policy=policy,
+            models=models,
+            counter=counter,
+            now=self.now,
+            expires=self.now + expires_in,
+            agents=[self.agent] if agents is None else agents,
+            groups=groups,
+        )
         for s in self.owners[:1] if signers is None else signers:
             data = sign_bundle(data, s)
         return data

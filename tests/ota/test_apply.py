@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from kestrel.errors import DataError
 from kestrel.ota import (
     active_policy,
     apply_bundle,
@@ -15,7 +16,6 @@ from kestrel.ota import (
     rollback,
     scan_drop_dir,
 )
-from kestrel.errors import DataError
 from kestrel.ota.errors import BundleError, BundleHealthError
 from kestrel.ota.store import OtaDir
 from kestrel.policy import PolicyEngine
@@ -89,16 +89,25 @@ def test_rollback_refuses_damaged_previous_slot(device: Device) -> None:
     assert _policy_digest(device) == hashlib.sha256(POLICY_V2).hexdigest()
 
 
-@pytest.mark.parametrize("check,code", [
-    (lambda slot: (_ for _ in ()).throw(RuntimeError("model did not load")), "health-failed"),
-    (lambda slot: False, "health-failed"),
-    (lambda slot: time.sleep(2), "health-timeout"),
-])
+@pytest.mark.parametrize(
+    "check,code",
+    [
+        (lambda slot: (_ for _ in ()).throw(RuntimeError("model did not load")), "health-failed"),
+        (lambda slot: False, "health-failed"),
+        (lambda slot: time.sleep(2), "health-timeout"),
+    ],
+)
 def test_failed_health_check_rolls_back(device: Device, check, code: str) -> None:
     apply_bundle(device.state, device.bundle(counter=1, policy=POLICY_V1), ledger=device.ledger, now=device.now)
     with pytest.raises(BundleHealthError) as info:
-        apply_bundle(device.state, device.bundle(counter=2), ledger=device.ledger, now=device.now,
-                     health=check, health_window=0.3)
+        apply_bundle(
+            device.state,
+            device.bundle(counter=2),
+            ledger=device.ledger,
+            now=device.now,
+            health=check,
+            health_window=0.3,
+        )
     assert info.value.code == code
     assert _policy_digest(device) == hashlib.sha256(POLICY_V1).hexdigest()
     assert device.kinds("ota.rollback")[-1]["reason"] == code
@@ -108,8 +117,13 @@ def test_failed_health_check_rolls_back(device: Device, check, code: str) -> Non
 
 def test_health_check_sees_staged_slot(device: Device) -> None:
     seen = []
-    apply_bundle(device.state, device.bundle(counter=1, models=(("tiny.onnx", b"\x08\x07onnx"),)),
-                 ledger=device.ledger, now=device.now, health=lambda slot: seen.append((slot / "tiny.onnx").read_bytes()))
+    apply_bundle(
+        device.state,
+        device.bundle(counter=1, models=(("tiny.onnx", b"\x08\x07onnx"),)),
+        ledger=device.ledger,
+        now=device.now,
+        health=lambda slot: seen.append((slot / "tiny.onnx").read_bytes()),
+    )
     assert seen == [b"\x08\x07onnx"]
 
 
@@ -155,7 +169,6 @@ def test_counter_bound_to_ledger_across_reopen(device: Device, tmp_path) -> None
     from kestrel.ota.apply import current_counter
 
     assert current_counter(ota, device.ledger)[0] == 9
-
 
 
 def test_corrupt_pointer_fails_closed_then_repairs(device: Device) -> None:

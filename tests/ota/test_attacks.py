@@ -12,8 +12,8 @@ import struct
 import pytest
 
 from kestrel.ota import Limits, active_policy, apply_bundle, ota_status, scan_drop_dir
-from kestrel.ota.bundle import MAGIC, encode_bundle, format_time, sign_bundle
 from kestrel.ota.build import build_bundle_files
+from kestrel.ota.bundle import MAGIC, encode_bundle, format_time, sign_bundle
 from kestrel.ota.errors import (
     BundleContentError,
     BundleError,
@@ -37,8 +37,15 @@ def installed(device: Device) -> Device:
     return device
 
 
-def refused(dev: Device, data: bytes, exc_type: type[BundleError], code: str, *, limits: Limits = Limits(),
-            now: float | None = None) -> BundleError:
+def refused(
+    dev: Device,
+    data: bytes,
+    exc_type: type[BundleError],
+    code: str,
+    *,
+    limits: Limits = Limits(),
+    now: float | None = None,
+) -> BundleError:
     before = active_policy(dev.state)
     n_before = len(dev.kinds("ota.rejected"))
     with pytest.raises(exc_type) as info:
@@ -63,9 +70,16 @@ def raw_bundle(dev: Device, manifest: dict, contents: list[bytes], signers=None)
 
 
 def manifest_for(dev: Device, entries: list[dict], counter: int = 5) -> dict:
-    return {"_type": "kestrel.bundle", "format": 1, "version": "x", "counter": counter,
-            "created": format_time(dev.now), "expires": format_time(dev.now + 3600),
-            "targets": {"agents": [dev.agent], "groups": []}, "contents": entries}
+    return {
+        "_type": "kestrel.bundle",
+        "format": 1,
+        "version": "x",
+        "counter": counter,
+        "created": format_time(dev.now),
+        "expires": format_time(dev.now + 3600),
+        "targets": {"agents": [dev.agent], "groups": []},
+        "contents": entries,
+    }
 
 
 def entry(name: str, data: bytes, role: str = "policy", **extra) -> dict:
@@ -83,12 +97,13 @@ def test_arbitrary_installation_signature_from_other_payload_type(installed: Dev
     from kestrel.ota.root import sign_root
 
     good = installed.bundle(counter=2, signers=[])
-    env = json.loads(sign_root(root_envelope(root_payload([installed.owners[0].public_key.did], 1, 2)),
-                               installed.owners[0]))
+    env = json.loads(
+        sign_root(root_envelope(root_payload([installed.owners[0].public_key.did], 1, 2)), installed.owners[0])
+    )
     sigs = json.dumps(env["signatures"]).encode()
     mlen = struct.unpack(">I", good[8:12])[0]
-    slen = struct.unpack(">I", good[12 + mlen:16 + mlen])[0]
-    forged = good[:12 + mlen] + struct.pack(">I", len(sigs)) + sigs + good[16 + mlen + slen:]
+    slen = struct.unpack(">I", good[12 + mlen : 16 + mlen])[0]
+    forged = good[: 12 + mlen] + struct.pack(">I", len(sigs)) + sigs + good[16 + mlen + slen :]
     refused(installed, forged, BundleSignatureError, "threshold")
 
 
@@ -105,8 +120,9 @@ def test_endless_data_in_drop_dir(installed: Device, tmp_path) -> None:
     drop = tmp_path / "usb"
     drop.mkdir()
     (drop / "huge.kbundle").write_bytes(MAGIC + os.urandom(70 * 1024))
-    [(path, err)] = scan_drop_dir(installed.state, drop, ledger=installed.ledger, now=installed.now,
-                                  limits=Limits(max_bundle=64 * 1024))
+    [(path, err)] = scan_drop_dir(
+        installed.state, drop, ledger=installed.ledger, now=installed.now, limits=Limits(max_bundle=64 * 1024)
+    )
     assert isinstance(err, BundleFormatError) and err.code == "oversize"
     assert installed.kinds("ota.rejected")[-1]["reason"] == "oversize"
 
@@ -146,7 +162,7 @@ def test_mix_and_match(installed: Device) -> None:
     a = installed.bundle(counter=2, policy=POLICY_A)
     b = installed.bundle(counter=3, policy=POLICY_B)
     assert len(POLICY_A) == len(POLICY_B)
-    mixed = a[: len(a) - len(POLICY_A)] + b[len(b) - len(POLICY_B):]
+    mixed = a[: len(a) - len(POLICY_A)] + b[len(b) - len(POLICY_B) :]
     refused(installed, mixed, BundleContentError, "hash-mismatch")
 
 
@@ -155,8 +171,8 @@ def test_mix_and_match_signatures_of_other_manifest(installed: Device) -> None:
     b = installed.bundle(counter=3, policy=POLICY_B, signers=[])
     ma = struct.unpack(">I", a[8:12])[0]
     mb = struct.unpack(">I", b[8:12])[0]
-    sig_a = a[12 + ma: 16 + ma + struct.unpack(">I", a[12 + ma:16 + ma])[0]]
-    mixed = b[: 12 + mb] + sig_a + b[12 + mb + 4 + 2:]
+    sig_a = a[12 + ma : 16 + ma + struct.unpack(">I", a[12 + ma : 16 + ma])[0]]
+    mixed = b[: 12 + mb] + sig_a + b[12 + mb + 4 + 2 :]
     refused(installed, mixed, BundleSignatureError, "threshold")
 
 
@@ -174,18 +190,17 @@ def test_rollback_counter_file_deleted_is_caught_by_ledger(installed: Device) ->
 
 
 def test_key_compromise_below_threshold(device2of3: Device) -> None:
-    refused(device2of3, device2of3.bundle(counter=1, signers=device2of3.owners[:1]),
-            BundleSignatureError, "threshold")
+    refused(device2of3, device2of3.bundle(counter=1, signers=device2of3.owners[:1]), BundleSignatureError, "threshold")
 
 
 def test_duplicate_signatures_counted_once(device2of3: Device) -> None:
     dev = device2of3
     one = dev.bundle(counter=1, signers=dev.owners[:1])
     mlen = struct.unpack(">I", one[8:12])[0]
-    slen = struct.unpack(">I", one[12 + mlen:16 + mlen])[0]
-    sigs = json.loads(one[16 + mlen:16 + mlen + slen])
+    slen = struct.unpack(">I", one[12 + mlen : 16 + mlen])[0]
+    sigs = json.loads(one[16 + mlen : 16 + mlen + slen])
     doubled = json.dumps(sigs * 2).encode()
-    data = one[:12 + mlen] + struct.pack(">I", len(doubled)) + doubled + one[16 + mlen + slen:]
+    data = one[: 12 + mlen] + struct.pack(">I", len(doubled)) + doubled + one[16 + mlen + slen :]
     refused(dev, data, BundleSignatureError, "threshold")
 
 
@@ -194,8 +209,7 @@ def test_wrong_software_installation_other_agent(installed: Device) -> None:
 
     other = SoftwareSigner.generate().public_key.did
     refused(installed, installed.bundle(counter=2, agents=[other]), BundleTargetError, "wrong-target")
-    refused(installed, installed.bundle(counter=2, agents=[], groups=("kitchen",)), BundleTargetError,
-            "wrong-target")
+    refused(installed, installed.bundle(counter=2, agents=[], groups=("kitchen",)), BundleTargetError, "wrong-target")
 
 
 def test_wrong_software_installation_not_a_bundle(installed: Device) -> None:
@@ -207,8 +221,12 @@ def test_group_target_accepted(installed: Device) -> None:
     from kestrel.ota.store import OtaDir
 
     OtaDir(installed.state).write_groups(["greenhouse"])
-    res = apply_bundle(installed.state, installed.bundle(counter=2, agents=[], groups=("greenhouse",)),
-                       ledger=installed.ledger, now=installed.now)
+    res = apply_bundle(
+        installed.state,
+        installed.bundle(counter=2, agents=[], groups=("greenhouse",)),
+        ledger=installed.ledger,
+        now=installed.now,
+    )
     assert res.counter == 2
 
 
@@ -232,8 +250,11 @@ def test_path_traversal(installed: Device) -> None:
 
 
 def test_symlinks_and_device_nodes_in_manifest(installed: Device) -> None:
-    for extra in ({"type": "symlink", "link": "/etc/shadow"}, {"type": "chardev", "major": 1, "minor": 3},
-                  {"mode": 0o4755}):
+    for extra in (
+        {"type": "symlink", "link": "/etc/shadow"},
+        {"type": "chardev", "major": 1, "minor": 3},
+        {"mode": 0o4755},
+    ):
         m = manifest_for(installed, [entry("policy.yaml", POLICY_A), entry("m", b"", role="model", **extra)])
         refused(installed, raw_bundle(installed, m, [POLICY_A, b""]), BundleFormatError, "unsupported-entry")
 
@@ -247,8 +268,15 @@ def test_symlinks_and_device_nodes_refused_by_builder(tmp_path, installed: Devic
         from pathlib import Path
 
         with pytest.raises(BundleFormatError) as info:
-            build_bundle_files(policy=pol, models=[Path(bad)], counter=2, now=installed.now,
-                               expires=installed.now + 60, agents=[installed.agent], groups=[])
+            build_bundle_files(
+                policy=pol,
+                models=[Path(bad)],
+                counter=2,
+                now=installed.now,
+                expires=installed.now + 60,
+                agents=[installed.agent],
+                groups=[],
+            )
         assert info.value.code == "not-regular-file"
 
 
@@ -261,16 +289,20 @@ def test_symlink_in_drop_dir(installed: Device, tmp_path) -> None:
     os.mkfifo(drop / "y.kbundle")  # a special file: must not block the scan or be read
     (drop / "z.kbundle").mkdir()
     results = scan_drop_dir(installed.state, drop, ledger=installed.ledger, now=installed.now)
-    assert [(p.name, e.code) for p, e in results] == [("x.kbundle", "not-regular-file"),
-                                                     ("y.kbundle", "not-regular-file"),
-                                                     ("z.kbundle", "not-regular-file")]
+    assert [(p.name, e.code) for p, e in results] == [
+        ("x.kbundle", "not-regular-file"),
+        ("y.kbundle", "not-regular-file"),
+        ("z.kbundle", "not-regular-file"),
+    ]
     assert active_policy(installed.state)[0].digest == hashlib.sha256(POLICY_V1).hexdigest()
 
 
 def test_duplicate_entries(installed: Device) -> None:
     for dup in ("model.onnx", "MODEL.onnx"):
-        m = manifest_for(installed, [entry("policy.yaml", POLICY_A), entry("model.onnx", b"a", role="model"),
-                                     entry(dup, b"b", role="model")])
+        m = manifest_for(
+            installed,
+            [entry("policy.yaml", POLICY_A), entry("model.onnx", b"a", role="model"), entry(dup, b"b", role="model")],
+        )
         refused(installed, raw_bundle(installed, m, [POLICY_A, b"a", b"b"]), BundleFormatError, "duplicate-entry")
     m = manifest_for(installed, [entry("policy.yaml", POLICY_A), entry("p2.yaml", POLICY_B)])
     refused(installed, raw_bundle(installed, m, [POLICY_A, POLICY_B]), BundleFormatError, "bad-manifest")
@@ -284,8 +316,10 @@ def test_duplicate_entries(installed: Device) -> None:
 def test_decompression_bomb(installed: Device) -> None:
     # No compression exists in the format: a declared size is the stored size, checked
     # against limits before anything is read, hashed or allocated.
-    m = manifest_for(installed, [entry("policy.yaml", POLICY_A),
-                                 {"name": "m.onnx", "role": "model", "size": 1 << 40, "sha256": "0" * 64}])
+    m = manifest_for(
+        installed,
+        [entry("policy.yaml", POLICY_A), {"name": "m.onnx", "role": "model", "size": 1 << 40, "sha256": "0" * 64}],
+    )
     refused(installed, raw_bundle(installed, m, [POLICY_A]), BundleFormatError, "oversize")
     bomb = gzip.compress(b"\0" * (8 << 20))
     refused(installed, bomb, BundleFormatError, "bad-magic")
@@ -293,10 +327,20 @@ def test_decompression_bomb(installed: Device) -> None:
 
 def test_oversize_files(installed: Device) -> None:
     limits = Limits(max_entry=1024, max_policy=512)
-    refused(installed, installed.bundle(counter=2, models=(("m.onnx", b"x" * 2048),)), BundleFormatError,
-            "oversize", limits=limits)
-    refused(installed, installed.bundle(counter=2, policy=b"actions: [a]\n" + b"#" * 600 + b"\n"),
-            BundleFormatError, "oversize", limits=limits)
+    refused(
+        installed,
+        installed.bundle(counter=2, models=(("m.onnx", b"x" * 2048),)),
+        BundleFormatError,
+        "oversize",
+        limits=limits,
+    )
+    refused(
+        installed,
+        installed.bundle(counter=2, policy=b"actions: [a]\n" + b"#" * 600 + b"\n"),
+        BundleFormatError,
+        "oversize",
+        limits=limits,
+    )
 
 
 def test_bad_policy_in_signed_bundle_rolls_back(installed: Device) -> None:
@@ -304,8 +348,9 @@ def test_bad_policy_in_signed_bundle_rolls_back(installed: Device) -> None:
 
     m = manifest_for(installed, [entry("policy.yaml", b"actions: {")])
     with pytest.raises(BundleHealthError) as info:
-        apply_bundle(installed.state, raw_bundle(installed, m, [b"actions: {"]), ledger=installed.ledger,
-                     now=installed.now)
+        apply_bundle(
+            installed.state, raw_bundle(installed, m, [b"actions: {"]), ledger=installed.ledger, now=installed.now
+        )
     assert info.value.code == "bad-policy"
     assert active_policy(installed.state)[0].digest == hashlib.sha256(POLICY_V1).hexdigest()
     assert installed.kinds("ota.rejected")[-1]["reason"] == "bad-policy"

@@ -33,8 +33,7 @@ def _root(owners, threshold, bls_of):
 
 def _bundle(counter: int = 1) -> bytes:
     now = time.time()
-    return make_bundle(policy=b"actions: [gpio.write]\n", counter=counter, now=now, expires=now + 3600,
-                       agents=[AGENT])
+    return make_bundle(policy=b"actions: [gpio.write]\n", counter=counter, now=now, expires=now + 3600, agents=[AGENT])
 
 
 def _verify(data, root):
@@ -106,10 +105,13 @@ def test_a_root_key_without_its_proof_of_possession_is_never_aggregated(owners):
         _verify(sign_bundle_bls(sign_bundle_bls(_bundle(), owners[0]), owners[1]), root)
 
 
-@pytest.mark.parametrize("bls", [
-    {"did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK": None},  # not an owner
-    "not a map",
-])
+@pytest.mark.parametrize(
+    "bls",
+    [
+        {"did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK": None},  # not an owner
+        "not a map",
+    ],
+)
 def test_malformed_bls_maps_are_refused(owners, bls):
     dids = [o.public_key.did for o in owners[:2]]
     payload = json.dumps({"_type": "kestrel.root", "version": 1, "threshold": 1, "owners": dids, "bls": bls})
@@ -125,8 +127,12 @@ def test_signature_list_bls_entries_are_checked_for_shape(owners):
 
     manifest, _, rest = split_bundle(_bundle(), Limits())
     root = _root(owners[:3], 1, owners[:3])
-    for bad in ([{"bls": [], "sig": "AA=="}], [{"bls": ["x", "x"], "sig": base64.b64encode(bytes(96)).decode()}],
-                [{"bls": ["x"], "sig": base64.b64encode(bytes(64)).decode()}], [{"bls": ["x"], "sig": "!!"}]):
+    for bad in (
+        [{"bls": [], "sig": "AA=="}],
+        [{"bls": ["x", "x"], "sig": base64.b64encode(bytes(96)).decode()}],
+        [{"bls": ["x"], "sig": base64.b64encode(bytes(64)).decode()}],
+        [{"bls": ["x"], "sig": "!!"}],
+    ):
         with pytest.raises(BundleFormatError, match="BLS"):
             _verify(encode_bundle(manifest, json.dumps(bad).encode(), [rest]), root)
 
@@ -152,10 +158,28 @@ def test_cli_owner_bls_trust_init_and_bundle_sign_bls(tmp_path, monkeypatch, cap
         assert json.loads(entry)["did"] == dids[-1]
         (tmp_path / f"{name}.bls").write_text(entry)
     (tmp_path / "policy.yaml").write_text("actions: [gpio.write]\n")
-    assert main(["trust", "init", *sum((["--owner", d] for d in dids), []), "--threshold", "2",
-                 "--bls-key", "o1.bls", "--bls-key", "o2.bls", "--bls-key", "o3.bls"]) == 0
-    assert main(["bundle", "build", "--policy", "policy.yaml", "--counter", "1", "--target", agent,
-                 "-o", "b.kbundle"]) == 0
+    assert (
+        main(
+            [
+                "trust",
+                "init",
+                *sum((["--owner", d] for d in dids), []),
+                "--threshold",
+                "2",
+                "--bls-key",
+                "o1.bls",
+                "--bls-key",
+                "o2.bls",
+                "--bls-key",
+                "o3.bls",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["bundle", "build", "--policy", "policy.yaml", "--counter", "1", "--target", agent, "-o", "b.kbundle"])
+        == 0
+    )
     assert main(["bundle", "sign", "--bls", "b.kbundle", "--key", "o1.key"]) == 0
     assert main(["ota", "apply", "b.kbundle"]) != 0  # one approval of two
     assert main(["bundle", "sign", "--bls", "b.kbundle", "--key", "o3.key"]) == 0
@@ -163,6 +187,8 @@ def test_cli_owner_bls_trust_init_and_bundle_sign_bls(tmp_path, monkeypatch, cap
     assert len(_entries((tmp_path / "b.kbundle").read_bytes())) == 1
     assert main(["ota", "apply", "b.kbundle"]) == 0
     (tmp_path / "junk.bls").write_text("{}")
-    assert main(["trust", "rotate", "--owner", dids[0], "--bls-key", "junk.bls", "--key", "o1.key",
-                 "--out", "r.json"]) == 64
+    assert (
+        main(["trust", "rotate", "--owner", dids[0], "--bls-key", "junk.bls", "--key", "o1.key", "--out", "r.json"])
+        == 64
+    )
     assert "not a BLS key entry" in capsys.readouterr().err

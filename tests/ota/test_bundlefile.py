@@ -48,8 +48,11 @@ def _sha256_file(path: Path) -> str:
 
 def test_an_oversize_file_is_refused_before_it_is_read_and_recorded(device: Device, tmp_path: Path) -> None:
     path = _sparse(tmp_path / "huge.kbundle", BIG)
-    err, peak = _peak_while(lambda: apply_bundle_file(device.state, path, ledger=device.ledger, now=device.now,
-                                                      limits=Limits(max_bundle=16 << 20)))
+    err, peak = _peak_while(
+        lambda: apply_bundle_file(
+            device.state, path, ledger=device.ledger, now=device.now, limits=Limits(max_bundle=16 << 20)
+        )
+    )
     assert isinstance(err, BundleError) and err.code == "oversize"
     assert peak < 4 << 20, peak  # hashed in 1 MiB pieces: memory does not follow the file's size
     rec = device.kinds("ota.rejected")[-1]
@@ -66,8 +69,9 @@ def test_a_bad_head_is_refused_after_reading_only_the_head(device: Device, tmp_p
     assert device.kinds("ota.rejected")[-1]["size"] == 64 << 20
 
 
-def test_a_signed_head_with_a_wrong_size_is_refused_without_reading_the_contents(device: Device,
-                                                                                  tmp_path: Path) -> None:
+def test_a_signed_head_with_a_wrong_size_is_refused_without_reading_the_contents(
+    device: Device, tmp_path: Path
+) -> None:
     good = device.bundle(counter=1)
     path = _sparse(tmp_path / "padded.kbundle", 32 << 20, good)  # a valid head, then 32 MiB of zeros
     err, peak = _peak_while(lambda: apply_bundle_file(device.state, path, ledger=device.ledger, now=device.now))
@@ -103,11 +107,18 @@ def test_the_drop_directory_obeys_the_configured_limit(device: Device, tmp_path:
     drop.mkdir()
     _sparse(drop / "a-huge.kbundle", BIG)
     (drop / "b-small.kbundle").write_bytes(device.bundle(counter=1))
-    found, peak = _peak_while(lambda: scan_drop_dir(device.state, drop, ledger=device.ledger, now=device.now,
-                                                    limits=Limits(max_bundle=1 << 20)))
+    found, peak = _peak_while(
+        lambda: scan_drop_dir(
+            device.state, drop, ledger=device.ledger, now=device.now, limits=Limits(max_bundle=1 << 20)
+        )
+    )
     assert peak < 8 << 20, peak
-    assert [(p.name, getattr(r, "code", "applied")) for p, r in found] == [("a-huge.kbundle", "oversize"),
-                                                                          ("b-small.kbundle", "applied")]
+    assert [(p.name, getattr(r, "code", "applied")) for p, r in found] == [
+        ("a-huge.kbundle", "oversize"),
+        ("b-small.kbundle", "applied"),
+    ]
     assert [r["reason"] for r in device.kinds("ota.rejected")] == ["oversize"]
     # a second scan neither re-applies nor re-rejects
-    assert scan_drop_dir(device.state, drop, ledger=device.ledger, now=device.now, limits=Limits(max_bundle=1 << 20)) == []
+    assert (
+        scan_drop_dir(device.state, drop, ledger=device.ledger, now=device.now, limits=Limits(max_bundle=1 << 20)) == []
+    )

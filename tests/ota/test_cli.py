@@ -10,8 +10,10 @@ import pytest
 from kestrel.cli import main
 
 OWNER_PASS = "owner passphrase 1"
-SEED = "actions:\n  - send_email\n  - schedule_event\n  - fetch_data\nrestrictions:\n" \
-       "  - no_external_network unless explicitly permitted\n"
+SEED = (
+    "actions:\n  - send_email\n  - schedule_event\n  - fetch_data\nrestrictions:\n"
+    "  - no_external_network unless explicitly permitted\n"
+)
 
 
 @pytest.fixture
@@ -74,8 +76,9 @@ def test_owner_bundle_trust_workflow(env: Path, capsys) -> None:
     assert all(k.startswith("did:key:z6Mk") for k in keys)
     assert main(["owner", "init", "--key", "o1.key"]) == 64  # never overwritten
     assert main(["trust", "init", "--owner", keys[0], "--owner", keys[1], "--threshold", "2"]) == 0
-    assert main(["bundle", "build", "--policy", "policy.yaml", "--counter", "1", "--target", did,
-                 "-o", "b.kbundle"]) == 0
+    assert (
+        main(["bundle", "build", "--policy", "policy.yaml", "--counter", "1", "--target", did, "-o", "b.kbundle"]) == 0
+    )
     assert main(["bundle", "sign", "b.kbundle", "--key", "o1.key"]) == 0
     capsys.readouterr()
     assert main(["ota", "apply", "b.kbundle"]) == 2  # 1 of 2 signatures
@@ -103,8 +106,23 @@ def test_owner_bundle_trust_workflow(env: Path, capsys) -> None:
 def test_wrong_owner_passphrase(env: Path, capsys, monkeypatch) -> None:
     assert main(["owner", "init", "--key", "o.key"]) == 0
     monkeypatch.setenv("KESTREL_OWNER_PASSPHRASE", "wrong passphrase")
-    assert main(["bundle", "build", "--policy", "policy.yaml", "--counter", "1", "--target", "did:key:zX",
-                 "-o", "b.kbundle"]) == 0
+    assert (
+        main(
+            [
+                "bundle",
+                "build",
+                "--policy",
+                "policy.yaml",
+                "--counter",
+                "1",
+                "--target",
+                "did:key:zX",
+                "-o",
+                "b.kbundle",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["bundle", "sign", "b.kbundle", "--key", "o.key"]) == 2
     assert "cannot unlock the owner key" in capsys.readouterr().err
@@ -115,8 +133,23 @@ BAD_INPUTS = [
     (["bundle", "verify", "policy.yaml"], 2),
     (["bundle", "build", "--policy", "policy.yaml", "--counter", "0", "--target", "x", "-o", "o"], 2),
     (["bundle", "build", "--policy", "policy.yaml", "--counter", "1", "-o", "o"], 2),
-    (["bundle", "build", "--policy", "policy.yaml", "--counter", "1", "--target", "x", "--expires", "soon",
-      "-o", "o"], 64),
+    (
+        [
+            "bundle",
+            "build",
+            "--policy",
+            "policy.yaml",
+            "--counter",
+            "1",
+            "--target",
+            "x",
+            "--expires",
+            "soon",
+            "-o",
+            "o",
+        ],
+        64,
+    ),
     (["bundle", "build", "--policy", "/dev/null", "--counter", "1", "--target", "x", "-o", "o"], 2),
     (["ota", "rollback"], 2),
     (["trust", "show"], 2),

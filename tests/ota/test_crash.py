@@ -63,8 +63,9 @@ def template(tmp_path: Path) -> tuple[Path, Path, Path, SoftwareSigner]:
     """A device with bundles 1 (slot a) and 2 (slot b) applied, and bundle 3 ready to apply."""
     priv = ed25519.Ed25519PrivateKey.generate()
     key = tmp_path / "agent.key"
-    key.write_bytes(priv.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                       serialization.NoEncryption()))
+    key.write_bytes(
+        priv.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    )
     agent = SoftwareSigner(priv)
     owner = SoftwareSigner.generate()
     state = tmp_path / "template"
@@ -73,8 +74,14 @@ def template(tmp_path: Path) -> tuple[Path, Path, Path, SoftwareSigner]:
     now = time.time()
 
     def bundle(counter: int, policy: bytes) -> bytes:
-        data = make_bundle(policy=policy, models=(("m.onnx", bytes([counter]) * 4096),), counter=counter,
-                           now=now, expires=now + 3600, agents=[agent.public_key.did])
+        data = make_bundle(
+            policy=policy,
+            models=(("m.onnx", bytes([counter]) * 4096),),
+            counter=counter,
+            now=now,
+            expires=now + 3600,
+            agents=[agent.public_key.did],
+        )
         return sign_bundle(data, owner)
 
     with Ledger.open(state / "ledger", signer=agent) as ledger:
@@ -105,8 +112,12 @@ def test_kill_at_every_step(template, tmp_path: Path) -> None:
     for i, step in enumerate(steps):
         run = tmp_path / f"run{i}"
         shutil.copytree(state, run)
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(run), str(key), str(new), step],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, str(run), str(key), str(new), step],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == -9, (step, proc.stdout, proc.stderr)
         # "Restart": a new ledger handle (recovers a torn tail) and a fresh look at the slots.
         with Ledger.open(run / "ledger", signer=agent) as ledger:
@@ -122,5 +133,5 @@ def test_kill_at_every_step(template, tmp_path: Path) -> None:
         shutil.rmtree(run)
     # Before the pointer rename the old bundle runs; after it, the new one.
     switch = steps.index("rename:active.json")
-    assert not any(outcomes[s] for s in steps[:switch + 1])
-    assert all(outcomes[s] for s in steps[switch + 1:])
+    assert not any(outcomes[s] for s in steps[: switch + 1])
+    assert all(outcomes[s] for s in steps[switch + 1 :])

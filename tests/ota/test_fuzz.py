@@ -18,8 +18,17 @@ OWNER = SoftwareSigner.generate()
 AGENT = SoftwareSigner.generate().public_key.did
 NOW = time.time()
 ROOT = parse_root(root_envelope(root_payload([OWNER.public_key.did], 1, 1)))
-GOOD = sign_bundle(make_bundle(policy=b"actions: [a]\n", models=(("m.onnx", b"\x01\x02\x03" * 50),), counter=3,
-                               now=NOW, expires=NOW + 3600, agents=[AGENT]), OWNER)
+GOOD = sign_bundle(
+    make_bundle(
+        policy=b"actions: [a]\n",
+        models=(("m.onnx", b"\x01\x02\x03" * 50),),
+        counter=3,
+        now=NOW,
+        expires=NOW + 3600,
+        agents=[AGENT],
+    ),
+    OWNER,
+)
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LONG = settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -77,7 +86,7 @@ def test_manifest_parser(data: bytes) -> None:
 @LONG
 @given(st.integers(0, len(GOOD) - 1), st.binary(min_size=1, max_size=8))
 def test_mutations_long(pos: int, blob: bytes) -> None:
-    data = GOOD[:pos] + blob + GOOD[pos + len(blob):]
+    data = GOOD[:pos] + blob + GOOD[pos + len(blob) :]
     if data == GOOD:
         return
     with pytest.raises(BundleError):

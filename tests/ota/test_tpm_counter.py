@@ -34,8 +34,13 @@ def test_tpm_counter_refuses_restored_state(swtpm, tmp_path: Path) -> None:
     now = time.time()
 
     def bundle(counter: int) -> bytes:
-        data = make_bundle(policy=f"actions: [a{counter}]\n".encode(), counter=counter, now=now,
-                           expires=now + 3600, agents=[agent.public_key.did])
+        data = make_bundle(
+            policy=f"actions: [a{counter}]\n".encode(),
+            counter=counter,
+            now=now,
+            expires=now + 3600,
+            agents=[agent.public_key.did],
+        )
         return sign_bundle(data, owner)
 
     with Ledger.open(state / "ledger", signer=agent) as ledger:
@@ -67,8 +72,12 @@ def test_crash_before_tpm_increment_is_harmless(swtpm, tmp_path: Path) -> None:
     now = time.time()
 
     def bundle(counter: int) -> bytes:
-        return sign_bundle(make_bundle(policy=b"actions: [a]\n", counter=counter, now=now, expires=now + 60,
-                                       agents=[agent.public_key.did]), owner)
+        return sign_bundle(
+            make_bundle(
+                policy=b"actions: [a]\n", counter=counter, now=now, expires=now + 60, agents=[agent.public_key.did]
+            ),
+            owner,
+        )
 
     def crash(step: str) -> None:
         if step == "tpm-increment":

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -33,8 +33,9 @@ def install(state_dir: Path, ledger: Ledger) -> Callable[[bytes], str]:
     def go(policy: bytes) -> str:
         counter[0] += 1
         now = time.time()
-        data = make_bundle(policy=policy, counter=counter[0], now=now, expires=now + 3600,
-                           agents=[ledger.public_key.did])
+        data = make_bundle(
+            policy=policy, counter=counter[0], now=now, expires=now + 3600, agents=[ledger.public_key.did]
+        )
         return apply_bundle(state_dir, sign_bundle(data, owner), ledger=ledger, now=now).digest
 
     return go

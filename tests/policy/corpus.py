@@ -13,8 +13,9 @@ from __future__ import annotations
 import calendar
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from kestrel.policy import ActionRequest, PolicyState, args_digest, evaluate, parse_policy
 
@@ -81,8 +82,14 @@ deny:
 
 # Wednesday 2026-11-25 10:00 UTC and a spread of other instants (windows, wraps, weekends).
 WED_10 = float(calendar.timegm((2026, 11, 25, 10, 0, 0)))
-TIMES = (WED_10, WED_10 - 8 * 3600 + 1800, WED_10 + 3 * 86400 + 13 * 3600 + 1800,
-         WED_10 + 4 * 86400 + 13 * 3600 + 10, WED_10 + 4 * 86400 + 13 * 3600 + 1790, 0.0)
+TIMES = (
+    WED_10,
+    WED_10 - 8 * 3600 + 1800,
+    WED_10 + 3 * 86400 + 13 * 3600 + 1800,
+    WED_10 + 4 * 86400 + 13 * 3600 + 10,
+    WED_10 + 4 * 86400 + 13 * 3600 + 1790,
+    0.0,
+)
 
 ARGSETS: tuple[dict[str, Any], ...] = (
     {},
@@ -165,9 +172,14 @@ ARGSETS: tuple[dict[str, Any], ...] = (
 
 _STATES = {
     "empty": PolicyState(),
-    "busy": PolicyState({"send_email": tuple(WED_10 - 10 - i for i in range(30)),
-                         "shared": (WED_10 - 5,), "ask_llm": (WED_10 - 1,),
-                         "gpio.write": tuple(WED_10 - 30 - i * 0.01 for i in range(600))}),
+    "busy": PolicyState(
+        {
+            "send_email": tuple(WED_10 - 10 - i for i in range(30)),
+            "shared": (WED_10 - 5,),
+            "ask_llm": (WED_10 - 1,),
+            "gpio.write": tuple(WED_10 - 30 - i * 0.01 for i in range(600)),
+        }
+    ),
     "saturated": PolicyState(saturated_until=WED_10 + 1),
 }
 

@@ -69,8 +69,33 @@ def test_the_domain_constraint_sees_the_normalised_domain() -> None:
         assert evaluate(policy, req, PolicyState(), 0.0).allowed, to
 
 
-_FRAGMENTS = st.sampled_from(["bob", "eve", "@", "example.com", "evil.com", ",", ";", " ", "<", ">", '"', "(",
-                              ")", ":", "%", "!", ".", "＠", "\n", "[", "]", "EXAMPLE.COM", "example.com.evil.com"])
+_FRAGMENTS = st.sampled_from(
+    [
+        "bob",
+        "eve",
+        "@",
+        "example.com",
+        "evil.com",
+        ",",
+        ";",
+        " ",
+        "<",
+        ">",
+        '"',
+        "(",
+        ")",
+        ":",
+        "%",
+        "!",
+        ".",
+        "＠",
+        "\n",
+        "[",
+        "]",
+        "EXAMPLE.COM",
+        "example.com.evil.com",
+    ]
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -85,12 +110,27 @@ def test_allowed_implies_every_recipient_is_in_the_domain(to: str) -> None:
         assert all(parse_address(a).domain == "example.com" and a.count("@") == 1 for a in d.args["to"])
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:80@evil.com/", "http://evil.com\\@127.0.0.1/", "http://user@127.0.0.1/",
-    "http://2130706433/", "http://0x7f.0.0.1/", "http://127.1/", "http://017700000001/", "ftp://127.0.0.1/",
-    "http://127.0.0.1:0/", "http://127.0.0.1:99999/", "http://[::1%25eth0]/", "http:///x", "http://a b/",
-    "http://%31%32%37.0.0.1/", "javascript:alert(1)", "http://127.0.0.1:8080:80/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:80@evil.com/",
+        "http://evil.com\\@127.0.0.1/",
+        "http://user@127.0.0.1/",
+        "http://2130706433/",
+        "http://0x7f.0.0.1/",
+        "http://127.1/",
+        "http://017700000001/",
+        "ftp://127.0.0.1/",
+        "http://127.0.0.1:0/",
+        "http://127.0.0.1:99999/",
+        "http://[::1%25eth0]/",
+        "http:///x",
+        "http://a b/",
+        "http://%31%32%37.0.0.1/",
+        "javascript:alert(1)",
+        "http://127.0.0.1:8080:80/",
+    ],
+)
 def test_ambiguous_urls_have_no_canonical_form(url: str) -> None:
     with pytest.raises(ArgsError):
         canonicalize("fetch_data", {"url": url})

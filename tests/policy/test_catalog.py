@@ -18,8 +18,17 @@ def test_callable_actions_are_the_daemons() -> None:
 
 GOOD = {
     "send_email": ({"to": "a@example.com", "subject": "s", "body": "b"}, lambda a: parse_email_args(a, now=0.0)),
-    "schedule_event": ({"summary": "s", "title": "t", "start": "2026-05-01T09:00:00Z", "end": "2026-05-01T10:00:00Z",
-                        "location": "l", "description": "d"}, parse_event_args),
+    "schedule_event": (
+        {
+            "summary": "s",
+            "title": "t",
+            "start": "2026-05-01T09:00:00Z",
+            "end": "2026-05-01T10:00:00Z",
+            "location": "l",
+            "description": "d",
+        },
+        parse_event_args,
+    ),
     "fetch_data": ({"url": "https://example.com/"}, parse_fetch_args),
 }
 

@@ -46,8 +46,9 @@ def test_make_decision_is_an_ordinary_decision() -> None:
 def test_evaluate_returns_frozen_decisions_equal_to_constructed_ones() -> None:
     p = parse_policy(FULL)
     d = _decide(p, "set_pin", pin=17, value=1)
-    assert d == Decision(True, "set_pin", "actions[1]", "allowed by actions[1]", p.digest,
-                         args_digest({"pin": 17, "value": 1}))
+    assert d == Decision(
+        True, "set_pin", "actions[1]", "allowed by actions[1]", p.digest, args_digest({"pin": 17, "value": 1})
+    )
 
 
 def test_plans_hold_only_the_rules_that_can_apply() -> None:
@@ -76,8 +77,9 @@ def test_indexed_deny_rules_keep_file_order_and_need_every_argument() -> None:
 
 
 def test_unhashable_values_are_refused_not_crashing() -> None:
-    p = parse_policy("actions:\n  - action: s\n    args: {pin: {enum: [1, 2]}}\n"
-                     "deny:\n  - action: s\n    args: {pin: {enum: [9]}}\n")
+    p = parse_policy(
+        "actions:\n  - action: s\n    args: {pin: {enum: [1, 2]}}\ndeny:\n  - action: s\n    args: {pin: {enum: [9]}}\n"
+    )
     for value in ({1}, bytearray(b"1"), [{1}]):
         d = _decide(p, "s", pin=value)
         assert not d.allowed and d.rule == "actions[0]" and "permitted values" in d.reason
@@ -97,5 +99,7 @@ def test_args_digest_falls_back_for_cycles_and_odd_keys() -> None:
     assert args_digest({1: "a"}) == args_digest({"1": "a"})  # keys as strings, as documented
     # the documented definition, computed independently: sorted keys, "," ":", UTF-8, repr for the rest
     text = '{"a":[2],"b":1.5,"c":"caf\u00e9","d":"b\'x\'"}'
-    assert args_digest({"d": b"x", "c": "caf\u00e9", "b": 1.5, "a": (2,)}) == \
-        hashlib.sha256(text.encode("utf-8")).hexdigest()
+    assert (
+        args_digest({"d": b"x", "c": "caf\u00e9", "b": 1.5, "a": (2,)})
+        == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    )

@@ -27,7 +27,9 @@ def test_every_decision_recorded(state_dir, ledger, install) -> None:
     assert allow.allowed and not deny.allowed
     recs = [r.body for r in ledger.records(kind="policy.decision")]
     assert [(r["action"], r["decision"], r["rule"]) for r in recs] == [
-        ("send_email", "allow", "actions[0]"), ("format_disk", "deny", "default-deny")]
+        ("send_email", "allow", "actions[0]"),
+        ("format_disk", "deny", "default-deny"),
+    ]
     assert recs[0]["policy"] == hashlib.sha256(SEED).hexdigest() and recs[0]["bundle"] == bundle
     assert recs[1]["args_digest"] == args_digest({"device": "/dev/sda"})
     assert "/dev/sda" not in json.dumps(recs)  # digests only, never the arguments
@@ -116,6 +118,8 @@ def test_the_package_exports_the_evaluate_function_whatever_the_import_order() -
     import subprocess
     import sys
 
-    code = ("import kestrel.policy.engine\nfrom kestrel.policy import evaluate\nimport kestrel.policy as p\n"
-            "from kestrel.policy.evaluate import evaluate as e\nassert callable(evaluate) and p.evaluate is e\n")
+    code = (
+        "import kestrel.policy.engine\nfrom kestrel.policy import evaluate\nimport kestrel.policy as p\n"
+        "from kestrel.policy.evaluate import evaluate as e\nassert callable(evaluate) and p.evaluate is e\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

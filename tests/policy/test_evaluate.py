@@ -127,8 +127,10 @@ def test_network_allow_list() -> None:
 
 
 def test_first_matching_allow_rule_wins_and_reason_is_first_failure() -> None:
-    text = ("actions:\n  - action: move\n    args: {speed: {max: 1}}\n"
-            "  - action: move\n    args: {speed: {max: 5}, operator: {equals: root}}\n")
+    text = (
+        "actions:\n  - action: move\n    args: {speed: {max: 1}}\n"
+        "  - action: move\n    args: {speed: {max: 5}, operator: {equals: root}}\n"
+    )
     assert decide(text, "move", speed=0.5).rule == "actions[0]"
     assert decide(text, "move", speed=3, operator="root").rule == "actions[1]"
     d = decide(text, "move", speed=3)

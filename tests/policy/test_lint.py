@@ -48,19 +48,23 @@ def test_unknown_actions_and_keys_with_place_and_suggestion() -> None:
 
 
 def test_device_actuators_and_proposals() -> None:
-    device = DeviceFacts(source="dev.yaml", actuators={"lamp": "gpio", "alerts": "mqtt"},
-                         proposals=(("trigger 'door'", "mqtt.publish"),))
+    device = DeviceFacts(
+        source="dev.yaml", actuators={"lamp": "gpio", "alerts": "mqtt"}, proposals=(("trigger 'door'", "mqtt.publish"),)
+    )
     found = _by_place(lint_policy(TYPOS, device=device))
     assert "dev.yaml has no gpio actuator 'heater'" in found[(5, 31)] and "lamp" in found[(5, 31)]
     assert "trigger 'door' proposes mqtt.publish" in found[(1, 1)]
-    assert not lint_policy("actions: [mqtt.publish, {action: gpio.write, args: {actuator: {equals: lamp}}}]\n",
-                           device=device)
+    assert not lint_policy(
+        "actions: [mqtt.publish, {action: gpio.write, args: {actuator: {equals: lamp}}}]\n", device=device
+    )
 
 
 def test_known_names_are_quiet() -> None:
-    text = ("actions:\n  - action: send_email\n    args: {to: {domain: [a.example]}, host: {equals: relay}}\n"
-            "  - {action: llm.request, args: {model: {equals: m}}}\n  - agent.send\n"
-            "deny:\n  - {action: '*', args: {url: {regex: '.*evil.*'}}}\n")
+    text = (
+        "actions:\n  - action: send_email\n    args: {to: {domain: [a.example]}, host: {equals: relay}}\n"
+        "  - {action: llm.request, args: {model: {equals: m}}}\n  - agent.send\n"
+        "deny:\n  - {action: '*', args: {url: {regex: '.*evil.*'}}}\n"
+    )
     assert lint_policy(text) == []
 
 
@@ -93,7 +97,22 @@ def test_check_prints_warnings_and_strict_fails(tmp_path, capsys) -> None:
 def test_bundle_build_prints_the_warnings(tmp_path, capsys) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(TYPOS)
-    assert main(["bundle", "build", "--policy", str(path), "--counter", "1", "--group", "g", "-o",
-                 str(tmp_path / "b.kbundle")]) == 0
+    assert (
+        main(
+            [
+                "bundle",
+                "build",
+                "--policy",
+                str(path),
+                "--counter",
+                "1",
+                "--group",
+                "g",
+                "-o",
+                str(tmp_path / "b.kbundle"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"{path}:6:7: warning: gpio.write has no argument 'valeu'" in err and (tmp_path / "b.kbundle").exists()

@@ -14,10 +14,18 @@ from kestrel.policy import ActionRequest, PolicyError, PolicyState, evaluate, pa
 KESTREL = [sys.executable, "-m", "kestrel.cli"]
 
 
-@pytest.mark.parametrize("value, why", [
-    (".nan", "finite number"), (".NaN", "finite number"), (".inf", "finite number"), ("-.inf", "finite number"),
-    ("9" * 5000, "out of range"), ("9" * 25, "out of range"), ("-" + "9" * 20, "out of range"),
-])
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        (".nan", "finite number"),
+        (".NaN", "finite number"),
+        (".inf", "finite number"),
+        ("-.inf", "finite number"),
+        ("9" * 5000, "out of range"),
+        ("9" * 25, "out of range"),
+        ("-" + "9" * 20, "out of range"),
+    ],
+)
 def test_non_finite_and_huge_numbers_are_policy_errors_with_line_and_column(value: str, why: str) -> None:
     text = f"actions:\n  - action: set_heater\n    args:\n      value: {{min: {value}, max: 10}}\n"
     with pytest.raises(PolicyError) as err:
@@ -45,8 +53,17 @@ def test_policy_check_reports_a_5000_digit_integer(tmp_path) -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr and ":4:" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("text", ['{"value": NaN}', '{"value": Infinity}', '{"value": 1e999}',
-                                  '{"value": ' + "9" * 5000 + "}", '{"a": 1, "a": 2}', "[" * 100000])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"value": NaN}',
+        '{"value": Infinity}',
+        '{"value": 1e999}',
+        '{"value": ' + "9" * 5000 + "}",
+        '{"a": 1, "a": 2}',
+        "[" * 100000,
+    ],
+)
 def test_call_args_json_refuses_what_is_not_strict_json(tmp_path, text: str) -> None:
     r = _cli("call", "--state", str(tmp_path), "--action", "set_heater", "--args-json", text)
     assert r.returncode == 64 and "Traceback" not in r.stderr and "--args-json" in r.stderr, r.stderr
@@ -54,7 +71,9 @@ def test_call_args_json_refuses_what_is_not_strict_json(tmp_path, text: str) -> 
 
 def test_a_nested_quantifier_regex_decides_at_once() -> None:
     """(a+)+ froze the daemon's event loop under a backtracking engine; a DFA answers in one pass."""
-    policy = parse_policy('actions:\n  - action: send_email\n    args:\n      subject: {regex: "(a+)+", max_len: 120}\n')
+    policy = parse_policy(
+        'actions:\n  - action: send_email\n    args:\n      subject: {regex: "(a+)+", max_len: 120}\n'
+    )
     d = evaluate(policy, ActionRequest("send_email", {"subject": "a" * 34 + "!"}), PolicyState(), 0.0)
     assert not d.allowed and "pattern" in d.reason
     assert evaluate(policy, ActionRequest("send_email", {"subject": "a" * 120}), PolicyState(), 0.0).allowed

@@ -13,9 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from kestrel.sync.wire import SyncBatch, encode_batch, ledger_topic
 
@@ -41,8 +41,9 @@ class SimAgent:
         return ledger_topic(self.log.did)
 
 
-def make_agents(count: int, records: int, *, per_batch: int, body: Callable[[int], dict] | None = None,
-                checkpoint_every: int = 1) -> list[SimAgent]:
+def make_agents(
+    count: int, records: int, *, per_batch: int, body: Callable[[int], dict] | None = None, checkpoint_every: int = 1
+) -> list[SimAgent]:
     """``count`` agents of ``records`` records each; every ``checkpoint_every``-th batch (and the last)
     carries the checkpoint of its own end, the others none (their records wait in ``pending``)."""
     out = []
@@ -73,8 +74,7 @@ class FleetPublisher:
         self.resend_interval_s = 10.0  # an agent honours one request per interval (LedgerSync: 60 s)
         self._last_resend: dict[str, float] = {}
         for i in range(connections):
-            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-fleet-{os.getpid()}-{i}",
-                            protocol=mqtt.MQTTv5)
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-fleet-{os.getpid()}-{i}", protocol=mqtt.MQTTv5)
             c.max_inflight_messages_set(inflight)
             c.max_queued_messages_set(0)
             c.reconnect_delay_set(0.1, 2)
@@ -135,8 +135,9 @@ class FleetPublisher:
                 done += 1
         return done
 
-    def publish_all(self, agents: Sequence[SimAgent], *, between: Callable[[int], None] | None = None,
-                    deadline_s: float = 300.0) -> None:
+    def publish_all(
+        self, agents: Sequence[SimAgent], *, between: Callable[[int], None] | None = None, deadline_s: float = 300.0
+    ) -> None:
         """Every batch of every agent, round by round (``between(i)`` after round i), then resend the
         ones not acknowledged until all are (or raise after ``deadline_s``)."""
         rounds = max(len(a.batches) for a in agents)
@@ -160,11 +161,33 @@ class FleetPublisher:
 class CollectorProcess:
     """``kestrel collector run`` as its own process (stopped with SIGTERM, or SIGKILLed by a fault test)."""
 
-    def __init__(self, *, broker: str, db: str, group: str | None, client_id: str, log_path: Path,
-                 resend_after: float | None = None) -> None:
-        self.argv = [sys.executable, "-m", "kestrel.cli", "collector", "run", "--broker", broker, "--db", db,
-                     "--client-id", client_id] + (["--group", group] if group else []) + \
-                    (["--resend-after", str(resend_after)] if resend_after else [])
+    def __init__(
+        self,
+        *,
+        broker: str,
+        db: str,
+        group: str | None,
+        client_id: str,
+        log_path: Path,
+        resend_after: float | None = None,
+    ) -> None:
+        self.argv = (
+            [
+                sys.executable,
+                "-m",
+                "kestrel.cli",
+                "collector",
+                "run",
+                "--broker",
+                broker,
+                "--db",
+                db,
+                "--client-id",
+                client_id,
+            ]
+            + (["--group", group] if group else [])
+            + (["--resend-after", str(resend_after)] if resend_after else [])
+        )
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -203,4 +226,3 @@ def wait_for(cond: Callable[[], bool], *, timeout: float, what: str, poll: float
             return
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-

@@ -20,15 +20,26 @@ class LogBuilder:
     def did(self) -> str:
         return self.signer.public_key.did
 
-    def append(self, n: int = 1, *, kind: str = "action.result", body: dict | None = None,
-               at: float | None = None, step: float = 1.0) -> None:
+    def append(
+        self,
+        n: int = 1,
+        *,
+        kind: str = "action.result",
+        body: dict | None = None,
+        at: float | None = None,
+        step: float = 1.0,
+    ) -> None:
         """``n`` records of ``kind``; their times start at ``at`` (default 1_800_000_000 + seq), ``step`` s apart."""
         for i in range(n):
             seq = len(self.records)
             t = 1_800_000_000.0 + seq if at is None else at + i * step
-            raw = encode_record(seq=seq, time=t, kind=kind,
-                                body=body if body is not None else {"i": seq},
-                                prev=self.leaves[-1] if self.leaves else ZERO_HASH)
+            raw = encode_record(
+                seq=seq,
+                time=t,
+                kind=kind,
+                body=body if body is not None else {"i": seq},
+                prev=self.leaves[-1] if self.leaves else ZERO_HASH,
+            )
             self.records.append(raw)
             self.leaves.append(leaf_hash(raw))
 
@@ -36,7 +47,7 @@ class LogBuilder:
         size = len(self.records) if size is None else size
         return sign_checkpoint(self.signer, size=size, root=tree_root(self.leaves[:size])).note
 
-    def fork(self, at: int) -> "LogBuilder":
+    def fork(self, at: int) -> LogBuilder:
         """A second log with the same key and the first ``at`` records, then different ones."""
         other = LogBuilder(self.signer)
         other.records, other.leaves = self.records[:at], self.leaves[:at]

@@ -26,14 +26,16 @@ def kestrel(*argv, env=None):
     import os
 
     e = dict(os.environ, KESTREL_PASSPHRASE=PASS, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "kestrel.cli", *argv], capture_output=True, text=True, env=e,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "kestrel.cli", *argv], capture_output=True, text=True, env=e, timeout=60
+    )
 
 
 @pytest.fixture
 def agent_state(state_dir):
-    create_identity(state_dir, name="cli", passphrase=PASS.encode(),
-                    kdf=KdfParams.argon2id(memory_kib=1024, iterations=1, lanes=1))
+    create_identity(
+        state_dir, name="cli", passphrase=PASS.encode(), kdf=KdfParams.argon2id(memory_kib=1024, iterations=1, lanes=1)
+    )
     return state_dir
 
 
@@ -70,8 +72,9 @@ def test_collector_verify_reports_fork_nonzero(db):
     other = log.fork(10)
     other.append(15, body={"evil": 1})
     store = SqliteStore(path)
-    CollectorCore(store, clock=lambda: 0.0).handle(ledger_topic(log.did),
-                                                  encode_batch(SyncBatch(25, (), other.checkpoint())))
+    CollectorCore(store, clock=lambda: 0.0).handle(
+        ledger_topic(log.did), encode_batch(SyncBatch(25, (), other.checkpoint()))
+    )
     store.close()
     r = kestrel("collector", "verify", "--agent", log.did, "--db", str(path))
     assert r.returncode == 2 and "FORK at size 25" in r.stdout and "forked checkpoint" in r.stderr
@@ -104,8 +107,11 @@ def test_agent_connect_trust_list(agent_state):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     r = kestrel("agent-connect", peer, "--remove", "--state", str(agent_state))
     assert r.returncode == 0
-    bodies = [(rec.kind, rec.body.get("peer")) for rec in iter_records(StateLayout(agent_state).ledger)
-              if rec.kind.startswith("peer.")]
+    bodies = [
+        (rec.kind, rec.body.get("peer"))
+        for rec in iter_records(StateLayout(agent_state).ledger)
+        if rec.kind.startswith("peer.")
+    ]
     assert bodies == [("peer.trusted", peer), ("peer.untrusted", peer)]
     (StateLayout(agent_state).data / "peers.json").write_text("{broken")
     r = kestrel("agent-connect", peer, "--state", str(agent_state))
@@ -119,21 +125,47 @@ def test_sync_status(agent_state):
     import os
     import time
 
-    write_status(agent_state, SyncStatus(agent="did:key:zX", connected=False, acked=40, ledger_size=100, rate=0.0,
-                                         updated=time.time(), pid=os.getpid(), warnings=("ledger uses 90%",)))
+    write_status(
+        agent_state,
+        SyncStatus(
+            agent="did:key:zX",
+            connected=False,
+            acked=40,
+            ledger_size=100,
+            rate=0.0,
+            updated=time.time(),
+            pid=os.getpid(),
+            warnings=("ledger uses 90%",),
+        ),
+    )
     r = kestrel("sync", "status", "--state", str(agent_state), "--json")
     doc = json.loads(r.stdout)
     assert doc["state"] == "offline" and doc["backlog"] == 60 and doc["acked"] == 40  # this pid is alive
     r = kestrel("sync", "status", "--state", str(agent_state))
     assert "backlog 60" in r.stdout and "warning: ledger uses 90%" in r.stdout
-    write_status(agent_state, SyncStatus(agent="did:key:zX", connected=False, acked=40, ledger_size=100, rate=0.0,
-                                         updated=time.time(), pid=os.getpid(), first_seq=70))
+    write_status(
+        agent_state,
+        SyncStatus(
+            agent="did:key:zX",
+            connected=False,
+            acked=40,
+            ledger_size=100,
+            rate=0.0,
+            updated=time.time(),
+            pid=os.getpid(),
+            first_seq=70,
+        ),
+    )
     r = kestrel("sync", "status", "--state", str(agent_state))
     assert "backlog 30" in r.stdout and "pruned:       records 0..69" in r.stdout  # pruned ones are not backlog
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    write_status(agent_state, SyncStatus(agent="did:key:zX", connected=True, acked=1, ledger_size=1, rate=0.0,
-                                         updated=time.time(), pid=dead.pid))
+    write_status(
+        agent_state,
+        SyncStatus(
+            agent="did:key:zX", connected=True, acked=1, ledger_size=1, rate=0.0, updated=time.time(), pid=dead.pid
+        ),
+    )
     assert json.loads(kestrel("sync", "status", "--state", str(agent_state), "--json").stdout)["state"] == "stopped"
     (StateLayout(agent_state).data / "sync" / "status.json").write_text("[1, 2")
     r = kestrel("sync", "status", "--state", str(agent_state))
@@ -147,16 +179,34 @@ def test_collector_run_command(mosquitto, publisher, tmp_path):
     log = LogBuilder()
     log.append(30)
     db_path = tmp_path / "run.db"
-    proc = subprocess.Popen([sys.executable, "-m", "kestrel.cli", "collector", "run", "--broker",
-                             f"{mosquitto.host}:{mosquitto.port}", "--db", str(db_path), "--duration", "30"],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kestrel.cli",
+            "collector",
+            "run",
+            "--broker",
+            f"{mosquitto.host}:{mosquitto.port}",
+            "--db",
+            str(db_path),
+            "--duration",
+            "30",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # publish until the collector's session exists and stores it
             publisher.publish(ledger_topic(log.did), encode_batch(SyncBatch(0, tuple(log.records), log.checkpoint())))
             r = kestrel("collector", "status", "--db", str(db_path), "--json") if db_path.exists() else None
-            if r is not None and r.returncode == 0 and json.loads(r.stdout)["agents"] and \
-                    json.loads(r.stdout)["agents"][0]["verified"] == 30:
+            if (
+                r is not None
+                and r.returncode == 0
+                and json.loads(r.stdout)["agents"]
+                and json.loads(r.stdout)["agents"][0]["verified"] == 30
+            ):
                 break
             time.sleep(0.3)
         else:

@@ -139,8 +139,17 @@ def test_fork_between_two_pending_checkpoints(core, store):
     assert out.verified == 10 and out.forks == 1
 
 
-@pytest.mark.parametrize("payload", [b"", b"\xc1", msgpack.packb({"v": 2}), msgpack.packb({"v": 1, "start": -1,
-                         "records": []}), msgpack.packb({"v": 1, "start": 0, "records": [1]}), b"\x00" * 2_000_000])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",
+        msgpack.packb({"v": 2}),
+        msgpack.packb({"v": 1, "start": -1, "records": []}),
+        msgpack.packb({"v": 1, "start": 0, "records": [1]}),
+        b"\x00" * 2_000_000,
+    ],
+)
 def test_garbage_payload_refused(core, store, payload):
     log = LogBuilder()
     out = core.handle(ledger_topic(log.did), payload)
@@ -171,15 +180,18 @@ def test_state_survives_reopen(tmp_path):
     log = LogBuilder()
     log.append(7)
     s = SqliteStore(tmp_path / "c.db")
-    CollectorCore(s, clock=lambda: 0.0).handle(ledger_topic(log.did),
-                                               encode_batch(SyncBatch(0, tuple(log.records[:5]), log.checkpoint(5))))
+    CollectorCore(s, clock=lambda: 0.0).handle(
+        ledger_topic(log.did), encode_batch(SyncBatch(0, tuple(log.records[:5]), log.checkpoint(5)))
+    )
     s.close()
     s = SqliteStore(tmp_path / "c.db")
     out = CollectorCore(s, clock=lambda: 0.0).handle(
-        ledger_topic(log.did), encode_batch(SyncBatch(5, tuple(log.records[5:]), log.checkpoint(7))))
+        ledger_topic(log.did), encode_batch(SyncBatch(5, tuple(log.records[5:]), log.checkpoint(7)))
+    )
     assert out.verified == 2 and s.agent_state(log.did).size == 7
     s.close()
     import stat
+
     for name in ("c.db", "c.db-wal"):
         if (tmp_path / name).exists():
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
@@ -187,6 +199,7 @@ def test_state_survives_reopen(tmp_path):
 
 def test_corrupt_database_is_a_clear_error(tmp_path):
     from kestrel.errors import DataError
+
     bad = tmp_path / "c.db"
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(DataError, match="unusable"):

@@ -29,8 +29,12 @@ def _forked_agent(records: int, per_batch: int, at: int) -> tuple[SimAgent, SimA
     [a] = make_agents(1, records, per_batch=per_batch)
     other = a.log.fork(at)
     other.append(records - at, body={"branch": "b"})
-    batches = [encode_batch(SyncBatch(s, tuple(other.records[s:s + per_batch]), other.checkpoint(min(s + per_batch, records))))
-               for s in range(0, records, per_batch)]
+    batches = [
+        encode_batch(
+            SyncBatch(s, tuple(other.records[s : s + per_batch]), other.checkpoint(min(s + per_batch, records)))
+        )
+        for s in range(0, records, per_batch)
+    ]
     return a, SimAgent(other, batches, [min(s + per_batch, records) for s in range(0, records, per_batch)])
 
 
@@ -42,8 +46,17 @@ def _run_fleet(pg_url, broker_dir, tmp_path, *, agents: int, records: int, per_b
     stack = [cm]
     cm.__enter__()
     addr = f"{broker.host}:{broker.port}"
-    collectors = [CollectorProcess(broker=addr, db=pg_url, group="fleet", client_id=f"collector-{i}",
-                                   log_path=tmp_path / f"collector-{i}.log", resend_after=3.0) for i in range(3)]
+    collectors = [
+        CollectorProcess(
+            broker=addr,
+            db=pg_url,
+            group="fleet",
+            client_id=f"collector-{i}",
+            log_path=tmp_path / f"collector-{i}.log",
+            resend_after=3.0,
+        )
+        for i in range(3)
+    ]
     publisher = None
     try:
         for c in collectors:
@@ -62,8 +75,11 @@ def _run_fleet(pg_url, broker_dir, tmp_path, *, agents: int, records: int, per_b
             # acknowledged to the agents and never delivered in our runs (mosquitto 2.0.11, shared
             # subscriptions, persistence on): the agents go on once the group is back. A batch lost
             # so with later ones after it is recovered by the resend request (served by the agents).
-            wait_for(lambda: all(c.subscriptions() > n for c, n in running), timeout=60,
-                     what="the collectors subscribed again")
+            wait_for(
+                lambda: all(c.subscriptions() > n for c, n in running),
+                timeout=60,
+                what="the collectors subscribed again",
+            )
 
         rounds = max(len(a.batches) for a in fleet)
         faults = {rounds // 4: restart_broker, rounds // 2: collectors[1].kill, (3 * rounds) // 4: restart_broker}
@@ -79,17 +95,24 @@ def _run_fleet(pg_url, broker_dir, tmp_path, *, agents: int, records: int, per_b
             collectors[1].start()
         store = PostgresStore(pg_url)
         try:
+
             def caught_up() -> bool:
                 publisher.serve_resends(fleet)
                 sizes = {s.did: s.verified for s in store.summaries()}
                 return all(sizes.get(a.did) == records for a in fleet) and bool(store.forks(forked_a.did))
+
             try:
                 wait_for(caught_up, timeout=240, what="every acknowledged record verified and the fork caught")
             except AssertionError:
-                stuck = [(s.did[-8:], s.verified, s.pending, s.rejections) for s in store.summaries()
-                         if s.verified != records][:10]
-                raise AssertionError(f"stuck agents (did, verified, pending, refused): {stuck}; "
-                                     f"refusals: {[(r.reason, r.detail) for r in store.rejections()][:5]}") from None
+                stuck = [
+                    (s.did[-8:], s.verified, s.pending, s.rejections)
+                    for s in store.summaries()
+                    if s.verified != records
+                ][:10]
+                raise AssertionError(
+                    f"stuck agents (did, verified, pending, refused): {stuck}; "
+                    f"refusals: {[(r.reason, r.detail) for r in store.rejections()][:5]}"
+                ) from None
             summaries = {s.did: s for s in store.summaries()}
             for agent in fleet:
                 s = summaries[agent.did]

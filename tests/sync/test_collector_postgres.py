@@ -40,7 +40,9 @@ def test_status_verify_export_on_postgres(pg_url, tmp_path):
     store.close()
     r = kestrel("collector", "status", "--db", pg_url, "--json")
     assert r.returncode == 0, r.stderr
-    got = {a["did"]: (a["verified"], a["pending"], a["rejections"], a["records"]) for a in json.loads(r.stdout)["agents"]}
+    got = {
+        a["did"]: (a["verified"], a["pending"], a["rejections"], a["records"]) for a in json.loads(r.stdout)["agents"]
+    }
     assert got == {log.did: (25, 0, 1, 25), other.did: (0, 3, 0, 0)}
     r = kestrel("collector", "verify", "--agent", log.did, "--db", pg_url)
     assert r.returncode == 0 and "25 records verified" in r.stdout, r.stdout + r.stderr
@@ -123,10 +125,14 @@ def test_sqlite_schema_1_database_is_migrated(tmp_path):
 
     f = Frontier()
     f.extend(log.leaves)
-    db.execute("INSERT INTO agents VALUES (?, 6, ?, ?, 0, 1.0, 2.0)", (log.did, msgpack.packb(list(f.hashes)),
-                                                                     log.checkpoint()))
-    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, 3.0)",
-                   [(log.did, i, raw, log.leaves[i]) for i, raw in enumerate(log.records)])
+    db.execute(
+        "INSERT INTO agents VALUES (?, 6, ?, ?, 0, 1.0, 2.0)",
+        (log.did, msgpack.packb(list(f.hashes)), log.checkpoint()),
+    )
+    db.executemany(
+        "INSERT INTO records VALUES (?, ?, ?, ?, 3.0)",
+        [(log.did, i, raw, log.leaves[i]) for i, raw in enumerate(log.records)],
+    )
     db.commit()
     db.close()
     store = SqliteStore(path)
@@ -153,8 +159,11 @@ def test_two_connections_racing_on_one_agent_store_each_record_once(pg_url):
         log.append(200)
     stores = [PostgresStore(pg_url) for _ in range(2)]
     cores = [CollectorCore(s, clock=time.time) for s in stores]
-    messages = [(ledger_topic(log.did), _batch(log, a, a + 10, cp=(a // 10) % 3 != 1 or a == 190))
-                for a in range(0, 200, 10) for log in logs]
+    messages = [
+        (ledger_topic(log.did), _batch(log, a, a + 10, cp=(a // 10) % 3 != 1 or a == 190))
+        for a in range(0, 200, 10)
+        for log in logs
+    ]
     messages.reverse()  # the worst order: every batch arrives before its predecessor
     errors: list[BaseException] = []
 
@@ -162,7 +171,7 @@ def test_two_connections_racing_on_one_agent_store_each_record_once(pg_url):
         try:
             mine = messages[i::2]
             for j in range(0, len(mine), 4):
-                cores[i].handle_many(mine[j:j + 4])
+                cores[i].handle_many(mine[j : j + 4])
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

@@ -145,13 +145,17 @@ def test_agent_sync_sends_its_base_after_pruning_unsynced_records(ledger, state_
 
     async def go() -> None:
         async with MqttBridge(mosquitto.host, mosquitto.port, agent_id=did) as bridge:
-            sync = LedgerSync(ledger, bridge, config=SyncConfig(poll_s=0.02, offset_s=0.01, status_s=0.05),
-                              state_dir=state_dir)
+            sync = LedgerSync(
+                ledger, bridge, config=SyncConfig(poll_s=0.02, offset_s=0.01, status_s=0.05), state_dir=state_dir
+            )
             await sync.start()
             try:
                 assert await sync.wait_synced(timeout=30)
-                await asyncio.to_thread(wait_until, lambda: collector.store.agent_state(did).size == ledger.size,
-                                        what="the collector verified from the base")
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda: collector.store.agent_state(did).size == ledger.size,
+                    what="the collector verified from the base",
+                )
             finally:
                 await sync.stop()
 

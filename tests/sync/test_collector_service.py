@@ -21,8 +21,9 @@ def test_collector_verifies_published_batches(collector, publisher):
     tampered = encode_record(seq=30, time=0.0, kind="action.result", body={"i": -1}, prev=log.leaves[29])
     publisher.publish(ledger_topic(log.did), encode_batch(SyncBatch(30, (tampered,), None)))
     for a in range(0, 40, 8):
-        publisher.publish(ledger_topic(log.did),
-                          encode_batch(SyncBatch(a, tuple(log.records[a:a + 8]), log.checkpoint(a + 8))))
+        publisher.publish(
+            ledger_topic(log.did), encode_batch(SyncBatch(a, tuple(log.records[a : a + 8]), log.checkpoint(a + 8)))
+        )
     publisher.publish(ledger_topic(log.did), b"garbage")
     store = collector.store
     wait_until(lambda: store.agent_state(log.did).size == 40, what="40 verified records")
@@ -53,6 +54,7 @@ def test_collector_session_keeps_messages_while_down(mosquitto, tmp_path, publis
 
 def test_parse_broker():
     from kestrel.errors import UsageError
+
     assert parse_broker("localhost:1884") == ("localhost", 1884)
     assert parse_broker("broker") == ("broker", 1883)
     assert parse_broker("[::1]:8883") == ("::1", 8883)
@@ -64,8 +66,10 @@ def test_parse_broker():
 def test_two_collectors_share_the_fleet(mosquitto, tmp_path, publisher):
     """$share/<group>: each batch goes to one member; the shared store still verifies every agent fully."""
     store = SqliteStore(tmp_path / "shared.db")
-    members = [CollectorService(store, host=mosquitto.host, port=mosquitto.port, group="fleet",
-                                client_id=f"member-{i}") for i in range(2)]
+    members = [
+        CollectorService(store, host=mosquitto.host, port=mosquitto.port, group="fleet", client_id=f"member-{i}")
+        for i in range(2)
+    ]
     for m in members:
         m.start()
     try:
@@ -76,10 +80,12 @@ def test_two_collectors_share_the_fleet(mosquitto, tmp_path, publisher):
             log.append(60)
         for a in range(0, 60, 5):
             for log in logs:
-                publisher.publish(ledger_topic(log.did),
-                                  encode_batch(SyncBatch(a, tuple(log.records[a:a + 5]), log.checkpoint(a + 5))))
+                publisher.publish(
+                    ledger_topic(log.did),
+                    encode_batch(SyncBatch(a, tuple(log.records[a : a + 5]), log.checkpoint(a + 5))),
+                )
         for log in logs:
-            wait_until(lambda: store.agent_state(log.did).size == 60, what="all records verified")
+            wait_until(lambda log=log: store.agent_state(log.did).size == 60, what="all records verified")
         wait_until(lambda: sum(m.counters.messages for m in members) == 36, what="counters")
         assert all(m.counters.messages > 0 for m in members)  # the broker split the load
         assert store.rejections() == []

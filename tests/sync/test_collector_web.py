@@ -14,8 +14,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -64,7 +64,17 @@ class Server:
     def __init__(self, db: str, tmp: Path, *, host: str = "127.0.0.1", token_file: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "kestrel.cli", "collector", "serve", "--db", db, "--listen", f"{host}:{self.port}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "kestrel.cli",
+            "collector",
+            "serve",
+            "--db",
+            db,
+            "--listen",
+            f"{host}:{self.port}",
+        ]
         if token_file is not None:
             argv += ["--token-file", str(token_file)]
         self.log = tmp / f"serve-{self.port}.log"
@@ -74,6 +84,7 @@ class Server:
 
     def get(self, path: str, *, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
         """One request, redirects not followed."""
+
         class NoRedirect(urllib.request.HTTPRedirectHandler):
             def redirect_request(self, *args, **kwargs):
                 return None
@@ -124,18 +135,41 @@ def test_pages_proofs_and_refusals_over_http(server):
 
 def test_a_token_is_required_off_loopback(fleet_db, tmp_path):
     db, logs = fleet_db
-    r = subprocess.run([sys.executable, "-m", "kestrel.cli", "collector", "serve", "--db", db, "--listen",
-                        f"0.0.0.0:{free_port()}"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "kestrel.cli", "collector", "serve", "--db", db, "--listen", f"0.0.0.0:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 64 and "needs a token" in r.stderr and "Traceback" not in r.stderr
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-0123456789\n")
     token_file.chmod(0o644)
-    r = subprocess.run([sys.executable, "-m", "kestrel.cli", "collector", "serve", "--db", db, "--listen",
-                        f"0.0.0.0:{free_port()}", "--token-file", str(token_file)], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kestrel.cli",
+            "collector",
+            "serve",
+            "--db",
+            db,
+            "--listen",
+            f"0.0.0.0:{free_port()}",
+            "--token-file",
+            str(token_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 64 and "chmod 600" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "kestrel.cli", "collector", "serve", "--db", db, "--listen", "nowhere:x"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "kestrel.cli", "collector", "serve", "--db", db, "--listen", "nowhere:x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 64 and "invalid --listen address" in r.stderr and "Traceback" not in r.stderr
     token_file.chmod(0o600)
     srv = Server(db, tmp_path, host="0.0.0.0", token_file=token_file)
@@ -176,13 +210,20 @@ def _count(png: bytes, rgb: tuple[int, int, int]) -> int:
 
     _, _, rows = decode_png(png)
     want = bytes(rgb)
-    return sum(row[i:i + 3] == want for row in rows for i in range(0, len(row), 3))
+    return sum(row[i : i + 3] == want for row in rows for i in range(0, len(row), 3))
 
 
 def _key(page, key: str, code: int, text: str = "") -> None:
     for kind in ("keyDown", "keyUp"):
-        page.call("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=code,
-                  nativeVirtualKeyCode=code, **({"text": text} if text and kind == "keyDown" else {}))
+        page.call(
+            "Input.dispatchKeyEvent",
+            type=kind,
+            key=key,
+            code=key,
+            windowsVirtualKeyCode=code,
+            nativeVirtualKeyCode=code,
+            **({"text": text} if text and kind == "keyDown" else {}),
+        )
 
 
 def _tab_to(page, selector: str, *, limit: int = 40) -> None:
@@ -207,15 +248,24 @@ def test_fleet_view_in_chromium(server, page, tmp_path):
         page.navigate(srv.url + "/")
         shot = page.screenshot(tmp_path / "fleet.png")
         rows = page.eval("""[...document.querySelectorAll('#fleet tbody tr')].map(tr => ({did: tr.dataset.did,
-            records: +tr.querySelector('[data-col=records]').innerText, verified: +tr.querySelector('[data-col=verified]').innerText,
-            pending: +tr.querySelector('[data-col=pending]').innerText, forks: +tr.querySelector('[data-col=forks]').innerText,
+            records: +tr.querySelector('[data-col=records]').innerText,
+            verified: +tr.querySelector('[data-col=verified]').innerText,
+            pending: +tr.querySelector('[data-col=pending]').innerText,
+            forks: +tr.querySelector('[data-col=forks]').innerText,
             name: tr.cells[1].innerText}))""")
-        assert {r["did"]: (r["records"], r["verified"], r["pending"], r["forks"]) for r in rows} == \
-            {d: (s.records, s.verified, s.pending, s.forks) for d, s in summaries.items()}
+        assert {r["did"]: (r["records"], r["verified"], r["pending"], r["forks"]) for r in rows} == {
+            d: (s.records, s.verified, s.pending, s.forks) for d, s in summaries.items()
+        }
         assert {r["did"]: r["name"] for r in rows}[logs["named"].did] == "porch-pi"
-        totals = page.eval("['agents','records','pending','forked'].map(k => +document.getElementById('total-' + k).innerText)")
-        assert totals == [len(summaries), sum(s.records for s in summaries.values()),
-                          sum(s.pending for s in summaries.values()), sum(1 for s in summaries.values() if s.forks)]
+        totals = page.eval(
+            "['agents','records','pending','forked'].map(k => +document.getElementById('total-' + k).innerText)"
+        )
+        assert totals == [
+            len(summaries),
+            sum(s.records for s in summaries.values()),
+            sum(s.pending for s in summaries.values()),
+            sum(1 for s in summaries.values() if s.forks),
+        ]
         assert totals[2] == 10 and totals[3] == 1  # the held records and the forked agent are there to see
         assert page.eval("document.querySelectorAll('figure svg polyline').length") == 4
         assert _count(shot, PLOT_RGB) > 300, "the plot's first line is not drawn"

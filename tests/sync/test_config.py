@@ -11,18 +11,27 @@ from kestrel.sync.limits import RetentionPolicy, TokenBucket, retention_warnings
 
 def test_defaults_and_values():
     assert parse_sync_config(None) == SyncConfig()
-    cfg = parse_sync_config({"bandwidth": 2048, "batch_records": 10,
-                             "retention": {"max_bytes": 1000, "on_full": "drop-synced"}})
+    cfg = parse_sync_config(
+        {"bandwidth": 2048, "batch_records": 10, "retention": {"max_bytes": 1000, "on_full": "drop-synced"}}
+    )
     assert cfg.bandwidth == 2048.0 and cfg.batch_records == 10
     assert cfg.retention == RetentionPolicy(1000, 0.8, "drop-synced")
 
 
-@pytest.mark.parametrize("doc, key", [
-    ({"bandwidth": "fast"}, "sync.bandwidth"), ({"batch_records": 0}, "sync.batch_records"),
-    ({"batch_records": 1.5}, "sync.batch_records"), ({"nope": 1}, "sync"), ({"enabled": "yes"}, "sync.enabled"),
-    ({"retention": {"on_full": "explode"}}, "sync.retention"), ({"retention": {"max_bytes": -1}}, "sync.retention"),
-    ({"retention": [1]}, "sync.retention"), ([1, 2], "sync"),
-])
+@pytest.mark.parametrize(
+    "doc, key",
+    [
+        ({"bandwidth": "fast"}, "sync.bandwidth"),
+        ({"batch_records": 0}, "sync.batch_records"),
+        ({"batch_records": 1.5}, "sync.batch_records"),
+        ({"nope": 1}, "sync"),
+        ({"enabled": "yes"}, "sync.enabled"),
+        ({"retention": {"on_full": "explode"}}, "sync.retention"),
+        ({"retention": {"max_bytes": -1}}, "sync.retention"),
+        ({"retention": [1]}, "sync.retention"),
+        ([1, 2], "sync"),
+    ],
+)
 def test_bad_config_names_the_key(doc, key):
     with pytest.raises(ConfigError) as exc:
         parse_sync_config(doc, source="device.yaml")

@@ -64,8 +64,8 @@ def test_forged_signature_refused(pair):
     good = seal({"pay": 1}, signer=alice, recipient=bob.public_key, seq=1, now=NOW)
     v, header, payload, _sig = msgpack.unpackb(good)
     from kestrel.sync.peers.envelope import _signed_bytes
-    forged = msgpack.packb([v, header, payload.replace(b"\x01", b"\x09"),
-                            mallory.sign(_signed_bytes(header, payload))])
+
+    forged = msgpack.packb([v, header, payload.replace(b"\x01", b"\x09"), mallory.sign(_signed_bytes(header, payload))])
     with pytest.raises(PeerMessageError) as exc:
         _open(forged, bob, {alice.public_key.did: alice.public_key})
     assert exc.value.reason == "forged"
@@ -117,6 +117,7 @@ def test_ciphertext_for_other_key_undecryptable(pair):
     v, header, payload, sig = msgpack.unpackb(data)
     # A correctly signed message whose ciphertext is garbage cannot be opened.
     from kestrel.sync.peers.envelope import _signed_bytes
+
     junk = bytes(len(payload))
     bad = msgpack.packb([v, header, junk, alice.sign(_signed_bytes(header, junk))])
     with pytest.raises(PeerMessageError) as exc:
@@ -124,8 +125,17 @@ def test_ciphertext_for_other_key_undecryptable(pair):
     assert exc.value.reason == "undecryptable"
 
 
-@pytest.mark.parametrize("garbage", [b"", b"\xc1", b"\x93\x01\x02\x03", msgpack.packb([1, b"x", b"", b""]),
-                                     msgpack.packb([1, msgpack.packb({"from": 1}), b"", b""]), b"\xff" * 300_000])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"\xc1",
+        b"\x93\x01\x02\x03",
+        msgpack.packb([1, b"x", b"", b""]),
+        msgpack.packb([1, msgpack.packb({"from": 1}), b"", b""]),
+        b"\xff" * 300_000,
+    ],
+)
 def test_garbage_refused_as_malformed(pair, garbage):
     alice, bob = pair
     with pytest.raises(PeerMessageError) as exc:

@@ -17,10 +17,11 @@ from .logs import LogBuilder
 
 ALICE, BOB = SoftwareSigner.generate(), SoftwareSigner.generate()
 NOW = 1_800_000_000.0
-msgpack_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.binary(max_size=40)
-                              | st.text(max_size=20),
-                              lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                          max_size=4), max_leaves=12)
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=40) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _fuzz(n: int):
@@ -41,8 +42,9 @@ def test_wire_decoders_only_raise_format_errors(data):
 @given(st.binary(max_size=400) | msgpack_values.map(lambda v: msgpack.packb([1, msgpack.packb(v), b"", b"\0" * 64])))
 def test_peer_open_only_raises_refusals(data):
     with pytest.raises(PeerMessageError):
-        open_message(data, me=BOB.public_key, trusted={ALICE.public_key.did: ALICE.public_key},
-                     replay=ReplayState(), now=NOW)
+        open_message(
+            data, me=BOB.public_key, trusted={ALICE.public_key.did: ALICE.public_key}, replay=ReplayState(), now=NOW
+        )
 
 
 @_fuzz(100)
@@ -52,8 +54,13 @@ def test_peer_message_bit_flip_is_refused(pos, bit):
     pos %= len(data)
     data[pos] ^= 1 << bit
     try:
-        msg = open_message(bytes(data), me=BOB.public_key, trusted={ALICE.public_key.did: ALICE.public_key},
-                           replay=ReplayState(), now=NOW)
+        msg = open_message(
+            bytes(data),
+            me=BOB.public_key,
+            trusted={ALICE.public_key.did: ALICE.public_key},
+            replay=ReplayState(),
+            now=NOW,
+        )
     except PeerMessageError:
         return
     assert msg.body == {"v": 1}  # only a flip msgpack ignores (none expected) could pass, unchanged
@@ -70,7 +77,7 @@ def test_collector_never_stores_a_flipped_record(tmp_path_factory, pos, bit):
     try:
         out = CollectorCore(store, clock=lambda: NOW).handle(ledger_topic(log.did), bytes(payload))
         stored = [raw for _, raw in store.verified_records(log.did)]
-        assert stored == log.records[:len(stored)]  # whatever was stored is genuine
+        assert stored == log.records[: len(stored)]  # whatever was stored is genuine
         assert out.verified == len(stored)
     finally:
         store.close()
@@ -81,8 +88,9 @@ def test_collector_verifies_both_identity_algorithms(tmp_path, alg):
     log = LogBuilder(SoftwareSigner.generate(alg))
     log.append(9)
     store = SqliteStore(tmp_path / "c.db")
-    out = CollectorCore(store, clock=lambda: NOW).handle(ledger_topic(log.did),
-                                                        encode_batch(SyncBatch(0, tuple(log.records), log.checkpoint())))
+    out = CollectorCore(store, clock=lambda: NOW).handle(
+        ledger_topic(log.did), encode_batch(SyncBatch(0, tuple(log.records), log.checkpoint()))
+    )
     assert out.verified == 9
     store.close()
 

@@ -64,8 +64,13 @@ async def _messenger(node: Node, broker) -> tuple[MqttBridge, PeerMessenger]:
     bridge = MqttBridge(broker.host, broker.port, agent_id=node.did, reconnect_initial=0.05)
     await bridge.start()
     assert await bridge.wait_connected(10)
-    m = PeerMessenger(state_dir=node.state, signer=node.signer, bridge=bridge, ledger=node.ledger,
-                      key_agreement=SoftwareKeyAgreement.from_signer(node.signer))
+    m = PeerMessenger(
+        state_dir=node.state,
+        signer=node.signer,
+        bridge=bridge,
+        ledger=node.ledger,
+        key_agreement=SoftwareKeyAgreement.from_signer(node.signer),
+    )
     await m.start()
     return bridge, m
 

@@ -38,8 +38,13 @@ def ledger(state_dir, signer):
 
 
 def _cfg(on_full: str) -> SyncConfig:
-    return SyncConfig(poll_s=0.02, retry_s=0.1, offset_s=0.01, status_s=0.01,
-                      retention=RetentionPolicy(max_bytes=LIMIT, warn_fraction=0.6, on_full=on_full))
+    return SyncConfig(
+        poll_s=0.02,
+        retry_s=0.1,
+        offset_s=0.01,
+        status_s=0.01,
+        retention=RetentionPolicy(max_bytes=LIMIT, warn_fraction=0.6, on_full=on_full),
+    )
 
 
 # -- the pure planner ----------------------------------------------------------------------------
@@ -47,8 +52,9 @@ SEGS = [(0, 30_000), (100, 30_000), (200, 30_000), (300, 5_000)]
 
 
 def test_prune_point_keep_never_prunes():
-    assert prune_point(RetentionPolicy(LIMIT, 0.6, "keep"), used_bytes=95_000, segments=SEGS, acked=300,
-                       size=320) is None
+    assert (
+        prune_point(RetentionPolicy(LIMIT, 0.6, "keep"), used_bytes=95_000, segments=SEGS, acked=300, size=320) is None
+    )
 
 
 def test_prune_point_below_threshold_prunes_nothing():
@@ -73,8 +79,10 @@ def test_prune_point_drop_oldest_may_drop_unsynced_but_never_the_last_segment():
 
 
 def test_on_full_config_values():
-    assert parse_sync_config({"retention": {"max_bytes": 5000, "on_full": "drop-oldest"}}).retention.on_full \
+    assert (
+        parse_sync_config({"retention": {"max_bytes": 5000, "on_full": "drop-oldest"}}).retention.on_full
         == "drop-oldest"
+    )
     from kestrel.errors import ConfigError
 
     with pytest.raises(ConfigError):
@@ -112,9 +120,14 @@ def test_drop_oldest_offline_keeps_flash_bounded(ledger, state_dir, signer):
 
     port = free_port()  # no broker for the whole run
     usage, status, pruned = _run_with_sync(
-        ledger, state_dir, lambda: MqttBridge("127.0.0.1", port, agent_id=ledger.public_key.did,
-                                              reconnect_initial=0.05, reconnect_max=0.3),
-        _cfg("drop-oldest"), 1500)
+        ledger,
+        state_dir,
+        lambda: MqttBridge(
+            "127.0.0.1", port, agent_id=ledger.public_key.did, reconnect_initial=0.05, reconnect_max=0.3
+        ),
+        _cfg("drop-oldest"),
+        1500,
+    )
     assert len(usage) == 1500 and max(usage) <= LIMIT, max(usage)
     assert pruned and ledger.first_seq > 0 and status.acked == 0
     ledger.flush()
@@ -137,8 +150,8 @@ def test_warning_is_recorded_before_the_prune(ledger, state_dir):
     assert ledger.disk_usage().total > LIMIT
     port = free_port()
     usage, status, pruned = _run_with_sync(
-        ledger, state_dir, lambda: MqttBridge("127.0.0.1", port, agent_id=ledger.public_key.did),
-        _cfg("drop-oldest"), 1)
+        ledger, state_dir, lambda: MqttBridge("127.0.0.1", port, agent_id=ledger.public_key.did), _cfg("drop-oldest"), 1
+    )
     assert len(pruned) == 1 and ledger.disk_usage().total < 0.6 * LIMIT
     ledger.flush()
     (warning,) = list(ledger.records(kind="sync.retention"))
@@ -151,10 +164,15 @@ def test_drop_synced_offline_never_drops_unsynced(ledger, state_dir):
     from tests.fixtures.procs import free_port
 
     port = free_port()
-    cfg = SyncConfig(poll_s=0.02, offset_s=0.01, status_s=0.01,
-                     retention=RetentionPolicy(max_bytes=20_000, warn_fraction=0.6, on_full="drop-synced"))
+    cfg = SyncConfig(
+        poll_s=0.02,
+        offset_s=0.01,
+        status_s=0.01,
+        retention=RetentionPolicy(max_bytes=20_000, warn_fraction=0.6, on_full="drop-synced"),
+    )
     usage, status, pruned = _run_with_sync(
-        ledger, state_dir, lambda: MqttBridge("127.0.0.1", port, agent_id=ledger.public_key.did), cfg, 300)
+        ledger, state_dir, lambda: MqttBridge("127.0.0.1", port, agent_id=ledger.public_key.did), cfg, 300
+    )
     assert max(usage) > 20_000  # over the limit, but nothing unsynced may go under drop-synced
     assert not pruned and ledger.first_seq == 0
     assert any("limit reached" in w for w in status.warnings)
@@ -163,8 +181,12 @@ def test_drop_synced_offline_never_drops_unsynced(ledger, state_dir):
 @pytest.mark.mosquitto
 def test_drop_synced_online_bounds_flash_and_drops_only_synced(ledger, state_dir, signer, mosquitto, collector):
     usage, status, pruned = _run_with_sync(
-        ledger, state_dir, lambda: MqttBridge(mosquitto.host, mosquitto.port, agent_id=ledger.public_key.did),
-        _cfg("drop-synced"), 1500)
+        ledger,
+        state_dir,
+        lambda: MqttBridge(mosquitto.host, mosquitto.port, agent_id=ledger.public_key.did),
+        _cfg("drop-synced"),
+        1500,
+    )
     assert max(usage) <= LIMIT and pruned and ledger.first_seq > 0
     ledger.flush()
     recs = list(ledger.records(kind="ledger.pruned"))

@@ -130,8 +130,9 @@ def test_broker_unreachable_then_up(ledger, state_dir, tmp_path):
                 try:
                     ledger.flush()
                     assert await sync.wait_synced(timeout=30), sync.status
-                    await asyncio.to_thread(wait_until, lambda: store.agent_state(ledger.public_key.did).size == 200,
-                                            what="200 verified")
+                    await asyncio.to_thread(
+                        wait_until, lambda: store.agent_state(ledger.public_key.did).size == 200, what="200 verified"
+                    )
                 finally:
                     await sync.stop()
                     svc.stop()
@@ -177,8 +178,10 @@ def test_retention_warning_recorded_and_reported(ledger, state_dir):
         async with _bridge("127.0.0.1", free_port(), ledger) as bridge:  # no broker: the backlog stays
             sync = LedgerSync(ledger, bridge, config=cfg, state_dir=state_dir)
             await sync.start()
-            await _until(lambda: (st := read_status(state_dir)) is not None and st.warnings,
-                         what="the retention warning in status.json")
+            await _until(
+                lambda: (st := read_status(state_dir)) is not None and st.warnings,
+                what="the retention warning in status.json",
+            )
             status = sync.status
             await sync.stop()
             return status
@@ -248,15 +251,19 @@ def test_late_collector_gets_everything_by_resend_request(ledger, state_dir, mos
             await sync.start()
             assert await sync.wait_synced(timeout=30)  # acknowledged by the broker, seen by nobody
             store = SqliteStore(tmp_path / "late.db")
-            svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="late",
-                                   resend_after_s=0.3)
+            svc = CollectorService(
+                store, host=mosquitto.host, port=mosquitto.port, client_id="late", resend_after_s=0.3
+            )
             svc.start()
             try:
                 await asyncio.to_thread(wait_until, svc.subscribed.is_set, what="subscription")
                 await ledger.append_async("action.result", {"after": True})
                 ledger.flush()
-                await asyncio.to_thread(wait_until, lambda: store.agent_state(ledger.public_key.did).size == 201,
-                                        what="the whole ledger verified after a resend")
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda: store.agent_state(ledger.public_key.did).size == 201,
+                    what="the whole ledger verified after a resend",
+                )
                 return sync.resends, svc.resend_requests, store.rejections()
             finally:
                 await sync.stop()
@@ -274,8 +281,9 @@ def test_malformed_or_useless_resend_requests_are_ignored(ledger, state_dir, mos
 
     async def go():
         async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
-            sync = LedgerSync(ledger, bridge, config=SyncConfig(poll_s=0.02, resend_interval_s=3600),
-                              state_dir=state_dir)
+            sync = LedgerSync(
+                ledger, bridge, config=SyncConfig(poll_s=0.02, resend_interval_s=3600), state_dir=state_dir
+            )
             await sync.start()
             assert await sync.wait_synced(timeout=30)
             for payload in (b"\xc1junk", encode_resend(500), encode_resend(0), encode_resend(0)):
@@ -321,8 +329,9 @@ def test_run_sync_with_the_raw_config_section(ledger, state_dir, mosquitto, coll
 
     async def go():
         async with _bridge(mosquitto.host, mosquitto.port, ledger) as bridge:
-            task = asyncio.create_task(run_sync(ledger, bridge, config={"poll_s": 0.02, "offset_s": 0.02},
-                                                state_dir=state_dir))
+            task = asyncio.create_task(
+                run_sync(ledger, bridge, config={"poll_s": 0.02, "offset_s": 0.02}, state_dir=state_dir)
+            )
             deadline = time.monotonic() + 20
             while OffsetStore(state_dir).load(ledger.public_key.did).acked < 50:
                 assert time.monotonic() < deadline and not task.done()
@@ -347,9 +356,13 @@ def test_sync_status_command_while_running(ledger, state_dir, mosquitto):
             await sync.start()
             assert await sync.wait_synced(timeout=20)
             await _until(_status_written(state_dir, acked=30, backlog=0), what="a status write")
-            r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "kestrel.cli", "sync", "status",
-                                                         "--state", str(state_dir), "--json"],
-                                        capture_output=True, text=True, timeout=30)
+            r = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "kestrel.cli", "sync", "status", "--state", str(state_dir), "--json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             await sync.stop()
             return r
 

@@ -47,18 +47,33 @@ class Broker:
 
 def _agent(state: Path, port: int, records: int, *, until_synced: bool = False) -> subprocess.Popen:
     env = dict(os.environ, KESTREL_PASSPHRASE=PASSPHRASE, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, str(AGENT), "--state", str(state), "--broker", f"127.0.0.1:{port}",
-            "--records", str(records), "--chunk", "40", "--pause", "0.01"]
+    argv = [
+        sys.executable,
+        str(AGENT),
+        "--state",
+        str(state),
+        "--broker",
+        f"127.0.0.1:{port}",
+        "--records",
+        str(records),
+        "--chunk",
+        "40",
+        "--pause",
+        "0.01",
+    ]
     if until_synced:
         argv.append("--exit-when-synced")
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _run_faults(tmp_path: Path, broker_dir: Path, *, records: int, restarts: int, kills: int,
-                interval: float) -> None:
+def _run_faults(tmp_path: Path, broker_dir: Path, *, records: int, restarts: int, kills: int, interval: float) -> None:
     state = tmp_path / "agent"
-    ident = create_identity(state, name="fault", passphrase=PASSPHRASE.encode(),
-                            kdf=KdfParams.argon2id(memory_kib=1024, iterations=1, lanes=1))
+    ident = create_identity(
+        state,
+        name="fault",
+        passphrase=PASSPHRASE.encode(),
+        kdf=KdfParams.argon2id(memory_kib=1024, iterations=1, lanes=1),
+    )
     broker = Broker(broker_dir)
     broker.start()
     store = SqliteStore(tmp_path / "collector.db")
@@ -93,8 +108,11 @@ def _run_faults(tmp_path: Path, broker_dir: Path, *, records: int, restarts: int
         expected = [r.raw for r in iter_records(ledger_dir)]
         acked = OffsetStore(state).load(ident.did).acked
         assert len(expected) >= records and acked == len(expected)
-        wait_until(lambda: store.agent_state(ident.did).size == acked, timeout=60,
-                   what=f"collector to verify all {acked} acknowledged records")
+        wait_until(
+            lambda: store.agent_state(ident.did).size == acked,
+            timeout=60,
+            what=f"collector to verify all {acked} acknowledged records",
+        )
         stored = list(store.verified_records(ident.did))
         assert [seq for seq, _ in stored] == list(range(acked))  # each acknowledged record exactly once
         assert [raw for _, raw in stored] == expected

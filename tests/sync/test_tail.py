@@ -79,7 +79,7 @@ def test_sync_batches_end_at_checkpoints(tmp_path):
         reader, start, sent, ends = _Reader(led, SyncConfig(batch_records=8)), 0, 0, []
         while (got := reader.read(start, sent)) is not None:
             batch, cp_size = got
-            assert batch.records == tuple(list(led.entries_raw(0))[batch.start:batch.end])
+            assert batch.records == tuple(list(led.entries_raw(0))[batch.start : batch.end])
             ends.append((batch.end, cp_size))
             start, sent = batch.end, max(sent, cp_size)
         assert start == 35 and all(end == cp for end, cp in ends), ends

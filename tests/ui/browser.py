@@ -38,12 +38,27 @@ class Chromium:
             raise RuntimeError("chromium is not installed: `./dev test` installs Debian's chromium")
         self.profile = profile
         profile.mkdir(parents=True, exist_ok=True)
-        args = [exe, "--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--metrics-recording-only", "--mute-audio",
-                "--hide-scrollbars", "--force-device-scale-factor=1", f"--window-size={width},{height}",
-                "--remote-debugging-port=0", "--remote-allow-origins=*", f"--user-data-dir={profile}",
-                "about:blank"]
+        args = [
+            exe,
+            "--headless=new",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--metrics-recording-only",
+            "--mute-audio",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            f"--window-size={width},{height}",
+            "--remote-debugging-port=0",
+            "--remote-allow-origins=*",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ]
         if os.geteuid() == 0:
             args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
         self.log = open(profile.parent / "chromium.log", "wb")
@@ -65,7 +80,7 @@ class Chromium:
         self.log.flush()
         return (self.profile.parent / "chromium.log").read_bytes()[-3000:].decode(errors="replace")
 
-    def page(self) -> "Page":
+    def page(self) -> Page:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=10) as resp:
             targets = json.load(resp)
         target = next(t for t in targets if t.get("type") == "page")
@@ -119,7 +134,7 @@ class Page:
             self.ws.sock.settimeout(max(0.1, deadline - time.monotonic()))
             try:
                 msg = json.loads(self.ws.recv_text())
-            except socket.timeout:
+            except TimeoutError:
                 continue
             finally:
                 self.ws.sock.settimeout(60)
@@ -145,16 +160,22 @@ class Page:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what or expression}; page: "
-                                     f"{self.eval('document.body ? document.body.innerText : null')!r}")
+                raise AssertionError(
+                    f"timed out waiting for {what or expression}; page: "
+                    f"{self.eval('document.body ? document.body.innerText : null')!r}"
+                )
             time.sleep(0.05)
 
     def submit(self, form_selector: str, fields: dict[str, str]) -> None:
         """Fill a form's fields and submit it like a user (click its submit button), then wait for the load."""
-        script = "(() => {" + "".join(
-            f"document.querySelector({json.dumps(f'{form_selector} [name={name}]')}).value = {json.dumps(v)};"
-            for name, v in fields.items()) + \
-            f"document.querySelector({json.dumps(form_selector + ' [type=submit]')}).click(); return true; }})()"
+        script = (
+            "(() => {"
+            + "".join(
+                f"document.querySelector({json.dumps(f'{form_selector} [name={name}]')}).value = {json.dumps(v)};"
+                for name, v in fields.items()
+            )
+            + f"document.querySelector({json.dumps(form_selector + ' [type=submit]')}).click(); return true; }})()"
+        )
         self.events.clear()
         self.eval(script)
         self.wait_event("Page.loadEventFired")
@@ -181,9 +202,12 @@ class _WebSocket:
         host, _, port = hostport.partition(":")
         self.sock = socket.create_connection((host, int(port)), timeout=60)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                          .encode())
+        self.sock.sendall(
+            (
+                f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(4096)
@@ -258,8 +282,8 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     pos, idat = 8, b""
     width = height = channels = 0
     while pos < len(data):
-        n, kind = struct.unpack("!I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + n]
+        n, kind = struct.unpack("!I4s", data[pos : pos + 8])
+        chunk = data[pos + 8 : pos + 8 + n]
         pos += 12 + n
         if kind == b"IHDR":
             width, height, depth, color, _, _, interlace = struct.unpack("!IIBBBBB", chunk)
@@ -275,7 +299,7 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     prev = bytearray(stride)
     for y in range(height):
         f = raw[y * (stride + 1)]
-        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for i in range(stride):
             a = line[i - channels] if i >= channels else 0
             b = prev[i]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ def count_rgb(png: bytes, rgb: tuple[int, int, int]) -> tuple[int, int]:
     """(pixels of exactly ``rgb``, all pixels) of a screenshot."""
     width, height, rows = decode_png(png)
     want = bytes(rgb)
-    return sum(row[i:i + 3] == want for row in rows for i in range(0, len(row), 3)), width * height
+    return sum(row[i : i + 3] == want for row in rows for i in range(0, len(row), 3)), width * height
 
 
 def refusals(state: Path, n: int) -> list[dict[str, Any]]:
@@ -130,13 +131,17 @@ def test_browser_sign_in_live_sensor_and_a_denied_action(daemon, page, tmp_path)
 
     # an action the policy denies, requested through the form: the denial with its rule
     page.navigate(url + "request")
-    page.submit("#request-form", {"action": "send_email",
-                                  "args": json.dumps({"to": "alice@example.com", "subject": "from the UI"})})
+    page.submit(
+        "#request-form",
+        {"action": "send_email", "args": json.dumps({"to": "alice@example.com", "subject": "from the UI"})},
+    )
     page.wait_for("!!document.querySelector('#outcome.denied')", what="the denial")
     assert page.eval("document.getElementById('outcome-rule').textContent") == "default-deny"
     assert "send_email" in page.eval("document.getElementById('outcome-reason').textContent")
-    box = page.eval("(() => { const r = document.getElementById('outcome').getBoundingClientRect();"
-                    " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()")
+    box = page.eval(
+        "(() => { const r = document.getElementById('outcome').getBoundingClientRect();"
+        " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
+    )
     full = page.screenshot(shots / "3-denied.png")
     red, _ = count_rgb(full, DENIED_RGB)
     clip = page.screenshot(shots / "3-denied-box.png", clip=box)
@@ -154,8 +159,10 @@ def test_browser_sign_in_live_sensor_and_a_denied_action(daemon, page, tmp_path)
     # and an allowed one acts on the device, recorded with the UI as its source
     page.submit("#request-form", {"action": "gpio.write", "args": '{"actuator": "lamp", "value": 1}'})
     page.wait_for("!!document.querySelector('#outcome.allowed')", what="the allowed outcome")
-    box = page.eval("(() => { const r = document.getElementById('outcome').getBoundingClientRect();"
-                    " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()")
+    box = page.eval(
+        "(() => { const r = document.getElementById('outcome').getBoundingClientRect();"
+        " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
+    )
     green, total = count_rgb(page.screenshot(shots / "4-allowed-box.png", clip=box), ALLOWED_RGB)
     assert green >= 0.6 * total
     assert Client(state).status()["actuators"] == {"lamp": 1}
@@ -167,9 +174,11 @@ def test_browser_sign_in_live_sensor_and_a_denied_action(daemon, page, tmp_path)
 
     # the live actions page lists the denial with its rule
     page.navigate(url + "actions")
-    page.wait_for("[...document.querySelectorAll('#events tr.deny')].some(r => "
-                  "r.cells[3].textContent === 'send_email' && r.querySelector('.rule').textContent === 'default-deny')",
-                  what="the denial on the actions page")
+    page.wait_for(
+        "[...document.querySelectorAll('#events tr.deny')].some(r => "
+        "r.cells[3].textContent === 'send_email' && r.querySelector('.rule').textContent === 'default-deny')",
+        what="the denial on the actions page",
+    )
 
     # the ledger page verifies the log and shows the latest signed checkpoint
     page.navigate(url + "ledger")

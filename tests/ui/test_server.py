@@ -10,7 +10,8 @@ import contextlib
 import json
 import re
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlencode
 
 from kestrel.daemon.ui.tokens import TokenFile
@@ -27,8 +28,15 @@ async def ui_daemon(agent: Any, policy: str = "actions: [gpio.write]\n") -> Asyn
         yield d, token
 
 
-async def http(d: Any, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes = b"",
-               raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+async def http(
+    d: Any,
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection: (status, headers (lower-case names), body)."""
     host, port = d.ui.address
     reader, writer = await asyncio.open_connection(host, port)
@@ -37,8 +45,9 @@ async def http(d: Any, method: str, path: str, *, headers: dict[str, str] | None
             hdrs = {"Host": f"{host}:{port}", "Connection": "close", **(headers or {})}
             if body or method == "POST":
                 hdrs["Content-Length"] = str(len(body))
-            raw = (f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
-                   + "\r\n").encode() + body
+            raw = (
+                f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+            ).encode() + body
         writer.write(raw)
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), 20)
@@ -61,9 +70,13 @@ def bearer(token: str) -> dict[str, str]:
 async def login(d: Any, token: str) -> tuple[str, str]:
     """Sign in; returns (cookie header value, the session's CSRF token)."""
     host, port = d.ui.address
-    status, headers, _ = await http(d, "POST", "/login", body=urlencode({"token": token}).encode(),
-                                    headers={"Content-Type": "application/x-www-form-urlencoded",
-                                             "Origin": f"http://{host}:{port}"})
+    status, headers, _ = await http(
+        d,
+        "POST",
+        "/login",
+        body=urlencode({"token": token}).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://{host}:{port}"},
+    )
     assert status == 303 and headers["location"] == "/", (status, headers)
     cookie = headers["set-cookie"]
     attrs = [a.strip() for a in cookie.split(";")]
@@ -81,8 +94,18 @@ def kinds(agent: Any, kind: str) -> list[dict[str, Any]]:
 
 async def test_no_token_no_page(agent):
     async with ui_daemon(agent) as (d, _):
-        for path in ("/", "/actions", "/policy", "/ledger", "/request", "/static/app.js", "/static/style.css",
-                     "/api/status", "/api/events", "/nope"):
+        for path in (
+            "/",
+            "/actions",
+            "/policy",
+            "/ledger",
+            "/request",
+            "/static/app.js",
+            "/static/style.css",
+            "/api/status",
+            "/api/events",
+            "/nope",
+        ):
             status, headers, body = await http(d, "GET", path)
             assert status == 401, path
             assert headers["www-authenticate"].startswith("Bearer")
@@ -101,7 +124,7 @@ async def test_bearer_token_and_refusals_recorded(agent):
             assert h in headers
         expired = TokenFile(agent.state).issue(ttl_s=10, now=time.time() - 60).token
         wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-        for bad, reason in ((wrong, "unknown"), (expired, "expired"), ("hunter2", "malformed")):
+        for bad, _reason in ((wrong, "unknown"), (expired, "expired"), ("hunter2", "malformed")):
             status, _, body = await http(d, "GET", "/", headers=bearer(bad))
             assert status == 401 and b"data-sensor" not in body
             status, _, _ = await http(d, "GET", "/", headers={"Authorization": f"Basic {bad}"})
@@ -121,8 +144,13 @@ async def test_bearer_token_and_refusals_recorded(agent):
 async def test_login_session_csrf_and_the_action_form(agent):
     async with ui_daemon(agent) as (d, token):
         host, port = d.ui.address
-        status, _, body = await http(d, "POST", "/login", body=b"token=kui_12345678_" + b"x" * 43,
-                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        status, _, body = await http(
+            d,
+            "POST",
+            "/login",
+            body=b"token=kui_12345678_" + b"x" * 43,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert status == 401 and b"not a valid token" in body
         cookie, csrf = await login(d, token)
         form = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie}
@@ -132,19 +160,23 @@ async def test_login_session_csrf_and_the_action_form(agent):
         body = urlencode({"action": "gpio.write", "args": '{"actuator": "lamp", "value": 1}'}).encode()
         status, _, _ = await http(d, "POST", "/request", headers=form, body=body)
         assert status == 403
-        with_csrf = urlencode({"action": "gpio.write", "args": '{"actuator": "lamp", "value": 1}',
-                               "csrf": csrf}).encode()
-        status, _, _ = await http(d, "POST", "/request", headers={**form, "Origin": "http://evil.example"},
-                                  body=with_csrf)
+        with_csrf = urlencode(
+            {"action": "gpio.write", "args": '{"actuator": "lamp", "value": 1}', "csrf": csrf}
+        ).encode()
+        status, _, _ = await http(
+            d, "POST", "/request", headers={**form, "Origin": "http://evil.example"}, body=with_csrf
+        )
         assert status == 403
-        status, _, _ = await http(d, "POST", "/request", headers={**form, "Sec-Fetch-Site": "cross-site"},
-                                  body=with_csrf)
+        status, _, _ = await http(
+            d, "POST", "/request", headers={**form, "Sec-Fetch-Site": "cross-site"}, body=with_csrf
+        )
         assert status == 403
         assert len(kinds(agent, "policy.decision")) == denied_before and d.control_status()["actuators"]["lamp"] == 0
 
         # with it: the same pipeline as `kestrel call`
-        status, _, page = await http(d, "POST", "/request", headers={**form, "Origin": f"http://{host}:{port}"},
-                                     body=with_csrf)
+        status, _, page = await http(
+            d, "POST", "/request", headers={**form, "Origin": f"http://{host}:{port}"}, body=with_csrf
+        )
         assert status == 200 and b'class="outcome allowed"' in page
         assert d.control_status()["actuators"]["lamp"] == 1
         tid = token[4:12]
@@ -168,8 +200,12 @@ async def test_login_session_csrf_and_the_action_form(agent):
         assert len(kinds(agent, "policy.decision")) == n
 
         # the pages, signed in
-        for path, marker in (("/", b'data-sensor="button"'), ("/actions", b'id="events"'),
-                             ("/policy", b"gpio.write"), ("/ledger", b'id="verify-state"')):
+        for path, marker in (
+            ("/", b'data-sensor="button"'),
+            ("/actions", b'id="events"'),
+            ("/policy", b"gpio.write"),
+            ("/ledger", b'id="verify-state"'),
+        ):
             status, _, page = await http(d, "GET", path, headers={"Cookie": cookie})
             assert status == 200 and marker in page, path
         status, _, events = await http(d, "GET", "/api/events?since=0", headers={"Cookie": cookie})
@@ -187,9 +223,13 @@ async def test_login_session_csrf_and_the_action_form(agent):
 async def test_logout_and_session_expiry_follow_the_token(agent):
     async with ui_daemon(agent) as (d, token):
         cookie, csrf = await login(d, token)
-        status, headers, _ = await http(d, "POST", "/logout", body=urlencode({"csrf": csrf}).encode(),
-                                        headers={"Cookie": cookie,
-                                                 "Content-Type": "application/x-www-form-urlencoded"})
+        status, headers, _ = await http(
+            d,
+            "POST",
+            "/logout",
+            body=urlencode({"csrf": csrf}).encode(),
+            headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert status == 303 and "Max-Age=0" in headers["set-cookie"]
         assert (await http(d, "GET", "/", headers={"Cookie": cookie}))[0] == 401
         short = TokenFile(agent.state).issue(ttl_s=5, now=time.time())
@@ -209,8 +249,10 @@ async def test_malformed_and_oversized_requests(agent):
             (b"GET / HTTP/2.0\r\n\r\n", 400),
             (b"GET nothing HTTP/1.1\r\n\r\n", 400),
             (("GET / HTTP/1.1\r\n" + host + "X-Big: " + "a" * 20000 + "\r\n\r\n").encode(), 431),
-            (("POST /request HTTP/1.1\r\n" + host + auth + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").encode(),
-             501),
+            (
+                ("POST /request HTTP/1.1\r\n" + host + auth + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").encode(),
+                501,
+            ),
             (("POST /request HTTP/1.1\r\n" + host + auth + "\r\n").encode(), 411),
             (("POST /request HTTP/1.1\r\n" + host + auth + "Content-Length: 999999\r\n\r\n").encode(), 413),
             (("POST /request HTTP/1.1\r\n" + host + auth + "Content-Length: -1\r\n\r\n").encode(), 400),
@@ -235,5 +277,6 @@ async def test_malformed_and_oversized_requests(agent):
         # a corrupt token file refuses everyone (fail closed), with a reason in the ledger, and does not crash
         TokenFile(agent.state).path.write_bytes(b"{not json")
         assert (await http(d, "GET", "/api/status", headers=bearer(token)))[0] == 401
-        await until(lambda: any(r["reason"] == "token-file-unreadable" for r in agent.kinds("ui.refused")),
-                    what="the refusal")
+        await until(
+            lambda: any(r["reason"] == "token-file-unreadable" for r in agent.kinds("ui.refused")), what="the refusal"
+        )

@@ -68,8 +68,14 @@ def test_token_file_limits_and_corruption(state_dir):
     with pytest.raises(UsageError):
         tf.issue(ttl_s=60, now=NOW)
     assert len(tf.issue(ttl_s=60, now=NOW + 120).token) > 0  # expired ones make room
-    for garbage in (b"{", b"[]", b'{"format": 2, "tokens": []}', b'{"format": 1, "tokens": [{"id": "x"}]}',
-                    b"\xff" * 100, b"{" * 100000):
+    for garbage in (
+        b"{",
+        b"[]",
+        b'{"format": 2, "tokens": []}',
+        b'{"format": 1, "tokens": [{"id": "x"}]}',
+        b"\xff" * 100,
+        b"{" * 100000,
+    ):
         tf.path.write_bytes(garbage)
         with pytest.raises(DataError) as err:
             TokenFile(state_dir).entries()
@@ -102,12 +108,18 @@ def test_ui_config_section():
     assert parse_device_config("version: 1\n").ui is None  # off by default
     assert parse_device_config("version: 1\nui: {enabled: false}\n").ui is None
     assert parse_device_config("version: 1\nui: {}\n").ui == UiConfig()
-    assert parse_device_config("version: 1\nui: {listen: '0.0.0.0:9000', session_ttl: 600}\n").ui == \
-        UiConfig("0.0.0.0", 9000, 600.0)
+    assert parse_device_config("version: 1\nui: {listen: '0.0.0.0:9000', session_ttl: 600}\n").ui == UiConfig(
+        "0.0.0.0", 9000, 600.0
+    )
     assert parse_device_config("version: 1\nui: {listen: '[::1]:0'}\n").ui == UiConfig("::1", 0)
-    for bad, where in (("ui: {listen: 8080}", "ui.listen"), ("ui: {listen: 'host'}", "ui.listen"),
-                       ("ui: {listen: 'h:70000'}", "ui.listen"), ("ui: {port: 1}", "ui.port"),
-                       ("ui: {session_ttl: 1}", "ui.session_ttl"), ("ui: on", "ui")):
+    for bad, where in (
+        ("ui: {listen: 8080}", "ui.listen"),
+        ("ui: {listen: 'host'}", "ui.listen"),
+        ("ui: {listen: 'h:70000'}", "ui.listen"),
+        ("ui: {port: 1}", "ui.port"),
+        ("ui: {session_ttl: 1}", "ui.session_ttl"),
+        ("ui: on", "ui"),
+    ):
         with pytest.raises(ConfigError) as err:
             parse_device_config(f"version: 1\n{bad}\n", source="dev.yaml")
         assert "dev.yaml:2" in err.value.message and where in err.value.message, err.value.message

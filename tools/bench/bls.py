@@ -31,8 +31,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "runtime"))
@@ -58,8 +59,9 @@ def _per_call(fn: Callable[[], Any], *, min_time: float = 0.2, min_runs: int = 5
     return best
 
 
-def _paired(fa: Callable[[], Any], fb: Callable[[], Any], *, rounds: int = 7,
-            min_time: float = 0.1) -> tuple[float, float]:
+def _paired(
+    fa: Callable[[], Any], fb: Callable[[], Any], *, rounds: int = 7, min_time: float = 0.1
+) -> tuple[float, float]:
     """Seconds per call of ``fa`` and ``fb``, their rounds interleaved (a, b, a, b, ...) so that both
     see the same load on this shared machine; the best round of each."""
     fa(), fb()
@@ -95,7 +97,7 @@ def crypto(msg: bytes) -> dict[str, Any]:
     }
 
     def ed_k(k: int) -> None:
-        for p, s in zip(ed_pub[:k], ed_sigs[:k]):
+        for p, s in zip(ed_pub[:k], ed_sigs[:k], strict=False):
             p.verify(s, msg)
 
     def cold(k: int) -> None:  # keys from bytes (subgroup checks included), then the aggregate check
@@ -104,12 +106,12 @@ def crypto(msg: bytes) -> dict[str, Any]:
 
     aggs = {k: bls.aggregate(sigs[:k]) for k in range(1, 41)} | {k: bls.aggregate(sigs[:k]) for k in KS}
     for k in KS:
-        agg_s, ed_s = _paired(lambda: bls.verify_aggregate(proven[:k], msg, aggs[k]), lambda: ed_k(k))
+        agg_s, ed_s = _paired(lambda k=k: bls.verify_aggregate(proven[:k], msg, aggs[k]), lambda k=k: ed_k(k))
         agg_ms, ed_ms = agg_s * 1e3, ed_s * 1e3
         out["k"][k] = {
-            "aggregate_ms": _per_call(lambda: bls.aggregate(sigs[:k])) * 1e3,
+            "aggregate_ms": _per_call(lambda k=k: bls.aggregate(sigs[:k])) * 1e3,
             "aggregate_verify_ms": agg_ms,
-            "aggregate_verify_cold_ms": _per_call(lambda: cold(k)) * 1e3,
+            "aggregate_verify_cold_ms": _per_call(lambda k=k: cold(k)) * 1e3,
             "ed25519_k_verify_ms": ed_ms,
             "ratio_ed_over_bls": ed_ms / agg_ms,
             "signature_bytes_ed25519": 64 * k,
@@ -118,13 +120,17 @@ def crypto(msg: bytes) -> dict[str, Any]:
     # The crossover: smallest K with one aggregate verification cheaper than K Ed25519 ones.
     agg_t, ed_t_k = {}, {}
     for k in range(1, 41):
-        agg_t[k], ed_t_k[k] = _paired(lambda: bls.verify_aggregate(proven[:k], msg, aggs[k]),
-                                      lambda: ed_pub[0].verify(ed_sigs[0], msg), rounds=3, min_time=0.03)
+        agg_t[k], ed_t_k[k] = _paired(
+            lambda k=k: bls.verify_aggregate(proven[:k], msg, aggs[k]),
+            lambda: ed_pub[0].verify(ed_sigs[0], msg),
+            rounds=3,
+            min_time=0.03,
+        )
     ed_t = statistics.median(ed_t_k.values())
     measured = next((k for k in range(1, 41) if agg_t[k] < k * ed_t_k[k]), None)
     xs, ys = list(agg_t), list(agg_t.values())
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=False)) / sum((x - mx) ** 2 for x in xs)
     intercept = my - slope * mx
     out["crossover_k_measured"] = measured
     out["crossover_k_fit"] = intercept / (ed_t - slope) if ed_t > slope else None
@@ -139,15 +145,20 @@ def record_sizes(k: int) -> dict[str, int]:
 
     members = [SoftwareSigner.generate() for _ in range(k)]
     sks = [bls.BLSSecretKey.generate() for _ in range(k)]
-    certs = [bls.issue_certificate(m, sk, serial=1, now=time.time()) for m, sk in zip(members, sks)]
+    certs = [bls.issue_certificate(m, sk, serial=1, now=time.time()) for m, sk in zip(members, sks, strict=False)]
     msg = b"m" * 160
     agg = bls.aggregate([sk.sign(msg) for sk in sks])
     signers = [m.public_key.did for m in members]
     with_certs = len(msgpack.packb({"signers": signers, "certs": certs, "aggregate": agg}, use_bin_type=True))
     bare = len(msgpack.packb({"signers": signers, "aggregate": agg}, use_bin_type=True))
     ed = len(msgpack.packb({"signers": signers, "signatures": [m.sign(msg) for m in members]}, use_bin_type=True))
-    return {"k": k, "bls_with_certificates": with_certs, "bls_aggregate_only": bare, "ed25519": ed,
-            "certificate": len(certs[0])}
+    return {
+        "k": k,
+        "bls_with_certificates": with_certs,
+        "bls_aggregate_only": bare,
+        "ed25519": ed,
+        "certificate": len(certs[0]),
+    }
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -222,13 +233,20 @@ def quorum_latency(base: Path, port: int, runs: int) -> dict[str, Any]:
 
     records = list(iter_records(members[0].state / "ledger"))
     decided = [r for r in records if r.kind == "quorum.decided"]
-    durable = all(any(v.kind == "quorum.vote" and v.body.get("id") == d.body["id"] and v.body["accepted"]
-                      and v.seq < d.seq for v in records) for d in decided)
+    durable = all(
+        any(
+            v.kind == "quorum.vote" and v.body.get("id") == d.body["id"] and v.body["accepted"] and v.seq < d.seq
+            for v in records
+        )
+        for d in decided
+    )
     return {
         "runs": runs,
-        "quorum_p50_ms": statistics.median(group), "quorum_p95_ms": _pct(group, 0.95),
+        "quorum_p50_ms": statistics.median(group),
+        "quorum_p95_ms": _pct(group, 0.95),
         "quorum_max_ms": max(group),
-        "baseline_p50_ms": statistics.median(baseline), "baseline_p95_ms": _pct(baseline, 0.95),
+        "baseline_p50_ms": statistics.median(baseline),
+        "baseline_p95_ms": _pct(baseline, 0.95),
         "cpu_ms_per_decision_three_daemons": cpu_per_decision,
         "all_met": all(d.body["outcome"] == "allow" for d in decided) and len(decided) == runs + 6,
         "every_counted_vote_durable_before_its_decision": durable,
@@ -263,32 +281,48 @@ def _report(out: dict[str, Any]) -> None:
     c = out["crypto"]
     print(f"BLS12-381 (blspy, {bls.SUITE}) vs Ed25519 (cryptography), one 160-byte message")
     print(f"  sign    BLS {c['bls_sign_ms']:.3f} ms   Ed25519 {c['ed25519_sign_ms']:.3f} ms")
-    print(f"  verify  BLS {c['bls_verify_ms']:.3f} ms (key decoded before: {c['bls_verify_cold_ms']:.3f} ms)   "
-          f"Ed25519 {c['ed25519_verify_ms']:.3f} ms   "
-          f"(PoP check, once per certificate: {c['bls_pop_verify_ms']:.3f} ms)")
+    print(
+        f"  verify  BLS {c['bls_verify_ms']:.3f} ms (key decoded before: {c['bls_verify_cold_ms']:.3f} ms)   "
+        f"Ed25519 {c['ed25519_verify_ms']:.3f} ms   "
+        f"(PoP check, once per certificate: {c['bls_pop_verify_ms']:.3f} ms)"
+    )
     print(f"  {'K':>4} {'aggregate':>10} {'agg-verify':>11} {'cold':>9} {'K x Ed25519':>12} {'Ed/BLS':>7}  sig bytes")
     for k, r in c["k"].items():
-        print(f"  {k:>4} {r['aggregate_ms']:>8.3f}ms {r['aggregate_verify_ms']:>9.3f}ms "
-              f"{r['aggregate_verify_cold_ms']:>7.3f}ms {r['ed25519_k_verify_ms']:>10.3f}ms "
-              f"{r['ratio_ed_over_bls']:>6.2f}x  {r['signature_bytes_ed25519']} -> {r['signature_bytes_bls']}")
-    print(f"  one aggregate verification beats K Ed25519 verifications from K = {c['crossover_k_measured']} "
-          f"(fit: {c['aggregate_fixed_ms']:.3f} ms + {c['aggregate_per_key_us']:.1f} us/key -> "
-          f"K > {c['crossover_k_fit']:.1f})")
+        print(
+            f"  {k:>4} {r['aggregate_ms']:>8.3f}ms {r['aggregate_verify_ms']:>9.3f}ms "
+            f"{r['aggregate_verify_cold_ms']:>7.3f}ms {r['ed25519_k_verify_ms']:>10.3f}ms "
+            f"{r['ratio_ed_over_bls']:>6.2f}x  {r['signature_bytes_ed25519']} -> {r['signature_bytes_bls']}"
+        )
+    print(
+        f"  one aggregate verification beats K Ed25519 verifications from K = {c['crossover_k_measured']} "
+        f"(fit: {c['aggregate_fixed_ms']:.3f} ms + {c['aggregate_per_key_us']:.1f} us/key -> "
+        f"K > {c['crossover_k_fit']:.1f})"
+    )
     print("  decision record bytes (signers + signatures):")
     for r in out["record_bytes"]:
-        print(f"    K={r['k']:>3}: Ed25519 {r['ed25519']}, BLS aggregate {r['bls_aggregate_only']} "
-              f"(saves {r['ed25519'] - r['bls_aggregate_only']}), BLS + certificates "
-              f"{r['bls_with_certificates']} ({r['certificate']} B each, what makes the record self-contained)")
+        print(
+            f"    K={r['k']:>3}: Ed25519 {r['ed25519']}, BLS aggregate {r['bls_aggregate_only']} "
+            f"(saves {r['ed25519'] - r['bls_aggregate_only']}), BLS + certificates "
+            f"{r['bls_with_certificates']} ({r['certificate']} B each, what makes the record self-contained)"
+        )
     q = out["quorum"]
-    print(f"2-of-3 quorum over loopback mosquitto, proposal -> execution, {q['runs']} runs: "
-          f"p50 {q['quorum_p50_ms']:.1f} ms, p95 {q['quorum_p95_ms']:.1f} ms, max {q['quorum_max_ms']:.1f} ms "
-          f"(target p50 <= 100 ms: {'met' if q['quorum_p50_ms'] <= 100 else 'NOT met'})")
-    print(f"  baseline (same action, plain allow rule, no group): p50 {q['baseline_p50_ms']:.1f} ms, "
-          f"p95 {q['baseline_p95_ms']:.1f} ms; quorum/baseline {q['quorum_p50_ms'] / q['baseline_p50_ms']:.1f}x")
-    print(f"  CPU used by the three daemons per decision: {q['cpu_ms_per_decision_three_daemons']:.1f} ms "
-          f"(machine load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    print(f"  all met: {q['all_met']}; every counted vote durable before its decision: "
-          f"{q['every_counted_vote_durable_before_its_decision']}")
+    print(
+        f"2-of-3 quorum over loopback mosquitto, proposal -> execution, {q['runs']} runs: "
+        f"p50 {q['quorum_p50_ms']:.1f} ms, p95 {q['quorum_p95_ms']:.1f} ms, max {q['quorum_max_ms']:.1f} ms "
+        f"(target p50 <= 100 ms: {'met' if q['quorum_p50_ms'] <= 100 else 'NOT met'})"
+    )
+    print(
+        f"  baseline (same action, plain allow rule, no group): p50 {q['baseline_p50_ms']:.1f} ms, "
+        f"p95 {q['baseline_p95_ms']:.1f} ms; quorum/baseline {q['quorum_p50_ms'] / q['baseline_p50_ms']:.1f}x"
+    )
+    print(
+        f"  CPU used by the three daemons per decision: {q['cpu_ms_per_decision_three_daemons']:.1f} ms "
+        f"(machine load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
+    print(
+        f"  all met: {q['all_met']}; every counted vote durable before its decision: "
+        f"{q['every_counted_vote_durable_before_its_decision']}"
+    )
 
 
 if __name__ == "__main__":

@@ -90,9 +90,16 @@ def run_config(name: str, spec: str, collectors: int, agents, args, tmp: Path) -
     cm, broker = start_mosquitto(tmp / f"broker-{name.replace('/', '-')}")
     out: dict = {"config": name}
     with cm:
-        procs = [CollectorProcess(broker=f"{broker.host}:{broker.port}", db=spec, group="bench",
-                                  client_id=f"bench-{i}", log_path=tmp / f"{name.replace('/', '-')}-{i}.log")
-                 for i in range(collectors)]
+        procs = [
+            CollectorProcess(
+                broker=f"{broker.host}:{broker.port}",
+                db=spec,
+                group="bench",
+                client_id=f"bench-{i}",
+                log_path=tmp / f"{name.replace('/', '-')}-{i}.log",
+            )
+            for i in range(collectors)
+        ]
         for p in procs:
             p.start()
         try:
@@ -168,8 +175,11 @@ def main() -> int:
 
     t = time.time()
     agents = make_agents(args.agents, args.records, per_batch=args.batch, body=_body)
-    print(f"fleet: {args.agents} agents x {args.records} records ({args.agents * args.records} records, batches of "
-          f"{args.batch}, each with its checkpoint) built in {time.time() - t:.1f}s", flush=True)
+    print(
+        f"fleet: {args.agents} agents x {args.records} records ({args.agents * args.records} records, batches of "
+        f"{args.batch}, each with its checkpoint) built in {time.time() - t:.1f}s",
+        flush=True,
+    )
     configs = [("sqlite/1", 1), ("postgres/1", 1), ("postgres/2", 2), ("postgres/3", 3)]
     if args.only:
         configs = [c for c in configs if c[0] in args.only.split(",")]
@@ -179,26 +189,33 @@ def main() -> int:
         tmp.chmod(0o755)
         pg = start_postgres(tmp / "pg")
         try:
-            for n, (name, collectors) in enumerate(configs):
+            for name, collectors in configs:
                 spec = str(tmp / "sqlite.db") if name.startswith("sqlite") else pg.create_database("bench")
                 for a in agents:
                     a.acked.clear()
                 r = run_config(name, spec, collectors, agents, args, tmp)
                 results.append(r)
-                print(f"{name:11s} {r['records_per_s']:9.0f} records/s  lag p50 {r['lag_p50_ms']:7.0f} ms  "
-                      f"p99 {r['lag_p99_ms']:7.0f} ms  ({r['lag_missing']} not seen)  "
-                      f"{r['bytes_per_record']:6.0f} bytes/record", flush=True)
+                print(
+                    f"{name:11s} {r['records_per_s']:9.0f} records/s  lag p50 {r['lag_p50_ms']:7.0f} ms  "
+                    f"p99 {r['lag_p99_ms']:7.0f} ms  ({r['lag_missing']} not seen)  "
+                    f"{r['bytes_per_record']:6.0f} bytes/record",
+                    flush=True,
+                )
         finally:
             pg.stop()
     by = {r["config"]: r for r in results}
     print()
     if "sqlite/1" in by and "postgres/1" in by:
-        print(f"postgres/1 / sqlite/1 = {by['postgres/1']['records_per_s'] / by['sqlite/1']['records_per_s']:.2f}x "
-              "(target >= 0.8x)")
+        print(
+            f"postgres/1 / sqlite/1 = {by['postgres/1']['records_per_s'] / by['sqlite/1']['records_per_s']:.2f}x "
+            "(target >= 0.8x)"
+        )
     for n in (2, 3):
         if f"postgres/{n}" in by and "postgres/1" in by:
-            print(f"postgres/{n} / postgres/1 = "
-                  f"{by[f'postgres/{n}']['records_per_s'] / by['postgres/1']['records_per_s']:.2f}x")
+            print(
+                f"postgres/{n} / postgres/1 = "
+                f"{by[f'postgres/{n}']['records_per_s'] / by['postgres/1']['records_per_s']:.2f}x"
+            )
     return 0
 
 

@@ -33,8 +33,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "runtime"))
@@ -223,30 +223,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(r: dict, args: argparse.Namespace) -> None:
-    print(f"ledger benchmark: {args.producers} producers, {args.repeat} x {args.seconds:.1f} s per contender, "
-          f"~200-byte bodies, python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(
+        f"ledger benchmark: {args.producers} producers, {args.repeat} x {args.seconds:.1f} s per contender, "
+        f"~200-byte bodies, python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
     (b1, b5, _), (a1, a5, _) = r["loadavg"]["before"], r["loadavg"]["after"]
-    print(f"load average (1 min, 5 min): {b1:.2f} {b5:.2f} before, {a1:.2f} {a5:.2f} after"
-          + ("" if b1 < 1 else "   (busy before the run: ratios are not comparable)"))
+    print(
+        f"load average (1 min, 5 min): {b1:.2f} {b5:.2f} before, {a1:.2f} {a5:.2f} after"
+        + ("" if b1 < 1 else "   (busy before the run: ratios are not comparable)")
+    )
     print(f"{'contender':<14}{'appends/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'vs sqlite':>11}   runs (appends/s)")
     base = r["sqlite"]["appends_per_s"]
     for name in ("sqlite", "strict", "batched", "tpm-batched"):
         if name in r:
             x = r[name]
-            print(f"{name:<14}{x['appends_per_s']:>12.0f}{x['p50_ms']:>10.2f}{x['p99_ms']:>10.2f}"
-                  f"{x['appends_per_s'] / base:>10.2f}x   {x['runs_appends_per_s']}")
+            print(
+                f"{name:<14}{x['appends_per_s']:>12.0f}{x['p50_ms']:>10.2f}{x['p99_ms']:>10.2f}"
+                f"{x['appends_per_s'] / base:>10.2f}x   {x['runs_appends_per_s']}"
+            )
     ratio = r["batched"]["appends_per_s"] / base
     print(f"batched / sqlite: {ratio:.2f}x (target >= 5x) {'PASS' if ratio >= 5 else 'FAIL'}")
     v = r["verify"]
     vr = v["records_per_s"] / v["baseline_records_per_s"]
-    print(f"verification: {v['records_per_s']:.0f} records/s (export of {v['records']} records) vs "
-          f"{v['baseline_records_per_s']:.0f} records/s one Ed25519 verify per record: {vr:.2f}x "
-          f"(target >= 10x) {'PASS' if vr >= 10 else 'FAIL'}")
+    print(
+        f"verification: {v['records_per_s']:.0f} records/s (export of {v['records']} records) vs "
+        f"{v['baseline_records_per_s']:.0f} records/s one Ed25519 verify per record: {vr:.2f}x "
+        f"(target >= 10x) {'PASS' if vr >= 10 else 'FAIL'}"
+    )
     if "tpm-batched" in r:
         t = r["tpm-batched"]
         tr = t["appends_per_s"] / r["batched"]["appends_per_s"]
-        print(f"tpm-batched / batched: {tr:.2f}x (target >= 0.8x) {'PASS' if tr >= 0.8 else 'FAIL'}; "
-              f"swtpm signature {r['tpm_sign_ms']:.2f} ms")
+        print(
+            f"tpm-batched / batched: {tr:.2f}x (target >= 0.8x) {'PASS' if tr >= 0.8 else 'FAIL'}; "
+            f"swtpm signature {r['tpm_sign_ms']:.2f} ms"
+        )
 
 
 if __name__ == "__main__":

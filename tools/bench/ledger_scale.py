@@ -71,6 +71,7 @@ def label(size: int) -> str:
 
 # -- building ----------------------------------------------------------------------------------
 
+
 def build_state(state: Path, target_bytes: int, *, log=print) -> int:
     """A state directory (identity + ledger of about ``target_bytes`` of segments); returns records."""
     from kestrel.identity import create_identity, open_signer
@@ -102,8 +103,10 @@ def build_state(state: Path, target_bytes: int, *, log=print) -> int:
             break
         if time.monotonic() - last > 15:
             last = time.monotonic()
-            log(f"  building {label(target_bytes)}: {used / 1e6:8.1f} MB, {sum(counts)} records, "
-                f"{time.monotonic() - t0:6.1f} s")
+            log(
+                f"  building {label(target_bytes)}: {used / 1e6:8.1f} MB, {sum(counts)} records, "
+                f"{time.monotonic() - t0:6.1f} s"
+            )
     stop.set()
     for t in threads:
         t.join()
@@ -113,6 +116,7 @@ def build_state(state: Path, target_bytes: int, *, log=print) -> int:
 
 
 # -- measuring in child processes --------------------------------------------------------------
+
 
 def run_child(argv: list[str], *, stdout=subprocess.DEVNULL, env=None) -> tuple[int, float, float]:
     """(exit status, peak RSS MB, wall seconds) of a child process."""
@@ -157,16 +161,19 @@ _LATENCY = textwrap.dedent("""
 
 
 def measure_latency(state: Path, size: int, what: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _LATENCY, str(state), str(size), what], capture_output=True,
-                         env=child_env(), timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _LATENCY, str(state), str(size), what], capture_output=True, env=child_env(), timeout=600
+    )
     if out.returncode:
         raise RuntimeError(out.stderr.decode()[-2000:])
     return json.loads(out.stdout)
 
 
 def measure_rss_records(state: Path, size: int) -> float:
-    code = ("import sys; from kestrel.ledger import iter_records; "
-            f"assert [r.seq for r in iter_records(sys.argv[1], since_seq={size - 1})] == [{size - 1}]")
+    code = (
+        "import sys; from kestrel.ledger import iter_records; "
+        f"assert [r.seq for r in iter_records(sys.argv[1], since_seq={size - 1})] == [{size - 1}]"
+    )
     return run_child([sys.executable, "-c", code, str(state / "ledger")], env=child_env())[1]
 
 
@@ -181,8 +188,12 @@ def measure_daemon(state: Path, workdir: Path, *, idle_s: float = 3.0) -> float:
     cfg = workdir / "device.yaml"
     cfg.write_text("version: 1\n")
     err = open(workdir / "daemon.log", "wb")
-    proc = subprocess.Popen(kestrel("run", "--config", str(cfg), "--state", str(state), "--log-level", "warning"),
-                            env=child_env(), stdout=subprocess.DEVNULL, stderr=err)
+    proc = subprocess.Popen(
+        kestrel("run", "--config", str(cfg), "--state", str(state), "--log-level", "warning"),
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
     try:
         deadline = time.monotonic() + 900
         while True:
@@ -213,8 +224,10 @@ def measure_size(state: Path, size: int, workdir: Path, *, daemon: bool, log=pri
     prove_cmd = kestrel("audit", "prove", str(seq), "--binary", "--state", str(state))
     _, r["prove_rss_mb"], r["prove_s"] = run_child(prove_cmd, env=child_env())
     r["prove_latency"] = measure_latency(state, size, "prove")
-    log(f"  records(since_seq=size-1): {r['records_rss_mb']:.1f} MB, {r['records_latency']['median_ms']:.2f} ms; "
-        f"prove: {r['prove_rss_mb']:.1f} MB, {r['prove_latency']['median_ms']:.2f} ms")
+    log(
+        f"  records(since_seq=size-1): {r['records_rss_mb']:.1f} MB, {r['records_latency']['median_ms']:.2f} ms; "
+        f"prove: {r['prove_rss_mb']:.1f} MB, {r['prove_latency']['median_ms']:.2f} ms"
+    )
     if daemon:
         r["daemon_rss_mb"] = measure_daemon(state, workdir)
         log(f"  idle daemon: {r['daemon_rss_mb']:.1f} MB peak")
@@ -286,8 +299,11 @@ def record_payload(n: int, producers: int) -> int:
     from kestrel.ledger.record import ZERO_HASH, encode_record
 
     per = max(1, n // producers)
-    sample = [len(encode_record(seq=n // 2, time=time.time(), kind="action.result", body=body(p, i), prev=ZERO_HASH))
-              for p in range(producers) for i in range(0, per, max(1, per // 20))]
+    sample = [
+        len(encode_record(seq=n // 2, time=time.time(), kind="action.result", body=body(p, i), prev=ZERO_HASH))
+        for p in range(producers)
+        for i in range(0, per, max(1, per // 20))
+    ]
     return int(statistics.mean(sample) * n)
 
 
@@ -296,26 +312,38 @@ def write_amplification(workdir: Path, n: int, producers: int = PRODUCERS) -> di
     for what in ("kestrel", "sqlite"):
         d = workdir / f"wa-{what}"
         d.mkdir()
-        p = subprocess.run([sys.executable, "-c", _WA, what, str(d), str(n), str(ROOT / "tools" / "bench"),
-                            str(producers)],
-                           capture_output=True, env=child_env(), timeout=3600)
+        p = subprocess.run(
+            [sys.executable, "-c", _WA, what, str(d), str(n), str(ROOT / "tools" / "bench"), str(producers)],
+            capture_output=True,
+            env=child_env(),
+            timeout=3600,
+        )
         if p.returncode:
             raise RuntimeError(p.stderr.decode()[-2000:])
         out[what] = json.loads(p.stdout)
         shutil.rmtree(d)
     payload = record_payload(out["kestrel"]["records"], producers)
-    return {"records": out["kestrel"]["records"], "payload_bytes": payload, "producers": producers,
-            "kestrel_written": out["kestrel"]["written"], "sqlite_written": out["sqlite"]["written"],
-            "kestrel_wa": out["kestrel"]["written"] / payload, "sqlite_wa": out["sqlite"]["written"] / payload}
+    return {
+        "records": out["kestrel"]["records"],
+        "payload_bytes": payload,
+        "producers": producers,
+        "kestrel_written": out["kestrel"]["written"],
+        "sqlite_written": out["sqlite"]["written"],
+        "kestrel_wa": out["kestrel"]["written"] / payload,
+        "sqlite_wa": out["sqlite"]["written"] / payload,
+    }
 
 
 # -- report ------------------------------------------------------------------------------------
 
+
 def report(results: dict, was: list[dict]) -> list[str]:
     sizes = list(results)
     base = results[sizes[0]]
-    lines = [f"ledger scale benchmark ({PRODUCERS} producers, ~{RECORD_BYTES}-byte records, batched; "
-             f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs)"]
+    lines = [
+        f"ledger scale benchmark ({PRODUCERS} producers, ~{RECORD_BYTES}-byte records, batched; "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs)"
+    ]
     head = f"{'':34}" + "".join(f"{label(s):>12}" for s in sizes) + "   target"
     lines.append(head)
 
@@ -329,8 +357,12 @@ def report(results: dict, was: list[dict]) -> list[str]:
     row("records", lambda r: r["records"], "d", "")
     row("verify peak RSS (MB)", lambda r: r["verify_rss_mb"], ".1f", "<= 64")
     row("verify time (s)", lambda r: r["verify_s"], ".1f", "")
-    row("records(since=size-1) RSS (MB)", lambda r: r["records_rss_mb"], ".1f",
-        f"<= {base['records_rss_mb'] + 8:.1f} ({label(sizes[0])} + 8)")
+    row(
+        "records(since=size-1) RSS (MB)",
+        lambda r: r["records_rss_mb"],
+        ".1f",
+        f"<= {base['records_rss_mb'] + 8:.1f} ({label(sizes[0])} + 8)",
+    )
     row("records(since=size-1) median ms", lambda r: r["records_latency"]["median_ms"], ".2f", "<= 5")
     row("audit prove peak RSS (MB)", lambda r: r["prove_rss_mb"], ".1f", f"<= {base['prove_rss_mb'] + 8:.1f}")
     row("prove(SEQ) median ms", lambda r: r["prove_latency"]["median_ms"], ".2f", "<= 5")
@@ -339,18 +371,24 @@ def report(results: dict, was: list[dict]) -> list[str]:
     verdicts = []
     for s in sizes:
         r = results[s]
-        ok = (r["verify_rss_mb"] <= 64 and r["records_latency"]["median_ms"] <= 5
-              and r["prove_latency"]["median_ms"] <= 5 and r["records_rss_mb"] <= base["records_rss_mb"] + 8
-              and r["prove_rss_mb"] <= base["prove_rss_mb"] + 8
-              and (r.get("daemon_rss_mb") is None or r["daemon_rss_mb"] <= base["daemon_rss_mb"] + 8))
+        ok = (
+            r["verify_rss_mb"] <= 64
+            and r["records_latency"]["median_ms"] <= 5
+            and r["prove_latency"]["median_ms"] <= 5
+            and r["records_rss_mb"] <= base["records_rss_mb"] + 8
+            and r["prove_rss_mb"] <= base["prove_rss_mb"] + 8
+            and (r.get("daemon_rss_mb") is None or r["daemon_rss_mb"] <= base["daemon_rss_mb"] + 8)
+        )
         verdicts.append(f"{label(s)}: {'PASS' if ok else 'FAIL'}")
     lines.append("targets: " + ", ".join(verdicts))
     for wa in was:
         ratio = wa["kestrel_wa"] / wa["sqlite_wa"]
-        lines.append(f"flash write amplification, {wa['producers']} producers, {wa['records']} records "
-                     f"({wa['payload_bytes'] / 1e6:.1f} MB of record payload): kestrel {wa['kestrel_wa']:.2f} bytes "
-                     f"written per payload byte, sqlite WAL FULL {wa['sqlite_wa']:.2f}: {ratio:.2f}x sqlite; "
-                     f"target <= 1.5 and below sqlite: {'PASS' if wa['kestrel_wa'] <= 1.5 and ratio < 1 else 'FAIL'}")
+        lines.append(
+            f"flash write amplification, {wa['producers']} producers, {wa['records']} records "
+            f"({wa['payload_bytes'] / 1e6:.1f} MB of record payload): kestrel {wa['kestrel_wa']:.2f} bytes "
+            f"written per payload byte, sqlite WAL FULL {wa['sqlite_wa']:.2f}: {ratio:.2f}x sqlite; "
+            f"target <= 1.5 and below sqlite: {'PASS' if wa['kestrel_wa'] <= 1.5 and ratio < 1 else 'FAIL'}"
+        )
     return lines
 
 
@@ -380,16 +418,18 @@ def main(argv: list[str] | None = None) -> int:
             results[size] = measure_size(state, n, work, daemon=not args.skip_daemon)
             if not args.keep:
                 shutil.rmtree(state)
-        was = [write_amplification(work, args.wa_records, int(p)) for p in args.wa_producers.split(",")
-               if args.wa_records]
+        was = [
+            write_amplification(work, args.wa_records, int(p)) for p in args.wa_producers.split(",") if args.wa_records
+        ]
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     lines = report(results, was)
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps({"sizes": {str(k): v for k, v in results.items()}, "write_amplification": was},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"sizes": {str(k): v for k, v in results.items()}, "write_amplification": was}, indent=2)
+        )
     return 0
 
 

@@ -31,13 +31,14 @@ def bench_decoder(model_dir: Path, *, tokens: int, repeat: int, threads: int) ->
     lm = OnnxLanguageModel(model_dir, threads=threads)
     lm.eos_ids = frozenset()  # benchmark only: always generate exactly `tokens` tokens
     import corpus
+
     from kestrel.agent.prompt import render
 
     prompt = lm.encode(render(tools=corpus.TOOLS_TEXT, memory=[], goal="turn on the fan", history=[]))
     opts = GenerationOptions(max_tokens=tokens)
     out: dict[str, float] = {}
     for label, cache in (("cache", True), ("full", False)):
-        lm.generate(prompt, options=GenerationOptions(max_tokens=4), use_cache=cache).result  # warm-up
+        _ = lm.generate(prompt, options=GenerationOptions(max_tokens=4), use_cache=cache).result  # warm-up
         runs = [lm.generate(prompt, options=opts, use_cache=cache).result for _ in range(repeat)]
         assert all(r.completion_tokens == tokens for r in runs)
         out[f"{label}_ttft_ms"] = statistics.median(r.first_token_s for r in runs) * 1000  # type: ignore[misc]
@@ -74,6 +75,7 @@ def bench_planner(runs: int, steps: int) -> dict[str, float]:
     import textwrap
 
     import corpus
+
     from kestrel.agent.llm import ScriptedModel
     from kestrel.agent.planner import Budgets, LLMPlanner
     from kestrel.agent.tools import ToolRegistry
@@ -116,8 +118,13 @@ def bench_planner(runs: int, steps: int) -> dict[str, float]:
         total = model_s = 0.0
         for _ in range(runs):
             model = _Timed(ScriptedModel([call] * steps, context_length=1024))
-            planner = LLMPlanner(model, tools, authorize=decide, ledger=Recorder(),
-                                 budgets=Budgets(max_steps=steps, max_tokens=steps * 64, time_s=600))
+            planner = LLMPlanner(
+                model,
+                tools,
+                authorize=decide,
+                ledger=Recorder(),
+                budgets=Budgets(max_steps=steps, max_tokens=steps * 64, time_s=600),
+            )
             t0 = time.perf_counter()
             out = planner.run("turn on the fan")
             total += time.perf_counter() - t0
@@ -130,9 +137,13 @@ def bench_planner(runs: int, steps: int) -> dict[str, float]:
         bare = time.perf_counter() - t1
         ledger.close()
     own = total - model_s - timers["decide"] - timers["record"]
-    return {"planner_step_us": (total - model_s) / n * 1e6, "decide_us": bare / n * 1e6,
-            "in_decide_us": timers["decide"] / n * 1e6, "in_record_us": timers["record"] / n * 1e6,
-            "own_us": own / n * 1e6}
+    return {
+        "planner_step_us": (total - model_s) / n * 1e6,
+        "decide_us": bare / n * 1e6,
+        "in_decide_us": timers["decide"] / n * 1e6,
+        "in_record_us": timers["record"] / n * 1e6,
+        "own_us": own / n * 1e6,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no model at {args.model}; build it: python models/tinylm/recipe.py", file=sys.stderr)
         return 2
     d = bench_decoder(args.model, tokens=args.tokens, repeat=args.repeat, threads=args.threads)
-    print(f"decoder {args.model} ({d['prompt_tokens']:.0f} prompt tokens, {args.tokens} generated, "
-          f"{args.threads} thread(s), median of {args.repeat})")
+    print(
+        f"decoder {args.model} ({d['prompt_tokens']:.0f} prompt tokens, {args.tokens} generated, "
+        f"{args.threads} thread(s), median of {args.repeat})"
+    )
     print(f"  KV cache           : TTFT {d['cache_ttft_ms']:8.2f} ms   {d['cache_tok_s']:9.1f} tokens/s")
     print(f"  full recompute     : TTFT {d['full_ttft_ms']:8.2f} ms   {d['full_tok_s']:9.1f} tokens/s  (baseline)")
     print(f"  cache / baseline   : {d['cache_tok_s'] / d['full_tok_s']:.1f}x tokens/s")
@@ -159,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    of which PolicyEngine.decide        : {p['in_decide_us']:8.1f} us (records policy.decision)")
     print(f"    of which planner.step ledger append : {p['in_record_us']:8.1f} us")
     print(f"    of which the planner's own work     : {p['own_us']:8.1f} us (prompt fit, parse, schema, execute)")
-    print(f"  bare PolicyEngine.decide (baseline)   : {p['decide_us']:8.1f} us"
-          f"   ratio {p['planner_step_us'] / p['decide_us']:.2f}x")
+    print(
+        f"  bare PolicyEngine.decide (baseline)   : {p['decide_us']:8.1f} us"
+        f"   ratio {p['planner_step_us'] / p['decide_us']:.2f}x"
+    )
     return 0
 
 

@@ -67,17 +67,18 @@ def main() -> int:
     work = Path(args.dir or tempfile.mkdtemp(prefix="kestrel-bench-memory-"))
     shutil.rmtree(work / "mem", ignore_errors=True)
     data = embedding_like(args.n + args.queries, dim=args.dim, seed=21)
-    base, queries = data[: args.n], data[args.n:]
+    base, queries = data[: args.n], data[args.n :]
     del data
     gc.collect()
 
     rss0 = rss_mb()
-    mem = VectorMemory.create(work / "mem", IndexParams(dim=args.dim, capacity=args.n, M=args.M,
-                                                        ef_construction=args.ef_construction, ef=64))
+    mem = VectorMemory.create(
+        work / "mem", IndexParams(dim=args.dim, capacity=args.n, M=args.M, ef_construction=args.ef_construction, ef=64)
+    )
     t0 = time.perf_counter()
     step = 10_000
     for i in range(0, args.n, step):
-        mem.add_many(base[i:i + step], [{"i": j} for j in range(i, min(args.n, i + step))], num_threads=args.threads)
+        mem.add_many(base[i : i + step], [{"i": j} for j in range(i, min(args.n, i + step))], num_threads=args.threads)
     build_s = time.perf_counter() - t0
     gc.collect()
     rss_index = rss_mb() - rss0
@@ -98,13 +99,19 @@ def main() -> int:
         for q in queries[:50]:
             mem.search(q, 10)
         lat, recall = [], []
-        for q, truth in zip(queries, exact):
+        for q, truth in zip(queries, exact, strict=False):
             t = time.perf_counter()
             hits = mem.search(q, 10)
             lat.append(time.perf_counter() - t)
             recall.append(len(truth & {h.id for h in hits}) / 10)
-        sweeps.append({"ef": ef, "recall_at_10": round(float(np.mean(recall)), 4),
-                       "p50_ms": round(pct(lat, 0.5) * 1e3, 4), "p99_ms": round(pct(lat, 0.99) * 1e3, 4)})
+        sweeps.append(
+            {
+                "ef": ef,
+                "recall_at_10": round(float(np.mean(recall)), 4),
+                "p50_ms": round(pct(lat, 0.5) * 1e3, 4),
+                "p99_ms": round(pct(lat, 0.99) * 1e3, 4),
+            }
+        )
 
     t = time.perf_counter()
     mem.save()
@@ -129,34 +136,53 @@ def main() -> int:
 
     raw_mb = args.n * args.dim * 4 / 2**20
     result = {
-        "n": args.n, "dim": args.dim, "queries": args.queries, "M": args.M, "ef_construction": args.ef_construction,
+        "n": args.n,
+        "dim": args.dim,
+        "queries": args.queries,
+        "M": args.M,
+        "ef_construction": args.ef_construction,
         "hnswlib": hnswlib.__version__ if hasattr(hnswlib, "__version__") else "0.8",
-        "build_s": round(build_s, 1), "build_threads": args.threads,
-        "exact_numpy": {"recall_at_10": 1.0, "p50_ms": round(pct(exact_t, 0.5) * 1e3, 4),
-                        "p99_ms": round(pct(exact_t, 0.99) * 1e3, 4)},
+        "build_s": round(build_s, 1),
+        "build_threads": args.threads,
+        "exact_numpy": {
+            "recall_at_10": 1.0,
+            "p50_ms": round(pct(exact_t, 0.5) * 1e3, 4),
+            "p99_ms": round(pct(exact_t, 0.99) * 1e3, 4),
+        },
         "hnsw": sweeps,
-        "save_s": round(save_s, 3), "bare_save_index_s": round(bare_save_s, 3),
-        "load_s": round(load_s, 3), "bare_load_index_s": round(bare_load_s, 3),
+        "save_s": round(save_s, 3),
+        "bare_save_index_s": round(bare_save_s, 3),
+        "load_s": round(load_s, 3),
+        "bare_load_index_s": round(bare_load_s, 3),
         "files_mb": round(size_mb, 1),
-        "rss_mb_per_100k": round(rss_index * 100_000 / args.n, 1), "raw_float32_mb_per_100k": round(raw_mb * 100_000 / args.n, 1),
+        "rss_mb_per_100k": round(rss_index * 100_000 / args.n, 1),
+        "raw_float32_mb_per_100k": round(raw_mb * 100_000 / args.n, 1),
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     ex = result["exact_numpy"]
-    print(f"Vector memory: {args.n} x {args.dim}, M {args.M}, ef_construction {args.ef_construction}, "
-          f"{args.queries} queries, k=10")
+    print(
+        f"Vector memory: {args.n} x {args.dim}, M {args.M}, ef_construction {args.ef_construction}, "
+        f"{args.queries} queries, k=10"
+    )
     print(f"  build (add_many, {args.threads} threads)   {build_s:.1f} s")
     print(f"  {'contender':<24} {'recall@10':>9} {'p50 ms':>9} {'p99 ms':>9} {'p50 speed-up':>13}")
     print(f"  {'exact numpy (baseline)':<24} {1.0:>9.4f} {ex['p50_ms']:>9.4f} {ex['p99_ms']:>9.4f} {1.0:>12.1f}x")
     for s in sweeps:
-        print(f"  {'hnsw ef=' + str(s['ef']):<24} {s['recall_at_10']:>9.4f} {s['p50_ms']:>9.4f} {s['p99_ms']:>9.4f} "
-              f"{ex['p50_ms'] / s['p50_ms']:>12.1f}x")
+        print(
+            f"  {'hnsw ef=' + str(s['ef']):<24} {s['recall_at_10']:>9.4f} {s['p50_ms']:>9.4f} {s['p99_ms']:>9.4f} "
+            f"{ex['p50_ms'] / s['p50_ms']:>12.1f}x"
+        )
     print(f"  save  {save_s:.3f} s (bare save_index {bare_save_s:.3f} s, ratio {save_s / bare_save_s:.2f})")
-    print(f"  load  {load_s:.3f} s (bare load_index {bare_load_s:.3f} s, ratio {load_s / bare_load_s:.2f}; "
-          f"includes checksum and structure check)")
-    print(f"  files {size_mb:.1f} MB; RSS {result['rss_mb_per_100k']} MB per 100k vectors "
-          f"(raw float32 vectors: {result['raw_float32_mb_per_100k']} MB)")
+    print(
+        f"  load  {load_s:.3f} s (bare load_index {bare_load_s:.3f} s, ratio {load_s / bare_load_s:.2f}; "
+        f"includes checksum and structure check)"
+    )
+    print(
+        f"  files {size_mb:.1f} MB; RSS {result['rss_mb_per_100k']} MB per 100k vectors "
+        f"(raw float32 vectors: {result['raw_float32_mb_per_100k']} MB)"
+    )
     print("  targets: recall@10 >= 0.98, p50 <= 1 ms")
     return 0
 

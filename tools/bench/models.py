@@ -34,7 +34,7 @@ def _interleaved(a, b, rounds: int) -> tuple[list[float], list[float]]:
     """Alternating A,B then B,A so neither always runs first (cache and scheduler bias)."""
     ta, tb = [], []
     for r in range(rounds):
-        for fn, out in (((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))):
+        for fn, out in ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta)):
             t0 = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t0)
@@ -47,8 +47,14 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="independent repeats of the latency measurement (default 3)")
     ap.add_argument("--calls", type=int, default=400, help="calls per contender for the overhead (default 400)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, as on a Pi profile)")
-    ap.add_argument("--also", type=Path, action="append", default=[], metavar="ONNX",
-                    help="another int8 model file to time in the same loop (e.g. a previous build), repeatable")
+    ap.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="ONNX",
+        help="another int8 model file to time in the same loop (e.g. a previous build), repeatable",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -78,8 +84,11 @@ def main() -> int:
     e32 = np.array([mean_pool(plain.run(None, f)[0], f["attention_mask"])[0] for f in feeds])
     cos = (e8 * e32).sum(1)
     e32n = e32 / np.linalg.norm(e32, axis=1, keepdims=True)
-    contenders = {"int8": lambda f: int8.run(f), "fused": lambda f: fused.run(None, f),
-                  "plain": lambda f: plain.run(None, f)}
+    contenders = {
+        "int8": lambda f: int8.run(f),
+        "fused": lambda f: fused.run(None, f),
+        "plain": lambda f: plain.run(None, f),
+    }
     also_cos = {}
     for path in args.also:
         other = ort.InferenceSession(str(path), sess_options=int8.session_options, providers=["CPUExecutionProvider"])
@@ -128,43 +137,68 @@ def main() -> int:
     t0 = time.perf_counter()
     for _ in range(n):
         int8._check(feed)
-        dict(zip(names, names))
+        dict(zip(names, names, strict=False))
     own_us = (time.perf_counter() - t0) / n * 1e6
 
     result = {
         "machine": {"cpus": __import__("os").cpu_count(), "onnxruntime": ort.__version__, "threads": args.threads},
-        "minilm": {"sentences": len(sentences), "calls_each": len(times["int8"]), "min_cosine": round(float(cos.min()), 5),
-                   "mean_cosine": round(float(cos.mean()), 5), "fp32_ms_p50": round(med32 * 1e3, 3),
-                   "fp32_plain_export_ms_p50": round(medplain * 1e3, 3),
-                   "int8_ms_p50": round(med8 * 1e3, 3), "int8_over_fp32": round(statistics.median(ratios), 3),
-                   "int8_over_fp32_repeats": [round(r, 3) for r in ratios],
-                   "int8_over_fp32_plain_export": round(statistics.median(ratios_plain), 3),
-                   "quantization": model.manifest.quantization.get("candidate"),
-                   "also": {k: {"min_cosine": round(also_cos[k], 5), "ms_p50": round(statistics.median(times[k]) * 1e3, 3),
-                                "over_fp32": round(statistics.median(v), 3)} for k, v in also_ratios.items()},
-                   "int8_size_mb": round(model.model_path.stat().st_size / 1e6, 1),
-                   "fp32_size_mb": round(fp32_path.stat().st_size / 1e6, 1)},
-        "overhead": {"calls_each": args.calls, "bare_ms_p50": round(medb * 1e3, 4), "kestrel_ms_p50": round(medk * 1e3, 4),
-                     "overhead_pct": round((medk / medb - 1) * 100, 2),
-                     "overhead_pct_best_of": round((min(tk) / min(tb) - 1) * 100, 2),
-                     "control_bare_vs_bare_pct": round(aa_pct, 2),
-                     "runtime_own_us_per_call": round(own_us, 2),
-                     "runtime_own_pct_of_bare": round(own_us / (medb * 1e6) * 100, 3)},
+        "minilm": {
+            "sentences": len(sentences),
+            "calls_each": len(times["int8"]),
+            "min_cosine": round(float(cos.min()), 5),
+            "mean_cosine": round(float(cos.mean()), 5),
+            "fp32_ms_p50": round(med32 * 1e3, 3),
+            "fp32_plain_export_ms_p50": round(medplain * 1e3, 3),
+            "int8_ms_p50": round(med8 * 1e3, 3),
+            "int8_over_fp32": round(statistics.median(ratios), 3),
+            "int8_over_fp32_repeats": [round(r, 3) for r in ratios],
+            "int8_over_fp32_plain_export": round(statistics.median(ratios_plain), 3),
+            "quantization": model.manifest.quantization.get("candidate"),
+            "also": {
+                k: {
+                    "min_cosine": round(also_cos[k], 5),
+                    "ms_p50": round(statistics.median(times[k]) * 1e3, 3),
+                    "over_fp32": round(statistics.median(v), 3),
+                }
+                for k, v in also_ratios.items()
+            },
+            "int8_size_mb": round(model.model_path.stat().st_size / 1e6, 1),
+            "fp32_size_mb": round(fp32_path.stat().st_size / 1e6, 1),
+        },
+        "overhead": {
+            "calls_each": args.calls,
+            "bare_ms_p50": round(medb * 1e3, 4),
+            "kestrel_ms_p50": round(medk * 1e3, 4),
+            "overhead_pct": round((medk / medb - 1) * 100, 2),
+            "overhead_pct_best_of": round((min(tk) / min(tb) - 1) * 100, 2),
+            "control_bare_vs_bare_pct": round(aa_pct, 2),
+            "runtime_own_us_per_call": round(own_us, 2),
+            "runtime_own_pct_of_bare": round(own_us / (medb * 1e6) * 100, 3),
+        },
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     m, o = result["minilm"], result["overhead"]
-    print(f"MiniLM on {len(sentences)} sentences, one per call, {args.threads} thread(s), onnxruntime {ort.__version__}")
+    print(
+        f"MiniLM on {len(sentences)} sentences, one per call, {args.threads} thread(s), onnxruntime {ort.__version__}"
+    )
     print(f"  cosine int8 vs fp32     min {m['min_cosine']:.4f}  mean {m['mean_cosine']:.4f}   (target min >= 0.99)")
     print(f"  int8 model              {m['quantization']}")
-    print(f"  latency p50             fp32 (fused) {m['fp32_ms_p50']:.3f} ms   int8 {m['int8_ms_p50']:.3f} ms   "
-          f"fp32 plain export {m['fp32_plain_export_ms_p50']:.3f} ms")
-    print(f"  int8 / fp32 (fused)     {m['int8_over_fp32']:.3f}   (target <= 0.45; median of {args.repeats} repeats, "
-          f"range {min(ratios):.3f}-{max(ratios):.3f})")
+    print(
+        f"  latency p50             fp32 (fused) {m['fp32_ms_p50']:.3f} ms   int8 {m['int8_ms_p50']:.3f} ms   "
+        f"fp32 plain export {m['fp32_plain_export_ms_p50']:.3f} ms"
+    )
+    print(
+        f"  int8 / fp32 (fused)     {m['int8_over_fp32']:.3f}   (target <= 0.45; median of {args.repeats} repeats, "
+        f"range {min(ratios):.3f}-{max(ratios):.3f})"
+    )
     print(f"  int8 / fp32 plain       {m['int8_over_fp32_plain_export']:.3f}   (reference: the unfused export)")
     for k, v in m["also"].items():
-        print(f"  also {k}: min cosine {v['min_cosine']:.4f}  p50 {v['ms_p50']:.3f} ms  / fp32 (fused) {v['over_fp32']:.3f}")
+        print(
+            f"  also {k}: min cosine {v['min_cosine']:.4f}  p50 {v['ms_p50']:.3f} ms  "
+            f"/ fp32 (fused) {v['over_fp32']:.3f}"
+        )
     print(f"  size                    fp32 {m['fp32_size_mb']} MB   int8 {m['int8_size_mb']} MB")
     print(f"Inference call overhead ({args.calls} interleaved calls each, same InferenceSession and input)")
     print(f"  bare InferenceSession.run  {o['bare_ms_p50']:.4f} ms")
@@ -172,8 +206,10 @@ def main() -> int:
     print(f"  overhead (medians)         {o['overhead_pct']:+.2f} %   (target <= 3%)")
     print(f"  overhead (best of each)    {o['overhead_pct_best_of']:+.2f} %")
     print(f"  control: bare vs bare      {o['control_bare_vs_bare_pct']:+.2f} %   (the noise floor of this machine)")
-    print(f"  the runtime's own work     {o['runtime_own_us_per_call']:.2f} us per call "
-          f"({o['runtime_own_pct_of_bare']:.3f} % of a bare call; checks and naming timed alone)")
+    print(
+        f"  the runtime's own work     {o['runtime_own_us_per_call']:.2f} us per call "
+        f"({o['runtime_own_pct_of_bare']:.3f} % of a bare call; checks and naming timed alone)"
+    )
     return 0
 
 

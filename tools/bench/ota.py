@@ -71,16 +71,23 @@ def main() -> int:
         now = time.time()
 
         def bundle(counter: int) -> bytes:
-            data = make_bundle(policy=b"actions: [send_email, schedule_event]\n", models=(("model.onnx", model),),
-                               counter=counter, now=now, expires=now + 3600, agents=[agent.public_key.did])
+            data = make_bundle(
+                policy=b"actions: [send_email, schedule_event]\n",
+                models=(("model.onnx", model),),
+                counter=counter,
+                now=now,
+                expires=now + 3600,
+                agents=[agent.public_key.did],
+            )
             return sign_bundle(data, owner)
 
         bundles = [bundle(i + 1) for i in range(args.repeat)]
         size = len(bundles[0])
         bare_sig = owner.sign(bundles[0])
         baseline = timed(lambda i: owner.public_key.verify(bare_sig, bundles[0]), args.repeat)
-        verify = timed(lambda i: verify_bundle(bundles[0], root=root, now=now, agent_id=agent.public_key.did),
-                       args.repeat)
+        verify = timed(
+            lambda i: verify_bundle(bundles[0], root=root, now=now, agent_id=agent.public_key.did), args.repeat
+        )
         with Ledger.open(state / "ledger", signer=agent) as ledger:
             apply = timed(lambda i: apply_bundle(state, bundles[i], ledger=ledger, now=now), args.repeat)
     finally:
@@ -90,10 +97,13 @@ def main() -> int:
         return xs[min(len(xs) - 1, int(0.9 * len(xs)))]
 
     res = {
-        "bundle_bytes": size, "repeat": args.repeat,
+        "bundle_bytes": size,
+        "repeat": args.repeat,
         "baseline_signature_check_ms": statistics.median(baseline),
-        "verify_bundle_ms": statistics.median(verify), "verify_bundle_p90_ms": p90(verify),
-        "apply_bundle_ms": statistics.median(apply), "apply_bundle_p90_ms": p90(apply),
+        "verify_bundle_ms": statistics.median(verify),
+        "verify_bundle_p90_ms": p90(verify),
+        "apply_bundle_ms": statistics.median(apply),
+        "apply_bundle_p90_ms": p90(apply),
     }
     res["verify_vs_baseline"] = res["verify_bundle_ms"] / res["baseline_signature_check_ms"]
     res["apply_vs_baseline"] = res["apply_bundle_ms"] / res["baseline_signature_check_ms"]
@@ -102,10 +112,14 @@ def main() -> int:
         return 0
     print(f"bundle: {size} bytes (policy + {args.size_mib:g} MiB model), {args.repeat} runs each, medians")
     print(f"baseline Ed25519 verify of the whole bundle: {res['baseline_signature_check_ms']:8.2f} ms")
-    print(f"verify_bundle:                               {res['verify_bundle_ms']:8.2f} ms "
-          f"(p90 {res['verify_bundle_p90_ms']:.2f})  {res['verify_vs_baseline']:.2f}x baseline")
-    print(f"apply_bundle (verify + stage + switch):      {res['apply_bundle_ms']:8.2f} ms "
-          f"(p90 {res['apply_bundle_p90_ms']:.2f})  {res['apply_vs_baseline']:.2f}x baseline")
+    print(
+        f"verify_bundle:                               {res['verify_bundle_ms']:8.2f} ms "
+        f"(p90 {res['verify_bundle_p90_ms']:.2f})  {res['verify_vs_baseline']:.2f}x baseline"
+    )
+    print(
+        f"apply_bundle (verify + stage + switch):      {res['apply_bundle_ms']:8.2f} ms "
+        f"(p90 {res['apply_bundle_p90_ms']:.2f})  {res['apply_vs_baseline']:.2f}x baseline"
+    )
     print(f"target apply <= {TARGET_MS:.0f} ms: {'MET' if res['apply_bundle_ms'] <= TARGET_MS else 'MISSED'}")
     return 0
 

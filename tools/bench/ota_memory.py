@@ -66,8 +66,9 @@ def _start(state: Path, cfg: Path) -> subprocess.Popen:
     from kestrel.sdk import Client
 
     log = open(state.parent / "daemon.log", "ab")
-    proc = subprocess.Popen([*KESTREL, "run", "--state", str(state), "--config", str(cfg), "--log-level", "warning"],
-                            env=_env(), stderr=log)
+    proc = subprocess.Popen(
+        [*KESTREL, "run", "--state", str(state), "--config", str(cfg), "--log-level", "warning"], env=_env(), stderr=log
+    )
     log.close()
     deadline = time.monotonic() + 60
     while True:
@@ -141,18 +142,30 @@ def main() -> int:
         OtaDir(state).init_root([owner.public_key.did], 1)
         did = load_identity(state).did
         now = time.time()
-        legit = sign_bundle(make_bundle(policy=b"actions: [gpio.write]\n", models=[("model.bin", os.urandom(
-            args.apply_mib << 20))], counter=1, now=now, expires=now + 3600, agents=[did]), owner)
+        legit = sign_bundle(
+            make_bundle(
+                policy=b"actions: [gpio.write]\n",
+                models=[("model.bin", os.urandom(args.apply_mib << 20))],
+                counter=1,
+                now=now,
+                expires=now + 3600,
+                agents=[did],
+            ),
+            owner,
+        )
         results: list[tuple[str, float, bool]] = []
 
         def drop_file(src: Path, name: str):
             def act() -> str:
                 os.link(src, drop / name)
                 return ""
+
             return act
 
-        print(f"daemon RSS, refusing a {args.refuse_mib} MiB file and applying a {args.apply_mib} MiB bundle "
-              f"(target: refusals <= +{TARGET_MB:g} MB over idle)")
+        print(
+            f"daemon RSS, refusing a {args.refuse_mib} MiB file and applying a {args.apply_mib} MiB bundle "
+            f"(target: refusals <= +{TARGET_MB:g} MB over idle)"
+        )
         for cfg, limit in ((small, "16 MiB"), (big, "1 GiB")):
             proc = _start(state, cfg)
             try:
@@ -160,43 +173,98 @@ def main() -> int:
                 idle = _status_kb(proc.pid, "VmRSS")
                 print(f" ota.max_bundle {limit}: idle RSS {idle / 1024:.1f} MB (baseline)")
                 why = "over the size limit" if cfg is small else "bad head, under the limit"
-                huge = _sparse(tmp / f"huge-{limit[:2].strip()}.bin", args.refuse_mib << 20,
-                               f"NOT A KESTREL BUNDLE ({limit})".encode())  # new bytes: not deduplicated
-                results.append((f"refuse {args.refuse_mib} MiB, drop dir ({why})", _trial(
-                    f"refuse {args.refuse_mib} MiB from the drop dir ({why})", proc, state, "ota.rejected",
-                    drop_file(huge, f"huge-{limit[:2].strip()}.kbundle"), idle), True))
+                huge = _sparse(
+                    tmp / f"huge-{limit[:2].strip()}.bin",
+                    args.refuse_mib << 20,
+                    f"NOT A KESTREL BUNDLE ({limit})".encode(),
+                )  # new bytes: not deduplicated
+                results.append(
+                    (
+                        f"refuse {args.refuse_mib} MiB, drop dir ({why})",
+                        _trial(
+                            f"refuse {args.refuse_mib} MiB from the drop dir ({why})",
+                            proc,
+                            state,
+                            "ota.rejected",
+                            drop_file(huge, f"huge-{limit[:2].strip()}.kbundle"),
+                            idle,
+                        ),
+                        True,
+                    )
+                )
 
-                def cli_apply() -> str:
+                def cli_apply(huge: Path = huge) -> str:
                     t0 = time.perf_counter()
                     err, peak = tmp / "cli.err", tmp / "cli.peak"
                     # GNU time reports the CLI's own peak RSS (a child forked from this big process would
                     # inherit this process's high-water mark across exec)
                     with open(err, "wb") as fh:
-                        rc = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", str(peak), *KESTREL, "ota",
-                                              "apply", str(huge), "--state", str(state)], env=_env(),
-                                             stdout=subprocess.DEVNULL, stderr=fh)
+                        rc = subprocess.call(
+                            [
+                                "/usr/bin/time",
+                                "-f",
+                                "%M",
+                                "-o",
+                                str(peak),
+                                *KESTREL,
+                                "ota",
+                                "apply",
+                                str(huge),
+                                "--state",
+                                str(state),
+                            ],
+                            env=_env(),
+                            stdout=subprocess.DEVNULL,
+                            stderr=fh,
+                        )
                     text = err.read_text(errors="replace")
                     assert rc != 0 and "Traceback" not in text, text
                     said = text.strip().splitlines()[0][:60] if text.strip() else ""
                     cli_mb = int(peak.read_text().split()[-1]) / 1024
                     return f"CLI peak {cli_mb:.1f} MB, {time.perf_counter() - t0:.1f} s: {said}"
 
-                results.append((f"refuse {args.refuse_mib} MiB, kestrel ota apply ({why})", _trial(
-                    f"refuse {args.refuse_mib} MiB via kestrel ota apply ({why})", proc, state, "ota.rejected",
-                    cli_apply, idle), True))
+                results.append(
+                    (
+                        f"refuse {args.refuse_mib} MiB, kestrel ota apply ({why})",
+                        _trial(
+                            f"refuse {args.refuse_mib} MiB via kestrel ota apply ({why})",
+                            proc,
+                            state,
+                            "ota.rejected",
+                            cli_apply,
+                            idle,
+                        ),
+                        True,
+                    )
+                )
                 if cfg is big:
                     (tmp / "legit.kbundle").write_bytes(legit)
-                    results.append((f"apply {args.apply_mib} MiB bundle, drop dir", _trial(
-                        f"apply a signed {args.apply_mib} MiB bundle from the drop dir", proc, state, "ota.applied",
-                        drop_file(tmp / "legit.kbundle", "legit.kbundle"), idle), False))
+                    results.append(
+                        (
+                            f"apply {args.apply_mib} MiB bundle, drop dir",
+                            _trial(
+                                f"apply a signed {args.apply_mib} MiB bundle from the drop dir",
+                                proc,
+                                state,
+                                "ota.applied",
+                                drop_file(tmp / "legit.kbundle", "legit.kbundle"),
+                                idle,
+                            ),
+                            False,
+                        )
+                    )
             finally:
                 _stop(proc)
         worst = max(g for _, g, refusal in results if refusal)
-        print(f"worst refusal: +{worst:.1f} MB over idle -> target <= +{TARGET_MB:g} MB "
-              f"{'met' if worst <= TARGET_MB else 'NOT met'}")
+        print(
+            f"worst refusal: +{worst:.1f} MB over idle -> target <= +{TARGET_MB:g} MB "
+            f"{'met' if worst <= TARGET_MB else 'NOT met'}"
+        )
         apply_growth = next(g for label, g, refusal in results if not refusal)
-        print(f"apply: +{apply_growth:.1f} MB over idle for {args.apply_mib} MiB "
-              f"({apply_growth / args.apply_mib:.2f} MB per MiB of bundle)")
+        print(
+            f"apply: +{apply_growth:.1f} MB over idle for {args.apply_mib} MiB "
+            f"({apply_growth / args.apply_mib:.2f} MB per MiB of bundle)"
+        )
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -50,18 +50,19 @@ def policy_100() -> str:
     lines = ["version: 1", "actions:"]
     for i in range(40):
         a = f"action_{i}"
-        lines += [f"  - action: {a}",
-                  "    args:",
-                  "      to: {domain: [example.com, example.org]}",
-                  "      level: {type: int, min: 0, max: 10, optional: true}",
-                  "    rate: {count: 1000, per: 1h}",
-                  f"  - action: {a}",
-                  "    args:",
-                  "      pin: {enum: [17, 27, 22]}",
-                  "      note: {regex: '[a-z ]{0,40}', max_len: 40, optional: true}",
-                  "    window: {days: [mon, tue, wed, thu, fri, sat, sun], hours: '00:00-24:00'}"]
-    lines += ["restrictions:", "  - no_external_network unless explicitly permitted",
-              "network:", "  allow:"]
+        lines += [
+            f"  - action: {a}",
+            "    args:",
+            "      to: {domain: [example.com, example.org]}",
+            "      level: {type: int, min: 0, max: 10, optional: true}",
+            "    rate: {count: 1000, per: 1h}",
+            f"  - action: {a}",
+            "    args:",
+            "      pin: {enum: [17, 27, 22]}",
+            "      note: {regex: '[a-z ]{0,40}', max_len: 40, optional: true}",
+            "    window: {days: [mon, tue, wed, thu, fri, sat, sun], hours: '00:00-24:00'}",
+        ]
+    lines += ["restrictions:", "  - no_external_network unless explicitly permitted", "network:", "  allow:"]
     lines += [f"    - {{host: api{i}.example.com, port: 443}}" for i in range(7)]
     lines += ["    - {host: '*.weather.example', actions: [fetch_data]}"]
     lines += ["deny:"]
@@ -141,17 +142,19 @@ def bench_canonical(n: int) -> None:
     }
     print(f"canonical arguments ({n} each), p50 / p99:")
     for label, (action, args) in cases.items():
-        xs = _timed(lambda: canonicalize(action, args), n)
+        xs = _timed(lambda action=action, args=args: canonicalize(action, args), n)
         print(f"  {label:26s} {pct(xs, 0.5):6.1f} / {pct(xs, 0.99):6.1f} us")
     text = "Daily report for the greenhouse: temperature 21.5 C, humidity 60 %, vent open at 30 C (" + "x" * 20 + ")"
     pattern = r"[A-Z][A-Za-z0-9 .,:%()_-]{0,119}"
     lin, py = compile_linear(pattern), re.compile(pattern)
     a, b = _timed(lambda: lin.fullmatch(text), n), _timed(lambda: py.fullmatch(text), n)
-    print(f"regex on a {len(text)}-character value, p50: linear DFA {pct(a, 0.5):.1f} us vs re {pct(b, 0.5):.1f} us "
-          f"(x{pct(a, 0.5) / pct(b, 0.5):.1f}); on (a+)+ against 24 'a' and '!': DFA "
-          f"{pct(_timed(lambda: compile_linear('(a+)+').fullmatch('a' * 24 + '!'), 5), 0.5):.0f} us (compile "
-          f"included), re {pct(_timed(lambda: re.fullmatch('(a+)+', 'a' * 24 + '!'), 1), 0.5) / 1e3:.0f} ms "
-          f"(doubling with every 'a')")
+    print(
+        f"regex on a {len(text)}-character value, p50: linear DFA {pct(a, 0.5):.1f} us vs re {pct(b, 0.5):.1f} us "
+        f"(x{pct(a, 0.5) / pct(b, 0.5):.1f}); on (a+)+ against 24 'a' and '!': DFA "
+        f"{pct(_timed(lambda: compile_linear('(a+)+').fullmatch('a' * 24 + '!'), 5), 0.5):.0f} us (compile "
+        f"included), re {pct(_timed(lambda: re.fullmatch('(a+)+', 'a' * 24 + '!'), 1), 0.5) / 1e3:.0f} ms "
+        f"(doubling with every 'a')"
+    )
 
 
 def main() -> int:
@@ -175,10 +178,14 @@ def main() -> int:
         allowed += evaluate(policy, r, state, now).allowed
     n = args.decisions
     wall, thread = time.perf_counter_ns, time.thread_time_ns
-    res: dict = {"rules": rules, "decisions_per_mode": n, "compile_ms": round(compile_ms, 2),
-                 "allowed_fraction": round(allowed / (len(reqs) * 5), 3),
-                 "timer_overhead_ns": {"wall": timer_overhead_ns(wall), "thread_cpu": timer_overhead_ns(thread)},
-                 "modes": {}}
+    res: dict = {
+        "rules": rules,
+        "decisions_per_mode": n,
+        "compile_ms": round(compile_ms, 2),
+        "allowed_fraction": round(allowed / (len(reqs) * 5), 3),
+        "timer_overhead_ns": {"wall": timer_overhead_ns(wall), "thread_cpu": timer_overhead_ns(thread)},
+        "modes": {},
+    }
     # Two GC modes, alternated in rounds so that a burst of load on the shared machine hits both:
     # the collector as it is (a gen-0 collection may land inside a timed decision), and frozen
     # as the daemon does after start-up (gc.freeze(): what exists leaves the collected generations).
@@ -196,8 +203,13 @@ def main() -> int:
     for (mode, clock_name), (lat, base) in samples.items():
         lat.sort()
         base.sort()
-        m = {"p50_us": pct(lat, 0.50), "p99_us": pct(lat, 0.99), "mean_us": statistics.fmean(lat) / 1000,
-             "baseline_p50_us": pct(base, 0.50), "baseline_p99_us": pct(base, 0.99)}
+        m = {
+            "p50_us": pct(lat, 0.50),
+            "p99_us": pct(lat, 0.99),
+            "mean_us": statistics.fmean(lat) / 1000,
+            "baseline_p50_us": pct(base, 0.50),
+            "baseline_p99_us": pct(base, 0.99),
+        }
         m["p99_vs_baseline"] = m["p99_us"] / m["baseline_p99_us"]
         res["modes"].setdefault(mode, {})[clock_name] = m
     res["loadavg_1m"] = [load_before, os.getloadavg()[0]]
@@ -207,17 +219,21 @@ def main() -> int:
         print(json.dumps(res, indent=2))
         return 0
     ov = res["timer_overhead_ns"]
-    print(f"policy: {rules} rules (allow+deny+network), compiled in {compile_ms:.1f} ms; "
-          f"{n} decisions per mode and clock, {res['allowed_fraction']:.0%} allowed; "
-          f"load average {load_before:.2f} -> {res['loadavg_1m'][1]:.2f} on {res['cpus']} CPUs; "
-          f"timer overhead (included) wall {ov['wall']} ns, thread CPU {ov['thread_cpu']} ns")
+    print(
+        f"policy: {rules} rules (allow+deny+network), compiled in {compile_ms:.1f} ms; "
+        f"{n} decisions per mode and clock, {res['allowed_fraction']:.0%} allowed; "
+        f"load average {load_before:.2f} -> {res['loadavg_1m'][1]:.2f} on {res['cpus']} CPUs; "
+        f"timer overhead (included) wall {ov['wall']} ns, thread CPU {ov['thread_cpu']} ns"
+    )
     for mode, out in res["modes"].items():
         for clock_name, m in out.items():
             verdict = "MET" if m["p99_us"] <= TARGET_P99_US else "MISSED"
-            print(f"{mode:9s} {clock_name:10s} evaluate p50 {m['p50_us']:6.1f} us  p99 {m['p99_us']:6.1f} us  "
-                  f"mean {m['mean_us']:5.1f} us | baseline args_digest p50 {m['baseline_p50_us']:5.1f} us  "
-                  f"p99 {m['baseline_p99_us']:5.1f} us | p99 ratio {m['p99_vs_baseline']:.2f}x | "
-                  f"target p99 <= {TARGET_P99_US:.0f} us {verdict}")
+            print(
+                f"{mode:9s} {clock_name:10s} evaluate p50 {m['p50_us']:6.1f} us  p99 {m['p99_us']:6.1f} us  "
+                f"mean {m['mean_us']:5.1f} us | baseline args_digest p50 {m['baseline_p50_us']:5.1f} us  "
+                f"p99 {m['baseline_p99_us']:5.1f} us | p99 ratio {m['p99_vs_baseline']:.2f}x | "
+                f"target p99 <= {TARGET_P99_US:.0f} us {verdict}"
+            )
     return 0
 
 

@@ -92,8 +92,11 @@ def _runqueue_wait_ms() -> float:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+    }
     env["PYTHONPATH"] = str(ROOT / "runtime")
     if PYCACHE is not None:
         env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
@@ -116,8 +119,11 @@ def _start_until_ready(state: Path, sock_dir: Path, *run_args: str) -> tuple[sub
     s.bind(addr)
     s.settimeout(60)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*KESTREL, "run", "--state", str(state), "--log-level", "warning", *run_args],
-                            env=_env(NOTIFY_SOCKET=addr), stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*KESTREL, "run", "--state", str(state), "--log-level", "warning", *run_args],
+        env=_env(NOTIFY_SOCKET=addr),
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while b"READY=1" not in s.recv(4096):
             pass
@@ -131,10 +137,12 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
-DEPS_FLOOR = ("import asyncio, argparse, logging, json, msgpack, yaml, time\n"
-              "from cryptography.hazmat.primitives.asymmetric import ed25519\n"
-              "ed25519.Ed25519PrivateKey.generate().sign(b'x')\n"
-              "print('ready', flush=True)\ntime.sleep(60)")
+DEPS_FLOOR = (
+    "import asyncio, argparse, logging, json, msgpack, yaml, time\n"
+    "from cryptography.hazmat.primitives.asymmetric import ed25519\n"
+    "ed25519.Ed25519PrivateKey.generate().sign(b'x')\n"
+    "print('ready', flush=True)\ntime.sleep(60)"
+)
 
 
 def _memory_mb(pid: int) -> dict[str, float]:
@@ -188,15 +196,19 @@ def bench_startup(tmp: Path, n: int) -> None:
     ready = statistics.median(readies)
     print(f"startup  python -c pass            {base_pass:8.1f} ms   (baseline)")
     print(f"startup  python -c 'import kestrel' {base_import:7.1f} ms   ({base_import / base_pass:.2f}x pass)")
-    print(f"startup  kestrel run -> READY=1     {ready:8.1f} ms   ({ready / base_pass:.2f}x pass, "
-          f"{ready / base_import:.2f}x import kestrel; median of {n})")
+    print(
+        f"startup  kestrel run -> READY=1     {ready:8.1f} ms   ({ready / base_pass:.2f}x pass, "
+        f"{ready / base_import:.2f}x import kestrel; median of {n})"
+    )
     print(f"startup  first run (creates identity) {first:6.1f} ms")
 
 
 def _mem_line(label: str, m: dict[str, float], note: str) -> str:
-    return (f"rss      {label:<28s} RSS {m['VmRSS']:5.1f} MB  (anon {m.get('RssAnon', 0):4.1f}, file "
-            f"{m.get('RssFile', 0):4.1f})  PSS {m.get('Pss', 0):5.1f}  USS {m.get('Uss', 0):5.1f}  "
-            f"threads {m.get('Threads', 0):.0f}   {note}")
+    return (
+        f"rss      {label:<28s} RSS {m['VmRSS']:5.1f} MB  (anon {m.get('RssAnon', 0):4.1f}, file "
+        f"{m.get('RssFile', 0):4.1f})  PSS {m.get('Pss', 0):5.1f}  USS {m.get('Uss', 0):5.1f}  "
+        f"threads {m.get('Threads', 0):.0f}   {note}"
+    )
 
 
 def bench_rss(tmp: Path, idle_s: float) -> None:
@@ -212,11 +224,21 @@ def bench_rss(tmp: Path, idle_s: float) -> None:
     rss = mem["VmRSS"]
     verdict = "meets" if rss <= TARGET_RSS_MB else "MISSES"
     print(_mem_line("bare python interpreter", base, "(baseline)"))
-    print(_mem_line("dependency floor", floor, f"(asyncio+ssl, PyYAML, msgpack, argparse, cryptography; "
-                                               f"{floor['VmRSS'] / base['VmRSS']:.2f}x bare)"))
-    print(_mem_line(f"kestrel run, idle {idle_s:.0f}s", mem,
-                    f"({rss / base['VmRSS']:.2f}x bare, +{rss - floor['VmRSS']:.1f} MB over the floor; "
-                    f"{verdict} the {TARGET_RSS_MB:.0f} MB target)"))
+    print(
+        _mem_line(
+            "dependency floor",
+            floor,
+            f"(asyncio+ssl, PyYAML, msgpack, argparse, cryptography; {floor['VmRSS'] / base['VmRSS']:.2f}x bare)",
+        )
+    )
+    print(
+        _mem_line(
+            f"kestrel run, idle {idle_s:.0f}s",
+            mem,
+            f"({rss / base['VmRSS']:.2f}x bare, +{rss - floor['VmRSS']:.1f} MB over the floor; "
+            f"{verdict} the {TARGET_RSS_MB:.0f} MB target)",
+        )
+    )
     bench_ui_rss(tmp, state, idle_s, rss)
 
 
@@ -228,8 +250,9 @@ def bench_ui_rss(tmp: Path, state: Path, idle_s: float, off_mb: float) -> None:
     from kestrel.sdk import Client
 
     cfg = tmp / "with-ui.yaml"
-    cfg.write_text((ROOT / "runtime" / "kestrel" / "data" / "device.yaml").read_text()
-                   + "\nui: {listen: '127.0.0.1:0'}\n")
+    cfg.write_text(
+        (ROOT / "runtime" / "kestrel" / "data" / "device.yaml").read_text() + "\nui: {listen: '127.0.0.1:0'}\n"
+    )
     token = TokenFile(state).issue(ttl_s=3600, now=time.time(), label="bench").token
     proc, _ = _start_until_ready(state, tmp, "--config", str(cfg))
     try:
@@ -237,8 +260,18 @@ def bench_ui_rss(tmp: Path, state: Path, idle_s: float, off_mb: float) -> None:
         idle = _memory_mb(proc.pid)
         url = Client(state).status()["ui"]["url"]
         for _ in range(20):
-            for path in ("", "actions", "policy", "ledger", "request", "static/app.js", "static/style.css",
-                         "api/status", "api/events", "api/ledger"):
+            for path in (
+                "",
+                "actions",
+                "policy",
+                "ledger",
+                "request",
+                "static/app.js",
+                "static/style.css",
+                "api/status",
+                "api/events",
+                "api/ledger",
+            ):
                 req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
                 with urllib.request.urlopen(req, timeout=30) as resp:
                     resp.read()
@@ -248,8 +281,14 @@ def bench_ui_rss(tmp: Path, state: Path, idle_s: float, off_mb: float) -> None:
         _stop(proc)
     for label, m in (("kestrel run + web UI, idle", idle), ("kestrel run + web UI, used", used)):
         extra = m["VmRSS"] - off_mb
-        print(_mem_line(label, m, f"(+{extra:.1f} MB over the UI off; "
-                                  f"{'meets' if extra <= TARGET_UI_MB else 'MISSES'} the +{TARGET_UI_MB:.0f} MB target)"))
+        print(
+            _mem_line(
+                label,
+                m,
+                f"(+{extra:.1f} MB over the UI off; "
+                f"{'meets' if extra <= TARGET_UI_MB else 'MISSES'} the +{TARGET_UI_MB:.0f} MB target)",
+            )
+        )
 
 
 async def _drive(rate: float, seconds: float, state: Path) -> dict[str, float]:
@@ -269,12 +308,19 @@ async def _drive(rate: float, seconds: float, state: Path) -> dict[str, float]:
     ledger = Ledger.open(state / "ledger", signer=signer, durability="batched")
     OtaDir(state).init_root([owner.public_key.did], 1)
     now = time.time()
-    bundle = make_bundle(policy=b"actions: [gpio.write]\n", counter=1, now=now, expires=now + 3600,
-                         agents=[signer.public_key.did])
+    bundle = make_bundle(
+        policy=b"actions: [gpio.write]\n", counter=1, now=now, expires=now + 3600, agents=[signer.public_key.did]
+    )
     apply_bundle(state, sign_bundle(bundle, owner), ledger=ledger, now=now)
     factory = open_pin_factory(load_profile("sim"))
-    d = Daemon(config=parse_device_config(CONFIG, source="bench"), state_dir=state, ledger=ledger,
-               factory=factory, agent_id=signer.public_key.did, freeze_gc=True)  # as `kestrel run` does
+    d = Daemon(
+        config=parse_device_config(CONFIG, source="bench"),
+        state_dir=state,
+        ledger=ledger,
+        factory=factory,
+        agent_id=signer.public_key.did,
+        freeze_gc=True,
+    )  # as `kestrel run` does
     await d.start()
     chip = factory.chip()
     try:
@@ -313,14 +359,23 @@ async def _drive(rate: float, seconds: float, state: Path) -> dict[str, float]:
         factory.close()
         ledger.close()
     lost = n - len(writes)
-    lat = sorted((w[0] - s) / 1e6 for s, w in zip(sent, writes)) if lost == 0 else []
-    return {"n": n, "seconds": n / rate, "lost": lost, "overflows": overflows, "dropped": dropped,
-            "p50": lat[len(lat) // 2] if lat else float("nan"),
-            "p90": lat[int(len(lat) * 0.90) - 1] if lat else float("nan"),
-            "p99": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
-            "max": lat[-1] if lat else float("nan"), "cpu_us": cpu / n * 1e6, "cpu_share": cpu / wall,
-            "starved_ms": starved, "wall_s": wall,
-            "threads_us": {k: v / n * 1e6 for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0}}
+    lat = sorted((w[0] - s) / 1e6 for s, w in zip(sent, writes, strict=False)) if lost == 0 else []
+    return {
+        "n": n,
+        "seconds": n / rate,
+        "lost": lost,
+        "overflows": overflows,
+        "dropped": dropped,
+        "p50": lat[len(lat) // 2] if lat else float("nan"),
+        "p90": lat[int(len(lat) * 0.90) - 1] if lat else float("nan"),
+        "p99": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
+        "max": lat[-1] if lat else float("nan"),
+        "cpu_us": cpu / n * 1e6,
+        "cpu_share": cpu / wall,
+        "starved_ms": starved,
+        "wall_s": wall,
+        "threads_us": {k: v / n * 1e6 for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0},
+    }
 
 
 async def _drive_bare(rate: float, seconds: float) -> dict[str, float]:
@@ -359,9 +414,13 @@ async def _drive_bare(rate: float, seconds: float) -> dict[str, float]:
     writes = chip.history(27)[1:]
     task.cancel()
     factory.close()
-    lat = sorted((w[0] - s) / 1e6 for s, w in zip(sent, writes))
-    return {"p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99) - 1], "lost": n - len(writes),
-            "cpu_us": cpu / n * 1e6}
+    lat = sorted((w[0] - s) / 1e6 for s, w in zip(sent, writes, strict=False))
+    return {
+        "p50": lat[len(lat) // 2],
+        "p99": lat[int(len(lat) * 0.99) - 1],
+        "lost": n - len(writes),
+        "cpu_us": cpu / n * 1e6,
+    }
 
 
 def bench_latency(tmp: Path, seconds: float, rounds: int) -> None:
@@ -373,32 +432,43 @@ def bench_latency(tmp: Path, seconds: float, rounds: int) -> None:
         w0, l0 = _runqueue_wait_ms(), os.getloadavg()[0]
         b = asyncio.run(_drive_bare(1000, seconds))
         b["starved_ms"] = _runqueue_wait_ms() - w0
-        print(f"latency  round {i + 1} baseline: sim edge -> asyncio task -> output pin (no trigger, policy or "
-              f"ledger): p50 {b['p50']:.3f} ms  p99 {b['p99']:.3f} ms  lost {b['lost']}  load {l0:.1f}  "
-              f"cpu-wait {b['starved_ms']:.0f} ms  cpu/event {b['cpu_us']:.0f} us")
+        print(
+            f"latency  round {i + 1} baseline: sim edge -> asyncio task -> output pin (no trigger, policy or "
+            f"ledger): p50 {b['p50']:.3f} ms  p99 {b['p99']:.3f} ms  lost {b['lost']}  load {l0:.1f}  "
+            f"cpu-wait {b['starved_ms']:.0f} ms  cpu/event {b['cpu_us']:.0f} us"
+        )
         r = asyncio.run(_drive(1000, seconds, tmp / f"state-latency-{i}"))
-        print(f"latency  round {i + 1} kestrel:  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  lost {r['lost']}  "
-              f"load {os.getloadavg()[0]:.1f}  cpu-wait {r['starved_ms']:.0f} ms  cpu/event {r['cpu_us']:.0f} us")
+        print(
+            f"latency  round {i + 1} kestrel:  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  lost {r['lost']}  "
+            f"load {os.getloadavg()[0]:.1f}  cpu-wait {r['starved_ms']:.0f} ms  cpu/event {r['cpu_us']:.0f} us"
+        )
         bases.append(b)
         runs.append(r)
     # the round whose daemon run waited least for a CPU is the best estimate of a quiet device
     k = min(range(rounds), key=lambda j: runs[j]["starved_ms"])
     b, r = bases[k], runs[k]
     verdict = "meets" if r["p99"] <= TARGET_P99_MS else "MISSES"
-    print(f"latency  quietest round: {k + 1} of {rounds} (median over rounds: kestrel p99 "
-          f"{statistics.median(x['p99'] for x in runs):.3f} ms, baseline p99 "
-          f"{statistics.median(x['p99'] for x in bases):.3f} ms)")
+    print(
+        f"latency  quietest round: {k + 1} of {rounds} (median over rounds: kestrel p99 "
+        f"{statistics.median(x['p99'] for x in runs):.3f} ms, baseline p99 "
+        f"{statistics.median(x['p99'] for x in bases):.3f} ms)"
+    )
     print(f"latency  1000 events/s for {seconds:.0f}s: {r['n']} edges, lost {r['lost']}")
-    print(f"latency  kestrel: edge -> trigger -> decision -> pin  p50 {r['p50']:.3f} ms ({r['p50'] / b['p50']:.1f}x) "
-          f"p90 {r['p90']:.3f} ms  "
-          f"p99 {r['p99']:.3f} ms ({r['p99'] / b['p99']:.1f}x)  max {r['max']:.3f} ms "
-          f"({verdict} the p99 <= {TARGET_P99_MS} ms target; every edge's decision recorded, batched ledger)")
-    print(f"latency  process CPU per event {r['cpu_us']:.0f} us (all threads; {r['cpu_share'] * 100:.0f}% of one core "
-          f"at this rate); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; threads waited "
-          f"{r['starved_ms']:.0f} ms for a CPU during the {r['wall_s']:.1f} s run")
-    print("latency  CPU per event by daemon thread (us; the rest of the process figure is the benchmark's "
-          "own edge driver, which the baseline has too): "
-          + ", ".join(f"{k} {v:.0f}" for k, v in r["threads_us"].items()))
+    print(
+        f"latency  kestrel: edge -> trigger -> decision -> pin  p50 {r['p50']:.3f} ms ({r['p50'] / b['p50']:.1f}x) "
+        f"p90 {r['p90']:.3f} ms  "
+        f"p99 {r['p99']:.3f} ms ({r['p99'] / b['p99']:.1f}x)  max {r['max']:.3f} ms "
+        f"({verdict} the p99 <= {TARGET_P99_MS} ms target; every edge's decision recorded, batched ledger)"
+    )
+    print(
+        f"latency  process CPU per event {r['cpu_us']:.0f} us (all threads; {r['cpu_share'] * 100:.0f}% of one core "
+        f"at this rate); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; threads waited "
+        f"{r['starved_ms']:.0f} ms for a CPU during the {r['wall_s']:.1f} s run"
+    )
+    print(
+        "latency  CPU per event by daemon thread (us; the rest of the process figure is the benchmark's "
+        "own edge driver, which the baseline has too): " + ", ".join(f"{k} {v:.0f}" for k, v in r["threads_us"].items())
+    )
 
 
 def bench_rate(tmp: Path, seconds: float, rates: list[int]) -> None:
@@ -409,14 +479,18 @@ def bench_rate(tmp: Path, seconds: float, rates: list[int]) -> None:
     for i, rate in enumerate(rates):
         r = asyncio.run(_drive(rate, seconds, tmp / f"state-rate-{i}"))
         ok = r["lost"] == 0 and r["overflows"] == 0 and r["dropped"] == 0
-        print(f"rate     {rate:6d} events/s x {r['seconds']:.1f}s: lost {r['lost']:5d}  overflows {r['overflows']:6d}  "
-              f"dropped {r['dropped']:6d}  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
-              f"cpu/event {r['cpu_us']:.0f} us  cpu-wait {r['starved_ms']:.0f} ms  {'ok' if ok else 'LOSS'}")
+        print(
+            f"rate     {rate:6d} events/s x {r['seconds']:.1f}s: lost {r['lost']:5d}  overflows {r['overflows']:6d}  "
+            f"dropped {r['dropped']:6d}  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+            f"cpu/event {r['cpu_us']:.0f} us  cpu-wait {r['starved_ms']:.0f} ms  {'ok' if ok else 'LOSS'}"
+        )
         if not ok:
             break
         best = rate
-    print(f"rate     highest sustained rate with no loss: {best} events/s (runs of up to {seconds:.0f}s and "
-          f"{HISTORY_LIMIT} edges; each edge = one policy decision + one action)")
+    print(
+        f"rate     highest sustained rate with no loss: {best} events/s (runs of up to {seconds:.0f}s and "
+        f"{HISTORY_LIMIT} edges; each edge = one policy decision + one action)"
+    )
 
 
 def main() -> int:
@@ -427,9 +501,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="latency: baseline/daemon rounds (default 3)")
     args = ap.parse_args()
     n, idle, secs = (3, 2.0, 2.0) if args.quick else (7, 5.0, 5.0)
-    print(f"# kestrel runtime benchmark: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-          f"tmp on {tempfile.gettempdir()}, load average {os.getloadavg()[0]:.1f}; child interpreters "
-          f"cache bytecode under the run's temporary PYTHONPYCACHEPREFIX, as an installed wheel has .pyc files")
+    print(
+        f"# kestrel runtime benchmark: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+        f"tmp on {tempfile.gettempdir()}, load average {os.getloadavg()[0]:.1f}; child interpreters "
+        f"cache bytecode under the run's temporary PYTHONPYCACHEPREFIX, as an installed wheel has .pyc files"
+    )
     global PYCACHE
     with tempfile.TemporaryDirectory(prefix="kestrel-bench-") as t:
         tmp = Path(t)
@@ -448,5 +524,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

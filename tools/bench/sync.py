@@ -104,7 +104,7 @@ def _collector_rate(led, payloads: list[bytes], db: Path, *, group: int) -> tupl
     topic = ledger_topic(led.public_key.did)
     t = time.perf_counter()
     for i in range(0, len(payloads), group):  # as the collector service does: a group per transaction
-        core.handle_many([(topic, p) for p in payloads[i:i + group]])
+        core.handle_many([(topic, p) for p in payloads[i : i + group]])
     elapsed = time.perf_counter() - t
     n = store.agent_state(led.public_key.did).size
     store.close()
@@ -116,10 +116,9 @@ def main() -> int:
     p.add_argument("--records", type=int, default=20000)
     p.add_argument("--backlog", type=int, default=100000)
     args = p.parse_args()
-    from tests.fixtures.mosquitto import start_mosquitto
-
     from kestrel.sync.collector.service import CollectorService
     from kestrel.sync.collector.sqlite import SqliteStore
+    from tests.fixtures.mosquitto import start_mosquitto
 
     tmp = Path(tempfile.mkdtemp(prefix="kestrel-bench-sync-"))
     cm, broker = start_mosquitto(tmp / "broker")
@@ -134,19 +133,29 @@ def main() -> int:
         t_one = _paho(host, port, "bench/one", records, window=20)
         n = len(records)
         print(f"sync throughput, {n} records ({rec_bytes / n:.0f} B each), {len(payloads)} messages:")
-        print(f"  LedgerSync                         {n / t_sync:10.0f} records/s  {rec_bytes / t_sync / 1e6:6.2f} MB/s")
-        print(f"  raw paho QoS1, same payloads       {n / t_same:10.0f} records/s  ratio sync/raw = {t_same / t_sync:.2f}")
-        print(f"  raw paho QoS1, 1 record/message    {n / t_one:10.0f} records/s  ratio sync/raw = {t_one / t_sync:.2f}")
+        print(
+            f"  LedgerSync                         {n / t_sync:10.0f} records/s  {rec_bytes / t_sync / 1e6:6.2f} MB/s"
+        )
+        print(
+            f"  raw paho QoS1, same payloads       {n / t_same:10.0f} records/s  ratio sync/raw = {t_same / t_sync:.2f}"
+        )
+        print(
+            f"  raw paho QoS1, 1 record/message    {n / t_one:10.0f} records/s  ratio sync/raw = {t_one / t_sync:.2f}"
+        )
         # 3. collector
         live = _ledger(tmp / "live" / "ledger", n, flush_every=64)  # a checkpoint every 64 records
-        for name, source in (("bulk-written ledger (checkpoint every ~1000+ records)", led),
-                             ("ledger with a checkpoint every 64 records", live)):
+        for name, source in (
+            ("bulk-written ledger (checkpoint every ~1000+ records)", led),
+            ("ledger with a checkpoint every 64 records", live),
+        ):
             msgs = _payloads(source)
             for group in (1, 16):
                 t_col, verified = _collector_rate(source, msgs, tmp / f"bench-{id(source)}-{group}.db", group=group)
                 assert verified == n, (verified, n)
-                print(f"collector verifications, {name}, {group:2d} message(s)/transaction: "
-                      f"{n / t_col:.0f} records/s ({len(msgs) / t_col:.0f} messages/s)")
+                print(
+                    f"collector verifications, {name}, {group:2d} message(s)/transaction: "
+                    f"{n / t_col:.0f} records/s ({len(msgs) / t_col:.0f} messages/s)"
+                )
         live.close()
         led.close()
         # 2. catch-up
@@ -163,8 +172,10 @@ def main() -> int:
         svc.stop()
         store.close()
         big.close()
-        print(f"catch-up of a {args.backlog}-record backlog: acknowledged by the broker in {t_acked:.1f} s "
-              f"({args.backlog / t_acked:.0f} records/s); verified and stored by the collector in {t_stored:.1f} s")
+        print(
+            f"catch-up of a {args.backlog}-record backlog: acknowledged by the broker in {t_acked:.1f} s "
+            f"({args.backlog / t_acked:.0f} records/s); verified and stored by the collector in {t_stored:.1f} s"
+        )
     return 0
 
 

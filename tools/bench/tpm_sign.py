@@ -28,8 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "runtime"))
@@ -61,8 +62,12 @@ def _sign_loop(sign: Callable[[bytes], bytes], seconds: float, threads: int) -> 
         w.join()
     elapsed = time.perf_counter() - t0
     lat.sort()
-    return {"per_s": len(lat) / elapsed, "p50_ms": 1e3 * lat[len(lat) // 2],
-            "p99_ms": 1e3 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], "n": len(lat)}
+    return {
+        "per_s": len(lat) / elapsed,
+        "p50_ms": 1e3 * lat[len(lat) // 2],
+        "p99_ms": 1e3 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "n": len(lat),
+    }
 
 
 def _timed(fn: Callable[[], Any], repeat: int = 3) -> float:
@@ -95,10 +100,22 @@ def _start_swtpm(state: Path) -> tuple[subprocess.Popen | None, str]:
     port = _free_port_pair()
     try:
         proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-             "--flags", "not-need-init,startup-clear", "--tpmstate", f"dir={state}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "swtpm",
+                "socket",
+                "--tpm2",
+                "--server",
+                f"type=tcp,port={port},bindaddr=127.0.0.1",
+                "--ctrl",
+                f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+                "--flags",
+                "not-need-init,startup-clear",
+                "--tpmstate",
+                f"dir={state}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     except FileNotFoundError:
         return None, ""
     for _ in range(200):
@@ -138,7 +155,7 @@ def main() -> int:
                 proc.terminate()
                 proc.wait()
     base = results["software-p256"]["per_s"]
-    for name, r in results.items():
+    for r in results.values():
         if isinstance(r, dict):
             r["ratio_to_software_p256"] = r["per_s"] / base
     if args.json:
@@ -147,8 +164,10 @@ def main() -> int:
     print(f"{'contender':<24}{'sigs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x baseline':>12}")
     for name, r in results.items():
         if isinstance(r, dict):
-            print(f"{name:<24}{r['per_s']:>10.0f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}"
-                  f"{r['ratio_to_software_p256']:>12.3f}")
+            print(
+                f"{name:<24}{r['per_s']:>10.0f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}"
+                f"{r['ratio_to_software_p256']:>12.3f}"
+            )
     for name, v in results.items():
         if not isinstance(v, dict):
             print(f"{name:<24}{v:>10.1f}")

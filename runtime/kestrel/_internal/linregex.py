@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = ["RegexError", "LinearRegex", "compile_linear", "MAX_COUNT", "MAX_DFA_STATES", "MAX_NFA_STATES"]
 
@@ -104,22 +103,22 @@ class _Set:
 
 @dataclass(frozen=True)
 class _Cat:
-    items: tuple["_Node", ...]
+    items: tuple[_Node, ...]
 
 
 @dataclass(frozen=True)
 class _Alt:
-    items: tuple["_Node", ...]
+    items: tuple[_Node, ...]
 
 
 @dataclass(frozen=True)
 class _Rep:
-    item: "_Node"
+    item: _Node
     lo: int
     hi: int | None  # None: unbounded
 
 
-_Node = Union[_Set, _Cat, _Alt, _Rep]
+_Node = _Set | _Cat | _Alt | _Rep
 _EMPTY = _Cat(())
 
 
@@ -188,10 +187,14 @@ class _Parser:
 
     def counts(self) -> tuple[int, int | None] | None:
         close = self.p.find("}", self.i)
-        inner = self.p[self.i + 1:close] if close > 0 else ""
+        inner = self.p[self.i + 1 : close] if close > 0 else ""
         lo_s, comma, hi_s = inner.partition(",")
-        if close < 0 or not (lo_s.isdigit() or (comma and not lo_s)) or (hi_s and not hi_s.isdigit()) \
-                or not (lo_s.isascii() and hi_s.isascii()):
+        if (
+            close < 0
+            or not (lo_s.isdigit() or (comma and not lo_s))
+            or (hi_s and not hi_s.isdigit())
+            or not (lo_s.isascii() and hi_s.isascii())
+        ):
             return None  # not a quantifier: '{' is a literal, as in Python
         lo = int(lo_s) if lo_s else 0
         hi = None if (comma and not hi_s) else int(hi_s) if hi_s else lo
@@ -210,15 +213,17 @@ class _Parser:
                     self.i += 2
                 elif self.p.startswith("?P<", self.i):
                     close = self.p.find(">", self.i)
-                    name = self.p[self.i + 3:close] if close > 0 else ""
+                    name = self.p[self.i + 3 : close] if close > 0 else ""
                     if not name.isidentifier():
                         raise self.fail("bad group name")
                     if name in self.names:
                         raise self.fail(f"group name {name!r} is used twice")
                     self.names.add(name)
                     self.i = close + 1
-                elif self.p[self.i:self.i + 3] in ("?=", "?!", "?<=", "?<!") or self.p[self.i:self.i + 2] in (
-                        "?=", "?!"):
+                elif self.p[self.i : self.i + 3] in ("?=", "?!", "?<=", "?<!") or self.p[self.i : self.i + 2] in (
+                    "?=",
+                    "?!",
+                ):
                     raise self.fail("lookahead and lookbehind are not supported (they cannot match in linear time)")
                 elif self.p.startswith("?>", self.i):
                     raise self.fail("atomic groups are not supported")
@@ -261,7 +266,7 @@ class _Parser:
             return ((_CONTROL[c], _CONTROL[c]),)
         if c in ("x", "u", "U"):
             n = {"x": 2, "u": 4, "U": 8}[c]
-            digits = self.p[self.i:self.i + n]
+            digits = self.p[self.i : self.i + n]
             if len(digits) != n or any(d not in "0123456789abcdefABCDEF" for d in digits) or int(digits, 16) > _TOP:
                 raise self.fail(f"\\{c} needs {n} hex digits", at)
             self.i += n
@@ -297,8 +302,12 @@ class _Parser:
             if lo_set is None:
                 self.i += 1
                 lo_set = ((ord(c), ord(c)),)
-            if self.peek() == "-" and self.p[self.i + 1:self.i + 2] not in ("]", "") and len(lo_set) == 1 \
-                    and lo_set[0][0] == lo_set[0][1]:
+            if (
+                self.peek() == "-"
+                and self.p[self.i + 1 : self.i + 2] not in ("]", "")
+                and len(lo_set) == 1
+                and lo_set[0][0] == lo_set[0][1]
+            ):
                 self.i += 1
                 h = self.peek()
                 hi_set = self.escape(in_class=True) if h == "\\" else None
@@ -380,8 +389,7 @@ class LinearRegex:
 
     __slots__ = ("pattern", "_points", "_ascii", "_trans", "_accept", "_mode")
 
-    def __init__(self, pattern: str, points: list[int], trans: list[list[int]], accept: list[bool],
-                 mode: str) -> None:
+    def __init__(self, pattern: str, points: list[int], trans: list[list[int]], accept: list[bool], mode: str) -> None:
         self.pattern = pattern
         self._points = points
         self._ascii = [bisect_right(points, o) - 1 for o in range(128)]
@@ -419,8 +427,9 @@ class LinearRegex:
         return f"LinearRegex({self.pattern!r}, {self._mode}, {self.states} states)"
 
 
-def compile_linear(pattern: str, *, mode: str = "full", ignore_case: bool = False,
-                   max_states: int = MAX_DFA_STATES) -> LinearRegex:
+def compile_linear(
+    pattern: str, *, mode: str = "full", ignore_case: bool = False, max_states: int = MAX_DFA_STATES
+) -> LinearRegex:
     """Compile ``pattern`` for ``fullmatch`` (``mode="full"``) or ``search`` (``mode="search"``).
 
     Raises :class:`RegexError` for a malformed or unsupported pattern, or one whose
@@ -432,8 +441,13 @@ def compile_linear(pattern: str, *, mode: str = "full", ignore_case: bool = Fals
         raise RegexError(f"pattern is longer than {MAX_PATTERN} characters", MAX_PATTERN)
     node, start, end = _Parser(pattern, ignore_case=ignore_case).parse()
     if mode == "search":
-        node = _Cat(((_EMPTY if start else _Rep(_Set(ANY), 0, None)), node,
-                     (_Rep(_Set(((10, 10),)), 0, 1) if end else _Rep(_Set(ANY), 0, None))))
+        node = _Cat(
+            (
+                (_EMPTY if start else _Rep(_Set(ANY), 0, None)),
+                node,
+                (_Rep(_Set(((10, 10),)), 0, 1) if end else _Rep(_Set(ANY), 0, None)),
+            )
+        )
     nfa = _Nfa()
     s, e = nfa.build(node)
     return _determinise(pattern, nfa, s, e, mode, max_states)
@@ -443,8 +457,9 @@ def _determinise(pattern: str, nfa: _Nfa, start: int, final: int, mode: str, max
     sets = {r for edges in nfa.edges for r, _ in edges}
     points = sorted({0} | {lo for r in sets for lo, _ in r} | {hi + 1 for r in sets for _, hi in r if hi < _TOP})
     width = len(points)
-    classes_of = {r: [c for lo, hi in r for c in range(bisect_right(points, lo) - 1, bisect_right(points, hi))]
-                  for r in sets}
+    classes_of = {
+        r: [c for lo, hi in r for c in range(bisect_right(points, lo) - 1, bisect_right(points, hi))] for r in sets
+    }
 
     def closure(states: set[int]) -> frozenset[int]:
         stack, seen = list(states), set(states)
@@ -471,8 +486,7 @@ def _determinise(pattern: str, nfa: _Nfa, start: int, final: int, mode: str, max
             j = index.get(nxt)
             if j is None:
                 if len(order) >= max_states:
-                    raise RegexError(f"pattern is too complex (its automaton needs more than {max_states} states)",
-                                     0)
+                    raise RegexError(f"pattern is too complex (its automaton needs more than {max_states} states)", 0)
                 j = index[nxt] = len(order)
                 order.append(nxt)
             row[c] = j

@@ -73,8 +73,7 @@ def loads_strict(data: bytes | str) -> object:
     """Parse ``data``; :class:`StrictJsonError` for anything that is not strict JSON."""
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
-        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float,
-                           parse_int=_int)
+        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float, parse_int=_int)
         if _SURROGATE_ESCAPE.search(text):  # rare: only then walk the value
             _no_lone_surrogates(value)
         return value

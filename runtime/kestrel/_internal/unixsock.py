@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["connect_unix", "bind_unix", "MAX_SUN_PATH"]
 

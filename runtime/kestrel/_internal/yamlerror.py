@@ -26,5 +26,4 @@ def yaml_config_error(exc: Any, *, source: str, label: str, unmarked_label: str 
     ``unmarked_label`` (default ``label``) and the error's own text.
     """
     text, line, column, marked = yaml_problem(exc)
-    return ConfigError(f"{label if marked else unmarked_label or label}: {text}", path=source, line=line,
-                       column=column)
+    return ConfigError(f"{label if marked else unmarked_label or label}: {text}", path=source, line=line, column=column)

@@ -36,8 +36,9 @@ class Node:
 
     __slots__ = ("raw", "source", "key", "line", "column")
 
-    def __init__(self, raw: yaml.Node | None, *, source: str, key: str, line: int | None = None,
-                 column: int | None = None) -> None:
+    def __init__(
+        self, raw: yaml.Node | None, *, source: str, key: str, line: int | None = None, column: int | None = None
+    ) -> None:
         self.raw = raw
         self.source = source
         self.key = key
@@ -45,19 +46,21 @@ class Node:
             line, column = raw.start_mark.line + 1, raw.start_mark.column + 1
         self.line, self.column = line, column
         if raw is not None and raw.tag not in _PLAIN_TAGS:
-            raise self.error(f"YAML type {str(raw.tag).replace('tag:yaml.org,2002:', '!!')} is not allowed here",
-                             hint="use plain strings, numbers, booleans, lists and mappings; quote dates")
+            raise self.error(
+                f"YAML type {str(raw.tag).replace('tag:yaml.org,2002:', '!!')} is not allowed here",
+                hint="use plain strings, numbers, booleans, lists and mappings; quote dates",
+            )
 
     # -- errors -------------------------------------------------------------
     def error(self, message: str, *, hint: str | None = None, key: str | None = None) -> ConfigError:
-        return ConfigError(message, path=self.source, line=self.line, column=self.column,
-                           key=key or self.key or None, hint=hint)
+        return ConfigError(
+            message, path=self.source, line=self.line, column=self.column, key=key or self.key or None, hint=hint
+        )
 
     # -- shapes -------------------------------------------------------------
     @property
     def is_null(self) -> bool:
-        return self.raw is None or (isinstance(self.raw, yaml.ScalarNode)
-                                    and self.raw.tag == "tag:yaml.org,2002:null")
+        return self.raw is None or (isinstance(self.raw, yaml.ScalarNode) and self.raw.tag == "tag:yaml.org,2002:null")
 
     def _child(self, raw: yaml.Node, name: str) -> Node:
         key = f"{self.key}.{name}" if self.key else name
@@ -79,7 +82,8 @@ class Node:
                 raise Node(knode, source=self.source, key=child.key).error("duplicate key")
             if allowed is not None and name not in allowed:
                 raise Node(knode, source=self.source, key=child.key).error(
-                    f"unknown key {name!r}", hint=f"allowed here: {', '.join(sorted(allowed))}")
+                    f"unknown key {name!r}", hint=f"allowed here: {', '.join(sorted(allowed))}"
+                )
             out[name] = child
         return out
 
@@ -88,8 +92,7 @@ class Node:
             return []
         if not isinstance(self.raw, yaml.SequenceNode):
             raise self.error("expected a list")
-        return [Node(item, source=self.source, key=f"{self.key}[{i}]")
-                for i, item in enumerate(self.raw.value)]
+        return [Node(item, source=self.source, key=f"{self.key}[{i}]") for i, item in enumerate(self.raw.value)]
 
     def items(self) -> Iterator[tuple[str, Node]]:
         return iter(self.mapping().items())
@@ -182,16 +185,18 @@ class AliasError(ConfigError):
 
     def __init__(self, source: str, positions: list[tuple[int, int]]) -> None:
         line, column = positions[0]
-        super().__init__(ALIAS_MESSAGE, path=source, line=line, column=column,
-                         hint="write each value out where it is used")
+        super().__init__(
+            ALIAS_MESSAGE, path=source, line=line, column=column, hint="write each value out where it is used"
+        )
         self.positions = positions
 
 
 class YamlSyntaxError(ConfigError):
     """The text is not YAML; ``problem`` is what PyYAML found, without the position."""
 
-    def __init__(self, problem: str, *, source: str, label: str, line: int | None = None,
-                 column: int | None = None) -> None:
+    def __init__(
+        self, problem: str, *, source: str, label: str, line: int | None = None, column: int | None = None
+    ) -> None:
         super().__init__(f"{label}: {problem}", path=source, line=line, column=column)
         self.problem = problem
 
@@ -204,8 +209,11 @@ def compose(text: str, *, source: str, label: str = "not valid YAML") -> yaml.No
     """
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        aliases = [(e.start_mark.line + 1, e.start_mark.column + 1)
-                   for e in yaml.parse(text, Loader=loader) if isinstance(e, yaml.AliasEvent) and e.start_mark]
+        aliases = [
+            (e.start_mark.line + 1, e.start_mark.column + 1)
+            for e in yaml.parse(text, Loader=loader)
+            if isinstance(e, yaml.AliasEvent) and e.start_mark
+        ]
         if aliases:
             raise AliasError(source, aliases)
         return yaml.compose(text, Loader=loader)

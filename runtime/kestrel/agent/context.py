@@ -9,7 +9,8 @@ model + hnswlib): top-k retrieval by cosine similarity.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["ContextSource", "StaticContext", "MemoryContext"]
 

@@ -27,7 +27,7 @@ DurabilityMode = Literal["strict", "batched"]
 class Agent:
     """An opened agent. Use :meth:`open` (or :meth:`create`); close it, or use ``with``."""
 
-    def __init__(self, state_dir: Path, identity: "Identity", signer: "Signer", ledger: Any) -> None:
+    def __init__(self, state_dir: Path, identity: Identity, signer: Signer, ledger: Any) -> None:
         self._state_dir = state_dir
         self._identity = identity
         self._signer = signer
@@ -42,7 +42,7 @@ class Agent:
         passphrase: bytes | str | None = None,
         durability: DurabilityMode = "batched",
         tcti: str | None = None,
-    ) -> "Agent":
+    ) -> Agent:
         """Unlock the identity in ``state_dir`` and open its ledger."""
         from ..identity import load_identity, open_signer
 
@@ -59,12 +59,12 @@ class Agent:
         *,
         name: str,
         backend: str = "file",
-        algorithm: "Algorithm | str" = "ed25519",
+        algorithm: Algorithm | str = "ed25519",
         passphrase: bytes | str | None = None,
         machine_bound: bool = False,
         tcti: str | None = None,
         durability: DurabilityMode = "batched",
-    ) -> "Agent":
+    ) -> Agent:
         """Create a new identity (refusing if one exists), open the ledger, record ``agent.created``."""
         from ..identity import Algorithm, create_identity_with_signer
 
@@ -72,8 +72,14 @@ class Agent:
         state = Path(state_dir)
         ensure_fresh_state(state)
         identity, signer = create_identity_with_signer(
-            state, name=name, backend=backend, algorithm=Algorithm(algorithm), passphrase=passphrase,
-            machine_bound=machine_bound, tcti=tcti)
+            state,
+            name=name,
+            backend=backend,
+            algorithm=Algorithm(algorithm),
+            passphrase=passphrase,
+            machine_bound=machine_bound,
+            tcti=tcti,
+        )
         agent = cls._with_ledger(state, identity, signer, durability)
         try:
             agent.ledger.append("agent.created", created_body(identity))
@@ -83,8 +89,7 @@ class Agent:
         return agent
 
     @classmethod
-    def _with_ledger(cls, state: Path, identity: "Identity", signer: "Signer",
-                     durability: DurabilityMode) -> "Agent":
+    def _with_ledger(cls, state: Path, identity: Identity, signer: Signer, durability: DurabilityMode) -> Agent:
         from .._internal.paths import StateLayout
 
         try:
@@ -103,11 +108,11 @@ class Agent:
         return self._identity.did
 
     @property
-    def identity(self) -> "Identity":
+    def identity(self) -> Identity:
         return self._identity
 
     @property
-    def signer(self) -> "Signer":
+    def signer(self) -> Signer:
         return self._signer
 
     @property
@@ -133,7 +138,7 @@ class Agent:
         finally:
             _close(self._signer)
 
-    def __enter__(self) -> "Agent":
+    def __enter__(self) -> Agent:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -167,10 +172,14 @@ def ensure_fresh_state(state_dir: str | os.PathLike[str]) -> None:
         )
 
 
-def created_body(identity: "Identity") -> dict[str, Any]:
+def created_body(identity: Identity) -> dict[str, Any]:
     """The body of the ``agent.created`` ledger record."""
-    return {"name": identity.name, "did": identity.did, "algorithm": identity.algorithm.value,
-            "backend": identity.backend}
+    return {
+        "name": identity.name,
+        "did": identity.did,
+        "algorithm": identity.algorithm.value,
+        "backend": identity.backend,
+    }
 
 
 def _check_durability(durability: str) -> None:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ..errors import UsageError
 from .context import ContextSource
@@ -130,8 +131,12 @@ class Actor:
             "output": digest_of(step.said),
             "call": {"action": call.action, "args": digest_of(canonical_json(dict(call.args)))} if call else None,
             "error": step.error,
-            "decision": None if decision is None else {
-                "allowed": bool(decision.allowed), "rule": decision.rule, "policy": decision.policy_digest,
+            "decision": None
+            if decision is None
+            else {
+                "allowed": bool(decision.allowed),
+                "rule": decision.rule,
+                "policy": decision.policy_digest,
             },
             "result": result.digest if result is not None else None,
             "ok": result.ok if result is not None else None,
@@ -168,8 +173,9 @@ class LLMPlanner:
         self._seed = seed
         self._clock = clock
 
-    def run(self, goal: str, *, cancel: threading.Event | None = None,
-            on_step: Callable[[Step], None] | None = None) -> Outcome:
+    def run(
+        self, goal: str, *, cancel: threading.Event | None = None, on_step: Callable[[Step], None] | None = None
+    ) -> Outcome:
         if not goal.strip():
             raise UsageError("the goal is empty")
         b, clock = self.budgets, self._clock
@@ -197,13 +203,22 @@ class LLMPlanner:
                 status = "tokens"
                 break
             try:
-                prompt, _, _ = fit(tools=tools_text, memory=memory, goal=goal, history=history,
-                                   budget=self.model.context_length - step_tokens, count=self.model.count_tokens)
+                prompt, _, _ = fit(
+                    tools=tools_text,
+                    memory=memory,
+                    goal=goal,
+                    history=history,
+                    budget=self.model.context_length - step_tokens,
+                    count=self.model.count_tokens,
+                )
             except ValueError:
                 status = "context"
                 break
             options = GenerationOptions(
-                max_tokens=step_tokens, time_budget_s=left_s, stop=(STOP,), temperature=self._temperature,
+                max_tokens=step_tokens,
+                time_budget_s=left_s,
+                stop=(STOP,),
+                temperature=self._temperature,
                 seed=None if self._seed is None else self._seed + index,
             )
             try:
@@ -251,17 +266,24 @@ class LLMPlanner:
                 history.append(Turn(said, observed_result(d.rule, step.result.ok, step.result.summary())))
         return Outcome(goal, status, tuple(steps), final, tokens, clock() - start)
 
-    def _hand_off(self, goal: str, steps: list[Step], tokens: int, start: float,
-                  cancel: threading.Event | None, on_step: Callable[[Step], None] | None) -> Outcome:
+    def _hand_off(
+        self,
+        goal: str,
+        steps: list[Step],
+        tokens: int,
+        start: float,
+        cancel: threading.Event | None,
+        on_step: Callable[[Step], None] | None,
+    ) -> Outcome:
         if self.rules is None:
             return Outcome(goal, "no-rules", tuple(steps), None, tokens, self._clock() - start, True)
         sub = self.rules.run(goal, cancel=cancel, first_index=len(steps) + 1, on_step=on_step)
-        return Outcome(goal, sub.status, tuple(steps) + sub.steps, sub.final, tokens,
-                       self._clock() - start, True)
+        return Outcome(goal, sub.status, tuple(steps) + sub.steps, sub.final, tokens, self._clock() - start, True)
 
 
-async def run_async(planner: Any, goal: str, *, on_step: Callable[[Step], None] | None = None,
-                    executor: Any = None) -> Outcome:
+async def run_async(
+    planner: Any, goal: str, *, on_step: Callable[[Step], None] | None = None, executor: Any = None
+) -> Outcome:
     """Run either planner in an executor thread; cancelling the awaiting task cancels the run.
 
     ``on_step`` is called in the executor thread (use ``loop.call_soon_threadsafe`` to reach the loop).
@@ -272,8 +294,7 @@ async def run_async(planner: Any, goal: str, *, on_step: Callable[[Step], None] 
 
     cancel = threading.Event()
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(executor, functools.partial(planner.run, goal, cancel=cancel,
-                                                                   on_step=on_step))
+    future = loop.run_in_executor(executor, functools.partial(planner.run, goal, cancel=cancel, on_step=on_step))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

@@ -21,8 +21,8 @@ module, so changing the format means rebuilding it (its recipe digest covers thi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 __all__ = ["HEADER", "STOP", "Turn", "render", "fit", "observed_result", "observed_denial", "observed_invalid"]
 

@@ -87,8 +87,10 @@ def parse_rules(text: str, *, source: str = "<rules>") -> tuple[Rule, ...]:
             gate = compile_linear(when, mode="search", ignore_case=True)
             pattern = re.compile(when, re.IGNORECASE | re.ASCII)
         except (RegexError, re.error) as exc:
-            raise f.node_of("when").error(f"bad pattern: {exc}", hint="patterns are matched in linear time: no "
-                                          "backreferences or lookaround (docs/planner.md)") from None
+            raise f.node_of("when").error(
+                f"bad pattern: {exc}",
+                hint="patterns are matched in linear time: no backreferences or lookaround (docs/planner.md)",
+            ) from None
         rules.append(Rule(rid, pattern, action, args, gate))
     return tuple(rules)
 
@@ -96,8 +98,16 @@ def parse_rules(text: str, *, source: str = "<rules>") -> tuple[Rule, ...]:
 class RulePlanner:
     """Fires every rule whose pattern matches the goal, through the shared Actor."""
 
-    def __init__(self, rules: Sequence[Rule], tools: ToolRegistry, *, authorize: Authorize, ledger: _Ledger,
-                 budgets: Budgets = Budgets(), clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        tools: ToolRegistry,
+        *,
+        authorize: Authorize,
+        ledger: _Ledger,
+        budgets: Budgets = Budgets(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.rules = tuple(rules)
         self.actor = Actor(tools, authorize=authorize, ledger=ledger)
         self.budgets = budgets
@@ -106,8 +116,14 @@ class RulePlanner:
             [{"id": r.id, "when": r.when.pattern, "action": r.action, "args": dict(r.args)} for r in self.rules]
         )
 
-    def run(self, goal: str, *, cancel: threading.Event | None = None, first_index: int = 1,
-            on_step: Callable[[Step], None] | None = None) -> Outcome:
+    def run(
+        self,
+        goal: str,
+        *,
+        cancel: threading.Event | None = None,
+        first_index: int = 1,
+        on_step: Callable[[Step], None] | None = None,
+    ) -> Outcome:
         start = self._clock()
         steps: list[Step] = []
         fired = 0

@@ -10,8 +10,9 @@ schema error, so a typo cannot silently widen what the model may send.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from .._internal.linregex import LinearRegex, RegexError, compile_linear
 from ..errors import ConfigError
@@ -19,8 +20,21 @@ from ..errors import ConfigError
 __all__ = ["check_schema", "schema_errors"]
 
 _KEYWORDS = {
-    "type", "properties", "required", "additionalProperties", "enum", "const", "minimum",
-    "maximum", "minLength", "maxLength", "pattern", "items", "maxItems", "description", "default",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "enum",
+    "const",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "items",
+    "maxItems",
+    "description",
+    "default",
 }
 _TYPES = {"object", "string", "integer", "number", "boolean", "array", "null"}
 _PY = {"object": dict, "string": str, "boolean": bool, "array": list, "null": type(None)}

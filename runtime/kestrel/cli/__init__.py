@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import KestrelError, UsageError
 
@@ -92,8 +92,11 @@ def _suggest_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> in
         choices = action.choices
         if word not in choices:
             where = " ".join(["kestrel", *cmd])
-            print(f"{where}: error: unknown command {word!r}{did_you_mean(word, choices)}\n"
-                  f"  commands: {', '.join(choices)}\n  `{where} --help` describes them", file=sys.stderr)
+            print(
+                f"{where}: error: unknown command {word!r}{did_you_mean(word, choices)}\n"
+                f"  commands: {', '.join(choices)}\n  `{where} --help` describes them",
+                file=sys.stderr,
+            )
             return 64
         cmd.append(word)
         sub = choices[word]

@@ -10,8 +10,9 @@ from typing import Any
 from ..errors import UsageError
 
 STATE_HELP = "the agent's state directory (default: $KESTREL_STATE, else ~/.local/state/kestrel)"
-PASSPHRASE_FILE_HELP = "file holding the agent keystore's passphrase (else $KESTREL_PASSPHRASE, else a prompt " \
-                       "on a terminal)"
+PASSPHRASE_FILE_HELP = (
+    "file holding the agent keystore's passphrase (else $KESTREL_PASSPHRASE, else a prompt on a terminal)"
+)
 
 # Environment variables the command line reads, for `kestrel --help` (name, meaning).
 ENVIRONMENT = (

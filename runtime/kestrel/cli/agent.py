@@ -22,8 +22,11 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("ask", help="run the planner once on a goal and print each step and its decision",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p = sub.add_parser(
+        "ask",
+        help="run the planner once on a goal and print each step and its decision",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
     p.add_argument("goal", help="what the agent should do, in words")
     add_state_arg(p)
     p.add_argument("--rules", metavar="FILE", help="rules file (default STATE/agent/rules.yaml if present)")
@@ -31,8 +34,12 @@ def register(sub: Any) -> None:
     p.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible endpoint, e.g. http://10.0.0.5:8080/v1")
     p.add_argument("--llm", metavar="NAME", default="default", help="model name sent to the endpoint")
     p.add_argument("--api", choices=("completions", "chat"), default="completions")
-    p.add_argument("--tools", metavar="A,B", help="offer only these built-in actions to the planner "
-                   "(default: all of gpio.write, send_email, schedule_event, fetch_data, mqtt.publish)")
+    p.add_argument(
+        "--tools",
+        metavar="A,B",
+        help="offer only these built-in actions to the planner "
+        "(default: all of gpio.write, send_email, schedule_event, fetch_data, mqtt.publish)",
+    )
     p.add_argument("--max-steps", type=int, default=6)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--time", type=float, default=60.0, metavar="SECONDS", help="time budget of the whole run")
@@ -65,15 +72,25 @@ def _options(args: argparse.Namespace) -> Any:
         from ..agent.rules import parse_rules
 
         parse_rules(rules_text, source=rules_source)  # a bad rules file fails here, with its line
-    return AskOptions(rules_text=rules_text, rules_source=rules_source, rules_only=args.rules_only,
-                      endpoint=args.endpoint, llm=args.llm, api=args.api, tools=tools,
-                      budgets=Budgets(max_steps=args.max_steps, max_tokens=args.max_tokens, time_s=args.time),
-                      threads=args.threads, memory=not args.no_memory)
+    return AskOptions(
+        rules_text=rules_text,
+        rules_source=rules_source,
+        rules_only=args.rules_only,
+        endpoint=args.endpoint,
+        llm=args.llm,
+        api=args.api,
+        tools=tools,
+        budgets=Budgets(max_steps=args.max_steps, max_tokens=args.max_tokens, time_s=args.time),
+        threads=args.threads,
+        memory=not args.no_memory,
+    )
 
 
 def _not_executed(action: str, args: dict) -> Any:
-    raise TransportError("allowed, but not executed: no daemon runs on this state directory",
-                         hint="actions run inside `kestrel run`; this run recorded the decision only")
+    raise TransportError(
+        "allowed, but not executed: no daemon runs on this state directory",
+        hint="actions run inside `kestrel run`; this run recorded the decision only",
+    )
 
 
 def _ask(args: argparse.Namespace, extra: list[str]) -> int:
@@ -94,8 +111,12 @@ def _ask(args: argparse.Namespace, extra: list[str]) -> int:
                     outcome = item
         assert outcome is not None
     else:
-        print(f"kestrel: no daemon runs on {state}: actions are decided and recorded, NOT executed "
-              "(start `kestrel run` to have them executed)", file=sys.stderr, flush=True)
+        print(
+            f"kestrel: no daemon runs on {state}: actions are decided and recorded, NOT executed "
+            "(start `kestrel run` to have them executed)",
+            file=sys.stderr,
+            flush=True,
+        )
         outcome = _ask_here(args, state, options)
     return _report(outcome, json_out=args.json)
 
@@ -115,8 +136,9 @@ def _ask_here(args: argparse.Namespace, state: Path, options: Any) -> dict[str, 
     with contextlib.ExitStack() as stack:
         agent = stack.enter_context(Agent.open(state, passphrase=passphrase))
         engine = PolicyEngine(state, agent.ledger, source=policy_source(state))
-        planner = build_planner(state, options, authorize=engine.decide, ledger=agent.ledger,
-                                executor=_not_executed, stack=stack)
+        planner = build_planner(
+            state, options, authorize=engine.decide, ledger=agent.ledger, executor=_not_executed, stack=stack
+        )
         outcome = planner.run(args.goal, on_step=lambda step: print(step.describe(), flush=True))
     return outcome_event(outcome, executed=False)
 
@@ -125,10 +147,18 @@ def _report(outcome: dict[str, Any], *, json_out: bool) -> int:
     summary = f"outcome: {outcome['status']}" + (f" ({outcome['final']})" if outcome.get("final") else "")
     if outcome.get("error"):
         print(f"kestrel: {outcome['error']}", file=sys.stderr)
-    print(f"{summary}; {outcome['steps']} steps, {outcome['tokens']} tokens, {outcome['elapsed_s']:.2f} s"
-          + ("; handed to the rules" if outcome.get("handed_off") else "")
-          + ("" if outcome.get("executed") else "; nothing executed (no daemon)"))
+    print(
+        f"{summary}; {outcome['steps']} steps, {outcome['tokens']} tokens, {outcome['elapsed_s']:.2f} s"
+        + ("; handed to the rules" if outcome.get("handed_off") else "")
+        + ("" if outcome.get("executed") else "; nothing executed (no daemon)")
+    )
     if json_out:
-        print(json.dumps({k: outcome.get(k) for k in ("status", "final", "steps", "tokens", "handed_off", "error",
-                                                      "decisions", "executed")}))
+        print(
+            json.dumps(
+                {
+                    k: outcome.get(k)
+                    for k in ("status", "final", "steps", "tokens", "handed_off", "error", "decisions", "executed")
+                }
+            )
+        )
     return 0 if outcome["status"] == "done" else 1

@@ -11,7 +11,7 @@ import json
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,11 @@ def register(sub: Any) -> None:
     p.add_argument("--agent", metavar="DID", help="the AgentID to verify against (required with --export)")
     p.add_argument("--trusted", metavar="FILE", help="a checkpoint note you trust: the log must extend it")
     p.add_argument("--json", action="store_true", help="machine-readable verdict on stdout, also on failure")
-    p.add_argument("--require-signed", action="store_true",
-                   help="fail (exit 2) if any record is not covered by a signed checkpoint, or a write is unfinished")
+    p.add_argument(
+        "--require-signed",
+        action="store_true",
+        help="fail (exit 2) if any record is not covered by a signed checkpoint, or a write is unfinished",
+    )
     p.set_defaults(func=_verify)
 
     p = asub.add_parser("export", help="write the whole signed log to FILE (verifiable with the AgentID)")
@@ -52,13 +55,20 @@ def register(sub: Any) -> None:
     _state(p)
     p.set_defaults(func=_export)
 
-    p = asub.add_parser("prove", help="write an inclusion proof for one record (JSON text on stdout, or -o FILE)",
-                        description="kestrel audit prove 3 > proof.json writes the proof as JSON text (the "
-                        "record, readable, and the binary proof in base64); -o FILE.proof or --binary writes "
-                        "the binary proof file of docs/ledger-format.md. verify-proof reads both.")
+    p = asub.add_parser(
+        "prove",
+        help="write an inclusion proof for one record (JSON text on stdout, or -o FILE)",
+        description="kestrel audit prove 3 > proof.json writes the proof as JSON text (the "
+        "record, readable, and the binary proof in base64); -o FILE.proof or --binary writes "
+        "the binary proof file of docs/ledger-format.md. verify-proof reads both.",
+    )
     p.add_argument("seq", type=int, help="sequence number of the record to disclose")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the proof here instead of stdout "
-                   "(JSON when FILE ends in .json, else binary)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the proof here instead of stdout (JSON when FILE ends in .json, else binary)",
+    )
     p.add_argument("--binary", action="store_true", help="write the binary proof file (not JSON)")
     _state(p)
     p.set_defaults(func=_prove)
@@ -76,8 +86,6 @@ def register(sub: Any) -> None:
     from .quorum_audit import register_quorum_audit  # kestrel audit quorum (docs/quorum.md)
 
     register_quorum_audit(asub)
-
-
 
 
 def _state_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -132,11 +140,11 @@ def _parse_since(text: str | None) -> float | None:
         raise UsageError(
             f"--since {text!r} is not a time", hint="use e.g. 2026-11-25T10:00:00Z, 1764064800, 30m, 2h or 7d"
         ) from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def _fmt_time(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _print_record(rec: Any, *, as_json: bool) -> None:
@@ -193,35 +201,64 @@ def _verify(args: argparse.Namespace, extra: list[str]) -> int:
             from ..ledger.errors import LedgerVerificationError, Reason
 
             raise LedgerVerificationError(
-                verified.signed_size, Reason.UNSIGNED,
+                verified.signed_size,
+                Reason.UNSIGNED,
                 f"{verified.unsigned} records after the latest signed checkpoint (covering {verified.signed_size})"
-                + (f" and an unfinished write of {verified.torn_bytes} bytes" if verified.torn_bytes else ""))
+                + (f" and an unfinished write of {verified.torn_bytes} bytes" if verified.torn_bytes else ""),
+            )
     except KestrelError as exc:
         if args.json:
-            print(json.dumps({"ok": False, "error": str(exc), "reason": getattr(getattr(exc, "reason", None), "value",
-                              type(exc).__name__), "seq": getattr(exc, "seq", None)}, sort_keys=True))
+            print(
+                json.dumps(
+                    {
+                        "ok": False,
+                        "error": str(exc),
+                        "reason": getattr(getattr(exc, "reason", None), "value", type(exc).__name__),
+                        "seq": getattr(exc, "seq", None),
+                    },
+                    sort_keys=True,
+                )
+            )
             sys.stdout.flush()
         raise
     if args.json:
-        print(json.dumps({
-            "ok": True, "agent": verified.did, "size": verified.size, "signed_size": verified.signed_size,
-            "unsigned": verified.unsigned, "root": verified.root.hex(), "torn_bytes": verified.torn_bytes,
-            "first_seq": verified.first_seq,
-        }, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "agent": verified.did,
+                    "size": verified.size,
+                    "signed_size": verified.signed_size,
+                    "unsigned": verified.unsigned,
+                    "root": verified.root.hex(),
+                    "torn_bytes": verified.torn_bytes,
+                    "first_seq": verified.first_seq,
+                },
+                sort_keys=True,
+            )
+        )
     else:
         print(f"ledger intact: {verified.size} records, {verified.signed_size} covered by the latest signed checkpoint")
         print(f"agent: {verified.did}")
         print(f"root:  {verified.root.hex()}")
         if verified.first_seq:
-            print(f"pruned: records 0..{verified.first_seq - 1} were dropped; verified from the signed base "
-                  f"at {verified.first_seq} (signed by the agent's own key)")
+            print(
+                f"pruned: records 0..{verified.first_seq - 1} were dropped; verified from the signed base "
+                f"at {verified.first_seq} (signed by the agent's own key)"
+            )
     if verified.unsigned:
-        print(f"warning: the last {verified.unsigned} records are not yet covered by a signed checkpoint "
-              "(the agent signs them while it runs, or when it next opens its ledger; "
-              "--require-signed makes this a failure)", file=sys.stderr)
+        print(
+            f"warning: the last {verified.unsigned} records are not yet covered by a signed checkpoint "
+            "(the agent signs them while it runs, or when it next opens its ledger; "
+            "--require-signed makes this a failure)",
+            file=sys.stderr,
+        )
     if verified.torn_bytes:
-        print(f"warning: ignored an unfinished write of {verified.torn_bytes} bytes at the end "
-              "(never acknowledged; the agent saves and cuts it when it next opens its ledger)", file=sys.stderr)
+        print(
+            f"warning: ignored an unfinished write of {verified.torn_bytes} bytes at the end "
+            "(never acknowledged; the agent saves and cuts it when it next opens its ledger)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -252,8 +289,10 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
     verified, chunks = export_chunks(ledger_dir, _agent_key(state))
     atomic_write(Path(args.file), chunks, mode=0o644)  # streamed: the export is never held in memory
     kept = verified.signed_size - verified.first_seq
-    print(f"exported {kept} signed records of {verified.did} to {args.file}"
-          + (f" (records {verified.first_seq}.. after the base of the pruned ledger)" if verified.first_seq else ""))
+    print(
+        f"exported {kept} signed records of {verified.did} to {args.file}"
+        + (f" (records {verified.first_seq}.. after the base of the pruned ledger)" if verified.first_seq else "")
+    )
     if verified.unsigned:
         print(f"note: {verified.unsigned} newer records are not signed yet and were left out", file=sys.stderr)
     return 0
@@ -266,8 +305,10 @@ def _prove(args: argparse.Namespace, extra: list[str]) -> int:
 
     binary = args.binary or (args.output is not None and not args.output.endswith(".json"))
     if binary and args.output is None and sys.stdout.isatty():
-        raise UsageError("refusing to write a binary proof to the terminal",
-                         hint=f"redirect it: kestrel audit prove {args.seq} --binary > record-{args.seq}.proof")
+        raise UsageError(
+            "refusing to write a binary proof to the terminal",
+            hint=f"redirect it: kestrel audit prove {args.seq} --binary > record-{args.seq}.proof",
+        )
     state, ledger_dir = _state_dirs(args)
     key = _agent_key(state)
     data = prove(ledger_dir, key, args.seq)
@@ -292,8 +333,13 @@ def _proof_json(data: bytes, key: Any) -> bytes:
     from ..ledger.export import verify_proof
 
     rec = verify_proof(data, key).record
-    doc = {"format": PROOF_JSON_FORMAT, "agent": key.did, "seq": rec.seq, "record": rec.to_json(),
-           "proof": base64.b64encode(data).decode("ascii")}
+    doc = {
+        "format": PROOF_JSON_FORMAT,
+        "agent": key.did,
+        "seq": rec.seq,
+        "record": rec.to_json(),
+        "proof": base64.b64encode(data).decode("ascii"),
+    }
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -313,12 +359,16 @@ def _verified_proof(data: bytes, key: Any) -> Any:
             raise ValueError(f"not a {PROOF_JSON_FORMAT} document")
         raw = base64.b64decode(doc["proof"], validate=True)
     except (ValueError, binascii.Error) as exc:
-        raise ProofFileError(f"not a Kestrel inclusion proof: {exc}",
-                             hint="proof files are made by `kestrel audit prove SEQ > proof.json`") from None
+        raise ProofFileError(
+            f"not a Kestrel inclusion proof: {exc}",
+            hint="proof files are made by `kestrel audit prove SEQ > proof.json`",
+        ) from None
     proof = verify_proof(raw, key)
     if doc.get("record") != json.loads(json.dumps(proof.record.to_json())):
-        raise ProofFileError("the record shown in the proof's JSON is not the proven record (it was edited): "
-                             "not proven", hint="ask for the proof again; only its 'proof' field is signed")
+        raise ProofFileError(
+            "the record shown in the proof's JSON is not the proven record (it was edited): not proven",
+            hint="ask for the proof again; only its 'proof' field is signed",
+        )
     return proof
 
 
@@ -329,7 +379,9 @@ def _checkpoint(args: argparse.Namespace, extra: list[str]) -> int:
     state, ledger_dir = _state_dirs(args)
     verified = verify_dir(ledger_dir, _agent_key(state))
     if verified.checkpoint is None:
-        raise LedgerError("the ledger has no signed checkpoint yet", hint="start the agent once so that it signs its log")
+        raise LedgerError(
+            "the ledger has no signed checkpoint yet", hint="start the agent once so that it signs its log"
+        )
     sys.stdout.write(verified.checkpoint.note.decode())
     return 0
 
@@ -338,8 +390,12 @@ def _verify_proof(args: argparse.Namespace, extra: list[str]) -> int:
     proof = _verified_proof(_read(args.file, "inclusion proof"), _did_key(args.agent))
     rec, cp = proof.record, proof.checkpoint
     if args.json:
-        print(json.dumps({"ok": True, "agent": args.agent, "record": rec.to_json(), "tree_size": cp.size,
-                          "root": cp.root.hex()}, sort_keys=True))
+        print(
+            json.dumps(
+                {"ok": True, "agent": args.agent, "record": rec.to_json(), "tree_size": cp.size, "root": cp.root.hex()},
+                sort_keys=True,
+            )
+        )
     else:
         print(f"proof valid: record {rec.seq} is in the log of {args.agent} (signed tree of {cp.size} records)")
         _print_record(rec, as_json=False)

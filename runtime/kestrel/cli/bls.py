@@ -13,15 +13,21 @@ __all__ = ["register_bls"]
 
 
 def register_bls(isub: Any) -> None:
-    p = isub.add_parser("bls", help="show, create or rotate the agent's BLS key (group decisions)",
-                        description="The agent's BLS12-381 key signs its votes in quorum-gated decisions. "
-                        "It is certified by the identity key (the AgentID never changes), sealed like it "
-                        "(file keystore or TPM), and every creation or rotation is a `bls.key` ledger record.")
+    p = isub.add_parser(
+        "bls",
+        help="show, create or rotate the agent's BLS key (group decisions)",
+        description="The agent's BLS12-381 key signs its votes in quorum-gated decisions. "
+        "It is certified by the identity key (the AgentID never changes), sealed like it "
+        "(file keystore or TPM), and every creation or rotation is a `bls.key` ledger record.",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--create", action="store_true", help="create the agent's first BLS key")
-    mode.add_argument("--rotate", action="store_true",
-                      help="replace the BLS key with a new one (the old secret is deleted; votes under it "
-                      "are refused once peers have seen the new one)")
+    mode.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace the BLS key with a new one (the old secret is deleted; votes under it "
+        "are refused once peers have seen the new one)",
+    )
     p.add_argument("--tcti", help="TPM connection of a TPM identity (default: the identity's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_state_arg(p)
@@ -46,15 +52,19 @@ def _bls(args: argparse.Namespace, extra: list[str]) -> int:
             raise UsageError(f"{identity.name} has no BLS key", hint="create one: kestrel identity bls --create")
         return _print(args, state, serial, identity.did)
     if args.create and serial:
-        raise UsageError(f"{identity.name} already has a BLS key (serial {serial})",
-                         hint="replace it with: kestrel identity bls --rotate")
+        raise UsageError(
+            f"{identity.name} already has a BLS key (serial {serial})",
+            hint="replace it with: kestrel identity bls --rotate",
+        )
     if args.rotate and not serial:
         raise UsageError(f"{identity.name} has no BLS key to rotate", hint="create one: kestrel identity bls --create")
     client = daemon_client(state)
     if client is not None:
         client.close()
-        raise UsageError("the daemon is running and holds the current BLS key in memory",
-                         hint="stop `kestrel run`, run this again, then start the daemon")
+        raise UsageError(
+            "the daemon is running and holds the current BLS key in memory",
+            hint="stop `kestrel run`, run this again, then start the daemon",
+        )
     from ..ledger import Ledger
 
     signer = open_signer(state, passphrase=passphrase, tcti=args.tcti)
@@ -77,13 +87,18 @@ def _print(args: argparse.Namespace, state: Path, serial: int, did: str) -> int:
     from ..identity.bls_store import bls_dir
     from ..identity.secrets import read_private_file
 
-    cert = verify_certificate(read_private_file(bls_dir(state) / f"cert-{serial}.bin", what="BLS certificate"),
-                              agent=did)
-    info = {"agent": did, "serial": serial, "public_key": cert.public_key.raw.hex(),
-            "fingerprint": cert.public_key.fingerprint, "certificate_sha256": cert.digest}
+    cert = verify_certificate(
+        read_private_file(bls_dir(state) / f"cert-{serial}.bin", what="BLS certificate"), agent=did
+    )
+    info = {
+        "agent": did,
+        "serial": serial,
+        "public_key": cert.public_key.raw.hex(),
+        "fingerprint": cert.public_key.fingerprint,
+        "certificate_sha256": cert.digest,
+    }
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        print(f"BLS key {serial} of {did}\n  public key   {info['public_key']}\n"
-              f"  certificate  sha256 {cert.digest}")
+        print(f"BLS key {serial} of {did}\n  public key   {info['public_key']}\n  certificate  sha256 {cert.digest}")
     return 0

@@ -18,18 +18,29 @@ BACKUP_PASSPHRASE_ENV = "KESTREL_BACKUP_PASSPHRASE"
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("init-agent", help="create the agent's identity and state directory",
-                       description="Create the agent's key pair (in the TPM with --tpm, else an "
-                       "encrypted file keystore) and its state directory. Refuses if an identity exists.")
+    p = sub.add_parser(
+        "init-agent",
+        help="create the agent's identity and state directory",
+        description="Create the agent's key pair (in the TPM with --tpm, else an "
+        "encrypted file keystore) and its state directory. Refuses if an identity exists.",
+    )
     p.add_argument("--name", required=True, help="the agent's human-readable name")
     p.add_argument("--tpm", action="store_true", help="create a P-256 key inside the TPM")
-    p.add_argument("--tcti", help="TPM connection, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321 "
-                   "(default: $KESTREL_TCTI, the board profile's tpm_tcti, device:/dev/tpmrm0)")
+    p.add_argument(
+        "--tcti",
+        help="TPM connection, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321 "
+        "(default: $KESTREL_TCTI, the board profile's tpm_tcti, device:/dev/tpmrm0)",
+    )
     p.add_argument("--algorithm", choices=("ed25519", "p256"), help="file keystore: ed25519 (default) or p256")
     _state(p)
     _protection(p)
-    p.add_argument("--owner", action="append", default=[], metavar="PUBKEY",
-                   help="owner public key (did:key) allowed to sign OTA bundles; repeatable")
+    p.add_argument(
+        "--owner",
+        action="append",
+        default=[],
+        metavar="PUBKEY",
+        help="owner public key (did:key) allowed to sign OTA bundles; repeatable",
+    )
     p.add_argument("--threshold", type=int, help="owner signatures needed per bundle (default 1)")
     p.set_defaults(func=_init_agent)
 
@@ -39,8 +50,11 @@ def register(sub: Any) -> None:
 
     show = isub.add_parser("show", help="print the AgentID, algorithm, backend and creation time")
     show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.add_argument("--did", action="store_true",
-                      help="print only the AgentID (did:key), e.g. for --agent \"$(kestrel identity show --did)\"")
+    show.add_argument(
+        "--did",
+        action="store_true",
+        help='print only the AgentID (did:key), e.g. for --agent "$(kestrel identity show --did)"',
+    )
     _state(show)
     show.set_defaults(func=_show)
 
@@ -48,8 +62,10 @@ def register(sub: Any) -> None:
     backup.add_argument("file", help="backup file to create (never overwritten)")
     _state(backup)
     add_passphrase_file_arg(backup)
-    backup.add_argument("--backup-passphrase-file",
-                        help=f"file holding the backup passphrase (else ${BACKUP_PASSPHRASE_ENV} or a prompt)")
+    backup.add_argument(
+        "--backup-passphrase-file",
+        help=f"file holding the backup passphrase (else ${BACKUP_PASSPHRASE_ENV} or a prompt)",
+    )
     backup.set_defaults(func=_backup)
 
     restore = isub.add_parser("restore", help="install an identity from a backup (same AgentID)")
@@ -64,12 +80,13 @@ def register(sub: Any) -> None:
     register_bls(isub)
 
 
-
-
 def _protection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passphrase-file", help="file holding the new keystore's passphrase")
-    p.add_argument("--machine-bound", action="store_true",
-                   help="no passphrase: bind the key to this machine (/etc/machine-id + a random secret)")
+    p.add_argument(
+        "--machine-bound",
+        action="store_true",
+        help="no passphrase: bind the key to this machine (/etc/machine-id + a random secret)",
+    )
 
 
 def _new_key_protection(args: argparse.Namespace) -> tuple[bytes | None, bool]:
@@ -87,9 +104,11 @@ def _new_key_protection(args: argparse.Namespace) -> tuple[bytes | None, bool]:
         return os.environ[PASSPHRASE_ENV].encode("utf-8"), False
     if sys.stdin is not None and sys.stdin.isatty():
         return None, False  # prompted for (twice) when the keystore is written
-    print("kestrel: no passphrase given and no terminal to ask for one: the key is machine-bound "
-          "(it opens only on this machine; use --passphrase-file to choose a passphrase instead)",
-          file=sys.stderr)
+    print(
+        "kestrel: no passphrase given and no terminal to ask for one: the key is machine-bound "
+        "(it opens only on this machine; use --passphrase-file to choose a passphrase instead)",
+        file=sys.stderr,
+    )
     return None, True
 
 
@@ -120,8 +139,10 @@ def _owners(args: argparse.Namespace) -> dict[str, Any] | None:
         try:
             owners.append(PublicKey.from_did(owner).did)
         except KeyFormatError as exc:
-            raise KeyFormatError(f"--owner {owner}: {exc.message}",
-                                 hint="owner keys are did:key strings (`kestrel owner show` prints one)") from None
+            raise KeyFormatError(
+                f"--owner {owner}: {exc.message}",
+                hint="owner keys are did:key strings (`kestrel owner show` prints one)",
+            ) from None
     if len(set(owners)) != len(owners):
         raise UsageError("the same --owner key is given twice")
     threshold = 1 if args.threshold is None else args.threshold
@@ -155,19 +176,25 @@ def _init_agent(args: argparse.Namespace, extra: list[str]) -> int:
     ensure_fresh_state(state_dir)
     if args.tpm:
         if args.algorithm == "ed25519":
-            raise UsageError("TPMs do not do Ed25519; a TPM identity is P-256",
-                             hint="drop --algorithm or use --algorithm p256")
+            raise UsageError(
+                "TPMs do not do Ed25519; a TPM identity is P-256", hint="drop --algorithm or use --algorithm p256"
+            )
         if args.passphrase_file or args.machine_bound:
             raise UsageError("--passphrase-file and --machine-bound apply to file keystores, not --tpm")
-        identity, signer = create_identity_with_signer(state_dir, name=args.name, backend="tpm",
-                                                       algorithm=Algorithm.P256, tcti=_tcti(args))
+        identity, signer = create_identity_with_signer(
+            state_dir, name=args.name, backend="tpm", algorithm=Algorithm.P256, tcti=_tcti(args)
+        )
     else:
         if args.tcti:
             raise UsageError("--tcti needs --tpm")
         passphrase, machine_bound = _new_key_protection(args)
         identity, signer = create_identity_with_signer(
-            state_dir, name=args.name, algorithm=Algorithm(args.algorithm or "ed25519"),
-            passphrase=passphrase, machine_bound=machine_bound)
+            state_dir,
+            name=args.name,
+            algorithm=Algorithm(args.algorithm or "ed25519"),
+            passphrase=passphrase,
+            machine_bound=machine_bound,
+        )
     try:
         if provisioning is not None:
             data = (json.dumps(provisioning, indent=2) + "\n").encode()
@@ -185,8 +212,10 @@ def _init_agent(args: argparse.Namespace, extra: list[str]) -> int:
 def _print_identity(identity: Any, state_dir: Path) -> None:
     print(f"  AgentID:    {identity.did}")
     print(f"  algorithm:  {identity.algorithm.value}")
-    print(f"  backend:    {identity.backend} ({identity.protection})"
-          + (f", tcti {identity.tcti}" if identity.tcti else ""))
+    print(
+        f"  backend:    {identity.backend} ({identity.protection})"
+        + (f", tcti {identity.tcti}" if identity.tcti else "")
+    )
     print(f"  created at: {identity.created_at}")
     print(f"  state:      {state_dir}")
 
@@ -213,8 +242,9 @@ def _backup_passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes:
     from ..identity.secrets import read_passphrase_file, resolve_passphrase
 
     explicit = read_passphrase_file(args.backup_passphrase_file) if args.backup_passphrase_file else None
-    return resolve_passphrase(explicit, what="backup", confirm=confirm, env=BACKUP_PASSPHRASE_ENV,
-                              option="--backup-passphrase-file")
+    return resolve_passphrase(
+        explicit, what="backup", confirm=confirm, env=BACKUP_PASSPHRASE_ENV, option="--backup-passphrase-file"
+    )
 
 
 def _backup(args: argparse.Namespace, extra: list[str]) -> int:
@@ -228,11 +258,11 @@ def _backup(args: argparse.Namespace, extra: list[str]) -> int:
     if identity.backend == "tpm":
         raise not_exportable_error(identity)
     if os.path.lexists(args.file):
-        raise UsageError(f"{args.file} already exists; refusing to overwrite it",
-                         hint="choose a new backup file name")
+        raise UsageError(f"{args.file} already exists; refusing to overwrite it", hint="choose a new backup file name")
     passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
-    backup_identity(state_dir, args.file, backup_passphrase=lambda: _backup_passphrase(args, confirm=True),
-                    passphrase=passphrase)
+    backup_identity(
+        state_dir, args.file, backup_passphrase=lambda: _backup_passphrase(args, confirm=True), passphrase=passphrase
+    )
     print(f"Backed up {identity.did} to {args.file}")
     print("  keep the backup passphrase safe: without it the backup cannot be opened")
     return 0

@@ -14,8 +14,11 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    models = sub.add_parser("models", help="list, show, build and run models",
-                            description="Models installed in the state directory, and host-side recipes.")
+    models = sub.add_parser(
+        "models",
+        help="list, show, build and run models",
+        description="Models installed in the state directory, and host-side recipes.",
+    )
     msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
     models.set_defaults(func=lambda args, extra: (models.print_help(), 64)[1])
 
@@ -37,17 +40,29 @@ def register(sub: Any) -> None:
 
     p = msub.add_parser("run", help="run an installed model on JSON inputs and print its outputs")
     p.add_argument("name")
-    p.add_argument("--input", action="append", default=[], metavar="NAME=JSON",
-                   help="an input as a JSON array (dtype from the manifest); repeatable")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="an input as a JSON array (dtype from the manifest); repeatable",
+    )
     _state(p)
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("deploy", help="verify a model and install it into the state directory",
-                       description="Check every file against the manifest's sha256, install the model into "
-                       "STATE/models/ and record model.deployed in the ledger.")
-    p.add_argument("--model", required=True, metavar="PATH|NAME",
-                   help="a model folder (with manifest.json), a recipe name built under models/NAME/build/, "
-                   "or local:PATH to register a local LLM (an optimum-exported decoder folder)")
+    p = sub.add_parser(
+        "deploy",
+        help="verify a model and install it into the state directory",
+        description="Check every file against the manifest's sha256, install the model into "
+        "STATE/models/ and record model.deployed in the ledger.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH|NAME",
+        help="a model folder (with manifest.json), a recipe name built under models/NAME/build/, "
+        "or local:PATH to register a local LLM (an optimum-exported decoder folder)",
+    )
     p.add_argument("--models-dir", help="folder of recipes (for NAME)")
     _state(p)
     add_passphrase_file_arg(p)
@@ -60,8 +75,12 @@ def register(sub: Any) -> None:
     p.add_argument("text")
     p.add_argument("--meta", action="append", default=[], metavar="K=V", help="metadata; repeatable")
     p.add_argument("--model", default="minilm", help="installed embedding model (default minilm)")
-    p.add_argument("--capacity", type=int, default=10_000, help="entries kept before the oldest are evicted "
-                   "(only when the memory is created)")
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=10_000,
+        help="entries kept before the oldest are evicted (only when the memory is created)",
+    )
     _state(p)
     add_passphrase_file_arg(p)
     p.set_defaults(func=_memory_add)
@@ -94,8 +113,21 @@ def _list(args: argparse.Namespace, extra: list[str]) -> int:
 
     manifests = ModelStore(state_from(args)).list()
     if args.json:
-        print(json.dumps([{"name": m.name, "version": m.version, "runtime": m.runtime, "task": m.task,
-                           "manifest_sha256": m.digest} for m in manifests], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": m.name,
+                        "version": m.version,
+                        "runtime": m.runtime,
+                        "task": m.task,
+                        "manifest_sha256": m.digest,
+                    }
+                    for m in manifests
+                ],
+                indent=2,
+            )
+        )
         return 0
     if not manifests:
         print("no models installed (kestrel deploy --model NAME)")
@@ -154,8 +186,10 @@ def _resolve_model_source(args: argparse.Namespace) -> Path:
         built = models_dir / args.model / "build"
         if (built / "manifest.json").exists():
             return built
-        raise UsageError(f"model {args.model!r} is not built ({built}/manifest.json is missing)",
-                         hint=f"build it first: kestrel models build {args.model}")
+        raise UsageError(
+            f"model {args.model!r} is not built ({built}/manifest.json is missing)",
+            hint=f"build it first: kestrel models build {args.model}",
+        )
     raise UsageError(f"no model folder at {path}")
 
 
@@ -166,10 +200,13 @@ def _deploy(args: argparse.Namespace, extra: list[str]) -> int:
         from ..agent.llm import register_local_llm
         from ..agent.llm.registry import local_llm_dir
 
-        local_llm_dir(args.model[len("local:"):])  # before unlocking the identity: a wrong path fails fast
+        local_llm_dir(args.model[len("local:") :])  # before unlocking the identity: a wrong path fails fast
         with _recording_ledger(args) as ledger:
-            llm = register_local_llm(state_from(args), args.model[len("local:"):], ledger=ledger)
-        print(f"registered local LLM {llm.name} (model sha256 {llm.digest[:16]}, context {llm.context_length}) from {llm.path}")
+            llm = register_local_llm(state_from(args), args.model[len("local:") :], ledger=ledger)
+        print(
+            f"registered local LLM {llm.name} (model sha256 {llm.digest[:16]}, context {llm.context_length}) "
+            f"from {llm.path}"
+        )
         return 0
     source = _resolve_model_source(args)
     load_model_dir(source)  # verify before unlocking the identity: a bad model fails fast
@@ -218,15 +255,13 @@ def _parse_meta(items: list[str]) -> dict[str, str]:
 
 
 def _memory_add(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..memory.text import TextMemory
-
     from ..inference.store import ModelStore
+    from ..memory.text import TextMemory
 
     meta = _parse_meta(args.meta)
     ModelStore(state_from(args)).get(args.model)  # installed? (before unlocking the identity)
     with _recording_ledger(args) as ledger:
-        with TextMemory.open(state_from(args), model=args.model, capacity=args.capacity,
-                             ledger=ledger) as memory:
+        with TextMemory.open(state_from(args), model=args.model, capacity=args.capacity, ledger=ledger) as memory:
             result = memory.add(args.text, meta)
             total = len(memory.vectors)
     evicted = f", evicted {list(result.evicted)}" if result.evicted else ""
@@ -252,8 +287,11 @@ def _memory_search(args: argparse.Namespace, extra: list[str]) -> int:
     with TextMemory.open(state_from(args), model=args.model, read_only=True) as memory:
         hits = memory.search(args.query, args.k)
     if args.json:
-        print(json.dumps([{"id": h.id, "score": round(h.score, 4), "text": h.text, "meta": h.meta} for h in hits],
-                         indent=2))
+        print(
+            json.dumps(
+                [{"id": h.id, "score": round(h.score, 4), "text": h.text, "meta": h.meta} for h in hits], indent=2
+            )
+        )
         return 0
     if not hits:
         print("no memories yet (kestrel memory add TEXT)")
@@ -271,8 +309,10 @@ def _memory_info(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     with VectorMemory.open(StateLayout(state_from(args)).memory, read_only=True) as mem:
         p = mem.params
-        print(f"entries {len(mem)} / capacity {p.capacity}, dimension {p.dim}, space {p.space}, "
-              f"M {p.M}, ef_construction {p.ef_construction}, ef {p.ef}")
+        print(
+            f"entries {len(mem)} / capacity {p.capacity}, dimension {p.dim}, space {p.space}, "
+            f"M {p.M}, ef_construction {p.ef_construction}, ef {p.ef}"
+        )
         for k, v in mem.info.items():
             print(f"  {k}: {v}")
     return 0

@@ -7,17 +7,28 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from ._common import add_state_arg as _state
 from ._common import state_from
 
 T = TypeVar("T")
 
-__all__ = ["register", "open_ledger", "ledger_view", "parse_expiry", "load_owner", "daemon_client",
-           "through_daemon_or_ledger", "apply_bundle_bytes", "print_applied", "recording_ledger"]
+__all__ = [
+    "register",
+    "open_ledger",
+    "ledger_view",
+    "parse_expiry",
+    "load_owner",
+    "daemon_client",
+    "through_daemon_or_ledger",
+    "apply_bundle_bytes",
+    "print_applied",
+    "recording_ledger",
+]
 
 _DURATION = re.compile(r"(\d{1,6})([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -30,8 +41,12 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_owner_init)
     p = owner.add_parser("show", help="print the owner public key")
     _key(p)
-    p.add_argument("--bls", action="store_true", help="print the owner's BLS key entry for a trust root "
-                   "(JSON, for `trust init|rotate --bls-key FILE`; needs the private key)")
+    p.add_argument(
+        "--bls",
+        action="store_true",
+        help="print the owner's BLS key entry for a trust root "
+        "(JSON, for `trust init|rotate --bls-key FILE`; needs the private key)",
+    )
     p.set_defaults(func=_owner_show)
 
     trust = _group(sub, "trust", "the device's trust root of owner keys (k of n)")
@@ -45,9 +60,12 @@ def register(sub: Any) -> None:
     _bls_key_arg(p)
     _state(p)
     p.set_defaults(func=_trust_init)
-    p = trust.add_parser("rotate", help="make the next trust root, signed by old and new owner keys",
-                         description="Builds root version N+1 (N from --state or --from), signs it with every "
-                         "--key given, then installs it (--state) or writes it (--out).")
+    p = trust.add_parser(
+        "rotate",
+        help="make the next trust root, signed by old and new owner keys",
+        description="Builds root version N+1 (N from --state or --from), signs it with every "
+        "--key given, then installs it (--state) or writes it (--out).",
+    )
     p.add_argument("--owner", action="append", required=True, metavar="PUBKEY", help="new owner did:key; repeatable")
     p.add_argument("--threshold", type=int, default=1)
     p.add_argument("--key", action="append", default=[], metavar="FILE", help="owner key that signs; repeatable")
@@ -80,8 +98,12 @@ def register(sub: Any) -> None:
     p = bundle.add_parser("sign", help="add an owner signature to a bundle (in place unless -o)")
     p.add_argument("file")
     _key(p)
-    p.add_argument("--bls", action="store_true", help="add the signature to the bundle's one BLS aggregate "
-                   "approval instead (the trust root must list the owner's BLS key; default: Ed25519)")
+    p.add_argument(
+        "--bls",
+        action="store_true",
+        help="add the signature to the bundle's one BLS aggregate "
+        "approval instead (the trust root must list the owner's BLS key; default: Ed25519)",
+    )
     p.add_argument("-o", "--out", metavar="FILE")
     p.set_defaults(func=_bundle_sign)
     p = bundle.add_parser("verify", help="verify a bundle against a trust root")
@@ -112,12 +134,15 @@ def _group(sub: Any, name: str, help: str) -> Any:
     return p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
 
 
-
-
 def _bls_key_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bls-key", action="append", default=[], metavar="FILE",
-                   help="an owner's BLS key entry (from `kestrel owner show --bls`): that owner may approve "
-                   "bundles in a BLS aggregate (docs/bundle-format.md); repeatable")
+    p.add_argument(
+        "--bls-key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an owner's BLS key entry (from `kestrel owner show --bls`): that owner may approve "
+        "bundles in a BLS aggregate (docs/bundle-format.md); repeatable",
+    )
 
 
 def _bls_keys(files: list[str]) -> dict[str, dict[str, str]] | None:
@@ -134,8 +159,9 @@ def _bls_keys(files: list[str]) -> dict[str, dict[str, str]] | None:
 
 
 def _key(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key", metavar="FILE", help="owner key file (default $KESTREL_OWNER_KEY or "
-                   "~/.config/kestrel/owner/owner.key)")
+    p.add_argument(
+        "--key", metavar="FILE", help="owner key file (default $KESTREL_OWNER_KEY or ~/.config/kestrel/owner/owner.key)"
+    )
     p.add_argument("--passphrase-file", help="owner key passphrase (else $KESTREL_OWNER_PASSPHRASE or a prompt)")
 
 
@@ -150,8 +176,9 @@ def parse_expiry(text: str, now: float) -> float:
     except ValueError:
         from ..errors import UsageError
 
-        raise UsageError(f"--expires {text!r} is neither a duration (30d, 12h) nor a time like "
-                         "2027-01-31T00:00:00Z") from None
+        raise UsageError(
+            f"--expires {text!r} is neither a duration (30d, 12h) nor a time like 2027-01-31T00:00:00Z"
+        ) from None
 
 
 def daemon_client(state_dir: Path) -> Any | None:
@@ -194,8 +221,7 @@ def recording_ledger(state_dir: Path, *, passphrase: bytes | str | None = None) 
         yield ledger
 
 
-def through_daemon_or_ledger(state_dir: Path, remote: Callable[[Any], T],
-                             local: Callable[[Any], T]) -> tuple[T, bool]:
+def through_daemon_or_ledger(state_dir: Path, remote: Callable[[Any], T], local: Callable[[Any], T]) -> tuple[T, bool]:
     """An owner operation: ``remote(client)`` through the running daemon, else ``local(ledger)`` on
     the ledger opened here. Returns the result and whether the daemon did it."""
     client = daemon_client(state_dir)
@@ -213,9 +239,12 @@ def apply_bundle_bytes(state_dir: Path, data: bytes, *, now: float, source: str)
     from ..ota.tpmcounter import device_tpm_counter
 
     return through_daemon_or_ledger(
-        state_dir, lambda client: client.ota_apply(data),
-        lambda ledger: applied_json(apply_bundle(state_dir, data, ledger=ledger, now=now, source=source,
-                                                 tpm=device_tpm_counter(state_dir))))
+        state_dir,
+        lambda client: client.ota_apply(data),
+        lambda ledger: applied_json(
+            apply_bundle(state_dir, data, ledger=ledger, now=now, source=source, tpm=device_tpm_counter(state_dir))
+        ),
+    )
 
 
 @contextmanager
@@ -231,9 +260,11 @@ def open_ledger(state_dir: Path, *, passphrase: bytes | str | None = None) -> It
     except LedgerIOError as exc:
         if "already open for writing" not in exc.message:
             raise
-        raise LedgerIOError(f"{exc.message}, and no daemon answers on {StateLayout(state_dir).run / 'control.sock'}",
-                            hint="a daemon may be starting or stopping, or another kestrel command is recording: "
-                                 "retry in a moment (`kestrel status` shows whether the daemon runs)") from None
+        raise LedgerIOError(
+            f"{exc.message}, and no daemon answers on {StateLayout(state_dir).run / 'control.sock'}",
+            hint="a daemon may be starting or stopping, or another kestrel command is recording: "
+            "retry in a moment (`kestrel status` shows whether the daemon runs)",
+        ) from None
     try:
         yield ledger
     finally:
@@ -318,8 +349,17 @@ def _trust_show(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.store import OtaDir
 
     root = OtaDir(state_from(args)).trust_root()
-    print(json.dumps({"version": root.version, "threshold": root.threshold, "owners": list(root.owners),
-                      "signed_by": list(root.signed_by)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "version": root.version,
+                "threshold": root.threshold,
+                "owners": list(root.owners),
+                "signed_by": list(root.signed_by),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -358,10 +398,13 @@ def _trust_rotate(args: argparse.Namespace, extra: list[str]) -> int:
 def _install_root(state_dir: Path, env: bytes) -> int:
     from ..daemon.admin import install_root
 
-    res, _ = through_daemon_or_ledger(state_dir, lambda client: client.trust_apply(env),
-                                      lambda ledger: install_root(state_dir, env, ledger=ledger))
-    print(f"trust root rotated: version {res['from_version']} -> {res['version']} "
-          f"({res['threshold']} of {len(res['owners'])} owner keys)")
+    res, _ = through_daemon_or_ledger(
+        state_dir, lambda client: client.trust_apply(env), lambda ledger: install_root(state_dir, env, ledger=ledger)
+    )
+    print(
+        f"trust root rotated: version {res['from_version']} -> {res['version']} "
+        f"({res['threshold']} of {len(res['owners'])} owner keys)"
+    )
     return 0
 
 
@@ -386,9 +429,16 @@ def _bundle_build(args: argparse.Namespace, extra: list[str]) -> int:
     now = time.time()
     # warnings only: build_bundle_files checks the policy itself
     report_lint(read_bytes(args.policy, what="policy", max_size=MAX_POLICY_BYTES), args.policy)
-    data = build_bundle_files(policy=Path(args.policy), models=[Path(m) for m in args.model],
-                              counter=args.counter, now=now, expires=parse_expiry(args.expires, now),
-                              agents=args.target, groups=args.group, label=args.label)
+    data = build_bundle_files(
+        policy=Path(args.policy),
+        models=[Path(m) for m in args.model],
+        counter=args.counter,
+        now=now,
+        expires=parse_expiry(args.expires, now),
+        agents=args.target,
+        groups=args.group,
+        label=args.label,
+    )
     _write_out(args.out, data)
     print(f"bundle written to {args.out} ({len(data)} bytes, unsigned; sign it with `kestrel bundle sign`)")
     return 0
@@ -430,8 +480,9 @@ def _bundle_verify(args: argparse.Namespace, extra: list[str]) -> int:
             agent = load_identity(state).did
     if agent is None:
         raise UsageError("--trust needs --agent DID (the agent the bundle must target)")
-    vb = verify_bundle(data, root=root, now=time.time(), agent_id=agent, groups=groups,
-                       counter=counter, counter_digest=cdigest)
+    vb = verify_bundle(
+        data, root=root, now=time.time(), agent_id=agent, groups=groups, counter=counter, counter_digest=cdigest
+    )
     m = vb.manifest
     print(f"OK bundle {vb.digest}\n  version {m.version}, counter {m.counter}, expires {format_time(m.expires)}")
     print(f"  signed by {len(vb.signed_by)} of {len(root.owners)} owner keys (threshold {root.threshold})")
@@ -453,17 +504,30 @@ def _ota_apply(args: argparse.Namespace, extra: list[str]) -> int:
     state = state_from(args)
     if daemon_client(state) is None:  # applied here: refusals (a FIFO, oversize, bad head) are recorded
         with open_ledger(state) as ledger:
-            res = applied_json(apply_bundle_file(state, args.file, ledger=ledger, now=time.time(), source="cli",
-                                                 tpm=device_tpm_counter(state)))
+            res = applied_json(
+                apply_bundle_file(
+                    state, args.file, ledger=ledger, now=time.time(), source="cli", tpm=device_tpm_counter(state)
+                )
+            )
         print_applied(res, via_daemon=False)
         return 0
     fd, st = open_bundle(args.file)
     try:
         res, via_daemon = through_daemon_or_ledger(
-            state, lambda client: client.ota_apply_file(fd, st.st_size, digest_fd(fd, st.st_size)),
-            lambda ledger: applied_json(apply_bundle_file(state, args.file, ledger=ledger, now=time.time(),
-                                                          source="cli", tpm=device_tpm_counter(state),
-                                                          opened=(fd, st))))
+            state,
+            lambda client: client.ota_apply_file(fd, st.st_size, digest_fd(fd, st.st_size)),
+            lambda ledger: applied_json(
+                apply_bundle_file(
+                    state,
+                    args.file,
+                    ledger=ledger,
+                    now=time.time(),
+                    source="cli",
+                    tpm=device_tpm_counter(state),
+                    opened=(fd, st),
+                )
+            ),
+        )
     finally:
         os.close(fd)
     print_applied(res, via_daemon=via_daemon)
@@ -475,8 +539,10 @@ def print_applied(res: dict[str, Any], *, via_daemon: bool) -> None:
     if not res["changed"]:
         print(f"bundle {res['bundle'][:16]} is already active (slot {res['slot']}){how}")
     else:
-        print(f"applied bundle {res['bundle'][:16]} version {res['version']} counter {res['counter']} "
-              f"into slot {res['slot']}; policy sha256:{res['policy'][:16]}{how}")
+        print(
+            f"applied bundle {res['bundle'][:16]} version {res['version']} counter {res['counter']} "
+            f"into slot {res['slot']}; policy sha256:{res['policy'][:16]}{how}"
+        )
 
 
 def _ota_status(args: argparse.Namespace, extra: list[str]) -> int:
@@ -489,8 +555,14 @@ def _ota_status(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     print(f"counter: {st['counter']}")
     root = st.get("trust_root")
-    print("trust root: " + (f"version {root['version']}, {root['threshold']} of {len(root['owners'])}"
-                             if root else st.get("trust_root_error", "none")))
+    print(
+        "trust root: "
+        + (
+            f"version {root['version']}, {root['threshold']} of {len(root['owners'])}"
+            if root
+            else st.get("trust_root_error", "none")
+        )
+    )
     if "pointer_error" in st:
         print(f"slot pointer DAMAGED: {st['pointer_error']} (every action is denied until a bundle is applied)")
     for key in ("active", "previous"):
@@ -500,8 +572,10 @@ def _ota_status(args: argparse.Namespace, extra: list[str]) -> int:
         elif "error" in s:
             print(f"{key}: slot {s['slot']} DAMAGED: {s['error']}")
         else:
-            print(f"{key}: slot {s['slot']} bundle {s['bundle'][:16]} version {s['version']} "
-                  f"counter {s['counter']}{' (expired)' if s['expired'] else ''}")
+            print(
+                f"{key}: slot {s['slot']} bundle {s['bundle'][:16]} version {s['version']} "
+                f"counter {s['counter']}{' (expired)' if s['expired'] else ''}"
+            )
     return 0
 
 
@@ -510,7 +584,10 @@ def _ota_rollback(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.apply import rollback
 
     state = state_from(args)
-    res, _ = through_daemon_or_ledger(state, lambda client: client.ota_rollback(reason="operator"),
-                                      lambda ledger: applied_json(rollback(state, ledger=ledger, reason="operator")))
+    res, _ = through_daemon_or_ledger(
+        state,
+        lambda client: client.ota_rollback(reason="operator"),
+        lambda ledger: applied_json(rollback(state, ledger=ledger, reason="operator")),
+    )
     print(f"rolled back to slot {res['slot']}: bundle {res['bundle'][:16]} version {res['version']}")
     return 0

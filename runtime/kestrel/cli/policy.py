@@ -19,19 +19,29 @@ def register(sub: Any) -> None:
     psub = pol.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     pol.set_defaults(func=lambda args, extra: (pol.print_help(), 64)[1])
 
-    p = psub.add_parser("check", help="report every error in a policy file, with line and column",
-                        description="Errors make the policy unusable (exit 2); warnings name actions and "
-                        "argument keys the runtime does not know, and, with --config, actuators the device "
-                        "does not have and proposals the policy never allows.")
+    p = psub.add_parser(
+        "check",
+        help="report every error in a policy file, with line and column",
+        description="Errors make the policy unusable (exit 2); warnings name actions and "
+        "argument keys the runtime does not know, and, with --config, actuators the device "
+        "does not have and proposals the policy never allows.",
+    )
     p.add_argument("file")
-    p.add_argument("--config", metavar="FILE", help="the device config the policy is for: check actuator names "
-                   "and the actions its triggers and schedules propose")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the device config the policy is for: check actuator names "
+        "and the actions its triggers and schedules propose",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
     p.set_defaults(func=_check)
 
-    p = psub.add_parser("explain", help="decide an action without running it: print the decision and rule",
-                        description="Example: kestrel policy explain --action send_email --to bob@example.com. "
-                        "Repeat an option to pass a list.")
+    p = psub.add_parser(
+        "explain",
+        help="decide an action without running it: print the decision and rule",
+        description="Example: kestrel policy explain --action send_email --to bob@example.com. "
+        "Repeat an option to pass a list.",
+    )
     p.add_argument("--action", required=True)
     p.add_argument("--policy", metavar="FILE", help="policy file (default: the device's active policy)")
     p.add_argument("--at", type=float, help="decide as at this unix time (default: now)")
@@ -39,12 +49,19 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_explain, accepts_extra=True)
 
-    p = sub.add_parser("set-policy", help="build, sign with the local owner key and apply a policy bundle",
-                       description="One step for the owner at the device: kestrel set-policy policy.yaml")
+    p = sub.add_parser(
+        "set-policy",
+        help="build, sign with the local owner key and apply a policy bundle",
+        description="One step for the owner at the device: kestrel set-policy policy.yaml",
+    )
     p.add_argument("file")
     add_state_arg(p)
-    p.add_argument("--key", metavar="FILE", help="owner key (default $KESTREL_OWNER_KEY or "
-                   "~/.config/kestrel/owner/owner.key; created, and trusted, if neither it nor a trust root exist)")
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        help="owner key (default $KESTREL_OWNER_KEY or "
+        "~/.config/kestrel/owner/owner.key; created, and trusted, if neither it nor a trust root exist)",
+    )
     p.add_argument("--passphrase-file", help="owner key passphrase (else $KESTREL_OWNER_PASSPHRASE or a prompt)")
     p.add_argument("--expires", default="30d", help="bundle expiry (default 30d)")
     p.set_defaults(func=_set_policy)
@@ -56,8 +73,9 @@ def device_facts(config: str) -> Any:
     from ..policy.lint import DeviceFacts
 
     cfg = load_config(config)
-    proposals = tuple((f"trigger {t.name!r}", t.action) for t in cfg.triggers) + \
-        tuple((f"schedule {s.name!r}", s.action) for s in cfg.schedules)
+    proposals = tuple((f"trigger {t.name!r}", t.action) for t in cfg.triggers) + tuple(
+        (f"schedule {s.name!r}", s.action) for s in cfg.schedules
+    )
     return DeviceFacts(source=config, actuators={a.name: a.kind for a in cfg.actuators}, proposals=proposals)
 
 
@@ -85,8 +103,10 @@ def _check(args: argparse.Namespace, extra: list[str]) -> int:
         return exc.exit_code
     warned = report_lint(data, args.file, config=args.config)
     rules = sum(len(r) for r in policy.allow.values()) + len(policy.deny)
-    print(f"{args.file}: ok ({rules} rules, {len(policy.allow)} actions allowed, sha256:{policy.digest})"
-          + (f", {warned} warning(s)" if warned else ""))
+    print(
+        f"{args.file}: ok ({rules} rules, {len(policy.allow)} actions allowed, sha256:{policy.digest})"
+        + (f", {warned} warning(s)" if warned else "")
+    )
     return 1 if warned and args.strict else 0
 
 
@@ -110,8 +130,18 @@ def _explain(args: argparse.Namespace, extra: list[str]) -> int:
         state = PolicyEngine.read_state(state_dir)
     d = evaluate(policy, ActionRequest(args.action, call_args), state, args.at if args.at else time.time())
     if args.json:
-        print(json.dumps({"allowed": d.allowed, "action": d.action, "rule": d.rule, "reason": d.reason,
-                          "policy": d.policy_digest, "args_digest": d.args_digest}))
+        print(
+            json.dumps(
+                {
+                    "allowed": d.allowed,
+                    "action": d.action,
+                    "rule": d.rule,
+                    "reason": d.reason,
+                    "policy": d.policy_digest,
+                    "args_digest": d.args_digest,
+                }
+            )
+        )
     else:
         print(f"{'ALLOW' if d.allowed else 'DENY'} {d.action}: rule {d.rule}: {d.reason}")
     return 0 if d.allowed else 1
@@ -150,21 +180,22 @@ def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
         pub = key.with_name(key.name + ".pub")
         did = pub.read_text().strip() if pub.is_file() else None
         if did is not None and did not in root.owners:
-            raise UsageError(f"the owner key {key} ({did}) is not in this device's trust root",
-                             hint="use --key with one of the trusted owner keys (`kestrel trust show --state "
-                                  f"{state}` lists them)")
+            raise UsageError(
+                f"the owner key {key} ({did}) is not in this device's trust root",
+                hint=f"use --key with one of the trusted owner keys (`kestrel trust show --state {state}` lists them)",
+            )
         signer = load_owner(args, str(key))
     else:
         # First use on a device with no owner yet: create the owner key and trust it (TOFU).
         signer = create_owner_key(key, owner_passphrase(args.passphrase_file, confirm=True))
         ota.init_root([signer.public_key.did], 1)
-        print(f"created owner key {key} ({signer.public_key.did}) and trusted it on this device",
-              file=sys.stderr)
+        print(f"created owner key {key} ({signer.public_key.did}) and trusted it on this device", file=sys.stderr)
     # The counter is read from the ledger's files (no lock needed): the bundle is built here, where
     # the owner key is, and applied by the running daemon, or here when none runs.
     counter, _ = current_counter(ota, ledger_view(state))
-    bundle = sign_bundle(make_bundle(policy=policy, counter=counter + 1, now=now, expires=expires, agents=[agent]),
-                         signer)
+    bundle = sign_bundle(
+        make_bundle(policy=policy, counter=counter + 1, now=now, expires=expires, agents=[agent]), signer
+    )
     res, via_daemon = apply_bundle_bytes(state, bundle, now=now, source="set-policy")
     print_applied(res, via_daemon=via_daemon)
     return 0

@@ -11,14 +11,22 @@ __all__ = ["register_quorum_audit"]
 
 
 def register_quorum_audit(asub: Any) -> None:
-    p = asub.add_parser("quorum", help="verify the quorum decisions in a ledger export or an inclusion proof",
-                        description="Checks the export (or proof) against the proposer's AgentID, then each "
-                        "approved quorum.decided record: the signers' BLS key certificates against their "
-                        "AgentIDs, proofs of possession, and the aggregate signature over the decision message.")
+    p = asub.add_parser(
+        "quorum",
+        help="verify the quorum decisions in a ledger export or an inclusion proof",
+        description="Checks the export (or proof) against the proposer's AgentID, then each "
+        "approved quorum.decided record: the signers' BLS key certificates against their "
+        "AgentIDs, proofs of possession, and the aggregate signature over the decision message.",
+    )
     p.add_argument("file", help="`kestrel audit export` file, or a `kestrel audit prove` file of one decision")
     p.add_argument("--agent", metavar="DID", required=True, help="the proposing agent's AgentID")
-    p.add_argument("--member", metavar="DID", action="append", default=[],
-                   help="an AgentID the auditor accepts as a quorum member; repeatable (default: any)")
+    p.add_argument(
+        "--member",
+        metavar="DID",
+        action="append",
+        default=[],
+        help="an AgentID the auditor accepts as a quorum member; repeatable (default: any)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=_quorum)
 
@@ -34,8 +42,11 @@ def _records(data: bytes, agent: str) -> list[Any]:
     if not data.startswith(EXPORT_MAGIC):
         return [_verified_proof(data, key).record]
     verify_export(data, key)
-    return [decode_record(f.payload) for f in iter_frames(data, len(EXPORT_MAGIC))
-            if isinstance(f, Frame) and f.type == RECORD]
+    return [
+        decode_record(f.payload)
+        for f in iter_frames(data, len(EXPORT_MAGIC))
+        if isinstance(f, Frame) and f.type == RECORD
+    ]
 
 
 def _quorum(args: argparse.Namespace, extra: list[str]) -> int:
@@ -46,12 +57,19 @@ def _quorum(args: argparse.Namespace, extra: list[str]) -> int:
     records = _records(read_bytes(args.file, what="export or proof"), args.agent)
     decided = [r for r in records if r.kind == "quorum.decided"]
     if not decided:
-        raise UsageError(f"{args.file} holds no quorum.decided record",
-                         hint="export the proposing agent's ledger: kestrel audit export FILE")
+        raise UsageError(
+            f"{args.file} holds no quorum.decided record",
+            hint="export the proposing agent's ledger: kestrel audit export FILE",
+        )
     out, bad = [], 0
     for r in decided:
-        row: dict[str, Any] = {"seq": r.seq, "id": r.body.get("id"), "action": r.body.get("action"),
-                               "outcome": r.body.get("outcome"), "reason": r.body.get("reason")}
+        row: dict[str, Any] = {
+            "seq": r.seq,
+            "id": r.body.get("id"),
+            "action": r.body.get("action"),
+            "outcome": r.body.get("outcome"),
+            "reason": r.body.get("reason"),
+        }
         if r.body.get("outcome") == "allow":
             try:
                 v = verify_decision(r.body, members=args.member or None)
@@ -67,11 +85,15 @@ def _quorum(args: argparse.Namespace, extra: list[str]) -> int:
             if row["outcome"] != "allow":
                 print(f"record {row['seq']}: {row['action']} denied by the group ({row['reason']})")
             elif row["ok"]:
-                print(f"record {row['seq']}: {row['action']} approved by {len(row['signers'])} of the quorum "
-                      f"(threshold {row['threshold']}): aggregate signature valid")
+                print(
+                    f"record {row['seq']}: {row['action']} approved by {len(row['signers'])} of the quorum "
+                    f"(threshold {row['threshold']}): aggregate signature valid"
+                )
             else:
                 print(f"record {row['seq']}: {row['action']}: INVALID: {row['error']}")
     if bad:
-        raise DataError(f"{bad} quorum decision(s) in {args.file} do not verify",
-                        hint="the record was altered, or a signer is not who it claims to be")
+        raise DataError(
+            f"{bad} quorum decision(s) in {args.file} do not verify",
+            hint="the record was altered, or a signer is not who it claims to be",
+        )
     return 0

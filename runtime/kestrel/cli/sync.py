@@ -37,9 +37,13 @@ def register(sub: Any) -> None:
     run.add_argument("--client-id", help="MQTT client id (default kestrel-collector[-GROUP])")
     run.add_argument("--username")
     run.add_argument("--password-file", help="file holding the broker password")
-    run.add_argument("--resend-after", type=float, default=30.0, metavar="SECONDS",
-                     help="ask an agent to resend when its verified prefix is stuck below held records this long "
-                     "(default 30)")
+    run.add_argument(
+        "--resend-after",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="ask an agent to resend when its verified prefix is stuck below held records this long (default 30)",
+    )
     run.add_argument("--duration", type=float, help=argparse.SUPPRESS)  # tests: stop after N seconds
     run.set_defaults(func=_collector_run)
     cst = csub.add_parser("status", help="agents, verified and pending records, refusals, forks")
@@ -57,8 +61,12 @@ def register(sub: Any) -> None:
     exp.set_defaults(func=_collector_export)
     srv = csub.add_parser("serve", help="read-only web view of the fleet (needs the `collector` extra)")
     _db(srv)
-    srv.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT",
-                     help="address to listen on (default 127.0.0.1:8765; any non-loopback address needs --token-file)")
+    srv.add_argument(
+        "--listen",
+        default="127.0.0.1:8765",
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:8765; any non-loopback address needs --token-file)",
+    )
     srv.add_argument("--token-file", metavar="FILE", help="file (mode 0600) holding the token every request must carry")
     srv.set_defaults(func=_collector_serve)
 
@@ -71,11 +79,13 @@ def register(sub: Any) -> None:
     ac.set_defaults(func=_agent_connect)
 
 
-
-
 def _db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", metavar="PATH|URL", help="collector database: a SQLite file or postgresql://USER@HOST:PORT/DB "
-                   f"(default ${COLLECTOR_DB_ENV} or ~/.local/share/kestrel/collector.db)")
+    p.add_argument(
+        "--db",
+        metavar="PATH|URL",
+        help="collector database: a SQLite file or postgresql://USER@HOST:PORT/DB "
+        f"(default ${COLLECTOR_DB_ENV} or ~/.local/share/kestrel/collector.db)",
+    )
 
 
 def _open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Any:
@@ -83,11 +93,15 @@ def _open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Any:
     from ..errors import UsageError
     from ..sync.collector.store import is_server_url, open_store
 
-    spec = str(args.db or os.environ.get(COLLECTOR_DB_ENV)
-               or Path(os.path.expanduser("~")) / ".local" / "share" / "kestrel" / "collector.db")
+    spec = str(
+        args.db
+        or os.environ.get(COLLECTOR_DB_ENV)
+        or Path(os.path.expanduser("~")) / ".local" / "share" / "kestrel" / "collector.db"
+    )
     if must_exist and not is_server_url(spec) and not Path(spec).exists():
-        raise UsageError(f"no collector database at {spec}", hint="run `kestrel collector run --db PATH` first, "
-                         "or pass --db")
+        raise UsageError(
+            f"no collector database at {spec}", hint="run `kestrel collector run --db PATH` first, or pass --db"
+        )
     return open_store(spec)
 
 
@@ -181,13 +195,20 @@ def _collector_run(args: argparse.Namespace, extra: list[str]) -> int:
     store = _open_store(args, must_exist=False)
     if not 0.1 <= args.resend_after <= 86400:
         raise UsageError(f"--resend-after {args.resend_after} is out of range", hint="give 0.1 to 86400 seconds")
-    svc = CollectorService(store, host=host, port=port, group=args.group, client_id=args.client_id,
-                           username=args.username, password=password, resend_after_s=args.resend_after)
+    svc = CollectorService(
+        store,
+        host=host,
+        port=port,
+        group=args.group,
+        client_id=args.client_id,
+        username=args.username,
+        password=password,
+        resend_after_s=args.resend_after,
+    )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    print(f"collector: subscribing to {svc.topic} on {host}:{port}, storing in {store.location}",
-          file=sys.stderr)
+    print(f"collector: subscribing to {svc.topic} on {host}:{port}, storing in {store.location}", file=sys.stderr)
     svc.start()
     try:
         done.wait(args.duration)
@@ -195,8 +216,11 @@ def _collector_run(args: argparse.Namespace, extra: list[str]) -> int:
         svc.stop()
         store.close()
     c = svc.counters
-    print(f"collector: {c.messages} messages, {c.verified} records verified, {c.duplicates} duplicates, "
-          f"{c.refused} refused, {c.forks} forks", file=sys.stderr)
+    print(
+        f"collector: {c.messages} messages, {c.verified} records verified, {c.duplicates} duplicates, "
+        f"{c.refused} refused, {c.forks} forks",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -210,22 +234,34 @@ def _collector_status(args: argparse.Namespace, extra: list[str]) -> int:
         core = CollectorCore(store, clock=time.time)
         gaps = {r.did: core.gap(r.did) for r in rows}
         if args.json:
-            print(json.dumps({"agents": [{**r.__dict__, "gap": gaps[r.did]} for r in rows],
-                              "unattributed_rejections": len(unknown)}))
+            print(
+                json.dumps(
+                    {
+                        "agents": [{**r.__dict__, "gap": gaps[r.did]} for r in rows],
+                        "unattributed_rejections": len(unknown),
+                    }
+                )
+            )
             return 0
         if not rows:
             print("no agents yet")
         for r in rows:
             flag = "  FORKED" if r.forks else ""
-            print(f"{r.did}  verified {r.verified}  pending {r.pending}  refused {r.rejections}  forks {r.forks}  "
-                  f"last seen {_ago(r.last_seen)}{flag}")
+            print(
+                f"{r.did}  verified {r.verified}  pending {r.pending}  refused {r.rejections}  forks {r.forks}  "
+                f"last seen {_ago(r.last_seen)}{flag}"
+            )
             if r.base:
-                print(f"  BASE: the agent pruned records before they were synced; verified from its signed base at "
-                      f"{r.base} ({r.records} records stored)")
+                print(
+                    f"  BASE: the agent pruned records before they were synced; verified from its signed base at "
+                    f"{r.base} ({r.records} records stored)"
+                )
             if gaps[r.did]:
                 lo, hi = gaps[r.did]
-                print(f"  GAP: records {lo}..{hi} missing; later records are held unverified (if they do not come "
-                      "after a resend, the agent pruned or skipped them: see its ledger.pruned / sync.skipped records)")
+                print(
+                    f"  GAP: records {lo}..{hi} missing; later records are held unverified (if they do not come "
+                    "after a resend, the agent pruned or skipped them: see its ledger.pruned / sync.skipped records)"
+                )
         if unknown:
             print(f"{len(unknown)} messages on malformed topics refused")
         return 0
@@ -243,15 +279,19 @@ def _collector_verify(args: argparse.Namespace, extra: list[str]) -> int:
         forks, rejections = store.forks(args.agent), store.rejections(args.agent)
         for v in verified:
             first = f", records {v.first_seq}..{v.size - 1} from the agent's signed base" if v.first_seq else ""
-            print(f"{args.agent}: {v.size - v.first_seq} records verified against the signed checkpoint of size "
-                  f"{v.signed_size}{first} (root {v.root.hex()})")
+            print(
+                f"{args.agent}: {v.size - v.first_seq} records verified against the signed checkpoint of size "
+                f"{v.signed_size}{first} (root {v.root.hex()})"
+            )
         for r in rejections:
             print(f"refused: seq {r.seq if r.seq is not None else '-'}  {r.reason}: {r.detail}  sha256 {r.digest}")
         for f in forks:
             print(f"FORK at size {f.size}: {f.detail} ({_ago(f.time)})")
         if forks:
-            raise DataError(f"{len(forks)} forked checkpoint(s) signed by {args.agent} are held as evidence",
-                            hint="the agent's key signed two histories; treat the agent as compromised")
+            raise DataError(
+                f"{len(forks)} forked checkpoint(s) signed by {args.agent} are held as evidence",
+                hint="the agent's key signed two histories; treat the agent as compromised",
+            )
         return 0
     finally:
         store.close()
@@ -266,14 +306,17 @@ def _collector_export(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         got = runs(store, args.agent)
         if not got:
-            raise DataError(f"the collector holds no verified records of {args.agent}",
-                            hint="`kestrel collector status` lists the agents it has")
+            raise DataError(
+                f"the collector holds no verified records of {args.agent}",
+                hint="`kestrel collector status` lists the agents it has",
+            )
         data, verified = export_run(store, args.agent, got[-1])  # the newest run: from the newest base on
     finally:
         store.close()
     atomic_write(Path(args.file), data, mode=0o644)
-    print(f"wrote {verified.size - verified.first_seq} verified records of {args.agent} to {args.file}",
-          file=sys.stderr)
+    print(
+        f"wrote {verified.size - verified.first_seq} verified records of {args.agent} to {args.file}", file=sys.stderr
+    )
     return 0
 
 
@@ -285,8 +328,9 @@ def _collector_serve(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         host, port = parse_broker(args.listen.replace("localhost", "127.0.0.1"))
     except UsageError:
-        raise UsageError(f"invalid --listen address {args.listen!r}", hint="use HOST:PORT, e.g. 127.0.0.1:8765") \
-            from None
+        raise UsageError(
+            f"invalid --listen address {args.listen!r}", hint="use HOST:PORT, e.g. 127.0.0.1:8765"
+        ) from None
     token = None
     if args.token_file:
         mode = os.stat(args.token_file).st_mode if os.path.exists(args.token_file) else 0
@@ -294,25 +338,34 @@ def _collector_serve(args: argparse.Namespace, extra: list[str]) -> int:
             raise UsageError(f"token file {args.token_file} is readable by others", hint=f"chmod 600 {args.token_file}")
         token = read_bytes(args.token_file, what="token file", max_size=4096).decode(errors="replace").strip()
         if len(token) < 16:
-            raise UsageError(f"the token in {args.token_file} is shorter than 16 characters",
-                             hint="python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE")
+            raise UsageError(
+                f"the token in {args.token_file} is shorter than 16 characters",
+                hint="python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE",
+            )
     from ..sync.collector.web import create_app, is_loopback
 
     if token is None and not is_loopback(host):
-        raise UsageError(f"listening on {host} (not loopback) needs a token",
-                         hint="pass --token-file FILE (mode 0600), or listen on 127.0.0.1")
+        raise UsageError(
+            f"listening on {host} (not loopback) needs a token",
+            hint="pass --token-file FILE (mode 0600), or listen on 127.0.0.1",
+        )
     try:
         import uvicorn
     except ImportError:
-        raise UsageError("the web view needs uvicorn and starlette", hint="pip install 'kestrel-sovereign[collector]'") \
-            from None
+        raise UsageError(
+            "the web view needs uvicorn and starlette", hint="pip install 'kestrel-sovereign[collector]'"
+        ) from None
     store = _open_store(args)
     try:
         app = create_app(store, token=token, location=getattr(store, "location", ""))
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                server_header=False, proxy_headers=False)
-        print(f"collector serve: http://{host}:{port}/ (read-only{', token required' if token else ''})",
-              file=sys.stderr, flush=True)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, server_header=False, proxy_headers=False
+        )
+        print(
+            f"collector serve: http://{host}:{port}/ (read-only{', token required' if token else ''})",
+            file=sys.stderr,
+            flush=True,
+        )
         uvicorn.Server(config).run()
     finally:
         store.close()

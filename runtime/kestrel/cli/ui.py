@@ -14,13 +14,21 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     ui = sub.add_parser("ui", help="the local web UI: access tokens (docs/ui.md)").add_subparsers(
-        dest="ui_command", metavar="COMMAND", required=True)
-    p = ui.add_parser("token", help="create a web UI access token (printed once), or list / revoke them",
-                      description="The token is printed once; only its SHA-256 is stored "
-                                  "(STATE/data/ui/tokens.json). Give it to the browser's sign-in page or send "
-                                  "it as 'Authorization: Bearer TOKEN'.")
-    p.add_argument("--expires", default="30d", metavar="WHEN",
-                   help="a duration like 12h or 30d (default), or an RFC 3339 UTC time; at most 366 days")
+        dest="ui_command", metavar="COMMAND", required=True
+    )
+    p = ui.add_parser(
+        "token",
+        help="create a web UI access token (printed once), or list / revoke them",
+        description="The token is printed once; only its SHA-256 is stored "
+        "(STATE/data/ui/tokens.json). Give it to the browser's sign-in page or send "
+        "it as 'Authorization: Bearer TOKEN'.",
+    )
+    p.add_argument(
+        "--expires",
+        default="30d",
+        metavar="WHEN",
+        help="a duration like 12h or 30d (default), or an RFC 3339 UTC time; at most 366 days",
+    )
     p.add_argument("--label", default="", help="a note to recognise the token by (e.g. 'kitchen tablet')")
     p.add_argument("--list", action="store_true", help="list the tokens (ids, labels, expiry), not their secrets")
     p.add_argument("--revoke", metavar="ID", help="revoke a token by its id (ends its sign-ins too)")
@@ -59,6 +67,8 @@ def _token(args: argparse.Namespace, extra: list[str]) -> int:
     else:
         print(issued.token)
         until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.expires))
-        print(f"(web UI token {e.id}, valid until {until}; shown once, only its hash is kept in {tokens.path})",
-              file=sys.stderr)
+        print(
+            f"(web UI token {e.id}, valid until {until}; shown once, only its hash is kept in {tokens.path})",
+            file=sys.stderr,
+        )
     return 0

@@ -12,8 +12,9 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from ..errors import DataError
 from ..policy.canonical import ArgsError, canonicalize
@@ -55,9 +56,16 @@ def _payload(value: Any) -> bytes:
 class Actions:
     """Dispatches an allowed action to its handler."""
 
-    def __init__(self, *, config: Callable[[], DeviceConfig], hardware: Callable[[], Any], outbox: Outbox,
-                 calendar: CalendarStore, clock: Callable[[], float] = time.time,
-                 authorize: Callable[[str, dict[str, Any]], Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: Callable[[], DeviceConfig],
+        hardware: Callable[[], Any],
+        outbox: Outbox,
+        calendar: CalendarStore,
+        clock: Callable[[], float] = time.time,
+        authorize: Callable[[str, dict[str, Any]], Any] | None = None,
+    ) -> None:
         self._config = config
         self._hardware = hardware
         self.outbox = outbox
@@ -65,8 +73,12 @@ class Actions:
         self.clock = clock
         self.authorize = authorize  # the policy's decide(action, args), for follow-up requests (redirects)
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Outcome]]] = {
-            "gpio.write": self.gpio_write, "mqtt.publish": self.mqtt_publish, "serial.write": self.serial_write,
-            "send_email": self.send_email, "schedule_event": self.schedule_event, "fetch_data": self.fetch_data,
+            "gpio.write": self.gpio_write,
+            "mqtt.publish": self.mqtt_publish,
+            "serial.write": self.serial_write,
+            "send_email": self.send_email,
+            "schedule_event": self.schedule_event,
+            "fetch_data": self.fetch_data,
         }
 
     def register(self, name: str, handler: Callable[[dict[str, Any]], Awaitable[Outcome]]) -> None:
@@ -112,8 +124,10 @@ class Actions:
         if len(raw) > act.line.max_frame:
             raise ActionArgsError(f"serial.write: {len(raw)} bytes exceed max_frame {act.line.max_frame}")
         n = await hw.serial_write(act, raw)
-        return Outcome({"actuator": act.name, "bytes": n}, {"actuator": act.name, "bytes": n,
-                                                             "sha256": hashlib.sha256(raw).hexdigest()})
+        return Outcome(
+            {"actuator": act.name, "bytes": n},
+            {"actuator": act.name, "bytes": n, "sha256": hashlib.sha256(raw).hexdigest()},
+        )
 
     async def send_email(self, args: dict[str, Any]) -> Outcome:
         if self.outbox.smtp is None:
@@ -121,24 +135,31 @@ class Actions:
         msg = parse_email_args(args, now=self.clock())
         await self.outbox.enqueue(msg)
         pending = len(self.outbox.pending())
-        return Outcome({"queued": msg.id, "pending": pending},
-                       {"queued": msg.id, "recipients": len(msg.to),
-                        "sha256": hashlib.sha256(msg.to_json()).hexdigest()})
+        return Outcome(
+            {"queued": msg.id, "pending": pending},
+            {"queued": msg.id, "recipients": len(msg.to), "sha256": hashlib.sha256(msg.to_json()).hexdigest()},
+        )
 
     async def schedule_event(self, args: dict[str, Any]) -> Outcome:
         event = parse_event_args(args)
         path = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.calendar.add_blocking(event, now=self.clock()))
-        reply = {"uid": event.uid, "start": event.start.isoformat(), "end": event.end.isoformat(),
-                 "file": path.name}
+            None, lambda: self.calendar.add_blocking(event, now=self.clock())
+        )
+        reply = {"uid": event.uid, "start": event.start.isoformat(), "end": event.end.isoformat(), "file": path.name}
         return Outcome(reply, {"uid": event.uid, "start": reply["start"], "end": reply["end"]})
 
     async def fetch_data(self, args: dict[str, Any]) -> Outcome:
         url = parse_fetch_args(args)
         cfg = self._config().fetch
         result = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: fetch_blocking(url, max_bytes=cfg.max_bytes, timeout_s=cfg.timeout_s,
-                                         authorize=self._redirect_allowed if self.authorize else None))
+            None,
+            lambda: fetch_blocking(
+                url,
+                max_bytes=cfg.max_bytes,
+                timeout_s=cfg.timeout_s,
+                authorize=self._redirect_allowed if self.authorize else None,
+            ),
+        )
         return Outcome(result.reply(), result.record())
 
     def _redirect_allowed(self, url: str) -> None:
@@ -146,5 +167,6 @@ class Actions:
         assert self.authorize is not None
         decision = self.authorize("fetch_data", {"url": url})
         if not decision.allowed:
-            raise RedirectDeniedError(f"fetch_data: the redirect to {url} was denied by the policy "
-                                      f"({decision.rule}: {decision.reason})")
+            raise RedirectDeniedError(
+                f"fetch_data: the redirect to {url} was denied by the policy ({decision.rule}: {decision.reason})"
+            )

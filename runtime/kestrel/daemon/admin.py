@@ -15,8 +15,9 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import KestrelError
 
@@ -28,8 +29,15 @@ _UNSET: Any = object()
 
 def applied_json(res: Any) -> dict[str, Any]:
     """An :class:`kestrel.ota.apply.AppliedBundle` as the control socket returns it."""
-    return {"bundle": res.digest, "version": res.version, "counter": res.counter, "slot": res.slot,
-            "previous_slot": res.previous_slot, "policy": res.policy_digest, "changed": res.changed}
+    return {
+        "bundle": res.digest,
+        "version": res.version,
+        "counter": res.counter,
+        "slot": res.slot,
+        "previous_slot": res.previous_slot,
+        "policy": res.policy_digest,
+        "changed": res.changed,
+    }
 
 
 def install_root(state_dir: str | os.PathLike[str], envelope: bytes, *, ledger: Any) -> dict[str, Any]:
@@ -41,11 +49,17 @@ def install_root(state_dir: str | os.PathLike[str], envelope: bytes, *, ledger: 
     try:
         old, new = OtaDir(state_dir).rotate_root(envelope)
     except TrustRootError as exc:
-        ledger.append("trust.rejected", {"reason": exc.code, "message": exc.message[:500], "size": len(envelope),
-                                         "sha256": hashlib.sha256(envelope).hexdigest()})
+        ledger.append(
+            "trust.rejected",
+            {
+                "reason": exc.code,
+                "message": exc.message[:500],
+                "size": len(envelope),
+                "sha256": hashlib.sha256(envelope).hexdigest(),
+            },
+        )
         raise
-    body = {"from_version": old.version, "version": new.version, "threshold": new.threshold,
-            "owners": list(new.owners)}
+    body = {"from_version": old.version, "version": new.version, "threshold": new.threshold, "owners": list(new.owners)}
     ledger.append("trust.rotated", body)
     return body
 
@@ -53,9 +67,17 @@ def install_root(state_dir: str | os.PathLike[str], envelope: bytes, *, ledger: 
 class OtaService:
     """Runs kestrel.ota operations against the daemon's ledger, one at a time, off the loop."""
 
-    def __init__(self, *, state_dir: str | os.PathLike[str], ledger: Any, policy: Any,
-                 healthy: Callable[[], str | None], on_recorded: Callable[[], None],
-                 clock: Callable[[], float], max_bundle: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        state_dir: str | os.PathLike[str],
+        ledger: Any,
+        policy: Any,
+        healthy: Callable[[], str | None],
+        on_recorded: Callable[[], None],
+        clock: Callable[[], float],
+        max_bundle: Callable[[], int] | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir)
         self._max_bundle = max_bundle
         self.ledger = ledger
@@ -118,9 +140,18 @@ class OtaService:
         """Verify and activate a bundle (raises the BundleError kestrel.ota raised; it is recorded)."""
         from ..ota import apply_bundle
 
-        res = await self._run(lambda: apply_bundle(self.state_dir, data, ledger=self.ledger, now=self._clock(),
-                                                   source=source, health=self.health, tpm=self.tpm(),
-                                                   limits=self.limits()))
+        res = await self._run(
+            lambda: apply_bundle(
+                self.state_dir,
+                data,
+                ledger=self.ledger,
+                now=self._clock(),
+                source=source,
+                health=self.health,
+                tpm=self.tpm(),
+                limits=self.limits(),
+            )
+        )
         return applied_json(res)
 
     async def apply_message(self, payload: bytes, *, source: str) -> None:
@@ -128,9 +159,17 @@ class OtaService:
         from ..ota import apply_message
 
         try:
-            res = await self._run(lambda: apply_message(self.state_dir, payload, ledger=self.ledger,
-                                                        now=self._clock(), health=self.health, tpm=self.tpm(),
-                                                        limits=self.limits()))
+            res = await self._run(
+                lambda: apply_message(
+                    self.state_dir,
+                    payload,
+                    ledger=self.ledger,
+                    now=self._clock(),
+                    health=self.health,
+                    tpm=self.tpm(),
+                    limits=self.limits(),
+                )
+            )
             log.info("applied OTA bundle from %s: %s", source, applied_json(res))
         except KestrelError as exc:
             log.error("rejected OTA bundle from %s: %s", source, exc.message)
@@ -151,8 +190,15 @@ class OtaService:
         from ..ota import scan_drop_dir
 
         def scan() -> Any:
-            found = scan_drop_dir(self.state_dir, drop, ledger=self.ledger, now=self._clock(),
-                                  health=self.health, tpm=self.tpm(), limits=self.limits())
+            found = scan_drop_dir(
+                self.state_dir,
+                drop,
+                ledger=self.ledger,
+                now=self._clock(),
+                health=self.health,
+                tpm=self.tpm(),
+                limits=self.limits(),
+            )
             if found:  # most scans find nothing: no need to re-read the policy then
                 self._refresh_policy()
             return found

@@ -15,7 +15,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..errors import KestrelError, TransportError, UsageError
 from .triggers import Proposal
@@ -37,8 +38,9 @@ class AskBusyError(KestrelError):
 class _Dispatch:
     """The planner's ``authorize`` and tool ``executor``, called on the planner's thread."""
 
-    def __init__(self, *, loop: asyncio.AbstractEventLoop, policy: Any, pipeline: Any, source: str,
-                 action_timeout: float) -> None:
+    def __init__(
+        self, *, loop: asyncio.AbstractEventLoop, policy: Any, pipeline: Any, source: str, action_timeout: float
+    ) -> None:
         self._loop, self._policy, self._pipeline = loop, policy, pipeline
         self._source, self._timeout = source, action_timeout
         self._decided: tuple[str, Any, Any, Any] | None = None
@@ -75,10 +77,15 @@ class _Dispatch:
                 seq = getattr(record.result(self._timeout), "seq", None)
             except Exception as exc:
                 self._pipeline.effects.end(effect)
-                raise TransportError(f"the decision could not be recorded, so {action} was not executed: {exc}")
+                raise TransportError(
+                    f"the decision could not be recorded, so {action} was not executed: {exc}"
+                ) from None
         fut = asyncio.run_coroutine_threadsafe(
-            self._pipeline.call_decided(Proposal(action, args, self._source), decision, effect=effect,
-                                        decision_seq=seq), self._loop)
+            self._pipeline.call_decided(
+                Proposal(action, args, self._source), decision, effect=effect, decision_seq=seq
+            ),
+            self._loop,
+        )
         try:
             return fut.result(self._timeout)
         except concurrent.futures.TimeoutError:
@@ -98,8 +105,16 @@ class _StepLedger:
 
 
 class AskHost:
-    def __init__(self, *, state_dir: Any, ledger: Any, policy: Any, pipeline: Any,
-                 appended: Callable[[], None], action_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        *,
+        state_dir: Any,
+        ledger: Any,
+        policy: Any,
+        pipeline: Any,
+        appended: Callable[[], None],
+        action_timeout: float = 120.0,
+    ) -> None:
         self.state_dir = state_dir
         self.ledger, self.policy, self.pipeline = ledger, policy, pipeline
         self._appended = appended
@@ -121,7 +136,7 @@ class AskHost:
 
         goal = params.get("goal")
         if not isinstance(goal, str) or not goal.strip() or len(goal) > 4096:
-            raise UsageError("ask needs params {\"goal\": TEXT (1..4096 characters), \"options\": {...}}")
+            raise UsageError('ask needs params {"goal": TEXT (1..4096 characters), "options": {...}}')
         options = AskOptions.from_params(params.get("options", {}))
         if self._busy:
             raise AskBusyError("another ask is running on this daemon", hint="wait for it to finish, then retry")
@@ -132,8 +147,13 @@ class AskHost:
         task: asyncio.Task[Any] | None = None
         dispatch: _Dispatch | None = None
         try:
-            dispatch = _Dispatch(loop=loop, policy=self.policy, pipeline=self.pipeline, source=source,
-                                 action_timeout=self._action_timeout)
+            dispatch = _Dispatch(
+                loop=loop,
+                policy=self.policy,
+                pipeline=self.pipeline,
+                source=source,
+                action_timeout=self._action_timeout,
+            )
             planner = await loop.run_in_executor(self._executor(), self._build, options, dispatch, loop, stack)
             self.runs += 1
 
@@ -161,16 +181,22 @@ class AskHost:
             await loop.run_in_executor(self._executor(), stack.close)
             self._busy = False
 
-    def _build(self, options: Any, dispatch: _Dispatch, loop: asyncio.AbstractEventLoop,
-               stack: contextlib.ExitStack) -> Any:
+    def _build(
+        self, options: Any, dispatch: _Dispatch, loop: asyncio.AbstractEventLoop, stack: contextlib.ExitStack
+    ) -> Any:
         from ..agent.ask import build_planner
 
-        return build_planner(self.state_dir, options, authorize=dispatch.authorize,
-                             ledger=_StepLedger(self.ledger, loop, self._appended), executor=dispatch.execute,
-                             stack=stack, model=self.model)
+        return build_planner(
+            self.state_dir,
+            options,
+            authorize=dispatch.authorize,
+            ledger=_StepLedger(self.ledger, loop, self._appended),
+            executor=dispatch.execute,
+            stack=stack,
+            model=self.model,
+        )
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-

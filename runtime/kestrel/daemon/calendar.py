@@ -42,13 +42,20 @@ def parse_event_args(args: dict[str, Any], *, uid: str | None = None) -> Calenda
     except ArgsError as exc:
         raise EventArgsError(exc.message, hint=exc.hint) from None
     start, end = (dt.datetime.fromisoformat(c[k].replace("Z", "+00:00")) for k in ("start", "end"))
-    return CalendarEvent(uid or f"{os.urandom(8).hex()}@kestrel", c["summary"], start, end,
-                         c["location"], c["description"])
+    return CalendarEvent(
+        uid or f"{os.urandom(8).hex()}@kestrel", c["summary"], start, end, c["location"], c["description"]
+    )
 
 
 def _escape(text: str) -> str:
-    return (text.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,")
-            .replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n"))
+    return (
+        text.replace("\\", "\\\\")
+        .replace(";", "\\;")
+        .replace(",", "\\,")
+        .replace("\r\n", "\\n")
+        .replace("\n", "\\n")
+        .replace("\r", "\\n")
+    )
 
 
 def _fold(line: str) -> bytes:
@@ -70,10 +77,17 @@ def _stamp(t: dt.datetime) -> str:
 
 
 def render_ics(event: CalendarEvent, *, now: float) -> bytes:
-    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Kestrel//schedule_event//EN", "BEGIN:VEVENT",
-             f"UID:{event.uid}", f"DTSTAMP:{_stamp(dt.datetime.fromtimestamp(now, dt.timezone.utc))}",
-             f"DTSTART:{_stamp(event.start)}", f"DTEND:{_stamp(event.end)}",
-             f"SUMMARY:{_escape(event.summary)}"]
+    lines = [
+        "BEGIN:VCALENDAR",
+        "VERSION:2.0",
+        "PRODID:-//Kestrel//schedule_event//EN",
+        "BEGIN:VEVENT",
+        f"UID:{event.uid}",
+        f"DTSTAMP:{_stamp(dt.datetime.fromtimestamp(now, dt.UTC))}",
+        f"DTSTART:{_stamp(event.start)}",
+        f"DTEND:{_stamp(event.end)}",
+        f"SUMMARY:{_escape(event.summary)}",
+    ]
     if event.location:
         lines.append(f"LOCATION:{_escape(event.location)}")
     if event.description:

@@ -16,14 +16,39 @@ from .expr import Expression, compile_expression
 from .template import Template
 
 __all__ = [
-    "DeviceConfig", "GpioInput", "SerialSensor", "MqttSensor", "PeriodicSensor", "GpioOutput",
-    "MqttActuator", "SerialActuator", "Trigger", "Schedule", "SmtpConfig", "OutboxConfig",
-    "MqttConfig", "ControlConfig", "OtaConfig", "FetchConfig", "LimitsConfig", "AuditConfig", "SerialLine", "UiConfig",
-    "parse_device_config", "BUILTIN_ACTIONS",
+    "DeviceConfig",
+    "GpioInput",
+    "SerialSensor",
+    "MqttSensor",
+    "PeriodicSensor",
+    "GpioOutput",
+    "MqttActuator",
+    "SerialActuator",
+    "Trigger",
+    "Schedule",
+    "SmtpConfig",
+    "OutboxConfig",
+    "MqttConfig",
+    "ControlConfig",
+    "OtaConfig",
+    "FetchConfig",
+    "LimitsConfig",
+    "AuditConfig",
+    "SerialLine",
+    "UiConfig",
+    "parse_device_config",
+    "BUILTIN_ACTIONS",
 ]
 
-BUILTIN_ACTIONS = ("send_email", "schedule_event", "fetch_data", "gpio.write", "mqtt.publish", "serial.write",
-                   "agent.send")
+BUILTIN_ACTIONS = (
+    "send_email",
+    "schedule_event",
+    "fetch_data",
+    "gpio.write",
+    "mqtt.publish",
+    "serial.write",
+    "agent.send",
+)
 PARITIES = ("none", "even", "odd")
 CONFIG_VERSION = 1  # the `version:` this parser reads
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -264,12 +289,12 @@ _SERIAL_KEYS = {"type", "port", "baud", "parity", "framing", "max_frame", "lengt
 
 
 def _sensor(name: str, node: Node) -> Sensor:
-    kind = Fields(node, set(node.mapping())).get("type", Node.as_str,
-                                                                   choices=("gpio", "serial", "mqtt", "periodic"))
+    kind = Fields(node, set(node.mapping())).get("type", Node.as_str, choices=("gpio", "serial", "mqtt", "periodic"))
     if kind == "gpio":
         f = Fields(node, {"type", "pin", "mode", "edge", "bias", "debounce_ms", "poll_s", "active_low"})
         return GpioInput(
-            name, f.get("pin", _pin),
+            name,
+            f.get("pin", _pin),
             mode=f.get("mode", Node.as_str, GpioInput.mode, choices=("edge", "level")),
             edge=f.get("edge", Node.as_str, GpioInput.edge, choices=("rising", "falling", "both")),
             bias=f.get("bias", Node.as_str, GpioInput.bias, choices=("as_is", "pull_up", "pull_down", "disabled")),
@@ -282,12 +307,16 @@ def _sensor(name: str, node: Node) -> Sensor:
         line = _serial_line(f)
         if line.framing == "none":
             raise f.node_of("framing").error("a serial sensor needs framing 'line' or 'length_prefixed'")
-        return SerialSensor(name, line, format=f.get("format", Node.as_str, SerialSensor.format,
-                                                     choices=("text", "nmea", "json", "bytes")))
+        return SerialSensor(
+            name,
+            line,
+            format=f.get("format", Node.as_str, SerialSensor.format, choices=("text", "nmea", "json", "bytes")),
+        )
     if kind == "mqtt":
         f = Fields(node, {"type", "topic", "payload", "max_payload", "qos"})
         return MqttSensor(
-            name, f.get("topic", Node.as_str),
+            name,
+            f.get("topic", Node.as_str),
             payload=f.get("payload", Node.as_str, MqttSensor.payload, choices=("json", "msgpack", "text")),
             max_payload=f.get("max_payload", Node.as_int, MqttSensor.max_payload, min=1, max=1 << 24),
             qos=f.get("qos", Node.as_int, MqttSensor.qos, min=0, max=2),
@@ -296,8 +325,10 @@ def _sensor(name: str, node: Node) -> Sensor:
     if f.has("file") == f.has("pin"):
         raise node.error("a periodic sensor reads exactly one of 'file' or 'pin'")
     return PeriodicSensor(
-        name, f.get("every", Node.as_float, min=0.01, max=86_400 * 31),
-        file=f.get("file", Node.as_str, PeriodicSensor.file), pin=f.get("pin", _pin, PeriodicSensor.pin),
+        name,
+        f.get("every", Node.as_float, min=0.01, max=86_400 * 31),
+        file=f.get("file", Node.as_str, PeriodicSensor.file),
+        pin=f.get("pin", _pin, PeriodicSensor.pin),
         scale=f.get("scale", Node.as_float, PeriodicSensor.scale),
     )
 
@@ -313,14 +344,20 @@ def _actuator(name: str, node: Node) -> Actuator:
     kind = Fields(node, set(node.mapping())).get("type", Node.as_str, choices=("gpio", "mqtt", "serial"))
     if kind == "gpio":
         f = Fields(node, {"type", "pin", "initial", "active_low"})
-        return GpioOutput(name, f.get("pin", _pin),
-                          initial=f.get("initial", Node.as_int, GpioOutput.initial, min=0, max=1),
-                          active_low=f.get("active_low", Node.as_bool, GpioOutput.active_low))
+        return GpioOutput(
+            name,
+            f.get("pin", _pin),
+            initial=f.get("initial", Node.as_int, GpioOutput.initial, min=0, max=1),
+            active_low=f.get("active_low", Node.as_bool, GpioOutput.active_low),
+        )
     if kind == "mqtt":
         f = Fields(node, {"type", "topic", "qos", "retain"})
-        return MqttActuator(name, f.get("topic", Node.as_str),
-                            qos=f.get("qos", Node.as_int, MqttActuator.qos, min=0, max=2),
-                            retain=f.get("retain", Node.as_bool, MqttActuator.retain))
+        return MqttActuator(
+            name,
+            f.get("topic", Node.as_str),
+            qos=f.get("qos", Node.as_int, MqttActuator.qos, min=0, max=2),
+            retain=f.get("retain", Node.as_bool, MqttActuator.retain),
+        )
     f = Fields(node, _SERIAL_KEYS)
     return SerialActuator(name, _serial_line(f))
 
@@ -347,7 +384,10 @@ def _trigger(node: Node, index: int) -> Trigger:
         raise when_node.error(exc.message) from None
     action, args = _action(f)
     return Trigger(
-        name=f.get("name", Node.as_str, f"trigger{index}"), when=when, action=action, args=args,
+        name=f.get("name", Node.as_str, f"trigger{index}"),
+        when=when,
+        action=action,
+        args=args,
         cooldown_s=f.get("cooldown", Node.as_float, Trigger.cooldown_s, min=0, max=86_400),
         fire=f.get("fire", Node.as_str, Trigger.fire, choices=("rising", "always")),
     )
@@ -364,8 +404,13 @@ def _schedule(node: Node, index: int) -> Schedule:
         except KestrelError as exc:
             raise f.node_of("cron").error(exc.message, hint=exc.hint) from None
     action, args = _action(f)
-    return Schedule(name=f.get("name", Node.as_str, f"schedule{index}"), action=action, args=args,
-                    every_s=f.get("every", Node.as_float, Schedule.every_s, min=0.01, max=86_400 * 366), cron=cron)
+    return Schedule(
+        name=f.get("name", Node.as_str, f"schedule{index}"),
+        action=action,
+        args=args,
+        every_s=f.get("every", Node.as_float, Schedule.every_s, min=0.01, max=86_400 * 366),
+        cron=cron,
+    )
 
 
 def _section(root: Fields, key: str, keys: set[str]) -> Fields | None:
@@ -379,8 +424,26 @@ def _named(root: Fields, key: str, build: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
-_TOP = {"version", "name", "board", "sensors", "actuators", "triggers", "schedules", "smtp", "outbox",
-        "mqtt", "control", "ota", "fetch", "limits", "audit", "sync", "models", "ui"}
+_TOP = {
+    "version",
+    "name",
+    "board",
+    "sensors",
+    "actuators",
+    "triggers",
+    "schedules",
+    "smtp",
+    "outbox",
+    "mqtt",
+    "control",
+    "ota",
+    "fetch",
+    "limits",
+    "audit",
+    "sync",
+    "models",
+    "ui",
+}
 
 
 def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
@@ -392,20 +455,22 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
     version = root.get("version", Node.as_int, CONFIG_VERSION)
     if version != CONFIG_VERSION:
         raise root.node_of("version").error(
-            f"unsupported config version {version}; this Kestrel reads {CONFIG_VERSION}")
+            f"unsupported config version {version}; this Kestrel reads {CONFIG_VERSION}"
+        )
     sensors = _named(root, "sensors", _sensor)
     actuators = _named(root, "actuators", _actuator)
     triggers = tuple(_trigger(n, i) for i, n in enumerate(root.node_of("triggers").sequence()))
     schedules = tuple(_schedule(n, i) for i, n in enumerate(root.node_of("schedules").sequence()))
 
     smtp = None
-    if (f := _section(root, "smtp", {"host", "port", "security", "username", "password_file", "from",
-                                     "timeout"})):
+    if f := _section(root, "smtp", {"host", "port", "security", "username", "password_file", "from", "timeout"}):
         if f.has("username") and not f.has("password_file"):
             raise f.node_of("password_file").error(
-                "a username needs a password_file", hint="passwords never go in the config itself")
+                "a username needs a password_file", hint="passwords never go in the config itself"
+            )
         smtp = SmtpConfig(
-            host=f.get("host", Node.as_str), port=f.get("port", Node.as_int, SmtpConfig.port, min=1, max=65535),
+            host=f.get("host", Node.as_str),
+            port=f.get("port", Node.as_int, SmtpConfig.port, min=1, max=65535),
             security=f.get("security", Node.as_str, SmtpConfig.security, choices=("none", "starttls", "tls")),
             username=f.get("username", Node.as_str, SmtpConfig.username),
             password_file=f.get("password_file", Node.as_str, SmtpConfig.password_file),
@@ -413,55 +478,81 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
             timeout_s=f.get("timeout", Node.as_float, SmtpConfig.timeout_s, min=0.1, max=600),
         )
     outbox = OutboxConfig()
-    if (f := _section(root, "outbox", {"retry_initial", "retry_max", "max_items"})):
-        outbox = OutboxConfig(f.get("retry_initial", Node.as_float, OutboxConfig.retry_initial_s, min=0.01, max=86_400),
-                              f.get("retry_max", Node.as_float, OutboxConfig.retry_max_s, min=0.01, max=86_400 * 7),
-                              f.get("max_items", Node.as_int, OutboxConfig.max_items, min=1, max=1_000_000))
+    if f := _section(root, "outbox", {"retry_initial", "retry_max", "max_items"}):
+        outbox = OutboxConfig(
+            f.get("retry_initial", Node.as_float, OutboxConfig.retry_initial_s, min=0.01, max=86_400),
+            f.get("retry_max", Node.as_float, OutboxConfig.retry_max_s, min=0.01, max=86_400 * 7),
+            f.get("max_items", Node.as_int, OutboxConfig.max_items, min=1, max=1_000_000),
+        )
     mqtt = None
-    if (f := _section(root, "mqtt", {"host", "port", "keepalive", "commands_topic", "results_topic",
-                                     "max_payload", "username", "password_file", "tls", "ca_file",
-                                     "session_expiry"})):
+    if f := _section(
+        root,
+        "mqtt",
+        {
+            "host",
+            "port",
+            "keepalive",
+            "commands_topic",
+            "results_topic",
+            "max_payload",
+            "username",
+            "password_file",
+            "tls",
+            "ca_file",
+            "session_expiry",
+        },
+    ):
         if f.has("username") and not f.has("password_file"):
             raise f.node_of("password_file").error(
-                "a username needs a password_file", hint="passwords never go in the config itself")
+                "a username needs a password_file", hint="passwords never go in the config itself"
+            )
         if f.has("ca_file") and not f.get("tls", Node.as_bool, MqttConfig.tls):
             raise f.node_of("ca_file").error("ca_file needs tls: true")
         mqtt = MqttConfig(
-            host=f.get("host", Node.as_str), port=f.get("port", Node.as_int, MqttConfig.port, min=1, max=65535),
+            host=f.get("host", Node.as_str),
+            port=f.get("port", Node.as_int, MqttConfig.port, min=1, max=65535),
             keepalive_s=f.get("keepalive", Node.as_int, MqttConfig.keepalive_s, min=5, max=3600),
             commands_topic=f.get("commands_topic", Node.as_str, MqttConfig.commands_topic),
             results_topic=f.get("results_topic", Node.as_str, MqttConfig.results_topic),
             max_payload=f.get("max_payload", Node.as_int, MqttConfig.max_payload, min=64, max=1 << 24),
             username=f.get("username", Node.as_str, MqttConfig.username),
             password_file=f.get("password_file", Node.as_str, MqttConfig.password_file),
-            tls=f.get("tls", Node.as_bool, MqttConfig.tls), ca_file=f.get("ca_file", Node.as_str, MqttConfig.ca_file),
+            tls=f.get("tls", Node.as_bool, MqttConfig.tls),
+            ca_file=f.get("ca_file", Node.as_str, MqttConfig.ca_file),
             session_expiry_s=f.get("session_expiry", Node.as_int, MqttConfig.session_expiry_s, min=0, max=0xFFFFFFFF),
         )
     control = ControlConfig()
-    if (f := _section(root, "control", {"group"})):
+    if f := _section(root, "control", {"group"}):
         control = ControlConfig(group=f.get("group", _pin, ControlConfig.group))
     ota = OtaConfig()
-    if (f := _section(root, "ota", {"drop_dir", "mqtt_topic", "poll", "max_bundle"})):
-        ota = OtaConfig(f.get("drop_dir", Node.as_str, OtaConfig.drop_dir),
-                        f.get("mqtt_topic", Node.as_str, OtaConfig.mqtt_topic),
-                        f.get("poll", Node.as_float, OtaConfig.poll_s, min=0.05, max=3600),
-                        f.get("max_bundle", Node.as_int, OtaConfig.max_bundle, min=1024, max=1 << 30))
+    if f := _section(root, "ota", {"drop_dir", "mqtt_topic", "poll", "max_bundle"}):
+        ota = OtaConfig(
+            f.get("drop_dir", Node.as_str, OtaConfig.drop_dir),
+            f.get("mqtt_topic", Node.as_str, OtaConfig.mqtt_topic),
+            f.get("poll", Node.as_float, OtaConfig.poll_s, min=0.05, max=3600),
+            f.get("max_bundle", Node.as_int, OtaConfig.max_bundle, min=1024, max=1 << 30),
+        )
     fetch = FetchConfig()
-    if (f := _section(root, "fetch", {"max_bytes", "timeout"})):
-        fetch = FetchConfig(f.get("max_bytes", Node.as_int, FetchConfig.max_bytes, min=1, max=1 << 30),
-                            f.get("timeout", Node.as_float, FetchConfig.timeout_s, min=0.1, max=600))
+    if f := _section(root, "fetch", {"max_bytes", "timeout"}):
+        fetch = FetchConfig(
+            f.get("max_bytes", Node.as_int, FetchConfig.max_bytes, min=1, max=1 << 30),
+            f.get("timeout", Node.as_float, FetchConfig.timeout_s, min=0.1, max=600),
+        )
     limits = LimitsConfig()
-    if (f := _section(root, "limits", {"event_queue", "action_queue", "action_workers"})):
-        limits = LimitsConfig(f.get("event_queue", Node.as_int, LimitsConfig.event_queue, min=1, max=1_000_000),
-                              f.get("action_queue", Node.as_int, LimitsConfig.action_queue, min=1, max=1_000_000),
-                              f.get("action_workers", Node.as_int, LimitsConfig.action_workers, min=1, max=64))
+    if f := _section(root, "limits", {"event_queue", "action_queue", "action_workers"}):
+        limits = LimitsConfig(
+            f.get("event_queue", Node.as_int, LimitsConfig.event_queue, min=1, max=1_000_000),
+            f.get("action_queue", Node.as_int, LimitsConfig.action_queue, min=1, max=1_000_000),
+            f.get("action_workers", Node.as_int, LimitsConfig.action_workers, min=1, max=64),
+        )
 
     audit = AuditConfig()
-    if (f := _section(root, "audit", {"decisions", "commit_delay_ms", "checkpoint_interval_ms"})):
-        audit = AuditConfig(f.get("decisions", Node.as_str, AuditConfig.decisions, choices=("batched", "strict")),
-                            f.get("commit_delay_ms", Node.as_float, AuditConfig.commit_delay_ms, min=0, max=1000),
-                            f.get("checkpoint_interval_ms", Node.as_float, AuditConfig.checkpoint_interval_ms,
-                                  min=1, max=600_000))
+    if f := _section(root, "audit", {"decisions", "commit_delay_ms", "checkpoint_interval_ms"}):
+        audit = AuditConfig(
+            f.get("decisions", Node.as_str, AuditConfig.decisions, choices=("batched", "strict")),
+            f.get("commit_delay_ms", Node.as_float, AuditConfig.commit_delay_ms, min=0, max=1000),
+            f.get("checkpoint_interval_ms", Node.as_float, AuditConfig.checkpoint_interval_ms, min=1, max=600_000),
+        )
 
     sync = _sync_section(root, source)
     models: tuple[Any, ...] = ()
@@ -470,10 +561,23 @@ def parse_device_config(text: str, *, source: str = "<config>") -> DeviceConfig:
 
         models = parse_models(root.node_of("models"), names_ok=_name)
     cfg = DeviceConfig(
-        source=source, name=root.get("name", Node.as_str, DeviceConfig.name),
+        source=source,
+        name=root.get("name", Node.as_str, DeviceConfig.name),
         board=root.get("board", Node.as_str, DeviceConfig.board),
-        sensors=sensors, actuators=actuators, triggers=triggers, schedules=schedules, smtp=smtp, outbox=outbox,
-        mqtt=mqtt, control=control, ota=ota, fetch=fetch, limits=limits, audit=audit, sync=sync, models=models,
+        sensors=sensors,
+        actuators=actuators,
+        triggers=triggers,
+        schedules=schedules,
+        smtp=smtp,
+        outbox=outbox,
+        mqtt=mqtt,
+        control=control,
+        ota=ota,
+        fetch=fetch,
+        limits=limits,
+        audit=audit,
+        sync=sync,
+        models=models,
         ui=_ui_section(root),
     )
     _cross_check(cfg, root)
@@ -508,8 +612,9 @@ def _sync_section(root: Fields, source: str) -> Any:
     except ConfigError as exc:  # add the section's line to the sync parser's "file, key: what"
         assert node is not None
         what = exc.message.split(": ", 1)[-1] if exc.key else exc.message
-        raise ConfigError(what, path=source, line=node.line, column=node.column, key=exc.key or "sync",
-                          hint=exc.hint) from None
+        raise ConfigError(
+            what, path=source, line=node.line, column=node.column, key=exc.key or "sync", hint=exc.hint
+        ) from None
 
 
 _ACTUATOR_ACTION = {"gpio.write": "gpio", "mqtt.publish": "mqtt", "serial.write": "serial"}
@@ -522,35 +627,50 @@ def _cross_check(cfg: DeviceConfig, root: Fields) -> None:
         if m.name in names:
             raise node.error(f"model sensor {m.name!r} has the name of a sensor", key=f"models.{m.name}")
         if unknown := sorted(m.reads - set(names)):
-            raise Fields(node, set(node.mapping())).node_of("inputs").error(
-                f"unknown sensor {unknown[0]!r}", hint=f"sensors defined: {', '.join(names) or 'none'}")
+            raise (
+                Fields(node, set(node.mapping()))
+                .node_of("inputs")
+                .error(f"unknown sensor {unknown[0]!r}", hint=f"sensors defined: {', '.join(names) or 'none'}")
+            )
     names += [m.name for m in cfg.models]
     for s in cfg.sensors:
         if isinstance(s, MqttSensor) and cfg.mqtt is None:
-            raise root.node_of("sensors").error(f"sensor {s.name!r} needs an 'mqtt' broker section",
-                                                key=f"sensors.{s.name}")
+            raise root.node_of("sensors").error(
+                f"sensor {s.name!r} needs an 'mqtt' broker section", key=f"sensors.{s.name}"
+            )
     for a in cfg.actuators:
         if isinstance(a, MqttActuator) and cfg.mqtt is None:
-            raise root.node_of("actuators").error(f"actuator {a.name!r} needs an 'mqtt' broker section",
-                                                  key=f"actuators.{a.name}")
+            raise root.node_of("actuators").error(
+                f"actuator {a.name!r} needs an 'mqtt' broker section", key=f"actuators.{a.name}"
+            )
     sources: tuple[tuple[str, tuple[Trigger | Schedule, ...]], ...] = (
-        ("triggers", cfg.triggers), ("schedules", cfg.schedules))
+        ("triggers", cfg.triggers),
+        ("schedules", cfg.schedules),
+    )
     for key, items in sources:
         for i, item in enumerate(items):
             node = root.node_of(key).sequence()[i]
             if isinstance(item, Trigger):
                 unknown = sorted(n for n in item.when.names if n not in names)
                 if unknown:
-                    raise Fields(node, set(node.mapping())).node_of("when").error(
-                        f"unknown sensor {unknown[0]!r}", hint=f"sensors defined: {', '.join(names) or 'none'}")
+                    raise (
+                        Fields(node, set(node.mapping()))
+                        .node_of("when")
+                        .error(f"unknown sensor {unknown[0]!r}", hint=f"sensors defined: {', '.join(names) or 'none'}")
+                    )
             want = _ACTUATOR_ACTION.get(item.action)
             target = item.args.literal.get("actuator") if isinstance(item.args.literal, dict) else None
             if want and target is not None:
                 target_name = target.literal
                 act = cfg.actuator(target_name) if isinstance(target_name, str) else None
                 if act is None or act.kind != want:
-                    raise Fields(node, set(node.mapping())).node_of("args").error(
-                        f"{item.action} needs a {want} actuator; {target_name!r} is not one",
-                        key=f"{node.key}.args.actuator")
+                    raise (
+                        Fields(node, set(node.mapping()))
+                        .node_of("args")
+                        .error(
+                            f"{item.action} needs a {want} actuator; {target_name!r} is not one",
+                            key=f"{node.key}.args.actuator",
+                        )
+                    )
             if item.action == "send_email" and cfg.smtp is None:
                 raise node.error("send_email needs an 'smtp' section (the relay to send through)")

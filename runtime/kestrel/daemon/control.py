@@ -18,9 +18,10 @@ import socket
 import stat
 import struct
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from .._internal.unixsock import bind_unix, connect_unix
 from ..errors import ConfigError, KestrelError, TransportError
@@ -45,8 +46,9 @@ class ControlTarget(Protocol):
     async def control_ota_rollback(self, reason: str) -> dict[str, Any]: ...
     async def control_trust_apply(self, envelope: bytes) -> dict[str, Any]: ...
     async def control_peer_receive(self, timeout: float, limit: int) -> list[dict[str, Any]]: ...
-    async def control_ask(self, params: dict[str, Any], *, source: str,
-                          emit: Callable[[dict[str, Any]], Awaitable[None]]) -> dict[str, Any]: ...
+    async def control_ask(
+        self, params: dict[str, Any], *, source: str, emit: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> dict[str, Any]: ...
     @property
     def max_upload(self) -> int: ...
 
@@ -73,8 +75,12 @@ def resolve_group(group: str | None, *, source: str = "device config") -> int | 
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise ConfigError(f"control group {group!r} does not exist on this system", path=source,
-                          key="control.group", hint=f"create it (groupadd {group}) or remove control.group") from None
+        raise ConfigError(
+            f"control group {group!r} does not exist on this system",
+            path=source,
+            key="control.group",
+            hint=f"create it (groupadd {group}) or remove control.group",
+        ) from None
 
 
 def _supplementary_groups(pid: int) -> set[int]:
@@ -99,8 +105,9 @@ def _claimed(params: dict[str, Any]) -> tuple[int | None, str | None]:
     size, digest = params.get("size"), params.get("sha256")
     if size is not None and (type(size) is not int or size < 0):
         raise P.ProtocolError("ota.apply: 'size' must be the bundle's size in bytes")
-    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
-                                   and all(c in "0123456789abcdef" for c in digest)):
+    if digest is not None and not (
+        isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+    ):
         raise P.ProtocolError("ota.apply: 'sha256' must be 64 lower-case hex digits")
     return size, digest
 
@@ -108,7 +115,7 @@ def _claimed(params: dict[str, Any]) -> tuple[int | None, str | None]:
 def _is_bundle(prefix: bytes | bytearray) -> bool:
     from ..ota.bundle import MAGIC
 
-    return bytes(prefix[:len(MAGIC)]) == MAGIC
+    return bytes(prefix[: len(MAGIC)]) == MAGIC
 
 
 def peer_allowed(cred: PeerCred, *, owner_uid: int, group_gid: int | None) -> bool:
@@ -120,8 +127,14 @@ def peer_allowed(cred: PeerCred, *, owner_uid: int, group_gid: int | None) -> bo
 
 
 class ControlServer:
-    def __init__(self, path: Path, target: ControlTarget, *, group_gid: int | None,
-                 record: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        target: ControlTarget,
+        *,
+        group_gid: int | None,
+        record: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.target = target
         self.group_gid = group_gid
@@ -157,8 +170,10 @@ class ControlServer:
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 connect_unix(probe, self.path)
-                raise TransportError(f"another daemon is already serving {self.path}",
-                                     hint="stop it first, or use a different --state directory")
+                raise TransportError(
+                    f"another daemon is already serving {self.path}",
+                    hint="stop it first, or use a different --state directory",
+                )
             except (ConnectionRefusedError, FileNotFoundError):
                 self.path.unlink(missing_ok=True)  # stale socket of a daemon that died
             finally:
@@ -221,10 +236,20 @@ class ControlServer:
 
     async def _refuse(self, cred: PeerCred, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.refused += 1
-        log.warning("control socket: refused uid %d gid %d pid %d (not the daemon's user, root, or in the "
-                    "control group)", cred.uid, cred.gid, cred.pid)
-        writer.write(P.encode_error(None, "forbidden", f"uid {cred.uid} may not use this control socket",
-                                    "ask the device's owner to add you to the control group"))
+        log.warning(
+            "control socket: refused uid %d gid %d pid %d (not the daemon's user, root, or in the control group)",
+            cred.uid,
+            cred.gid,
+            cred.pid,
+        )
+        writer.write(
+            P.encode_error(
+                None,
+                "forbidden",
+                f"uid {cred.uid} may not use this control socket",
+                "ask the device's owner to add you to the control group",
+            )
+        )
         try:
             await writer.drain()
             # Let the client finish sending its request before the socket closes, so that it reads
@@ -232,15 +257,17 @@ class ControlServer:
             if writer.can_write_eof():
                 writer.write_eof()
             await asyncio.wait_for(reader.read(65536), 0.5)
-        except (ConnectionError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, ConnectionError, ValueError):
             pass
         now = time.monotonic()
         last = self._last_refusal_record.get(cred.uid)
         if self._record is not None and (last is None or now - last >= REFUSAL_RECORD_INTERVAL):
             self._last_refusal_record[cred.uid] = now
             try:
-                await self._record("control.refused", {"uid": cred.uid, "gid": cred.gid, "pid": cred.pid,
-                                                       "refused_total": self.refused})
+                await self._record(
+                    "control.refused",
+                    {"uid": cred.uid, "gid": cred.gid, "pid": cred.pid, "refused_total": self.refused},
+                )
             except Exception as exc:
                 log.error("could not record control.refused: %s", exc)
 
@@ -265,8 +292,7 @@ class ControlServer:
                 continue
             await self._dispatch(req, writer, cred, upload)
 
-    async def _dispatch(self, req: P.Request, writer: asyncio.StreamWriter, cred: PeerCred,
-                        upload: _Upload) -> None:
+    async def _dispatch(self, req: P.Request, writer: asyncio.StreamWriter, cred: PeerCred, upload: _Upload) -> None:
         t = self.target
         p = req.params
         try:
@@ -275,20 +301,21 @@ class ControlServer:
             elif req.method == "call":
                 action, args = p.get("action"), p.get("args", {})
                 if not isinstance(action, str) or not isinstance(args, dict):
-                    raise P.ProtocolError("call needs params {\"action\": NAME, \"args\": {...}}")
+                    raise P.ProtocolError('call needs params {"action": NAME, "args": {...}}')
                 result = await t.control_call(action, args, source=f"control:uid={cred.uid}")
             elif req.method == "status":
                 result = t.control_status()
             elif req.method == "sim.drive":
                 pin, value = p.get("pin"), p.get("value")
                 if not isinstance(pin, str) or value not in (0, 1) or isinstance(value, bool):
-                    raise P.ProtocolError("sim.drive needs params {\"pin\": NAME, \"value\": 0 or 1}")
+                    raise P.ProtocolError('sim.drive needs params {"pin": NAME, "value": 0 or 1}')
                 result = t.control_sim_drive(pin, value)
             elif req.method == "sim.list":
                 result = t.control_sim_list()
             elif req.method == "reload":
                 result = await t.control_reload()
             elif req.method == "ask":
+
                 async def emit(event: dict[str, Any]) -> None:
                     writer.write(P.encode_event(req.id, event))
                     await writer.drain()
@@ -297,9 +324,13 @@ class ControlServer:
             else:  # follow
                 since = p.get("since_seq", 0)
                 kind = p.get("kind")
-                if isinstance(since, bool) or not isinstance(since, int) or since < 0 or \
-                        (kind is not None and not isinstance(kind, str)):
-                    raise P.ProtocolError("follow takes params {\"since_seq\": N >= 0, \"kind\": KIND}")
+                if (
+                    isinstance(since, bool)
+                    or not isinstance(since, int)
+                    or since < 0
+                    or (kind is not None and not isinstance(kind, str))
+                ):
+                    raise P.ProtocolError('follow takes params {"since_seq": N >= 0, "kind": KIND}')
                 async for event in t.control_follow(since, kind):
                     writer.write(P.encode_event(req.id, event))
                     await writer.drain()
@@ -329,15 +360,25 @@ class ControlServer:
             size = max(declared or 0, len(upload) + len(chunk))
             if size > t.max_upload:
                 upload.clear()
-                await self._upload_refused(cred, "oversize", f"bundle of {size} bytes is larger than ota.max_bundle "
-                                           f"({t.max_upload} bytes)", size=size, sha256=digest,
-                                           hint="raise ota.max_bundle in the device config, or ship the model "
-                                                "separately")
+                await self._upload_refused(
+                    cred,
+                    "oversize",
+                    f"bundle of {size} bytes is larger than ota.max_bundle ({t.max_upload} bytes)",
+                    size=size,
+                    sha256=digest,
+                    hint="raise ota.max_bundle in the device config, or ship the model separately",
+                )
             upload += chunk
             if len(upload) >= 8 and len(upload) - len(chunk) < 8 and not _is_bundle(upload):
                 upload.clear()
-                await self._upload_refused(cred, "bad-magic", "not a Kestrel bundle (bad magic)", size=size,
-                                           sha256=digest, hint="build bundles with `kestrel bundle build`")
+                await self._upload_refused(
+                    cred,
+                    "bad-magic",
+                    "not a Kestrel bundle (bad magic)",
+                    size=size,
+                    sha256=digest,
+                    hint="build bundles with `kestrel bundle build`",
+                )
             if more:
                 return {"received": len(upload)}
             data = bytes(upload)
@@ -353,21 +394,35 @@ class ControlServer:
         if req.method == "record":
             return await self._record_for(cred, p)
         timeout, limit = p.get("timeout", 0), p.get("max", 100)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 3600 or \
-                isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise P.ProtocolError("peer.receive takes params {\"timeout\": 0..3600 seconds, \"max\": 1..1000}")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 <= timeout <= 3600
+            or isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= 1000
+        ):
+            raise P.ProtocolError('peer.receive takes params {"timeout": 0..3600 seconds, "max": 1..1000}')
         return await t.control_peer_receive(float(timeout), limit)
 
-
-    async def _upload_refused(self, cred: PeerCred, code: str, message: str, *, size: int, sha256: str | None,
-                              hint: str) -> None:
+    async def _upload_refused(
+        self, cred: PeerCred, code: str, message: str, *, size: int, sha256: str | None, hint: str
+    ) -> None:
         """Refuse an ota.apply upload before it is buffered whole: recorded as ota.rejected, then raised."""
         from ..ota.errors import BundleFormatError
 
         if self._record is not None:
             try:
-                await self._record("ota.rejected", {"reason": code, "message": message[:500], "sha256": sha256,
-                                                    "size": size, "source": f"control:uid={cred.uid}"})
+                await self._record(
+                    "ota.rejected",
+                    {
+                        "reason": code,
+                        "message": message[:500],
+                        "sha256": sha256,
+                        "size": size,
+                        "source": f"control:uid={cred.uid}",
+                    },
+                )
             except Exception as exc:
                 log.error("could not record ota.rejected: %s", exc)
         raise BundleFormatError(message, code=code, hint=hint)
@@ -375,11 +430,13 @@ class ControlServer:
     async def _record_for(self, cred: PeerCred, p: dict[str, Any]) -> dict[str, Any]:
         """``record``: a CLI command that did its own work (model install, memory add) records it here."""
         if cred.uid not in (0, self.owner_uid):
-            raise _Forbidden(f"uid {cred.uid} may not write records into this agent's ledger",
-                             hint="run the command as the daemon's user (or root)")
+            raise _Forbidden(
+                f"uid {cred.uid} may not write records into this agent's ledger",
+                hint="run the command as the daemon's user (or root)",
+            )
         kind, body = p.get("kind"), p.get("body")
         if kind not in P.RECORDABLE or not isinstance(body, dict):
-            raise P.ProtocolError(f"record takes {{\"kind\": one of {sorted(P.RECORDABLE)}, \"body\": {{...}}}}")
+            raise P.ProtocolError(f'record takes {{"kind": one of {sorted(P.RECORDABLE)}, "body": {{...}}}}')
         if self._record is None:
             raise KestrelError("this daemon cannot record")
         receipt = await self._record(kind, body)

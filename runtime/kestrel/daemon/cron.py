@@ -96,7 +96,8 @@ def parse_cron(text: str) -> CronSpec:
             f"cron expression {text!r} must have 5 fields (minute hour day month weekday)",
             hint='for example "*/5 * * * *" runs every five minutes',
         )
-    sets = [_field(f, name, lo, hi) for f, (name, lo, hi) in zip(fields, _FIELDS)]
+    sets = [_field(f, name, lo, hi) for f, (name, lo, hi) in zip(fields, _FIELDS, strict=False)]
     weekdays = frozenset(d % 7 for d in sets[4])
-    return CronSpec(text, sets[0], sets[1], sets[2], sets[3], weekdays,
-                    day_any=fields[2] == "*", weekday_any=fields[4] == "*")
+    return CronSpec(
+        text, sets[0], sets[1], sets[2], sets[3], weekdays, day_any=fields[2] == "*", weekday_any=fields[4] == "*"
+    )

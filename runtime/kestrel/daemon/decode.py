@@ -42,8 +42,7 @@ def decode_payload(fmt: str, payload: bytes, *, max_size: int) -> Any:
         import msgpack
 
         try:
-            value = msgpack.unpackb(payload, raw=False, strict_map_key=True,
-                                    timestamp=0)
+            value = msgpack.unpackb(payload, raw=False, strict_map_key=True, timestamp=0)
         except Exception as exc:  # msgpack raises a zoo of exception types on garbage
             raise PayloadError(f"not valid msgpack: {type(exc).__name__}: {exc}"[:200]) from None
         return _check_shape(value)

@@ -370,8 +370,9 @@ class _Parser:
                     return None  # not reported yet, or no such field: null
                 if not isinstance(cur, dict):
                     # e.g. a bare number on a JSON sensor's topic: a fault to count, not a silent null
-                    raise ExpressionError(f"{path} is {type(cur).__name__} {as_text(cur)[:40]}, not an object with "
-                                          f"a field {p!r}")
+                    raise ExpressionError(
+                        f"{path} is {type(cur).__name__} {as_text(cur)[:40]}, not an object with a field {p!r}"
+                    )
                 cur, path = cur.get(p), f"{path}.{p}"
             return cur
 

@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import DataError, TransportError
 from ..policy.canonical import ArgsError, CanonicalUrl, canonicalize, parse_url
 
-__all__ = ["FetchArgsError", "FetchResult", "RedirectDeniedError", "parse_fetch_args", "fetch_blocking",
-           "MAX_REDIRECTS"]
+__all__ = [
+    "FetchArgsError",
+    "FetchResult",
+    "RedirectDeniedError",
+    "parse_fetch_args",
+    "fetch_blocking",
+    "MAX_REDIRECTS",
+]
 
 TEXT_REPLY_LIMIT = 64 * 1024
 MAX_REDIRECTS = 5
@@ -58,8 +65,13 @@ class FetchResult:
 
     def record(self) -> dict[str, Any]:
         """What the ledger gets: the digest and size, never the data."""
-        out: dict[str, Any] = {"url": self.url, "status": self.status, "content_type": self.content_type,
-                               "bytes": len(self.body), "sha256": hashlib.sha256(self.body).hexdigest()}
+        out: dict[str, Any] = {
+            "url": self.url,
+            "status": self.status,
+            "content_type": self.content_type,
+            "bytes": len(self.body),
+            "sha256": hashlib.sha256(self.body).hexdigest(),
+        }
         if self.redirects:
             out["redirected_from"] = list(self.redirects)
         return out
@@ -89,8 +101,10 @@ def resolve_once(url: CanonicalUrl) -> str:
     addr = str(infos[0][4][0])
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
     if url.host != "localhost" and (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified):
-        raise DataError(f"fetch_data: {url.host} resolves to {addr}, an address inside this device or link; refused",
-                        hint="name the address itself in the URL (e.g. http://127.0.0.1/) if that is intended")
+        raise DataError(
+            f"fetch_data: {url.host} resolves to {addr}, an address inside this device or link; refused",
+            hint="name the address itself in the URL (e.g. http://127.0.0.1/) if that is intended",
+        )
     return addr
 
 
@@ -100,6 +114,7 @@ def _connection(url: CanonicalUrl, addr: str, timeout_s: float) -> Any:
     import socket
 
     if url.scheme == "http":
+
         class Pinned(http.client.HTTPConnection):
             def connect(self) -> None:
                 self.sock = socket.create_connection((addr, self.port), self.timeout)
@@ -121,8 +136,11 @@ def _get(url: CanonicalUrl, *, max_bytes: int, deadline: float, timeout_s: float
 
     conn = _connection(url, resolve_once(url), timeout_s)
     try:
-        conn.request("GET", url.target, headers={"User-Agent": "kestrel/0.1", "Accept-Encoding": "identity",
-                                                  "Connection": "close"})
+        conn.request(
+            "GET",
+            url.target,
+            headers={"User-Agent": "kestrel/0.1", "Accept-Encoding": "identity", "Connection": "close"},
+        )
         resp = conn.getresponse()
         location = resp.getheader("Location") or ""
         if resp.status in _REDIRECTS:
@@ -150,8 +168,9 @@ def _get(url: CanonicalUrl, *, max_bytes: int, deadline: float, timeout_s: float
         conn.close()
 
 
-def fetch_blocking(url: CanonicalUrl, *, max_bytes: int, timeout_s: float,
-                   authorize: Callable[[str], None] | None = None) -> FetchResult:
+def fetch_blocking(
+    url: CanonicalUrl, *, max_bytes: int, timeout_s: float, authorize: Callable[[str], None] | None = None
+) -> FetchResult:
     """GET ``url``; ``authorize(next_url)`` must return for each redirect to be followed (it raises
     :class:`RedirectDeniedError` or another KestrelError to stop)."""
     import urllib.parse
@@ -169,8 +188,10 @@ def fetch_blocking(url: CanonicalUrl, *, max_bytes: int, timeout_s: float,
         except ArgsError as exc:
             raise RedirectDeniedError(f"fetch_data: {url.text} redirects to an unusable URL: {exc.message}") from None
         if authorize is None:
-            raise RedirectDeniedError(f"fetch_data: {url.text} redirects to {nxt.text}; redirects are not followed",
-                                      hint="ask for the final URL, and allow its host in the policy")
+            raise RedirectDeniedError(
+                f"fetch_data: {url.text} redirects to {nxt.text}; redirects are not followed",
+                hint="ask for the final URL, and allow its host in the policy",
+            )
         if len(followed) >= MAX_REDIRECTS:
             raise TransportError(f"fetch_data: more than {MAX_REDIRECTS} redirects from {followed[0]}")
         authorize(nxt.text)

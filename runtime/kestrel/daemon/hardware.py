@@ -13,8 +13,16 @@ import logging
 from typing import Any, Protocol
 
 from ..errors import ConfigError, KestrelError
-from .config import (DeviceConfig, GpioInput, GpioOutput, MqttSensor, PeriodicSensor,
-                     SerialActuator, SerialLine, SerialSensor)
+from .config import (
+    DeviceConfig,
+    GpioInput,
+    GpioOutput,
+    MqttSensor,
+    PeriodicSensor,
+    SerialActuator,
+    SerialLine,
+    SerialSensor,
+)
 from .decode import PayloadError, decode_frame, decode_payload
 
 __all__ = ["Hardware", "Sink"]
@@ -34,8 +42,9 @@ _BIAS = {"as_is": "DISABLED", "disabled": "DISABLED", "pull_up": "PULL_UP", "pul
 
 
 class Hardware:
-    def __init__(self, cfg: DeviceConfig, *, factory: Any, sink: Sink, agent_id: str,
-                 ota_topic: str | None = None) -> None:
+    def __init__(
+        self, cfg: DeviceConfig, *, factory: Any, sink: Sink, agent_id: str, ota_topic: str | None = None
+    ) -> None:
         self.cfg = cfg
         self.factory = factory
         self.sink = sink
@@ -62,24 +71,35 @@ class Hardware:
 
     async def _start(self) -> None:
         cfg = self.cfg
-        if any(isinstance(s, (GpioInput, PeriodicSensor)) for s in cfg.sensors) or \
-                any(isinstance(a, GpioOutput) for a in cfg.actuators):
+        if any(isinstance(s, (GpioInput, PeriodicSensor)) for s in cfg.sensors) or any(
+            isinstance(a, GpioOutput) for a in cfg.actuators
+        ):
             from ..io.gpio import Bias, Edge, EdgeQueue
 
             self._edge_queue = EdgeQueue(cfg.limits.event_queue)
             for a in cfg.actuators:
                 if isinstance(a, GpioOutput):
-                    self.outputs[a.name] = self._pin(f"actuators.{a.name}.pin", self.factory.output, a.pin,
-                                                     initial=a.initial, active_low=a.active_low)
+                    self.outputs[a.name] = self._pin(
+                        f"actuators.{a.name}.pin",
+                        self.factory.output,
+                        a.pin,
+                        initial=a.initial,
+                        active_low=a.active_low,
+                    )
             for s in cfg.sensors:
                 if isinstance(s, GpioInput) or (isinstance(s, PeriodicSensor) and s.pin):
                     edge = Edge(s.edge) if isinstance(s, GpioInput) and s.mode == "edge" else Edge.NONE
                     gi = s if isinstance(s, GpioInput) else None
                     pin = self._pin(
-                        f"sensors.{s.name}.pin", self.factory.input, s.pin, edge=edge,
+                        f"sensors.{s.name}.pin",
+                        self.factory.input,
+                        s.pin,
+                        edge=edge,
                         bias=getattr(Bias, _BIAS[gi.bias if gi else "as_is"]),
-                        debounce_ms=gi.debounce_ms if gi else 0.0, active_low=gi.active_low if gi else False,
-                        queue=self._edge_queue)
+                        debounce_ms=gi.debounce_ms if gi else 0.0,
+                        active_low=gi.active_low if gi else False,
+                        queue=self._edge_queue,
+                    )
                     self.inputs[s.name] = pin
                     if gi is not None:
                         self._by_pin[pin.name] = gi
@@ -108,8 +128,12 @@ class Hardware:
         try:
             return open_fn(pin, **opts)
         except KestrelError as exc:
-            raise ConfigError(exc.message, path=self.cfg.source, key=key,
-                              hint=exc.hint or "see the board profile for the pin names it knows") from None
+            raise ConfigError(
+                exc.message,
+                path=self.cfg.source,
+                key=key,
+                hint=exc.hint or "see the board profile for the pin names it knows",
+            ) from None
 
     async def stop(self) -> None:
         self._stopping = True
@@ -161,9 +185,14 @@ class Hardware:
             info.update(self.counters.get(s.name, {}))
             if isinstance(s, SerialSensor) and s.line.port in self.ports:
                 h = self.ports[s.line.port].health
-                info.update(state=_sensor_state(h) or info["state"], frames=h.frames,
-                            garbage_bytes=h.garbage_bytes, bad_checksums=h.bad_checksums, overruns=h.overruns,
-                            reconnects=h.reconnects)
+                info.update(
+                    state=_sensor_state(h) or info["state"],
+                    frames=h.frames,
+                    garbage_bytes=h.garbage_bytes,
+                    bad_checksums=h.bad_checksums,
+                    overruns=h.overruns,
+                    reconnects=h.reconnects,
+                )
             out[s.name] = info
         if self._edge_queue is not None:
             out.setdefault("_gpio", {})["overflows"] = self._edge_queue.overflows
@@ -224,16 +253,21 @@ class Hardware:
             return self.ports[line.port]
         from ..io.serial import LengthPrefixedFraming, LineFraming, SerialPort
 
-        nmea = any(isinstance(s, SerialSensor) and s.line.port == line.port and s.format == "nmea"
-                   for s in self.cfg.sensors)
+        nmea = any(
+            isinstance(s, SerialSensor) and s.line.port == line.port and s.format == "nmea" for s in self.cfg.sensors
+        )
         if line.framing == "length_prefixed":
-            framing: Any = LengthPrefixedFraming(length_bytes=line.length_bytes, crc=line.crc,
-                                                 max_frame=line.max_frame)
+            framing: Any = LengthPrefixedFraming(length_bytes=line.length_bytes, crc=line.crc, max_frame=line.max_frame)
         else:
             framing = LineFraming(nmea_checksum=nmea, max_line=line.max_frame)
-        port = SerialPort(line.port, baudrate=line.baud, parity={"none": "N", "even": "E", "odd": "O"}[line.parity],
-                          framing=framing, queue_size=self.cfg.limits.event_queue,
-                          on_state_change=lambda h, n=owner: self._serial_state(n, h))
+        port = SerialPort(
+            line.port,
+            baudrate=line.baud,
+            parity={"none": "N", "even": "E", "odd": "O"}[line.parity],
+            framing=framing,
+            queue_size=self.cfg.limits.event_queue,
+            on_state_change=lambda h, n=owner: self._serial_state(n, h),
+        )
         await port.open()
         self.ports[line.port] = port
         return port
@@ -264,8 +298,9 @@ class Hardware:
             from ..io.framing import LengthPrefixedFraming, encode_frame
 
             line = actuator.line
-            data = encode_frame(LengthPrefixedFraming(length_bytes=line.length_bytes, crc=line.crc,
-                                                      max_frame=line.max_frame), data)
+            data = encode_frame(
+                LengthPrefixedFraming(length_bytes=line.length_bytes, crc=line.crc, max_frame=line.max_frame), data
+            )
         await port.write(data)
         return len(data)
 
@@ -287,11 +322,19 @@ class Hardware:
             import ssl
 
             tls = ssl.create_default_context(cafile=m.ca_file)
-        self.bridge = MqttBridge(m.host, m.port, agent_id=self.agent_id, keepalive=m.keepalive_s,
-                                 session_expiry=m.session_expiry_s,
-                                 username=m.username, password=password, tls=tls,
-                                 max_payload=max(biggest, self.cfg.ota.max_bundle if self.ota_topic else 0),
-                                 on_connection_change=self._mqtt_state, on_rejected=self._mqtt_rejected)
+        self.bridge = MqttBridge(
+            m.host,
+            m.port,
+            agent_id=self.agent_id,
+            keepalive=m.keepalive_s,
+            session_expiry=m.session_expiry_s,
+            username=m.username,
+            password=password,
+            tls=tls,
+            max_payload=max(biggest, self.cfg.ota.max_bundle if self.ota_topic else 0),
+            on_connection_change=self._mqtt_state,
+            on_rejected=self._mqtt_rejected,
+        )
         await self.bridge.start()
         for s in self.cfg.sensors:
             if isinstance(s, MqttSensor):
@@ -317,8 +360,12 @@ class Hardware:
         if self.ota_topic and topic_matches(self.ota_topic, topic):
             names.append("ota")
         limit = self.bridge.max_payload if self.bridge is not None else 0
-        self.sink.bad_payload(",".join(names), topic, payload,
-                              f"{why}: {len(payload)} bytes, over the bridge's {limit}-byte limit (mqtt.max_payload)")
+        self.sink.bad_payload(
+            ",".join(names),
+            topic,
+            payload,
+            f"{why}: {len(payload)} bytes, over the bridge's {limit}-byte limit (mqtt.max_payload)",
+        )
 
     def _mqtt_state(self, connected: bool) -> None:
         if connected:

@@ -10,7 +10,6 @@ Received peer messages wait in the messenger's bounded inbox until the control s
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -27,8 +26,15 @@ SYNC_MARGIN = 1024  # bytes above sync.batch_bytes a batch may take (its checkpo
 
 def message_json(msg: Any) -> dict[str, Any]:
     """A received peer message as the control socket returns it (docs/control-protocol.md)."""
-    return {"from": msg.sender, "to": msg.recipient, "seq": msg.seq, "time_ms": msg.time_ms,
-            "encrypted": msg.encrypted, "body": msg.body, "digest": msg.digest}
+    return {
+        "from": msg.sender,
+        "to": msg.recipient,
+        "seq": msg.seq,
+        "time_ms": msg.time_ms,
+        "encrypted": msg.encrypted,
+        "body": msg.body,
+        "digest": msg.digest,
+    }
 
 
 def fit_batches(config: Any, max_payload: int) -> Any:
@@ -42,8 +48,17 @@ def fit_batches(config: Any, max_payload: int) -> Any:
 class Links:
     """Sync and peer messaging over one bridge; either may be absent (config or key type)."""
 
-    def __init__(self, *, state_dir: str | os.PathLike[str], ledger: Any, signer: Any,
-                 sync_config: Any, peers: bool = True, policy: Any = None, bls_key: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        state_dir: str | os.PathLike[str],
+        ledger: Any,
+        signer: Any,
+        sync_config: Any,
+        peers: bool = True,
+        policy: Any = None,
+        bls_key: Any = None,
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.ledger, self.signer = ledger, signer
         self.sync_config = sync_config
@@ -60,8 +75,9 @@ class Links:
         if self.sync_config is not None and self.sync_config.enabled:
             from ..sync.sync import LedgerSync
 
-            sync = LedgerSync(self.ledger, bridge, config=fit_batches(self.sync_config, bridge.max_payload),
-                              state_dir=self.state_dir)
+            sync = LedgerSync(
+                self.ledger, bridge, config=fit_batches(self.sync_config, bridge.max_payload), state_dir=self.state_dir
+            )
             try:
                 await sync.start()
                 self.sync = sync
@@ -78,8 +94,9 @@ class Links:
         ka = None
         if getattr(self.signer, "private_key", None) is not None:
             ka = SoftwareKeyAgreement.from_signer(self.signer)  # else: signed-only messages (TPM key)
-        m = PeerMessenger(state_dir=self.state_dir, signer=self.signer, bridge=bridge, ledger=self.ledger,
-                          key_agreement=ka)
+        m = PeerMessenger(
+            state_dir=self.state_dir, signer=self.signer, bridge=bridge, ledger=self.ledger, key_agreement=ka
+        )
         await m.start()
         self.messenger = m
         if self.bls_key is not None and self.policy is not None:
@@ -88,8 +105,13 @@ class Links:
     def _start_quorum(self) -> Any:
         from .quorum import QuorumCoordinator
 
-        self.quorum = QuorumCoordinator(messenger=self.messenger, ledger=self.ledger, policy=self.policy,
-                                        bls_key=self.bls_key, state_dir=self.state_dir)
+        self.quorum = QuorumCoordinator(
+            messenger=self.messenger,
+            ledger=self.ledger,
+            policy=self.policy,
+            bls_key=self.bls_key,
+            state_dir=self.state_dir,
+        )
         return self.quorum
 
     async def stop(self) -> None:
@@ -113,8 +135,10 @@ class Links:
     # -- actions and control requests ----------------------------------------------------------
     async def action_send(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.messenger is None:
-            raise TransportError("agent.send needs an MQTT broker (device config section 'mqtt') and a "
-                                 "signing identity", hint="configure mqtt: in the device config")
+            raise TransportError(
+                "agent.send needs an MQTT broker (device config section 'mqtt') and a signing identity",
+                hint="configure mqtt: in the device config",
+            )
         return await self.messenger.action_send(args)
 
     async def quorum_gate(self, proposal: Any, decision: Any) -> Any:
@@ -132,14 +156,15 @@ class Links:
     async def receive(self, *, timeout: float, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` received messages; waits up to ``timeout`` seconds for the first one."""
         if self.messenger is None:
-            raise TransportError("peer messaging is not running (no MQTT broker configured)",
-                                 hint="configure mqtt: in the device config")
+            raise TransportError(
+                "peer messaging is not running (no MQTT broker configured)", hint="configure mqtt: in the device config"
+            )
         out: list[dict[str, Any]] = []
         m = self.messenger
         if timeout > 0:
             try:
                 out.append(message_json(await m.receive(timeout)))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return out
         while len(out) < limit and (msg := m.receive_nowait()) is not None:
             out.append(message_json(msg))
@@ -151,8 +176,12 @@ class Links:
         if self.sync is not None:
             out["sync"] = self.sync.status.to_json()  # the fields of STATE/data/sync/status.json
         if self.messenger is not None:
-            out["peers"] = {"did": self.messenger.did, "received": self.messenger.received,
-                            "waiting": self.messenger.waiting, "refused": dict(self.messenger.refused)}
+            out["peers"] = {
+                "did": self.messenger.did,
+                "received": self.messenger.received,
+                "waiting": self.messenger.waiting,
+                "refused": dict(self.messenger.refused),
+            }
         if self.quorum is not None:
             out["quorum"] = dict(self.quorum.stats)
         return out

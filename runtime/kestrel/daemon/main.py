@@ -45,8 +45,10 @@ def load_config(path: str | os.PathLike[str] | None) -> DeviceConfig:
 def _ledger_options(cfg: DeviceConfig) -> dict[str, float]:
     """``Ledger.open`` options from the config: group commit and checkpoint pacing (``audit``), and
     segments small enough for retention to bound flash (pruning frees whole segments only)."""
-    opts: dict[str, float] = {"max_batch_delay_ms": cfg.audit.commit_delay_ms,
-                              "checkpoint_interval_ms": cfg.audit.checkpoint_interval_ms}
+    opts: dict[str, float] = {
+        "max_batch_delay_ms": cfg.audit.commit_delay_ms,
+        "checkpoint_interval_ms": cfg.audit.checkpoint_interval_ms,
+    }
     retention = getattr(cfg.sync, "retention", None)
     max_bytes = getattr(retention, "max_bytes", None)
     if max_bytes:
@@ -59,8 +61,11 @@ def _setup_logging(level: str) -> None:
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         # systemd's journal adds its own timestamps; "<N>" prefixes carry the priority
-        fmt = "<%(levelno)s>%(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        fmt = (
+            "<%(levelno)s>%(name)s: %(message)s"
+            if os.environ.get("JOURNAL_STREAM")
+            else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         handler.setFormatter(_JournalFormatter(fmt))
         root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
@@ -86,9 +91,12 @@ def _ensure_identity(state_dir: Path, name: str, *, passphrase: bytes | None = N
         ident = load_identity(state_dir)
     except IdentityNotFoundError:
         ident = created = create_identity(state_dir, name=name, backend="file", machine_bound=True)
-        print(f"kestrel: created a new identity {ident.did} in {state_dir}\n"
-              f"  (file keystore, machine-bound: it opens only on this machine; back it up with "
-              f"`kestrel identity backup`)", file=sys.stderr)
+        print(
+            f"kestrel: created a new identity {ident.did} in {state_dir}\n"
+            f"  (file keystore, machine-bound: it opens only on this machine; back it up with "
+            f"`kestrel identity backup`)",
+            file=sys.stderr,
+        )
     # A passphrase keystore: --passphrase-file, else $KESTREL_PASSPHRASE, else a prompt only when this
     # process owns the terminal's foreground; a daemon without one fails here at once with the way out.
     return ident.did, open_signer(state_dir, passphrase=passphrase), created
@@ -118,15 +126,23 @@ def _lock_state(run_dir: Path) -> int:
     except BlockingIOError:
         other = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise TransportError(f"another kestrel daemon (pid {other}) is running on {run_dir.parent}",
-                             hint="stop it first, or give this one its own --state directory") from None
+        raise TransportError(
+            f"another kestrel daemon (pid {other}) is running on {run_dir.parent}",
+            hint="stop it first, or give this one its own --state directory",
+        ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
 
 
-def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | None,
-               log_level: str = "info", passphrase: bytes | None = None) -> int:
+def run_daemon(
+    *,
+    config_path: str | None,
+    board: str | None,
+    state_dir: str | None,
+    log_level: str = "info",
+    passphrase: bytes | None = None,
+) -> int:
     """Everything ``kestrel run`` does; returns the process exit code."""
     _setup_logging(log_level)
     tune_interpreter()
@@ -157,9 +173,18 @@ def run_daemon(*, config_path: str | None, board: str | None, state_dir: str | N
     factory = None
     try:
         factory = open_pin_factory(profile)
-        daemon = Daemon(config=cfg, state_dir=state, ledger=ledger, factory=factory, agent_id=did,
-                        board=profile.name, load_config=lambda: load_config(config_path), freeze_gc=True,
-                        signer=signer, bls_key=bls_key)
+        daemon = Daemon(
+            config=cfg,
+            state_dir=state,
+            ledger=ledger,
+            factory=factory,
+            agent_id=did,
+            board=profile.name,
+            load_config=lambda: load_config(config_path),
+            freeze_gc=True,
+            signer=signer,
+            bls_key=bls_key,
+        )
         asyncio.run(_main(daemon))
     finally:
         if factory is not None:

@@ -25,8 +25,9 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .._internal.yamlnode import Fields, Node
 from ..errors import ConfigError, KestrelError
@@ -75,19 +76,33 @@ def parse_models(node: Node, *, names_ok: Callable[[Node, str], str]) -> tuple[M
                 raise item.error(exc.message) from None
         if not exprs:
             raise inputs_node.error("a model sensor needs at least one input (a sensor name per column)")
-        out.append(ModelSensor(
-            name=names_ok(entry, name), model=f.get("model", Node.as_str), inputs=tuple(exprs),
-            window=f.get("window", Node.as_int, 1, min=1, max=4096),
-            every_s=f.get("every", Node.as_float, None, min=0.01, max=86_400),
-            output=f.get("output", Node.as_str, None), threshold=f.get("threshold", Node.as_float, None),
-            source=entry.source, line=entry.line,
-        ))
+        out.append(
+            ModelSensor(
+                name=names_ok(entry, name),
+                model=f.get("model", Node.as_str),
+                inputs=tuple(exprs),
+                window=f.get("window", Node.as_int, 1, min=1, max=4096),
+                every_s=f.get("every", Node.as_float, None, min=0.01, max=86_400),
+                output=f.get("output", Node.as_str, None),
+                threshold=f.get("threshold", Node.as_float, None),
+                source=entry.source,
+                line=entry.line,
+            )
+        )
     return tuple(out)
 
 
 class _Feed:
-    def __init__(self, spec: ModelSensor, *, input_name: str, dtype: str, shape: tuple[int, ...],
-                 output: str, threshold: float | None) -> None:
+    def __init__(
+        self,
+        spec: ModelSensor,
+        *,
+        input_name: str,
+        dtype: str,
+        shape: tuple[int, ...],
+        output: str,
+        threshold: float | None,
+    ) -> None:
         self.spec = spec
         self.input_name, self.dtype, self.shape = input_name, dtype, shape
         self.output, self.threshold = output, threshold
@@ -114,8 +129,15 @@ class _Feed:
 class ModelFeeds:
     """The running model sensors of one config (rebuilt on reload)."""
 
-    def __init__(self, specs: tuple[ModelSensor, ...], *, state_dir: Any, report: Callable[[str, Any], None],
-                 fault: Callable[[str, str, dict[str, Any]], None], options: Any = None) -> None:
+    def __init__(
+        self,
+        specs: tuple[ModelSensor, ...],
+        *,
+        state_dir: Any,
+        report: Callable[[str, Any], None],
+        fault: Callable[[str, str, dict[str, Any]], None],
+        options: Any = None,
+    ) -> None:
         self.specs = specs
         self.state_dir = state_dir
         self._report, self._fault = report, fault
@@ -160,31 +182,48 @@ class ModelFeeds:
         except ModelNotFoundError as exc:
             raise spec.error(f"model {spec.model!r} is not installed", key="model", hint=exc.hint) from None
         except KestrelError as exc:
-            raise spec.error(f"model {spec.model!r} cannot be used: {exc.message}", key="model",
-                             hint=exc.hint) from None
+            raise spec.error(
+                f"model {spec.model!r} cannot be used: {exc.message}", key="model", hint=exc.hint
+            ) from None
         if len(manifest.inputs) != 1:
-            raise spec.error(f"model {spec.model!r} takes {len(manifest.inputs)} inputs; a model sensor feeds one",
-                             key="model")
+            raise spec.error(
+                f"model {spec.model!r} takes {len(manifest.inputs)} inputs; a model sensor feeds one", key="model"
+            )
         inp = manifest.inputs[0]
         dims = tuple(inp.shape)
         want = (spec.window, len(spec.inputs))
         fixed = [d if isinstance(d, int) else None for d in dims]
-        if len(dims) not in (2, 3) or inp.dtype not in _FLOAT_DTYPES or any(
-                f is not None and f != w for f, w in zip(fixed[-2:], want)) or (len(dims) == 3 and fixed[0] not in
-                                                                               (None, 1)):
+        if (
+            len(dims) not in (2, 3)
+            or inp.dtype not in _FLOAT_DTYPES
+            or any(f is not None and f != w for f, w in zip(fixed[-2:], want, strict=False))
+            or (len(dims) == 3 and fixed[0] not in (None, 1))
+        ):
             shown = "[" + ", ".join("?" if d is None else str(d) for d in fixed) + "]"
-            raise spec.error(f"model {spec.model!r} expects {inp.name}: {inp.dtype}{shown}; this config feeds "
-                             f"[{spec.window}, {len(spec.inputs)}] (window x inputs)", key="inputs",
-                             hint="set window to the model's rows and list one input per feature column")
+            raise spec.error(
+                f"model {spec.model!r} expects {inp.name}: {inp.dtype}{shown}; this config feeds "
+                f"[{spec.window}, {len(spec.inputs)}] (window x inputs)",
+                key="inputs",
+                hint="set window to the model's rows and list one input per feature column",
+            )
         post = manifest.postprocessing or {}
         output = spec.output or post.get("output") or manifest.outputs[0].name
         if output not in {o.name for o in manifest.outputs}:
-            raise spec.error(f"model {spec.model!r} has no output {output!r}", key="output",
-                             hint="outputs: " + ", ".join(o.name for o in manifest.outputs))
+            raise spec.error(
+                f"model {spec.model!r} has no output {output!r}",
+                key="output",
+                hint="outputs: " + ", ".join(o.name for o in manifest.outputs),
+            )
         threshold = spec.threshold if spec.threshold is not None else post.get("threshold")
         shape = (1, spec.window, len(spec.inputs)) if len(dims) == 3 else want
-        return _Feed(spec, input_name=inp.name, dtype=inp.dtype, shape=shape, output=output,
-                     threshold=None if threshold is None else float(threshold))
+        return _Feed(
+            spec,
+            input_name=inp.name,
+            dtype=inp.dtype,
+            shape=shape,
+            output=output,
+            threshold=None if threshold is None else float(threshold),
+        )
 
     # -- sampling ----------------------------------------------------------------------------
     def on_reading(self, sensor: str, values: Mapping[str, Any]) -> None:
@@ -248,8 +287,17 @@ class ModelFeeds:
             self._fault(feed.spec.name, "model-error", {"model": feed.spec.model, "error": why[:300]})
 
     def describe(self) -> dict[str, Any]:
-        return {name: {"model": f.spec.model, "runs": f.runs, "skipped": f.skipped, "errors": f.errors,
-                       "rows": len(f.rows), "error": f.failing} for name, f in self._feeds.items()}
+        return {
+            name: {
+                "model": f.spec.model,
+                "runs": f.runs,
+                "skipped": f.skipped,
+                "errors": f.errors,
+                "rows": len(f.rows),
+                "error": f.failing,
+            }
+            for name, f in self._feeds.items()
+        }
 
     async def stop(self) -> None:
         for task in list(self._tasks):

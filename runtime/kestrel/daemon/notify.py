@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Notifier", "watchdog_interval", "run_watchdog"]
 

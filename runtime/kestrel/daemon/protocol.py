@@ -16,16 +16,43 @@ from .._internal.strictjson import StrictJsonError, loads_strict
 from ..errors import DataError, KestrelError
 
 __all__ = [
-    "MAX_LINE", "METHODS", "Request", "ProtocolError", "RemoteError", "decode_request", "encode",
-    "encode_result", "encode_error", "encode_event", "decode_reply", "to_json_value", "from_hex",
-    "error_fields", "WIRE_CODES", "UPLOAD_CHUNK",
+    "MAX_LINE",
+    "METHODS",
+    "Request",
+    "ProtocolError",
+    "RemoteError",
+    "decode_request",
+    "encode",
+    "encode_result",
+    "encode_error",
+    "encode_event",
+    "decode_reply",
+    "to_json_value",
+    "from_hex",
+    "error_fields",
+    "WIRE_CODES",
+    "UPLOAD_CHUNK",
 ]
 
 MAX_LINE = 256 * 1024
 MAX_DEPTH = 32  # nesting of objects and lists in one request
-METHODS = ("call", "status", "sim.drive", "sim.list", "follow", "reload", "ota.apply", "ota.rollback",
-           "trust.apply", "peer.receive", "record", "ask")
-RECORDABLE = frozenset({"model.deployed", "memory.added", "peer.trusted", "peer.untrusted"})  # kinds `record` accepts (CLI commands' own work)
+METHODS = (
+    "call",
+    "status",
+    "sim.drive",
+    "sim.list",
+    "follow",
+    "reload",
+    "ota.apply",
+    "ota.rollback",
+    "trust.apply",
+    "peer.receive",
+    "record",
+    "ask",
+)
+RECORDABLE = frozenset(
+    {"model.deployed", "memory.added", "peer.trusted", "peer.untrusted"}
+)  # kinds `record` accepts (CLI commands' own work)
 WIRE_CODES = frozenset({"bad_request", "forbidden", "denied", "failed", "internal", "unknown_action"})
 UPLOAD_CHUNK = 96 * 1024  # raw bytes per ota.apply line (hex doubles it, under MAX_LINE)
 
@@ -39,13 +66,23 @@ class ProtocolError(DataError):
 class RemoteError(KestrelError):
     """The daemon answered a request with an error."""
 
-    def __init__(self, code: str, message: str, *, hint: str | None = None, reason: str | None = None,
-                 exit_code: int | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        hint: str | None = None,
+        reason: str | None = None,
+        exit_code: int | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.code = code
         self.reason = reason  # the daemon-side error's own code (e.g. an OTA refusal's "expired")
-        self.exit_code = exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) and \
-            0 < exit_code < 126 else {"denied": 5, "forbidden": 77, "bad_request": 2, "unknown_action": 2}.get(code, 1)
+        self.exit_code = (
+            exit_code
+            if isinstance(exit_code, int) and not isinstance(exit_code, bool) and 0 < exit_code < 126
+            else {"denied": 5, "forbidden": 77, "bad_request": 2, "unknown_action": 2}.get(code, 1)
+        )
 
 
 @dataclass(frozen=True)
@@ -62,8 +99,10 @@ def decode_request(line: bytes) -> Request:
     try:
         msg = loads_strict(line)
     except StrictJsonError as exc:
-        raise ProtocolError(f"request is not strict JSON: {exc}",
-                            hint="one JSON object per line; finite numbers, 64-bit integers, no duplicate keys") from None
+        raise ProtocolError(
+            f"request is not strict JSON: {exc}",
+            hint="one JSON object per line; finite numbers, 64-bit integers, no duplicate keys",
+        ) from None
     if not isinstance(msg, dict):
         raise ProtocolError("request must be a JSON object")
     if _depth(msg) > MAX_DEPTH:
@@ -128,8 +167,17 @@ def encode_event(rid: Any, event: Any) -> bytes:
 def encode_error(rid: Any, code: str, message: str, hint: str | None = None, **extra: Any) -> bytes:
     """``extra``: optional ``reason`` (the error's own code), ``exit`` (its CLI exit code) and, for a
     denial, ``decision``."""
-    return encode({"id": rid, "error": {"code": code, "message": message, "hint": hint,
-                                        **{k: v for k, v in extra.items() if v is not None}}})
+    return encode(
+        {
+            "id": rid,
+            "error": {
+                "code": code,
+                "message": message,
+                "hint": hint,
+                **{k: v for k, v in extra.items() if v is not None},
+            },
+        }
+    )
 
 
 def error_fields(exc: KestrelError) -> tuple[str, dict[str, Any]]:
@@ -149,7 +197,7 @@ def from_hex(value: Any, *, what: str) -> bytes:
             return bytes.fromhex(value["$hex"])
         except ValueError:
             pass
-    raise ProtocolError(f"{what} must be bytes written as {{\"$hex\": \"<hex>\"}}")
+    raise ProtocolError(f'{what} must be bytes written as {{"$hex": "<hex>"}}')
 
 
 def decode_reply(line: bytes) -> dict[str, Any]:

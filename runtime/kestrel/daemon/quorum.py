@@ -24,9 +24,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
 from .._internal.paths import StateLayout
@@ -63,8 +64,9 @@ class PeerSerials:
                 doc = json.loads(read_bytes(self._path, what="quorum serials", max_size=1 << 20))
                 self._serials = {str(k): int(v) for k, v in doc["serials"].items()}
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise DataError(f"{self._path} is corrupt: {exc}",
-                                hint="restore it from a backup; Kestrel will not overwrite it") from None
+                raise DataError(
+                    f"{self._path} is corrupt: {exc}", hint="restore it from a backup; Kestrel will not overwrite it"
+                ) from None
 
     def get(self, did: str) -> int:
         return self._serials.get(did, 0)
@@ -98,8 +100,17 @@ class _Open:
 class QuorumCoordinator:
     """Proposes quorum-gated actions and answers other agents' requests, over ``messenger``."""
 
-    def __init__(self, *, messenger: Any, ledger: Any, policy: Any, bls_key: Any, state_dir: str | os.PathLike[str],
-                 timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        messenger: Any,
+        ledger: Any,
+        policy: Any,
+        bls_key: Any,
+        state_dir: str | os.PathLike[str],
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.messenger, self.ledger, self.policy, self.bls_key = messenger, ledger, policy, bls_key
         self.did = messenger.did
         self.timeout_s = timeout_s
@@ -111,8 +122,9 @@ class QuorumCoordinator:
         self._certs: collections.OrderedDict[str, VerifiedCertificate] = collections.OrderedDict()  # by sha256
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stats = {"proposed": 0, "met": 0, "not_met": 0, "votes_in": 0, "votes_refused": 0, "voted": 0}
-        messenger.handlers.update({"quorum.request": self._on_request, "quorum.vote": self._on_vote,
-                                   "quorum.outcome": self._on_outcome})
+        messenger.handlers.update(
+            {"quorum.request": self._on_request, "quorum.vote": self._on_vote, "quorum.outcome": self._on_outcome}
+        )
 
     def quorum_for(self, decision: Any) -> Quorum | None:
         """The quorum ``decision`` waits for (the policy answered ``actions[i].quorum``), else None."""
@@ -140,17 +152,25 @@ class QuorumCoordinator:
         outcome = await self.propose(proposal.action, args, decision)
         return dataclasses.replace(decision, allowed=outcome.allowed, reason=outcome.reason)
 
-    async def propose(self, action: str, args: dict[str, Any], decision: Any,
-                      quorum: Quorum | None = None) -> QuorumOutcome:
+    async def propose(
+        self, action: str, args: dict[str, Any], decision: Any, quorum: Quorum | None = None
+    ) -> QuorumOutcome:
         """Ask the group about an action the local policy sent to a quorum; return the outcome,
         recorded (``quorum.decided``) before this returns. Never raises for a refusal."""
         quorum = quorum or self.quorum_for(decision)
         if quorum is None:
             raise KestrelError(f"{action} is not waiting for a quorum (rule {decision.rule})")
         now = self._clock()
-        req = DecisionRequest(proposer=self.did, action=action, args_digest=decision.args_digest,
-                              policy=decision.policy_digest, deadline_ms=int((now + self.timeout_s) * 1000),
-                              nonce=os.urandom(16), threshold=quorum.threshold, of=quorum.of)
+        req = DecisionRequest(
+            proposer=self.did,
+            action=action,
+            args_digest=decision.args_digest,
+            policy=decision.policy_digest,
+            deadline_ms=int((now + self.timeout_s) * 1000),
+            nonce=os.urandom(16),
+            threshold=quorum.threshold,
+            of=quorum.of,
+        )
         self.stats["proposed"] += 1
         if len(self._open) >= _MAX_OPEN:
             return await self._finish(_Open(req, quorum), False, "too many proposals waiting for votes")
@@ -179,8 +199,10 @@ class QuorumCoordinator:
             await self.messenger.send(did, body)
         except KestrelError as exc:  # not trusted, broker gone: that member cannot vote
             op.refusals[did] = f"request not sent: {exc.message}"
-            await self.ledger.append_async("quorum.vote", {"id": op.request.id, "from": did, "vote": "none",
-                                                          "accepted": False, "reason": op.refusals[did][:256]})
+            await self.ledger.append_async(
+                "quorum.vote",
+                {"id": op.request.id, "from": did, "vote": "none", "accepted": False, "reason": op.refusals[did][:256]},
+            )
             op.changed.set()
 
     async def _wait(self, op: _Open) -> QuorumOutcome:
@@ -189,23 +211,27 @@ class QuorumCoordinator:
             if len(op.approvals) >= k:
                 return await self._finish(op, True, f"quorum met: {len(op.approvals)} of {n} approved")
             if len(op.refusals) > n - k:
-                return await self._finish(op, False, f"quorum not met: {len(op.refusals)} of {n} refused "
-                                                     f"(threshold {k})")
+                return await self._finish(
+                    op, False, f"quorum not met: {len(op.refusals)} of {n} refused (threshold {k})"
+                )
             remaining = req.deadline_ms / 1000.0 - self._clock()
             if remaining <= 0:
                 silent = n - len(op.approvals) - len(op.refusals)
-                return await self._finish(op, False, f"quorum not met by the deadline: {len(op.approvals)} of {k} "
-                                                     f"approvals, {silent} member(s) did not answer")
+                return await self._finish(
+                    op,
+                    False,
+                    f"quorum not met by the deadline: {len(op.approvals)} of {k} "
+                    f"approvals, {silent} member(s) did not answer",
+                )
             op.changed.clear()
             try:
                 await asyncio.wait_for(op.changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _finish(self, op: _Open, met: bool, reason: str) -> QuorumOutcome:
         req = op.request
-        body: dict[str, Any] = {"id": req.id, **req.to_body(), "outcome": "allow" if met else "deny",
-                                "reason": reason}
+        body: dict[str, Any] = {"id": req.id, **req.to_body(), "outcome": "allow" if met else "deny", "reason": reason}
         signers: tuple[str, ...] = ()
         agg = None
         if met:
@@ -218,14 +244,23 @@ class QuorumCoordinator:
                 met, reason, signers, agg = False, f"aggregate signature failed: {exc.message}", (), None
                 body.update(outcome="deny", reason=reason)
             else:
-                body.update(signers=list(signers), certs=[c.data for _, (_s, c) in chosen], aggregate=agg,
-                            serials=[c.serial for _, (_s, c) in chosen])
+                body.update(
+                    signers=list(signers),
+                    certs=[c.data for _, (_s, c) in chosen],
+                    aggregate=agg,
+                    serials=[c.serial for _, (_s, c) in chosen],
+                )
         body["refusals"] = {d: r[:256] for d, r in sorted(op.refusals.items())}
         await self.ledger.append_async("quorum.decided", body)  # durable before anything executes
         self.stats["met" if met else "not_met"] += 1
         self._remember(self._decided, req.id, body["outcome"])
-        outcome = {"t": "quorum.outcome", "id": req.id, "outcome": body["outcome"], "reason": reason[:256],
-                   "signers": list(signers)}
+        outcome = {
+            "t": "quorum.outcome",
+            "id": req.id,
+            "outcome": body["outcome"],
+            "reason": reason[:256],
+            "signers": list(signers),
+        }
         for did in op.quorum.of:
             if did != self.did and not op.refusals.get(did, "").startswith("request not sent"):
                 self._spawn(self._tell(did, outcome))
@@ -287,8 +322,9 @@ class QuorumCoordinator:
             op.changed.set()
             return
         try:
-            cert = await asyncio.to_thread(check_vote, op.request, vote, voter=sender,
-                                           min_serial=self._serials.get(sender), known=self._certs)
+            cert = await asyncio.to_thread(
+                check_vote, op.request, vote, voter=sender, min_serial=self._serials.get(sender), known=self._certs
+            )
         except QuorumMessageError as exc:
             await self._vote_refused(record, exc.reason, exc.message)
             return
@@ -307,10 +343,12 @@ class QuorumCoordinator:
 
     async def _vote_refused(self, record: dict[str, Any], reason: str, detail: str = "") -> None:
         self.stats["votes_refused"] += 1
-        (log.info if reason == "late" else log.warning)("quorum vote from %s refused: %s %s", record.get("from"),
-                                                        reason, detail)
-        await self.ledger.append_async("quorum.vote", {**record, "accepted": False, "reason": reason,
-                                                      "detail": detail[:256]})
+        (log.info if reason == "late" else log.warning)(
+            "quorum vote from %s refused: %s %s", record.get("from"), reason, detail
+        )
+        await self.ledger.append_async(
+            "quorum.vote", {**record, "accepted": False, "reason": reason, "detail": detail[:256]}
+        )
 
     # -- requests arriving at a member ----------------------------------------------------------
     async def _on_request(self, msg: Any) -> None:
@@ -318,21 +356,33 @@ class QuorumCoordinator:
         try:
             req, args = parse_request(msg.body, sender=sender, me=self.did)
         except QuorumMessageError as exc:
-            rid = msg.body.get("nonce").hex() if isinstance(msg.body, dict) and isinstance(msg.body.get("nonce"),
-                                                                                          bytes) else None
-            await self.ledger.append_async("quorum.voted", {"id": rid, "proposer": sender, "vote": "deny",
-                                                           "reason": exc.reason, "digest": msg.digest})
+            rid = (
+                msg.body.get("nonce").hex()
+                if isinstance(msg.body, dict) and isinstance(msg.body.get("nonce"), bytes)
+                else None
+            )
+            await self.ledger.append_async(
+                "quorum.voted",
+                {"id": rid, "proposer": sender, "vote": "deny", "reason": exc.reason, "digest": msg.digest},
+            )
             if rid is not None and len(rid) == 32:
                 await self._answer(sender, rid, False, f"request refused: {exc.reason}")
             return
         if (sender, req.id) in self._seen:
-            await self.ledger.append_async("quorum.voted", {"id": req.id, "proposer": sender, "vote": "none",
-                                                           "reason": "replayed", "digest": msg.digest})
+            await self.ledger.append_async(
+                "quorum.voted",
+                {"id": req.id, "proposer": sender, "vote": "none", "reason": "replayed", "digest": msg.digest},
+            )
             return
         self._remember(self._seen, (sender, req.id), req.deadline_ms)
-        body: dict[str, Any] = {"id": req.id, "proposer": sender, "action": req.action,
-                                "args_digest": req.args_digest, "deadline_ms": req.deadline_ms,
-                                "digest": msg.digest}
+        body: dict[str, Any] = {
+            "id": req.id,
+            "proposer": sender,
+            "action": req.action,
+            "args_digest": req.args_digest,
+            "deadline_ms": req.deadline_ms,
+            "digest": msg.digest,
+        }
         if self._clock() * 1000 > req.deadline_ms:
             approve, reason = False, "the request's deadline has passed"
         else:
@@ -350,10 +400,13 @@ class QuorumCoordinator:
         self.stats["voted"] += 1
         await self._answer(sender, req.id, approve, reason, req)
 
-    async def _answer(self, to: str, rid: str, approve: bool, reason: str,
-                      req: DecisionRequest | None = None) -> None:
-        vote: dict[str, Any] = {"t": "quorum.vote", "id": rid, "vote": "allow" if approve else "deny",
-                                "reason": reason[:256]}
+    async def _answer(self, to: str, rid: str, approve: bool, reason: str, req: DecisionRequest | None = None) -> None:
+        vote: dict[str, Any] = {
+            "t": "quorum.vote",
+            "id": rid,
+            "vote": "allow" if approve else "deny",
+            "reason": reason[:256],
+        }
         if approve and req is not None:
             vote.update(sig=self.bls_key.secret.sign(req.message()), cert=self.bls_key.certificate.data)
         try:
@@ -364,13 +417,31 @@ class QuorumCoordinator:
     async def _on_outcome(self, msg: Any) -> None:
         b = msg.body if isinstance(msg.body, dict) else {}
         rid, outcome, signers = b.get("id"), b.get("outcome"), b.get("signers")
-        if not isinstance(rid, str) or outcome not in ("allow", "deny") or not isinstance(signers, list) \
-                or (msg.sender, rid) not in self._seen:
-            await self.ledger.append_async("quorum.outcome", {"id": rid if isinstance(rid, str) else None,
-                                                             "from": msg.sender, "accepted": False,
-                                                             "digest": msg.digest})
+        if (
+            not isinstance(rid, str)
+            or outcome not in ("allow", "deny")
+            or not isinstance(signers, list)
+            or (msg.sender, rid) not in self._seen
+        ):
+            await self.ledger.append_async(
+                "quorum.outcome",
+                {
+                    "id": rid if isinstance(rid, str) else None,
+                    "from": msg.sender,
+                    "accepted": False,
+                    "digest": msg.digest,
+                },
+            )
             return
-        await self.ledger.append_async("quorum.outcome", {
-            "id": rid, "from": msg.sender, "accepted": True, "outcome": outcome,
-            "reason": str(b.get("reason", ""))[:256], "signers": [str(s) for s in signers][:64],
-            "digest": msg.digest})
+        await self.ledger.append_async(
+            "quorum.outcome",
+            {
+                "id": rid,
+                "from": msg.sender,
+                "accepted": True,
+                "outcome": outcome,
+                "reason": str(b.get("reason", ""))[:256],
+                "signers": [str(s) for s in signers][:64],
+                "digest": msg.digest,
+            },
+        )

@@ -32,7 +32,7 @@ class Template:
             pos = 0
             for m in _TEMPLATE.finditer(value):
                 if m.start() > pos:
-                    parts.append((value[pos:m.start()], None))
+                    parts.append((value[pos : m.start()], None))
                 parts.append((m.group(1), compile_expression(m.group(1))))
                 pos = m.end()
             if pos < len(value):
@@ -54,4 +54,3 @@ class Template:
         if isinstance(self.literal, list):
             return [t.render(values) for t in self.literal]
         return self.literal
-

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .config import Schedule, Trigger
 from .expr import ExpressionError
@@ -43,8 +44,9 @@ class TriggerEngine:
         self._was_true: dict[str, bool] = {}
         self._last_fired: dict[str, float] = {}
 
-    def on_sensor(self, sensor: str, values: Mapping[str, Any], now: float
-                  ) -> tuple[list[Proposal], list[TriggerFault]]:
+    def on_sensor(
+        self, sensor: str, values: Mapping[str, Any], now: float
+    ) -> tuple[list[Proposal], list[TriggerFault]]:
         proposals: list[Proposal] = []
         faults: list[TriggerFault] = []
         for t in self._by_sensor.get(sensor, ()):

@@ -61,8 +61,12 @@ __all__ = [
 
 
 _LAZY = {  # imported on first use: the daemon opens a keystore but never backs one up
-    "backup_identity": "backup", "decode_backup": "backup", "encode_backup": "backup",
-    "restore_identity": "backup", "Kdf": "envelope", "KdfParams": "envelope",
+    "backup_identity": "backup",
+    "decode_backup": "backup",
+    "encode_backup": "backup",
+    "restore_identity": "backup",
+    "Kdf": "envelope",
+    "KdfParams": "envelope",
     "TPMSigner": "tpm",  # without importing tpm2_pytss up front
 }
 

@@ -10,8 +10,8 @@ TPM identities cannot be backed up: their key never leaves the TPM.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import TransportError, UsageError
 from . import envelope as env_mod
@@ -22,19 +22,29 @@ from .record import Identity, encode_identity, parse_identity
 from .secrets import create_private_file
 from .store import create_identity_with_signer, load_identity, open_file_signer
 
-__all__ = ["encode_backup", "decode_backup", "backup_identity", "restore_identity", "read_backup",
-           "install_backup", "not_exportable_error"]
+__all__ = [
+    "encode_backup",
+    "decode_backup",
+    "backup_identity",
+    "restore_identity",
+    "read_backup",
+    "install_backup",
+    "not_exportable_error",
+]
 
 _MAX_BACKUP = 128 * 1024
 
 
-def encode_backup(identity: Identity, signer: SoftwareSigner, backup_passphrase: bytes, *,
-                  kdf: KdfParams | None = None) -> bytes:
+def encode_backup(
+    identity: Identity, signer: SoftwareSigner, backup_passphrase: bytes, *, kdf: KdfParams | None = None
+) -> bytes:
     """Pure: the backup file bytes."""
     kdf = kdf or KdfParams.argon2id()
     if kdf.kdf is env_mod.Kdf.MACHINE:
-        raise UsageError("a backup must be passphrase-protected, not machine-bound",
-                         hint="give a backup passphrase (KdfParams.argon2id())")
+        raise UsageError(
+            "a backup must be passphrase-protected, not machine-bound",
+            hint="give a backup passphrase (KdfParams.argon2id())",
+        )
     return env_mod.seal(signer, backup_passphrase, magic=BACKUP_MAGIC, kdf=kdf, meta=encode_identity(identity))
 
 
@@ -45,8 +55,11 @@ def decode_backup(data: bytes, backup_passphrase: bytes) -> tuple[Identity, Soft
     if identity.public_key != envelope.public_key or identity.backend != "file":
         raise KeystoreCorruptError("backup metadata does not match the key it holds")
     return identity, env_mod.open_envelope(
-        envelope, backup_passphrase, what="backup",
-        hint="check --backup-passphrase-file / KESTREL_BACKUP_PASSPHRASE; the backup itself is intact")
+        envelope,
+        backup_passphrase,
+        what="backup",
+        hint="check --backup-passphrase-file / KESTREL_BACKUP_PASSPHRASE; the backup itself is intact",
+    )
 
 
 def not_exportable_error(identity: Identity) -> NotExportableError:
@@ -92,8 +105,15 @@ def restore_identity(
 ) -> Identity:
     """Install the identity held in a backup (same AgentID); refuse if one exists."""
     identity, signer = read_backup(source, backup_passphrase=backup_passphrase)
-    return install_backup(state_dir, identity, signer, passphrase=passphrase, machine_bound=machine_bound,
-                          kdf=kdf, machine_id_path=machine_id_path)
+    return install_backup(
+        state_dir,
+        identity,
+        signer,
+        passphrase=passphrase,
+        machine_bound=machine_bound,
+        kdf=kdf,
+        machine_id_path=machine_id_path,
+    )
 
 
 def read_backup(source: str | os.PathLike[str], *, backup_passphrase: bytes) -> tuple[Identity, SoftwareSigner]:
@@ -121,7 +141,14 @@ def install_backup(
 ) -> Identity:
     """Install a decrypted backup under a new passphrase or machine binding."""
     restored, _ = create_identity_with_signer(
-        state_dir, name=identity.name, algorithm=identity.algorithm, passphrase=passphrase,
-        machine_bound=machine_bound, kdf=kdf, machine_id_path=machine_id_path, signer=signer,
-        created_at=identity.created_at)
+        state_dir,
+        name=identity.name,
+        algorithm=identity.algorithm,
+        passphrase=passphrase,
+        machine_bound=machine_bound,
+        kdf=kdf,
+        machine_id_path=machine_id_path,
+        signer=signer,
+        created_at=identity.created_at,
+    )
     return restored

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import msgpack
 
@@ -106,8 +107,10 @@ class BLSPublicKey:
 
     def __post_init__(self) -> None:
         if not isinstance(self.raw, bytes) or len(self.raw) != PUBLIC_KEY_SIZE:
-            raise KeyFormatError(f"a BLS public key is {PUBLIC_KEY_SIZE} bytes, got "
-                                 f"{len(self.raw) if isinstance(self.raw, bytes) else type(self.raw).__name__}")
+            raise KeyFormatError(
+                f"a BLS public key is {PUBLIC_KEY_SIZE} bytes, got "
+                f"{len(self.raw) if isinstance(self.raw, bytes) else type(self.raw).__name__}"
+            )
         if self.raw == _G1_INFINITY:
             raise KeyFormatError("the BLS public key is the point at infinity (KeyValidate fails)")
         b = load_backend()
@@ -128,10 +131,11 @@ class BLSPublicKey:
         """Return if ``signature`` is this key's signature over ``message``; raise SignatureError."""
         b = load_backend()
         if not b.PopSchemeMPL.verify(self._point(), bytes(message), _signature_point(signature)):
-            raise SignatureError("BLS signature does not verify",
-                                 hint="the message was altered, or it was signed by a different key")
+            raise SignatureError(
+                "BLS signature does not verify", hint="the message was altered, or it was signed by a different key"
+            )
 
-    def proven(self, proof: bytes) -> "ProvenKey":
+    def proven(self, proof: bytes) -> ProvenKey:
         """Verify a proof of possession (IETF PopVerify); return the key as aggregatable."""
         b = load_backend()
         try:
@@ -139,8 +143,10 @@ class BLSPublicKey:
         except SignatureError:
             ok = False
         if not ok:
-            raise SignatureError("the BLS proof of possession does not verify",
-                                 hint="the key's owner did not prove it holds the secret key (rogue key?)")
+            raise SignatureError(
+                "the BLS proof of possession does not verify",
+                hint="the key's owner did not prove it holds the secret key (rogue key?)",
+            )
         return ProvenKey(self)
 
 
@@ -176,7 +182,7 @@ class BLSSecretKey:
         self._public = BLSPublicKey(bytes(self._sk.get_g1()))
 
     @classmethod
-    def generate(cls) -> "BLSSecretKey":
+    def generate(cls) -> BLSSecretKey:
         """IETF KeyGen over 32 fresh random bytes."""
         b = load_backend()
         return cls(bytes(b.PopSchemeMPL.key_gen(os.urandom(32))))
@@ -219,11 +225,14 @@ def verify_aggregate(keys: Sequence[ProvenKey], message: bytes, signature: bytes
     b = load_backend()
     points = [k.key._point() for k in keys]
     if not b.PopSchemeMPL.fast_aggregate_verify(points, bytes(message), _signature_point(signature)):
-        raise SignatureError("the aggregate BLS signature does not verify for these signers",
-                             hint="a signer signed a different message, or a signature was altered")
+        raise SignatureError(
+            "the aggregate BLS signature does not verify for these signers",
+            hint="a signer signed a different message, or a signature was altered",
+        )
 
 
 # -- certificates -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class VerifiedCertificate:
@@ -243,9 +252,17 @@ def issue_certificate(signer: Signer, secret: BLSSecretKey, *, serial: int, now:
     """Certify ``secret``'s public key for the agent whose identity key is ``signer``."""
     if not isinstance(serial, int) or serial < 1:
         raise ValueError("certificate serials start at 1")
-    body = msgpack.packb({"v": 1, "agent": signer.public_key.did, "serial": serial,
-                          "pk": secret.public_key.raw, "pop": secret.prove_possession(),
-                          "ts": int(now * 1000)}, use_bin_type=True)
+    body = msgpack.packb(
+        {
+            "v": 1,
+            "agent": signer.public_key.did,
+            "serial": serial,
+            "pk": secret.public_key.raw,
+            "pop": secret.prove_possession(),
+            "ts": int(now * 1000),
+        },
+        use_bin_type=True,
+    )
     signature = signer.sign(CERT_DOMAIN + body)
     return msgpack.packb([1, body, signature], use_bin_type=True)
 
@@ -263,8 +280,12 @@ def verify_certificate(data: bytes, *, agent: str | None = None) -> VerifiedCert
         body = msgpack.unpackb(body_bytes, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise BLSCertificateError("malformed", f"cannot decode: {exc}") from None
-    if version != 1 or not isinstance(body_bytes, bytes) or not isinstance(signature, bytes) \
-            or not isinstance(body, dict):
+    if (
+        version != 1
+        or not isinstance(body_bytes, bytes)
+        or not isinstance(signature, bytes)
+        or not isinstance(body, dict)
+    ):
         raise BLSCertificateError("malformed", "unknown version or field types")
     if set(body) != {"v", "agent", "serial", "pk", "pop", "ts"} or body["v"] != 1:
         raise BLSCertificateError("malformed", f"unexpected fields {sorted(map(str, body))}")
@@ -276,8 +297,7 @@ def verify_certificate(data: bytes, *, agent: str | None = None) -> VerifiedCert
     try:
         PublicKey.from_did(did).verify(signature, CERT_DOMAIN + body_bytes)
     except (KeyFormatError, SignatureError) as exc:
-        raise BLSCertificateError("forged", f"identity signature does not verify for {did}: {exc.message}") \
-            from None
+        raise BLSCertificateError("forged", f"identity signature does not verify for {did}: {exc.message}") from None
     try:
         key = BLSPublicKey(body["pk"] if isinstance(body["pk"], bytes) else b"")
     except KeyFormatError as exc:
@@ -285,7 +305,9 @@ def verify_certificate(data: bytes, *, agent: str | None = None) -> VerifiedCert
     try:
         proven = key.proven(body["pop"] if isinstance(body["pop"], bytes) else b"")
     except SignatureError as exc:
-        raise BLSCertificateError("no-possession", exc.message,
-                                  hint="a key without a valid proof of possession is never aggregated") from None
-    return VerifiedCertificate(agent=did, serial=serial, key=proven, time_ms=ts,
-                               digest=hashlib.sha256(data).hexdigest(), data=data)
+        raise BLSCertificateError(
+            "no-possession", exc.message, hint="a key without a valid proof of possession is never aggregated"
+        ) from None
+    return VerifiedCertificate(
+        agent=did, serial=serial, key=proven, time_ms=ts, digest=hashlib.sha256(data).hexdigest(), data=data
+    )

@@ -84,15 +84,18 @@ def _serials(d: Path) -> dict[int, set[str]]:
 
 def current_serial(state_dir: str | os.PathLike[str]) -> int:
     """The serial of the current BLS key, 0 if the agent has none."""
-    complete = [s for s, kinds in _serials(bls_dir(state_dir)).items()
-                if "cert.bin" in kinds and kinds & {"key.enc", "key.tpm"}]
+    complete = [
+        s for s, kinds in _serials(bls_dir(state_dir)).items() if "cert.bin" in kinds and kinds & {"key.enc", "key.tpm"}
+    ]
     return max(complete, default=0)
 
 
 # -- sealing -------------------------------------------------------------------------------------
 
-def _file_secret(state_dir: Path, identity: Identity, passphrase: bytes | str | None,
-                 machine_id_path: str | os.PathLike[str] | None) -> tuple[bytes, KdfParams]:
+
+def _file_secret(
+    state_dir: Path, identity: Identity, passphrase: bytes | str | None, machine_id_path: str | os.PathLike[str] | None
+) -> tuple[bytes, KdfParams]:
     """The identity keystore's secret and KDF kind (the BLS key is protected like the identity key)."""
     env = parse_envelope(read_private_file(identity_dir(state_dir) / KEY_FILE, what="keystore"))
     if env.kdf.kdf is Kdf.MACHINE:
@@ -114,8 +117,9 @@ def _kek(kdf: KdfParams, key_secret: bytes, salt: bytes) -> bytes:
 
 def _open_file(data: bytes, key_secret: bytes, *, path: Path) -> BLSSecretKey:
     def corrupt(why: str) -> KeystoreCorruptError:
-        return KeystoreCorruptError(f"BLS keystore {path} is damaged: {why}",
-                                    hint="rotate to a new BLS key: kestrel identity bls --rotate")
+        return KeystoreCorruptError(
+            f"BLS keystore {path} is damaged: {why}", hint="rotate to a new BLS key: kestrel identity bls --rotate"
+        )
 
     size = _HEAD.size + 48 + 48 + 32
     if len(data) != size:
@@ -131,17 +135,17 @@ def _open_file(data: bytes, key_secret: bytes, *, path: Path) -> BLSSecretKey:
     except ValueError:
         raise corrupt(f"unknown key-derivation function {kdf_code}") from None
     kdf.check()
-    head, ct = body[:_HEAD.size + 48], body[_HEAD.size + 48:]
+    head, ct = body[: _HEAD.size + 48], body[_HEAD.size + 48 :]
     try:
         raw = AESGCM(_kek(kdf, key_secret, salt)).decrypt(nonce, ct, head)
     except InvalidTag:
         if kdf.kdf is Kdf.MACHINE:
-            raise MachineBindingError(f"the machine-bound BLS keystore {path} does not open on this machine") \
-                from None
-        raise WrongPassphraseError(f"wrong passphrase for the BLS keystore {path}",
-                                   hint="it opens with the identity keystore's passphrase") from None
+            raise MachineBindingError(f"the machine-bound BLS keystore {path} does not open on this machine") from None
+        raise WrongPassphraseError(
+            f"wrong passphrase for the BLS keystore {path}", hint="it opens with the identity keystore's passphrase"
+        ) from None
     secret = BLSSecretKey(raw)
-    if secret.public_key.raw != head[_HEAD.size:]:
+    if secret.public_key.raw != head[_HEAD.size :]:
         raise corrupt("the secret does not match its public key")
     return secret
 
@@ -149,12 +153,15 @@ def _open_file(data: bytes, key_secret: bytes, *, path: Path) -> BLSSecretKey:
 def _sealed_template(t: Any) -> Any:
     T, C = t.types, t.constants
     return T.TPMT_PUBLIC(
-        type=C.TPM2_ALG.KEYEDHASH, nameAlg=C.TPM2_ALG.SHA256,
-        objectAttributes=(C.TPMA_OBJECT.FIXEDTPM | C.TPMA_OBJECT.FIXEDPARENT | C.TPMA_OBJECT.USERWITHAUTH
-                          | C.TPMA_OBJECT.NODA),
+        type=C.TPM2_ALG.KEYEDHASH,
+        nameAlg=C.TPM2_ALG.SHA256,
+        objectAttributes=(
+            C.TPMA_OBJECT.FIXEDTPM | C.TPMA_OBJECT.FIXEDPARENT | C.TPMA_OBJECT.USERWITHAUTH | C.TPMA_OBJECT.NODA
+        ),
         authPolicy=b"",
-        parameters=T.TPMU_PUBLIC_PARMS(keyedHashDetail=T.TPMS_KEYEDHASH_PARMS(
-            scheme=T.TPMT_KEYEDHASH_SCHEME(scheme=C.TPM2_ALG.NULL))),
+        parameters=T.TPMU_PUBLIC_PARMS(
+            keyedHashDetail=T.TPMS_KEYEDHASH_PARMS(scheme=T.TPMT_KEYEDHASH_SCHEME(scheme=C.TPM2_ALG.NULL))
+        ),
     )
 
 
@@ -167,8 +174,9 @@ def _seal_tpm(secret: BLSSecretKey, tcti: str) -> bytes:
     try:
         parent = _primary(t, ectx, tcti)
         try:
-            sensitive = T.TPM2B_SENSITIVE_CREATE(sensitive=T.TPMS_SENSITIVE_CREATE(
-                data=T.TPM2B_SENSITIVE_DATA(secret.secret_bytes())))
+            sensitive = T.TPM2B_SENSITIVE_CREATE(
+                sensitive=T.TPMS_SENSITIVE_CREATE(data=T.TPM2B_SENSITIVE_DATA(secret.secret_bytes()))
+            )
             private, public, *_ = ectx.create(parent, sensitive, T.TPM2B_PUBLIC(publicArea=_sealed_template(t)))
         except t.TSS2_Exception as exc:
             raise TPMKeyError(f"the TPM refused to seal the BLS key: {exc}") from None
@@ -177,8 +185,7 @@ def _seal_tpm(secret: BLSSecretKey, tcti: str) -> bytes:
     finally:
         ectx.close()
     priv, pub = private.marshal(), public.marshal()
-    body = TPM_MAGIC + struct.pack(">H", len(priv)) + priv + struct.pack(">H", len(pub)) + pub \
-        + secret.public_key.raw
+    body = TPM_MAGIC + struct.pack(">H", len(priv)) + priv + struct.pack(">H", len(pub)) + pub + secret.public_key.raw
     return body + hashlib.sha256(body).digest()
 
 
@@ -186,18 +193,19 @@ def _unseal_tpm(data: bytes, tcti: str, *, path: Path) -> BLSSecretKey:
     from .tpm import _classify, _primary, connect, load_tss
 
     def corrupt(why: str) -> KeystoreCorruptError:
-        return KeystoreCorruptError(f"sealed BLS key {path} is damaged: {why}",
-                                    hint="rotate to a new BLS key: kestrel identity bls --rotate")
+        return KeystoreCorruptError(
+            f"sealed BLS key {path} is damaged: {why}", hint="rotate to a new BLS key: kestrel identity bls --rotate"
+        )
 
     body, checksum = data[:-32], data[-32:]
     if len(data) < 8 + 4 + 48 + 32 or hashlib.sha256(body).digest() != checksum or body[:8] != TPM_MAGIC:
         raise corrupt("bad magic, length or checksum")
     try:
         (n,) = struct.unpack_from(">H", body, 8)
-        priv = body[10:10 + n]
+        priv = body[10 : 10 + n]
         (m,) = struct.unpack_from(">H", body, 10 + n)
-        pub = body[12 + n:12 + n + m]
-        pk = body[12 + n + m:]
+        pub = body[12 + n : 12 + n + m]
+        pk = body[12 + n + m :]
     except struct.error:
         raise corrupt("truncated") from None
     if len(priv) != n or len(pub) != m or len(pk) != 48:
@@ -215,8 +223,12 @@ def _unseal_tpm(data: bytes, tcti: str, *, path: Path) -> BLSSecretKey:
         try:
             handle = ectx.load(parent, private, public)
         except t.TSS2_Exception as exc:
-            raise _classify(exc, tcti, "the TPM refused the sealed BLS key",
-                            "this is a different TPM, or it was cleared: rotate to a new BLS key") from None
+            raise _classify(
+                exc,
+                tcti,
+                "the TPM refused the sealed BLS key",
+                "this is a different TPM, or it was cleared: rotate to a new BLS key",
+            ) from None
         finally:
             ectx.flush_context(parent)
         try:
@@ -233,9 +245,17 @@ def _unseal_tpm(data: bytes, tcti: str, *, path: Path) -> BLSSecretKey:
 
 # -- create / rotate / open ----------------------------------------------------------------------
 
-def create_bls_key(state_dir: str | os.PathLike[str], signer: Signer, *, ledger: Any = None,
-                   passphrase: bytes | str | None = None, tcti: str | None = None,
-                   machine_id_path: str | os.PathLike[str] | None = None, now: float | None = None) -> BLSKey:
+
+def create_bls_key(
+    state_dir: str | os.PathLike[str],
+    signer: Signer,
+    *,
+    ledger: Any = None,
+    passphrase: bytes | str | None = None,
+    tcti: str | None = None,
+    machine_id_path: str | os.PathLike[str] | None = None,
+    now: float | None = None,
+) -> BLSKey:
     """Create the agent's first BLS key, or rotate to a new one (serial + 1).
 
     ``signer`` is the unlocked identity key (it signs the certificate). With ``ledger`` the
@@ -259,8 +279,16 @@ def create_bls_key(state_dir: str | os.PathLike[str], signer: Signer, *, ledger:
     atomic_write(d / name, blob)
     atomic_write(d / f"cert-{serial}.bin", cert_bytes)
     if ledger is not None:
-        ledger.append(RECORD_KIND, {"serial": serial, "pk": secret.public_key.raw.hex(), "cert": cert_bytes,
-                                    "digest": cert.digest, "replaces": previous or None})
+        ledger.append(
+            RECORD_KIND,
+            {
+                "serial": serial,
+                "pk": secret.public_key.raw.hex(),
+                "cert": cert_bytes,
+                "digest": cert.digest,
+                "replaces": previous or None,
+            },
+        )
     for old, kinds in _serials(d).items():
         if old < serial:
             for kind in kinds & {"key.enc", "key.tpm"}:  # the rotated-away secret; its certificate stays
@@ -276,8 +304,13 @@ def _tcti(identity: Identity, tcti: str | None) -> str:
     return resolve_tcti(tcti or os.environ.get("KESTREL_TCTI") or identity.tcti)
 
 
-def open_bls_key(state_dir: str | os.PathLike[str], *, passphrase: bytes | str | None = None,
-                 tcti: str | None = None, machine_id_path: str | os.PathLike[str] | None = None) -> BLSKey | None:
+def open_bls_key(
+    state_dir: str | os.PathLike[str],
+    *,
+    passphrase: bytes | str | None = None,
+    tcti: str | None = None,
+    machine_id_path: str | os.PathLike[str] | None = None,
+) -> BLSKey | None:
     """Unlock the current BLS key (None if the agent has none)."""
     state = Path(state_dir)
     serial = current_serial(state)
@@ -285,8 +318,7 @@ def open_bls_key(state_dir: str | os.PathLike[str], *, passphrase: bytes | str |
         return None
     identity = load_identity(state)
     d = bls_dir(state)
-    cert = verify_certificate(read_private_file(d / f"cert-{serial}.bin", what="BLS certificate"),
-                              agent=identity.did)
+    cert = verify_certificate(read_private_file(d / f"cert-{serial}.bin", what="BLS certificate"), agent=identity.did)
     if cert.serial != serial:
         raise KeystoreCorruptError(f"{d}/cert-{serial}.bin holds serial {cert.serial}")
     if identity.backend == "tpm":

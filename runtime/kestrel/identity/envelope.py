@@ -73,24 +73,28 @@ class KdfParams:
     p3: int = 4
 
     @classmethod
-    def argon2id(cls, *, memory_kib: int = 64 * 1024, iterations: int = 3, lanes: int = 4) -> "KdfParams":
+    def argon2id(cls, *, memory_kib: int = 64 * 1024, iterations: int = 3, lanes: int = 4) -> KdfParams:
         """RFC 9106's second recommended option by default (64 MiB, t=3, p=4)."""
         return cls(Kdf.ARGON2ID, memory_kib, iterations, lanes)
 
     @classmethod
-    def scrypt(cls, *, log2_n: int = 17, r: int = 8, p: int = 1) -> "KdfParams":
+    def scrypt(cls, *, log2_n: int = 17, r: int = 8, p: int = 1) -> KdfParams:
         return cls(Kdf.SCRYPT, log2_n, r, p)
 
     @classmethod
-    def machine(cls) -> "KdfParams":
+    def machine(cls) -> KdfParams:
         return cls(Kdf.MACHINE, 0, 0, 0)
 
     def check(self) -> None:
         """Raise KeystoreCorruptError for parameters no writer produces (a DoS guard)."""
         k, p1, p2, p3 = self.kdf, self.p1, self.p2, self.p3
         ok = (
-            (k is Kdf.ARGON2ID and 8 * p3 <= p1 <= _MAX_ARGON2_KIB and 1 <= p2 <= _MAX_ITERATIONS
-             and 1 <= p3 <= _MAX_LANES)
+            (
+                k is Kdf.ARGON2ID
+                and 8 * p3 <= p1 <= _MAX_ARGON2_KIB
+                and 1 <= p2 <= _MAX_ITERATIONS
+                and 1 <= p3 <= _MAX_LANES
+            )
             or (k is Kdf.SCRYPT and 10 <= p1 <= _MAX_SCRYPT_LOG2N and 1 <= p2 <= 32 and 1 <= p3 <= 16)
             or (k is Kdf.MACHINE and p1 == p2 == p3 == 0)
         )
@@ -100,8 +104,7 @@ class KdfParams:
     def derive(self, secret: bytes, salt: bytes) -> bytes:
         """The 32-byte key-encryption key for ``secret`` (passphrase or machine secret)."""
         if self.kdf is Kdf.ARGON2ID:
-            return Argon2id(salt=salt, length=32, iterations=self.p2, lanes=self.p3,
-                            memory_cost=self.p1).derive(secret)
+            return Argon2id(salt=salt, length=32, iterations=self.p2, lanes=self.p3, memory_cost=self.p1).derive(secret)
         if self.kdf is Kdf.SCRYPT:
             return Scrypt(salt=salt, length=32, n=1 << self.p1, r=self.p2, p=self.p3).derive(secret)
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_MACHINE_INFO).derive(secret)
@@ -129,8 +132,9 @@ def private_bytes(signer: SoftwareSigner) -> bytes:
     """The 32-byte private key: Ed25519 seed or big-endian P-256 scalar."""
     key = signer.private_key
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
     return key.private_numbers().private_value.to_bytes(32, "big")
 
 
@@ -163,8 +167,9 @@ def seal(
     if len(salt) != 16 or len(nonce) != 12 or len(meta) > _MAX_META:
         raise ValueError("salt must be 16 bytes, nonce 12 bytes, meta at most 64 KiB")
     pub = signer.public_key
-    head = _FIXED.pack(magic, VERSION, _ALG_CODE[pub.algorithm], kdf.kdf, AEAD_AES256GCM,
-                       kdf.p1, kdf.p2, kdf.p3, salt, nonce)
+    head = _FIXED.pack(
+        magic, VERSION, _ALG_CODE[pub.algorithm], kdf.kdf, AEAD_AES256GCM, kdf.p1, kdf.p2, kdf.p3, salt, nonce
+    )
     head += bytes([len(pub.raw)]) + pub.raw + struct.pack(">I", len(meta)) + meta
     aad = head + struct.pack(">H", 32 + 16)
     kek = kdf.derive(secret, salt)
@@ -177,17 +182,18 @@ def parse_envelope(data: bytes, *, magic: bytes = KEYSTORE_MAGIC, what: str = "k
     """Check structure and checksum; raise KeystoreCorruptError naming the first problem."""
 
     def corrupt(reason: str) -> KeystoreCorruptError:
-        restore = ("restore the identity from a backup (`kestrel identity restore FILE`)"
-                   if magic == KEYSTORE_MAGIC else "use another copy of the file")
-        return KeystoreCorruptError(f"{what} is damaged: {reason}",
-                                    hint=f"{restore}; the damaged file was not changed")
+        restore = (
+            "restore the identity from a backup (`kestrel identity restore FILE`)"
+            if magic == KEYSTORE_MAGIC
+            else "use another copy of the file"
+        )
+        return KeystoreCorruptError(f"{what} is damaged: {reason}", hint=f"{restore}; the damaged file was not changed")
 
     if len(data) < _FIXED.size + 32:
         raise corrupt(f"only {len(data)} bytes (truncated)")
     if data[:8] != magic:
         if data[:8] in (KEYSTORE_MAGIC, BACKUP_MAGIC):
-            raise corrupt(f"this is a {'backup' if data[:8] == BACKUP_MAGIC else 'keystore'} file, "
-                          f"not a {what}")
+            raise corrupt(f"this is a {'backup' if data[:8] == BACKUP_MAGIC else 'keystore'} file, not a {what}")
         raise corrupt("wrong magic bytes (not a Kestrel key file)")
     body, checksum = data[:-32], data[-32:]
     if hashlib.sha256(body).digest() != checksum:
@@ -205,10 +211,10 @@ def parse_envelope(data: bytes, *, magic: bytes = KEYSTORE_MAGIC, what: str = "k
     off = _FIXED.size
     try:
         n = body[off]
-        pub_raw = body[off + 1: off + 1 + n]
+        pub_raw = body[off + 1 : off + 1 + n]
         off += 1 + n
         (m,) = struct.unpack_from(">I", body, off)
-        meta = body[off + 4: off + 4 + m]
+        meta = body[off + 4 : off + 4 + m]
         off += 4 + m
         (c,) = struct.unpack_from(">H", body, off)
         off += 2
@@ -223,9 +229,13 @@ def parse_envelope(data: bytes, *, magic: bytes = KEYSTORE_MAGIC, what: str = "k
     return Envelope(magic, public_key, kdf, salt, nonce, meta, body[:off], body[off:])
 
 
-def open_envelope(env: Envelope, secret: bytes, *, what: str = "keystore",
-                  hint: str = "check --passphrase-file / KESTREL_PASSPHRASE; the file itself is intact",
-                  ) -> SoftwareSigner:
+def open_envelope(
+    env: Envelope,
+    secret: bytes,
+    *,
+    what: str = "keystore",
+    hint: str = "check --passphrase-file / KESTREL_PASSPHRASE; the file itself is intact",
+) -> SoftwareSigner:
     """Decrypt; raise WrongPassphraseError (or MachineBindingError) if ``secret`` is wrong."""
     kek = env.kdf.derive(secret, env.salt)
     try:

@@ -115,8 +115,7 @@ class PublicKey:
     def __post_init__(self) -> None:
         if len(self.raw) != _KEY_SIZE[self.algorithm]:
             raise KeyFormatError(
-                f"{self.algorithm.value} public key must be {_KEY_SIZE[self.algorithm]} bytes, "
-                f"got {len(self.raw)}"
+                f"{self.algorithm.value} public key must be {_KEY_SIZE[self.algorithm]} bytes, got {len(self.raw)}"
             )
         # Reject points that are not on the curve now rather than at verify time.
         self._crypto_key()
@@ -127,7 +126,7 @@ class PublicKey:
         return "did:key:z" + b58encode(_MULTICODEC[self.algorithm] + self.raw)
 
     @classmethod
-    def from_did(cls, did: str) -> "PublicKey":
+    def from_did(cls, did: str) -> PublicKey:
         prefix = "did:key:z"
         if not isinstance(did, str) or not did.startswith(prefix):
             raise KeyFormatError(
@@ -135,29 +134,27 @@ class PublicKey:
                 hint="an AgentID looks like did:key:z6Mk... (Ed25519) or did:key:zDn... (P-256); "
                 "`kestrel identity show` prints it",
             )
-        data = b58decode(did[len(prefix):])
+        data = b58decode(did[len(prefix) :])
         for alg, codec in _MULTICODEC.items():
             if data.startswith(codec):
-                return cls(alg, data[len(codec):])
+                return cls(alg, data[len(codec) :])
         raise KeyFormatError(
             f"did:key uses an unsupported key type (multicodec prefix {data[:2].hex()})",
             hint="Kestrel identities are Ed25519 or P-256",
         )
 
     @classmethod
-    def from_crypto(cls, key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) -> "PublicKey":
+    def from_crypto(cls, key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) -> PublicKey:
         if isinstance(key, ed25519.Ed25519PublicKey):
             raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             return cls(Algorithm.ED25519, raw)
         if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
-            raw = key.public_bytes(
-                serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
-            )
+            raw = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
             return cls(Algorithm.P256, raw)
         raise KeyFormatError(f"unsupported key type {type(key).__name__}")
 
     @classmethod
-    def from_p256_point(cls, x: int, y: int) -> "PublicKey":
+    def from_p256_point(cls, x: int, y: int) -> PublicKey:
         return cls.from_crypto(ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key())
 
     def _crypto_key(self) -> ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey:
@@ -178,9 +175,7 @@ class PublicKey:
             if self.algorithm is Algorithm.ED25519:
                 key.verify(signature, message)  # type: ignore[call-arg, union-attr]
             else:
-                der = encode_dss_signature(
-                    int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-                )
+                der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
                 key.verify(der, message, ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg, union-attr]
         except InvalidSignature:
             raise SignatureError(
@@ -209,7 +204,7 @@ class SoftwareSigner:
         self._public = PublicKey.from_crypto(private_key.public_key())
 
     @classmethod
-    def generate(cls, algorithm: Algorithm = Algorithm.ED25519) -> "SoftwareSigner":
+    def generate(cls, algorithm: Algorithm = Algorithm.ED25519) -> SoftwareSigner:
         if algorithm is Algorithm.ED25519:
             return cls(ed25519.Ed25519PrivateKey.generate())
         return cls(ec.generate_private_key(ec.SECP256R1()))
@@ -234,9 +229,9 @@ class SoftwareSigner:
         from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
         if isinstance(self._key, ed25519.Ed25519PrivateKey):
-            ikm = self._key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                          serialization.NoEncryption())
+            ikm = self._key.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            )
         else:
             ikm = self._key.private_numbers().private_value.to_bytes(32, "big")
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=self._public.raw,
-                    info=LEDGER_SECRET_INFO).derive(ikm)
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=self._public.raw, info=LEDGER_SECRET_INFO).derive(ikm)

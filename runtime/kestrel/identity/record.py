@@ -81,8 +81,14 @@ def parse_identity(data: bytes, *, source: str = "identity.json") -> Identity:
     if backend not in BACKENDS or protection not in PROTECTIONS:
         raise bad(f"unknown backend {backend!r} or protection {protection!r}")
     if (backend == "tpm") != (protection == "tpm") or (backend == "tpm" and algorithm is not Algorithm.P256):
-        raise bad(f"backend {backend!r}, protection {protection!r} and algorithm {algorithm.value} "
-                  "do not go together")
-    return Identity(did=doc["did"], name=doc["name"], algorithm=algorithm, backend=backend,
-                    created_at=doc["created_at"], public_key=public_key, tcti=tcti,
-                    protection=protection)
+        raise bad(f"backend {backend!r}, protection {protection!r} and algorithm {algorithm.value} do not go together")
+    return Identity(
+        did=doc["did"],
+        name=doc["name"],
+        algorithm=algorithm,
+        backend=backend,
+        created_at=doc["created_at"],
+        public_key=public_key,
+        tcti=tcti,
+        protection=protection,
+    )

@@ -106,8 +106,11 @@ def prompt_passphrase(what: str, *, confirm: bool) -> bytes:
 
 def machine_id(path: str | os.PathLike[str] | None = None) -> bytes:
     """This machine's id (stripped), from ``path``, $KESTREL_MACHINE_ID_FILE or the system."""
-    candidates = [Path(path)] if path else (
-        [Path(os.environ[MACHINE_ID_ENV])] if os.environ.get(MACHINE_ID_ENV) else list(MACHINE_ID_PATHS))
+    candidates = (
+        [Path(path)]
+        if path
+        else ([Path(os.environ[MACHINE_ID_ENV])] if os.environ.get(MACHINE_ID_ENV) else list(MACHINE_ID_PATHS))
+    )
     for candidate in candidates:
         try:
             value = candidate.read_bytes().strip()
@@ -129,16 +132,18 @@ def create_private_file(path: Path, data: bytes) -> None:
     except FileExistsError:
         raise TransportError(f"{path} already exists; refusing to overwrite it") from None
     except OSError as exc:
-        raise TransportError(f"cannot create {path}: {exc.strerror or exc}",
-                             hint="check that the directory is writable") from None
+        raise TransportError(
+            f"cannot create {path}: {exc.strerror or exc}", hint="check that the directory is writable"
+        ) from None
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except OSError as exc:
-        raise TransportError(f"cannot write {path}: {exc.strerror or exc}",
-                             hint="check that the disk is not full") from None
+        raise TransportError(
+            f"cannot write {path}: {exc.strerror or exc}", hint="check that the disk is not full"
+        ) from None
     finally:
         os.close(fd)
 
@@ -154,8 +159,10 @@ def _read(path: Path, *, what: str, private: bool = False) -> bytes:
     except FileNotFoundError:
         raise TransportError(f"{what} not found: {path}") from None
     except OSError as exc:
-        raise TransportError(f"cannot open {what} {path}: {exc.strerror or exc}",
-                             hint="it must be a regular file (not a symlink) readable by you") from None
+        raise TransportError(
+            f"cannot open {what} {path}: {exc.strerror or exc}",
+            hint="it must be a regular file (not a symlink) readable by you",
+        ) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

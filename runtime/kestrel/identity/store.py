@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .._internal.fsutil import ensure_private_dir, fsync_dir
@@ -59,13 +59,12 @@ _MAX_NAME = 128
 
 
 def _now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME or not name.isprintable():
-        raise UsageError(f"invalid agent name {name!r}",
-                         hint=f"use 1 to {_MAX_NAME} printable characters")
+        raise UsageError(f"invalid agent name {name!r}", hint=f"use 1 to {_MAX_NAME} printable characters")
 
 
 def identity_dir(state_dir: str | os.PathLike[str]) -> Path:
@@ -103,8 +102,9 @@ def install_identity(state_dir: str | os.PathLike[str], identity: Identity, file
     try:
         staging.mkdir(mode=0o700)
     except OSError as exc:
-        raise TransportError(f"cannot create {staging}: {exc.strerror or exc}",
-                             hint="choose a writable --state directory") from None
+        raise TransportError(
+            f"cannot create {staging}: {exc.strerror or exc}", hint="choose a writable --state directory"
+        ) from None
     try:
         for name, data in files.items():
             create_private_file(staging / name, data)
@@ -119,6 +119,7 @@ def install_identity(state_dir: str | os.PathLike[str], identity: Identity, file
         fsync_dir(root)
     except BaseException:
         import shutil  # rarely needed: keep it (and bz2/lzma) out of an idle daemon
+
         shutil.rmtree(staging, ignore_errors=True)  # our own fresh, never-used material
         raise
 
@@ -147,8 +148,10 @@ def create_identity_with_signer(
     created_at = created_at or _now_rfc3339()
     if backend == "tpm":
         if algorithm is not Algorithm.P256 or signer is not None or machine_bound or passphrase:
-            raise UsageError("a TPM identity is always a fresh P-256 key, with no passphrase",
-                             hint="drop --algorithm ed25519 / --passphrase-file / --machine-bound")
+            raise UsageError(
+                "a TPM identity is always a fresh P-256 key, with no passphrase",
+                hint="drop --algorithm ed25519 / --passphrase-file / --machine-bound",
+            )
         from .tpm import TPMSigner, create_tpm_key, resolve_tcti
 
         tcti = resolve_tcti(tcti)
@@ -170,8 +173,16 @@ def create_identity_with_signer(
         secret = resolve_passphrase(passphrase, what="new keystore", confirm=True)
     files[KEY_FILE] = env_mod.seal(signer, secret, kdf=kdf)
     public_key = signer.public_key
-    identity = Identity(public_key.did, name, public_key.algorithm, "file", created_at, public_key,
-                        None, "machine-bound" if machine_bound else "passphrase")
+    identity = Identity(
+        public_key.did,
+        name,
+        public_key.algorithm,
+        "file",
+        created_at,
+        public_key,
+        None,
+        "machine-bound" if machine_bound else "passphrase",
+    )
     install_identity(state_dir, identity, files)
     return identity, signer
 
@@ -190,8 +201,16 @@ def create_identity(
 ) -> Identity:
     """Create the agent's key pair and ``STATE/identity``; refuse if one exists."""
     identity, signer = create_identity_with_signer(
-        state_dir, name=name, backend=backend, algorithm=algorithm, passphrase=passphrase, tcti=tcti,
-        machine_bound=machine_bound, kdf=kdf, machine_id_path=machine_id_path)
+        state_dir,
+        name=name,
+        backend=backend,
+        algorithm=algorithm,
+        passphrase=passphrase,
+        tcti=tcti,
+        machine_bound=machine_bound,
+        kdf=kdf,
+        machine_id_path=machine_id_path,
+    )
     close = getattr(signer, "close", None)
     if close is not None:
         close()
@@ -209,8 +228,9 @@ def load_identity(state_dir: str | os.PathLike[str]) -> Identity:
             hint=f"create one with: kestrel init-agent --name NAME --state {state_dir}",
         ) from None
     except OSError as exc:
-        raise TransportError(f"cannot read {path}: {exc.strerror or exc}",
-                             hint="check the state directory's owner and permissions") from None
+        raise TransportError(
+            f"cannot read {path}: {exc.strerror or exc}", hint="check the state directory's owner and permissions"
+        ) from None
     return parse_identity(data, source=str(path))
 
 
@@ -225,8 +245,10 @@ def open_file_signer(
     path = ident_dir / KEY_FILE
     envelope = env_mod.parse_envelope(read_private_file(path, what="keystore"), what=f"keystore {path}")
     if envelope.public_key != identity.public_key:
-        raise IdentityCorruptError(f"{path} holds a different key than identity.json ({identity.did})",
-                                   hint="the identity directory was mixed up; restore it from a backup")
+        raise IdentityCorruptError(
+            f"{path} holds a different key than identity.json ({identity.did})",
+            hint="the identity directory was mixed up; restore it from a backup",
+        )
     if envelope.kdf.kdf is env_mod.Kdf.MACHINE:
         secret = _machine_secret(ident_dir, machine_id_path=machine_id_path)
     else:

@@ -67,27 +67,47 @@ def _unavailable(tcti: str, exc: Exception) -> TPMUnavailableError:
 def _templates(t: Any) -> tuple[Any, Any]:
     """(primary SRK template, signing-key template), as in docs/identity.md."""
     T, C = t.types, t.constants
-    common = (C.TPMA_OBJECT.FIXEDTPM | C.TPMA_OBJECT.FIXEDPARENT | C.TPMA_OBJECT.SENSITIVEDATAORIGIN
-              | C.TPMA_OBJECT.USERWITHAUTH | C.TPMA_OBJECT.NODA)
+    common = (
+        C.TPMA_OBJECT.FIXEDTPM
+        | C.TPMA_OBJECT.FIXEDPARENT
+        | C.TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | C.TPMA_OBJECT.USERWITHAUTH
+        | C.TPMA_OBJECT.NODA
+    )
     primary = T.TPMT_PUBLIC(
-        type=C.TPM2_ALG.ECC, nameAlg=C.TPM2_ALG.SHA256,
+        type=C.TPM2_ALG.ECC,
+        nameAlg=C.TPM2_ALG.SHA256,
         objectAttributes=common | C.TPMA_OBJECT.RESTRICTED | C.TPMA_OBJECT.DECRYPT,
         authPolicy=b"",
-        parameters=T.TPMU_PUBLIC_PARMS(eccDetail=T.TPMS_ECC_PARMS(
-            symmetric=T.TPMT_SYM_DEF_OBJECT(algorithm=C.TPM2_ALG.AES, keyBits=T.TPMU_SYM_KEY_BITS(aes=128),
-                                            mode=T.TPMU_SYM_MODE(aes=C.TPM2_ALG.CFB)),
-            scheme=T.TPMT_ECC_SCHEME(scheme=C.TPM2_ALG.NULL),
-            curveID=C.TPM2_ECC.NIST_P256, kdf=T.TPMT_KDF_SCHEME(scheme=C.TPM2_ALG.NULL))),
+        parameters=T.TPMU_PUBLIC_PARMS(
+            eccDetail=T.TPMS_ECC_PARMS(
+                symmetric=T.TPMT_SYM_DEF_OBJECT(
+                    algorithm=C.TPM2_ALG.AES,
+                    keyBits=T.TPMU_SYM_KEY_BITS(aes=128),
+                    mode=T.TPMU_SYM_MODE(aes=C.TPM2_ALG.CFB),
+                ),
+                scheme=T.TPMT_ECC_SCHEME(scheme=C.TPM2_ALG.NULL),
+                curveID=C.TPM2_ECC.NIST_P256,
+                kdf=T.TPMT_KDF_SCHEME(scheme=C.TPM2_ALG.NULL),
+            )
+        ),
     )
     signing = T.TPMT_PUBLIC(
-        type=C.TPM2_ALG.ECC, nameAlg=C.TPM2_ALG.SHA256,
+        type=C.TPM2_ALG.ECC,
+        nameAlg=C.TPM2_ALG.SHA256,
         objectAttributes=common | C.TPMA_OBJECT.SIGN_ENCRYPT,
         authPolicy=b"",
-        parameters=T.TPMU_PUBLIC_PARMS(eccDetail=T.TPMS_ECC_PARMS(
-            symmetric=T.TPMT_SYM_DEF_OBJECT(algorithm=C.TPM2_ALG.NULL),
-            scheme=T.TPMT_ECC_SCHEME(scheme=C.TPM2_ALG.ECDSA, details=T.TPMU_ASYM_SCHEME(
-                ecdsa=T.TPMS_SCHEME_HASH(hashAlg=C.TPM2_ALG.SHA256))),
-            curveID=C.TPM2_ECC.NIST_P256, kdf=T.TPMT_KDF_SCHEME(scheme=C.TPM2_ALG.NULL))),
+        parameters=T.TPMU_PUBLIC_PARMS(
+            eccDetail=T.TPMS_ECC_PARMS(
+                symmetric=T.TPMT_SYM_DEF_OBJECT(algorithm=C.TPM2_ALG.NULL),
+                scheme=T.TPMT_ECC_SCHEME(
+                    scheme=C.TPM2_ALG.ECDSA,
+                    details=T.TPMU_ASYM_SCHEME(ecdsa=T.TPMS_SCHEME_HASH(hashAlg=C.TPM2_ALG.SHA256)),
+                ),
+                curveID=C.TPM2_ECC.NIST_P256,
+                kdf=T.TPMT_KDF_SCHEME(scheme=C.TPM2_ALG.NULL),
+            )
+        ),
     )
     return primary, signing
 
@@ -108,13 +128,18 @@ def connect(t: Any, tcti: str) -> Any:
 def _primary(t: Any, ectx: Any, tcti: str) -> Any:
     primary, _ = _templates(t)
     try:
-        handle, *_ = ectx.create_primary(t.types.TPM2B_SENSITIVE_CREATE(),
-                                         t.types.TPM2B_PUBLIC(publicArea=primary),
-                                         primary_handle=t.constants.ESYS_TR.RH_OWNER)
+        handle, *_ = ectx.create_primary(
+            t.types.TPM2B_SENSITIVE_CREATE(),
+            t.types.TPM2B_PUBLIC(publicArea=primary),
+            primary_handle=t.constants.ESYS_TR.RH_OWNER,
+        )
     except t.TSS2_Exception as exc:
-        raise _classify(exc, tcti, "the TPM refused to create the storage root key",
-                        "the owner hierarchy may have a password or be disabled; Kestrel needs an "
-                        "empty owner authorization") from None
+        raise _classify(
+            exc,
+            tcti,
+            "the TPM refused to create the storage root key",
+            "the owner hierarchy may have a password or be disabled; Kestrel needs an empty owner authorization",
+        ) from None
     return handle
 
 
@@ -128,8 +153,9 @@ def create_tpm_key(tcti: str) -> tuple[bytes, PublicKey]:
     try:
         parent = _primary(t, ectx, tcti)
         try:
-            private, public, *_ = ectx.create(parent, t.types.TPM2B_SENSITIVE_CREATE(),
-                                              t.types.TPM2B_PUBLIC(publicArea=signing))
+            private, public, *_ = ectx.create(
+                parent, t.types.TPM2B_SENSITIVE_CREATE(), t.types.TPM2B_PUBLIC(publicArea=signing)
+            )
         except t.TSS2_Exception as exc:
             raise _unavailable(tcti, exc) from None
         finally:
@@ -189,9 +215,13 @@ class TPMSigner:
                 ectx.flush_context(parent)
         except t.TSS2_Exception as exc:
             ectx.close()
-            raise _classify(exc, self._tcti, "the TPM refused this identity's key",
-                            "this is a different TPM, or the TPM was cleared since the identity was "
-                            "created; a TPM identity cannot move to another TPM") from None
+            raise _classify(
+                exc,
+                self._tcti,
+                "the TPM refused this identity's key",
+                "this is a different TPM, or the TPM was cleared since the identity was "
+                "created; a TPM identity cannot move to another TPM",
+            ) from None
         except BaseException:
             ectx.close()
             raise
@@ -215,8 +245,9 @@ class TPMSigner:
         t = self._t
         T, C = t.types, t.constants
         digest = hashlib.sha256(message).digest()
-        scheme = T.TPMT_SIG_SCHEME(scheme=C.TPM2_ALG.ECDSA, details=T.TPMU_SIG_SCHEME(
-            ecdsa=T.TPMS_SCHEME_HASH(hashAlg=C.TPM2_ALG.SHA256)))
+        scheme = T.TPMT_SIG_SCHEME(
+            scheme=C.TPM2_ALG.ECDSA, details=T.TPMU_SIG_SCHEME(ecdsa=T.TPMS_SCHEME_HASH(hashAlg=C.TPM2_ALG.SHA256))
+        )
         with self._lock:
             for attempt in (0, 1):
                 if self._ectx is None:
@@ -242,13 +273,25 @@ class TPMSigner:
         t = self._t
         T, C = t.types, t.constants
         template = T.TPMT_PUBLIC(
-            type=C.TPM2_ALG.KEYEDHASH, nameAlg=C.TPM2_ALG.SHA256,
-            objectAttributes=(C.TPMA_OBJECT.FIXEDTPM | C.TPMA_OBJECT.FIXEDPARENT | C.TPMA_OBJECT.SENSITIVEDATAORIGIN
-                              | C.TPMA_OBJECT.USERWITHAUTH | C.TPMA_OBJECT.NODA | C.TPMA_OBJECT.SIGN_ENCRYPT),
+            type=C.TPM2_ALG.KEYEDHASH,
+            nameAlg=C.TPM2_ALG.SHA256,
+            objectAttributes=(
+                C.TPMA_OBJECT.FIXEDTPM
+                | C.TPMA_OBJECT.FIXEDPARENT
+                | C.TPMA_OBJECT.SENSITIVEDATAORIGIN
+                | C.TPMA_OBJECT.USERWITHAUTH
+                | C.TPMA_OBJECT.NODA
+                | C.TPMA_OBJECT.SIGN_ENCRYPT
+            ),
             authPolicy=b"",
-            parameters=T.TPMU_PUBLIC_PARMS(keyedHashDetail=T.TPMS_KEYEDHASH_PARMS(scheme=T.TPMT_KEYEDHASH_SCHEME(
-                scheme=C.TPM2_ALG.HMAC, details=T.TPMU_SCHEME_KEYEDHASH(
-                    hmac=T.TPMS_SCHEME_HASH(hashAlg=C.TPM2_ALG.SHA256))))),
+            parameters=T.TPMU_PUBLIC_PARMS(
+                keyedHashDetail=T.TPMS_KEYEDHASH_PARMS(
+                    scheme=T.TPMT_KEYEDHASH_SCHEME(
+                        scheme=C.TPM2_ALG.HMAC,
+                        details=T.TPMU_SCHEME_KEYEDHASH(hmac=T.TPMS_SCHEME_HASH(hashAlg=C.TPM2_ALG.SHA256)),
+                    )
+                )
+            ),
             unique=T.TPMU_PUBLIC_ID(keyedHash=hashlib.sha256(self._public.raw).digest()),
         )
         from .keys import LEDGER_SECRET_INFO
@@ -258,8 +301,11 @@ class TPMSigner:
                 if self._ectx is None:
                     self._open()
                 try:
-                    handle, *_ = self._ectx.create_primary(T.TPM2B_SENSITIVE_CREATE(), T.TPM2B_PUBLIC(publicArea=template),
-                                                           primary_handle=C.ESYS_TR.RH_OWNER)
+                    handle, *_ = self._ectx.create_primary(
+                        T.TPM2B_SENSITIVE_CREATE(),
+                        T.TPM2B_PUBLIC(publicArea=template),
+                        primary_handle=C.ESYS_TR.RH_OWNER,
+                    )
                     try:
                         mac = self._ectx.hmac(handle, LEDGER_SECRET_INFO + self._public.raw, C.TPM2_ALG.SHA256)
                     finally:
@@ -276,7 +322,7 @@ class TPMSigner:
         with self._lock:
             self._drop()
 
-    def __enter__(self) -> "TPMSigner":
+    def __enter__(self) -> TPMSigner:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,9 +18,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, TextIO
+from typing import Any, TextIO
 
 from ..errors import DataError, KestrelError, UsageError
 from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, encode_manifest
@@ -69,8 +70,15 @@ def _recipe_digest(folder: Path) -> str:
 class BuildContext:
     """What a recipe gets: where to write, steps with progress, and the manifest writer."""
 
-    def __init__(self, name: str, folder: Path, *, stream: TextIO = sys.stderr, total_steps: int = 0,
-                 shared: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        stream: TextIO = sys.stderr,
+        total_steps: int = 0,
+        shared: Mapping[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.folder = folder
         self.out = folder / "build"
@@ -156,8 +164,9 @@ def up_to_date(folder: Path) -> InstalledModel | None:
     return model
 
 
-def build_model(name: str, *, models_dir: Path | None = None, force: bool = False,
-                stream: TextIO = sys.stderr) -> InstalledModel:
+def build_model(
+    name: str, *, models_dir: Path | None = None, force: bool = False, stream: TextIO = sys.stderr
+) -> InstalledModel:
     """Run the recipe of ``name`` (unless its build is up to date) and return the verified build."""
     models_dir = models_dir or default_models_dir()
     folder = models_dir / name
@@ -179,9 +188,11 @@ def build_model(name: str, *, models_dir: Path | None = None, force: bool = Fals
     try:
         recipe.build(ctx)
     except ImportError as exc:
-        raise BuildError(f"recipe {name} needs {exc.name}, which is not installed",
-                         hint="install the host-side model tooling (about 2 GB): from a checkout `./dev setup "
-                              "--models`, else pip install 'kestrel-sovereign[models]'") from None
+        raise BuildError(
+            f"recipe {name} needs {exc.name}, which is not installed",
+            hint="install the host-side model tooling (about 2 GB): from a checkout `./dev setup "
+            "--models`, else pip install 'kestrel-sovereign[models]'",
+        ) from None
     except KestrelError:
         raise
     except Exception as exc:

@@ -7,7 +7,8 @@ The model's manifest drives the pipeline (docs/models.md, ``preprocessing`` of t
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import DataError
 from .manifest import ManifestError
@@ -34,8 +35,9 @@ def mean_pool(hidden: Any, mask: Any, *, normalize: bool = True) -> Any:
 class Embedder:
     """Sentence embeddings from an installed ``embedding`` model. Thread-safe."""
 
-    def __init__(self, model: InstalledModel, *, options: RuntimeOptions | None = None,
-                 session: Session | None = None) -> None:
+    def __init__(
+        self, model: InstalledModel, *, options: RuntimeOptions | None = None, session: Session | None = None
+    ) -> None:
         from tokenizers import Tokenizer
 
         man = model.manifest

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -32,8 +33,9 @@ class RuntimeOptions:
     require_accelerator: bool = False
 
     @classmethod
-    def from_profile(cls, profile: Any, *, engine_cache_dir: Path | None = None,
-                     source: str = "<profile>") -> "RuntimeOptions":
+    def from_profile(
+        cls, profile: Any, *, engine_cache_dir: Path | None = None, source: str = "<profile>"
+    ) -> RuntimeOptions:
         """Options from a board profile: a :class:`kestrel.io.boards.BoardProfile` (its ``ort_*``
         fields) or the mapping of a profile's ``onnxruntime:`` section (docs/models.md)."""
         if profile is None:
@@ -49,12 +51,21 @@ class RuntimeOptions:
             section = profile
         else:
             raise ConfigError("board profile must be a BoardProfile or a mapping", path=source)
-        known = {"intra_op_threads", "inter_op_threads", "cpu_arena", "spinning", "providers",
-                 "engine_cache_dir", "fp16", "require_accelerator"}
+        known = {
+            "intra_op_threads",
+            "inter_op_threads",
+            "cpu_arena",
+            "spinning",
+            "providers",
+            "engine_cache_dir",
+            "fp16",
+            "require_accelerator",
+        }
         for key in section:
             if key not in known:
-                raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", path=source,
-                                  key=f"onnxruntime.{key}")
+                raise ConfigError(
+                    f"unknown key (known: {', '.join(sorted(known))})", path=source, key=f"onnxruntime.{key}"
+                )
         kwargs: dict[str, Any] = {}
         for key in ("intra_op_threads", "inter_op_threads"):
             if key in section:
@@ -71,8 +82,11 @@ class RuntimeOptions:
             prov = section["providers"]
             short = [_SHORT.get(p, p) for p in prov] if isinstance(prov, (list, tuple)) else None
             if short is None or not all(p in PROVIDERS for p in short):
-                raise ConfigError(f"must be a list of {', '.join(PROVIDERS)} (or their onnxruntime names)",
-                                  path=source, key="providers")
+                raise ConfigError(
+                    f"must be a list of {', '.join(PROVIDERS)} (or their onnxruntime names)",
+                    path=source,
+                    key="providers",
+                )
             kwargs["providers"] = tuple(dict.fromkeys(short))
         cache = section.get("engine_cache_dir", engine_cache_dir)
         if cache is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .options import RuntimeOptions
 from .session import Session, open_session
@@ -59,8 +60,9 @@ _runners: dict[str, ModelRunner] = {}
 _runners_lock = threading.Lock()
 
 
-def run_model(name: str, inputs: Mapping[str, Any], *, state_dir: str | os.PathLike[str],
-              options: RuntimeOptions | None = None) -> dict[str, Any]:
+def run_model(
+    name: str, inputs: Mapping[str, Any], *, state_dir: str | os.PathLike[str], options: RuntimeOptions | None = None
+) -> dict[str, Any]:
     """Module-level convenience over a per-state-directory :class:`ModelRunner`."""
     key = os.fspath(state_dir)
     with _runners_lock:
@@ -70,8 +72,14 @@ def run_model(name: str, inputs: Mapping[str, Any], *, state_dir: str | os.PathL
     return runner.run_model(name, inputs)
 
 
-def threshold_exceeded(runner: ModelRunner, name: str, inputs: Mapping[str, Any], *,
-                       output: str | None = None, threshold: float | None = None) -> bool:
+def threshold_exceeded(
+    runner: ModelRunner,
+    name: str,
+    inputs: Mapping[str, Any],
+    *,
+    output: str | None = None,
+    threshold: float | None = None,
+) -> bool:
     """A ready-made trigger condition: does ``output`` (default: the manifest's
     ``postprocessing.output``) exceed ``threshold`` (default: ``postprocessing.threshold``) for any row?"""
     sess = runner.session(name)

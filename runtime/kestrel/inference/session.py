@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from ..errors import DataError, TransportError
 from .manifest import ManifestError, TensorSpec
@@ -52,7 +53,7 @@ def _input_error(model_name: str, specs: tuple[TensorSpec, ...], inputs: Mapping
             )
         shape = tuple(getattr(arr, "shape", ()))
         if len(shape) != len(spec.shape) or any(
-            isinstance(d, int) and d != got for d, got in zip(spec.shape, shape)
+            isinstance(d, int) and d != got for d, got in zip(spec.shape, shape, strict=False)
         ):
             shown = ["?" if d is None else d for d in spec.shape]
             return InputError(
@@ -71,8 +72,12 @@ class InputChecker:
         self.model_name = model_name
         self.specs = specs
         self._rules = [
-            (s.name, np.dtype(s.dtype), len(s.shape),
-             tuple((axis, d) for axis, d in enumerate(s.shape) if isinstance(d, int)))
+            (
+                s.name,
+                np.dtype(s.dtype),
+                len(s.shape),
+                tuple((axis, d) for axis, d in enumerate(s.shape) if isinstance(d, int)),
+            )
             for s in specs
         ]
 
@@ -96,15 +101,25 @@ def check_inputs(model_name: str, specs: tuple[TensorSpec, ...], inputs: Mapping
 
 
 _ORT_TYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32",
-    "tensor(int64)": "int64", "tensor(bool)": "bool",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
 }
-_ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+_ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 
 
-def _check_against_model(model: InstalledModel, actual: dict[str, tuple[str, tuple[Any, ...]]],
-                         specs: tuple[TensorSpec, ...], what: str) -> None:
+def _check_against_model(
+    model: InstalledModel, actual: dict[str, tuple[str, tuple[Any, ...]]], specs: tuple[TensorSpec, ...], what: str
+) -> None:
     name = model.manifest.name
     for spec in specs:
         if spec.name not in actual:
@@ -156,7 +171,7 @@ class OrtSession:
                 f"model {model.manifest.name}: no accelerator could be used ({', '.join(options.providers)} "
                 "asked for; onnxruntime fell back to the CPU)",
                 hint="check the CUDA/TensorRT libraries (onnxruntime's log says which failed to load), "
-                     "or set require_accelerator: false in the board profile",
+                "or set require_accelerator: false in the board profile",
             )
         actual_in = {i.name: (_ORT_TYPES.get(i.type, i.type), tuple(i.shape)) for i in self._sess.get_inputs()}
         actual_out = {o.name: (_ORT_TYPES.get(o.type, o.type), tuple(o.shape)) for o in self._sess.get_outputs()}
@@ -185,8 +200,12 @@ class OrtSession:
                 opts: dict[str, Any] = {"trt_fp16_enable": options.fp16}
                 if options.engine_cache_dir is not None:
                     options.engine_cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(options.engine_cache_dir),
-                                trt_timing_cache_enable=True, trt_timing_cache_path=str(options.engine_cache_dir))
+                    opts.update(
+                        trt_engine_cache_enable=True,
+                        trt_engine_cache_path=str(options.engine_cache_dir),
+                        trt_timing_cache_enable=True,
+                        trt_timing_cache_path=str(options.engine_cache_dir),
+                    )
                 chosen.append((full, opts))
             else:
                 chosen.append(full)
@@ -202,7 +221,7 @@ class OrtSession:
             values = self._sess.run(self._output_names, inputs if type(inputs) is dict else dict(inputs))
         except Exception as exc:
             raise InputError(f"model {self.model.manifest.name}: onnxruntime refused the input: {exc}") from None
-        return dict(zip(self._output_names, values))
+        return dict(zip(self._output_names, values, strict=False))
 
 
 def _litert_interpreter() -> Any:

@@ -171,7 +171,9 @@ class ModelStore:
             )
         version = read_bytes(pointer, what="model pointer").decode("ascii", "replace").strip()
         if not version or "/" in version or version.startswith("."):
-            raise ManifestError(f"{pointer}: corrupt pointer {version!r}", hint=f"redeploy: kestrel deploy --model {name}")
+            raise ManifestError(
+                f"{pointer}: corrupt pointer {version!r}", hint=f"redeploy: kestrel deploy --model {name}"
+            )
         model = load_model_dir(home / version)
         if model.manifest.name != name:
             raise ManifestError(f"{home / version}: manifest names {model.manifest.name!r}, not {name!r}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-from typing import AsyncIterator, Generic, TypeVar
+from collections.abc import AsyncIterator
+from typing import Generic, TypeVar
 
 __all__ = ["BoundedQueue", "QueueClosed"]
 

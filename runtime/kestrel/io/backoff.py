@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Backoff"]
 
@@ -12,8 +12,9 @@ class Backoff:
     """Delays ``initial * 2**n`` capped at ``maximum``, each drawn uniformly from
     ``[(1 - jitter) * d, d]`` so that many devices do not retry in lock-step."""
 
-    def __init__(self, *, initial: float, maximum: float, jitter: float = 0.5,
-                 rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self, *, initial: float, maximum: float, jitter: float = 0.5, rng: Callable[[], float] = random.random
+    ) -> None:
         if not 0 < initial <= maximum:
             raise ValueError("backoff needs 0 < initial <= maximum")
         if not 0 <= jitter <= 1:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Iterable, Mapping, Sequence
 
 from .._internal.yamlnode import Fields, Node, load
 from ..errors import ConfigError
@@ -243,7 +243,9 @@ def load_profile(
         )
     profile = _read_profile(files[name])
     if profile.name != name:
-        raise ConfigError(f"profile file declares name {profile.name!r}, expected {name!r}", path=str(files[name]), key="name")
+        raise ConfigError(
+            f"profile file declares name {profile.name!r}, expected {name!r}", path=str(files[name]), key="name"
+        )
     return profile
 
 

@@ -61,8 +61,9 @@ class LengthPrefixedFraming:
             raise ConfigError(f"crc must be one of crc16, crc32 or none, got {self.crc!r}", key="crc")
         limit = (1 << (8 * self.length_bytes)) - 1
         if not 1 <= self.max_frame <= limit:
-            raise ConfigError(f"max_frame must be within 1..{limit} for {self.length_bytes}-byte lengths",
-                              key="max_frame")
+            raise ConfigError(
+                f"max_frame must be within 1..{limit} for {self.length_bytes}-byte lengths", key="max_frame"
+            )
         if len(self.sync) > 8:
             raise ConfigError("sync marker is at most 8 bytes", key="sync")
 

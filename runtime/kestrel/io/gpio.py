@@ -10,8 +10,9 @@ task iterates. See docs/io.md.
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._queue import BoundedQueue
 from .errors import PinConfigError
@@ -121,7 +122,7 @@ class PinFactory(Protocol):
     """Opens pins of one board. Every pin it opened is closed by :meth:`close`."""
 
     backend: str
-    profile: "BoardProfile"
+    profile: BoardProfile
 
     def input(
         self,
@@ -155,7 +156,7 @@ class PinSet:
             p.close()
         self._pins.clear()
 
-    def __enter__(self) -> "PinSet":
+    def __enter__(self) -> PinSet:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,7 +179,7 @@ def check_level(value: int) -> int:
     return int(value)
 
 
-def open_pin_factory(profile: "BoardProfile", *, backend: str | None = None) -> PinFactory:
+def open_pin_factory(profile: BoardProfile, *, backend: str | None = None) -> PinFactory:
     """The pin factory for ``profile`` (backend from the profile unless given)."""
     backend = backend or profile.gpio_backend
     if backend == "sim":

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import GpioError, PinConfigError
 from .gpio import Bias, Edge, EdgeEvent, EdgeQueue, PinSet, check_input_options, check_level
@@ -35,15 +36,18 @@ def _gpiod() -> Any:
             hint="pip install 'kestrel-sovereign[gpio]', or use --board sim",
         ) from None
     if not hasattr(gpiod, "request_lines"):
-        raise GpioError("the installed 'gpiod' package is libgpiod v1; Kestrel needs gpiod 2.x",
-                        hint="pip install 'gpiod>=2.1'")
+        raise GpioError(
+            "the installed 'gpiod' package is libgpiod v1; Kestrel needs gpiod 2.x", hint="pip install 'gpiod>=2.1'"
+        )
     return gpiod
 
 
 def input_settings(*, edge: Edge, bias: Bias, debounce_ms: float, active_low: bool) -> Any:
     """Kestrel input options -> ``gpiod.LineSettings`` (pure translation)."""
     gpiod = _gpiod()
-    from gpiod.line import Bias as GBias, Direction, Edge as GEdge  # type: ignore[import-not-found]
+    from gpiod.line import Bias as GBias  # type: ignore[import-not-found]
+    from gpiod.line import Direction
+    from gpiod.line import Edge as GEdge
 
     check_input_options(edge=edge, bias=bias, debounce_ms=debounce_ms)
     edges = {Edge.NONE: GEdge.NONE, Edge.RISING: GEdge.RISING, Edge.FALLING: GEdge.FALLING, Edge.BOTH: GEdge.BOTH}
@@ -69,7 +73,7 @@ def output_settings(*, initial: int, active_low: bool) -> Any:
     )
 
 
-def find_chip(ref: "PinRef", *, dev_dir: str = "/dev", label_of: Callable[[str], str | None] | None = None) -> str:
+def find_chip(ref: PinRef, *, dev_dir: str = "/dev", label_of: Callable[[str], str | None] | None = None) -> str:
     """The device path of ``ref``'s chip: by name, checked (or found) by its expected label.
 
     ``label_of(path)`` returns a chip's label, or None when ``path`` is not a GPIO chip
@@ -105,22 +109,25 @@ def _label(gpiod: Any, path: str) -> str | None:
         return None
 
 
-def _request(gpiod: Any, ref: "PinRef", settings: Any) -> Any:
+def _request(gpiod: Any, ref: PinRef, settings: Any) -> Any:
     path = find_chip(ref)
     try:
         return gpiod.request_lines(path, consumer=CONSUMER, config={ref.line: settings})
     except OSError as exc:
         if exc.errno == 16:  # EBUSY
-            raise PinConfigError(f"{ref} is busy (requested by another consumer)",
-                                 hint="gpioinfo shows who holds it") from None
-        raise GpioError(f"cannot request {ref} on {path}: {exc.strerror or exc}",
-                        hint="the user needs access to the chip (group gpio on Raspberry Pi OS)") from None
+            raise PinConfigError(
+                f"{ref} is busy (requested by another consumer)", hint="gpioinfo shows who holds it"
+            ) from None
+        raise GpioError(
+            f"cannot request {ref} on {path}: {exc.strerror or exc}",
+            hint="the user needs access to the chip (group gpio on Raspberry Pi OS)",
+        ) from None
     except ValueError as exc:
         raise PinConfigError(f"cannot request {ref}: {exc}") from None
 
 
 class _GpiodInput:
-    def __init__(self, gpiod: Any, ref: "PinRef", settings: Any, *, edge: Edge, queue: EdgeQueue) -> None:
+    def __init__(self, gpiod: Any, ref: PinRef, settings: Any, *, edge: Edge, queue: EdgeQueue) -> None:
         self.name, self.ref, self.queue = ref.name, ref, queue
         self._gpiod = gpiod
         self._req = _request(gpiod, ref, settings)
@@ -145,8 +152,16 @@ class _GpiodInput:
             return
         rising_type = self._gpiod.EdgeEvent.Type.RISING_EDGE
         for ev in events:
-            self.queue.push(EdgeEvent(self.name, self.ref.chip, ev.line_offset, ev.event_type == rising_type,
-                                      ev.timestamp_ns, ev.line_seqno))
+            self.queue.push(
+                EdgeEvent(
+                    self.name,
+                    self.ref.chip,
+                    ev.line_offset,
+                    ev.event_type == rising_type,
+                    ev.timestamp_ns,
+                    ev.line_seqno,
+                )
+            )
 
     @property
     def value(self) -> int:
@@ -168,7 +183,7 @@ class _GpiodInput:
 
 
 class _GpiodOutput:
-    def __init__(self, gpiod: Any, ref: "PinRef", settings: Any) -> None:
+    def __init__(self, gpiod: Any, ref: PinRef, settings: Any) -> None:
         self.name, self.ref = ref.name, ref
         self._req = _request(gpiod, ref, settings)
 
@@ -203,21 +218,30 @@ class GpiodPinFactory(PinSet):
 
     backend = "gpiod"
 
-    def __init__(self, profile: "BoardProfile") -> None:
+    def __init__(self, profile: BoardProfile) -> None:
         self.profile = profile
         self._gpiod = _gpiod()
         super().__init__()
 
-    def input(self, pin: str, *, edge: Edge = Edge.BOTH, bias: Bias = Bias.DISABLED, debounce_ms: float = 0.0,
-              active_low: bool = False, queue: EdgeQueue | None = None, queue_size: int = 1024) -> _GpiodInput:
+    def input(
+        self,
+        pin: str,
+        *,
+        edge: Edge = Edge.BOTH,
+        bias: Bias = Bias.DISABLED,
+        debounce_ms: float = 0.0,
+        active_low: bool = False,
+        queue: EdgeQueue | None = None,
+        queue_size: int = 1024,
+    ) -> _GpiodInput:
         settings = input_settings(edge=edge, bias=bias, debounce_ms=debounce_ms, active_low=active_low)
         ref = self.profile.resolve_pin(pin)
-        p = _GpiodInput(self._gpiod, ref, settings, edge=edge,
-                        queue=queue if queue is not None else EdgeQueue(queue_size))
+        p = _GpiodInput(
+            self._gpiod, ref, settings, edge=edge, queue=queue if queue is not None else EdgeQueue(queue_size)
+        )
         return self._keep(p)
 
     def output(self, pin: str, *, initial: int = 0, active_low: bool = False) -> _GpiodOutput:
         settings = output_settings(initial=initial, active_low=active_low)
         p = _GpiodOutput(self._gpiod, self.profile.resolve_pin(pin), settings)
         return self._keep(p)
-

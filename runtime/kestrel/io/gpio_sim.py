@@ -14,7 +14,8 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from .errors import GpioError, PinConfigError
 from .gpio import Bias, Edge, EdgeEvent, EdgeQueue, PinSet, check_input_options, check_level
@@ -40,7 +41,11 @@ class SimChip:
     """A simulated GPIO chip with ``num_lines`` lines."""
 
     def __init__(
-        self, name: str = "gpiochip0", *, num_lines: int = 64, label: str = "kestrel-sim",
+        self,
+        name: str = "gpiochip0",
+        *,
+        num_lines: int = 64,
+        label: str = "kestrel-sim",
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.name = name
@@ -99,7 +104,7 @@ class SimChip:
         if isinstance(ln.owner, _SimInput):
             ln.owner._observe(self._physical(ln), self.clock() if timestamp_ns is None else timestamp_ns)
 
-    def _claim(self, line: int, owner: "_SimInput | _SimOutput") -> _Line:
+    def _claim(self, line: int, owner: _SimInput | _SimOutput) -> _Line:
         with self._lock:
             ln = self._line(line)
             if ln.owner is not None:
@@ -115,8 +120,17 @@ class SimChip:
 
 
 class _SimInput:
-    def __init__(self, chip: SimChip, ref: "PinRef", *, edge: Edge, bias: Bias, debounce_ms: float,
-                 active_low: bool, queue: EdgeQueue) -> None:
+    def __init__(
+        self,
+        chip: SimChip,
+        ref: PinRef,
+        *,
+        edge: Edge,
+        bias: Bias,
+        debounce_ms: float,
+        active_low: bool,
+        queue: EdgeQueue,
+    ) -> None:
         self.name = ref.name
         self.chip, self.line = chip, ref.line
         self.edge, self.bias, self.active_low = edge, bias, active_low
@@ -158,7 +172,7 @@ class _SimInput:
 
 
 class _SimOutput:
-    def __init__(self, chip: SimChip, ref: "PinRef", *, initial: int, active_low: bool) -> None:
+    def __init__(self, chip: SimChip, ref: PinRef, *, initial: int, active_low: bool) -> None:
         self.name = ref.name
         self.chip, self.line, self.active_low = chip, ref.line, active_low
         self._closed = False
@@ -199,10 +213,12 @@ class SimPinFactory(PinSet):
 
     backend = "sim"
 
-    def __init__(self, profile: "BoardProfile", *, num_lines: int = 64) -> None:
+    def __init__(self, profile: BoardProfile, *, num_lines: int = 64) -> None:
         self.profile = profile
-        self._chips = {name: SimChip(name, num_lines=num_lines, label=label or "kestrel-sim")
-                       for name, label in profile.chips.items()}
+        self._chips = {
+            name: SimChip(name, num_lines=num_lines, label=label or "kestrel-sim")
+            for name, label in profile.chips.items()
+        }
         super().__init__()
 
     def chip(self, name: str | None = None) -> SimChip:
@@ -213,16 +229,31 @@ class SimPinFactory(PinSet):
         except KeyError:
             raise GpioError(f"no GPIO chip {name!r} on the simulated board {self.profile.name}") from None
 
-    def input(self, pin: str, *, edge: Edge = Edge.BOTH, bias: Bias = Bias.DISABLED, debounce_ms: float = 0.0,
-              active_low: bool = False, queue: EdgeQueue | None = None, queue_size: int = 1024) -> _SimInput:
+    def input(
+        self,
+        pin: str,
+        *,
+        edge: Edge = Edge.BOTH,
+        bias: Bias = Bias.DISABLED,
+        debounce_ms: float = 0.0,
+        active_low: bool = False,
+        queue: EdgeQueue | None = None,
+        queue_size: int = 1024,
+    ) -> _SimInput:
         check_input_options(edge=edge, bias=bias, debounce_ms=debounce_ms)
         ref = self.profile.resolve_pin(pin)
-        p = _SimInput(self.chip(ref.chip), ref, edge=edge, bias=bias, debounce_ms=debounce_ms,
-                      active_low=active_low, queue=queue if queue is not None else EdgeQueue(queue_size))
+        p = _SimInput(
+            self.chip(ref.chip),
+            ref,
+            edge=edge,
+            bias=bias,
+            debounce_ms=debounce_ms,
+            active_low=active_low,
+            queue=queue if queue is not None else EdgeQueue(queue_size),
+        )
         return self._keep(p)
 
     def output(self, pin: str, *, initial: int = 0, active_low: bool = False) -> _SimOutput:
         ref = self.profile.resolve_pin(pin)
         p = _SimOutput(self.chip(ref.chip), ref, initial=initial, active_low=active_low)
         return self._keep(p)
-

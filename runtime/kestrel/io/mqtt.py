@@ -26,8 +26,9 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from ..errors import ConfigError, DataError
 from ._queue import BoundedQueue, QueueClosed
@@ -68,7 +69,7 @@ class MqttStats:
 class Subscription:
     """Messages matching one topic filter, in a bounded queue (oldest dropped, counted)."""
 
-    def __init__(self, bridge: "MqttBridge", topic_filter: str, qos: int, queue_size: int) -> None:
+    def __init__(self, bridge: MqttBridge, topic_filter: str, qos: int, queue_size: int) -> None:
         self.topic_filter, self.qos = topic_filter, qos
         self._bridge = bridge
         self.queue: BoundedQueue[MqttMessage] = BoundedQueue(queue_size)
@@ -205,7 +206,7 @@ class MqttBridge:
             for sub in self._subs:
                 sub.queue.close()
 
-    async def __aenter__(self) -> "MqttBridge":
+    async def __aenter__(self) -> MqttBridge:
         await self.start()
         return self
 
@@ -224,7 +225,7 @@ class MqttBridge:
             raise MqttError("the MQTT bridge is not started")
         try:
             await asyncio.wait_for(self._connected_event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -240,8 +241,10 @@ class MqttBridge:
         if not isinstance(payload, (bytes, bytearray)):
             raise DataError("MQTT payloads are bytes; encode JSON or msgpack first")
         if len(payload) > self.max_payload:
-            raise PayloadTooLarge(f"MQTT payload of {len(payload)} bytes exceeds the {self.max_payload} limit",
-                                  hint="raise max_payload or send a digest and fetch the data otherwise")
+            raise PayloadTooLarge(
+                f"MQTT payload of {len(payload)} bytes exceeds the {self.max_payload} limit",
+                hint="raise max_payload or send a digest and fetch the data otherwise",
+            )
         if qos not in (0, 1):
             raise DataError(f"QoS {qos} is not supported; use 0 or 1")
         _check_topic(topic, wildcards=False)
@@ -316,8 +319,7 @@ class MqttBridge:
             try:
                 if first:
                     first = False
-                    c.connect(self.host, self.port, self.keepalive, clean_start=False,
-                              properties=self._connect_props)
+                    c.connect(self.host, self.port, self.keepalive, clean_start=False, properties=self._connect_props)
                 else:
                     c.reconnect()
             except Exception as exc:  # noqa: BLE001 - refused, DNS, TLS, timeouts: all mean "retry later"
@@ -432,8 +434,14 @@ class MqttBridge:
 
     def _rejected(self, topic: str, payload: bytes, why: str) -> None:
         self._counts.add("oversize")
-        log.log(logging.INFO if self._on_rejected is not None else logging.WARNING,
-                "mqtt: dropped %d-byte message on %s (%s, limit %d)", len(payload), topic, why, self.max_payload)
+        log.log(
+            logging.INFO if self._on_rejected is not None else logging.WARNING,
+            "mqtt: dropped %d-byte message on %s (%s, limit %d)",
+            len(payload),
+            topic,
+            why,
+            self.max_payload,
+        )
         if self._on_rejected is not None:
             try:
                 self._on_rejected(topic, payload, why)

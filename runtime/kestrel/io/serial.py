@@ -15,8 +15,9 @@ import errno
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Literal
+from typing import Any, Literal
 
 from ..errors import ConfigError
 from ._queue import BoundedQueue
@@ -110,7 +111,7 @@ class SerialPort:
         self._queue.close()
         self._set_state("closed")
 
-    async def __aenter__(self) -> "SerialPort":
+    async def __aenter__(self) -> SerialPort:
         await self.open()
         return self
 
@@ -139,18 +140,19 @@ class SerialPort:
             while view:
                 ser = self._ser
                 if ser is None or self._state != "connected":
-                    raise SerialError(f"serial device {self.path} is not connected ({self._state})",
-                                      hint=self._last_error)
+                    raise SerialError(
+                        f"serial device {self.path} is not connected ({self._state})", hint=self._last_error
+                    )
                 fd = ser.fileno()
                 try:
                     n = os.write(fd, view)
                     view = view[n:]
                 except BlockingIOError:
                     ready = loop.create_future()
-                    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+                    loop.add_writer(fd, lambda ready=ready: ready.done() or ready.set_result(None))
                     try:
                         await asyncio.wait_for(ready, 5.0)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         raise SerialError(f"serial device {self.path} does not accept data (flow control?)") from None
                     finally:
                         loop.remove_writer(fd)
@@ -161,8 +163,17 @@ class SerialPort:
     @property
     def health(self) -> SerialHealth:
         s = self._framer.stats
-        return SerialHealth(self.path, self._state, s.frames, s.garbage_bytes, s.bad_checksums, s.overruns,
-                            self._queue.overflows, self._reconnects, self._last_error)
+        return SerialHealth(
+            self.path,
+            self._state,
+            s.frames,
+            s.garbage_bytes,
+            s.bad_checksums,
+            s.overruns,
+            self._queue.overflows,
+            self._reconnects,
+            self._last_error,
+        )
 
     # ------------------------------------------------------------------ internals
 
@@ -240,11 +251,19 @@ class SerialPort:
         t = time.monotonic()
         if t - self._bad_logged_at < BAD_INPUT_LOG_INTERVAL_S:
             return
-        new = [f"{now - was} {what}" for now, was, what in zip(bad, self._logged_bad,
-                                                                 ("garbage bytes", "bad checksums", "overruns"))
-               if now != was]
-        log.warning("serial %s: dropped bad input: %s (totals: %d garbage bytes, %d bad checksums, %d overruns)",
-                    self.path, ", ".join(new), *bad)
+        new = [
+            f"{now - was} {what}"
+            for now, was, what in zip(
+                bad, self._logged_bad, ("garbage bytes", "bad checksums", "overruns"), strict=False
+            )
+            if now != was
+        ]
+        log.warning(
+            "serial %s: dropped bad input: %s (totals: %d garbage bytes, %d bad checksums, %d overruns)",
+            self.path,
+            ", ".join(new),
+            *bad,
+        )
         self._logged_bad, self._bad_logged_at = bad, t
 
     def _connection_lost(self, exc: OSError) -> None:
@@ -275,7 +294,11 @@ def _check_settings(*, baudrate: int, parity: str, bytesize: int, stopbits: floa
                 raise ValueError
             setattr(probe, key, value)
         except (ValueError, TypeError):
-            allowed = {"parity": "N, E, O, M, S", "bytesize": "5, 6, 7, 8", "stopbits": "1, 1.5, 2",
-                       "baudrate": "a positive integer"}[key]
+            allowed = {
+                "parity": "N, E, O, M, S",
+                "bytesize": "5, 6, 7, 8",
+                "stopbits": "1, 1.5, 2",
+                "baudrate": "a positive integer",
+            }[key]
             raise ConfigError(f"invalid serial {key} {value!r}", key=key, hint=f"use {allowed}") from None
     return {"baudrate": baudrate, "parity": parity, "bytesize": bytesize, "stopbits": stopbits}

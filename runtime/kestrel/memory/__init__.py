@@ -18,6 +18,15 @@ from .store import (
 from .text import TextHit, TextMemory, text_digest
 
 __all__ = [
-    "MemoryFormatError", "AddResult", "DimensionMismatchError", "Hit", "IndexParams", "MemoryBusyError",
-    "MemoryFullError", "VectorMemory", "TextHit", "TextMemory", "text_digest",
+    "MemoryFormatError",
+    "AddResult",
+    "DimensionMismatchError",
+    "Hit",
+    "IndexParams",
+    "MemoryBusyError",
+    "MemoryFullError",
+    "VectorMemory",
+    "TextHit",
+    "TextMemory",
+    "text_digest",
 ]

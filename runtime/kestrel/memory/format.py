@@ -19,8 +19,17 @@ import msgpack
 from ..errors import DataError
 
 __all__ = [
-    "MAGIC", "VERSION", "SPACES", "HEADER_SIZE", "MemoryFormatError", "Header",
-    "encode_file", "decode_file", "index_name", "HnswInfo", "check_hnsw",
+    "MAGIC",
+    "VERSION",
+    "SPACES",
+    "HEADER_SIZE",
+    "MemoryFormatError",
+    "Header",
+    "encode_file",
+    "decode_file",
+    "index_name",
+    "HnswInfo",
+    "check_hnsw",
 ]
 
 MAGIC = b"KESTMEM\x00"
@@ -59,9 +68,22 @@ def encode_file(header: Header, meta: dict[str, Any]) -> bytes:
     """Header + msgpack metadata, checksummed."""
     meta_bytes = msgpack.packb(meta, use_bin_type=True)
     fields = _FIELDS.pack(
-        MAGIC, VERSION, SPACES.index(header.space), 0, header.dim, header.count, header.max_elements,
-        header.M, header.ef_construction, header.ef, 0, header.generation, header.next_label,
-        header.index_size, header.index_sha256, len(meta_bytes),
+        MAGIC,
+        VERSION,
+        SPACES.index(header.space),
+        0,
+        header.dim,
+        header.count,
+        header.max_elements,
+        header.M,
+        header.ef_construction,
+        header.ef,
+        0,
+        header.generation,
+        header.next_label,
+        header.index_size,
+        header.index_sha256,
+        len(meta_bytes),
     )
     return fields + hashlib.sha256(fields + meta_bytes).digest() + meta_bytes
 
@@ -71,16 +93,34 @@ def decode_file(data: bytes, *, source: str = "<memory>") -> tuple[Header, dict[
     hint = "restore the memory directory from a backup, or move it away to start an empty memory"
     if len(data) < HEADER_SIZE:
         raise MemoryFormatError(f"{source}: truncated ({len(data)} bytes, header needs {HEADER_SIZE})", hint=hint)
-    (magic, version, space, flags, dim, count, max_elements, M, efc, ef, _res, gen, next_label,
-     index_size, index_sha, meta_size) = _FIELDS.unpack_from(data)
+    (
+        magic,
+        version,
+        space,
+        flags,
+        dim,
+        count,
+        max_elements,
+        M,
+        efc,
+        ef,
+        _res,
+        gen,
+        next_label,
+        index_size,
+        index_sha,
+        meta_size,
+    ) = _FIELDS.unpack_from(data)
     if magic != MAGIC:
         raise MemoryFormatError(f"{source}: not a Kestrel memory file (bad magic)", hint=hint)
     if version != VERSION:
         raise MemoryFormatError(f"{source}: format version {version} is not supported (this runtime reads {VERSION})")
     if len(data) != HEADER_SIZE + meta_size:
-        raise MemoryFormatError(f"{source}: size {len(data)} does not match header ({HEADER_SIZE + meta_size})", hint=hint)
+        raise MemoryFormatError(
+            f"{source}: size {len(data)} does not match header ({HEADER_SIZE + meta_size})", hint=hint
+        )
     meta_bytes = data[HEADER_SIZE:]
-    if hashlib.sha256(data[: _FIELDS.size] + meta_bytes).digest() != data[_FIELDS.size:HEADER_SIZE]:
+    if hashlib.sha256(data[: _FIELDS.size] + meta_bytes).digest() != data[_FIELDS.size : HEADER_SIZE]:
         raise MemoryFormatError(f"{source}: checksum mismatch (the file is corrupt)", hint=hint)
     if space >= len(SPACES) or flags != 0 or not 0 < dim <= MAX_DIM or not 2 <= M <= MAX_M:
         raise MemoryFormatError(f"{source}: header has impossible values (space {space}, dim {dim}, M {M})", hint=hint)
@@ -93,9 +133,22 @@ def decode_file(data: bytes, *, source: str = "<memory>") -> tuple[Header, dict[
     if not isinstance(meta, dict) or not isinstance(meta.get("entries"), dict):
         raise MemoryFormatError(f"{source}: metadata has no entries map", hint=hint)
     if len(meta["entries"]) != count:
-        raise MemoryFormatError(f"{source}: metadata holds {len(meta['entries'])} entries, header says {count}", hint=hint)
-    header = Header(dim=dim, space=SPACES[space], count=count, max_elements=max_elements, M=M, ef_construction=efc,
-                    ef=ef, generation=gen, next_label=next_label, index_size=index_size, index_sha256=index_sha)
+        raise MemoryFormatError(
+            f"{source}: metadata holds {len(meta['entries'])} entries, header says {count}", hint=hint
+        )
+    header = Header(
+        dim=dim,
+        space=SPACES[space],
+        count=count,
+        max_elements=max_elements,
+        M=M,
+        ef_construction=efc,
+        ef=ef,
+        generation=gen,
+        next_label=next_label,
+        index_size=index_size,
+        index_sha256=index_sha,
+    )
     return header, meta
 
 
@@ -119,18 +172,27 @@ def check_hnsw(buf: Any, header: Header, *, source: str = "<index>") -> HnswInfo
     import numpy as np
 
     def bad(why: str) -> MemoryFormatError:
-        return MemoryFormatError(f"{source}: corrupt or crafted hnswlib index ({why})",
-                                 hint="restore the memory directory from a backup")
+        return MemoryFormatError(
+            f"{source}: corrupt or crafted hnswlib index ({why})", hint="restore the memory directory from a backup"
+        )
 
     arr = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, (bytes, bytearray, memoryview)) else buf
     total = int(arr.shape[0])
     if total < _HNSW.size:
         raise bad("truncated header")
-    (off0, max_el, cur, sdpe, label_off, data_off, maxlevel, enter, maxM, maxM0, M, mult,
-     _efc) = _HNSW.unpack(arr[: _HNSW.size].tobytes())
+    (off0, max_el, cur, sdpe, label_off, data_off, maxlevel, enter, maxM, maxM0, M, mult, _efc) = _HNSW.unpack(
+        arr[: _HNSW.size].tobytes()
+    )
     dim = header.dim
-    if (off0 != 0 or M != header.M or maxM != M or maxM0 != 2 * M or data_off != 4 + 4 * maxM0
-            or label_off != data_off + 4 * dim or sdpe != label_off + 8):
+    if (
+        off0 != 0
+        or M != header.M
+        or maxM != M
+        or maxM0 != 2 * M
+        or data_off != 4 + 4 * maxM0
+        or label_off != data_off + 4 * dim
+        or sdpe != label_off + 8
+    ):
         raise bad("parameters do not match the memory header")
     if cur > header.max_elements or cur > max_el or not math.isfinite(mult) or not (0 if cur else -1) <= maxlevel <= 64:
         raise bad("element count or level out of range")
@@ -160,7 +222,7 @@ def check_hnsw(buf: Any, header: Header, *, source: str = "<index>") -> HnswInfo
         window = min(cur - i, 128)
         if pos + 4 * window > total:
             raise bad("truncated link lists")
-        sizes = arr[pos:pos + 4 * window].view(np.uint32)
+        sizes = arr[pos : pos + 4 * window].view(np.uint32)
         nonzero = np.flatnonzero(sizes)
         if not len(nonzero):
             i += window

@@ -14,17 +14,26 @@ import fcntl
 import hashlib
 import os
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir, read_bytes
 from ..errors import DataError, TransportError, UsageError
 from .format import SPACES, Header, MemoryFormatError, check_hnsw, decode_file, encode_file, index_name
 from .rwlock import RWLock
 
-__all__ = ["IndexParams", "Hit", "AddResult", "VectorMemory", "DimensionMismatchError", "MemoryFullError",
-           "MemoryBusyError", "FILE_NAME"]
+__all__ = [
+    "IndexParams",
+    "Hit",
+    "AddResult",
+    "VectorMemory",
+    "DimensionMismatchError",
+    "MemoryFullError",
+    "MemoryBusyError",
+    "FILE_NAME",
+]
 
 FILE_NAME = "memory.kmem"
 LOCK_NAME = "lock"
@@ -75,8 +84,18 @@ class AddResult:
 class VectorMemory:
     """Vectors with msgpack metadata in an hnswlib index, saved crash-safely to ``directory``."""
 
-    def __init__(self, directory: Path, params: IndexParams, index: Any, entries: dict[int, Any],
-                 *, next_label: int, generation: int, info: dict[str, Any], lock_fd: int | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        params: IndexParams,
+        index: Any,
+        entries: dict[int, Any],
+        *,
+        next_label: int,
+        generation: int,
+        info: dict[str, Any],
+        lock_fd: int | None,
+    ) -> None:
         self.directory = directory
         self.params = params
         self._index = index
@@ -97,13 +116,16 @@ class VectorMemory:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise MemoryBusyError(f"memory {directory} is open for writing by another process",
-                                  hint="stop the daemon or use it through `kestrel call`") from None
+            raise MemoryBusyError(
+                f"memory {directory} is open for writing by another process",
+                hint="stop the daemon or use it through `kestrel call`",
+            ) from None
         return fd
 
     @classmethod
-    def create(cls, directory: str | os.PathLike[str], params: IndexParams, *,
-               info: Mapping[str, Any] | None = None) -> "VectorMemory":
+    def create(
+        cls, directory: str | os.PathLike[str], params: IndexParams, *, info: Mapping[str, Any] | None = None
+    ) -> VectorMemory:
         import hnswlib
 
         directory = ensure_private_dir(directory)
@@ -111,8 +133,13 @@ class VectorMemory:
             raise UsageError(f"a memory already exists in {directory}")
         lock_fd = cls._lock(directory)
         index = hnswlib.Index(space=params.space, dim=params.dim)
-        index.init_index(max_elements=params.capacity, M=params.M, ef_construction=params.ef_construction,
-                         random_seed=params.seed, allow_replace_deleted=True)
+        index.init_index(
+            max_elements=params.capacity,
+            M=params.M,
+            ef_construction=params.ef_construction,
+            random_seed=params.seed,
+            allow_replace_deleted=True,
+        )
         index.set_ef(params.ef)
         index.set_num_threads(1)
         mem = cls(directory, params, index, {}, next_label=0, generation=0, info=dict(info or {}), lock_fd=lock_fd)
@@ -120,8 +147,7 @@ class VectorMemory:
         return mem
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], *, read_only: bool = False,
-             ef: int | None = None) -> "VectorMemory":
+    def open(cls, directory: str | os.PathLike[str], *, read_only: bool = False, ef: int | None = None) -> VectorMemory:
         """Load a saved memory, checking header, checksums and the index structure first."""
         import hnswlib
         import numpy as np
@@ -135,18 +161,27 @@ class VectorMemory:
             try:
                 size = ipath.stat().st_size
             except FileNotFoundError:
-                raise MemoryFormatError(f"{path}: its index file {ipath.name} is missing",
-                                        hint="restore the memory directory from a backup") from None
+                raise MemoryFormatError(
+                    f"{path}: its index file {ipath.name} is missing", hint="restore the memory directory from a backup"
+                ) from None
             if size != header.index_size or _sha256_file(ipath) != header.index_sha256:
-                raise MemoryFormatError(f"{ipath}: size or checksum does not match {FILE_NAME} (corrupt index)",
-                                        hint="restore the memory directory from a backup")
+                raise MemoryFormatError(
+                    f"{ipath}: size or checksum does not match {FILE_NAME} (corrupt index)",
+                    hint="restore the memory directory from a backup",
+                )
             entries = {int(k): v for k, v in meta["entries"].items()}
             if size:
                 found = check_hnsw(np.memmap(ipath, dtype=np.uint8, mode="r"), header, source=str(ipath))
                 if found.live_labels != set(entries):
                     raise MemoryFormatError(f"{ipath}: live labels do not match the metadata in {FILE_NAME}")
-            params = IndexParams(dim=header.dim, space=header.space, capacity=header.max_elements, M=header.M,
-                                 ef_construction=header.ef_construction, ef=ef or header.ef)
+            params = IndexParams(
+                dim=header.dim,
+                space=header.space,
+                capacity=header.max_elements,
+                M=header.M,
+                ef_construction=header.ef_construction,
+                ef=ef or header.ef,
+            )
             index = hnswlib.Index(space=header.space, dim=header.dim)
             try:
                 index.load_index(str(ipath), max_elements=header.max_elements, allow_replace_deleted=True)
@@ -154,8 +189,16 @@ class VectorMemory:
                 raise MemoryFormatError(f"{ipath}: hnswlib refused the index: {exc}") from None
             index.set_ef(params.ef)  # load_index resets ef to 10
             index.set_num_threads(1)
-            mem = cls(directory, params, index, entries, next_label=header.next_label,
-                      generation=header.generation, info=dict(meta.get("info") or {}), lock_fd=lock_fd)
+            mem = cls(
+                directory,
+                params,
+                index,
+                entries,
+                next_label=header.next_label,
+                generation=header.generation,
+                info=dict(meta.get("info") or {}),
+                lock_fd=lock_fd,
+            )
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -165,15 +208,17 @@ class VectorMemory:
         return mem
 
     @classmethod
-    def open_or_create(cls, directory: str | os.PathLike[str], params: IndexParams, *,
-                       info: Mapping[str, Any] | None = None) -> "VectorMemory":
+    def open_or_create(
+        cls, directory: str | os.PathLike[str], params: IndexParams, *, info: Mapping[str, Any] | None = None
+    ) -> VectorMemory:
         if (Path(directory) / FILE_NAME).exists():
             mem = cls.open(directory)
             if mem.params.dim != params.dim:
                 mem.close()
                 raise DimensionMismatchError(
                     f"memory {directory} holds {mem.params.dim}-dimensional vectors, not {params.dim}",
-                    hint="use the embedding model the memory was made with, or a new memory directory")
+                    hint="use the embedding model the memory was made with, or a new memory directory",
+                )
             return mem
         return cls.create(directory, params, info=info)
 
@@ -182,7 +227,7 @@ class VectorMemory:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "VectorMemory":
+    def __enter__(self) -> VectorMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -205,7 +250,8 @@ class VectorMemory:
         if arr.ndim != 2 or arr.shape[1] != self.params.dim:
             raise DimensionMismatchError(
                 f"vector of shape {list(np.shape(vectors))} does not fit this memory (dimension {self.params.dim})",
-                hint="embed with the model the memory was made with")
+                hint="embed with the model the memory was made with",
+            )
         if not np.isfinite(arr).all():
             raise DataError("vector contains NaN or infinity")
         return arr
@@ -227,8 +273,10 @@ class VectorMemory:
                     if k == 1:
                         return []
                     k //= 2
-            return [Hit(id=int(lab), distance=float(d), meta=self._entries.get(int(lab), {}))
-                    for lab, d in zip(labels[0], dists[0])]
+            return [
+                Hit(id=int(lab), distance=float(d), meta=self._entries.get(int(lab), {}))
+                for lab, d in zip(labels[0], dists[0], strict=False)
+            ]
 
     def get(self, id: int) -> Mapping[str, Any]:
         try:
@@ -245,8 +293,9 @@ class VectorMemory:
     def add(self, vector: Any, meta: Mapping[str, Any] | None = None) -> AddResult:
         return self.add_many(self._vectors(vector), [meta or {}])[0]
 
-    def add_many(self, vectors: Any, metas: Iterable[Mapping[str, Any]] | None = None, *,
-                 num_threads: int = 1) -> list[AddResult]:
+    def add_many(
+        self, vectors: Any, metas: Iterable[Mapping[str, Any]] | None = None, *, num_threads: int = 1
+    ) -> list[AddResult]:
         """Add a batch; evicts the oldest entries if it would overflow the capacity."""
         import numpy as np
 
@@ -271,7 +320,7 @@ class VectorMemory:
             labels = np.arange(self._next_label, self._next_label + n, dtype=np.uint64)
             self._index.add_items(arr, labels, num_threads=num_threads, replace_deleted=True)
             self._next_label += n
-            for label, m in zip(labels.tolist(), metas):
+            for label, m in zip(labels.tolist(), metas, strict=False):
                 self._entries[label] = dict(m)
             self._dirty = True
         return [AddResult(id=int(lab), evicted=tuple(evicted) if i == 0 else ()) for i, lab in enumerate(labels)]
@@ -320,10 +369,19 @@ class VectorMemory:
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 raise TransportError(f"cannot save memory index {final}: {exc.strerror or exc}") from None
-            header = Header(dim=self.params.dim, space=self.params.space, count=len(self._entries),
-                            max_elements=self.params.capacity, M=self.params.M,
-                            ef_construction=self.params.ef_construction, ef=self.params.ef, generation=gen,
-                            next_label=self._next_label, index_size=size, index_sha256=digest)
+            header = Header(
+                dim=self.params.dim,
+                space=self.params.space,
+                count=len(self._entries),
+                max_elements=self.params.capacity,
+                M=self.params.M,
+                ef_construction=self.params.ef_construction,
+                ef=self.params.ef,
+                generation=gen,
+                next_label=self._next_label,
+                index_size=size,
+                index_sha256=digest,
+            )
             meta = {"entries": self._entries, "info": self.info}
             atomic_write(self.directory / FILE_NAME, encode_file(header, meta))  # fsyncs the directory too
             old = self._generation
@@ -339,7 +397,8 @@ class VectorMemory:
         keep = index_name(self._generation)
         for p in self.directory.iterdir():
             if (p.name.startswith("index-") and p.name.endswith(".hnsw") and p.name != keep) or (
-                    p.name.startswith(".index-") or p.name.startswith(f".{FILE_NAME}.tmp")):
+                p.name.startswith(".index-") or p.name.startswith(f".{FILE_NAME}.tmp")
+            ):
                 p.unlink(missing_ok=True)
         fsync_dir(self.directory)
 

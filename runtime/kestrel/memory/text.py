@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .._internal.paths import StateLayout
 from ..errors import DataError
@@ -43,15 +44,24 @@ class TextMemory:
             raise DimensionMismatchError(
                 f"embedding model {embedder.model.manifest.name} makes {embedder.dim}-dimensional vectors, "
                 f"but memory {vectors.directory} holds {vectors.params.dim}-dimensional ones",
-                hint="use the model the memory was made with, or start a new memory directory")
+                hint="use the model the memory was made with, or start a new memory directory",
+            )
         self.vectors = vectors
         self.embedder = embedder
         self.ledger = ledger
 
     @classmethod
-    def open(cls, state_dir: str | os.PathLike[str], *, model: str = "minilm", capacity: int = 10_000,
-             ledger: Any = None, read_only: bool = False, options: Any = None,
-             directory: str | os.PathLike[str] | None = None) -> "TextMemory":
+    def open(
+        cls,
+        state_dir: str | os.PathLike[str],
+        *,
+        model: str = "minilm",
+        capacity: int = 10_000,
+        ledger: Any = None,
+        read_only: bool = False,
+        options: Any = None,
+        directory: str | os.PathLike[str] | None = None,
+    ) -> TextMemory:
         """Open (or create) the memory under ``STATE/memory`` with the installed model ``model``."""
         from ..inference.embedding import Embedder
         from ..inference.store import ModelStore
@@ -81,9 +91,15 @@ class TextMemory:
         if save:
             self.vectors.save()
         if self.ledger is not None:
-            self.ledger.append("memory.added", {
-                "id": result.id, "digest": text_digest(text), "model": self.embedder.model.manifest.name,
-                "evicted": list(result.evicted)})
+            self.ledger.append(
+                "memory.added",
+                {
+                    "id": result.id,
+                    "digest": text_digest(text),
+                    "model": self.embedder.model.manifest.name,
+                    "evicted": list(result.evicted),
+                },
+            )
         return result
 
     def search(self, query: str, k: int = 5) -> list[TextHit]:
@@ -100,7 +116,7 @@ class TextMemory:
     def close(self) -> None:
         self.vectors.close()
 
-    def __enter__(self) -> "TextMemory":
+    def __enter__(self) -> TextMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:

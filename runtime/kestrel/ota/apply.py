@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .._internal.fsutil import fsync_dir, read_bytes
 from ..errors import DataError, KestrelError, TransportError
@@ -26,8 +27,17 @@ from .store import OtaDir, StepHook, _noop
 if TYPE_CHECKING:  # the TPM counter module is imported by whoever builds one
     from .tpmcounter import TpmCounter
 
-__all__ = ["AppliedBundle", "apply_bundle", "rollback", "active_policy", "active_bundle", "ota_status",
-           "current_counter", "HealthCheck", "record_rejection"]
+__all__ = [
+    "AppliedBundle",
+    "apply_bundle",
+    "rollback",
+    "active_policy",
+    "active_bundle",
+    "ota_status",
+    "current_counter",
+    "HealthCheck",
+    "record_rejection",
+]
 
 HealthCheck = Callable[[Path], Any]
 MANIFEST_FILE = ".manifest.json"
@@ -110,8 +120,14 @@ def apply_bundle(
             epoch = _check_epoch(ota, ledger, tpm)
             counter, cdigest = current_counter(ota, ledger)
             vb = verify_bundle(
-                bundle_bytes, root=ota.trust_root(), now=now, agent_id=ledger.public_key.did,
-                groups=ota.groups(), counter=counter, counter_digest=cdigest, limits=limits,
+                bundle_bytes,
+                root=ota.trust_root(),
+                now=now,
+                agent_id=ledger.public_key.did,
+                groups=ota.groups(),
+                counter=counter,
+                counter_digest=cdigest,
+                limits=limits,
             )
             policy = _load_policy(vb.content(vb.manifest.policy.name), vb.manifest.policy.name)
         except (BundleError, TrustRootError) as exc:
@@ -119,24 +135,36 @@ def apply_bundle(
             raise
         active = _pointer_or_empty(ota)["active"]
         if active is not None and active["digest"] == vb.digest:
-            return AppliedBundle(vb.digest, vb.manifest.version, vb.manifest.counter, active["slot"],
-                                 None, policy.digest, changed=False)
+            return AppliedBundle(
+                vb.digest, vb.manifest.version, vb.manifest.counter, active["slot"], None, policy.digest, changed=False
+            )
         target = "b" if active is not None and active["slot"] == "a" else "a"
         try:
             _stage(ota, vb, target, step)
         except OSError as exc:
             import shutil  # rarely needed: keep it (and bz2/lzma) out of an idle daemon
+
             shutil.rmtree(ota.staging, ignore_errors=True)
-            raise TransportError(f"cannot stage the bundle in {ota.slots}: {exc.strerror or exc}",
-                                 hint="check free space and permissions; the active bundle is unchanged") from None
+            raise TransportError(
+                f"cannot stage the bundle in {ota.slots}: {exc.strerror or exc}",
+                hint="check free space and permissions; the active bundle is unchanged",
+            ) from None
         try:
             _health_check(ota.slot(target), vb, health, health_window)
         except BundleHealthError as exc:
             _discard(ota, target)
-            _record(ledger, "ota.rollback", {
-                "reason": exc.code, "message": exc.message, "bundle": vb.digest,
-                "counter": vb.manifest.counter, "slot": active["slot"] if active else None, "source": source,
-            })
+            _record(
+                ledger,
+                "ota.rollback",
+                {
+                    "reason": exc.code,
+                    "message": exc.message,
+                    "bundle": vb.digest,
+                    "counter": vb.manifest.counter,
+                    "slot": active["slot"] if active else None,
+                    "source": source,
+                },
+            )
             raise
         ota.write_pointer({"slot": target, "digest": vb.digest}, active, step)
         step("counter")
@@ -147,15 +175,26 @@ def apply_bundle(
             tpm.increment()
         step("ledger")
         body = {
-            "bundle": vb.digest, "version": vb.manifest.version, "counter": vb.manifest.counter,
-            "slot": target, "previous_slot": active["slot"] if active else None,
-            "policy": policy.digest, "signed_by": list(vb.signed_by), "source": source,
+            "bundle": vb.digest,
+            "version": vb.manifest.version,
+            "counter": vb.manifest.counter,
+            "slot": target,
+            "previous_slot": active["slot"] if active else None,
+            "policy": policy.digest,
+            "signed_by": list(vb.signed_by),
+            "source": source,
         }
         if new_epoch is not None:
             body["tpm"] = new_epoch
         _record(ledger, "ota.applied", body)
-        return AppliedBundle(vb.digest, vb.manifest.version, vb.manifest.counter, target,
-                             active["slot"] if active else None, policy.digest)
+        return AppliedBundle(
+            vb.digest,
+            vb.manifest.version,
+            vb.manifest.counter,
+            target,
+            active["slot"] if active else None,
+            policy.digest,
+        )
 
 
 def _check_epoch(ota: OtaDir, ledger: Any, tpm: TpmCounter | None) -> int | None:
@@ -171,7 +210,8 @@ def _check_epoch(ota: OtaDir, ledger: Any, tpm: TpmCounter | None) -> int | None
     if recorded < now:
         raise BundleRollbackError(
             f"the device's OTA state records TPM epoch {recorded} but the TPM counter is at {now}: "
-            "the state directory was restored from an older copy", code="state-rollback",
+            "the state directory was restored from an older copy",
+            code="state-rollback",
             hint="restore the newest state directory, or re-provision the device",
         )
     return now
@@ -190,11 +230,23 @@ def _reject(ledger: Any, exc: BundleError | TrustRootError, data: bytes, source:
     record_rejection(ledger, exc, sha256=hashlib.sha256(data).hexdigest(), size=len(data), source=source)
 
 
-def record_rejection(ledger: Any, exc: BundleError | TrustRootError, *, sha256: str | None, size: int,
-                     source: str, file: str | None = None) -> None:
+def record_rejection(
+    ledger: Any,
+    exc: BundleError | TrustRootError,
+    *,
+    sha256: str | None,
+    size: int,
+    source: str,
+    file: str | None = None,
+) -> None:
     """``ota.rejected``: every refused bundle, whatever refused it (docs/bundle-format.md)."""
-    body: dict[str, Any] = {"reason": exc.code, "message": exc.message[:500], "sha256": sha256, "size": size,
-                            "source": source}
+    body: dict[str, Any] = {
+        "reason": exc.code,
+        "message": exc.message[:500],
+        "sha256": sha256,
+        "size": size,
+        "source": source,
+    }
     if file is not None:
         body["file"] = file
     _record(ledger, "ota.rejected", body)
@@ -219,7 +271,7 @@ def _stage(ota: OtaDir, vb: VerifiedBundle, target: str, step: StepHook) -> None
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             step(f"fsync:{name}")
             os.fsync(fd)
         finally:
@@ -241,6 +293,7 @@ def _discard(ota: OtaDir, slot: str, step: StepHook = _noop) -> None:
         os.rename(path, trash)
         fsync_dir(ota.slots)
         import shutil  # rarely needed: keep it (and bz2/lzma) out of an idle daemon
+
         shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -287,14 +340,15 @@ def _slot_bundle(ota: OtaDir, ref: dict) -> tuple[Policy, Any]:
     slot = ota.slot(ref["slot"])
     mbytes = read_bytes(slot / MANIFEST_FILE, what="slot manifest", max_size=64 * 1024)
     if hashlib.sha256(mbytes).hexdigest() != ref["digest"]:
-        raise DataError(f"slot {ref['slot']} does not hold bundle {ref['digest'][:16]}",
-                        hint="the slot was altered or overwritten; apply a bundle again")
+        raise DataError(
+            f"slot {ref['slot']} does not hold bundle {ref['digest'][:16]}",
+            hint="the slot was altered or overwritten; apply a bundle again",
+        )
     manifest = parse_manifest(mbytes)
     entry = manifest.policy
     pbytes = read_bytes(slot / entry.name, what="slot policy", max_size=entry.size)
     if hashlib.sha256(pbytes).hexdigest() != entry.sha256:
-        raise DataError(f"policy in slot {ref['slot']} does not match its manifest",
-                        hint="apply the bundle again")
+        raise DataError(f"policy in slot {ref['slot']} does not match its manifest", hint="apply the bundle again")
     return parse_policy(pbytes, source=f"{slot / entry.name}"), manifest
 
 
@@ -314,12 +368,19 @@ def active_bundle(state_dir: str | os.PathLike[str]) -> dict | None:
     if active is None:
         return None
     _, m = _slot_bundle(ota, active)
-    return {"slot": active["slot"], "digest": active["digest"], "version": m.version,
-            "counter": m.counter, "expires": m.expires, "contents": [e.name for e in m.contents]}
+    return {
+        "slot": active["slot"],
+        "digest": active["digest"],
+        "version": m.version,
+        "counter": m.counter,
+        "expires": m.expires,
+        "contents": [e.name for e in m.contents],
+    }
 
 
-def rollback(state_dir: str | os.PathLike[str], *, ledger: Any, reason: str = "operator",
-             on_step: StepHook | None = None) -> AppliedBundle:
+def rollback(
+    state_dir: str | os.PathLike[str], *, ledger: Any, reason: str = "operator", on_step: StepHook | None = None
+) -> AppliedBundle:
     """Make the previous slot active again (it must be intact). The counter is not lowered."""
     ota = OtaDir(state_dir)
     with ota.locked():
@@ -327,16 +388,28 @@ def rollback(state_dir: str | os.PathLike[str], *, ledger: Any, reason: str = "o
         ptr = ota.read_pointer()
         prev, active = ptr["previous"], ptr["active"]
         if prev is None or active is None:
-            raise BundleError("there is no previous bundle to roll back to", code="no-previous",
-                              hint="`kestrel ota status` shows the slots")
+            raise BundleError(
+                "there is no previous bundle to roll back to",
+                code="no-previous",
+                hint="`kestrel ota status` shows the slots",
+            )
         try:
             policy, m = _slot_bundle(ota, prev)
         except KestrelError as exc:
             raise BundleError(f"the previous slot is not intact: {exc.message}", code="previous-damaged") from None
         ota.write_pointer(prev, active, on_step or _noop)
-        _record(ledger, "ota.rollback", {"reason": reason, "bundle": prev["digest"], "counter": m.counter,
-                                         "slot": prev["slot"], "from_slot": active["slot"],
-                                         "from_bundle": active["digest"]})
+        _record(
+            ledger,
+            "ota.rollback",
+            {
+                "reason": reason,
+                "bundle": prev["digest"],
+                "counter": m.counter,
+                "slot": prev["slot"],
+                "from_slot": active["slot"],
+                "from_bundle": active["digest"],
+            },
+        )
         return AppliedBundle(prev["digest"], m.version, m.counter, prev["slot"], active["slot"], policy.digest)
 
 
@@ -360,10 +433,14 @@ def ota_status(state_dir: str | os.PathLike[str], *, ledger: Any | None = None, 
             continue
         try:
             _, m = _slot_bundle(ota, ref)
-            out[key] = {"slot": ref["slot"], "bundle": ref["digest"], "version": m.version,
-                        "counter": m.counter, "expired": now >= m.expires,
-                        "contents": [e.name for e in m.contents]}
+            out[key] = {
+                "slot": ref["slot"],
+                "bundle": ref["digest"],
+                "version": m.version,
+                "counter": m.counter,
+                "expired": now >= m.expires,
+                "contents": [e.name for e in m.contents],
+            }
         except KestrelError as exc:
             out[key] = {"slot": ref["slot"], "bundle": ref["digest"], "error": exc.message}
     return out
-

@@ -14,7 +14,8 @@ HKDF-SHA256(owner secret, info "kestrel/owner-bls/v1")): nothing new to store or
 from __future__ import annotations
 
 import base64
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..identity.bls import BLSSecretKey, BLSUnavailableError, aggregate, load_backend, verify_aggregate
 from ..identity.keys import KeyFormatError, SignatureError, SoftwareSigner
@@ -42,8 +43,9 @@ def owner_bls_entry(owner: SoftwareSigner) -> dict[str, str]:
     return {"pk": key.public_key.raw.hex(), "pop": key.prove_possession().hex()}
 
 
-def add_bls_approval(entries: list[dict[str, Any]], owner: SoftwareSigner, payload_type: str,
-                     payload: bytes) -> list[dict[str, Any]]:
+def add_bls_approval(
+    entries: list[dict[str, Any]], owner: SoftwareSigner, payload_type: str, payload: bytes
+) -> list[dict[str, Any]]:
     """Signature-list entries with ``owner``'s BLS signature added to the aggregate entry (made if
     there is none; unchanged if the owner is in it already)."""
     did = owner.public_key.did
@@ -61,8 +63,9 @@ def add_bls_approval(entries: list[dict[str, Any]], owner: SoftwareSigner, paylo
     return out
 
 
-def bls_signers(entries: Sequence[tuple[tuple[str, ...], bytes]], root: Any, payload_type: str,
-                payload: bytes) -> tuple[str, ...]:
+def bls_signers(
+    entries: Sequence[tuple[tuple[str, ...], bytes]], root: Any, payload_type: str, payload: bytes
+) -> tuple[str, ...]:
     """The owners an aggregate entry proves approved ``payload``: all of its signers must be owners
     with a BLS key in ``root`` (whose proof of possession verifies) and the aggregate must verify.
     An entry that fails adds nothing (like a bad individual signature); so does a missing library."""

@@ -15,8 +15,9 @@ import json
 import re
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..identity.keys import Signer
 from .errors import (
@@ -154,8 +155,7 @@ def build_manifest(
         "expires": format_time(expires),
         "targets": {"agents": list(agents), "groups": list(groups)},
         "contents": [
-            {"name": n, "role": r, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
-            for n, r, d in contents
+            {"name": n, "role": r, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, r, d in contents
         ],
     }
     data = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
@@ -189,7 +189,9 @@ def sign_bundle_bls(bundle: bytes, signer: Signer) -> bytes:
 
 def _sig_entries(sigblock: bytes) -> list[dict[str, Any]]:
     return [{"keyid": k, "sig": base64.b64encode(s).decode()} for k, s in parse_signatures(sigblock, _sigbad)] + [
-        {"bls": list(signers), "sig": base64.b64encode(s).decode()} for signers, s in parse_bls_entries(sigblock, _sigbad)]
+        {"bls": list(signers), "sig": base64.b64encode(s).decode()}
+        for signers, s in parse_bls_entries(sigblock, _sigbad)
+    ]
 
 
 def _sigbad(msg: str) -> BundleFormatError:
@@ -205,7 +207,8 @@ def split_bundle(data: bytes, limits: Limits) -> tuple[bytes, bytes, memoryview]
         )
     if data[: len(MAGIC)] != MAGIC:
         raise BundleFormatError(
-            "not a Kestrel bundle (bad magic)", code="bad-magic",
+            "not a Kestrel bundle (bad magic)",
+            code="bad-magic",
             hint="build bundles with `kestrel bundle build`; compressed or tar files are not accepted",
         )
     view = memoryview(data)
@@ -327,9 +330,18 @@ def verify_head(
     if size > limits.max_bundle:
         raise BundleFormatError(f"bundle is {size} bytes, more than the limit of {limits.max_bundle}", code="oversize")
     manifest_bytes, sigblock, rest = split_bundle(prefix, limits)
-    head = _verify_manifest(manifest_bytes, sigblock, root=root, now=now, agent_id=agent_id, groups=groups,
-                            counter=counter, counter_digest=counter_digest, limits=limits,
-                            head_size=len(prefix) - len(rest))
+    head = _verify_manifest(
+        manifest_bytes,
+        sigblock,
+        root=root,
+        now=now,
+        agent_id=agent_id,
+        groups=groups,
+        counter=counter,
+        counter_digest=counter_digest,
+        limits=limits,
+        head_size=len(prefix) - len(rest),
+    )
     _check_total(head.manifest, size - head.head_size)
     return head
 
@@ -342,16 +354,27 @@ def _check_total(manifest: Manifest, have: int) -> None:
         raise BundleFormatError(f"bundle has {have - total} bytes after its declared contents", code="trailing-data")
 
 
-def _verify_manifest(manifest_bytes: bytes, sigblock: bytes, *, root: TrustRoot, now: float, agent_id: str,
-                     groups: Sequence[str], counter: int, counter_digest: str | None, limits: Limits,
-                     head_size: int) -> VerifiedHead:
+def _verify_manifest(
+    manifest_bytes: bytes,
+    sigblock: bytes,
+    *,
+    root: TrustRoot,
+    now: float,
+    agent_id: str,
+    groups: Sequence[str],
+    counter: int,
+    counter_digest: str | None,
+    limits: Limits,
+    head_size: int,
+) -> VerifiedHead:
     sigs = parse_signatures(sigblock, _sigbad)
     signed = threshold_signers(sigs, root.owners, BUNDLE_TYPE, manifest_bytes)
     if len(signed) < root.threshold and root.bls:  # owners' BLS aggregate (kestrel bundle sign --bls)
         from .bls_approval import bls_signers
 
-        signed = tuple(dict.fromkeys(signed + bls_signers(parse_bls_entries(sigblock, _sigbad), root,
-                                                          BUNDLE_TYPE, manifest_bytes)))
+        signed = tuple(
+            dict.fromkeys(signed + bls_signers(parse_bls_entries(sigblock, _sigbad), root, BUNDLE_TYPE, manifest_bytes))
+        )
     if len(signed) < root.threshold:
         raise BundleSignatureError(
             f"bundle is signed by {len(signed)} distinct trusted owner key(s); "
@@ -385,9 +408,18 @@ def verify_bundle(
 ) -> VerifiedBundle:
     """Verify a bundle completely. ``counter``/``counter_digest``: the device's anti-rollback
     state; a bundle must have a higher counter, or the same counter and the same manifest."""
-    head = verify_head(data, size=len(data), root=root, now=now, agent_id=agent_id, groups=groups, counter=counter,
-                       counter_digest=counter_digest, limits=limits)
-    manifest, rest = head.manifest, memoryview(data)[head.head_size:]
+    head = verify_head(
+        data,
+        size=len(data),
+        root=root,
+        now=now,
+        agent_id=agent_id,
+        groups=groups,
+        counter=counter,
+        counter_digest=counter_digest,
+        limits=limits,
+    )
+    manifest, rest = head.manifest, memoryview(data)[head.head_size :]
     out = []
     pos = 0
     for e in manifest.contents:

@@ -45,8 +45,9 @@ def open_bundle(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise BundleFormatError(f"{path} is not a regular file (device, FIFO or directory refused)",
-                                code="not-regular-file")
+        raise BundleFormatError(
+            f"{path} is not a regular file (device, FIFO or directory refused)", code="not-regular-file"
+        )
     return fd, st
 
 
@@ -75,10 +76,18 @@ def _read_all(fd: int, size: int) -> bytes:
     return buf  # type: ignore[return-value]  # a bytearray stands in for bytes: no second copy
 
 
-def apply_bundle_file(state_dir: str | os.PathLike[str], path: str | os.PathLike[str], *, ledger: Any,
-                      now: float, source: str = "cli", health: HealthCheck | None = None,
-                      limits: Limits = Limits(), tpm: TpmCounter | None = None,
-                      opened: tuple[int, os.stat_result] | None = None) -> AppliedBundle:
+def apply_bundle_file(
+    state_dir: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    ledger: Any,
+    now: float,
+    source: str = "cli",
+    health: HealthCheck | None = None,
+    limits: Limits = Limits(),
+    tpm: TpmCounter | None = None,
+    opened: tuple[int, os.stat_result] | None = None,
+) -> AppliedBundle:
     """Verify and activate the bundle in ``path`` (see the module text); refusals are recorded.
 
     ``opened``: an (fd, fstat) from :func:`open_bundle` to use instead of opening ``path``
@@ -94,14 +103,24 @@ def apply_bundle_file(state_dir: str | os.PathLike[str], path: str | os.PathLike
         size = st.st_size
         try:
             if size > limits.max_bundle:
-                raise BundleFormatError(f"{name} is {size} bytes, more than the limit of {limits.max_bundle}",
-                                        code="oversize", hint="raise ota.max_bundle in the device config, or "
-                                        "ship the model separately")
+                raise BundleFormatError(
+                    f"{name} is {size} bytes, more than the limit of {limits.max_bundle}",
+                    code="oversize",
+                    hint="raise ota.max_bundle in the device config, or ship the model separately",
+                )
             ota = OtaDir(state_dir)
             counter, cdigest = current_counter(ota, ledger)
-            verify_head(os.pread(fd, min(size, MAX_HEAD), 0), size=size, root=ota.trust_root(), now=now,
-                        agent_id=ledger.public_key.did, groups=ota.groups(), counter=counter,
-                        counter_digest=cdigest, limits=limits)
+            verify_head(
+                os.pread(fd, min(size, MAX_HEAD), 0),
+                size=size,
+                root=ota.trust_root(),
+                now=now,
+                agent_id=ledger.public_key.did,
+                groups=ota.groups(),
+                counter=counter,
+                counter_digest=cdigest,
+                limits=limits,
+            )
         except (BundleError, TrustRootError) as exc:
             record_rejection(ledger, exc, sha256=digest_fd(fd, size), size=size, source=source, file=name)
             raise
@@ -109,5 +128,4 @@ def apply_bundle_file(state_dir: str | os.PathLike[str], path: str | os.PathLike
     finally:
         if opened is None:
             os.close(fd)
-    return apply_bundle(state_dir, data, ledger=ledger, now=now, source=source, health=health, limits=limits,
-                        tpm=tpm)
+    return apply_bundle(state_dir, data, ledger=ledger, now=now, source=source, health=health, limits=limits, tpm=tpm)

@@ -29,17 +29,32 @@ BUNDLE_SUFFIX = ".kbundle"
 _SEEN_MAX = 256
 
 
-def apply_message(state_dir: str | os.PathLike[str], payload: bytes, *, ledger: Any, now: float,
-                  health: HealthCheck | None = None, limits: Limits = Limits(),
-                  tpm: TpmCounter | None = None) -> AppliedBundle:
+def apply_message(
+    state_dir: str | os.PathLike[str],
+    payload: bytes,
+    *,
+    ledger: Any,
+    now: float,
+    health: HealthCheck | None = None,
+    limits: Limits = Limits(),
+    tpm: TpmCounter | None = None,
+) -> AppliedBundle:
     """Apply a bundle received as an MQTT message payload (same checks as a file)."""
-    return apply_bundle(state_dir, bytes(payload), ledger=ledger, now=now, source="mqtt",
-                        health=health, limits=limits, tpm=tpm)
+    return apply_bundle(
+        state_dir, bytes(payload), ledger=ledger, now=now, source="mqtt", health=health, limits=limits, tpm=tpm
+    )
 
 
-def scan_drop_dir(state_dir: str | os.PathLike[str], drop_dir: str | os.PathLike[str], *, ledger: Any,
-                  now: float, health: HealthCheck | None = None, limits: Limits = Limits(),
-                  tpm: TpmCounter | None = None) -> list[tuple[Path, AppliedBundle | KestrelError]]:
+def scan_drop_dir(
+    state_dir: str | os.PathLike[str],
+    drop_dir: str | os.PathLike[str],
+    *,
+    ledger: Any,
+    now: float,
+    health: HealthCheck | None = None,
+    limits: Limits = Limits(),
+    tpm: TpmCounter | None = None,
+) -> list[tuple[Path, AppliedBundle | KestrelError]]:
     """Apply each new ``*.kbundle`` regular file in ``drop_dir`` (read-only media is fine).
 
     A file already processed (same bytes) is skipped, so a stick left plugged in is not
@@ -78,9 +93,22 @@ def scan_drop_dir(state_dir: str | os.PathLike[str], drop_dir: str | os.PathLike
                 seen.append(cheap)
                 continue
             try:
-                results.append((path, apply_bundle_file(state_dir, path, ledger=ledger, now=now, source="drop",
-                                                        health=health, limits=limits, tpm=tpm,
-                                                        opened=(fd, st))))
+                results.append(
+                    (
+                        path,
+                        apply_bundle_file(
+                            state_dir,
+                            path,
+                            ledger=ledger,
+                            now=now,
+                            source="drop",
+                            health=health,
+                            limits=limits,
+                            tpm=tpm,
+                            opened=(fd, st),
+                        ),
+                    )
+                )
             except KestrelError as exc:
                 results.append((path, exc))
             seen += [key, cheap]

@@ -60,8 +60,11 @@ def load_owner_signer(path: str | os.PathLike[str], passphrase: bytes) -> Softwa
     check_private(path)
     env = parse_envelope(data, magic=OWNER_MAGIC, what=f"owner key {path}")
     try:
-        return open_envelope(env, passphrase, what="owner key",
-                             hint="check --passphrase-file / KESTREL_OWNER_PASSPHRASE")
+        return open_envelope(
+            env, passphrase, what="owner key", hint="check --passphrase-file / KESTREL_OWNER_PASSPHRASE"
+        )
     except WrongPassphraseError:
-        raise DataError(f"cannot unlock the owner key {path}: wrong passphrase",
-                        hint="check --passphrase-file / KESTREL_OWNER_PASSPHRASE; the file is intact") from None
+        raise DataError(
+            f"cannot unlock the owner key {path}: wrong passphrase",
+            hint="check --passphrase-file / KESTREL_OWNER_PASSPHRASE; the file is intact",
+        ) from None

@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..identity.keys import KeyFormatError, PublicKey, Signer
 from .errors import TrustRootError
@@ -41,8 +42,9 @@ def _fail(msg: str) -> TrustRootError:
     return TrustRootError(f"trust root: {msg}", code="root-malformed")
 
 
-def root_payload(owners: Sequence[str], threshold: int, version: int,
-                 bls: Mapping[str, Mapping[str, str]] | None = None) -> bytes:
+def root_payload(
+    owners: Sequence[str], threshold: int, version: int, bls: Mapping[str, Mapping[str, str]] | None = None
+) -> bytes:
     """Canonical payload bytes for a root (validated). ``bls``: owner did -> {"pk", "pop"} (hex)."""
     owners = list(dict.fromkeys(owners))
     doc: dict[str, Any] = {"_type": "kestrel.root", "version": version, "threshold": threshold, "owners": owners}
@@ -85,14 +87,17 @@ def _parse_payload_bls(payload: bytes) -> tuple[int, int, tuple[str, ...], dict[
 def _bls_keys(bls: object, owners: list[str]) -> dict[str, tuple[bytes, bytes]]:
     """Shape only (48-byte key, 96-byte proof, hex); the proof is verified where it is used."""
     if not isinstance(bls, dict):
-        raise _fail("bls must map owner keys to {\"pk\": hex, \"pop\": hex}")
+        raise _fail('bls must map owner keys to {"pk": hex, "pop": hex}')
     out = {}
     for did, entry in bls.items():
         if did not in owners:
             raise _fail(f"bls names {did!r}, which is not an owner of this root")
-        if not isinstance(entry, dict) or set(entry) != {"pk", "pop"} \
-                or not all(isinstance(v, str) for v in entry.values()):
-            raise _fail(f"bls entry of {did} must be {{\"pk\": hex, \"pop\": hex}}")
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"pk", "pop"}
+            or not all(isinstance(v, str) for v in entry.values())
+        ):
+            raise _fail(f'bls entry of {did} must be {{"pk": hex, "pop": hex}}')
         try:
             pk, pop = bytes.fromhex(entry["pk"]), bytes.fromhex(entry["pop"])
         except ValueError:
@@ -168,8 +173,7 @@ def verify_rotation(current: TrustRoot, new_envelope: bytes) -> TrustRoot:
     old_signed = threshold_signers(sigs, current.owners, ROOT_TYPE, new.payload)
     if len(old_signed) < current.threshold:
         raise TrustRootError(
-            f"new trust root is signed by {len(old_signed)} keys of the current root, "
-            f"needs {current.threshold}",
+            f"new trust root is signed by {len(old_signed)} keys of the current root, needs {current.threshold}",
             code="root-threshold",
             hint="a rotation needs signatures from a threshold of the old keys and of the new keys",
         )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from .._internal.strictjson import StrictJsonError, loads_strict
 from ..identity.keys import KeyFormatError, PublicKey, SignatureError, Signer
@@ -89,8 +90,12 @@ def parse_bls_entries(data: bytes | list[Any], fail: Callable[[str], Exception])
         if not isinstance(item, dict) or set(item) != {"bls", "sig"}:
             continue
         signers, sig = item["bls"], item["sig"]
-        if not isinstance(signers, list) or not 0 < len(signers) <= MAX_SIGNATURES \
-                or not all(isinstance(d, str) for d in signers) or len(set(signers)) != len(signers):
+        if (
+            not isinstance(signers, list)
+            or not 0 < len(signers) <= MAX_SIGNATURES
+            or not all(isinstance(d, str) for d in signers)
+            or len(set(signers)) != len(signers)
+        ):
             raise fail("a BLS entry's 'bls' must list 1 to 64 distinct owner keys")
         if not isinstance(sig, str) or len(sig) > 200:
             raise fail("a BLS entry's sig must be base64 text")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 from .._internal.fsutil import ensure_private_dir, fsync_dir, read_bytes
 from .._internal.paths import StateLayout
@@ -45,7 +45,7 @@ def durable_write(path: Path, data: bytes, *, step: StepHook = _noop, name: str 
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             step(f"fsync:{tag}")
             os.fsync(fd)
         finally:
@@ -55,8 +55,10 @@ def durable_write(path: Path, data: bytes, *, step: StepHook = _noop, name: str 
         step(f"fsync-dir:{tag}")
         fsync_dir(path.parent)
     except OSError as exc:
-        raise TransportError(f"cannot write {path}: {exc.strerror or exc}",
-                             hint="check that the state directory is writable and the disk is not full") from None
+        raise TransportError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint="check that the state directory is writable and the disk is not full",
+        ) from None
 
 
 class OtaDir:
@@ -93,6 +95,7 @@ class OtaDir:
         for p in list(self.slots.iterdir()):
             if p.name.startswith("."):
                 import shutil  # rarely needed: keep it (and bz2/lzma) out of an idle daemon
+
                 shutil.rmtree(p, ignore_errors=True)
         for p in self.root.glob(".*.tmp"):
             p.unlink(missing_ok=True)
@@ -107,15 +110,18 @@ class OtaDir:
         try:
             return json.loads(read_bytes(path, what=what, max_size=64 * 1024))
         except ValueError:
-            raise DataError(f"{what} {path} is corrupt",
-                            hint="restore it from a backup or re-provision the trust root") from None
+            raise DataError(
+                f"{what} {path} is corrupt", hint="restore it from a backup or re-provision the trust root"
+            ) from None
 
     def read_pointer(self) -> dict:
         obj = self._json(self.pointer, "OTA slot pointer")
         if obj is None:
             return {"active": None, "previous": None}
-        if not isinstance(obj, dict) or not _slot_ref_ok(obj.get("active")) or not (
-            obj.get("previous") is None or _slot_ref_ok(obj.get("previous"))
+        if (
+            not isinstance(obj, dict)
+            or not _slot_ref_ok(obj.get("active"))
+            or not (obj.get("previous") is None or _slot_ref_ok(obj.get("previous")))
         ):
             raise DataError(f"OTA slot pointer {self.pointer} is malformed")
         return obj
@@ -168,19 +174,22 @@ class OtaDir:
         obj = self._json(prov, "provisioning file")
         if obj is None:
             raise TrustRootError(
-                f"no owner trust root in {self.root}", code="no-root",
+                f"no owner trust root in {self.root}",
+                code="no-root",
                 hint="provision one with `kestrel trust init --owner OWNER_KEY` "
                 "(or `kestrel init-agent --owner OWNER_KEY`)",
             )
         if not isinstance(obj, dict) or not isinstance(obj.get("owners"), list):
-            raise TrustRootError(f"{prov} must hold {{\"owners\": [...], \"threshold\": k}}", code="root-malformed")
+            raise TrustRootError(f'{prov} must hold {{"owners": [...], "threshold": k}}', code="root-malformed")
         return self.init_root(obj["owners"], obj.get("threshold", 1))
 
-    def init_root(self, owners: Sequence[str], threshold: int, *, bls: Mapping[str, Mapping[str, str]] | None = None
-                  ) -> TrustRoot:
+    def init_root(
+        self, owners: Sequence[str], threshold: int, *, bls: Mapping[str, Mapping[str, str]] | None = None
+    ) -> TrustRoot:
         if self.root_file.exists():
             raise TrustRootError(
-                f"a trust root already exists in {self.root_file}", code="root-exists",
+                f"a trust root already exists in {self.root_file}",
+                code="root-exists",
                 hint="change it with `kestrel trust rotate` (needs the current owners' signatures)",
             )
         self.ensure()

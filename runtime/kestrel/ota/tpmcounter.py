@@ -32,15 +32,24 @@ class TpmCounter:
         try:
             return ectx.tr_from_tpmpublic(self.index)
         except t.TSS2_Exception:
-            attrs = (C.TPMA_NV.OWNERWRITE | C.TPMA_NV.OWNERREAD | C.TPMA_NV.NO_DA
-                     | (C.TPM2_NT.COUNTER << C.TPMA_NV.TPM2_NT_SHIFT))
-            pub = T.TPM2B_NV_PUBLIC(nvPublic=T.TPMS_NV_PUBLIC(
-                nvIndex=self.index, nameAlg=C.TPM2_ALG.SHA256, attributes=attrs, authPolicy=b"", dataSize=8))
+            attrs = (
+                C.TPMA_NV.OWNERWRITE
+                | C.TPMA_NV.OWNERREAD
+                | C.TPMA_NV.NO_DA
+                | (C.TPM2_NT.COUNTER << C.TPMA_NV.TPM2_NT_SHIFT)
+            )
+            pub = T.TPM2B_NV_PUBLIC(
+                nvPublic=T.TPMS_NV_PUBLIC(
+                    nvIndex=self.index, nameAlg=C.TPM2_ALG.SHA256, attributes=attrs, authPolicy=b"", dataSize=8
+                )
+            )
             return ectx.nv_define_space(None, pub, C.ESYS_TR.OWNER)
 
     def _error(self, exc: Exception) -> TransportError:
-        return TransportError(f"TPM NV counter {self.index:#x} via {self.tcti!r}: {exc}",
-                              hint="the owner hierarchy must have an empty authorization")
+        return TransportError(
+            f"TPM NV counter {self.index:#x} via {self.tcti!r}: {exc}",
+            hint="the owner hierarchy must have an empty authorization",
+        )
 
     def read(self) -> int:
         """The current value (0 before the first increment); defines the index if needed."""

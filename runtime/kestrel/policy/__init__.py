@@ -40,9 +40,17 @@ __all__ = [
 ]
 
 _WHERE = {
-    "NO_POLICY_DIGEST": "evaluate", "destination": "evaluate", "evaluate": "evaluate",
-    "ActionRequest": "model", "Decision": "model", "Policy": "model", "PolicyState": "model", "args_digest": "model",
-    "PolicyError": "parse", "PolicyIssue": "parse", "parse_policy": "parse",
+    "NO_POLICY_DIGEST": "evaluate",
+    "destination": "evaluate",
+    "evaluate": "evaluate",
+    "ActionRequest": "model",
+    "Decision": "model",
+    "Policy": "model",
+    "PolicyState": "model",
+    "args_digest": "model",
+    "PolicyError": "parse",
+    "PolicyIssue": "parse",
+    "parse_policy": "parse",
     "PolicyEngine": "engine",
 }
 

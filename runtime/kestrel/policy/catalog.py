@@ -9,9 +9,9 @@ tests/policy/test_catalog.py fails when the two drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 __all__ = ["ActionSpec", "KNOWN_ACTIONS", "NETWORK_ARGS"]
 
@@ -31,16 +31,27 @@ NETWORK_ARGS = ("url", "host", "port")
 
 _SPECS = (
     ActionSpec("gpio.write", ("actuator", "value"), "set a GPIO output actuator to 0 or 1", actuator="gpio"),
-    ActionSpec("mqtt.publish", ("actuator", "topic", "payload", "qos", "retain"),
-               "publish to an MQTT actuator or a concrete topic", actuator="mqtt"),
+    ActionSpec(
+        "mqtt.publish",
+        ("actuator", "topic", "payload", "qos", "retain"),
+        "publish to an MQTT actuator or a concrete topic",
+        actuator="mqtt",
+    ),
     ActionSpec("serial.write", ("actuator", "data"), "write a frame to a serial actuator", actuator="serial"),
     ActionSpec("send_email", ("to", "subject", "body"), "queue a mail for the SMTP relay"),
-    ActionSpec("schedule_event", ("summary", "title", "start", "end", "duration_min", "location", "description"),
-               "add an event to the local calendar"),
+    ActionSpec(
+        "schedule_event",
+        ("summary", "title", "start", "end", "duration_min", "location", "description"),
+        "add an event to the local calendar",
+    ),
     ActionSpec("fetch_data", ("url",), "HTTP GET a URL the network policy permits"),
     ActionSpec("agent.send", ("to", "body", "encrypt"), "send a signed message to a trusted peer agent"),
-    ActionSpec("llm.request", ("url", "model"), "a request to a remote LLM endpoint (asked before each "
-               "generation by kestrel.agent.llm.openai)", callable=False),
+    ActionSpec(
+        "llm.request",
+        ("url", "model"),
+        "a request to a remote LLM endpoint (asked before each generation by kestrel.agent.llm.openai)",
+        callable=False,
+    ),
 )
 
 KNOWN_ACTIONS: Mapping[str, ActionSpec] = MappingProxyType({s.name: s for s in _SPECS})

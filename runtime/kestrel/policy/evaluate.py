@@ -16,8 +16,9 @@ little more than the args digest and the :class:`Decision`.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from .canonical.address import parse_domain
@@ -25,14 +26,30 @@ from .canonical.errors import ArgsError
 from .canonical.url import parse_url
 from .model import ActionRequest, Check, Decision, Policy, PolicyState, Rule, TimeWindow, args_digest, make_decision
 
-__all__ = ["evaluate", "destination", "compile_plans", "ActionPlan", "NO_POLICY_DIGEST", "POLICY_TIMEOUT",
-           "INVALID_ARGS"]
+__all__ = [
+    "evaluate",
+    "destination",
+    "compile_plans",
+    "ActionPlan",
+    "NO_POLICY_DIGEST",
+    "POLICY_TIMEOUT",
+    "INVALID_ARGS",
+]
 
 NO_POLICY_DIGEST = "0" * 64
 POLICY_TIMEOUT = "policy_timeout"  # the rule (and reason code) of a decision that ran out of time
 INVALID_ARGS = "invalid-args"  # the rule of a request whose arguments have no canonical form
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "smtp": 25, "smtps": 465,
-                  "submission": 587, "mqtt": 1883, "mqtts": 8883}
+_DEFAULT_PORTS = {
+    "http": 80,
+    "https": 443,
+    "ws": 80,
+    "wss": 443,
+    "smtp": 25,
+    "smtps": 465,
+    "submission": 587,
+    "mqtt": 1883,
+    "mqtts": 8883,
+}
 _LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "::1"})
 _OUTSIDE_WINDOW = "outside the permitted time window"
 
@@ -76,9 +93,17 @@ def compile_plans(policy: Policy) -> dict[str, ActionPlan]:
 
 
 def _plan(policy: Policy, action: str) -> ActionPlan:
-    deny = [DenyStep(i, r.id, r.reason or f"denied by {r.id}", r.window,
-                     tuple((c.name, c.check_one, c.matches_any) for c in r.args))
-            for i, r in enumerate(policy.deny) if r.action in (action, "*")]
+    deny = [
+        DenyStep(
+            i,
+            r.id,
+            r.reason or f"denied by {r.id}",
+            r.window,
+            tuple((c.name, c.check_one, c.matches_any) for c in r.args),
+        )
+        for i, r in enumerate(policy.deny)
+        if r.action in (action, "*")
+    ]
     always = tuple(d for d in deny if not d.conds)
     by_name = {}
     for name in {d.conds[0][0] for d in deny if d.conds}:
@@ -93,8 +118,15 @@ def _plan(policy: Policy, action: str) -> ActionPlan:
             wild.append((a.host[1:], a.port))
         else:
             exact.setdefault(a.host, set()).add(a.port)
-    return ActionPlan(always, frozenset(by_name), by_name, allow, action in policy.network_actions,
-                      {h: frozenset(p) for h, p in exact.items()}, tuple(wild))
+    return ActionPlan(
+        always,
+        frozenset(by_name),
+        by_name,
+        allow,
+        action in policy.network_actions,
+        {h: frozenset(p) for h, p in exact.items()},
+        tuple(wild),
+    )
 
 
 def _deny_steps(plan: ActionPlan, named: set[str]) -> tuple[DenyStep, ...]:
@@ -110,12 +142,27 @@ def _allow_step(r: Rule) -> AllowStep:
     rate = r.rate
     if rate is None:
         return AllowStep(r.id, r.reason or f"allowed by {r.id}", r.window, conds, None, 0, 0.0, "", r.quorum)
-    return AllowStep(r.id, r.reason or f"allowed by {r.id}", r.window, conds, rate.key, rate.count, rate.per,
-                     f"rate limit reached ({rate.count} per {rate.per:g} s)", r.quorum)
+    return AllowStep(
+        r.id,
+        r.reason or f"allowed by {r.id}",
+        r.window,
+        conds,
+        rate.key,
+        rate.count,
+        rate.per,
+        f"rate limit reached ({rate.count} per {rate.per:g} s)",
+        r.quorum,
+    )
 
 
-def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, now: float, *,
-             expired: Callable[[], bool] | None = None) -> Decision:
+def evaluate(
+    policy: Policy | None,
+    request: ActionRequest,
+    state: PolicyState,
+    now: float,
+    *,
+    expired: Callable[[], bool] | None = None,
+) -> Decision:
     """Decide ``request`` under ``policy`` (None: no policy installed, deny everything).
 
     ``expired`` (optional) is asked before each rule is tried; once it answers True the
@@ -126,8 +173,9 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
     action, args = request.action, request.args
     digest = args_digest(args)
     if policy is None:
-        return make_decision(False, action, "default-deny", "no policy is installed", NO_POLICY_DIGEST, digest,
-                             None, args)
+        return make_decision(
+            False, action, "default-deny", "no policy is installed", NO_POLICY_DIGEST, digest, None, args
+        )
     plans = policy.plans
     plan = plans.get(action) or plans["*"]
     pdigest = policy.digest
@@ -147,8 +195,16 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
         else:
             return make_decision(False, action, rid, reason, pdigest, digest, None, args)
     if not plan.allow:
-        return make_decision(False, action, "default-deny", f"action '{action}' is not permitted by the policy",
-                             pdigest, digest, None, args)
+        return make_decision(
+            False,
+            action,
+            "default-deny",
+            f"action '{action}' is not permitted by the policy",
+            pdigest,
+            digest,
+            None,
+            args,
+        )
     if "url" in args or "host" in args:
         refused = _network_refusal(policy, plan, action, args)
         if refused is not None:
@@ -175,7 +231,8 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
             if fail is None and rate_key is not None:
                 times = state.hits.get(rate_key)
                 if now < state.saturated_until or (
-                        (len(times) - bisect_right(times, now - rate_per) if times else 0) >= rate_count):
+                    (len(times) - bisect_right(times, now - rate_per) if times else 0) >= rate_count
+                ):
                     fail = rate_reason
         if fail is None and quorum is not None:  # never allowed alone: kestrel.policy.quorum asks the group
             return make_decision(False, action, rid + ".quorum", quorum.reason, pdigest, digest)
@@ -188,8 +245,16 @@ def evaluate(policy: Policy | None, request: ActionRequest, state: PolicyState, 
 
 
 def _timed_out(action: str, pdigest: str, digest: str, args: Mapping[str, Any]) -> Decision:
-    return make_decision(False, action, POLICY_TIMEOUT, f"{POLICY_TIMEOUT}: the decision ran out of its time budget",
-                         pdigest, digest, None, args)
+    return make_decision(
+        False,
+        action,
+        POLICY_TIMEOUT,
+        f"{POLICY_TIMEOUT}: the decision ran out of its time budget",
+        pdigest,
+        digest,
+        None,
+        args,
+    )
 
 
 def _no_destination(action: str) -> str:
@@ -265,8 +330,7 @@ def _is_loopback(host: str) -> bool:
     return host in _LOOPBACK_NAMES or host.startswith("127.") and host.replace(".", "").isdigit()
 
 
-def _network_refusal(policy: Policy, plan: ActionPlan, action: str,
-                     args: Mapping[str, Any]) -> tuple[str, str] | None:
+def _network_refusal(policy: Policy, plan: ActionPlan, action: str, args: Mapping[str, Any]) -> tuple[str, str] | None:
     try:
         dest = destination(args)
     except ValueError as exc:
@@ -285,5 +349,7 @@ def _network_refusal(policy: Policy, plan: ActionPlan, action: str,
         if (want is None or want == port) and host.endswith(suffix):
             return None
     where = f"{host}:{port}" if port is not None else host
-    return (policy.restriction_id or "network",
-            f"external network destination {where} is not in the policy's network allow-list")
+    return (
+        policy.restriction_id or "network",
+        f"external network destination {where} is not in the policy's network allow-list",
+    )

@@ -13,8 +13,8 @@ name is close, a "did you mean".
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
 
 import yaml
 
@@ -95,8 +95,14 @@ def lint_policy(text: str | bytes, *, device: DeviceFacts | None = None) -> list
     if device is not None:
         for who, action in device.proposals:
             if action not in allowed:
-                out.append(LintWarning(1, 1, f"{device.source}: {who} proposes {action}, which this policy never "
-                                             f"allows: every such proposal will be denied"))
+                out.append(
+                    LintWarning(
+                        1,
+                        1,
+                        f"{device.source}: {who} proposes {action}, which this policy never "
+                        f"allows: every such proposal will be denied",
+                    )
+                )
     return sorted(out, key=lambda w: (w.line, w.column))
 
 
@@ -113,12 +119,12 @@ def _check_name(node: yaml.Node) -> list[LintWarning]:
     if name is None or name == "*" or name in KNOWN_ACTIONS:
         return []
     hint = _suggest(name, KNOWN_ACTIONS) or f" (the runtime's actions: {', '.join(KNOWN_ACTIONS)})"
-    return [_at(node, f"unknown action {name!r}: the runtime never proposes it, so this rule never "
-                      f"applies{hint}")]
+    return [_at(node, f"unknown action {name!r}: the runtime never proposes it, so this rule never applies{hint}")]
 
 
-def _check_rule(rule: yaml.Node, name: tuple[str, yaml.Node] | None,
-                device: DeviceFacts | None) -> Iterator[LintWarning]:
+def _check_rule(
+    rule: yaml.Node, name: tuple[str, yaml.Node] | None, device: DeviceFacts | None
+) -> Iterator[LintWarning]:
     if name is None:
         return
     action, node = name
@@ -126,16 +132,19 @@ def _check_rule(rule: yaml.Node, name: tuple[str, yaml.Node] | None,
     spec = KNOWN_ACTIONS.get(action)
     if spec is None and action != "*":
         return  # unknown action: its argument names cannot be checked
-    keys = spec.args + NETWORK_ARGS if spec else tuple({k for s in KNOWN_ACTIONS.values() for k in s.args}) + \
-        NETWORK_ARGS
+    keys = (
+        spec.args + NETWORK_ARGS if spec else tuple({k for s in KNOWN_ACTIONS.values() for k in s.args}) + NETWORK_ARGS
+    )
     for knode, vnode in _items(_get(rule, "args")):
         key = _scalar(knode)
         if key is None:
             continue
         if key not in keys:
             takes = f"it takes {', '.join(spec.args)}" if spec else "no action takes it"
-            yield _at(knode, f"{action} has no argument {key!r}: this constraint can never be met; "
-                             f"{takes}{_suggest(key, keys)}")
+            yield _at(
+                knode,
+                f"{action} has no argument {key!r}: this constraint can never be met; {takes}{_suggest(key, keys)}",
+            )
         elif key == "actuator" and spec is not None and spec.actuator and device is not None:
             yield from _check_actuators(vnode, spec.actuator, device)
 

@@ -11,8 +11,9 @@ import bisect
 import functools
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .canonical.address import parse_address
 from .canonical.errors import ArgsError
@@ -39,8 +40,11 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 # No circular-reference markers: a cycle ends in RecursionError, which falls back like the
 # "Circular reference detected" ValueError did (same digest), and the encoder keeps no state.
 _C_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # the C accelerator; None on pure-Python builds
-_ENCODE = (_C_ENCODER(None, repr, json.encoder.encode_basestring, None, ":", ",", True, False, True)
-           if _C_ENCODER is not None else None)
+_ENCODE = (
+    _C_ENCODER(None, repr, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+    if _C_ENCODER is not None
+    else None
+)
 _sha256 = hashlib.sha256
 
 
@@ -86,14 +90,32 @@ _new_object = object.__new__
 _set_dict = Decision.__dict__["__dict__"].__set__
 
 
-def make_decision(allowed: bool, action: str, rule: str, reason: str, policy_digest: str, args_digest: str,
-                  rate_key: str | None = None, args: Mapping[str, Any] | None = None) -> Decision:
+def make_decision(
+    allowed: bool,
+    action: str,
+    rule: str,
+    reason: str,
+    policy_digest: str,
+    args_digest: str,
+    rate_key: str | None = None,
+    args: Mapping[str, Any] | None = None,
+) -> Decision:
     """Same as ``Decision(...)``, at a third of the cost: the frozen dataclass's ``__init__``
     calls ``object.__setattr__`` once per field; this sets the instance dict in one step."""
     d = _new_object(Decision)
-    _set_dict(d, {"allowed": allowed, "action": action, "rule": rule, "reason": reason,
-                  "policy_digest": policy_digest, "args_digest": args_digest, "rate_key": rate_key,
-                  "args": args})
+    _set_dict(
+        d,
+        {
+            "allowed": allowed,
+            "action": action,
+            "rule": rule,
+            "reason": reason,
+            "policy_digest": policy_digest,
+            "args_digest": args_digest,
+            "rate_key": rate_key,
+            "args": args,
+        },
+    )
     return d
 
 
@@ -226,8 +248,10 @@ def _as_number(v: Any) -> float | None:
 
 _TYPE_CHECKS = {
     "str": lambda v: isinstance(v, str),
-    "int": lambda v: (isinstance(v, int) and not isinstance(v, bool))
-    or (isinstance(v, str) and v.lstrip("-").isdigit() and len(v) <= 32),
+    "int": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, str) and v.lstrip("-").isdigit() and len(v) <= 32)
+    ),
     "number": lambda v: _as_number(v) is not None,
     "bool": lambda v: isinstance(v, bool) or v in ("true", "false"),
 }
@@ -247,7 +271,7 @@ def tz_offset_min(tz: str, minute: int) -> int:
     import datetime
     import zoneinfo
 
-    when = datetime.datetime.fromtimestamp(minute * 60, datetime.timezone.utc)
+    when = datetime.datetime.fromtimestamp(minute * 60, datetime.UTC)
     offset = zoneinfo.ZoneInfo(tz).utcoffset(when)
     return int(offset.total_seconds() // 60) if offset is not None else 0
 
@@ -342,7 +366,7 @@ class PolicyState:
         times = self.hits.get(key, ())
         return len(times) - bisect.bisect_right(times, since)
 
-    def record(self, decision: Decision, now: float, *, horizon: Mapping[str, float]) -> "PolicyState":
+    def record(self, decision: Decision, now: float, *, horizon: Mapping[str, float]) -> PolicyState:
         """The state after ``decision`` at ``now``; drops entries older than each key's window."""
         if not decision.allowed or decision.rate_key is None:
             return self

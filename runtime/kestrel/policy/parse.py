@@ -152,8 +152,9 @@ def parse_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
     try:
         root = compose(decoded, source=source, label="YAML syntax")
     except AliasError as exc:
-        raise PolicyError(source, [PolicyIssue(line, col, f"{ALIAS_MESSAGE} in a policy")
-                                   for line, col in exc.positions]) from None
+        raise PolicyError(
+            source, [PolicyIssue(line, col, f"{ALIAS_MESSAGE} in a policy") for line, col in exc.positions]
+        ) from None
     except YamlSyntaxError as exc:
         issue = PolicyIssue(exc.line or 1, exc.column or 1, f"YAML syntax: {exc.problem}")
         raise PolicyError(source, [issue]) from None
@@ -243,8 +244,7 @@ def _rule(ctx: _Ctx, node: yaml.Node, rid: str, *, deny: bool) -> Rule | None:
     quorum = _quorum(ctx, m["quorum"], f"{rid}.quorum") if "quorum" in m else None
     if name is None:
         return None
-    return Rule(id=rid, action=name, args=args, window=window, rate=rate, network=network, reason=reason,
-                quorum=quorum)
+    return Rule(id=rid, action=name, args=args, window=window, rate=rate, network=network, reason=reason, quorum=quorum)
 
 
 def _quorum(ctx: _Ctx, node: yaml.Node, what: str) -> Any:
@@ -320,9 +320,12 @@ def _regex(ctx: _Ctx, node: yaml.Node, what: str) -> LinearRegex | None:
     try:
         return compile_linear(pat, mode="full")
     except RegexError as exc:
-        ctx.err(node, f"{what} is not a valid regular expression for a policy: {exc.reason} (pattern character "
-                      f"{exc.pos + 1}); policy patterns match in linear time: no backreferences, lookaround or "
-                      "inline flags (docs/policy.md)")
+        ctx.err(
+            node,
+            f"{what} is not a valid regular expression for a policy: {exc.reason} (pattern character "
+            f"{exc.pos + 1}); policy patterns match in linear time: no backreferences, lookaround or "
+            "inline flags (docs/policy.md)",
+        )
         return None
 
 
@@ -379,8 +382,11 @@ def _window(ctx: _Ctx, node: yaml.Node, what: str) -> TimeWindow | None:
         if "utc_offset" in m:
             ctx.err(m["tz"], f"{what}: give tz or utc_offset, not both")
         elif tz is not None and not _known_zone(tz):
-            ctx.err(m["tz"], f"{what}.tz: unknown time zone {tz!r} (an IANA name such as 'Europe/Berlin'; "
-                             "this machine's time-zone database has no such zone)")
+            ctx.err(
+                m["tz"],
+                f"{what}.tz: unknown time zone {tz!r} (an IANA name such as 'Europe/Berlin'; "
+                "this machine's time-zone database has no such zone)",
+            )
     return TimeWindow(days=days, start_min=start, end_min=end, offset_min=offset, tz=tz)
 
 
@@ -458,4 +464,3 @@ def _network(ctx: _Ctx, node: yaml.Node | None) -> tuple[tuple[NetAllow, ...], s
         if host is not None:
             out.append(NetAllow(host=host.lower(), port=port, actions=acts))
     return tuple(out), actions
-

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
 
@@ -117,6 +118,7 @@ def quorum_rule(policy: Any, decision: Any) -> Quorum | None:
 
 # -- the decision message ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class DecisionRequest:
     """What every approving member signs: the proposer's request, in canonical form."""
@@ -138,9 +140,16 @@ class DecisionRequest:
         return decision_message(self)
 
     def to_body(self) -> dict[str, Any]:
-        return {"proposer": self.proposer, "action": self.action, "args_digest": self.args_digest,
-                "policy": self.policy, "deadline_ms": self.deadline_ms, "nonce": self.nonce,
-                "threshold": self.threshold, "of": list(self.of)}
+        return {
+            "proposer": self.proposer,
+            "action": self.action,
+            "args_digest": self.args_digest,
+            "policy": self.policy,
+            "deadline_ms": self.deadline_ms,
+            "nonce": self.nonce,
+            "threshold": self.threshold,
+            "of": list(self.of),
+        }
 
 
 def _lp(data: bytes) -> bytes:
@@ -151,11 +160,19 @@ def decision_message(r: DecisionRequest) -> bytes:
     """``DECISION_DOMAIN || lp(proposer) || lp(action) || args_digest(32) || policy(32) ||
     u64(deadline_ms) || nonce(16) || u16(threshold) || u16(n) || lp(of[0]) .. lp(of[n-1])``,
     lp(x) = u32_be(len(x)) || x, strings UTF-8, digests raw (docs/quorum.md)."""
-    return b"".join([
-        DECISION_DOMAIN, _lp(r.proposer.encode()), _lp(r.action.encode()), bytes.fromhex(r.args_digest),
-        bytes.fromhex(r.policy), struct.pack(">Q", r.deadline_ms), r.nonce,
-        struct.pack(">HH", r.threshold, len(r.of)), *(_lp(d.encode()) for d in r.of),
-    ])
+    return b"".join(
+        [
+            DECISION_DOMAIN,
+            _lp(r.proposer.encode()),
+            _lp(r.action.encode()),
+            bytes.fromhex(r.args_digest),
+            bytes.fromhex(r.policy),
+            struct.pack(">Q", r.deadline_ms),
+            r.nonce,
+            struct.pack(">HH", r.threshold, len(r.of)),
+            *(_lp(d.encode()) for d in r.of),
+        ]
+    )
 
 
 class QuorumMessageError(DataError):
@@ -177,20 +194,31 @@ def _request_fields(body: Mapping[str, Any], *, proposer: str) -> DecisionReques
         raise bad("a field is missing") from None
     if not isinstance(action, str) or not 0 < len(action) <= 64:
         raise bad("'action' must be an action name")
-    if not isinstance(adig, str) or not _HEX64.fullmatch(adig) or not isinstance(pol, str) \
-            or not _HEX64.fullmatch(pol):
+    if not isinstance(adig, str) or not _HEX64.fullmatch(adig) or not isinstance(pol, str) or not _HEX64.fullmatch(pol):
         raise bad("'args_digest' and 'policy' must be 64 lower-case hex digits")
     if type(deadline) is not int or not 0 < deadline < 1 << 63:
         raise bad("'deadline_ms' must be a positive integer")
     if not isinstance(nonce, bytes) or len(nonce) != 16:
         raise bad("'nonce' must be 16 bytes")
-    if not isinstance(of, list) or not 0 < len(of) <= MAX_MEMBERS or not all(isinstance(d, str) for d in of) \
-            or len(set(of)) != len(of):
+    if (
+        not isinstance(of, list)
+        or not 0 < len(of) <= MAX_MEMBERS
+        or not all(isinstance(d, str) for d in of)
+        or len(set(of)) != len(of)
+    ):
         raise bad(f"'of' must list 1 to {MAX_MEMBERS} distinct DIDs")
     if type(threshold) is not int or not 1 <= threshold <= len(of):
         raise bad("'threshold' must be between 1 and the number of members")
-    return DecisionRequest(proposer=proposer, action=action, args_digest=adig, policy=pol,
-                           deadline_ms=deadline, nonce=nonce, threshold=threshold, of=tuple(of))
+    return DecisionRequest(
+        proposer=proposer,
+        action=action,
+        args_digest=adig,
+        policy=pol,
+        deadline_ms=deadline,
+        nonce=nonce,
+        threshold=threshold,
+        of=tuple(of),
+    )
 
 
 def parse_request(body: Any, *, sender: str, me: str) -> tuple[DecisionRequest, dict[str, Any]]:
@@ -231,12 +259,19 @@ def parse_vote(body: Any) -> Vote:
     sig, cert = body.get("sig"), body.get("cert")
     if vote == "allow" and (not isinstance(sig, bytes) or not isinstance(cert, bytes)):
         raise QuorumMessageError("malformed", "an approval carries 'sig' and 'cert' (bytes)")
-    return Vote(vid, vote == "allow", reason[:MAX_REASON], sig if vote == "allow" else None,
-                cert if vote == "allow" else None)
+    return Vote(
+        vid, vote == "allow", reason[:MAX_REASON], sig if vote == "allow" else None, cert if vote == "allow" else None
+    )
 
 
-def check_vote(request: DecisionRequest, vote: Vote, *, voter: str, min_serial: int = 0,
-               known: Mapping[str, "VerifiedCertificate"] | None = None) -> "VerifiedCertificate":
+def check_vote(
+    request: DecisionRequest,
+    vote: Vote,
+    *,
+    voter: str,
+    min_serial: int = 0,
+    known: Mapping[str, VerifiedCertificate] | None = None,
+) -> VerifiedCertificate:
     """Verify an approval from ``voter`` for ``request``: its certificate (identity signature, proof
     of possession, serial not below ``min_serial``, the last one seen from the voter) and its BLS
     signature over the request's decision message. Returns the voter's verified certificate.
@@ -263,17 +298,22 @@ def check_vote(request: DecisionRequest, vote: Vote, *, voter: str, min_serial: 
         except BLSCertificateError as exc:
             raise QuorumMessageError(f"cert-{exc.reason}", exc.message) from None
     if cert.serial < min_serial:
-        raise QuorumMessageError("cert-rotated", f"{voter}'s BLS key {cert.serial} was rotated away "
-                                                 f"(serial {min_serial} seen since)")
+        raise QuorumMessageError(
+            "cert-rotated", f"{voter}'s BLS key {cert.serial} was rotated away (serial {min_serial} seen since)"
+        )
     try:
         cert.public_key.verify(vote.signature, request.message())
     except SignatureError:
-        raise QuorumMessageError("bad-signature", f"{voter}'s BLS signature is not over this request's "
-                                                  "decision message (other arguments, nonce or deadline?)") from None
+        raise QuorumMessageError(
+            "bad-signature",
+            f"{voter}'s BLS signature is not over this request's "
+            "decision message (other arguments, nonce or deadline?)",
+        ) from None
     return cert
 
 
 # -- the decision, as recorded and audited --------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class VerifiedDecision:
@@ -299,18 +339,24 @@ def verify_decision(body: Mapping[str, Any], *, members: Sequence[str] | None = 
         raise QuorumMessageError("malformed", "'proposer' is missing")
     req = _request_fields(body, proposer=proposer)
     signers, certs, agg = body.get("signers"), body.get("certs"), body.get("aggregate")
-    if not isinstance(signers, list) or not isinstance(certs, list) or len(signers) != len(certs) \
-            or not isinstance(agg, bytes):
+    if (
+        not isinstance(signers, list)
+        or not isinstance(certs, list)
+        or len(signers) != len(certs)
+        or not isinstance(agg, bytes)
+    ):
         raise QuorumMessageError("malformed", "'signers', 'certs' and 'aggregate' do not fit together")
     if len(set(signers)) != len(signers) or not set(signers) <= set(req.of):
         raise QuorumMessageError("not-a-member", "a signer is repeated or not a member of the quorum")
     if len(signers) < req.threshold:
         raise QuorumMessageError("below-threshold", f"{len(signers)} signers, threshold {req.threshold}")
     if members is not None and set(req.of) - set(members):
-        raise QuorumMessageError("unknown-member", "the quorum names agents the auditor does not know: "
-                                 + ", ".join(sorted(set(req.of) - set(members))))
+        raise QuorumMessageError(
+            "unknown-member",
+            "the quorum names agents the auditor does not know: " + ", ".join(sorted(set(req.of) - set(members))),
+        )
     keys, serials = [], []
-    for did, cert_bytes in zip(signers, certs):
+    for did, cert_bytes in zip(signers, certs, strict=False):
         try:
             cert = verify_certificate(cert_bytes, agent=did)
         except BLSCertificateError as exc:

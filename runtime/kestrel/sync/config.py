@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from .limits import RetentionPolicy
@@ -28,10 +29,19 @@ class SyncConfig:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
 
-_NUM = {"batch_records": (int, 1, 100_000), "batch_bytes": (int, 1024, 1 << 20), "max_inflight": (int, 1, 1000),
-        "bandwidth": (float, 1.0, 1e12), "burst": (int, 1024, 1 << 30), "poll_s": (float, 0.01, 60.0),
-        "status_s": (float, 0.1, 3600.0), "offset_s": (float, 0.0, 60.0), "retry_s": (float, 0.01, 600.0),
-        "ack_timeout_s": (float, 1.0, 3600.0), "resend_interval_s": (float, 0.0, 86400.0)}
+_NUM = {
+    "batch_records": (int, 1, 100_000),
+    "batch_bytes": (int, 1024, 1 << 20),
+    "max_inflight": (int, 1, 1000),
+    "bandwidth": (float, 1.0, 1e12),
+    "burst": (int, 1024, 1 << 30),
+    "poll_s": (float, 0.01, 60.0),
+    "status_s": (float, 0.1, 3600.0),
+    "offset_s": (float, 0.0, 60.0),
+    "retry_s": (float, 0.01, 600.0),
+    "ack_timeout_s": (float, 1.0, 3600.0),
+    "resend_interval_s": (float, 0.0, 86400.0),
+}
 
 
 def parse_sync_config(doc: Mapping[str, Any] | None, *, source: str = "<config>") -> SyncConfig:
@@ -42,8 +52,12 @@ def parse_sync_config(doc: Mapping[str, Any] | None, *, source: str = "<config>"
         raise ConfigError("the sync section must be a mapping", path=source, key="sync")
     unknown = set(doc) - set(_NUM) - {"enabled", "retention"}
     if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)}", path=source, key="sync",
-                          hint=f"known keys: enabled, retention, {', '.join(sorted(_NUM))}")
+        raise ConfigError(
+            f"unknown key(s) {sorted(unknown)}",
+            path=source,
+            key="sync",
+            hint=f"known keys: enabled, retention, {', '.join(sorted(_NUM))}",
+        )
     values: dict[str, Any] = {}
     for key, (typ, lo, hi) in _NUM.items():
         if key in doc and doc[key] is not None:
@@ -59,14 +73,14 @@ def parse_sync_config(doc: Mapping[str, Any] | None, *, source: str = "<config>"
         values["enabled"] = doc["enabled"]
     ret = doc.get("retention") or {}
     if not isinstance(ret, Mapping) or set(ret) - {"max_bytes", "warn_fraction", "on_full"}:
-        raise ConfigError("must be a mapping with max_bytes, warn_fraction, on_full", path=source,
-                          key="sync.retention")
+        raise ConfigError("must be a mapping with max_bytes, warn_fraction, on_full", path=source, key="sync.retention")
     try:
         max_bytes = ret.get("max_bytes")
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
             raise ValueError("max_bytes must be a positive integer")
-        values["retention"] = RetentionPolicy(max_bytes, float(ret.get("warn_fraction", 0.8)),
-                                              str(ret.get("on_full", "keep")))
+        values["retention"] = RetentionPolicy(
+            max_bytes, float(ret.get("warn_fraction", 0.8)), str(ret.get("on_full", "keep"))
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc), path=source, key="sync.retention") from None
     return SyncConfig(**values)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 __all__ = ["TokenBucket", "RetentionPolicy", "retention_warnings", "prune_point"]
 
@@ -59,15 +59,17 @@ def retention_warnings(policy: RetentionPolicy, *, used_bytes: int, backlog: int
     if frac < policy.warn_fraction:
         return ()
     level = "limit reached" if frac >= 1 else f"{frac:.0%} of the retention limit"
-    what = {"keep": f"{backlog} unsynced records are kept; the ledger will exceed the limit until the broker is "
-                    "reachable",
-            "drop-synced": "records already synced will be pruned",
-            "drop-oldest": f"the oldest records will be pruned even if not synced ({backlog} unsynced)"}
+    what = {
+        "keep": f"{backlog} unsynced records are kept; the ledger will exceed the limit until the broker is reachable",
+        "drop-synced": "records already synced will be pruned",
+        "drop-oldest": f"the oldest records will be pruned even if not synced ({backlog} unsynced)",
+    }
     return (f"ledger uses {used_bytes} bytes, {level} ({policy.max_bytes} bytes): {what[policy.on_full]}",)
 
 
-def prune_point(policy: RetentionPolicy, *, used_bytes: int, segments: Sequence[tuple[int, int]],
-                acked: int, size: int) -> int | None:
+def prune_point(
+    policy: RetentionPolicy, *, used_bytes: int, segments: Sequence[tuple[int, int]], acked: int, size: int
+) -> int | None:
     """Where to prune (the ``before_seq`` for ``Ledger.prune``), or None to keep everything.
 
     ``segments``: (first seq, bytes) of each segment, oldest first (the last is being written and
@@ -79,7 +81,7 @@ def prune_point(policy: RetentionPolicy, *, used_bytes: int, segments: Sequence[
     allowed = acked if policy.on_full == "drop-synced" else size
     excess = used_bytes - policy.warn_fraction * policy.max_bytes
     freed, before = 0, None
-    for (_, nbytes), (nxt, _) in zip(segments, segments[1:]):
+    for (_, nbytes), (nxt, _) in zip(segments, segments[1:], strict=False):
         if nxt > allowed or freed >= excess:
             break
         freed += nbytes

@@ -48,16 +48,21 @@ class OffsetStore:
         raw = read_bytes(self.path, what="sync offset", max_size=65536)
         try:
             doc = json.loads(raw)
-            off = Offset(str(doc["agent"]), int(doc["acked"]), int(doc.get("checkpoint_size", 0)),
-                         float(doc.get("updated", 0.0)))
+            off = Offset(
+                str(doc["agent"]), int(doc["acked"]), int(doc.get("checkpoint_size", 0)), float(doc.get("updated", 0.0))
+            )
             if doc.get("version") != 1 or off.acked < 0:
                 raise ValueError("unknown version or negative offset")
         except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"sync offset {self.path} is corrupt: {exc}",
-                            hint="delete it to resend the whole ledger (the collector drops duplicates)") from None
+            raise DataError(
+                f"sync offset {self.path} is corrupt: {exc}",
+                hint="delete it to resend the whole ledger (the collector drops duplicates)",
+            ) from None
         if off.agent != agent:
-            raise DataError(f"sync offset {self.path} belongs to {off.agent}, not {agent}",
-                            hint="the state directory holds another agent's sync state; delete the file") from None
+            raise DataError(
+                f"sync offset {self.path} belongs to {off.agent}, not {agent}",
+                hint="the state directory holds another agent's sync state; delete the file",
+            ) from None
         return off
 
     def save(self, offset: Offset) -> None:
@@ -107,5 +112,7 @@ def read_status(state_dir: str | os.PathLike[str]) -> SyncStatus | None:
         doc["warnings"] = tuple(doc.get("warnings", ()))
         return SyncStatus(**doc)
     except (ValueError, TypeError, AttributeError) as exc:
-        raise DataError(f"sync status {path} is corrupt: {exc}",
-                        hint="it is rewritten by the running sync; delete it if the daemon is stopped") from None
+        raise DataError(
+            f"sync status {path} is corrupt: {exc}",
+            hint="it is rewritten by the running sync; delete it if the daemon is stopped",
+        ) from None

@@ -24,8 +24,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import DataError, KestrelError
 from ._tasks import cancel_task
@@ -87,8 +88,8 @@ class _Reader:
                     if size is not None and half <= size - start <= len(records):
                         # End the batch at this checkpoint so that the collector can verify the
                         # whole message at once; the records after it open the next batch.
-                        self._back.extendleft(reversed(records[size - start:]))
-                        del records[size - start:]
+                        self._back.extendleft(reversed(records[size - start :]))
+                        del records[size - start :]
                         break
                     continue
                 if frame.type != RECORD:
@@ -145,8 +146,9 @@ class LedgerSync:
         self._cp_sent = 0
         self._base_due = False  # records were pruned before being sent: publish the ledger's signed base
         self._inflight: deque[tuple[SyncBatch, int, asyncio.Task[Any]]] = deque()
-        self._bucket = (TokenBucket(config.bandwidth, burst=config.burst, now=time.monotonic())
-                        if config.bandwidth else None)
+        self._bucket = (
+            TokenBucket(config.bandwidth, burst=config.burst, now=time.monotonic()) if config.bandwidth else None
+        )
         self._task: asyncio.Task[None] | None = None
         self._resend_task: asyncio.Task[None] | None = None
         self._resend_sub: Any = None
@@ -169,8 +171,10 @@ class LedgerSync:
         self._offset = self._saved = await asyncio.to_thread(self._offsets.load, self.did)
         self._next, self._cp_sent = self._offset.acked, self._offset.checkpoint_size
         if self._offset.acked > self.ledger.size:
-            raise DataError(f"sync offset {self._offset.acked} is beyond the ledger's {self.ledger.size} records",
-                            hint=f"the ledger was replaced; delete {self._offsets.path} to resend it")
+            raise DataError(
+                f"sync offset {self._offset.acked} is beyond the ledger's {self.ledger.size} records",
+                hint=f"the ledger was replaced; delete {self._offsets.path} to resend it",
+            )
         self._resend_sub = await self.bridge.subscribe(resend_topic(self.did), qos=1, queue_size=8)
         self._task = asyncio.create_task(self._main(), name="kestrel-sync")
         self._resend_task = asyncio.create_task(self._resend_requests(), name="kestrel-sync-resend")
@@ -190,25 +194,34 @@ class LedgerSync:
 
     async def wait_synced(self, size: int | None = None, *, timeout: float | None = None) -> bool:
         """Wait until the broker has acknowledged the first ``size`` records (default: all)."""
+
         async def _wait() -> None:
             while self._offset.acked < (self.ledger.size if size is None else size):
                 if self._task is not None and self._task.done():
                     self._task.result()
                 await asyncio.sleep(0.02)
+
         try:
             await asyncio.wait_for(_wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     @property
     def status(self) -> SyncStatus:
-        return SyncStatus(agent=self.did, connected=bool(self.bridge.connected), acked=self._offset.acked,
-                          ledger_size=self.ledger.size, rate=round(self._rate, 1), updated=time.time(),
-                          pid=os.getpid(), ledger_bytes=self._ledger_bytes,
-                          retention_limit=self.config.retention.max_bytes,
-                          warnings=self._warnings + self._skip_warnings + ((self._error,) if self._error else ()),
-                          first_seq=getattr(self.ledger, "first_seq", 0))
+        return SyncStatus(
+            agent=self.did,
+            connected=bool(self.bridge.connected),
+            acked=self._offset.acked,
+            ledger_size=self.ledger.size,
+            rate=round(self._rate, 1),
+            updated=time.time(),
+            pid=os.getpid(),
+            ledger_bytes=self._ledger_bytes,
+            retention_limit=self.config.retention.max_bytes,
+            warnings=self._warnings + self._skip_warnings + ((self._error,) if self._error else ()),
+            first_seq=getattr(self.ledger, "first_seq", 0),
+        )
 
     # -- the loop ------------------------------------------------------------------------------
     async def _main(self) -> None:
@@ -266,8 +279,9 @@ class LedgerSync:
                 task = asyncio.create_task(self.bridge.publish(self.topic, payload, qos=1))
                 self._inflight.append((batch, cp_size, task))
                 self._next, self._cp_sent = batch.end, max(self._cp_sent, cp_size)
-                while self._inflight and (len(self._inflight) >= self.config.max_inflight
-                                          or self._inflight[0][2].done()):
+                while self._inflight and (
+                    len(self._inflight) >= self.config.max_inflight or self._inflight[0][2].done()
+                ):
                     await self._complete_first()
         finally:
             await cancel_task(keeper)
@@ -296,8 +310,9 @@ class LedgerSync:
             await self._rewind(str(exc))
             return
         self._inflight.popleft()
-        self._offset = Offset(self.did, max(batch.end, self._offset.acked),
-                              max(cp_size, self._offset.checkpoint_size), time.time())
+        self._offset = Offset(
+            self.did, max(batch.end, self._offset.acked), max(cp_size, self._offset.checkpoint_size), time.time()
+        )
         self.published += 1
         self._error = None
 
@@ -318,12 +333,15 @@ class LedgerSync:
             if seq in self._skipped_seen:  # met again after a rewind or a resend request
                 continue
             self._skipped_seen.add(seq)
-            why = (f"record {seq} ({size} bytes) is larger than a sync message may be "
-                   f"({self.config.batch_bytes} bytes): not sent; the collector will report a gap at {seq}")
+            why = (
+                f"record {seq} ({size} bytes) is larger than a sync message may be "
+                f"({self.config.batch_bytes} bytes): not sent; the collector will report a gap at {seq}"
+            )
             log.warning("sync: %s", why)
             self._skip_warnings = (self._skip_warnings + (why,))[-_MAX_SKIP_WARNINGS:]
-            await self.ledger.append_async("sync.skipped", {"seq": seq, "bytes": size, "digest": digest,
-                                                            "limit_bytes": self.config.batch_bytes})
+            await self.ledger.append_async(
+                "sync.skipped", {"seq": seq, "bytes": size, "digest": digest, "limit_bytes": self.config.batch_bytes}
+            )
 
     async def _resend_requests(self) -> None:
         """A collector that lost records (a new collector, a broker that dropped them) asks again."""
@@ -347,8 +365,11 @@ class LedgerSync:
             self._persist_locked(force)
 
     def _persist_locked(self, force: bool) -> None:
-        if force or self._offset.acked != self._saved.acked or \
-                self._offset.checkpoint_size != self._saved.checkpoint_size:
+        if (
+            force
+            or self._offset.acked != self._saved.acked
+            or self._offset.checkpoint_size != self._saved.checkpoint_size
+        ):
             off = self._offset
             self._offsets.save(off)
             self._saved = off
@@ -380,9 +401,16 @@ class LedgerSync:
         self._warnings = retention_warnings(policy, used_bytes=used, backlog=backlog)
         level = 0 if not self._warnings else (2 if used >= policy.max_bytes else 1)
         if level > self._warn_level:
-            await self.ledger.append_async("sync.retention", {
-                "level": "limit" if level == 2 else "warning", "used_bytes": used,
-                "limit_bytes": policy.max_bytes, "backlog": backlog, "on_full": policy.on_full})
+            await self.ledger.append_async(
+                "sync.retention",
+                {
+                    "level": "limit" if level == 2 else "warning",
+                    "used_bytes": used,
+                    "limit_bytes": policy.max_bytes,
+                    "backlog": backlog,
+                    "on_full": policy.on_full,
+                },
+            )
         self._warn_level = level
         if policy.on_full != "keep" and used >= policy.prune_at and hasattr(self.ledger, "prune"):
             await asyncio.to_thread(self._prune, used)
@@ -392,17 +420,26 @@ class LedgerSync:
         """Free whole segments as the retention policy allows (a worker thread)."""
         policy, acked = self.config.retention, self._offset.acked
         usage = self.ledger.disk_usage()
-        before = prune_point(policy, used_bytes=usage.total, segments=usage.segments, acked=acked,
-                             size=self.ledger.size)
+        before = prune_point(
+            policy, used_bytes=usage.total, segments=usage.segments, acked=acked, size=self.ledger.size
+        )
         if before is None:
             if policy.on_full == "drop-synced" and acked < self.ledger.size:
-                log.warning("sync: ledger over its retention threshold; %d unsynced records are kept",
-                            self.ledger.size - acked)
+                log.warning(
+                    "sync: ledger over its retention threshold; %d unsynced records are kept", self.ledger.size - acked
+                )
             return
         first = self.ledger.first_seq
-        result = self.ledger.prune(before, reason=f"retention {policy.on_full}", details={
-            "unsynced": max(0, before - max(acked, first)), "used_bytes": usage.total,
-            "limit_bytes": policy.max_bytes, "on_full": policy.on_full})
+        result = self.ledger.prune(
+            before,
+            reason=f"retention {policy.on_full}",
+            details={
+                "unsynced": max(0, before - max(acked, first)),
+                "used_bytes": usage.total,
+                "limit_bytes": policy.max_bytes,
+                "on_full": policy.on_full,
+            },
+        )
         if result.records:
             self.pruned.append(result)
 
@@ -417,8 +454,9 @@ def _dir_bytes(path: Path) -> int:
     return total
 
 
-async def run_sync(ledger: Any, bridge: Any, *, config: SyncConfig | Mapping[str, Any] | None = None,
-                   state_dir: str | os.PathLike[str]) -> None:
+async def run_sync(
+    ledger: Any, bridge: Any, *, config: SyncConfig | Mapping[str, Any] | None = None, state_dir: str | os.PathLike[str]
+) -> None:
     """Run the sync until cancelled (the daemon's alternative to start/stop).
 
     ``config`` is a SyncConfig, or the raw ``sync:`` mapping of the device config (parsed here).

@@ -29,7 +29,7 @@ class SegmentTail:
         self.dir = Path(ledger_dir)
         segments = self._segments()
         first = [s for s in segments if s <= start]
-        self._segment: int | None = (first[-1] if first else (segments[0] if segments else None))
+        self._segment: int | None = first[-1] if first else (segments[0] if segments else None)
         self._offset = len(SEGMENT_MAGIC)
         self._buf = b""
         self._bufpos = 0
@@ -58,15 +58,20 @@ class SegmentTail:
         path = self._path(self._segment)
         try:
             with open(path, "rb") as fh:
-                if self._offset == len(SEGMENT_MAGIC) and fh.read(len(SEGMENT_MAGIC)) not in (SEGMENT_MAGIC, SEGMENT_MAGIC_V1):
-                    raise DataError(f"ledger segment {path} does not start with the ledger magic bytes",
-                                    hint="run `kestrel audit verify`")
+                if self._offset == len(SEGMENT_MAGIC) and fh.read(len(SEGMENT_MAGIC)) not in (
+                    SEGMENT_MAGIC,
+                    SEGMENT_MAGIC_V1,
+                ):
+                    raise DataError(
+                        f"ledger segment {path} does not start with the ledger magic bytes",
+                        hint="run `kestrel audit verify`",
+                    )
                 fh.seek(self._offset)
                 data = fh.read(_CHUNK)
         except OSError as exc:
             raise TransportError(f"cannot read ledger segment {path}: {exc.strerror or exc}") from None
         if data:
-            self._buf = self._buf[self._bufpos:] + data
+            self._buf = self._buf[self._bufpos :] + data
             self._bufpos = 0
             self._offset += len(data)
             return True
@@ -74,8 +79,10 @@ class SegmentTail:
         if later:  # this segment is final (a torn remainder, if any, was never acknowledged): move on
             self._segment, self._offset, self._buf, self._bufpos = later[0], len(SEGMENT_MAGIC), b"", 0
             if later[0] != self.seq:
-                raise DataError(f"ledger segment {self._path(later[0])} starts at record {later[0]}, "
-                                f"expected {self.seq}", hint="run `kestrel audit verify`")
+                raise DataError(
+                    f"ledger segment {self._path(later[0])} starts at record {later[0]}, expected {self.seq}",
+                    hint="run `kestrel audit verify`",
+                )
             return self._fill()
         return False
 
@@ -104,7 +111,9 @@ class SegmentTail:
         if isinstance(item, FrameDamage):
             if item.kind == "torn":
                 return None  # an unfinished write: wait for the rest
-            raise DataError(f"ledger frame damaged in segment {self._segment:020d}.seg ({item.detail})",
-                            hint="run `kestrel audit verify` to locate the damage")
+            raise DataError(
+                f"ledger frame damaged in segment {self._segment:020d}.seg ({item.detail})",
+                hint="run `kestrel audit verify` to locate the damage",
+            )
         self._bufpos = item.end
         return item

@@ -17,9 +17,21 @@ import msgpack
 from ..errors import DataError
 from ..identity.keys import KeyFormatError, PublicKey
 
-__all__ = ["SyncFormatError", "SyncBatch", "encode_batch", "decode_batch", "ledger_topic", "resend_topic",
-           "encode_resend", "decode_resend",
-           "inbox_topic", "agent_from_topic", "LEDGER_FILTER", "MAX_BATCH_BYTES", "BATCH_OVERHEAD"]
+__all__ = [
+    "SyncFormatError",
+    "SyncBatch",
+    "encode_batch",
+    "decode_batch",
+    "ledger_topic",
+    "resend_topic",
+    "encode_resend",
+    "decode_resend",
+    "inbox_topic",
+    "agent_from_topic",
+    "LEDGER_FILTER",
+    "MAX_BATCH_BYTES",
+    "BATCH_OVERHEAD",
+]
 
 ROOT = "kestrel"
 LEDGER_FILTER = f"{ROOT}/+/ledger/batch"

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ...errors import DataError, TransportError, UsageError
 
@@ -122,7 +123,7 @@ class LanguageModel(Protocol):
 
     def generate(
         self, prompt: Prompt, *, options: GenerationOptions = ..., cancel: threading.Event | None = None
-    ) -> "Stream": ...
+    ) -> Stream: ...
 
     def count_tokens(self, text: str) -> int: ...
 
@@ -149,7 +150,7 @@ class StopMatcher:
                 if buf.endswith(s[:n]):
                     hold = max(hold, n)
                     break
-        self._pending = buf[len(buf) - hold:] if hold else ""
+        self._pending = buf[len(buf) - hold :] if hold else ""
         return buf[: len(buf) - hold], False
 
     def flush(self) -> str:

@@ -18,8 +18,9 @@ import json
 import os
 import re
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ...errors import UsageError
 from .base import GenerationOptions, ModelLoadError, Piece, Stream, drive
@@ -54,7 +55,7 @@ class _Detokenizer:
         text = self._tok.decode(self._cache, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return ""
-        out = text[self._printed:]
+        out = text[self._printed :]
         if text.endswith((" ", "\n")):
             self._cache, self._printed = [], 0
         else:
@@ -89,9 +90,7 @@ class OnnxLanguageModel:
         self._tokenizer = self._load_tokenizer(tok_path)
         self._session = self._load_session(model_path, threads)
         self._inspect_inputs()
-        self.context_length = int(
-            self.config.get("n_positions") or self.config.get("max_position_embeddings") or 2048
-        )
+        self.context_length = int(self.config.get("n_positions") or self.config.get("max_position_embeddings") or 2048)
         eos = self.config.get("eos_token_id")
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self._lock = threading.Lock()
@@ -200,7 +199,7 @@ class OnnxLanguageModel:
         feed.update(past)
         out = self._session.run(self._out_names, feed)
         logits = np.asarray(out[0][0, -1], dtype=np.float32)
-        new_past = {p[0]: arr for p, arr in zip(self._past, out[1:])}
+        new_past = {p[0]: arr for p, arr in zip(self._past, out[1:], strict=False)}
         return logits, new_past
 
     def generate(

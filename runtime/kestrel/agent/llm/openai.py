@@ -22,7 +22,8 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from ...errors import UsageError
@@ -47,8 +48,10 @@ class OpenAIModel:
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"not an http(s) endpoint URL: {base_url!r}",
-                             hint="give the server's base URL, e.g. http://192.168.1.20:8080/v1")
+            raise UsageError(
+                f"not an http(s) endpoint URL: {base_url!r}",
+                hint="give the server's base URL, e.g. http://192.168.1.20:8080/v1",
+            )
         if api not in ("completions", "chat"):
             raise UsageError(f"api must be 'completions' or 'chat', got {api!r}")
         self.base_url = base_url.rstrip("/")
@@ -65,8 +68,13 @@ class OpenAIModel:
         """An estimate (about 4 characters per token); the server does not tell."""
         return len(text) // 4 + 1
 
-    def generate(self, prompt: str | Sequence[int], *, options: GenerationOptions = GenerationOptions(),
-                 cancel: threading.Event | None = None) -> Stream:
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        options: GenerationOptions = GenerationOptions(),
+        cancel: threading.Event | None = None,
+    ) -> Stream:
         if not isinstance(prompt, str) and self.api == "chat":
             raise UsageError("token-id prompts need api='completions'")
         decision = self._authorize("llm.request", {"url": self.url, "model": self.name})
@@ -81,8 +89,13 @@ class OpenAIModel:
         return drive(lambda: self._pieces(body, options), options=options, prompt_tokens=n_prompt, cancel=cancel)
 
     def _body(self, prompt: str | Sequence[int], options: GenerationOptions) -> bytes:
-        body: dict[str, Any] = {"model": self.name, "max_tokens": options.max_tokens, "stream": True,
-                                "temperature": options.temperature, "top_p": options.top_p}
+        body: dict[str, Any] = {
+            "model": self.name,
+            "max_tokens": options.max_tokens,
+            "stream": True,
+            "temperature": options.temperature,
+            "top_p": options.top_p,
+        }
         if self.api == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
@@ -110,8 +123,10 @@ class OpenAIModel:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, (socket.timeout, TimeoutError)):
                 raise EndpointError(f"LLM endpoint {where} did not answer within {timeout:g} s") from None
-            raise EndpointError(f"cannot reach LLM endpoint {where}: {reason}",
-                                hint="check that the server is running and the URL is right") from None
+            raise EndpointError(
+                f"cannot reach LLM endpoint {where}: {reason}",
+                hint="check that the server is running and the URL is right",
+            ) from None
         with response:
             yield from self._events(response, where, timeout)
 
@@ -119,7 +134,7 @@ class OpenAIModel:
         while True:
             try:
                 raw = response.readline(_MAX_LINE)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 raise EndpointError(f"LLM endpoint {where} stalled for more than {timeout:g} s") from None
             except OSError as exc:
                 raise EndpointError(f"LLM endpoint {where} broke the stream: {exc}") from None

@@ -15,9 +15,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
 from ...errors import DataError, KestrelError
@@ -40,8 +41,11 @@ class LocalLLM:
 
 
 def _model_files(path: Path) -> list[Path]:
-    names = [p for p in path.iterdir() if p.is_file() and (p.name.startswith("model.onnx") or p.name in (
-        "tokenizer.json", "config.json"))]
+    names = [
+        p
+        for p in path.iterdir()
+        if p.is_file() and (p.name.startswith("model.onnx") or p.name in ("tokenizer.json", "config.json"))
+    ]
     return sorted(names, key=lambda p: p.name)
 
 
@@ -50,10 +54,12 @@ def local_llm_dir(path: str | os.PathLike[str]) -> Path:
     that callers make before they unlock anything."""
     folder = _locate(path)
     if not folder.is_dir():
-        raise ModelLoadError(f"no model directory at {folder}",
-                             hint="local:PATH takes a folder holding a decoder exported to ONNX (model.onnx, "
-                                  "tokenizer.json, config.json; docs/llm.md), e.g. local:models/tinylm/build "
-                                  "after `kestrel models build tinylm`")
+        raise ModelLoadError(
+            f"no model directory at {folder}",
+            hint="local:PATH takes a folder holding a decoder exported to ONNX (model.onnx, "
+            "tokenizer.json, config.json; docs/llm.md), e.g. local:models/tinylm/build "
+            "after `kestrel models build tinylm`",
+        )
     return folder
 
 
@@ -78,8 +84,14 @@ def _record_path(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / "agent" / LLM_FILE
 
 
-def register_local_llm(state_dir: str | os.PathLike[str], path: str | os.PathLike[str], *,
-                       ledger: Any = None, name: str | None = None, threads: int | None = None) -> LocalLLM:
+def register_local_llm(
+    state_dir: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    ledger: Any = None,
+    name: str | None = None,
+    threads: int | None = None,
+) -> LocalLLM:
     """Check that ``path`` holds a loadable decoder, then record it as this agent's LLM.
 
     ``path`` is a folder, or a bare name whose recipe build exists (``models/NAME/build``).
@@ -96,15 +108,31 @@ def register_local_llm(state_dir: str | os.PathLike[str], path: str | os.PathLik
     model = OnnxLanguageModel(folder, threads=threads, digest=digest)  # raises ModelLoadError if corrupt
     default_name = folder.parent.name if folder.name == "build" else folder.name
     llm = LocalLLM(name or default_name, folder, digest, entries, model.context_length, time.time())
-    record = {"format": FORMAT, "name": llm.name, "backend": "onnx", "path": str(folder), "digest": digest,
-              "files": entries, "context_length": llm.context_length, "registered_at": llm.registered_at}
+    record = {
+        "format": FORMAT,
+        "name": llm.name,
+        "backend": "onnx",
+        "path": str(folder),
+        "digest": digest,
+        "files": entries,
+        "context_length": llm.context_length,
+        "registered_at": llm.registered_at,
+    }
     target = _record_path(state_dir)
     ensure_private_dir(target.parent)
     atomic_write(target, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     if ledger is not None:
-        ledger.append("model.deployed", {"name": llm.name, "runtime": "onnx", "task": "text-generation",
-                                         "source": "local", "digest": digest,
-                                         "files": {k: v["sha256"] for k, v in entries.items()}})
+        ledger.append(
+            "model.deployed",
+            {
+                "name": llm.name,
+                "runtime": "onnx",
+                "task": "text-generation",
+                "source": "local",
+                "digest": digest,
+                "files": {k: v["sha256"] for k, v in entries.items()},
+            },
+        )
     return llm
 
 
@@ -117,11 +145,18 @@ def registered_llm(state_dir: str | os.PathLike[str]) -> LocalLLM | None:
         obj = json.loads(read_bytes(target, what="LLM registration", max_size=1 << 20))
         if obj.get("format") != FORMAT:
             raise ValueError(f"format {obj.get('format')!r}")
-        return LocalLLM(str(obj["name"]), Path(obj["path"]), str(obj["digest"]), dict(obj["files"]),
-                        int(obj["context_length"]), float(obj["registered_at"]))
+        return LocalLLM(
+            str(obj["name"]),
+            Path(obj["path"]),
+            str(obj["digest"]),
+            dict(obj["files"]),
+            int(obj["context_length"]),
+            float(obj["registered_at"]),
+        )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{target} is corrupt: {exc}",
-                        hint="register the model again: kestrel deploy --model local:PATH") from None
+        raise DataError(
+            f"{target} is corrupt: {exc}", hint="register the model again: kestrel deploy --model local:PATH"
+        ) from None
 
 
 def open_local_llm(state_dir: str | os.PathLike[str], *, threads: int | None = None, verify: bool = False) -> Any:
@@ -130,19 +165,26 @@ def open_local_llm(state_dir: str | os.PathLike[str], *, threads: int | None = N
 
     llm = registered_llm(state_dir)
     if llm is None:
-        raise KestrelError("no local LLM is registered",
-                           hint="register one: kestrel deploy --model local:PATH, or use --rules / --endpoint")
+        raise KestrelError(
+            "no local LLM is registered",
+            hint="register one: kestrel deploy --model local:PATH, or use --rules / --endpoint",
+        )
     for fname, info in llm.files.items():
         f = llm.path / fname
         try:
             st = f.stat()
         except OSError:
-            raise ModelLoadError(f"registered LLM file {f} is missing",
-                                 hint="restore it, or register the model again") from None
+            raise ModelLoadError(
+                f"registered LLM file {f} is missing", hint="restore it, or register the model again"
+            ) from None
         if st.st_size != info["size"] or st.st_mtime_ns != info["mtime_ns"]:
-            raise ModelLoadError(f"registered LLM file {f} changed since it was registered",
-                                 hint=f"if the change is intended: kestrel deploy --model local:{llm.path}")
+            raise ModelLoadError(
+                f"registered LLM file {f} changed since it was registered",
+                hint=f"if the change is intended: kestrel deploy --model local:{llm.path}",
+            )
     if verify and any(file_digest([llm.path / n]) != i["sha256"] for n, i in llm.files.items()):
-        raise ModelLoadError(f"the files of {llm.path} do not match their registered sha256",
-                             hint="the model is corrupt or was replaced; restore it or register it again")
+        raise ModelLoadError(
+            f"the files of {llm.path} do not match their registered sha256",
+            hint="the model is corrupt or was replaced; restore it or register it again",
+        )
     return OnnxLanguageModel(llm.path, threads=threads, digest=llm.digest, name=llm.name)

@@ -26,7 +26,7 @@ class Sampler:
         self._options = options
         self._rng = np.random.default_rng(options.seed) if not options.greedy else None
 
-    def pick(self, logits: "np.ndarray") -> int:
+    def pick(self, logits: np.ndarray) -> int:
         """``logits``: 1-D float array over the vocabulary."""
         np = self._np
         if self._rng is None:

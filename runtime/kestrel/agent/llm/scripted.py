@@ -12,7 +12,7 @@ import hashlib
 import re
 import threading
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ...errors import UsageError
 from .base import GenerationOptions, Piece, Stream, drive
@@ -23,8 +23,9 @@ _WORD = re.compile(r"\S+\s*|\s+")
 
 
 class ScriptedModel:
-    def __init__(self, replies: Sequence[str], *, name: str = "scripted", context_length: int = 4096,
-                 delay_s: float = 0.0) -> None:
+    def __init__(
+        self, replies: Sequence[str], *, name: str = "scripted", context_length: int = 4096, delay_s: float = 0.0
+    ) -> None:
         self.name = name
         self.context_length = context_length
         self.digest = "scripted:" + hashlib.sha256("\x00".join(replies).encode()).hexdigest()
@@ -35,8 +36,13 @@ class ScriptedModel:
     def count_tokens(self, text: str) -> int:
         return len(_WORD.findall(text))
 
-    def generate(self, prompt: str | Sequence[int], *, options: GenerationOptions = GenerationOptions(),
-                 cancel: threading.Event | None = None) -> Stream:
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        options: GenerationOptions = GenerationOptions(),
+        cancel: threading.Event | None = None,
+    ) -> Stream:
         if not isinstance(prompt, str):
             raise UsageError("the scripted backend takes text prompts only")
         if not self._replies:

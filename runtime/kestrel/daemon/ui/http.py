@@ -8,8 +8,8 @@ and a deadline on every read (docs/ui.md, "HTTP").
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 from urllib.parse import parse_qsl, unquote
 
 __all__ = ["Request", "Response", "HttpError", "read_request", "write_response", "MAX_HEAD", "MAX_BODY"]
@@ -18,10 +18,23 @@ MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 MAX_HEADERS = 64
 BODY_TIMEOUT_S = 10.0
-_REASONS = {200: "OK", 303: "See Other", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
-            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-            411: "Length Required", 413: "Content Too Large", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    303: "See Other",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -50,8 +63,9 @@ class Request:
         if ctype != "application/x-www-form-urlencoded":
             raise HttpError(400, "expected a form (application/x-www-form-urlencoded)")
         try:
-            pairs = parse_qsl(self.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
-                              max_num_fields=32)
+            pairs = parse_qsl(
+                self.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=32
+            )
         except (UnicodeDecodeError, ValueError) as exc:
             raise HttpError(400, f"the form cannot be read: {exc}") from None
         out: dict[str, str] = {}
@@ -76,13 +90,14 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def read_request(reader: asyncio.StreamReader, *, peer: str, idle_s: float,
-                       max_body: int = MAX_BODY) -> Request | None:
+async def read_request(
+    reader: asyncio.StreamReader, *, peer: str, idle_s: float, max_body: int = MAX_BODY
+) -> Request | None:
     """The next request on a connection; None when the client closed it or did not send a whole head
     within ``idle_s`` (the stream's limit bounds the head: LimitOverrunError becomes 431)."""
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), idle_s)
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
         return None  # closed, or idle too long: the connection ends quietly
     except asyncio.LimitOverrunError:
         raise HttpError(431, "request head too large") from None
@@ -100,7 +115,7 @@ async def read_request(reader: asyncio.StreamReader, *, peer: str, idle_s: float
             raise HttpError(413, f"request body larger than {max_body} bytes")
         try:
             body = await asyncio.wait_for(reader.readexactly(int(length)), BODY_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HttpError(408, "request body not received in time") from None
         except asyncio.IncompleteReadError:
             return None
@@ -118,8 +133,13 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str], dict[str, str], 
         raise HttpError(400, "request head is not ASCII") from None
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[0] or \
-            not set(parts[0]) <= _TOKEN_CHARS or not parts[1].startswith("/"):
+    if (
+        len(parts) != 3
+        or parts[2] not in ("HTTP/1.1", "HTTP/1.0")
+        or not parts[0]
+        or not set(parts[0]) <= _TOKEN_CHARS
+        or not parts[1].startswith("/")
+    ):
         raise HttpError(400, "malformed request line")
     method, target, version = parts
     headers: dict[str, str] = {}
@@ -145,8 +165,11 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str], dict[str, str], 
 
 
 SECURITY_HEADERS = (
-    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-                                "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "same-origin"),  # no-referrer would make browsers send "Origin: null" on form posts
@@ -157,14 +180,18 @@ SECURITY_HEADERS = (
 
 
 def render_head(resp: Response, *, keep_alive: bool, extra: Iterable[tuple[str, str]] = SECURITY_HEADERS) -> bytes:
-    lines = [f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Status')}",
-             f"Content-Type: {resp.content_type}", f"Content-Length: {len(resp.body)}",
-             f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+    lines = [
+        f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Status')}",
+        f"Content-Type: {resp.content_type}",
+        f"Content-Length: {len(resp.body)}",
+        f"Connection: {'keep-alive' if keep_alive else 'close'}",
+    ]
     lines += [f"{k}: {v}" for k, v in (*extra, *resp.headers)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def write_response(writer: asyncio.StreamWriter, resp: Response, *, keep_alive: bool,
-                         head_only: bool = False) -> None:
+async def write_response(
+    writer: asyncio.StreamWriter, resp: Response, *, keep_alive: bool, head_only: bool = False
+) -> None:
     writer.write(render_head(resp, keep_alive=keep_alive) + (b"" if head_only else resp.body))
     await writer.drain()

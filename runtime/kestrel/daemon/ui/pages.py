@@ -9,14 +9,29 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-__all__ = ["login_page", "layout", "health_page", "actions_page", "policy_page", "ledger_page", "request_page",
-           "event_row", "ACTIONS"]
+__all__ = [
+    "login_page",
+    "layout",
+    "health_page",
+    "actions_page",
+    "policy_page",
+    "ledger_page",
+    "request_page",
+    "event_row",
+    "ACTIONS",
+]
 
 ACTIONS = ("gpio.write", "send_email", "schedule_event", "fetch_data", "mqtt.publish", "serial.write", "agent.send")
-NAV = (("/", "Health"), ("/actions", "Actions"), ("/policy", "Policy"), ("/ledger", "Ledger"),
-       ("/request", "Request an action"))
+NAV = (
+    ("/", "Health"),
+    ("/actions", "Actions"),
+    ("/policy", "Policy"),
+    ("/ledger", "Ledger"),
+    ("/request", "Request an action"),
+)
 
 
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
@@ -55,10 +70,15 @@ def login_page(*, message: str | None = None) -> str:
 
 
 def layout(title: str, active: str, body: str, *, csrf: str | None, live: str | None = None) -> str:
-    nav = " ".join(f'<a href="{href}"{" class=active" if href == active else ""}>{_e(name)}</a>'
-                   for href, name in NAV)
-    logout = (f'<form method="post" action="/logout" class="logout"><input type="hidden" name="csrf" '
-              f'value="{_e(csrf)}"><button type="submit">Sign out</button></form>') if csrf else ""
+    nav = " ".join(f'<a href="{href}"{" class=active" if href == active else ""}>{_e(name)}</a>' for href, name in NAV)
+    logout = (
+        (
+            f'<form method="post" action="/logout" class="logout"><input type="hidden" name="csrf" '
+            f'value="{_e(csrf)}"><button type="submit">Sign out</button></form>'
+        )
+        if csrf
+        else ""
+    )
     live_attr = f' data-live="{_e(live)}"' if live else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Kestrel: {_e(title)}</title>
@@ -85,14 +105,18 @@ def health_page(st: Mapping[str, Any]) -> str:
         if name.startswith("_"):
             continue
         info = sensors.get(name) or {}
-        rows.append(f'<tr data-sensor="{_e(name)}"><td>{_e(name)}</td><td>{_e(info.get("type", ""))}</td>'
-                    f'<td class="state">{_e(info.get("state", ""))}</td>'
-                    f'<td class="value">{_e(_value(values.get(name, "")))}</td></tr>')
-    acts = [f'<tr data-actuator="{_e(n)}"><td>{_e(n)}</td><td class="value">{_e(_value(v))}</td></tr>'
-            for n, v in sorted((st.get("actuators") or {}).items())]
+        rows.append(
+            f'<tr data-sensor="{_e(name)}"><td>{_e(name)}</td><td>{_e(info.get("type", ""))}</td>'
+            f'<td class="state">{_e(info.get("state", ""))}</td>'
+            f'<td class="value">{_e(_value(values.get(name, "")))}</td></tr>'
+        )
+    acts = [
+        f'<tr data-actuator="{_e(n)}"><td>{_e(n)}</td><td class="value">{_e(_value(v))}</td></tr>'
+        for n, v in sorted((st.get("actuators") or {}).items())
+    ]
     counters = st.get("actions") or {}
     ledger = st.get("ledger") or {}
-    return f"""<section><p>Health: <span id="health" class="{'ok' if health == 'ok' else 'bad'}">{_e(health)}</span>
+    return f"""<section><p>Health: <span id="health" class="{"ok" if health == "ok" else "bad"}">{_e(health)}</span>
  · up <span id="uptime">{_e(st.get("uptime_s"))}</span> s · board {_e(st.get("board"))}</p>
 <p>Agent <code id="agent">{_e(st.get("agent"))}</code></p></section>
 <h2>Sensors</h2>
@@ -100,8 +124,9 @@ def health_page(st: Mapping[str, Any]) -> str:
 <h2>Actuators</h2>
 {_table(("actuator", "value"), acts, tid="actuators")}
 <h2>Actions</h2>
-<p id="counters">{" · ".join(f"{_e(k)} <span data-counter='{_e(k)}'>{_e(v)}</span>"
-                               for k, v in sorted(counters.items()))}</p>
+<p id="counters">{
+        " · ".join(f"{_e(k)} <span data-counter='{_e(k)}'>{_e(v)}</span>" for k, v in sorted(counters.items()))
+    }</p>
 <p>Ledger: <span id="ledger-size">{_e(ledger.get("size"))}</span> records,
 <span id="ledger-signed">{_e(ledger.get("signed"))}</span> under a signed checkpoint.</p>"""
 
@@ -120,21 +145,28 @@ def event_row(ev: Mapping[str, Any]) -> str:
         detail = err.get("message", "") if isinstance(err, dict) else str(err)
         rule = ""
     seq = _e(ev.get("seq"))
-    return (f'<tr data-seq="{seq}" class="{cls}"><td>{seq}</td><td>{_e(_when(ev.get("time")))}</td>'
-            f'<td>{_e(ev.get("kind"))}</td><td>{_e(body.get("action"))}</td><td class="outcome">{_e(outcome)}</td>'
-            f'<td class="rule">{_e(rule)}</td><td>{_e(body.get("source", ""))}</td><td>{_e(detail)}</td></tr>')
+    return (
+        f'<tr data-seq="{seq}" class="{cls}"><td>{seq}</td><td>{_e(_when(ev.get("time")))}</td>'
+        f'<td>{_e(ev.get("kind"))}</td><td>{_e(body.get("action"))}</td><td class="outcome">{_e(outcome)}</td>'
+        f'<td class="rule">{_e(rule)}</td><td>{_e(body.get("source", ""))}</td><td>{_e(detail)}</td></tr>'
+    )
 
 
 def actions_page(events: list[Mapping[str, Any]], *, next_seq: int) -> str:
     rows = [event_row(ev) for ev in reversed(events)]
     return f"""<p>Every proposed action's decision (<code>policy.decision</code>, with the rule that decided) and
 outcome (<code>action.result</code>), newest first, as the ledger records them.</p>
-{_table(("seq", "time (UTC)", "record", "action", "outcome", "rule", "source", "reason / error"), rows,
-        tid="events", attrs=f' data-next="{next_seq}"')}"""
+{
+        _table(
+            ("seq", "time (UTC)", "record", "action", "outcome", "rule", "source", "reason / error"),
+            rows,
+            tid="events",
+            attrs=f' data-next="{next_seq}"',
+        )
+    }"""
 
 
-def policy_page(*, engine: Mapping[str, Any], ota: Mapping[str, Any], text: str | None,
-                text_note: str | None) -> str:
+def policy_page(*, engine: Mapping[str, Any], ota: Mapping[str, Any], text: str | None, text_note: str | None) -> str:
     active = ota.get("active") or {}
     prev = ota.get("previous") or {}
     root = ota.get("trust_root") or {}
@@ -144,14 +176,16 @@ def policy_page(*, engine: Mapping[str, Any], ota: Mapping[str, Any], text: str 
             return "none"
         if s.get("error"):
             return f'slot {_e(s.get("slot"))}: <span class="bad">{_e(s["error"])}</span>'
-        return (f'slot {_e(s.get("slot"))}, bundle <code>{_e(s.get("bundle"))}</code>, version {_e(s.get("version"))}, '
-                f'counter {_e(s.get("counter"))}{" (expired)" if s.get("expired") else ""}, '
-                f'contents {_e(", ".join(s.get("contents") or []))}')
+        return (
+            f"slot {_e(s.get('slot'))}, bundle <code>{_e(s.get('bundle'))}</code>, version {_e(s.get('version'))}, "
+            f"counter {_e(s.get('counter'))}{' (expired)' if s.get('expired') else ''}, "
+            f"contents {_e(', '.join(s.get('contents') or []))}"
+        )
 
     loaded = engine.get("loaded")
     in_force = "loaded" if loaded else "none: every action is denied"
     return f"""<section>
-<p>Policy in force: <span id="policy-state" class="{'ok' if loaded else 'bad'}">{in_force}</span>
+<p>Policy in force: <span id="policy-state" class="{"ok" if loaded else "bad"}">{in_force}</span>
 {f'<span class="bad">({_e(engine.get("error"))})</span>' if engine.get("error") else ""}</p>
 <p>Policy digest <code id="policy-digest">{_e(engine.get("digest"))}</code></p>
 <p>Active bundle: <span id="bundle">{slot(active)}</span></p>
@@ -167,9 +201,13 @@ threshold {_e(root.get("threshold"))} of {_e(len(root.get("owners") or []))} own
 def ledger_page(verify: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, *, size: int, csrf: str) -> str:
     state = verify.get("state", "not run")
     cls = {"ok": "ok", "failed": "bad"}.get(state, "")
-    cp = (f"""<p>Size <span id="cp-size">{_e(checkpoint["size"])}</span>,
+    cp = (
+        f"""<p>Size <span id="cp-size">{_e(checkpoint["size"])}</span>,
 root <code id="cp-root">{_e(checkpoint["root"])}</code></p>
-<pre id="cp-note">{_e(checkpoint["note"])}</pre>""" if checkpoint else '<p id="cp-size">no signed checkpoint yet</p>')
+<pre id="cp-note">{_e(checkpoint["note"])}</pre>"""
+        if checkpoint
+        else '<p id="cp-size">no signed checkpoint yet</p>'
+    )
     return f"""<section>
 <p>Records: <span id="ledger-size">{_e(size)}</span></p>
 <p>Verification: <span id="verify-state" class="{cls}">{_e(state)}</span>
@@ -183,22 +221,25 @@ root <code id="cp-root">{_e(checkpoint["root"])}</code></p>
 
 def _verify_detail(v: Mapping[str, Any]) -> str:
     if v.get("state") == "ok":
-        return (f"{v.get('size')} records verified (chain, tree, checkpoint signatures), {v.get('signed_size')} "
-                f"under a signed checkpoint, at {_when(v.get('checked_at'))} in {v.get('seconds')} s")
+        return (
+            f"{v.get('size')} records verified (chain, tree, checkpoint signatures), {v.get('signed_size')} "
+            f"under a signed checkpoint, at {_when(v.get('checked_at'))} in {v.get('seconds')} s"
+        )
     if v.get("state") == "failed":
         return f"{v.get('error')} (at {_when(v.get('checked_at'))})"
     return ""
 
 
-def request_page(*, csrf: str, outcome: Mapping[str, Any] | None = None, action: str = "",
-                 args: str = "{}") -> str:
-    options = "".join(f'<option{" selected" if a == action else ""}>{_e(a)}</option>' for a in ACTIONS)
+def request_page(*, csrf: str, outcome: Mapping[str, Any] | None = None, action: str = "", args: str = "{}") -> str:
+    options = "".join(f"<option{' selected' if a == action else ''}>{_e(a)}</option>" for a in ACTIONS)
     box = ""
     if outcome is not None:
         kind = outcome["kind"]  # allowed | denied | failed
         if kind == "denied":
-            inner = (f'<strong>Denied</strong> by rule <code id="outcome-rule">{_e(outcome.get("rule"))}</code>: '
-                     f'<span id="outcome-reason">{_e(outcome.get("reason"))}</span>')
+            inner = (
+                f'<strong>Denied</strong> by rule <code id="outcome-rule">{_e(outcome.get("rule"))}</code>: '
+                f'<span id="outcome-reason">{_e(outcome.get("reason"))}</span>'
+            )
         elif kind == "allowed":
             result = _e(_value(outcome.get("result")))
             inner = f'<strong>Allowed</strong> and done: <code id="outcome-result">{result}</code>'

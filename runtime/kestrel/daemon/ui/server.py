@@ -19,9 +19,10 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ..._internal.fsutil import read_bytes
 from ..._internal.paths import StateLayout
@@ -77,8 +78,9 @@ def _h(secret: str) -> str:
 
 
 def _json(obj: Any, status: int = 200) -> Response:
-    return Response(status, json.dumps(to_json_value(obj), separators=(",", ":")).encode(),
-                    content_type="application/json")
+    return Response(
+        status, json.dumps(to_json_value(obj), separators=(",", ":")).encode(), content_type="application/json"
+    )
 
 
 def _redirect(to: str, *headers: tuple[str, str]) -> Response:
@@ -86,8 +88,15 @@ def _redirect(to: str, *headers: tuple[str, str]) -> Response:
 
 
 class UiServer:
-    def __init__(self, host: UiHost, *, listen_host: str, listen_port: int, session_s: float,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        host: UiHost,
+        *,
+        listen_host: str,
+        listen_port: int,
+        session_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.host = host
         self.listen_host = listen_host
         self.listen_port = listen_port
@@ -108,15 +117,16 @@ class UiServer:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         try:
-            self._server = await asyncio.start_server(self._on_connection, self.listen_host, self.listen_port,
-                                                      limit=MAX_HEAD, reuse_address=True)
+            self._server = await asyncio.start_server(
+                self._on_connection, self.listen_host, self.listen_port, limit=MAX_HEAD, reuse_address=True
+            )
         except OSError as exc:
             from ...errors import TransportError
 
-            raise TransportError(f"the web UI cannot listen on {self.listen_host}:{self.listen_port}: "
-                                 f"{exc.strerror or exc}",
-                                 hint="choose another ui.listen address in the device config, or stop what "
-                                      "uses that port") from None
+            raise TransportError(
+                f"the web UI cannot listen on {self.listen_host}:{self.listen_port}: {exc.strerror or exc}",
+                hint="choose another ui.listen address in the device config, or stop what uses that port",
+            ) from None
         self.address = self._server.sockets[0].getsockname()[:2]
         log.info("web UI on %s (token required: kestrel ui token)", self.url)
 
@@ -155,8 +165,9 @@ class UiServer:
                 try:
                     req = await read_request(reader, peer=str(peer), idle_s=IDLE_S)
                 except HttpError as exc:
-                    await write_response(writer, Response(exc.status, exc.message.encode(), "text/plain"),
-                                         keep_alive=False)
+                    await write_response(
+                        writer, Response(exc.status, exc.message.encode(), "text/plain"), keep_alive=False
+                    )
                     return
                 if req is None:
                     return
@@ -179,11 +190,12 @@ class UiServer:
     async def _turn_away(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """503 to a connection beyond :data:`MAX_CONNECTIONS` (its request read briefly, so the close is clean)."""
         try:
-            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n"
-                         b"Retry-After: 1\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+            )
             writer.write_eof()
             await asyncio.wait_for(reader.read(MAX_HEAD), 1.0)
-        except (ConnectionError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, ConnectionError, OSError):
             pass
         finally:
             writer.close()
@@ -220,8 +232,16 @@ class UiServer:
             self._last_record = {k: t for k, t in self._last_record.items() if now - t < REFUSAL_RECORD_INTERVAL}
         self._last_record[key] = now
         try:
-            await self.host.record("ui.refused", {"reason": reason, "token": token_id, "peer": req.peer,
-                                                  "path": req.path[:200], "refused_total": self.refused})
+            await self.host.record(
+                "ui.refused",
+                {
+                    "reason": reason,
+                    "token": token_id,
+                    "peer": req.peer,
+                    "path": req.path[:200],
+                    "refused_total": self.refused,
+                },
+            )
         except Exception as exc:
             log.error("could not record ui.refused: %s", exc)
 
@@ -246,8 +266,7 @@ class UiServer:
         sid = req.cookies().get(COOKIE)
         if sid:
             session = self.sessions.get(_h(sid))
-            if session is not None and session.expires > self.clock() and \
-                    session.token_id in self._live_token_ids():
+            if session is not None and session.expires > self.clock() and session.token_id in self._live_token_ids():
                 return _Auth(session.token_id, session)
             self.sessions.pop(_h(sid), None)
             return self._unauthorised(req, message="your session has ended: sign in again")
@@ -311,30 +330,37 @@ class UiServer:
                 return Response(403, b"cross-site request refused", "text/plain")
             form = req.form()
             if not self._csrf_ok(auth, form):
-                return Response(403, b"the form is stale or forged (CSRF token mismatch): reload the page",
-                                "text/plain")
+                return Response(
+                    403, b"the form is stale or forged (CSRF token mismatch): reload the page", "text/plain"
+                )
             return await self._post(req, auth, form)
         return await self._get(req, auth)
 
     async def _get(self, req: Request, auth: _Auth) -> Response:
         path, csrf = req.path, auth.session.csrf if auth.session else ""
         if path.startswith("/static/"):
-            return self._static_file(path[len("/static/"):])
+            return self._static_file(path[len("/static/") :])
         if path == "/":
-            return self._page("Health and sensors", path, pages.health_page(self.host.control_status()), csrf,
-                              live="status")
+            return self._page(
+                "Health and sensors", path, pages.health_page(self.host.control_status()), csrf, live="status"
+            )
         if path == "/actions":
             events, nxt = await self._events(None)
-            return self._page("Actions and decisions", path, pages.actions_page(events, next_seq=nxt), csrf,
-                              live="events")
+            return self._page(
+                "Actions and decisions", path, pages.actions_page(events, next_seq=nxt), csrf, live="events"
+            )
         if path == "/policy":
             return self._page("Policy", path, await self._policy(), csrf)
         if path == "/ledger":
             if self._verify["state"] == "not run":
                 self._start_verify()
-            return self._page("Ledger", path, pages.ledger_page(self._verify, self._checkpoint(),
-                                                                size=self.host.ledger.size, csrf=csrf), csrf,
-                              live="ledger")
+            return self._page(
+                "Ledger",
+                path,
+                pages.ledger_page(self._verify, self._checkpoint(), size=self.host.ledger.size, csrf=csrf),
+                csrf,
+                live="ledger",
+            )
         if path == "/request":
             return self._page("Request an action", path, pages.request_page(csrf=csrf), csrf)
         if path == "/api/status":
@@ -383,8 +409,9 @@ class UiServer:
         csrf = auth.session.csrf if auth.session else ""
 
         def bad(message: str) -> tuple[int, str]:
-            return 400, pages.request_page(csrf=csrf, outcome={"kind": "failed", "message": message},
-                                           action=action, args=text)
+            return 400, pages.request_page(
+                csrf=csrf, outcome={"kind": "failed", "message": message}, action=action, args=text
+            )
 
         if not _ACTION.fullmatch(action) or len(action) > 64:
             return bad("choose an action (a name like gpio.write)")
@@ -402,8 +429,11 @@ class UiServer:
         except KestrelError as exc:
             if getattr(exc, "code", None) == "denied":
                 decision = getattr(exc, "decision", None) or {}
-                outcome = {"kind": "denied", "rule": decision.get("rule"),
-                           "reason": decision.get("reason") or exc.message}
+                outcome = {
+                    "kind": "denied",
+                    "rule": decision.get("rule"),
+                    "reason": decision.get("reason") or exc.message,
+                }
             else:
                 outcome = {"kind": "failed", "message": exc.message}
         return 200, pages.request_page(csrf=csrf, outcome=outcome, action=action, args=text)
@@ -431,8 +461,12 @@ class UiServer:
         cp = self.host.ledger.latest_checkpoint()
         if cp is None:
             return None
-        return {"size": cp.size, "root": cp.root.hex(), "origin": cp.origin,
-                "note": cp.note.decode("utf-8", errors="replace")}
+        return {
+            "size": cp.size,
+            "root": cp.root.hex(),
+            "origin": cp.origin,
+            "note": cp.note.decode("utf-8", errors="replace"),
+        }
 
     def _start_verify(self) -> None:
         if self._verify_task is not None and not self._verify_task.done():
@@ -444,9 +478,15 @@ class UiServer:
         t0 = time.monotonic()
         try:
             v = await asyncio.get_running_loop().run_in_executor(None, self.host.ledger.verify)
-            self._verify = {"state": "ok", "size": v.size, "signed_size": v.signed_size, "root": v.root.hex(),
-                            "first_seq": v.first_seq, "checked_at": self.clock(),
-                            "seconds": round(time.monotonic() - t0, 3)}
+            self._verify = {
+                "state": "ok",
+                "size": v.size,
+                "signed_size": v.signed_size,
+                "root": v.root.hex(),
+                "first_seq": v.first_seq,
+                "checked_at": self.clock(),
+                "seconds": round(time.monotonic() - t0, 3),
+            }
         except KestrelError as exc:
             self._verify = {"state": "failed", "error": exc.message, "checked_at": self.clock()}
         except Exception as exc:
@@ -456,8 +496,11 @@ class UiServer:
     async def _policy(self) -> str:
         engine = self.host.policy
         active = getattr(engine, "policy", None)
-        info = {"loaded": active is not None, "digest": getattr(active, "digest", None),
-                "error": getattr(engine, "load_error", None)}
+        info = {
+            "loaded": active is not None,
+            "digest": getattr(active, "digest", None),
+            "error": getattr(engine, "load_error", None),
+        }
         state_root = self.host.state.root
         source = getattr(active, "source", None)
 

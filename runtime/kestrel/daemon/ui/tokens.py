@@ -23,8 +23,7 @@ from ..._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
 from ..._internal.paths import StateLayout
 from ...errors import DataError, UsageError
 
-__all__ = ["TokenEntry", "TokenCheck", "TokenFile", "IssuedToken", "check", "parse_token", "MAX_TOKENS",
-           "tokens_path"]
+__all__ = ["TokenEntry", "TokenCheck", "TokenFile", "IssuedToken", "check", "parse_token", "MAX_TOKENS", "tokens_path"]
 
 FORMAT = 1
 MAX_TOKENS = 64
@@ -94,11 +93,12 @@ def _entries(data: bytes, source: str) -> dict[str, TokenEntry]:
     try:
         obj = json.loads(data)
         if obj.get("format") != FORMAT or not isinstance(obj.get("tokens"), list):
-            raise ValueError(f"expected {{\"format\": {FORMAT}, \"tokens\": [...]}}")
+            raise ValueError(f'expected {{"format": {FORMAT}, "tokens": [...]}}')
         out = {}
         for t in obj["tokens"][:MAX_TOKENS]:
-            e = TokenEntry(str(t["id"]), str(t["sha256"]), float(t["created"]), float(t["expires"]),
-                           str(t.get("label", ""))[:100])
+            e = TokenEntry(
+                str(t["id"]), str(t["sha256"]), float(t["created"]), float(t["expires"]), str(t.get("label", ""))[:100]
+            )
             if not re.fullmatch(r"[0-9a-f]{8}", e.id) or not re.fullmatch(r"[0-9a-f]{64}", e.sha256):
                 raise ValueError(f"token entry {e.id!r} is malformed")
             out[e.id] = e
@@ -158,12 +158,16 @@ class TokenFile:
     def issue(self, *, ttl_s: float, now: float, label: str = "") -> IssuedToken:
         """Create a token valid for ``ttl_s`` seconds from ``now``; expired entries are dropped."""
         if not 0 < ttl_s <= MAX_TTL_S:
-            raise UsageError(f"a UI token lives between 1 second and 366 days, not {ttl_s / 86400:.2f} days",
-                             hint="kestrel ui token --expires 30d")
+            raise UsageError(
+                f"a UI token lives between 1 second and 366 days, not {ttl_s / 86400:.2f} days",
+                hint="kestrel ui token --expires 30d",
+            )
         live = {k: e for k, e in self.entries().items() if e.expires > now}
         if len(live) >= MAX_TOKENS:
-            raise UsageError(f"there are already {MAX_TOKENS} UI tokens",
-                             hint="revoke some: kestrel ui token --list, kestrel ui token --revoke ID")
+            raise UsageError(
+                f"there are already {MAX_TOKENS} UI tokens",
+                hint="revoke some: kestrel ui token --list, kestrel ui token --revoke ID",
+            )
         tid = secrets.token_hex(4)
         while tid in live:
             tid = secrets.token_hex(4)
@@ -181,5 +185,7 @@ class TokenFile:
         return True
 
     def describe(self, *, now: float) -> list[dict[str, Any]]:
-        return [{"id": e.id, "label": e.label, "created": e.created, "expires": e.expires,
-                 "expired": now >= e.expires} for e in sorted(self.entries().values(), key=lambda e: e.created)]
+        return [
+            {"id": e.id, "label": e.label, "created": e.created, "expires": e.expires, "expired": now >= e.expires}
+            for e in sorted(self.entries().values(), key=lambda e: e.created)
+        ]

@@ -9,7 +9,8 @@ that: they parse what the policy saw, never the caller's original).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .address import parse_address
 from .errors import ArgsError
@@ -28,12 +29,20 @@ _LEVELS = {"0": 0, "1": 1, "off": 0, "on": 1, "false": 0, "true": 1, "low": 0, "
 def _only(action: str, args: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = set(args) - set(allowed)
     if unknown:
-        raise ArgsError(f"{action}: unknown argument(s) {', '.join(sorted(unknown))}",
-                        hint=f"{action} takes: {', '.join(allowed)}")
+        raise ArgsError(
+            f"{action}: unknown argument(s) {', '.join(sorted(unknown))}", hint=f"{action} takes: {', '.join(allowed)}"
+        )
 
 
-def _text(action: str, args: Mapping[str, Any], key: str, *, default: str | None = None, limit: int = MAX_TEXT,
-          header: bool = False) -> str:
+def _text(
+    action: str,
+    args: Mapping[str, Any],
+    key: str,
+    *,
+    default: str | None = None,
+    limit: int = MAX_TEXT,
+    header: bool = False,
+) -> str:
     v = args.get(key, default)
     if v is None:
         raise ArgsError(f"{action} needs '{key}'")
@@ -62,15 +71,18 @@ def send_email(args: Mapping[str, Any]) -> dict[str, Any]:
     _only("send_email", args, ("to", "subject", "body"))
     to = args.get("to")
     if to is None:
-        raise ArgsError("send_email needs 'to'", hint='e.g. --to alice@example.com')
+        raise ArgsError("send_email needs 'to'", hint="e.g. --to alice@example.com")
     items = [to] if isinstance(to, str) else to
     if not isinstance(items, (list, tuple)) or not items or len(items) > MAX_RECIPIENTS:
         raise ArgsError(f"send_email: 'to' must be an address or a list of 1..{MAX_RECIPIENTS} addresses")
     seen: dict[str, None] = {}
     for i, item in enumerate(items):
         seen.setdefault(parse_address(item, where=f"send_email: 'to'[{i}]").text)
-    return {"to": list(seen), "subject": _text("send_email", args, "subject", default="", limit=998, header=True),
-            "body": _text("send_email", args, "body", default="", limit=MAX_EMAIL_BODY)}
+    return {
+        "to": list(seen),
+        "subject": _text("send_email", args, "subject", default="", limit=998, header=True),
+        "body": _text("send_email", args, "body", default="", limit=MAX_EMAIL_BODY),
+    }
 
 
 def fetch_data(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,8 +115,10 @@ def mqtt_publish(args: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(topic, str) or not topic:
         raise ArgsError("mqtt.publish needs 'actuator' or a concrete 'topic'")
     if any(c in topic for c in "#+\0") or topic.startswith("$"):
-        raise ArgsError(f"mqtt.publish: topic {topic[:80]!r} has a wildcard (+ #), a NUL or a leading '$'",
-                        hint="publish to one concrete topic; '$' topics belong to the broker")
+        raise ArgsError(
+            f"mqtt.publish: topic {topic[:80]!r} has a wildcard (+ #), a NUL or a leading '$'",
+            hint="publish to one concrete topic; '$' topics belong to the broker",
+        )
     try:
         if len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
             raise ArgsError("mqtt.publish: topic is longer than 65535 bytes")
@@ -135,11 +149,13 @@ def _time(args: Mapping[str, Any], key: str) -> dt.datetime:
     try:
         t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
-        raise ArgsError(f"schedule_event: '{key}' {v!r} is not an ISO 8601 time",
-                        hint="e.g. 2026-05-01T09:30:00Z or 2026-05-01T11:30:00+02:00") from None
+        raise ArgsError(
+            f"schedule_event: '{key}' {v!r} is not an ISO 8601 time",
+            hint="e.g. 2026-05-01T09:30:00Z or 2026-05-01T11:30:00+02:00",
+        ) from None
     if t.tzinfo is None:
         raise ArgsError(f"schedule_event: '{key}' needs a time zone (Z or +HH:MM)")
-    return t.astimezone(dt.timezone.utc)
+    return t.astimezone(dt.UTC)
 
 
 def _iso(t: dt.datetime) -> str:
@@ -168,9 +184,13 @@ def schedule_event(args: Mapping[str, Any]) -> dict[str, Any]:
         end = start + dt.timedelta(minutes=dur)
     if end <= start:
         raise ArgsError("schedule_event: 'end' must be after 'start'")
-    return {"summary": summary, "start": _iso(start), "end": _iso(end),
-            "location": _text("schedule_event", args, "location", default="", limit=500),
-            "description": _text("schedule_event", args, "description", default="", limit=4096)}
+    return {
+        "summary": summary,
+        "start": _iso(start),
+        "end": _iso(end),
+        "location": _text("schedule_event", args, "location", default="", limit=500),
+        "description": _text("schedule_event", args, "description", default="", limit=4096),
+    }
 
 
 def agent_send(args: Mapping[str, Any]) -> dict[str, Any]:

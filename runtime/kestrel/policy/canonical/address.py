@@ -20,8 +20,10 @@ __all__ = ["Address", "parse_address", "parse_domain"]
 _ATEXT = r"[A-Za-z0-9#$&'*+/=?^_`{|}~-]"
 _LOCAL = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_ONE_ADDRESS = "give each recipient as its own list element: a bare address such as bob@example.com, " \
-               "without a display name, <>, or commas"
+_ONE_ADDRESS = (
+    "give each recipient as its own list element: a bare address such as bob@example.com, "
+    "without a display name, <>, or commas"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +62,14 @@ def parse_address(text: object, *, where: str = "address") -> Address:
     if len(text) > 254:
         raise ArgsError(f"{where}: address is longer than 254 characters")
     if text.count("@") != 1:
-        raise ArgsError(f"{where}: {text!r} is not an e-mail address: exactly one bare local@domain is needed", hint=_ONE_ADDRESS)
+        raise ArgsError(
+            f"{where}: {text!r} is not an e-mail address: exactly one bare local@domain is needed", hint=_ONE_ADDRESS
+        )
     local, domain = text.split("@")
     if not local or len(local) > 64 or not _LOCAL.fullmatch(local):
-        raise ArgsError(f"{where}: {text!r} is not an e-mail address this runtime sends to (its local part has "
-                        "characters that are not allowed: spaces, quotes, <>, ',', ';', '%', '!' or non-ASCII)", hint=_ONE_ADDRESS)
+        raise ArgsError(
+            f"{where}: {text!r} is not an e-mail address this runtime sends to (its local part has "
+            "characters that are not allowed: spaces, quotes, <>, ',', ';', '%', '!' or non-ASCII)",
+            hint=_ONE_ADDRESS,
+        )
     return Address(local, parse_domain(domain, where=where))

@@ -56,13 +56,15 @@ def parse_url(text: object, *, where: str = "url") -> CanonicalUrl:
     if len(text) > MAX_URL:
         raise ArgsError(f"{where} is longer than {MAX_URL} characters")
     if any(c <= " " or c == "\x7f" or c == "\\" for c in text):
-        raise ArgsError(f"{where}: white space, control characters and backslashes are not allowed in a URL",
-                        hint="percent-encode them (%20 for a space)")
+        raise ArgsError(
+            f"{where}: white space, control characters and backslashes are not allowed in a URL",
+            hint="percent-encode them (%20 for a space)",
+        )
     m = _SCHEME.match(text)
     scheme = m.group(1).lower() if m else ""
     if scheme not in DEFAULT_PORTS:
         raise ArgsError(f"{where}: {text[:80]!r} is not an http:// or https:// URL")
-    rest = text[m.end():]  # type: ignore[union-attr]
+    rest = text[m.end() :]  # type: ignore[union-attr]
     cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     authority, target = rest[:cut], rest[cut:]
     if "@" in authority:
@@ -79,7 +81,7 @@ def _host_port(authority: str, where: str) -> tuple[str, bool, int | None]:
         end = authority.find("]")
         if end < 0:
             raise ArgsError(f"{where}: unterminated IPv6 address")
-        inner, after = authority[1:end], authority[end + 1:]
+        inner, after = authority[1:end], authority[end + 1 :]
         if after and not after.startswith(":"):
             raise ArgsError(f"{where}: unexpected text after the IPv6 address")
         port_text = after[1:] if after else None
@@ -116,8 +118,10 @@ def _host(name: str, where: str) -> tuple[str, bool]:
     except OSError:
         pass
     else:
-        raise ArgsError(f"{where}: {name!r} is an ambiguous IPv4 spelling",
-                        hint="write an IPv4 address as four decimal numbers, e.g. 192.0.2.7")
+        raise ArgsError(
+            f"{where}: {name!r} is an ambiguous IPv4 spelling",
+            hint="write an IPv4 address as four decimal numbers, e.g. 192.0.2.7",
+        )
     host = parse_domain(name, where=where)
     if host.rsplit(".", 1)[-1].isdigit():
         raise ArgsError(f"{where}: {name!r} is neither a host name nor an IPv4 address")
@@ -136,8 +140,9 @@ def _target(target: str, where: str) -> str:
 def _normalise(part: str, where: str) -> str:
     if "%" in part and part.count("%") != len(_ESCAPE.findall(part)):
         raise ArgsError(f"{where}: a '%' in the URL does not start a %XX escape")
-    raw = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)) if int(m.group(1), 16) in _UNRESERVED
-                      else "%" + m.group(1).upper(), part)
+    raw = _ESCAPE.sub(
+        lambda m: chr(int(m.group(1), 16)) if int(m.group(1), 16) in _UNRESERVED else "%" + m.group(1).upper(), part
+    )
     out = []
     for ch in raw:
         o = ord(ch)

@@ -30,8 +30,7 @@ def plain_value(value: Any, *, where: str, depth: int = 0) -> Any:
     if t is float:
         if math.isfinite(value):
             return value
-        raise ArgsError(f"{where}: {value!r} is not a finite number",
-                        hint="NaN and infinities are refused in requests")
+        raise ArgsError(f"{where}: {value!r} is not a finite number", hint="NaN and infinities are refused in requests")
     if depth >= MAX_DEPTH:
         raise ArgsError(f"{where}: nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, (list, tuple)):

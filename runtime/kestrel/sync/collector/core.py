@@ -17,8 +17,8 @@ several collector processes sharing one database extend an agent's prefix one at
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import msgpack
 
@@ -70,15 +70,15 @@ class _Acc:
     based: int = 0
 
     def done(self) -> Outcome:
-        return Outcome(self.did, self.verified, self.duplicates, self.pending, tuple(self.refused), self.forks,
-                       self.based)
+        return Outcome(
+            self.did, self.verified, self.duplicates, self.pending, tuple(self.refused), self.forks, self.based
+        )
 
 
 class CollectorCore:
     """Verify and store what arrives on ``kestrel/<did>/ledger/batch``."""
 
-    def __init__(self, store: CollectorStore, *, clock: Callable[[], float],
-                 max_pending: int = MAX_PENDING) -> None:
+    def __init__(self, store: CollectorStore, *, clock: Callable[[], float], max_pending: int = MAX_PENDING) -> None:
         self.store = store
         self._clock = clock
         self._max_pending = max_pending
@@ -140,8 +140,9 @@ class CollectorCore:
         acc.refused.append(reason)
 
     # -- records ---------------------------------------------------------------------------------
-    def _take_records(self, agent: PublicKey, start: int, records: Sequence[bytes], acc: _Acc,
-                      now: float) -> list[PendingRecord]:
+    def _take_records(
+        self, agent: PublicKey, start: int, records: Sequence[bytes], acc: _Acc, now: float
+    ) -> list[PendingRecord]:
         """Decode and check each record; drop duplicates, refuse conflicts; return the new ones."""
         state = self.store.agent_state(acc.did)
         fresh: list[PendingRecord] = []
@@ -160,11 +161,24 @@ class CollectorCore:
                 if leaf == rec.digest:
                     acc.duplicates += 1
                 elif leaf is None:
-                    self._refuse(acc, seq, "pruned-by-agent", f"record {seq} lies in a range the agent's signed "
-                                 "base says it pruned before sync; nothing links it to the verified log", raw, now)
+                    self._refuse(
+                        acc,
+                        seq,
+                        "pruned-by-agent",
+                        f"record {seq} lies in a range the agent's signed "
+                        "base says it pruned before sync; nothing links it to the verified log",
+                        raw,
+                        now,
+                    )
                 else:
-                    self._refuse(acc, seq, "conflicts-with-verified",
-                                 f"record {seq} differs from the verified record {seq}", raw, now)
+                    self._refuse(
+                        acc,
+                        seq,
+                        "conflicts-with-verified",
+                        f"record {seq} differs from the verified record {seq}",
+                        raw,
+                        now,
+                    )
                 continue
             fresh.append(PendingRecord(seq, bytes(raw), rec.digest, rec.prev, rec.kind, rec.time))
         return fresh
@@ -174,14 +188,21 @@ class CollectorCore:
         _, held = self.store.pending_sizes(acc.did)
         if held + len(fresh) > self._max_pending:
             for r in fresh:
-                self._refuse(acc, r.seq, "pending-limit", f"more than {self._max_pending} unverified "
-                             "records held for this agent", r.raw, now)
+                self._refuse(
+                    acc,
+                    r.seq,
+                    "pending-limit",
+                    f"more than {self._max_pending} unverified records held for this agent",
+                    r.raw,
+                    now,
+                )
             return
         self.store.add_pending(acc.did, fresh, now=now)
         acc.pending += len(fresh)
 
-    def _fast_path(self, agent: PublicKey, fresh: list[PendingRecord], cp: SignedCheckpoint, acc: _Acc,
-                   now: float) -> list[PendingRecord]:
+    def _fast_path(
+        self, agent: PublicKey, fresh: list[PendingRecord], cp: SignedCheckpoint, acc: _Acc, now: float
+    ) -> list[PendingRecord]:
         """The common case, without the candidate table: the records from the verified tip to the
         checkpoint are this batch's (after at most one held run of single candidates, typically the
         previous batch's tail). Verify and store them directly; return the records left over."""
@@ -203,9 +224,13 @@ class CollectorCore:
             prev = r.leaf
         if frontier.root() != cp.root:
             return fresh
-        self.store.commit_verified(acc.did, chain, AgentState(acc.did, cp.size, frontier.hashes, cp.note,
-                                                                state.forked, chain[-1].leaf), now=now,
-                                   drop_pending=bool(held))
+        self.store.commit_verified(
+            acc.did,
+            chain,
+            AgentState(acc.did, cp.size, frontier.hashes, cp.note, state.forked, chain[-1].leaf),
+            now=now,
+            drop_pending=bool(held),
+        )
         acc.verified += len(chain)
         acc.pending = max(0, acc.pending - (first - state.size))
         self._check_passed(agent, state.size, cp.size, cp.note, acc, now)
@@ -232,8 +257,7 @@ class CollectorCore:
         if cp.size <= state.size:
             ours = frontier_of(state).root() if cp.size == state.size else self._root_at(acc.did, cp.size)
             if ours is not None and ours != cp.root:
-                self._fork(acc, cp, state.checkpoint, f"checkpoint of size {cp.size} contradicts the verified log",
-                           now)
+                self._fork(acc, cp, state.checkpoint, f"checkpoint of size {cp.size} contradicts the verified log", now)
                 return
         self.store.add_checkpoint(acc.did, cp.size, cp.root, cp.note, now=now)
 
@@ -255,21 +279,28 @@ class CollectorCore:
             if path is None:
                 continue  # no chain reaches this checkpoint (yet); a later one may decide
             chosen, frontier = path
-            new_state = AgentState(acc.did, size, frontier.hashes, note, state.forked,
-                                   chosen[-1].leaf if chosen else state.tip)
+            new_state = AgentState(
+                acc.did, size, frontier.hashes, note, state.forked, chosen[-1].leaf if chosen else state.tip
+            )
             losers = [c for seq, group in cands.items() for c in group if c is not chosen[seq - state.size]]
             self.store.commit_verified(acc.did, chosen, new_state, now=now)
             acc.verified += len(chosen)
             acc.pending = max(0, acc.pending - len(chosen))
             for loser in losers:
-                self._refuse(acc, loser.seq, "not-on-signed-chain",
-                             f"record {loser.seq} is not the one the signed checkpoint of size {size} commits to",
-                             loser.raw, now)
+                self._refuse(
+                    acc,
+                    loser.seq,
+                    "not-on-signed-chain",
+                    f"record {loser.seq} is not the one the signed checkpoint of size {size} commits to",
+                    loser.raw,
+                    now,
+                )
             self._check_passed(agent, state.size, size, note, acc, now)
             state = new_state
 
-    def _find_path(self, state: AgentState, cands: Mapping[int, list[PendingRecord]], size: int,
-                   root: bytes) -> tuple[list[PendingRecord], Frontier] | None:
+    def _find_path(
+        self, state: AgentState, cands: Mapping[int, list[PendingRecord]], size: int, root: bytes
+    ) -> tuple[list[PendingRecord], Frontier] | None:
         """Depth-first search for a hash chain of candidates from the tip to ``size`` matching ``root``."""
         tip = self._tip(state)
         start = state.size
@@ -295,8 +326,7 @@ class CollectorCore:
                 return chosen, frontier
         return None
 
-    def _check_passed(self, agent: PublicKey, old: int, new: int, note: bytes,
-                      acc: _Acc, now: float) -> None:
+    def _check_passed(self, agent: PublicKey, old: int, new: int, note: bytes, acc: _Acc, now: float) -> None:
         """Signed checkpoints strictly between old and new sizes must agree with the verified log."""
         inner = [(s, r, n) for s, r, n in self.store.checkpoints(acc.did, min_size=old + 1) if s < new]
         if not inner:
@@ -304,8 +334,16 @@ class CollectorCore:
         for s, r, n in inner:
             ours = self._root_at(acc.did, s)
             if ours is not None and ours != r:
-                self.store.add_fork(Fork(acc.did, s, note, n, f"signed checkpoint of size {s} contradicts "
-                                         f"the verified log of size {new}", now))
+                self.store.add_fork(
+                    Fork(
+                        acc.did,
+                        s,
+                        note,
+                        n,
+                        f"signed checkpoint of size {s} contradicts the verified log of size {new}",
+                        now,
+                    )
+                )
                 acc.forks += 1
                 acc.refused.append("fork")
 
@@ -323,10 +361,14 @@ class CollectorCore:
         state = self.store.agent_state(acc.did)
         if base.size <= state.size or state.forked and self.store.forks(acc.did):
             return False  # already verified past it; or a forked agent, whose bases prove nothing more
-        self.store.add_base(acc.did, base.size, base.prev, base.payload,
-                            AgentState(acc.did, base.size, base.frontier_hashes, base.checkpoint.note, state.forked,
-                                       base.prev),
-                            now=now)
+        self.store.add_base(
+            acc.did,
+            base.size,
+            base.prev,
+            base.payload,
+            AgentState(acc.did, base.size, base.frontier_hashes, base.checkpoint.note, state.forked, base.prev),
+            now=now,
+        )
         acc.based = base.size
         return True
 

@@ -66,8 +66,10 @@ def verify_runs(store: CollectorStore, did: str) -> list[VerifiedLog]:
     """Re-verify everything stored for ``did``; raise LedgerVerificationError on any damage."""
     got = runs(store, did)
     if not got:
-        raise DataError(f"the collector holds no verified records of {did}",
-                        hint="`kestrel collector status` lists the agents it has")
+        raise DataError(
+            f"the collector holds no verified records of {did}",
+            hint="`kestrel collector status` lists the agents it has",
+        )
     return [export_run(store, did, r)[1] for r in got]
 
 
@@ -80,8 +82,9 @@ def proof_file(store: CollectorStore, did: str, seq: int) -> bytes:
             leaves = store.verified_leaves(did, run.start, run.end)
             if raw is None or len(leaves) != run.end - run.start:
                 break
-            data = encode_proof(seq, leaves, raw, run.checkpoint,
-                                base=run.base.frontier() if run.base is not None else None)
+            data = encode_proof(
+                seq, leaves, raw, run.checkpoint, base=run.base.frontier() if run.base is not None else None
+            )
             verify_proof(data, pk)
             return data
     raise DataError(f"record {seq} of {did} is not stored as verified", hint="see the agent's log for what is")

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ...errors import DataError, TransportError, UsageError
 from .sql import SCHEMA_VERSION, TABLES, SqlStore
@@ -32,8 +33,9 @@ def _psycopg() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise UsageError("the PostgreSQL collector backend needs psycopg",
-                         hint="pip install 'kestrel-sovereign[collector]'") from None
+        raise UsageError(
+            "the PostgreSQL collector backend needs psycopg", hint="pip install 'kestrel-sovereign[collector]'"
+        ) from None
     return psycopg
 
 
@@ -42,8 +44,13 @@ class PostgresStore(SqlStore):
     environment variables and ~/.pgpass apply). Reconnects on the next transaction after the
     server went away; an unreachable server is a :class:`TransportError`."""
 
-    WORDS = {"INT": "BIGINT", "BLOB": "BYTEA", "REAL": "DOUBLE PRECISION",
-             "SERIAL": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "NOROWID": ""}
+    WORDS = {
+        "INT": "BIGINT",
+        "BLOB": "BYTEA",
+        "REAL": "DOUBLE PRECISION",
+        "SERIAL": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "NOROWID": "",
+    }
     HOUR = "CAST(floor(time / 3600) AS BIGINT)"
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
@@ -59,25 +66,33 @@ class PostgresStore(SqlStore):
         try:
             self._migrate()
         except psycopg.Error as exc:
-            raise DataError(f"collector database {self.location} is unusable: {exc}",
-                            hint="point --db at a database for Kestrel's collector (an empty one is set up)") from None
+            raise DataError(
+                f"collector database {self.location} is unusable: {exc}",
+                hint="point --db at a database for Kestrel's collector (an empty one is set up)",
+            ) from None
 
     def _connect(self) -> None:
         psycopg = _psycopg()
         deadline = time.monotonic() + self._timeout
         while True:
             try:
-                self._db = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._timeout)),
-                                           application_name="kestrel-collector")
+                self._db = psycopg.connect(
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self._timeout)),
+                    application_name="kestrel-collector",
+                )
                 return
             except psycopg.OperationalError as exc:
                 if time.monotonic() >= deadline:
-                    raise TransportError(f"cannot connect to the collector database {self.location}: "
-                                         f"{str(exc).strip()}") from None
+                    raise TransportError(
+                        f"cannot connect to the collector database {self.location}: {str(exc).strip()}"
+                    ) from None
                 time.sleep(0.2)
             except psycopg.ProgrammingError as exc:  # a malformed URL
-                raise UsageError(f"invalid database URL {self.location}: {exc}",
-                                 hint="use postgresql://USER@HOST:PORT/DBNAME") from None
+                raise UsageError(
+                    f"invalid database URL {self.location}: {exc}", hint="use postgresql://USER@HOST:PORT/DBNAME"
+                ) from None
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", "%s")
@@ -92,8 +107,13 @@ class PostgresStore(SqlStore):
 
     def _insert_records(self, rows: Sequence[tuple[Any, ...]]) -> None:
         if rows:  # binary COPY: the fastest bulk path (no text escaping of the record bytes)
-            with self._lock, self._db.cursor() as cur, cur.copy(
-                    "COPY records (did, seq, raw, leaf, stored_at, kind, time) FROM STDIN (FORMAT BINARY)") as copy:
+            with (
+                self._lock,
+                self._db.cursor() as cur,
+                cur.copy(
+                    "COPY records (did, seq, raw, leaf, stored_at, kind, time) FROM STDIN (FORMAT BINARY)"
+                ) as copy,
+            ):
                 copy.set_types(["text", "int8", "bytea", "bytea", "float8", "text", "float8"])
                 for row in rows:
                     copy.write_row(row)
@@ -116,17 +136,22 @@ class PostgresStore(SqlStore):
 
     def _lock_keys(self, keys: Sequence[int]) -> None:
         if keys:
-            self._exec("SELECT count(pg_advisory_xact_lock(k)) FROM "
-                       "(SELECT k FROM unnest(?::bigint[]) AS t(k) ORDER BY k) AS s", (list(keys),))
+            self._exec(
+                "SELECT count(pg_advisory_xact_lock(k)) FROM "
+                "(SELECT k FROM unnest(?::bigint[]) AS t(k) ORDER BY k) AS s",
+                (list(keys),),
+            )
 
     def _migration_lock(self) -> None:
         self._exec("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
 
     def storage_bytes(self) -> int:
-        row = self._one("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
-                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE c.relkind = 'r' AND n.nspname = current_schema() AND c.relname = ANY(?)",
-                        (list(TABLES),))
+        row = self._one(
+            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname = current_schema() AND c.relname = ANY(?)",
+            (list(TABLES),),
+        )
         return int(row[0] or 0)
 
     def close(self) -> None:

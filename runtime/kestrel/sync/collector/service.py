@@ -17,8 +17,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ...errors import TransportError, UsageError
 from ..wire import LEDGER_FILTER, encode_resend, resend_topic
@@ -54,11 +55,23 @@ class CollectorCounters:
 class CollectorService:
     """One collector client. ``run()`` blocks until ``stop()``; ``start()``/``stop()`` run it in a thread."""
 
-    def __init__(self, store: CollectorStore, *, host: str, port: int, group: str | None = None,
-                 client_id: str | None = None, session_expiry: int = 7 * 86400, keepalive: int = 30,
-                 username: str | None = None, password: str | None = None, tls: Any = None,
-                 group_max: int = 64, resend_after_s: float = 30.0,
-                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: CollectorStore,
+        *,
+        host: str,
+        port: int,
+        group: str | None = None,
+        client_id: str | None = None,
+        session_expiry: int = 7 * 86400,
+        keepalive: int = 30,
+        username: str | None = None,
+        password: str | None = None,
+        tls: Any = None,
+        group_max: int = 64,
+        resend_after_s: float = 30.0,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
         self.store = store
         self.core = CollectorCore(store, clock=time.time)
         self._transient: tuple[type[BaseException], ...] = tuple(getattr(store, "transient", ()))
@@ -81,11 +94,12 @@ class CollectorService:
     def _make_client(self) -> Any:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.properties import Properties
         from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
 
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
-                             manual_ack=True)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
         if self._auth[0]:
             client.username_pw_set(*self._auth)
         if self._tls is not None:
@@ -159,8 +173,16 @@ class CollectorService:
         except Exception as exc:
             log.exception("collector: refusing a message on %s that failed handling", msg.topic)
             did = msg.topic.split("/")[1] if msg.topic.count("/") >= 2 else "?"
-            self.store.add_rejection(Rejection(did, None, "internal-error", f"{type(exc).__name__}: {exc}",
-                                               hashlib.sha256(bytes(msg.payload)).hexdigest(), time.time()))
+            self.store.add_rejection(
+                Rejection(
+                    did,
+                    None,
+                    "internal-error",
+                    f"{type(exc).__name__}: {exc}",
+                    hashlib.sha256(bytes(msg.payload)).hexdigest(),
+                    time.time(),
+                )
+            )
             return Outcome(did, refused=("internal-error",))
 
     def _watch(self) -> None:
@@ -222,14 +244,22 @@ class CollectorService:
         backoff = Backoff(initial=self.RETRY_INITIAL_S, maximum=self.RETRY_MAX_S)
         while not self._stopping.is_set():
             try:
-                client.connect(self.host, self.port, keepalive=self.keepalive, clean_start=False,
-                               properties=self._connect_props)
+                client.connect(
+                    self.host, self.port, keepalive=self.keepalive, clean_start=False, properties=self._connect_props
+                )
             except OSError as exc:
                 delay = backoff.next()
                 # the first failure is a warning; later ones only as the wait grows (not twice a second)
                 level = logging.WARNING if backoff.attempts == 1 else logging.INFO
-                log.log(level, "collector: broker %s:%d unreachable (%s); next try in %.1f s (attempt %d)",
-                        self.host, self.port, exc, delay, backoff.attempts)
+                log.log(
+                    level,
+                    "collector: broker %s:%d unreachable (%s); next try in %.1f s (attempt %d)",
+                    self.host,
+                    self.port,
+                    exc,
+                    delay,
+                    backoff.attempts,
+                )
                 self._stopping.wait(delay)
                 continue
             backoff.reset()

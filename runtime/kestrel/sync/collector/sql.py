@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -58,12 +59,14 @@ SCHEMA_VERSION = max(MIGRATIONS)
 TABLES = ("agents", "records", "pending", "checkpoints", "rejections", "forks", "bases")
 
 
-def _backfill_v2(store: "SqlStore") -> None:
+def _backfill_v2(store: SqlStore) -> None:
     """Schema 2 keeps each record's kind and time in columns: decode the records stored before."""
     last: tuple[str, int] = ("", -1)
     while True:
-        rows = store._all("SELECT did, seq, raw FROM records WHERE did > ? OR (did = ? AND seq > ?) "
-                          "ORDER BY did, seq LIMIT 1000", (last[0], last[0], last[1]))
+        rows = store._all(
+            "SELECT did, seq, raw FROM records WHERE did > ? OR (did = ? AND seq > ?) ORDER BY did, seq LIMIT 1000",
+            (last[0], last[0], last[1]),
+        )
         if not rows:
             return
         out = []
@@ -77,7 +80,7 @@ def _backfill_v2(store: "SqlStore") -> None:
         last = (rows[-1][0], rows[-1][1])
 
 
-_AFTER: dict[int, Callable[["SqlStore"], None]] = {2: _backfill_v2}
+_AFTER: dict[int, Callable[[SqlStore], None]] = {2: _backfill_v2}
 
 
 class SqlStore:
@@ -122,8 +125,9 @@ class SqlStore:
 
     def _insert_records(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert (did, seq, raw, leaf, stored_at, kind, time) rows (PostgreSQL uses COPY)."""
-        self._many("INSERT INTO records (did, seq, raw, leaf, stored_at, kind, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   rows)
+        self._many(
+            "INSERT INTO records (did, seq, raw, leaf, stored_at, kind, time) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+        )
 
     def _begin(self) -> None:
         raise NotImplementedError
@@ -156,7 +160,7 @@ class SqlStore:
         with self._lock:
             return list(self._cursor(self._q(sql), params).fetchall())
 
-    def transaction(self) -> "_Tx":
+    def transaction(self) -> _Tx:
         """Group several calls into one transaction (one commit); nested calls join it."""
         return _Tx(self)
 
@@ -170,9 +174,10 @@ class SqlStore:
             if row is not None and not str(row[0]).isdigit():
                 raise DataError(f"collector database {self.location} has an unreadable schema version {row[0]!r}")
             if have > SCHEMA_VERSION:
-                raise DataError(f"collector database {self.location} has schema {have}; this Kestrel knows up to "
-                                f"{SCHEMA_VERSION}", hint="upgrade kestrel on this host (the database was migrated "
-                                "by a newer collector)")
+                raise DataError(
+                    f"collector database {self.location} has schema {have}; this Kestrel knows up to {SCHEMA_VERSION}",
+                    hint="upgrade kestrel on this host (the database was migrated by a newer collector)",
+                )
             for version in range(have + 1, SCHEMA_VERSION + 1):
                 for stmt in MIGRATIONS[version]:
                     self._exec(stmt.format(**self.WORDS))
@@ -190,8 +195,9 @@ class SqlStore:
         import hashlib
 
         new = set(dids) - self._locked if self._in_tx() else set(dids)
-        self._lock_keys(sorted({int.from_bytes(hashlib.sha256(d.encode()).digest()[:8], "big", signed=True)
-                                for d in new}))
+        self._lock_keys(
+            sorted({int.from_bytes(hashlib.sha256(d.encode()).digest()[:8], "big", signed=True) for d in new})
+        )
         if self._in_tx() and new:
             self._locked |= new
             self._prefetch(sorted(new))
@@ -203,14 +209,19 @@ class SqlStore:
             return
         marks = ", ".join("?" * len(todo))
         for did, size, frontier, note, forked, tip, held in self._all(
-                "SELECT did, size, frontier, checkpoint, forked, tip, EXISTS (SELECT 1 FROM pending p WHERE "
-                f"p.did = a.did) FROM agents a WHERE did IN ({marks})", todo):
-            self._states[did] = AgentState(did, size, tuple(msgpack.unpackb(frontier)), _b(note), bool(forked), _b(tip),
-                                           bool(held))
+            "SELECT did, size, frontier, checkpoint, forked, tip, EXISTS (SELECT 1 FROM pending p WHERE "
+            f"p.did = a.did) FROM agents a WHERE did IN ({marks})",
+            todo,
+        ):
+            self._states[did] = AgentState(
+                did, size, tuple(msgpack.unpackb(frontier)), _b(note), bool(forked), _b(tip), bool(held)
+            )
         cps: dict[str, list[tuple[int, bytes, bytes]]] = {d: [] for d in todo}
         for did, size, root, note in self._all(
-                "SELECT c.did, c.size, c.root, c.note FROM checkpoints c JOIN agents a ON a.did = c.did "
-                f"WHERE c.did IN ({marks}) AND c.size >= a.size ORDER BY c.did, c.size, c.root", todo):
+            "SELECT c.did, c.size, c.root, c.note FROM checkpoints c JOIN agents a ON a.did = c.did "
+            f"WHERE c.did IN ({marks}) AND c.size >= a.size ORDER BY c.did, c.size, c.root",
+            todo,
+        ):
             cps[did].append((size, _b(root), _b(note)))
         for did in todo:
             state = self._states.setdefault(did, AgentState(did, held=False))
@@ -221,27 +232,48 @@ class SqlStore:
         if self._rows:
             rows, self._rows = self._rows, []
             self._insert_records(rows)
-        upsert = ("INSERT INTO agents (did, size, frontier, checkpoint, forked, tip, stored, base, first_seen, "
-                  "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (did) DO UPDATE SET size = "
-                  "excluded.size, frontier = excluded.frontier, checkpoint = excluded.checkpoint, forked = "
-                  "excluded.forked, tip = excluded.tip, stored = agents.stored + excluded.stored, "
-                  "last_seen = excluded.last_seen")
+        upsert = (
+            "INSERT INTO agents (did, size, frontier, checkpoint, forked, tip, stored, base, first_seen, "
+            "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (did) DO UPDATE SET size = "
+            "excluded.size, frontier = excluded.frontier, checkpoint = excluded.checkpoint, forked = "
+            "excluded.forked, tip = excluded.tip, stored = agents.stored + excluded.stored, "
+            "last_seen = excluded.last_seen"
+        )
         for with_base in (False, True):
-            rows = [(st.did, st.size, msgpack.packb(list(st.frontier)), st.checkpoint, int(st.forked), st.tip, n,
-                     base or 0, max(now, self._seen.get(st.did, 0.0)), max(now, self._seen.get(st.did, 0.0)))
-                    for st, n, base, now in self._dirty.values() if (base is not None) == with_base]
+            rows = [
+                (
+                    st.did,
+                    st.size,
+                    msgpack.packb(list(st.frontier)),
+                    st.checkpoint,
+                    int(st.forked),
+                    st.tip,
+                    n,
+                    base or 0,
+                    max(now, self._seen.get(st.did, 0.0)),
+                    max(now, self._seen.get(st.did, 0.0)),
+                )
+                for st, n, base, now in self._dirty.values()
+                if (base is not None) == with_base
+            ]
             if rows:
                 self._many(upsert + (", base = excluded.base" if with_base else ""), rows)
         touches = [(did, msgpack.packb([]), now, now) for did, now in self._seen.items() if did not in self._dirty]
         self._dirty.clear()
         self._seen.clear()
         if touches:
-            self._many("INSERT INTO agents (did, frontier, first_seen, last_seen) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT (did) DO UPDATE SET last_seen = excluded.last_seen", touches)
+            self._many(
+                "INSERT INTO agents (did, frontier, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (did) DO UPDATE SET last_seen = excluded.last_seen",
+                touches,
+            )
         if self._new_cps:
             rows, self._new_cps = self._new_cps, []
-            self._many("INSERT INTO checkpoints (did, size, root, note, received_at) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT DO NOTHING", rows)
+            self._many(
+                "INSERT INTO checkpoints (did, size, root, note, received_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                rows,
+            )
 
     def _flushed(self) -> None:
         """Before a read of what the buffers hold."""
@@ -265,11 +297,18 @@ class SqlStore:
     def agent_state(self, did: str) -> AgentState:
         if self._in_tx() and did in self._states:
             return self._states[did]
-        row = self._one("SELECT size, frontier, checkpoint, forked, tip, "
-                        "EXISTS (SELECT 1 FROM pending p WHERE p.did = a.did) FROM agents a WHERE did = ?", (did,))
-        state = (AgentState(did, held=False) if row is None
-                 else AgentState(did, row[0], tuple(msgpack.unpackb(row[1])), _b(row[2]), bool(row[3]), _b(row[4]),
-                                 bool(row[5])))
+        row = self._one(
+            "SELECT size, frontier, checkpoint, forked, tip, "
+            "EXISTS (SELECT 1 FROM pending p WHERE p.did = a.did) FROM agents a WHERE did = ?",
+            (did,),
+        )
+        state = (
+            AgentState(did, held=False)
+            if row is None
+            else AgentState(
+                did, row[0], tuple(msgpack.unpackb(row[1])), _b(row[2]), bool(row[3]), _b(row[4]), bool(row[5])
+            )
+        )
         if self._in_tx():
             self._states[did] = state
         return state
@@ -292,9 +331,11 @@ class SqlStore:
     def add_pending(self, did: str, records: Sequence[PendingRecord], *, now: float) -> None:
         with self.transaction():
             self._touch(did, now)
-            self._many("INSERT INTO pending (did, seq, leaf, raw, prev, received_at, kind, time) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                       [(did, r.seq, r.leaf, r.raw, r.prev, now, r.kind, r.time) for r in records])
+            self._many(
+                "INSERT INTO pending (did, seq, leaf, raw, prev, received_at, kind, time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(did, r.seq, r.leaf, r.raw, r.prev, now, r.kind, r.time) for r in records],
+            )
             self._note_held(did)
 
     def _note_held(self, did: str) -> None:
@@ -307,8 +348,10 @@ class SqlStore:
             return {}
         out: dict[int, list[PendingRecord]] = {}
         for seq, raw, leaf, prev, kind, t in self._all(
-                "SELECT seq, raw, leaf, prev, kind, time FROM pending WHERE did = ? AND seq >= ? AND seq < ? "
-                "ORDER BY seq, received_at", (did, start, end)):
+            "SELECT seq, raw, leaf, prev, kind, time FROM pending WHERE did = ? AND seq >= ? AND seq < ? "
+            "ORDER BY seq, received_at",
+            (did, start, end),
+        ):
             out.setdefault(seq, []).append(PendingRecord(seq, _b(raw), _b(leaf), _b(prev), kind, t))
         return out
 
@@ -317,13 +360,15 @@ class SqlStore:
         return (-1 if lo is None else lo), n
 
     def pending_count(self, did: str, start: int, end: int) -> int:
-        return self._one("SELECT COUNT(DISTINCT seq) FROM pending WHERE did = ? AND seq >= ? AND seq < ?",
-                         (did, start, end))[0]
+        return self._one(
+            "SELECT COUNT(DISTINCT seq) FROM pending WHERE did = ? AND seq >= ? AND seq < ?", (did, start, end)
+        )[0]
 
     def drop_pending(self, did: str, records: Iterable[PendingRecord]) -> None:
         with self.transaction():
-            self._many("DELETE FROM pending WHERE did = ? AND seq = ? AND leaf = ?",
-                       [(did, r.seq, r.leaf) for r in records])
+            self._many(
+                "DELETE FROM pending WHERE did = ? AND seq = ? AND leaf = ?", [(did, r.seq, r.leaf) for r in records]
+            )
 
     # -- checkpoints ------------------------------------------------------------------------------
     def add_checkpoint(self, did: str, size: int, root: bytes, note: bytes, *, now: float) -> bool:
@@ -338,8 +383,11 @@ class SqlStore:
                 self._new_cps.append((did, size, root, note, now))
                 return True
             self._flushed()
-            cur = self._exec("INSERT INTO checkpoints (did, size, root, note, received_at) VALUES (?, ?, ?, ?, ?) "
-                             "ON CONFLICT DO NOTHING", (did, size, root, note, now))
+            cur = self._exec(
+                "INSERT INTO checkpoints (did, size, root, note, received_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (did, size, root, note, now),
+            )
             added = cur.rowcount > 0
             cached = self._cps.get(did)
             if added and cached is not None and size >= cached[0]:
@@ -352,15 +400,21 @@ class SqlStore:
         if cached is not None and cached[0] <= min_size:
             return [c for c in cached[1] if c[0] >= min_size]
         self._flushed()
-        got = [(s, _b(r), _b(n)) for s, r, n in self._all(
-            "SELECT size, root, note FROM checkpoints WHERE did = ? AND size >= ? ORDER BY size, root", (did, min_size))]
+        got = [
+            (s, _b(r), _b(n))
+            for s, r, n in self._all(
+                "SELECT size, root, note FROM checkpoints WHERE did = ? AND size >= ? ORDER BY size, root",
+                (did, min_size),
+            )
+        ]
         if self._in_tx():
             self._cps[did] = (min_size, got)
         return list(got)
 
     # -- verified records -------------------------------------------------------------------------
-    def commit_verified(self, did: str, records: Sequence[PendingRecord], state: AgentState,
-                        *, now: float, drop_pending: bool = True) -> None:
+    def commit_verified(
+        self, did: str, records: Sequence[PendingRecord], state: AgentState, *, now: float, drop_pending: bool = True
+    ) -> None:
         with self.transaction():
             self._rows.extend((did, r.seq, r.raw, r.leaf, now, r.kind, r.time) for r in records)
             if records and drop_pending:
@@ -369,8 +423,11 @@ class SqlStore:
 
     def add_base(self, did: str, size: int, prev: bytes, payload: bytes, state: AgentState, *, now: float) -> None:
         with self.transaction():
-            self._exec("INSERT INTO bases (did, size, prev, payload, received_at) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT DO NOTHING", (did, size, prev, payload, now))
+            self._exec(
+                "INSERT INTO bases (did, size, prev, payload, received_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (did, size, prev, payload, now),
+            )
             self._exec("DELETE FROM pending WHERE did = ? AND seq < ?", (did, size))
             self._set_state(state, now=now, base=size)
 
@@ -379,8 +436,7 @@ class SqlStore:
         return None if row is None else _b(row[0])
 
     def bases(self, did: str) -> list[tuple[int, bytes]]:
-        return [(s, _b(p)) for s, p in self._all("SELECT size, payload FROM bases WHERE did = ? ORDER BY size",
-                                                 (did,))]
+        return [(s, _b(p)) for s, p in self._all("SELECT size, payload FROM bases WHERE did = ? ORDER BY size", (did,))]
 
     def verified_leaf(self, did: str, seq: int) -> bytes | None:
         self._flushed()
@@ -389,15 +445,20 @@ class SqlStore:
 
     def verified_leaves(self, did: str, start: int, end: int) -> list[bytes]:
         self._flushed()
-        return [_b(r[0]) for r in self._all("SELECT leaf FROM records WHERE did = ? AND seq >= ? AND seq < ? "
-                                            "ORDER BY seq", (did, start, end))]
+        return [
+            _b(r[0])
+            for r in self._all(
+                "SELECT leaf FROM records WHERE did = ? AND seq >= ? AND seq < ? ORDER BY seq", (did, start, end)
+            )
+        ]
 
     def verified_records(self, did: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
         self._flushed()
         seq = start
         while True:
-            rows = self._all("SELECT seq, raw FROM records WHERE did = ? AND seq >= ? ORDER BY seq LIMIT 1000",
-                             (did, seq))
+            rows = self._all(
+                "SELECT seq, raw FROM records WHERE did = ? AND seq >= ? ORDER BY seq LIMIT 1000", (did, seq)
+            )
             if not rows:
                 return
             yield from ((s, _b(r)) for s, r in rows)
@@ -411,16 +472,19 @@ class SqlStore:
     # -- evidence ---------------------------------------------------------------------------------
     def add_rejection(self, rejection: Rejection) -> None:
         with self.transaction():
-            self._exec("INSERT INTO rejections (did, seq, reason, detail, digest, time) VALUES (?, ?, ?, ?, ?, ?)",
-                       (rejection.did, rejection.seq, rejection.reason, rejection.detail, rejection.digest,
-                        rejection.time))
+            self._exec(
+                "INSERT INTO rejections (did, seq, reason, detail, digest, time) VALUES (?, ?, ?, ?, ?, ?)",
+                (rejection.did, rejection.seq, rejection.reason, rejection.detail, rejection.digest, rejection.time),
+            )
 
     def add_fork(self, fork: Fork) -> None:
         with self.transaction():
             self._flushed()
-            self._exec("INSERT INTO forks (did, size, verified_note, conflicting_note, detail, time) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (fork.did, fork.size, fork.verified_note,
-                                                     fork.conflicting_note, fork.detail, fork.time))
+            self._exec(
+                "INSERT INTO forks (did, size, verified_note, conflicting_note, detail, time) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (fork.did, fork.size, fork.verified_note, fork.conflicting_note, fork.detail, fork.time),
+            )
             self._exec("UPDATE agents SET forked = 1 WHERE did = ?", (fork.did,))
             self._states.pop(fork.did, None)
 
@@ -441,7 +505,9 @@ class SqlStore:
             "SELECT a.did, a.size, (SELECT COUNT(*) FROM pending p WHERE p.did = a.did), "
             "(SELECT COUNT(*) FROM rejections r WHERE r.did = a.did), "
             "(SELECT COUNT(*) FROM forks f WHERE f.did = a.did), a.last_seen, a.stored, a.base, a.first_seen "
-            "FROM agents a" + (" WHERE a.did = ?" if did else "") + " ORDER BY a.did", (did,) if did else ())
+            "FROM agents a" + (" WHERE a.did = ?" if did else "") + " ORDER BY a.did",
+            (did,) if did else (),
+        )
         return [AgentSummary(*r) for r in rows]
 
     def verified_sizes(self) -> dict[str, int]:
@@ -459,20 +525,31 @@ class SqlStore:
             else:
                 where.append("kind = ?")
                 params.append(flt.kind)
-        for col, op, value in (("seq", ">=", flt.seq_min), ("seq", "<=", flt.seq_max),
-                               ("time", ">=", flt.since), ("time", "<=", flt.until)):
+        for col, op, value in (
+            ("seq", ">=", flt.seq_min),
+            ("seq", "<=", flt.seq_max),
+            ("time", ">=", flt.since),
+            ("time", "<=", flt.until),
+        ):
             if value is not None:
                 where.append(f"{col} {op} ?")
                 params.append(value)
-        rows = self._all(f"SELECT seq, kind, time, stored_at, length(raw) FROM records WHERE {' AND '.join(where)} "
-                         "ORDER BY seq LIMIT ?", (*params, limit))
+        rows = self._all(
+            f"SELECT seq, kind, time, stored_at, length(raw) FROM records WHERE {' AND '.join(where)} "
+            "ORDER BY seq LIMIT ?",
+            (*params, limit),
+        )
         return [LogRow(*r) for r in rows]
 
     def records_of_kind(self, kind: str, *, limit: int = 10_000) -> list[tuple[str, bytes]]:
         """``(did, raw)`` of stored records of one kind (the fleet view reads ``agent.created`` for names)."""
         self._flushed()
-        return [(d, _b(r)) for d, r in self._all("SELECT did, raw FROM records WHERE kind = ? ORDER BY did, seq LIMIT ?",
-                                                 (kind, limit))]
+        return [
+            (d, _b(r))
+            for d, r in self._all(
+                "SELECT did, raw FROM records WHERE kind = ? ORDER BY did, seq LIMIT ?", (kind, limit)
+            )
+        ]
 
     def hourly(self, did: str | None = None) -> list[tuple[str, int, int]]:
         self._flushed()

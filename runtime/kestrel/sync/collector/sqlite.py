@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ...errors import DataError, TransportError
 from .sql import SCHEMA_VERSION, SqlStore
@@ -20,8 +21,13 @@ class SqliteStore(SqlStore):
     has nothing to add. Several hosts sharing one fleet need the PostgreSQL backend.
     """
 
-    WORDS = {"INT": "INTEGER", "BLOB": "BLOB", "REAL": "REAL", "SERIAL": "INTEGER PRIMARY KEY",
-             "NOROWID": "WITHOUT ROWID"}
+    WORDS = {
+        "INT": "INTEGER",
+        "BLOB": "BLOB",
+        "REAL": "REAL",
+        "SERIAL": "INTEGER PRIMARY KEY",
+        "NOROWID": "WITHOUT ROWID",
+    }
     HOUR = "CAST(time / 3600 AS INTEGER)"  # times are positive: truncation is the floor
     transient = (sqlite3.OperationalError,)
 
@@ -39,8 +45,10 @@ class SqliteStore(SqlStore):
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise DataError(f"collector database {self.path} is unusable: {exc}",
-                            hint="point --db at a Kestrel collector database or a new file") from None
+            raise DataError(
+                f"collector database {self.path} is unusable: {exc}",
+                hint="point --db at a Kestrel collector database or a new file",
+            ) from None
         except OSError as exc:
             raise TransportError(f"cannot open collector database {self.path}: {exc.strerror or exc}") from None
 

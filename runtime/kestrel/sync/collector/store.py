@@ -8,11 +8,23 @@ transactional expectations. :func:`open_store` picks the backend from ``--db``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import ContextManager, Iterable, Iterator, Protocol, Sequence
+from typing import Protocol
 
-__all__ = ["CollectorStore", "AgentState", "PendingRecord", "Rejection", "Fork", "AgentSummary", "LogRow",
-           "LogFilter", "open_store", "is_server_url"]
+__all__ = [
+    "CollectorStore",
+    "AgentState",
+    "PendingRecord",
+    "Rejection",
+    "Fork",
+    "AgentSummary",
+    "LogRow",
+    "LogFilter",
+    "open_store",
+    "is_server_url",
+]
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,7 @@ class CollectorStore(Protocol):
     their pending candidates all happen, or none does.
     """
 
-    def transaction(self) -> ContextManager[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """All calls inside happen in one transaction (nested transactions join the outer one)."""
         ...
 
@@ -133,8 +145,9 @@ class CollectorStore(Protocol):
         """Known checkpoints ``(size, root, note)`` with size >= min_size, smallest first."""
         ...
 
-    def commit_verified(self, did: str, records: Sequence[PendingRecord], state: AgentState,
-                        *, now: float, drop_pending: bool = True) -> None:
+    def commit_verified(
+        self, did: str, records: Sequence[PendingRecord], state: AgentState, *, now: float, drop_pending: bool = True
+    ) -> None:
         """``drop_pending=False``: the caller knows no candidate lies below ``state.size``."""
         ...
 

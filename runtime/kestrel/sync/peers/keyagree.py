@@ -24,8 +24,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ...errors import DataError, UsageError
 from ...identity.keys import Algorithm, PublicKey
 
-__all__ = ["KeyAgreement", "SoftwareKeyAgreement", "ed25519_public_to_x25519", "ephemeral_exchange",
-           "derive_key", "HKDF_INFO"]
+__all__ = [
+    "KeyAgreement",
+    "SoftwareKeyAgreement",
+    "ed25519_public_to_x25519",
+    "ephemeral_exchange",
+    "derive_key",
+    "HKDF_INFO",
+]
 
 _P = 2**255 - 19
 HKDF_INFO = b"kestrel/peer-message/v1"
@@ -43,8 +49,7 @@ def ed25519_public_to_x25519(raw: bytes) -> bytes:
 
 
 def _ed25519_private_to_x25519(key: ed25519.Ed25519PrivateKey) -> x25519.X25519PrivateKey:
-    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                             serialization.NoEncryption())
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     # X25519PrivateKey clamps the scalar itself (RFC 7748 decodeScalar25519).
     return x25519.X25519PrivateKey.from_private_bytes(hashlib.sha512(seed).digest()[:32])
 
@@ -73,7 +78,7 @@ class SoftwareKeyAgreement:
             self._x, self._ec = None, private_key
 
     @classmethod
-    def from_signer(cls, signer: object) -> "SoftwareKeyAgreement":
+    def from_signer(cls, signer: object) -> SoftwareKeyAgreement:
         key = getattr(signer, "private_key", None)
         if key is None:
             raise UsageError(
@@ -108,8 +113,7 @@ def ephemeral_exchange(recipient: PublicKey) -> tuple[bytes, bytes]:
     eph_ec = ec.generate_private_key(ec.SECP256R1())
     peer_ec = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), recipient.raw)
     shared = eph_ec.exchange(ec.ECDH(), peer_ec)
-    epk = eph_ec.public_key().public_bytes(serialization.Encoding.X962,
-                                           serialization.PublicFormat.CompressedPoint)
+    epk = eph_ec.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
     return epk, shared
 
 
@@ -117,5 +121,6 @@ def derive_key(shared: bytes, *, ephemeral_public: bytes, recipient: PublicKey) 
     """HKDF-SHA256(shared, salt = epk || recipient raw key, info = HKDF_INFO) -> 32-byte key."""
     if shared == b"\x00" * len(shared):
         raise DataError("key agreement produced the all-zero secret (low-order ephemeral key)")
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral_public + recipient.raw,
-                info=HKDF_INFO).derive(shared)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral_public + recipient.raw, info=HKDF_INFO).derive(
+        shared
+    )

@@ -15,9 +15,10 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from ...errors import DataError, UsageError
 from ...identity.keys import PublicKey, Signer
@@ -50,9 +51,18 @@ class SentMessage:
 class PeerMessenger:
     """Send to and receive from trusted peers. ``await start()`` subscribes to the inbox."""
 
-    def __init__(self, *, state_dir: str | os.PathLike[str], signer: Signer, bridge: Any, ledger: Any,
-                 key_agreement: KeyAgreement | None = None, window_s: float = 300.0,
-                 inbox_size: int = 256, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        state_dir: str | os.PathLike[str],
+        signer: Signer,
+        bridge: Any,
+        ledger: Any,
+        key_agreement: KeyAgreement | None = None,
+        window_s: float = 300.0,
+        inbox_size: int = 256,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.signer, self.bridge, self.ledger = signer, bridge, ledger
         self.did = signer.public_key.did
@@ -112,11 +122,13 @@ class PeerMessenger:
         lock = self._send_locks.setdefault(to, asyncio.Lock())
         async with lock:  # one at a time per recipient: numbers reach the broker in increasing order
             seq = await asyncio.to_thread(self._seq.next_outgoing, to)
-            data = await asyncio.to_thread(seal, body, signer=self.signer, recipient=recipient, seq=seq,
-                                           now=self._clock(), encrypt=encrypt)  # a TPM signs in tens of ms
+            data = await asyncio.to_thread(
+                seal, body, signer=self.signer, recipient=recipient, seq=seq, now=self._clock(), encrypt=encrypt
+            )  # a TPM signs in tens of ms
             sent = SentMessage(to, seq, message_digest(data), encrypt, len(data))
-            await self.ledger.append_async("peer.sent", {"to": to, "seq": seq, "digest": sent.digest,
-                                                         "encrypted": encrypt, "bytes": sent.size})
+            await self.ledger.append_async(
+                "peer.sent", {"to": to, "seq": seq, "digest": sent.digest, "encrypted": encrypt, "bytes": sent.size}
+            )
             await self.bridge.publish(inbox_topic(to), data, qos=1)
         return sent
 
@@ -159,18 +171,31 @@ class PeerMessenger:
         trust = await self._trust_list()
         me: KeyAgreement | PublicKey = self._ka if self._ka is not None else self.signer.public_key
         try:
-            msg = open_message(payload, me=me, trusted=trust.keys(), replay=self._seq.replay,
-                               now=self._clock(), window_s=self._window)
+            msg = open_message(
+                payload, me=me, trusted=trust.keys(), replay=self._seq.replay, now=self._clock(), window_s=self._window
+            )
         except PeerMessageError as exc:
             self.refused[exc.reason] = self.refused.get(exc.reason, 0) + 1
             log.warning("peer message refused: %s", exc.message)
-            await self.ledger.append_async("peer.refused", {
-                "from": exc.sender, "seq": exc.seq, "reason": exc.reason,
-                "digest": message_digest(bytes(payload)), "bytes": len(payload)})
+            await self.ledger.append_async(
+                "peer.refused",
+                {
+                    "from": exc.sender,
+                    "seq": exc.seq,
+                    "reason": exc.reason,
+                    "digest": message_digest(bytes(payload)),
+                    "bytes": len(payload),
+                },
+            )
             return None
         await asyncio.to_thread(self._seq.commit, msg.replay)  # before recording: never accept twice
-        record = {"from": msg.sender, "seq": msg.seq, "digest": msg.digest, "encrypted": msg.encrypted,
-                  "bytes": len(payload)}
+        record = {
+            "from": msg.sender,
+            "seq": msg.seq,
+            "digest": msg.digest,
+            "encrypted": msg.encrypted,
+            "bytes": len(payload),
+        }
         handler = self.handlers.get(msg.body.get("t")) if isinstance(msg.body, dict) else None
         submit = getattr(self.ledger, "submit", None)
         if handler is not None and isinstance(msg.body.get("t"), str) and submit is not None:
@@ -192,7 +217,6 @@ class PeerMessenger:
         self._inbox.put_nowait(msg)
         return msg
 
-
     @staticmethod
     def _received_recorded(fut: Any) -> None:
         exc = None if fut.cancelled() else fut.exception()
@@ -209,11 +233,14 @@ class PeerMessenger:
             log.exception("handling a %s message from %s failed", msg.body.get("t"), msg.sender)
 
 
-async def send_under_policy(messenger: PeerMessenger, policy: Any, to: str, body: Any, *,
-                            encrypt: bool = False) -> SentMessage:
+async def send_under_policy(
+    messenger: PeerMessenger, policy: Any, to: str, body: Any, *, encrypt: bool = False
+) -> SentMessage:
     """Ask the policy engine for ``agent.send`` (it records the decision), then send."""
     decision = await asyncio.to_thread(policy.decide, ACTION, {"to": to, "body": body, "encrypt": encrypt})
     if not decision.allowed:
-        raise PeerSendDenied(f"policy denied agent.send to {to}: {decision.reason} (rule {decision.rule})",
-                             hint="the owner's policy must list agent.send among its actions")
+        raise PeerSendDenied(
+            f"policy denied agent.send to {to}: {decision.reason} (rule {decision.rule})",
+            hint="the owner's policy must list agent.send among its actions",
+        )
     return await messenger.send(to, body, encrypt=encrypt)

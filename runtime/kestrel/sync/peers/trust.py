@@ -54,8 +54,9 @@ def _load_json(path: Path, *, what: str) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise DataError(f"{what} {path} is corrupt: {exc}",
-                        hint="restore it from a backup; Kestrel will not overwrite it") from None
+        raise DataError(
+            f"{what} {path} is corrupt: {exc}", hint="restore it from a backup; Kestrel will not overwrite it"
+        ) from None
 
 
 def trust_path(state_dir: str | os.PathLike[str]) -> Path:
@@ -75,8 +76,9 @@ def load_trust_list(state_dir: str | os.PathLike[str]) -> TrustList:
         for p in peers:
             PublicKey.from_did(p.did)
     except (AttributeError, KeyError, TypeError, ValueError, DataError) as exc:
-        raise DataError(f"trust list {path} is malformed: {exc}",
-                        hint="restore it from a backup; Kestrel will not overwrite it") from None
+        raise DataError(
+            f"trust list {path} is malformed: {exc}", hint="restore it from a backup; Kestrel will not overwrite it"
+        ) from None
     return TrustList(peers)
 
 
@@ -86,8 +88,9 @@ def _save_trust_list(state_dir: Path, trust: TrustList) -> None:
     atomic_write(_trust_path(state_dir), json.dumps(doc, indent=1).encode() + b"\n")
 
 
-def add_peer(state_dir: str | os.PathLike[str], did: str, *, name: str | None = None,
-             now: float | None = None) -> tuple[Peer, bool]:
+def add_peer(
+    state_dir: str | os.PathLike[str], did: str, *, name: str | None = None, now: float | None = None
+) -> tuple[Peer, bool]:
     """Trust ``did``; return ``(peer, added)`` where ``added`` is False if it was already trusted."""
     PublicKey.from_did(did)  # raises KeyFormatError with a hint
     state_dir = Path(state_dir)

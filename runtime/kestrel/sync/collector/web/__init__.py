@@ -12,7 +12,7 @@ import hmac
 import ipaddress
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -38,7 +38,7 @@ def is_loopback(host: str) -> bool:
 def _utc(t: float | None) -> str:
     if not t:
         return "—"
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _note(note: bytes | None) -> str:
@@ -64,7 +64,7 @@ def _time(value: str | None, name: str) -> float | None:
         dt = datetime.fromisoformat(value)
     except ValueError:
         raise _BadQuery(f"{name} must be a date and time like 2026-12-05T14:00, not {value!r}") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def create_app(store: CollectorStore, *, token: str | None = None, location: str = "") -> Any:
@@ -90,8 +90,12 @@ def create_app(store: CollectorStore, *, token: str | None = None, location: str
         return HTMLResponse(env.get_template(name).render(**base_ctx, **ctx), status_code=code)
 
     def error(status: int, message: str) -> HTMLResponse:
-        return page("error.html", status, status={400: "Bad request", 401: "Token required", 404: "Not found"}
-                    .get(status, str(status)), message=message)
+        return page(
+            "error.html",
+            status,
+            status={400: "Bad request", 401: "Token required", 404: "Not found"}.get(status, str(status)),
+            message=message,
+        )
 
     def names() -> dict[str, str]:
         out = {}
@@ -120,8 +124,12 @@ def create_app(store: CollectorStore, *, token: str | None = None, location: str
 
     def fleet(request: Request) -> Response:
         agents = store.summaries()
-        totals = {"agents": len(agents), "records": sum(a.records for a in agents),
-                  "pending": sum(a.pending for a in agents), "forked": sum(1 for a in agents if a.forks)}
+        totals = {
+            "agents": len(agents),
+            "records": sum(a.records for a in agents),
+            "pending": sum(a.pending for a in agents),
+            "forked": sum(1 for a in agents if a.forks),
+        }
         top = sorted(agents, key=lambda a: (-a.records, a.did))[:_PLOTTED]
         series: dict[str, list[tuple[int, int]]] = {a.did: [] for a in top}
         for did, hour, n in store.hourly():
@@ -143,8 +151,13 @@ def create_app(store: CollectorStore, *, token: str | None = None, location: str
             kind = (q.get("kind") or "").strip() or None
             if kind is not None and not re.fullmatch(r"[a-z0-9_.*-]{1,64}", kind):
                 raise _BadQuery("kind may hold only a-z, 0-9 and _ . * -")
-            flt = LogFilter(kind, _int(q.get("seq_min"), "seq from"), _int(q.get("seq_max"), "seq to"),
-                            _time(q.get("since"), "since"), _time(q.get("until"), "until"))
+            flt = LogFilter(
+                kind,
+                _int(q.get("seq_min"), "seq from"),
+                _int(q.get("seq_max"), "seq to"),
+                _time(q.get("since"), "since"),
+                _time(q.get("until"), "until"),
+            )
             rows = store.log(did, flt, after=after, limit=PAGE_SIZE)
         except _BadQuery as exc:
             err = str(exc)
@@ -153,9 +166,23 @@ def create_app(store: CollectorStore, *, token: str | None = None, location: str
         next_url = f"/agents/{did}?" + urlencode({**params, "after": next_after}) if next_after is not None else ""
         kinds = sorted({r.kind for r in store.log(did, LogFilter(), limit=500)})
         plot = hourly_svg({did: [(h, n) for _, h, n in store.hourly(did)]}, title="records per hour")
-        return page("agent.html", 400 if err else 200, did=did, s=s, names=names(), rows=rows, f=flt,
-                    q=dict(q), error=err, after=after, next_after=next_after, next_url=next_url, limit=PAGE_SIZE,
-                    kinds=kinds, plot=plot)
+        return page(
+            "agent.html",
+            400 if err else 200,
+            did=did,
+            s=s,
+            names=names(),
+            rows=rows,
+            f=flt,
+            q=dict(q),
+            error=err,
+            after=after,
+            next_after=next_after,
+            next_url=next_url,
+            limit=PAGE_SIZE,
+            kinds=kinds,
+            plot=plot,
+        )
 
     def record(request: Request) -> Response:
         did = agent_did(request)
@@ -181,8 +208,11 @@ def create_app(store: CollectorStore, *, token: str | None = None, location: str
         except KestrelError as exc:
             return error(404, exc.message)
         name = f"{did.rsplit(':', 1)[-1][:16]}-{seq}.proof"
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     def forks(request: Request) -> Response:
         did = agent_did(request)
@@ -193,30 +223,50 @@ def create_app(store: CollectorStore, *, token: str | None = None, location: str
     def style(request: Request) -> Response:
         return Response(STYLE, media_type="text/css")
 
-    routes = [Route("/", fleet), Route("/style.css", style), Route("/agents/{did}", agent),
-              Route("/agents/{did}/forks", forks), Route("/agents/{did}/records/{seq:int}", record),
-              Route("/agents/{did}/records/{seq:int}/proof", proof)]
+    routes = [
+        Route("/", fleet),
+        Route("/style.css", style),
+        Route("/agents/{did}", agent),
+        Route("/agents/{did}/forks", forks),
+        Route("/agents/{did}/records/{seq:int}", record),
+        Route("/agents/{did}/records/{seq:int}/proof", proof),
+    ]
     app = Starlette(routes=routes)
-    return _Guard(app, token=token, unauthorized=lambda: error(401, "this view needs its token: open it with "
-                                                                     "?token=... once, or send Authorization: Bearer"),
-                  redirect=RedirectResponse)
+    return _Guard(
+        app,
+        token=token,
+        unauthorized=lambda: error(
+            401, "this view needs its token: open it with ?token=... once, or send Authorization: Bearer"
+        ),
+        redirect=RedirectResponse,
+    )
 
 
 class _Guard:
     """ASGI middleware: the token check, and security headers on every response."""
 
-    HEADERS = [(b"content-security-policy", b"default-src 'none'; style-src 'self'; img-src 'self' data:; "
-                b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
-               (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-               (b"cache-control", b"no-store"), (b"x-frame-options", b"DENY")]
+    HEADERS = [
+        (
+            b"content-security-policy",
+            b"default-src 'none'; style-src 'self'; img-src 'self' data:; "
+            b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"cache-control", b"no-store"),
+        (b"x-frame-options", b"DENY"),
+    ]
 
     def __init__(self, app: Any, *, token: str | None, unauthorized: Any, redirect: Any) -> None:
         self.app, self.token = app, token
         self._unauthorized, self._redirect = unauthorized, redirect
 
     def _ok(self, supplied: str | None) -> bool:
-        return supplied is not None and self.token is not None and hmac.compare_digest(supplied.encode(),
-                                                                                        self.token.encode())
+        return (
+            supplied is not None
+            and self.token is not None
+            and hmac.compare_digest(supplied.encode(), self.token.encode())
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

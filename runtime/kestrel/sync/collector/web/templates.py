@@ -114,5 +114,11 @@ Treat the agent as compromised.</p>
 ERROR = """{% extends "base.html" %}{% block main %}<h1>{{ status }}</h1><p class="error" role="alert">{{ message }}</p>
 <p><a href="{{ root }}">Back to the fleet</a></p>{% endblock %}"""
 
-TEMPLATES = {"base.html": BASE, "fleet.html": FLEET, "agent.html": AGENT, "record.html": RECORD, "forks.html": FORKS,
-             "error.html": ERROR}
+TEMPLATES = {
+    "base.html": BASE,
+    "fleet.html": FLEET,
+    "agent.html": AGENT,
+    "record.html": RECORD,
+    "forks.html": FORKS,
+    "error.html": ERROR,
+}
