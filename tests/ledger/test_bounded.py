@@ -27,8 +27,12 @@ def big(tmp_path_factory):
     from kestrel.identity.keys import SoftwareSigner
 
     signer = SoftwareSigner.generate()
-    d = _fill(tmp_path_factory.mktemp("big") / "l", signer, 3 * BLOCK * 4 + 37,
-              kinds=("test.event", "test.event", "ota.applied"))
+    d = _fill(
+        tmp_path_factory.mktemp("big") / "l",
+        signer,
+        3 * BLOCK * 4 + 37,
+        kinds=("test.event", "test.event", "ota.applied"),
+    )
     return d, signer
 
 

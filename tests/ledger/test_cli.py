@@ -126,8 +126,11 @@ def test_export_and_verify_with_only_the_did(filled, tmp_path, signer, capsys):
 
 @pytest.mark.parametrize(
     "content,needle",
-    [(b"", b"not a Kestrel ledger export"), (b"\x00garbage" * 50, b"not a Kestrel ledger export"),
-     (b"KLEXPRT\x01" + b"\xff" * 64, b"corrupt")],
+    [
+        (b"", b"not a Kestrel ledger export"),
+        (b"\x00garbage" * 50, b"not a Kestrel ledger export"),
+        (b"KLEXPRT\x01" + b"\xff" * 64, b"corrupt"),
+    ],
 )
 def test_verify_garbage_export(tmp_path, ed_signer, content, needle):
     f = tmp_path / "x.kle"
@@ -147,8 +150,9 @@ def test_verify_usage_errors(tmp_path, ed_signer):
 def test_prove_and_verify_proof(filled, tmp_path, signer):
     proof = tmp_path / "r7.proof"
     with open(proof, "wb") as fh:
-        p = subprocess.run([KESTREL, "audit", "prove", "7", "--binary", "--state", str(filled)], stdout=fh,
-                           stderr=subprocess.PIPE)
+        p = subprocess.run(
+            [KESTREL, "audit", "prove", "7", "--binary", "--state", str(filled)], stdout=fh, stderr=subprocess.PIPE
+        )
     assert p.returncode == 0, p.stderr
     did = signer.public_key.did
     p = cli("audit", "verify-proof", str(proof), "--agent", did)

@@ -32,8 +32,9 @@ def test_prove_redirected_is_json_and_verifies(agent_state, signer, tmp_path):
     _filled(agent_state, signer)
     proof = tmp_path / "proof.json"
     with open(proof, "wb") as fh:
-        p = subprocess.run([KESTREL, "audit", "prove", "3", "--state", str(agent_state)], stdout=fh,
-                           stderr=subprocess.PIPE)
+        p = subprocess.run(
+            [KESTREL, "audit", "prove", "3", "--state", str(agent_state)], stdout=fh, stderr=subprocess.PIPE
+        )
     assert p.returncode == 0, p.stderr
     doc = json.loads(proof.read_text())  # text, not binary
     assert doc["seq"] == 3 and doc["record"]["body"] == {"i": 3} and doc["agent"] == signer.public_key.did

@@ -78,16 +78,20 @@ def test_negative_vector_is_refused_by_the_collector(name, raw, ed_signer, tmp_p
     assert store.agent_state(ed_signer.public_key.did).size == 0
 
 
-@pytest.mark.parametrize("body", [
-    {"x": msgpack.ExtType(5, b"x")},
-    {"x": msgpack.Timestamp(1764000000)},
-    {"x": {1: "int key"}},
-    {"x": {b"name": "bytes key"}},
-    {"x": [{"ok": 1}, {2: "deep int key"}]},
-    {"x": datetime.datetime(2026, 1, 1)},
-    {"x": "\ud800"},  # a lone surrogate: not UTF-8
-    {"x": 1 << 64},
-], ids=["ext", "timestamp", "int-key", "bytes-key", "deep-int-key", "datetime", "surrogate", "int-too-large"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"x": msgpack.ExtType(5, b"x")},
+        {"x": msgpack.Timestamp(1764000000)},
+        {"x": {1: "int key"}},
+        {"x": {b"name": "bytes key"}},
+        {"x": [{"ok": 1}, {2: "deep int key"}]},
+        {"x": datetime.datetime(2026, 1, 1)},
+        {"x": "\ud800"},  # a lone surrogate: not UTF-8
+        {"x": 1 << 64},
+    ],
+    ids=["ext", "timestamp", "int-key", "bytes-key", "deep-int-key", "datetime", "surrogate", "int-too-large"],
+)
 def test_writer_refuses_what_the_verifier_would_refuse(body):
     with pytest.raises(RecordError):
         prepare_body("test.event", body)
@@ -107,7 +111,7 @@ def test_kind_of_64_characters_is_a_record():
 def _random_value(rng: random.Random, depth: int = 0):
     choice = rng.randrange(9 if depth < 3 else 6)
     if choice == 0:
-        return rng.choice([0, 1, 127, 128, 255, 256, 65535, 65536, 2**32, 2**64 - 1, -1, -32, -33, -129, -2**63])
+        return rng.choice([0, 1, 127, 128, 255, 256, 65535, 65536, 2**32, 2**64 - 1, -1, -32, -33, -129, -(2**63)])
     if choice == 1:
         return rng.choice([0.0, -1.5, 1e300, float("inf")])
     if choice == 2:
@@ -134,14 +138,17 @@ def test_everything_the_writer_accepts_decodes_strictly():
 def test_fast_path_and_slow_path_agree_on_mutated_records():
     """Byte mutations of good records: the C round trip (is_strict) and the byte walk (diagnose) agree."""
     rng = random.Random(11)
-    good = [encode_record(seq=i, time=1764000000.25, kind="fuzz.body", body={"v": _random_value(rng)}, prev=ZERO_HASH)
-            for i in range(40)]
+    good = [
+        encode_record(seq=i, time=1764000000.25, kind="fuzz.body", body={"v": _random_value(rng)}, prev=ZERO_HASH)
+        for i in range(40)
+    ]
     refused = 0
     for _ in range(4000):
         raw = bytearray(rng.choice(good))
         for _ in range(rng.randint(1, 3)):
-            raw[rng.randrange(len(raw))] = rng.choice([0xCA, 0xCC, 0xD0, 0xD4, 0xD9, 0xDE, 0xC4, 0xFF, 0x00, 0x81, 0xA1,
-                                                       rng.randrange(256)])
+            raw[rng.randrange(len(raw))] = rng.choice(
+                [0xCA, 0xCC, 0xD0, 0xD4, 0xD9, 0xDE, 0xC4, 0xFF, 0x00, 0x81, 0xA1, rng.randrange(256)]
+            )
         raw = bytes(raw)
         if is_strict(raw) is None:
             refused += 1

@@ -24,15 +24,24 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 SLOW = settings(max_examples=20000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=40),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
     max_leaves=20,
 )
 record_like = st.fixed_dictionaries(
     {},
-    optional={"seq": msgpack_values, "time": msgpack_values, "kind": msgpack_values, "body": msgpack_values,
-              "prev": msgpack_values},
+    optional={
+        "seq": msgpack_values,
+        "time": msgpack_values,
+        "kind": msgpack_values,
+        "body": msgpack_values,
+        "prev": msgpack_values,
+    },
 )
 
 
@@ -95,14 +104,17 @@ def test_stream_parser_fuzz(data):
 
 
 @FAST
-@given(st.one_of(
-    st.binary(max_size=400).map(lambda b: EXPORT_MAGIC + b),
-    st.binary(max_size=400).map(lambda b: PROOF_MAGIC + b),
-    msgpack_values.map(lambda v: PROOF_MAGIC + msgpack.packb(v, use_bin_type=True)),
-    st.tuples(st.integers(0, len(EXPORT) - 1), st.binary(min_size=1, max_size=4)).map(
-        lambda t: EXPORT[: t[0]] + t[1] + EXPORT[t[0] + len(t[1]) :]),
-    st.text(max_size=200).map(str.encode),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=400).map(lambda b: EXPORT_MAGIC + b),
+        st.binary(max_size=400).map(lambda b: PROOF_MAGIC + b),
+        msgpack_values.map(lambda v: PROOF_MAGIC + msgpack.packb(v, use_bin_type=True)),
+        st.tuples(st.integers(0, len(EXPORT) - 1), st.binary(min_size=1, max_size=4)).map(
+            lambda t: EXPORT[: t[0]] + t[1] + EXPORT[t[0] + len(t[1]) :]
+        ),
+        st.text(max_size=200).map(str.encode),
+    )
+)
 def test_export_proof_checkpoint_fuzz(data):
     _check_export(data)
 

@@ -41,7 +41,9 @@ def test_append_iterate_reopen(tmp_path, signer, mode):
         assert [r.body["i"] for r in recs] == list(range(30))
         assert [r.digest.hex() for r in recs] == [r.digest for r in receipts]
         assert [r.seq for r in led.records(since_seq=25)] == [25, 26, 27, 28, 29]
-        assert all(r.kind == "test.a" for r in led.records(kind="test.a")) and len(list(led.records(kind="test.*"))) == 30
+        assert (
+            all(r.kind == "test.a" for r in led.records(kind="test.a")) and len(list(led.records(kind="test.*"))) == 30
+        )
         assert list(led.entries_raw(28)) == [recs[28].raw, recs[29].raw]
         v = led.verify()
         assert (v.size, v.signed_size, v.unsigned) == (30, 30, 0)
@@ -131,8 +133,9 @@ def test_failed_commit_wakes_every_waiting_thread_with_the_error(tmp_path, ed_si
 
 
 @pytest.mark.parametrize("mode", ["strict", "batched"])
-def test_commits_fall_back_to_write_then_fdatasync_where_the_kernel_refuses_rwf_dsync(tmp_path, ed_signer, mode,
-                                                                                       monkeypatch):
+def test_commits_fall_back_to_write_then_fdatasync_where_the_kernel_refuses_rwf_dsync(
+    tmp_path, ed_signer, mode, monkeypatch
+):
     from kestrel.ledger import store
 
     if not store._DSYNC:
@@ -246,13 +249,18 @@ def _cut_and_open(tmp_path, ed_signer, cuts):
             led.append("test.after", {})
         torn = list((d / "torn").glob("*.bin")) if (d / "torn").exists() else []
         if was_torn:  # saved, and recorded in the ledger itself
-            assert len(torn) == 1 and data[: cut].endswith(torn[0].read_bytes()), cut
+            assert len(torn) == 1 and data[:cut].endswith(torn[0].read_bytes()), cut
             cut_bytes = torn[0].read_bytes()
             lost = sum(1 for s in spans if signed_end <= s.start and s.end <= cut and s.type == RECORD)
             assert records[-1].kind == "ledger.recovered" and records[-1].body == {
-                "segment": seg.name, "offset": cut - len(cut_bytes), "bytes": len(cut_bytes),
-                "sha256": hashlib.sha256(cut_bytes).hexdigest(), "saved": f"torn/{torn[0].name}",
-                "reason": "unauthenticated" if lost else "unfinished write", "records": lost}, cut
+                "segment": seg.name,
+                "offset": cut - len(cut_bytes),
+                "bytes": len(cut_bytes),
+                "sha256": hashlib.sha256(cut_bytes).hexdigest(),
+                "saved": f"torn/{torn[0].name}",
+                "reason": "unauthenticated" if lost else "unfinished write",
+                "records": lost,
+            }, cut
         else:
             assert not torn and all(r.kind == "test.torn" for r in records), cut
         shutil.rmtree(d)

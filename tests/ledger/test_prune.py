@@ -233,8 +233,9 @@ def _crash_rounds(tmp_path: Path, rounds: int, seed: int) -> list[int]:
     for _ in range(rounds):
         out = tmp_path / "child.out"
         with open(out, "w") as fh:
-            child = subprocess.Popen([sys.executable, "-m", "tests.ledger.prune_child", str(d), key.hex()],
-                                     stdout=fh, cwd=ROOT, env=env)
+            child = subprocess.Popen(
+                [sys.executable, "-m", "tests.ledger.prune_child", str(d), key.hex()], stdout=fh, cwd=ROOT, env=env
+            )
             deadline = time.monotonic() + 20
             while "pruned" not in out.read_text() and time.monotonic() < deadline and child.poll() is None:
                 time.sleep(0.02)

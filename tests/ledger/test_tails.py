@@ -63,8 +63,10 @@ def test_a_forged_seal_does_not_authenticate(tmp_path, ed_signer):
     raws, last = _foreign(size, prev)
     other = SoftwareSigner.generate().ledger_secret()
     with open(_segment(d), "ab") as fh:
-        fh.write(b"".join(encode_frame(RECORD, r) for r in raws)
-                 + encode_frame(TAIL_SEAL, seal_payload(other, size + 2, last)))
+        fh.write(
+            b"".join(encode_frame(RECORD, r) for r in raws)
+            + encode_frame(TAIL_SEAL, seal_payload(other, size + 2, last))
+        )
     with Ledger.open(d, signer=ed_signer) as led:
         last_rec = list(led)[-1]
         assert last_rec.kind == "ledger.recovered" and last_rec.body["records"] == 2
@@ -124,7 +126,7 @@ def test_version_1_log_still_verifies_and_is_upgraded_on_open(tmp_path, ed_signe
     data = seg.read_bytes()
     assert TAIL_SEAL not in {f.type for f in tamper.spans(data, len(SEGMENT_MAGIC))}  # strict: no seals
     raws, _ = _foreign(3, prev, n=1)
-    seg.write_bytes(SEGMENT_MAGIC_V1 + data[len(SEGMENT_MAGIC):] + encode_frame(RECORD, raws[0]))
+    seg.write_bytes(SEGMENT_MAGIC_V1 + data[len(SEGMENT_MAGIC) :] + encode_frame(RECORD, raws[0]))
     v = verify_dir(d, ed_signer.public_key)
     assert (v.size, v.signed_size) == (4, 3)
     with Ledger.open(d, signer=ed_signer) as led:

@@ -17,8 +17,9 @@ def test_tpm_signed_ledger_survives_restart_and_verifies_with_public_key_only(sw
     d = tmp_path / "ledger"
     with tpm.TPMSigner(pem, tcti=swtpm.tcti, expected=public) as signer:
         led = Ledger.open(d, signer=signer, durability="batched")
-        threads = [threading.Thread(target=lambda: [led.append("test.tpm", {"i": i}) for i in range(25)])
-                   for _ in range(4)]
+        threads = [
+            threading.Thread(target=lambda: [led.append("test.tpm", {"i": i}) for i in range(25)]) for _ in range(4)
+        ]
         [t.start() for t in threads]
         [t.join() for t in threads]
         led.close()

@@ -85,8 +85,11 @@ def test_reordered_records(ed_signer, a, b):
 def test_reordered_in_export(ed_signer):
     buf = export_of(ed_signer, N)
     s = len(EXPORT_MAGIC)
-    err = _fails(tamper.swap(buf, tamper.record_span(buf, 5, s), tamper.record_span(buf, 6, s)), ed_signer.public_key,
-                 export=True)
+    err = _fails(
+        tamper.swap(buf, tamper.record_span(buf, 5, s), tamper.record_span(buf, 6, s)),
+        ed_signer.public_key,
+        export=True,
+    )
     assert (err.seq, err.reason) == (5, Reason.REORDERED)
 
 

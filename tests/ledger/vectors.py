@@ -60,9 +60,16 @@ def compute() -> dict[str, str]:
     return out
 
 
-def _rec(*, head: bytes = b"\x85", seq: bytes = b"\x00", time: bytes = b"\xcb" + struct.pack(">d", 1764000000.0),
-         kind: bytes = packb("agent.created"), body: bytes = packb({"name": "porch-bot"}),
-         prev: bytes = b"\xc4\x20" + ZERO_HASH, tail: bytes = b"") -> bytes:
+def _rec(
+    *,
+    head: bytes = b"\x85",
+    seq: bytes = b"\x00",
+    time: bytes = b"\xcb" + struct.pack(">d", 1764000000.0),
+    kind: bytes = packb("agent.created"),
+    body: bytes = packb({"name": "porch-bot"}),
+    prev: bytes = b"\xc4\x20" + ZERO_HASH,
+    tail: bytes = b"",
+) -> bytes:
     """Record 0 of the vectors above, assembled from encoded parts (each test vector breaks one)."""
     k = packb
     return head + k("seq") + seq + k("time") + time + k("kind") + kind + k("body") + body + k("prev") + prev + tail

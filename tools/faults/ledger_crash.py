@@ -101,8 +101,11 @@ def one_round(ledger_dir: Path, *, mode: str, rng: random.Random, writers: int =
     with Ledger.open(ledger_dir, signer=_signer(), durability=mode) as led:
         verified = led.verify()
         assert verified.unsigned == 0, verified
-        held = {r.seq: (r.body["writer"], r.body["n"])  # (ledger.recovered records say what a kill cut)
-                for r in led.records(since_seq=min(receipted, default=0)) if r.kind != "ledger.recovered"}
+        held = {
+            r.seq: (r.body["writer"], r.body["n"])  # (ledger.recovered records say what a kill cut)
+            for r in led.records(since_seq=min(receipted, default=0))
+            if r.kind != "ledger.recovered"
+        }
     lost = {s: v for s, v in receipted.items() if held.get(s) != v}
     assert not lost, f"receipted appends lost or changed after SIGKILL: {sorted(lost)[:10]}"
     cut = (len(list(torn_dir.iterdir())) if torn_dir.exists() else 0) - before
@@ -116,7 +119,10 @@ def run(kills: int, *, ledger_dir: Path, modes: list[str], seed: int | None = No
         mode = modes[i % len(modes)]
         r = one_round(ledger_dir, mode=mode, rng=rng)
         rounds.append(r)
-        log(f"kill {i + 1}/{kills} ({mode}): {r.receipted} receipts held, log size {r.size}, torn tails cut {r.cut_bytes}")
+        log(
+            f"kill {i + 1}/{kills} ({mode}): {r.receipted} receipts held, log size {r.size}, "
+            f"torn tails cut {r.cut_bytes}"
+        )
     return rounds
 
 

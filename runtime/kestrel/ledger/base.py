@@ -40,8 +40,15 @@ class LogBase:
     @property
     def payload(self) -> bytes:
         """The msgpack payload (file after the magic, or export frame type 0x03)."""
-        return msgpack.packb({"size": self.size, "prev": self.prev, "frontier": list(self.frontier_hashes),
-                              "checkpoint": self.checkpoint.note}, use_bin_type=True)
+        return msgpack.packb(
+            {
+                "size": self.size,
+                "prev": self.prev,
+                "frontier": list(self.frontier_hashes),
+                "checkpoint": self.checkpoint.note,
+            },
+            use_bin_type=True,
+        )
 
 
 def encode_base(*, frontier: Frontier, prev: bytes, checkpoint: SignedCheckpoint) -> LogBase:
@@ -53,6 +60,7 @@ def encode_base(*, frontier: Frontier, prev: bytes, checkpoint: SignedCheckpoint
 
 def verify_base(payload: bytes, public_key: PublicKey) -> LogBase:
     """Parse a base payload strictly and check its signature and root; raise LedgerVerificationError."""
+
     def bad(why: str, reason: Reason = Reason.CORRUPT, seq: int = 0) -> LedgerVerificationError:
         return LedgerVerificationError(seq, reason, f"log base: {why}")
 
@@ -78,8 +86,7 @@ def verify_base(payload: bytes, public_key: PublicKey) -> LogBase:
     except CheckpointError as exc:
         raise bad(f"checkpoint: {exc.message}", exc.reason, size - 1) from None
     if cp.size != size or cp.root != frontier.root():
-        raise bad(f"the signed checkpoint (size {cp.size}) does not match the frontier of {size} records",
-                  seq=size - 1)
+        raise bad(f"the signed checkpoint (size {cp.size}) does not match the frontier of {size} records", seq=size - 1)
     return LogBase(size, prev, tuple(hashes), cp)
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import functools
 import struct
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
@@ -55,8 +56,9 @@ def _packer() -> msgpack.Packer:
 def _decode(data: bytes | memoryview) -> Any:
     # timestamp=1: the timestamp extension (-1, which bypasses ext_hook) decodes to a float,
     # which packs as float64, so the comparison below refuses it
-    return msgpack.unpackb(data, raw=False, strict_map_key=True, object_hook=_str_keys, ext_hook=_refuse_ext,
-                           timestamp=1)
+    return msgpack.unpackb(
+        data, raw=False, strict_map_key=True, object_hook=_str_keys, ext_hook=_refuse_ext, timestamp=1
+    )
 
 
 def strict_checker(*, tail: bytes = b"", tail_len: int = 0) -> Callable[[bytes], Any]:
@@ -68,16 +70,16 @@ def strict_checker(*, tail: bytes = b"", tail_len: int = 0) -> Callable[[bytes],
     ``tail_len`` bytes (a record's ``prev`` written last: ``a4 "prev" c4 20`` and the hash) are
     searched before that tail only, since its bin is a value."""
     pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
-    hooked = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, object_hook=_str_keys,
-                               ext_hook=_refuse_ext, timestamp=1)
+    hooked = functools.partial(
+        msgpack.unpackb, raw=False, strict_map_key=True, object_hook=_str_keys, ext_hook=_refuse_ext, timestamp=1
+    )
     plain = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, ext_hook=_refuse_ext, timestamp=1)
     skip = len(tail) + tail_len
 
     def check(data: bytes) -> Any:
         try:
             end = len(data) - skip if skip and data[-skip : len(data) - tail_len] == tail else len(data)
-            bins = (data.find(b"\xc4", 0, end) >= 0 or data.find(b"\xc5", 0, end) >= 0
-                    or data.find(b"\xc6", 0, end) >= 0)
+            bins = data.find(b"\xc4", 0, end) >= 0 or data.find(b"\xc5", 0, end) >= 0 or data.find(b"\xc6", 0, end) >= 0
             obj = (hooked if bins else plain)(data)
             return obj if pack(obj) == data else None
         except Exception:
@@ -101,12 +103,15 @@ def loads_strict(data: bytes | memoryview, *, what: str = "record") -> Any:
     """Decode ``data``; raise :class:`RecordError` naming the broken rule if it is not in the profile."""
     obj = is_strict(data)
     if obj is None:
-        raise RecordError(f"{what} is not strict msgpack: {diagnose(bytes(data))}",
-                          hint="a record is written only by the agent's ledger; see docs/ledger-format.md, section 1.1")
+        raise RecordError(
+            f"{what} is not strict msgpack: {diagnose(bytes(data))}",
+            hint="a record is written only by the agent's ledger; see docs/ledger-format.md, section 1.1",
+        )
     return obj
 
 
 # -- the slow path: name the first broken rule -------------------------------------------------
+
 
 class _Bad(Exception):
     pass
@@ -128,10 +133,16 @@ def diagnose(data: bytes) -> str:
 _INT_BOUNDS = {0xCC: 0x80, 0xCD: 0x100, 0xCE: 0x10000, 0xCF: 0x100000000}  # smallest value that needs the form
 _SINT_FORMS = {0xD0: (1, -0x20), 0xD1: (2, -0x80), 0xD2: (4, -0x8000), 0xD3: (8, -0x80000000)}
 _LEN_FORMS = {  # marker: (kind, size of the length, smallest length that needs the form)
-    0xD9: ("str", 1, 32), 0xDA: ("str", 2, 0x100), 0xDB: ("str", 4, 0x10000),
-    0xC4: ("bin", 1, 0), 0xC5: ("bin", 2, 0x100), 0xC6: ("bin", 4, 0x10000),
-    0xDC: ("array", 2, 16), 0xDD: ("array", 4, 0x10000),
-    0xDE: ("map", 2, 16), 0xDF: ("map", 4, 0x10000),
+    0xD9: ("str", 1, 32),
+    0xDA: ("str", 2, 0x100),
+    0xDB: ("str", 4, 0x10000),
+    0xC4: ("bin", 1, 0),
+    0xC5: ("bin", 2, 0x100),
+    0xC6: ("bin", 4, 0x10000),
+    0xDC: ("array", 2, 16),
+    0xDD: ("array", 4, 0x10000),
+    0xDE: ("map", 2, 16),
+    0xDF: ("map", 4, 0x10000),
 }
 _EXT = {0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8}
 

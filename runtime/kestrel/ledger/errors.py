@@ -33,7 +33,7 @@ _HINTS = {
     Reason.FORK: "the agent's key signed two different histories: the key may be compromised",
     Reason.BAD_SIGNATURE: "check that you verify with the right AgentID (did:key)",
     Reason.UNSIGNED: "start the agent (it signs or cuts its own unsigned tail on open), then verify again; "
-                     "records nobody signed may have been appended by someone else",
+    "records nobody signed may have been appended by someone else",
 }
 
 

@@ -10,8 +10,8 @@ and the signed checkpoint note it leads to. See docs/ledger-format.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import msgpack
 
@@ -46,7 +46,9 @@ class ProofFileError(LedgerError):
     """An inclusion-proof file is malformed or does not verify."""
 
 
-def encode_export(checkpoint: SignedCheckpoint, records: Iterable[bytes], *, base: LogBase | None = None) -> Iterable[bytes]:
+def encode_export(
+    checkpoint: SignedCheckpoint, records: Iterable[bytes], *, base: LogBase | None = None
+) -> Iterable[bytes]:
     """Chunks of an export file: header, checkpoint frame, base frame (a pruned log), record frames."""
     yield EXPORT_MAGIC
     yield encode_frame(CHECKPOINT, checkpoint.note)
@@ -88,12 +90,16 @@ def verify_export(data: bytes, public_key: PublicKey, *, trusted: SignedCheckpoi
         if item.type != RECORD:
             raise LedgerVerificationError(walker.size, Reason.INSERTED, "an extra checkpoint frame inside the export")
         if walker.size >= cp.size:
-            raise LedgerVerificationError(walker.size, Reason.INSERTED, f"the signed checkpoint covers only {cp.size} records")
+            raise LedgerVerificationError(
+                walker.size, Reason.INSERTED, f"the signed checkpoint covers only {cp.size} records"
+            )
         walker.add(item)
         off = item.end
     if walker.size < cp.size:
         raise LedgerVerificationError(
-            walker.size, Reason.TRUNCATED, f"the signed checkpoint covers {cp.size} records, the export holds {walker.size}"
+            walker.size,
+            Reason.TRUNCATED,
+            f"the signed checkpoint covers {cp.size} records, the export holds {walker.size}",
         )
     root = walker.root_at(cp.size)
     if root != cp.root:
@@ -105,8 +111,14 @@ def verify_export(data: bytes, public_key: PublicKey, *, trusted: SignedCheckpoi
     return VerifiedLog(public_key.did, walker.size, root, cp.size, cp, first_seq=walker.offset)
 
 
-def encode_proof(index: int, records_leaves: Sequence[bytes], record: bytes, checkpoint: SignedCheckpoint,
-                 *, base: Frontier | None = None) -> bytes:
+def encode_proof(
+    index: int,
+    records_leaves: Sequence[bytes],
+    record: bytes,
+    checkpoint: SignedCheckpoint,
+    *,
+    base: Frontier | None = None,
+) -> bytes:
     """An inclusion-proof file for record ``index`` against ``checkpoint`` (leaves = the checkpoint's tree,
     after ``base`` for a pruned log)."""
     if (base.size if base is not None else 0) + len(records_leaves) != checkpoint.size:
@@ -116,8 +128,13 @@ def encode_proof(index: int, records_leaves: Sequence[bytes], record: bytes, che
 
 def proof_file(index: int, path: Sequence[bytes], record: bytes, checkpoint: SignedCheckpoint) -> bytes:
     """The inclusion-proof file for record ``index`` given its audit path against ``checkpoint``."""
-    body = {"index": index, "size": checkpoint.size, "record": record, "path": list(path),
-            "checkpoint": checkpoint.note}
+    body = {
+        "index": index,
+        "size": checkpoint.size,
+        "record": record,
+        "path": list(path),
+        "checkpoint": checkpoint.note,
+    }
     return PROOF_MAGIC + msgpack.packb(body, use_bin_type=True)
 
 

@@ -22,13 +22,22 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .merkle import Frontier, node_hash, tree_root
 
-__all__ = ["BLOCK", "POS_FILE", "MMR_FILE", "KINDS_FILE", "mmr_pos", "IndexBuilder", "IndexReader", "save_kinds",
-           "load_kinds"]
+__all__ = [
+    "BLOCK",
+    "POS_FILE",
+    "MMR_FILE",
+    "KINDS_FILE",
+    "mmr_pos",
+    "IndexBuilder",
+    "IndexReader",
+    "save_kinds",
+    "load_kinds",
+]
 
 BLOCK = 256
 POS_FILE = "index.pos"
@@ -123,8 +132,7 @@ class IndexBuilder:
         both): the writer's tree and its index cost one pass over the leaves, not two."""
         i, n = 0, len(hashes)
         while i < n:
-            if (self.usable and not self._skip and not self._block and frontier.size % BLOCK == 0
-                    and n - i >= BLOCK):
+            if self.usable and not self._skip and not self._block and frontier.size % BLOCK == 0 and n - i >= BLOCK:
                 root = tree_root(hashes[i : i + BLOCK])
                 frontier.push_subtree(BLOCK, root)
                 self._add_block(root)
@@ -204,7 +212,7 @@ class IndexReader:
         self.nodes = max(0, (os.fstat(mmr_fd).st_size - len(MMR_MAGIC)) // _HASH)
 
     @classmethod
-    def open(cls, ledger_dir: Path) -> "IndexReader | None":
+    def open(cls, ledger_dir: Path) -> IndexReader | None:
         fds: list[int] = []
         try:
             for name, magic in ((POS_FILE, POS_MAGIC), (MMR_FILE, MMR_MAGIC)):

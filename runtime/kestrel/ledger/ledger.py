@@ -24,9 +24,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from .._internal.fsutil import ensure_private_dir, fsync_dir
 from ..identity.keys import PublicKey, Signer
@@ -178,7 +179,7 @@ class Ledger:
         max_segment_bytes: int = 64 << 20,
         checkpoint_interval_ms: float = 50.0,
         tail_key: bytes | None = None,
-    ) -> "Ledger":
+    ) -> Ledger:
         """Open (creating if needed) and recover: cut a torn tail, verify, sign an unsigned tail.
 
         ``tail_key`` (default: ``signer.ledger_secret()`` where the signer has one) authenticates the
@@ -256,8 +257,13 @@ class Ledger:
             self._recovered = cut_tail(self._dir, files, walker.safe_offset, records=n, reason="unauthenticated")
             verified, walker, files = self._walk(allow_torn_tail=False)
         elif verified.torn_bytes:
-            self._recovered = [{**cut_torn_tail(self._dir, files[-1][1], files[-1][2], verified.torn_bytes),
-                                "reason": "unfinished write", "records": 0}]
+            self._recovered = [
+                {
+                    **cut_torn_tail(self._dir, files[-1][1], files[-1][2], verified.torn_bytes),
+                    "reason": "unfinished write",
+                    "records": 0,
+                }
+            ]
             files = segment_files(self._dir)
         self._index.commit()
         self._frontier = walker.frontier()
@@ -281,17 +287,29 @@ class Ledger:
         self._index = IndexBuilder(self._dir, first_seq=floor)
         self._latest: dict[str, int] = {}
         try:
-            verified, walker = walk_parts(parts, self._pk, allow_torn_tail=allow_torn_tail, all_signatures=False,
-                                          base=self._base, tail_key=self._tail_key, keep_leaves=False,
-                                          rescan=lambda n: rescan_root(self._dir, self._base, n),
-                                          index=self._index, kinds=self._latest)
+            verified, walker = walk_parts(
+                parts,
+                self._pk,
+                allow_torn_tail=allow_torn_tail,
+                all_signatures=False,
+                base=self._base,
+                tail_key=self._tail_key,
+                keep_leaves=False,
+                rescan=lambda n: rescan_root(self._dir, self._base, n),
+                index=self._index,
+                kinds=self._latest,
+            )
         except BaseException:
             self._index.close()
             raise
         finally:
             for part in parts:
                 part.close()  # type: ignore[misc]
-        return verified, walker, [(start, path, part.length + 8) for (start, path, _), part in zip(files, parts)]
+        return (
+            verified,
+            walker,
+            [(start, path, part.length + 8) for (start, path, _), part in zip(files, parts, strict=False)],
+        )
 
     # -- public API ---------------------------------------------------------
     @property
@@ -348,21 +366,32 @@ class Ledger:
             with self._cond:
                 durable = self._size
             # a segment goes only if the next one starts at or below before_seq (and it is not the last)
-            drop = [(start, path, size) for (start, path, size), (nxt, _, _) in zip(files, files[1:])
-                    if nxt <= min(before_seq, durable)]
+            drop = [
+                (start, path, size)
+                for (start, path, size), (nxt, _, _) in zip(files, files[1:], strict=False)
+                if nxt <= min(before_seq, durable)
+            ]
             if not drop:
                 return PruneResult(old_first, old_first, 0, 0)
             new_first = files[len(drop)][0]
             pruned = [map_segment(path, start) for start, path, _ in drop]
             try:
-                verified, walker = walk_parts(pruned, self._pk, all_signatures=False, base=self._base,
-                                              keep_leaves=False, rescan=lambda n: rescan_root(self._dir, self._base, n))
+                verified, walker = walk_parts(
+                    pruned,
+                    self._pk,
+                    all_signatures=False,
+                    base=self._base,
+                    keep_leaves=False,
+                    rescan=lambda n: rescan_root(self._dir, self._base, n),
+                )
             finally:
                 for part in pruned:
                     part.close()  # type: ignore[misc]
             if walker.size != new_first:
-                raise LedgerError(f"segments before {new_first} hold records up to {walker.size - 1}",
-                                  hint="run `kestrel audit verify`")
+                raise LedgerError(
+                    f"segments before {new_first} hold records up to {walker.size - 1}",
+                    hint="run `kestrel audit verify`",
+                )
             frontier = walker.frontier()
             cp = sign_checkpoint(self._signer, size=new_first, root=frontier.root())
             base = encode_base(frontier=frontier, prev=walker.prev, checkpoint=cp)
@@ -370,11 +399,26 @@ class Ledger:
             self._base = base
             unlink_segments(self._dir, [path for _, path, _ in drop])
             result = PruneResult(old_first, new_first, len(drop), sum(size for *_, size in drop))
-        log.warning("ledger: pruned records %d..%d (%d segments, %d bytes): %s",
-                    old_first, new_first - 1, result.segments, result.bytes_freed, reason)
-        self.append("ledger.pruned", {**(details or {}), "from": old_first, "to": new_first,
-                                      "records": result.records, "segments": result.segments,
-                                      "bytes": result.bytes_freed, "reason": reason})
+        log.warning(
+            "ledger: pruned records %d..%d (%d segments, %d bytes): %s",
+            old_first,
+            new_first - 1,
+            result.segments,
+            result.bytes_freed,
+            reason,
+        )
+        self.append(
+            "ledger.pruned",
+            {
+                **(details or {}),
+                "from": old_first,
+                "to": new_first,
+                "records": result.records,
+                "segments": result.segments,
+                "bytes": result.bytes_freed,
+                "reason": reason,
+            },
+        )
         return result
 
     def _enqueue(self, kind: str, body: dict[str, Any], future: concurrent.futures.Future | None) -> _Item:
@@ -408,8 +452,10 @@ class Ledger:
             self._sign_cond.notify()
             self._cond.notify()  # cut a linger short
             try:
-                while not self._failed and not self._closed and (
-                    self._pending or self._busy or self._cp_ready is not None or self._signed_size < self._size
+                while (
+                    not self._failed
+                    and not self._closed
+                    and (self._pending or self._busy or self._cp_ready is not None or self._signed_size < self._size)
                 ):
                     self._idle_cond.wait(0.5)
             finally:
@@ -438,7 +484,7 @@ class Ledger:
             os.close(self._lock_fd)  # releases the single-writer lock
             self._closed = True
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -9,7 +9,7 @@ Proof generation follows RFC 6962 section 2.1; verification RFC 9162 sections
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import LedgerError
 
@@ -91,14 +91,14 @@ class Frontier:
         return h
 
     @classmethod
-    def from_hashes(cls, size: int, hashes: Sequence[bytes]) -> "Frontier":
+    def from_hashes(cls, size: int, hashes: Sequence[bytes]) -> Frontier:
         """Rebuild the frontier of a tree of ``size`` leaves from :attr:`hashes` (ValueError if they do not fit)."""
         sizes = [1 << b for b in range(size.bit_length() - 1, -1, -1) if size >> b & 1] if size > 0 else []
         if size < 0 or len(sizes) != len(hashes) or any(len(h) != 32 for h in hashes):
             raise ValueError(f"a frontier of {size} leaves has {len(sizes)} hashes of 32 bytes")
         f = cls()
         f.size = size
-        f._stack = [(n, bytes(h)) for n, h in zip(sizes, hashes)]
+        f._stack = [(n, bytes(h)) for n, h in zip(sizes, hashes, strict=False)]
         return f
 
     @property
@@ -106,7 +106,7 @@ class Frontier:
         """The perfect subtrees' roots, largest (leftmost) first: the state :meth:`from_hashes` takes."""
         return tuple(h for _, h in self._stack)
 
-    def copy(self) -> "Frontier":
+    def copy(self) -> Frontier:
         other = Frontier()
         other.size = self.size
         other._stack = list(self._stack)
@@ -135,7 +135,7 @@ class SubtreeSource:
         self.size = self.offset + len(leaves)
         self._blocks: dict[tuple[int, int], bytes] = {}
         lo = 0
-        for n, h in (base._stack if base is not None else ()):
+        for n, h in base._stack if base is not None else ():
             self._blocks[(lo, lo + n)] = h
             lo += n
 
@@ -215,9 +215,7 @@ def consistency_proof(old_size: int, leaves: Sequence[bytes], *, base: Frontier 
     return sub(old_size, 0, n, True)
 
 
-def verify_consistency(
-    old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes, new_root: bytes
-) -> None:
+def verify_consistency(old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes, new_root: bytes) -> None:
     """Raise ProofError unless the tree (old_size, old_root) is a prefix of (new_size, new_root)."""
     if not 0 <= old_size <= new_size:
         raise ProofError(f"old size {old_size} is larger than new size {new_size}")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..identity.keys import PublicKey
 from .base import LogBase, verify_base
@@ -30,8 +30,20 @@ from .verify import LogWalker, Part, VerifiedLog, is_torn_tail, walk_parts
 _FRAME_HEAD = struct.Struct(">2sBBI")
 _LEAF = hashlib.sha256(b"\x00")
 
-__all__ = ["read_stream", "load_base", "walk_dir", "iter_records", "iter_frames_from", "verify_dir", "export_chunks",
-           "prove", "rescan_root", "latest_record", "latest_checkpoint_unsafe", "RecordCursor"]
+__all__ = [
+    "read_stream",
+    "load_base",
+    "walk_dir",
+    "iter_records",
+    "iter_frames_from",
+    "verify_dir",
+    "export_chunks",
+    "prove",
+    "rescan_root",
+    "latest_record",
+    "latest_checkpoint_unsafe",
+    "RecordCursor",
+]
 
 
 def load_base(ledger_dir: Path, public_key: PublicKey) -> LogBase | None:
@@ -49,8 +61,16 @@ def walk_dir(
     base = load_base(ledger_dir, public_key)
     parts = segment_parts(ledger_dir)
     try:
-        return walk_parts(parts, public_key, trusted=trusted, allow_torn_tail=True, all_signatures=all_signatures,
-                          base=base, keep_leaves=False, rescan=lambda n: rescan_root(ledger_dir, base, n))
+        return walk_parts(
+            parts,
+            public_key,
+            trusted=trusted,
+            allow_torn_tail=True,
+            all_signatures=all_signatures,
+            base=base,
+            keep_leaves=False,
+            rescan=lambda n: rescan_root(ledger_dir, base, n),
+        )
     finally:
         _close(parts)
 
@@ -130,9 +150,12 @@ def iter_frames_from(ledger_dir: Path, since_seq: int = 0) -> Iterator[tuple[int
         part = map_segment(path, start)
         try:
             if n and seq != start:
-                raise LedgerVerificationError(seq, Reason.CORRUPT,
-                                              f"segment {path.name} is named for record {start}, but record {seq} "
-                                              "is the next in the log there; run `kestrel audit verify`")
+                raise LedgerVerificationError(
+                    seq,
+                    Reason.CORRUPT,
+                    f"segment {path.name} is named for record {start}, but record {seq} "
+                    "is the next in the log there; run `kestrel audit verify`",
+                )
             data, off = part.data, (offset if n == 0 else part.start)
             view = memoryview(data)
             released = off
@@ -201,8 +224,9 @@ def _from_segment_start(ledger_dir: Path, since_seq: int) -> Iterator[tuple[int,
 
 
 def _damaged(seq: int, path: Path, damage: FrameDamage) -> LedgerVerificationError:
-    return LedgerVerificationError(seq, Reason.BIT_FLIP,
-                                   f"damaged frame in {path.name}: {damage.detail}; run `kestrel audit verify`")
+    return LedgerVerificationError(
+        seq, Reason.BIT_FLIP, f"damaged frame in {path.name}: {damage.detail}; run `kestrel audit verify`"
+    )
 
 
 def _raw_records(ledger_dir: Path, since_seq: int, *, stop: int | None = None) -> Iterator[bytes]:
@@ -227,9 +251,11 @@ def iter_records(ledger_dir: Path, *, since_seq: int = 0, kind: str | None = Non
         except RecordError as exc:
             raise LedgerVerificationError(seq, Reason.CORRUPT, exc.message) from None
         if rec.seq != seq:
-            raise LedgerVerificationError(seq, Reason.CORRUPT if rec.seq < seq else Reason.MISSING,
-                                          f"record {rec.seq} found where record {seq} belongs; "
-                                          "run `kestrel audit verify`")
+            raise LedgerVerificationError(
+                seq,
+                Reason.CORRUPT if rec.seq < seq else Reason.MISSING,
+                f"record {rec.seq} found where record {seq} belongs; run `kestrel audit verify`",
+            )
         if kind is None or rec.kind == kind or (prefix is not None and rec.kind.startswith(prefix)):
             yield rec
 
@@ -258,14 +284,16 @@ def export_chunks(ledger_dir: Path, public_key: PublicKey) -> tuple[VerifiedLog,
     write it out chunk by chunk)."""
     verified, walker = walk_dir(ledger_dir, public_key)
     if verified.checkpoint is None:
-        raise LedgerError("the ledger has no signed checkpoint yet",
-                          hint="start the agent once so that it signs its log")
+        raise LedgerError(
+            "the ledger has no signed checkpoint yet", hint="start the agent once so that it signs its log"
+        )
     cp = verified.checkpoint
     raws = _raw_records(Path(ledger_dir), walker.offset, stop=cp.size)
     return verified, encode_export(cp, raws, base=walker.base)
 
 
 # -- proofs ---------------------------------------------------------------------------------------
+
 
 def latest_checkpoint_unsafe(ledger_dir: Path, public_key: PublicKey) -> tuple[SignedCheckpoint, int] | None:
     """The newest checkpoint frame of the log (signature verified, the log itself not) and the number
@@ -287,8 +315,9 @@ def latest_checkpoint_unsafe(ledger_dir: Path, public_key: PublicKey) -> tuple[S
                         note = payload
             except ValueError:
                 if index is None:
-                    raise LedgerVerificationError(start, Reason.BIT_FLIP,
-                                                  "a damaged frame; run `kestrel audit verify`") from None
+                    raise LedgerVerificationError(
+                        start, Reason.BIT_FLIP, "a damaged frame; run `kestrel audit verify`"
+                    ) from None
                 index.close()
                 index, blocks, step = None, 0, 1  # the index is off: read the log from its start
                 continue
@@ -330,7 +359,7 @@ def prove(ledger_dir: Path, public_key: PublicKey, seq: int) -> bytes:
             raise LedgerError(
                 f"record {seq} is not yet covered by a signed checkpoint ({covered})",
                 hint="a running agent signs new records within a second: retry in a moment; with no agent "
-                     "running, its next start (`kestrel run`) signs them",
+                "running, its next start (`kestrel run`) signs them",
             )
         raise LedgerError(
             f"no signed record {seq}: the latest checkpoint covers records 0..{signed - 1}",
@@ -406,8 +435,9 @@ class _Subtrees:
 def _segment_names(ledger_dir: Path) -> list[int]:
     """First seqs of the log's segments, oldest first (no stat: the proof path lists them often)."""
     try:
-        names = sorted(int(n[:20]) for n in os.listdir(ledger_dir) if len(n) == 24 and n.endswith(".seg")
-                       and n[:20].isdigit())
+        names = sorted(
+            int(n[:20]) for n in os.listdir(ledger_dir) if len(n) == 24 and n.endswith(".seg") and n[:20].isdigit()
+        )
     except OSError:
         return []
     payload = read_base(ledger_dir)
@@ -433,7 +463,7 @@ def _fast_frames(ledger_dir: Path, index: IndexReader | None, seq: int) -> Itera
         found = (first, first, len(SEGMENT_MAGIC))
     next_seq, segment, offset = found
     head = _FRAME_HEAD.unpack_from
-    for first in names[names.index(segment):]:
+    for first in names[names.index(segment) :]:
         if first != segment and first != next_seq:
             raise ValueError("a segment does not start where the previous one ends")
         part = map_segment(Path(ledger_dir) / f"{first:020d}.seg", first)
@@ -485,6 +515,7 @@ def _indexed_proof(ledger_dir: Path, seq: int, cp: SignedCheckpoint) -> bytes | 
 
 # -- following a growing log ---------------------------------------------------------------------
 
+
 class RecordCursor:
     """Records appended after a position, read incrementally: each :meth:`poll` reads only the bytes
     written since the previous one (``kestrel audit log --follow``)."""
@@ -528,9 +559,12 @@ class RecordCursor:
             if not later or not _at_end(path, self._offset + len(data)):
                 return out  # caught up (or a write in progress)
             if later[0] != self.next_seq:
-                raise LedgerVerificationError(self.next_seq, Reason.CORRUPT,
-                                              f"segment {later[0]:020d}.seg is named for record {later[0]}, but record "
-                                              f"{self.next_seq} is the next; run `kestrel audit verify`")
+                raise LedgerVerificationError(
+                    self.next_seq,
+                    Reason.CORRUPT,
+                    f"segment {later[0]:020d}.seg is named for record {later[0]}, but record "
+                    f"{self.next_seq} is the next; run `kestrel audit verify`",
+                )
             self._segment, self._offset = later[0], len(SEGMENT_MAGIC)  # a torn remainder was never acknowledged
         return out
 
@@ -556,14 +590,14 @@ class RecordCursor:
                 if not self._checked:  # a stale index entry: start again at the segment's first record
                     self._offset, self.next_seq, self._checked = len(SEGMENT_MAGIC), self._segment or 0, True
                     raise _Restart
-                raise LedgerVerificationError(self.next_seq, Reason.MISSING,
-                                              f"record {rec.seq} found where record {self.next_seq} belongs")
+                raise LedgerVerificationError(
+                    self.next_seq, Reason.MISSING, f"record {rec.seq} found where record {self.next_seq} belongs"
+                )
             self._checked = True
             self.next_seq += 1
             if rec.seq >= self._since:
                 out.append(rec)
         return off
-
 
 
 class _Restart(Exception):

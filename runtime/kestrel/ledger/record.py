@@ -23,8 +23,19 @@ import msgpack
 from .codec import is_strict, loads_strict
 from .errors import RecordError
 
-__all__ = ["Record", "encode_record", "prepare_body", "assemble_record", "decode_record", "check_fields", "valid_kind",
-           "leaf_hash", "ZERO_HASH", "MAX_RECORD_SIZE", "MAX_KIND"]
+__all__ = [
+    "Record",
+    "encode_record",
+    "prepare_body",
+    "assemble_record",
+    "decode_record",
+    "check_fields",
+    "valid_kind",
+    "leaf_hash",
+    "ZERO_HASH",
+    "MAX_RECORD_SIZE",
+    "MAX_KIND",
+]
 
 ZERO_HASH = bytes(32)
 MAX_RECORD_SIZE = 1 << 20  # 1 MiB: record digests of large data, not the data

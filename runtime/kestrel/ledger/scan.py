@@ -26,7 +26,13 @@ _KINDS_SEEN: set[str] = set()  # kinds already checked by valid_kind (valid ones
 
 
 def scan_records(
-    view: memoryview, off: int, *, seq: int, prev: bytes, leaves: list[bytes], limit: int | None = None,
+    view: memoryview,
+    off: int,
+    *,
+    seq: int,
+    prev: bytes,
+    leaves: list[bytes],
+    limit: int | None = None,
     kinds: dict[str, int] | None = None,
 ) -> tuple[int, bytes]:
     """Walk record frames from ``off`` while they verify, appending their leaf hashes to ``leaves``.

@@ -25,9 +25,21 @@ from .base import BASE_MAGIC, MAX_BASE_SIZE, base_size_unsafe
 from .errors import LedgerIOError, LedgerVerificationError, Reason
 from .verify import Part
 
-__all__ = ["SEGMENT_MAGIC", "SEGMENT_MAGIC_V1", "BASE_FILE", "cut_tail", "map_segment", "segment_parts",
-           "segment_files", "read_base", "write_base", "unlink_segments", "cut_torn_tail", "lock_directory",
-           "SegmentWriter"]
+__all__ = [
+    "SEGMENT_MAGIC",
+    "SEGMENT_MAGIC_V1",
+    "BASE_FILE",
+    "cut_tail",
+    "map_segment",
+    "segment_parts",
+    "segment_files",
+    "read_base",
+    "write_base",
+    "unlink_segments",
+    "cut_torn_tail",
+    "lock_directory",
+    "SegmentWriter",
+]
 
 log = logging.getLogger("kestrel.ledger")
 
@@ -110,8 +122,9 @@ def map_segment(path: Path, first_seq: int) -> Part:
     try:
         size = os.fstat(fd).st_size
         if os.pread(fd, len(SEGMENT_MAGIC), 0) not in _MAGICS:
-            raise LedgerVerificationError(first_seq, Reason.BIT_FLIP,
-                                          f"segment {path} does not start with the ledger magic bytes")
+            raise LedgerVerificationError(
+                first_seq, Reason.BIT_FLIP, f"segment {path} does not start with the ledger magic bytes"
+            )
         mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     except OSError as exc:
         raise _io_error("read ledger segment", path, exc) from None
@@ -186,14 +199,15 @@ def cut_torn_tail(ledger_dir: Path, path: Path, size: int, torn_bytes: int, *, r
     except OSError as exc:
         raise _io_error("truncate ledger segment", path, exc) from None
     digest = hashlib.sha256(cut).hexdigest()
-    log.warning("ledger: cut %d bytes (sha256 %s) from %s at offset %d; saved as %s",
-                len(cut), digest, path, keep, saved)
-    return {"segment": path.name, "offset": keep, "bytes": len(cut), "sha256": digest,
-            "saved": f"torn/{saved.name}"}
+    log.warning(
+        "ledger: cut %d bytes (sha256 %s) from %s at offset %d; saved as %s", len(cut), digest, path, keep, saved
+    )
+    return {"segment": path.name, "offset": keep, "bytes": len(cut), "sha256": digest, "saved": f"torn/{saved.name}"}
 
 
-def cut_tail(ledger_dir: Path, files: list[tuple[int, Path, int]], stream_offset: int, *, records: int,
-             reason: str) -> list[dict[str, Any]]:
+def cut_tail(
+    ledger_dir: Path, files: list[tuple[int, Path, int]], stream_offset: int, *, records: int, reason: str
+) -> list[dict[str, Any]]:
     """Cut the frame stream of ``files`` ((first seq, path, bytes) of each segment, as walked) at
     ``stream_offset``: save what follows under torn/ and truncate it (whole later segments are saved and
     removed). Returns one ``ledger.recovered`` body per segment touched; ``records`` complete records are

@@ -8,8 +8,9 @@ every checkpoint's signature and root. The first problem raises
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ..identity.keys import PublicKey
 from .base import LogBase
@@ -21,8 +22,17 @@ from .record import ZERO_HASH, Record, decode_record
 from .scan import scan_records
 from .tailmac import seal_size, seal_valid
 
-__all__ = ["VerifiedLog", "verify_stream", "walk_stream", "walk_parts", "Part", "LogWalker", "check_trusted",
-           "is_torn_tail", "damage_error"]
+__all__ = [
+    "VerifiedLog",
+    "verify_stream",
+    "walk_stream",
+    "walk_parts",
+    "Part",
+    "LogWalker",
+    "check_trusted",
+    "is_torn_tail",
+    "damage_error",
+]
 
 _WINDOW = 8 << 20  # bytes scanned between two releases of a part's pages (bounded RSS over mmap)
 _KEEP = 16384  # bounded walkers keep at most about this many recent leaf hashes (checkpoints lag commits)
@@ -85,8 +95,14 @@ class LogWalker:
     older ones are folded into the frontier, and the root of an older tree size comes from the
     roots remembered at checkpoints, or from ``rescan(size)`` (a second, bounded pass)."""
 
-    def __init__(self, buf: Any = None, base: LogBase | None = None, *, keep_leaves: bool = True,
-                 rescan: Callable[[int], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        buf: Any = None,
+        base: LogBase | None = None,
+        *,
+        keep_leaves: bool = True,
+        rescan: Callable[[int], bytes] | None = None,
+    ) -> None:
         self._buf = buf
         self.base = base
         self.offset = base.size if base is not None else 0  # seq of the first record of the log
@@ -112,8 +128,9 @@ class LogWalker:
     def base_frontier(self) -> Frontier | None:
         return self.base.frontier() if self.base is not None else None
 
-    def add(self, frame: Frame, later: Callable[[], Iterator[Frame | FrameDamage]] | None = None,
-            at: int | None = None) -> Record:
+    def add(
+        self, frame: Frame, later: Callable[[], Iterator[Frame | FrameDamage]] | None = None, at: int | None = None
+    ) -> Record:
         """Take the record ``frame``; ``later()`` iterates the frames after it (default: the walker's buffer)."""
         expected = self.size
         pos = frame.offset if at is None else at
@@ -145,8 +162,9 @@ class LogWalker:
     def scan(self, view: memoryview, off: int, *, limit: int | None = None) -> int:
         """Take the run of well-formed next records at ``off`` (the fast path, see scan.py);
         return the offset of the first frame left for :meth:`add`. Stops at ``limit`` records."""
-        off, self.prev = scan_records(view, off, seq=self.size, prev=self.prev, leaves=self.leaves, limit=limit,
-                                      kinds=self.kinds)
+        off, self.prev = scan_records(
+            view, off, seq=self.size, prev=self.prev, leaves=self.leaves, limit=limit, kinds=self.kinds
+        )
         if not self._keep and len(self.leaves) > 2 * _KEEP:
             self._fold(self.size - _KEEP)
         return off
@@ -252,8 +270,15 @@ def walk_stream(
     tail_key: bytes | None = None,
 ) -> tuple[VerifiedLog, LogWalker]:
     """:func:`walk_parts` over one buffer (every leaf kept: the walker serves proofs and exports)."""
-    return walk_parts([Part(buf, start)], public_key, trusted=trusted, allow_torn_tail=allow_torn_tail,
-                      all_signatures=all_signatures, base=base, tail_key=tail_key)
+    return walk_parts(
+        [Part(buf, start)],
+        public_key,
+        trusted=trusted,
+        allow_torn_tail=allow_torn_tail,
+        all_signatures=all_signatures,
+        base=base,
+        tail_key=tail_key,
+    )
 
 
 def walk_parts(
@@ -298,8 +323,18 @@ def walk_parts(
     pos = 0  # offset of the current part in the concatenated stream
     for i, part in enumerate(parts):
         try:
-            torn = _walk_part(parts, i, pos, walker, state, public_key, trusted=trusted,
-                              allow_torn_tail=allow_torn_tail, all_signatures=all_signatures, tail_key=tail_key)
+            torn = _walk_part(
+                parts,
+                i,
+                pos,
+                walker,
+                state,
+                public_key,
+                trusted=trusted,
+                allow_torn_tail=allow_torn_tail,
+                all_signatures=all_signatures,
+                tail_key=tail_key,
+            )
         finally:
             if part.close is not None:
                 part.close()
@@ -323,9 +358,19 @@ def walk_parts(
     return verified, walker
 
 
-def _walk_part(parts: Sequence[Part], pi: int, pos: int, walker: LogWalker, state: "_Roots",
-               public_key: PublicKey, *, trusted: SignedCheckpoint | None, allow_torn_tail: bool,
-               all_signatures: bool, tail_key: bytes | None) -> int:
+def _walk_part(
+    parts: Sequence[Part],
+    pi: int,
+    pos: int,
+    walker: LogWalker,
+    state: _Roots,
+    public_key: PublicKey,
+    *,
+    trusted: SignedCheckpoint | None,
+    allow_torn_tail: bool,
+    all_signatures: bool,
+    tail_key: bytes | None,
+) -> int:
     """Walk one part; return the bytes of a tolerated unfinished write at its end (0 if none)."""
     part = parts[pi]
     data, off = part.data, part.start
@@ -339,6 +384,7 @@ def _walk_part(parts: Sequence[Part], pi: int, pos: int, walker: LogWalker, stat
             yield from iter_frames(data, after)
             for nxt in parts[pi + 1 :]:
                 yield from iter_frames(nxt.data, nxt.start)
+
         return frames
 
     def at(o: int) -> int:  # an offset in the concatenated stream, for messages
@@ -373,8 +419,9 @@ def _walk_part(parts: Sequence[Part], pi: int, pos: int, walker: LogWalker, stat
                 walker.add(item, later(item.end), at(item.offset))
                 continue
             if item.type == BASE:
-                raise LedgerVerificationError(walker.size, Reason.CORRUPT,
-                                              f"a base frame inside the log at byte {at(item.offset)}")
+                raise LedgerVerificationError(
+                    walker.size, Reason.CORRUPT, f"a base frame inside the log at byte {at(item.offset)}"
+                )
             if item.type == TAIL_SEAL:
                 _seal(walker, item, at(item.offset), tail_key, later(item.end))
             else:
@@ -396,9 +443,12 @@ def _walk_part(parts: Sequence[Part], pi: int, pos: int, walker: LogWalker, stat
     if index is not None:
         _feed(index, walker)
     if part.first_seq is not None and part.first_seq != first:
-        raise LedgerVerificationError(first, Reason.CORRUPT,
-                                      f"segment {part.name} is named for record {part.first_seq}, "
-                                      f"but record {first} is the next in the log there")
+        raise LedgerVerificationError(
+            first,
+            Reason.CORRUPT,
+            f"segment {part.name} is named for record {part.first_seq}, "
+            f"but record {first} is the next in the log there",
+        )
     return 0
 
 
@@ -409,18 +459,23 @@ def _feed(index: Any, walker: LogWalker) -> None:
         index.fed = walker.size
 
 
-def _seal(walker: LogWalker, item: Frame, pos: int, tail_key: bytes | None,
-          later: Callable[[], Iterator[Frame | FrameDamage]]) -> None:
+def _seal(
+    walker: LogWalker, item: Frame, pos: int, tail_key: bytes | None, later: Callable[[], Iterator[Frame | FrameDamage]]
+) -> None:
     sealed = seal_size(item.payload)
     if sealed is None:
         raise LedgerVerificationError(walker.size, Reason.CORRUPT, f"a malformed tail seal at byte {pos}")
     if sealed > walker.size:  # as for a checkpoint: records it covers are gone
         more = any(isinstance(f, Frame) and f.type == RECORD for f in later())
-        raise LedgerVerificationError(walker.size, Reason.MISSING if more else Reason.TRUNCATED,
-                                      f"a tail seal covers {sealed} records but only {walker.size} precede it")
+        raise LedgerVerificationError(
+            walker.size,
+            Reason.MISSING if more else Reason.TRUNCATED,
+            f"a tail seal covers {sealed} records but only {walker.size} precede it",
+        )
     if sealed < walker.size:
-        raise LedgerVerificationError(sealed, Reason.INSERTED,
-                                      f"records {sealed}..{walker.size - 1} precede a tail seal for {sealed}")
+        raise LedgerVerificationError(
+            sealed, Reason.INSERTED, f"records {sealed}..{walker.size - 1} precede a tail seal for {sealed}"
+        )
     if tail_key is not None and seal_valid(tail_key, item.payload, walker.size, walker.prev):
         walker.authenticated = walker.size
 
@@ -455,13 +510,20 @@ class _Roots:
         bad = self.mismatch
         if bad is not None:
             match = self.latest_match
-            if match is not None and match.size >= bad.size and _checkpoint(match.note, max(match.size - 1, 0),
-                                                                            self.pk):
-                raise LedgerVerificationError(max(bad.size - 1, 0), Reason.FORK,
-                                              f"two signed checkpoints disagree about the first {bad.size} records")
+            if (
+                match is not None
+                and match.size >= bad.size
+                and _checkpoint(match.note, max(match.size - 1, 0), self.pk)
+            ):
+                raise LedgerVerificationError(
+                    max(bad.size - 1, 0),
+                    Reason.FORK,
+                    f"two signed checkpoints disagree about the first {bad.size} records",
+                )
             good = min(self.good_size, bad.size)
             raise LedgerVerificationError(
-                good, Reason.CORRUPT,
+                good,
+                Reason.CORRUPT,
                 f"records {good}..{bad.size - 1} do not hash to the signed checkpoint for size {bad.size}",
             )
         return latest
