@@ -24,17 +24,19 @@ def _rec(seq: int, kind: str, **body):
 
 # -- the pure parts ------------------------------------------------------------------------------
 def test_scan_pairs_outcomes_with_their_decisions_and_reports_the_rest():
-    scan = InDoubtScan().feed([
-        _rec(10, "policy.decision", action="gpio.write", args_digest="a", decision="allow"),
-        _rec(11, "policy.decision", action="gpio.write", args_digest="a", decision="allow"),
-        _rec(12, "policy.decision", action="send_email", args_digest="m", decision="deny"),
-        _rec(13, "action.result", action="gpio.write", args_digest="a", decision=11, ok=True),
-        _rec(14, "policy.decision", action="mqtt.publish", args_digest="p", decision="allow"),
-        _rec(15, "action.indoubt", action="mqtt.publish", args_digest="p", decision=14),
-        _rec(16, "outbox.sending", id="m1", message_id="<m1@kestrel>", decision=3, attempt=1),
-        _rec(17, "outbox.sending", id="m2", message_id="<m2@kestrel>", decision=4, attempt=1),
-        _rec(18, "outbox.sent", id="m2", message_id="<m2@kestrel>", intent=17, recipients=1),
-    ])
+    scan = InDoubtScan().feed(
+        [
+            _rec(10, "policy.decision", action="gpio.write", args_digest="a", decision="allow"),
+            _rec(11, "policy.decision", action="gpio.write", args_digest="a", decision="allow"),
+            _rec(12, "policy.decision", action="send_email", args_digest="m", decision="deny"),
+            _rec(13, "action.result", action="gpio.write", args_digest="a", decision=11, ok=True),
+            _rec(14, "policy.decision", action="mqtt.publish", args_digest="p", decision="allow"),
+            _rec(15, "action.indoubt", action="mqtt.publish", args_digest="p", decision=14),
+            _rec(16, "outbox.sending", id="m1", message_id="<m1@kestrel>", decision=3, attempt=1),
+            _rec(17, "outbox.sending", id="m2", message_id="<m2@kestrel>", decision=4, attempt=1),
+            _rec(18, "outbox.sent", id="m2", message_id="<m2@kestrel>", intent=17, recipients=1),
+        ]
+    )
     assert [(i.seq, i.body["action"]) for i in scan.actions] == [(10, "gpio.write")]  # 11 has a result, 12 denied
     assert [(i.seq, i.body["id"]) for i in scan.mail] == [(16, "m1")]
     assert scan.finished_mail == {"m2": "outbox.sent"}
@@ -42,11 +44,13 @@ def test_scan_pairs_outcomes_with_their_decisions_and_reports_the_rest():
 
 
 def test_scan_pairs_outcomes_without_a_decision_number_oldest_first():
-    scan = InDoubtScan().feed([
-        _rec(1, "policy.decision", action="gpio.write", args_digest="a", decision="allow"),
-        _rec(2, "policy.decision", action="gpio.write", args_digest="a", decision="allow"),
-        _rec(3, "action.result", action="gpio.write", args_digest="a", ok=True),  # a pre-upgrade record
-    ])
+    scan = InDoubtScan().feed(
+        [
+            _rec(1, "policy.decision", action="gpio.write", args_digest="a", decision="allow"),
+            _rec(2, "policy.decision", action="gpio.write", args_digest="a", decision="allow"),
+            _rec(3, "action.result", action="gpio.write", args_digest="a", ok=True),  # a pre-upgrade record
+        ]
+    )
     assert [i.seq for i in scan.actions] == [2]
 
 
@@ -128,8 +132,13 @@ def test_journal_round_trip_and_a_damaged_journal_reads_as_none(tmp_path):
     write_journal(path, Journal(42, clean=True))
     assert read_journal(path) == Journal(42, True)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    for bad in (b"{", b'{"format": 1, "scan_from": -1, "clean": false}', b'{"format": 2}', b"[]",
-                b'{"format": 1, "scan_from": "3", "clean": false}'):
+    for bad in (
+        b"{",
+        b'{"format": 1, "scan_from": -1, "clean": false}',
+        b'{"format": 2}',
+        b"[]",
+        b'{"format": 1, "scan_from": "3", "clean": false}',
+    ):
         path.write_bytes(bad)
         assert read_journal(path) is None  # the caller then scans the whole ledger: never less
 
@@ -172,8 +181,9 @@ async def test_a_crashed_run_s_open_decisions_are_recorded_once_before_new_work(
         ("policy.decision", {"action": "gpio.write", "args_digest": "x" * 64, "decision": "allow"}),
         ("policy.decision", {"action": "gpio.write", "args_digest": "y" * 64, "decision": "allow"}),
     )[1:]
-    agent.ledger.append("action.result", {"action": "gpio.write", "args_digest": "y" * 64, "decision": done_seq,
-                                          "ok": True})
+    agent.ledger.append(
+        "action.result", {"action": "gpio.write", "args_digest": "y" * 64, "decision": done_seq, "ok": True}
+    )
     async with running(agent, GPIO) as d:
         st = d.control_status()["indoubt"]
         assert st["actions"] == 1 and st["previous_stop"] == "crashed" and st["scanned"] >= 4
@@ -196,8 +206,9 @@ async def test_without_a_journal_the_whole_ledger_is_scanned_once(agent):
     async with running(agent, GPIO, policy=POLICY):
         pass
     agent.ledger.append("daemon.started", {"pid": 1})
-    seq = agent.ledger.append("policy.decision", {"action": "gpio.write", "args_digest": "z" * 64,
-                                                  "decision": "allow"}).seq
+    seq = agent.ledger.append(
+        "policy.decision", {"action": "gpio.write", "args_digest": "z" * 64, "decision": "allow"}
+    ).seq
     (agent.state / "data" / "effects.json").unlink()
     async with running(agent, GPIO) as d:
         st = d.control_status()["indoubt"]
@@ -233,16 +244,26 @@ async def test_mail_handed_over_when_the_daemon_died_is_reported_and_sent_again_
 
         m = OutboxMessage("1764111111111-0a1b2c3d", ("ops@example.com",), "twice", "b", 1764111111.0, decision)
         (agent.state / "data" / "outbox" / f"{m.id}.json").write_bytes(m.to_json())
-        intent = _crash_after(agent, ("daemon.started", {"pid": 1}),
-                              ("outbox.sending", {"id": m.id, "message_id": m.message_id, "attempt": 1,
-                                                  "decision": decision}))[1]
+        intent = _crash_after(
+            agent,
+            ("daemon.started", {"pid": 1}),
+            ("outbox.sending", {"id": m.id, "message_id": m.message_id, "attempt": 1, "decision": decision}),
+        )[1]
         box.messages.append(("bot@device.test", ["ops@example.com"], b"Message-ID: " + m.message_id.encode()))
         async with running(agent, _mail_config(sink.port)) as d:
             assert d.control_status()["indoubt"]["mail"] == 1
             await until(lambda: len(box.messages) == 3 and not d.outbox.pending(), what="sent again")
         doubt = agent.kinds("outbox.indoubt")
-        assert doubt == [{"id": m.id, "message_id": m.message_id, "attempt": 1, "decision": decision,
-                          "intent": intent, "reason": doubt[0]["reason"]}]
+        assert doubt == [
+            {
+                "id": m.id,
+                "message_id": m.message_id,
+                "attempt": 1,
+                "decision": decision,
+                "intent": intent,
+                "reason": doubt[0]["reason"],
+            }
+        ]
         again = [r for r in agent.ledger.records(kind="outbox.sending") if r.body["id"] == m.id][-1]
         assert again.seq > intent and agent.kinds("outbox.sent")[-1]["intent"] == again.seq
         assert box.messages[2][2].count(f"Message-ID: {m.message_id}".encode()) == 1  # the same Message-ID
@@ -258,10 +279,12 @@ async def test_mail_whose_sent_record_is_on_flash_is_not_sent_again(agent):
         m = OutboxMessage("1764111111112-0a1b2c3d", ("ops@example.com",), "done", "b", 1764111111.0, 7)
         (agent.state / "data" / "outbox").mkdir(exist_ok=True, mode=0o700)
         (agent.state / "data" / "outbox" / f"{m.id}.json").write_bytes(m.to_json())
-        intent = _crash_after(agent, ("daemon.started", {"pid": 1}),
-                              ("outbox.sending", {"id": m.id, "message_id": m.message_id, "attempt": 1}))[1]
-        agent.ledger.append("outbox.sent", {"id": m.id, "message_id": m.message_id, "intent": intent,
-                                            "recipients": 1})
+        intent = _crash_after(
+            agent,
+            ("daemon.started", {"pid": 1}),
+            ("outbox.sending", {"id": m.id, "message_id": m.message_id, "attempt": 1}),
+        )[1]
+        agent.ledger.append("outbox.sent", {"id": m.id, "message_id": m.message_id, "intent": intent, "recipients": 1})
         async with running(agent, _mail_config(sink.port)) as d:
             assert d.control_status()["indoubt"]["mail"] == 0
             assert d.outbox.pending() == []  # the crash came between outbox.sent and the unlink
@@ -275,8 +298,11 @@ async def test_kestrel_status_prints_the_in_doubt_line(agent, capsys):
 
     async with running(agent, GPIO, policy=POLICY):
         pass
-    _crash_after(agent, ("daemon.started", {"pid": 1}),
-                 ("policy.decision", {"action": "gpio.write", "args_digest": "x" * 64, "decision": "allow"}))
+    _crash_after(
+        agent,
+        ("daemon.started", {"pid": 1}),
+        ("policy.decision", {"action": "gpio.write", "args_digest": "x" * 64, "decision": "allow"}),
+    )
     async with running(agent, GPIO):
         args = argparse.Namespace(state=str(agent.state), wait=0.0, json=False)
         assert await in_thread(_status, args, []) == 0
@@ -287,14 +313,18 @@ async def test_kestrel_status_prints_the_in_doubt_line(agent, capsys):
 async def test_an_action_the_hosted_planner_runs_is_accounted_for_like_any_other(agent):
     from kestrel.agent.llm import ScriptedModel
 
-    from .test_ask import CONFIG, FAN_ON, POLICY as ASK_POLICY, TOOLS, ask
+    from .test_ask import CONFIG, FAN_ON, TOOLS, ask
+    from .test_ask import POLICY as ASK_POLICY
 
     async with running(agent, CONFIG, policy=ASK_POLICY) as d:
         d.asks.model = ScriptedModel([FAN_ON, '{"final": "the fan is on"}'])
         await in_thread(ask, agent.state, "turn on the fan", tools=TOOLS)
         assert d.effects.open == 0  # nothing left registered once the outcome is on flash
-    allowed = [r.seq for r in agent.ledger.records(kind="policy.decision")
-               if r.body["action"] == "gpio.write" and r.body["decision"] == "allow"]
+    allowed = [
+        r.seq
+        for r in agent.ledger.records(kind="policy.decision")
+        if r.body["action"] == "gpio.write" and r.body["decision"] == "allow"
+    ]
     done = [b for b in agent.kinds("action.result") if b["action"] == "gpio.write"]
     assert len(allowed) == 1 and [b["decision"] for b in done] == allowed
 
@@ -309,11 +339,19 @@ async def test_a_start_that_failed_before_recording_the_doubts_never_marks_the_s
 
     async with running(agent, GPIO, policy=POLICY):
         pass
-    _crash_after(agent, ("daemon.started", {"pid": 1}),
-                 ("policy.decision", {"action": "gpio.write", "args_digest": "x" * 64, "decision": "allow"}))
+    _crash_after(
+        agent,
+        ("daemon.started", {"pid": 1}),
+        ("policy.decision", {"action": "gpio.write", "args_digest": "x" * 64, "decision": "allow"}),
+    )
     factory = open_pin_factory(load_profile("sim"))
-    d = Daemon(config=parse_device_config(textwrap.dedent(GPIO), source="device.yaml"), state_dir=agent.state,
-               ledger=agent.ledger, factory=factory, agent_id=agent.signer.public_key.did)
+    d = Daemon(
+        config=parse_device_config(textwrap.dedent(GPIO), source="device.yaml"),
+        state_dir=agent.state,
+        ledger=agent.ledger,
+        factory=factory,
+        agent_id=agent.signer.public_key.did,
+    )
     try:
         await d.shutdown()  # as after a start() that raised before it got to the in-doubt scan
     finally:

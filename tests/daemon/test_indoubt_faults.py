@@ -40,15 +40,21 @@ def test_the_accounting_finds_unaccounted_effects():
         _rec(4, "outbox.indoubt", id="m1", message_id="<m1@kestrel>", intent=3),
         _rec(5, "outbox.sending", id="m1", message_id="<m1@kestrel>", decision=1),
         _rec(6, "outbox.sent", id="m1", message_id="<m1@kestrel>", intent=5),
-        _rec(7, "policy.decision", action="mqtt.publish", args_digest=_digest("mqtt.publish", fx.args_for(
-            "mqtt.publish", 9)), decision="allow"),
+        _rec(
+            7,
+            "policy.decision",
+            action="mqtt.publish",
+            args_digest=_digest("mqtt.publish", fx.args_for("mqtt.publish", 9)),
+            decision="allow",
+        ),
         _rec(8, "action.indoubt", action="mqtt.publish", decision=7),
     ]
     sinks = fx.Sinks(mail=[mail, mail], mqtt=[b'{"n":9}'])
     assert fx.account(good, sinks, _digest).problems == []
     # a decision with no outcome, an outcome twice, a delivery with no attempt, a payload nobody decided
-    bad = good[:1] + good[2:4] + good[6:] + [_rec(9, "action.indoubt", decision=7),
-                                             _rec(10, "action.result", decision=7)]
+    bad = (
+        good[:1] + good[2:4] + good[6:] + [_rec(9, "action.indoubt", decision=7), _rec(10, "action.result", decision=7)]
+    )
     got = fx.account(bad, fx.Sinks(mail=[mail, mail], mqtt=[b'{"n":9}', b'{"n":10}']), _digest).problems
     assert any("decision at 1 has 0 outcomes" in p for p in got)
     assert any("decision at 7 has 3 outcomes" in p for p in got)

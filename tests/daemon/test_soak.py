@@ -32,8 +32,10 @@ def test_slope_fit_and_verdict_are_what_they_claim():
     with pytest.raises(ValueError):
         soak.fit_slope([(1, 1), (1, 2)])
     # 2 MB of growth during the first third only (warm-up), flat afterwards: slope ~0, passes
-    flat = [soak.Sample(t, 40_000 + (2048 if t >= 1200 else int(2048 * t / 1200)), int(t * 100), 0, 0)
-            for t in range(0, 3601, 60)]
+    flat = [
+        soak.Sample(t, 40_000 + (2048 if t >= 1200 else int(2048 * t / 1200)), int(t * 100), 0, 0)
+        for t in range(0, 3601, 60)
+    ]
     v = soak.judge(soak.Verdict(3600, 100, flat), max_slope=1.0, rate=100)
     assert v.ok and abs(v.slope_mb_per_h) < 0.01 and v.fit_from_s == pytest.approx(1200)
     # a steady 1.5 MB/hour leak fails
@@ -49,8 +51,15 @@ def test_slope_fit_and_verdict_are_what_they_claim():
 @pytest.mark.timeout(290)
 def test_soak_slice_under_three_minutes(tmp_path):
     soak = _tool()
-    v = soak.soak(seconds=120, rate=100, sample_s=5, max_slope=SLICE_MAX_SLOPE_MB_H, workdir=tmp_path,
-                  warmup_s=45, log=lambda s: None)
+    v = soak.soak(
+        seconds=120,
+        rate=100,
+        sample_s=5,
+        max_slope=SLICE_MAX_SLOPE_MB_H,
+        workdir=tmp_path,
+        warmup_s=45,
+        log=lambda s: None,
+    )
     assert len(v.samples) >= 24
     assert v.events >= 0.9 * 100 * 120, v.why
     assert v.ledger_records >= 2 * v.events  # a decision and a result per event

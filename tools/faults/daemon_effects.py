@@ -41,9 +41,10 @@ import textwrap
 import threading
 import time
 import tty
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "runtime"))
@@ -157,9 +158,23 @@ def _spawn(cfg: Path, state: Path, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     env["PYTHONPATH"] = str(ROOT / "runtime")
     with open(log, "ab") as err:
-        return subprocess.Popen([sys.executable, "-m", "kestrel.cli", "run", "--config", str(cfg), "--state",
-                                 str(state), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=err)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kestrel.cli",
+                "run",
+                "--config",
+                str(cfg),
+                "--state",
+                str(state),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
 def _wait_up(state: Path, proc: subprocess.Popen, timeout: float = 60.0) -> dict:
@@ -339,8 +354,18 @@ def account(records: Iterable[Any], sinks: Sinks, digest: Callable[[str, dict[st
     for level in set(sinks.levels):
         if not by_digest.get(("gpio.write", digest("gpio.write", {"actuator": "lamp", "value": level}))):
             problems.append(f"the lamp went to {level} with no allowed gpio.write decision")
-    return Accounting(problems, len(allowed), n_results, n_indoubt, sum(delivered.values()), n_mail_indoubt,
-                      sum(1 for c in delivered.values() if c > 1), len(sinks.mqtt), len(sinks.serial), partial)
+    return Accounting(
+        problems,
+        len(allowed),
+        n_results,
+        n_indoubt,
+        sum(delivered.values()),
+        n_mail_indoubt,
+        sum(1 for c in delivered.values() if c > 1),
+        len(sinks.mqtt),
+        len(sinks.serial),
+        partial,
+    )
 
 
 def policy_digest_fn() -> Callable[[str, dict[str, Any]], str]:
@@ -350,8 +375,9 @@ def policy_digest_fn() -> Callable[[str, dict[str, Any]], str]:
     from kestrel.policy.parse import parse_policy
 
     policy = parse_policy(POLICY)
-    return lambda action, args: evaluate(policy, ActionRequest(action, dict(args)), PolicyState(),
-                                         time.time()).args_digest
+    return lambda action, args: (
+        evaluate(policy, ActionRequest(action, dict(args)), PolicyState(), time.time()).args_digest
+    )
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -363,10 +389,9 @@ class Report:
 
 
 def provision(state: Path) -> None:
-    from tests.daemon.conftest import install_policy
-
     from kestrel.identity import create_identity, open_signer
     from kestrel.ledger import Ledger
+    from tests.daemon.conftest import install_policy
 
     create_identity(state, name="fx", backend="file", machine_bound=True)
     ledger = Ledger.open(state / "ledger", signer=open_signer(state))
@@ -377,11 +402,10 @@ def provision(state: Path) -> None:
 
 
 def run(kills: int, *, workdir: Path, seed: int | None = None, log: Callable[[str], None] = print) -> Report:
-    from tests.daemon.smtp_sink import SmtpSink
-    from tests.fixtures.mosquitto import start_mosquitto
-
     from kestrel.ledger.reader import iter_records
     from kestrel.sdk import Client
+    from tests.daemon.smtp_sink import SmtpSink
+    from tests.fixtures.mosquitto import start_mosquitto
 
     rng = random.Random(seed)
     state = workdir / "state"
@@ -420,10 +444,13 @@ def run(kills: int, *, workdir: Path, seed: int | None = None, log: Callable[[st
                 if burst is not None:
                     burst.stop()
                     levels.extend(burst.levels[1:])  # the first is the level the config starts the pin at
-                rounds.append(Round(round(waited, 3), during_start, burst.answered if burst else 0,
-                                    burst.issued if burst else 0))
-                log(f"round {i + 1}/{kills}: killed after {waited:.2f}s "
-                    f"{'during start-up' if during_start else f'with {rounds[-1].calls} calls answered'}")
+                rounds.append(
+                    Round(round(waited, 3), during_start, burst.answered if burst else 0, burst.issued if burst else 0)
+                )
+                log(
+                    f"round {i + 1}/{kills}: killed after {waited:.2f}s "
+                    f"{'during start-up' if during_start else f'with {rounds[-1].calls} calls answered'}"
+                )
             # the last run: recover, let the outbox drain, stop cleanly
             proc = _spawn(cfg, state, daemon_log)
             st = _wait_up(state, proc)
@@ -438,8 +465,9 @@ def run(kills: int, *, workdir: Path, seed: int | None = None, log: Callable[[st
                     deadline, sent = time.monotonic() + 30, st["outbox"]["sent"]
                 time.sleep(0.2)
             else:
-                raise RuntimeError(f"the outbox stopped draining for 30 s: {st['outbox']}, health "
-                                   f"{st['health']}; see {daemon_log}")
+                raise RuntimeError(
+                    f"the outbox stopped draining for 30 s: {st['outbox']}, health {st['health']}; see {daemon_log}"
+                )
             proc.send_signal(signal.SIGTERM)
             if proc.wait(60) != 0:
                 raise RuntimeError(f"the daemon stopped with {proc.returncode}; see {daemon_log}")
@@ -474,10 +502,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="kestrel-fx-") as tmp:
             rep = go(Path(tmp))
     a = rep.accounting
-    print(f"{len(rep.rounds)} kills, {rep.ledger_size} records: {a.decisions} allowed decisions = {a.results} "
-          f"results + {a.indoubt} in doubt; mail delivered {a.mail_delivered} ({a.mail_twice} twice), "
-          f"{a.mail_indoubt} attempts in doubt; MQTT {a.mqtt_seen}, serial {a.serial_seen} "
-          f"({a.partial_serial} cut frames)")
+    print(
+        f"{len(rep.rounds)} kills, {rep.ledger_size} records: {a.decisions} allowed decisions = {a.results} "
+        f"results + {a.indoubt} in doubt; mail delivered {a.mail_delivered} ({a.mail_twice} twice), "
+        f"{a.mail_indoubt} attempts in doubt; MQTT {a.mqtt_seen}, serial {a.serial_seen} "
+        f"({a.partial_serial} cut frames)"
+    )
     for p in a.problems:
         print("UNACCOUNTED:", p)
     return 1 if a.problems else 0

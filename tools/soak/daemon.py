@@ -119,10 +119,9 @@ def _rss_kb(pid: int) -> int:
 
 def provision(state: Path) -> None:
     """An identity (file keystore, machine-bound) and the policy, installed through a signed bundle."""
-    from tests.daemon.conftest import install_policy
-
     from kestrel.identity import create_identity, open_signer
     from kestrel.ledger import Ledger
+    from tests.daemon.conftest import install_policy
 
     create_identity(state, name="soak", backend="file", machine_bound=True)
     ledger = Ledger.open(state / "ledger", signer=open_signer(state))
@@ -197,8 +196,9 @@ def _sync_backlog(st: dict) -> int | None:
     return sync.get("backlog") if isinstance(sync, dict) else None
 
 
-def soak(*, seconds: float, rate: float, sample_s: float, max_slope: float, workdir: Path,
-         warmup_s: float = 0.0, log=print) -> Verdict:
+def soak(
+    *, seconds: float, rate: float, sample_s: float, max_slope: float, workdir: Path, warmup_s: float = 0.0, log=print
+) -> Verdict:
     from tests.fixtures.mosquitto import start_mosquitto
 
     state = workdir / "state"
@@ -212,9 +212,23 @@ def soak(*, seconds: float, rate: float, sample_s: float, max_slope: float, work
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         env["PYTHONPATH"] = str(ROOT / "runtime")
         err = open(workdir / "daemon.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "kestrel.cli", "run", "--config", str(cfg), "--state",
-                                 str(state), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=err)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kestrel.cli",
+                "run",
+                "--config",
+                str(cfg),
+                "--state",
+                str(state),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         driver = None
         try:
             _wait_ready(state, proc)
@@ -229,14 +243,22 @@ def soak(*, seconds: float, rate: float, sample_s: float, max_slope: float, work
                 now = time.monotonic()
                 if now >= next_sample:
                     if proc.poll() is not None:
-                        raise RuntimeError(f"the daemon exited with code {proc.returncode}; see "
-                                           f"{workdir / 'daemon.log'}")
+                        raise RuntimeError(
+                            f"the daemon exited with code {proc.returncode}; see {workdir / 'daemon.log'}"
+                        )
                     st = _status(state)
-                    s = Sample(round(now - t0, 2), _rss_kb(proc.pid), int(st["counters"]["events"]),
-                               int(st["ledger"]["size"]), _sync_backlog(st))
+                    s = Sample(
+                        round(now - t0, 2),
+                        _rss_kb(proc.pid),
+                        int(st["counters"]["events"]),
+                        int(st["ledger"]["size"]),
+                        _sync_backlog(st),
+                    )
                     verdict.samples.append(s)
-                    log(f"t={s.t:8.1f}s  rss={s.rss_kb / 1024:7.2f} MB  events={s.events:>9}  "
-                        f"ledger={s.ledger_size:>9}  sync_backlog={s.sync_backlog}")
+                    log(
+                        f"t={s.t:8.1f}s  rss={s.rss_kb / 1024:7.2f} MB  events={s.events:>9}  "
+                        f"ledger={s.ledger_size:>9}  sync_backlog={s.sync_backlog}"
+                    )
                     next_sample += sample_s
                     if s.t >= seconds:
                         break
@@ -278,15 +300,20 @@ def judge(v: Verdict, *, max_slope: float, rate: float) -> Verdict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     length = ap.add_mutually_exclusive_group(required=True)
     length.add_argument("--hours", type=float, help="run this many hours")
     length.add_argument("--minutes", type=float, help="run this many minutes")
     ap.add_argument("--rate", type=float, default=100.0, help="sensor readings per second (default 100)")
     ap.add_argument("--sample-s", type=float, default=60.0, help="seconds between RSS samples (default 60)")
-    ap.add_argument("--max-slope", type=float, default=1.0,
-                    help="fail at or above this RSS slope, MB/hour, over the last two thirds (default 1.0)")
+    ap.add_argument(
+        "--max-slope",
+        type=float,
+        default=1.0,
+        help="fail at or above this RSS slope, MB/hour, over the last two thirds (default 1.0)",
+    )
     ap.add_argument("--warmup-s", type=float, default=0.0, help="seconds at the full rate before sampling")
     ap.add_argument("--json", type=Path, help="write the samples and the verdict here")
     ap.add_argument("--dir", type=Path, help="work in this (new) directory and keep it")
@@ -298,8 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("the run must hold at least three samples: lower --sample-s")
 
     def run(workdir: Path) -> Verdict:
-        return soak(seconds=seconds, rate=args.rate, sample_s=args.sample_s, max_slope=args.max_slope,
-                    workdir=workdir, warmup_s=args.warmup_s, log=lambda s: print(s, flush=True))
+        return soak(
+            seconds=seconds,
+            rate=args.rate,
+            sample_s=args.sample_s,
+            max_slope=args.max_slope,
+            workdir=workdir,
+            warmup_s=args.warmup_s,
+            log=lambda s: print(s, flush=True),
+        )
 
     if args.dir:
         args.dir.mkdir(parents=True)
@@ -310,10 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     if v.slope_mb_per_h is None:
         print(f"soak: FAIL: {v.why}")
         return 1
-    print(f"soak: {v.seconds / 60:.1f} min at {v.rate:g} events/s; {v.events} events, {v.ledger_records} "
-          f"ledger records; RSS {v.rss_first_mb:.2f} -> {v.rss_last_mb:.2f} MB; fitted slope over the last two "
-          f"thirds (from t={v.fit_from_s:.0f}s): {v.slope_mb_per_h:+.3f} MB/hour (limit < {args.max_slope}); "
-          f"{'PASS' if v.ok else 'FAIL: ' + v.why}")
+    print(
+        f"soak: {v.seconds / 60:.1f} min at {v.rate:g} events/s; {v.events} events, {v.ledger_records} "
+        f"ledger records; RSS {v.rss_first_mb:.2f} -> {v.rss_last_mb:.2f} MB; fitted slope over the last two "
+        f"thirds (from t={v.fit_from_s:.0f}s): {v.slope_mb_per_h:+.3f} MB/hour (limit < {args.max_slope}); "
+        f"{'PASS' if v.ok else 'FAIL: ' + v.why}"
+    )
     if args.json:
         args.json.write_text(json.dumps(asdict(v), indent=1))
     return 0 if v.ok else 1

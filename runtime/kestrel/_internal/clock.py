@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 __all__ = ["ClockStep", "StepWatch", "STEP_TOLERANCE_S"]
 
@@ -41,8 +41,13 @@ class ClockStep:
 class StepWatch:
     """Notices wall-clock steps; :meth:`check` returns each step once (thread-safe)."""
 
-    def __init__(self, *, wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 tolerance: float = STEP_TOLERANCE_S) -> None:
+    def __init__(
+        self,
+        *,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        tolerance: float = STEP_TOLERANCE_S,
+    ) -> None:
         self.wall = wall
         self.monotonic = monotonic
         self.tolerance = tolerance

@@ -30,15 +30,25 @@ import contextvars
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .._internal.fsutil import atomic_write, read_bytes
 from ..errors import KestrelError
 
-__all__ = ["EffectTracker", "Effect", "InDoubtScan", "OpenIntent", "Journal", "read_journal", "write_journal",
-           "JOURNAL_FILE", "CURRENT_DECISION"]
+__all__ = [
+    "EffectTracker",
+    "Effect",
+    "InDoubtScan",
+    "OpenIntent",
+    "Journal",
+    "read_journal",
+    "write_journal",
+    "JOURNAL_FILE",
+    "CURRENT_DECISION",
+]
 
 log = logging.getLogger("kestrel.daemon.effects")
 
@@ -122,14 +132,18 @@ def read_journal(path: Path) -> Journal | None:
             raise ValueError("bad scan_from or clean")
         return Journal(scan_from, clean)
     except (KestrelError, ValueError, KeyError, TypeError) as exc:
-        log.warning("effects journal %s is unreadable (%s): scanning the ledger for open actions instead", path,
-                    getattr(exc, "message", exc))
+        log.warning(
+            "effects journal %s is unreadable (%s): scanning the ledger for open actions instead",
+            path,
+            getattr(exc, "message", exc),
+        )
         return None
 
 
 def write_journal(path: Path, journal: Journal) -> None:
-    data = json.dumps({"format": 1, "scan_from": journal.scan_from, "clean": journal.clean},
-                      separators=(",", ":")).encode()
+    data = json.dumps(
+        {"format": 1, "scan_from": journal.scan_from, "clean": journal.clean}, separators=(",", ":")
+    ).encode()
     atomic_write(path, data, mode=0o600)
 
 
@@ -164,7 +178,7 @@ class InDoubtScan:
     _attempts: dict[int, dict[str, Any]] = field(default_factory=dict)
     finished_mail: dict[str, str] = field(default_factory=dict)  # outbox id -> outbox.sent | outbox.failed
 
-    def feed(self, records: Iterable[Any]) -> "InDoubtScan":
+    def feed(self, records: Iterable[Any]) -> InDoubtScan:
         for rec in records:
             self.add(rec.seq, rec.kind, rec.body)
         return self

@@ -25,9 +25,10 @@ import os
 import random
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from .._internal.fsutil import atomic_write, check_private, ensure_private_dir, fsync_dir, read_bytes
 from ..errors import DataError, TransportError
@@ -65,14 +66,20 @@ class OutboxMessage:
         return f"<{self.id}@kestrel>"
 
     def to_json(self) -> bytes:
-        doc: dict[str, Any] = {"v": 1, "id": self.id, "to": list(self.to), "subject": self.subject,
-                               "body": self.body, "created": self.created}
+        doc: dict[str, Any] = {
+            "v": 1,
+            "id": self.id,
+            "to": list(self.to),
+            "subject": self.subject,
+            "body": self.body,
+            "created": self.created,
+        }
         if self.decision is not None:
             doc["decision"] = self.decision
         return json.dumps(doc).encode()
 
     @classmethod
-    def from_json(cls, data: bytes, *, source: str) -> "OutboxMessage":
+    def from_json(cls, data: bytes, *, source: str) -> OutboxMessage:
         try:
             d = json.loads(data)
             if d.get("v") != 1:
@@ -102,9 +109,15 @@ def parse_email_args(args: dict[str, Any], *, now: float) -> OutboxMessage:
 class Outbox:
     """Durable queue of e-mails plus the task that delivers them."""
 
-    def __init__(self, directory: Path, *, smtp: SmtpConfig | None, config: OutboxConfig,
-                 record: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None,
-                 effects: EffectTracker | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        smtp: SmtpConfig | None,
+        config: OutboxConfig,
+        record: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None,
+        effects: EffectTracker | None = None,
+    ) -> None:
         self.dir = Path(directory)
         self.smtp = smtp
         self.config = config
@@ -129,8 +142,10 @@ class Outbox:
     def enqueue_blocking(self, msg: OutboxMessage) -> None:
         ensure_private_dir(self.dir)
         if len(self.pending()) >= self.config.max_items:
-            raise TransportError(f"the outbox holds {self.config.max_items} messages already; not queueing more",
-                                 hint="check the SMTP relay settings and that the relay is reachable")
+            raise TransportError(
+                f"the outbox holds {self.config.max_items} messages already; not queueing more",
+                hint="check the SMTP relay settings and that the relay is reachable",
+            )
         atomic_write(self.dir / f"{msg.id}.json", msg.to_json(), mode=0o600)
 
     async def enqueue(self, msg: OutboxMessage) -> None:
@@ -139,10 +154,9 @@ class Outbox:
 
     def _load(self, mid: str) -> OutboxMessage:
         path = self.dir / f"{mid}.json"
-        return OutboxMessage.from_json(read_bytes(path, what="outbox message", max_size=2 * MAX_BODY),
-                                       source=str(path))
+        return OutboxMessage.from_json(read_bytes(path, what="outbox message", max_size=2 * MAX_BODY), source=str(path))
 
-    def _build(self, msg: OutboxMessage) -> "email.message.EmailMessage":
+    def _build(self, msg: OutboxMessage) -> email.message.EmailMessage:
         import email.message
         import email.utils
 
@@ -227,8 +241,11 @@ class Outbox:
 
         loop = asyncio.get_running_loop()
         effect = self._effects.begin() if self._effects is not None else None
-        intent_body: dict[str, Any] = {"id": mid, "message_id": msg.message_id,
-                                       "attempt": self._attempts.get(mid, 0) + 1}
+        intent_body: dict[str, Any] = {
+            "id": mid,
+            "message_id": msg.message_id,
+            "attempt": self._attempts.get(mid, 0) + 1,
+        }
         if msg.decision is not None:
             intent_body["decision"] = msg.decision
         try:
@@ -296,7 +313,7 @@ class Outbox:
         self._wake.set()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("a mail delivery was still under way at shutdown; it will be reported in doubt")
 
     def _unlink(self, mid: str) -> None:
@@ -310,8 +327,14 @@ class Outbox:
         delay *= random.uniform(0.5, 1.0)
         self._next[mid] = time.monotonic() + delay
         self.last_error = str(exc) or type(exc).__name__
-        log.warning("relay %s unavailable for message %s (attempt %d): %s; retrying in %.1fs",
-                    self.smtp.host if self.smtp else "?", mid, n, self.last_error, delay)
+        log.warning(
+            "relay %s unavailable for message %s (attempt %d): %s; retrying in %.1fs",
+            self.smtp.host if self.smtp else "?",
+            mid,
+            n,
+            self.last_error,
+            delay,
+        )
 
     async def _record_now(self, kind: str, body: dict[str, Any]) -> Any:
         """Append durably (raises if that fails); without a recorder (tests) there is nothing to append."""
@@ -348,5 +371,5 @@ class Outbox:
             timeout = max(0.05, min(waits)) if waits and self.smtp else 1.0
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

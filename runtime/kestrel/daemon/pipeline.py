@@ -25,8 +25,9 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import KestrelError, TransportError
 from ..policy.canonical import canonicalize
@@ -106,17 +107,26 @@ class QueuedAppends:
 @dataclass
 class _Item:
     proposal: Proposal
-    decision: "asyncio.Future[Any]"
-    reply: "asyncio.Future[dict[str, Any]] | None"
+    decision: asyncio.Future[Any]
+    reply: asyncio.Future[dict[str, Any]] | None
     t0: float
     effect: Effect | None = None
     decision_seq: int | None = None  # known up front for call_decided
 
 
 class Pipeline:
-    def __init__(self, *, policy: Any, ledger: Any, actions: Actions, queue_size: int, workers: int,
-                 on_recorded: Callable[[], None] | None = None, decision_log: QueuedAppends | None = None,
-                 effects: EffectTracker | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        policy: Any,
+        ledger: Any,
+        actions: Actions,
+        queue_size: int,
+        workers: int,
+        on_recorded: Callable[[], None] | None = None,
+        decision_log: QueuedAppends | None = None,
+        effects: EffectTracker | None = None,
+    ) -> None:
         self.policy = policy
         self.decision_log = decision_log
         self.inline_decisions = decision_log is not None and decision_log.queued
@@ -125,16 +135,25 @@ class Pipeline:
         self.actions = actions
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(queue_size)
         self._slow = asyncio.Semaphore(workers)
-        self._decider = concurrent.futures.ThreadPoolExecutor(max_workers=max(4, workers * 2),
-                                                              thread_name_prefix="kestrel-policy")
+        self._decider = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(4, workers * 2), thread_name_prefix="kestrel-policy"
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         # async (proposal, decision) -> decision: asks the group when the policy answered
         # actions[i].quorum (kestrel.daemon.quorum); later actions wait, so the order is kept
         self.quorum: Any = None
         self._on_recorded = on_recorded or (lambda: None)
-        self.stats = {"proposed": 0, "allowed": 0, "denied": 0, "succeeded": 0, "failed": 0, "dropped": 0,
-                      "caught_up": 0, "record_errors": 0}
+        self.stats = {
+            "proposed": 0,
+            "allowed": 0,
+            "denied": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "dropped": 0,
+            "caught_up": 0,
+            "record_errors": 0,
+        }
         self._shed: dict[str, Proposal] = {}
         self.ledger_error: str | None = None
 
@@ -185,8 +204,12 @@ class Pipeline:
         if self._queue.full():
             self.stats["dropped"] += 1
             if self.stats["dropped"] in (1, 10, 100, 1000) or self.stats["dropped"] % 10000 == 0:
-                log.warning("action queue full: dropped %d proposals so far (latest %s from %s)",
-                            self.stats["dropped"], p.action, p.source)
+                log.warning(
+                    "action queue full: dropped %d proposals so far (latest %s from %s)",
+                    self.stats["dropped"],
+                    p.action,
+                    p.source,
+                )
             self._shed.pop(p.source, None)
             self._shed[p.source] = p  # bounded: one per trigger/schedule
             return False
@@ -207,8 +230,9 @@ class Pipeline:
         assert item.reply is not None
         return await item.reply
 
-    async def call_decided(self, p: Proposal, decision: Any, *, effect: Effect | None = None,
-                           decision_seq: int | None = None) -> dict[str, Any]:
+    async def call_decided(
+        self, p: Proposal, decision: Any, *, effect: Effect | None = None, decision_seq: int | None = None
+    ) -> dict[str, Any]:
         """Queue a proposal its caller has already had decided by this pipeline's policy engine
         (the planner, which must see the decision), then execute and record it like :meth:`call`.
 
@@ -229,7 +253,7 @@ class Pipeline:
             await self._queue.put(None)
             try:
                 await asyncio.wait_for(asyncio.shield(self._runner), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("stopping with %d actions still queued", self._queue.qsize())
                 self._runner.cancel()
             self._runner = None
@@ -250,10 +274,13 @@ class Pipeline:
             except Exception as exc:  # the policy could not decide (ledger down?): fail closed
                 self.effects.end(item.effect)
                 self.ledger_error = f"policy decision failed: {exc}"
-                log.error("%s; %s from %s not executed", self.ledger_error, item.proposal.action,
-                          item.proposal.source)
-                self._resolve(item, TransportError(f"the policy could not decide: {exc}",
-                                                   hint="see the daemon's log; the ledger may be unwritable"))
+                log.error("%s; %s from %s not executed", self.ledger_error, item.proposal.action, item.proposal.source)
+                self._resolve(
+                    item,
+                    TransportError(
+                        f"the policy could not decide: {exc}", hint="see the daemon's log; the ledger may be unwritable"
+                    ),
+                )
                 continue
             if not decision.allowed and self.quorum is not None:
                 decision = await self.quorum(item.proposal, decision)
@@ -261,11 +288,18 @@ class Pipeline:
                 self.effects.end(item.effect)
                 self.stats["denied"] += 1
                 if self.stats["denied"] <= 100 or self.stats["denied"] % 1000 == 0:  # all are in the ledger
-                    log.info("denied %s from %s: %s (%s) [%d denials so far]", item.proposal.action,
-                             item.proposal.source, decision.reason, decision.rule, self.stats["denied"])
+                    log.info(
+                        "denied %s from %s: %s (%s) [%d denials so far]",
+                        item.proposal.action,
+                        item.proposal.source,
+                        decision.reason,
+                        decision.rule,
+                        self.stats["denied"],
+                    )
                 denied = ActionDeniedError(
                     f"policy denied {item.proposal.action}: {decision.reason} (rule {decision.rule})",
-                    hint="the decision is in the ledger: kestrel audit log")
+                    hint="the decision is in the ledger: kestrel audit log",
+                )
                 denied.decision = {"action": item.proposal.action, "rule": decision.rule, "reason": decision.reason}
                 if item.reply is not None and pending is not None:
                     self._spawn(self._resolve_when_durable(item, pending, denied))
@@ -285,10 +319,16 @@ class Pipeline:
                 if failure is not None:
                     self.effects.end(item.effect)
                     self.ledger_error = f"a policy decision could not be written to the ledger: {failure}"
-                    log.error("%s; %s from %s not executed", self.ledger_error, item.proposal.action,
-                              item.proposal.source)
-                    self._resolve(item, TransportError("the decision could not be recorded, so the action was not "
-                                                       f"executed: {failure}", hint="see the daemon's log"))
+                    log.error(
+                        "%s; %s from %s not executed", self.ledger_error, item.proposal.action, item.proposal.source
+                    )
+                    self._resolve(
+                        item,
+                        TransportError(
+                            f"the decision could not be recorded, so the action was not executed: {failure}",
+                            hint="see the daemon's log",
+                        ),
+                    )
                     continue
                 seq = getattr(pending.result(), "seq", None)
             if seq is not None and item.effect is not None:
@@ -305,11 +345,21 @@ class Pipeline:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _execute(self, item: _Item, decision: Any, seq: int | None, *, release: bool = False,
-                       late: concurrent.futures.Future | None = None) -> None:
+    async def _execute(
+        self,
+        item: _Item,
+        decision: Any,
+        seq: int | None,
+        *,
+        release: bool = False,
+        late: concurrent.futures.Future | None = None,
+    ) -> None:
         p = item.proposal
-        body: dict[str, Any] = {"action": p.action, "source": p.source,
-                                "args_digest": getattr(decision, "args_digest", None) or args_digest(p.args)}
+        body: dict[str, Any] = {
+            "action": p.action,
+            "source": p.source,
+            "args_digest": getattr(decision, "args_digest", None) or args_digest(p.args),
+        }
         if seq is not None:
             body["decision"] = seq
         result: Any
@@ -351,12 +401,14 @@ class Pipeline:
             if effect is not None:
                 self.effects.bind(effect, seq)
 
-    def _record_detached(self, body: dict[str, Any], effect: Effect | None,
-                         late: concurrent.futures.Future | None = None) -> None:
+    def _record_detached(
+        self, body: dict[str, Any], effect: Effect | None, late: concurrent.futures.Future | None = None
+    ) -> None:
         """Queue an outcome nobody waits for: no task, no loop round trip; failures are noted by a callback."""
         if late is not None:  # after its decision's commit (the ledger's thread runs this callback)
-            late.add_done_callback(lambda fut: (self._name_decision(body, effect, fut),
-                                                self._record_detached(body, effect)))
+            late.add_done_callback(
+                lambda fut: (self._name_decision(body, effect, fut), self._record_detached(body, effect))
+            )
             return
         submit = getattr(self.ledger, "submit", None)
         if submit is None:
@@ -381,8 +433,14 @@ class Pipeline:
         self.ledger_error = f"cannot append to the ledger: {exc}"
         log.error("could not record action.result for %s: %s", body.get("action"), exc)
 
-    async def _record(self, body: dict[str, Any], item: _Item | None, result: Any,
-                      effect: Effect | None = None, late: concurrent.futures.Future | None = None) -> None:
+    async def _record(
+        self,
+        body: dict[str, Any],
+        item: _Item | None,
+        result: Any,
+        effect: Effect | None = None,
+        late: concurrent.futures.Future | None = None,
+    ) -> None:
         """Append the outcome, then answer the caller (so what it was told is in the ledger)."""
         if late is not None:
             try:

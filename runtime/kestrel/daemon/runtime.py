@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from .._internal.clock import StepWatch
 from .._internal.fsutil import atomic_write, ensure_private_dir
@@ -50,12 +51,24 @@ CLOCK_CHECK_S = 1.0  # how often a wall-clock step is looked for (it is recorded
 
 
 class Daemon:
-    def __init__(self, *, config: DeviceConfig, state_dir: str | os.PathLike[str], ledger: Any, factory: Any,
-                 agent_id: str, policy: Any = None, board: str = "sim",
-                 load_config: Callable[[], DeviceConfig] | None = None, notifier: Notifier | None = None,
-                 clock: Callable[[], float] = time.time, freeze_gc: bool = False, signer: Any = None,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 bls_key: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: DeviceConfig,
+        state_dir: str | os.PathLike[str],
+        ledger: Any,
+        factory: Any,
+        agent_id: str,
+        policy: Any = None,
+        board: str = "sim",
+        load_config: Callable[[], DeviceConfig] | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+        freeze_gc: bool = False,
+        signer: Any = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        bls_key: Any = None,
+    ) -> None:
         self.config = config
         self.state = StateLayout(state_dir)
         self.ledger = ledger
@@ -65,8 +78,14 @@ class Daemon:
             from ..policy import PolicyEngine
 
             self.decision_log = QueuedAppends(ledger, queued=config.audit.decisions == "batched")
-            policy = PolicyEngine(self.state.root, self.decision_log, source=policy_source(self.state.root),
-                                  recheck_s=POLICY_RECHECK_S, clock=clock, monotonic=monotonic)
+            policy = PolicyEngine(
+                self.state.root,
+                self.decision_log,
+                source=policy_source(self.state.root),
+                recheck_s=POLICY_RECHECK_S,
+                clock=clock,
+                monotonic=monotonic,
+            )
         self.policy = policy
         self.factory = factory
         self.agent_id = agent_id
@@ -86,29 +105,66 @@ class Daemon:
         self._journal_path = self.state.data / JOURNAL_FILE
         self._journal: Journal | None = None
         self._accounted = False  # the last run's in-doubt intents are recorded (only then may a stop be clean)
-        self.outbox = Outbox(self.state.data / "outbox", smtp=config.smtp, config=config.outbox,
-                             record=self.record, effects=self.effects)
+        self.outbox = Outbox(
+            self.state.data / "outbox", smtp=config.smtp, config=config.outbox, record=self.record, effects=self.effects
+        )
         self.calendar = CalendarStore(self.state.data / "calendar")
-        self.actions = Actions(config=lambda: self.config, hardware=self._hw, outbox=self.outbox,
-                               calendar=self.calendar, clock=clock, authorize=policy.decide)
-        self.links = Links(state_dir=self.state.root, ledger=ledger, signer=signer, sync_config=config.sync,
-                           policy=policy, bls_key=bls_key)
+        self.actions = Actions(
+            config=lambda: self.config,
+            hardware=self._hw,
+            outbox=self.outbox,
+            calendar=self.calendar,
+            clock=clock,
+            authorize=policy.decide,
+        )
+        self.links = Links(
+            state_dir=self.state.root,
+            ledger=ledger,
+            signer=signer,
+            sync_config=config.sync,
+            policy=policy,
+            bls_key=bls_key,
+        )
         self.actions.register("agent.send", self._agent_send)
-        self.ota = OtaService(state_dir=self.state.root, ledger=ledger, policy=policy, healthy=self._ota_healthy,
-                              on_recorded=self._appended, clock=clock,
-                              max_bundle=lambda: self.config.ota.max_bundle)
-        self.pipeline = Pipeline(policy=policy, ledger=ledger, actions=self.actions,
-                                 queue_size=config.limits.action_queue, workers=config.limits.action_workers,
-                                 on_recorded=self._appended, decision_log=self.decision_log, effects=self.effects)
+        self.ota = OtaService(
+            state_dir=self.state.root,
+            ledger=ledger,
+            policy=policy,
+            healthy=self._ota_healthy,
+            on_recorded=self._appended,
+            clock=clock,
+            max_bundle=lambda: self.config.ota.max_bundle,
+        )
+        self.pipeline = Pipeline(
+            policy=policy,
+            ledger=ledger,
+            actions=self.actions,
+            queue_size=config.limits.action_queue,
+            workers=config.limits.action_workers,
+            on_recorded=self._appended,
+            decision_log=self.decision_log,
+            effects=self.effects,
+        )
         self.pipeline.quorum = self.links.quorum_gate
-        self.asks = AskHost(state_dir=self.state.root, ledger=ledger, policy=policy, pipeline=self.pipeline,
-                            appended=self._appended)
-        self.control = ControlServer(self.state.run / "control.sock", self,
-                                     group_gid=resolve_group(config.control.group, source=config.source),
-                                     record=self.record)
+        self.asks = AskHost(
+            state_dir=self.state.root, ledger=ledger, policy=policy, pipeline=self.pipeline, appended=self._appended
+        )
+        self.control = ControlServer(
+            self.state.run / "control.sock",
+            self,
+            group_gid=resolve_group(config.control.group, source=config.source),
+            record=self.record,
+        )
         self.ui: Any = None  # kestrel.daemon.ui.server.UiServer while the config has a ui: section
-        self.counters = {"events": 0, "trigger_faults": 0, "quarantined": 0, "commands": 0, "reloads": 0,
-                         "reload_failures": 0, "clock_steps": 0}
+        self.counters = {
+            "events": 0,
+            "trigger_faults": 0,
+            "quarantined": 0,
+            "commands": 0,
+            "reloads": 0,
+            "reload_failures": 0,
+            "clock_steps": 0,
+        }
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -133,8 +189,16 @@ class Daemon:
         self.pipeline.start()
         await self._start_hardware(self.config)
         self._spawn(self.outbox.run(), "outbox")
-        self._spawn(run_schedules(lambda: self.config, self._schedule_fire, clock=self.clock,
-                                  values=lambda: self.values, monotonic=self.monotonic), "schedules")
+        self._spawn(
+            run_schedules(
+                lambda: self.config,
+                self._schedule_fire,
+                clock=self.clock,
+                values=lambda: self.values,
+                monotonic=self.monotonic,
+            ),
+            "schedules",
+        )
         self._spawn(self._watch_drop_dir(), "ota-drop")
         await self.control.start()
         if self.config.ui is not None:  # the web UI's code is imported only when the config turns it on
@@ -149,12 +213,20 @@ class Daemon:
         if self.freeze_gc:  # start-up objects live forever: keep them out of the collector's way (shorter pauses)
             gc.freeze()
         self.notifier.ready(f"running; {len(self.config.sensors)} sensors, board {self.board}")
-        log.info("running as %s on board %s with %s (%d sensors, %d triggers); control socket %s",
-                 self.agent_id, self.board, self.config.source, len(self.config.sensors),
-                 len(self.config.triggers), self.control.path)
+        log.info(
+            "running as %s on board %s with %s (%d sensors, %d triggers); control socket %s",
+            self.agent_id,
+            self.board,
+            self.config.source,
+            len(self.config.sensors),
+            len(self.config.triggers),
+            self.control.path,
+        )
         if getattr(self.policy, "policy", True) is None:
-            log.warning("no policy is installed: every action will be denied (default-deny) and recorded; "
-                        "install one signed by the owner: kestrel set-policy FILE (docs/policy.md)")
+            log.warning(
+                "no policy is installed: every action will be denied (default-deny) and recorded; "
+                "install one signed by the owner: kestrel set-policy FILE (docs/policy.md)"
+            )
 
     async def _account_in_doubt(self) -> None:
         """Record ``action.indoubt`` / ``outbox.indoubt`` for every intent the last run left without an
@@ -175,18 +247,37 @@ class Daemon:
         why = "the daemon stopped (crash or power loss) after the decision and before its outcome was recorded"
         resend = "the daemon stopped while the relay had the message; it is sent again with the same Message-ID"
         records = [("action.indoubt", {**i.body, "decision": i.seq, "reason": why}) for i in scan.actions]
-        records += [("outbox.indoubt", {**{k: v for k, v in i.body.items() if v is not None}, "intent": i.seq,
-                                        "reason": resend}) for i in scan.mail]
+        records += [
+            (
+                "outbox.indoubt",
+                {**{k: v for k, v in i.body.items() if v is not None}, "intent": i.seq, "reason": resend},
+            )
+            for i in scan.mail
+        ]
         await asyncio.gather(*(self.record(kind, body) for kind, body in records))  # in order, sharing commits
-        self.indoubt = {"actions": len(scan.actions), "mail": len(scan.mail), "scanned": scan.scanned,
-                        "previous_stop": previous}
-        await self.record("daemon.started", {"pid": os.getpid(), "previous_stop": previous,
-                                             "indoubt_actions": len(scan.actions), "indoubt_mail": len(scan.mail),
-                                             "scanned": scan.scanned})
+        self.indoubt = {
+            "actions": len(scan.actions),
+            "mail": len(scan.mail),
+            "scanned": scan.scanned,
+            "previous_stop": previous,
+        }
+        await self.record(
+            "daemon.started",
+            {
+                "pid": os.getpid(),
+                "previous_stop": previous,
+                "indoubt_actions": len(scan.actions),
+                "indoubt_mail": len(scan.mail),
+                "scanned": scan.scanned,
+            },
+        )
         if scan.actions or scan.mail:
-            log.warning("the last run stopped with %d actions and %d mail deliveries in doubt (recorded as "
-                        "action.indoubt / outbox.indoubt; `kestrel audit log --kind 'action.indoubt'`)",
-                        len(scan.actions), len(scan.mail))
+            log.warning(
+                "the last run stopped with %d actions and %d mail deliveries in doubt (recorded as "
+                "action.indoubt / outbox.indoubt; `kestrel audit log --kind 'action.indoubt'`)",
+                len(scan.actions),
+                len(scan.mail),
+            )
         await self._save_journal(Journal(self.ledger.size, clean=False))
         self._accounted = True
 
@@ -212,8 +303,13 @@ class Daemon:
             if step is None:
                 continue
             self.counters["clock_steps"] += 1
-            log.warning("the wall clock stepped by %+.3f s (from %.3f to %.3f); deadlines, cooldowns and rate limits "
-                        "are unaffected", step.delta, step.old, step.new)
+            log.warning(
+                "the wall clock stepped by %+.3f s (from %.3f to %.3f); deadlines, cooldowns and rate limits "
+                "are unaffected",
+                step.delta,
+                step.old,
+                step.new,
+            )
             try:
                 await self.record("clock.stepped", step.body())
             except Exception as exc:
@@ -224,8 +320,10 @@ class Daemon:
         if not self._accounted:  # start-up failed before the last run's open intents were recorded
             return
         if self.effects.open:
-            log.warning("stopping with %d actions or deliveries unfinished: the next start reports them in doubt",
-                        self.effects.open)
+            log.warning(
+                "stopping with %d actions or deliveries unfinished: the next start reports them in doubt",
+                self.effects.open,
+            )
             await self._save_journal(Journal(self.effects.watermark(), clean=False))
             return
         await self.record("daemon.stopped", {"pid": os.getpid()})
@@ -260,8 +358,9 @@ class Daemon:
             from ..inference.options import RuntimeOptions
 
             options = RuntimeOptions.from_profile(profile)
-        feeds = ModelFeeds(cfg.models, state_dir=self.state.root, report=self.sensor_value, fault=self.sensor_fault,
-                           options=options)
+        feeds = ModelFeeds(
+            cfg.models, state_dir=self.state.root, report=self.sensor_value, fault=self.sensor_fault, options=options
+        )
         await feeds.start(self.values)
         return feeds
 
@@ -420,8 +519,14 @@ class Daemon:
         """Count, log and quarantine a payload a sensor could not read (bounded in files and records)."""
         self.counters["quarantined"] += 1
         digest = hashlib.sha256(payload).hexdigest()
-        log.warning("quarantined a bad payload on %s for %s (%d bytes, sha256 %s): %s",
-                    topic, sensor, len(payload), digest[:16], reason)
+        log.warning(
+            "quarantined a bad payload on %s for %s (%d bytes, sha256 %s): %s",
+            topic,
+            sensor,
+            len(payload),
+            digest[:16],
+            reason,
+        )
         now = time.monotonic()
         start, n = self._quarantine_window
         if now - start >= 1.0:
@@ -430,14 +535,25 @@ class Daemon:
         if n >= QUARANTINE_RECORDS_PER_S:
             return
         if not payload:  # dropped by the bridge unseen: nothing to keep but the facts
-            meta = {"sensor": sensor, "topic": topic, "reason": reason[:200], "bytes": 0,
-                    "quarantined_total": self.counters["quarantined"]}
+            meta = {
+                "sensor": sensor,
+                "topic": topic,
+                "reason": reason[:200],
+                "bytes": 0,
+                "quarantined_total": self.counters["quarantined"],
+            }
             self._record_soon("mqtt.quarantined", meta)
             return
         name = f"{time.time_ns()}-{digest[:16]}.bin"
-        meta = {"sensor": sensor, "topic": topic, "reason": reason[:200], "bytes": len(payload), "sha256": digest,
-                "quarantined_total": self.counters["quarantined"]}
-        self._spawn_bg(self._quarantine(name, payload[:1 << 20], meta))
+        meta = {
+            "sensor": sensor,
+            "topic": topic,
+            "reason": reason[:200],
+            "bytes": len(payload),
+            "sha256": digest,
+            "quarantined_total": self.counters["quarantined"],
+        }
+        self._spawn_bg(self._quarantine(name, payload[: 1 << 20], meta))
 
     async def _quarantine(self, name: str, payload: bytes, meta: dict[str, Any]) -> None:
         qdir = self.state.data / "quarantine"
@@ -464,8 +580,9 @@ class Daemon:
         self.counters["commands"] += 1
         try:
             msg = loads_strict(payload)
-            if not (isinstance(msg, dict) and isinstance(msg.get("action"), str)
-                    and isinstance(msg.get("args", {}), dict)):
+            if not (
+                isinstance(msg, dict) and isinstance(msg.get("action"), str) and isinstance(msg.get("args", {}), dict)
+            ):
                 raise ValueError('expected {"action": NAME, "args": {...}}')
         except ValueError as exc:  # StrictJsonError is one
             self.bad_payload("commands", topic, payload, f"bad command: {exc}")
@@ -519,14 +636,21 @@ class Daemon:
         why = self.unhealthy()
         hw = self.hardware
         return {
-            "agent": self.agent_id, "board": self.board, "config": self.config.source, "pid": os.getpid(),
+            "agent": self.agent_id,
+            "board": self.board,
+            "config": self.config.source,
+            "pid": os.getpid(),
             "health": "ok" if why is None else f"unhealthy: {why}",
             "uptime_s": round(time.monotonic() - self._started, 1),
             "sensors": hw.describe() if hw else {},
             "values": {k: v for k, v in self.values.items()},
             "actuators": {n: p.value for n, p in (hw.outputs.items() if hw else [])},
-            "outbox": {"pending": len(self.outbox.pending()), "sent": self.outbox.sent, "failed": self.outbox.failed,
-                       "last_error": self.outbox.last_error},
+            "outbox": {
+                "pending": len(self.outbox.pending()),
+                "sent": self.outbox.sent,
+                "failed": self.outbox.failed,
+                "last_error": self.outbox.last_error,
+            },
             "indoubt": dict(self.indoubt, open=self.effects.open),
             "ledger": self._ledger_status(),
             "actions": dict(self.pipeline.stats, backlog=self.pipeline.backlog),
@@ -535,9 +659,11 @@ class Daemon:
             "mqtt": ({"connected": hw.bridge.connected} if hw and hw.bridge else None),
             "control": {"served": self.control.served, "refused": self.control.refused},
             "ui": self.ui.describe() if self.ui is not None else None,
-            "policy": {"bundle": getattr(self.policy, "bundle_digest", None),
-                       "loaded": getattr(self.policy, "policy", None) is not None,
-                       "error": getattr(self.policy, "load_error", None)},
+            "policy": {
+                "bundle": getattr(self.policy, "bundle_digest", None),
+                "loaded": getattr(self.policy, "policy", None) is not None,
+                "error": getattr(self.policy, "load_error", None),
+            },
             **self.links.describe(),
             "last_reload_error": self.last_reload_error,
         }
@@ -545,8 +671,11 @@ class Daemon:
     def _ledger_status(self) -> dict[str, int]:
         """Records held, how many a signed checkpoint covers, and the first kept one (> 0 once pruned)."""
         cp = self.ledger.latest_checkpoint()
-        return {"size": self.ledger.size, "signed": cp.size if cp is not None else 0,
-                "first_seq": getattr(self.ledger, "first_seq", 0)}
+        return {
+            "size": self.ledger.size,
+            "signed": cp.size if cp is not None else 0,
+            "first_seq": getattr(self.ledger, "first_seq", 0),
+        }
 
     def _sim_chip(self) -> Any:
         if getattr(self.factory, "backend", None) != "sim":
@@ -571,8 +700,9 @@ class Daemon:
                 roles[factory.profile.resolve_pin(a.pin)] = ("output", a.name)
         for ref, (role, name) in roles.items():
             level = factory.chip(ref.chip).level(ref.line)
-            out.append({"pin": ref.name, "chip": ref.chip, "line": ref.line, "role": role, "name": name,
-                        "level": level})
+            out.append(
+                {"pin": ref.name, "chip": ref.chip, "line": ref.line, "role": role, "name": name, "level": level}
+            )
         return sorted(out, key=lambda d: (d["chip"], d["line"]))
 
     async def control_follow(self, since_seq: int, kind: str | None) -> AsyncIterator[dict[str, Any]]:
@@ -588,7 +718,7 @@ class Daemon:
             if len(batch) < 256:
                 try:
                     await asyncio.wait_for(self._new_records.wait(), 0.25)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     def _read_records(self, since: int, kind: str | None) -> list[Any]:

@@ -12,7 +12,8 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._internal.clock import STEP_TOLERANCE_S
 from ..errors import KestrelError
@@ -34,9 +35,14 @@ def next_due(s: Schedule, *, now: float) -> float:
     return s.cron.next_after(local).timestamp()
 
 
-async def run_schedules(config: Callable[[], DeviceConfig], fire: Callable[[Proposal], Any], *,
-                        clock: Callable[[], float] = time.time, values: Callable[[], dict[str, Any]] = dict,
-                        monotonic: Callable[[], float] = time.monotonic) -> None:
+async def run_schedules(
+    config: Callable[[], DeviceConfig],
+    fire: Callable[[Proposal], Any],
+    *,
+    clock: Callable[[], float] = time.time,
+    values: Callable[[], dict[str, Any]] = dict,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> None:
     """Fire each schedule of the current config when due; picks up a reloaded config within a second."""
     current: DeviceConfig | None = None
     due: dict[str, float] = {}  # every: monotonic seconds; cron: wall-clock seconds
@@ -59,6 +65,7 @@ async def run_schedules(config: Callable[[], DeviceConfig], fire: Callable[[Prop
                     fire(schedule_proposal(s, values()))
                 except KestrelError as exc:
                     log.warning("schedule %s: %s", s.name, exc.message)
-        wait = min([due[s.name] - (monotonic() if s.every_s is not None else clock()) for s in cfg.schedules],
-                   default=1.0)
+        wait = min(
+            [due[s.name] - (monotonic() if s.every_s is not None else clock()) for s in cfg.schedules], default=1.0
+        )
         await asyncio.sleep(min(1.0, max(0.001, wait)))

@@ -26,8 +26,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any
 
 from .._internal.clock import StepWatch
 from .._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
@@ -47,9 +48,17 @@ DECISION_BUDGET_S = 0.05  # a decision that takes longer is a deny (policy_timeo
 class PolicyEngine:
     """``decide(action, args)`` evaluates against the active policy and records the decision."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], ledger: Any, *, source: PolicySource | None = None,
-                 clock: Callable[[], float] = time.time, recheck_s: float = 0.0,
-                 budget_s: float = DECISION_BUDGET_S, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        ledger: Any,
+        *,
+        source: PolicySource | None = None,
+        clock: Callable[[], float] = time.time,
+        recheck_s: float = 0.0,
+        budget_s: float = DECISION_BUDGET_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._state_dir = Path(state_dir)
         self.source = source if source is not None else default_source(self._state_dir)
         self._ledger = ledger
@@ -121,29 +130,36 @@ class PolicyEngine:
                 self._save_state()
             now = self._clock()
             deadline = self._monotonic() + self._budget_s
-            decision = evaluate(self.policy, request, self._state, now,
-                                expired=lambda: self._monotonic() > deadline)
+            decision = evaluate(self.policy, request, self._state, now, expired=lambda: self._monotonic() > deadline)
             if decision.allowed and decision.rate_key is not None and self.policy is not None:
                 self._state = self._state.record(decision, now, horizon=self.policy.rate_windows)
                 self._save_state()
         return self._record(decision)
 
     def _invalid(self, action: str, args: Mapping[str, Any] | None, exc: ArgsError) -> Decision:
-        return make_decision(False, action, INVALID_ARGS, f"invalid arguments: {exc.message}"[:500],
-                             self.policy.digest if self.policy is not None else NO_POLICY_DIGEST,
-                             args_digest(args if isinstance(args, Mapping) else {}))
+        return make_decision(
+            False,
+            action,
+            INVALID_ARGS,
+            f"invalid arguments: {exc.message}"[:500],
+            self.policy.digest if self.policy is not None else NO_POLICY_DIGEST,
+            args_digest(args if isinstance(args, Mapping) else {}),
+        )
 
     def _record(self, decision: Decision) -> Decision:
         action = decision.action
-        self._ledger.append("policy.decision", {
-            "action": action,
-            "args_digest": decision.args_digest,
-            "decision": "allow" if decision.allowed else "deny",
-            "rule": decision.rule,
-            "reason": decision.reason if self.load_error is None else f"{decision.reason} ({self.load_error})",
-            "policy": decision.policy_digest,
-            "bundle": self.bundle_digest,
-        })
+        self._ledger.append(
+            "policy.decision",
+            {
+                "action": action,
+                "args_digest": decision.args_digest,
+                "decision": "allow" if decision.allowed else "deny",
+                "rule": decision.rule,
+                "reason": decision.reason if self.load_error is None else f"{decision.reason} ({self.load_error})",
+                "policy": decision.policy_digest,
+                "bundle": self.bundle_digest,
+            },
+        )
         return decision
 
     # -- rate state -----------------------------------------------------------
@@ -164,9 +180,15 @@ class PolicyEngine:
 
     def _save_state(self) -> None:
         ensure_private_dir(self._rate_path.parent)
-        data = json.dumps({"format": 1, "saturated_until": self._state.saturated_until,
-                           "hits": {k: list(v) for k, v in self._state.hits.items()}},
-                          sort_keys=True, separators=(",", ":")).encode()
+        data = json.dumps(
+            {
+                "format": 1,
+                "saturated_until": self._state.saturated_until,
+                "hits": {k: list(v) for k, v in self._state.hits.items()},
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
         atomic_write(self._rate_path, data)
 
 
