@@ -23,11 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from firstboot_settings import BUNDLE_SUFFIX, DEVICE_FILE, MAX_INPUT_BYTES, OWNER_FILE, BootInputs, parse_boot_inputs
+
 from kestrel._internal.fsutil import atomic_write, fsync_dir
 from kestrel.errors import DataError, KestrelError, TransportError, UsageError
-
-from firstboot_settings import (BUNDLE_SUFFIX, DEVICE_FILE, MAX_INPUT_BYTES, OWNER_FILE, BootInputs,
-                      parse_boot_inputs)
 
 RECEIPT = "complete.json"
 RECEIPT_FORMAT = "kestrel-firstboot-receipt/1"
@@ -52,8 +51,9 @@ class Layout:
     data_partition: bool = False
 
     state = property(lambda self: self.root / "var/lib/kestrel")
-    work = property(lambda self: self.state / WORK_NAME if self.data_partition
-                    else self.root / "var/lib/kestrel-firstboot")
+    work = property(
+        lambda self: self.state / WORK_NAME if self.data_partition else self.root / "var/lib/kestrel-firstboot"
+    )
     staged = property(lambda self: self.work / "state")
     inputs = property(lambda self: self.work / "inputs")
     config = property(lambda self: self.root / "etc/kestrel/device.yaml")
@@ -74,13 +74,15 @@ def read_boot_inputs(boot: Path) -> BootInputs:
                 if not entry.is_file() or entry.is_symlink():
                     raise DataError(f"{entry} is not a regular file", hint="replace it with a regular file")
                 if entry.stat().st_size > MAX_INPUT_BYTES:
-                    raise DataError(f"{entry} is larger than {MAX_INPUT_BYTES} bytes",
-                                    hint="remove it from the boot partition")
+                    raise DataError(
+                        f"{entry} is larger than {MAX_INPUT_BYTES} bytes", hint="remove it from the boot partition"
+                    )
                 try:
                     files[entry.name] = entry.read_bytes()
                 except OSError as exc:
-                    raise TransportError(f"cannot read {entry}: {exc.strerror}",
-                                         hint="check the SD card (fsck the boot partition)") from None
+                    raise TransportError(
+                        f"cannot read {entry}: {exc.strerror}", hint="check the SD card (fsck the boot partition)"
+                    ) from None
     return parse_boot_inputs(files, where=str(boot))
 
 
@@ -91,9 +93,10 @@ def machine_id(layout: Layout, override: str | None) -> str:
     except OSError:
         value = ""
     if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
-        raise TransportError(f"{path} holds no machine id ({value[:40]!r})",
-                             hint="first boot must run after systemd has set the machine id "
-                             "(systemd-machine-id-setup --commit)")
+        raise TransportError(
+            f"{path} holds no machine id ({value[:40]!r})",
+            hint="first boot must run after systemd has set the machine id (systemd-machine-id-setup --commit)",
+        )
     return value
 
 
@@ -109,8 +112,10 @@ def run_tool(cmd: list[str], *, what: str, env: dict[str, str] | None = None) ->
     try:
         proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     except OSError as exc:
-        raise TransportError(f"cannot run {cmd[0]} to {what}: {exc.strerror}",
-                             hint="is the image's Kestrel installation complete? (/opt/kestrel)") from None
+        raise TransportError(
+            f"cannot run {cmd[0]} to {what}: {exc.strerror}",
+            hint="is the image's Kestrel installation complete? (/opt/kestrel)",
+        ) from None
     if proc.returncode != 0:
         err = TransportError if proc.returncode == 3 else DataError
         detail = (proc.stderr.strip() or proc.stdout.strip() or "no message").replace("\n", "\n    ")
@@ -121,8 +126,7 @@ def run_tool(cmd: list[str], *, what: str, env: dict[str, str] | None = None) ->
 
 
 def cli_env(opts: argparse.Namespace) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KESTREL_STATE", "KESTREL_TCTI", "KESTREL_PASSPHRASE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("KESTREL_STATE", "KESTREL_TCTI", "KESTREL_PASSPHRASE")}
     if opts.machine_id_file:
         env["KESTREL_MACHINE_ID_FILE"] = opts.machine_id_file
     return env
@@ -150,15 +154,18 @@ def choose_tcti(opts: argparse.Namespace, keystore: str) -> str | None:
     if os.path.exists(opts.tpm_device):
         return f"device:{opts.tpm_device}"
     if keystore == "tpm":
-        raise TransportError(f"owner.json asks for a TPM key but {opts.tpm_device} does not exist",
-                             hint="enable the TPM (e.g. dtoverlay=tpm-slb9670 in config.txt) or set "
-                             "\"keystore\": \"auto\"")
+        raise TransportError(
+            f"owner.json asks for a TPM key but {opts.tpm_device} does not exist",
+            hint='enable the TPM (e.g. dtoverlay=tpm-slb9670 in config.txt) or set "keystore": "auto"',
+        )
     board, tcti = expected_tpm(opts.model_path)
     if tcti:  # a profile that names a TPM: say loudly that this card's key is not in one
-        log(f"warning: the board profile {board} expects a TPM ({tcti}) but {opts.tpm_device} does not exist; "
+        log(
+            f"warning: the board profile {board} expects a TPM ({tcti}) but {opts.tpm_device} does not exist; "
             "the identity is created in the machine-bound file keystore instead. To use the TPM, fix it "
             "(TPM HAT, dtoverlay, the kestrel-vtpm service of the lab image) before the first boot, or set "
-            "\"keystore\": \"tpm\" in owner.json to refuse to provision without one")
+            '"keystore": "tpm" in owner.json to refuse to provision without one'
+        )
     return None
 
 
@@ -202,16 +209,33 @@ def build_state(layout: Layout, inputs: BootInputs, opts: argparse.Namespace) ->
             cmd += ["--group", group]
         run_tool(cmd, what="install the trust root and device groups", env=env)
     for fname, _ in inputs.bundles:  # verified now; applied after the receipt (the TPM counter moves then)
-        run_tool([opts.kestrel, "bundle", "verify", "--state", str(layout.staged), str(layout.inputs / fname)],
-                 what=f"verify the bundle {fname}", env=env)
-    shown = run_tool([opts.kestrel, "identity", "show", "--json", "--state", str(layout.staged)],
-                     what="read the new identity", env=env)
+        run_tool(
+            [opts.kestrel, "bundle", "verify", "--state", str(layout.staged), str(layout.inputs / fname)],
+            what=f"verify the bundle {fname}",
+            env=env,
+        )
+    shown = run_tool(
+        [opts.kestrel, "identity", "show", "--json", "--state", str(layout.staged)],
+        what="read the new identity",
+        env=env,
+    )
     ident = json.loads(shown)
-    agent = {"format": "kestrel-agent/1", "did": ident["did"], "name": ident["name"],
-             "algorithm": ident["algorithm"], "backend": ident["backend"], "protection": ident["protection"],
-             "created_at": ident["created_at"], "board": detect_board(opts.model_path)}
-    receipt = {"format": RECEIPT_FORMAT, "agent": agent, "consumed": dict(inputs.digests),
-               "bundle": inputs.bundles[0][0] if inputs.bundles else None}
+    agent = {
+        "format": "kestrel-agent/1",
+        "did": ident["did"],
+        "name": ident["name"],
+        "algorithm": ident["algorithm"],
+        "backend": ident["backend"],
+        "protection": ident["protection"],
+        "created_at": ident["created_at"],
+        "board": detect_board(opts.model_path),
+    }
+    receipt = {
+        "format": RECEIPT_FORMAT,
+        "agent": agent,
+        "consumed": dict(inputs.digests),
+        "bundle": inputs.bundles[0][0] if inputs.bundles else None,
+    }
     atomic_write(layout.work / RECEIPT, (json.dumps(receipt, indent=2, sort_keys=True) + "\n").encode())
     fsync_dir(layout.work)
     return receipt
@@ -221,8 +245,10 @@ def chown_tree(top: Path, user: str) -> None:
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
-        raise UsageError(f"no user {user!r} on this system",
-                         hint="the image creates it with systemd-sysusers (usr/lib/sysusers.d/kestrel.conf)") from None
+        raise UsageError(
+            f"no user {user!r} on this system",
+            hint="the image creates it with systemd-sysusers (usr/lib/sysusers.d/kestrel.conf)",
+        ) from None
     for dirpath, dirnames, filenames in os.walk(top):
         for entry in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
             os.lchown(entry, pw.pw_uid, pw.pw_gid)
@@ -273,9 +299,11 @@ def check_state_empty(state: Path, *, partition: bool = False) -> None:
     On a data partition, its lost+found and the work directory do not count."""
     ignored = IGNORED_IN_PARTITION if partition else ()
     if state.exists() and any(e.name not in ignored for e in state.iterdir()):
-        raise DataError(f"{state} is not empty but holds no identity; refusing to mix it with a new one",
-                        hint="move its contents away (nothing is deleted), then reboot or rerun "
-                        "`systemctl start kestrel-firstboot`")
+        raise DataError(
+            f"{state} is not empty but holds no identity; refusing to mix it with a new one",
+            hint="move its contents away (nothing is deleted), then reboot or rerun "
+            "`systemctl start kestrel-firstboot`",
+        )
 
 
 def commit_state(layout: Layout, user: str) -> None:
@@ -304,9 +332,12 @@ def check_free_space(layout: Layout) -> None:
     free = st.f_bavail * st.f_frsize
     if free < MIN_FREE_BYTES:
         what = "the data partition (KESTREL_DATA)" if layout.data_partition else "the file system"
-        raise TransportError(f"{what} holding {layout.state} is full: {free >> 10} KiB free, first boot needs "
-                             f"{MIN_FREE_BYTES >> 20} MiB", hint="free space on it (nothing was provisioned and "
-                             "nothing is deleted), then reboot or run `systemctl start kestrel-firstboot`")
+        raise TransportError(
+            f"{what} holding {layout.state} is full: {free >> 10} KiB free, first boot needs "
+            f"{MIN_FREE_BYTES >> 20} MiB",
+            hint="free space on it (nothing was provisioned and "
+            "nothing is deleted), then reboot or run `systemctl start kestrel-firstboot`",
+        )
 
 
 def commit_into_partition(layout: Layout, user: str) -> None:
@@ -329,8 +360,11 @@ def commit_into_partition(layout: Layout, user: str) -> None:
 def apply_bundle(layout: Layout, fname: str, opts: argparse.Namespace) -> None:
     """``kestrel ota apply``; re-applying the active bundle changes nothing, so a resumed boot may repeat it."""
     log(f"applying {fname}")
-    run_tool([opts.kestrel, "ota", "apply", "--state", str(layout.staged), str(layout.inputs / fname)],
-             what=f"apply the bundle {fname}", env=cli_env(opts))
+    run_tool(
+        [opts.kestrel, "ota", "apply", "--state", str(layout.staged), str(layout.inputs / fname)],
+        what=f"apply the bundle {fname}",
+        env=cli_env(opts),
+    )
 
 
 def finish(layout: Layout, receipt: dict, opts: argparse.Namespace) -> None:
@@ -371,20 +405,28 @@ def write_boot_file(boot: Path, fname: str, data: bytes) -> None:
 def read_receipt(path: Path) -> dict:
     try:
         receipt = json.loads(path.read_bytes())
-        if (not isinstance(receipt, dict) or receipt.get("format") != RECEIPT_FORMAT
-                or not isinstance(receipt.get("consumed"), dict) or "bundle" not in receipt
-                or not isinstance(receipt.get("agent"), dict) or "did" not in receipt["agent"]):
+        if (
+            not isinstance(receipt, dict)
+            or receipt.get("format") != RECEIPT_FORMAT
+            or not isinstance(receipt.get("consumed"), dict)
+            or "bundle" not in receipt
+            or not isinstance(receipt.get("agent"), dict)
+            or "did" not in receipt["agent"]
+        ):
             raise ValueError("unexpected contents")
     except ValueError as exc:
-        raise DataError(f"{path} is damaged ({exc})",
-                        hint=f"delete {path.parent} to provision from scratch (the boot partition may no "
-                        "longer hold the owner's files: put them back first)") from None
+        raise DataError(
+            f"{path} is damaged ({exc})",
+            hint=f"delete {path.parent} to provision from scratch (the boot partition may no "
+            "longer hold the owner's files: put them back first)",
+        ) from None
     return receipt
 
 
 def provision(opts: argparse.Namespace) -> int:
-    partition = (opts.data_partition == "yes"
-                 or (opts.data_partition == "auto" and os.path.ismount(opts.root / "var/lib/kestrel")))
+    partition = opts.data_partition == "yes" or (
+        opts.data_partition == "auto" and os.path.ismount(opts.root / "var/lib/kestrel")
+    )
     layout = Layout(root=opts.root, boot=opts.boot, data_partition=partition)
     if (layout.state / "identity").exists():
         log(f"{layout.state} already has an identity; nothing to do (it is never replaced)")
@@ -404,8 +446,10 @@ def provision(opts: argparse.Namespace) -> int:
         check_state_empty(layout.state, partition=layout.data_partition)
         inputs = read_boot_inputs(layout.boot)
         if inputs.owner is None:
-            log(f"warning: no {layout.boot / OWNER_FILE}: the agent has no owner keys and no policy can be "
-                "installed until `kestrel trust init` is run on the device")
+            log(
+                f"warning: no {layout.boot / OWNER_FILE}: the agent has no owner keys and no policy can be "
+                "installed until `kestrel trust init` is run on the device"
+            )
         try:
             receipt = build_state(layout, inputs, opts)
         except BaseException:
@@ -418,8 +462,9 @@ def provision(opts: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kestrel-firstboot", description=__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, default=Path("/"), help="system root (tests: a directory)")
-    p.add_argument("--boot", type=Path, default=Path("/boot/firmware/kestrel"),
-                   help="the owner's directory on the boot partition")
+    p.add_argument(
+        "--boot", type=Path, default=Path("/boot/firmware/kestrel"), help="the owner's directory on the boot partition"
+    )
     p.add_argument("--kestrel", default="/opt/kestrel/bin/kestrel", help="the kestrel command")
     p.add_argument("--user", default="kestrel", help="owner of the state directory")
     p.add_argument("--tpm-device", default="/dev/tpmrm0")
@@ -427,8 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-path", default="/proc/device-tree/model", help="device-tree model (board detection)")
     p.add_argument("--machine-id-file", help="machine id for the machine-bound keystore (tests)")
     p.add_argument("--no-start", action="store_true", help="enable kestrel.service but do not start it")
-    p.add_argument("--data-partition", choices=("auto", "yes", "no"), default="auto",
-                   help="is /var/lib/kestrel the data partition's mount point? (auto: look)")
+    p.add_argument(
+        "--data-partition",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="is /var/lib/kestrel the data partition's mount point? (auto: look)",
+    )
     opts = p.parse_args(argv)
     try:
         return provision(opts)
@@ -436,18 +485,22 @@ def main(argv: list[str] | None = None) -> int:
         failure: KestrelError = exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            failure = TransportError(f"no space left on the device writing {exc.filename or 'the state'}",
-                                     hint="the data partition (KESTREL_DATA, mounted at /var/lib/kestrel) is full: "
-                                     "free space on it (nothing was provisioned), then reboot or run "
-                                     "`systemctl start kestrel-firstboot`")
+            failure = TransportError(
+                f"no space left on the device writing {exc.filename or 'the state'}",
+                hint="the data partition (KESTREL_DATA, mounted at /var/lib/kestrel) is full: "
+                "free space on it (nothing was provisioned), then reboot or run "
+                "`systemctl start kestrel-firstboot`",
+            )
         else:
-            failure = TransportError(f"{exc.filename or 'I/O'}: {exc.strerror}",
-                                     hint="check the SD card and the root file system")
+            failure = TransportError(
+                f"{exc.filename or 'I/O'}: {exc.strerror}", hint="check the SD card and the root file system"
+            )
     message = f"kestrel-firstboot failed: {failure}"
     print(message, file=sys.stderr, flush=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_boot_file(opts.boot, ERROR_FILE, f"{stamp} {message}\n".encode())
     return failure.exit_code
+
 
 if __name__ == "__main__":
     sys.exit(main())

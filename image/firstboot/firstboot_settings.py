@@ -65,6 +65,7 @@ def sha256_hex(data: bytes) -> str:
 
 def parse_owner_file(data: bytes, *, source: str = OWNER_FILE) -> OwnerSettings:
     """Parse ``owner.json`` strictly: unknown or duplicate keys, wrong types are refused."""
+
     def fail(message: str) -> ConfigError:
         return ConfigError(message, path=source, hint=_HINT)
 
@@ -78,39 +79,54 @@ def parse_owner_file(data: bytes, *, source: str = OWNER_FILE) -> OwnerSettings:
     known = {"format", "owners", "threshold", "name", "groups", "keystore"}
     unknown = sorted(set(obj) - known)
     if unknown:
-        raise ConfigError(f"unknown key(s): {', '.join(unknown)}", path=source, key=unknown[0],
-                          hint=f"allowed keys: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown key(s): {', '.join(unknown)}",
+            path=source,
+            key=unknown[0],
+            hint=f"allowed keys: {', '.join(sorted(known))}",
+        )
     if obj.get("format") != OWNER_FORMAT:
-        raise ConfigError(f"format must be {OWNER_FORMAT!r}, got {obj.get('format')!r}", path=source,
-                          key="format", hint=_HINT)
+        raise ConfigError(
+            f"format must be {OWNER_FORMAT!r}, got {obj.get('format')!r}", path=source, key="format", hint=_HINT
+        )
     owners = obj.get("owners")
     if not isinstance(owners, list) or not owners or not all(isinstance(o, str) for o in owners):
-        raise ConfigError("owners must be a non-empty list of did:key strings", path=source, key="owners",
-                          hint="`kestrel owner show` prints an owner's did:key")
+        raise ConfigError(
+            "owners must be a non-empty list of did:key strings",
+            path=source,
+            key="owners",
+            hint="`kestrel owner show` prints an owner's did:key",
+        )
     bad = [o for o in owners if not o.startswith("did:key:z")]
     if bad:
-        raise ConfigError(f"not a did:key: {bad[0]!r}", path=source, key="owners",
-                          hint="`kestrel owner show` prints an owner's did:key")
+        raise ConfigError(
+            f"not a did:key: {bad[0]!r}",
+            path=source,
+            key="owners",
+            hint="`kestrel owner show` prints an owner's did:key",
+        )
     if len(set(owners)) != len(owners):
         raise ConfigError("the same owner key is listed twice", path=source, key="owners", hint=_HINT)
     threshold = obj.get("threshold", 1)
     if type(threshold) is not int or not 1 <= threshold <= len(owners):
-        raise ConfigError(f"threshold must be an integer from 1 to {len(owners)} (the number of owners)",
-                          path=source, key="threshold", hint=_HINT)
+        raise ConfigError(
+            f"threshold must be an integer from 1 to {len(owners)} (the number of owners)",
+            path=source,
+            key="threshold",
+            hint=_HINT,
+        )
     name = obj.get("name")
     if name is not None and (not isinstance(name, str) or not _NAME_RE.match(name)):
-        raise ConfigError("name must be 1-63 letters, digits, '.', '_' or '-'", path=source, key="name",
-                          hint=_HINT)
+        raise ConfigError("name must be 1-63 letters, digits, '.', '_' or '-'", path=source, key="name", hint=_HINT)
     groups = obj.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) and _GROUP_RE.match(g) for g in groups):
-        raise ConfigError("groups must be a list of lower-case group names", path=source, key="groups",
-                          hint=_HINT)
+        raise ConfigError("groups must be a list of lower-case group names", path=source, key="groups", hint=_HINT)
     keystore = obj.get("keystore", "auto")
     if keystore not in _KEYSTORES:
-        raise ConfigError(f"keystore must be one of {', '.join(_KEYSTORES)}", path=source, key="keystore",
-                          hint=_HINT)
-    return OwnerSettings(owners=tuple(owners), threshold=threshold, name=name,
-                         groups=tuple(sorted(set(groups))), keystore=keystore)
+        raise ConfigError(f"keystore must be one of {', '.join(_KEYSTORES)}", path=source, key="keystore", hint=_HINT)
+    return OwnerSettings(
+        owners=tuple(owners), threshold=threshold, name=name, groups=tuple(sorted(set(groups))), keystore=keystore
+    )
 
 
 def parse_boot_inputs(files: dict[str, bytes], *, where: str) -> BootInputs:
@@ -123,8 +139,10 @@ def parse_boot_inputs(files: dict[str, bytes], *, where: str) -> BootInputs:
 
     for fname, data in files.items():
         if len(data) > MAX_INPUT_BYTES:
-            raise DataError(f"{where}/{fname} is {len(data)} bytes, over the {MAX_INPUT_BYTES}-byte limit",
-                            hint="remove it from the boot partition")
+            raise DataError(
+                f"{where}/{fname} is {len(data)} bytes, over the {MAX_INPUT_BYTES}-byte limit",
+                hint="remove it from the boot partition",
+            )
     owner = None
     if OWNER_FILE in files:
         owner = parse_owner_file(files[OWNER_FILE], source=f"{where}/{OWNER_FILE}")
@@ -139,14 +157,19 @@ def parse_boot_inputs(files: dict[str, bytes], *, where: str) -> BootInputs:
     for fname in sorted(files):
         if fname.endswith(BUNDLE_SUFFIX):
             if not _BUNDLE_RE.match(fname):
-                raise DataError(f"{where}/{fname}: bundle file names use letters, digits, '.', '_', '-'",
-                                hint="rename the file")
+                raise DataError(
+                    f"{where}/{fname}: bundle file names use letters, digits, '.', '_', '-'", hint="rename the file"
+                )
             bundles.append((fname, files[fname]))
     if len(bundles) > 1:
-        raise DataError(f"{where} holds {len(bundles)} bundles; first boot applies one",
-                        hint="keep only the newest bundle (the highest counter) on the boot partition")
+        raise DataError(
+            f"{where} holds {len(bundles)} bundles; first boot applies one",
+            hint="keep only the newest bundle (the highest counter) on the boot partition",
+        )
     if bundles and owner is None:
-        raise DataError(f"{where} holds a bundle but no {OWNER_FILE}: nobody could have signed it for this "
-                        "device", hint=f"add {OWNER_FILE} with the owner keys that signed the bundle")
+        raise DataError(
+            f"{where} holds a bundle but no {OWNER_FILE}: nobody could have signed it for this device",
+            hint=f"add {OWNER_FILE} with the owner keys that signed the bundle",
+        )
     digests = tuple((fname, sha256_hex(files[fname])) for fname in sorted(files))
     return BootInputs(owner=owner, device_yaml=device_yaml, bundles=tuple(bundles), digests=digests)

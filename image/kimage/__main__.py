@@ -25,12 +25,15 @@ def source_date_epoch(repo: Path) -> int:
     if os.environ.get("SOURCE_DATE_EPOCH"):
         return int(os.environ["SOURCE_DATE_EPOCH"])
     try:
-        out = subprocess.run(["git", "-C", str(repo), "log", "-1", "--format=%ct"], check=True,
-                             capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(
+            ["git", "-C", str(repo), "log", "-1", "--format=%ct"], check=True, capture_output=True, text=True
+        ).stdout.strip()
         return int(out)
     except (OSError, subprocess.CalledProcessError, ValueError):
-        raise BuildError("cannot read the commit time for SOURCE_DATE_EPOCH",
-                         hint="set SOURCE_DATE_EPOCH or build from a git checkout") from None
+        raise BuildError(
+            "cannot read the commit time for SOURCE_DATE_EPOCH",
+            hint="set SOURCE_DATE_EPOCH or build from a git checkout",
+        ) from None
 
 
 def split_boot(rootfs: Path, bootfs: Path, runner: Runner) -> None:
@@ -42,8 +45,10 @@ def split_boot(rootfs: Path, bootfs: Path, runner: Runner) -> None:
     if bootfs.exists() and src.is_dir() and not any(src.iterdir()):
         return  # done by an earlier run
     if not src.is_dir() or not any(src.iterdir()):
-        raise BuildError(f"{src} is empty: the raspi-firmware package put nothing there",
-                         hint="rerun the rootfs stage (remove the .rootfs-done stamp)")
+        raise BuildError(
+            f"{src} is empty: the raspi-firmware package put nothing there",
+            hint="rerun the rootfs stage (remove the .rootfs-done stamp)",
+        )
     shutil.rmtree(bootfs, ignore_errors=True)
     os.rename(src, bootfs)
     src.mkdir(mode=0o755)
@@ -52,16 +57,28 @@ def split_boot(rootfs: Path, bootfs: Path, runner: Runner) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="image/build.sh", description=__doc__)
     p.add_argument("--board", default="rpi4", choices=sorted(BOARDS))
-    p.add_argument("--stage", default="all", choices=STAGES + ("overlay",),
-                   help="rootfs-overlay (no root, no network), rootfs, image, or all (default)")
+    p.add_argument(
+        "--stage",
+        default="all",
+        choices=STAGES + ("overlay",),
+        help="rootfs-overlay (no root, no network), rootfs, image, or all (default)",
+    )
     p.add_argument("--out", type=Path, help="output directory (default: the cache's out/)")
-    p.add_argument("--cached-only", action="store_true",
-                   help="build only from the host cache: no download, no compile (exit 75 if something is missing)")
-    p.add_argument("--cache", type=Path, help="host cache of debs, wheels, base systems (default "
-                   "$KESTREL_IMAGE_CACHE or /var/cache/kestrel-image)")
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="build only from the host cache: no download, no compile (exit 75 if something is missing)",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        help="host cache of debs, wheels, base systems (default $KESTREL_IMAGE_CACHE or /var/cache/kestrel-image)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands of the stages; run nothing")
-    p.add_argument("--ref", help="build Kestrel from this git commit (default: the work tree, tracked and "
-                   "untracked non-ignored files)")
+    p.add_argument(
+        "--ref",
+        help="build Kestrel from this git commit (default: the work tree, tracked and untracked non-ignored files)",
+    )
     p.add_argument("--extras", default=",".join(DEFAULT_EXTRAS), help="Kestrel extras installed in /opt/kestrel")
     p.add_argument("--suite", default="bookworm")
     p.add_argument("--mirror", default=DEFAULT_MIRROR)
@@ -80,13 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         if stage in ("rootfs-overlay", "all"):
             build_overlay(REPO, overlay, board=board, runner=runner, epoch=epoch, ref=args.ref, extras=extras)
         if stage == "rootfs" and board.flash == "l4t":
-            raise BuildError(f"{board.name} runs NVIDIA's L4T root file system, not one built here", exit_code=64,
-                             hint="use --stage rootfs-overlay or all (overlay tarball) and docs/image.md, 'Jetson'")
+            raise BuildError(
+                f"{board.name} runs NVIDIA's L4T root file system, not one built here",
+                exit_code=64,
+                hint="use --stage rootfs-overlay or all (overlay tarball) and docs/image.md, 'Jetson'",
+            )
         if stage in ("rootfs", "all") and board.flash == "sd":
             if not runner.dry_run and not overlay.is_dir():
                 raise BuildError(f"{overlay} does not exist", hint="run --stage rootfs-overlay first")
-            build_rootfs(out, overlay=overlay, board=board, runner=runner, suite=args.suite, mirror=args.mirror,
-                         cache=cache)
+            build_rootfs(
+                out, overlay=overlay, board=board, runner=runner, suite=args.suite, mirror=args.mirror, cache=cache
+            )
         if stage in ("image", "all"):
             build_image(out, board=board, runner=runner, epoch=epoch)
     except BuildError as exc:
@@ -104,9 +125,22 @@ def build_image(out: Path, *, board, runner: Runner, epoch: int) -> None:
         runner.say(f"stage image: {board.name} is flashed with NVIDIA's L4T tools; writing the overlay tarball")
         if not runner.dry_run and not (out / "overlay").is_dir():
             raise BuildError(f"{out / 'overlay'} does not exist", hint="run --stage rootfs-overlay first")
-        runner.run(["tar", "--numeric-owner", "--owner=0", "--group=0", "--sort=name", f"--mtime=@{epoch}",
-                    "-C", str(out / "overlay"), "-cf", str(out / f"kestrel-{board.name}-overlay.tar"), "."],
-                   what="write the overlay tarball for L4T")
+        runner.run(
+            [
+                "tar",
+                "--numeric-owner",
+                "--owner=0",
+                "--group=0",
+                "--sort=name",
+                f"--mtime=@{epoch}",
+                "-C",
+                str(out / "overlay"),
+                "-cf",
+                str(out / f"kestrel-{board.name}-overlay.tar"),
+                ".",
+            ],
+            what="write the overlay tarball for L4T",
+        )
         return
     runner.need_root("image")
     if not runner.dry_run and not (out / ".rootfs-done").exists():
@@ -115,8 +149,15 @@ def build_image(out: Path, *, board, runner: Runner, epoch: int) -> None:
     split_boot(rootfs, bootfs, runner)
     img = out / f"kestrel-{board.name}.img"
     runner.say(f"stage image: {img}")
-    assemble_image(bootfs, rootfs, img, layout=DiskLayout(board.boot_mib, board.root_mib, board.data_mib), runner=runner,
-                   epoch=epoch, seed=f"kestrel-{board.name}-{epoch}")
+    assemble_image(
+        bootfs,
+        rootfs,
+        img,
+        layout=DiskLayout(board.boot_mib, board.root_mib, board.data_mib),
+        runner=runner,
+        epoch=epoch,
+        seed=f"kestrel-{board.name}-{epoch}",
+    )
     runner.say(f"wrote {img} (flash it: docs/image.md)")
 
 

@@ -32,7 +32,7 @@ class Cache:
     cached_only: bool = False  # build only from what is cached: no downloads, no compiling
 
     @classmethod
-    def from_env(cls, override: Path | None = None, *, cached_only: bool = False) -> "Cache":
+    def from_env(cls, override: Path | None = None, *, cached_only: bool = False) -> Cache:
         root = Path(override or os.environ.get("KESTREL_IMAGE_CACHE") or DEFAULT_CACHE).resolve()
         return cls(root, cached_only)
 
@@ -41,8 +41,11 @@ class Cache:
         if self.cached_only:
             from .steps import BuildError
 
-            raise BuildError(f"{what} is not in the cache {self.root}", exit_code=75,
-                             hint="build once with network: ./dev image --board qemu-arm64 (or ./dev image-test)")
+            raise BuildError(
+                f"{what} is not in the cache {self.root}",
+                exit_code=75,
+                hint="build once with network: ./dev image --board qemu-arm64 (or ./dev image-test)",
+            )
 
     debs = property(lambda self: self.root / "debs")
     wheels = property(lambda self: self.root / "wheels" / "cp311-aarch64")

@@ -34,8 +34,11 @@ class DiskLayout:
 
     def __post_init__(self) -> None:
         if self.boot_mib < 64 or self.root_mib < 16 or 0 < self.data_mib < 16:
-            raise BuildError(f"partitions too small (boot {self.boot_mib} MiB, root {self.root_mib} MiB)",
-                             hint="FAT32 boot needs at least 64 MiB, root at least 16 MiB", exit_code=64)
+            raise BuildError(
+                f"partitions too small (boot {self.boot_mib} MiB, root {self.root_mib} MiB)",
+                hint="FAT32 boot needs at least 64 MiB, root at least 16 MiB",
+                exit_code=64,
+            )
 
     @property
     def boot_offset(self) -> int:
@@ -55,10 +58,12 @@ class DiskLayout:
 
     def sfdisk_script(self, *, disk_id: str) -> str:
         sectors = MIB // 512
-        return (f"label: dos\nlabel-id: 0x{disk_id}\nunit: sectors\n\n"
-                f"start={self.first_mib * sectors}, size={self.boot_mib * sectors}, type=c, bootable\n"
-                f"start={(self.first_mib + self.boot_mib) * sectors}, size={self.root_mib * sectors}, type=83\n"
-                + (f"start={self.data_offset // 512}, size={self.data_mib * sectors}, type=83\n" if self.data_mib else ""))
+        return (
+            f"label: dos\nlabel-id: 0x{disk_id}\nunit: sectors\n\n"
+            f"start={self.first_mib * sectors}, size={self.boot_mib * sectors}, type=c, bootable\n"
+            f"start={(self.first_mib + self.boot_mib) * sectors}, size={self.root_mib * sectors}, type=83\n"
+            + (f"start={self.data_offset // 512}, size={self.data_mib * sectors}, type=83\n" if self.data_mib else "")
+        )
 
 
 def ids_for(seed: str) -> tuple[str, str, str]:
@@ -79,18 +84,45 @@ def owner_ids(root_dir: Path, user: str = "kestrel") -> tuple[int, int]:
     return 0, 0
 
 
-def make_data_fs(path: Path, *, size_mib: int, owner: tuple[int, int], uuid_: str, runner: Runner,
-                 env: dict[str, str], fill_from: Path | None = None) -> None:
+def make_data_fs(
+    path: Path,
+    *,
+    size_mib: int,
+    owner: tuple[int, int],
+    uuid_: str,
+    runner: Runner,
+    env: dict[str, str],
+    fill_from: Path | None = None,
+) -> None:
     """The data partition's ext4 (label KESTREL_DATA): empty, its root owned by the daemon's user.
     ``fill_from`` (tests) puts a tree in it, e.g. a file that fills it."""
-    runner.run(["mkfs.ext4", "-q", "-F", "-t", "ext4", "-L", DATA_LABEL, "-U", uuid_, "-m", "0",
-                "-E", f"hash_seed={uuid_},root_owner={owner[0]}:{owner[1]}",
-                *(["-d", str(fill_from)] if fill_from else []), str(path), f"{size_mib}M"],
-               what="make the data ext4 file system", env=env)
+    runner.run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            DATA_LABEL,
+            "-U",
+            uuid_,
+            "-m",
+            "0",
+            "-E",
+            f"hash_seed={uuid_},root_owner={owner[0]}:{owner[1]}",
+            *(["-d", str(fill_from)] if fill_from else []),
+            str(path),
+            f"{size_mib}M",
+        ],
+        what="make the data ext4 file system",
+        env=env,
+    )
 
 
-def assemble_image(boot_dir: Path, root_dir: Path, img: Path, *, layout: DiskLayout, runner: Runner,
-                   epoch: int, seed: str) -> Path:
+def assemble_image(
+    boot_dir: Path, root_dir: Path, img: Path, *, layout: DiskLayout, runner: Runner, epoch: int, seed: str
+) -> Path:
     """Write ``img`` (replaced atomically) from the two trees; returns it. Idempotent."""
     runner.need_tools("sfdisk", "mkfs.vfat", "mcopy", "mkfs.ext4")
     if not runner.dry_run:
@@ -105,31 +137,68 @@ def assemble_image(boot_dir: Path, root_dir: Path, img: Path, *, layout: DiskLay
         work.mkdir(parents=True, exist_ok=True)
         for stale in (boot_fs, root_fs, data_fs, tmp_img):
             stale.unlink(missing_ok=True)
-    env = {"SOURCE_DATE_EPOCH": str(epoch), "E2FSPROGS_FAKE_TIME": str(epoch), "MTOOLS_SKIP_CHECK": "1",
-           "TZ": "UTC"}
-    runner.run(["mkfs.vfat", "-C", "-F", "32", "-n", BOOT_LABEL, "-i", vol_id, str(boot_fs),
-                str(layout.boot_mib * 1024)], what="make the boot FAT file system", env=env)
+    env = {"SOURCE_DATE_EPOCH": str(epoch), "E2FSPROGS_FAKE_TIME": str(epoch), "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC"}
+    runner.run(
+        ["mkfs.vfat", "-C", "-F", "32", "-n", BOOT_LABEL, "-i", vol_id, str(boot_fs), str(layout.boot_mib * 1024)],
+        what="make the boot FAT file system",
+        env=env,
+    )
     entries = sorted(boot_dir.iterdir()) if boot_dir.is_dir() else []
     if entries:
-        runner.run(["mcopy", "-s", "-p", "-m", "-Q", "-i", str(boot_fs), *map(str, entries), "::/"],
-                   what="copy the boot files", env=env)
-    runner.run(["mkfs.ext4", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-U", root_uuid,
-                "-E", f"hash_seed={root_uuid},root_owner=0:0", "-d", str(root_dir), str(root_fs),
-                f"{layout.root_mib}M"], what="make the root ext4 file system from the rootfs tree", env=env)
+        runner.run(
+            ["mcopy", "-s", "-p", "-m", "-Q", "-i", str(boot_fs), *map(str, entries), "::/"],
+            what="copy the boot files",
+            env=env,
+        )
+    runner.run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            ROOT_LABEL,
+            "-U",
+            root_uuid,
+            "-E",
+            f"hash_seed={root_uuid},root_owner=0:0",
+            "-d",
+            str(root_dir),
+            str(root_fs),
+            f"{layout.root_mib}M",
+        ],
+        what="make the root ext4 file system from the rootfs tree",
+        env=env,
+    )
     parts = [(boot_fs, layout.boot_offset), (root_fs, layout.root_offset)]
     if layout.data_mib:
         data_uuid = str(uuid.UUID(bytes=hashlib.sha256(f"{seed}-data".encode()).digest()[:16], version=4))
-        make_data_fs(data_fs, size_mib=layout.data_mib, owner=owner_ids(root_dir), uuid_=data_uuid,
-                     runner=runner, env=env)
+        make_data_fs(
+            data_fs, size_mib=layout.data_mib, owner=owner_ids(root_dir), uuid_=data_uuid, runner=runner, env=env
+        )
         parts.append((data_fs, layout.data_offset))
     if not runner.dry_run:
         with open(tmp_img, "wb") as fh:
             fh.truncate(layout.total_bytes)
-    runner.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(tmp_img)],
-               stdin=layout.sfdisk_script(disk_id=disk_id).encode(), what="write the partition table")
+    runner.run(
+        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(tmp_img)],
+        stdin=layout.sfdisk_script(disk_id=disk_id).encode(),
+        what="write the partition table",
+    )
     for part, offset in parts:
-        runner.run(["dd", f"if={part}", f"of={tmp_img}", "bs=1M", f"seek={offset // MIB}", "conv=notrunc,sparse",
-                    "status=none"], what=f"write {part.name} into the image")
+        runner.run(
+            [
+                "dd",
+                f"if={part}",
+                f"of={tmp_img}",
+                "bs=1M",
+                f"seek={offset // MIB}",
+                "conv=notrunc,sparse",
+                "status=none",
+            ],
+            what=f"write {part.name} into the image",
+        )
     if runner.dry_run:
         return img
     os.replace(tmp_img, img)

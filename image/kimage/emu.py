@@ -21,8 +21,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from .cache import Cache
 from .steps import BuildError, Runner
@@ -43,10 +43,18 @@ def qemu_user(cache: Cache, runner: Runner) -> Path:
     runner.need_tools("apt-get", "dpkg-deb")
     cache.tools.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kimage-qemu-", dir=cache.tools) as tmp:
-        apt = private_apt(cache, runner, name=f"apt-{QEMU_SUITE}", arch="amd64",
-                          sources=f"deb http://deb.debian.org/debian {QEMU_SUITE} main\n")
-        runner.run(["apt-get", *apt, "download", "qemu-user-static"], cwd=tmp,
-                   what=f"download Debian {QEMU_SUITE}'s qemu-user-static (for its qemu-aarch64-static only)")
+        apt = private_apt(
+            cache,
+            runner,
+            name=f"apt-{QEMU_SUITE}",
+            arch="amd64",
+            sources=f"deb http://deb.debian.org/debian {QEMU_SUITE} main\n",
+        )
+        runner.run(
+            ["apt-get", *apt, "download", "qemu-user-static"],
+            cwd=tmp,
+            what=f"download Debian {QEMU_SUITE}'s qemu-user-static (for its qemu-aarch64-static only)",
+        )
         (deb,) = Path(tmp).glob("qemu-user-static_*.deb")
         runner.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], what="unpack qemu-user-static (not installed)")
         shutil.copy2(f"{tmp}/x/usr/bin/qemu-aarch64-static", f"{target}.tmp")
@@ -61,9 +69,24 @@ def private_apt(cache: Cache, runner: Runner, *, name: str, arch: str, sources: 
         (d / sub).mkdir(parents=True, exist_ok=True)
     (d / "etc/sources.list").write_text(sources)
     (d / "status").touch()
-    opts = ["-o", f"Dir::Etc::SourceList={d}/etc/sources.list", "-o", "Dir::Etc::SourceParts=/nonexistent",
-            "-o", f"Dir::State::Lists={d}/lists", "-o", f"Dir::State::status={d}/status", "-o", f"Dir::Cache={d}",
-            "-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures::={arch}", "-o", "Debug::NoLocking=1"]
+    opts = [
+        "-o",
+        f"Dir::Etc::SourceList={d}/etc/sources.list",
+        "-o",
+        "Dir::Etc::SourceParts=/nonexistent",
+        "-o",
+        f"Dir::State::Lists={d}/lists",
+        "-o",
+        f"Dir::State::status={d}/status",
+        "-o",
+        f"Dir::Cache={d}",
+        "-o",
+        f"APT::Architecture={arch}",
+        "-o",
+        f"APT::Architectures::={arch}",
+        "-o",
+        "Debug::NoLocking=1",
+    ]
     runner.run(["apt-get", *opts, "update", "-qq"], what=f"update the private package index {name}")
     return opts
 
@@ -78,13 +101,34 @@ class Emulator:
         # /proc, /sys and /dev are the host's: enough for dpkg, pip and mkinitramfs. We run as root and
         # proot passes mount(2)/umount(2) to the kernel, so everything runs in a private mount namespace:
         # debootstrap's `umount /dev/pts` on exit once unmounted the host's (every pty failed, ENODEV).
-        out = ["unshare", "--mount", "--propagation", "private",
-               "proot", "-q", str(self.qemu), "-r", str(self.rootfs), "-w", "/",
-               "-b", "/dev", "-b", "/proc", "-b", "/sys"]
+        out = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "proot",
+            "-q",
+            str(self.qemu),
+            "-r",
+            str(self.rootfs),
+            "-w",
+            "/",
+            "-b",
+            "/dev",
+            "-b",
+            "/proc",
+            "-b",
+            "/sys",
+        ]
         for host, guest in self.binds:
             out += ["-b", f"{host}:{guest}"]
-        full_env = {"PATH": _PATH, "HOME": "/root", "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive",
-                    **(env or {})}
+        full_env = {
+            "PATH": _PATH,
+            "HOME": "/root",
+            "LC_ALL": "C.UTF-8",
+            "DEBIAN_FRONTEND": "noninteractive",
+            **(env or {}),
+        }
         return [*out, "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in sorted(full_env.items())), *cmd]
 
     def run(self, cmd: Sequence[str], *, what: str, env: dict[str, str] | None = None) -> None:

@@ -22,9 +22,15 @@ from .steps import BuildError, Runner
 
 __all__ = ["install_gpio_sim", "dpkg_version", "kernel_version"]
 
-_SOURCES = ("drivers/gpio/gpio-sim.c", "drivers/gpio/gpiolib.h", "drivers/gpio/gpiolib-of.h",
-            "drivers/gpio/gpiolib-acpi.h", "drivers/gpio/gpiolib-cdev.h", "drivers/gpio/gpiolib-sysfs.h",
-            "kernel/irq/irq_sim.c")
+_SOURCES = (
+    "drivers/gpio/gpio-sim.c",
+    "drivers/gpio/gpiolib.h",
+    "drivers/gpio/gpiolib-of.h",
+    "drivers/gpio/gpiolib-acpi.h",
+    "drivers/gpio/gpiolib-cdev.h",
+    "drivers/gpio/gpiolib-sysfs.h",
+    "kernel/irq/irq_sim.c",
+)
 _KBUILD = "obj-m := gpio-sim.o\ngpio-sim-y := gpio-sim-core.o irq_sim.o\n"
 
 
@@ -46,9 +52,14 @@ def dpkg_version(rootfs: Path, package: str) -> str:
 
 
 def _apt_arm64(cache: Cache, runner: Runner) -> list[str]:
-    return private_apt(cache, runner, name="apt-arm64", arch="arm64",
-                       sources="deb http://deb.debian.org/debian bookworm main\n"
-                       "deb http://security.debian.org/debian-security bookworm-security main\n")
+    return private_apt(
+        cache,
+        runner,
+        name="apt-arm64",
+        arch="arm64",
+        sources="deb http://deb.debian.org/debian bookworm main\n"
+        "deb http://security.debian.org/debian-security bookworm-security main\n",
+    )
 
 
 def _build(cache: Cache, kver: str, debver: str, out: Path, runner: Runner) -> None:
@@ -57,10 +68,22 @@ def _build(cache: Cache, kver: str, debver: str, out: Path, runner: Runner) -> N
     abi = kver.rsplit("-", 1)[0]  # 6.1.0-50
     with tempfile.TemporaryDirectory(prefix="kimage-kmod-", dir=cache.kmod) as tmp:
         t = Path(tmp)
-        runner.run(["apt-get", "download", f"linux-source-{major}={debver}", f"linux-kbuild-{major}={debver}",
-                    f"linux-headers-{abi}-common={debver}"], cwd=t, what="download the kernel source and kbuild")
-        runner.run(["apt-get", *_apt_arm64(cache, runner), "download", f"linux-headers-{kver}={debver}"], cwd=t,
-                   what="download the arm64 kernel headers")
+        runner.run(
+            [
+                "apt-get",
+                "download",
+                f"linux-source-{major}={debver}",
+                f"linux-kbuild-{major}={debver}",
+                f"linux-headers-{abi}-common={debver}",
+            ],
+            cwd=t,
+            what="download the kernel source and kbuild",
+        )
+        runner.run(
+            ["apt-get", *_apt_arm64(cache, runner), "download", f"linux-headers-{kver}={debver}"],
+            cwd=t,
+            what="download the arm64 kernel headers",
+        )
         tree = t / "tree"
         for deb in sorted(t.glob("linux-headers-*.deb")) + sorted(t.glob("linux-kbuild-*.deb")):
             runner.run(["dpkg-deb", "-x", str(deb), str(tree)], what=f"unpack {deb.name}")
@@ -68,8 +91,10 @@ def _build(cache: Cache, kver: str, debver: str, out: Path, runner: Runner) -> N
         src = t / "src"
         src.mkdir()
         members = [f"linux-source-{major}/{p}" for p in _SOURCES]
-        cmd = (f"dpkg-deb --fsys-tarfile {src_deb} | tar -xO ./usr/src/linux-source-{major}.tar.xz | xz -dc "
-               f"| tar -x -C {src} {' '.join(members)}")
+        cmd = (
+            f"dpkg-deb --fsys-tarfile {src_deb} | tar -xO ./usr/src/linux-source-{major}.tar.xz | xz -dc "
+            f"| tar -x -C {src} {' '.join(members)}"
+        )
         runner.run(["sh", "-c", cmd], what="extract gpio-sim and irq_sim from linux-source")
         build = t / "build"
         build.mkdir()
@@ -79,18 +104,41 @@ def _build(cache: Cache, kver: str, debver: str, out: Path, runner: Runner) -> N
         irq = build / "irq_sim.c"
         text = irq.read_text()
         if "handle_simple_irq(irq_to_desc(irqnum));" not in text:
-            raise BuildError(f"irq_sim.c of {debver} is not the one this recipe patches",
-                             hint="update image/kimage/kmod.py for this kernel")
+            raise BuildError(
+                f"irq_sim.c of {debver} is not the one this recipe patches",
+                hint="update image/kimage/kmod.py for this kernel",
+            )
         irq.write_text(text.replace("handle_simple_irq(irq_to_desc(irqnum));", "generic_handle_irq(irqnum);"))
         (build / "Kbuild").write_text(_KBUILD)
         binds = []
-        for rel in (f"usr/src/linux-headers-{kver}", f"usr/src/linux-headers-{abi}-common", f"usr/lib/linux-kbuild-{major}"):
+        for rel in (
+            f"usr/src/linux-headers-{kver}",
+            f"usr/src/linux-headers-{abi}-common",
+            f"usr/lib/linux-kbuild-{major}",
+        ):
             binds += ["-b", f"{tree / rel}:/{rel}"]
-        runner.run(["nice", "-n", "10", "proot", *binds, "make", "-s", "-C", f"/usr/src/linux-headers-{kver}",
-                    f"M={build}", "ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", "modules"],
-                   what=f"cross-compile gpio-sim for {kver}")
-        runner.run(["aarch64-linux-gnu-strip", "--strip-debug", str(build / "gpio-sim.ko")],
-                   what="strip the module's debug symbols")
+        runner.run(
+            [
+                "nice",
+                "-n",
+                "10",
+                "proot",
+                *binds,
+                "make",
+                "-s",
+                "-C",
+                f"/usr/src/linux-headers-{kver}",
+                f"M={build}",
+                "ARCH=arm64",
+                "CROSS_COMPILE=aarch64-linux-gnu-",
+                "modules",
+            ],
+            what=f"cross-compile gpio-sim for {kver}",
+        )
+        runner.run(
+            ["aarch64-linux-gnu-strip", "--strip-debug", str(build / "gpio-sim.ko")],
+            what="strip the module's debug symbols",
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(build / "gpio-sim.ko", f"{out}.tmp")
         os.replace(f"{out}.tmp", out)
@@ -99,8 +147,10 @@ def _build(cache: Cache, kver: str, debver: str, out: Path, runner: Runner) -> N
 def install_gpio_sim(rootfs: Path, *, cache: Cache, runner: Runner, emu: Emulator) -> None:
     """Put gpio-sim.ko for the rootfs's kernel into lib/modules/KVER/extra and run depmod."""
     if runner.dry_run:
-        runner.run(["make", "-C", "/usr/src/linux-headers-KVER", "M=...", "ARCH=arm64", "modules"],
-                   what="cross-compile gpio-sim")
+        runner.run(
+            ["make", "-C", "/usr/src/linux-headers-KVER", "M=...", "ARCH=arm64", "modules"],
+            what="cross-compile gpio-sim",
+        )
         return
     kver = kernel_version(rootfs)
     debver = dpkg_version(rootfs, f"linux-image-{kver}")
@@ -114,4 +164,3 @@ def install_gpio_sim(rootfs: Path, *, cache: Cache, runner: Runner, emu: Emulato
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ko, dest / "gpio-sim.ko")
     emu.run(["depmod", kver], what="index the kernel modules (depmod)")
-

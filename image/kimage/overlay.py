@@ -27,8 +27,11 @@ DEFAULT_EXTRAS = ("tpm", "gpio", "inference")
 _UNITS = ("kestrel.service", "kestrel-firstboot.service")
 _FIRSTBOOT = ("firstboot.py", "firstboot_settings.py")
 _LAB_UNITS = ("kestrel-vtpm.service", "kestrel-gpio-sim.service", "kestrel-testchan.service")
-_LAB_WANTS = {"kestrel-vtpm.service": "sysinit.target", "kestrel-gpio-sim.service": "multi-user.target",
-              "kestrel-testchan.service": "multi-user.target"}
+_LAB_WANTS = {
+    "kestrel-vtpm.service": "sysinit.target",
+    "kestrel-gpio-sim.service": "multi-user.target",
+    "kestrel-testchan.service": "multi-user.target",
+}
 _LAB_FILES = ("testchan.py", "gpio-sim-setup")
 _LAB_DROPIN = """# Kestrel lab image: the vTPM and the gpio-sim chip are set up before first boot and the daemon.
 [Unit]
@@ -41,7 +44,8 @@ _LAB_DAEMON = """# Kestrel lab image: full-system emulation (TCG) is 10-50x slow
 TimeoutStartSec=10min
 WatchdogSec=2min
 """
-_DATA_DROPIN = f"""# Kestrel image: the state directory is the data partition ({DATA_LABEL}); never run on the root fs below it.
+_DATA_DROPIN = f"""# Kestrel image: the state directory is the data partition ({DATA_LABEL});
+# never run on the root fs below it.
 [Unit]
 RequiresMountsFor=/var/lib/kestrel
 """
@@ -61,8 +65,11 @@ def memory_dropin(profile_text: str, *, board: str) -> str:
     if not m:
         raise BuildError(f"board profile {board} has no memory_budget_mb", hint="see docs/board-profiles.md")
     budget = int(m.group(1))
-    return (f"# From board_profiles/{board}.yaml (memory_budget_mb: {budget}), written by the image recipe.\n"
-            f"[Service]\nMemoryMax={budget}M\nMemoryHigh={budget * 3 // 4}M\n")
+    return (
+        f"# From board_profiles/{board}.yaml (memory_budget_mb: {budget}), written by the image recipe.\n"
+        f"[Service]\nMemoryMax={budget}M\nMemoryHigh={budget * 3 // 4}M\n"
+    )
+
 
 _BOOT_README = """Kestrel first-boot provisioning (docs/image.md)
 
@@ -76,25 +83,34 @@ files, deletes them from this partition and writes agent.json (its AgentID) here
 If something is wrong, firstboot-error.txt says what: fix the files and boot again.
 """
 
-_OWNER_EXAMPLE = {"format": "kestrel-owner/1", "owners": ["did:key:z6Mk...your owner key (kestrel owner show)"],
-                  "threshold": 1, "name": "greenhouse-1", "groups": ["greenhouse"], "keystore": "auto"}
+_OWNER_EXAMPLE = {
+    "format": "kestrel-owner/1",
+    "owners": ["did:key:z6Mk...your owner key (kestrel owner show)"],
+    "threshold": 1,
+    "name": "greenhouse-1",
+    "groups": ["greenhouse"],
+    "keystore": "auto",
+}
 
 
 def _git(repo: Path, *args: str) -> str:
     try:
-        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise BuildError(f"git {' '.join(args)} failed in {repo}: {exc}",
-                         hint="run the recipe from a git checkout of Kestrel") from None
+        raise BuildError(
+            f"git {' '.join(args)} failed in {repo}: {exc}", hint="run the recipe from a git checkout of Kestrel"
+        ) from None
 
 
 def source_tree(repo: Path, dest: Path, *, ref: str | None) -> str:
     """Copy the sources to build from into ``dest``; return the version string recorded."""
     if ref:  # reproducible: exactly a commit
         commit = _git(repo, "rev-parse", "--verify", f"{ref}^{{commit}}")
-        archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit],
-                                 check=True, capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", "--format=tar", commit], check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
         return commit
     files = _git(repo, "ls-files", "-co", "--exclude-standard", "-z").split("\0")
@@ -110,9 +126,23 @@ def source_tree(repo: Path, dest: Path, *, ref: str | None) -> str:
 
 def build_wheel(src: Path, wheel_dir: Path, *, epoch: int, runner: Runner) -> Path:
     """``pip wheel`` of the kestrel-sovereign distribution (pure Python: one py3-none-any wheel)."""
-    runner.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir",
-                "-q", "-w", str(wheel_dir), str(src)], what="build the Kestrel wheel",
-               env={"SOURCE_DATE_EPOCH": str(epoch), "PIP_NO_INPUT": "1"})
+    runner.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-cache-dir",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(src),
+        ],
+        what="build the Kestrel wheel",
+        env={"SOURCE_DATE_EPOCH": str(epoch), "PIP_NO_INPUT": "1"},
+    )
     if runner.dry_run:
         return wheel_dir / "kestrel_sovereign-VERSION-py3-none-any.whl"
     wheels = sorted(wheel_dir.glob("kestrel_sovereign-*.whl"))
@@ -133,23 +163,37 @@ def _link(path: Path, target: str) -> None:
 
 
 def _raspi_files(board: ImageBoard, root: Path) -> None:
-    _put(root / "etc/default/raspi-firmware",
-         f"# read by raspi-firmware's kernel hook: writes /boot/firmware/cmdline.txt\n"
-         f"ROOTPART=LABEL={ROOT_LABEL}\nCONSOLES=\"{board.console} tty0\"\nKERNEL_ARCH=arm64\n")
-    _put(root / "etc/default/raspi-firmware-custom",
-         "# appended to /boot/firmware/config.txt by raspi-firmware\n"
-         "dtparam=spi=on\ndtparam=i2c_arm=on\n"
-         "# an SPI TPM HAT (Infineon SLB9670): uncomment, then first boot puts the key in the TPM\n"
-         "#dtoverlay=tpm-slb9670\n" + board.config_txt)
+    _put(
+        root / "etc/default/raspi-firmware",
+        f"# read by raspi-firmware's kernel hook: writes /boot/firmware/cmdline.txt\n"
+        f'ROOTPART=LABEL={ROOT_LABEL}\nCONSOLES="{board.console} tty0"\nKERNEL_ARCH=arm64\n',
+    )
+    _put(
+        root / "etc/default/raspi-firmware-custom",
+        "# appended to /boot/firmware/config.txt by raspi-firmware\n"
+        "dtparam=spi=on\ndtparam=i2c_arm=on\n"
+        "# an SPI TPM HAT (Infineon SLB9670): uncomment, then first boot puts the key in the TPM\n"
+        "#dtoverlay=tpm-slb9670\n" + board.config_txt,
+    )
 
 
-def build_overlay(repo: Path, out: Path, *, board: ImageBoard, runner: Runner, epoch: int,
-                  ref: str | None = None, extras: tuple[str, ...] = DEFAULT_EXTRAS) -> Path:
+def build_overlay(
+    repo: Path,
+    out: Path,
+    *,
+    board: ImageBoard,
+    runner: Runner,
+    epoch: int,
+    ref: str | None = None,
+    extras: tuple[str, ...] = DEFAULT_EXTRAS,
+) -> Path:
     """Build the overlay tree into ``out`` (replaced if present: the stage is idempotent)."""
     runner.say(f"stage rootfs-overlay: {board.name} -> {out}")
     if runner.dry_run:
-        runner.run(["pip", "wheel", "--no-deps", "-w", str(out / "opt/kestrel/wheels"), str(repo)],
-                   what="build the Kestrel wheel")
+        runner.run(
+            ["pip", "wheel", "--no-deps", "-w", str(out / "opt/kestrel/wheels"), str(repo)],
+            what="build the Kestrel wheel",
+        )
         return out
     tmp_out = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp_out, ignore_errors=True)
@@ -163,8 +207,17 @@ def build_overlay(repo: Path, out: Path, *, board: ImageBoard, runner: Runner, e
     except BaseException:
         shutil.rmtree(tmp_out, ignore_errors=True)  # the previous overlay, if any, stays as it was
         raise
-    write_manifest(root, {"board": board.name, "source": version, "source_date_epoch": epoch,
-                          "wheel": wheel.name, "extras": list(extras)}, epoch=epoch)
+    write_manifest(
+        root,
+        {
+            "board": board.name,
+            "source": version,
+            "source_date_epoch": epoch,
+            "wheel": wheel.name,
+            "extras": list(extras),
+        },
+        epoch=epoch,
+    )
     shutil.rmtree(out, ignore_errors=True)
     os.rename(tmp_out, out)
     return out
@@ -180,24 +233,32 @@ def _add_files(src: Path, root: Path, *, board: ImageBoard, wheel: Path, extras:
             _put(root / item.relative_to(image / "overlay"), item.read_bytes())
     for unit in _UNITS:
         _put(root / "usr/lib/systemd/system" / unit, (image / "systemd" / unit).read_bytes())
-    _link(root / "etc/systemd/system/multi-user.target.wants/kestrel-firstboot.service",
-          "/usr/lib/systemd/system/kestrel-firstboot.service")
+    _link(
+        root / "etc/systemd/system/multi-user.target.wants/kestrel-firstboot.service",
+        "/usr/lib/systemd/system/kestrel-firstboot.service",
+    )
     for name in _FIRSTBOOT:
         _put(root / "usr/lib/kestrel/firstboot" / name, (image / "firstboot" / name).read_bytes())
     _link(root / "usr/bin/kestrel", "/opt/kestrel/bin/kestrel")
     for doc in sorted((src / "docs").glob("*.md")):
         _put(root / "usr/share/doc/kestrel" / doc.name, doc.read_bytes())
-    _put(root / "opt/kestrel/requirements.txt",
-         f"# installed into /opt/kestrel by the rootfs stage (HNSWLIB_NO_NATIVE=1)\n"
-         f"{wheel.name.split('-')[0].replace('_', '-')}[{','.join(extras)}] @ file:///opt/kestrel/wheels/{wheel.name}\n")
+    _put(
+        root / "opt/kestrel/requirements.txt",
+        f"# installed into /opt/kestrel by the rootfs stage (HNSWLIB_NO_NATIVE=1)\n"
+        f"{wheel.name.split('-')[0].replace('_', '-')}[{','.join(extras)}] @ file:///opt/kestrel/wheels/{wheel.name}\n",
+    )
     _put(root / "etc/hostname", "kestrel\n")
     profile = src / "board_profiles" / f"{board.name}.yaml"
     if profile.exists():
-        _put(root / "etc/systemd/system/kestrel.service.d/30-memory.conf",
-             memory_dropin(profile.read_text(), board=board.name))
+        _put(
+            root / "etc/systemd/system/kestrel.service.d/30-memory.conf",
+            memory_dropin(profile.read_text(), board=board.name),
+        )
     if board.flash == "sd":  # L4T keeps its own partitions and fstab
-        _put(root / "etc/fstab", _FSTAB.format(root=ROOT_LABEL, boot=BOOT_LABEL, data=DATA_LABEL,
-                                               timeout=board.data_timeout))
+        _put(
+            root / "etc/fstab",
+            _FSTAB.format(root=ROOT_LABEL, boot=BOOT_LABEL, data=DATA_LABEL, timeout=board.data_timeout),
+        )
         _put(root / "etc/systemd/system/kestrel.service.d/15-data.conf", _DATA_DROPIN)
         if board.boot_files == "raspi":
             _raspi_files(board, root)
@@ -215,8 +276,11 @@ def _lab_files(image: Path, root: Path) -> None:
         _put(root / "usr/lib/systemd/system" / unit, (image / "systemd" / unit).read_bytes())
         _link(root / f"etc/systemd/system/{_LAB_WANTS[unit]}.wants" / unit, f"/usr/lib/systemd/system/{unit}")
     for name in _LAB_FILES:
-        _put(root / "usr/lib/kestrel/lab" / name, (image / "lab" / name).read_bytes(),
-             0o755 if name == "gpio-sim-setup" else 0o644)
+        _put(
+            root / "usr/lib/kestrel/lab" / name,
+            (image / "lab" / name).read_bytes(),
+            0o755 if name == "gpio-sim-setup" else 0o644,
+        )
     for unit in ("kestrel.service", "kestrel-firstboot.service"):
         _put(root / f"etc/systemd/system/{unit}.d/20-lab.conf", _LAB_DROPIN)
     _put(root / "etc/systemd/system/kestrel.service.d/25-lab-timing.conf", _LAB_DAEMON)
@@ -237,8 +301,15 @@ def write_manifest(root: Path, build: dict, *, epoch: int) -> dict:
             entries.append({"path": rel, "type": "dir", "mode": f"{st.st_mode & 0o7777:04o}"})
         else:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            entries.append({"path": rel, "type": "file", "mode": f"{st.st_mode & 0o7777:04o}",
-                            "size": st.st_size, "sha256": digest})
+            entries.append(
+                {
+                    "path": rel,
+                    "type": "file",
+                    "mode": f"{st.st_mode & 0o7777:04o}",
+                    "size": st.st_size,
+                    "sha256": digest,
+                }
+            )
     manifest = {"format": "kestrel-image-manifest/1", "build": build, "entries": entries}
     _put(root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     for path in [root, *root.rglob("*")]:

@@ -50,21 +50,30 @@ def _installed_wheels(rootfs: Path, wheel_dirs: tuple[Path, ...]) -> list[dict[s
         path = next((d / name for d in wheel_dirs if (d / name).exists()), None)
         if path is None:
             path = rootfs / "opt/kestrel/wheels" / name
-        out.append({"name": item["metadata"]["name"], "version": item["metadata"]["version"], "file": name,
-                    "sha256": _sha256(path) if path.exists() else None})
+        out.append(
+            {
+                "name": item["metadata"]["name"],
+                "version": item["metadata"]["version"],
+                "file": name,
+                "sha256": _sha256(path) if path.exists() else None,
+            }
+        )
     return sorted(out, key=lambda w: w["name"].lower())
 
 
-def write_manifest(rootfs: Path, out: Path, *, board: ImageBoard, cache: Cache,
-                   wheel_dirs: tuple[Path, ...]) -> dict:
+def write_manifest(rootfs: Path, out: Path, *, board: ImageBoard, cache: Cache, wheel_dirs: tuple[Path, ...]) -> dict:
     debs = []
     for p in installed_packages(rootfs):
         deb = cache.debs / _deb_file(p)
         debs.append({**p, "sha256": _sha256(deb) if deb.exists() else None})
     modules = sorted((rootfs / "lib/modules").glob("*/extra/*.ko"))
-    doc = {"format": FORMAT, "board": board.name, "debian": debs,
-           "wheels": _installed_wheels(rootfs, wheel_dirs),
-           "modules": [{"path": m.relative_to(rootfs).as_posix(), "sha256": _sha256(m)} for m in modules]}
+    doc = {
+        "format": FORMAT,
+        "board": board.name,
+        "debian": debs,
+        "wheels": _installed_wheels(rootfs, wheel_dirs),
+        "modules": [{"path": m.relative_to(rootfs).as_posix(), "sha256": _sha256(m)} for m in modules],
+    }
     text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
     target = rootfs / PACKAGES_FILE
     target.parent.mkdir(parents=True, exist_ok=True)

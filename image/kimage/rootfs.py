@@ -39,7 +39,9 @@ _REAL = _TMPFILES + ".kestrel-real"
 # fakechroot, puts the real binary aside and a no-op in its place for the build; first boot's
 # systemd-tmpfiles-setup creates everything the postinsts would have. Undone before the image is made.
 _DIVERSION = f"{_TMPFILES}\n{_REAL}\n:\n"
-_NOOP = "#!/bin/sh\n# kestrel image build: systemd-tmpfiles is a no-op under proot (see image/kimage/rootfs.py)\nexit 0\n"
+_NOOP = (
+    "#!/bin/sh\n# kestrel image build: systemd-tmpfiles is a no-op under proot (see image/kimage/rootfs.py)\nexit 0\n"
+)
 _FIXUPS = _DIVERSION + _NOOP  # part of the base system's cache key
 _DPKG_CFG = "force-unsafe-io\n"
 # The lab's root file system is ext4 on a virtio disk: initramfs-tools MODULES=list plus this hook.
@@ -59,16 +61,28 @@ def base_packages(board: ImageBoard) -> tuple[str, ...]:
 
 
 def _base_key(board: ImageBoard, *, suite: str, mirror: str) -> str:
-    spec = {"suite": suite, "mirror": mirror, "packages": base_packages(board), "extra": board.extra_suites,
-            "kernel": board.kernel_packages, "initramfs": board.initramfs_modules, "hook": _INITRAMFS_HOOK,
-            "fixups": _FIXUPS, "qemu": QEMU_FILE, "format": 3}
+    spec = {
+        "suite": suite,
+        "mirror": mirror,
+        "packages": base_packages(board),
+        "extra": board.extra_suites,
+        "kernel": board.kernel_packages,
+        "initramfs": board.initramfs_modules,
+        "hook": _INITRAMFS_HOOK,
+        "fixups": _FIXUPS,
+        "qemu": QEMU_FILE,
+        "format": 3,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _sources(board: ImageBoard, *, suite: str, mirror: str) -> str:
     comps = _COMPONENTS.replace(",", " ")
-    lines = [f"deb {mirror} {suite} {comps}", f"deb {mirror} {suite}-updates {comps}",
-             f"deb http://security.debian.org/debian-security {suite}-security {comps}"]
+    lines = [
+        f"deb {mirror} {suite} {comps}",
+        f"deb {mirror} {suite}-updates {comps}",
+        f"deb http://security.debian.org/debian-security {suite}-security {comps}",
+    ]
     lines += [f"deb {mirror} {extra} {comps}" for extra in board.extra_suites]
     return "\n".join(lines) + "\n"
 
@@ -93,10 +107,24 @@ def build_base(cache: Cache, board: ImageBoard, *, runner: Runner, suite: str, m
         cache.ensure()
         shutil.rmtree(work, ignore_errors=True)
     runner.say(f"bootstrapping Debian {suite} arm64 for {board.name} (first stage on the host)")
-    runner.run(["nice", "-n", "10", "debootstrap", "--foreign", "--arch=arm64", "--variant=minbase",
-                f"--components={_COMPONENTS}", f"--cache-dir={cache.debs}",
-                f"--include={','.join(base_packages(board))}", suite, str(work), mirror],
-               what="bootstrap Debian (first stage: download and unpack)")
+    runner.run(
+        [
+            "nice",
+            "-n",
+            "10",
+            "debootstrap",
+            "--foreign",
+            "--arch=arm64",
+            "--variant=minbase",
+            f"--components={_COMPONENTS}",
+            f"--cache-dir={cache.debs}",
+            f"--include={','.join(base_packages(board))}",
+            suite,
+            str(work),
+            mirror,
+        ],
+        what="bootstrap Debian (first stage: download and unpack)",
+    )
     if not runner.dry_run:
         proc = work / "proc"
         if proc.is_symlink():  # debootstrap's container mode links it to the host's /proc
@@ -106,28 +134,48 @@ def build_base(cache: Cache, board: ImageBoard, *, runner: Runner, suite: str, m
             fh.write(_DIVERSION)
         _put(work / _TMPFILES.lstrip("/"), _NOOP, 0o755)
         _put(work / "etc/dpkg/dpkg.cfg.d/kestrel-build", _DPKG_CFG)
-        _put(work / "etc/initramfs-tools/conf.d/kestrel.conf",
-             f"# Kestrel image ({board.name})\nMODULES={board.initramfs_modules}\nCOMPRESS=zstd\n")
+        _put(
+            work / "etc/initramfs-tools/conf.d/kestrel.conf",
+            f"# Kestrel image ({board.name})\nMODULES={board.initramfs_modules}\nCOMPRESS=zstd\n",
+        )
         if board.initramfs_modules == "list":
             _put(work / "etc/initramfs-tools/hooks/kestrel", _INITRAMFS_HOOK, 0o755)
     emu = Emulator(work, qemu=qemu, runner=runner)
     runner.say("configuring the base system under proot + qemu-user (the long step of a first build)")
     with no_mounts(work) if not runner.dry_run else contextlib.nullcontext():  # never the host's mounts
-        emu.run(["/debootstrap/debootstrap", "--second-stage"], env={"DEBOOTSTRAP_DIR": "/debootstrap"},
-                what="bootstrap Debian (second stage, under proot + qemu-aarch64-static)")
+        emu.run(
+            ["/debootstrap/debootstrap", "--second-stage"],
+            env={"DEBOOTSTRAP_DIR": "/debootstrap"},
+            what="bootstrap Debian (second stage, under proot + qemu-aarch64-static)",
+        )
     # The kernel's postinst only defers update-initramfs to a trigger that updates existing initrds
     # (-u): under debootstrap none exists yet. Make it once here (cached with the base system).
-    emu.run(["sh", "-c", "for k in /boot/vmlinuz-*; do v=${k#/boot/vmlinuz-}; "
-             "[ -e /boot/initrd.img-$v ] || update-initramfs -c -k $v; done"], what="make the initramfs (once)")
+    emu.run(
+        [
+            "sh",
+            "-c",
+            "for k in /boot/vmlinuz-*; do v=${k#/boot/vmlinuz-}; "
+            "[ -e /boot/initrd.img-$v ] || update-initramfs -c -k $v; done",
+        ],
+        what="make the initramfs (once)",
+    )
     if board.extra_suites:
         if not runner.dry_run:
             _put(work / "etc/apt/sources.list", _sources(board, suite=suite, mirror=mirror))
             shutil.copy2("/etc/resolv.conf", work / "etc/resolv.conf")
         apt = Emulator(work, qemu=qemu, runner=runner, binds=[(cache.debs, "/var/cache/apt/archives")])
         apt.run(["apt-get", "update", "-q"], what="update the package lists")
-        apt.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                 *(f"{p}/{board.extra_suites[0]}" if p.startswith("linux-image") else p for p in board.kernel_packages)],
-                what=f"install the kernel from {board.extra_suites[0]}")
+        apt.run(
+            [
+                "apt-get",
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                *(f"{p}/{board.extra_suites[0]}" if p.startswith("linux-image") else p for p in board.kernel_packages),
+            ],
+            what=f"install the kernel from {board.extra_suites[0]}",
+        )
     if not runner.dry_run:
         for deb in (work / "var/cache/apt/archives").glob("*.deb"):
             if not (cache.debs / deb.name).exists():
@@ -135,16 +183,26 @@ def build_base(cache: Cache, board: ImageBoard, *, runner: Runner, suite: str, m
             else:
                 deb.unlink()
         shutil.rmtree(work / "debootstrap", ignore_errors=True)
-    runner.run(["tar", "--numeric-owner", "--xattrs", "-C", str(work), "-cf", f"{tar}.tmp", "."],
-               what="store the base system in the cache")
+    runner.run(
+        ["tar", "--numeric-owner", "--xattrs", "-C", str(work), "-cf", f"{tar}.tmp", "."],
+        what="store the base system in the cache",
+    )
     if not runner.dry_run:
         os.replace(f"{tar}.tmp", tar)
         shutil.rmtree(work)
     return tar
 
 
-def build_rootfs(out: Path, *, overlay: Path, board: ImageBoard, runner: Runner, suite: str = "bookworm",
-                 mirror: str = DEFAULT_MIRROR, cache: Cache | None = None) -> Path:
+def build_rootfs(
+    out: Path,
+    *,
+    overlay: Path,
+    board: ImageBoard,
+    runner: Runner,
+    suite: str = "bookworm",
+    mirror: str = DEFAULT_MIRROR,
+    cache: Cache | None = None,
+) -> Path:
     """Build ``out/rootfs`` for ``board`` from ``overlay``; skipped when already built from it."""
     cache = cache or Cache.from_env()
     rootfs, stamp = out / "rootfs", out / ".rootfs-done"
@@ -163,38 +221,69 @@ def build_rootfs(out: Path, *, overlay: Path, board: ImageBoard, runner: Runner,
                 runner.say(f"removing {leftover} of an earlier run")
                 shutil.rmtree(leftover)
         rootfs.mkdir(parents=True)
-    runner.run(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-xf", str(base)],
-               what="unpack the cached base system")
-    runner.run(["cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(rootfs)],
-               what="copy the Kestrel overlay into the rootfs")
+    runner.run(
+        ["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-xf", str(base)],
+        what="unpack the cached base system",
+    )
+    runner.run(
+        ["cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(rootfs)],
+        what="copy the Kestrel overlay into the rootfs",
+    )
     qemu = qemu_user(cache, runner)
     extras = tuple(json.loads(manifest.read_text())["build"]["extras"]) if manifest.exists() else ("tpm",)
     wheels = ensure_wheels(cache, runner=runner, base=base, qemu=qemu, extras=extras)
-    emu = Emulator(rootfs, qemu=qemu, runner=runner, binds=[(d, f"/run/kestrel-wheels/{i}")
-                                                              for i, d in enumerate(wheels.dirs)])
+    emu = Emulator(
+        rootfs, qemu=qemu, runner=runner, binds=[(d, f"/run/kestrel-wheels/{i}") for i, d in enumerate(wheels.dirs)]
+    )
     if not runner.dry_run:
         _put(rootfs / "usr/sbin/policy-rc.d", _NO_DAEMONS, 0o755)
         (rootfs / "run/kestrel-wheels").mkdir(parents=True, exist_ok=True)
     emu.run(["python3", "-m", "venv", "/opt/kestrel"], what="create the /opt/kestrel venv")
     links = [a for i in range(len(wheels.dirs)) for a in ("--find-links", f"/run/kestrel-wheels/{i}")]
     reqs = ["-r", "/opt/kestrel/requirements.txt"]
-    emu.run(["/opt/kestrel/bin/pip", "install", "--no-index", *links, "--no-compile", "--disable-pip-version-check",
-             "--report", "/opt/kestrel/pip-report.json", *reqs],
-            what="install Kestrel and its wheels into /opt/kestrel (offline, from the cache)")
+    emu.run(
+        [
+            "/opt/kestrel/bin/pip",
+            "install",
+            "--no-index",
+            *links,
+            "--no-compile",
+            "--disable-pip-version-check",
+            "--report",
+            "/opt/kestrel/pip-report.json",
+            *reqs,
+        ],
+        what="install Kestrel and its wheels into /opt/kestrel (offline, from the cache)",
+    )
     _compile(rootfs, runner)
     emu.run(["/opt/kestrel/bin/kestrel", "--version"], what="check the installed kestrel command")
     # The compiled modules load (their shared libraries are in the image): a missing libtss2-* would
     # otherwise surface only at first boot, as "TPM support is not installed".
-    probes = [m for extra, m in (("tpm", "from tpm2_pytss import ESAPI"), ("gpio", "import gpiod"),
-                                 ("inference", "import hnswlib, onnxruntime")) if extra in extras]
+    probes = [
+        m
+        for extra, m in (
+            ("tpm", "from tpm2_pytss import ESAPI"),
+            ("gpio", "import gpiod"),
+            ("inference", "import hnswlib, onnxruntime"),
+        )
+        if extra in extras
+    ]
     if probes:
-        emu.run(["/opt/kestrel/bin/python3", "-B", "-c", "; ".join(probes)],
-                what="load the compiled modules (tpm2-pytss, gpiod, hnswlib, onnxruntime)")
+        emu.run(
+            ["/opt/kestrel/bin/python3", "-B", "-c", "; ".join(probes)],
+            what="load the compiled modules (tpm2-pytss, gpiod, hnswlib, onnxruntime)",
+        )
     if board.lab:
         install_gpio_sim(rootfs, cache=cache, runner=runner, emu=emu)
     if board.boot_files == "raspi":  # regenerate cmdline.txt/config.txt now that the overlay's settings are in
-        emu.run(["sh", "-c", "for k in /boot/vmlinuz-*; do /etc/kernel/postinst.d/z50-raspi-firmware "
-                 "${k#/boot/vmlinuz-}; done"], what="write the Raspberry Pi boot files (raspi-firmware)")
+        emu.run(
+            [
+                "sh",
+                "-c",
+                "for k in /boot/vmlinuz-*; do /etc/kernel/postinst.d/z50-raspi-firmware ${k#/boot/vmlinuz-}; done",
+            ],
+            what="write the Raspberry Pi boot files (raspi-firmware)",
+        )
     runner.need_tools("systemd-sysusers")
     runner.run(["systemd-sysusers", f"--root={rootfs}"], what="create the kestrel user and groups")
     if not runner.dry_run:
@@ -213,8 +302,9 @@ def _compile(rootfs: Path, runner: Runner) -> None:
         runner.say("warning: no python3.11 on the host; the image's Python files are compiled on the device")
         return
     for top in ("opt/kestrel/lib/python3.11/site-packages", "usr/lib/kestrel"):
-        runner.run([host, "-m", "compileall", "-q", "-j", "2", "-d", f"/{top}", str(rootfs / top)],
-                   what=f"byte-compile /{top}")
+        runner.run(
+            [host, "-m", "compileall", "-q", "-j", "2", "-d", f"/{top}", str(rootfs / top)], what=f"byte-compile /{top}"
+        )
 
 
 def _finish(rootfs: Path, board: ImageBoard, *, suite: str, mirror: str) -> None:
@@ -236,16 +326,23 @@ def _finish(rootfs: Path, board: ImageBoard, *, suite: str, mirror: str) -> None
         kver = kernels[-1].name.removeprefix("vmlinuz-")
         initrd = rootfs / "boot" / f"initrd.img-{kver}"
         if not initrd.exists():
-            raise BuildError(f"{initrd} is missing (update-initramfs did not run)",
-                             hint="remove the cached base tarball (cache rootfs/) and rebuild")
+            raise BuildError(
+                f"{initrd} is missing (update-initramfs did not run)",
+                hint="remove the cached base tarball (cache rootfs/) and rebuild",
+            )
         names = initramfs_names(initrd)
-        needed = {"init": "init" in names, "a shell": any(n.endswith("bin/sh") for n in names),
-                  "virtio_blk.ko": any(n.endswith("/virtio_blk.ko") for n in names),
-                  "ext4.ko": any(n.endswith("/ext4.ko") for n in names)}
+        needed = {
+            "init": "init" in names,
+            "a shell": any(n.endswith("bin/sh") for n in names),
+            "virtio_blk.ko": any(n.endswith("/virtio_blk.ko") for n in names),
+            "ext4.ko": any(n.endswith("/ext4.ko") for n in names),
+        }
         missing = [what for what, ok in needed.items() if not ok]
         if missing:
-            raise BuildError(f"{initrd} lacks {', '.join(missing)}: the initramfs cannot mount the root file system",
-                             hint="remove the cached base tarball (cache rootfs/) and rebuild")
+            raise BuildError(
+                f"{initrd} lacks {', '.join(missing)}: the initramfs cannot mount the root file system",
+                hint="remove the cached base tarball (cache rootfs/) and rebuild",
+            )
         fw = rootfs / "boot/firmware"
         shutil.copy2(kernels[-1], fw / "vmlinuz")
         shutil.copy2(initrd, fw / "initrd.img")
@@ -255,9 +352,13 @@ def _finish(rootfs: Path, board: ImageBoard, *, suite: str, mirror: str) -> None
 def _scrub(rootfs: Path) -> None:
     """Nothing machine-specific may be baked in: every flashed card is its own machine."""
     (rootfs / "etc/machine-id").write_text("")  # systemd makes a new one on first boot
-    for path in [rootfs / "var/lib/dbus/machine-id", rootfs / "usr/sbin/policy-rc.d",
-                 rootfs / "usr/bin/qemu-aarch64-static", rootfs / "var/lib/systemd/random-seed",
-                 *rootfs.glob("etc/ssh/ssh_host_*")]:
+    for path in [
+        rootfs / "var/lib/dbus/machine-id",
+        rootfs / "usr/sbin/policy-rc.d",
+        rootfs / "usr/bin/qemu-aarch64-static",
+        rootfs / "var/lib/systemd/random-seed",
+        *rootfs.glob("etc/ssh/ssh_host_*"),
+    ]:
         path.unlink(missing_ok=True)
     (rootfs / "etc/resolv.conf").write_text("")
     shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
@@ -274,7 +375,6 @@ def kernel_version(rootfs: Path) -> str:
     return versions[-1]
 
 
-
 def initramfs_names(path: Path) -> set[str]:
     """The file names in an initramfs (zstd, gzip or plain newc cpio; concatenated archives too)."""
     import gzip
@@ -286,10 +386,10 @@ def initramfs_names(path: Path) -> set[str]:
         raw = gzip.decompress(raw)
     names, pos = set(), 0
     while pos + 110 <= len(raw):
-        if raw[pos:pos + 6] != b"070701":
+        if raw[pos : pos + 6] != b"070701":
             break
-        size, namesize = int(raw[pos + 54:pos + 62], 16), int(raw[pos + 94:pos + 102], 16)
-        name = raw[pos + 110:pos + 110 + namesize - 1].decode(errors="replace")
+        size, namesize = int(raw[pos + 54 : pos + 62], 16), int(raw[pos + 94 : pos + 102], 16)
+        name = raw[pos + 110 : pos + 110 + namesize - 1].decode(errors="replace")
         if name == "TRAILER!!!":
             break
         names.add(name.lstrip("./"))

@@ -7,18 +7,26 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 __all__ = ["BuildError", "Runner", "TOOL_PACKAGES"]
 
 # Debian package that provides each host tool the recipe needs (for the error message).
 TOOL_PACKAGES = {
-    "mmdebstrap": "mmdebstrap", "debootstrap": "debootstrap", "qemu-aarch64-static": "qemu-user-static",
-    "sfdisk": "fdisk", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mkfs.ext4": "e2fsprogs",
-    "systemd-sysusers": "systemd", "systemd-tmpfiles": "systemd", "chroot": "coreutils",
-    "git": "git", "xz": "xz-utils",
+    "mmdebstrap": "mmdebstrap",
+    "debootstrap": "debootstrap",
+    "qemu-aarch64-static": "qemu-user-static",
+    "sfdisk": "fdisk",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "mkfs.ext4": "e2fsprogs",
+    "systemd-sysusers": "systemd",
+    "systemd-tmpfiles": "systemd",
+    "chroot": "coreutils",
+    "git": "git",
+    "xz": "xz-utils",
 }
 
 
@@ -43,8 +51,15 @@ class Runner:
     def say(self, msg: str) -> None:
         print(f"kestrel-image: {msg}", flush=True)
 
-    def run(self, cmd: Sequence[str | os.PathLike[str]], *, what: str, env: Mapping[str, str] | None = None,
-            stdin: bytes | None = None, cwd: str | os.PathLike[str] | None = None) -> None:
+    def run(
+        self,
+        cmd: Sequence[str | os.PathLike[str]],
+        *,
+        what: str,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
         argv = [os.fspath(c) for c in cmd]
         line = " ".join(shlex.quote(a) for a in argv)
         self.log.append(line)
@@ -53,25 +68,32 @@ class Runner:
             return
         full_env = {**os.environ, **(env or {})}
         try:
-            proc = subprocess.run(argv, env=full_env, input=stdin, cwd=cwd, stdout=sys.stdout,
-                                  stderr=subprocess.PIPE)
+            proc = subprocess.run(argv, env=full_env, input=stdin, cwd=cwd, stdout=sys.stdout, stderr=subprocess.PIPE)
         except OSError as exc:
             raise BuildError(f"cannot {what}: {argv[0]}: {exc.strerror}", hint=self._tool_hint(argv[0])) from None
         if proc.returncode != 0:
             tail = proc.stderr.decode(errors="replace").strip().splitlines()[-15:]
-            raise BuildError(f"cannot {what}: `{line[:200]}` exited {proc.returncode}\n    " + "\n    ".join(tail),
-                             hint="fix the cause above and rerun: finished stages are skipped")
+            raise BuildError(
+                f"cannot {what}: `{line[:200]}` exited {proc.returncode}\n    " + "\n    ".join(tail),
+                hint="fix the cause above and rerun: finished stages are skipped",
+            )
 
     def need_tools(self, *tools: str) -> None:
         missing = [t for t in tools if shutil.which(t) is None]
         if missing and not self.dry_run:
-            raise BuildError(f"missing host tools: {', '.join(missing)}", exit_code=64,
-                             hint="apt-get install " + " ".join(sorted({TOOL_PACKAGES.get(t, t) for t in missing})))
+            raise BuildError(
+                f"missing host tools: {', '.join(missing)}",
+                exit_code=64,
+                hint="apt-get install " + " ".join(sorted({TOOL_PACKAGES.get(t, t) for t in missing})),
+            )
 
     def need_root(self, stage: str) -> None:
         if os.geteuid() != 0 and not self.dry_run:
-            raise BuildError(f"stage {stage} must run as root (it creates files owned by other users, "
-                             "runs chroot and debootstrap)", exit_code=64, hint="rerun with sudo")
+            raise BuildError(
+                f"stage {stage} must run as root (it creates files owned by other users, runs chroot and debootstrap)",
+                exit_code=64,
+                hint="rerun with sudo",
+            )
 
     @staticmethod
     def _tool_hint(tool: str) -> str | None:

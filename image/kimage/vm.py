@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 __all__ = ["LabVm", "LabError", "Result", "boot_files", "partitions", "put_boot_file"]
 
 CMDLINE = "root=LABEL=KESTREL_ROOT rw rootwait console=ttyAMA0,115200 systemd.show_status=1"
@@ -43,8 +42,9 @@ class Result:
 
 def partitions(img: Path) -> list[tuple[int, int]]:
     """(offset, size) in bytes of each partition of ``img`` (sfdisk --json)."""
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True,
-                                      check=True, timeout=30).stdout)["partitiontable"]
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True, timeout=30).stdout
+    )["partitiontable"]
     unit = table.get("sectorsize", 512)
     return [(p["start"] * unit, p["size"] * unit) for p in table["partitions"]]
 
@@ -55,8 +55,13 @@ def boot_files(img: Path, dest: Path) -> tuple[Path, Path]:
     dest.mkdir(parents=True, exist_ok=True)
     out = []
     for name in ("vmlinuz", "initrd.img"):
-        subprocess.run(["mcopy", "-n", "-o", "-i", f"{img}@@{offset}", f"::{name}", str(dest / name)], check=True,
-                       env=MTOOLS_ENV, capture_output=True, timeout=60)
+        subprocess.run(
+            ["mcopy", "-n", "-o", "-i", f"{img}@@{offset}", f"::{name}", str(dest / name)],
+            check=True,
+            env=MTOOLS_ENV,
+            capture_output=True,
+            timeout=60,
+        )
         out.append(dest / name)
     return out[0], out[1]
 
@@ -66,22 +71,37 @@ def put_boot_file(img: Path, name: str, data: bytes, *, tmp: Path) -> None:
     offset = partitions(img)[0][0]
     src = tmp / name
     src.write_bytes(data)
-    subprocess.run(["mcopy", "-o", "-i", f"{img}@@{offset}", str(src), f"::kestrel/{name}"], check=True,
-                   env=MTOOLS_ENV, capture_output=True, timeout=60)
+    subprocess.run(
+        ["mcopy", "-o", "-i", f"{img}@@{offset}", str(src), f"::kestrel/{name}"],
+        check=True,
+        env=MTOOLS_ENV,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def read_boot_file(img: Path, name: str) -> bytes | None:
     offset = partitions(img)[0][0]
-    proc = subprocess.run(["mtype", "-i", f"{img}@@{offset}", f"::kestrel/{name}"], env=MTOOLS_ENV,
-                          capture_output=True, timeout=60)
+    proc = subprocess.run(
+        ["mtype", "-i", f"{img}@@{offset}", f"::kestrel/{name}"], env=MTOOLS_ENV, capture_output=True, timeout=60
+    )
     return proc.stdout if proc.returncode == 0 else None
 
 
 class LabVm:
     """One VM on a private copy of the image (``disk``), kept across boots for reboot tests."""
 
-    def __init__(self, disk: Path, *, kernel: Path, initrd: Path, workdir: Path, memory_mib: int = 1024,
-                 smp: int = 2, append: str = "") -> None:
+    def __init__(
+        self,
+        disk: Path,
+        *,
+        kernel: Path,
+        initrd: Path,
+        workdir: Path,
+        memory_mib: int = 1024,
+        smp: int = 2,
+        append: str = "",
+    ) -> None:
         self.disk, self.kernel, self.initrd, self.workdir = disk, kernel, initrd, workdir
         self.memory_mib, self.smp, self.append = memory_mib, smp, append
         self.proc: subprocess.Popen[bytes] | None = None
@@ -94,7 +114,7 @@ class LabVm:
         self.console_path = workdir / "console.log"
 
     @classmethod
-    def from_image(cls, image: Path, workdir: Path, **kw: object) -> "LabVm":
+    def from_image(cls, image: Path, workdir: Path, **kw: object) -> LabVm:
         """A VM on a sparse copy of ``image`` (each card is a fresh copy of the same image)."""
         workdir.mkdir(parents=True, exist_ok=True)
         disk = workdir / "disk.img"
@@ -105,15 +125,43 @@ class LabVm:
     # -- lifecycle ------------------------------------------------------------------------------
     def argv(self) -> list[str]:
         append = f"{CMDLINE} {self.append}".strip()
-        return ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", str(self.smp),
-                "-m", str(self.memory_mib), "-accel", "tcg,thread=multi", "-nodefaults", "-display", "none",
-                "-no-reboot", "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", append,
-                "-drive", f"file={self.disk},if=none,id=hd0,format=raw,cache=unsafe",
-                "-device", "virtio-blk-pci,drive=hd0", "-device", "virtio-rng-pci",
-                "-serial", f"file:{self.console_path}",
-                "-device", "virtio-serial-pci",
-                "-chardev", f"socket,id=tc,path={self.sock_path},server=on,wait=off",
-                "-device", "virtserialport,chardev=tc,name=org.kestrel.test"]
+        return [
+            "qemu-system-aarch64",
+            "-M",
+            "virt",
+            "-cpu",
+            "cortex-a72",
+            "-smp",
+            str(self.smp),
+            "-m",
+            str(self.memory_mib),
+            "-accel",
+            "tcg,thread=multi",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            str(self.kernel),
+            "-initrd",
+            str(self.initrd),
+            "-append",
+            append,
+            "-drive",
+            f"file={self.disk},if=none,id=hd0,format=raw,cache=unsafe",
+            "-device",
+            "virtio-blk-pci,drive=hd0",
+            "-device",
+            "virtio-rng-pci",
+            "-serial",
+            f"file:{self.console_path}",
+            "-device",
+            "virtio-serial-pci",
+            "-chardev",
+            f"socket,id=tc,path={self.sock_path},server=on,wait=off",
+            "-device",
+            "virtserialport,chardev=tc,name=org.kestrel.test",
+        ]
 
     def start(self) -> None:
         if self.proc is not None:
@@ -124,8 +172,13 @@ class LabVm:
             self.console_path.rename(self.workdir / f"console.{self.boots}.log")
         self.boots += 1
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.workdir / "qemu.stderr", "ab"), start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "qemu.stderr", "ab"),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while not self.sock_path.exists():
             self._check_alive()
@@ -210,7 +263,7 @@ class LabVm:
             self.sock.settimeout(min(remaining, 2.0))
             try:
                 chunk = self.sock.recv(1 << 16)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if not chunk:
                 self._check_alive()
@@ -223,10 +276,15 @@ class LabVm:
         if input is not None:
             req["stdin"] = base64.b64encode(input).decode()
         reply = self.request(req, timeout=timeout + 60)
-        res = Result(reply["rc"], base64.b64decode(reply["stdout"]).decode(errors="replace"),
-                     base64.b64decode(reply["stderr"]).decode(errors="replace"))
+        res = Result(
+            reply["rc"],
+            base64.b64decode(reply["stdout"]).decode(errors="replace"),
+            base64.b64decode(reply["stderr"]).decode(errors="replace"),
+        )
         if check and res.rc != 0:
-            raise LabError(f"`{' '.join(argv)}` exited {res.rc} in the guest:\n{res.stderr[-3000:]}\n{res.stdout[-2000:]}")
+            raise LabError(
+                f"`{' '.join(argv)}` exited {res.rc} in the guest:\n{res.stderr[-3000:]}\n{res.stdout[-2000:]}"
+            )
         return res
 
     def put(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
@@ -243,7 +301,9 @@ class LabVm:
             if out in fail_on:
                 break
             time.sleep(1)
-        raise LabError(f"`{' '.join(argv)}` printed {out!r}, not {until!r}, within {timeout:.0f} s\n{self.console_tail()}")
+        raise LabError(
+            f"`{' '.join(argv)}` printed {out!r}, not {until!r}, within {timeout:.0f} s\n{self.console_tail()}"
+        )
 
     def console(self) -> str:
         try:
@@ -254,7 +314,7 @@ class LabVm:
     def console_tail(self, lines: int = 40) -> str:
         return "console (last lines):\n" + "\n".join(self.console().splitlines()[-lines:])
 
-    def __enter__(self) -> "LabVm":
+    def __enter__(self) -> LabVm:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -267,4 +327,3 @@ def qemu_available() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt-get install qemu-system-arm fdisk mtools)"
     return None
-

@@ -69,10 +69,30 @@ def ensure_wheels(cache: Cache, *, runner: Runner, base: Path, qemu: Path, extra
     for spec in (r for r in reqs if _name(r) in SDIST_ONLY):
         _build_sdist(cache, spec, runner=runner, base=base, qemu=qemu)
     platform_args = [a for p in PLATFORMS for a in ("--platform", p)]
-    runner.run(_pip("download", "-q", *platform_args, "--python-version", "3.11", "--implementation", "cp",
-                    "--abi", "cp311", "--abi", "abi3", "--abi", "none", "--only-binary=:all:",
-                    "--find-links", str(cache.built), "-d", str(cache.wheels), *reqs),
-               what="download the aarch64 wheels from PyPI")
+    runner.run(
+        _pip(
+            "download",
+            "-q",
+            *platform_args,
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp311",
+            "--abi",
+            "abi3",
+            "--abi",
+            "none",
+            "--only-binary=:all:",
+            "--find-links",
+            str(cache.built),
+            "-d",
+            str(cache.wheels),
+            *reqs,
+        ),
+        what="download the aarch64 wheels from PyPI",
+    )
     if not runner.dry_run:
         stamp.write_text("\n".join(reqs) + "\n")
     return sets
@@ -80,8 +100,10 @@ def ensure_wheels(cache: Cache, *, runner: Runner, base: Path, qemu: Path, extra
 
 def _build_sdist(cache: Cache, spec: str, *, runner: Runner, base: Path, qemu: Path) -> None:
     name = _name(spec)
-    runner.run(_pip("download", "-q", "--no-deps", "--no-binary", name, "-d", str(cache.sdist), spec),
-               what=f"download the {name} sdist")
+    runner.run(
+        _pip("download", "-q", "--no-deps", "--no-binary", name, "-d", str(cache.sdist), spec),
+        what=f"download the {name} sdist",
+    )
     if runner.dry_run:
         return
     prefix = name.replace("-", "_")
@@ -89,7 +111,7 @@ def _build_sdist(cache: Cache, spec: str, *, runner: Runner, base: Path, qemu: P
     if not sdists:
         raise BuildError(f"no {name} sdist in {cache.sdist} after pip download")
     sdist = sdists[-1]
-    version = sdist.name[len(prefix) + 1:-len(".tar.gz")]
+    version = sdist.name[len(prefix) + 1 : -len(".tar.gz")]
     if list(cache.built.glob(f"{prefix}-{version}-*.whl")):
         return
     runner.say(f"compiling {sdist.name} for aarch64 under proot + qemu-user (once; cached by version)")
@@ -98,16 +120,30 @@ def _build_sdist(cache: Cache, spec: str, *, runner: Runner, base: Path, qemu: P
     # trusts (a host behind a TLS-inspecting proxy has its CA there, not in Debian's bundle).
     binds = [(cache.sdist, "/run/sdist"), (cache.built, "/run/built"), (Path(_host_ca()), "/run/host-ca.crt")]
     emu = Emulator(builder, qemu=qemu, runner=runner, binds=binds)
-    emu.run(["/opt/build/bin/pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", "/run/built",
-             f"/run/sdist/{sdist.name}"], env={"HNSWLIB_NO_NATIVE": "1", "PIP_CERT": "/run/host-ca.crt"},
-            what=f"compile {sdist.name} for aarch64")
+    emu.run(
+        [
+            "/opt/build/bin/pip",
+            "wheel",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-w",
+            "/run/built",
+            f"/run/sdist/{sdist.name}",
+        ],
+        env={"HNSWLIB_NO_NATIVE": "1", "PIP_CERT": "/run/host-ca.crt"},
+        what=f"compile {sdist.name} for aarch64",
+    )
 
 
 def _host_ca() -> str:
     import ssl
 
-    for path in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), ssl.get_default_verify_paths().cafile,
-                 "/etc/ssl/certs/ca-certificates.crt"):
+    for path in (
+        os.environ.get("PIP_CERT"),
+        os.environ.get("SSL_CERT_FILE"),
+        ssl.get_default_verify_paths().cafile,
+        "/etc/ssl/certs/ca-certificates.crt",
+    ):
         if path and os.path.isfile(path):
             return path
     raise BuildError("no CA bundle on the host for pip in the builder", hint="apt-get install ca-certificates")
@@ -126,8 +162,10 @@ def _builder(cache: Cache, *, runner: Runner, base: Path, qemu: Path) -> Path:
     (builder / "etc/apt/sources.list").write_text("deb http://deb.debian.org/debian bookworm main\n")
     emu = Emulator(builder, qemu=qemu, runner=runner, binds=[(cache.debs, "/var/cache/apt/archives")])
     emu.run(["apt-get", "update", "-q"], what="update the builder's package lists")
-    emu.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *BUILD_PACKAGES],
-            what="install the compilers into the builder")
+    emu.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *BUILD_PACKAGES],
+        what="install the compilers into the builder",
+    )
     emu.run(["python3", "-m", "venv", "/opt/build"], what="create the builder venv")
     ready.write_text(base.name + "\n")
     return builder
@@ -141,4 +179,3 @@ def wheel_hashes(dirs: tuple[Path, ...]) -> dict[str, str]:
             if whl.name not in out:
                 out[whl.name] = hashlib.sha256(whl.read_bytes()).hexdigest()
     return out
-

@@ -9,9 +9,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -28,14 +28,17 @@ MACHINE_ID = "0123456789abcdef0123456789abcdef"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab: boots the qemu-arm64 lab image under qemu-system-aarch64 (TCG)")
+
+
 PASSPHRASE = "owner passphrase for tests"
 
 
 def kestrel(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {})}
     full.pop("KESTREL_STATE", None)
-    proc = subprocess.run([KESTREL, *args], capture_output=True, text=True, env=full, stdin=subprocess.DEVNULL,
-                          timeout=120)
+    proc = subprocess.run(
+        [KESTREL, *args], capture_output=True, text=True, env=full, stdin=subprocess.DEVNULL, timeout=120
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"kestrel {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -49,11 +52,9 @@ class Owner:
 
     def bundle(self, out: Path, *, group: str = "lab", counter: int = 1, sign: bool = True) -> Path:
         policy = REPO / "ota" / "policies" / "seed.yaml"
-        kestrel("bundle", "build", "--policy", str(policy), "--counter", str(counter), "--group", group,
-                "-o", str(out))
+        kestrel("bundle", "build", "--policy", str(policy), "--counter", str(counter), "--group", group, "-o", str(out))
         if sign:
-            kestrel("bundle", "sign", str(out), "--key", str(self.key), "--passphrase-file",
-                    str(self.passphrase_file))
+            kestrel("bundle", "sign", str(out), "--key", str(self.key), "--passphrase-file", str(self.passphrase_file))
         return out
 
 
@@ -73,8 +74,13 @@ def owner(tmp_path_factory: pytest.TempPathFactory) -> Owner:
 def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The rpi4 overlay, built once per session by the real recipe (image/build.sh)."""
     out = tmp_path_factory.mktemp("image-out")
-    proc = subprocess.run([str(IMAGE / "build.sh"), "--board", "rpi4", "--stage", "rootfs-overlay", "--out", str(out)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=300)
+    proc = subprocess.run(
+        [str(IMAGE / "build.sh"), "--board", "rpi4", "--stage", "rootfs-overlay", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return out / "rpi4" / "overlay"
 
@@ -95,16 +101,38 @@ class FakeSystem:
 
     def firstboot_cmd(self, *extra: str) -> list[str]:
         """The first-boot command line against this root; ``--user`` (this user) comes last."""
-        return [sys.executable, str(IMAGE / "firstboot" / "firstboot.py"), "--root", str(self.root), "--boot",
-                str(self.boot), "--kestrel", KESTREL, "--machine-id-file", str(self.machine_id),
-                "--model-path", str(self.root / "proc-model"), "--tpm-device", str(self.root / "dev/tpmrm0"),
-                *extra, "--user", pwd.getpwuid(os.getuid()).pw_name]
+        return [
+            sys.executable,
+            str(IMAGE / "firstboot" / "firstboot.py"),
+            "--root",
+            str(self.root),
+            "--boot",
+            str(self.boot),
+            "--kestrel",
+            KESTREL,
+            "--machine-id-file",
+            str(self.machine_id),
+            "--model-path",
+            str(self.root / "proc-model"),
+            "--tpm-device",
+            str(self.root / "dev/tpmrm0"),
+            *extra,
+            "--user",
+            pwd.getpwuid(os.getuid()).pw_name,
+        ]
 
     def firstboot(self, *extra: str) -> subprocess.CompletedProcess[str]:
         """Run the image's first-boot program exactly as the unit does, against this root."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREL_")}
-        return subprocess.run(self.firstboot_cmd(*extra), capture_output=True, text=True, env=env,
-                              stdin=subprocess.DEVNULL, timeout=300, preexec_fn=lambda: os.umask(0o077))  # UMask=0077
+        return subprocess.run(
+            self.firstboot_cmd(*extra),
+            capture_output=True,
+            text=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            timeout=300,
+            preexec_fn=lambda: os.umask(0o077),
+        )  # UMask=0077
 
     @property
     def state(self) -> Path:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -65,25 +65,32 @@ def _partition(img: Path, offset: int, size: int, out: Path) -> Path:
 def test_image_has_both_partitions_with_their_files(trees: tuple[Path, Path], tmp_path: Path) -> None:
     boot, root = trees
     layout = DiskLayout(boot_mib=64, root_mib=32)
-    img = assemble_image(boot, root, tmp_path / "k.img", layout=layout, runner=Runner(), epoch=1700000000,
-                         seed="test")
+    img = assemble_image(boot, root, tmp_path / "k.img", layout=layout, runner=Runner(), epoch=1700000000, seed="test")
     assert img.stat().st_size == layout.total_bytes
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True).stdout
+    )["partitiontable"]
     assert table["label"] == "dos" and table["id"] == "0x" + ids_for("test")[0]
     p1, p2 = table["partitions"]
     assert (p1["start"], p1["size"], p1["type"], p1.get("bootable")) == (8192, 64 * 2048, "c", True)
     assert (p2["start"], p2["size"], p2["type"]) == (8192 + 64 * 2048, 32 * 2048, "83")
 
-    cfg = subprocess.run(["mtype", "-i", f"{img}@@{layout.boot_offset}", "::config.txt"], capture_output=True,
-                         text=True, check=True, env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}).stdout
+    cfg = subprocess.run(
+        ["mtype", "-i", f"{img}@@{layout.boot_offset}", "::config.txt"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"},
+    ).stdout
     assert cfg.replace("\r", "") == "arm_64bit=1\n"
     ext4 = _partition(img, layout.root_offset, layout.root_mib * MIB, tmp_path / "root.ext4")
-    cat = subprocess.run(["debugfs", "-R", "cat /etc/kestrel/device.yaml", str(ext4)], capture_output=True,
-                         text=True, check=True).stdout
+    cat = subprocess.run(
+        ["debugfs", "-R", "cat /etc/kestrel/device.yaml", str(ext4)], capture_output=True, text=True, check=True
+    ).stdout
     assert cat == "version: 1\nname: kestrel\n"
-    st = subprocess.run(["debugfs", "-R", "stat /var/lib/kestrel", str(ext4)], capture_output=True, text=True,
-                        check=True).stdout
+    st = subprocess.run(
+        ["debugfs", "-R", "stat /var/lib/kestrel", str(ext4)], capture_output=True, text=True, check=True
+    ).stdout
     assert "Mode:  0700" in st
     label = subprocess.run(["debugfs", "-R", "stats", str(ext4)], capture_output=True, text=True).stdout
     assert "KESTREL_ROOT" in label
@@ -99,8 +106,7 @@ def test_rebuild_replaces_the_image_with_the_same_layout_and_ids(trees: tuple[Pa
     layout = DiskLayout(boot_mib=64, root_mib=32)
     facts = []
     for _ in range(2):
-        img = assemble_image(boot, root, tmp_path / "k.img", layout=layout, runner=Runner(), epoch=1700000000,
-                             seed="s")
+        img = assemble_image(boot, root, tmp_path / "k.img", layout=layout, runner=Runner(), epoch=1700000000, seed="s")
         table = subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True).stdout
         ext4 = _partition(img, layout.root_offset, layout.root_mib * MIB, tmp_path / "root.ext4")
         stats = subprocess.run(["debugfs", "-R", "stats", str(ext4)], capture_output=True, text=True).stdout
@@ -114,6 +120,13 @@ def test_root_tree_larger_than_partition_fails_clearly(trees: tuple[Path, Path],
     boot, root = trees
     (root / "big").write_bytes(os.urandom(40 * MIB))  # incompressible, no holes
     with pytest.raises(BuildError, match="root ext4"):
-        assemble_image(boot, root, tmp_path / "k.img", layout=DiskLayout(boot_mib=64, root_mib=32), runner=Runner(),
-                       epoch=1700000000, seed="s")
+        assemble_image(
+            boot,
+            root,
+            tmp_path / "k.img",
+            layout=DiskLayout(boot_mib=64, root_mib=32),
+            runner=Runner(),
+            epoch=1700000000,
+            seed="s",
+        )
     assert not (tmp_path / "k.img").exists()

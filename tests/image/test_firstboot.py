@@ -101,7 +101,9 @@ def test_each_card_gets_its_own_agent_id(system: FakeSystem, short_tmp) -> None:
     other_root = tmp_path / "other"
     (other_root / "usr/lib/systemd/system").mkdir(parents=True)
     for unit in ("kestrel.service", "kestrel-firstboot.service"):
-        (other_root / "usr/lib/systemd/system" / unit).write_bytes((system.root / "usr/lib/systemd/system" / unit).read_bytes())
+        (other_root / "usr/lib/systemd/system" / unit).write_bytes(
+            (system.root / "usr/lib/systemd/system" / unit).read_bytes()
+        )
     other = FakeSystem(root=other_root, boot=tmp_path / "other-boot", machine_id=other_mid)
     assert system.firstboot().returncode == 0
     assert other.firstboot().returncode == 0
@@ -213,7 +215,8 @@ def test_interrupted_first_boot_resumes_or_starts_over(system: FakeSystem, owner
         " no_start=True)\n"
         "layout = fb.Layout(root=opts.root, boot=opts.boot)\n"
         "r = fb.build_state(layout, fb.read_boot_inputs(layout.boot), opts)\n"
-        "print(r['agent']['did'])\n")
+        "print(r['agent']['did'])\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(IMAGE / "firstboot")}
     env.pop("KESTREL_STATE", None)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -251,13 +254,18 @@ def test_unfinished_work_without_receipt_is_discarded(system: FakeSystem, owner:
 
 @pytest.mark.swtpm
 def test_tpm_identity_and_bundle_survive_a_cut_after_the_tpm_counter_moved(
-        system: FakeSystem, owner: Owner, swtpm) -> None:
+    system: FakeSystem, owner: Owner, swtpm
+) -> None:
     """On a TPM device `ota apply` raises the TPM counter: a first boot cut off after it must resume
     with the same state (a fresh state would be older than the TPM and refused as a rollback)."""
     system.write_owner(owners=[owner.did], keystore="tpm", groups=["lab"])
     owner.bundle(system.boot / "initial.kbundle", group="lab")
-    cut = subprocess.run([*system.firstboot_cmd("--tcti", swtpm.tcti)[:-2], "--user", "no-such-user"],
-                         capture_output=True, text=True, timeout=300)
+    cut = subprocess.run(
+        [*system.firstboot_cmd("--tcti", swtpm.tcti)[:-2], "--user", "no-such-user"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cut.returncode == 64 and "no user 'no-such-user'" in cut.stderr  # fails right after `ota apply`
     assert (system.boot / "initial.kbundle").exists() and not (system.state / "identity").exists()
 

@@ -28,16 +28,23 @@ import testchan  # noqa: E402
 @pytest.fixture(scope="module")
 def lab_overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lab-out")
-    proc = subprocess.run([str(IMAGE / "build.sh"), "--board", "qemu-arm64", "--stage", "rootfs-overlay", "--out",
-                           str(out)], capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable},
-                          timeout=300)
+    proc = subprocess.run(
+        [str(IMAGE / "build.sh"), "--board", "qemu-arm64", "--stage", "rootfs-overlay", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return out / "qemu-arm64" / "overlay"
 
 
 def test_lab_overlay_has_vtpm_gpio_sim_and_test_channel(lab_overlay: Path, overlay: Path) -> None:
-    for unit, target in (("kestrel-vtpm.service", "sysinit.target"), ("kestrel-gpio-sim.service", "multi-user.target"),
-                         ("kestrel-testchan.service", "multi-user.target")):
+    for unit, target in (
+        ("kestrel-vtpm.service", "sysinit.target"),
+        ("kestrel-gpio-sim.service", "multi-user.target"),
+        ("kestrel-testchan.service", "multi-user.target"),
+    ):
         assert (lab_overlay / "usr/lib/systemd/system" / unit).is_file()
         assert (lab_overlay / f"etc/systemd/system/{target}.wants" / unit).is_symlink()
         assert not (overlay / "usr/lib/systemd/system" / unit).exists()  # never in a product image (rpi4)
@@ -52,8 +59,10 @@ def test_both_images_mount_the_data_partition_at_the_state_directory(lab_overlay
         fstab = (tree / "etc/fstab").read_text()
         line = next(ln for ln in fstab.splitlines() if ln.startswith("LABEL=KESTREL_DATA"))
         assert line.split()[1] == "/var/lib/kestrel" and "nofail" in line
-        assert "RequiresMountsFor=/var/lib/kestrel" in \
-            (tree / "etc/systemd/system/kestrel.service.d/15-data.conf").read_text()
+        assert (
+            "RequiresMountsFor=/var/lib/kestrel"
+            in (tree / "etc/systemd/system/kestrel.service.d/15-data.conf").read_text()
+        )
 
 
 @pytest.mark.parametrize("board", ["rpi4", "rpi5", "rpi-zero-2w", "qemu-arm64"])
@@ -75,14 +84,17 @@ def test_disk_with_a_data_partition(tmp_path: Path) -> None:
     boot, root = tmp_path / "boot", tmp_path / "root"
     (boot / "kestrel").mkdir(parents=True)
     (root / "etc").mkdir(parents=True)
-    (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\nkestrel:x:993:991::/var/lib/kestrel:/usr/sbin/nologin\n")
+    (root / "etc/passwd").write_text(
+        "root:x:0:0::/root:/bin/sh\nkestrel:x:993:991::/var/lib/kestrel:/usr/sbin/nologin\n"
+    )
     (root / "var/lib/kestrel").mkdir(parents=True)
     layout = DiskLayout(boot_mib=64, root_mib=32, data_mib=16)
     assert layout.sfdisk_script(disk_id="00000000").count("type=83") == 2
     img = assemble_image(boot, root, tmp_path / "k.img", layout=layout, runner=Runner(), epoch=1700000000, seed="d")
     assert img.stat().st_size == layout.total_bytes
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True).stdout
+    )["partitiontable"]
     p3 = table["partitions"][2]
     assert (p3["start"] * 512, p3["size"] * 512, p3["type"]) == (layout.data_offset, 16 * MIB, "83")
     data = tmp_path / "data.ext4"
@@ -101,16 +113,27 @@ def test_disk_with_a_data_partition(tmp_path: Path) -> None:
 def test_channel_runs_commands_and_writes_files(tmp_path: Path) -> None:
     pong = testchan.handle({"id": 1, "op": "ping"})
     assert pong["id"] == 1 and len(pong["boot_id"]) == 36 and pong["uptime"] > 0
-    res = testchan.handle({"id": 2, "op": "run", "argv": ["sh", "-c", "cat; echo err >&2; exit 3"],
-                           "stdin": base64.b64encode(b"hello").decode(), "timeout": 30})
+    res = testchan.handle(
+        {
+            "id": 2,
+            "op": "run",
+            "argv": ["sh", "-c", "cat; echo err >&2; exit 3"],
+            "stdin": base64.b64encode(b"hello").decode(),
+            "timeout": 30,
+        }
+    )
     assert (res["rc"], base64.b64decode(res["stdout"]), base64.b64decode(res["stderr"])) == (3, b"hello", b"err\n")
     assert testchan.handle({"id": 3, "op": "run", "argv": ["sleep", "5"], "timeout": 0.2})["rc"] == 124
     assert testchan.handle({"id": 4, "op": "run", "argv": ["/nonexistent/x"]})["rc"] == 127
     assert "argv" in testchan.handle({"id": 5, "op": "run", "argv": "ls"})["error"]
     assert "unknown op" in testchan.handle({"id": 6, "op": "format-disk"})["error"]
     target = tmp_path / "f"
-    assert testchan.handle({"id": 7, "op": "put", "path": str(target), "data": base64.b64encode(b"x").decode(),
-                            "mode": 0o600})["rc"] == 0
+    assert (
+        testchan.handle(
+            {"id": 7, "op": "put", "path": str(target), "data": base64.b64encode(b"x").decode(), "mode": 0o600}
+        )["rc"]
+        == 0
+    )
     assert target.read_bytes() == b"x" and (target.stat().st_mode & 0o777) == 0o600
 
 
@@ -163,8 +186,9 @@ def test_first_boot_resumes_an_interrupted_commit(system: FakeSystem, owner: Own
         os.rename(system.state / name, work / "state" / name)  # as if only "ledger" had been moved
     (work / "committing").write_bytes(b"")
     agent = json.loads((system.boot / "agent.json").read_text())
-    (work / "complete.json").write_text(json.dumps({"format": "kestrel-firstboot-receipt/1", "bundle": None,
-                                                    "consumed": {}, "agent": agent}))
+    (work / "complete.json").write_text(
+        json.dumps({"format": "kestrel-firstboot-receipt/1", "bundle": None, "consumed": {}, "agent": agent})
+    )
     resumed = system.firstboot("--data-partition", "yes")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming an interrupted commit" in resumed.stdout

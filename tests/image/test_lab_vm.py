@@ -14,8 +14,8 @@ import os
 import re
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -58,8 +58,10 @@ def wait_active(vm: LabVm, timeout: float = BOOT_TIMEOUT) -> None:
         firstboot = vm.run("systemctl", "is-failed", "kestrel-firstboot.service", check=False).out
         data = vm.run("systemctl", "is-failed", "var-lib-kestrel.mount", check=False).out
         if state == "failed" or "failed" in (firstboot, data):
-            raise LabError(f"kestrel.service {state}, kestrel-firstboot {firstboot}, data partition {data}:\n"
-                           f"{journal(vm, 'kestrel-firstboot')[-3000:]}\n{journal(vm, 'kestrel')[-3000:]}")
+            raise LabError(
+                f"kestrel.service {state}, kestrel-firstboot {firstboot}, data partition {data}:\n"
+                f"{journal(vm, 'kestrel-firstboot')[-3000:]}\n{journal(vm, 'kestrel')[-3000:]}"
+            )
         time.sleep(2)
     raise LabError(f"kestrel.service not active within {timeout:.0f} s\n{vm.console_tail()}")
 
@@ -87,8 +89,9 @@ def record(key: str, value: object) -> None:
 
 
 def owner_json(owner: Owner, **extra: object) -> bytes:
-    return json.dumps({"format": "kestrel-owner/1", "owners": [owner.did], "threshold": 1, "groups": ["lab"],
-                       **extra}).encode()
+    return json.dumps(
+        {"format": "kestrel-owner/1", "owners": [owner.did], "threshold": 1, "groups": ["lab"], **extra}
+    ).encode()
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +120,15 @@ def test_first_boot_reaches_ready_with_a_tpm_identity(card_a: LabVm) -> None:
     assert ident["backend"] == "tpm" and ident["algorithm"].lower().startswith(("p256", "ecdsa", "p-256")), ident
     assert vm.run("test", "-c", "/dev/tpmrm0", check=False).rc == 0
     # Type=notify: "active" means the daemon sent READY=1; the watchdog is armed.
-    show = vm.run("systemctl", "show", "-p", "Type,WatchdogUSec,ActiveEnterTimestampMonotonic,NRestarts",
-                  "kestrel.service").stdout
+    show = vm.run(
+        "systemctl", "show", "-p", "Type,WatchdogUSec,ActiveEnterTimestampMonotonic,NRestarts", "kestrel.service"
+    ).stdout
     props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
     assert props["Type"] == "notify" and props["WatchdogUSec"] not in ("0", "infinity") and props["NRestarts"] == "0"
     ready_s = int(props["ActiveEnterTimestampMonotonic"]) / 1e6
-    py = vm.run("sh", "-c", "s=$(date +%s%N); /opt/kestrel/bin/python3 -c pass; e=$(date +%s%N); echo $(((e-s)/1000000))")
+    py = vm.run(
+        "sh", "-c", "s=$(date +%s%N); /opt/kestrel/bin/python3 -c pass; e=$(date +%s%N); echo $(((e-s)/1000000))"
+    )
     record("first_boot_to_ready_s", round(ready_s, 1))
     record("python_c_pass_ms", int(py.out))
     agent = json.loads(vm.run("cat", "/boot/firmware/kestrel/agent.json").stdout)
@@ -146,20 +152,35 @@ def test_audit_verify_passes_on_the_device(card_a: LabVm) -> None:
 
 def test_gpiod_contract_suite_runs_against_the_kernel_gpio_chip(card_a: LabVm) -> None:
     vm = card_a
-    assert "kestrel-lab" in vm.run("sh", "-c", "cat /sys/bus/gpio/devices/*/label 2>/dev/null; "
-                                   "for c in /dev/gpiochip*; do echo $c; done").stdout + journal(vm, "kestrel-gpio-sim")
+    assert "kestrel-lab" in vm.run(
+        "sh", "-c", "cat /sys/bus/gpio/devices/*/label 2>/dev/null; for c in /dev/gpiochip*; do echo $c; done"
+    ).stdout + journal(vm, "kestrel-gpio-sim")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for rel in ("pyproject.toml", "tests/__init__.py", "tests/conftest.py", "tests/io/__init__.py",
-                    "tests/io/conftest.py", "tests/io/test_gpio.py", "tests/io/test_gpio_gpiod.py"):
+        for rel in (
+            "pyproject.toml",
+            "tests/__init__.py",
+            "tests/conftest.py",
+            "tests/io/__init__.py",
+            "tests/io/conftest.py",
+            "tests/io/test_gpio.py",
+            "tests/io/test_gpio_gpiod.py",
+        ):
             tar.add(REPO / rel, arcname=rel)
         for f in sorted((REPO / "tests/fixtures").glob("*.py")):
             tar.add(f, arcname=f"tests/fixtures/{f.name}")
     vm.put("/var/tmp/kestrel-tests.tar.gz", buf.getvalue())
-    vm.run("sh", "-c", "rm -rf /var/tmp/kt && mkdir /var/tmp/kt && tar -xzf /var/tmp/kestrel-tests.tar.gz -C /var/tmp/kt")
-    res = vm.run("sh", "-c", "cd /var/tmp/kt && /opt/kestrel/bin/python3 -m pytest -p no:cacheprovider -q -rs "
-                 "-o addopts= -o timeout=600 tests/io/test_gpio.py tests/io/test_gpio_gpiod.py -k gpiod",
-                 check=False, timeout=1500)
+    vm.run(
+        "sh", "-c", "rm -rf /var/tmp/kt && mkdir /var/tmp/kt && tar -xzf /var/tmp/kestrel-tests.tar.gz -C /var/tmp/kt"
+    )
+    res = vm.run(
+        "sh",
+        "-c",
+        "cd /var/tmp/kt && /opt/kestrel/bin/python3 -m pytest -p no:cacheprovider -q -rs "
+        "-o addopts= -o timeout=600 tests/io/test_gpio.py tests/io/test_gpio_gpiod.py -k gpiod",
+        check=False,
+        timeout=1500,
+    )
     out = res.stdout + res.stderr
     assert res.rc == 0, out[-4000:]
     summary = out.strip().splitlines()[-1]
@@ -173,8 +194,9 @@ def test_gpiod_contract_suite_runs_against_the_kernel_gpio_chip(card_a: LabVm) -
     record("gpiod_contract_passed", passed)
 
 
-def test_bundle_from_the_test_channel_survives_a_reboot_with_the_same_identity(card_a: LabVm, owner: Owner,
-                                                                             tmp_path: Path) -> None:
+def test_bundle_from_the_test_channel_survives_a_reboot_with_the_same_identity(
+    card_a: LabVm, owner: Owner, tmp_path: Path
+) -> None:
     vm = card_a
     before = identity(vm)
     bundle = owner.bundle(tmp_path / "b2.kbundle", counter=2)
@@ -231,8 +253,9 @@ def _card(image: Path, d: Path) -> LabVm:
     return LabVm.from_image(image, d)
 
 
-def test_corrupt_owner_file_is_reported_and_the_device_stays_reachable(image: Path, owner: Owner,
-                                                                      tmp_path: Path) -> None:
+def test_corrupt_owner_file_is_reported_and_the_device_stays_reachable(
+    image: Path, owner: Owner, tmp_path: Path
+) -> None:
     with _card(image, tmp_path) as vm:
         put_boot_file(vm.disk, "owner.json", b'{"format": "kestrel-owner/1", "owners": [', tmp=tmp_path)
         vm.boot(BOOT_TIMEOUT)
@@ -248,8 +271,9 @@ def test_corrupt_owner_file_is_reported_and_the_device_stays_reachable(image: Pa
     assert b"owner.json" in (read_boot_file(vm.disk, "firstboot-error.txt") or b"")
 
 
-def test_full_data_partition_is_reported_and_the_device_stays_reachable(image: Path, owner: Owner,
-                                                                       tmp_path: Path) -> None:
+def test_full_data_partition_is_reported_and_the_device_stays_reachable(
+    image: Path, owner: Owner, tmp_path: Path
+) -> None:
     with _card(image, tmp_path) as vm:
         put_boot_file(vm.disk, "owner.json", owner_json(owner), tmp=tmp_path)
         offset, size = partitions(vm.disk)[2]
@@ -258,8 +282,15 @@ def test_full_data_partition_is_reported_and_the_device_stays_reachable(image: P
         with open(filler / "filler", "wb") as fh:  # a written file (no holes) as large as the partition allows
             fh.write(b"\xa5" * (size - 12 * MIB))
         data = tmp_path / "data.ext4"
-        make_data_fs(data, size_mib=size // MIB, owner=(0, 0), uuid_="6b657374-7265-4c00-8000-000000000001",
-                     runner=Runner(), env={"TZ": "UTC"}, fill_from=filler)
+        make_data_fs(
+            data,
+            size_mib=size // MIB,
+            owner=(0, 0),
+            uuid_="6b657374-7265-4c00-8000-000000000001",
+            runner=Runner(),
+            env={"TZ": "UTC"},
+            fill_from=filler,
+        )
         with open(vm.disk, "r+b") as dst, open(data, "rb") as src:
             dst.seek(offset)
             dst.write(src.read())

@@ -33,8 +33,13 @@ def test_scrub_leaves_nothing_machine_specific(tmp_path: Path) -> None:
     root = _rootfs(tmp_path)
     _scrub(root)
     assert (root / "etc/machine-id").read_text() == ""
-    for gone in ("var/lib/dbus/machine-id", "etc/ssh/ssh_host_ed25519_key", "var/lib/systemd/random-seed",
-                 "usr/sbin/policy-rc.d", "var/lib/apt/lists/deb.debian.org_dists"):
+    for gone in (
+        "var/lib/dbus/machine-id",
+        "etc/ssh/ssh_host_ed25519_key",
+        "var/lib/systemd/random-seed",
+        "usr/sbin/policy-rc.d",
+        "var/lib/apt/lists/deb.debian.org_dists",
+    ):
         assert not (root / gone).exists(), gone
     assert (root / "etc/resolv.conf").read_text() == ""
 
@@ -68,8 +73,13 @@ def test_cached_only_build_refuses_to_download(tmp_path: Path) -> None:
     (overlay / MANIFEST).parent.mkdir(parents=True)
     (overlay / MANIFEST).write_text('{"build": {"extras": ["tpm"]}, "entries": []}\n')
     with pytest.raises(BuildError, match="not in the cache") as ei:
-        build_rootfs(tmp_path, overlay=overlay, board=BOARDS["qemu-arm64"], runner=Runner(dry_run=True),
-                     cache=Cache(tmp_path / "cache", cached_only=True))
+        build_rootfs(
+            tmp_path,
+            overlay=overlay,
+            board=BOARDS["qemu-arm64"],
+            runner=Runner(dry_run=True),
+            cache=Cache(tmp_path / "cache", cached_only=True),
+        )
     assert ei.value.exit_code == 75
 
 
@@ -81,8 +91,9 @@ def test_lab_base_system_has_the_kernel_and_the_vtpm() -> None:
 
 
 def test_sources_add_backports_for_the_pi5() -> None:
-    assert "bookworm-backports main non-free-firmware" in _sources(BOARDS["rpi5"], suite="bookworm",
-                                                                     mirror="http://m/debian")
+    assert "bookworm-backports main non-free-firmware" in _sources(
+        BOARDS["rpi5"], suite="bookworm", mirror="http://m/debian"
+    )
     assert "backports" not in _sources(BOARDS["rpi4"], suite="bookworm", mirror="http://m/debian")
 
 

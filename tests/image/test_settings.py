@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from firstboot_settings import OwnerSettings, parse_boot_inputs, parse_owner_file, sha256_hex
+
 from kestrel.errors import ConfigError, DataError
 
 DID = "did:key:z6MkiFtUoJ9smUxSmnPeNZvf6Z8ibAEMhE1wnF6xhRYAsU7r"
@@ -22,24 +22,28 @@ def test_minimal_owner_file_gets_defaults() -> None:
 
 
 def test_full_owner_file_with_bom() -> None:
-    data = "\ufeff".encode() + _owner(owners=[DID, DID2], threshold=2, name="gh-1", groups=["b", "a", "a"],
-                                      keystore="tpm")
+    data = "\ufeff".encode() + _owner(
+        owners=[DID, DID2], threshold=2, name="gh-1", groups=["b", "a", "a"], keystore="tpm"
+    )
     got = parse_owner_file(data)
     assert got == OwnerSettings(owners=(DID, DID2), threshold=2, name="gh-1", groups=("a", "b"), keystore="tpm")
 
 
-@pytest.mark.parametrize("data, key", [
-    (_owner(threshold=0), "threshold"),
-    (_owner(threshold=True), "threshold"),
-    (_owner(threshold=1.0), "threshold"),
-    (_owner(name="has space"), "name"),
-    (_owner(groups=["UPPER"]), "groups"),
-    (_owner(keystore="hsm"), "keystore"),
-    (_owner(owners=[]), "owners"),
-    (_owner(owners=[DID, DID]), "owners"),
-    (b'{"format": "kestrel-owner/1", "owners": ["%s"], "threshold": NaN}' % DID.encode(), None),
-    (b"[1, 2]", None),
-])
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        (_owner(threshold=0), "threshold"),
+        (_owner(threshold=True), "threshold"),
+        (_owner(threshold=1.0), "threshold"),
+        (_owner(name="has space"), "name"),
+        (_owner(groups=["UPPER"]), "groups"),
+        (_owner(keystore="hsm"), "keystore"),
+        (_owner(owners=[]), "owners"),
+        (_owner(owners=[DID, DID]), "owners"),
+        (b'{"format": "kestrel-owner/1", "owners": ["%s"], "threshold": NaN}' % DID.encode(), None),
+        (b"[1, 2]", None),
+    ],
+)
 def test_bad_owner_files_name_the_key(data: bytes, key: str | None) -> None:
     with pytest.raises(ConfigError) as info:
         parse_owner_file(data, source="/boot/firmware/kestrel/owner.json")

@@ -56,8 +56,15 @@ async def main(argv: list[str]) -> int:
     host, port = parse_broker(args.broker)
     ledger = Ledger.open(StateLayout(args.state).ledger, signer=open_signer(args.state))
     cfg = SyncConfig(poll_s=0.05, retry_s=0.2, offset_s=0.05, status_s=0.5, ack_timeout_s=5.0)
-    bridge = MqttBridge(host, port, agent_id=ledger.public_key.did, session_expiry=3600,
-                        reconnect_initial=0.05, reconnect_max=0.5, max_payload=256 * 1024)
+    bridge = MqttBridge(
+        host,
+        port,
+        agent_id=ledger.public_key.did,
+        session_expiry=3600,
+        reconnect_initial=0.05,
+        reconnect_max=0.5,
+        max_payload=256 * 1024,
+    )
     if os.environ.get("SYNC_AGENT_TRACE"):
         _trace(bridge)
     async with bridge:
@@ -67,8 +74,9 @@ async def main(argv: list[str]) -> int:
         while True:
             if ledger.size < args.records:
                 n = min(args.chunk, args.records - ledger.size)
-                await asyncio.gather(*(ledger.append_async("action.result", {"n": i, "pad": "x" * 40})
-                                       for i in range(n)))
+                await asyncio.gather(
+                    *(ledger.append_async("action.result", {"n": i, "pad": "x" * 40}) for i in range(n))
+                )
                 print(f"appended {ledger.size}", flush=True)
             acked = sync.status.acked
             if acked != last:
