@@ -118,17 +118,7 @@ def apply_bundle(
         ota.recover()
         try:
             epoch = _check_epoch(ota, ledger, tpm)
-            counter, cdigest = current_counter(ota, ledger)
-            vb = verify_bundle(
-                bundle_bytes,
-                root=ota.trust_root(),
-                now=now,
-                agent_id=ledger.public_key.did,
-                groups=ota.groups(),
-                counter=counter,
-                counter_digest=cdigest,
-                limits=limits,
-            )
+            vb = verify_bundle(bundle_bytes, now=now, limits=limits, **device_checks(ota, ledger))
             policy = _load_policy(vb.content(vb.manifest.policy.name), vb.manifest.policy.name)
         except (BundleError, TrustRootError) as exc:
             _reject(ledger, exc, bundle_bytes, source)
@@ -195,6 +185,18 @@ def apply_bundle(
             active["slot"] if active else None,
             policy.digest,
         )
+
+
+def device_checks(ota: OtaDir, ledger: Any) -> dict[str, Any]:
+    """What this device verifies a bundle against: its trust root, AgentID, groups and counter."""
+    counter, cdigest = current_counter(ota, ledger)
+    return {
+        "root": ota.trust_root(),
+        "agent_id": ledger.public_key.did,
+        "groups": ota.groups(),
+        "counter": counter,
+        "counter_digest": cdigest,
+    }
 
 
 def _check_epoch(ota: OtaDir, ledger: Any, tpm: TpmCounter | None) -> int | None:

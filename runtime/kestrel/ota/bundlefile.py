@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._internal.fsutil import open_nofollow
 from ..errors import TransportError
-from .apply import AppliedBundle, HealthCheck, apply_bundle, current_counter, record_rejection
+from .apply import AppliedBundle, HealthCheck, apply_bundle, device_checks, record_rejection
 from .bundle import MAX_HEAD, Limits, verify_head
 from .errors import BundleError, BundleFormatError, TrustRootError
 from .store import OtaDir
@@ -108,19 +108,8 @@ def apply_bundle_file(
                     code="oversize",
                     hint="raise ota.max_bundle in the device config, or ship the model separately",
                 )
-            ota = OtaDir(state_dir)
-            counter, cdigest = current_counter(ota, ledger)
-            verify_head(
-                os.pread(fd, min(size, MAX_HEAD), 0),
-                size=size,
-                root=ota.trust_root(),
-                now=now,
-                agent_id=ledger.public_key.did,
-                groups=ota.groups(),
-                counter=counter,
-                counter_digest=cdigest,
-                limits=limits,
-            )
+            head = os.pread(fd, min(size, MAX_HEAD), 0)
+            verify_head(head, size=size, now=now, limits=limits, **device_checks(OtaDir(state_dir), ledger))
         except (BundleError, TrustRootError) as exc:
             record_rejection(ledger, exc, sha256=digest_fd(fd, size), size=size, source=source, file=name)
             raise
