@@ -87,11 +87,13 @@ def apply_bundle_file(
     limits: Limits = Limits(),
     tpm: TpmCounter | None = None,
     opened: tuple[int, os.stat_result] | None = None,
+    sha256: str | None = None,
 ) -> AppliedBundle:
     """Verify and activate the bundle in ``path`` (see the module text); refusals are recorded.
 
     ``opened``: an (fd, fstat) from :func:`open_bundle` to use instead of opening ``path``
-    (the caller keeps ownership of the descriptor).
+    (the caller keeps ownership of the descriptor); ``sha256``: the file's digest when the caller
+    has hashed it already (a refusal then records it without a second pass over the file).
     """
     name = Path(path).name
     try:
@@ -111,7 +113,8 @@ def apply_bundle_file(
             head = os.pread(fd, min(size, MAX_HEAD), 0)
             verify_head(head, size=size, now=now, limits=limits, **device_checks(OtaDir(state_dir), ledger))
         except (BundleError, TrustRootError) as exc:
-            record_rejection(ledger, exc, sha256=digest_fd(fd, size), size=size, source=source, file=name)
+            digest = sha256 if sha256 is not None else digest_fd(fd, size)
+            record_rejection(ledger, exc, sha256=digest, size=size, source=source, file=name)
             raise
         data = _read_all(fd, size)
     finally:

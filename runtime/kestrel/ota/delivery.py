@@ -106,6 +106,7 @@ def scan_drop_dir(
                             limits=limits,
                             tpm=tpm,
                             opened=(fd, st),
+                            sha256=key,
                         ),
                     )
                 )
