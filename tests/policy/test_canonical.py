@@ -121,3 +121,13 @@ def test_nesting_is_bounded() -> None:
         deep = [deep]
     with pytest.raises(ArgsError, match="nested"):
         canonicalize("anything", {"v": deep})
+
+
+def test_a_host_argument_is_read_as_a_url_host_is() -> None:
+    from kestrel.policy import destination
+
+    assert destination({"host": "Example.COM."}) == ("example.com", None)
+    assert destination({"host": "[::1]", "port": 8883}) == ("::1", 8883)
+    for host in ("127.1", "0x7f.0.0.1", "2130706433", "fe80::1%eth0"):
+        with pytest.raises(ValueError):
+            destination({"host": host})

@@ -21,9 +21,8 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from .canonical.address import parse_domain
 from .canonical.errors import ArgsError
-from .canonical.url import parse_url
+from .canonical.url import parse_host, parse_url
 from .model import ActionRequest, Check, Decision, Policy, PolicyState, Rule, TimeWindow, args_digest, make_decision
 
 __all__ = [
@@ -291,15 +290,9 @@ def destination(args: Mapping[str, Any]) -> tuple[str, int | None] | None:
 
 @lru_cache(maxsize=1024)
 def _canonical_host(host: str) -> str:
-    """An IP address in its one text form, or a DNS name in canonical form (ValueError if neither)."""
-    import ipaddress
-
+    """The host as a URL's host is read (kestrel.policy.canonical.parse_host); ValueError if it is none."""
     try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        pass
-    try:
-        return parse_domain(host, where="argument 'host'")
+        return parse_host(host, where="argument 'host'")[0]
     except ArgsError as exc:
         raise ValueError(exc.message) from None
 

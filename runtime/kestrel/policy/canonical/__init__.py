@@ -15,7 +15,7 @@ from __future__ import annotations
 from .actions import BUILTIN_ARGS, canonicalize
 from .address import Address, parse_address, parse_domain
 from .errors import ArgsError
-from .url import CanonicalUrl, parse_url
+from .url import CanonicalUrl, parse_host, parse_url
 from .values import MAX_DEPTH, MAX_INT, plain_value
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "canonicalize",
     "parse_address",
     "parse_domain",
+    "parse_host",
     "parse_url",
     "plain_value",
 ]

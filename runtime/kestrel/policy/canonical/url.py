@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from .address import parse_domain
 from .errors import ArgsError
 
-__all__ = ["CanonicalUrl", "parse_url", "MAX_URL"]
+__all__ = ["CanonicalUrl", "parse_url", "parse_host", "MAX_URL"]
 
 MAX_URL = 2048
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -74,8 +74,6 @@ def parse_url(text: object, *, where: str = "url") -> CanonicalUrl:
 
 
 def _host_port(authority: str, where: str) -> tuple[str, bool, int | None]:
-    import ipaddress
-
     port_text: str | None = None
     if authority.startswith("["):
         end = authority.find("]")
@@ -85,12 +83,7 @@ def _host_port(authority: str, where: str) -> tuple[str, bool, int | None]:
         if after and not after.startswith(":"):
             raise ArgsError(f"{where}: unexpected text after the IPv6 address")
         port_text = after[1:] if after else None
-        try:
-            if "%" in inner:
-                raise ValueError("zone")
-            host, ip = str(ipaddress.IPv6Address(inner)), True
-        except ValueError:
-            raise ArgsError(f"{where}: [{inner}] is not an IPv6 address (zones are not allowed)") from None
+        host, ip = _ipv6(inner, where), True
     else:
         name, colon, port_part = authority.partition(":")
         port_text = port_part if colon else None
@@ -103,6 +96,29 @@ def _host_port(authority: str, where: str) -> tuple[str, bool, int | None]:
             raise ArgsError(f"{where} has an invalid port", hint="a port is a number from 1 to 65535")
         port = int(port_text)
     return host, ip, port
+
+
+def parse_host(text: object, *, where: str = "host") -> tuple[str, bool]:
+    """(canonical host, is an IP literal) of a bare host: a DNS name, four decimal IPv4 numbers, or an
+    IPv6 address (bracketed or not, no zone); the same rules as a URL's host."""
+    if not isinstance(text, str) or not text:
+        raise ArgsError(f"{where} must be a host name or address")
+    if text.startswith("[") and text.endswith("]"):
+        return _ipv6(text[1:-1], where), True
+    if ":" in text:
+        return _ipv6(text, where), True
+    return _host(text, where)
+
+
+def _ipv6(inner: str, where: str) -> str:
+    import ipaddress
+
+    try:
+        if "%" in inner:
+            raise ValueError("zone")
+        return str(ipaddress.IPv6Address(inner))
+    except ValueError:
+        raise ArgsError(f"{where}: [{inner}] is not an IPv6 address (zones are not allowed)") from None
 
 
 def _host(name: str, where: str) -> tuple[str, bool]:
