@@ -13,7 +13,15 @@ import time
 import pytest
 
 from kestrel.identity.keys import SoftwareSigner
-from kestrel.ledger import Ledger, LedgerError, LedgerIOError, LedgerVerificationError, Reason, RecordError
+from kestrel.ledger import (
+    Ledger,
+    LedgerBusyError,
+    LedgerError,
+    LedgerIOError,
+    LedgerVerificationError,
+    Reason,
+    RecordError,
+)
 from kestrel.ledger.frame import CHECKPOINT, RECORD, TAIL_SEAL, encode_frame
 from kestrel.ledger.reader import read_stream
 from kestrel.ledger.record import encode_record, leaf_hash
@@ -357,9 +365,10 @@ def test_strict_signer_failure_fails_the_append_and_writes_nothing(tmp_path, ed_
 def test_one_writer_at_a_time(tmp_path, ed_signer):
     d = tmp_path / "l"
     led = Ledger.open(d, signer=ed_signer)
-    with pytest.raises(LedgerIOError, match="already open for writing") as e:
+    with pytest.raises(LedgerBusyError, match="already open for writing") as e:
         Ledger.open(d, signer=ed_signer)
-    assert str(os.getpid()) in e.value.message
+    assert isinstance(e.value, LedgerIOError)  # a transport error, as before
+    assert e.value.holder == str(os.getpid()) and str(os.getpid()) in e.value.message
     led.append("test.x", {})
     led.close()
     with Ledger.open(d, signer=ed_signer) as again:  # released on close

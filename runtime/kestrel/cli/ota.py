@@ -252,14 +252,12 @@ def open_ledger(state_dir: Path, *, passphrase: bytes | str | None = None) -> It
     """The device ledger, signed by the agent's identity key (only when no daemon runs)."""
     from .._internal.paths import StateLayout
     from ..identity import open_signer
-    from ..ledger import Ledger, LedgerIOError
+    from ..ledger import Ledger, LedgerBusyError, LedgerIOError
 
     signer = open_signer(state_dir, passphrase=passphrase)
     try:
         ledger = Ledger.open(StateLayout(state_dir).ledger, signer=signer)
-    except LedgerIOError as exc:
-        if "already open for writing" not in exc.message:
-            raise
+    except LedgerBusyError as exc:
         raise LedgerIOError(
             f"{exc.message}, and no daemon answers on {StateLayout(state_dir).run / 'control.sock'}",
             hint="a daemon may be starting or stopping, or another kestrel command is recording: "

@@ -6,7 +6,7 @@ Pure core: :mod:`.record`, :mod:`.frame`, :mod:`.merkle`, :mod:`.checkpoint`,
 """
 
 from .checkpoint import SignedCheckpoint, sign_checkpoint, verify_checkpoint
-from .errors import LedgerError, LedgerIOError, LedgerVerificationError, Reason, RecordError
+from .errors import LedgerBusyError, LedgerError, LedgerIOError, LedgerVerificationError, Reason, RecordError
 from .export import ProofFileError, VerifiedProof, verify_export, verify_proof
 from .ledger import Durability, Ledger, Receipt
 from .merkle import ProofError, verify_consistency, verify_inclusion
@@ -24,6 +24,7 @@ __all__ = [
     "VerifiedProof",
     "LedgerError",
     "LedgerIOError",
+    "LedgerBusyError",
     "LedgerVerificationError",
     "Reason",
     "RecordError",

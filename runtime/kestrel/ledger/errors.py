@@ -6,7 +6,7 @@ import enum
 
 from ..errors import DataError, TransportError
 
-__all__ = ["Reason", "LedgerError", "LedgerVerificationError", "RecordError", "LedgerIOError"]
+__all__ = ["Reason", "LedgerError", "LedgerVerificationError", "RecordError", "LedgerIOError", "LedgerBusyError"]
 
 
 class Reason(str, enum.Enum):
@@ -57,3 +57,11 @@ class RecordError(LedgerError):
 
 class LedgerIOError(TransportError):
     """The ledger directory or a segment file cannot be read or written."""
+
+
+class LedgerBusyError(LedgerIOError):
+    """Another process holds the ledger's single-writer lock. ``holder`` is its pid, as it wrote it."""
+
+    def __init__(self, message: str, *, holder: str, hint: str) -> None:
+        super().__init__(message, hint=hint)
+        self.holder = holder

@@ -22,7 +22,7 @@ from typing import Any
 
 from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir
 from .base import BASE_MAGIC, MAX_BASE_SIZE, base_size_unsafe
-from .errors import LedgerIOError, LedgerVerificationError, Reason
+from .errors import LedgerBusyError, LedgerIOError, LedgerVerificationError, Reason
 from .verify import Part
 
 __all__ = [
@@ -237,8 +237,9 @@ def lock_directory(ledger_dir: Path) -> int:
     except OSError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
-        raise LedgerIOError(
+        raise LedgerBusyError(
             f"the ledger {ledger_dir} is already open for writing (by pid {holder})",
+            holder=holder,
             hint="one writer at a time: stop the agent (`kestrel run`), or act through it (its control socket)",
         ) from None
     os.ftruncate(fd, 0)
