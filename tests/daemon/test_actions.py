@@ -177,6 +177,14 @@ async def test_fetch_data_within_policy_and_limits(agent, http_server):
         assert "redirect to http://example.com/ was denied by the policy" in err.value.message
         r = await d.control_call("fetch_data", {"url": http_server + "/hop"}, source="test")
         assert r["url"] == http_server + "/data" and r["redirected_from"] == [http_server + "/hop"]
+        # the redirect's decision names the fetch it continues, whose action.result is its outcome
+        recs = [x for x in d.ledger.records() if x.kind in ("policy.decision", "action.result")]
+        result = next(x for x in reversed(recs) if x.kind == "action.result")
+        hop = next(x for x in recs if x.seq == result.body["decision"])
+        follow = [x for x in recs if x.body.get("parent") == hop.seq]
+        assert len(follow) == 1 and follow[0].body["decision"] == "allow" and hop.seq < follow[0].seq < result.seq
+        denied = [x for x in recs if x.kind == "policy.decision" and "parent" in x.body and x.seq < hop.seq]
+        assert len(denied) == 1 and denied[0].body["decision"] == "deny"  # the /redirect one, tied to its fetch
         with pytest.raises(ActionDeniedError) as err:
             await d.control_call("fetch_data", {"url": "http://203.0.113.9/x"}, source="test")
         assert "allow-list" in err.value.message

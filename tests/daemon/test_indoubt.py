@@ -43,6 +43,19 @@ def test_scan_pairs_outcomes_with_their_decisions_and_reports_the_rest():
     assert scan.scanned == 9
 
 
+def test_a_follow_up_decision_is_accounted_for_by_its_parent_s_outcome():
+    records = [
+        _rec(1, "policy.decision", action="fetch_data", args_digest="f", decision="allow"),
+        _rec(2, "policy.decision", action="fetch_data", args_digest="r", decision="allow", parent=1),  # redirect
+        _rec(3, "policy.decision", action="fetch_data", args_digest="g", decision="allow"),
+        _rec(4, "policy.decision", action="fetch_data", args_digest="s", decision="allow", parent=3),
+    ]
+    open_ = InDoubtScan().feed([*records, _rec(5, "action.result", action="fetch_data", decision=1, ok=True)])
+    assert [i.seq for i in open_.actions] == [3]  # 2 ended with 1; 4 is in doubt with 3, not on its own
+    bogus = InDoubtScan().feed([_rec(1, "policy.decision", action="x", args_digest="a", decision="allow", parent="1")])
+    assert [i.seq for i in bogus.actions] == [1]  # only an integer parent makes a follow-up
+
+
 def test_scan_pairs_outcomes_without_a_decision_number_oldest_first():
     scan = InDoubtScan().feed(
         [

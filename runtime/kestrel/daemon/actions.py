@@ -9,17 +9,19 @@ cannot be used raises a TransportError. Either way the failure is recorded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import DataError
 from ..policy.canonical import ArgsError, canonicalize
 from .calendar import CalendarStore, parse_event_args
 from .config import DeviceConfig, GpioOutput, MqttActuator, SerialActuator
+from .effects import CURRENT_DECISION
 from .fetch import RedirectDeniedError, fetch_blocking, parse_fetch_args
 from .outbox import Outbox, parse_email_args
 
@@ -53,6 +55,12 @@ def _payload(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
+class Authorize(Protocol):
+    """The policy's ``decide``: decides and records a follow-up request of a running action."""
+
+    def __call__(self, action: str, args: dict[str, Any], *, parent: int | None = None) -> Any: ...
+
+
 class Actions:
     """Dispatches an allowed action to its handler."""
 
@@ -64,7 +72,7 @@ class Actions:
         outbox: Outbox,
         calendar: CalendarStore,
         clock: Callable[[], float] = time.time,
-        authorize: Callable[[str, dict[str, Any]], Any] | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
         self._config = config
         self._hardware = hardware
@@ -151,21 +159,19 @@ class Actions:
     async def fetch_data(self, args: dict[str, Any]) -> Outcome:
         url = parse_fetch_args(args)
         cfg = self._config().fetch
+        parent = CURRENT_DECISION.get()  # read here: the executor thread does not inherit the context
+        authorize = functools.partial(self._redirect_allowed, parent=parent) if self.authorize else None
         result = await asyncio.get_running_loop().run_in_executor(
             None,
-            lambda: fetch_blocking(
-                url,
-                max_bytes=cfg.max_bytes,
-                timeout_s=cfg.timeout_s,
-                authorize=self._redirect_allowed if self.authorize else None,
-            ),
+            lambda: fetch_blocking(url, max_bytes=cfg.max_bytes, timeout_s=cfg.timeout_s, authorize=authorize),
         )
         return Outcome(result.reply(), result.record())
 
-    def _redirect_allowed(self, url: str) -> None:
-        """A redirect is a new fetch_data request: the policy decides (and records) it."""
+    def _redirect_allowed(self, url: str, *, parent: int | None) -> None:
+        """A redirect is a new fetch_data request: the policy decides (and records) it, naming the
+        decision of the fetch it continues (``parent``), whose ``action.result`` is its outcome too."""
         assert self.authorize is not None
-        decision = self.authorize("fetch_data", {"url": url})
+        decision = self.authorize("fetch_data", {"url": url}, parent=parent)
         if not decision.allowed:
             raise RedirectDeniedError(
                 f"fetch_data: the redirect to {url} was denied by the policy ({decision.rule}: {decision.reason})"

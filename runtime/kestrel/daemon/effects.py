@@ -192,7 +192,9 @@ class InDoubtScan:
         elif kind == "daemon.stopped":
             self.in_run = False
         elif kind == "policy.decision":
-            if self.in_run and body.get("decision") == "allow":
+            # A follow-up decision (``parent``: a redirect of a running fetch_data) is part of its
+            # parent's effect: the parent's outcome (result or in doubt) accounts for both.
+            if self.in_run and body.get("decision") == "allow" and type(body.get("parent")) is not int:
                 key = (str(body.get("action")), str(body.get("args_digest")))
                 self._decisions[seq] = key
                 self._by_key.setdefault(key, collections.deque()).append(seq)

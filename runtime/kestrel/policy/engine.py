@@ -110,18 +110,19 @@ class PolicyEngine:
         if self.source.version() != self._version:
             self.reload()
 
-    def decide(self, action: str, args: Mapping[str, Any] | None = None) -> Decision:
+    def decide(self, action: str, args: Mapping[str, Any] | None = None, *, parent: int | None = None) -> Decision:
         """Put ``args`` in canonical form, evaluate that form, record the decision.
 
         The returned decision carries the canonical arguments (``decision.args``): what an
         allowed action executes. Arguments without a canonical form are denied
         (rule ``invalid-args``), and so is a decision that outlives ``budget_s``
-        (rule ``policy_timeout``).
+        (rule ``policy_timeout``). ``parent``: the seq of the decision whose action asks for
+        this one (a fetch_data redirect); recorded, so the parent's outcome accounts for it.
         """
         try:
             request = ActionRequest(action, canonicalize(action, args))
         except ArgsError as exc:
-            return self._record(self._invalid(action, args, exc))
+            return self._record(self._invalid(action, args, exc), parent)
         with self._lock:
             self._maybe_reload()
             step = self._steps.check()
@@ -134,7 +135,7 @@ class PolicyEngine:
             if decision.allowed and decision.rate_key is not None and self.policy is not None:
                 self._state = self._state.record(decision, now, horizon=self.policy.rate_windows)
                 self._save_state()
-        return self._record(decision)
+        return self._record(decision, parent)
 
     def _invalid(self, action: str, args: Mapping[str, Any] | None, exc: ArgsError) -> Decision:
         return make_decision(
@@ -146,20 +147,19 @@ class PolicyEngine:
             args_digest(args if isinstance(args, Mapping) else {}),
         )
 
-    def _record(self, decision: Decision) -> Decision:
-        action = decision.action
-        self._ledger.append(
-            "policy.decision",
-            {
-                "action": action,
-                "args_digest": decision.args_digest,
-                "decision": "allow" if decision.allowed else "deny",
-                "rule": decision.rule,
-                "reason": decision.reason if self.load_error is None else f"{decision.reason} ({self.load_error})",
-                "policy": decision.policy_digest,
-                "bundle": self.bundle_digest,
-            },
-        )
+    def _record(self, decision: Decision, parent: int | None = None) -> Decision:
+        body: dict[str, Any] = {
+            "action": decision.action,
+            "args_digest": decision.args_digest,
+            "decision": "allow" if decision.allowed else "deny",
+            "rule": decision.rule,
+            "reason": decision.reason if self.load_error is None else f"{decision.reason} ({self.load_error})",
+            "policy": decision.policy_digest,
+            "bundle": self.bundle_digest,
+        }
+        if parent is not None:
+            body["parent"] = parent
+        self._ledger.append("policy.decision", body)
         return decision
 
     # -- rate state -----------------------------------------------------------
