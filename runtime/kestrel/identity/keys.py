@@ -172,11 +172,11 @@ class PublicKey:
         if len(signature) != 64:
             raise SignatureError(f"{self.algorithm.value} signature must be 64 bytes, got {len(signature)}")
         try:
-            if self.algorithm is Algorithm.ED25519:
-                key.verify(signature, message)  # type: ignore[call-arg, union-attr]
+            if isinstance(key, ed25519.Ed25519PublicKey):
+                key.verify(signature, message)
             else:
                 der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
-                key.verify(der, message, ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg, union-attr]
+                key.verify(der, message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             raise SignatureError(
                 f"signature does not verify for {self.did}",

@@ -85,10 +85,10 @@ class InputChecker:
         if len(inputs) != len(self._rules):
             raise _input_error(self.model_name, self.specs, inputs)
         for name, dtype, rank, fixed in self._rules:
-            arr = inputs.get(name)
+            arr: Any = inputs.get(name)  # anything: a value without shape and dtype is refused below
             try:
-                shape = arr.shape  # type: ignore[union-attr]
-                ok = arr.dtype == dtype and len(shape) == rank  # type: ignore[union-attr]
+                shape = arr.shape
+                ok = arr.dtype == dtype and len(shape) == rank
             except AttributeError:
                 ok = False
             if not ok or any(shape[axis] != d for axis, d in fixed):
@@ -229,7 +229,7 @@ def _litert_interpreter() -> Any:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         try:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+            from tflite_runtime.interpreter import Interpreter
         except ImportError:
             raise TransportError(
                 "no LiteRT runtime: neither ai-edge-litert nor tflite-runtime is installed",
@@ -245,7 +245,7 @@ class LiteRtSession:
         import numpy as np
 
         self.model = model
-        self.providers = ("litert",)
+        self.providers: tuple[str, ...] = ("litert",)
         Interpreter = _litert_interpreter()
         try:
             self._interp = Interpreter(model_path=str(model.model_path), num_threads=max(1, options.intra_op_threads))

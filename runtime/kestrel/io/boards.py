@@ -166,7 +166,8 @@ def _parse_pins(gpio: Fields, chips: Mapping[str, str | None]) -> dict[str, PinR
         if isinstance(line, bool) or not isinstance(line, int) or not 0 <= line < 1024:
             raise spec.error("line offset must be an integer 0..1023")
         pins[name] = PinRef(chip=chip, line=line, name=name, chip_label=chips[chip])
-    for pin, node in gpio.get("header", Node.mapping, {}).items():
+    header: dict[str, Node] = gpio.get("header", Node.mapping, {})
+    for pin, node in header.items():
         if not re.match(r"^PIN\d{1,2}$", pin):
             raise node.error("header pins are named PIN1..PIN40")
         target = node.value()

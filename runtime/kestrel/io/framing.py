@@ -164,9 +164,10 @@ class _LineFramer:
             if not line:
                 continue
             if self.f.nmea_checksum:
-                line = self._nmea(line)
-                if line is None:
+                checked = self._nmea(line)
+                if checked is None:
                     continue
+                line = checked
             self.stats.frames += 1
             out.append(line)
 

@@ -29,7 +29,7 @@ CONSUMER = "kestrel"
 
 def _gpiod() -> Any:
     try:
-        import gpiod  # type: ignore[import-not-found]
+        import gpiod
     except ImportError:
         raise GpioError(
             "the gpiod backend needs the 'gpiod' Python package (libgpiod v2 bindings)",
@@ -45,7 +45,7 @@ def _gpiod() -> Any:
 def input_settings(*, edge: Edge, bias: Bias, debounce_ms: float, active_low: bool) -> Any:
     """Kestrel input options -> ``gpiod.LineSettings`` (pure translation)."""
     gpiod = _gpiod()
-    from gpiod.line import Bias as GBias  # type: ignore[import-not-found]
+    from gpiod.line import Bias as GBias
     from gpiod.line import Direction
     from gpiod.line import Edge as GEdge
 
@@ -64,7 +64,7 @@ def input_settings(*, edge: Edge, bias: Bias, debounce_ms: float, active_low: bo
 def output_settings(*, initial: int, active_low: bool) -> Any:
     """Kestrel output options -> ``gpiod.LineSettings`` (pure translation)."""
     gpiod = _gpiod()
-    from gpiod.line import Direction, Value  # type: ignore[import-not-found]
+    from gpiod.line import Direction, Value
 
     return gpiod.LineSettings(
         direction=Direction.OUTPUT,
@@ -165,7 +165,7 @@ class _GpiodInput:
 
     @property
     def value(self) -> int:
-        from gpiod.line import Value  # type: ignore[import-not-found]
+        from gpiod.line import Value
 
         return 1 if self._req.get_value(self.ref.line) == Value.ACTIVE else 0
 
@@ -189,13 +189,13 @@ class _GpiodOutput:
 
     @property
     def value(self) -> int:
-        from gpiod.line import Value  # type: ignore[import-not-found]
+        from gpiod.line import Value
 
         return 1 if self._req.get_value(self.ref.line) == Value.ACTIVE else 0
 
     @value.setter
     def value(self, value: int) -> None:
-        from gpiod.line import Value  # type: ignore[import-not-found]
+        from gpiod.line import Value
 
         if self._req is None:
             raise GpioError(f"output {self.name} is closed")

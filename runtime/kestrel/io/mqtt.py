@@ -97,6 +97,10 @@ class Subscription:
         await self._bridge.unsubscribe(self)
 
 
+def _not_started() -> MqttError:
+    return MqttError("the MQTT bridge is not started (use `async with MqttBridge(...)`)")
+
+
 def _no_delay(client: Any, userdata: Any, sock: Any) -> None:
     """TCP_NODELAY on the broker connection. paho leaves Nagle's algorithm on, so a packet written
     while the previous one is unacknowledged waits for the broker's delayed ACK (~40 ms on Linux):
@@ -198,7 +202,8 @@ class MqttBridge:
             await asyncio.shield(asyncio.to_thread(thread.join, 10.0))
         finally:
             self._set_connected(False)
-            for fut in [*self._pending.values(), *self._pending_sub.values()]:
+            waiters: list[asyncio.Future[Any]] = [*self._pending.values(), *self._pending_sub.values()]
+            for fut in waiters:
                 if not fut.done():
                     fut.set_exception(MqttError("the MQTT bridge was closed before the broker acknowledged"))
             self._pending.clear()
@@ -262,7 +267,7 @@ class MqttBridge:
         self._counts.add("published")
         if qos == 0:
             return info.mid
-        fut = self._pending[info.mid] = self._loop.create_future()  # type: ignore[union-attr]
+        fut = self._pending[info.mid] = self._started_loop().create_future()
         try:
             await fut
         finally:
@@ -296,7 +301,7 @@ class MqttBridge:
         rc, mid = self._client.subscribe(sub.topic_filter, options=opts)
         if mid is None:
             return  # connection dropped meanwhile: re-subscribed on reconnect
-        fut = self._pending_sub[mid] = self._loop.create_future()  # type: ignore[union-attr]
+        fut = self._pending_sub[mid] = self._started_loop().create_future()
         try:
             codes = await fut
         finally:
@@ -306,8 +311,15 @@ class MqttBridge:
             raise MqttError(f"broker refused subscription {sub.topic_filter!r}: {bad[0]}", reason=str(bad[0]))
 
     def _check_started(self) -> None:
-        if self._thread is None or self._loop is None:
-            raise MqttError("the MQTT bridge is not started (use `async with MqttBridge(...)`)")
+        if self._thread is None:
+            raise _not_started()
+        self._started_loop()
+
+    def _started_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop that started the bridge: its futures and tasks live there."""
+        if self._loop is None:
+            raise _not_started()
+        return self._loop
 
     # ------------------------------------------------------------------ network thread
 
@@ -390,7 +402,7 @@ class MqttBridge:
         self._counts.add("connects")
         self._set_connected(True)
         for sub in self._subs:  # idempotent; retained messages only for new subscriptions
-            self._loop.create_task(self._resubscribe(sub))  # type: ignore[union-attr]
+            self._started_loop().create_task(self._resubscribe(sub))
 
     async def _resubscribe(self, sub: Subscription) -> None:
         try:
@@ -403,7 +415,8 @@ class MqttBridge:
             return
         self._connected = connected
         if connected:
-            self._connected_event.set()  # type: ignore[union-attr]
+            if self._connected_event is not None:
+                self._connected_event.set()
         else:
             self._counts.add("disconnects")
             if self._connected_event is not None:

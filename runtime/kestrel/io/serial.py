@@ -105,7 +105,8 @@ class SerialPort:
             try:
                 await task
             except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
                     raise
         self._disconnect()
         self._queue.close()
@@ -148,8 +149,8 @@ class SerialPort:
                     n = os.write(fd, view)
                     view = view[n:]
                 except BlockingIOError:
-                    ready = loop.create_future()
-                    loop.add_writer(fd, lambda ready=ready: ready.done() or ready.set_result(None))
+                    ready: asyncio.Future[None] = loop.create_future()
+                    loop.add_writer(fd, _wake, ready)
                     try:
                         await asyncio.wait_for(ready, 5.0)
                     except TimeoutError:
@@ -281,6 +282,12 @@ class SerialPort:
                 self._on_state_change(self.health)
             except Exception:  # a faulty observer must not stop the port
                 log.exception("on_state_change callback failed")
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    """A writer callback: the device accepts data again."""
+    if not ready.done():
+        ready.set_result(None)
 
 
 def _check_settings(*, baudrate: int, parity: str, bytesize: int, stopbits: float) -> dict[str, Any]:

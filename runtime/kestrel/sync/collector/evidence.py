@@ -38,8 +38,8 @@ def runs(store: CollectorStore, did: str) -> list[Run]:
     state = store.agent_state(did)
     if state.checkpoint is None or not state.size:
         return []
-    bases = [(size, verify_base(payload, pk)) for size, payload in store.bases(did)]
-    starts: list[tuple[int, LogBase | None]] = [(0, None)] + bases
+    starts: list[tuple[int, LogBase | None]] = [(0, None)]
+    starts += [(size, verify_base(payload, pk)) for size, payload in store.bases(did)]
     out = []
     for i, (start, base) in enumerate(starts):
         if i + 1 < len(starts):

@@ -74,7 +74,8 @@ class CollectorService:
     ) -> None:
         self.store = store
         self.core = CollectorCore(store, clock=time.time)
-        self._transient: tuple[type[BaseException], ...] = tuple(getattr(store, "transient", ()))
+        # the store is unavailable (its own transient errors too): the group is retried later
+        self._retryable: tuple[type[BaseException], ...] = (TransportError, *getattr(store, "transient", ()))
         self.host, self.port, self.keepalive = host, port, keepalive
         self.topic = f"$share/{group}/{LEDGER_FILTER}" if group else LEDGER_FILTER
         self.client_id = client_id or (f"kestrel-collector-{group}" if group else "kestrel-collector")
@@ -104,7 +105,7 @@ class CollectorService:
             client.username_pw_set(*self._auth)
         if self._tls is not None:
             client.tls_set_context(self._tls)
-        client.reconnect_delay_set(0.2, 10)
+        client.reconnect_delay_set(0.2, 10)  # type: ignore[arg-type]  # paho annotates int; seconds may be a float
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -154,7 +155,7 @@ class CollectorService:
                 group.append(nxt)
             try:
                 outcomes = self.core.handle_many([(m.topic, bytes(m.payload)) for _, m in group])
-            except (TransportError, *self._transient):  # the store is unavailable: retry later
+            except self._retryable:  # the store is unavailable: retry later
                 log.exception("collector: could not store %d message(s); they will be redelivered", len(group))
                 group[0][0].disconnect()
                 self._stopping.wait(1.0)

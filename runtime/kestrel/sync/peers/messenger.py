@@ -196,7 +196,8 @@ class PeerMessenger:
             "encrypted": msg.encrypted,
             "bytes": len(payload),
         }
-        handler = self.handlers.get(msg.body.get("t")) if isinstance(msg.body, dict) else None
+        kind = msg.body.get("t") if isinstance(msg.body, dict) else None
+        handler = self.handlers.get(kind) if isinstance(kind, str) else None
         submit = getattr(self.ledger, "submit", None)
         if handler is not None and isinstance(msg.body.get("t"), str) and submit is not None:
             # Queued, not awaited: the ledger is FIFO, so whatever the handler then records and

@@ -98,7 +98,7 @@ def create_app(store: CollectorStore, *, token: str | None = None, location: str
         )
 
     def names() -> dict[str, str]:
-        out = {}
+        out: dict[str, str] = {}
         for did, raw in store.records_of_kind("agent.created"):
             try:
                 name = decode_record(raw).body.get("name")
@@ -141,7 +141,7 @@ def create_app(store: CollectorStore, *, token: str | None = None, location: str
     def agent(request: Request) -> Response:
         did = agent_did(request)
         s = summary(did) if did else None
-        if s is None:
+        if did is None or s is None:
             return error(404, "no such agent in this collector's database")
         q = request.query_params
         err, rows, after = None, [], -1
