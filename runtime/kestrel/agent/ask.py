@@ -15,10 +15,13 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UsageError
 from .planner import Authorize, Budgets, Outcome, Step
+
+if TYPE_CHECKING:
+    from ..ledger.recorder import Recorder
 
 __all__ = ["AskOptions", "tool_specs", "build_planner", "step_event", "outcome_event", "MAX_RULES_TEXT"]
 
@@ -145,7 +148,7 @@ def tool_specs(names: tuple[str, ...] | list[str]) -> Any:
     return builtin(*names)
 
 
-def _rules(state: Path, options: AskOptions, tools: Any, authorize: Authorize, ledger: Any) -> Any:
+def _rules(state: Path, options: AskOptions, tools: Any, authorize: Authorize, ledger: Recorder) -> Any:
     from .._internal.fsutil import read_bytes
     from .rules import RulePlanner, parse_rules
 
@@ -170,7 +173,7 @@ def build_planner(
     options: AskOptions,
     *,
     authorize: Authorize,
-    ledger: Any,
+    ledger: Recorder,
     executor: Callable[[str, dict[str, Any]], Any],
     stack: contextlib.ExitStack,
     model: Any = None,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:  # the ledger is imported lazily: kestrel.ledger pulls msgpack and friends
     from ..identity import Identity, Signer
     from ..identity.keys import Algorithm
+    from ..ledger import Ledger
 
 __all__ = ["Agent", "created_body", "ensure_fresh_state"]
 
@@ -27,7 +28,7 @@ DurabilityMode = Literal["strict", "batched"]
 class Agent:
     """An opened agent. Use :meth:`open` (or :meth:`create`); close it, or use ``with``."""
 
-    def __init__(self, state_dir: Path, identity: Identity, signer: Signer, ledger: Any) -> None:
+    def __init__(self, state_dir: Path, identity: Identity, signer: Signer, ledger: Ledger) -> None:
         self._state_dir = state_dir
         self._identity = identity
         self._signer = signer
@@ -116,7 +117,7 @@ class Agent:
         return self._signer
 
     @property
-    def ledger(self) -> Any:
+    def ledger(self) -> Ledger:
         return self._ledger
 
     @property

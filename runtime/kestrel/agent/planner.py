@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from .context import ContextSource
@@ -30,13 +30,12 @@ from .llm.base import EndpointError, EndpointRefusedError, GenerationOptions, La
 from .prompt import STOP, Turn, fit, observed_denial, observed_invalid, observed_result
 from .tools import Final, Handoff, ProposalError, ToolCall, ToolRegistry, ToolResult, canonical_json, digest_of
 
+if TYPE_CHECKING:
+    from ..ledger.recorder import Recorder
+
 __all__ = ["Budgets", "Step", "Outcome", "Actor", "LLMPlanner", "Authorize", "run_async"]
 
 Authorize = Callable[[str, dict[str, Any]], Any]  # -> Decision (allowed, rule, reason, policy_digest)
-
-
-class _Ledger(Protocol):
-    def append(self, kind: str, body: dict[str, Any]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ class Outcome:
 class Actor:
     """Policy-gated execution and ledger recording, shared by every planner."""
 
-    def __init__(self, tools: ToolRegistry, *, authorize: Authorize, ledger: _Ledger) -> None:
+    def __init__(self, tools: ToolRegistry, *, authorize: Authorize, ledger: Recorder) -> None:
         self.tools = tools
         self._authorize = authorize
         self._ledger = ledger
@@ -156,7 +155,7 @@ class LLMPlanner:
         tools: ToolRegistry,
         *,
         authorize: Authorize,
-        ledger: _Ledger,
+        ledger: Recorder,
         context: ContextSource | None = None,
         rules: Any = None,  # a RulePlanner to hand goals to
         budgets: Budgets = Budgets(),

@@ -24,14 +24,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .._internal.linregex import LinearRegex, RegexError, compile_linear
 from .._internal.yamlnode import Fields, Node, load
-from .planner import Actor, Authorize, Budgets, Outcome, Step, _Ledger
+from .planner import Actor, Authorize, Budgets, Outcome, Step
 from .tools import ProposalError, ToolCall, ToolRegistry, digest_of, parse_proposal
+
+if TYPE_CHECKING:
+    from ..ledger.recorder import Recorder
 
 __all__ = ["Rule", "RulePlanner", "parse_rules"]
 
@@ -104,7 +107,7 @@ class RulePlanner:
         tools: ToolRegistry,
         *,
         authorize: Authorize,
-        ledger: _Ledger,
+        ledger: Recorder,
         budgets: Budgets = Budgets(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

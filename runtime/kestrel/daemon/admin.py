@@ -17,9 +17,12 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import KestrelError
+
+if TYPE_CHECKING:
+    from ..ledger.recorder import Recorder, RecordLog
 
 __all__ = ["OtaService", "applied_json", "install_root"]
 
@@ -40,7 +43,7 @@ def applied_json(res: Any) -> dict[str, Any]:
     }
 
 
-def install_root(state_dir: str | os.PathLike[str], envelope: bytes, *, ledger: Any) -> dict[str, Any]:
+def install_root(state_dir: str | os.PathLike[str], envelope: bytes, *, ledger: Recorder) -> dict[str, Any]:
     """Install the next trust root (verified against the current one) and record ``trust.rotated``;
     a refused one is recorded as ``trust.rejected`` (the reason code, and the digest of the bytes)."""
     from ..ota.errors import TrustRootError
@@ -71,7 +74,7 @@ class OtaService:
         self,
         *,
         state_dir: str | os.PathLike[str],
-        ledger: Any,
+        ledger: RecordLog,
         policy: Any,
         healthy: Callable[[], str | None],
         on_recorded: Callable[[], None],

@@ -16,10 +16,13 @@ import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import KestrelError, TransportError, UsageError
 from .triggers import Proposal
+
+if TYPE_CHECKING:
+    from ..ledger.recorder import Recorder
 
 __all__ = ["AskHost", "AskBusyError"]
 
@@ -95,7 +98,7 @@ class _Dispatch:
 class _StepLedger:
     """The daemon's ledger as the planner's recorder: a durable append, then wake ``follow``."""
 
-    def __init__(self, ledger: Any, loop: asyncio.AbstractEventLoop, appended: Callable[[], None]) -> None:
+    def __init__(self, ledger: Recorder, loop: asyncio.AbstractEventLoop, appended: Callable[[], None]) -> None:
         self._ledger, self._loop, self._appended = ledger, loop, appended
 
     def append(self, kind: str, body: dict[str, Any]) -> Any:
@@ -109,7 +112,7 @@ class AskHost:
         self,
         *,
         state_dir: Any,
-        ledger: Any,
+        ledger: Recorder,
         policy: Any,
         pipeline: Any,
         appended: Callable[[], None],

@@ -14,9 +14,12 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import KestrelError, TransportError
+
+if TYPE_CHECKING:
+    from ..ledger import Ledger
 
 __all__ = ["Links", "message_json"]
 
@@ -52,7 +55,7 @@ class Links:
         self,
         *,
         state_dir: str | os.PathLike[str],
-        ledger: Any,
+        ledger: Ledger,
         signer: Any,
         sync_config: Any,
         peers: bool = True,

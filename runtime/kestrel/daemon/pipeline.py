@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import KestrelError, TransportError
 from ..policy.canonical import canonicalize
@@ -35,6 +35,9 @@ from ..policy.model import args_digest
 from .actions import FAST_ACTIONS, Actions
 from .effects import CURRENT_DECISION, Effect, EffectTracker
 from .triggers import Proposal
+
+if TYPE_CHECKING:
+    from ..ledger.recorder import RecordLog
 
 __all__ = ["Pipeline", "ActionDeniedError", "ActionFailedError", "QueuedAppends", "WRITE_BEHIND"]
 
@@ -72,7 +75,7 @@ class QueuedAppends:
     append. Either way :meth:`take_last` hands the pipeline the append's future.
     """
 
-    def __init__(self, ledger: Any, *, queued: bool = True) -> None:
+    def __init__(self, ledger: RecordLog, *, queued: bool = True) -> None:
         self._ledger = ledger
         self._local = threading.local()
         self.error: str | None = None
@@ -119,7 +122,7 @@ class Pipeline:
         self,
         *,
         policy: Any,
-        ledger: Any,
+        ledger: RecordLog,
         actions: Actions,
         queue_size: int,
         workers: int,

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
 from .._internal.paths import StateLayout
@@ -43,6 +43,9 @@ from ..policy.quorum import (
     parse_vote,
     quorum_rule,
 )
+
+if TYPE_CHECKING:
+    from ..ledger.recorder import RecordLog
 
 __all__ = ["QuorumCoordinator", "QuorumOutcome", "PeerSerials", "DEFAULT_TIMEOUT_S"]
 
@@ -104,7 +107,7 @@ class QuorumCoordinator:
         self,
         *,
         messenger: Any,
-        ledger: Any,
+        ledger: RecordLog,
         policy: Any,
         bls_key: Any,
         state_dir: str | os.PathLike[str],

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._internal.clock import StepWatch
 from .._internal.fsutil import atomic_write, ensure_private_dir
@@ -38,6 +38,9 @@ from .pipeline import Pipeline, QueuedAppends
 from .schedules import run_schedules
 from .triggers import Proposal, TriggerEngine
 
+if TYPE_CHECKING:
+    from ..ledger import Ledger
+
 __all__ = ["Daemon"]
 
 log = logging.getLogger("kestrel.daemon")
@@ -56,7 +59,7 @@ class Daemon:
         *,
         config: DeviceConfig,
         state_dir: str | os.PathLike[str],
-        ledger: Any,
+        ledger: Ledger,
         factory: Any,
         agent_id: str,
         policy: Any = None,

@@ -16,7 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir, read_bytes
 from .._internal.paths import StateLayout
@@ -30,19 +30,16 @@ from .manifest import (
     verify_digests,
 )
 
-__all__ = ["InstalledModel", "ModelStore", "ModelNotFoundError", "Recorder", "load_model_dir", "hash_file"]
+if TYPE_CHECKING:
+    from ..ledger.recorder import Recorder
+
+__all__ = ["InstalledModel", "ModelStore", "ModelNotFoundError", "load_model_dir", "hash_file"]
 
 _CHUNK = 1 << 20
 
 
 class ModelNotFoundError(DataError):
     """No model of that name is installed (or no model folder at that path)."""
-
-
-class Recorder(Protocol):
-    """What the store needs of a ledger: ``append(kind, body)`` (kestrel.ledger.Ledger fits)."""
-
-    def append(self, kind: str, body: dict[str, Any]) -> Any: ...
 
 
 @dataclass(frozen=True)

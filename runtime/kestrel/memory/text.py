@@ -12,11 +12,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._internal.paths import StateLayout
 from ..errors import DataError
 from .store import AddResult, DimensionMismatchError, Hit, IndexParams, VectorMemory
+
+if TYPE_CHECKING:
+    from ..ledger.recorder import Recorder
 
 __all__ = ["TextMemory", "TextHit", "text_digest", "MAX_TEXT_BYTES"]
 
@@ -39,7 +42,7 @@ class TextHit:
 class TextMemory:
     """Add and search texts. Thread-safe (see :class:`VectorMemory`)."""
 
-    def __init__(self, vectors: VectorMemory, embedder: Any, *, ledger: Any = None) -> None:
+    def __init__(self, vectors: VectorMemory, embedder: Any, *, ledger: Recorder | None = None) -> None:
         if embedder.dim != vectors.params.dim:
             raise DimensionMismatchError(
                 f"embedding model {embedder.model.manifest.name} makes {embedder.dim}-dimensional vectors, "
@@ -57,7 +60,7 @@ class TextMemory:
         *,
         model: str = "minilm",
         capacity: int = 10_000,
-        ledger: Any = None,
+        ledger: Recorder | None = None,
         read_only: bool = False,
         options: Any = None,
         directory: str | os.PathLike[str] | None = None,

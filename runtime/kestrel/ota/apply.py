@@ -25,6 +25,7 @@ from .errors import BundleError, BundleHealthError, BundleRollbackError, TrustRo
 from .store import OtaDir, StepHook, _noop
 
 if TYPE_CHECKING:  # the TPM counter module is imported by whoever builds one
+    from ..ledger.recorder import Recorder, RecordLog, RecordReader
     from .tpmcounter import TpmCounter
 
 __all__ = [
@@ -55,7 +56,7 @@ class AppliedBundle:
     changed: bool = True  # False: this bundle was already active
 
 
-def _ledger_max(ledger: Any, field: str) -> int:
+def _ledger_max(ledger: RecordReader, field: str) -> int:
     latest = getattr(ledger, "latest", None)
     if callable(latest):  # the ledger keeps its newest record of each kind: no scan of the whole log
         rec = latest("ota.applied")  # counters only grow: an apply below the recorded counter is refused
@@ -69,7 +70,7 @@ def _ledger_max(ledger: Any, field: str) -> int:
     return best
 
 
-def current_counter(ota: OtaDir, ledger: Any | None) -> tuple[int, str | None]:
+def current_counter(ota: OtaDir, ledger: RecordReader | None) -> tuple[int, str | None]:
     """The anti-rollback counter: the highest of counter.json, the active slot and the ledger."""
     try:
         counter, digest = ota.read_counter()
@@ -90,7 +91,7 @@ def current_counter(ota: OtaDir, ledger: Any | None) -> tuple[int, str | None]:
     return counter, digest
 
 
-def _record(ledger: Any, kind: str, body: dict) -> None:
+def _record(ledger: Recorder | None, kind: str, body: dict) -> None:
     if ledger is not None:
         ledger.append(kind, body)
 
@@ -99,7 +100,7 @@ def apply_bundle(
     state_dir: str | os.PathLike[str],
     bundle_bytes: bytes,
     *,
-    ledger: Any,
+    ledger: RecordLog,
     now: float,
     source: str = "cli",
     health: HealthCheck | None = None,
@@ -187,7 +188,7 @@ def apply_bundle(
         )
 
 
-def device_checks(ota: OtaDir, ledger: Any) -> dict[str, Any]:
+def device_checks(ota: OtaDir, ledger: RecordLog) -> dict[str, Any]:
     """What this device verifies a bundle against: its trust root, AgentID, groups and counter."""
     counter, cdigest = current_counter(ota, ledger)
     return {
@@ -199,7 +200,7 @@ def device_checks(ota: OtaDir, ledger: Any) -> dict[str, Any]:
     }
 
 
-def _check_epoch(ota: OtaDir, ledger: Any, tpm: TpmCounter | None) -> int | None:
+def _check_epoch(ota: OtaDir, ledger: RecordReader, tpm: TpmCounter | None) -> int | None:
     """The TPM counter value, after checking that the state is not older than it."""
     if tpm is None:
         return None
@@ -228,12 +229,12 @@ def _pointer_or_empty(ota: OtaDir) -> dict:
         return {"active": None, "previous": None}
 
 
-def _reject(ledger: Any, exc: BundleError | TrustRootError, data: bytes, source: str) -> None:
+def _reject(ledger: Recorder, exc: BundleError | TrustRootError, data: bytes, source: str) -> None:
     record_rejection(ledger, exc, sha256=hashlib.sha256(data).hexdigest(), size=len(data), source=source)
 
 
 def record_rejection(
-    ledger: Any,
+    ledger: Recorder,
     exc: BundleError | TrustRootError,
     *,
     sha256: str | None,
@@ -381,7 +382,7 @@ def active_bundle(state_dir: str | os.PathLike[str]) -> dict | None:
 
 
 def rollback(
-    state_dir: str | os.PathLike[str], *, ledger: Any, reason: str = "operator", on_step: StepHook | None = None
+    state_dir: str | os.PathLike[str], *, ledger: Recorder, reason: str = "operator", on_step: StepHook | None = None
 ) -> AppliedBundle:
     """Make the previous slot active again (it must be intact). The counter is not lowered."""
     ota = OtaDir(state_dir)
@@ -415,7 +416,7 @@ def rollback(
         return AppliedBundle(prev["digest"], m.version, m.counter, prev["slot"], active["slot"], policy.digest)
 
 
-def ota_status(state_dir: str | os.PathLike[str], *, ledger: Any | None = None, now: float) -> dict:
+def ota_status(state_dir: str | os.PathLike[str], *, ledger: RecordReader | None = None, now: float) -> dict:
     ota = OtaDir(state_dir)
     counter, _ = current_counter(ota, ledger)
     out: dict[str, Any] = {"counter": counter, "active": None, "previous": None}

@@ -17,7 +17,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._internal.fsutil import open_nofollow
 from ..errors import TransportError
@@ -27,6 +27,7 @@ from .errors import BundleError, BundleFormatError, TrustRootError
 from .store import OtaDir
 
 if TYPE_CHECKING:
+    from ..ledger.recorder import RecordLog
     from .tpmcounter import TpmCounter
 
 __all__ = ["apply_bundle_file", "open_bundle", "digest_fd", "CHUNK"]
@@ -80,7 +81,7 @@ def apply_bundle_file(
     state_dir: str | os.PathLike[str],
     path: str | os.PathLike[str],
     *,
-    ledger: Any,
+    ledger: RecordLog,
     now: float,
     source: str = "cli",
     health: HealthCheck | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._internal.fsutil import read_bytes
 from ..errors import DataError, KestrelError
@@ -21,6 +21,7 @@ from .errors import BundleError
 from .store import OtaDir, durable_write
 
 if TYPE_CHECKING:  # the TPM counter module is imported by whoever builds one
+    from ..ledger.recorder import RecordLog
     from .tpmcounter import TpmCounter
 
 __all__ = ["scan_drop_dir", "apply_message", "BUNDLE_SUFFIX"]
@@ -33,7 +34,7 @@ def apply_message(
     state_dir: str | os.PathLike[str],
     payload: bytes,
     *,
-    ledger: Any,
+    ledger: RecordLog,
     now: float,
     health: HealthCheck | None = None,
     limits: Limits = Limits(),
@@ -49,7 +50,7 @@ def scan_drop_dir(
     state_dir: str | os.PathLike[str],
     drop_dir: str | os.PathLike[str],
     *,
-    ledger: Any,
+    ledger: RecordLog,
     now: float,
     health: HealthCheck | None = None,
     limits: Limits = Limits(),

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._internal.clock import StepWatch
 from .._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
@@ -38,6 +38,9 @@ from .canonical import ArgsError, canonicalize
 from .evaluate import INVALID_ARGS, NO_POLICY_DIGEST, evaluate
 from .model import ActionRequest, Decision, Policy, PolicyState, args_digest, make_decision
 from .source import PolicySource, default_source
+
+if TYPE_CHECKING:
+    from ..ledger.recorder import Recorder
 
 __all__ = ["PolicyEngine", "RATE_FILE", "DECISION_BUDGET_S"]
 
@@ -51,7 +54,7 @@ class PolicyEngine:
     def __init__(
         self,
         state_dir: str | os.PathLike[str],
-        ledger: Any,
+        ledger: Recorder,
         *,
         source: PolicySource | None = None,
         clock: Callable[[], float] = time.time,

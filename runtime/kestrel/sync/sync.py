@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, KestrelError
 from ._tasks import cancel_task
@@ -35,6 +35,9 @@ from .limits import TokenBucket, prune_point, retention_warnings
 from .state import Offset, OffsetStore, SyncStatus, write_status
 from .tail import SegmentTail
 from .wire import BATCH_OVERHEAD, SyncBatch, SyncFormatError, decode_resend, encode_batch, ledger_topic, resend_topic
+
+if TYPE_CHECKING:
+    from ..ledger import Ledger
 
 __all__ = ["LedgerSync", "run_sync"]
 
@@ -53,7 +56,7 @@ class _Reader:
     ledger order. Only records below ``ledger.size`` (durable) are sent.
     """
 
-    def __init__(self, ledger: Any, config: SyncConfig) -> None:
+    def __init__(self, ledger: Ledger, config: SyncConfig) -> None:
         self._ledger, self._config = ledger, config
         self._tail: SegmentTail | None = None
         self._pos = -1  # seq of the next record to send (the first of _back, else the tail's next)
@@ -130,7 +133,7 @@ class _Reader:
 class LedgerSync:
     """Publishes one agent's ledger to the broker; never blocks the event loop."""
 
-    def __init__(self, ledger: Any, bridge: Any, *, config: SyncConfig, state_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, ledger: Ledger, bridge: Any, *, config: SyncConfig, state_dir: str | os.PathLike[str]) -> None:
         limit = getattr(bridge, "max_payload", None)
         if isinstance(limit, int) and not isinstance(limit, bool) and limit < config.batch_bytes:
             config = dataclasses.replace(config, batch_bytes=limit)  # a message must pass the bridge
@@ -455,7 +458,11 @@ def _dir_bytes(path: Path) -> int:
 
 
 async def run_sync(
-    ledger: Any, bridge: Any, *, config: SyncConfig | Mapping[str, Any] | None = None, state_dir: str | os.PathLike[str]
+    ledger: Ledger,
+    bridge: Any,
+    *,
+    config: SyncConfig | Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str],
 ) -> None:
     """Run the sync until cancelled (the daemon's alternative to start/stop).
 

@@ -18,11 +18,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._internal.fsutil import atomic_write, ensure_private_dir, read_bytes
 from ...errors import DataError, KestrelError
 from .base import ModelLoadError
+
+if TYPE_CHECKING:
+    from ...ledger.recorder import Recorder
 
 __all__ = ["LocalLLM", "register_local_llm", "open_local_llm", "registered_llm", "LLM_FILE"]
 
@@ -88,7 +91,7 @@ def register_local_llm(
     state_dir: str | os.PathLike[str],
     path: str | os.PathLike[str],
     *,
-    ledger: Any = None,
+    ledger: Recorder | None = None,
     name: str | None = None,
     threads: int | None = None,
 ) -> LocalLLM:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..._internal.fsutil import read_bytes
 from ..._internal.paths import StateLayout
@@ -31,6 +31,9 @@ from ..protocol import to_json_value
 from . import pages
 from .http import MAX_HEAD, HttpError, Request, Response, read_request, write_response
 from .tokens import TokenCheck, TokenFile
+
+if TYPE_CHECKING:
+    from ...ledger import Ledger
 
 __all__ = ["UiServer", "UiHost", "COOKIE"]
 
@@ -51,7 +54,9 @@ STATIC = {"style.css": "text/css; charset=utf-8", "app.js": "text/javascript; ch
 class UiHost(Protocol):
     """What the UI reads and asks of the daemon (implemented by :class:`kestrel.daemon.runtime.Daemon`)."""
 
-    ledger: Any
+    @property
+    def ledger(self) -> Ledger: ...
+
     policy: Any
     state: StateLayout
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import DataError, UsageError
 from ...identity.keys import PublicKey, Signer
@@ -27,6 +27,9 @@ from ..wire import inbox_topic
 from .envelope import PeerMessageError, VerifiedMessage, message_digest, open_message, seal
 from .keyagree import KeyAgreement
 from .trust import PeerSeqStore, load_trust_list, trust_path
+
+if TYPE_CHECKING:
+    from ...ledger.recorder import RecordLog
 
 __all__ = ["PeerMessenger", "SentMessage", "PeerSendDenied", "send_under_policy", "ACTION"]
 
@@ -57,7 +60,7 @@ class PeerMessenger:
         state_dir: str | os.PathLike[str],
         signer: Signer,
         bridge: Any,
-        ledger: Any,
+        ledger: RecordLog,
         key_agreement: KeyAgreement | None = None,
         window_s: float = 300.0,
         inbox_size: int = 256,
