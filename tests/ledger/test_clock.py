@@ -8,8 +8,12 @@ import time as real_time
 
 import pytest
 
-import kestrel.ledger.ledger as ledger_mod
+import kestrel.ledger.engine as engine_mod
 from kestrel.ledger import Ledger
+from kestrel.ledger.index import IndexBuilder
+from kestrel.ledger.merkle import Frontier
+from kestrel.ledger.record import ZERO_HASH
+from kestrel.ledger.store import SegmentWriter
 
 
 class SteppedClock:
@@ -25,15 +29,33 @@ class SteppedClock:
         return real_time.monotonic()
 
 
+def _engine(tmp_path, signer, *, delay_s: float) -> engine_mod.CommitEngine:
+    d = tmp_path / "l"
+    d.mkdir()
+    state = engine_mod.WriterState(
+        size=0, prev=ZERO_HASH, frontier=Frontier(), checkpoint=None, signed_size=0, latest={}
+    )
+    return engine_mod.CommitEngine(
+        d,
+        writer=SegmentWriter(d, max_bytes=1 << 20, last=None, next_seq=0),
+        index=IndexBuilder(d),
+        signer=signer,
+        state=state,
+        tail_key=None,
+        strict=False,
+        delay_s=delay_s,
+        checkpoint_interval_s=0.05,
+    )
+
+
 @pytest.mark.parametrize("step", [-365 * 86400.0, 20 * 365 * 86400.0], ids=["backwards", "forwards"])
 def test_a_wall_clock_step_neither_stalls_nor_cuts_the_linger(tmp_path, ed_signer, monkeypatch, step):
     """The committer lingers up to max_batch_delay_ms for more appends; the clock steps meanwhile."""
     clock = SteppedClock()
-    monkeypatch.setattr(ledger_mod, "time", clock)
-    led = object.__new__(Ledger)  # the committer's pacing alone (no threads racing for the queued item)
-    led._cond, led._delay, led._closing, led._urgent = threading.Condition(), 0.2, False, 0
+    monkeypatch.setattr(engine_mod, "time", clock)
+    led = _engine(tmp_path, ed_signer, delay_s=0.2)  # the committer's pacing alone (its threads not started)
     led._last_batch = 8  # as after a burst: wait for up to 8 appends, at most 200 ms
-    led._pending = [ledger_mod._Item(b"", None)]  # one append queued just now
+    led._pending = [engine_mod._Item(b"", None)]  # one append queued just now
     clock.offset = step
     result: list[float] = []
 
@@ -56,7 +78,7 @@ def test_a_wall_clock_step_neither_stalls_nor_cuts_the_linger(tmp_path, ed_signe
 
 def test_record_times_stay_wall_clock(tmp_path, ed_signer, monkeypatch):
     clock = SteppedClock()
-    monkeypatch.setattr(ledger_mod, "time", clock)
+    monkeypatch.setattr(engine_mod, "time", clock)
     with Ledger.open(tmp_path / "l", signer=ed_signer) as led:
         clock.offset = -86400.0
         receipt = led.append("test.after", {})

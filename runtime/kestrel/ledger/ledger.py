@@ -1,43 +1,33 @@
-"""The ledger (I/O shell): group commit, checkpoint signing, recovery on open.
+"""The ledger (I/O shell): open and recover a ledger directory, append, read, prune.
 
-Appends from any thread (or ``append_async`` from asyncio) queue up; one
-committer thread writes each group of records as frames with one durable write
-(``RWF_DSYNC``, or ``write`` + ``fdatasync``), then wakes every waiting append.
-
-* ``strict``: a commit starts as soon as the previous one ends (appends that
-  arrive meanwhile share it) and carries its own signed checkpoint: when
-  ``append`` returns, the record *and* a signed checkpoint covering it are on disk.
-* ``batched``: the committer lingers up to ``max_batch_delay_ms`` to gather
-  appends; ``append`` returns once the record is on disk. A signer thread signs
-  the newest tree head (at most once per ``checkpoint_interval_ms``) and the
-  next commit writes that checkpoint, so a slow signer (a TPM) never sits on
-  the append path and one signature covers every record committed meanwhile.
-  The signer also hashes committed leaves into the Merkle tree (off the commit path).
+:meth:`Ledger.open` takes the single-writer lock, verifies the log (cutting an
+unfinished write, or records this device did not seal, after saving them under
+``torn/``), and hands the verified end of the log to a
+:class:`~.engine.CommitEngine`, which commits appends in groups and signs
+checkpoints (its docstring describes the ``strict`` and ``batched`` modes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .._internal.fsutil import ensure_private_dir, fsync_dir
+from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir
 from ..identity.keys import PublicKey, Signer
 from .base import LogBase, encode_base
 from .checkpoint import SignedCheckpoint, sign_checkpoint
-from .errors import LedgerError, LedgerIOError
-from .frame import CHECKPOINT, TAIL_SEAL, encode_frame, record_frame
-from .index import BLOCK, IndexBuilder, save_kinds
+from .engine import CommitEngine, Receipt, WriterState
+from .errors import LedgerError
+from .index import IndexBuilder
 from .reader import export_chunks, iter_records, load_base, prove, rescan_root, walk_dir
-from .record import Record, assemble_record, prepare_body
+from .record import Record
 from .store import (
     SegmentWriter,
     cut_tail,
@@ -48,26 +38,13 @@ from .store import (
     unlink_segments,
     write_base,
 )
-from .tailmac import seal_payload
-from .verify import VerifiedLog, walk_parts
+from .verify import LogWalker, VerifiedLog, walk_parts
 
 __all__ = ["Ledger", "Receipt", "Durability", "PruneResult", "DiskUsage"]
 
 log = logging.getLogger("kestrel.ledger")
 Durability = Literal["strict", "batched"]
-_MAX_BATCH = 4096
-_MAX_BATCH_BYTES = 8 << 20
-_KINDS_EVERY = 4096  # records between two saves of the latest-record-per-kind map (index.kinds)
-_LEAF = hashlib.sha256(b"\x00")  # leaf hashes: copies of a hasher fed the RFC 6962 leaf prefix
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """Proof of a durable append: its sequence number, leaf hash (hex) and time."""
-
-    seq: int
-    digest: str
-    time: float
+_Files = list[tuple[int, Path, int]]  # (first seq, path, bytes) of segments
 
 
 @dataclass(frozen=True)
@@ -92,81 +69,38 @@ class DiskUsage:
     segments: tuple[tuple[int, int], ...]
 
 
-_MAIN_THREAD = threading.main_thread().ident
+@dataclass
+class _Recovered:
+    """What recovery on open found: the log's verified end, its files, and what it cut."""
 
-
-class _Item:
-    """One queued append. Sync callers wait on ``done`` (a held lock: the cheapest wake-up);
-    ``submit`` callers get ``future``. The committer fills in ``seq`` and ``digest``; the
-    waiter builds its own Receipt, off the commit path.
-
-    Sync appends from threads other than the main one are woken as a chain (``next``):
-    the committer releases the first, and each waiter releases its successor as soon
-    as it wakes. Waking one thread at a time lets each take the GIL the moment the
-    previous one gives it up, instead of the whole batch waking at once and queueing
-    on the GIL (two wake-ups each). The main thread is never in a chain: only it can
-    be interrupted (KeyboardInterrupt) while waiting, which would break the chain.
-    """
-
-    __slots__ = ("prepared", "kind", "time", "mono", "future", "done", "seq", "digest", "error", "next", "chained")
-
-    def __init__(self, prepared: bytes, future: concurrent.futures.Future | None, kind: str = "") -> None:
-        self.kind = kind
-        # ``time`` is the record's (wall clock, may step); ``mono`` paces the commit (monotonic)
-        self.prepared, self.time, self.mono, self.future = prepared, time.time(), time.monotonic(), future
-        self.seq, self.digest = -1, b""
-        self.error: BaseException | None = None
-        self.done: threading.Lock | None = None
-        self.next: _Item | None = None
-        self.chained = future is None and threading.get_ident() != _MAIN_THREAD
-        if future is None:
-            self.done = threading.Lock()
-            self.done.acquire()
-
-    def receipt(self) -> Receipt:
-        return Receipt(self.seq, self.digest.hex(), self.time)
-
-    def resolve(self) -> None:
-        """Hand over the committed ``seq`` and ``digest`` (not for chained items: see ``wake``)."""
-        if self.future is None:
-            self.done.release()  # type: ignore[union-attr]
-        elif not self.future.done():
-            self.future.set_result(self.receipt())
-
-    def fail(self, error: BaseException) -> None:
-        if self.future is None:
-            self.error = error
-            self.done.release()  # type: ignore[union-attr]
-        elif not self.future.done():
-            self.future.set_exception(error)
-
-    def wait(self) -> Receipt:
-        """Block until committed (a sync append); pass the wake-up on down the chain first."""
-        self.done.acquire()  # type: ignore[union-attr]
-        if self.next is not None:
-            self.next.done.release()  # type: ignore[union-attr]
-        if self.error is not None:
-            raise self.error
-        return self.receipt()
-
-
-def _wake(batch: list[_Item]) -> None:
-    """Wake a committed batch: futures and main-thread appends directly, the rest as one chain."""
-    head: _Item | None = None
-    for item in reversed(batch):
-        if item.chained:
-            item.next, head = head, item
-        else:
-            item.resolve()
-    if head is not None:
-        head.done.release()  # type: ignore[union-attr]
+    base: LogBase | None
+    state: WriterState
+    index: IndexBuilder
+    writer: SegmentWriter
+    cut: list[dict[str, Any]]  # bodies of the ledger.recovered records to append
 
 
 class Ledger:
     """An open, writable ledger. Use :meth:`open`; close with :meth:`close` (or ``with``)."""
 
-    def __init__(self, *_: Any) -> None:
-        raise TypeError("use Ledger.open(ledger_dir, signer=...)")
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        lock_fd: int,
+        signer: Signer,
+        base: LogBase | None,
+        engine: CommitEngine,
+    ) -> None:
+        """Wrap a recovered ledger (``open`` builds one: it holds the directory's lock ``lock_fd``)."""
+        self._dir: Path = directory
+        self._lock_fd: int = lock_fd
+        self._signer: Signer = signer
+        self._pk: PublicKey = signer.public_key
+        self._base: LogBase | None = base
+        self._engine: CommitEngine = engine
+        self._prune_lock: threading.Lock = threading.Lock()
+        self._closed: bool = False
 
     @classmethod
     def open(
@@ -188,128 +122,42 @@ class Ledger:
         (``ledger.recovered``), never signed. Without a key every unsigned tail is cut that way."""
         if durability not in ("strict", "batched"):
             raise ValueError("durability must be 'strict' or 'batched'")
-        self = object.__new__(cls)
-        self._dir = Path(ledger_dir)
-        if not self._dir.is_dir():
-            ensure_private_dir(self._dir)
-            fsync_dir(self._dir.parent)  # the new directory's entry is durable too
-        self._lock_fd = lock_directory(self._dir)
-        self._signer = signer
-        self._pk = signer.public_key
-        if tail_key is None and callable(getattr(signer, "ledger_secret", None)):
-            tail_key = signer.ledger_secret()
-        self._tail_key = tail_key
-        self._strict = durability == "strict"
-        self._delay = max(0.0, max_batch_delay_ms) / 1000.0
-        lock = threading.Lock()
-        self._cond = threading.Condition(lock)  # the committer waits here (work to do)
-        self._sign_cond = threading.Condition(lock)  # the signer waits here (new records)
-        self._idle_cond = threading.Condition(lock)  # flush() waits here (progress)
-        self._pending: list[_Item] = []
-        self._failed: BaseException | None = None
-        self._closing = False
-        self._closed = False
-        self._busy = False
-        self._cp_ready: SignedCheckpoint | None = None
-        self._last_batch = 1
-        self._idle = False  # the committer waits for a first append (not lingering)
-        self._signer_idle = False  # the signer waits for new records (not for its interval)
-        self._cp_interval = max(0.0, checkpoint_interval_ms) / 1000.0
-        self._urgent = 0  # flush() callers waiting: sign without waiting for the interval
+        directory = Path(ledger_dir)
+        if not directory.is_dir():
+            ensure_private_dir(directory)
+            fsync_dir(directory.parent)  # the new directory's entry is durable too
+        lock_fd = lock_directory(directory)
+        if tail_key is None:
+            secret = getattr(signer, "ledger_secret", None)
+            tail_key = secret() if callable(secret) else None
         try:
-            self._recover(max_segment_bytes)
-            if self._size > self._signed_size:  # records a crash left unsigned: sign them first
-                self._cp_ready = sign_checkpoint(self._signer, size=self._size, root=self._frontier.root())
-                self._sign_requested = self._size
+            found = _recover(directory, signer.public_key, tail_key, max_segment_bytes)
         except BaseException:
-            if hasattr(self, "_writer"):
-                self._writer.close()
-            os.close(self._lock_fd)
+            os.close(lock_fd)
             raise
-        self._committer = threading.Thread(target=self._commit_loop, name="kestrel-ledger-commit", daemon=True)
-        self._committer.start()
-        self._signer_thread = None
-        if not self._strict:
-            self._signer_thread = threading.Thread(target=self._sign_loop, name="kestrel-ledger-sign", daemon=True)
-            self._signer_thread.start()
-        self.flush()  # the recovery checkpoint (if any) is durable before open returns
-        if self._recovered:  # auditors see what was cut: an unacknowledged write, records nobody sealed
-            try:
-                for body in self._recovered:
-                    self.append("ledger.recovered", body)
-                self.flush()  # signed, like everything the ledger holds when open returns
-            except BaseException:
-                self.close()
-                raise
+        engine = CommitEngine(
+            directory,
+            writer=found.writer,
+            index=found.index,
+            signer=signer,
+            state=found.state,
+            tail_key=tail_key,
+            strict=durability == "strict",
+            delay_s=max_batch_delay_ms / 1000.0,
+            checkpoint_interval_s=checkpoint_interval_ms / 1000.0,
+        )
+        self = cls(directory, lock_fd=lock_fd, signer=signer, base=found.base, engine=engine)
+        try:
+            engine.start()  # signs the records a crash left unsigned first
+            self.flush()  # the recovery checkpoint (if any) is durable before open returns
+            # auditors see what was cut: an unacknowledged write, records nobody sealed
+            for body in found.cut:
+                self.append("ledger.recovered", body)
+            self.flush()  # signed, like everything the ledger holds when open returns
+        except BaseException:
+            self.close()
+            raise
         return self
-
-    def _recover(self, max_segment_bytes: int) -> None:
-        self._base = load_base(self._dir, self._pk)
-        self._prune_lock = threading.Lock()
-        if self._base is not None:  # finish a prune that was interrupted before its segments were deleted
-            unlink_segments(self._dir, [p for start, p, _ in segment_files(self._dir) if start < self._base.size])
-        verified, walker, files = self._walk(allow_torn_tail=True)
-        self._recovered: list[dict[str, Any]] = []
-        if walker.authenticated < walker.size:  # records that are not this writer's: cut, never signed
-            n = walker.size - walker.authenticated
-            log.warning("ledger: %d unsigned records at the end are not sealed by this device; cutting them", n)
-            self._index.close()
-            self._recovered = cut_tail(self._dir, files, walker.safe_offset, records=n, reason="unauthenticated")
-            verified, walker, files = self._walk(allow_torn_tail=False)
-        elif verified.torn_bytes:
-            self._recovered = [
-                {
-                    **cut_torn_tail(self._dir, files[-1][1], files[-1][2], verified.torn_bytes),
-                    "reason": "unfinished write",
-                    "records": 0,
-                }
-            ]
-            files = segment_files(self._dir)
-        self._index.commit()
-        self._frontier = walker.frontier()
-        self._unhashed: list[bytes] = []  # batched mode: leaves committed since the signer last extended the tree
-        self._size = walker.size
-        self._prev = walker.prev
-        self._latest_cp = verified.checkpoint
-        self._signed_size = verified.signed_size
-        self._sign_requested = verified.signed_size
-        self._writer = SegmentWriter(
-            self._dir, max_bytes=max_segment_bytes, last=files[-1] if files else None, next_seq=self._size
-        )
-        if verified.unsigned:
-            log.info("ledger: %d records after the last checkpoint; signing them now", verified.unsigned)
-
-    def _walk(self, *, allow_torn_tail: bool) -> tuple[VerifiedLog, Any, list[tuple[int, Path, int]]]:
-        """Verify the log segment by segment in bounded memory, rebuilding the index and the latest-kind map."""
-        floor = self._base.size if self._base is not None else 0
-        files = [f for f in segment_files(self._dir) if f[0] >= floor]
-        parts = [map_segment(path, start) for start, path, _ in files]
-        self._index = IndexBuilder(self._dir, first_seq=floor)
-        self._latest: dict[str, int] = {}
-        try:
-            verified, walker = walk_parts(
-                parts,
-                self._pk,
-                allow_torn_tail=allow_torn_tail,
-                all_signatures=False,
-                base=self._base,
-                tail_key=self._tail_key,
-                keep_leaves=False,
-                rescan=lambda n: rescan_root(self._dir, self._base, n),
-                index=self._index,
-                kinds=self._latest,
-            )
-        except BaseException:
-            self._index.close()
-            raise
-        finally:
-            for part in parts:
-                part.close()  # type: ignore[misc]
-        return (
-            verified,
-            walker,
-            [(start, path, part.length + 8) for (start, path, _), part in zip(files, parts, strict=False)],
-        )
 
     # -- public API ---------------------------------------------------------
     @property
@@ -319,7 +167,7 @@ class Ledger:
     @property
     def size(self) -> int:
         """Number of durable records."""
-        return self._size
+        return self._engine.size
 
     @property
     def directory(self) -> Path:
@@ -360,11 +208,11 @@ class Ledger:
         ``reason``, counts, and ``details``) is appended when something was dropped.
         """
         with self._prune_lock:
-            self._check_open()
+            self._engine.check_open()
             old_first = self.first_seq
             files = [f for f in segment_files(self._dir) if f[0] >= old_first]
-            with self._cond:
-                durable = self._size
+            with self._engine.lock:
+                durable = self._engine.size
             # a segment goes only if the next one starts at or below before_seq (and it is not the last)
             drop = [
                 (start, path, size)
@@ -421,25 +269,15 @@ class Ledger:
         )
         return result
 
-    def _enqueue(self, kind: str, body: dict[str, Any], future: concurrent.futures.Future | None) -> _Item:
-        item = _Item(prepare_body(kind, body), future, kind)
-        with self._cond:
-            self._check_open()
-            self._pending.append(item)
-            n = len(self._pending)
-            if n >= self._last_batch or (n == 1 and self._idle):  # the committer lingers for more, or sleeps
-                self._cond.notify()
-        return item
-
-    def submit(self, kind: str, body: dict[str, Any]) -> concurrent.futures.Future:
+    def submit(self, kind: str, body: dict[str, Any]) -> concurrent.futures.Future[Receipt]:
         """Queue an append; the future resolves to its Receipt once durable."""
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._enqueue(kind, body, fut)
+        fut: concurrent.futures.Future[Receipt] = concurrent.futures.Future()
+        self._engine.enqueue(kind, body, fut)
         return fut
 
     def append(self, kind: str, body: dict[str, Any]) -> Receipt:
-        """Append a record; return once it is durable (see the module docstring). Thread-safe."""
-        return self._enqueue(kind, body, None).wait()
+        """Append a record; return once it is durable (see :mod:`.engine`). Thread-safe."""
+        return self._engine.enqueue(kind, body, None).wait()
 
     async def append_async(self, kind: str, body: dict[str, Any]) -> Receipt:
         """:meth:`append` for asyncio callers: waits without blocking the event loop."""
@@ -447,40 +285,15 @@ class Ledger:
 
     def flush(self) -> None:
         """Wait until every append so far is durable and covered by a durable signed checkpoint."""
-        with self._cond:
-            self._urgent += 1
-            self._sign_cond.notify()
-            self._cond.notify()  # cut a linger short
-            try:
-                while (
-                    not self._failed
-                    and not self._closed
-                    and (self._pending or self._busy or self._cp_ready is not None or self._signed_size < self._size)
-                ):
-                    self._idle_cond.wait(0.5)
-            finally:
-                self._urgent -= 1
-            if self._failed:
-                raise self._failure()
+        self._engine.flush()
 
     def close(self) -> None:
         """Flush and stop the ledger's threads. Idempotent."""
         if self._closed:
             return
         try:
-            if not self._failed:
-                self.flush()
+            self._engine.close()
         finally:
-            with self._cond:
-                self._closing = True
-                self._wake_all()
-            self._committer.join()
-            if self._signer_thread is not None:
-                self._signer_thread.join()
-            self._writer.close()
-            self._index.close()
-            if not self._failed:
-                save_kinds(self._dir, self._size, self._latest)
             os.close(self._lock_fd)  # releases the single-writer lock
             self._closed = True
 
@@ -496,7 +309,7 @@ class Ledger:
     def records(self, since_seq: int = 0, kind: str | None = None) -> Iterator[Record]:
         """Durable records, oldest first (read from disk)."""
         for rec in iter_records(self._dir, since_seq=since_seq, kind=kind):
-            if rec.seq >= self._size:
+            if rec.seq >= self._engine.size:
                 return
             yield rec
 
@@ -505,12 +318,11 @@ class Ledger:
         return (r.raw for r in self.records(since_seq=start_seq))
 
     def latest_checkpoint(self) -> SignedCheckpoint | None:
-        return self._latest_cp
+        return self._engine.latest_checkpoint
 
     def latest(self, kind: str) -> Record | None:
         """The newest durable record of ``kind`` (kept as records are written: no scan of the log)."""
-        with self._cond:
-            seq = self._latest.get(kind)
+        seq = self._engine.latest_seq(kind)
         if seq is None:
             return None
         return next(iter_records(self._dir, since_seq=seq), None)
@@ -523,8 +335,6 @@ class Ledger:
         """Write an export file of every signed record (see docs/ledger-format.md)."""
         self.flush()
         verified, chunks = export_chunks(self._dir, self._pk)
-        from .._internal.fsutil import atomic_write
-
         atomic_write(Path(path), chunks, mode=0o644)
         return verified
 
@@ -533,172 +343,80 @@ class Ledger:
         self.flush()
         return prove(self._dir, self._pk, seq)
 
-    # -- internals ----------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._failed:
-            raise self._failure()
-        if self._closing or self._closed:
-            raise LedgerError("the ledger is closed", hint="open it again with Ledger.open")
 
-    def _wake_all(self) -> None:
-        self._cond.notify_all()
-        self._sign_cond.notify_all()
-        self._idle_cond.notify_all()
+def _recover(directory: Path, public_key: PublicKey, tail_key: bytes | None, max_segment_bytes: int) -> _Recovered:
+    """Verify the log on open; cut a torn or unauthenticated tail (saved under torn/)."""
+    base = load_base(directory, public_key)
+    if base is not None:  # finish a prune that was interrupted before its segments were deleted
+        unlink_segments(directory, [p for start, p, _ in segment_files(directory) if start < base.size])
+    latest: dict[str, int] = {}
+    verified, walker, files, index = _walk(directory, public_key, base, tail_key, latest, allow_torn_tail=True)
+    cut: list[dict[str, Any]] = []
+    try:
+        if walker.authenticated < walker.size:  # records that are not this writer's: cut, never signed
+            n = walker.size - walker.authenticated
+            log.warning("ledger: %d unsigned records at the end are not sealed by this device; cutting them", n)
+            index.close()
+            cut = cut_tail(directory, files, walker.safe_offset, records=n, reason="unauthenticated")
+            latest.clear()
+            verified, walker, files, index = _walk(directory, public_key, base, tail_key, latest, allow_torn_tail=False)
+        elif verified.torn_bytes:
+            body = cut_torn_tail(directory, files[-1][1], files[-1][2], verified.torn_bytes)
+            cut = [{**body, "reason": "unfinished write", "records": 0}]
+            files = segment_files(directory)
+        index.commit()
+        writer = SegmentWriter(
+            directory, max_bytes=max_segment_bytes, last=files[-1] if files else None, next_seq=walker.size
+        )
+    except BaseException:
+        index.close()
+        raise
+    if verified.unsigned:
+        log.info("ledger: %d records after the last checkpoint; signing them now", verified.unsigned)
+    state = WriterState(
+        size=walker.size,
+        prev=walker.prev,
+        frontier=walker.frontier(),
+        checkpoint=verified.checkpoint,
+        signed_size=verified.signed_size,
+        latest=latest,
+    )
+    return _Recovered(base=base, state=state, index=index, writer=writer, cut=cut)
 
-    def _failure(self) -> LedgerError | LedgerIOError:
-        exc = self._failed
-        if isinstance(exc, (LedgerError, LedgerIOError)):
-            return exc
-        return LedgerIOError(f"the ledger stopped after an error: {exc}", hint="reopen the ledger")
 
-    def _take_batch(self) -> tuple[list[_Item], SignedCheckpoint | None] | None:
-        with self._cond:
-            if not self._strict and self._delay:
-                self._linger()
-            while not (self._pending or self._cp_ready or self._closing):
-                self._idle = True  # the next append wakes the committer
-                self._cond.wait()
-            self._idle = False
-            if not self._pending and not self._cp_ready:
-                return None
-            n, nbytes = 0, 0
-            for item in self._pending[:_MAX_BATCH]:  # bounded in records and bytes
-                nbytes += len(item.prepared)
-                n += 1
-                if nbytes >= _MAX_BATCH_BYTES:
-                    break
-            batch, self._pending = self._pending[:n], self._pending[n:]
-            # the producers of this batch come back after it; those still pending join them in the next
-            self._last_batch = min(len(batch) + len(self._pending), _MAX_BATCH)
-            cp, self._cp_ready = self._cp_ready, None
-            self._busy = True
-            return batch, cp
-
-    def _linger(self) -> None:
-        """Wait (with the lock held) for as many appends as are in flight, at most the delay.
-
-        Closed-loop producers come back right after their receipts: waiting for
-        about as many as last time makes one commit of what would otherwise be
-        several small ones. When fewer come, the wait ends at the delay and the
-        next commit expects that many, so sparse appends wait at most once. The
-        wait starts right after the previous commit (no wake-up for the first
-        append) and ends at the first pending append's time plus the delay, so
-        no append waits longer than the delay; ``flush()`` cuts it short.
-        """
-        start = time.monotonic()  # never the wall clock: a step (NTP on a board without RTC) must not stall commits
-        want = self._last_batch
-        while len(self._pending) < want and not (self._closing or self._urgent):
-            deadline = (self._pending[0].mono if self._pending else start) + self._delay
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._cond.wait(left)
-
-    def _commit_loop(self) -> None:
-        while True:
-            taken = self._take_batch()
-            if taken is None:
-                return
-            batch, cp = taken
-            try:
-                self._commit(batch, cp)
-            except BaseException as exc:  # the on-disk state is unknown now: stop accepting appends
-                log.error("ledger commit failed: %s", exc)
-                with self._cond:
-                    self._failed = exc
-                    self._busy = False
-                    failed, self._pending = batch + self._pending, []
-                    self._wake_all()
-                for item in failed:
-                    item.fail(self._failure())
-                return
-
-    def _commit(self, batch: list[_Item], cp: SignedCheckpoint | None) -> None:
-        frames = [encode_frame(CHECKPOINT, cp.note)] if cp is not None else []
-        prev, seq = self._prev, self._size
-        leaves: list[bytes] = []
-        assemble, frame, leaf = assemble_record, record_frame, _LEAF.copy  # bound once: this loop is hot
-        add_frame, add_leaf = frames.append, leaves.append
-        latest = self._latest
-        starts: list[tuple[int, int]] = []  # (seq, index in frames) of block starts, for the index
-        for item in batch:
-            raw = assemble(seq=seq, time=item.time, prepared=item.prepared, prev=prev)
-            h = leaf()
-            h.update(raw)
-            item.seq, item.digest = seq, (prev := h.digest())
-            add_leaf(prev)
-            if not seq % BLOCK:
-                starts.append((seq, len(frames)))
-            add_frame(frame(raw))
-            latest[item.kind] = seq
-            seq += 1
-        own_cp = frontier = None
-        if self._strict and batch:  # strict: this commit's own checkpoint needs the tree now
-            frontier = self._frontier.copy()
-            self._index.extend(frontier, leaves)
-            own_cp = sign_checkpoint(self._signer, size=seq, root=frontier.root())
-            frames.append(encode_frame(CHECKPOINT, own_cp.note))
-        elif batch and self._tail_key is not None:  # batched: seal the records no checkpoint covers yet
-            frames.append(encode_frame(TAIL_SEAL, seal_payload(self._tail_key, seq, prev)))
-        data = b"".join(frames)
-        segment, offset = self._writer.position_for(len(data), self._size)
-        for start, i in starts:
-            self._index.start(start, segment, offset + sum(len(f) for f in frames[:i]))
-        self._writer.write_durable(data, next_seq=self._size)
-        if seq // _KINDS_EVERY != self._size // _KINDS_EVERY:
-            save_kinds(self._dir, seq, latest)
-        with self._cond:
-            self._prev, self._size = prev, seq
-            if frontier is not None:
-                self._frontier = frontier
-            else:  # batched: the signer hashes these into the tree, off the commit path
-                self._unhashed += leaves
-            for written in (cp, own_cp):
-                if written is not None and written.size >= self._signed_size:
-                    self._latest_cp, self._signed_size = written, written.size
-            self._busy = False
-            if self._signer_idle:
-                self._sign_cond.notify()
-            self._idle_cond.notify_all()
-        _wake(batch)
-
-    def _sign_loop(self) -> None:
-        last = took = 0.0
-        while True:
-            with self._cond:
-                while not self._closing and not self._failed and self._sign_requested >= self._size:
-                    self._signer_idle = True  # the next commit wakes the signer (not every commit)
-                    self._sign_cond.wait()
-                self._signer_idle = False
-                if self._failed or (self._closing and self._sign_requested >= self._size):
-                    return
-                # at most one checkpoint per interval (and the signer busy at most 1/5 of the
-                # time): bounds TPM load and checkpoint bytes; flush() and close() skip the wait
-                while not (self._closing or self._urgent or self._failed):
-                    left = last + max(self._cp_interval, 4 * took) - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._sign_cond.wait(left)
-                if self._failed:
-                    return
-                size, frontier, unhashed = self._size, self._frontier, self._unhashed
-                self._unhashed = []
-                self._sign_requested = size
-            last = time.monotonic()
-            try:
-                if unhashed:  # outside the lock: in batched mode only the signer updates the tree (and index)
-                    frontier = frontier.copy()
-                    self._index.extend(frontier, unhashed)
-                    with self._cond:
-                        self._frontier = frontier
-                cp = sign_checkpoint(self._signer, size=size, root=frontier.root())
-                took = time.monotonic() - last
-            except BaseException as exc:
-                log.error("ledger: checkpoint signing failed: %s", exc)
-                with self._cond:
-                    self._failed = exc
-                    self._wake_all()
-                return
-            with self._cond:
-                self._cp_ready = cp
-                self._cond.notify()
+def _walk(
+    directory: Path,
+    public_key: PublicKey,
+    base: LogBase | None,
+    tail_key: bytes | None,
+    latest: dict[str, int],
+    *,
+    allow_torn_tail: bool,
+) -> tuple[VerifiedLog, LogWalker, _Files, IndexBuilder]:
+    """Verify the log segment by segment in bounded memory, rebuilding the index and ``latest`` (kinds)."""
+    floor = base.size if base is not None else 0
+    files = [f for f in segment_files(directory) if f[0] >= floor]
+    parts = [map_segment(path, start) for start, path, _ in files]
+    index = IndexBuilder(directory, first_seq=floor)
+    try:
+        verified, walker = walk_parts(
+            parts,
+            public_key,
+            allow_torn_tail=allow_torn_tail,
+            all_signatures=False,
+            base=base,
+            tail_key=tail_key,
+            keep_leaves=False,
+            rescan=lambda n: rescan_root(directory, base, n),
+            index=index,
+            kinds=latest,
+        )
+    except BaseException:
+        index.close()
+        raise
+    finally:
+        for part in parts:
+            if part.close is not None:
+                part.close()
+    walked = [(start, path, part.length + 8) for (start, path, _), part in zip(files, parts, strict=True)]
+    return verified, walker, walked, index
