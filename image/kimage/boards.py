@@ -51,19 +51,64 @@ class ImageBoard:
     data_mib: int = 256  # partition 3, ext4 KESTREL_DATA, mounted at /var/lib/kestrel (the state directory)
     boot_files: str = "raspi"  # "raspi": raspi-firmware fills the FAT partition; "direct": kernel + initrd
     packages: tuple[str, ...] = ()  # board-specific extra Debian packages
-    initramfs_modules: str = "most"  # initramfs-tools MODULES=; "list": only the hook's modules (virtio, ext4)
+    initramfs_modules: str = "list"  # initramfs-tools MODULES=; "list": only ``initramfs_list`` (and deps)
+    initramfs_list: tuple[str, ...] = ()  # what the initramfs needs to mount the root file system
+    initramfs_why: str = ""  # one line in the hook saying what those modules are for
+    base: str = ""  # the cached base system's name: boards with the same Debian base share one
+    derive: str = ""  # start from this board's configured base system (then the kernel from extra_suites)
     data_timeout: str = "90s"  # how long systemd waits for the data partition (x-systemd.device-timeout)
     lab: bool = False  # the test lab: test channel, in-guest vTPM, gpio-sim chip (docs/image.md, "qemu-arm64")
 
 
 _PI_KERNEL = ("linux-image-arm64", "raspi-firmware", "firmware-brcm80211")
+# MODULES=most put ~2000 modules into each Pi initrd and took most of an hour under user-mode
+# emulation. What a Pi needs to mount its root file system, on Debian's arm64 kernels (6.1 in
+# bookworm, 6.12 in backports), where these are modules and the rest of the path is built in
+# (MMC core, mmc_block, the BCM2835 clocks, mailbox, firmware, DMA, pinctrl, the GPIO expander):
+# the SD host controllers -- sdhci-iproc (Pi 4's emmc2, the Zero 2 W's SDIO Wi-Fi), bcm2835
+# (sdhost: the Zero 2 W's and Pi 3's SD slot), sdhci-brcmstb (Pi 5; absent from 6.1, skipped) --,
+# the regulators that power the card (fixed, gpio-regulator: Pi 4's vmmc/vqmmc), ext4, and the
+# FAT modules for fsck/mounting the boot partition. manual_add_modules adds their dependencies.
+_PI_INITRAMFS = (
+    "sdhci-iproc",
+    "bcm2835",
+    "sdhci-brcmstb",
+    "fixed",
+    "gpio-regulator",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+)
+_PI_WHY = "SD host controllers, regulators, ext4, vfat"
 
 BOARDS: dict[str, ImageBoard] = {
     b.name: b
     for b in (
-        ImageBoard("rpi4", "Raspberry Pi 4 / CM4", "sd", _PI_KERNEL),
-        ImageBoard("rpi-zero-2w", "Raspberry Pi Zero 2 W (512 MB RAM)", "sd", _PI_KERNEL, root_mib=1536),
-        # Debian bookworm's 6.1 kernel predates Pi 5 support; backports' 6.12 boots it (no PCIe/RP1 extras).
+        ImageBoard(
+            "rpi4",
+            "Raspberry Pi 4 / CM4",
+            "sd",
+            _PI_KERNEL,
+            base="rpi",
+            initramfs_list=_PI_INITRAMFS,
+            initramfs_why=_PI_WHY,
+        ),
+        # The Zero 2 W's firmware looks for the downstream name bcm2710-rpi-zero-2-w.dtb; Debian's
+        # kernel ships the upstream bcm2837-rpi-zero-2-w.dtb: name it.
+        ImageBoard(
+            "rpi-zero-2w",
+            "Raspberry Pi Zero 2 W (512 MB RAM)",
+            "sd",
+            _PI_KERNEL,
+            root_mib=1536,
+            config_txt="device_tree=bcm2837-rpi-zero-2-w.dtb\n",
+            base="rpi",
+            initramfs_list=_PI_INITRAMFS,
+            initramfs_why=_PI_WHY,
+        ),
+        # Debian bookworm's 6.1 kernel predates Pi 5 support: the Pi base system plus the kernel
+        # from bookworm-backports (the 6.1 kernel purged).
         ImageBoard(
             "rpi5",
             "Raspberry Pi 5 / CM5 (kernel from bookworm-backports)",
@@ -71,6 +116,9 @@ BOARDS: dict[str, ImageBoard] = {
             _PI_KERNEL,
             extra_suites=("bookworm-backports",),
             console="ttyAMA10,115200",
+            derive="rpi4",
+            initramfs_list=_PI_INITRAMFS,
+            initramfs_why=_PI_WHY,
         ),
         # QEMU's virt board (qemu-system-aarch64 -M virt -cpu cortex-a72): the project's arm64 lab.
         ImageBoard(
@@ -84,7 +132,8 @@ BOARDS: dict[str, ImageBoard] = {
             data_mib=64,
             boot_files="direct",
             packages=("swtpm", "procps"),
-            initramfs_modules="list",
+            initramfs_list=("virtio_pci", "virtio_mmio", "virtio_blk", "ext4"),
+            initramfs_why="virtio disk, ext4",
             lab=True,
             data_timeout="10min",
         ),  # udev under TCG on a loaded host takes minutes

@@ -19,11 +19,12 @@ import sys
 from pathlib import Path
 
 from . import packages
-from .boards import BASE_PACKAGES, ImageBoard
+from .boards import BASE_PACKAGES, ImageBoard, get_board
 from .cache import Cache
 from .emu import QEMU_FILE, Emulator, no_mounts, qemu_user
 from .kmod import install_gpio_sim
 from .overlay import MANIFEST
+from .raspi import newest_kernel, write_boot_files
 from .steps import BuildError, Runner
 from .wheels import ensure_wheels
 
@@ -44,18 +45,23 @@ _NOOP = (
 )
 _FIXUPS = _DIVERSION + _NOOP  # part of the base system's cache key
 _DPKG_CFG = "force-unsafe-io\n"
-# The lab's root file system is ext4 on a virtio disk: initramfs-tools MODULES=list plus this hook.
-_INITRAMFS_HOOK = """#!/bin/sh
-# Kestrel image: the modules the initramfs needs to find the root file system (virtio disk, ext4)
+
+
+def initramfs_hook(board: ImageBoard) -> str:
+    """The initramfs-tools hook that adds ``board.initramfs_list`` (MODULES=list: nothing else)."""
+    return f"""#!/bin/sh
+# Kestrel image: the modules the initramfs needs to find the root file system ({board.initramfs_why})
 PREREQ=""
-prereqs() { echo "$PREREQ"; }
+prereqs() {{ echo "$PREREQ"; }}
 case "$1" in prereqs) prereqs; exit 0;; esac
 . /usr/share/initramfs-tools/hook-functions
-for m in virtio_pci virtio_mmio virtio_blk ext4; do manual_add_modules "$m"; done
+for m in {" ".join(board.initramfs_list)}; do manual_add_modules "$m"; done
 """
 
 
 def base_packages(board: ImageBoard) -> tuple[str, ...]:
+    if board.derive:  # the parent's packages; the kernel from extra_suites replaces its kernel after
+        return base_packages(get_board(board.derive))
     kernel = () if board.extra_suites else board.kernel_packages  # backports kernels come after
     return tuple(dict.fromkeys((*BASE_PACKAGES, *kernel, *board.packages)))
 
@@ -68,11 +74,13 @@ def _base_key(board: ImageBoard, *, suite: str, mirror: str) -> str:
         "extra": board.extra_suites,
         "kernel": board.kernel_packages,
         "initramfs": board.initramfs_modules,
-        "hook": _INITRAMFS_HOOK,
+        "hook": initramfs_hook(board),
         "fixups": _FIXUPS,
         "qemu": QEMU_FILE,
         "format": 3,
     }
+    if board.derive:
+        spec["parent"] = _base_key(get_board(board.derive), suite=suite, mirror=mirror)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -93,13 +101,21 @@ def _put(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
+def base_tar(cache: Cache, board: ImageBoard, *, suite: str, mirror: str) -> Path:
+    """The cached base system's path; boards with the same ``base`` and key share it."""
+    return cache.rootfs / f"base-{board.base or board.name}-{suite}-{_base_key(board, suite=suite, mirror=mirror)}.tar"
+
+
 def build_base(cache: Cache, board: ImageBoard, *, runner: Runner, suite: str, mirror: str) -> Path:
     """The configured Debian base system for ``board`` as a cached tarball (built when missing)."""
-    tar = cache.rootfs / f"base-{board.name}-{suite}-{_base_key(board, suite=suite, mirror=mirror)}.tar"
+    tar = base_tar(cache, board, suite=suite, mirror=mirror)
     if tar.exists():
         runner.say(f"base system from the cache: {tar}")
         return tar
     cache.miss(f"the configured base system {tar.name}")
+    if board.derive:
+        parent = build_base(cache, get_board(board.derive), runner=runner, suite=suite, mirror=mirror)
+        return _derive_base(cache, board, parent, tar, runner=runner, suite=suite, mirror=mirror)
     runner.need_tools("debootstrap", "proot", "tar")
     qemu = qemu_user(cache, runner)
     work = cache.rootfs / f"{tar.stem}.work"
@@ -136,10 +152,10 @@ def build_base(cache: Cache, board: ImageBoard, *, runner: Runner, suite: str, m
         _put(work / "etc/dpkg/dpkg.cfg.d/kestrel-build", _DPKG_CFG)
         _put(
             work / "etc/initramfs-tools/conf.d/kestrel.conf",
-            f"# Kestrel image ({board.name})\nMODULES={board.initramfs_modules}\nCOMPRESS=zstd\n",
+            f"# Kestrel image ({board.base or board.name})\nMODULES={board.initramfs_modules}\nCOMPRESS=zstd\n",
         )
         if board.initramfs_modules == "list":
-            _put(work / "etc/initramfs-tools/hooks/kestrel", _INITRAMFS_HOOK, 0o755)
+            _put(work / "etc/initramfs-tools/hooks/kestrel", initramfs_hook(board), 0o755)
     emu = Emulator(work, qemu=qemu, runner=runner)
     runner.say("configuring the base system under proot + qemu-user (the long step of a first build)")
     with no_mounts(work) if not runner.dry_run else contextlib.nullcontext():  # never the host's mounts
@@ -150,32 +166,63 @@ def build_base(cache: Cache, board: ImageBoard, *, runner: Runner, suite: str, m
         )
     # The kernel's postinst only defers update-initramfs to a trigger that updates existing initrds
     # (-u): under debootstrap none exists yet. Make it once here (cached with the base system).
-    emu.run(
-        [
-            "sh",
-            "-c",
-            "for k in /boot/vmlinuz-*; do v=${k#/boot/vmlinuz-}; "
-            "[ -e /boot/initrd.img-$v ] || update-initramfs -c -k $v; done",
-        ],
-        what="make the initramfs (once)",
+    emu.run(["sh", "-c", _MAKE_INITRDS], what="make the initramfs (once)")
+    _store(cache, work, tar, runner)
+    return tar
+
+
+_MAKE_INITRDS = (
+    "for k in /boot/vmlinuz-*; do v=${k#/boot/vmlinuz-}; [ -e /boot/initrd.img-$v ] || update-initramfs -c -k $v; done"
+)
+
+
+def _derive_base(
+    cache: Cache, board: ImageBoard, parent: Path, tar: Path, *, runner: Runner, suite: str, mirror: str
+) -> Path:
+    """``parent`` (a configured base system) with the kernel from ``board.extra_suites[0]``; the
+    parent's kernels purged. Minutes, where a second stage of its own takes most of an hour."""
+    runner.need_tools("proot", "tar")
+    qemu = qemu_user(cache, runner)
+    work = cache.rootfs / f"{tar.stem}.work"
+    old: list[str] = []
+    if not runner.dry_run:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    runner.run(
+        ["tar", "--numeric-owner", "--xattrs", "-C", str(work), "-xf", str(parent)],
+        what="unpack the parent base system",
     )
-    if board.extra_suites:
-        if not runner.dry_run:
-            _put(work / "etc/apt/sources.list", _sources(board, suite=suite, mirror=mirror))
-            shutil.copy2("/etc/resolv.conf", work / "etc/resolv.conf")
-        apt = Emulator(work, qemu=qemu, runner=runner, binds=[(cache.debs, "/var/cache/apt/archives")])
+    if not runner.dry_run:
+        old = sorted(k.name.removeprefix("vmlinuz-") for k in (work / "boot").glob("vmlinuz-*"))
+        _put(work / "etc/apt/sources.list", _sources(board, suite=suite, mirror=mirror))
+        shutil.copy2("/etc/resolv.conf", work / "etc/resolv.conf")
+        _put(work / "etc/dpkg/dpkg.cfg.d/kestrel-build", _DPKG_CFG)
+        _put(work / "usr/sbin/policy-rc.d", _NO_DAEMONS, 0o755)
+    apt = Emulator(work, qemu=qemu, runner=runner, binds=[(cache.debs, "/var/cache/apt/archives")])
+    extra = board.extra_suites[0]
+    with no_mounts(work) if not runner.dry_run else contextlib.nullcontext():
         apt.run(["apt-get", "update", "-q"], what="update the package lists")
+        kernel = [f"{p}/{extra}" for p in board.kernel_packages if p.startswith("linux-image")]
         apt.run(
-            [
-                "apt-get",
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                *(f"{p}/{board.extra_suites[0]}" if p.startswith("linux-image") else p for p in board.kernel_packages),
-            ],
-            what=f"install the kernel from {board.extra_suites[0]}",
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *kernel],
+            what=f"install the kernel from {extra}",
         )
+        if old:
+            apt.run(
+                ["apt-get", "purge", "-y", "-q", *(f"linux-image-{v}" for v in old)],
+                what=f"remove the parent's kernel {', '.join(old)}",
+            )
+        apt.run(["sh", "-c", _MAKE_INITRDS], what="make the initramfs (once)")
+    if not runner.dry_run:
+        (work / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
+        if not any((work / "boot").glob("vmlinuz-*")):
+            raise BuildError(f"no kernel from {extra} in {work}/boot", hint=f"check the {extra} suite on the mirror")
+    _store(cache, work, tar, runner)
+    return tar
+
+
+def _store(cache: Cache, work: Path, tar: Path, runner: Runner) -> None:
+    """Move the downloaded .debs to the cache and store ``work`` as the base tarball ``tar``."""
     if not runner.dry_run:
         for deb in (work / "var/cache/apt/archives").glob("*.deb"):
             if not (cache.debs / deb.name).exists():
@@ -190,7 +237,6 @@ def build_base(cache: Cache, board: ImageBoard, *, runner: Runner, suite: str, m
     if not runner.dry_run:
         os.replace(f"{tar}.tmp", tar)
         shutil.rmtree(work)
-    return tar
 
 
 def build_rootfs(
@@ -275,15 +321,8 @@ def build_rootfs(
         )
     if board.lab:
         install_gpio_sim(rootfs, cache=cache, runner=runner, emu=emu)
-    if board.boot_files == "raspi":  # regenerate cmdline.txt/config.txt now that the overlay's settings are in
-        emu.run(
-            [
-                "sh",
-                "-c",
-                "for k in /boot/vmlinuz-*; do /etc/kernel/postinst.d/z50-raspi-firmware ${k#/boot/vmlinuz-}; done",
-            ],
-            what="write the Raspberry Pi boot files (raspi-firmware)",
-        )
+    if board.boot_files == "raspi" and not runner.dry_run:  # on the host: see raspi.py
+        runner.say(f"writing the Raspberry Pi boot files: {', '.join(write_boot_files(rootfs, board))}")
     runner.need_tools("systemd-sysusers")
     runner.run(["systemd-sysusers", f"--root={rootfs}"], what="create the kestrel user and groups")
     if not runner.dry_run:
@@ -319,34 +358,45 @@ def _finish(rootfs: Path, board: ImageBoard, *, suite: str, mirror: str) -> None
         (rootfs / path).unlink(missing_ok=True)
     shutil.rmtree(rootfs / "run/kestrel-wheels", ignore_errors=True)
     _put(rootfs / "etc/apt/sources.list", _sources(board, suite=suite, mirror=mirror))
-    if board.boot_files == "direct":
-        kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
-        if not kernels:
-            raise BuildError(f"{rootfs}/boot has no kernel", hint="the base system lacks linux-image-arm64")
-        kver = kernels[-1].name.removeprefix("vmlinuz-")
-        initrd = rootfs / "boot" / f"initrd.img-{kver}"
-        if not initrd.exists():
-            raise BuildError(
-                f"{initrd} is missing (update-initramfs did not run)",
-                hint="remove the cached base tarball (cache rootfs/) and rebuild",
-            )
-        names = initramfs_names(initrd)
-        needed = {
-            "init": "init" in names,
-            "a shell": any(n.endswith("bin/sh") for n in names),
-            "virtio_blk.ko": any(n.endswith("/virtio_blk.ko") for n in names),
-            "ext4.ko": any(n.endswith("/ext4.ko") for n in names),
-        }
-        missing = [what for what, ok in needed.items() if not ok]
-        if missing:
-            raise BuildError(
-                f"{initrd} lacks {', '.join(missing)}: the initramfs cannot mount the root file system",
-                hint="remove the cached base tarball (cache rootfs/) and rebuild",
-            )
-        fw = rootfs / "boot/firmware"
-        shutil.copy2(kernels[-1], fw / "vmlinuz")
-        shutil.copy2(initrd, fw / "initrd.img")
-        _put(fw / "cmdline.txt", f"root=LABEL=KESTREL_ROOT rw rootwait console={board.console.split(',')[0]}\n")
+    kver = newest_kernel(rootfs)
+    initrd = check_initrd(rootfs, board, kver)
+    if board.boot_files != "direct":
+        return  # raspi.py wrote the boot partition's files
+    fw = rootfs / "boot/firmware"
+    shutil.copy2(rootfs / "boot" / f"vmlinuz-{kver}", fw / "vmlinuz")
+    shutil.copy2(initrd, fw / "initrd.img")
+    _put(fw / "cmdline.txt", f"root=LABEL=KESTREL_ROOT rw rootwait console={board.console.split(',')[0]}\n")
+
+
+def _module_files(rootfs: Path, kver: str) -> dict[str, str]:
+    """Module name (``-`` as ``_``) -> its file name, for the kernel ``kver``'s loadable modules."""
+    top = rootfs / "lib/modules" / kver / "kernel"
+    return {f.name.split(".ko")[0].replace("-", "_"): f.name for f in top.rglob("*.ko*")} if top.is_dir() else {}
+
+
+def check_initrd(rootfs: Path, board: ImageBoard, kver: str) -> Path:
+    """The initrd exists and holds init, a shell and every module of ``board.initramfs_list`` that
+    the kernel builds as a module (the others are built in, or absent from this kernel)."""
+    initrd = rootfs / "boot" / f"initrd.img-{kver}"
+    if not initrd.exists():
+        raise BuildError(
+            f"{initrd} is missing (update-initramfs did not run)",
+            hint="remove the cached base tarball (cache rootfs/) and rebuild",
+        )
+    names = initramfs_names(initrd)
+    files = _module_files(rootfs, kver)
+    needed = {"init": "init" in names, "a shell": any(n.endswith("bin/sh") for n in names)}
+    for mod in board.initramfs_list:
+        ko = files.get(mod.replace("-", "_"))
+        if ko:
+            needed[ko] = any(n.rsplit("/", 1)[-1] == ko for n in names)
+    missing = [what for what, ok in needed.items() if not ok]
+    if missing:
+        raise BuildError(
+            f"{initrd} lacks {', '.join(missing)}: the initramfs cannot mount the root file system",
+            hint="remove the cached base tarball (cache rootfs/) and rebuild",
+        )
+    return initrd
 
 
 def _scrub(rootfs: Path) -> None:
