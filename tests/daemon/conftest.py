@@ -20,6 +20,7 @@ from kestrel.identity.keys import SoftwareSigner
 from kestrel.io.boards import load_profile
 from kestrel.io.gpio import open_pin_factory
 from kestrel.ledger import Ledger
+from tests.fixtures.wait import until  # noqa: F401 (the daemon tests import it from here)
 
 
 def install_policy(state: Path, ledger: Ledger, policy: str, *, counter: int = 1) -> None:
@@ -103,14 +104,6 @@ async def running(
     finally:
         await d.shutdown()
         factory.close()
-
-
-async def until(predicate: Any, *, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def in_thread(fn: Any, *args: Any, **kw: Any) -> Any:

@@ -149,19 +149,30 @@ COOLDOWN = """
 async def test_daemon_records_each_step_once_and_cooldowns_do_not_see_it(agent):
     wall = SteppedClock()
     async with running(agent, COOLDOWN, policy="actions: [gpio.write]\n", clock=wall) as d:
+        checks: list[object] = []  # what each of the daemon's clock checks (one per CLOCK_CHECK_S) found
+        check = d.steps.check
+
+        def counted():
+            checks.append(check())
+            return checks[-1]
+
+        d.steps.check = counted
         chip = d.factory.chip()
         chip.drive(17, 1)
         await until(lambda: d.pipeline.stats["succeeded"] >= 1, what="the first press")
         chip.drive(17, 0)
         wall.step(2 * YEAR)
         await until(lambda: len(agent.kinds("clock.stepped")) == 1, what="the forward step recorded")
+        events = d.counters["events"]
         chip.drive(17, 1)  # within the hour's cooldown: a forward step must not end it
-        await asyncio.sleep(0.3)
+        await until(lambda: d.counters["events"] > events, what="the press within the cooldown evaluated")
         assert d.pipeline.stats["proposed"] == 1
         chip.drive(17, 0)
         wall.step(-3 * YEAR)
         await until(lambda: len(agent.kinds("clock.stepped")) == 2, what="the backward step recorded")
-        await asyncio.sleep(1.5)  # another check or two: each step is recorded once
+        seen = len(checks)  # the check that found the step has returned (its record is in)
+        await until(lambda: len(checks) > seen, timeout=5, what="another clock check")
+        assert checks[-1] is None  # each step is recorded once
         assert d.control_status()["counters"]["clock_steps"] == 2
     steps = agent.kinds("clock.stepped")
     assert len(steps) == 2
@@ -197,16 +208,24 @@ async def test_interval_schedules_keep_their_pace_and_cron_is_replanned_after_st
     )
     try:
         await until(lambda: any(s == "schedule:hourly" for s, _ in fired), timeout=5, what="cron at the hour")
-        ticks_before = sum(1 for s, _ in fired if s == "schedule:tick")
+
+        def ticks() -> list[float]:
+            return [t for s, t in fired if s == "schedule:tick"]
+
+        async def passes_after_step(n: int, what: str) -> None:
+            # A pass of the schedule loop fires every due schedule: a cron made due by the step would
+            # fire in the first pass after it, with the tick (every 0.2 s) or before it.
+            target = len(ticks()) + n
+            await until(lambda: len(ticks()) >= target, what=what)
+
         wall.step(-YEAR)  # back a year: intervals go on, cron waits for the next hour of the new time
-        await asyncio.sleep(1.0)
-        ticks = [t for s, t in fired if s == "schedule:tick"]
-        assert len(ticks) - ticks_before >= 3, ticks
+        await passes_after_step(3, "three ticks after the backward step")
         assert sum(1 for s, _ in fired if s == "schedule:hourly") == 1
         wall.step(YEAR + 1800)  # forward past many hours: no burst of missed crons, ticks unchanged
-        await asyncio.sleep(1.0)
+        await passes_after_step(2, "two ticks after the forward step")
         assert sum(1 for s, _ in fired if s == "schedule:hourly") == 1
-        gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+        paced = ticks()
+        gaps = [b - a for a, b in zip(paced, paced[1:], strict=False)]
         assert max(gaps) < 0.6
     finally:
         task.cancel()

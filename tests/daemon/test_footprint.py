@@ -61,16 +61,25 @@ NOT_AT_IDLE = (
 UI_MODULES = ("kestrel.daemon.ui", "kestrel.daemon.ui.server", "kestrel.daemon.ui.http", "kestrel.daemon.ui.tokens")
 
 PROBE = r"""
-import json, os, signal, sys, threading, time
+import json, os, signal, socket, sys, threading
 
 out, state = sys.argv[1], sys.argv[2]
+# Idle is an event: READY=1 once started, then three WATCHDOG=1 pings (healthy rounds of the loop).
+notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+notify.bind("\0kestrel-footprint-%d" % os.getpid())
+notify.settimeout(60)
+os.environ.update(NOTIFY_SOCKET="@kestrel-footprint-%d" % os.getpid(), WATCHDOG_USEC="100000")
 
 def snapshot_when_idle():
-    sock = os.path.join(state, "run", "control.sock")
-    deadline = time.monotonic() + 60
-    while not os.path.exists(sock) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # READY has been sent: the daemon idles
+    ready, pings = False, 0
+    try:
+        while pings < 3:
+            lines = notify.recv(4096).decode().split("\n")
+            ready = ready or "READY=1" in lines
+            pings += ready and "WATCHDOG=1" in lines
+    except OSError:  # a timeout: no READY, or no healthy round, in 60 s
+        sys.stderr.write(f"probe: READY={ready}, {pings} watchdog pings in 60 s\n")
+        os._exit(3)
     with open(out, "w") as fh:
         json.dump({"modules": sorted(k for k, v in list(sys.modules.items()) if v is not None),  # None: hidden
                    "threads": [t.name for t in threading.enumerate()]}, fh)

@@ -3,7 +3,6 @@ its score and alarm read by a trigger, the policy deciding, the action running."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import textwrap
@@ -12,6 +11,7 @@ import pytest
 
 from kestrel.daemon.config import parse_device_config
 from kestrel.errors import ConfigError
+from tests.fixtures.wait import until_seen
 
 from .conftest import running, until
 
@@ -187,12 +187,15 @@ async def test_mqtt_readings_through_the_model_fire_the_trigger(installed, mosqu
         peer = MqttBridge("127.0.0.1", mosquitto.port, agent_id="did:key:test-plant", keepalive=5)
         async with peer:
             await peer.wait_connected(5)
-            await asyncio.sleep(0.2)
+            await until_seen(  # a payload the sensor refuses: it proves the subscription, the model never sees it
+                lambda: peer.publish("plant/machine", b"{probe", qos=1),
+                lambda: d.hardware.counters["machine"]["bad_payloads"] >= 1,
+                what="the daemon's plant/machine subscription",
+            )
             for row in _sine_rows(16):
                 await peer.publish("plant/machine", json.dumps(row).encode(), qos=1)
             await until(lambda: (d.values.get("anomaly") or {}).get("runs", 0) >= 1, what="a model run")
-            await asyncio.sleep(0.2)
-            assert d.values["anomaly"]["alarm"] is False  # the manifest's calibrated threshold
+            assert d.values["anomaly"]["alarm"] is False  # the manifest's calibrated threshold (one report with runs)
             assert d.hardware.outputs["alarm_lamp"].value == 0
             for row in _sine_rows(16, vibration_stuck=3.0):
                 await peer.publish("plant/machine", json.dumps(row).encode(), qos=1)

@@ -13,6 +13,7 @@ import pytest
 from kestrel.io.mqtt import MqttBridge
 from tests.fixtures.mosquitto import start_mosquitto
 from tests.fixtures.procs import free_port
+from tests.fixtures.wait import until_seen
 
 from .conftest import running, until
 
@@ -55,17 +56,8 @@ def _peer(port: int, name: str = "did:key:test-peer") -> MqttBridge:
 
 async def _live(peer: MqttBridge, topic: str, probe: bytes, seen, *, what: str) -> None:
     """Wait until the daemon's subscription to ``topic`` is live: a probe published there has
-    reached it (``seen()``). A message published before the broker has the subscription is not
-    delivered, so the probe is sent again until one arrives."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        await peer.publish(topic, probe, qos=1)
-        try:
-            await until(seen, timeout=0.5, what=what)
-            return
-        except AssertionError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
+    reached it (``seen()``)."""
+    await until_seen(lambda: peer.publish(topic, probe, qos=1), seen, what=what)
 
 
 async def _weather_live(d, peer: MqttBridge, *, msgpack_payload: bool = False) -> None:
