@@ -289,7 +289,7 @@ def export_chunks(ledger_dir: Path, public_key: PublicKey) -> tuple[VerifiedLog,
         )
     cp = verified.checkpoint
     raws = _raw_records(Path(ledger_dir), walker.offset, stop=cp.size)
-    return verified, encode_export(cp, raws, base=walker.base)
+    return verified, iter(encode_export(cp, raws, base=walker.base))
 
 
 # -- proofs ---------------------------------------------------------------------------------------
@@ -370,6 +370,8 @@ def prove(ledger_dir: Path, public_key: PublicKey, seq: int) -> bytes:
         return proof
     verified, walker = _walk_keeping_leaves(ledger_dir, public_key)  # the slow path: no (usable) index
     cp = verified.checkpoint
+    if cp is None or not seq < cp.size:  # the log changed since the checkpoint was read
+        raise LedgerError(f"record {seq} is not covered by a signed checkpoint", hint="retry in a moment")
     raw = next(_raw_records(ledger_dir, seq))
     return encode_proof(seq, walker.leaves[: cp.size - walker.offset], raw, cp, base=walker.base_frontier())
 

@@ -58,12 +58,12 @@ def scan_records(
         end = off + 16 + length
         if end > n or crc32(view[off : off + 8]) != head_crc:
             break
-        payload = view[off + 16 : end]
-        if crc32(payload) != payload_crc:
+        framed = view[off + 16 : end]
+        if crc32(framed) != payload_crc:
             break
         if length > MAX_RECORD_SIZE:
             break
-        payload = bytes(payload)
+        payload = bytes(framed)
         obj = strict(payload)  # the codec profile (codec.py): None if refused
         if type(obj) is not dict or len(obj) != 5:
             break

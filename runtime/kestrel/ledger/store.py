@@ -148,7 +148,7 @@ def map_segment(path: Path, first_seq: int) -> Part:
 def segment_parts(ledger_dir: Path, *, from_seq: int = 0) -> list[Part]:
     """Every segment that can hold records >= ``from_seq`` (from the base, if pruned), mapped, oldest first."""
     base = read_base(ledger_dir)
-    floor = base_size_unsafe(base) if base is not None else 0
+    floor = (base_size_unsafe(base) if base is not None else None) or 0
     files = [(start, path) for start, path, _ in segment_files(ledger_dir) if start >= floor]
     first = 0
     for i, (start, _) in enumerate(files):
@@ -212,7 +212,8 @@ def cut_tail(
     ``stream_offset``: save what follows under torn/ and truncate it (whole later segments are saved and
     removed). Returns one ``ledger.recovered`` body per segment touched; ``records`` complete records are
     among the cut bytes, ``reason`` says why."""
-    pos, bodies = 0, []
+    pos = 0
+    bodies: list[dict[str, Any]] = []
     for i, (_, path, size) in enumerate(files):
         frames = size - len(SEGMENT_MAGIC)
         if pos + frames > stream_offset or (i == len(files) - 1 and pos + frames >= stream_offset):
