@@ -189,7 +189,7 @@ def test_engine_recheck_interval_and_invalidate(agent):
 
 async def test_record_hook_for_commands_that_record_while_the_daemon_runs(agent):
     """`recording_ledger` (for kestrel deploy / memory add) appends through the daemon, allowed kinds only."""
-    from kestrel.cli.ota import recording_ledger
+    from kestrel.cli.through import recording_ledger
 
     async with running(agent, GPIO_CONFIG):
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+
+_DURATION = re.compile(r"(\d{1,6})([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 STATE_HELP = "the agent's state directory (default: $KESTREL_STATE, else ~/.local/state/kestrel)"
 PASSPHRASE_FILE_HELP = (
@@ -51,6 +56,21 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_expiry(text: str, now: float) -> float:
+    """An ``--expires`` value: a duration from ``now`` (``30d``, ``12h``, ``15m``, ``90s``) or a UTC time."""
+    m = _DURATION.fullmatch(text.strip())
+    if m:
+        return now + int(m.group(1)) * _UNITS[m.group(2)]
+    import calendar
+
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        raise UsageError(
+            f"--expires {text!r} is neither a duration (30d, 12h) nor a time like 2027-01-31T00:00:00Z"
+        ) from None
 
 
 def state_from(args: argparse.Namespace) -> Path:

@@ -94,7 +94,7 @@ def _not_executed(action: str, args: dict) -> Any:
 
 
 def _ask(args: argparse.Namespace, extra: list[str]) -> int:
-    from .ota import daemon_client
+    from .through import daemon_client
 
     state = state_from(args)
     if not (state / "identity").is_dir():

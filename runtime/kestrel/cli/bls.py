@@ -41,7 +41,7 @@ def _bls(args: argparse.Namespace, extra: list[str]) -> int:
     from ..identity import load_identity, open_signer
     from ..identity.bls_store import bls_dir, create_bls_key, current_serial
     from ..identity.secrets import read_passphrase_file
-    from .ota import daemon_client
+    from .through import daemon_client
 
     state = resolve_state_dir(args.state)
     identity = load_identity(state)

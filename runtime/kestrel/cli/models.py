@@ -98,7 +98,7 @@ def register(sub: Any) -> None:
 
 def _recording_ledger(args: argparse.Namespace) -> Any:
     """The running daemon's ledger (through its control socket), else the ledger opened here."""
-    from .ota import recording_ledger
+    from .through import recording_ledger
 
     passphrase = None
     if getattr(args, "passphrase_file", None):

@@ -4,34 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ._common import add_state_arg as _state
-from ._common import state_from
+from ._common import parse_expiry, state_from
+from .through import daemon_client, ledger_view, open_ledger, through_daemon_or_ledger
 
-T = TypeVar("T")
-
-__all__ = [
-    "register",
-    "open_ledger",
-    "ledger_view",
-    "parse_expiry",
-    "load_owner",
-    "daemon_client",
-    "through_daemon_or_ledger",
-    "apply_bundle_bytes",
-    "print_applied",
-    "recording_ledger",
-]
-
-_DURATION = re.compile(r"(\d{1,6})([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+__all__ = ["register", "load_owner", "apply_bundle_bytes", "print_applied"]
 
 
 def register(sub: Any) -> None:
@@ -165,73 +147,6 @@ def _key(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passphrase-file", help="owner key passphrase (else $KESTREL_OWNER_PASSPHRASE or a prompt)")
 
 
-def parse_expiry(text: str, now: float) -> float:
-    m = _DURATION.fullmatch(text.strip())
-    if m:
-        return now + int(m.group(1)) * _UNITS[m.group(2)]
-    import calendar
-
-    try:
-        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        from ..errors import UsageError
-
-        raise UsageError(
-            f"--expires {text!r} is neither a duration (30d, 12h) nor a time like 2027-01-31T00:00:00Z"
-        ) from None
-
-
-def daemon_client(state_dir: Path) -> Any | None:
-    """A connected SDK client when a daemon runs on ``state_dir``, else None.
-
-    While ``kestrel run`` holds the ledger (one writer), commands that record go through its
-    control socket; only when no daemon answers do they open the ledger themselves.
-    """
-    from ..sdk import Client, NoDaemonError, socket_path_for
-
-    client = Client(socket_path=socket_path_for(state_dir), timeout=60.0)
-    try:
-        return client.connect()
-    except NoDaemonError:
-        return None
-
-
-class _DaemonLedger:
-    """``append(kind, body)`` through the running daemon's control method ``record``."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    def append(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._client.record(kind, body)
-
-
-@contextmanager
-def recording_ledger(state_dir: Path, *, passphrase: bytes | str | None = None) -> Iterator[Any]:
-    """Something with ``append(kind, body)`` for commands that record (``kestrel deploy``,
-    ``kestrel memory add``, ``kestrel agent-connect``): the running daemon's ledger (the kinds in
-    ``kestrel.daemon.protocol.RECORDABLE`` only, for the daemon's own user or root), else the
-    ledger opened here."""
-    client = daemon_client(state_dir)
-    if client is not None:
-        with client:
-            yield _DaemonLedger(client)
-        return
-    with open_ledger(state_dir, passphrase=passphrase) as ledger:
-        yield ledger
-
-
-def through_daemon_or_ledger(state_dir: Path, remote: Callable[[Any], T], local: Callable[[Any], T]) -> tuple[T, bool]:
-    """An owner operation: ``remote(client)`` through the running daemon, else ``local(ledger)`` on
-    the ledger opened here. Returns the result and whether the daemon did it."""
-    client = daemon_client(state_dir)
-    if client is not None:
-        with client:
-            return remote(client), True
-    with open_ledger(state_dir) as ledger:
-        return local(ledger), False
-
-
 def apply_bundle_bytes(state_dir: Path, data: bytes, *, now: float, source: str) -> tuple[dict[str, Any], bool]:
     """Apply a signed bundle through the daemon, else here (with the device's TPM counter, if any)."""
     from ..daemon.admin import applied_json
@@ -245,56 +160,6 @@ def apply_bundle_bytes(state_dir: Path, data: bytes, *, now: float, source: str)
             apply_bundle(state_dir, data, ledger=ledger, now=now, source=source, tpm=device_tpm_counter(state_dir))
         ),
     )
-
-
-@contextmanager
-def open_ledger(state_dir: Path, *, passphrase: bytes | str | None = None) -> Iterator[Any]:
-    """The device ledger, signed by the agent's identity key (only when no daemon runs)."""
-    from .._internal.paths import StateLayout
-    from ..identity import open_signer
-    from ..ledger import Ledger, LedgerBusyError, LedgerIOError
-
-    signer = open_signer(state_dir, passphrase=passphrase)
-    try:
-        ledger = Ledger.open(StateLayout(state_dir).ledger, signer=signer)
-    except LedgerBusyError as exc:
-        raise LedgerIOError(
-            f"{exc.message}, and no daemon answers on {StateLayout(state_dir).run / 'control.sock'}",
-            hint="a daemon may be starting or stopping, or another kestrel command is recording: "
-            "retry in a moment (`kestrel status` shows whether the daemon runs)",
-        ) from None
-    try:
-        yield ledger
-    finally:
-        ledger.close()
-        close = getattr(signer, "close", None)
-        if close is not None:
-            close()
-
-
-class _LedgerView:
-    """Read-only ``records(kind=...)`` over the on-disk ledger (no key needed)."""
-
-    def __init__(self, ledger_dir: Path) -> None:
-        self._dir = ledger_dir
-
-    def records(self, since_seq: int = 0, kind: str | None = None) -> Iterator[Any]:
-        from ..ledger import iter_records
-
-        return iter_records(self._dir, since_seq=since_seq, kind=kind)
-
-    def latest(self, kind: str) -> Any:
-        """The newest record of ``kind`` (the writer's saved map, then the records since: no full scan)."""
-        from ..ledger.reader import latest_record
-
-        return latest_record(self._dir, kind)
-
-
-def ledger_view(state_dir: Path) -> _LedgerView | None:
-    from .._internal.paths import StateLayout
-
-    d = StateLayout(state_dir).ledger
-    return _LedgerView(d) if d.is_dir() else None
 
 
 def load_owner(args: argparse.Namespace, key: str | None = None) -> Any:

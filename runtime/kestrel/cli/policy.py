@@ -158,7 +158,9 @@ def _set_policy(args: argparse.Namespace, extra: list[str]) -> int:
     from ..ota.owner import create_owner_key, default_owner_key, owner_passphrase
     from ..ota.store import OtaDir
     from ..policy import parse_policy
-    from .ota import apply_bundle_bytes, ledger_view, load_owner, parse_expiry, print_applied
+    from ._common import parse_expiry
+    from .ota import apply_bundle_bytes, load_owner, print_applied
+    from .through import ledger_view
 
     # Cheap checks first: nothing is asked for and nothing is written until they all pass.
     state = state_from(args)

@@ -152,7 +152,7 @@ def _sync_status(args: argparse.Namespace, extra: list[str]) -> int:
 def _live_status(state_dir: Path) -> Any:
     """The running daemon's sync status (None: no daemon, or it runs no sync)."""
     from ..sync.state import SyncStatus
-    from .ota import daemon_client
+    from .through import daemon_client
 
     client = daemon_client(state_dir)
     if client is None:
@@ -385,7 +385,7 @@ def _agent_connect(args: argparse.Namespace, extra: list[str]) -> int:
     if not args.peer:
         raise UsageError("give the peer's AgentID", hint="kestrel agent-connect did:key:z6Mk... [--name NAME]")
     from ..identity import PublicKey, load_identity
-    from .ota import recording_ledger
+    from .through import recording_ledger
 
     PublicKey.from_did(args.peer)  # a malformed AgentID fails here, before the keystore is unlocked
     me = load_identity(state_dir)

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _token(args: argparse.Namespace, extra: list[str]) -> int:
     from ..daemon.ui.tokens import TokenFile
     from ..errors import UsageError
-    from .ota import parse_expiry
+    from ._common import parse_expiry
 
     state = state_from(args)
     if not (state / "identity").is_dir():
