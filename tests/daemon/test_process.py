@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from kestrel.errors import KestrelError
 from kestrel.sdk import Client
+from tests.fixtures.wait import wait_until
 
 from .conftest import GPIO_CONFIG, install_policy
 
@@ -27,16 +29,22 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _wait_socket(state: Path, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"daemon exited early ({proc.returncode}): {proc.stderr.read()}")
-        try:
-            Client(state, timeout=2).status()
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise AssertionError("daemon did not come up")
+        return bool(Client(state, timeout=2).status())
+
+    wait_until(answers, timeout=timeout, ignoring=(OSError, KestrelError), what="the daemon's control socket")
+
+
+def _status_until(state: Path, cond, *, what: str, timeout: float = 10.0) -> dict:
+    """The daemon's status once ``cond(status)`` holds."""
+
+    def status() -> dict | None:
+        st = Client(state).status()
+        return st if cond(st) else None
+
+    return wait_until(status, timeout=timeout, what=what)
 
 
 def _stop(proc: subprocess.Popen) -> tuple[int, str]:
@@ -87,8 +95,9 @@ def test_first_run_creates_identity_and_sigterm_flushes_and_exits_zero(tmp_path)
         _wait_socket(state, proc)
         st = Client(state).status()
         assert st["board"] == "sim" and "embedded" in st["config"]
+        denied = st["actions"]["denied"]
         Client(state).sim_drive("GPIO17", 1)
-        time.sleep(0.3)
+        _status_until(state, lambda s: s["actions"]["denied"] > denied, what="the driven edge's decision")
     finally:
         rc, err = _stop(proc)
     assert rc == 0, err
@@ -174,23 +183,14 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(provisioned, tmp_path
         assert set(Client(provisioned).status()["sensors"]) >= {"button"}
         cfg.write_text(textwrap.dedent(GPIO_CONFIG).replace("button:", "knob:").replace("button ==", "knob =="))
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "knob" not in Client(provisioned).status()["sensors"]:
-            assert time.monotonic() < deadline, "reload did not happen"
-            time.sleep(0.1)
+        _status_until(provisioned, lambda s: "knob" in s["sensors"], what="the reload")
         cfg.write_text("version: 1\nsensors:\n  x: {type: gpio}\n")  # no pin
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while not (st := Client(provisioned).status())["last_reload_error"]:
-            assert time.monotonic() < deadline, "bad reload not reported"
-            time.sleep(0.1)
+        st = _status_until(provisioned, lambda s: s["last_reload_error"], what="the bad reload reported")
         assert "sensors.x.pin" in st["last_reload_error"]
         assert "knob" in st["sensors"] and st["health"] == "ok"
         Client(provisioned).sim_drive("GPIO17", 1)
-        deadline = time.monotonic() + 5
-        while Client(provisioned).status()["actuators"]["lamp"] != 1:
-            assert time.monotonic() < deadline, "old config stopped working"
-            time.sleep(0.05)
+        _status_until(provisioned, lambda s: s["actuators"]["lamp"] == 1, what="the old config still working")
     finally:
         rc, err = _stop(proc)
     assert rc == 0
@@ -232,15 +232,20 @@ def test_unknown_board_is_a_clean_error(state_dir, tmp_path):
 
 
 LEAN_SCRIPT = r"""
-import os, signal, sys, threading, time
+import os, signal, socket, sys, threading
 from kestrel.daemon.main import run_daemon
 
-def stop_when_up():  # SIGTERM once the control socket listens (signal handlers are set by then)
-    sock = os.path.join(sys.argv[1], "run", "control.sock")
-    deadline = time.monotonic() + 60
-    while not os.path.exists(sock) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+notify.bind("\0kestrel-lean-%d" % os.getpid())
+notify.settimeout(60)
+os.environ["NOTIFY_SOCKET"] = "@kestrel-lean-%d" % os.getpid()
+
+def stop_when_up():  # SIGTERM once the daemon says READY=1 (its signal handlers are set by then)
+    try:
+        while "READY=1" not in notify.recv(4096).decode().split("\n"):
+            pass
+    except OSError:  # a timeout
+        sys.stderr.write("no READY=1 from the daemon in 60 s\n")
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=stop_when_up, daemon=True).start()
