@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,11 +122,45 @@ def make_data_fs(
     )
 
 
+def used_inodes(dumpe2fs_output: str) -> list[int]:
+    """The inode numbers in use, from ``dumpe2fs`` (each group's range less its "Free inodes")."""
+    head = re.search(r"^Inodes per group:\s+(\d+)", dumpe2fs_output, re.M)
+    if head is None:
+        raise BuildError("dumpe2fs printed no 'Inodes per group'", hint="check e2fsprogs (apt-get install e2fsprogs)")
+    per_group = int(head.group(1))
+    used: list[int] = []
+    for m in re.finditer(r"^Group (\d+):.*?^\s+Free inodes: ?([0-9, -]*)$", dumpe2fs_output, re.M | re.S):
+        first = int(m.group(1)) * per_group + 1
+        free: set[int] = set()
+        for part in filter(None, (x.strip() for x in m.group(2).split(","))):
+            lo, _, hi = part.partition("-")
+            free.update(range(int(lo), int(hi or lo) + 1))
+        used += [i for i in range(first, first + per_group) if i not in free]
+    return used
+
+
+def pin_inode_times(fs: Path, *, epoch: int, script: Path) -> int:
+    """Set the access and change times of every inode of the ext4 ``fs`` to ``epoch``.
+
+    ``mkfs.ext4 -d`` (e2fsprogs 1.47.0) copies each file's atime and ctime from the host, where the
+    ctime is when the build wrote it and cannot be set; only the mtime is the source's. debugfs
+    rewrites them (inode checksums included). Returns how many inodes."""
+    out = subprocess.run(["dumpe2fs", str(fs)], capture_output=True, text=True, check=True).stdout
+    inodes = used_inodes(out)
+    script.write_text("".join(f"sif <{i}> {f} @{epoch}\n" for i in inodes for f in ("atime", "ctime")))
+    proc = subprocess.run(["debugfs", "-w", "-f", str(script), str(fs)], capture_output=True, text=True)
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("debugfs ")]
+    if proc.returncode != 0 or errors:
+        raise BuildError(f"cannot set the root file system's inode times: {' '.join(errors[-3:])}")
+    script.unlink()
+    return len(inodes)
+
+
 def assemble_image(
     boot_dir: Path, root_dir: Path, img: Path, *, layout: DiskLayout, runner: Runner, epoch: int, seed: str
 ) -> Path:
     """Write ``img`` (replaced atomically) from the two trees; returns it. Idempotent."""
-    runner.need_tools("sfdisk", "mkfs.vfat", "mcopy", "mkfs.ext4")
+    runner.need_tools("sfdisk", "mkfs.vfat", "mcopy", "mkfs.ext4", "debugfs", "dumpe2fs")
     if not runner.dry_run:
         for tree in (boot_dir, root_dir):
             if not tree.is_dir():
@@ -139,7 +175,19 @@ def assemble_image(
             stale.unlink(missing_ok=True)
     env = {"SOURCE_DATE_EPOCH": str(epoch), "E2FSPROGS_FAKE_TIME": str(epoch), "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC"}
     runner.run(
-        ["mkfs.vfat", "-C", "-F", "32", "-n", BOOT_LABEL, "-i", vol_id, str(boot_fs), str(layout.boot_mib * 1024)],
+        [
+            "mkfs.vfat",
+            "--invariant",  # the volume label's directory entry gets a fixed date, not the build's
+            "-C",
+            "-F",
+            "32",
+            "-n",
+            BOOT_LABEL,
+            "-i",
+            vol_id,
+            str(boot_fs),
+            str(layout.boot_mib * 1024),
+        ],
         what="make the boot FAT file system",
         env=env,
     )
@@ -171,6 +219,8 @@ def assemble_image(
         what="make the root ext4 file system from the rootfs tree",
         env=env,
     )
+    if not runner.dry_run:
+        pin_inode_times(root_fs, epoch=epoch, script=work / "times.debugfs")
     parts = [(boot_fs, layout.boot_offset), (root_fs, layout.root_offset)]
     if layout.data_mib:
         data_uuid = str(uuid.UUID(bytes=hashlib.sha256(f"{seed}-data".encode()).digest()[:16], version=4))

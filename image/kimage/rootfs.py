@@ -276,7 +276,9 @@ def build_rootfs(
         what="copy the Kestrel overlay into the rootfs",
     )
     qemu = qemu_user(cache, runner)
-    extras = tuple(json.loads(manifest.read_text())["build"]["extras"]) if manifest.exists() else ("tpm",)
+    build = json.loads(manifest.read_text())["build"] if manifest.exists() else {"extras": ["tpm"]}
+    extras = tuple(build["extras"])
+    epoch = int(build.get("source_date_epoch", 0)) or None
     wheels = ensure_wheels(cache, runner=runner, base=base, qemu=qemu, extras=extras)
     emu = Emulator(
         rootfs, qemu=qemu, runner=runner, binds=[(d, f"/run/kestrel-wheels/{i}") for i, d in enumerate(wheels.dirs)]
@@ -301,6 +303,8 @@ def build_rootfs(
         ],
         what="install Kestrel and its wheels into /opt/kestrel (offline, from the cache)",
     )
+    if epoch and not runner.dry_run:  # before compiling: a .pyc records its source's mtime
+        clamp_mtimes(rootfs, epoch)
     _compile(rootfs, runner)
     emu.run(["/opt/kestrel/bin/kestrel", "--version"], what="check the installed kestrel command")
     # The compiled modules load (their shared libraries are in the image): a missing libtss2-* would
@@ -329,8 +333,24 @@ def build_rootfs(
         packages.write_manifest(rootfs, out, board=board, cache=cache, wheel_dirs=wheels.dirs)
         _finish(rootfs, board, suite=suite, mirror=mirror)
         _scrub(rootfs)
+        if epoch:
+            clamp_mtimes(rootfs, epoch)
         stamp.write_text(key + "\n")
     return rootfs
+
+
+def clamp_mtimes(tree: Path, epoch: int) -> int:
+    """Set every mtime (and atime) in ``tree`` later than ``epoch`` to ``epoch``, links not followed
+    (reproducible builds: files written by the build get the source's date, as dpkg's do). Returns
+    how many were changed."""
+    changed = 0
+    for top, dirs, files in os.walk(tree):
+        for name in (*dirs, *files):
+            path = os.path.join(top, name)
+            if os.lstat(path).st_mtime > epoch:
+                os.utime(path, (epoch, epoch), follow_symlinks=False)
+                changed += 1
+    return changed
 
 
 def _compile(rootfs: Path, runner: Runner) -> None:
@@ -342,7 +362,22 @@ def _compile(rootfs: Path, runner: Runner) -> None:
         return
     for top in ("opt/kestrel/lib/python3.11/site-packages", "usr/lib/kestrel"):
         runner.run(
-            [host, "-m", "compileall", "-q", "-j", "2", "-d", f"/{top}", str(rootfs / top)], what=f"byte-compile /{top}"
+            # timestamp mode, whatever SOURCE_DATE_EPOCH says (hash-checked .pycs would hash each source
+            # at every import): the sources' mtimes are clamped, so the .pycs are the same bytes each build
+            [
+                host,
+                "-m",
+                "compileall",
+                "-q",
+                "-j",
+                "2",
+                "--invalidation-mode",
+                "timestamp",
+                "-d",
+                f"/{top}",
+                str(rootfs / top),
+            ],
+            what=f"byte-compile /{top}",
         )
 
 

@@ -7,11 +7,14 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from kimage.disk import MIB, DiskLayout, assemble_image, ids_for
+from kimage.compare import compare
+from kimage.disk import MIB, DiskLayout, assemble_image, ids_for, used_inodes
+from kimage.rootfs import clamp_mtimes
 from kimage.steps import BuildError, Runner
 
 TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mkfs.ext4", "debugfs", "mtype")
@@ -130,3 +133,60 @@ def test_root_tree_larger_than_partition_fails_clearly(trees: tuple[Path, Path],
             seed="s",
         )
     assert not (tmp_path / "k.img").exists()
+
+
+def test_same_trees_copied_later_give_the_same_image_bytes(trees: tuple[Path, Path], tmp_path: Path) -> None:
+    """Reproducible: the trees copied again (new ctimes and atimes on the host, a second apart)
+    give a byte-identical image; only the mtimes of the trees (clamped by the recipe) go in."""
+    boot, root = trees
+    layout = DiskLayout(boot_mib=64, root_mib=32, data_mib=16)
+    clamp_mtimes(boot, 1700000000), clamp_mtimes(root, 1700000000)
+    digests = []
+    for n in range(2):
+        b2, r2 = tmp_path / f"boot{n}", tmp_path / f"root{n}"
+        subprocess.run(["cp", "-a", str(boot), str(b2)], check=True)
+        subprocess.run(["cp", "-a", str(root), str(r2)], check=True)
+        for tree in (b2, r2):  # a different access time on each copy's files
+            for f in tree.rglob("*"):
+                os.utime(f, (1700000000 - 1000 * (n + 1), f.lstat().st_mtime), follow_symlinks=False)
+        img = assemble_image(b2, r2, tmp_path / f"k{n}.img", layout=layout, runner=Runner(), epoch=1700000000, seed="r")
+        digests.append(hashlib.sha256(img.read_bytes()).hexdigest())
+        time.sleep(1.1)  # a later second for every time the tools might take from the clock
+    assert digests[0] == digests[1]
+
+
+def test_clamp_mtimes_moves_only_later_times(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    old, new = tmp_path / "d/old", tmp_path / "d/new"
+    old.write_text("o"), new.write_text("n")
+    os.utime(old, (1000, 1000))
+    (tmp_path / "d/link").symlink_to("missing")  # not followed
+    assert clamp_mtimes(tmp_path, 5000) == 3  # d, new, link
+    assert old.stat().st_mtime == 1000 and new.stat().st_mtime == 5000
+    assert (tmp_path / "d/link").lstat().st_mtime == 5000
+
+
+def test_used_inodes_from_dumpe2fs() -> None:
+    out = (
+        "Inodes per group:         8\n"
+        "Group 0: (Blocks 0-7)\n  Free inodes: 5-8\n"
+        "Group 1: (Blocks 8-15) [INODE_UNINIT]\n  Free inodes: 9-16\n"
+        "Group 2: (Blocks 16-23)\n  Free inodes: 18, 20-24\n"
+    )
+    assert used_inodes(out) == [1, 2, 3, 4, 17, 19]
+    with pytest.raises(BuildError, match="Inodes per group"):
+        used_inodes("garbage")
+
+
+def test_compare_names_the_file_that_differs(trees: tuple[Path, Path], tmp_path: Path) -> None:
+    boot, root = trees
+    layout = DiskLayout(boot_mib=64, root_mib=32, data_mib=16)
+    a = assemble_image(boot, root, tmp_path / "a.img", layout=layout, runner=Runner(), epoch=1700000000, seed="c")
+    assert compare(a, a, tmp_path) == []
+    (root / "etc/kestrel/device.yaml").write_text("version: 1\nname: other\n")
+    b = assemble_image(boot, root, tmp_path / "b.img", layout=layout, runner=Runner(), epoch=1700000000, seed="c")
+    found = compare(a, b, tmp_path / "work")
+    assert found[0] == "the images differ" and "partition 1: identical" in found and "partition 3: identical" in found
+    (line,) = [f for f in found if f.startswith("  ")]
+    assert line.startswith("  differs: etc/kestrel/device.yaml (") and "content" in line, found
+    assert not any("only in" in line for line in found)
