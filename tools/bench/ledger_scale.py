@@ -255,8 +255,14 @@ _WA = textwrap.dedent("""
     per = n // PRODUCERS
     lock = threading.Lock()
 
-    if what == "kestrel":
+    disk = 0
+    t0 = time.perf_counter()
+    if what.startswith("kestrel"):
+        if what == "kestrel-unpadded":  # the baseline: commits not padded to a page boundary (as before)
+            from kestrel.ledger import engine
+            engine.PAD_SHARE = 1 << 40
         before = written()
+        t0 = time.perf_counter()
         led = Ledger.open(d / "ledger", signer=SoftwareSigner.generate())
         def produce(p):
             for i in range(per):
@@ -265,8 +271,10 @@ _WA = textwrap.dedent("""
         [t.start() for t in threads]; [t.join() for t in threads]
         size = led.size
         led.close()
+        elapsed = time.perf_counter() - t0
         os.sync()
         after = written()
+        disk = sum(f.stat().st_size for f in (d / "ledger").glob("*.seg"))
     else:
         before = written()
         db = sqlite3.connect(d / "bench.db", check_same_thread=False, isolation_level=None)
@@ -287,10 +295,11 @@ _WA = textwrap.dedent("""
         [t.start() for t in threads]; [t.join() for t in threads]
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.close()
+        elapsed = time.perf_counter() - t0
         os.sync()
         after = written()
         size = seq[0]
-    print(json.dumps({"written": after - before, "records": size}))
+    print(json.dumps({"written": after - before, "records": size, "disk": disk, "appends_per_s": size / elapsed}))
 """)
 
 
@@ -308,8 +317,10 @@ def record_payload(n: int, producers: int) -> int:
 
 
 def write_amplification(workdir: Path, n: int, producers: int = PRODUCERS) -> dict:
+    """Bytes written per payload byte: kestrel (commits padded to a page boundary), the same without
+    padding (the previous layout, same process tree and disk), and SQLite; and each one's appends/s."""
     out = {}
-    for what in ("kestrel", "sqlite"):
+    for what in ("kestrel", "kestrel-unpadded", "sqlite"):
         d = workdir / f"wa-{what}"
         d.mkdir()
         p = subprocess.run(
@@ -330,20 +341,23 @@ def write_amplification(workdir: Path, n: int, producers: int = PRODUCERS) -> di
         "kestrel_written": out["kestrel"]["written"],
         "sqlite_written": out["sqlite"]["written"],
         "kestrel_wa": out["kestrel"]["written"] / payload,
+        "unpadded_wa": out["kestrel-unpadded"]["written"] / payload,
         "sqlite_wa": out["sqlite"]["written"] / payload,
+        "kestrel_disk": out["kestrel"]["disk"] / payload,
+        "unpadded_disk": out["kestrel-unpadded"]["disk"] / payload,
+        "kestrel_appends_per_s": out["kestrel"]["appends_per_s"],
+        "unpadded_appends_per_s": out["kestrel-unpadded"]["appends_per_s"],
+        "sqlite_appends_per_s": out["sqlite"]["appends_per_s"],
     }
 
 
 # -- report ------------------------------------------------------------------------------------
 
 
-def report(results: dict, was: list[dict]) -> list[str]:
+def _size_table(results: dict) -> list[str]:
     sizes = list(results)
     base = results[sizes[0]]
-    lines = [
-        f"ledger scale benchmark ({PRODUCERS} producers, ~{RECORD_BYTES}-byte records, batched; "
-        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs)"
-    ]
+    lines: list[str] = []
     head = f"{'':34}" + "".join(f"{label(s):>12}" for s in sizes) + "   target"
     lines.append(head)
 
@@ -381,6 +395,17 @@ def report(results: dict, was: list[dict]) -> list[str]:
         )
         verdicts.append(f"{label(s)}: {'PASS' if ok else 'FAIL'}")
     lines.append("targets: " + ", ".join(verdicts))
+    return lines
+
+
+def report(results: dict, was: list[dict]) -> list[str]:
+    sizes = list(results)
+    lines = [
+        f"ledger scale benchmark ({PRODUCERS} producers, ~{RECORD_BYTES}-byte records, batched; "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs)"
+    ]
+    if sizes:
+        lines += _size_table(results)
     for wa in was:
         ratio = wa["kestrel_wa"] / wa["sqlite_wa"]
         lines.append(
@@ -388,6 +413,14 @@ def report(results: dict, was: list[dict]) -> list[str]:
             f"({wa['payload_bytes'] / 1e6:.1f} MB of record payload): kestrel {wa['kestrel_wa']:.2f} bytes "
             f"written per payload byte, sqlite WAL FULL {wa['sqlite_wa']:.2f}: {ratio:.2f}x sqlite; "
             f"target <= 1.5 and below sqlite: {'PASS' if wa['kestrel_wa'] <= 1.5 and ratio < 1 else 'FAIL'}"
+        )
+        lines.append(
+            f"  without padding (commits not ended on a page boundary, the previous layout): "
+            f"{wa['unpadded_wa']:.2f} ({wa['kestrel_wa'] / wa['unpadded_wa']:.2f}x); segment bytes per payload "
+            f"byte {wa['kestrel_disk']:.3f} padded vs {wa['unpadded_disk']:.3f}; appends/s "
+            f"{wa['kestrel_appends_per_s']:.0f} padded vs {wa['unpadded_appends_per_s']:.0f} unpadded "
+            f"({wa['kestrel_appends_per_s'] / wa['unpadded_appends_per_s']:.2f}x), "
+            f"sqlite {wa['sqlite_appends_per_s']:.0f}"
         )
     return lines
 
@@ -403,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wa-producers", default="16,64", help="producer threads for write amplification (runs)")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args(argv)
-    sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s]  # none: write amplification only
     if args.size:
         sizes.append(parse_size(args.size))
     work = Path(tempfile.mkdtemp(prefix="ledger-scale-", dir=args.dir or ROOT.parent))

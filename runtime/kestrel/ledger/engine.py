@@ -33,19 +33,21 @@ from typing import Any
 from ..identity.keys import Signer
 from .checkpoint import SignedCheckpoint, sign_checkpoint
 from .errors import LedgerError, LedgerIOError
-from .frame import CHECKPOINT, TAIL_SEAL, encode_frame, record_frame
+from .frame import CHECKPOINT, HEADER_SIZE, TAIL_SEAL, encode_frame, pad_frame, record_frame
 from .index import BLOCK, IndexBuilder, save_kinds
 from .merkle import Frontier
 from .record import assemble_record, prepare_body
 from .store import SegmentWriter
 from .tailmac import seal_payload
 
-__all__ = ["CommitEngine", "Receipt", "WriterState", "MAX_BATCH", "MAX_BATCH_BYTES"]
+__all__ = ["CommitEngine", "Receipt", "WriterState", "MAX_BATCH", "MAX_BATCH_BYTES", "PAGE", "padding"]
 
 log = logging.getLogger("kestrel.ledger")
 MAX_BATCH = 4096  # records in one commit
 MAX_BATCH_BYTES = 8 << 20  # bytes of records in one commit (about; the record that crosses it is taken)
 _KINDS_EVERY = 4096  # records between two saves of the latest-record-per-kind map (index.kinds)
+PAGE = 4096  # the flash page (and page cache) granularity commits are padded to
+PAD_SHARE = 4  # a commit is padded by at most 1/PAD_SHARE of its own bytes, and of a page
 _LEAF = hashlib.sha256(b"\x00")  # leaf hashes: copies of a hasher fed the RFC 6962 leaf prefix
 _MAIN_THREAD = threading.main_thread().ident
 
@@ -135,6 +137,21 @@ def _wake(batch: list[_Item]) -> None:
             item.resolve()
     if head is not None:
         head.done.release()
+
+
+def padding(end: int, size: int) -> int:
+    """Bytes of the padding frame that ends a commit of ``size`` bytes (ending at file offset ``end``)
+    on a page boundary; 0 for none.
+
+    A durable write that ends inside a page leaves that page to be written again, whole, by the next
+    commit: 16 closed-loop producers commit about 7 KB at a time, so that rewrite alone costs 0.57
+    bytes of flash per byte of record. Zero bytes up to the boundary cost less than the rewrite; they
+    take disk space, so a commit is padded only by up to a quarter of a page and of its own size
+    (small, sparse commits are not padded: their rewrite costs less than the space padding would take)."""
+    gap = -end % PAGE
+    if gap and gap < HEADER_SIZE:  # no room for a frame header: the next boundary is too far
+        return 0
+    return gap if gap * PAD_SHARE <= min(size, PAGE) else 0
 
 
 class CommitEngine:
@@ -375,8 +392,12 @@ class CommitEngine:
             frames.append(encode_frame(CHECKPOINT, own_cp.note))
         elif batch and self._tail_key is not None:  # batched: seal the records no checkpoint covers yet
             frames.append(encode_frame(TAIL_SEAL, seal_payload(self._tail_key, seq, prev)))
+        nbytes = sum(map(len, frames))
+        segment, offset = self._writer.position_for(nbytes, self._size)
+        pad = padding(offset + nbytes, nbytes)
+        if pad and self._writer.fits(nbytes + pad):  # end on a page boundary (never rotate for padding)
+            frames.append(pad_frame(pad))
         data = b"".join(frames)
-        segment, offset = self._writer.position_for(len(data), self._size)
         for start, i in starts:
             self._index.start(start, segment, offset + sum(len(f) for f in frames[:i]))
         self._writer.write_durable(data, next_seq=self._size)

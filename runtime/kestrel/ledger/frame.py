@@ -3,7 +3,8 @@
 Frame layout (all integers big-endian)::
 
     0  2  magic  b"KF"
-    2  1  type   0x01 record, 0x02 checkpoint, 0x03 base (exports of a pruned log), 0x04 tail seal
+    2  1  type   0x01 record, 0x02 checkpoint, 0x03 base (exports of a pruned log), 0x04 tail seal,
+                 0x05 padding (zero bytes that end a commit on a page boundary: format version 3)
     3  1  0x00   reserved
     4  4  length of the payload (at most 16 MiB)
     8  4  CRC-32 (zlib/ISO-HDLC) of bytes 0..7          (header check)
@@ -27,7 +28,10 @@ __all__ = [
     "CHECKPOINT",
     "BASE",
     "TAIL_SEAL",
+    "PAD",
     "HEADER_SIZE",
+    "pad_frame",
+    "pad_valid",
     "Frame",
     "FrameDamage",
     "encode_frame",
@@ -42,7 +46,8 @@ RECORD = 0x01
 CHECKPOINT = 0x02
 BASE = 0x03  # a pruned log's base, in export files only (see base.py)
 TAIL_SEAL = 0x04  # the writer's MAC over its unsigned records (format version 2, see tailmac.py)
-_TYPES = frozenset({RECORD, CHECKPOINT, BASE, TAIL_SEAL})
+PAD = 0x05  # padding: a commit ends on a flash page boundary (format version 3, see pad_frame)
+_TYPES = frozenset({RECORD, CHECKPOINT, BASE, TAIL_SEAL, PAD})
 MAGIC = b"KF"
 HEADER_SIZE = 16
 MAX_PAYLOAD = 16 << 20
@@ -81,6 +86,24 @@ def record_frame(payload: bytes) -> bytes:
     """``encode_frame(RECORD, payload)`` for a payload already within the size limit (the commit path)."""
     head = _HEAD.pack(MAGIC, RECORD, 0, len(payload))
     return head + _CRCS.pack(zlib.crc32(head), zlib.crc32(payload)) + payload
+
+
+def pad_frame(size: int) -> bytes:
+    """A padding frame of exactly ``size`` bytes (at least a header): its payload is zero bytes.
+
+    A commit that ends inside a flash page leaves that page to be written again, whole, by the next
+    commit; padding to the page boundary writes fewer bytes than that rewrite (docs/ledger-format.md, 3)."""
+    if size < HEADER_SIZE:
+        raise ValueError("a padding frame is at least a frame header")
+    return encode_frame(PAD, bytes(size - HEADER_SIZE))
+
+
+def pad_valid(payload: bytes) -> bool:
+    """A padding frame's payload: zero bytes only, less than a page (what a writer pads with)."""
+    return len(payload) < MAX_PAD and not payload.strip(b"\x00")
+
+
+MAX_PAD = 8192  # bytes of a padding frame's payload, at most (a writer pads less than a page)
 
 
 def read_frame(buf: bytes | memoryview, off: int) -> Frame | FrameDamage:

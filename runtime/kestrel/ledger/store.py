@@ -28,6 +28,8 @@ from .verify import Part
 __all__ = [
     "SEGMENT_MAGIC",
     "SEGMENT_MAGIC_V1",
+    "SEGMENT_MAGIC_V2",
+    "SEGMENT_MAGICS",
     "BASE_FILE",
     "cut_tail",
     "map_segment",
@@ -43,9 +45,11 @@ __all__ = [
 
 log = logging.getLogger("kestrel.ledger")
 
-SEGMENT_MAGIC = b"KLEDGER\x02"  # format version 2: segments may hold tail seals (frame type 0x04)
+SEGMENT_MAGIC = b"KLEDGER\x03"  # format version 3: segments may hold padding frames (type 0x05)
+SEGMENT_MAGIC_V2 = b"KLEDGER\x02"  # version 2 (tail seals, type 0x04, but no padding): still read
 SEGMENT_MAGIC_V1 = b"KLEDGER\x01"  # version 1 (no tail seals): still read and verified
-_MAGICS = (SEGMENT_MAGIC, SEGMENT_MAGIC_V1)
+SEGMENT_MAGICS = (SEGMENT_MAGIC, SEGMENT_MAGIC_V2, SEGMENT_MAGIC_V1)  # every version a reader accepts
+_MAGICS = SEGMENT_MAGICS
 BASE_FILE = "base"  # a pruned log's base (see base.py); absent until the first prune
 _DSYNC = getattr(os, "RWF_DSYNC", 0)  # per-write O_DSYNC (pwritev2); 0 once the kernel refuses it
 _NAME = re.compile(r"^([0-9]{20})\.seg$")
@@ -260,7 +264,8 @@ class SegmentWriter:
         else:
             first_seq, path, size = last
             self._open(path, size, first_seq)
-            if os.pread(self._fd, len(SEGMENT_MAGIC), 0) != SEGMENT_MAGIC:  # version 1: it may hold seals now
+            if os.pread(self._fd, len(SEGMENT_MAGIC), 0) != SEGMENT_MAGIC:  # an older version: it may hold
+                # seals and padding from now on
                 self._upgrade(path)
 
     def _upgrade(self, path: Path) -> None:
@@ -297,6 +302,10 @@ class SegmentWriter:
         _DSYNC = 0  # no such flag here (or the file system refused it): write, then fdatasync
         self._write(data, 0)
         self.sync()
+
+    def fits(self, size: int) -> bool:
+        """True if ``size`` more bytes go into the current segment (no rotation)."""
+        return self._size + size <= self._max or self._size <= len(SEGMENT_MAGIC)
 
     def position_for(self, size: int, next_seq: int) -> tuple[int, int]:
         """Make room for a write of ``size`` bytes (rotating if needed); return where it will start:

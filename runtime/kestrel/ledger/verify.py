@@ -16,7 +16,7 @@ from ..identity.keys import PublicKey
 from .base import LogBase
 from .checkpoint import CheckpointError, SignedCheckpoint, parse_checkpoint_unsafe, verify_checkpoint
 from .errors import LedgerVerificationError, Reason, RecordError
-from .frame import BASE, RECORD, TAIL_SEAL, Frame, FrameDamage, find_next_frame, iter_frames, read_frame
+from .frame import BASE, PAD, RECORD, TAIL_SEAL, Frame, FrameDamage, find_next_frame, iter_frames, pad_valid, read_frame
 from .merkle import Frontier, tree_root
 from .record import ZERO_HASH, Record, decode_record
 from .scan import scan_records
@@ -422,7 +422,12 @@ def _walk_part(
                 raise LedgerVerificationError(
                     walker.size, Reason.CORRUPT, f"a base frame inside the log at byte {at(item.offset)}"
                 )
-            if item.type == TAIL_SEAL:
+            if item.type == PAD:
+                if not pad_valid(item.payload):
+                    raise LedgerVerificationError(
+                        walker.size, Reason.CORRUPT, f"a padding frame with non-zero bytes at byte {at(item.offset)}"
+                    )
+            elif item.type == TAIL_SEAL:
                 _seal(walker, item, at(item.offset), tail_key, later(item.end))
             else:
                 cp = _checkpoint(item.payload, max(walker.size - 1, 0), public_key, verify=all_signatures)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import DataError, TransportError
 from ..ledger.frame import RECORD, Frame, FrameDamage, iter_frames
-from ..ledger.store import SEGMENT_MAGIC, SEGMENT_MAGIC_V1
+from ..ledger.store import SEGMENT_MAGIC, SEGMENT_MAGICS
 
 __all__ = ["SegmentTail"]
 
@@ -58,10 +58,7 @@ class SegmentTail:
         path = self._path(self._segment)
         try:
             with open(path, "rb") as fh:
-                if self._offset == len(SEGMENT_MAGIC) and fh.read(len(SEGMENT_MAGIC)) not in (
-                    SEGMENT_MAGIC,
-                    SEGMENT_MAGIC_V1,
-                ):
+                if self._offset == len(SEGMENT_MAGIC) and fh.read(len(SEGMENT_MAGIC)) not in SEGMENT_MAGICS:
                     raise DataError(
                         f"ledger segment {path} does not start with the ledger magic bytes",
                         hint="run `kestrel audit verify`",
