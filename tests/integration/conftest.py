@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kestrel.errors import KestrelError
 from kestrel.identity.keys import SoftwareSigner
 from kestrel.ledger import Ledger
+from tests.fixtures.wait import wait_until
 
 KESTREL = [sys.executable, "-m", "kestrel.cli"]
 
@@ -96,17 +98,14 @@ def start_daemon(state: Path, config: Path, *args: str, timeout: float = 60.0) -
     proc = subprocess.Popen(
         [*KESTREL, "run", "--config", str(config), "--state", str(state), *args], stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + timeout
+
+    def healthy() -> bool:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+        return Client(state, timeout=2).status()["health"] == "ok"
+
     try:
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
-            try:
-                if Client(state, timeout=2).status()["health"] == "ok":
-                    return proc
-            except Exception:
-                pass
-            assert time.monotonic() < deadline, "the daemon did not come up"
-            time.sleep(0.1)
+        wait_until(healthy, timeout=timeout, ignoring=(OSError, KestrelError), what="the daemon's health ok")
+        return proc
     except BaseException:
         proc.kill()
         proc.wait(30)
@@ -129,21 +128,21 @@ async def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, 
 
 @contextlib.contextmanager
 def collecting(host: str, port: int, db: Path, *, client_id: str) -> Iterator[Any]:
-    """A CollectorService on the broker, subscribed; yields its SQLite store."""
+    """A CollectorService on the broker, subscribed; yields a second connection to its SQLite
+    database (the test reads while the service writes, as `kestrel collector status` would)."""
     from kestrel.sync.collector.service import CollectorService
     from kestrel.sync.collector.sqlite import SqliteStore
 
     store = SqliteStore(db)
     svc = CollectorService(store, host=host, port=port, client_id=client_id)
     svc.start()
+    reader = SqliteStore(db)
     try:
-        deadline = time.monotonic() + 20
-        while not svc.subscribed.is_set():
-            assert time.monotonic() < deadline, "collector did not subscribe"
-            time.sleep(0.02)
-        yield store
+        assert svc.subscribed.wait(20), "collector did not subscribe"
+        yield reader
     finally:
         svc.stop()
+        reader.close()
         store.close()
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from kestrel.io.mqtt import MqttBridge
 from kestrel.sdk import ActionDenied, Client, RemoteError
 from kestrel.sync.peers.trust import add_peer
 from tests.daemon.conftest import until
+from tests.fixtures.wait import until_seen
 
 from .conftest import cli, collecting, daemon_of, make_node, mqtt_config
 
@@ -38,7 +40,13 @@ async def test_two_daemons_sync_send_under_policy_and_receive_through_the_sdk(tm
                 lambda: da.links.messenger is not None and db.links.messenger is not None, what="both messengers"
             )
             await until(lambda: da.hardware.bridge.connected and db.hardware.bridge.connected, what="connected")
-            await asyncio.sleep(0.3)  # the inbox subscriptions' SUBACKs
+            async with MqttBridge("127.0.0.1", mosquitto.port, agent_id="probe") as probe:
+                assert await probe.wait_connected(10)
+                await until_seen(  # garbage bob refuses (and records): his inbox subscription is live
+                    lambda: probe.publish(f"kestrel/{bob.did}/inbox", b"probe", qos=1),
+                    lambda: sum(db.links.messenger.refused.values()) >= 1,
+                    what="bob's inbox subscription",
+                )
 
             sent = await asyncio.to_thread(
                 lambda: Client(alice.state).call("agent.send", to=bob.did, body={"temp": 21.5})
@@ -84,14 +92,11 @@ async def test_two_daemons_sync_send_under_policy_and_receive_through_the_sdk(tm
 
 
 async def test_bundles_over_mqtt_and_through_the_cli_activate_while_the_daemon_runs(tmp_path, mosquitto):
-    from kestrel.io.mqtt import MqttBridge
-
     node = make_node(tmp_path / "dev")
     try:
         node.provision("actions: [gpio.write]\n")
         async with daemon_of(node, mqtt_config(mosquitto.port)) as d:
             await until(lambda: d.hardware.bridge.connected, what="connected")
-            await asyncio.sleep(0.3)
             first = d.policy.bundle_digest
             call = lambda: Client(node.state).call("agent.send", to=node.did, body=1)  # noqa: E731
             with pytest.raises(ActionDenied):
@@ -100,6 +105,11 @@ async def test_bundles_over_mqtt_and_through_the_cli_activate_while_the_daemon_r
             # 1. over the MQTT OTA topic
             async with MqttBridge("127.0.0.1", mosquitto.port, agent_id="owner-console") as owner:
                 assert await owner.wait_connected(10)
+                await until_seen(  # a bundle that does not parse is rejected (recorded): the OTA topic is live
+                    lambda: owner.publish("fleet/ota", b"not a bundle", qos=1),
+                    lambda: node.kinds("ota.rejected"),
+                    what="the daemon's OTA subscription",
+                )
                 await owner.publish("fleet/ota", node.bundle("actions: [gpio.write, agent.send]\n"), qos=1)
             await until(lambda: len(node.kinds("ota.applied")) == 2, what="bundle over MQTT applied")
             assert node.kinds("ota.applied")[-1]["source"] == "mqtt"
@@ -126,9 +136,10 @@ async def test_bundles_over_mqtt_and_through_the_cli_activate_while_the_daemon_r
             old = tmp_path / "old.kbundle"
             node.counter = 0
             old.write_bytes(node.bundle("actions: [agent.send]\n"))
+            rejected = len(node.kinds("ota.rejected"))
             rc, out, err = await cli("ota", "apply", str(old), "--state", str(node.state))
             assert rc not in (0, 1) and "Traceback" not in err and "counter" in err
-            assert node.kinds("ota.rejected") and d.policy.bundle_digest == applied["bundle"]
+            assert len(node.kinds("ota.rejected")) == rejected + 1 and d.policy.bundle_digest == applied["bundle"]
 
             # `kestrel ota rollback` and `kestrel set-policy` go through the daemon as well
             rc, out, err = await cli("ota", "rollback", "--state", str(node.state))

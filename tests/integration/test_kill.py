@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from kestrel.sdk import Client
+from tests.fixtures.wait import wait_until
 
 from .conftest import collecting, mqtt_config, start_daemon
 
@@ -33,11 +33,14 @@ def _kill_cycles(tmp_path, mosquitto, kills: int, calls: int) -> None:
             with Client(state) as client:
                 for i in range(calls):
                     client.call("gpio.write", actuator="lamp", value=i % 2)
-                if round_ == kills:  # the last run: let the sync catch up, then stop cleanly
-                    deadline = time.monotonic() + 30
-                    while (st := client.status())["sync"]["backlog"] or not st["sync"]["connected"]:
-                        assert time.monotonic() < deadline, st["sync"]
-                        time.sleep(0.1)
+                if round_ == kills:  # the last run: stop cleanly once the collector verified all of it
+                    # (acknowledged by the broker is not enough: records verify once a signed
+                    # checkpoint that covers them has arrived as well)
+                    wait_until(
+                        lambda: store.agent_state(did).size >= client.status()["ledger"]["size"],
+                        timeout=30,
+                        what=lambda: f"the collector caught up: {client.status()['sync']}",
+                    )
             if round_ < kills:
                 os.kill(proc.pid, signal.SIGKILL)  # mid-sync: records and offsets as the crash left them
                 proc.wait(30)
@@ -50,10 +53,11 @@ def _kill_cycles(tmp_path, mosquitto, kills: int, calls: int) -> None:
         size = sum(1 for _ in iter_records(state / "ledger"))
         acked = OffsetStore(state).load(did).acked
         assert size >= (kills + 1) * calls * 2 and acked >= (kills + 1) * calls * 2
-        deadline = time.monotonic() + 30
-        while store.agent_state(did).size < acked:
-            assert time.monotonic() < deadline, f"collector has {store.agent_state(did).size} of {acked}"
-            time.sleep(0.1)
+        wait_until(
+            lambda: store.agent_state(did).size >= acked,
+            timeout=30,
+            what=lambda: f"the collector: it has {store.agent_state(did).size} of {acked}",
+        )
         got = store.agent_state(did)
         assert acked <= got.size <= size and not got.forked  # every acknowledged record, verified, once
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 from kestrel.sdk import ActionDenied, Client, RemoteError
 from tests.daemon.smtp_sink import SmtpSink
 from tests.fixtures.procs import free_port
+from tests.fixtures.wait import wait_until
 from tests.policy.hostile import HOSTILE_RECIPIENTS, RECIPIENT_FRAGMENTS
 
 from .conftest import KESTREL, start_daemon
@@ -119,10 +119,9 @@ def _call(state: Path, action: str, **args: object) -> bool:
 
 
 def _delivered_recipients(box, wait_for: int) -> list[str]:
-    deadline = time.monotonic() + 20
-    while len(box.messages) < wait_for:
-        assert time.monotonic() < deadline, f"{len(box.messages)} of {wait_for} mails delivered"
-        time.sleep(0.05)
+    wait_until(
+        lambda: len(box.messages) >= wait_for, what=lambda: f"{wait_for} mails delivered ({len(box.messages)} are)"
+    )
     return [r for _, rcpts, _ in box.messages for r in rcpts]
 
 

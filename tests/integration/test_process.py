@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from kestrel.sdk import Client
+from tests.fixtures.wait import wait_until
 
 from .conftest import KESTREL, collecting, mqtt_config, start_daemon
 
@@ -20,13 +20,6 @@ pytestmark = pytest.mark.mosquitto
 
 def _kestrel(*argv: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([*KESTREL, *argv], capture_output=True, text=True, timeout=120, **kw)
-
-
-def _wait(cond, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_kestrel_run_with_sync_set_policy_trust_rotate_and_collector(tmp_path, mosquitto):
@@ -87,9 +80,10 @@ def _run_and_check(state: Path, cfg: Path, key: Path, tmp_path: Path, store) -> 
         r = _kestrel("status", "--state", str(state))
         assert r.returncode == 0, r.stderr
         assert "sync     connected" in r.stdout
-        _wait(
+        wait_until(
             lambda: json.loads(_kestrel("sync", "status", "--state", str(state), "--json").stdout)["backlog"] == 0,
-            "sync caught up",
+            timeout=30,
+            what="sync caught up",
         )
         r = _kestrel("sync", "status", "--state", str(state))
         assert r.returncode == 0 and "sync: connected" in r.stdout
@@ -108,5 +102,7 @@ def _run_and_check(state: Path, cfg: Path, key: Path, tmp_path: Path, store) -> 
 
     acked = OffsetStore(state).load(did).acked
     assert acked >= kinds.index("trust.rotated") + 1
-    _wait(lambda: store.agent_state(did).size >= acked, "collector verified the acknowledged records")
+    wait_until(
+        lambda: store.agent_state(did).size >= acked, timeout=30, what="collector verified the acknowledged records"
+    )
     assert not store.agent_state(did).forked

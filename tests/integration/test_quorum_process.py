@@ -7,6 +7,7 @@ import pytest
 
 from kestrel.sdk import Client
 from tests.daemon.quorum_group import make_group
+from tests.fixtures.wait import wait_until
 from tests.identity.conftest import PASS
 
 from .conftest import mqtt_config, start_daemon
@@ -23,12 +24,11 @@ def test_kestrel_run_opens_the_bls_key_and_coordinates_quorums(tmp_path, mosquit
     monkeypatch.setenv("KESTREL_PASSPHRASE", PASS.decode())
     proc = start_daemon(member.state, config)
     try:
-        import time
-
-        deadline = time.monotonic() + 30
-        while (status := Client(member.state).status()).get("peers") is None:
-            assert time.monotonic() < deadline, status
-            time.sleep(0.05)
+        status = wait_until(
+            lambda: (st := Client(member.state).status()).get("peers") is not None and st,
+            timeout=30,
+            what="the daemon's peer messenger",
+        )
         assert status["quorum"] == {
             "proposed": 0,
             "met": 0,
