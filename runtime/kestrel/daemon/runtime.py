@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from .calendar import CalendarStore
 from .config import DeviceConfig
 from .control import ControlServer, resolve_group
 from .effects import JOURNAL_FILE, EffectTracker, InDoubtScan, Journal, read_journal, write_journal
+from .handlers import ControlHandlers
 from .hardware import Hardware
 from .links import Links
 from .notify import Notifier, run_watchdog, watchdog_interval
@@ -53,7 +54,12 @@ JOURNAL_INTERVAL_S = 5.0  # how often the effects journal's watermark is saved (
 CLOCK_CHECK_S = 1.0  # how often a wall-clock step is looked for (it is recorded once: clock.stepped)
 
 
-class Daemon:
+class Daemon(ControlHandlers):
+    """The device runtime: builds its parts from what it is given and runs them on one loop.
+
+    The control-request handlers (``control_*``) are :class:`~kestrel.daemon.handlers.ControlHandlers`.
+    """
+
     def __init__(
         self,
         *,
@@ -630,126 +636,3 @@ class Daemon:
 
     def _schedule_fire(self, p: Proposal) -> None:
         self.pipeline.submit(p)
-
-    # -- ControlTarget -----------------------------------------------------------------------
-    async def control_call(self, action: str, args: dict[str, Any], *, source: str) -> dict[str, Any]:
-        return await self.pipeline.call(Proposal(action, args, source))
-
-    def control_status(self) -> dict[str, Any]:
-        why = self.unhealthy()
-        hw = self.hardware
-        return {
-            "agent": self.agent_id,
-            "board": self.board,
-            "config": self.config.source,
-            "pid": os.getpid(),
-            "health": "ok" if why is None else f"unhealthy: {why}",
-            "uptime_s": round(time.monotonic() - self._started, 1),
-            "sensors": hw.describe() if hw else {},
-            "values": {k: v for k, v in self.values.items()},
-            "actuators": {n: p.value for n, p in (hw.outputs.items() if hw else [])},
-            "outbox": {
-                "pending": len(self.outbox.pending()),
-                "sent": self.outbox.sent,
-                "failed": self.outbox.failed,
-                "last_error": self.outbox.last_error,
-            },
-            "indoubt": dict(self.indoubt, open=self.effects.open),
-            "ledger": self._ledger_status(),
-            "actions": dict(self.pipeline.stats, backlog=self.pipeline.backlog),
-            "counters": dict(self.counters),
-            "models": self.models.describe() if self.models is not None else None,
-            "mqtt": ({"connected": hw.bridge.connected} if hw and hw.bridge else None),
-            "control": {"served": self.control.served, "refused": self.control.refused},
-            "ui": self.ui.describe() if self.ui is not None else None,
-            "policy": {
-                "bundle": getattr(self.policy, "bundle_digest", None),
-                "loaded": getattr(self.policy, "policy", None) is not None,
-                "error": getattr(self.policy, "load_error", None),
-            },
-            **self.links.describe(),
-            "last_reload_error": self.last_reload_error,
-        }
-
-    def _ledger_status(self) -> dict[str, int]:
-        """Records held, how many a signed checkpoint covers, and the first kept one (> 0 once pruned)."""
-        cp = self.ledger.latest_checkpoint()
-        return {
-            "size": self.ledger.size,
-            "signed": cp.size if cp is not None else 0,
-            "first_seq": getattr(self.ledger, "first_seq", 0),
-        }
-
-    def _sim_chip(self) -> Any:
-        if getattr(self.factory, "backend", None) != "sim":
-            raise UsageError(f"board {self.board} is real hardware; `kestrel sim` drives only the sim board")
-        return self.factory
-
-    def control_sim_drive(self, pin: str, value: int) -> dict[str, Any]:
-        factory = self._sim_chip()
-        ref = factory.profile.resolve_pin(pin)
-        factory.chip(ref.chip).drive(ref.line, value)
-        return {"pin": pin, "chip": ref.chip, "line": ref.line, "value": value}
-
-    def control_sim_list(self) -> list[dict[str, Any]]:
-        factory = self._sim_chip()
-        out = []
-        roles = {}
-        for s in self.config.sensors:
-            if getattr(s, "pin", None):
-                roles[factory.profile.resolve_pin(s.pin)] = ("input", s.name)
-        for a in self.config.actuators:
-            if getattr(a, "pin", None):
-                roles[factory.profile.resolve_pin(a.pin)] = ("output", a.name)
-        for ref, (role, name) in roles.items():
-            level = factory.chip(ref.chip).level(ref.line)
-            out.append(
-                {"pin": ref.name, "chip": ref.chip, "line": ref.line, "role": role, "name": name, "level": level}
-            )
-        return sorted(out, key=lambda d: (d["chip"], d["line"]))
-
-    async def control_follow(self, since_seq: int, kind: str | None) -> AsyncIterator[dict[str, Any]]:
-        """Records from ``since_seq`` on, then new ones as they come (woken on appends, polled at 0.5 s)."""
-        loop = asyncio.get_running_loop()
-        next_seq = since_seq
-        while True:
-            self._new_records.clear()
-            batch = await loop.run_in_executor(None, self._read_records, next_seq, kind)
-            for rec in batch:
-                yield {"seq": rec.seq, "time": rec.time, "kind": rec.kind, "body": rec.body, "digest": rec.digest}
-                next_seq = rec.seq + 1
-            if len(batch) < 256:
-                try:
-                    await asyncio.wait_for(self._new_records.wait(), 0.25)
-                except TimeoutError:
-                    pass
-
-    def _read_records(self, since: int, kind: str | None) -> list[Any]:
-        out = []
-        for rec in self.ledger.records(since_seq=since, kind=kind):
-            out.append(rec)
-            if len(out) >= 256:
-                break
-        return out
-
-    async def control_reload(self) -> dict[str, Any]:
-        return await self.reload()
-
-    async def control_ota_apply(self, data: bytes, *, source: str) -> dict[str, Any]:
-        return await self.ota.apply(data, source=source)
-
-    async def control_ota_rollback(self, reason: str) -> dict[str, Any]:
-        return await self.ota.rollback(reason=reason)
-
-    async def control_trust_apply(self, envelope: bytes) -> dict[str, Any]:
-        return await self.ota.rotate_root(envelope)
-
-    async def control_peer_receive(self, timeout: float, limit: int) -> list[dict[str, Any]]:
-        return await self.links.receive(timeout=timeout, limit=limit)
-
-    async def control_ask(self, params: dict[str, Any], *, source: str, emit: Any) -> dict[str, Any]:
-        return await self.asks.run(params, source=source, emit=emit)
-
-    @property
-    def max_upload(self) -> int:
-        return self.config.ota.max_bundle
