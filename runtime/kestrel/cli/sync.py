@@ -256,8 +256,8 @@ def _collector_status(args: argparse.Namespace, extra: list[str]) -> int:
                     f"  BASE: the agent pruned records before they were synced; verified from its signed base at "
                     f"{r.base} ({r.records} records stored)"
                 )
-            if gaps[r.did]:
-                lo, hi = gaps[r.did]
+            if gap := gaps[r.did]:
+                lo, hi = gap
                 print(
                     f"  GAP: records {lo}..{hi} missing; later records are held unverified (if they do not come "
                     "after a resend, the agent pruned or skipped them: see its ledger.pruned / sync.skipped records)"

@@ -7,13 +7,16 @@ names the file, the line and the dotted key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._internal.yamlnode import Fields, Node, load
 from ..errors import ConfigError, KestrelError
 from .cron import CronSpec, parse_cron
 from .expr import Expression, compile_expression
 from .template import Template
+
+if TYPE_CHECKING:
+    from ..io.framing import CrcName
 
 __all__ = [
     "DeviceConfig",
@@ -62,7 +65,7 @@ class SerialLine:
     framing: str = "line"  # line | length_prefixed
     max_frame: int = 1024
     length_bytes: int = 2  # for length_prefixed: big-endian length header size (1 or 2)
-    crc: str | None = None  # for length_prefixed: None | "crc16" | "crc32" trailer
+    crc: CrcName | None = None  # for length_prefixed: no trailer, or a CRC-16 / CRC-32 one
 
 
 @dataclass(frozen=True)
@@ -269,11 +272,15 @@ def _name(node: Node, name: str) -> str:
     return name
 
 
+_CRCS: dict[str, CrcName | None] = {"none": None, "crc16": "crc16", "crc32": "crc32"}
+
+
 def _serial_line(f: Fields) -> SerialLine:
     framing = f.get("framing", Node.as_str, SerialLine.framing, choices=("line", "length_prefixed", "none"))
     length_bytes = f.get("length_bytes", Node.as_int, SerialLine.length_bytes, min=1, max=2)
     limit = (1 << (8 * length_bytes)) - 1 if framing == "length_prefixed" else 1 << 20
-    crc = f.get("crc", Node.as_str, SerialLine.crc or "none", choices=("none", "crc16", "crc32"))
+    default_crc: str = SerialLine.crc or "none"
+    crc = f.get("crc", Node.as_str, default_crc, choices=tuple(_CRCS))
     return SerialLine(
         port=f.get("port", Node.as_str),
         baud=f.get("baud", Node.as_int, SerialLine.baud, min=50, max=4_000_000),
@@ -281,7 +288,7 @@ def _serial_line(f: Fields) -> SerialLine:
         framing=framing,
         max_frame=f.get("max_frame", Node.as_int, min(SerialLine.max_frame, limit), min=8, max=limit),
         length_bytes=length_bytes,
-        crc=None if crc == "none" else crc,
+        crc=_CRCS[crc],
     )
 
 

@@ -9,6 +9,7 @@ when the config uses them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Protocol
 
@@ -87,13 +88,14 @@ class Hardware:
                         active_low=a.active_low,
                     )
             for s in cfg.sensors:
-                if isinstance(s, GpioInput) or (isinstance(s, PeriodicSensor) and s.pin):
+                line = s.pin if isinstance(s, (GpioInput, PeriodicSensor)) else None  # a periodic one may have none
+                if line:
                     edge = Edge(s.edge) if isinstance(s, GpioInput) and s.mode == "edge" else Edge.NONE
                     gi = s if isinstance(s, GpioInput) else None
                     pin = self._pin(
                         f"sensors.{s.name}.pin",
                         self.factory.input,
-                        s.pin,
+                        line,
                         edge=edge,
                         bias=getattr(Bias, _BIAS[gi.bias if gi else "as_is"]),
                         debounce_ms=gi.debounce_ms if gi else 0.0,
@@ -266,7 +268,7 @@ class Hardware:
             parity={"none": "N", "even": "E", "odd": "O"}[line.parity],
             framing=framing,
             queue_size=self.cfg.limits.event_queue,
-            on_state_change=lambda h, n=owner: self._serial_state(n, h),
+            on_state_change=functools.partial(self._serial_state, owner),
         )
         await port.open()
         self.ports[line.port] = port

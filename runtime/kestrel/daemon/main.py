@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from .._internal.fsutil import ensure_private_dir, read_bytes
 from .._internal.paths import StateLayout, resolve_state_dir
@@ -42,10 +42,16 @@ def load_config(path: str | os.PathLike[str] | None) -> DeviceConfig:
     return parse_device_config(text, source=str(path))
 
 
-def _ledger_options(cfg: DeviceConfig) -> dict[str, float]:
+class _LedgerOptions(TypedDict, total=False):
+    max_batch_delay_ms: float
+    checkpoint_interval_ms: float
+    max_segment_bytes: int
+
+
+def _ledger_options(cfg: DeviceConfig) -> _LedgerOptions:
     """``Ledger.open`` options from the config: group commit and checkpoint pacing (``audit``), and
     segments small enough for retention to bound flash (pruning frees whole segments only)."""
-    opts: dict[str, float] = {
+    opts: _LedgerOptions = {
         "max_batch_delay_ms": cfg.audit.commit_delay_ms,
         "checkpoint_interval_ms": cfg.audit.checkpoint_interval_ms,
     }

@@ -409,9 +409,12 @@ class Pipeline:
     ) -> None:
         """Queue an outcome nobody waits for: no task, no loop round trip; failures are noted by a callback."""
         if late is not None:  # after its decision's commit (the ledger's thread runs this callback)
-            late.add_done_callback(
-                lambda fut: (self._name_decision(body, effect, fut), self._record_detached(body, effect))
-            )
+
+            def then(fut: concurrent.futures.Future) -> None:
+                self._name_decision(body, effect, fut)
+                self._record_detached(body, effect)
+
+            late.add_done_callback(then)
             return
         submit = getattr(self.ledger, "submit", None)
         if submit is None:

@@ -359,11 +359,8 @@ class QuorumCoordinator:
         try:
             req, args = parse_request(msg.body, sender=sender, me=self.did)
         except QuorumMessageError as exc:
-            rid = (
-                msg.body.get("nonce").hex()
-                if isinstance(msg.body, dict) and isinstance(msg.body.get("nonce"), bytes)
-                else None
-            )
+            nonce = msg.body.get("nonce") if isinstance(msg.body, dict) else None
+            rid = nonce.hex() if isinstance(nonce, bytes) else None
             await self.ledger.append_async(
                 "quorum.voted",
                 {"id": rid, "proposer": sender, "vote": "deny", "reason": exc.reason, "digest": msg.digest},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -152,7 +152,7 @@ def event_row(ev: Mapping[str, Any]) -> str:
     )
 
 
-def actions_page(events: list[Mapping[str, Any]], *, next_seq: int) -> str:
+def actions_page(events: Sequence[Mapping[str, Any]], *, next_seq: int) -> str:
     rows = [event_row(ev) for ev in reversed(events)]
     return f"""<p>Every proposed action's decision (<code>policy.decision</code>, with the rule that decided) and
 outcome (<code>action.result</code>), newest first, as the ledger records them.</p>
