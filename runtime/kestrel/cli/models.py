@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._common import add_passphrase_file_arg, state_from
 from ._common import add_state_arg as _state
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from ..ledger.recorder import Recorder
 
 __all__ = ["register"]
 
@@ -96,7 +101,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_memory_info)
 
 
-def _recording_ledger(args: argparse.Namespace) -> Any:
+def _recording_ledger(args: argparse.Namespace) -> AbstractContextManager[Recorder]:
     """The running daemon's ledger (through its control socket), else the ledger opened here."""
     from .through import recording_ledger
 
