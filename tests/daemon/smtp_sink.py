@@ -60,7 +60,7 @@ class _Handler(socketserver.StreamRequestHandler):
                     continue
                 box.messages.append((sender, rcpts, data))
                 if box.reply_delay_s:
-                    time.sleep(box.reply_delay_s)
+                    time.sleep(box.reply_delay_s)  # kept: a relay slow to answer is the condition under test
                 self.reply("250 queued")
             elif verb == "QUIT":
                 self.reply("221 bye")

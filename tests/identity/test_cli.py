@@ -284,16 +284,13 @@ def _run_on_terminal(args: list[str], answers: list[str], *, timeout: float = 60
                     answered_at = len(out)
                     os.write(fd, pending.pop(0).encode() + b"\n")
     finally:
-        status = None
-        while status is None:
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = st
-            elif time.monotonic() > deadline:
+        exited = os.pidfd_open(pid)  # readable once the child has exited
+        try:
+            if not select.select([exited], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 os.kill(pid, 9)  # stuck at a prompt the test did not expect
-                status = os.waitpid(pid, 0)[1]
-            else:
-                time.sleep(0.05)
+        finally:
+            os.close(exited)
+        status = os.waitpid(pid, 0)[1]
         os.close(fd)
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 

@@ -21,6 +21,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures.wait import wait_until
+
 __all__ = ["Chromium", "Page", "decode_png", "find_chromium"]
 
 
@@ -64,17 +66,19 @@ class Chromium:
         self.log = open(profile.parent / "chromium.log", "wb")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while True:
+
+        def port_written() -> list[str] | None:  # the file chromium writes once DevTools listens
             if self.proc.poll() is not None:
                 raise RuntimeError(f"chromium exited with {self.proc.returncode}: {self._log_tail()}")
-            if port_file.exists() and len(lines := port_file.read_text().split()) >= 2:
-                self.port = int(lines[0])
-                break
-            if time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError(f"chromium did not open its DevTools port: {self._log_tail()}")
-            time.sleep(0.05)
+            lines = port_file.read_text().split() if port_file.exists() else []
+            return lines if len(lines) >= 2 else None
+
+        try:
+            lines = wait_until(port_written, timeout=60, what=lambda: f"chromium's DevTools port: {self._log_tail()}")
+        except BaseException:
+            self.close()
+            raise
+        self.port = int(lines[0])
 
     def _log_tail(self) -> str:
         self.log.flush()
@@ -154,17 +158,11 @@ class Page:
 
     def wait_for(self, expression: str, *, timeout: float = 20.0, what: str | None = None) -> Any:
         """Evaluate ``expression`` until it is truthy (the page's own polling changes the DOM)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.eval(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out waiting for {what or expression}; page: "
-                    f"{self.eval('document.body ? document.body.innerText : null')!r}"
-                )
-            time.sleep(0.05)
+        return wait_until(
+            lambda: self.eval(expression),
+            timeout=timeout,
+            what=lambda: f"{what or expression}; page: {self.eval('document.body ? document.body.innerText : null')!r}",
+        )
 
     def submit(self, form_selector: str, fields: dict[str, str]) -> None:
         """Fill a form's fields and submit it like a user (click its submit button), then wait for the load."""
