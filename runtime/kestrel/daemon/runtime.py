@@ -40,7 +40,11 @@ from .schedules import run_schedules
 from .triggers import Proposal, TriggerEngine
 
 if TYPE_CHECKING:
+    from ..identity.bls_store import BLSKey
+    from ..identity.keys import Signer
+    from ..io.gpio import PinFactory
     from ..ledger import Ledger
+    from ..policy import PolicyEngine
 
 __all__ = ["Daemon"]
 
@@ -66,17 +70,17 @@ class Daemon(ControlHandlers):
         config: DeviceConfig,
         state_dir: str | os.PathLike[str],
         ledger: Ledger,
-        factory: Any,
+        factory: PinFactory,
         agent_id: str,
-        policy: Any = None,
+        policy: PolicyEngine | None = None,
         board: str = "sim",
         load_config: Callable[[], DeviceConfig] | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
         freeze_gc: bool = False,
-        signer: Any = None,
+        signer: Signer | None = None,
         monotonic: Callable[[], float] = time.monotonic,
-        bls_key: Any = None,
+        bls_key: BLSKey | None = None,
     ) -> None:
         self.config = config
         self.state = StateLayout(state_dir)
