@@ -34,7 +34,7 @@ REFUSAL_RECORD_INTERVAL = 10.0
 
 
 class ControlTarget(Protocol):
-    """What the control server asks the daemon to do (implemented by the runtime)."""
+    """What the control server asks the daemon to do (kestrel.daemon.handlers.ControlHandlers, in the Daemon)."""
 
     async def control_call(self, action: str, args: dict[str, Any], *, source: str) -> dict[str, Any]: ...
     def control_status(self) -> dict[str, Any]: ...
