@@ -30,13 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._internal.fsutil import atomic_write
 from ..identity.keys import Signer
 from .checkpoint import SignedCheckpoint, sign_checkpoint
 from .errors import LedgerError, LedgerIOError
 from .frame import CHECKPOINT, HEADER_SIZE, TAIL_SEAL, encode_frame, pad_frame, record_frame
-from .index import BLOCK, IndexBuilder, save_kinds
+from .index import BLOCK, IndexBuilder, IndexState, save_kinds
 from .merkle import Frontier
 from .record import assemble_record, prepare_body
+from .resume import RESUME_FILE, ResumePoint, encode_resume
 from .store import SegmentWriter
 from .tailmac import seal_payload
 
@@ -48,6 +50,7 @@ MAX_BATCH_BYTES = 8 << 20  # bytes of records in one commit (about; the record t
 _KINDS_EVERY = 4096  # records between two saves of the latest-record-per-kind map (index.kinds)
 PAGE = 4096  # the flash page (and page cache) granularity commits are padded to
 PAD_SHARE = 4  # a commit is padded by at most 1/PAD_SHARE of its own bytes, and of a page
+_CP_ROOM = 1024  # bytes a strict commit's own checkpoint frame takes, at most (rotation is decided before it)
 _LEAF = hashlib.sha256(b"\x00")  # leaf hashes: copies of a hasher fed the RFC 6962 leaf prefix
 _MAIN_THREAD = threading.main_thread().ident
 
@@ -71,6 +74,17 @@ class WriterState:
     checkpoint: SignedCheckpoint | None  # the latest durable checkpoint
     signed_size: int  # records it covers
     latest: dict[str, int]  # the newest seq of each kind
+
+
+@dataclass(frozen=True)
+class _SegmentStart:
+    """What the committer knows when a new segment starts with record ``size``; the tree (frontier and
+    index) at that size comes from whoever extends it (the signer in batched mode)."""
+
+    size: int
+    prev: bytes
+    kinds: dict[str, int]
+    checkpoint: SignedCheckpoint
 
 
 class _Item:
@@ -204,6 +218,8 @@ class CommitEngine:
         self._signed_size = state.signed_size
         self._sign_requested = state.signed_size  # the size the signer last took
         self._latest = state.latest
+        self._segment = writer.first_seq  # the segment being written (its first seq)
+        self._started: _SegmentStart | None = None  # batched: a segment start the signer saves (resume.py)
         self._committer: threading.Thread | None = None
         self._signer_thread: threading.Thread | None = None
 
@@ -371,7 +387,7 @@ class CommitEngine:
         leaves: list[bytes] = []
         assemble, frame, leaf = assemble_record, record_frame, _LEAF.copy  # bound once: this loop is hot
         add_frame, add_leaf = frames.append, leaves.append
-        latest = self._latest
+        kinds: dict[str, int] = {}  # this batch's newest record of each kind
         starts: list[tuple[int, int]] = []  # (seq, index in frames) of block starts, for the index
         for item in batch:
             raw = assemble(seq=seq, time=item.time, prepared=item.prepared, prev=prev)
@@ -382,18 +398,25 @@ class CommitEngine:
             if not seq % BLOCK:
                 starts.append((seq, len(frames)))
             add_frame(frame(raw))
-            latest[item.kind] = seq
+            kinds[item.kind] = seq
             seq += 1
+        strict = self._strict and bool(batch)
+        if batch and not strict and self._tail_key is not None:  # batched: seal what no checkpoint covers yet
+            frames.append(encode_frame(TAIL_SEAL, seal_payload(self._tail_key, seq, prev)))
+        nbytes = sum(map(len, frames))
+        segment, offset = self._writer.position_for(nbytes + (_CP_ROOM if strict else 0), self._size)
+        if segment != self._segment:  # a new segment: save the state at its first record (resume.py)
+            self._segment = segment
+            self._segment_started()
+        latest = self._latest
+        latest.update(kinds)
         own_cp = frontier = None
-        if self._strict and batch:  # strict: this commit's own checkpoint needs the tree now
+        if strict:  # this commit's own checkpoint needs the tree now
             frontier = self._frontier.copy()
             self._index.extend(frontier, leaves)
             own_cp = sign_checkpoint(self._signer, size=seq, root=frontier.root())
             frames.append(encode_frame(CHECKPOINT, own_cp.note))
-        elif batch and self._tail_key is not None:  # batched: seal the records no checkpoint covers yet
-            frames.append(encode_frame(TAIL_SEAL, seal_payload(self._tail_key, seq, prev)))
-        nbytes = sum(map(len, frames))
-        segment, offset = self._writer.position_for(nbytes, self._size)
+            nbytes = sum(map(len, frames))
         pad = padding(offset + nbytes, nbytes)
         if pad and self._writer.fits(nbytes + pad):  # end on a page boundary (never rotate for padding)
             frames.append(pad_frame(pad))
@@ -418,16 +441,40 @@ class CommitEngine:
             self._idle_cond.notify_all()
         _wake(batch)
 
+    # -- resume points (resume.py) ------------------------------------------------
+    def _segment_started(self) -> None:
+        """The committer starts a segment with record ``self._size``: save the writer's state there, so
+        that the next open verifies the log from this segment on only. Strict mode has the tree at
+        that size now; batched mode hands it to the signer, which extends the tree."""
+        cp = self._latest_cp
+        if self._tail_key is None or cp is None or self._segment != self._size:
+            return
+        start = _SegmentStart(self._size, self._prev, dict(self._latest), cp)
+        if self._strict:
+            self._save_resume(start, self._frontier, self._index.state(self._size))
+        else:
+            with self._cond:
+                self._started = start
+
+    def _save_resume(self, start: _SegmentStart, frontier: Frontier, index: IndexState | None) -> None:
+        if self._tail_key is None or index is None or frontier.size != start.size:
+            return
+        point = ResumePoint(start.size, start.prev, frontier.hashes, start.checkpoint, start.kinds, index)
+        try:
+            atomic_write(self._dir / RESUME_FILE, encode_resume(self._tail_key, point))
+        except OSError as exc:  # only an optimization: the next open walks more of the log
+            log.warning("ledger: cannot save the resume point: %s", exc)
+
     # -- the signer (batched mode) ---------------------------------------------
     def _sign_loop(self) -> None:
         last = took = 0.0
         while True:
             with self._cond:
-                while not self._closing and not self._failed and self._sign_requested >= self._size:
+                while not (self._closing or self._failed or self._started) and self._sign_requested >= self._size:
                     self._signer_idle = True  # the next commit wakes the signer (not every commit)
                     self._sign_cond.wait()
                 self._signer_idle = False
-                if self._failed or (self._closing and self._sign_requested >= self._size):
+                if self._failed or (self._closing and self._sign_requested >= self._size and not self._started):
                     return
                 # at most one checkpoint per interval (and the signer busy at most 1/5 of the
                 # time): bounds TPM load and checkpoint bytes; flush() and close() skip the wait
@@ -439,15 +486,24 @@ class CommitEngine:
                 if self._failed:
                     return
                 size, frontier, unhashed = self._size, self._frontier, self._unhashed
+                started, self._started = self._started, None
                 self._unhashed = []
+                fresh = size > self._sign_requested  # records to sign (else only a segment start to save)
                 self._sign_requested = size
             last = time.monotonic()
             try:
-                if unhashed:  # outside the lock: in batched mode only the signer updates the tree (and index)
+                if unhashed or started:  # outside the lock: in batched mode only the signer updates the tree
                     frontier = frontier.copy()
+                    split = started.size - frontier.size if started is not None else 0
+                    if started is not None and 0 <= split <= len(unhashed):  # the tree at a segment start
+                        self._index.extend(frontier, unhashed[:split])
+                        self._save_resume(started, frontier, self._index.state(started.size))
+                        unhashed = unhashed[split:]
                     self._index.extend(frontier, unhashed)
                     with self._cond:
                         self._frontier = frontier
+                if not fresh:
+                    continue
                 cp = sign_checkpoint(self._signer, size=size, root=frontier.root())
                 took = time.monotonic() - last
             except BaseException as exc:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .merkle import Frontier, node_hash, tree_root
@@ -34,6 +35,7 @@ __all__ = [
     "KINDS_FILE",
     "mmr_pos",
     "IndexBuilder",
+    "IndexState",
     "IndexReader",
     "save_kinds",
     "load_kinds",
@@ -53,6 +55,18 @@ def mmr_pos(level: int, j: int) -> int:
     """Position (in hashes) of the node covering blocks ``[j * 2^level, (j + 1) * 2^level)``."""
     last = ((j + 1) << level) - 1
     return 2 * last - bin(last).count("1") + level
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """An :class:`IndexBuilder` after ``size`` leaves: enough to go on appending to the index files
+    without reading the log before ``size`` (a writer resuming, see resume.py)."""
+
+    size: int
+    nodes: int  # MMR nodes written
+    peaks: tuple[tuple[int, bytes], ...]  # (level, hash) of the MMR's peaks, largest first
+    block: tuple[bytes, ...]  # leaves of the block in progress
+    skip: int  # leaves of a block straddling a pruned log's base still to skip
 
 
 class IndexBuilder:
@@ -104,6 +118,47 @@ class IndexBuilder:
             self._pos.truncate(0)
 
     _skip = 0
+
+    def state(self, size: int) -> IndexState | None:
+        """The builder's state once it has been fed the leaves of the first ``size`` records (None if
+        the index is not usable)."""
+        if not self.usable:
+            return None
+        return IndexState(size, self._nodes, tuple(self._stack), tuple(self._block), self._skip)
+
+    @classmethod
+    def resume(cls, ledger_dir: Path, state: IndexState) -> IndexBuilder | None:
+        """Go on appending to the index files from ``state``: they are cut back to what it had written
+        (block positions below ``state.size``, its MMR nodes). None if the files hold less than that."""
+        self = cls.__new__(cls)
+        self.dir = Path(ledger_dir)
+        blocks = -(-state.size // BLOCK)  # block starts below size: their positions were written
+        want = ((POS_FILE, POS_MAGIC, len(POS_MAGIC) + blocks * _POS.size), (MMR_FILE, MMR_MAGIC, 0))
+        files = []
+        try:
+            for name, magic, length in want:
+                length = length or len(MMR_MAGIC) + state.nodes * _HASH
+                fh = open(self.dir / name, "r+b")
+                files.append(fh)
+                if fh.read(len(magic)) != magic or os.fstat(fh.fileno()).st_size < length:
+                    raise OSError("the index holds less than the state")
+                fh.truncate(length)
+                fh.seek(length)
+        except OSError:
+            for fh in files:
+                fh.close()
+            return None
+        self._pos, self._mmr = files
+        self._tmp = False
+        self.next_start = blocks * BLOCK
+        self.fed = state.size
+        self._block = list(state.block)
+        self._leaf_seq = state.size
+        self._stack = list(state.peaks)
+        self._nodes = state.nodes
+        self.usable = True
+        self._skip = state.skip
+        return self
 
     def start(self, seq: int, segment: int, offset: int) -> None:
         if seq != self.next_start or not self.usable:
@@ -163,6 +218,8 @@ class IndexBuilder:
         """Replace the index files with the ones just built; from now on append to them directly."""
         self._pos.flush()
         self._mmr.flush()
+        if not self._tmp:  # resumed: appending to the files already
+            return
         if not self.usable:  # a pruned log whose old index is gone: no index (readers take the slow path)
             for f, name in ((self._pos, POS_FILE), (self._mmr, MMR_FILE)):
                 f.close()

@@ -24,10 +24,11 @@ from ..identity.keys import PublicKey, Signer
 from .base import LogBase, encode_base
 from .checkpoint import SignedCheckpoint, sign_checkpoint
 from .engine import CommitEngine, Receipt, WriterState
-from .errors import LedgerError
+from .errors import LedgerError, LedgerVerificationError
 from .index import IndexBuilder
 from .reader import export_chunks, iter_records, load_base, prove, rescan_root, walk_dir
 from .record import Record
+from .resume import MAX_RESUME_SIZE, RESUME_FILE, ResumePoint, decode_resume, encode_resume
 from .store import (
     SegmentWriter,
     cut_tail,
@@ -345,12 +346,27 @@ class Ledger:
 
 
 def _recover(directory: Path, public_key: PublicKey, tail_key: bytes | None, max_segment_bytes: int) -> _Recovered:
-    """Verify the log on open; cut a torn or unauthenticated tail (saved under torn/)."""
+    """Verify the log on open; cut a torn or unauthenticated tail (saved under torn/).
+
+    With a resume point (resume.py) that authenticates and fits the log, only the segments from the
+    one it was saved for are verified; otherwise the whole log is."""
     base = load_base(directory, public_key)
     if base is not None:  # finish a prune that was interrupted before its segments were deleted
         unlink_segments(directory, [p for start, p, _ in segment_files(directory) if start < base.size])
-    latest: dict[str, int] = {}
-    verified, walker, files, index = _walk(directory, public_key, base, tail_key, latest, allow_torn_tail=True)
+    walk = _Walk(directory, public_key, base, tail_key)
+    start = _load_resume(directory, public_key, tail_key, base)
+    walked = None
+    if start is not None:
+        try:
+            walked = walk.run(start, allow_torn_tail=True)
+        except (LedgerVerificationError, _Unfit) as exc:
+            log.warning(
+                "ledger: the resume point at record %d does not fit the log (%s); verifying all of it", start.size, exc
+            )
+            start = None
+    if walked is None:
+        walked = walk.run(None, allow_torn_tail=True)
+    verified, walker, files, index = walked
     cut: list[dict[str, Any]] = []
     try:
         if walker.authenticated < walker.size:  # records that are not this writer's: cut, never signed
@@ -358,8 +374,7 @@ def _recover(directory: Path, public_key: PublicKey, tail_key: bytes | None, max
             log.warning("ledger: %d unsigned records at the end are not sealed by this device; cutting them", n)
             index.close()
             cut = cut_tail(directory, files, walker.safe_offset, records=n, reason="unauthenticated")
-            latest.clear()
-            verified, walker, files, index = _walk(directory, public_key, base, tail_key, latest, allow_torn_tail=False)
+            verified, walker, files, index = walk.run(start, allow_torn_tail=False)
         elif verified.torn_bytes:
             body = cut_torn_tail(directory, files[-1][1], files[-1][2], verified.torn_bytes)
             cut = [{**body, "reason": "unfinished write", "records": 0}]
@@ -373,50 +388,117 @@ def _recover(directory: Path, public_key: PublicKey, tail_key: bytes | None, max
         raise
     if verified.unsigned:
         log.info("ledger: %d records after the last checkpoint; signing them now", verified.unsigned)
+    newest = walk.newest
+    if tail_key is not None and newest is not None and newest.size <= walker.size and newest != start:
+        _save_resume(directory, tail_key, newest)  # the next open verifies from the last segment only
     state = WriterState(
         size=walker.size,
         prev=walker.prev,
         frontier=walker.frontier(),
         checkpoint=verified.checkpoint,
         signed_size=verified.signed_size,
-        latest=latest,
+        latest=walk.latest,
     )
     return _Recovered(base=base, state=state, index=index, writer=writer, cut=cut)
 
 
-def _walk(
-    directory: Path,
-    public_key: PublicKey,
-    base: LogBase | None,
-    tail_key: bytes | None,
-    latest: dict[str, int],
-    *,
-    allow_torn_tail: bool,
-) -> tuple[VerifiedLog, LogWalker, _Files, IndexBuilder]:
-    """Verify the log segment by segment in bounded memory, rebuilding the index and ``latest`` (kinds)."""
-    floor = base.size if base is not None else 0
-    files = [f for f in segment_files(directory) if f[0] >= floor]
-    parts = [map_segment(path, start) for start, path, _ in files]
-    index = IndexBuilder(directory, first_seq=floor)
+class _Unfit(Exception):
+    """A resume point that authenticates but does not fit the log as it is (its segment is gone, or the
+    index files hold less than it says)."""
+
+
+def _load_resume(
+    directory: Path, public_key: PublicKey, tail_key: bytes | None, base: LogBase | None
+) -> ResumePoint | None:
+    """The saved resume point, if there is one that authenticates under the tail key (else None: the
+    whole log is verified). One that does not authenticate is reported, never used."""
+    if tail_key is None:
+        return None
     try:
-        verified, walker = walk_parts(
-            parts,
-            public_key,
-            allow_torn_tail=allow_torn_tail,
-            all_signatures=False,
-            base=base,
-            tail_key=tail_key,
-            keep_leaves=False,
-            rescan=lambda n: rescan_root(directory, base, n),
-            index=index,
-            kinds=latest,
-        )
-    except BaseException:
-        index.close()
-        raise
-    finally:
-        for part in parts:
-            if part.close is not None:
-                part.close()
-    walked = [(start, path, part.length + 8) for (start, path, _), part in zip(files, parts, strict=True)]
-    return verified, walker, walked, index
+        with open(directory / RESUME_FILE, "rb") as fh:
+            data = fh.read(MAX_RESUME_SIZE + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("ledger: cannot read the resume point (%s); verifying the whole log", exc)
+        return None
+    point = decode_resume(tail_key, data, public_key)
+    if point is None:
+        log.warning("ledger: the resume point does not authenticate; verifying the whole log")
+        return None
+    if base is not None and point.size < base.size:
+        return None  # saved before a prune
+    return point
+
+
+def _save_resume(directory: Path, tail_key: bytes, point: ResumePoint) -> None:
+    try:
+        atomic_write(directory / RESUME_FILE, encode_resume(tail_key, point))
+    except OSError as exc:  # only an optimization
+        log.warning("ledger: cannot save the resume point: %s", exc)
+
+
+class _Walk:
+    """Verifies the log for a writer: all of it, or from a resume point; keeps the newest segment
+    start met (a resume point for the next open) and the newest record of each kind."""
+
+    def __init__(self, directory: Path, public_key: PublicKey, base: LogBase | None, tail_key: bytes | None) -> None:
+        self.directory, self.public_key, self.base, self.tail_key = directory, public_key, base, tail_key
+        self.latest: dict[str, int] = {}
+        self.newest: ResumePoint | None = None
+        self._index: IndexBuilder | None = None
+
+    def run(
+        self, start: ResumePoint | None, *, allow_torn_tail: bool
+    ) -> tuple[VerifiedLog, LogWalker, _Files, IndexBuilder]:
+        """Verify the segments (from ``start``'s on) in bounded memory, rebuilding the index."""
+        directory, base = self.directory, self.base
+        floor = base.size if base is not None else 0
+        self.newest = start
+        if start is None:
+            files = [f for f in segment_files(directory) if f[0] >= floor]
+            index = IndexBuilder(directory, first_seq=floor)
+            walk_base, self.latest = base, {}
+        else:
+            files = [f for f in segment_files(directory) if f[0] >= start.size]
+            if not files or files[0][0] != start.size:
+                raise _Unfit(f"segment {start.size:020d}.seg is gone")
+            resumed = IndexBuilder.resume(directory, start.index)
+            if resumed is None:
+                raise _Unfit("the index files hold less than it says")
+            index = resumed
+            walk_base = LogBase(start.size, start.prev, start.frontier, start.checkpoint)
+            self.latest = dict(start.kinds)
+        self._index = index
+        parts = [map_segment(path, first) for first, path, _ in files]
+        try:
+            verified, walker = walk_parts(
+                parts,
+                self.public_key,
+                allow_torn_tail=allow_torn_tail,
+                all_signatures=False,
+                base=walk_base,
+                tail_key=self.tail_key,
+                keep_leaves=False,
+                rescan=lambda n: rescan_root(directory, base, n),
+                index=index,
+                kinds=self.latest,
+                on_segment=self._segment_start,
+            )
+        except BaseException:
+            index.close()
+            raise
+        finally:
+            for part in parts:
+                if part.close is not None:
+                    part.close()
+        walked = [(first, path, part.length + 8) for (first, path, _), part in zip(files, parts, strict=True)]
+        return verified, walker, walked, index
+
+    def _segment_start(self, walker: LogWalker, checkpoint: SignedCheckpoint | None) -> None:
+        """Every record before this segment is authenticated: a resume point for the next open."""
+        index = self._index.state(walker.size) if self._index is not None else None
+        if checkpoint is None or index is None or self.tail_key is None:
+            return
+        frontier = walker.frontier()
+        self.newest = ResumePoint(walker.size, walker.prev, frontier.hashes, checkpoint, dict(self.latest), index)

@@ -120,6 +120,8 @@ class LogWalker:
         self.safe_offset = 0
         self.kinds: dict[str, int] | None = None  # latest seq per kind (walk_parts fills it when asked)
         self.index: Any = None
+        if base is not None and not keep_leaves:  # a checkpoint for exactly the base may come after leaves fold
+            self._roots[self.offset] = self._frontier.root()
 
     @property
     def size(self) -> int:
@@ -173,10 +175,11 @@ class LogWalker:
         """Hash leaves up to ``size`` into the frontier and forget them (bounded mode)."""
         if size > self._frontier.size:
             self._frontier.extend(self.leaves[self._frontier.size - self._lbase : size - self._lbase])
-        drop = self._frontier.size - self._lbase
+        keep = self._frontier.size if self.index is None else min(self._frontier.size, self.index.fed)
+        drop = keep - self._lbase  # never a leaf the index builder has not been fed yet
         if drop > 0:
             del self.leaves[:drop]
-            self._lbase = self._frontier.size
+            self._lbase = keep
 
     def frontier(self) -> Frontier:
         """The compact range of every leaf walked so far (a copy)."""
@@ -294,6 +297,7 @@ def walk_parts(
     rescan: Callable[[int], bytes] | None = None,
     index: Any = None,
     kinds: dict[str, int] | None = None,
+    on_segment: Callable[[LogWalker, SignedCheckpoint | None], None] | None = None,
 ) -> tuple[VerifiedLog, LogWalker]:
     """Verify a frame stream given as consecutive parts (segments); return the result and the walker.
 
@@ -313,7 +317,9 @@ def walk_parts(
     start at that record.
 
     ``index`` (an :class:`~.index.IndexBuilder`) is fed every block start and leaf as they are
-    walked; ``kinds`` gets the seq of the latest record of each kind.
+    walked; ``kinds`` gets the seq of the latest record of each kind. ``on_segment(walker, latest)``
+    is called before each part after the first that is named for a seq, when every record before it
+    is authenticated (``latest``: the newest checkpoint so far; the index has been fed every leaf).
     """
     walker = LogWalker(parts[0].data if len(parts) == 1 else None, base, keep_leaves=keep_leaves, rescan=rescan)
     walker.kinds = kinds
@@ -322,6 +328,8 @@ def walk_parts(
     torn = 0
     pos = 0  # offset of the current part in the concatenated stream
     for i, part in enumerate(parts):
+        if on_segment is not None and i and part.first_seq is not None and walker.authenticated >= walker.size:
+            on_segment(walker, state.latest)
         try:
             torn = _walk_part(
                 parts,
@@ -403,6 +411,8 @@ def _walk_part(
             off = walker.scan(window, off, limit=stop)
             if stop is not None and walker.size == stop:
                 walker.root_at(stop)  # remembered for check_trusted
+                if index is not None and part.first_seq is not None and walker.size == index.next_start:
+                    continue  # a block starts here: the loop's top records it before the record is taken
             if part.release is not None and off - released >= _WINDOW:
                 part.release(off)
                 released = off
