@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir
+from .._internal.recorder import Recorder
 from ..errors import TransportError
 from .bls import BLSSecretKey, VerifiedCertificate, issue_certificate, verify_certificate
 from .envelope import Kdf, KdfParams, parse_envelope
@@ -250,7 +251,7 @@ def create_bls_key(
     state_dir: str | os.PathLike[str],
     signer: Signer,
     *,
-    ledger: Any = None,
+    ledger: Recorder | None = None,
     passphrase: bytes | str | None = None,
     tcti: str | None = None,
     machine_id_path: str | os.PathLike[str] | None = None,

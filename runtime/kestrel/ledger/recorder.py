@@ -10,6 +10,8 @@ daemon's reply): callers that need the record's position use a :class:`RecordLog
 :class:`RecordReader` reads records back (a ``Ledger``, or a read-only view of a ledger
 directory that needs no key). :class:`RecordLog` is the ledger as the daemon's parts use it:
 both, with its size and key, and appends that do not block the event loop. ``Ledger`` is one.
+:class:`Recorder` itself is defined in ``kestrel._internal.recorder`` (the identity layer, below
+this one, names it too).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import concurrent.futures
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._internal.recorder import Recorder
+
 if TYPE_CHECKING:
     from ..identity.keys import PublicKey
     from .checkpoint import SignedCheckpoint
@@ -25,12 +29,6 @@ if TYPE_CHECKING:
     from .record import Record
 
 __all__ = ["Recorder", "RecordReader", "RecordLog"]
-
-
-class Recorder(Protocol):
-    """Something that records: ``append(kind, body)`` (kinds and bodies as docs/ledger-format.md)."""
-
-    def append(self, kind: str, body: dict[str, Any]) -> object: ...
 
 
 class RecordReader(Protocol):
