@@ -86,7 +86,7 @@ class CollectorService:
         self._client: Any = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self.subscribed = threading.Event()
+        self.subscribed = threading.Event()  # the broker acknowledged the subscription (SUBACK) on this connection
         self.group_max = group_max
         self.resend_after_s = resend_after_s
         self.resend_requests = 0
@@ -120,8 +120,7 @@ class CollectorService:
             log.warning("collector: broker refused the connection: %s", reason)
             return
         self.counters.connects += 1
-        client.subscribe(self.topic, qos=1)
-        self.subscribed.set()
+        client.subscribe(self.topic, qos=1)  # `subscribed` is set by its SUBACK
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
         failed = [r for r in reasons if r.is_failure]
@@ -129,6 +128,7 @@ class CollectorService:
             log.warning("collector: the broker refused the subscription to %s: %s", self.topic, failed[0])
         else:
             log.info("collector: subscribed to %s (connection %d)", self.topic, self.counters.connects)
+            self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self._queue.put((client, msg))
