@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-
-def wait_until(cond: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.fixtures.wait import wait_until  # noqa: F401 (the sync tests import it from here)
 
 
 class Publisher:
@@ -71,7 +63,7 @@ def collector(mosquitto, tmp_path):
     store = SqliteStore(tmp_path / "collector.db")
     svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="test-collector")
     svc.start()
-    wait_until(svc.subscribed.is_set, what="collector subscription")
+    assert svc.subscribed.wait(20), "the collector did not subscribe"
     yield svc
     svc.stop()
     store.close()

@@ -21,7 +21,7 @@ from kestrel.sync.wire import SyncBatch, encode_batch, ledger_topic
 
 from .logs import LogBuilder
 
-__all__ = ["SimAgent", "make_agents", "FleetPublisher", "CollectorProcess", "wait_for"]
+__all__ = ["SimAgent", "make_agents", "FleetPublisher", "CollectorProcess"]
 
 
 @dataclass
@@ -217,12 +217,3 @@ class CollectorProcess:
             self.proc.kill()
             self.proc.wait()
             return -9
-
-
-def wait_for(cond: Callable[[], bool], *, timeout: float, what: str, poll: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -16,6 +16,7 @@ from kestrel.sync.collector.core import CollectorCore
 from kestrel.sync.collector.sqlite import SqliteStore
 from kestrel.sync.state import SyncStatus, write_status
 from kestrel.sync.wire import SyncBatch, encode_batch, ledger_topic
+from tests.fixtures.wait import wait_until
 
 from .logs import LogBuilder
 
@@ -174,7 +175,6 @@ def test_sync_status(agent_state):
 
 @pytest.mark.mosquitto
 def test_collector_run_command(mosquitto, publisher, tmp_path):
-    import time
 
     log = LogBuilder()
     log.append(30)
@@ -196,21 +196,15 @@ def test_collector_run_command(mosquitto, publisher, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
+
+    def stored() -> bool:  # published again until the collector's session exists and stores it
+        publisher.publish(ledger_topic(log.did), encode_batch(SyncBatch(0, tuple(log.records), log.checkpoint())))
+        r = kestrel("collector", "status", "--db", str(db_path), "--json") if db_path.exists() else None
+        agents = json.loads(r.stdout)["agents"] if r is not None and r.returncode == 0 else []
+        return bool(agents) and agents[0]["verified"] == 30
+
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # publish until the collector's session exists and stores it
-            publisher.publish(ledger_topic(log.did), encode_batch(SyncBatch(0, tuple(log.records), log.checkpoint())))
-            r = kestrel("collector", "status", "--db", str(db_path), "--json") if db_path.exists() else None
-            if (
-                r is not None
-                and r.returncode == 0
-                and json.loads(r.stdout)["agents"]
-                and json.loads(r.stdout)["agents"][0]["verified"] == 30
-            ):
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError("collector run did not store the batch")
+        wait_until(stored, timeout=20, poll=0.3, what="`kestrel collector run` stored the batch")
     finally:
         proc.send_signal(__import__("signal").SIGTERM)
         _, err = proc.communicate(timeout=20)

@@ -18,8 +18,11 @@ from kestrel.sync.collector.evidence import verify_runs
 from kestrel.sync.collector.postgres import PostgresStore
 from kestrel.sync.wire import SyncBatch, encode_batch
 from tests.fixtures.mosquitto import start_mosquitto
+from tests.fixtures.wait import wait_until
 
-from .fleet import CollectorProcess, FleetPublisher, SimAgent, make_agents, wait_for
+from .fleet import CollectorProcess, FleetPublisher, SimAgent, make_agents
+
+POLL_S = 0.2  # a fleet's conditions read logs and databases (and serve resend requests)
 
 pytestmark = pytest.mark.mosquitto
 
@@ -61,7 +64,9 @@ def _run_fleet(pg_url, broker_dir, tmp_path, *, agents: int, records: int, per_b
     try:
         for c in collectors:
             c.start()
-        wait_for(lambda: all(c.subscribed() for c in collectors), timeout=60, what="three collectors subscribed")
+        wait_until(
+            lambda: all(c.subscribed() for c in collectors), timeout=60, poll=POLL_S, what="three collectors subscribed"
+        )
         publisher = FleetPublisher(broker.host, broker.port)
 
         def restart_broker() -> None:
@@ -75,9 +80,10 @@ def _run_fleet(pg_url, broker_dir, tmp_path, *, agents: int, records: int, per_b
             # acknowledged to the agents and never delivered in our runs (mosquitto 2.0.11, shared
             # subscriptions, persistence on): the agents go on once the group is back. A batch lost
             # so with later ones after it is recovered by the resend request (served by the agents).
-            wait_for(
+            wait_until(
                 lambda: all(c.subscriptions() > n for c, n in running),
                 timeout=60,
+                poll=POLL_S,
                 what="the collectors subscribed again",
             )
 
@@ -102,7 +108,9 @@ def _run_fleet(pg_url, broker_dir, tmp_path, *, agents: int, records: int, per_b
                 return all(sizes.get(a.did) == records for a in fleet) and bool(store.forks(forked_a.did))
 
             try:
-                wait_for(caught_up, timeout=240, what="every acknowledged record verified and the fork caught")
+                wait_until(
+                    caught_up, timeout=240, poll=POLL_S, what="every acknowledged record verified and the fork caught"
+                )
             except AssertionError:
                 stuck = [
                     (s.did[-8:], s.verified, s.pending, s.rejections)

@@ -40,7 +40,7 @@ def test_collector_session_keeps_messages_while_down(mosquitto, tmp_path, publis
     store = SqliteStore(tmp_path / "c.db")
     svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="persistent")
     svc.start()
-    wait_until(svc.subscribed.is_set, what="subscription")
+    assert svc.subscribed.wait(20), "the collector did not subscribe"
     svc.stop()
     publisher.publish(ledger_topic(log.did), encode_batch(SyncBatch(0, tuple(log.records), log.checkpoint())))
     svc = CollectorService(store, host=mosquitto.host, port=mosquitto.port, client_id="persistent")
@@ -74,7 +74,7 @@ def test_two_collectors_share_the_fleet(mosquitto, tmp_path, publisher):
         m.start()
     try:
         for m in members:
-            wait_until(m.subscribed.is_set, what="subscription")
+            assert m.subscribed.wait(20), "the collector did not subscribe"
         logs = [LogBuilder() for _ in range(3)]
         for log in logs:
             log.append(60)

@@ -19,6 +19,7 @@ from kestrel.sync.peers.keyagree import SoftwareKeyAgreement
 from kestrel.sync.peers.messenger import PeerMessenger, PeerSendDenied, send_under_policy
 from kestrel.sync.peers.trust import add_peer
 from kestrel.sync.wire import inbox_topic
+from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.mosquitto
 
@@ -75,13 +76,6 @@ async def _messenger(node: Node, broker) -> tuple[MqttBridge, PeerMessenger]:
     return bridge, m
 
 
-async def _wait(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def test_signed_and_encrypted_messages_recorded_on_both_sides(nodes, mosquitto):
     alice, bob = nodes
     add_peer(alice.state, bob.did)
@@ -125,7 +119,7 @@ def test_forged_replayed_and_unknown_refused_and_recorded(nodes, mosquitto, publ
             stranger = seal({"hi": 1}, signer=mallory, recipient=bob.signer.public_key, seq=1, now=time.time())
             for data in (genuine, genuine, forged, stranger, b"\x00garbage"):
                 await asyncio.to_thread(publisher.publish, inbox_topic(bob.did), data)
-            await _wait(lambda: bm.received + sum(bm.refused.values()) == 5)
+            await until(lambda: bm.received + sum(bm.refused.values()) == 5, what="bob handled the five messages")
             return bm.refused, bm.received
         finally:
             await bm.stop()
@@ -148,7 +142,7 @@ def test_replay_protection_survives_restart(nodes, mosquitto, publisher):
         bb, bm = await _messenger(bob, mosquitto)
         try:
             await asyncio.to_thread(publisher.publish, inbox_topic(bob.did), genuine)
-            await _wait(lambda: bm.received + sum(bm.refused.values()) == 1)
+            await until(lambda: bm.received + sum(bm.refused.values()) == 1, what="bob handled the message")
             return bm.received, dict(bm.refused)
         finally:
             await bm.stop()

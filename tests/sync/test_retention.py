@@ -18,6 +18,7 @@ from kestrel.sync.config import SyncConfig, parse_sync_config
 from kestrel.sync.limits import RetentionPolicy, prune_point
 from kestrel.sync.sync import LedgerSync
 from kestrel.sync.wire import SyncBatch, encode_batch, ledger_topic
+from tests.fixtures.wait import until
 
 from .conftest import wait_until
 
@@ -94,7 +95,7 @@ def _append_run(ledger, n: int, usage: list[int]) -> None:
     for i in range(n):
         ledger.append("sensor.reading", {"i": i, "value": "v" * 60})
         usage.append(ledger.disk_usage().total)
-        time.sleep(0.001)
+        time.sleep(0.001)  # kept: the append rate (~1000/s) the housekeeper must keep flash bounded at
 
 
 def _run_with_sync(ledger, state_dir, bridge_factory, cfg, n):
@@ -103,10 +104,19 @@ def _run_with_sync(ledger, state_dir, bridge_factory, cfg, n):
     async def go():
         async with bridge_factory() as bridge:
             sync = LedgerSync(ledger, bridge, config=cfg, state_dir=state_dir)
+            checks = [0]  # the housekeeper's completed retention checks
+            check = sync._check_retention
+
+            async def counted() -> None:
+                await check()
+                checks[0] += 1
+
+            sync._check_retention = counted
             await sync.start()
             try:
                 await asyncio.to_thread(_append_run, ledger, n, usage)
-                await asyncio.sleep(0.2)
+                after = checks[0] + 2  # the second one to end from now began after the last append
+                await until(lambda: checks[0] >= after, what="a retention check after the last append")
                 return sync.status, list(sync.pruned)
             finally:
                 await sync.stop()

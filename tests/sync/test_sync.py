@@ -18,6 +18,7 @@ from kestrel.sync.config import SyncConfig
 from kestrel.sync.limits import RetentionPolicy
 from kestrel.sync.state import OffsetStore, read_status
 from kestrel.sync.sync import LedgerSync
+from tests.fixtures.wait import until
 
 from .conftest import wait_until
 
@@ -34,14 +35,6 @@ def ledger(state_dir):
 
 def _bridge(host, port, ledger):
     return MqttBridge(host, port, agent_id=ledger.public_key.did, reconnect_initial=0.05, reconnect_max=0.3)
-
-
-async def _until(predicate, *, timeout: float = 20.0, what: str = "condition") -> None:
-    """Wait for an event the sync loop makes visible (a status write, a warning), not for a time."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def _status_written(state_dir, **want):
@@ -69,7 +62,7 @@ def test_sync_reaches_collector_verified(ledger, state_dir, mosquitto, collector
             await ledger.append_async("action.result", {"late": True})
             ledger.flush()
             assert await sync.wait_synced(timeout=30)
-            await _until(_status_written(state_dir, acked=601), what="status.json with every record acked")
+            await until(_status_written(state_dir, acked=601), what="status.json with every record acked")
             status = sync.status
             await sync.stop()
             return status
@@ -119,7 +112,7 @@ def test_broker_unreachable_then_up(ledger, state_dir, tmp_path):
             for i in range(200):  # the loop keeps ticking and appends keep succeeding while offline
                 t = time.perf_counter()
                 await ledger.append_async("sensor.reading", {"i": i})
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0.001)  # kept: a loop tick, timed with the append (a stalled loop delays it)
                 worst = max(worst, time.perf_counter() - t)
             assert not bridge.connected and sync.status.acked == 0 and sync.status.backlog == 200, sync.status
             cm, broker = start_mosquitto(tmp_path / "late-broker", port=port)
@@ -178,7 +171,7 @@ def test_retention_warning_recorded_and_reported(ledger, state_dir):
         async with _bridge("127.0.0.1", free_port(), ledger) as bridge:  # no broker: the backlog stays
             sync = LedgerSync(ledger, bridge, config=cfg, state_dir=state_dir)
             await sync.start()
-            await _until(
+            await until(
                 lambda: (st := read_status(state_dir)) is not None and st.warnings,
                 what="the retention warning in status.json",
             )
@@ -222,7 +215,7 @@ def test_sync_never_blocks_the_loop(ledger, state_dir, mosquitto, collector):
             nonlocal lag
             while not stop.is_set():
                 t = time.perf_counter()
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # kept: the ticker's period; its lateness is what is measured
                 lag = max(lag, time.perf_counter() - t - 0.005)
 
         tick = asyncio.create_task(ticker())
@@ -256,7 +249,7 @@ def test_late_collector_gets_everything_by_resend_request(ledger, state_dir, mos
             )
             svc.start()
             try:
-                await asyncio.to_thread(wait_until, svc.subscribed.is_set, what="subscription")
+                assert await asyncio.to_thread(svc.subscribed.wait, 20), "the collector did not subscribe"
                 await ledger.append_async("action.result", {"after": True})
                 ledger.flush()
                 await asyncio.to_thread(
@@ -286,9 +279,11 @@ def test_malformed_or_useless_resend_requests_are_ignored(ledger, state_dir, mos
             )
             await sync.start()
             assert await sync.wait_synced(timeout=30)
-            for payload in (b"\xc1junk", encode_resend(500), encode_resend(0), encode_resend(0)):
+            requests = (b"\xc1junk", encode_resend(500), encode_resend(0), encode_resend(0))
+            for payload in requests:
                 await asyncio.to_thread(publisher.publish, resend_topic(ledger.public_key.did), payload)
-            await asyncio.sleep(0.5)
+            inbox = sync._resend_sub.queue  # the sync's resend requests; it handles each one without awaiting
+            await until(lambda: inbox.pushed == len(requests) and not len(inbox), what="the four requests handled")
             n = sync.resends
             await sync.stop()
             return n
@@ -308,7 +303,7 @@ def test_record_too_large_for_the_broker_is_skipped_and_reported(ledger, state_d
             sync = LedgerSync(ledger, bridge, config=SyncConfig(poll_s=0.02, retry_s=0.05), state_dir=state_dir)
             await sync.start()
             synced = await sync.wait_synced(3, timeout=10.0)  # the three records: no endless retry
-            await _until(lambda: any("not sent" in w for w in sync.status.warnings), what="the skip reported")
+            await until(lambda: any("not sent" in w for w in sync.status.warnings), what="the skip reported")
             status = sync.status
             await sync.stop()
             return synced, status
@@ -332,10 +327,12 @@ def test_run_sync_with_the_raw_config_section(ledger, state_dir, mosquitto, coll
             task = asyncio.create_task(
                 run_sync(ledger, bridge, config={"poll_s": 0.02, "offset_s": 0.02}, state_dir=state_dir)
             )
-            deadline = time.monotonic() + 20
-            while OffsetStore(state_dir).load(ledger.public_key.did).acked < 50:
-                assert time.monotonic() < deadline and not task.done()
-                await asyncio.sleep(0.05)
+
+            def acked_all() -> bool:
+                assert not task.done(), task
+                return OffsetStore(state_dir).load(ledger.public_key.did).acked >= 50
+
+            await until(acked_all, timeout=20, what="50 records acknowledged (the offset file)")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -355,7 +352,7 @@ def test_sync_status_command_while_running(ledger, state_dir, mosquitto):
             sync = LedgerSync(ledger, bridge, config=FAST, state_dir=state_dir)
             await sync.start()
             assert await sync.wait_synced(timeout=20)
-            await _until(_status_written(state_dir, acked=30, backlog=0), what="a status write")
+            await until(_status_written(state_dir, acked=30, backlog=0), what="a status write")
             r = await asyncio.to_thread(
                 subprocess.run,
                 [sys.executable, "-m", "kestrel.cli", "sync", "status", "--state", str(state_dir), "--json"],

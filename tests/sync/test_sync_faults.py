@@ -79,20 +79,20 @@ def _run_faults(tmp_path: Path, broker_dir: Path, *, records: int, restarts: int
     store = SqliteStore(tmp_path / "collector.db")
     svc = CollectorService(store, host="127.0.0.1", port=broker.port, client_id="fault-collector")
     svc.start()
-    wait_until(svc.subscribed.is_set, what="collector subscription")
+    assert svc.subscribed.wait(20), "the collector did not subscribe"
     agent = _agent(state, broker.port, records)
     kill_at = {round(i * restarts / kills) for i in range(kills)}
     killed = 0
     try:
         for i in range(restarts):
-            time.sleep(interval)
+            time.sleep(interval)  # kept: the fault schedule's pace (faults land anywhere in the sync)
             if i in kill_at:
                 agent.send_signal(signal.SIGKILL)
                 agent.wait()
                 killed += 1
                 agent = _agent(state, broker.port, records)
             broker.stop()
-            time.sleep(0.1)
+            time.sleep(0.1)  # kept: the outage under test (the broker down for a moment)
             broker.start()
         assert killed == kills
         agent.terminate()
