@@ -14,7 +14,7 @@ import asyncio, asyncio.sslproto
 assert "ssl" not in sys.modules and asyncio.sslproto.ssl is None
 assert import_asyncio_without_tls() is False  # asyncio is there: nothing to do
 async def main():
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # kept: a coroutine that suspends once (the loop under test runs it)
     return 42
 assert asyncio.run(main()) == 42
 import ssl  # what paho, smtplib and urllib do when a config asks for TLS

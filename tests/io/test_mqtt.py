@@ -14,6 +14,7 @@ from kestrel.io.errors import MqttError, PayloadTooLarge
 from kestrel.io.mqtt import Counters, MqttBridge, client_id_for
 from tests.fixtures.mosquitto import start_mosquitto as _start_mosquitto
 from tests.fixtures.procs import free_port
+from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.mosquitto
 
@@ -35,15 +36,6 @@ def broker_dir():
 
 def start_mosquitto(tmp, *, port):
     return _start_mosquitto(tmp, port=port)
-
-
-async def _until(cond, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def _get(sub, timeout: float = 5.0):
@@ -90,7 +82,7 @@ async def test_broker_down_at_start_then_up(broker_dir):
         with pytest.raises(MqttError, match="QoS 0"):
             await a.publish("t/x", b"lost", qos=0)
         queued = asyncio.ensure_future(a.publish("t/x", b"queued while offline", qos=1))
-        await _until(lambda: len(a._pending) == 1)  # handed to paho, waiting for its PUBACK
+        await until(lambda: len(a._pending) == 1)  # handed to paho, waiting for its PUBACK
         assert not queued.done()
         cm, broker = start_mosquitto(broker_dir, port=port)
         with cm:
@@ -134,9 +126,9 @@ async def test_broker_goes_away_and_comes_back_while_running(broker_dir):
             assert await a.wait_connected(5) and await b.wait_connected(5)
             sub = await b.subscribe("sensors/#", qos=1)
             cm.__exit__(None, None, None)  # broker stops
-            await _until(lambda: not a.connected)
+            await until(lambda: not a.connected)
             pending = asyncio.ensure_future(a.publish("sensors/temp", b"21.5", qos=1))
-            await _until(lambda: len(a._pending) == 1)  # queued in paho while the broker is away
+            await until(lambda: len(a._pending) == 1)  # queued in paho while the broker is away
             assert not pending.done()
             cm, broker = start_mosquitto(broker_dir, port=port)
             cm.__enter__()
@@ -182,7 +174,7 @@ async def test_flood_into_a_bounded_queue(mosquitto):
         assert await a.wait_connected(5) and await b.wait_connected(5)
         sub = await b.subscribe("flood/#", queue_size=10)
         await asyncio.gather(*(a.publish(f"flood/{i}", b"%d" % i, qos=1) for i in range(200)))
-        await _until(lambda: b.stats.received == 200)
+        await until(lambda: b.stats.received == 200)
         assert len(sub.queue) == 10 and sub.overflows == 190 and b.stats.overflows == 190
         assert (await _get(sub)).payload == b"190"
 
@@ -194,7 +186,7 @@ def test_counters_lose_no_update_across_threads():
 
     class Slow(dict):  # a thread switch between reading and writing a value: a bare ``+= 1`` loses updates
         def __setitem__(self, key, value):
-            time.sleep(0)
+            time.sleep(0)  # kept: forces the thread switch under test (not a wait)
             super().__setitem__(key, value)
 
     counts = Counters("received", "acked")
@@ -235,7 +227,7 @@ async def test_every_counter_moves_through_its_owner(mosquitto, monkeypatch):
         sends = [big.publish(f"mix/{i}", b"x" * (2000 if i % 3 == 0 else 10)) for i in range(90)]
         sends += [small.publish("out/x", b"y") for _ in range(20)]  # the loop counts while messages come in
         await asyncio.gather(*sends)
-        await _until(lambda: small.stats.received + small.stats.oversize == 90)
+        await until(lambda: small.stats.received + small.stats.oversize == 90)
         stats = small.stats
     assert (stats.received, stats.oversize, sub.oversize, stats.published, stats.acked) == (60, 30, 30, 20, 20)
     names = [name for _, name in seen]  # both bridges; the subscription's own oversize counter too
@@ -265,14 +257,14 @@ async def test_cancelled_publish_reraises_and_close_fails_pending(tmp_path):
     a = MqttBridge("127.0.0.1", free_port(), agent_id=DID_A, **FAST)
     await a.start()
     task = asyncio.ensure_future(a.publish("t", b"1"))
-    await _until(lambda: len(a._pending) == 1)  # the publish waits for a PUBACK that cannot come
+    await until(lambda: len(a._pending) == 1)  # the publish waits for a PUBACK that cannot come
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert a._pending == {}
     waiting = asyncio.ensure_future(a.publish("t", b"2"))
     sub = await a.subscribe("t")
-    await _until(lambda: len(a._pending) == 1)
+    await until(lambda: len(a._pending) == 1)
     network_thread = a._thread
     assert network_thread.is_alive()
     await a.aclose()

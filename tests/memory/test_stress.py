@@ -63,13 +63,13 @@ def _stress(tmp_path, seconds: float) -> None:
             counts["delete"] += 1
         except Exception as exc:  # the victim may be evicted or deleted meanwhile: only that is fine
             assert "no entry" in str(exc)
-        time.sleep(0.001)
+        time.sleep(0.001)  # kept: the deleter's pace in the stress mix (it would otherwise empty the index)
 
     @guard
     def saver(rng):
         mem.save()
         counts["save"] += 1
-        time.sleep(0.05)
+        time.sleep(0.05)  # kept: the saver's pace in the stress mix (about 20 saves a second)
 
     threads = [
         threading.Thread(target=f, args=(n,))
@@ -121,7 +121,7 @@ def _kill_during_saves(tmp_path, rounds: int) -> None:
         assert proc.stdout is not None
         first = proc.stdout.readline().split()
         assert first[0] == "open" and int(first[1]) >= last_saved
-        time.sleep(rng.uniform(0.3, 1.2))
+        time.sleep(rng.uniform(0.3, 1.2))  # kept: the kill lands at a random point of the child's save loop
         os.kill(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
         lines = [ln.split() for ln in out.splitlines() if ln.startswith("saved")]
