@@ -23,7 +23,7 @@ def test_decisions_match_the_recorded_corpus(name: str) -> None:
     want = GOLDEN["policies"][name]
     assert parse_policy(text).digest == want["policy_digest"]
     got = corpus.outcomes(text)
-    assert len(got) == len(want["decisions"])
-    for case, row, (outcome, arg_index) in zip(corpus.cases(text), got, want["decisions"], strict=False):
+    assert got and len(got) == len(want["decisions"])
+    for case, row, (outcome, arg_index) in zip(corpus.cases(text), got, want["decisions"], strict=True):
         expected = GOLDEN["outcomes"][outcome] + [GOLDEN["args_digests"][arg_index]]
         assert row == expected, (name, case, corpus.ARGSETS[case[1]])

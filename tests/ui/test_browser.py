@@ -155,6 +155,8 @@ def test_browser_sign_in_live_sensor_and_a_denied_action(daemon, page, tmp_path)
             if rec["body"]["action"] == "send_email":
                 assert rec["body"]["decision"] == "deny" and rec["body"]["rule"] == "default-deny"
                 break
+        else:
+            raise AssertionError("the ledger has no decision on the send_email request")
 
     # and an allowed one acts on the device, recorded with the UI as its source
     page.submit("#request-form", {"action": "gpio.write", "args": '{"actuator": "lamp", "value": 1}'})
@@ -171,6 +173,8 @@ def test_browser_sign_in_live_sensor_and_a_denied_action(daemon, page, tmp_path)
             if rec["body"]["action"] == "gpio.write":
                 assert rec["body"]["source"].startswith("ui:token=") and rec["body"]["ok"] is True
                 break
+        else:
+            raise AssertionError("the ledger has no result of the gpio.write request")
 
     # the live actions page lists the denial with its rule
     page.navigate(url + "actions")
