@@ -70,7 +70,7 @@ async def test_refused_call_is_recorded_and_not_executed(agent):
         assert d.hardware.outputs["heater"].value == 0
     outcome = items[-1]
     assert outcome["status"] == "refused" and outcome["decisions"] == [False, False]
-    assert all(s["decision"]["rule"] == "deny[0]" and s["result"] is None for s in items[:-1])
+    assert items[:-1] and all(s["decision"]["rule"] == "deny[0]" and s["result"] is None for s in items[:-1])
     assert not [r for r in results(agent) if r["action"] == "gpio.write"]
     denials = [r for r in agent.kinds("policy.decision") if r["action"] == "gpio.write"]
     assert [r["decision"] for r in denials] == ["deny", "deny"]

@@ -21,7 +21,7 @@ def test_jitter_stays_within_half_to_full_delay():
     b = Backoff(initial=1.0, maximum=8.0, jitter=0.5, rng=rng.random)
     delays = [b.next() for _ in range(200)]
     caps = [min(8.0, 2.0**i) for i in range(200)]
-    assert all(c / 2 <= d <= c for d, c in zip(delays, caps, strict=False))
+    assert all(c / 2 <= d <= c for d, c in zip(delays, caps, strict=True))
     assert len({round(d, 6) for d in delays[10:]}) > 50  # really spread, not lock-step
 
 

@@ -34,7 +34,8 @@ def test_add_search_delete_replace(tmp_path):
     hit = mem.search(vecs[7], 3)[0]
     assert hit.id == 7 and hit.meta == {"i": 7} and hit.distance < 1e-5
     mem.delete(7)
-    assert all(h.id != 7 for h in mem.search(vecs[7], 10))
+    hits = mem.search(vecs[7], 10)
+    assert hits and all(h.id != 7 for h in hits)
     with pytest.raises(DataError, match="no entry 7"):
         mem.delete(7)
     mem.replace(8, vecs[55], {"i": "new"})
