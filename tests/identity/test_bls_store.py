@@ -31,7 +31,9 @@ class _Records:
 
 
 def _no_plaintext(d: Path, secret: bytes) -> None:
-    for p in d.iterdir():
+    files = list(d.iterdir())
+    assert files, d
+    for p in files:
         assert secret not in p.read_bytes(), p
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     assert stat.S_IMODE(d.stat().st_mode) == 0o700

@@ -53,7 +53,9 @@ def _slot_complete(state: Path) -> str:
     slot = ota.slot(ref["slot"])
     mbytes = (slot / MANIFEST_FILE).read_bytes()
     assert hashlib.sha256(mbytes).hexdigest() == ref["digest"]
-    for e in parse_manifest(mbytes).contents:
+    contents = parse_manifest(mbytes).contents
+    assert contents
+    for e in contents:
         assert hashlib.sha256((slot / e.name).read_bytes()).hexdigest() == e.sha256
     return active_policy(state)[0].digest
 
