@@ -13,7 +13,7 @@ from .boards import BOARDS, get_board
 from .cache import Cache
 from .disk import DiskLayout, assemble_image
 from .overlay import DEFAULT_EXTRAS, build_overlay
-from .rootfs import DEFAULT_MIRROR, build_rootfs
+from .rootfs import DEFAULT_MIRROR, build_rootfs, clamp_mtimes
 from .steps import BuildError, Runner
 
 STAGES = ("rootfs-overlay", "rootfs", "image", "all")
@@ -147,6 +147,9 @@ def build_image(out: Path, *, board, runner: Runner, epoch: int) -> None:
         raise BuildError(f"{rootfs} is not complete", hint="run --stage rootfs first")
     bootfs = out / "bootfs"
     split_boot(rootfs, bootfs, runner)
+    if not runner.dry_run:  # split_boot touched /boot and /boot/firmware: their mtimes go in too
+        for tree in (rootfs, bootfs):
+            clamp_mtimes(tree, epoch)
     img = out / f"kestrel-{board.name}.img"
     runner.say(f"stage image: {img}")
     assemble_image(

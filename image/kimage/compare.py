@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -79,10 +80,92 @@ def diff_trees(a: Path, b: Path) -> list[str]:
     out = [f"only in A: {p}" for p in sorted(ea.keys() - eb.keys())]
     out += [f"only in B: {p}" for p in sorted(eb.keys() - ea.keys())]
     for p in sorted(ea.keys() & eb.keys()):
-        changed = [f for f, x, y in zip(fields, ea[p], eb[p], strict=True) if x != y]
+        # Only regular files' mtimes survive the copy out (mcopy/rdump set links' and directories'
+        # as they write them); ext4 metadata is compared inode by inode (``ext4_diff``).
+        changed = [
+            f
+            for f, x, y in zip(fields, ea[p], eb[p], strict=True)
+            if x != y and (f != "mtime" or ea[p][0] == eb[p][0] == "file")
+        ]
         if changed:
             out.append(f"differs: {p} ({', '.join(changed)})")
     return out
+
+
+def differing_blocks(a: Path, b: Path, offset: int, size: int, block: int = 4096) -> list[int]:
+    """Numbers of the ``block``-sized blocks that differ between two equal-sized regions."""
+    out = []
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        fa.seek(offset), fb.seek(offset)
+        for n in range(size // block):
+            if fa.read(block) != fb.read(block):
+                out.append(n)
+    return out
+
+
+def _debugfs(img: Path, offset: int, request: str) -> str:
+    return subprocess.run(
+        ["debugfs", "-R", request, f"{img}?offset={offset}"], capture_output=True, text=True, env=_ENV, check=True
+    ).stdout
+
+
+def ext4_diff(a: Path, b: Path, offset: int, size: int) -> list[str]:
+    """Which inodes (by path) and which of their fields differ, from the blocks that differ: inode
+    table blocks name their inodes, data blocks their owners (``icheck``), the rest is metadata."""
+    head = subprocess.run(["dumpe2fs", f"{a}?offset={offset}"], capture_output=True, text=True, env=_ENV).stdout
+    keys = ("Block size", "Inodes per group", "Inode size")
+    numbers = [re.search(rf"^{k}:\s+(\d+)", head, re.M) for k in keys]
+    if not all(numbers):
+        return ["dumpe2fs could not read the file system"]
+    bs, per_group, inode_size = (int(m.group(1)) for m in numbers if m)
+    blocks = differing_blocks(a, b, offset, size, bs)
+    tables = [tuple(map(int, m.groups())) for m in re.finditer(r"Inode table at (\d+)-(\d+)", head)]
+    inodes: set[int] = set()
+    other: list[int] = []
+    for blk in blocks:
+        for group, (lo, hi) in enumerate(tables):
+            if lo <= blk <= hi:
+                first = group * per_group + (blk - lo) * bs // inode_size + 1
+                inodes.update(range(first, first + bs // inode_size))
+                break
+        else:
+            other.append(blk)
+    data_owners: set[int] = set()
+    meta: list[int] = []
+    if other:
+        for line in _debugfs(a, offset, "icheck " + " ".join(map(str, other[:500]))).splitlines()[1:]:
+            parts = line.split(None, 1)
+            if len(parts) == 2 and parts[1].strip().isdigit():
+                data_owners.add(int(parts[1]))
+            elif parts and parts[0].isdigit():
+                meta.append(int(parts[0]))  # no inode owns it: superblock, descriptors, bitmaps, journal
+    out = [f"{len(blocks)} block(s) of {bs} bytes differ"]
+    if meta:
+        out.append(f"file system metadata blocks differ (no inode owns them): {meta[:20]}")
+    inodes |= data_owners
+    paths: dict[int, str] = {}
+    if inodes:
+        for line in _debugfs(a, offset, "ncheck -c " + " ".join(map(str, sorted(inodes)))).splitlines()[1:]:
+            parts = line.split(None, 1)
+            if len(parts) == 2 and parts[0].isdigit():
+                paths.setdefault(int(parts[0]), re.sub(r"^/+", "/", parts[1]))
+    for ino in sorted(inodes):
+        sa, sb = (_stat_fields(_debugfs(x, offset, f"stat <{ino}>")) for x in (a, b))
+        changed = sorted(k for k in sa.keys() | sb.keys() if sa.get(k) != sb.get(k))
+        if ino in data_owners:
+            changed.append("content")
+        if changed:
+            out.append(f"inode {ino} {paths.get(ino, '(no path)')}: {', '.join(changed)}")
+    return out
+
+
+def _stat_fields(text: str) -> dict[str, str]:
+    """``debugfs stat`` output as field -> value (checksums dropped: they follow the fields)."""
+    fields: dict[str, str] = {}
+    for m in re.finditer(r"(\w+):\s+(0x[0-9a-f]+:[0-9a-f]+|[^\s]+)", text):
+        if m.group(1) not in ("checksum", "Inode"):
+            fields.setdefault(m.group(1), m.group(2))
+    return fields
 
 
 def _extract(img: Path, offset: int, kind: str, dest: Path) -> None:
@@ -111,10 +194,11 @@ def compare(a: Path, b: Path, work: Path) -> list[str]:
     first = min(o for o, _, _ in pa)
     if _digest(a, 0, first) != _digest(b, 0, first):
         findings.append("the bytes before the first partition (MBR) differ")
-    for n, ((off, _size, kind), da, db) in enumerate(zip(pa, partition_digests(a), partition_digests(b), strict=True)):
+    for n, ((off, size, kind), da, db) in enumerate(zip(pa, partition_digests(a), partition_digests(b), strict=True)):
         if da == db:
             findings.append(f"partition {n + 1}: identical")
             continue
+        blocks = ext4_diff(a, b, off, size) if kind != "c" else []
         ta, tb = work / f"a{n + 1}", work / f"b{n + 1}"
         _extract(a, off, kind, ta)
         _extract(b, off, kind, tb)
@@ -122,7 +206,7 @@ def compare(a: Path, b: Path, work: Path) -> list[str]:
         findings.append(
             f"partition {n + 1}: differs; {len(files)} file(s) differ" + ("" if files else " (layout only)")
         )
-        findings += [f"  {line}" for line in files]
+        findings += [f"  {line}" for line in (*blocks, *files)]
         shutil.rmtree(ta), shutil.rmtree(tb)
     return findings
 

@@ -148,7 +148,12 @@ def pin_inode_times(fs: Path, *, epoch: int, script: Path) -> int:
     out = subprocess.run(["dumpe2fs", str(fs)], capture_output=True, text=True, check=True).stdout
     inodes = used_inodes(out)
     script.write_text("".join(f"sif <{i}> {f} @{epoch}\n" for i in inodes for f in ("atime", "ctime")))
-    proc = subprocess.run(["debugfs", "-w", "-f", str(script), str(fs)], capture_output=True, text=True)
+    proc = subprocess.run(  # the fake time: debugfs stamps the superblock's last write time
+        ["debugfs", "-w", "-f", str(script), str(fs)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch)},
+    )
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("debugfs ")]
     if proc.returncode != 0 or errors:
         raise BuildError(f"cannot set the root file system's inode times: {' '.join(errors[-3:])}")

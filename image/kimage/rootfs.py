@@ -328,7 +328,11 @@ def build_rootfs(
     if board.boot_files == "raspi" and not runner.dry_run:  # on the host: see raspi.py
         runner.say(f"writing the Raspberry Pi boot files: {', '.join(write_boot_files(rootfs, board))}")
     runner.need_tools("systemd-sysusers")
-    runner.run(["systemd-sysusers", f"--root={rootfs}"], what="create the kestrel user and groups")
+    runner.run(  # SOURCE_DATE_EPOCH: the shadow entries' "last changed" day is the source's, not today
+        ["systemd-sysusers", f"--root={rootfs}"],
+        what="create the kestrel user and groups",
+        env={"SOURCE_DATE_EPOCH": str(epoch)} if epoch else None,
+    )
     if not runner.dry_run:
         packages.write_manifest(rootfs, out, board=board, cache=cache, wheel_dirs=wheels.dirs)
         _finish(rootfs, board, suite=suite, mirror=mirror)

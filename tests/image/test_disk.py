@@ -187,6 +187,9 @@ def test_compare_names_the_file_that_differs(trees: tuple[Path, Path], tmp_path:
     b = assemble_image(boot, root, tmp_path / "b.img", layout=layout, runner=Runner(), epoch=1700000000, seed="c")
     found = compare(a, b, tmp_path / "work")
     assert found[0] == "the images differ" and "partition 1: identical" in found and "partition 3: identical" in found
-    (line,) = [f for f in found if f.startswith("  ")]
+    (line,) = [f for f in found if f.startswith("  differs:")]
     assert line.startswith("  differs: etc/kestrel/device.yaml (") and "content" in line, found
+    # ext4, inode by inode: the file's inode (its size) and its data block, by path
+    (inode,) = [f for f in found if f.startswith("  inode ")]
+    assert "/etc/kestrel/device.yaml: " in inode and "Size" in inode and inode.endswith("content"), found
     assert not any("only in" in line for line in found)
