@@ -16,6 +16,8 @@ directory with a file-keystore identity, then, each in a fresh process:
 * ``records(since_seq=size-1)`` (``kestrel.ledger.iter_records``, what ``Ledger.records`` and
   ``audit log`` use): peak RSS, and the latency of the call (median of 50, warm page cache);
 * ``kestrel audit prove SEQ --binary``: peak RSS; and ``prove()`` latency (median of 50 random SEQ);
+* ``Ledger.open`` for writing (then ``close``): seconds, from the resume point the writer saved
+  (docs/ledger-format.md 3.4) and with it removed (the whole log walked, as every open did before);
 * the idle daemon (``kestrel run`` on the sim board, no MQTT) opened on it: peak RSS once it
   answers ``status`` and has idled 3 s.
 
@@ -160,6 +162,40 @@ _LATENCY = textwrap.dedent("""
 """)
 
 
+_OPEN = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from kestrel.identity import open_signer
+    from kestrel.ledger import Ledger
+    state = Path(sys.argv[1])
+    signer = open_signer(state)
+    t0 = time.perf_counter()
+    led = Ledger.open(state / "ledger", signer=signer)
+    took = time.perf_counter() - t0
+    led.close()
+    print(json.dumps({"open_s": took, "size": led.size}))
+""")
+
+
+def measure_open(state: Path, size: int) -> dict:
+    """Seconds of ``Ledger.open`` for writing, in a fresh process: from the resume point the writer
+    saved (docs/ledger-format.md 3.4), and without it (the whole log walked, as before)."""
+    out = {}
+    resume = state / "ledger" / "resume"
+    for what in ("resumed", "full"):
+        if what == "full" and resume.exists():
+            resume.unlink()  # the open walks everything, then saves a new one
+        p = subprocess.run(
+            [sys.executable, "-c", _OPEN, str(state)], capture_output=True, env=child_env(), timeout=3600
+        )
+        if p.returncode:
+            raise RuntimeError(p.stderr.decode()[-2000:])
+        r = json.loads(p.stdout)
+        assert r["size"] == size, r
+        out[what] = r["open_s"]
+    return out
+
+
 def measure_latency(state: Path, size: int, what: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", _LATENCY, str(state), str(size), what], capture_output=True, env=child_env(), timeout=600
@@ -227,6 +263,11 @@ def measure_size(state: Path, size: int, workdir: Path, *, daemon: bool, log=pri
     log(
         f"  records(since_seq=size-1): {r['records_rss_mb']:.1f} MB, {r['records_latency']['median_ms']:.2f} ms; "
         f"prove: {r['prove_rss_mb']:.1f} MB, {r['prove_latency']['median_ms']:.2f} ms"
+    )
+    r["open"] = measure_open(state, size)
+    log(
+        f"  Ledger.open for writing: {r['open']['resumed']:.2f} s from the resume point, "
+        f"{r['open']['full']:.2f} s whole log"
     )
     if daemon:
         r["daemon_rss_mb"] = measure_daemon(state, workdir)
@@ -380,6 +421,8 @@ def _size_table(results: dict) -> list[str]:
     row("records(since=size-1) median ms", lambda r: r["records_latency"]["median_ms"], ".2f", "<= 5")
     row("audit prove peak RSS (MB)", lambda r: r["prove_rss_mb"], ".1f", f"<= {base['prove_rss_mb'] + 8:.1f}")
     row("prove(SEQ) median ms", lambda r: r["prove_latency"]["median_ms"], ".2f", "<= 5")
+    row("Ledger.open (writer) s, resumed", lambda r: r["open"]["resumed"], ".2f", "bounded (one segment)")
+    row("Ledger.open (writer) s, whole log", lambda r: r["open"]["full"], ".2f", "(before: always)")
     if "daemon_rss_mb" in base:
         row("idle daemon peak RSS (MB)", lambda r: r.get("daemon_rss_mb"), ".1f", f"<= {base['daemon_rss_mb'] + 8:.1f}")
     verdicts = []

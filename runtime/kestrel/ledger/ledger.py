@@ -500,5 +500,5 @@ class _Walk:
         index = self._index.state(walker.size) if self._index is not None else None
         if checkpoint is None or index is None or self.tail_key is None:
             return
-        frontier = walker.frontier()
+        frontier = walker.peek_frontier()
         self.newest = ResumePoint(walker.size, walker.prev, frontier.hashes, checkpoint, dict(self.latest), index)

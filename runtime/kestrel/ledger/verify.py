@@ -181,6 +181,13 @@ class LogWalker:
             del self.leaves[:drop]
             self._lbase = keep
 
+    def peek_frontier(self) -> Frontier:
+        """The compact range of every leaf walked so far, leaving the walker's own as it is (folding it
+        early would make a checkpoint met later for an older size need a rescan)."""
+        frontier = self._frontier.copy()
+        frontier.extend(self.leaves[frontier.size - self._lbase :])
+        return frontier
+
     def frontier(self) -> Frontier:
         """The compact range of every leaf walked so far (a copy)."""
         self.root_at(self.size)
@@ -401,7 +408,8 @@ def _walk_part(
     index = walker.index
     try:
         while off < end:
-            stop = trusted.size if trusted is not None and walker.size < trusted.size else None
+            trust = trusted.size if trusted is not None and walker.size < trusted.size else None
+            stop = trust
             if index is not None:
                 _feed(index, walker)
                 if walker.size == index.next_start and part.first_seq is not None:
@@ -409,10 +417,10 @@ def _walk_part(
                 stop = index.next_start if stop is None else min(stop, index.next_start)
             window = view[: min(end, off + _WINDOW)]
             off = walker.scan(window, off, limit=stop)
-            if stop is not None and walker.size == stop:
-                walker.root_at(stop)  # remembered for check_trusted
-                if index is not None and part.first_seq is not None and walker.size == index.next_start:
-                    continue  # a block starts here: the loop's top records it before the record is taken
+            if trust is not None and walker.size == trust:
+                walker.root_at(trust)  # remembered for check_trusted
+            if stop is not None and walker.size == stop and stop != trust:
+                continue  # a block starts here: the loop's top records it before the record is taken
             if part.release is not None and off - released >= _WINDOW:
                 part.release(off)
                 released = off
