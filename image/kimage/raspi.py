@@ -19,13 +19,19 @@ from .boards import ImageBoard
 from .overlay import ROOT_LABEL
 from .steps import BuildError
 
-__all__ = ["DTBS", "cmdline_txt", "config_txt", "newest_kernel", "write_boot_files"]
+__all__ = ["DTBS", "SD_DRIVER", "cmdline_txt", "config_txt", "missing_sd_driver", "newest_kernel", "write_boot_files"]
 
 # The device trees each board's firmware loads (upstream names, as Debian's kernel ships them).
 DTBS = {
     "rpi4": ("bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4-io.dtb"),
     "rpi-zero-2w": ("bcm2837-rpi-zero-2-w.dtb",),
     "rpi5": ("bcm2712-rpi-5-b.dtb",),
+}
+# The kernel option of the driver of each board's SD card controller (the root file system's disk).
+SD_DRIVER = {
+    "rpi4": "CONFIG_MMC_SDHCI_IPROC",  # emmc2
+    "rpi-zero-2w": "CONFIG_MMC_BCM2835",  # sdhost
+    "rpi5": "CONFIG_MMC_SDHCI_BRCMSTB",  # brcm,bcm2712-sdhci
 }
 _HEADER = """# Do not modify this file!
 #
@@ -49,6 +55,21 @@ def newest_kernel(rootfs: Path) -> str:
     if not versions:
         raise BuildError(f"{rootfs}/boot has no kernel", hint="the base system lacks linux-image-arm64")
     return max(versions, key=_version_key)
+
+
+def missing_sd_driver(rootfs: Path, board: ImageBoard, kver: str) -> str | None:
+    """None if the kernel ``kver`` drives ``board``'s SD card controller, else a warning saying why
+    the image cannot mount its root file system from the card."""
+    option = SD_DRIVER.get(board.name)
+    config = rootfs / "boot" / f"config-{kver}"
+    if option is None or not config.exists():
+        return None
+    if re.search(rf"^{option}=[ym]$", config.read_text(), re.M):
+        return None
+    return (
+        f"the kernel {kver} has no driver for the {board.name}'s SD card controller ({option} is not set): "
+        "the image cannot mount its root file system from the card (docs/image.md, 'Not done yet')"
+    )
 
 
 def config_txt(*, kernel: str, initrd: str, custom: str) -> str:

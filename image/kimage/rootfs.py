@@ -21,10 +21,10 @@ from pathlib import Path
 from . import packages
 from .boards import BASE_PACKAGES, ImageBoard, get_board
 from .cache import Cache
-from .emu import QEMU_FILE, Emulator, no_mounts, qemu_user
+from .emu import QEMU_FILE, Emulator, no_mounts, private_apt, qemu_user
 from .kmod import install_gpio_sim
 from .overlay import MANIFEST
-from .raspi import newest_kernel, write_boot_files
+from .raspi import missing_sd_driver, newest_kernel, write_boot_files
 from .steps import BuildError, Runner
 from .wheels import ensure_wheels
 
@@ -194,25 +194,53 @@ def _derive_base(
     )
     if not runner.dry_run:
         old = sorted(k.name.removeprefix("vmlinuz-") for k in (work / "boot").glob("vmlinuz-*"))
-        _put(work / "etc/apt/sources.list", _sources(board, suite=suite, mirror=mirror))
-        shutil.copy2("/etc/resolv.conf", work / "etc/resolv.conf")
         _put(work / "etc/dpkg/dpkg.cfg.d/kestrel-build", _DPKG_CFG)
         _put(work / "usr/sbin/policy-rc.d", _NO_DAEMONS, 0o755)
-    apt = Emulator(work, qemu=qemu, runner=runner, binds=[(cache.debs, "/var/cache/apt/archives")])
+    # apt cannot verify the archive's signatures under proot ("Couldn't execute /usr/bin/apt-key"):
+    # the host's apt resolves the kernel against the rootfs's dpkg status and downloads it (checked
+    # with the host's keyring), dpkg installs it under proot.
     extra = board.extra_suites[0]
+    dl = cache.root / f"apt-{extra}" / "download"
+    if not runner.dry_run:
+        shutil.rmtree(dl, ignore_errors=True)
+        (dl / "partial").mkdir(parents=True)
+    apt = private_apt(
+        cache, runner, name=f"apt-{extra}", arch="arm64", sources=_sources(board, suite=suite, mirror=mirror)
+    )
+    kernel = [p for p in board.kernel_packages if p.startswith("linux-image")]
+    runner.run(
+        [
+            "apt-get",
+            *apt,
+            "-o",
+            f"Dir::State::status={work}/var/lib/dpkg/status",
+            "-o",
+            f"Dir::Cache::archives={dl}",
+            "install",
+            "-y",
+            "-q",
+            "--download-only",
+            "--no-install-recommends",
+            "-t",
+            extra,
+            *kernel,
+        ],
+        what=f"download the kernel from {extra} (host apt, arm64 index)",
+    )
+    emu = Emulator(work, qemu=qemu, runner=runner, binds=[(dl, "/run/kestrel-debs")])
     with no_mounts(work) if not runner.dry_run else contextlib.nullcontext():
-        apt.run(["apt-get", "update", "-q"], what="update the package lists")
-        kernel = [f"{p}/{extra}" for p in board.kernel_packages if p.startswith("linux-image")]
-        apt.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *kernel],
-            what=f"install the kernel from {extra}",
-        )
+        emu.run(["sh", "-c", "dpkg -i /run/kestrel-debs/*.deb"], what=f"install the kernel from {extra}")
         if old:
-            apt.run(
-                ["apt-get", "purge", "-y", "-q", *(f"linux-image-{v}" for v in old)],
+            emu.run(
+                ["dpkg", "--purge", *(f"linux-image-{v}" for v in old)],
                 what=f"remove the parent's kernel {', '.join(old)}",
             )
-        apt.run(["sh", "-c", _MAKE_INITRDS], what="make the initramfs (once)")
+        emu.run(["sh", "-c", _MAKE_INITRDS], what="make the initramfs (once)")
+    if not runner.dry_run:
+        for deb in dl.glob("*.deb"):
+            if not (cache.debs / deb.name).exists():
+                shutil.copy2(deb, cache.debs / deb.name)
+        shutil.rmtree(dl)
     if not runner.dry_run:
         (work / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
         if not any((work / "boot").glob("vmlinuz-*")):
@@ -327,6 +355,9 @@ def build_rootfs(
         install_gpio_sim(rootfs, cache=cache, runner=runner, emu=emu)
     if board.boot_files == "raspi" and not runner.dry_run:  # on the host: see raspi.py
         runner.say(f"writing the Raspberry Pi boot files: {', '.join(write_boot_files(rootfs, board))}")
+        warning = missing_sd_driver(rootfs, board, newest_kernel(rootfs))
+        if warning:
+            runner.say(f"warning: {warning}")
     runner.need_tools("systemd-sysusers")
     runner.run(  # SOURCE_DATE_EPOCH: the shadow entries' "last changed" day is the source's, not today
         ["systemd-sysusers", f"--root={rootfs}"],

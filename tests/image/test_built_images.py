@@ -18,7 +18,7 @@ import pytest
 
 from kimage.boards import BOARDS
 from kimage.disk import MIB, DiskLayout
-from kimage.raspi import DTBS
+from kimage.raspi import DTBS, SD_DRIVER
 from kimage.rootfs import initramfs_names
 
 CACHE = Path(os.environ.get("KESTREL_IMAGE_CACHE", "/var/cache/kestrel-image"))
@@ -119,7 +119,7 @@ def test_boot_partition_has_firmware_kernel_initrd_and_device_trees(image: Image
             if line.startswith("device_tree="):
                 assert line.removeprefix("device_tree=") in names
         initrd = image.fat_file(initrd_name, tmp_path / "initrd.img")
-    modules = {n.rsplit("/", 1)[-1] for n in initramfs_names(initrd)}
+    modules = {re.sub(r"\.(xz|zst|gz)$", "", n.rsplit("/", 1)[-1]) for n in initramfs_names(initrd)}
     assert "ext4.ko" in modules
     if image.board.name in SD_MODULE:
         assert SD_MODULE[image.board.name] in modules
@@ -145,3 +145,17 @@ def test_data_partition_root_belongs_to_the_daemons_user(image: Image) -> None:
     uid = next(line.split(":")[2] for line in passwd.splitlines() if line.startswith("kestrel:"))
     root = image.debugfs("stat /", offset=image.layout.data_offset)
     assert re.search(rf"User:\s+{uid}\b", root), root
+
+
+def test_kernel_drives_the_boards_sd_card(image: Image) -> None:
+    """The root file system is on the SD card: the image's kernel must have its controller's driver."""
+    if image.board.name not in SD_DRIVER:
+        pytest.skip(f"{image.board.name} boots from a virtio disk")
+    kernels = [n for n in image.fat_names() if n.startswith("vmlinuz-")]
+    kver = kernels[0].removeprefix("vmlinuz-")
+    config = image.debugfs(f"cat /boot/config-{kver}")
+    assert "CONFIG_MMC=y" in config.splitlines()  # the file was read
+    option = SD_DRIVER[image.board.name]
+    if image.board.name == "rpi5" and not re.search(rf"^{option}=[ym]$", config, re.M):
+        pytest.xfail(f"Debian's {kver} has no sdhci-brcmstb ({option} is not set): the Pi 5 cannot boot from SD")
+    assert re.search(rf"^{option}=[ym]$", config, re.M), config[:200]

@@ -8,7 +8,7 @@ import pytest
 
 from kimage.boards import BOARDS
 from kimage.cache import Cache
-from kimage.raspi import DTBS, cmdline_txt, config_txt, newest_kernel, write_boot_files
+from kimage.raspi import DTBS, cmdline_txt, config_txt, missing_sd_driver, newest_kernel, write_boot_files
 from kimage.rootfs import DEFAULT_MIRROR, base_tar, check_initrd, initramfs_hook
 from kimage.steps import BuildError
 
@@ -152,3 +152,15 @@ def test_boot_files_refuse_a_kernel_without_the_boards_device_tree(tmp_path: Pat
     root = _fake_pi_rootfs(tmp_path)
     with pytest.raises(BuildError, match="bcm2712-rpi-5-b.dtb"):
         write_boot_files(root, BOARDS["rpi5"])
+
+
+def test_a_kernel_without_the_sd_driver_is_named(tmp_path: Path) -> None:
+    root = _fake_pi_rootfs(tmp_path)
+    config = root / "boot/config-6.1.0-50-arm64"
+    config.write_text(
+        "CONFIG_MMC=y\nCONFIG_MMC_SDHCI_IPROC=m\nCONFIG_MMC_BCM2835=y\n# CONFIG_MMC_SDHCI_BRCMSTB is not set\n"
+    )
+    assert missing_sd_driver(root, BOARDS["rpi4"], "6.1.0-50-arm64") is None
+    assert missing_sd_driver(root, BOARDS["rpi-zero-2w"], "6.1.0-50-arm64") is None
+    warning = missing_sd_driver(root, BOARDS["rpi5"], "6.1.0-50-arm64")
+    assert warning and "CONFIG_MMC_SDHCI_BRCMSTB" in warning and "cannot mount its root" in warning
