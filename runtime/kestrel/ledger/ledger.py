@@ -185,10 +185,10 @@ class Ledger:
         return self._base
 
     def disk_usage(self) -> DiskUsage:
-        """Bytes used by the ledger directory (segments, base, torn/ files), and per segment."""
+        """Bytes used by the ledger directory (segments, base, resume point, torn/ files), and per segment."""
         segs = tuple((start, size) for start, _, size in segment_files(self._dir))
         total = sum(size for _, size in segs)
-        for extra in (self._dir / "base", self._dir / "lock"):
+        for extra in (self._dir / "base", self._dir / "lock", self._dir / RESUME_FILE):
             try:
                 total += extra.stat().st_size
             except FileNotFoundError:
