@@ -1,8 +1,8 @@
 """The signed, crash-safe, append-only ledger (see docs/ledger-format.md).
 
 Pure core: :mod:`.record`, :mod:`.frame`, :mod:`.merkle`, :mod:`.checkpoint`,
-:mod:`.verify`, :mod:`.export`. I/O shell: :mod:`.store`, :mod:`.reader`,
-:mod:`.ledger`.
+:mod:`.verify`, :mod:`.export`, :mod:`.resume`. I/O shell: :mod:`.store`, :mod:`.reader`,
+:mod:`.engine` (group commit and checkpoint signing), :mod:`.ledger` (open, recover, read, prune).
 """
 
 from .checkpoint import SignedCheckpoint, sign_checkpoint, verify_checkpoint
