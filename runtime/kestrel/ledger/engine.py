@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._internal.fsutil import atomic_write
 from ..identity.keys import Signer
 from .checkpoint import SignedCheckpoint, sign_checkpoint
 from .errors import LedgerError, LedgerIOError
@@ -38,8 +37,8 @@ from .frame import CHECKPOINT, HEADER_SIZE, TAIL_SEAL, encode_frame, pad_frame, 
 from .index import BLOCK, IndexBuilder, IndexState, save_kinds
 from .merkle import Frontier
 from .record import assemble_record, prepare_body
-from .resume import RESUME_FILE, ResumePoint, encode_resume
-from .store import SegmentWriter
+from .resume import ResumePoint, encode_resume
+from .store import SegmentWriter, write_resume
 from .tailmac import seal_payload
 
 __all__ = ["CommitEngine", "Receipt", "WriterState", "MAX_BATCH", "MAX_BATCH_BYTES", "PAGE", "padding"]
@@ -460,10 +459,7 @@ class CommitEngine:
         if self._tail_key is None or index is None or frontier.size != start.size:
             return
         point = ResumePoint(start.size, start.prev, frontier.hashes, start.checkpoint, start.kinds, index)
-        try:
-            atomic_write(self._dir / RESUME_FILE, encode_resume(self._tail_key, point))
-        except OSError as exc:  # only an optimization: the next open walks more of the log
-            log.warning("ledger: cannot save the resume point: %s", exc)
+        write_resume(self._dir, encode_resume(self._tail_key, point))
 
     # -- the signer (batched mode) ---------------------------------------------
     def _sign_loop(self) -> None:

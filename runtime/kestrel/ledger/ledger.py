@@ -28,16 +28,18 @@ from .errors import LedgerError, LedgerVerificationError
 from .index import IndexBuilder
 from .reader import export_chunks, iter_records, load_base, prove, rescan_root, walk_dir
 from .record import Record
-from .resume import MAX_RESUME_SIZE, RESUME_FILE, ResumePoint, decode_resume, encode_resume
+from .resume import RESUME_FILE, ResumePoint, decode_resume, encode_resume
 from .store import (
     SegmentWriter,
     cut_tail,
     cut_torn_tail,
     lock_directory,
     map_segment,
+    read_resume,
     segment_files,
     unlink_segments,
     write_base,
+    write_resume,
 )
 from .verify import LogWalker, VerifiedLog, walk_parts
 
@@ -390,7 +392,7 @@ def _recover(directory: Path, public_key: PublicKey, tail_key: bytes | None, max
         log.info("ledger: %d records after the last checkpoint; signing them now", verified.unsigned)
     newest = walk.newest
     if tail_key is not None and newest is not None and newest.size <= walker.size and newest != start:
-        _save_resume(directory, tail_key, newest)  # the next open verifies from the last segment only
+        write_resume(directory, encode_resume(tail_key, newest))  # the next open verifies the last segment only
     state = WriterState(
         size=walker.size,
         prev=walker.prev,
@@ -412,15 +414,8 @@ def _load_resume(
 ) -> ResumePoint | None:
     """The saved resume point, if there is one that authenticates under the tail key (else None: the
     whole log is verified). One that does not authenticate is reported, never used."""
-    if tail_key is None:
-        return None
-    try:
-        with open(directory / RESUME_FILE, "rb") as fh:
-            data = fh.read(MAX_RESUME_SIZE + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("ledger: cannot read the resume point (%s); verifying the whole log", exc)
+    data = read_resume(directory) if tail_key is not None else None
+    if tail_key is None or data is None:
         return None
     point = decode_resume(tail_key, data, public_key)
     if point is None:
@@ -429,13 +424,6 @@ def _load_resume(
     if base is not None and point.size < base.size:
         return None  # saved before a prune
     return point
-
-
-def _save_resume(directory: Path, tail_key: bytes, point: ResumePoint) -> None:
-    try:
-        atomic_write(directory / RESUME_FILE, encode_resume(tail_key, point))
-    except OSError as exc:  # only an optimization
-        log.warning("ledger: cannot save the resume point: %s", exc)
 
 
 class _Walk:

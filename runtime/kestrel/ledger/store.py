@@ -23,6 +23,7 @@ from typing import Any
 from .._internal.fsutil import atomic_write, ensure_private_dir, fsync_dir
 from .base import BASE_MAGIC, MAX_BASE_SIZE, base_size_unsafe
 from .errors import LedgerBusyError, LedgerIOError, LedgerVerificationError, Reason
+from .resume import MAX_RESUME_SIZE, RESUME_FILE
 from .verify import Part
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "segment_files",
     "read_base",
     "write_base",
+    "read_resume",
+    "write_resume",
     "unlink_segments",
     "cut_torn_tail",
     "lock_directory",
@@ -75,6 +78,27 @@ def read_base(ledger_dir: Path) -> bytes | None:
     if not data.startswith(BASE_MAGIC) or base_size_unsafe(data[len(BASE_MAGIC) :]) is None:
         raise LedgerVerificationError(0, Reason.CORRUPT, f"{path} is not a ledger base file")
     return data[len(BASE_MAGIC) :]
+
+
+def read_resume(ledger_dir: Path) -> bytes | None:
+    """The resume point file's bytes (unauthenticated, at most a little over its size limit), None if absent
+    or unreadable (the writer then verifies the whole log)."""
+    try:
+        with open(ledger_dir / RESUME_FILE, "rb") as fh:
+            return fh.read(MAX_RESUME_SIZE + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("ledger: cannot read the resume point (%s); verifying the whole log", exc)
+        return None
+
+
+def write_resume(ledger_dir: Path, data: bytes) -> None:
+    """Replace the resume point durably; a failure is logged only (the next open verifies more)."""
+    try:
+        atomic_write(ledger_dir / RESUME_FILE, data)
+    except OSError as exc:
+        log.warning("ledger: cannot save the resume point: %s", exc)
 
 
 def write_base(ledger_dir: Path, payload: bytes) -> None:
