@@ -25,6 +25,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .merkle import Frontier, node_hash, tree_root
 
@@ -76,21 +77,23 @@ class IndexBuilder:
     ``leaves(first_seq, hashes)`` for every leaf in order. Writes go through small buffers to
     temporary files during the walk (``commit()`` renames them), straight to the files after."""
 
-    def __init__(self, ledger_dir: Path, *, first_seq: int = 0) -> None:
+    def __init__(self, ledger_dir: Path, *, first_seq: int = 0, resume: IndexState | None = None) -> None:
+        """A fresh index (temporary files) for a log whose first record is ``first_seq``; or, with
+        ``resume``, the index files cut back to what that state had written, appended to from there
+        (OSError if they hold less than that: see :meth:`resume`)."""
         self.dir = Path(ledger_dir)
-        self._tmp = True
-        self._pos = open(self.dir / (POS_FILE + ".tmp"), "wb", buffering=1 << 16)
-        self._mmr = open(self.dir / (MMR_FILE + ".tmp"), "wb", buffering=1 << 16)
-        self._pos.write(POS_MAGIC)
-        self._mmr.write(MMR_MAGIC)
-        self.next_start = first_seq  # the next block start whose position is not written yet
-        self.fed = first_seq  # seq of the next leaf a walk hands over (see verify._feed)
-        self._block: list[bytes] = []  # leaves of the current block
-        self._leaf_seq = first_seq  # seq of the next leaf expected
-        self._stack: list[tuple[int, bytes]] = []  # (level, hash) of the MMR's peaks
-        self._nodes = 0
+        self._tmp = resume is None
+        self._pos, self._mmr = self._resumed(resume) if resume is not None else self._fresh()
+        start = resume.size if resume is not None else first_seq
+        self.next_start = -(-start // BLOCK) * BLOCK if resume is not None else first_seq  # next block start to write
+        self.fed = start  # seq of the next leaf a walk hands over (see verify._feed)
+        self._block: list[bytes] = list(resume.block) if resume is not None else []  # leaves of the current block
+        self._leaf_seq = start  # seq of the next leaf expected
+        self._stack: list[tuple[int, bytes]] = list(resume.peaks) if resume is not None else []  # the MMR's peaks
+        self._nodes = resume.nodes if resume is not None else 0
+        self._skip = resume.skip if resume is not None else 0
         self.usable = True
-        if first_seq:  # a pruned log: blocks below the base cannot be rebuilt from records
+        if first_seq and resume is None:  # a pruned log: blocks below the base cannot be rebuilt from records
             self._copy_prefix(first_seq)
 
     def _copy_prefix(self, first_seq: int) -> None:
@@ -117,7 +120,33 @@ class IndexBuilder:
         if not self.usable:
             self._pos.truncate(0)
 
-    _skip = 0
+    def _fresh(self) -> tuple[BinaryIO, BinaryIO]:
+        pos = open(self.dir / (POS_FILE + ".tmp"), "wb", buffering=1 << 16)
+        mmr = open(self.dir / (MMR_FILE + ".tmp"), "wb", buffering=1 << 16)
+        pos.write(POS_MAGIC)
+        mmr.write(MMR_MAGIC)
+        return pos, mmr
+
+    def _resumed(self, state: IndexState) -> tuple[BinaryIO, BinaryIO]:
+        blocks = -(-state.size // BLOCK)  # block starts below size: their positions were written
+        want = (
+            (POS_FILE, POS_MAGIC, len(POS_MAGIC) + blocks * _POS.size),
+            (MMR_FILE, MMR_MAGIC, len(MMR_MAGIC) + state.nodes * _HASH),
+        )
+        files: list[BinaryIO] = []
+        try:
+            for name, magic, length in want:
+                fh = open(self.dir / name, "r+b")
+                files.append(fh)
+                if fh.read(len(magic)) != magic or os.fstat(fh.fileno()).st_size < length:
+                    raise OSError(f"{name} holds less than the resume point says")
+                fh.truncate(length)
+                fh.seek(length)
+        except OSError:
+            for opened in files:
+                opened.close()
+            raise
+        return files[0], files[1]
 
     def state(self, size: int) -> IndexState | None:
         """The builder's state once it has been fed the leaves of the first ``size`` records (None if
@@ -128,37 +157,11 @@ class IndexBuilder:
 
     @classmethod
     def resume(cls, ledger_dir: Path, state: IndexState) -> IndexBuilder | None:
-        """Go on appending to the index files from ``state``: they are cut back to what it had written
-        (block positions below ``state.size``, its MMR nodes). None if the files hold less than that."""
-        self = cls.__new__(cls)
-        self.dir = Path(ledger_dir)
-        blocks = -(-state.size // BLOCK)  # block starts below size: their positions were written
-        want = ((POS_FILE, POS_MAGIC, len(POS_MAGIC) + blocks * _POS.size), (MMR_FILE, MMR_MAGIC, 0))
-        files = []
+        """Go on appending to the index files from ``state`` (None if they hold less than it says)."""
         try:
-            for name, magic, length in want:
-                length = length or len(MMR_MAGIC) + state.nodes * _HASH
-                fh = open(self.dir / name, "r+b")
-                files.append(fh)
-                if fh.read(len(magic)) != magic or os.fstat(fh.fileno()).st_size < length:
-                    raise OSError("the index holds less than the state")
-                fh.truncate(length)
-                fh.seek(length)
+            return cls(ledger_dir, resume=state)
         except OSError:
-            for fh in files:
-                fh.close()
             return None
-        self._pos, self._mmr = files
-        self._tmp = False
-        self.next_start = blocks * BLOCK
-        self.fed = state.size
-        self._block = list(state.block)
-        self._leaf_seq = state.size
-        self._stack = list(state.peaks)
-        self._nodes = state.nodes
-        self.usable = True
-        self._skip = state.skip
-        return self
 
     def start(self, seq: int, segment: int, offset: int) -> None:
         if seq != self.next_start or not self.usable:
