@@ -14,8 +14,10 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from . import packages
@@ -332,7 +334,7 @@ def build_rootfs(
         what="install Kestrel and its wheels into /opt/kestrel (offline, from the cache)",
     )
     if epoch and not runner.dry_run:  # before compiling: a .pyc records its source's mtime
-        clamp_mtimes(rootfs, epoch)
+        clamp_mtimes(rootfs, epoch, packaged=packaged_files(rootfs))
     _compile(rootfs, runner)
     emu.run(["/opt/kestrel/bin/kestrel", "--version"], what="check the installed kestrel command")
     # The compiled modules load (their shared libraries are in the image): a missing libtss2-* would
@@ -353,6 +355,12 @@ def build_rootfs(
         )
     if board.lab:
         install_gpio_sim(rootfs, cache=cache, runner=runner, emu=emu)
+    if epoch:  # the cached base system's initrd has the times of its build: made again, reproducibly
+        emu.run(
+            ["sh", "-c", "for k in /boot/vmlinuz-*; do update-initramfs -u -k ${k#/boot/vmlinuz-}; done"],
+            env={"SOURCE_DATE_EPOCH": str(epoch)},
+            what="make the initramfs again with SOURCE_DATE_EPOCH (mkinitramfs then writes the same bytes)",
+        )
     if board.boot_files == "raspi" and not runner.dry_run:  # on the host: see raspi.py
         runner.say(f"writing the Raspberry Pi boot files: {', '.join(write_boot_files(rootfs, board))}")
         warning = missing_sd_driver(rootfs, board, newest_kernel(rootfs))
@@ -369,23 +377,37 @@ def build_rootfs(
         _finish(rootfs, board, suite=suite, mirror=mirror)
         _scrub(rootfs)
         if epoch:
-            clamp_mtimes(rootfs, epoch)
+            _date_the_clock(rootfs, epoch)
+            clamp_mtimes(rootfs, epoch, packaged=packaged_files(rootfs))
         stamp.write_text(key + "\n")
     return rootfs
 
 
-def clamp_mtimes(tree: Path, epoch: int) -> int:
+def clamp_mtimes(tree: Path, epoch: int, *, packaged: frozenset[str] | None = None) -> int:
     """Set every mtime (and atime) in ``tree`` later than ``epoch`` to ``epoch``, links not followed
-    (reproducible builds: files written by the build get the source's date, as dpkg's do). Returns
-    how many were changed."""
+    (reproducible builds). With ``packaged`` (``packaged_files``), every directory, link and file not
+    shipped by a Debian package gets ``epoch`` too, even an earlier time: what the build wrote then
+    has the same time whenever the cached base system was made. Returns how many were changed."""
     changed = 0
     for top, dirs, files in os.walk(tree):
         for name in (*dirs, *files):
             path = os.path.join(top, name)
-            if os.lstat(path).st_mtime > epoch:
+            st = os.lstat(path)
+            force = packaged is not None and (
+                not stat.S_ISREG(st.st_mode) or "/" + os.path.relpath(path, tree) not in packaged
+            )
+            if st.st_mtime > epoch or (force and st.st_mtime != epoch):
                 os.utime(path, (epoch, epoch), follow_symlinks=False)
                 changed += 1
     return changed
+
+
+def packaged_files(rootfs: Path) -> frozenset[str]:
+    """The paths dpkg unpacked from .debs (``/var/lib/dpkg/info/*.list``): they keep the archive's times."""
+    info = rootfs / "var/lib/dpkg/info"
+    return frozenset(
+        line for lst in sorted(info.glob("*.list")) for line in lst.read_text(errors="replace").splitlines() if line
+    )
 
 
 def _compile(rootfs: Path, runner: Runner) -> None:
@@ -469,6 +491,14 @@ def check_initrd(rootfs: Path, board: ImageBoard, kver: str) -> Path:
     return initrd
 
 
+def _date_the_clock(rootfs: Path, epoch: int) -> None:
+    """fake-hwclock's saved time (restored on a boot without a real-time clock) is the source's date,
+    not the day the cached base system was built (fake-hwclock's postinst saved that)."""
+    saved = rootfs / "etc/fake-hwclock.data"
+    if saved.exists():
+        saved.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n", time.gmtime(epoch)))
+
+
 def _scrub(rootfs: Path) -> None:
     """Nothing machine-specific may be baked in: every flashed card is its own machine."""
     (rootfs / "etc/machine-id").write_text("")  # systemd makes a new one on first boot
@@ -477,6 +507,9 @@ def _scrub(rootfs: Path) -> None:
         rootfs / "usr/sbin/policy-rc.d",
         rootfs / "usr/bin/qemu-aarch64-static",
         rootfs / "var/lib/systemd/random-seed",
+        # build logs and ldconfig's aux cache (inode numbers and times of the build host's files)
+        rootfs / "var/cache/ldconfig/aux-cache",
+        *(rootfs / "var/log" / f"{log}.log" for log in ("dpkg", "alternatives", "bootstrap")),
         *rootfs.glob("etc/ssh/ssh_host_*"),
     ]:
         path.unlink(missing_ok=True)

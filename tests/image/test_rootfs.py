@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,15 @@ from kimage.__main__ import split_boot
 from kimage.boards import BOARDS
 from kimage.cache import Cache
 from kimage.overlay import MANIFEST
-from kimage.rootfs import _scrub, _sources, base_packages, build_rootfs
+from kimage.rootfs import (
+    _date_the_clock,
+    _scrub,
+    _sources,
+    base_packages,
+    build_rootfs,
+    clamp_mtimes,
+    packaged_files,
+)
 from kimage.steps import BuildError, Runner
 
 
@@ -26,6 +35,11 @@ def _rootfs(tmp_path: Path) -> Path:
     (root / "var/lib/apt/lists/deb.debian.org_dists").write_text("x")
     (root / "usr/sbin/policy-rc.d").write_text("exit 101")
     (root / "etc/resolv.conf").write_text("nameserver 10.0.0.1\n")
+    for d in ("var/cache/ldconfig", "var/log"):
+        (root / d).mkdir(parents=True)
+    (root / "var/cache/ldconfig/aux-cache").write_bytes(b"inodes of the build host")
+    for log in ("dpkg", "alternatives", "bootstrap"):
+        (root / f"var/log/{log}.log").write_text("2026-12-05 17:30:00 status installed\n")
     return root
 
 
@@ -39,6 +53,10 @@ def test_scrub_leaves_nothing_machine_specific(tmp_path: Path) -> None:
         "var/lib/systemd/random-seed",
         "usr/sbin/policy-rc.d",
         "var/lib/apt/lists/deb.debian.org_dists",
+        "var/cache/ldconfig/aux-cache",
+        "var/log/dpkg.log",
+        "var/log/alternatives.log",
+        "var/log/bootstrap.log",
     ):
         assert not (root / gone).exists(), gone
     assert (root / "etc/resolv.conf").read_text() == ""
@@ -113,3 +131,36 @@ def test_split_boot_without_firmware_fails_clearly(tmp_path: Path) -> None:
     (tmp_path / "rootfs/boot/firmware").mkdir(parents=True)
     with pytest.raises(BuildError, match="raspi-firmware"):
         split_boot(tmp_path / "rootfs", tmp_path / "bootfs", Runner())
+
+
+def test_build_written_files_get_the_epoch_and_packaged_files_keep_their_time(tmp_path: Path) -> None:
+    """Reproducible whenever the cached base system was made: a file dpkg unpacked keeps the
+    archive's (earlier) time; a file the build wrote, and every directory, gets the epoch."""
+    root = tmp_path / "rootfs"
+    (root / "var/lib/dpkg/info").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "var/lib/dpkg/info/tool.list").write_text("/.\n/usr\n/usr/bin\n/usr/bin/tool\n")
+    for rel, t in (("usr/bin/tool", 1000), ("usr/bin/written", 2000), ("usr/bin", 3000)):
+        (root / rel).touch()
+        os.utime(root / rel, (t, t))
+    packaged = packaged_files(root)
+    assert "/usr/bin/tool" in packaged and "/usr/bin/written" not in packaged
+    clamp_mtimes(root, 5000, packaged=packaged)
+    assert (root / "usr/bin/tool").stat().st_mtime == 1000  # from the .deb, before the epoch
+    assert (root / "usr/bin/written").stat().st_mtime == 5000  # written by the build, even earlier
+    assert (root / "usr/bin").stat().st_mtime == 5000
+    (root / "bin").symlink_to("usr/bin")  # usrmerge's links are not in any .list
+    os.utime(root / "bin", (1500, 1500), follow_symlinks=False)
+    clamp_mtimes(root, 5000, packaged=packaged)
+    assert (root / "bin").lstat().st_mtime == 5000
+    os.utime(root / "usr/bin/tool", (9000, 9000))
+    clamp_mtimes(root, 5000, packaged=packaged)
+    assert (root / "usr/bin/tool").stat().st_mtime == 5000  # later than the epoch: clamped
+
+
+def test_fake_hwclock_starts_at_the_source_date(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/fake-hwclock.data").write_text("2026-12-05 17:31:02\n")
+    _date_the_clock(tmp_path, 1796492735)
+    assert (tmp_path / "etc/fake-hwclock.data").read_text() == "2026-12-05 17:45:35\n"
+    _date_the_clock(tmp_path / "nothing", 1796492735)  # no fake-hwclock: nothing to do
