@@ -361,7 +361,9 @@ def build_rootfs(
             env={"SOURCE_DATE_EPOCH": str(epoch)},
             what="make the initramfs again with SOURCE_DATE_EPOCH (mkinitramfs then writes the same bytes)",
         )
-    if board.boot_files == "raspi" and not runner.dry_run:  # on the host: see raspi.py
+    if board.boot_files == "raspi" and runner.dry_run:
+        runner.say("(on the host) write the Raspberry Pi boot files: raspi-firmware's firmware, DTBs, kernel, initrd")
+    elif board.boot_files == "raspi":  # on the host: see raspi.py
         runner.say(f"writing the Raspberry Pi boot files: {', '.join(write_boot_files(rootfs, board))}")
         warning = missing_sd_driver(rootfs, board, newest_kernel(rootfs))
         if warning:

@@ -195,7 +195,8 @@ def test_overlay_from_a_commit_is_reproducible(tmp_path: Path) -> None:
 
 
 def test_dry_run_prints_every_stage_and_runs_nothing(tmp_path: Path) -> None:
-    proc = _build(tmp_path, "--board", "rpi4", "--dry-run")
+    # an empty cache: a warm one (this machine's) would take the base system from it, no debootstrap
+    proc = _build(tmp_path, "--board", "rpi4", "--dry-run", "--cache", str(tmp_path / "empty-cache"))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for needle in (
