@@ -13,7 +13,7 @@ from .boards import BOARDS, get_board
 from .cache import Cache
 from .disk import DiskLayout, assemble_image
 from .overlay import DEFAULT_EXTRAS, build_overlay
-from .rootfs import DEFAULT_MIRROR, build_rootfs, clamp_mtimes
+from .rootfs import DEFAULT_MIRROR, build_rootfs, clamp_mtimes, packaged_files
 from .steps import BuildError, Runner
 
 STAGES = ("rootfs-overlay", "rootfs", "image", "all")
@@ -148,8 +148,8 @@ def build_image(out: Path, *, board, runner: Runner, epoch: int) -> None:
     bootfs = out / "bootfs"
     split_boot(rootfs, bootfs, runner)
     if not runner.dry_run:  # split_boot touched /boot and /boot/firmware: their mtimes go in too
-        for tree in (rootfs, bootfs):
-            clamp_mtimes(tree, epoch)
+        clamp_mtimes(rootfs, epoch, packaged=packaged_files(rootfs))
+        clamp_mtimes(bootfs, epoch, packaged=frozenset())  # all of it written by the build
     img = out / f"kestrel-{board.name}.img"
     runner.say(f"stage image: {img}")
     assemble_image(
