@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-from .vm import MTOOLS_ENV, LabError, partitions
+from .vm import MTOOLS_ENV, LabError, direct_boot, partitions, spawn, stop, tail
 
 __all__ = ["MILESTONES", "PiVm", "pi_boot_files"]
 
@@ -87,18 +86,9 @@ class PiVm:
             "raspi3b",
             "-m",
             "1G",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-kernel",
-            str(self.kernel),
-            "-initrd",
-            str(self.initrd),
+            *direct_boot(self.kernel, self.initrd, self.cmdline),
             "-dtb",
             str(self.dtb),
-            "-append",
-            self.cmdline,
             "-drive",
             f"file={self.disk},if=sd,format=raw,cache=unsafe",
             "-serial",
@@ -109,13 +99,7 @@ class PiVm:
 
     def start(self) -> None:
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "qemu.stderr", "ab"),
-            start_new_session=True,
-        )
+        self.proc = spawn(self.argv(), self.workdir)
 
     def console(self) -> str:
         """The console so far, without systemd's colour escapes."""
@@ -125,7 +109,7 @@ class PiVm:
             return ""
 
     def console_tail(self, lines: int = 40) -> str:
-        return "console (last lines):\n" + "\n".join(self.console().splitlines()[-lines:])
+        return tail(self.console(), lines)
 
     def follow(self, timeout: float, *, until: str = "READY") -> dict[str, float]:
         """Seconds since start at which each milestone first appeared, up to ``until``; raises
@@ -147,9 +131,7 @@ class PiVm:
             time.sleep(1)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        stop(self.proc)
         self.proc = None
 
     def __enter__(self) -> PiVm:

@@ -25,6 +25,43 @@ CMDLINE = "root=LABEL=KESTREL_ROOT rw rootwait console=ttyAMA0,115200 systemd.sh
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
 
 
+def direct_boot(kernel: Path, initrd: Path, append: str) -> list[str]:
+    """QEMU options both harnesses share: no default devices, no display, no reboot (a reboot ends
+    QEMU), the kernel and initrd loaded by QEMU with this command line."""
+    return [
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        append,
+    ]
+
+
+def spawn(argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    """Start QEMU in its own session (``stop`` kills the group); its stderr to ``workdir/qemu.stderr``."""
+    with open(workdir / "qemu.stderr", "ab") as err:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+        )
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """Kill a QEMU started by ``spawn`` (its whole session) if it still runs."""
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def tail(console: str, lines: int = 40) -> str:
+    """The last ``lines`` of a console log, for an error message."""
+    return "console (last lines):\n" + "\n".join(console.splitlines()[-lines:])
+
+
 class LabError(Exception):
     """The lab VM failed to boot, died or did not answer in time."""
 
@@ -137,16 +174,7 @@ class LabVm:
             str(self.memory_mib),
             "-accel",
             "tcg,thread=multi",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-kernel",
-            str(self.kernel),
-            "-initrd",
-            str(self.initrd),
-            "-append",
-            append,
+            *direct_boot(self.kernel, self.initrd, append),
             "-drive",
             f"file={self.disk},if=none,id=hd0,format=raw,cache=unsafe",
             "-device",
@@ -172,13 +200,7 @@ class LabVm:
             self.console_path.rename(self.workdir / f"console.{self.boots}.log")
         self.boots += 1
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "qemu.stderr", "ab"),
-            start_new_session=True,
-        )
+        self.proc = spawn(self.argv(), self.workdir)
         deadline = time.monotonic() + 30
         while not self.sock_path.exists():
             self._check_alive()
@@ -222,9 +244,7 @@ class LabVm:
         self._closed()
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        stop(self.proc)
         self._closed()
 
     def _closed(self) -> None:
@@ -312,7 +332,7 @@ class LabVm:
             return ""
 
     def console_tail(self, lines: int = 40) -> str:
-        return "console (last lines):\n" + "\n".join(self.console().splitlines()[-lines:])
+        return tail(self.console(), lines)
 
     def __enter__(self) -> LabVm:
         return self
