@@ -238,8 +238,8 @@ def _crash_rounds(tmp_path: Path, rounds: int, seed: int) -> list[int]:
             )
             deadline = time.monotonic() + 20
             while "pruned" not in out.read_text() and time.monotonic() < deadline and child.poll() is None:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.3))
+                time.sleep(0.02)  # kept: the pause of a poll for the child's "pruned" line (bounded above)
+            time.sleep(rng.uniform(0.0, 0.3))  # kept: a random kill point after the prune is the thing under test
             child.send_signal(signal.SIGKILL)
             child.wait()
         lines = out.read_text().split("\n")
