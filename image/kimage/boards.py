@@ -57,6 +57,7 @@ class ImageBoard:
     base: str = ""  # the cached base system's name: boards with the same Debian base share one
     derive: str = ""  # start from this board's configured base system (then the kernel from extra_suites)
     data_timeout: str = "90s"  # how long systemd waits for the data partition (x-systemd.device-timeout)
+    kmods: tuple[str, ...] = ()  # out-of-tree modules built for its kernel (kmod.RECIPES), in lib/modules/KVER/extra
     lab: bool = False  # the test lab: test channel, in-guest vTPM, gpio-sim chip (docs/image.md, "qemu-arm64")
 
 
@@ -66,7 +67,8 @@ _PI_KERNEL = ("linux-image-arm64", "raspi-firmware", "firmware-brcm80211")
 # bookworm, 6.12 in backports), where these are modules and the rest of the path is built in
 # (MMC core, mmc_block, the BCM2835 clocks, mailbox, firmware, DMA, pinctrl, the GPIO expander):
 # the SD host controllers -- sdhci-iproc (Pi 4's emmc2, the Zero 2 W's SDIO Wi-Fi), bcm2835
-# (sdhost: the Zero 2 W's and Pi 3's SD slot), sdhci-brcmstb (Pi 5; absent from 6.1, skipped) --,
+# (sdhost: the Zero 2 W's and Pi 3's SD slot), sdhci-brcmstb (Pi 5; in no Debian kernel: the rpi5's
+# out-of-tree module, skipped for the others) --,
 # the regulators that power the card (fixed, gpio-regulator: Pi 4's vmmc/vqmmc), ext4, and the
 # FAT modules for fsck/mounting the boot partition. manual_add_modules adds their dependencies.
 _PI_INITRAMFS = (
@@ -117,6 +119,10 @@ BOARDS: dict[str, ImageBoard] = {
             extra_suites=("bookworm-backports",),
             console="ttyAMA10,115200",
             derive="rpi4",
+            # Debian's kernels lack the BCM2712's SD controller driver and the GPIO controller behind
+            # the card's regulators: built out of tree (kmod.py), into the initrd with the list's
+            # sdhci-brcmstb, fixed and gpio-regulator
+            kmods=("sdhci-brcmstb", "gpio-brcmstb"),
             initramfs_list=_PI_INITRAMFS,
             initramfs_why=_PI_WHY,
         ),
@@ -134,6 +140,7 @@ BOARDS: dict[str, ImageBoard] = {
             packages=("swtpm", "procps"),
             initramfs_list=("virtio_pci", "virtio_mmio", "virtio_blk", "ext4"),
             initramfs_why="virtio disk, ext4",
+            kmods=("gpio-sim",),
             lab=True,
             data_timeout="10min",
         ),  # udev under TCG on a loaded host takes minutes

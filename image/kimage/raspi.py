@@ -19,7 +19,16 @@ from .boards import ImageBoard
 from .overlay import ROOT_LABEL
 from .steps import BuildError
 
-__all__ = ["DTBS", "SD_DRIVER", "cmdline_txt", "config_txt", "missing_sd_driver", "newest_kernel", "write_boot_files"]
+__all__ = [
+    "DTBS",
+    "SD_DRIVER",
+    "SD_MODULE",
+    "cmdline_txt",
+    "config_txt",
+    "missing_sd_driver",
+    "newest_kernel",
+    "write_boot_files",
+]
 
 # The device trees each board's firmware loads (upstream names, as Debian's kernel ships them).
 DTBS = {
@@ -33,6 +42,8 @@ SD_DRIVER = {
     "rpi-zero-2w": "CONFIG_MMC_BCM2835",  # sdhost
     "rpi5": "CONFIG_MMC_SDHCI_BRCMSTB",  # brcm,bcm2712-sdhci
 }
+# Its module, where the kernel lacks the option and the recipe builds it out of tree (kmod.py).
+SD_MODULE = {"rpi4": "sdhci-iproc", "rpi-zero-2w": "bcm2835", "rpi5": "sdhci-brcmstb"}
 _HEADER = """# Do not modify this file!
 #
 # It is automatically generated upon install or update of either the
@@ -66,8 +77,11 @@ def missing_sd_driver(rootfs: Path, board: ImageBoard, kver: str) -> str | None:
         return None
     if re.search(rf"^{option}=[ym]$", config.read_text(), re.M):
         return None
+    if (rootfs / "lib/modules" / kver / "extra" / f"{SD_MODULE[board.name]}.ko").exists():
+        return None  # built out of tree for this kernel (kmod.py)
     return (
-        f"the kernel {kver} has no driver for the {board.name}'s SD card controller ({option} is not set): "
+        f"the kernel {kver} has no driver for the {board.name}'s SD card controller ({option} is not set, "
+        f"and no out-of-tree {SD_MODULE[board.name]}.ko): "
         "the image cannot mount its root file system from the card (docs/image.md, 'Not done yet')"
     )
 

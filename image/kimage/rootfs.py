@@ -24,7 +24,7 @@ from . import packages
 from .boards import BASE_PACKAGES, ImageBoard, get_board
 from .cache import Cache
 from .emu import QEMU_FILE, Emulator, no_mounts, private_apt, qemu_user
-from .kmod import install_gpio_sim
+from .kmod import RECIPES, install_modules
 from .overlay import MANIFEST
 from .raspi import missing_sd_driver, newest_kernel, write_boot_files
 from .steps import BuildError, Runner
@@ -58,6 +58,24 @@ prereqs() {{ echo "$PREREQ"; }}
 case "$1" in prereqs) prereqs; exit 0;; esac
 . /usr/share/initramfs-tools/hook-functions
 for m in {" ".join(board.initramfs_list)}; do manual_add_modules "$m"; done
+"""
+
+
+def initrd_kmods(board: ImageBoard) -> tuple[str, ...]:
+    """The board's out-of-tree modules that its initrd needs (the root file system is behind them)."""
+    return tuple(n for n in board.kmods if RECIPES[n].initramfs)
+
+
+def kmods_hook(board: ImageBoard) -> str:
+    """The initramfs-tools hook that adds ``initrd_kmods(board)``: written in the rootfs stage with
+    the modules (the cached base system has neither), next to the base system's hook."""
+    return f"""#!/bin/sh
+# Kestrel image: out-of-tree modules (lib/modules/KVER/extra) the initramfs needs to find the root file system
+PREREQ=""
+prereqs() {{ echo "$PREREQ"; }}
+case "$1" in prereqs) prereqs; exit 0;; esac
+. /usr/share/initramfs-tools/hook-functions
+for m in {" ".join(initrd_kmods(board))}; do manual_add_modules "$m"; done
 """
 
 
@@ -353,12 +371,15 @@ def build_rootfs(
             ["/opt/kestrel/bin/python3", "-B", "-c", "; ".join(probes)],
             what="load the compiled modules (tpm2-pytss, gpiod, hnswlib, onnxruntime)",
         )
-    if board.lab:
-        install_gpio_sim(rootfs, cache=cache, runner=runner, emu=emu)
-    if epoch:  # the cached base system's initrd has the times of its build: made again, reproducibly
+    install_modules(rootfs, board.kmods, cache=cache, runner=runner, emu=emu)
+    if initrd_kmods(board) and not runner.dry_run:
+        _put(rootfs / "etc/initramfs-tools/hooks/kestrel-kmods", kmods_hook(board), 0o755)
+    # the cached base system's initrd has the times of its build (made again, reproducibly), and
+    # lacks the out-of-tree modules
+    if epoch or initrd_kmods(board):
         emu.run(
             ["sh", "-c", "for k in /boot/vmlinuz-*; do update-initramfs -u -k ${k#/boot/vmlinuz-}; done"],
-            env={"SOURCE_DATE_EPOCH": str(epoch)},
+            env={"SOURCE_DATE_EPOCH": str(epoch)} if epoch else None,
             what="make the initramfs again with SOURCE_DATE_EPOCH (mkinitramfs then writes the same bytes)",
         )
     if board.boot_files == "raspi" and runner.dry_run:
@@ -464,13 +485,16 @@ def _finish(rootfs: Path, board: ImageBoard, *, suite: str, mirror: str) -> None
 
 def _module_files(rootfs: Path, kver: str) -> dict[str, str]:
     """Module name (``-`` as ``_``) -> its file name, for the kernel ``kver``'s loadable modules."""
-    top = rootfs / "lib/modules" / kver / "kernel"
-    return {f.name.split(".ko")[0].replace("-", "_"): f.name for f in top.rglob("*.ko*")} if top.is_dir() else {}
+    tops = [rootfs / "lib/modules" / kver / d for d in ("kernel", "extra")]  # extra: kmod.py's
+    return {
+        f.name.split(".ko")[0].replace("-", "_"): f.name for top in tops if top.is_dir() for f in top.rglob("*.ko*")
+    }
 
 
 def check_initrd(rootfs: Path, board: ImageBoard, kver: str) -> Path:
-    """The initrd exists and holds init, a shell and every module of ``board.initramfs_list`` that
-    the kernel builds as a module (the others are built in, or absent from this kernel)."""
+    """The initrd exists and holds init, a shell, every module of ``board.initramfs_list`` that
+    the kernel builds as a module (the others are built in, or absent from this kernel) and the
+    board's out-of-tree modules for the initrd (``initrd_kmods``)."""
     initrd = rootfs / "boot" / f"initrd.img-{kver}"
     if not initrd.exists():
         raise BuildError(
@@ -480,8 +504,8 @@ def check_initrd(rootfs: Path, board: ImageBoard, kver: str) -> Path:
     names = initramfs_names(initrd)
     files = _module_files(rootfs, kver)
     needed = {"init": "init" in names, "a shell": any(n.endswith("bin/sh") for n in names)}
-    for mod in board.initramfs_list:
-        ko = files.get(mod.replace("-", "_"))
+    for mod in (*board.initramfs_list, *initrd_kmods(board)):
+        ko = files.get(mod.replace("-", "_")) or (f"{mod}.ko" if mod in board.kmods else None)
         if ko:
             needed[ko] = any(n.rsplit("/", 1)[-1] == ko for n in names)
     missing = [what for what, ok in needed.items() if not ok]

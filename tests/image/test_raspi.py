@@ -164,3 +164,9 @@ def test_a_kernel_without_the_sd_driver_is_named(tmp_path: Path) -> None:
     assert missing_sd_driver(root, BOARDS["rpi-zero-2w"], "6.1.0-50-arm64") is None
     warning = missing_sd_driver(root, BOARDS["rpi5"], "6.1.0-50-arm64")
     assert warning and "CONFIG_MMC_SDHCI_BRCMSTB" in warning and "cannot mount its root" in warning
+    extra = root / "lib/modules/6.1.0-50-arm64/extra"  # the recipe's out-of-tree module (kmod.py)
+    extra.mkdir(parents=True)
+    (extra / "gpio-brcmstb.ko").write_bytes(b"")
+    assert missing_sd_driver(root, BOARDS["rpi5"], "6.1.0-50-arm64")  # the wrong module is not the driver
+    (extra / "sdhci-brcmstb.ko").write_bytes(b"")
+    assert missing_sd_driver(root, BOARDS["rpi5"], "6.1.0-50-arm64") is None
