@@ -136,7 +136,7 @@ async def test_garbage_requests_get_errors_and_the_connection_survives(agent):
         b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": 1e999}}}',
         b'{"id": 1, "method": "call", "params": {"action": "gpio.write", "args": {"value": ' + b"9" * 5000 + b"}}}",
         b'{"id": 1, "id": 2, "method": "status"}',
-        b'{"id": 1, "method": "status", "params": {"a": "\ud800"}}',
+        rb'{"id": 1, "method": "status", "params": {"a": "\ud800"}}',  # a JSON escape of a lone surrogate
         b"\xff\xfe",
     ],
 )
