@@ -63,12 +63,15 @@ def qemu_user(cache: Cache, runner: Runner) -> Path:
 
 
 def private_apt(cache: Cache, runner: Runner, *, name: str, arch: str, sources: str) -> list[str]:
-    """apt-get options for a private package index in the cache (the host's apt is left untouched)."""
+    """apt-get options for a private package index in the cache (the host's apt is left untouched).
+    Updated (signatures checked by the host's apt), except with --cached-only, which takes the
+    cached index as it is."""
     d = cache.root / name
-    for sub in ("lists/partial", "archives/partial", "etc"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    (d / "etc/sources.list").write_text(sources)
-    (d / "status").touch()
+    if not runner.dry_run:  # a dry run writes nothing
+        for sub in ("lists/partial", "archives/partial", "etc"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "etc/sources.list").write_text(sources)
+        (d / "status").touch()
     opts = [
         "-o",
         f"Dir::Etc::SourceList={d}/etc/sources.list",
@@ -87,6 +90,10 @@ def private_apt(cache: Cache, runner: Runner, *, name: str, arch: str, sources: 
         "-o",
         "Debug::NoLocking=1",
     ]
+    if cache.cached_only and any((d / "lists").glob("*_Packages*")):
+        runner.say(f"private package index {name} from the cache (--cached-only: not updated)")
+        return opts
+    cache.miss(f"the package index {name}")
     runner.run(["apt-get", *opts, "update", "-qq"], what=f"update the private package index {name}")
     return opts
 

@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -30,7 +32,7 @@ from .raspi import missing_sd_driver, newest_kernel, write_boot_files
 from .steps import BuildError, Runner
 from .wheels import ensure_wheels
 
-__all__ = ["build_rootfs", "DEFAULT_MIRROR", "base_packages"]
+__all__ = ["build_rootfs", "DEFAULT_MIRROR", "UPDATE_HOLD", "apply_updates", "apt_install", "base_packages"]
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 _COMPONENTS = "main,non-free-firmware"
@@ -104,14 +106,15 @@ def _base_key(board: ImageBoard, *, suite: str, mirror: str) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _sources(board: ImageBoard, *, suite: str, mirror: str) -> str:
+def _sources(board: ImageBoard | None, *, suite: str, mirror: str) -> str:
+    """sources.list: the suite, its -updates and -security, and ``board``'s extra suites."""
     comps = _COMPONENTS.replace(",", " ")
     lines = [
         f"deb {mirror} {suite} {comps}",
         f"deb {mirror} {suite}-updates {comps}",
         f"deb http://security.debian.org/debian-security {suite}-security {comps}",
     ]
-    lines += [f"deb {mirror} {extra} {comps}" for extra in board.extra_suites]
+    lines += [f"deb {mirror} {extra} {comps}" for extra in (board.extra_suites if board else ())]
     return "\n".join(lines) + "\n"
 
 
@@ -203,53 +206,18 @@ def _derive_base(
     parent's kernels purged. Minutes, where a second stage of its own takes most of an hour."""
     runner.need_tools("proot", "tar")
     qemu = qemu_user(cache, runner)
-    work = cache.rootfs / f"{tar.stem}.work"
+    work = _work_from(cache, parent, tar, runner=runner, what="unpack the parent base system")
     old: list[str] = []
     if not runner.dry_run:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-    runner.run(
-        ["tar", "--numeric-owner", "--xattrs", "-C", str(work), "-xf", str(parent)],
-        what="unpack the parent base system",
-    )
-    if not runner.dry_run:
         old = sorted(k.name.removeprefix("vmlinuz-") for k in (work / "boot").glob("vmlinuz-*"))
-        _put(work / "etc/dpkg/dpkg.cfg.d/kestrel-build", _DPKG_CFG)
-        _put(work / "usr/sbin/policy-rc.d", _NO_DAEMONS, 0o755)
-    # apt cannot verify the archive's signatures under proot ("Couldn't execute /usr/bin/apt-key"):
-    # the host's apt resolves the kernel against the rootfs's dpkg status and downloads it (checked
-    # with the host's keyring), dpkg installs it under proot.
     extra = board.extra_suites[0]
-    dl = cache.root / f"apt-{extra}" / "download"
-    if not runner.dry_run:
-        shutil.rmtree(dl, ignore_errors=True)
-        (dl / "partial").mkdir(parents=True)
     apt = private_apt(
         cache, runner, name=f"apt-{extra}", arch="arm64", sources=_sources(board, suite=suite, mirror=mirror)
     )
     kernel = [p for p in board.kernel_packages if p.startswith("linux-image")]
-    runner.run(
-        [
-            "apt-get",
-            *apt,
-            "-o",
-            f"Dir::State::status={work}/var/lib/dpkg/status",
-            "-o",
-            f"Dir::Cache::archives={dl}",
-            "install",
-            "-y",
-            "-q",
-            "--download-only",
-            "--no-install-recommends",
-            "-t",
-            extra,
-            *kernel,
-        ],
-        what=f"download the kernel from {extra} (host apt, arm64 index)",
-    )
-    emu = Emulator(work, qemu=qemu, runner=runner, binds=[(dl, "/run/kestrel-debs")])
+    apt_install(cache, work, kernel, apt=apt, qemu=qemu, runner=runner, release=extra, what=f"the kernel from {extra}")
+    emu = Emulator(work, qemu=qemu, runner=runner)
     with no_mounts(work) if not runner.dry_run else contextlib.nullcontext():
-        emu.run(["sh", "-c", "dpkg -i /run/kestrel-debs/*.deb"], what=f"install the kernel from {extra}")
         if old:
             emu.run(
                 ["dpkg", "--purge", *(f"linux-image-{v}" for v in old)],
@@ -257,16 +225,186 @@ def _derive_base(
             )
         emu.run(["sh", "-c", _MAKE_INITRDS], what="make the initramfs (once)")
     if not runner.dry_run:
-        for deb in dl.glob("*.deb"):
-            if not (cache.debs / deb.name).exists():
-                shutil.copy2(deb, cache.debs / deb.name)
-        shutil.rmtree(dl)
-    if not runner.dry_run:
         (work / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
         if not any((work / "boot").glob("vmlinuz-*")):
             raise BuildError(f"no kernel from {extra} in {work}/boot", hint=f"check the {extra} suite on the mirror")
     _store(cache, work, tar, runner)
     return tar
+
+
+_INST = re.compile(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) .*\[([^\]\s]+)\]\)", re.M)
+_CONF = re.compile(r"^Conf (\S+) ", re.M)
+
+
+def simulated_debs(simulation: str) -> list[str]:
+    """The .deb file names (as apt names them in its archive directory) of the ``Inst`` lines of
+    ``apt-get -s install``'s output."""
+    return [
+        packages.deb_file({"package": name.split(":")[0], "version": version, "architecture": arch})
+        for name, version, arch in _INST.findall(simulation)
+    ]
+
+
+def dpkg_steps(simulation: str, *, debs: str) -> list[list[str]]:
+    """The dpkg commands that do what ``apt-get -s install`` printed, in apt's order: each run of
+    ``Inst`` lines one ``dpkg --unpack`` (of the .debs in the directory ``debs``), each run of ``Conf``
+    lines one ``dpkg --configure``. One ``dpkg -i`` of everything would unpack a package before its
+    Pre-Depends are configured (libpam-modules on libpam-modules-bin) and fail."""
+    steps: list[list[str]] = []
+    for line in simulation.splitlines():
+        if m := _INST.match(line):
+            kind, arg = "--unpack", f"{debs}/{simulated_debs(m.group(0))[0]}"
+        elif m := _CONF.match(line + " "):
+            kind, arg = "--configure", m.group(1)
+        else:
+            continue
+        if steps and steps[-1][1] == kind:
+            steps[-1].append(arg)
+        else:
+            steps.append(["dpkg", kind, arg])
+    return steps
+
+
+def apt_install(
+    cache: Cache,
+    rootfs: Path,
+    specs: list[str],
+    *,
+    apt: list[str],
+    qemu: Path,
+    runner: Runner,
+    what: str,
+    release: str | None = None,
+) -> list[str]:
+    """Install ``specs`` (apt-get's ``name`` or ``name=version``) and what they need into ``rootfs``.
+
+    apt cannot verify the archive's signatures under proot ("Couldn't execute /usr/bin/apt-key"): the
+    host's apt, with the private index ``apt`` (``private_apt``), resolves them against the rootfs's
+    dpkg status and downloads the .debs into the cache's debs/ (checked with the host's keyring; a .deb
+    already there is checked against the index's hash, not fetched again: --cached-only needs no
+    network), and dpkg installs them under proot. Returns the .deb file names installed."""
+    opts = [
+        *apt,
+        "-o",
+        f"Dir::State::status={rootfs}/var/lib/dpkg/status",
+        "-o",
+        f"Dir::Cache::archives={cache.debs}",
+    ]
+    args = ["install", "-y", "-q", "--no-install-recommends", *(["-t", release] if release else []), *specs]
+    debs: list[str] = []
+    steps = [["dpkg", "--unpack", "/run/kestrel-debs/*.deb"], ["dpkg", "--configure", "-a"]]
+    if not runner.dry_run:
+        (cache.debs / "partial").mkdir(parents=True, exist_ok=True)
+        sim = subprocess.run(["apt-get", *opts, "-s", *args], capture_output=True, text=True)
+        if sim.returncode != 0:
+            raise BuildError(
+                f"cannot resolve {what} against {rootfs}'s packages: {sim.stderr.strip()[-800:]}",
+                hint="update the package indexes (a build without --cached-only) and rerun",
+            )
+        debs = simulated_debs(sim.stdout)
+        steps = dpkg_steps(sim.stdout, debs="/run/kestrel-debs")
+        missing = [d for d in debs if not (cache.debs / d).exists()]
+        if missing:
+            cache.miss(f"{len(missing)} package(s) of {what} ({', '.join(missing[:4])})")
+    runner.run(
+        ["apt-get", *opts, "--download-only", *args],
+        what=f"download {what} (host apt, signatures checked with the host's keyring)",
+    )
+    if not runner.dry_run and not debs:
+        return debs
+    emu = Emulator(rootfs, qemu=qemu, runner=runner, binds=[(cache.debs, "/run/kestrel-debs")])
+    with no_mounts(rootfs) if not runner.dry_run else contextlib.nullcontext():
+        emu.run(
+            ["sh", "-ec", "; ".join(shlex.join(step) for step in steps)],
+            what=f"install {what} (dpkg under proot, in apt's order)",
+        )
+    return debs
+
+
+# Not updated at build time: a new kernel ABI needs the out-of-tree modules built for it (kmod.py) and
+# the boot files made again; the kernel is updated with the recipe (docs/image.md, "Security updates").
+UPDATE_HOLD = ("linux-image-", "linux-headers-", "linux-kbuild-")
+
+
+def _updates_apt(cache: Cache, runner: Runner, *, suite: str, mirror: str) -> tuple[list[str], str]:
+    """The private index of ``suite``, -updates and -security (updated, but not with --cached-only),
+    and its -security and -updates Packages indexes, decompressed."""
+    name = f"apt-{suite}-updates"
+    apt = private_apt(cache, runner, name=name, arch="arm64", sources=_sources(None, suite=suite, mirror=mirror))
+    index = "" if runner.dry_run else packages.read_index(cache.root / name / "lists", _update_suites(suite))
+    return apt, index
+
+
+def _update_suites(suite: str) -> tuple[str, str]:
+    return (f"{suite}-security", f"{suite}-updates")
+
+
+def apply_updates(
+    cache: Cache, rootfs: Path, *, apt: list[str], index: str, qemu: Path, runner: Runner, suite: str
+) -> list[packages.Update]:
+    """Bring the rootfs's packages to the newest versions of ``suite``-security and -updates (except
+    ``UPDATE_HOLD``), with ``apt_install``; ``index`` is their Packages indexes (``_updates_apt``).
+    A step after the cached base system, which stays valid: the same base and indexes, the same rootfs."""
+    if runner.dry_run:
+        runner.say(f"(on the host) pick the packages with newer versions in {', '.join(_update_suites(suite))}")
+        apt_install(cache, rootfs, ["PACKAGE=VERSION"], apt=apt, qemu=qemu, runner=runner, what="the updates")
+        return []
+    updates = packages.pending_updates((rootfs / "var/lib/dpkg/status").read_text(), index, hold=UPDATE_HOLD)
+    runner.say(
+        f"{len(updates)} package(s) with newer versions in {' and '.join(_update_suites(suite))}: "
+        + (", ".join(f"{u.package} {u.installed} -> {u.candidate}" for u in updates) or "none")
+    )
+    if updates:
+        apt_install(
+            cache,
+            rootfs,
+            [u.spec for u in updates],
+            apt=apt,
+            qemu=qemu,
+            runner=runner,
+            what=f"{len(updates)} update(s) from {' and '.join(_update_suites(suite))}",
+        )
+        left = packages.pending_updates((rootfs / "var/lib/dpkg/status").read_text(), index, hold=UPDATE_HOLD)
+        if left:
+            raise BuildError(
+                f"after the updates, {', '.join(u.package for u in left)} still older than {suite}-security/-updates",
+                hint="see the dpkg output above",
+            )
+    return updates
+
+
+def updated_base(
+    cache: Cache, base: Path, *, apt: list[str], index: str, qemu: Path, runner: Runner, suite: str
+) -> Path:
+    """``base`` with ``apply_updates``, cached beside it as ``BASE-uDIGEST.tar`` (DIGEST: the
+    -security and -updates indexes'), so that a rebuild from the cache with the same indexes takes
+    the same packages in seconds. ``base`` itself stays valid; older update tarballs of it are removed."""
+    tar = base.with_name(f"{base.stem}-u{_digest(index)}.tar")
+    if tar.exists():
+        runner.say(f"updated base system from the cache: {tar}")
+        return tar
+    work = _work_from(cache, base, tar, runner=runner, what="unpack the cached base system (for its updates)")
+    apply_updates(cache, work, apt=apt, index=index, qemu=qemu, runner=runner, suite=suite)
+    if not runner.dry_run:
+        (work / "usr/sbin/policy-rc.d").unlink()
+        for old in base.parent.glob(f"{base.stem}-u*.tar"):
+            old.unlink()
+    _store(cache, work, tar, runner)
+    return tar
+
+
+def _work_from(cache: Cache, src: Path, tar: Path, *, runner: Runner, what: str) -> Path:
+    """A fresh work tree for the base tarball ``tar``, unpacked from the base tarball ``src``, ready
+    for dpkg under proot (unsafe-io, no daemon starts)."""
+    work = cache.rootfs / f"{tar.stem}.work"
+    if not runner.dry_run:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    runner.run(["tar", "--numeric-owner", "--xattrs", "-C", str(work), "-xf", str(src)], what=what)
+    if not runner.dry_run:
+        _put(work / "etc/dpkg/dpkg.cfg.d/kestrel-build", _DPKG_CFG)
+        _put(work / "usr/sbin/policy-rc.d", _NO_DAEMONS, 0o755)
+    return work
 
 
 def _store(cache: Cache, work: Path, tar: Path, runner: Runner) -> None:
@@ -302,12 +440,16 @@ def build_rootfs(
     rootfs, stamp = out / "rootfs", out / ".rootfs-done"
     manifest = overlay / MANIFEST
     key = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else "dry-run"
-    if stamp.exists() and stamp.read_text().strip() == key:
+    lists = cache.root / f"apt-{suite}-updates" / "lists"
+    if stamp.exists() and _up_to_date(stamp.read_text().splitlines(), key, lists, suite):
         runner.say(f"stage rootfs: {rootfs} is up to date")
         return rootfs
+    apt, index = _updates_apt(cache, runner, suite=suite, mirror=mirror)
     runner.say(f"stage rootfs: Debian {suite} arm64 for {board.name} -> {rootfs}")
     runner.need_root("rootfs")
     base = build_base(cache, board, runner=runner, suite=suite, mirror=mirror)
+    qemu = qemu_user(cache, runner)
+    updated = updated_base(cache, base, apt=apt, index=index, qemu=qemu, runner=runner, suite=suite)
     if not runner.dry_run:
         stamp.unlink(missing_ok=True)
         for leftover in (rootfs, out / "bootfs"):
@@ -316,14 +458,13 @@ def build_rootfs(
                 shutil.rmtree(leftover)
         rootfs.mkdir(parents=True)
     runner.run(
-        ["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-xf", str(base)],
-        what="unpack the cached base system",
+        ["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-xf", str(updated)],
+        what="unpack the cached base system (with its updates)",
     )
     runner.run(
         ["cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(rootfs)],
         what="copy the Kestrel overlay into the rootfs",
     )
-    qemu = qemu_user(cache, runner)
     build = json.loads(manifest.read_text())["build"] if manifest.exists() else {"extras": ["tpm"]}
     extras = tuple(build["extras"])
     epoch = int(build.get("source_date_epoch", 0)) or None
@@ -402,8 +543,23 @@ def build_rootfs(
         if epoch:
             _date_the_clock(rootfs, epoch)
             clamp_mtimes(rootfs, epoch, packaged=packaged_files(rootfs))
-        stamp.write_text(key + "\n")
+        stamp.write_text(f"{key}\nupdates {_digest(index)}\n")
     return rootfs
+
+
+def _digest(index: str) -> str:
+    return hashlib.sha256(index.encode()).hexdigest()[:16]
+
+
+def _up_to_date(stamp: list[str], key: str, lists: Path, suite: str) -> bool:
+    """The rootfs was built from this overlay and from the cached -security/-updates indexes (a
+    stamp without their digest only where none is cached). The indexes are updated when the stage runs."""
+    if not stamp or stamp[0].strip() != key:
+        return False
+    cached = lists.is_dir() and any(lists.glob("*_Packages*"))
+    if len(stamp) < 2:
+        return not cached
+    return cached and stamp[1].strip() == f"updates {_digest(packages.read_index(lists, _update_suites(suite)))}"
 
 
 def clamp_mtimes(tree: Path, epoch: int, *, packaged: frozenset[str] | None = None) -> int:

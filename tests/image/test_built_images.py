@@ -19,9 +19,10 @@ import pytest
 
 from kimage.boards import BOARDS
 from kimage.disk import MIB, DiskLayout
+from kimage.packages import PACKAGES_FILE, installed_packages, pending_updates, read_index, stanzas
 from kimage.raspi import DTBS, SD_DRIVER
 from kimage.raspi import SD_MODULE as SD_DRIVER_MODULE
-from kimage.rootfs import initramfs_names, initrd_kmods
+from kimage.rootfs import UPDATE_HOLD, initramfs_names, initrd_kmods
 
 CACHE = Path(os.environ.get("KESTREL_IMAGE_CACHE", "/var/cache/kestrel-image"))
 SD_BOARDS = ("rpi4", "rpi-zero-2w", "rpi5", "qemu-arm64")
@@ -213,3 +214,28 @@ def test_out_of_tree_modules_match_the_kernel_and_are_in_the_initrd(image: Image
         names = {n.removeprefix("./").removeprefix("usr/") for n in initramfs_names(initrd)}  # merged /usr or not
         for name in wanted:
             assert f"lib/modules/{kver}/extra/{name}.ko" in names, f"the initrd lacks {name}"
+
+
+def test_no_installed_package_is_older_than_the_cached_security_and_updates_index(image: Image, tmp_path: Path) -> None:
+    """Every installed package has at least the version of bookworm-security and -updates in the
+    recipe's cached index (the one the image was built from; the kernel, UPDATE_HOLD, excepted:
+    its modules are built per kernel version), and the image's manifest lists those versions with
+    the SHA-256 of each .deb."""
+    lists = CACHE / "apt-bookworm-updates" / "lists"
+    if not any(lists.glob("*_dists_bookworm-security_*_Packages*")):
+        pytest.skip(f"no cached bookworm-security index in {lists}; an image build without --cached-only makes it")
+    if not Path("/usr/lib/apt/apt-helper").exists():
+        pytest.skip("needs apt's apt-helper to read the compressed index (apt-get install apt)")
+    index = read_index(lists, ("bookworm-security", "bookworm-updates"))
+    status = image.dump("/var/lib/dpkg/status", tmp_path / "status").decode()
+    assert len(stanzas(index)) > 100 and "Package: libc6\n" in status  # both read, not empty
+    stale = pending_updates(status, index, hold=UPDATE_HOLD)
+    assert not stale, [f"{u.package} {u.installed} < {u.candidate}" for u in stale]
+    (tmp_path / "var/lib/dpkg").mkdir(parents=True)
+    (tmp_path / "var/lib/dpkg/status").write_text(status)
+    manifest = __import__("json").loads(image.dump(f"/{PACKAGES_FILE}", tmp_path / "packages.json"))
+    listed = {(p["package"], p["version"]): p["sha256"] for p in manifest["debian"]}
+    installed = {(p["package"], p["version"]) for p in installed_packages(tmp_path)}
+    assert set(listed) == installed
+    newer = {(f["Package"], f["Version"]) for f in stanzas(index)} & installed
+    assert all(listed[p] for p in newer), [p for p in newer if not listed[p]]

@@ -84,6 +84,9 @@ def test_finished_rootfs_is_skipped_only_for_the_same_overlay(tmp_path: Path, ca
     assert any(" proot -q " in line and "--second-stage" in line for line in runner.log)  # no binfmt_misc
     assert not any(line.startswith("chroot") or line.startswith("mount") for line in runner.log)
     assert any("pip install --no-index" in line for line in runner.log)
+    # the security updates: the host's apt downloads against the rootfs's dpkg status, dpkg installs under proot
+    assert any("apt-bookworm-updates" in line and "--download-only" in line for line in runner.log)
+    assert any("unshare --mount --propagation private proot" in line and "dpkg --unpack" in line for line in runner.log)
 
 
 def test_cached_only_build_refuses_to_download(tmp_path: Path) -> None:
