@@ -62,7 +62,7 @@ def wait_active(vm: LabVm, timeout: float = BOOT_TIMEOUT) -> None:
                 f"kestrel.service {state}, kestrel-firstboot {firstboot}, data partition {data}:\n"
                 f"{journal(vm, 'kestrel-firstboot')[-3000:]}\n{journal(vm, 'kestrel')[-3000:]}"
             )
-        time.sleep(2)
+        time.sleep(2)  # kept: a bounded poll of the guest; each check is a test-channel round trip
     raise LabError(f"kestrel.service not active within {timeout:.0f} s\n{vm.console_tail()}")
 
 
