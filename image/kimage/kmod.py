@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .cache import Cache
 from .emu import Emulator, private_apt
+from .packages import installed_packages
 from .steps import BuildError, Runner
 
 __all__ = ["RECIPES", "Recipe", "dpkg_version", "install_modules", "kernel_version"]
@@ -87,10 +88,9 @@ def kernel_version(rootfs: Path) -> str:
 
 def dpkg_version(rootfs: Path, package: str) -> str:
     """The installed version of ``package`` from the rootfs's dpkg status file."""
-    for stanza in (rootfs / "var/lib/dpkg/status").read_text().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " ")
-        if fields.get("Package") == package and fields.get("Status", "").endswith(" installed"):
-            return fields["Version"]
+    for p in installed_packages(rootfs):
+        if p["package"] == package:
+            return p["version"]
     raise BuildError(f"{package} is not installed in {rootfs}")
 
 
